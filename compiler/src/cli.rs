@@ -1,0 +1,347 @@
+//! The `actc` command line: argument parsing and the commands, callable in-process (the
+//! tests drive it this way) through [`run_from`].
+
+use crate::compile::{CompileOptions, compile_file};
+use crate::error::{Error, Result};
+use crate::onnx::import::InputShape;
+use crate::passes::compress::Compression;
+use crate::passes::optim::Optimizer;
+use crate::passes::select::Layers;
+use crate::{err, inspect};
+use actc_runtime::ops;
+use actc_runtime::plan::{LossKind, Plan, Schedule};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "actc",
+    version,
+    about = "Memory-frugal on-device fine-tuning: compile an ONNX model's last N layers into a training plan"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile MODEL.onnx into a training plan for its last N layers.
+    Compile {
+        /// The ONNX model.
+        model: PathBuf,
+        #[command(flatten)]
+        opts: CompileArgs,
+        /// Where to write the plan [default: MODEL with extension .actc, in the current folder]
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Also write the training graph as text (one line per step) to this file.
+        #[arg(long, value_name = "FILE")]
+        dump_ir: Option<PathBuf>,
+    },
+    /// Show a plan (or a model, compiled on the fly) as a per-layer table.
+    Inspect {
+        /// A .actc plan or an .onnx model.
+        path: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Options used when PATH is a model (default --layers all).
+        #[command(flatten)]
+        opts: InspectArgs,
+    },
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Layers to train when PATH is a model.
+    #[arg(long, default_value = "all")]
+    layers: Layers,
+    #[command(flatten)]
+    shape: ShapeArgs,
+}
+
+#[derive(Args, Clone)]
+struct ShapeArgs {
+    /// Fix the whole input shape, e.g. 8x3x224x224.
+    #[arg(long, value_parser = parse_shape, conflicts_with = "batch")]
+    input_shape: Option<Dims>,
+    /// Fix only the batch size; the other dimensions come from the model [default: 8 where
+    /// the model leaves the batch symbolic]
+    #[arg(long)]
+    batch: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    CrossEntropy,
+    Mse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptimArg {
+    Sgd,
+    Adamw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
+    LinearWarmup,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressArg {
+    None,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// Train the last N layers (Conv nodes; Gemm/MatMul in models without convs), or `all`.
+    #[arg(long)]
+    layers: Layers,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// The model output to train on [default: the first].
+    #[arg(long = "train-output", value_name = "NAME")]
+    train_output: Option<String>,
+    #[arg(long, value_enum, default_value = "cross-entropy")]
+    loss: LossArg,
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimArg,
+    #[arg(long, default_value_t = 0.01)]
+    lr: f32,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f32,
+    /// SGD dampening.
+    #[arg(long, default_value_t = 0.0)]
+    dampening: f32,
+    /// SGD Nesterov momentum (needs --momentum > 0).
+    #[arg(long)]
+    nesterov: bool,
+    /// L2 weight decay (SGD) or decoupled weight decay (AdamW) [default: 0 for SGD, 0.01 for AdamW]
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f32,
+    #[arg(long, default_value_t = 0.999)]
+    beta2: f32,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f32,
+    /// Learning-rate schedule over the training steps.
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: ScheduleArg,
+    /// Steps of linear warm-up (with --schedule linear-warmup).
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: u32,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    clip_grad_norm: Option<f32>,
+    /// How saved activations are stored for the backward pass.
+    #[arg(long, value_enum, default_value = "none")]
+    compress: CompressArg,
+}
+
+/// A shape given on the command line, like `8x3x224x224`.
+#[derive(Clone, Debug)]
+struct Dims(Vec<usize>);
+
+fn parse_shape(s: &str) -> std::result::Result<Dims, String> {
+    s.split(['x', 'X', ','])
+        .map(|d| {
+            d.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("'{s}' is not a shape; write it like 8x3x224x224"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Dims)
+}
+
+impl ShapeArgs {
+    fn input(&self) -> InputShape {
+        InputShape {
+            shape: self.input_shape.clone().map(|d| d.0),
+            batch: self.batch,
+        }
+    }
+}
+
+impl CompileArgs {
+    fn options(&self) -> Result<CompileOptions> {
+        if self.nesterov && self.momentum <= 0.0 {
+            return Err(err!("--nesterov needs --momentum > 0 (as in PyTorch)"));
+        }
+        if self.lr <= 0.0 || !self.lr.is_finite() {
+            return Err(err!("--lr must be a positive number, got {}", self.lr));
+        }
+        if self.clip_grad_norm.is_some_and(|c| c <= 0.0) {
+            return Err(err!("--clip-grad-norm must be positive"));
+        }
+        let optimizer = match self.optimizer {
+            OptimArg::Sgd => Optimizer::Sgd(ops::Sgd {
+                momentum: self.momentum,
+                dampening: self.dampening,
+                nesterov: self.nesterov,
+                weight_decay: self.weight_decay.unwrap_or(0.0),
+            }),
+            OptimArg::Adamw => Optimizer::AdamW(ops::AdamW {
+                beta1: self.beta1,
+                beta2: self.beta2,
+                epsilon: self.adam_eps,
+                weight_decay: self.weight_decay.unwrap_or(0.01),
+            }),
+        };
+        Ok(CompileOptions {
+            layers: self.layers,
+            input: self.shape.input(),
+            output: self.train_output.clone(),
+            loss: match self.loss {
+                LossArg::CrossEntropy => LossKind::CrossEntropy,
+                LossArg::Mse => LossKind::Mse,
+            },
+            optimizer,
+            lr: self.lr,
+            schedule: match self.schedule {
+                ScheduleArg::Constant => Schedule::Constant,
+                ScheduleArg::Cosine => Schedule::Cosine,
+                ScheduleArg::LinearWarmup => Schedule::LinearWarmup,
+            },
+            warmup_steps: self.warmup_steps,
+            clip_grad_norm: self.clip_grad_norm,
+            compression: match self.compress {
+                CompressArg::None => Compression::None,
+            },
+        })
+    }
+}
+
+/// Writes through a temporary file in the same folder and renames it, so a failure never
+/// leaves a partial file behind.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| err!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err!("{}: cannot write: {e}", path.display()));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Compile {
+            model,
+            opts,
+            output,
+            dump_ir,
+        } => {
+            let options = opts.options()?;
+            let start = std::time::Instant::now();
+            let compiled = compile_file(&model, &options)?;
+            let out = output.unwrap_or_else(|| {
+                let stem = model
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into());
+                PathBuf::from(format!("{stem}.actc"))
+            });
+            if let Some(ir) = dump_ir {
+                write_atomically(&ir, compiled.ir.as_bytes())?;
+            }
+            write_atomically(&out, &compiled.plan.to_bytes())?;
+            let mem = compiled.plan.memory.clone().unwrap_or_default();
+            eprintln!(
+                "compiled {} ({} of {} layers trained, {} steps) in {:.0} ms: planned peak {:.2} MB (arena {:.2} MB, naive {:.2} MB) -> {}",
+                model.display(),
+                compiled.plan.layers.len(),
+                compiled.selection.total_layers,
+                compiled.plan.steps.len(),
+                start.elapsed().as_secs_f64() * 1e3,
+                (mem.arena + mem.persistent) as f64 / 1e6,
+                mem.arena as f64 / 1e6,
+                mem.naive as f64 / 1e6,
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Inspect { path, json, opts } => {
+            let bytes =
+                std::fs::read(&path).map_err(|e| err!("{}: cannot read: {e}", path.display()))?;
+            let plan = if bytes.starts_with(actc_runtime::plan::MAGIC) {
+                Plan::from_bytes(&bytes).map_err(|e| err!("{}: {e}", path.display()))?
+            } else {
+                let options = CompileOptions {
+                    layers: opts.layers,
+                    input: opts.shape.input(),
+                    ..CompileOptions::default()
+                };
+                compile_file(&path, &options)?.plan
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inspect::json(&plan))
+                        .expect("JSON values serialize")
+                );
+            } else {
+                print!("{}", inspect::text(&plan));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Exit code for every rejected input (bad flags, bad files, models actc cannot train).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Parses `args` (the first is the program name) and runs the command. On failure, the
+/// exit code and the one-line message for stderr (clap's usage text for flag errors).
+pub fn run_from<I, T>(args: I) -> std::result::Result<(), (u8, String)>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return Ok(());
+        }
+        // clap's first line names the flag and the problem; the rest is usage boilerplate.
+        Err(e) => {
+            let text = e.render().to_string();
+            return Err((
+                e.exit_code() as u8,
+                text.lines().next().unwrap_or_default().to_string(),
+            ));
+        }
+    };
+    run(cli).map_err(|Error(msg)| (EXIT_BAD_INPUT, format!("error: {msg}")))
+}
+
+pub fn main() -> ExitCode {
+    match run_from(std::env::args_os()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("{}", msg.trim_end());
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! `actc inspect`: a per-layer table of a plan (ops, shapes, what trains, saved bytes, FLOPs,
+//! planned offsets and the peak), as text or JSON.
+
+use crate::onnx::proto::ModelProto;
+use actc_runtime::ops::{Kind, PoolKind};
+use actc_runtime::plan::{Buffer, BufferKind, Phase, Plan, Step};
+use prost::Message;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+struct Row<'a> {
+    step: &'a Step,
+    op: String,
+    trains: bool,
+    saved: u64,
+    fwd: u64,
+    bwd: u64,
+}
+
+fn rows(plan: &Plan) -> Vec<Row<'_>> {
+    let mut saved_seen = std::collections::BTreeSet::new();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+    for step in &plan.steps {
+        let phase = step.phase();
+        if phase == Phase::Forward {
+            let mut saved = 0;
+            for &b in &step.inputs {
+                let buf = plan.buffer(b);
+                let kept = buf.kind() == BufferKind::Saved
+                    || (buf.kind() == BufferKind::Boundary && is_read_backward(plan, b));
+                if kept && saved_seen.insert(b) {
+                    saved += buf.bytes;
+                }
+            }
+            index.insert(step.name.as_str(), rows.len());
+            rows.push(Row {
+                step,
+                op: op_name(step),
+                trains: step
+                    .inputs
+                    .iter()
+                    .any(|&b| plan.buffer(b).kind() == BufferKind::Trainable),
+                saved,
+                fwd: flops(plan, step),
+                bwd: 0,
+            });
+        } else if let Some(&r) = index.get(step.origin.as_str()) {
+            rows[r].bwd += flops(plan, step);
+        }
+    }
+    rows
+}
+
+fn is_read_backward(plan: &Plan, b: u32) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| s.phase() == Phase::Backward && s.inputs.contains(&b))
+}
+
+pub fn op_name(step: &Step) -> String {
+    match step.op.as_ref().and_then(|o| o.kind.as_ref()) {
+        Some(k) => crate::ir::kind_name(k),
+        None => "?".into(),
+    }
+}
+
+fn shape(b: &Buffer) -> String {
+    b.shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// Multiply-adds count as two FLOPs; elementwise ops one per output element.
+pub fn flops(plan: &Plan, step: &Step) -> u64 {
+    let Some(kind) = step.op.as_ref().and_then(|o| o.kind.as_ref()) else {
+        return 0;
+    };
+    let buf = |i: usize, out: bool| {
+        let ids = if out { &step.outputs } else { &step.inputs };
+        ids.get(i).map(|&b| plan.buffer(b))
+    };
+    let numel = |b: Option<&Buffer>| b.map(|b| b.numel() as u64).unwrap_or(0);
+    match kind {
+        Kind::Conv(_) => {
+            let w = buf(1, false).map(|b| b.shape.clone()).unwrap_or_default();
+            let per_out: u64 = w.iter().skip(1).product();
+            2 * numel(buf(0, true)) * per_out
+        }
+        Kind::ConvBackwardData(_) => {
+            let w = buf(1, false).map(|b| b.shape.clone()).unwrap_or_default();
+            2 * numel(buf(0, false)) * w.iter().skip(1).product::<u64>()
+        }
+        Kind::ConvBackwardWeight(_) => {
+            let w = buf(0, true).map(|b| b.shape.clone()).unwrap_or_default();
+            2 * numel(buf(1, false)) * w.iter().skip(1).product::<u64>()
+        }
+        Kind::Gemm(_) | Kind::MatMul(_) => {
+            let a = buf(0, false).map(|b| b.shape.clone()).unwrap_or_default();
+            let y = numel(buf(0, true));
+            let k = match kind {
+                Kind::Gemm(g) if g.trans_a => a.first().copied().unwrap_or(1),
+                _ => a.last().copied().unwrap_or(1),
+            };
+            2 * y * k
+        }
+        Kind::GemmGradA(_) | Kind::MatMulGradX(_) => {
+            let dy = buf(0, false).map(|b| b.shape.clone()).unwrap_or_default();
+            2 * numel(buf(0, true)) * dy.last().copied().unwrap_or(1)
+        }
+        Kind::GemmGradB(_) | Kind::MatMulGradW(_) => {
+            let x = numel(buf(0, false));
+            let dy = buf(1, false).map(|b| b.shape.clone()).unwrap_or_default();
+            2 * x * dy.last().copied().unwrap_or(1)
+        }
+        Kind::AveragePool(p) | Kind::MaxPool(p) => {
+            numel(buf(0, true)) * p.kernel.iter().map(|&k| k as u64).product::<u64>()
+        }
+        Kind::PoolBackward(p) => match &p.pool {
+            Some(PoolKind::Average(p)) => {
+                numel(buf(0, false)) * p.kernel.iter().map(|&k| k as u64).product::<u64>()
+            }
+            _ => numel(buf(0, true)),
+        },
+        Kind::SgdUpdate(_) | Kind::AdamWUpdate(_) => 4 * numel(buf(0, false)),
+        Kind::Reshape(_) => 0,
+        _ => numel(buf(0, true)).max(numel(buf(0, false))),
+    }
+}
+
+fn prefix_nodes(plan: &Plan) -> usize {
+    ModelProto::decode(plan.prefix_onnx.as_slice())
+        .ok()
+        .and_then(|m| m.graph)
+        .map(|g| g.node.len())
+        .unwrap_or(0)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+fn mflops(f: u64) -> String {
+    format!("{:.2}", f as f64 / 1e6)
+}
+
+fn bytes_of(plan: &Plan, kinds: &[BufferKind]) -> u64 {
+    plan.buffers
+        .iter()
+        .filter(|b| kinds.contains(&b.kind()))
+        .map(|b| b.bytes)
+        .sum()
+}
+
+pub fn text(plan: &Plan) -> String {
+    let mut out = String::new();
+    let src = plan.source.clone().unwrap_or_default();
+    let mem = plan.memory.clone().unwrap_or_default();
+    let input: Vec<String> = src.input_shape.iter().map(|d| d.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "model    {}  input {} {}  output {}",
+        src.model,
+        src.input_name,
+        input.join("x"),
+        src.output_name
+    );
+    let trained: Vec<String> = plan
+        .layers
+        .iter()
+        .map(|l| format!("{} ({})", l.node, l.op_type))
+        .collect();
+    let _ = writeln!(
+        out,
+        "layers   --layers {}: {} trained: {}",
+        src.layers,
+        plan.layers.len(),
+        trained.join(", ")
+    );
+    let boundary: Vec<String> = plan.feeds[..plan.feeds.len().saturating_sub(1)]
+        .iter()
+        .map(|&b| format!("{} {}", plan.buffer(b).name, shape(plan.buffer(b))))
+        .collect();
+    let _ = writeln!(
+        out,
+        "prefix   {} ONNX nodes, frozen, run by tract; boundary: {}",
+        prefix_nodes(plan),
+        boundary.join(", ")
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:>3}  {:<40} {:<18} {:<24} {:<5} {:>10} {:>10} {:>10} {:>10}",
+        "#", "node", "op", "output", "train", "saved", "fwd MFLOP", "bwd MFLOP", "offset"
+    );
+    let rows = rows(plan);
+    for (i, r) in rows.iter().enumerate() {
+        let out_buf = r.step.outputs.first().map(|&b| plan.buffer(b));
+        let name: String = if r.step.name.chars().count() > 40 {
+            let tail: String = r
+                .step
+                .name
+                .chars()
+                .rev()
+                .take(39)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("…{tail}")
+        } else {
+            r.step.name.clone()
+        };
+        let _ = writeln!(
+            out,
+            "{:>3}  {:<40} {:<18} {:<24} {:<5} {:>10} {:>10} {:>10} {:>10}",
+            i,
+            name,
+            r.op,
+            out_buf.map(shape).unwrap_or_default(),
+            if r.trains { "yes" } else { "" },
+            if r.saved > 0 {
+                human(r.saved)
+            } else {
+                String::new()
+            },
+            mflops(r.fwd),
+            mflops(r.bwd),
+            out_buf.map(|b| b.offset.to_string()).unwrap_or_default(),
+        );
+    }
+    let total_fwd: u64 = rows.iter().map(|r| r.fwd).sum();
+    let total_bwd: u64 = plan
+        .steps
+        .iter()
+        .filter(|s| s.phase() != Phase::Forward)
+        .map(|s| flops(plan, s))
+        .sum();
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "steps             {} ({} forward), {:.1} MFLOP forward, {:.1} MFLOP loss+backward+update",
+        plan.steps.len(),
+        plan.eval_steps,
+        total_fwd as f64 / 1e6,
+        total_bwd as f64 / 1e6
+    );
+    let _ = writeln!(out, "saved for backward {}", human(mem.saved));
+    let _ = writeln!(
+        out,
+        "weights           {} trainable, {} frozen; optimizer state {}",
+        human(bytes_of(plan, &[BufferKind::Trainable])),
+        human(bytes_of(plan, &[BufferKind::Frozen])),
+        human(bytes_of(plan, &[BufferKind::OptimizerState]))
+    );
+    let _ = writeln!(
+        out,
+        "arena             {} planned peak (naive sum {}, {:.2}x smaller)",
+        human(mem.arena),
+        human(mem.naive),
+        mem.naive as f64 / mem.arena.max(1) as f64
+    );
+    let _ = writeln!(
+        out,
+        "planned peak      {} (arena + weights + optimizer state)",
+        human(mem.arena + mem.persistent)
+    );
+    out
+}
+
+pub fn json(plan: &Plan) -> Value {
+    let src = plan.source.clone().unwrap_or_default();
+    let mem = plan.memory.clone().unwrap_or_default();
+    let layers: Vec<Value> = rows(plan)
+        .iter()
+        .map(|r| {
+            let outb = r.step.outputs.first().map(|&b| plan.buffer(b));
+            json!({
+                "node": r.step.name,
+                "op": r.op,
+                "inputs": r.step.inputs.iter().map(|&b| json!({"name": plan.buffer(b).name, "shape": plan.buffer(b).shape})).collect::<Vec<_>>(),
+                "output_shape": outb.map(|b| b.shape.clone()),
+                "trainable": r.trains,
+                "saved_bytes": r.saved,
+                "flops_forward": r.fwd,
+                "flops_backward": r.bwd,
+                "offset": outb.map(|b| b.offset),
+            })
+        })
+        .collect();
+    json!({
+        "model": src.model,
+        "input": {"name": src.input_name, "shape": src.input_shape},
+        "output": src.output_name,
+        "layers_flag": src.layers,
+        "trained_layers": plan.layers.iter().map(|l| json!({"node": l.node, "op": l.op_type, "from_output": l.from_output})).collect::<Vec<_>>(),
+        "prefix_nodes": prefix_nodes(plan),
+        "boundary": plan.feeds[..plan.feeds.len().saturating_sub(1)].iter().map(|&b| json!({"name": plan.buffer(b).name, "shape": plan.buffer(b).shape})).collect::<Vec<_>>(),
+        "steps": plan.steps.len(),
+        "nodes": layers,
+        "memory": {
+            "arena_bytes": mem.arena,
+            "naive_bytes": mem.naive,
+            "persistent_bytes": mem.persistent,
+            "saved_bytes": mem.saved,
+            "trainable_bytes": bytes_of(plan, &[BufferKind::Trainable]),
+            "frozen_bytes": bytes_of(plan, &[BufferKind::Frozen]),
+            "optimizer_state_bytes": bytes_of(plan, &[BufferKind::OptimizerState]),
+            "planned_peak_bytes": mem.arena + mem.persistent,
+        },
+    })
+}

@@ -1,0 +1,71 @@
+//! The IR as stable text, one line per node in schedule order: what the snapshot tests pin.
+//!
+//! `phase name = Op{attrs}(inputs) -> outputs`, a tensor as `name:f32[8,3,32,32]` and a
+//! constant input marked `=const` (frozen) or `=param` (trainable).
+
+use super::{Graph, NodeOp, Role, TensorId, kind_name};
+use petgraph::stable_graph::NodeIndex;
+use std::fmt::Write;
+
+impl Graph {
+    /// Renders `order` (every node of the graph, in the order the plan runs them).
+    pub fn dump(&self, order: &[NodeIndex]) -> String {
+        let mut out = String::new();
+        for &t in &self.inputs {
+            let _ = writeln!(out, "input {}", self.tensor_text(t));
+        }
+        for &n in order {
+            let node = &self.nodes[n];
+            let op = match &node.op {
+                NodeOp::Kernel(k) => {
+                    let name = kind_name(k);
+                    let debug = format!("{k:?}");
+                    let attrs = debug
+                        .split_once(" { ")
+                        .map(|(_, rest)| rest.trim_end_matches([')', '}']).trim())
+                        .unwrap_or("");
+                    if attrs.is_empty() {
+                        name
+                    } else {
+                        format!("{name}{{{attrs}}}")
+                    }
+                }
+                NodeOp::Onnx(t) => format!("onnx.{t}"),
+            };
+            let ins: Vec<String> = node.inputs.iter().map(|&t| self.input_text(t)).collect();
+            let outs: Vec<String> = node.outputs.iter().map(|&t| self.tensor_text(t)).collect();
+            let _ = writeln!(
+                out,
+                "{:<8} {} = {}({}) -> {}",
+                format!("{:?}", node.phase).to_lowercase(),
+                node.name,
+                op,
+                ins.join(", "),
+                outs.join(", ")
+            );
+        }
+        for &t in &self.outputs {
+            let _ = writeln!(out, "output {}", self.tensor_text(t));
+        }
+        out
+    }
+
+    fn tensor_text(&self, t: TensorId) -> String {
+        let t = self.tensor(t);
+        let dims: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
+        format!(
+            "{}:{}[{}]",
+            t.name,
+            format!("{:?}", t.dtype).to_lowercase(),
+            dims.join(",")
+        )
+    }
+
+    fn input_text(&self, t: TensorId) -> String {
+        match self.tensor(t).role {
+            Role::Const => format!("{}=const", self.tensor_text(t)),
+            Role::Trainable => format!("{}=param", self.tensor_text(t)),
+            _ => self.tensor(t).name.clone(),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The IR: a petgraph `StableDiGraph` of operations over named tensors.
+//!
+//! Nodes are operations; an edge producer → consumer carries the id of the tensor that flows
+//! along it. Tensors live in a side table because several consumers share one tensor and
+//! because graph inputs and constants have no producer. `StableDiGraph` keeps node indices
+//! valid across the passes' removals.
+
+mod dump;
+mod tensor;
+
+pub use tensor::{Data, Role, Tensor, TensorId};
+
+use actc_runtime::ops::Kind;
+use actc_runtime::plan::Phase;
+use petgraph::Direction;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use std::collections::{BTreeSet, BinaryHeap};
+
+/// What a node computes: one of the runtime's operations, or an ONNX op that actc can only
+/// run in the frozen prefix (through tract) and never differentiates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeOp {
+    Kernel(Kind),
+    Onnx(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: NodeOp,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+    pub phase: Phase,
+    /// Index of the ONNX node this came from, for the prefix sub-model and for export.
+    pub source: Option<usize>,
+    /// For a backward, loss or update node: the forward node it serves (for reports).
+    pub origin: Option<String>,
+}
+
+impl Node {
+    pub fn op_name(&self) -> String {
+        match &self.op {
+            NodeOp::Kernel(k) => kind_name(k),
+            NodeOp::Onnx(t) => t.clone(),
+        }
+    }
+}
+
+/// The variant name of a kernel, e.g. `ConvBackwardData`.
+pub fn kind_name(kind: &Kind) -> String {
+    let debug = format!("{kind:?}");
+    debug.split('(').next().unwrap_or(&debug).to_string()
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub nodes: StableDiGraph<Node, TensorId>,
+    pub tensors: Vec<Tensor>,
+    producer: Vec<Option<NodeIndex>>,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+}
+
+impl Graph {
+    pub fn add_tensor(&mut self, tensor: Tensor) -> TensorId {
+        self.tensors.push(tensor);
+        self.producer.push(None);
+        self.tensors.len() - 1
+    }
+
+    pub fn tensor(&self, id: TensorId) -> &Tensor {
+        &self.tensors[id]
+    }
+
+    pub fn tensor_mut(&mut self, id: TensorId) -> &mut Tensor {
+        &mut self.tensors[id]
+    }
+
+    pub fn add_node(&mut self, node: Node) -> NodeIndex {
+        let inputs = node.inputs.clone();
+        let outputs = node.outputs.clone();
+        let idx = self.nodes.add_node(node);
+        for t in inputs {
+            if let Some(p) = self.producer[t] {
+                self.nodes.add_edge(p, idx, t);
+            }
+        }
+        for t in outputs {
+            debug_assert!(self.producer[t].is_none(), "tensor {t} produced twice");
+            self.producer[t] = Some(idx);
+        }
+        idx
+    }
+
+    /// Gives an existing node one more output.
+    pub fn add_output(&mut self, n: NodeIndex, t: TensorId) {
+        debug_assert!(self.producer[t].is_none(), "tensor {t} produced twice");
+        self.nodes[n].outputs.push(t);
+        self.producer[t] = Some(n);
+    }
+
+    pub fn remove_node(&mut self, idx: NodeIndex) -> Option<Node> {
+        let node = self.nodes.remove_node(idx)?;
+        for &t in &node.outputs {
+            self.producer[t] = None;
+        }
+        Some(node)
+    }
+
+    /// Replaces every use of `old` by `new` in the consumers of `old` (not in its producer).
+    pub fn replace_uses(&mut self, old: TensorId, new: TensorId) {
+        let consumers: Vec<NodeIndex> = self.consumers(old).collect();
+        for c in consumers {
+            let edges: Vec<_> = self
+                .nodes
+                .edges_directed(c, Direction::Incoming)
+                .filter(|e| *e.weight() == old)
+                .map(|e| e.id())
+                .collect();
+            for e in edges {
+                self.nodes.remove_edge(e);
+            }
+            for input in self.nodes[c].inputs.iter_mut() {
+                if *input == old {
+                    *input = new;
+                }
+            }
+            if let Some(p) = self.producer[new] {
+                self.nodes.add_edge(p, c, new);
+            }
+        }
+        for o in self.outputs.iter_mut() {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    pub fn producer(&self, t: TensorId) -> Option<NodeIndex> {
+        self.producer[t]
+    }
+
+    /// Nodes reading `t`, each once, in index order. Graph inputs and constants have no
+    /// edges, so this scans the nodes.
+    pub fn consumers(&self, t: TensorId) -> impl Iterator<Item = NodeIndex> + '_ {
+        let set: BTreeSet<NodeIndex> = self
+            .nodes
+            .node_indices()
+            .filter(|&n| self.nodes[n].inputs.contains(&t))
+            .collect();
+        set.into_iter()
+    }
+
+    /// Topological order that prefers the lowest node index among the ready nodes, so the
+    /// order is deterministic and follows the order the nodes were built in.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        let mut indegree: Vec<usize> = vec![
+            0;
+            self.nodes
+                .node_indices()
+                .map(|n| n.index() + 1)
+                .max()
+                .unwrap_or(0)
+        ];
+        for n in self.nodes.node_indices() {
+            indegree[n.index()] = self.predecessors(n).len();
+        }
+        let mut ready: BinaryHeap<std::cmp::Reverse<NodeIndex>> = self
+            .nodes
+            .node_indices()
+            .filter(|n| indegree[n.index()] == 0)
+            .map(std::cmp::Reverse)
+            .collect();
+        let mut order = Vec::with_capacity(self.nodes.node_count());
+        while let Some(std::cmp::Reverse(n)) = ready.pop() {
+            order.push(n);
+            for s in self.successors(n) {
+                indegree[s.index()] -= 1;
+                if indegree[s.index()] == 0 {
+                    ready.push(std::cmp::Reverse(s));
+                }
+            }
+        }
+        order
+    }
+
+    /// Distinct producer nodes of `n`'s inputs.
+    pub fn predecessors(&self, n: NodeIndex) -> BTreeSet<NodeIndex> {
+        self.nodes
+            .neighbors_directed(n, Direction::Incoming)
+            .collect()
+    }
+
+    pub fn successors(&self, n: NodeIndex) -> BTreeSet<NodeIndex> {
+        self.nodes
+            .neighbors_directed(n, Direction::Outgoing)
+            .collect()
+    }
+
+    /// All nodes from which one of `targets` can be reached, the producers of targets included.
+    pub fn ancestors_of(&self, targets: &[TensorId]) -> BTreeSet<NodeIndex> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<NodeIndex> = targets.iter().filter_map(|&t| self.producer(t)).collect();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.predecessors(n));
+            }
+        }
+        seen
+    }
+
+    /// `roots` and every node reachable from them.
+    pub fn descendants_of(&self, roots: &[NodeIndex]) -> BTreeSet<NodeIndex> {
+        let mut seen = BTreeSet::new();
+        let mut stack = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.successors(n));
+            }
+        }
+        seen
+    }
+
+    pub fn find_tensor(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+}

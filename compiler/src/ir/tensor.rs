@@ -1,0 +1,108 @@
+//! Tensors of the IR: named, with a static shape, an element type and, for constants, data.
+
+use actc_runtime::plan::DType;
+use std::sync::Arc;
+
+pub type TensorId = usize;
+
+/// Constant contents. Shared, because folding and the passes copy tensors around.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Data {
+    F32(Arc<[f32]>),
+    I64(Arc<[i64]>),
+}
+
+impl Data {
+    pub fn len(&self) -> usize {
+        match self {
+            Data::F32(d) => d.len(),
+            Data::I64(d) => d.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Data::F32(_) => DType::F32,
+            Data::I64(_) => DType::I64,
+        }
+    }
+
+    /// Values as integers (floats truncated), for shape arithmetic.
+    pub fn as_i64(&self) -> Vec<i64> {
+        match self {
+            Data::F32(d) => d.iter().map(|&v| v as i64).collect(),
+            Data::I64(d) => d.to_vec(),
+        }
+    }
+
+    pub fn as_f32(&self) -> Vec<f32> {
+        match self {
+            Data::F32(d) => d.to_vec(),
+            Data::I64(d) => d.iter().map(|&v| v as f32).collect(),
+        }
+    }
+}
+
+/// What a tensor is to the training graph; the memory planner turns it into a buffer kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A graph input of the model.
+    Input,
+    /// A constant: an initializer, a `Constant` node or a folded sub-graph.
+    Const,
+    /// A constant that training updates.
+    Trainable,
+    /// A value computed by a node.
+    Value,
+    Label,
+    Loss,
+    Gradient,
+    OptimizerState,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub role: Role,
+    pub data: Option<Data>,
+}
+
+impl Tensor {
+    pub fn value(name: impl Into<String>, shape: Vec<usize>, dtype: DType) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape,
+            dtype,
+            role: Role::Value,
+            data: None,
+        }
+    }
+
+    pub fn constant(name: impl Into<String>, shape: Vec<usize>, data: Data) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape,
+            dtype: data.dtype(),
+            role: Role::Const,
+            data: Some(data),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.numel() * self.dtype.size()
+    }
+
+    pub fn is_const(&self) -> bool {
+        matches!(self.role, Role::Const | Role::Trainable)
+    }
+}

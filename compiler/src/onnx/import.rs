@@ -1,0 +1,502 @@
+//! ONNX → IR: constants gathered (initializers and `Constant` nodes), `Identity` removed,
+//! every shape fixed and every shape computation folded, each node mapped to a runtime
+//! operation where actc has one.
+
+use super::proto::{
+    ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto,
+};
+use super::shape::{self, Arg, norm_axis, spatial_out, usizes};
+use super::{Attrs, node_label, opset, tensor_data};
+use crate::error::Result;
+use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
+use crate::{bail, err};
+use actc_runtime::ops::{self, Empty, Kind};
+use actc_runtime::plan::{DType, Phase};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The batch size when neither the model nor the command line fixes it.
+pub const DEFAULT_BATCH: usize = 8;
+
+/// How to fix the model's input shape.
+#[derive(Clone, Debug, Default)]
+pub struct InputShape {
+    /// The whole shape (`--input-shape 8x3x224x224`). It may differ from sizes the model
+    /// fixes (models are often exported at one size by accident); shape inference then
+    /// rejects a shape the graph cannot take, naming the node.
+    pub shape: Option<Vec<usize>>,
+    /// Only the batch size, the rest from the model (`--batch 8`).
+    pub batch: Option<usize>,
+}
+
+pub struct Imported {
+    pub graph: Graph,
+    pub model: ModelProto,
+    pub input: TensorId,
+    pub opset: i64,
+}
+
+pub fn import(model: ModelProto, dir: &Path, fix: &InputShape) -> Result<Imported> {
+    let opset = opset(&model);
+    if !(7..=23).contains(&opset) {
+        bail!("model uses opset {opset}; actc reads opsets 7 to 23 (11 to 21 are tested)");
+    }
+    let g = model.graph.as_ref().expect("decode checked the graph");
+    let mut graph = Graph::default();
+    let mut names: HashMap<String, TensorId> = HashMap::new();
+
+    for init in &g.initializer {
+        let (dims, data) = tensor_data(init, dir)?;
+        let id = graph.add_tensor(Tensor::constant(init.name(), dims, data));
+        names.insert(init.name().to_string(), id);
+    }
+    let real_inputs: Vec<&ValueInfoProto> = g
+        .input
+        .iter()
+        .filter(|i| !names.contains_key(i.name()))
+        .collect();
+    let input_info = match real_inputs.as_slice() {
+        [one] => *one,
+        [] => bail!("the model has no input (every graph input is an initializer)"),
+        many => bail!(
+            "the model has {} inputs ({}); actc fine-tunes models with one input",
+            many.len(),
+            many.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let input_shape = fixed_input_shape(input_info, fix)?;
+    let input = graph.add_tensor(Tensor {
+        role: Role::Input,
+        ..Tensor::value(input_info.name(), input_shape, DType::F32)
+    });
+    names.insert(input_info.name().to_string(), input);
+    graph.inputs.push(input);
+
+    for (index, node) in g.node.iter().enumerate() {
+        import_node(&mut graph, &mut names, node, index, opset, dir)?;
+    }
+    for out in &g.output {
+        let id = *names
+            .get(out.name())
+            .ok_or_else(|| err!("graph output '{}' is produced by no node", out.name()))?;
+        graph.outputs.push(id);
+    }
+    Ok(Imported {
+        graph,
+        model,
+        input,
+        opset,
+    })
+}
+
+fn fixed_input_shape(info: &ValueInfoProto, fix: &InputShape) -> Result<Vec<usize>> {
+    let name = info.name();
+    let tensor = match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t,
+        _ => bail!("model input '{name}' is not a tensor"),
+    };
+    if !matches!(tensor.elem_type(), 1 | 10 | 11 | 16) {
+        bail!(
+            "model input '{name}' has element type {}; actc trains models with a float input",
+            tensor.elem_type()
+        );
+    }
+    let dims: Vec<std::result::Result<usize, String>> = tensor
+        .shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(dimension::Value::DimValue(v)) if *v > 0 => Ok(*v as usize),
+                    Some(dimension::Value::DimParam(p)) => Err(p.clone()),
+                    _ => Err("?".to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let show = |dims: &[std::result::Result<usize, String>]| {
+        dims.iter()
+            .map(|d| match d {
+                Ok(v) => v.to_string(),
+                Err(p) => p.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("x")
+    };
+    if let Some(shape) = &fix.shape {
+        if !dims.is_empty() && shape.len() != dims.len() {
+            bail!(
+                "--input-shape {} has rank {}, but model input '{name}' has shape {} (rank {})",
+                shape
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x"),
+                shape.len(),
+                show(&dims),
+                dims.len()
+            );
+        }
+        if shape.contains(&0) {
+            bail!("--input-shape must not contain 0");
+        }
+        return Ok(shape.clone());
+    }
+    let mut out = Vec::with_capacity(dims.len());
+    for (i, d) in dims.iter().enumerate() {
+        match (d, i, fix.batch) {
+            (Ok(v), 0, Some(b)) if *v != b => bail!(
+                "--batch {b}: model input '{name}' fixes the batch size to {v}; re-export it with a dynamic batch axis"
+            ),
+            (Ok(v), _, _) => out.push(*v),
+            (Err(_), 0, b) => out.push(b.unwrap_or(DEFAULT_BATCH)),
+            (Err(_), _, _) => bail!(
+                "model input '{name}' has shape {} with symbolic dimensions; give the full shape, e.g. --input-shape {}",
+                show(&dims),
+                dims.iter()
+                    .enumerate()
+                    .map(|(i, d)| match d {
+                        Ok(v) => v.to_string(),
+                        Err(_) if i == 0 => fix.batch.unwrap_or(8).to_string(),
+                        Err(_) => "32".to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("x")
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("model input '{name}' has no shape; give it with --input-shape");
+    }
+    Ok(out)
+}
+
+fn import_node(
+    graph: &mut Graph,
+    names: &mut HashMap<String, TensorId>,
+    node: &NodeProto,
+    index: usize,
+    opset: i64,
+    dir: &Path,
+) -> Result<()> {
+    let label = node_label(node);
+    let op = node.op_type();
+    if !matches!(node.domain(), "" | "ai.onnx") {
+        bail!(
+            "node '{label}' is op {op} of domain '{}'; actc reads standard ONNX ops only",
+            node.domain()
+        );
+    }
+    let a = Attrs::new(node);
+    if op == "Constant" {
+        let data = if let Some(t) = a.tensor("value") {
+            tensor_data(t, dir)?
+        } else if a.has("value_float") {
+            (vec![], Data::F32(vec![a.float("value_float", 0.0)].into()))
+        } else if let Some(v) = a.ints("value_ints") {
+            (vec![v.len()], Data::I64(v.into()))
+        } else if a.has("value_int") {
+            (vec![], Data::I64(vec![a.int("value_int", 0)].into()))
+        } else if a.has("value_floats") {
+            let v: Vec<f32> = node
+                .attribute
+                .iter()
+                .find(|x| x.name() == "value_floats")
+                .map(|x| x.floats.clone())
+                .unwrap_or_default();
+            (vec![v.len()], Data::F32(v.into()))
+        } else {
+            bail!("node '{label}' (Constant) has no value attribute actc reads");
+        };
+        let name = node.output.first().cloned().unwrap_or_default();
+        let id = graph.add_tensor(Tensor::constant(name.clone(), data.0, data.1));
+        names.insert(name, id);
+        return Ok(());
+    }
+
+    let mut inputs: Vec<Option<TensorId>> = Vec::with_capacity(node.input.len());
+    for name in &node.input {
+        if name.is_empty() {
+            inputs.push(None);
+            continue;
+        }
+        let id = *names.get(name).ok_or_else(|| {
+            err!("node '{label}' ({op}) reads '{name}', which no earlier node produces (the graph is not in topological order, or the tensor is missing)")
+        })?;
+        inputs.push(Some(id));
+    }
+    let args: Vec<Arg> = inputs
+        .iter()
+        .map(|i| match i {
+            Some(id) => {
+                let t = graph.tensor(*id);
+                Arg {
+                    shape: t.shape.clone(),
+                    dtype: t.dtype,
+                    data: t.data.clone(),
+                }
+            }
+            None => Arg {
+                shape: vec![0],
+                dtype: DType::F32,
+                data: Some(Data::F32(Vec::new().into())),
+            },
+        })
+        .collect();
+    if args.is_empty() {
+        bail!("node '{label}' ({op}) has no inputs");
+    }
+
+    // Identity and inference Dropout pass their input through: alias the name.
+    if op == "Identity" || (op == "Dropout" && node.output.iter().skip(1).all(|o| o.is_empty())) {
+        let src = inputs[0].ok_or_else(|| err!("node '{label}' ({op}) has no input"))?;
+        names.insert(node.output[0].clone(), src);
+        return Ok(());
+    }
+
+    let outs = shape::infer(node, &args, opset)?;
+    if let Some(values) = shape::eval(node, &args, &outs, opset)? {
+        for ((name, (shape, _)), data) in node.output.iter().zip(&outs).zip(values) {
+            let id = graph.add_tensor(Tensor::constant(name.clone(), shape.clone(), data));
+            names.insert(name.clone(), id);
+        }
+        return Ok(());
+    }
+
+    let mut out_ids = Vec::with_capacity(outs.len());
+    for (name, (shape, dtype)) in node.output.iter().zip(&outs) {
+        let id = graph.add_tensor(Tensor::value(name.clone(), shape.clone(), *dtype));
+        if !name.is_empty() {
+            names.insert(name.clone(), id);
+        }
+        out_ids.push(id);
+    }
+    let (op_kind, data_inputs) = match kernel_for(node, &a, &args, &outs, opset)? {
+        Some((kind, keep)) => (
+            NodeOp::Kernel(kind),
+            keep.iter()
+                .filter_map(|&i| inputs.get(i).copied().flatten())
+                .collect(),
+        ),
+        None => (
+            NodeOp::Onnx(op.to_string()),
+            inputs.iter().flatten().copied().collect(),
+        ),
+    };
+    graph.add_node(Node {
+        name: if node.name().is_empty() {
+            format!("{op}_{index}")
+        } else {
+            node.name().to_string()
+        },
+        op: op_kind,
+        inputs: data_inputs,
+        outputs: out_ids,
+        phase: Phase::Forward,
+        source: Some(index),
+        origin: None,
+    });
+    Ok(())
+}
+
+/// The runtime operation for an ONNX node and which of its inputs it reads (the others are
+/// constants folded into the operation's attributes), or `None` when actc has no kernel for
+/// this node as written (it may still run in the frozen prefix).
+fn kernel_for(
+    node: &NodeProto,
+    a: &Attrs,
+    args: &[Arg],
+    outs: &[shape::Out],
+    opset: i64,
+) -> Result<Option<(Kind, Vec<usize>)>> {
+    let label = node_label(node);
+    let x = &args[0];
+    let is_const = |i: usize| args.get(i).is_some_and(|t| t.data.is_some());
+    let const_f32 = |i: usize, default: f32| -> Option<f32> {
+        match args.get(i).and_then(|t| t.data.as_ref()) {
+            Some(d) if d.is_empty() => Some(default),
+            Some(d) => d.as_f32().first().copied(),
+            None if args.len() <= i => Some(default),
+            None => None,
+        }
+    };
+    let one = || vec![0];
+    let four_d = x.shape.len() == 4;
+    let kind = match node.op_type() {
+        "Conv" if four_d => {
+            let w = &args[1].shape;
+            let (_, pads) = spatial_out(&label, a, &x.shape[2..], &w[2..], false)?;
+            let conv = ops::Conv {
+                kernel: vec![w[2] as u32, w[3] as u32],
+                strides: u32s(&usizes(&a.ints("strides").unwrap_or_else(|| vec![1, 1]))),
+                pads: vec![
+                    pads[0] as u32,
+                    pads[1] as u32,
+                    pads[2] as u32,
+                    pads[3] as u32,
+                ],
+                dilations: u32s(&usizes(&a.ints("dilations").unwrap_or_else(|| vec![1, 1]))),
+                group: a.int("group", 1) as u32,
+            };
+            (Kind::Conv(conv), (0..args.len().min(3)).collect())
+        }
+        "Gemm" => (
+            Kind::Gemm(ops::Gemm {
+                trans_a: a.int("transA", 0) != 0,
+                trans_b: a.int("transB", 0) != 0,
+                alpha: a.float("alpha", 1.0),
+                beta: a.float("beta", 1.0),
+            }),
+            (0..args.len().min(3)).collect(),
+        ),
+        "MatMul" if is_const(1) && args[1].shape.len() == 2 && x.shape.len() >= 2 => {
+            (Kind::MatMul(Empty {}), vec![0, 1])
+        }
+        "BatchNormalization" if four_d && (1..5).all(is_const) => (
+            Kind::BatchNorm(ops::Epsilon {
+                epsilon: a.float("epsilon", 1e-5),
+            }),
+            vec![0, 1, 2, 3, 4],
+        ),
+        "Relu" => (Kind::Relu(Empty {}), one()),
+        "Clip" => {
+            let (min, max) = if opset < 11 {
+                (
+                    Some(a.float("min", f32::MIN)),
+                    Some(a.float("max", f32::MAX)),
+                )
+            } else {
+                (const_f32(1, f32::MIN), const_f32(2, f32::MAX))
+            };
+            match (min, max) {
+                (Some(min), Some(max)) => (Kind::Clip(ops::Clip { min, max }), one()),
+                _ => return Ok(None),
+            }
+        }
+        "LeakyRelu" => (
+            Kind::LeakyRelu(ops::Alpha {
+                alpha: a.float("alpha", 0.01),
+            }),
+            one(),
+        ),
+        "PRelu" if is_const(1) => (Kind::PRelu(Empty {}), vec![0, 1]),
+        "Sigmoid" => (Kind::Sigmoid(Empty {}), one()),
+        "HardSigmoid" => (
+            Kind::HardSigmoid(ops::HardSigmoid {
+                alpha: a.float("alpha", 0.2),
+                beta: a.float("beta", 0.5),
+            }),
+            one(),
+        ),
+        "HardSwish" => (Kind::HardSwish(Empty {}), one()),
+        "Add" if x.dtype == DType::F32 => (Kind::Add(Empty {}), vec![0, 1]),
+        "Sub" if x.dtype == DType::F32 => (Kind::Sub(Empty {}), vec![0, 1]),
+        "Mul" if x.dtype == DType::F32 => (Kind::Mul(Empty {}), vec![0, 1]),
+        "Div" if x.dtype == DType::F32 => (Kind::Div(Empty {}), vec![0, 1]),
+        "Concat" => (
+            Kind::Concat(ops::Axis {
+                axis: norm_axis(&label, a.int("axis", 0), x.shape.len())? as i32,
+            }),
+            (0..args.len()).collect(),
+        ),
+        "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => (Kind::Reshape(Empty {}), one()),
+        "Transpose" => {
+            let perm = a
+                .ints("perm")
+                .map(|p| usizes(&p))
+                .unwrap_or_else(|| (0..x.shape.len()).rev().collect());
+            (Kind::Transpose(ops::Perm { perm: u32s(&perm) }), one())
+        }
+        "GlobalAveragePool" if four_d => (Kind::GlobalAveragePool(Empty {}), one()),
+        "AveragePool" | "MaxPool" if four_d && outs.len() == 1 => {
+            let kernel = usizes(&a.ints("kernel_shape").unwrap_or_default());
+            let ceil = a.int("ceil_mode", 0) != 0;
+            let (_, pads) = spatial_out(&label, a, &x.shape[2..], &kernel, ceil)?;
+            let count_include_pad = a.int("count_include_pad", 0) != 0;
+            if node.op_type() == "AveragePool" && ceil && count_include_pad {
+                return Ok(None);
+            }
+            let pool = ops::Pool {
+                kernel: u32s(&kernel),
+                strides: u32s(&usizes(&a.ints("strides").unwrap_or_else(|| vec![1, 1]))),
+                pads: u32s(&pads),
+                dilations: u32s(&usizes(&a.ints("dilations").unwrap_or_else(|| vec![1, 1]))),
+                count_include_pad,
+            };
+            if node.op_type() == "MaxPool" {
+                (Kind::MaxPool(pool), one())
+            } else {
+                (Kind::AveragePool(pool), one())
+            }
+        }
+        "ReduceMean" => {
+            let axes = if opset >= 18 {
+                match args.get(1).and_then(|t| t.data.as_ref()) {
+                    Some(d) if !d.is_empty() => Some(d.as_i64()),
+                    Some(_) | None if args.len() > 1 && !is_const(1) => return Ok(None),
+                    _ => None,
+                }
+            } else {
+                a.ints("axes")
+            };
+            let axes: Vec<usize> = match axes {
+                Some(v) => v
+                    .iter()
+                    .map(|&ax| norm_axis(&label, ax, x.shape.len()))
+                    .collect::<Result<_>>()?,
+                None if a.int("noop_with_empty_axes", 0) != 0 => return Ok(None),
+                None => (0..x.shape.len()).collect(),
+            };
+            (Kind::ReduceMean(ops::Axes { axes: u32s(&axes) }), one())
+        }
+        "Pad" => {
+            if a.string("mode", "constant") != "constant" {
+                return Ok(None);
+            }
+            let pads = if opset >= 11 {
+                args[1].data.as_ref().map(|d| d.as_i64())
+            } else {
+                a.ints("pads")
+            };
+            let value = if opset >= 11 {
+                const_f32(2, 0.0)
+            } else {
+                Some(a.float("value", 0.0))
+            };
+            let axes_given = opset >= 18
+                && args.len() > 3
+                && !args[3].data.as_ref().is_some_and(|d| d.is_empty());
+            match (pads, value) {
+                (Some(p), Some(value)) if !axes_given && p.iter().all(|&v| v >= 0) => (
+                    Kind::Pad(ops::Pad {
+                        pads: u32s(&usizes(&p)),
+                        value,
+                    }),
+                    one(),
+                ),
+                _ => return Ok(None),
+            }
+        }
+        "Softmax" => {
+            let rank = x.shape.len();
+            let axis = norm_axis(
+                &label,
+                a.int("axis", if opset >= 13 { -1 } else { 1 }),
+                rank,
+            )?;
+            // Before opset 13 Softmax flattened everything from `axis` on; that equals a
+            // softmax over one axis only when it is the last.
+            if opset < 13 && axis != rank - 1 {
+                return Ok(None);
+            }
+            (Kind::Softmax(ops::Axis { axis: axis as i32 }), one())
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(kind))
+}
+
+fn u32s(v: &[usize]) -> Vec<u32> {
+    v.iter().map(|&d| d as u32).collect()
+}

@@ -1,0 +1,237 @@
+//! ONNX front and back end: the protobuf types (generated from the current `onnx.proto`, so
+//! nothing is lost on re-encode), decoding of files, tensors and attributes, the importer that
+//! builds the IR, and the writer of sub-models.
+
+pub mod import;
+#[allow(clippy::doc_overindented_list_items, clippy::enum_variant_names)]
+pub mod proto;
+pub mod shape;
+pub mod submodel;
+
+use crate::error::Result;
+use crate::ir::Data;
+use crate::{bail, err};
+use prost::Message;
+use proto::{AttributeProto, ModelProto, NodeProto, TensorProto, tensor_proto::DataType};
+use std::path::Path;
+
+/// Reads and decodes an ONNX file, refusing what is not one.
+pub fn load(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).map_err(|e| err!("{}: cannot read: {e}", path.display()))?;
+    decode(&bytes).map_err(|e| err!("{}: {}", path.display(), e.0))
+}
+
+pub fn decode(bytes: &[u8]) -> Result<ModelProto> {
+    let model = ModelProto::decode(bytes).map_err(|e| {
+        err!("not a valid ONNX model (protobuf decoding failed: {e}); is the file truncated?")
+    })?;
+    // Protobuf accepts many byte strings as some message; a real model has an IR version and
+    // a graph with at least one node and one output.
+    match &model.graph {
+        Some(g) if model.ir_version() > 0 && !g.node.is_empty() && !g.output.is_empty() => {
+            Ok(model)
+        }
+        _ => bail!(
+            "not an ONNX model (no IR version or no graph); expected a .onnx file as written by torch.onnx.export or tf2onnx"
+        ),
+    }
+}
+
+/// The opset version of the default (`ai.onnx`) domain.
+pub fn opset(model: &ModelProto) -> i64 {
+    model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain(), "" | "ai.onnx"))
+        .map(|o| o.version())
+        .unwrap_or(1)
+}
+
+/// Decodes a tensor's values. External data (a separate weights file) is read relative to
+/// `dir`, the model's folder.
+pub fn tensor_data(t: &TensorProto, dir: &Path) -> Result<(Vec<usize>, Data)> {
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let n: usize = dims.iter().product();
+    let external;
+    let raw: &[u8] = if t.data_location() == proto::tensor_proto::DataLocation::External {
+        external = read_external(t, dir)?;
+        &external
+    } else {
+        t.raw_data()
+    };
+    let dtype = DataType::try_from(t.data_type()).unwrap_or(DataType::Undefined);
+    let data = match dtype {
+        DataType::Float => Data::F32(if !raw.is_empty() {
+            raw.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect()
+        } else {
+            t.float_data.clone().into()
+        }),
+        DataType::Double => Data::F32(if !raw.is_empty() {
+            raw.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect()
+        } else {
+            t.double_data.iter().map(|&v| v as f32).collect()
+        }),
+        DataType::Float16 => Data::F32(if !raw.is_empty() {
+            raw.chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect()
+        } else {
+            t.int32_data.iter().map(|&v| f16_to_f32(v as u16)).collect()
+        }),
+        DataType::Int64 => Data::I64(if !raw.is_empty() {
+            raw.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        } else {
+            t.int64_data.clone().into()
+        }),
+        DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::Uint8 | DataType::Bool => {
+            let width = match dtype {
+                DataType::Int32 => 4,
+                DataType::Int16 => 2,
+                _ => 1,
+            };
+            Data::I64(if !raw.is_empty() {
+                raw.chunks_exact(width)
+                    .map(|c| match (dtype, width) {
+                        (_, 4) => i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64,
+                        (_, 2) => i16::from_le_bytes([c[0], c[1]]) as i64,
+                        (DataType::Int8, _) => c[0] as i8 as i64,
+                        _ => c[0] as i64,
+                    })
+                    .collect()
+            } else {
+                t.int32_data.iter().map(|&v| v as i64).collect()
+            })
+        }
+        other => bail!(
+            "tensor '{}' has element type {:?}, which actc does not read (float, double, float16 and integer types are supported)",
+            t.name(),
+            other
+        ),
+    };
+    if data.len() != n {
+        bail!(
+            "tensor '{}' holds {} values but its shape {:?} needs {n}",
+            t.name(),
+            data.len(),
+            dims
+        );
+    }
+    Ok((dims, data))
+}
+
+fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>> {
+    let get = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key() == k)
+            .map(|e| e.value().to_string())
+    };
+    let location = get("location")
+        .ok_or_else(|| err!("tensor '{}' is external but names no location", t.name()))?;
+    let path = dir.join(&location);
+    let bytes =
+        std::fs::read(&path).map_err(|e| err!("tensor '{}': {}: {e}", t.name(), path.display()))?;
+    let offset: usize = get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let length: usize = get("length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(bytes.len().saturating_sub(offset));
+    bytes
+        .get(offset..offset + length)
+        .map(|s| s.to_vec())
+        .ok_or_else(|| {
+            err!(
+                "tensor '{}': {} is shorter than its offset+length",
+                t.name(),
+                path.display()
+            )
+        })
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match exp {
+        0 if frac == 0 => sign,
+        0 => {
+            // subnormal: renormalise
+            let mut e = 127 - 15 + 1;
+            let mut f = frac;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        0x1f => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// A float tensor as ONNX stores it (raw little-endian data).
+pub fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DataType::Float as i32),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// Typed access to a node's attributes, with errors that name the node.
+pub struct Attrs<'a> {
+    node: &'a NodeProto,
+}
+
+impl<'a> Attrs<'a> {
+    pub fn new(node: &'a NodeProto) -> Attrs<'a> {
+        Attrs { node }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a AttributeProto> {
+        self.node.attribute.iter().find(|a| a.name() == name)
+    }
+
+    pub fn int(&self, name: &str, default: i64) -> i64 {
+        self.get(name).map(|a| a.i()).unwrap_or(default)
+    }
+
+    pub fn float(&self, name: &str, default: f32) -> f32 {
+        self.get(name).map(|a| a.f()).unwrap_or(default)
+    }
+
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.get(name).map(|a| a.ints.clone())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.get(name)
+            .map(|a| String::from_utf8_lossy(a.s()).into_owned())
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&'a TensorProto> {
+        self.get(name).and_then(|a| a.t.as_ref())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+}
+
+/// How error messages name a node: its name, or its first output when it has none.
+pub fn node_label(node: &NodeProto) -> String {
+    if !node.name().is_empty() {
+        node.name().to_string()
+    } else {
+        node.output.first().cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,205 @@
+//! `emit`: the scheduled, planned training graph as a [`Plan`].
+
+use super::memplan::{self, Interval, align};
+use crate::ir::{Data, Graph, NodeOp, Role, TensorId};
+use actc_runtime::plan::{Buffer, BufferKind, Memory, Step, Weight};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Buffers, steps, weights and the memory plan; the caller fills in the rest of the plan.
+pub struct Emitted {
+    pub buffers: Vec<Buffer>,
+    pub steps: Vec<Step>,
+    pub weights: Vec<Weight>,
+    pub memory: Memory,
+    /// Buffer id of each tensor that has one.
+    pub buffer_of: BTreeMap<TensorId, u32>,
+}
+
+/// `feeds` are the tensors the runtime writes before the first step (boundary tensors,
+/// labels); `keep_alive` those it reads after the last (loss, model output).
+pub fn emit(
+    graph: &Graph,
+    order: &[NodeIndex],
+    saved: &BTreeSet<TensorId>,
+    weight_grads: &BTreeSet<TensorId>,
+    feeds: &[TensorId],
+    keep_alive: &[TensorId],
+) -> Emitted {
+    let mut used: BTreeSet<TensorId> = feeds.iter().copied().collect();
+    for &n in order {
+        used.extend(graph.nodes[n].inputs.iter().copied());
+        used.extend(graph.nodes[n].outputs.iter().copied());
+    }
+    used.extend(keep_alive.iter().copied());
+    let ids: Vec<TensorId> = used.into_iter().collect();
+    let buffer_of: BTreeMap<TensorId, u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, i as u32))
+        .collect();
+
+    let kind_of = |t: TensorId| -> BufferKind {
+        let tensor = graph.tensor(t);
+        match tensor.role {
+            Role::Input => BufferKind::Boundary,
+            Role::Label => BufferKind::Label,
+            Role::Loss => BufferKind::Loss,
+            Role::Trainable => BufferKind::Trainable,
+            Role::Const => BufferKind::Frozen,
+            Role::OptimizerState => BufferKind::OptimizerState,
+            Role::Gradient if weight_grads.contains(&t) => BufferKind::WeightGradient,
+            Role::Gradient => BufferKind::Gradient,
+            Role::Value if saved.contains(&t) => BufferKind::Saved,
+            Role::Value => BufferKind::Activation,
+        }
+    };
+
+    // Lifetimes in steps; feeds are written before step 0.
+    let n_steps = order.len();
+    let mut first = vec![usize::MAX; ids.len()];
+    let mut last = vec![0usize; ids.len()];
+    for &t in feeds {
+        first[buffer_of[&t] as usize] = 0;
+    }
+    for (s, &n) in order.iter().enumerate() {
+        for &t in &graph.nodes[n].outputs {
+            let b = buffer_of[&t] as usize;
+            first[b] = first[b].min(s);
+            last[b] = last[b].max(s);
+        }
+        for &t in &graph.nodes[n].inputs {
+            let b = buffer_of[&t] as usize;
+            first[b] = first[b].min(s);
+            last[b] = last[b].max(s);
+        }
+    }
+    for &t in keep_alive {
+        last[buffer_of[&t] as usize] = n_steps;
+    }
+
+    // A reshape's output is its input's memory under another shape: one group, one offset.
+    let mut group: Vec<usize> = (0..ids.len()).collect();
+    fn root(group: &mut [usize], mut i: usize) -> usize {
+        while group[i] != i {
+            group[i] = group[group[i]];
+            i = group[i];
+        }
+        i
+    }
+    for &n in order {
+        let node = &graph.nodes[n];
+        if matches!(node.op, NodeOp::Kernel(actc_runtime::ops::Kind::Reshape(_))) {
+            let (a, b) = (
+                buffer_of[&node.inputs[0]] as usize,
+                buffer_of[&node.outputs[0]] as usize,
+            );
+            let (ra, rb) = (root(&mut group, a), root(&mut group, b));
+            group[rb] = ra;
+        }
+    }
+
+    let mut buffers: Vec<Buffer> = ids
+        .iter()
+        .map(|&t| {
+            let tensor = graph.tensor(t);
+            Buffer {
+                name: tensor.name.clone(),
+                shape: tensor.shape.iter().map(|&d| d as u64).collect(),
+                dtype: tensor.dtype as i32,
+                kind: kind_of(t) as i32,
+                offset: 0,
+                bytes: tensor.bytes() as u64,
+            }
+        })
+        .collect();
+
+    let mut persistent = 0u64;
+    let mut groups: BTreeMap<usize, Interval> = BTreeMap::new();
+    for b in 0..ids.len() {
+        if buffers[b].kind().is_persistent() {
+            buffers[b].offset = persistent;
+            persistent += align(buffers[b].bytes);
+            continue;
+        }
+        let r = root(&mut group, b);
+        let iv = Interval {
+            bytes: buffers[b].bytes,
+            first: first[b],
+            last: last[b],
+        };
+        groups
+            .entry(r)
+            .and_modify(|g| {
+                g.bytes = g.bytes.max(iv.bytes);
+                g.first = g.first.min(iv.first);
+                g.last = g.last.max(iv.last);
+            })
+            .or_insert(iv);
+    }
+    let roots: Vec<usize> = groups.keys().copied().collect();
+    let intervals: Vec<Interval> = groups.values().copied().collect();
+    let (offsets, arena) = memplan::plan(&intervals);
+    let offset_of: BTreeMap<usize, u64> = roots.iter().copied().zip(offsets).collect();
+    for b in 0..ids.len() {
+        if !buffers[b].kind().is_persistent() {
+            buffers[b].offset = offset_of[&root(&mut group, b)];
+        }
+    }
+
+    let steps = order
+        .iter()
+        .map(|&n| {
+            let node = &graph.nodes[n];
+            let NodeOp::Kernel(kind) = &node.op else {
+                unreachable!("select keeps only runtime ops in the suffix")
+            };
+            Step {
+                name: node.name.clone(),
+                op: Some(kind.clone().into()),
+                inputs: node.inputs.iter().map(|t| buffer_of[t]).collect(),
+                outputs: node.outputs.iter().map(|t| buffer_of[t]).collect(),
+                phase: node.phase as i32,
+                workspace: None,
+                origin: node.origin.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+
+    let weights = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(b, &t)| {
+            let tensor = graph.tensor(t);
+            let data = match (&tensor.role, &tensor.data) {
+                (Role::Trainable | Role::Const, Some(Data::F32(v))) => {
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
+                (Role::Trainable | Role::Const, Some(Data::I64(v))) => {
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+                }
+                _ => return None,
+            };
+            Some(Weight {
+                buffer: b as u32,
+                source: tensor.name.clone(),
+                data,
+            })
+        })
+        .collect();
+
+    let naive = memplan::naive(&intervals);
+    let saved_bytes = saved.iter().map(|t| graph.tensor(*t).bytes() as u64).sum();
+    Emitted {
+        buffers,
+        steps,
+        weights,
+        memory: Memory {
+            arena,
+            persistent,
+            naive,
+            saved: saved_bytes,
+        },
+        buffer_of,
+    }
+}

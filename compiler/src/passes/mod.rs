@@ -1,0 +1,10 @@
+//! The passes over the IR, in pipeline order.
+
+pub mod autodiff;
+pub mod compress;
+pub mod emit;
+pub mod loss;
+pub mod memplan;
+pub mod optim;
+pub mod schedule;
+pub mod select;

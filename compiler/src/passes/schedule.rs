@@ -1,0 +1,47 @@
+//! `schedule`: the order the runtime executes the nodes in.
+//!
+//! A topological order that, among the nodes ready to run, takes an optimizer update first
+//! (so each weight gradient dies right after it is made, as the Tiny Training Engine does),
+//! then the node built earliest (forward in model order, backward in reverse model order).
+
+use crate::ir::Graph;
+use actc_runtime::plan::Phase;
+use petgraph::stable_graph::NodeIndex;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+pub fn schedule(graph: &Graph) -> Vec<NodeIndex> {
+    let bound = graph
+        .nodes
+        .node_indices()
+        .map(|n| n.index() + 1)
+        .max()
+        .unwrap_or(0);
+    let mut indegree = vec![0usize; bound];
+    for n in graph.nodes.node_indices() {
+        indegree[n.index()] = graph.predecessors(n).len();
+    }
+    let key = |n: NodeIndex| Reverse((graph.nodes[n].phase != Phase::Update, n));
+    let mut ready: BinaryHeap<_> = graph
+        .nodes
+        .node_indices()
+        .filter(|n| indegree[n.index()] == 0)
+        .map(key)
+        .collect();
+    let mut order = Vec::with_capacity(graph.nodes.node_count());
+    while let Some(Reverse((_, n))) = ready.pop() {
+        order.push(n);
+        for s in graph.successors(n) {
+            indegree[s.index()] -= 1;
+            if indegree[s.index()] == 0 {
+                ready.push(key(s));
+            }
+        }
+    }
+    debug_assert_eq!(
+        order.len(),
+        graph.nodes.node_count(),
+        "the training graph has a cycle"
+    );
+    order
+}

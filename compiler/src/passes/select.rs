@@ -1,0 +1,316 @@
+//! `select`: which layers train, the trainable suffix, the frozen prefix, and the boundary
+//! tensors between them (DESIGN §3).
+//!
+//! A layer is a `Conv` node, or, in a model with no conv, a `Gemm`/`MatMul` with a constant
+//! weight. `--layers N` trains the last N layers in topological order and every parameterized
+//! op after the first of them. The suffix is every node whose value depends on a trainable
+//! weight; everything else the output needs is the frozen prefix, which tract runs.
+
+use crate::bail;
+use crate::error::Result;
+use crate::ir::{Graph, NodeOp, Role, TensorId};
+use actc_runtime::ops::Kind;
+use petgraph::stable_graph::NodeIndex;
+use std::collections::BTreeSet;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layers {
+    Last(usize),
+    All,
+}
+
+impl fmt::Display for Layers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layers::Last(n) => write!(f, "{n}"),
+            Layers::All => write!(f, "all"),
+        }
+    }
+}
+
+impl std::str::FromStr for Layers {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Layers, String> {
+        if s == "all" {
+            return Ok(Layers::All);
+        }
+        match s.parse::<usize>() {
+            Ok(0) => Err("--layers 0 trains nothing; give a count of at least 1, or `all`".into()),
+            Ok(n) => Ok(Layers::Last(n)),
+            Err(_) => Err(format!(
+                "'{s}' is not a layer count; give a number like 4, or `all`"
+            )),
+        }
+    }
+}
+
+/// A node whose weights train.
+pub struct TrainedLayer {
+    pub node: String,
+    pub op: String,
+    /// 1-based position among the model's layers counted from the output; 0 for a
+    /// parameterized op that is not a layer (a PRelu, say).
+    pub from_output: usize,
+    pub params: Vec<TensorId>,
+}
+
+pub struct Selection {
+    /// How many layers the model has, and the op type that makes a layer.
+    pub total_layers: usize,
+    pub layer_op: String,
+    pub trained: Vec<TrainedLayer>,
+    /// Names of the boundary tensors, for the prefix sub-model.
+    pub boundary: Vec<String>,
+    pub output: TensorId,
+}
+
+/// Chooses the trained output, prunes everything else, and cuts the graph at the boundary:
+/// afterwards `graph` holds only the suffix, its inputs are the boundary tensors and its one
+/// output is the chosen model output.
+pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result<Selection> {
+    let out = choose_output(graph, output)?;
+    let needed = graph.ancestors_of(&[out]);
+    let order: Vec<NodeIndex> = graph
+        .topo_order()
+        .into_iter()
+        .filter(|n| needed.contains(n))
+        .collect();
+    let all_layers = find_layers(graph, &order);
+    if all_layers.is_empty() {
+        bail!(
+            "the model has no trainable layer before output '{}' (no Conv, and no Gemm/MatMul with a constant weight)",
+            graph.tensor(out).name
+        );
+    }
+    let count = all_layers.len();
+    let kind = &all_layers[0].1;
+    let n = match layers {
+        Layers::All => count,
+        Layers::Last(n) if n > count => bail!(
+            "--layers {n}: the model has only {count} layers ({kind} nodes) before output '{}'; use --layers 1 to {count}, or all",
+            graph.tensor(out).name
+        ),
+        Layers::Last(n) => n,
+    };
+    let suffix = match suffix_for(graph, &order, &all_layers, n) {
+        Ok(s) => s,
+        Err(bad) => {
+            let node = &graph.nodes[bad];
+            let works = (1..n)
+                .rev()
+                .find(|&m| suffix_for(graph, &order, &all_layers, m).is_ok());
+            let hint = match works {
+                Some(m) => format!(
+                    "--layers {m} works (the largest value that keeps it in the frozen prefix)"
+                ),
+                None => "no --layers value keeps it out of the trainable part".to_string(),
+            };
+            bail!(
+                "node '{}' (op {}) is in the trainable part at --layers {layers} and actc cannot differentiate it; {hint}",
+                node.name,
+                node.op_name()
+            );
+        }
+    };
+
+    let mut trained = Vec::new();
+    for &node in &suffix.trainable {
+        let params = params_of(graph, node);
+        for &t in &params {
+            graph.tensor_mut(t).role = Role::Trainable;
+        }
+        let position = all_layers.iter().position(|l| l.0 == node);
+        trained.push(TrainedLayer {
+            node: graph.nodes[node].name.clone(),
+            op: graph.nodes[node].op_name(),
+            from_output: position.map(|p| count - p).unwrap_or(0),
+            params,
+        });
+    }
+    let mut boundary: Vec<TensorId> = Vec::new();
+    for &node in &suffix.nodes {
+        for &t in &graph.nodes[node].inputs {
+            let produced_inside = graph.producer(t).is_some_and(|p| suffix.nodes.contains(&p));
+            if !produced_inside && !graph.tensor(t).is_const() && !boundary.contains(&t) {
+                boundary.push(t);
+            }
+        }
+    }
+    boundary.sort_unstable();
+    let doomed: Vec<NodeIndex> = graph
+        .nodes
+        .node_indices()
+        .filter(|n| !suffix.nodes.contains(n))
+        .collect();
+    for n in doomed {
+        graph.remove_node(n);
+    }
+    for &t in &boundary {
+        graph.tensor_mut(t).role = Role::Input;
+    }
+    graph.inputs = boundary.clone();
+    graph.outputs = vec![out];
+    Ok(Selection {
+        total_layers: count,
+        layer_op: all_layers[0].1.clone(),
+        trained,
+        boundary: boundary
+            .iter()
+            .map(|&t| graph.tensor(t).name.clone())
+            .collect(),
+        output: out,
+    })
+}
+
+fn choose_output(graph: &Graph, output: Option<&str>) -> Result<TensorId> {
+    let names = || {
+        graph
+            .outputs
+            .iter()
+            .map(|&t| graph.tensor(t).name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let out = match output {
+        Some(name) => match graph
+            .outputs
+            .iter()
+            .find(|&&t| graph.tensor(t).name == name)
+        {
+            Some(&t) => t,
+            None => bail!(
+                "--output {name}: the model has no such output; its outputs are {}",
+                names()
+            ),
+        },
+        None => graph.outputs[0],
+    };
+    if graph.producer(out).is_none() {
+        bail!(
+            "output '{}' is a constant or the model input; nothing before it can train",
+            graph.tensor(out).name
+        );
+    }
+    Ok(out)
+}
+
+fn find_layers(graph: &Graph, order: &[NodeIndex]) -> Vec<(NodeIndex, String)> {
+    let convs: Vec<_> = order
+        .iter()
+        .filter(|&&n| {
+            matches!(&graph.nodes[n].op, NodeOp::Kernel(Kind::Conv(_)))
+                || graph.nodes[n].op == NodeOp::Onnx("Conv".into())
+        })
+        .map(|&n| (n, "Conv".to_string()))
+        .collect();
+    if !convs.is_empty() {
+        return convs;
+    }
+    order
+        .iter()
+        .filter(|&&n| {
+            matches!(
+                &graph.nodes[n].op,
+                NodeOp::Kernel(Kind::Gemm(_) | Kind::MatMul(_))
+            ) && !params_of(graph, n).is_empty()
+        })
+        .map(|&n| (n, graph.nodes[n].op_name()))
+        .collect()
+}
+
+/// The constant inputs of a parameterized node: what training updates.
+pub fn params_of(graph: &Graph, node: NodeIndex) -> Vec<TensorId> {
+    let n = &graph.nodes[node];
+    let candidates: &[usize] = match &n.op {
+        NodeOp::Kernel(Kind::Conv(_)) => &[1, 2],
+        NodeOp::Kernel(Kind::Gemm(_)) => &[0, 1, 2],
+        NodeOp::Kernel(Kind::MatMul(_) | Kind::PRelu(_)) => &[1],
+        _ => &[],
+    };
+    candidates
+        .iter()
+        .filter_map(|&i| n.inputs.get(i).copied())
+        .filter(|&t| {
+            graph.tensor(t).is_const() && graph.tensor(t).dtype == actc_runtime::plan::DType::F32
+        })
+        .collect()
+}
+
+struct Suffix {
+    trainable: Vec<NodeIndex>,
+    nodes: BTreeSet<NodeIndex>,
+}
+
+/// The suffix for training the last `n` layers, or the first node in it that actc cannot
+/// differentiate.
+fn suffix_for(
+    graph: &Graph,
+    order: &[NodeIndex],
+    layers: &[(NodeIndex, String)],
+    n: usize,
+) -> std::result::Result<Suffix, NodeIndex> {
+    let first = layers[layers.len() - n].0;
+    let start = order
+        .iter()
+        .position(|&x| x == first)
+        .expect("layer is in order");
+    let mut trainable: Vec<NodeIndex> = layers[layers.len() - n..].iter().map(|l| l.0).collect();
+    for &node in &order[start..] {
+        if !trainable.contains(&node) && !params_of(graph, node).is_empty() {
+            trainable.push(node);
+        }
+    }
+    let within: BTreeSet<NodeIndex> = order.iter().copied().collect();
+    let nodes: BTreeSet<NodeIndex> = graph
+        .descendants_of(&trainable)
+        .into_iter()
+        .filter(|x| within.contains(x))
+        .collect();
+    for &node in order.iter().filter(|x| nodes.contains(x)) {
+        if !differentiable(graph, node) {
+            return Err(node);
+        }
+    }
+    Ok(Suffix { trainable, nodes })
+}
+
+fn differentiable(graph: &Graph, node: NodeIndex) -> bool {
+    let n = &graph.nodes[node];
+    match &n.op {
+        NodeOp::Onnx(_) => false,
+        // dA/dB of a quotient by a computed tensor is not implemented; by a constant it is.
+        NodeOp::Kernel(Kind::Div(_)) => graph.tensor(n.inputs[1]).is_const(),
+        NodeOp::Kernel(k) => is_forward(k),
+    }
+}
+
+fn is_forward(k: &Kind) -> bool {
+    matches!(
+        k,
+        Kind::Conv(_)
+            | Kind::Gemm(_)
+            | Kind::MatMul(_)
+            | Kind::BatchNorm(_)
+            | Kind::Relu(_)
+            | Kind::Clip(_)
+            | Kind::LeakyRelu(_)
+            | Kind::PRelu(_)
+            | Kind::Sigmoid(_)
+            | Kind::HardSigmoid(_)
+            | Kind::HardSwish(_)
+            | Kind::Add(_)
+            | Kind::Sub(_)
+            | Kind::Mul(_)
+            | Kind::Div(_)
+            | Kind::Concat(_)
+            | Kind::Reshape(_)
+            | Kind::Transpose(_)
+            | Kind::GlobalAveragePool(_)
+            | Kind::AveragePool(_)
+            | Kind::MaxPool(_)
+            | Kind::ReduceMean(_)
+            | Kind::Pad(_)
+            | Kind::Softmax(_)
+    )
+}

@@ -1,0 +1,296 @@
+//! Pointwise activations, forward and backward.
+//!
+//! Backward passes take the forward input `x` (Sigmoid: its output `y`, which is what its
+//! derivative needs). At a kink the derivative is taken from the flat side, with strict
+//! inequalities, as PyTorch's ReLU, Hardtanh (ReLU6), Hardsigmoid and LeakyReLU do; so for
+//! ReLU and Clip only the sign pattern of `x` is needed (a 1-bit mask would do).
+
+pub fn relu_forward(x: &[f32], y: &mut [f32]) {
+    map(x, y, |x| x.max(0.0));
+}
+
+/// `x` may be ReLU's input or output: both have the same positive set.
+pub fn relu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(x, dy, dx, |x, d| if x > 0.0 { d } else { 0.0 });
+}
+
+/// Clip(min, max); ReLU6 is Clip(0, 6).
+pub fn clip_forward(min: f32, max: f32, x: &[f32], y: &mut [f32]) {
+    map(x, y, |x| x.max(min).min(max));
+}
+
+pub fn clip_backward(min: f32, max: f32, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(x, dy, dx, |x, d| if x > min && x < max { d } else { 0.0 });
+}
+
+pub fn leaky_relu_forward(alpha: f32, x: &[f32], y: &mut [f32]) {
+    map(x, y, |x| if x >= 0.0 { x } else { alpha * x });
+}
+
+pub fn leaky_relu_backward(alpha: f32, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(x, dy, dx, |x, d| if x > 0.0 { d } else { alpha * d });
+}
+
+/// PRelu over an (N, C, `plane`) tensor: `slope` holds one value (shared) or one per channel.
+pub fn prelu_forward(plane: usize, x: &[f32], slope: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    if plane == 0 {
+        return;
+    }
+    for (i, (xp, yp)) in x
+        .chunks_exact(plane)
+        .zip(y.chunks_exact_mut(plane))
+        .enumerate()
+    {
+        let s = slope_of(slope, i);
+        map(xp, yp, |x| if x >= 0.0 { x } else { s * x });
+    }
+}
+
+/// dx, and dslope summed over everything that shares each slope value.
+pub fn prelu_backward(
+    plane: usize,
+    x: &[f32],
+    slope: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dslope: &mut [f32],
+) {
+    debug_assert_eq!(dslope.len(), slope.len());
+    debug_assert!(x.len() == dy.len() && x.len() == dx.len());
+    dslope.fill(0.0);
+    if plane == 0 {
+        return;
+    }
+    let planes = x
+        .chunks_exact(plane)
+        .zip(dy.chunks_exact(plane))
+        .zip(dx.chunks_exact_mut(plane));
+    for (i, ((xp, dyp), dxp)) in planes.enumerate() {
+        let s = slope_of(slope, i);
+        map_grad(xp, dyp, dxp, |x, d| if x > 0.0 { d } else { s * d });
+        let ds: f32 = xp
+            .iter()
+            .zip(dyp)
+            .filter(|(x, _)| **x <= 0.0)
+            .map(|(x, d)| x * d)
+            .sum();
+        dslope[i % slope.len()] += ds;
+    }
+}
+
+/// The slope of plane `i` (planes run over N then C; a single slope is shared).
+fn slope_of(slope: &[f32], i: usize) -> f32 {
+    debug_assert!(!slope.is_empty());
+    slope[i % slope.len()]
+}
+
+pub fn sigmoid_forward(x: &[f32], y: &mut [f32]) {
+    // exp(-x) overflows to +inf for very negative x, giving exactly 0: no special case.
+    map(x, y, |x| 1.0 / (1.0 + (-x).exp()));
+}
+
+/// From the output: dx = dy·y·(1 − y).
+pub fn sigmoid_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(y, dy, dx, |y, d| d * y * (1.0 - y));
+}
+
+/// HardSigmoid: max(0, min(1, alpha·x + beta)).
+pub fn hard_sigmoid_forward(alpha: f32, beta: f32, x: &[f32], y: &mut [f32]) {
+    map(x, y, |x| (alpha * x + beta).clamp(0.0, 1.0));
+}
+
+pub fn hard_sigmoid_backward(alpha: f32, beta: f32, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(x, dy, dx, |x, d| {
+        let v = alpha * x + beta;
+        if v > 0.0 && v < 1.0 { alpha * d } else { 0.0 }
+    });
+}
+
+/// HardSwish: x·HardSigmoid(x) with alpha = 1/6, beta = 1/2 (ONNX).
+pub fn hard_swish_forward(x: &[f32], y: &mut [f32]) {
+    map(x, y, |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0));
+}
+
+/// d/dx = 0 below −3, x/3 + 1/2 on [−3, 3], 1 above (PyTorch's convention at ±3).
+pub fn hard_swish_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(x, dy, dx, |x, d| {
+        if x < -3.0 {
+            0.0
+        } else if x <= 3.0 {
+            d * (x / 3.0 + 0.5)
+        } else {
+            d
+        }
+    });
+}
+
+fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+    debug_assert_eq!(x.len(), y.len());
+    y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x));
+}
+
+/// `dx = f(saved, dy)` elementwise.
+fn map_grad(saved: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+    debug_assert!(saved.len() == dy.len() && dy.len() == dx.len());
+    dx.iter_mut()
+        .zip(saved)
+        .zip(dy)
+        .for_each(|((dx, s), d)| *dx = f(*s, *d));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{FD_EPS, Lcg, assert_close, check_grad, weighted_sum};
+
+    const N: usize = 60;
+
+    /// Forward against `f64` reference `f`, and backward against finite differences, for
+    /// inputs in ±`range` kept 2·eps away from the listed kinks.
+    #[track_caller]
+    fn check(
+        name: &str,
+        seed: u64,
+        range: f32,
+        kinks: &[f32],
+        fwd: impl Fn(&[f32], &mut [f32]),
+        bwd: impl Fn(&[f32], &[f32], &[f32], &mut [f32]),
+        reference: impl Fn(f64) -> f64,
+    ) {
+        let mut rng = Lcg::new(seed);
+        let x = rng.away_from(N, range, kinks, 2.0 * FD_EPS);
+        let r = rng.vec(N);
+        let mut y = vec![f32::NAN; N];
+        fwd(&x, &mut y);
+        let want: Vec<f64> = x.iter().map(|x| reference(*x as f64)).collect();
+        assert_close(name, &y, &want, 1e-6);
+        let mut dx = vec![f32::NAN; N];
+        bwd(&x, &y, &r, &mut dx);
+        check_grad(name, &x, &dx, |xp| {
+            fwd(xp, &mut y);
+            weighted_sum(&y, &r)
+        });
+    }
+
+    #[test]
+    fn relu_clip_leaky() {
+        check(
+            "relu",
+            50,
+            2.0,
+            &[0.0],
+            relu_forward,
+            |x, _, d, dx| relu_backward(x, d, dx),
+            |x| x.max(0.0),
+        );
+        // ReLU's backward also works from its output.
+        check(
+            "relu from y",
+            51,
+            2.0,
+            &[0.0],
+            relu_forward,
+            |_, y, d, dx| relu_backward(y, d, dx),
+            |x| x.max(0.0),
+        );
+        check(
+            "relu6",
+            52,
+            8.0,
+            &[0.0, 6.0],
+            |x, y| clip_forward(0.0, 6.0, x, y),
+            |x, _, d, dx| clip_backward(0.0, 6.0, x, d, dx),
+            |x| x.clamp(0.0, 6.0),
+        );
+        check(
+            "clip",
+            53,
+            2.0,
+            &[-0.5, 0.7],
+            |x, y| clip_forward(-0.5, 0.7, x, y),
+            |x, _, d, dx| clip_backward(-0.5, 0.7, x, d, dx),
+            |x| x.clamp(-0.5, 0.7),
+        );
+        check(
+            "leaky",
+            54,
+            2.0,
+            &[0.0],
+            |x, y| leaky_relu_forward(0.1, x, y),
+            |x, _, d, dx| leaky_relu_backward(0.1, x, d, dx),
+            |x| if x >= 0.0 { x } else { 0.1f32 as f64 * x },
+        );
+    }
+
+    #[test]
+    fn sigmoid_family() {
+        check(
+            "sigmoid",
+            55,
+            6.0,
+            &[],
+            sigmoid_forward,
+            |_, y, d, dx| sigmoid_backward(y, d, dx),
+            |x| 1.0 / (1.0 + (-x).exp()),
+        );
+        let (a, b) = (0.2f32, 0.5f32);
+        check(
+            "hard sigmoid",
+            56,
+            4.0,
+            &[-2.5, 2.5],
+            |x, y| hard_sigmoid_forward(a, b, x, y),
+            |x, _, d, dx| hard_sigmoid_backward(a, b, x, d, dx),
+            |x| (a as f64 * x + b as f64).clamp(0.0, 1.0),
+        );
+        check(
+            "hard swish",
+            57,
+            5.0,
+            &[-3.0, 3.0],
+            hard_swish_forward,
+            |x, _, d, dx| hard_swish_backward(x, d, dx),
+            |x| x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+        );
+        let (mut y, mut dx) = ([0.0; 3], [0.0; 3]);
+        sigmoid_forward(&[-200.0, 0.0, 200.0], &mut y);
+        assert_eq!(y, [0.0, 0.5, 1.0]);
+        // At the joins PyTorch takes the middle branch: −1/2 at −3, 3/2 at 3.
+        hard_swish_backward(&[-3.0, 3.0, 3.5], &[1.0; 3], &mut dx);
+        assert_eq!(dx, [-0.5, 1.5, 1.0]);
+    }
+
+    #[test]
+    fn prelu_per_channel_and_shared() {
+        let mut rng = Lcg::new(58);
+        let (n, c, plane) = (2, 3, 7);
+        for slope in [rng.vec(c), rng.vec(1)] {
+            let x = rng.away_from(n * c * plane, 2.0, &[0.0], 2.0 * FD_EPS);
+            let r = rng.vec(x.len());
+            let mut y = vec![f32::NAN; x.len()];
+            prelu_forward(plane, &x, &slope, &mut y);
+            let want: Vec<f64> = (0..x.len())
+                .map(|i| {
+                    let s = slope[(i / plane) % slope.len()] as f64;
+                    if x[i] >= 0.0 {
+                        x[i] as f64
+                    } else {
+                        s * x[i] as f64
+                    }
+                })
+                .collect();
+            assert_close("prelu", &y, &want, 1e-6);
+            let (mut dx, mut ds) = (vec![f32::NAN; x.len()], vec![f32::NAN; slope.len()]);
+            prelu_backward(plane, &x, &slope, &r, &mut dx, &mut ds);
+            check_grad("prelu dx", &x, &dx, |xp| {
+                prelu_forward(plane, xp, &slope, &mut y);
+                weighted_sum(&y, &r)
+            });
+            check_grad("prelu dslope", &slope, &ds, |sp| {
+                prelu_forward(plane, &x, sp, &mut y);
+                weighted_sum(&y, &r)
+            });
+        }
+    }
+}

@@ -1,0 +1,680 @@
+//! 2-D convolution as ONNX `Conv` defines it: NCHW input, weight (c_out, c_in/groups, kh, kw),
+//! any stride, asymmetric padding, dilation and groups. Forward, input gradient, weight
+//! gradient and bias gradient.
+//!
+//! Three paths: a direct loop for depthwise convs (one input channel per group, where
+//! im2col would turn the work into many tiny products); a plain gemm for 1×1 stride-1
+//! unpadded convs (the input already is the im2col matrix); otherwise im2col + gemm, one
+//! image and one group at a time so the scratch stays a single column matrix.
+//!
+//! Threading, when it comes: every loop over the batch here is independent per image
+//! (each thread its own `ws`); the weight and bias gradients would then need one partial
+//! sum per thread, added at the end.
+
+use std::ops::Range;
+
+use super::gemm::sgemm;
+use super::window::{out_len, valid_range};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    /// top, left, bottom, right
+    pub pad: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Conv2dGeom {
+    pub fn out_h(&self) -> usize {
+        out_len(
+            self.h,
+            self.kh,
+            self.stride[0],
+            self.pad[0],
+            self.pad[2],
+            self.dilation[0],
+            false,
+        )
+    }
+
+    pub fn out_w(&self) -> usize {
+        out_len(
+            self.w,
+            self.kw,
+            self.stride[1],
+            self.pad[1],
+            self.pad[3],
+            self.dilation[1],
+            false,
+        )
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w()
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.cin_per_group() * self.kh * self.kw
+    }
+
+    pub fn cin_per_group(&self) -> usize {
+        self.c_in / self.groups
+    }
+
+    pub fn cout_per_group(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    /// One input channel per group (channel multiplier c_out / c_in allowed).
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.c_in
+    }
+
+    /// 1×1, stride 1, no padding: the input planes are already the im2col matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0; 4]
+    }
+
+    fn col_rows(&self) -> usize {
+        self.cin_per_group() * self.kh * self.kw
+    }
+
+    fn debug_check(&self) {
+        debug_assert!(
+            self.groups >= 1 && self.c_in % self.groups == 0 && self.c_out % self.groups == 0
+        );
+        debug_assert!(
+            self.stride[0] >= 1
+                && self.stride[1] >= 1
+                && self.dilation[0] >= 1
+                && self.dilation[1] >= 1
+        );
+    }
+}
+
+/// Scratch, in f32s, that [`forward`], [`backward_data`] and [`backward_weight`] need: one
+/// im2col matrix (one image, one group), none for the depthwise and pointwise paths.
+pub fn workspace_len(g: &Conv2dGeom) -> usize {
+    if g.is_depthwise() || g.is_pointwise() {
+        0
+    } else {
+        g.col_rows() * g.out_h() * g.out_w()
+    }
+}
+
+/// `y = conv(x, w) + bias`.
+pub fn forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) {
+    g.debug_check();
+    debug_assert_eq!(x.len(), g.input_len());
+    debug_assert_eq!(w.len(), g.weight_len());
+    debug_assert!(bias.is_none_or(|b| b.len() == g.c_out));
+    debug_assert_eq!(y.len(), g.output_len());
+    debug_assert!(ws.len() >= workspace_len(g));
+    if g.is_depthwise() {
+        return depthwise_forward(g, x, w, bias, y);
+    }
+    let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
+    for b in 0..g.n {
+        for gi in 0..g.groups {
+            let xg = &x[(b * g.c_in + gi * cig) * hw..][..cig * hw];
+            let wg = &w[gi * cog * rows..][..cog * rows];
+            let yg = &mut y[(b * g.c_out + gi * cog) * p..][..cog * p];
+            // Starting from the bias and accumulating saves a pass over the output.
+            let beta = match bias {
+                Some(bias) => {
+                    for (plane, &bv) in yg.chunks_exact_mut(p).zip(&bias[gi * cog..]) {
+                        plane.fill(bv);
+                    }
+                    1.0
+                }
+                None => 0.0,
+            };
+            if g.is_pointwise() {
+                sgemm(cog, p, cig, 1.0, wg, (cig, 1), xg, (p, 1), beta, yg, (p, 1));
+            } else {
+                let col = &mut ws[..rows * p];
+                im2col(g, xg, col);
+                sgemm(
+                    cog,
+                    p,
+                    rows,
+                    1.0,
+                    wg,
+                    (rows, 1),
+                    col,
+                    (p, 1),
+                    beta,
+                    yg,
+                    (p, 1),
+                );
+            }
+        }
+    }
+}
+
+/// dx from dy and the weight (no activation needed).
+pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: &mut [f32]) {
+    g.debug_check();
+    debug_assert_eq!(w.len(), g.weight_len());
+    debug_assert_eq!(dy.len(), g.output_len());
+    debug_assert_eq!(dx.len(), g.input_len());
+    debug_assert!(ws.len() >= workspace_len(g));
+    if g.is_depthwise() {
+        return depthwise_backward_data(g, w, dy, dx);
+    }
+    let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
+    for b in 0..g.n {
+        for gi in 0..g.groups {
+            let dxg = &mut dx[(b * g.c_in + gi * cig) * hw..][..cig * hw];
+            let wg = &w[gi * cog * rows..][..cog * rows];
+            let dyg = &dy[(b * g.c_out + gi * cog) * p..][..cog * p];
+            // Wᵀ·dy: the weight read column-wise.
+            if g.is_pointwise() {
+                sgemm(
+                    cig,
+                    p,
+                    cog,
+                    1.0,
+                    wg,
+                    (1, cig),
+                    dyg,
+                    (p, 1),
+                    0.0,
+                    dxg,
+                    (p, 1),
+                );
+            } else {
+                let col = &mut ws[..rows * p];
+                sgemm(
+                    rows,
+                    p,
+                    cog,
+                    1.0,
+                    wg,
+                    (1, rows),
+                    dyg,
+                    (p, 1),
+                    0.0,
+                    col,
+                    (p, 1),
+                );
+                col2im(g, col, dxg);
+            }
+        }
+    }
+}
+
+/// dw from the input and dy, summed over the batch.
+pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws: &mut [f32]) {
+    g.debug_check();
+    debug_assert_eq!(x.len(), g.input_len());
+    debug_assert_eq!(dy.len(), g.output_len());
+    debug_assert_eq!(dw.len(), g.weight_len());
+    debug_assert!(ws.len() >= workspace_len(g));
+    if g.is_depthwise() {
+        return depthwise_backward_weight(g, x, dy, dw);
+    }
+    let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
+    dw.fill(0.0);
+    for b in 0..g.n {
+        for gi in 0..g.groups {
+            let xg = &x[(b * g.c_in + gi * cig) * hw..][..cig * hw];
+            let dyg = &dy[(b * g.c_out + gi * cog) * p..][..cog * p];
+            let dwg = &mut dw[gi * cog * rows..][..cog * rows];
+            // dy·colᵀ: the column matrix read transposed.
+            if g.is_pointwise() {
+                sgemm(
+                    cog,
+                    cig,
+                    p,
+                    1.0,
+                    dyg,
+                    (p, 1),
+                    xg,
+                    (1, p),
+                    1.0,
+                    dwg,
+                    (cig, 1),
+                );
+            } else {
+                let col = &mut ws[..rows * p];
+                im2col(g, xg, col);
+                sgemm(
+                    cog,
+                    rows,
+                    p,
+                    1.0,
+                    dyg,
+                    (p, 1),
+                    col,
+                    (1, p),
+                    1.0,
+                    dwg,
+                    (rows, 1),
+                );
+            }
+        }
+    }
+}
+
+/// d bias: dy summed over batch and space.
+pub fn backward_bias(g: &Conv2dGeom, dy: &[f32], db: &mut [f32]) {
+    debug_assert_eq!(dy.len(), g.output_len());
+    debug_assert_eq!(db.len(), g.c_out);
+    db.fill(0.0);
+    let p = g.out_h() * g.out_w();
+    if p == 0 {
+        return;
+    }
+    for (i, plane) in dy.chunks_exact(p).enumerate() {
+        db[i % g.c_out] += plane.iter().sum::<f32>();
+    }
+}
+
+/// Offset of tap `k` relative to the window start `o * stride - pad`.
+fn tap_offset(k: usize, dilation: usize, pad: usize) -> isize {
+    (k * dilation) as isize - pad as isize
+}
+
+/// The im2col matrix of one image's group: row (c, ky, kx), column (oy, ox), zeros where
+/// the tap falls in the padding.
+fn im2col(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+    let mut rows = col.chunks_exact_mut(oh * ow);
+    for xc in x.chunks_exact(g.h * g.w) {
+        for ky in 0..g.kh {
+            let offy = tap_offset(ky, dh, g.pad[0]);
+            let ys = valid_range(oh, g.h, sh, offy);
+            for kx in 0..g.kw {
+                let offx = tap_offset(kx, dw, g.pad[1]);
+                let xs = valid_range(ow, g.w, sw, offx);
+                let row = rows.next().expect("im2col: col matches the geometry");
+                row[..ys.start * ow].fill(0.0);
+                row[ys.end * ow..].fill(0.0);
+                for oy in ys.clone() {
+                    let iy = (oy * sh) as isize + offy;
+                    let src = &xc[iy as usize * g.w..][..g.w];
+                    let dst = &mut row[oy * ow..][..ow];
+                    dst[..xs.start].fill(0.0);
+                    dst[xs.end..].fill(0.0);
+                    if !xs.is_empty() {
+                        let ix0 = ((xs.start * sw) as isize + offx) as usize;
+                        gather(&mut dst[xs.clone()], src, ix0, sw);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: each column entry added back to the input pixel it came from.
+fn col2im(g: &Conv2dGeom, col: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+    dx.fill(0.0);
+    let mut rows = col.chunks_exact(oh * ow);
+    for dxc in dx.chunks_exact_mut(g.h * g.w) {
+        for ky in 0..g.kh {
+            let offy = tap_offset(ky, dh, g.pad[0]);
+            let ys = valid_range(oh, g.h, sh, offy);
+            for kx in 0..g.kw {
+                let offx = tap_offset(kx, dw, g.pad[1]);
+                let xs = valid_range(ow, g.w, sw, offx);
+                let row = rows.next().expect("col2im: col matches the geometry");
+                if xs.is_empty() {
+                    continue;
+                }
+                let ix0 = ((xs.start * sw) as isize + offx) as usize;
+                for oy in ys.clone() {
+                    let iy = (oy * sh) as isize + offy;
+                    let dst = &mut dxc[iy as usize * g.w..][..g.w];
+                    scatter_axpy(dst, ix0, sw, 1.0, &row[oy * ow..][xs.clone()]);
+                }
+            }
+        }
+    }
+}
+
+/// `dst[i] = src[start + i·stride]`.
+fn gather(dst: &mut [f32], src: &[f32], start: usize, stride: usize) {
+    if stride == 1 {
+        dst.copy_from_slice(&src[start..start + dst.len()]);
+    } else {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = src[start + i * stride];
+        }
+    }
+}
+
+/// `dst[i] += a · src[start + i·stride]`.
+fn gather_axpy(dst: &mut [f32], src: &[f32], start: usize, stride: usize, a: f32) {
+    if stride == 1 {
+        for (d, s) in dst.iter_mut().zip(&src[start..]) {
+            *d += a * s;
+        }
+    } else {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d += a * src[start + i * stride];
+        }
+    }
+}
+
+/// `dst[start + i·stride] += a · src[i]`.
+fn scatter_axpy(dst: &mut [f32], start: usize, stride: usize, a: f32, src: &[f32]) {
+    if stride == 1 {
+        for (d, s) in dst[start..].iter_mut().zip(src) {
+            *d += a * s;
+        }
+    } else {
+        for (i, s) in src.iter().enumerate() {
+            dst[start + i * stride] += a * s;
+        }
+    }
+}
+
+/// `Σ a[i] · src[start + i·stride]`.
+fn gather_dot(a: &[f32], src: &[f32], start: usize, stride: usize) -> f32 {
+    if stride == 1 {
+        // Eight independent partial sums: a single running sum is a serial dependency
+        // chain the compiler may not reorder, so it would neither vectorise nor pipeline.
+        let src = &src[start..start + a.len()];
+        let mut acc = [0.0f32; 8];
+        let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+        let (s8, s_rest) = src.split_at(a8.len());
+        for (ca, cs) in a8.chunks_exact(8).zip(s8.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += ca[l] * cs[l];
+            }
+        }
+        let rest: f32 = a_rest.iter().zip(s_rest).map(|(a, s)| a * s).sum();
+        acc.iter().sum::<f32>() + rest
+    } else {
+        a.iter()
+            .enumerate()
+            .map(|(i, a)| a * src[start + i * stride])
+            .sum()
+    }
+}
+
+/// One kernel tap of a depthwise conv with its valid output range: the three depthwise
+/// kernels share this so their index arithmetic is written once.
+struct Tap {
+    /// Index of the tap in the kh×kw kernel.
+    k: usize,
+    ys: Range<usize>,
+    /// Input row of output row 0 (may be negative: only `ys` is read).
+    iy_base: isize,
+    stride_h: usize,
+    xs: Range<usize>,
+    /// Input column of output column `xs.start`.
+    ix0: usize,
+}
+
+impl Tap {
+    /// (output row, input row) for every output row whose tap lands inside the input.
+    fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.ys
+            .clone()
+            .map(|oy| (oy, ((oy * self.stride_h) as isize + self.iy_base) as usize))
+    }
+}
+
+/// The taps that touch the input at all.
+fn taps(g: &Conv2dGeom) -> impl Iterator<Item = Tap> + '_ {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+    (0..g.kh * g.kw).filter_map(move |k| {
+        let (ky, kx) = (k / g.kw, k % g.kw);
+        let iy_base = tap_offset(ky, dh, g.pad[0]);
+        let offx = tap_offset(kx, dw, g.pad[1]);
+        let ys = valid_range(oh, g.h, sh, iy_base);
+        let xs = valid_range(ow, g.w, sw, offx);
+        if ys.is_empty() || xs.is_empty() {
+            return None;
+        }
+        let ix0 = ((xs.start * sw) as isize + offx) as usize;
+        Some(Tap {
+            k,
+            ys,
+            iy_base,
+            stride_h: sh,
+            xs,
+            ix0,
+        })
+    })
+}
+
+fn depthwise_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    for (i, yp) in y.chunks_exact_mut(p).enumerate() {
+        let (b, oc) = (i / g.c_out, i % g.c_out);
+        let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+        let wk = &w[oc * kk..][..kk];
+        yp.fill(bias.map_or(0.0, |bias| bias[oc]));
+        for tap in taps(g) {
+            for (oy, iy) in tap.rows() {
+                let dst = &mut yp[oy * ow..][tap.xs.clone()];
+                gather_axpy(dst, &xp[iy * g.w..][..g.w], tap.ix0, g.stride[1], wk[tap.k]);
+            }
+        }
+    }
+}
+
+fn depthwise_backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    dx.fill(0.0);
+    for (i, dyp) in dy.chunks_exact(p).enumerate() {
+        let (b, oc) = (i / g.c_out, i % g.c_out);
+        let dxp = &mut dx[(b * g.c_in + oc / mult) * hw..][..hw];
+        let wk = &w[oc * kk..][..kk];
+        for tap in taps(g) {
+            for (oy, iy) in tap.rows() {
+                let src = &dyp[oy * ow..][tap.xs.clone()];
+                scatter_axpy(
+                    &mut dxp[iy * g.w..][..g.w],
+                    tap.ix0,
+                    g.stride[1],
+                    wk[tap.k],
+                    src,
+                );
+            }
+        }
+    }
+}
+
+fn depthwise_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    dw.fill(0.0);
+    for (i, dyp) in dy.chunks_exact(p).enumerate() {
+        let (b, oc) = (i / g.c_out, i % g.c_out);
+        let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+        let dwk = &mut dw[oc * kk..][..kk];
+        for tap in taps(g) {
+            let s: f32 = tap
+                .rows()
+                .map(|(oy, iy)| {
+                    gather_dot(
+                        &dyp[oy * ow..][tap.xs.clone()],
+                        &xp[iy * g.w..][..g.w],
+                        tap.ix0,
+                        g.stride[1],
+                    )
+                })
+                .sum();
+            dwk[tap.k] += s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{Lcg, assert_close, check_grad, weighted_sum};
+
+    /// Direct convolution, every index spelled out.
+    fn reference(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let (cig, cog) = (g.cin_per_group(), g.cout_per_group());
+        let mut y = vec![0.0; g.output_len()];
+        for b in 0..g.n {
+            for oc in 0..g.c_out {
+                let group = oc / cog;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut s = bias.map_or(0.0, |bias| bias[oc] as f64);
+                        for c in 0..cig {
+                            let ic = group * cig + c;
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize
+                                        - g.pad[0] as isize;
+                                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize
+                                        - g.pad[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv = x[((b * g.c_in + ic) * g.h + iy as usize) * g.w
+                                        + ix as usize];
+                                    let wv = w[((oc * cig + c) * g.kh + ky) * g.kw + kx];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((b * g.c_out + oc) * oh + oy) * ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn geom(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        k: [usize; 2],
+        stride: usize,
+        pad: [usize; 4],
+        dilation: usize,
+        groups: usize,
+    ) -> Conv2dGeom {
+        Conv2dGeom {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: k[0],
+            kw: k[1],
+            stride: [stride, stride],
+            pad,
+            dilation: [dilation, dilation],
+            groups,
+        }
+    }
+
+    fn cases() -> Vec<Conv2dGeom> {
+        vec![
+            geom(2, 3, 7, 6, 4, [3, 3], 1, [1, 1, 1, 1], 1, 1),
+            geom(2, 3, 9, 8, 5, [3, 2], 2, [0, 1, 2, 1], 1, 1),
+            geom(1, 2, 9, 9, 3, [3, 3], 1, [2, 2, 2, 2], 2, 1),
+            geom(2, 4, 6, 7, 6, [3, 3], 2, [1, 0, 1, 2], 1, 2),
+            geom(1, 6, 5, 5, 3, [2, 2], 1, [0, 0, 1, 1], 2, 3),
+            geom(2, 4, 8, 7, 4, [3, 3], 2, [1, 1, 0, 2], 1, 4),
+            geom(2, 3, 7, 9, 6, [3, 3], 1, [2, 1, 2, 1], 2, 3),
+            geom(2, 4, 5, 3, 4, [1, 1], 1, [0; 4], 1, 1),
+            geom(1, 4, 5, 3, 6, [1, 1], 1, [0; 4], 1, 2),
+            geom(2, 3, 7, 5, 2, [1, 1], 2, [0; 4], 1, 1),
+            geom(1, 2, 5, 6, 3, [5, 5], 1, [2, 1, 1, 2], 1, 1),
+        ]
+    }
+
+    #[test]
+    fn paths_are_chosen_as_documented() {
+        let cs = cases();
+        assert!(cs[5].is_depthwise() && cs[6].is_depthwise() && !cs[3].is_depthwise());
+        assert!(cs[7].is_pointwise() && cs[8].is_pointwise() && !cs[9].is_pointwise());
+        assert_eq!(workspace_len(&cs[7]), 0);
+        assert_eq!(workspace_len(&cs[0]), 3 * 9 * 7 * 6);
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution() {
+        let mut rng = Lcg::new(10);
+        for g in cases() {
+            let x = rng.vec(g.input_len());
+            let w = rng.vec(g.weight_len());
+            let bias = rng.vec(g.c_out);
+            let mut ws = vec![f32::NAN; workspace_len(&g)];
+            for bias in [None, Some(&bias[..])] {
+                let mut y = vec![f32::NAN; g.output_len()];
+                forward(&g, &x, &w, bias, &mut y, &mut ws);
+                assert_close(&format!("{g:?}"), &y, &reference(&g, &x, &w, bias), 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut rng = Lcg::new(11);
+        for g in cases() {
+            let x = rng.vec(g.input_len());
+            let w = rng.vec(g.weight_len());
+            let bias = rng.vec(g.c_out);
+            let r = rng.vec(g.output_len());
+            let mut ws = vec![f32::NAN; workspace_len(&g)];
+            let mut y = vec![0.0; g.output_len()];
+
+            let mut dx = vec![f32::NAN; g.input_len()];
+            let mut dw = vec![f32::NAN; g.weight_len()];
+            let mut db = vec![f32::NAN; g.c_out];
+            backward_data(&g, &w, &r, &mut dx, &mut ws);
+            backward_weight(&g, &x, &r, &mut dw, &mut ws);
+            backward_bias(&g, &r, &mut db);
+
+            let name = format!("{g:?}");
+            check_grad(&format!("dx {name}"), &x, &dx, |xp| {
+                forward(&g, xp, &w, Some(&bias), &mut y, &mut ws);
+                weighted_sum(&y, &r)
+            });
+            check_grad(&format!("dw {name}"), &w, &dw, |wp| {
+                forward(&g, &x, wp, Some(&bias), &mut y, &mut ws);
+                weighted_sum(&y, &r)
+            });
+            check_grad(&format!("db {name}"), &bias, &db, |bp| {
+                forward(&g, &x, &w, Some(bp), &mut y, &mut ws);
+                weighted_sum(&y, &r)
+            });
+        }
+    }
+}

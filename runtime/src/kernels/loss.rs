@@ -1,0 +1,177 @@
+//! Training losses (mean over the batch, as PyTorch's defaults) and top-1 accuracy.
+
+/// Softmax cross-entropy of `logits` (batch × classes) against integer `labels`, averaged
+/// over the batch. Writes the softmax probabilities to `probs` (the backward needs them) and
+/// returns the loss. Log-sum-exp is max-subtracted, so large logits do not overflow.
+pub fn softmax_cross_entropy_forward(
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    probs: &mut [f32],
+) -> f32 {
+    let batch = labels.len();
+    debug_assert_eq!(logits.len(), batch * classes);
+    debug_assert_eq!(probs.len(), logits.len());
+    if batch == 0 || classes == 0 {
+        return 0.0;
+    }
+    let mut total = 0.0f64;
+    for ((row, p), &label) in logits
+        .chunks_exact(classes)
+        .zip(probs.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        debug_assert!(
+            (label as usize) < classes,
+            "label {label} out of {classes} classes"
+        );
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for (p, &z) in p.iter_mut().zip(row) {
+            *p = (z - max).exp();
+            sum += *p;
+        }
+        let inv = 1.0 / sum;
+        p.iter_mut().for_each(|p| *p *= inv);
+        // −log softmax[label] = log Σ exp(z − max) − (z_label − max)
+        total += (sum.ln() - (row[label as usize] - max)) as f64;
+    }
+    (total / batch as f64) as f32
+}
+
+/// d loss / d logits = (p − onehot(label)) / batch.
+pub fn softmax_cross_entropy_backward(
+    classes: usize,
+    probs: &[f32],
+    labels: &[u32],
+    dlogits: &mut [f32],
+) {
+    let batch = labels.len();
+    debug_assert_eq!(probs.len(), batch * classes);
+    debug_assert_eq!(dlogits.len(), probs.len());
+    if batch == 0 || classes == 0 {
+        return;
+    }
+    let inv = 1.0 / batch as f32;
+    for ((p, d), &label) in probs
+        .chunks_exact(classes)
+        .zip(dlogits.chunks_exact_mut(classes))
+        .zip(labels)
+    {
+        d.iter_mut().zip(p).for_each(|(d, p)| *d = p * inv);
+        d[label as usize] -= inv;
+    }
+}
+
+/// Mean squared error over all elements.
+pub fn mse_forward(pred: &[f32], target: &[f32]) -> f32 {
+    debug_assert_eq!(pred.len(), target.len());
+    if pred.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = pred
+        .iter()
+        .zip(target)
+        .map(|(p, t)| ((p - t) as f64).powi(2))
+        .sum();
+    (sum / pred.len() as f64) as f32
+}
+
+/// d mse / d pred = 2·(pred − target) / numel.
+pub fn mse_backward(pred: &[f32], target: &[f32], dpred: &mut [f32]) {
+    debug_assert!(pred.len() == target.len() && pred.len() == dpred.len());
+    let scale = 2.0 / pred.len() as f32;
+    dpred
+        .iter_mut()
+        .zip(pred)
+        .zip(target)
+        .for_each(|((d, p), t)| *d = scale * (p - t));
+}
+
+/// How many rows of `logits` have their largest value (the first, on ties) at the label.
+pub fn correct_count(classes: usize, logits: &[f32], labels: &[u32]) -> usize {
+    debug_assert_eq!(logits.len(), labels.len() * classes);
+    if classes == 0 {
+        return 0;
+    }
+    logits
+        .chunks_exact(classes)
+        .zip(labels)
+        .filter(|(row, label)| {
+            let arg = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, v)| if *v > row[best] { i } else { best });
+            arg == **label as usize
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::{Lcg, check_grad};
+
+    #[test]
+    fn cross_entropy_value_and_gradient() {
+        let mut rng = Lcg::new(80);
+        let (batch, classes) = (5, 7);
+        let logits: Vec<f32> = rng.vec(batch * classes).iter().map(|v| 4.0 * v).collect();
+        let labels: Vec<u32> = (0..batch).map(|_| rng.below(classes) as u32).collect();
+        let mut probs = vec![f32::NAN; logits.len()];
+        let loss = softmax_cross_entropy_forward(classes, &logits, &labels, &mut probs);
+        let want: f64 = logits
+            .chunks(classes)
+            .zip(&labels)
+            .map(|(row, &l)| {
+                row.iter().map(|z| (*z as f64).exp()).sum::<f64>().ln() - row[l as usize] as f64
+            })
+            .sum::<f64>()
+            / batch as f64;
+        assert!(
+            (loss as f64 - want).abs() < 1e-6 * want.abs().max(1.0),
+            "{loss} vs {want}"
+        );
+        for row in probs.chunks(classes) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+        let mut d = vec![f32::NAN; logits.len()];
+        softmax_cross_entropy_backward(classes, &probs, &labels, &mut d);
+        let mut scratch = vec![0.0; logits.len()];
+        check_grad("ce", &logits, &d, |lp| {
+            softmax_cross_entropy_forward(classes, lp, &labels, &mut scratch) as f64
+        });
+    }
+
+    #[test]
+    fn cross_entropy_is_stable_for_huge_logits() {
+        let mut p = [0.0; 2];
+        let loss = softmax_cross_entropy_forward(2, &[1000.0, 0.0], &[1], &mut p);
+        assert_eq!((loss, p), (1000.0, [1.0, 0.0]));
+    }
+
+    #[test]
+    fn mse_value_and_gradient() {
+        let mut rng = Lcg::new(81);
+        let (pred, target) = (rng.vec(12), rng.vec(12));
+        let want = pred
+            .iter()
+            .zip(&target)
+            .map(|(p, t)| ((p - t) as f64).powi(2))
+            .sum::<f64>()
+            / 12.0;
+        assert!((mse_forward(&pred, &target) as f64 - want).abs() < 1e-7);
+        let mut d = vec![f32::NAN; 12];
+        mse_backward(&pred, &target, &mut d);
+        check_grad("mse", &pred, &d, |pp| mse_forward(pp, &target) as f64);
+    }
+
+    #[test]
+    fn top1() {
+        let logits = [
+            0.1, 0.9, 0.0, /**/ 2.0, 1.0, 2.0, /**/ -1.0, -3.0, -2.0,
+        ];
+        // Row 1 ties between 0 and 2: the first wins.
+        assert_eq!(correct_count(3, &logits, &[1, 0, 2]), 2);
+    }
+}

@@ -1,0 +1,4 @@
+pub mod kernels;
+pub mod ops;
+pub mod optim;
+pub mod plan;

@@ -1,0 +1,357 @@
+//! The operations a plan's steps perform: the one vocabulary shared by the compiler (which
+//! builds and differentiates graphs of them) and the runtime (which executes them).
+//!
+//! Each variant's inputs and outputs are listed beside it, in order; shapes travel on the
+//! buffers, so attributes hold only what the shapes cannot tell.
+
+use prost::{Message, Oneof};
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Op {
+    #[prost(
+        oneof = "Kind",
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51"
+    )]
+    pub kind: Option<Kind>,
+}
+
+impl From<Kind> for Op {
+    fn from(kind: Kind) -> Op {
+        Op { kind: Some(kind) }
+    }
+}
+
+/// 2-D convolution geometry (ONNX Conv attributes after auto_pad is resolved).
+#[derive(Clone, PartialEq, Eq, Hash, Message)]
+pub struct Conv {
+    #[prost(uint32, repeated, tag = "1")]
+    pub kernel: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub strides: Vec<u32>,
+    /// top, left, bottom, right
+    #[prost(uint32, repeated, tag = "3")]
+    pub pads: Vec<u32>,
+    #[prost(uint32, repeated, tag = "4")]
+    pub dilations: Vec<u32>,
+    #[prost(uint32, tag = "5")]
+    pub group: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Gemm {
+    #[prost(bool, tag = "1")]
+    pub trans_a: bool,
+    #[prost(bool, tag = "2")]
+    pub trans_b: bool,
+    #[prost(float, tag = "3")]
+    pub alpha: f32,
+    #[prost(float, tag = "4")]
+    pub beta: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Epsilon {
+    #[prost(float, tag = "1")]
+    pub epsilon: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Clip {
+    #[prost(float, tag = "1")]
+    pub min: f32,
+    #[prost(float, tag = "2")]
+    pub max: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Alpha {
+    #[prost(float, tag = "1")]
+    pub alpha: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct HardSigmoid {
+    #[prost(float, tag = "1")]
+    pub alpha: f32,
+    #[prost(float, tag = "2")]
+    pub beta: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Axis {
+    #[prost(int32, tag = "1")]
+    pub axis: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Axes {
+    #[prost(uint32, repeated, tag = "1")]
+    pub axes: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Perm {
+    #[prost(uint32, repeated, tag = "1")]
+    pub perm: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Pool {
+    #[prost(uint32, repeated, tag = "1")]
+    pub kernel: Vec<u32>,
+    #[prost(uint32, repeated, tag = "2")]
+    pub strides: Vec<u32>,
+    /// top, left, bottom, right
+    #[prost(uint32, repeated, tag = "3")]
+    pub pads: Vec<u32>,
+    #[prost(uint32, repeated, tag = "4")]
+    pub dilations: Vec<u32>,
+    #[prost(bool, tag = "5")]
+    pub count_include_pad: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Pad {
+    /// ONNX order: all begins, then all ends.
+    #[prost(uint32, repeated, tag = "1")]
+    pub pads: Vec<u32>,
+    #[prost(float, tag = "2")]
+    pub value: f32,
+}
+
+/// Where a slice of a concatenation lies, for the concat's backward.
+#[derive(Clone, PartialEq, Message)]
+pub struct SliceAxis {
+    #[prost(uint32, tag = "1")]
+    pub axis: u32,
+    #[prost(uint32, tag = "2")]
+    pub start: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Scale {
+    #[prost(float, tag = "1")]
+    pub scale: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Sgd {
+    #[prost(float, tag = "1")]
+    pub momentum: f32,
+    #[prost(float, tag = "2")]
+    pub dampening: f32,
+    #[prost(bool, tag = "3")]
+    pub nesterov: bool,
+    #[prost(float, tag = "4")]
+    pub weight_decay: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AdamW {
+    #[prost(float, tag = "1")]
+    pub beta1: f32,
+    #[prost(float, tag = "2")]
+    pub beta2: f32,
+    #[prost(float, tag = "3")]
+    pub epsilon: f32,
+    #[prost(float, tag = "4")]
+    pub weight_decay: f32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Empty {}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum Kind {
+    // ---- forward ----
+    /// x, w, [b] → y
+    #[prost(message, tag = "1")]
+    Conv(Conv),
+    /// a, b, [c] → y
+    #[prost(message, tag = "2")]
+    Gemm(Gemm),
+    /// x (…, M, K), w (K, N) → y (…, M, N)
+    #[prost(message, tag = "3")]
+    MatMul(Empty),
+    /// x, scale, bias, mean, var → y (inference statistics; the parameters stay frozen)
+    #[prost(message, tag = "4")]
+    BatchNorm(Epsilon),
+    /// x → y
+    #[prost(message, tag = "5")]
+    Relu(Empty),
+    /// x → y
+    #[prost(message, tag = "6")]
+    Clip(Clip),
+    /// x → y
+    #[prost(message, tag = "7")]
+    LeakyRelu(Alpha),
+    /// x, slope → y
+    #[prost(message, tag = "8")]
+    PRelu(Empty),
+    /// x → y
+    #[prost(message, tag = "9")]
+    Sigmoid(Empty),
+    /// x → y
+    #[prost(message, tag = "10")]
+    HardSigmoid(HardSigmoid),
+    /// x → y
+    #[prost(message, tag = "11")]
+    HardSwish(Empty),
+    /// a, b → y (numpy broadcasting, as are Sub, Mul, Div)
+    #[prost(message, tag = "12")]
+    Add(Empty),
+    #[prost(message, tag = "13")]
+    Sub(Empty),
+    #[prost(message, tag = "14")]
+    Mul(Empty),
+    #[prost(message, tag = "15")]
+    Div(Empty),
+    /// x₁ … xₙ → y
+    #[prost(message, tag = "16")]
+    Concat(Axis),
+    /// x → y: same elements, the output buffer's shape (Reshape, Flatten, Dropout at
+    /// inference, Identity all become this; the planner lets it share the input's memory)
+    #[prost(message, tag = "17")]
+    Reshape(Empty),
+    /// x → y
+    #[prost(message, tag = "18")]
+    Transpose(Perm),
+    /// x → y
+    #[prost(message, tag = "19")]
+    GlobalAveragePool(Empty),
+    /// x → y
+    #[prost(message, tag = "20")]
+    AveragePool(Pool),
+    /// x → y, argmax (u32, per output element: flat index into the input's H×W plane)
+    #[prost(message, tag = "21")]
+    MaxPool(Pool),
+    /// x → y (keepdims; a Reshape follows when the model drops the axes)
+    #[prost(message, tag = "22")]
+    ReduceMean(Axes),
+    /// x → y (constant mode)
+    #[prost(message, tag = "23")]
+    Pad(Pad),
+    /// x → y
+    #[prost(message, tag = "24")]
+    Softmax(Axis),
+
+    // ---- loss ----
+    /// logits (B, K), labels (B) → loss (scalar), probabilities (B, K)
+    #[prost(message, tag = "25")]
+    SoftmaxCrossEntropy(Empty),
+    /// probabilities, labels → dlogits
+    #[prost(message, tag = "26")]
+    SoftmaxCrossEntropyBackward(Empty),
+    /// prediction, target → loss (mean over all elements)
+    #[prost(message, tag = "27")]
+    Mse(Empty),
+    /// prediction, target → dprediction
+    #[prost(message, tag = "28")]
+    MseBackward(Empty),
+
+    // ---- backward ----
+    /// dy, w → dx
+    #[prost(message, tag = "29")]
+    ConvBackwardData(Conv),
+    /// x, dy → dw
+    #[prost(message, tag = "30")]
+    ConvBackwardWeight(Conv),
+    /// dy → db: sum over every axis but 1
+    #[prost(message, tag = "31")]
+    BiasGrad(Empty),
+    /// dy, b → da (Gemm's gradient for input A)
+    #[prost(message, tag = "32")]
+    GemmGradA(Gemm),
+    /// a, dy → db (Gemm's gradient for input B)
+    #[prost(message, tag = "33")]
+    GemmGradB(Gemm),
+    /// dy, w → dx
+    #[prost(message, tag = "34")]
+    MatMulGradX(Empty),
+    /// x, dy → dw (summed over the batch axes)
+    #[prost(message, tag = "35")]
+    MatMulGradW(Empty),
+    /// dy, scale, var → dx
+    #[prost(message, tag = "36")]
+    BatchNormBackward(Epsilon),
+    /// x, dy → dx for the activations (x is the forward input, y for Sigmoid/Softmax)
+    #[prost(message, tag = "37")]
+    ReluBackward(Empty),
+    #[prost(message, tag = "38")]
+    ClipBackward(Clip),
+    #[prost(message, tag = "39")]
+    LeakyReluBackward(Alpha),
+    /// x, slope, dy → dx, dslope
+    #[prost(message, tag = "40")]
+    PReluBackward(Empty),
+    /// y, dy → dx
+    #[prost(message, tag = "41")]
+    SigmoidBackward(Empty),
+    #[prost(message, tag = "42")]
+    HardSigmoidBackward(HardSigmoid),
+    #[prost(message, tag = "43")]
+    HardSwishBackward(Empty),
+    /// y, dy → dx
+    #[prost(message, tag = "44")]
+    SoftmaxBackward(Axis),
+    /// dy, [other] → d(input) summed down to the output buffer's (broadcast) shape:
+    /// scale·dy, or scale·dy·other (Mul), or scale·dy/other (Div)
+    #[prost(message, tag = "45")]
+    BroadcastGrad(BroadcastGrad),
+    /// dy → dx: the part of dy that came from one concat input (or an unpadded window)
+    #[prost(message, tag = "46")]
+    Slice(Slices),
+    /// dy [, argmax] → dx for the pools and ReduceMean: the op's attributes say which
+    #[prost(message, tag = "47")]
+    PoolBackward(PoolBackward),
+    /// g₁ … gₙ → g: gradient contributions summed
+    #[prost(message, tag = "48")]
+    Accumulate(Empty),
+
+    // ---- update ----
+    /// w, g, [momentum], [clip scale] → (w, momentum updated in place)
+    #[prost(message, tag = "49")]
+    SgdUpdate(Sgd),
+    /// w, g, m, v, [clip scale] → (updated in place). The clip scale, when present, comes
+    /// from a GradNorm step, as does every gradient's ordering before the first update.
+    #[prost(message, tag = "50")]
+    AdamWUpdate(AdamW),
+    /// g₁ … gₙ → scale: min(1, max_norm / (‖g‖₂ + 1e-6)) over all gradients, as
+    /// `torch.nn.utils.clip_grad_norm_` computes it
+    #[prost(message, tag = "51")]
+    GradNorm(Scale),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BroadcastGrad {
+    #[prost(float, tag = "1")]
+    pub scale: f32,
+    /// 0: dy alone; 1: times `other`; 2: divided by `other`
+    #[prost(uint32, tag = "2")]
+    pub with_other: u32,
+}
+
+/// Per-axis start offsets into dy; the output buffer's shape gives the extents.
+#[derive(Clone, PartialEq, Message)]
+pub struct Slices {
+    #[prost(uint32, repeated, tag = "1")]
+    pub starts: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PoolBackward {
+    #[prost(oneof = "PoolKind", tags = "1, 2, 3, 4")]
+    pub pool: Option<PoolKind>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum PoolKind {
+    #[prost(message, tag = "1")]
+    Global(Empty),
+    #[prost(message, tag = "2")]
+    Average(Pool),
+    #[prost(message, tag = "3")]
+    Max(Pool),
+    #[prost(message, tag = "4")]
+    ReduceMean(Axes),
+}

@@ -1,0 +1,47 @@
+//! Shared by the integration tests: where the bundled models are, and compiling them.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use actc::compile::{CompileOptions, Compiled, compile_file};
+use actc::onnx::import::InputShape;
+use actc::passes::select::Layers;
+use std::path::PathBuf;
+
+pub fn model(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(format!("{name}.onnx"))
+}
+
+pub fn options(layers: Layers, shape: Option<Vec<usize>>) -> CompileOptions {
+    CompileOptions {
+        layers,
+        input: InputShape { shape, batch: None },
+        ..CompileOptions::default()
+    }
+}
+
+pub fn compile(name: &str, layers: Layers, shape: Option<Vec<usize>>) -> Result<Compiled, String> {
+    compile_file(&model(name), &options(layers, shape)).map_err(|e| e.0)
+}
+
+/// Every bundled model, with the input shape its tests compile it at.
+pub const MODELS: &[(&str, &[usize])] = &[
+    ("mobilenetv2", &[8, 3, 224, 224]),
+    ("mobilenetv2_bn", &[8, 3, 224, 224]),
+    ("resnet18", &[4, 3, 32, 32]),
+    ("mcunet", &[4, 3, 32, 32]),
+    ("tiny_mlp", &[4, 64]),
+    ("tiny_matmul", &[4, 64]),
+    ("tiny_cnn", &[2, 3, 16, 16]),
+    ("tiny_constants", &[2, 3, 16, 16]),
+    ("tiny_multi_output", &[2, 3, 16, 16]),
+    ("tiny_unsupported", &[2, 3, 8, 8]),
+];
+
+/// A fresh empty folder under the target directory for files a test writes.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}

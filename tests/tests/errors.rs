@@ -1,0 +1,157 @@
+//! Every way `actc compile` can be handed bad input gives exit code 2, one line naming the
+//! problem, and no output file (not even a temporary one).
+
+mod common;
+
+use common::{model, scratch};
+use std::path::Path;
+
+/// Runs the CLI in-process; returns (exit code, stderr line) of a failure.
+fn fails(args: &[&str]) -> (u8, String) {
+    let mut argv = vec!["actc"];
+    argv.extend_from_slice(args);
+    match actc::cli::run_from(argv) {
+        Ok(()) => panic!("expected `actc {}` to fail", args.join(" ")),
+        Err(e) => e,
+    }
+}
+
+fn compile_fails(dir: &Path, model: &Path, extra: &[&str]) -> String {
+    let out = dir.join("out.actc");
+    let mut args = vec![
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let (code, msg) = fails(&args);
+    assert_eq!(code, 2, "exit code for {extra:?}: {msg}");
+    assert_eq!(
+        msg.trim_end().lines().count(),
+        1,
+        "one line expected, got: {msg}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|f| !f.to_string_lossy().contains("out.actc")),
+        "output left behind: {left:?}"
+    );
+    msg
+}
+
+#[test]
+fn unsupported_op_in_the_suffix_names_node_op_and_a_working_layers_value() {
+    let dir = scratch("unsupported");
+    let msg = compile_fails(&dir, &model("tiny_unsupported"), &["--layers", "2"]);
+    assert!(
+        msg.contains("op Sin") && msg.contains("--layers 1 works"),
+        "{msg}"
+    );
+    // and the value it suggests does work
+    let out = dir.join("ok.actc");
+    actc::cli::run_from([
+        "actc",
+        "compile",
+        model("tiny_unsupported").to_str().unwrap(),
+        "--layers",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(out.exists());
+}
+
+#[test]
+fn truncated_onnx_file() {
+    let dir = scratch("truncated");
+    let bytes = std::fs::read(model("tiny_cnn")).unwrap();
+    let cut = dir.join("cut.onnx");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = compile_fails(&dir, &cut, &["--layers", "1"]);
+    assert!(msg.contains("cut.onnx") && msg.contains("ONNX"), "{msg}");
+}
+
+#[test]
+fn non_onnx_file() {
+    let dir = scratch("not_onnx");
+    let text = dir.join("notes.onnx");
+    std::fs::write(&text, "these are not the weights you are looking for\n").unwrap();
+    let msg = compile_fails(&dir, &text, &["--layers", "1"]);
+    assert!(msg.contains("notes.onnx") && msg.contains("not"), "{msg}");
+    let msg = compile_fails(&dir, &dir.join("missing.onnx"), &["--layers", "1"]);
+    assert!(
+        msg.contains("missing.onnx") && msg.contains("cannot read"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn layers_zero_and_too_many() {
+    let dir = scratch("layers");
+    let msg = compile_fails(&dir, &model("tiny_cnn"), &["--layers", "0"]);
+    assert!(msg.contains("--layers"), "{msg}");
+    let msg = compile_fails(&dir, &model("tiny_cnn"), &["--layers", "7"]);
+    assert!(
+        msg.contains("only 6 layers") && msg.contains("--layers 1 to 6"),
+        "{msg}"
+    );
+    let msg = compile_fails(&dir, &model("tiny_cnn"), &["--layers", "three"]);
+    assert!(msg.contains("three"), "{msg}");
+}
+
+#[test]
+fn wrong_input_shape() {
+    let dir = scratch("shape");
+    let m = model("tiny_cnn");
+    for (shape, expect) in [
+        ("2x3x16", "rank"),
+        ("2x1x16x16", "channels"),
+        ("2x3x2x2", "too small"),
+        ("2x3xfoox16", "not a shape"),
+        ("0x3x16x16", "0"),
+    ] {
+        let msg = compile_fails(&dir, &m, &["--layers", "1", "--input-shape", shape]);
+        assert!(msg.contains(expect), "--input-shape {shape}: {msg}");
+    }
+}
+
+#[test]
+fn unknown_output_and_bad_hyper_parameters() {
+    let dir = scratch("flags");
+    let m = model("tiny_multi_output");
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--train-output", "nope"]);
+    assert!(msg.contains("logits, embedding"), "{msg}");
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--nesterov"]);
+    assert!(msg.contains("--momentum"), "{msg}");
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--lr=-1"]);
+    assert!(msg.contains("--lr"), "{msg}");
+}
+
+#[test]
+fn damaged_plan_is_refused_by_inspect() {
+    let dir = scratch("damaged");
+    let out = dir.join("p.actc");
+    actc::cli::run_from([
+        "actc",
+        "compile",
+        model("tiny_mlp").to_str().unwrap(),
+        "--layers",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut bytes = std::fs::read(&out).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&out, &bytes).unwrap();
+    let (code, msg) = fails(&["inspect", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(msg.contains("damaged"), "{msg}");
+}

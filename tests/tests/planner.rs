@@ -1,0 +1,202 @@
+//! The memory planner and the plan file, checked on every bundled model: no two buffers that
+//! are live at the same step share bytes, the arena is no larger than the naive sum, every
+//! buffer fits the arena, plans are deterministic, and damaged plan files are refused.
+
+mod common;
+
+use actc::passes::select::Layers;
+use actc_runtime::ops::Kind;
+use actc_runtime::plan::{Plan, PlanError};
+use common::{MODELS, compile};
+
+/// (first step writing, last step reading) per buffer, as the runtime will see them;
+/// feeds are written before step 0 and the loss and output are read after the last.
+fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
+    let mut life: Vec<Option<(usize, usize)>> = vec![None; plan.buffers.len()];
+    let mut touch = |b: u32, s: usize| {
+        let e = life[b as usize].get_or_insert((s, s));
+        e.0 = e.0.min(s);
+        e.1 = e.1.max(s);
+    };
+    for &f in &plan.feeds {
+        touch(f, 0);
+    }
+    for (s, step) in plan.steps.iter().enumerate() {
+        for &b in step.inputs.iter().chain(&step.outputs) {
+            touch(b, s);
+        }
+    }
+    touch(plan.loss, plan.steps.len());
+    touch(plan.output, plan.steps.len());
+    life
+}
+
+/// Buffers that a Reshape step lets share memory.
+fn aliases(plan: &Plan) -> Vec<(u32, u32)> {
+    plan.steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.op.as_ref().and_then(|o| o.kind.as_ref()),
+                Some(Kind::Reshape(_))
+            )
+        })
+        .map(|s| (s.inputs[0], s.outputs[0]))
+        .collect()
+}
+
+fn check_plan(name: &str, plan: &Plan) {
+    let mem = plan.memory.clone().expect("memory accounting");
+    assert!(
+        mem.arena <= mem.naive,
+        "{name}: arena {} > naive {}",
+        mem.arena,
+        mem.naive
+    );
+    let life = lifetimes(plan);
+    let alias = aliases(plan);
+    let related = |a: u32, b: u32| {
+        // Reshape chains share one offset by design.
+        let mut group = vec![a];
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &(x, y) in &alias {
+                for (p, q) in [(x, y), (y, x)] {
+                    if group.contains(&p) && !group.contains(&q) {
+                        group.push(q);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        group.contains(&b)
+    };
+    let transient: Vec<usize> = (0..plan.buffers.len())
+        .filter(|&i| !plan.buffers[i].kind().is_persistent())
+        .collect();
+    for &i in &transient {
+        let b = &plan.buffers[i];
+        assert!(
+            b.offset + b.bytes <= mem.arena,
+            "{name}: buffer {} [{}+{}] exceeds the arena {}",
+            b.name,
+            b.offset,
+            b.bytes,
+            mem.arena
+        );
+        assert_eq!(b.offset % 64, 0, "{name}: buffer {} is not aligned", b.name);
+    }
+    for (x, &i) in transient.iter().enumerate() {
+        for &j in &transient[x + 1..] {
+            let (Some(li), Some(lj)) = (life[i], life[j]) else {
+                continue;
+            };
+            let (a, b) = (&plan.buffers[i], &plan.buffers[j]);
+            let live_together = li.0 <= lj.1 && lj.0 <= li.1;
+            let overlap = a.offset < b.offset + b.bytes && b.offset < a.offset + a.bytes;
+            if live_together && overlap && a.bytes > 0 && b.bytes > 0 {
+                assert!(
+                    related(i as u32, j as u32),
+                    "{name}: {} {li:?} and {} {lj:?} are live together and share bytes",
+                    a.name,
+                    b.name
+                );
+            }
+        }
+    }
+    let persistent: Vec<_> = plan
+        .buffers
+        .iter()
+        .filter(|b| b.kind().is_persistent())
+        .collect();
+    for (x, a) in persistent.iter().enumerate() {
+        assert!(
+            a.offset + a.bytes <= mem.persistent,
+            "{name}: {} outside the persistent region",
+            a.name
+        );
+        for b in &persistent[x + 1..] {
+            assert!(
+                a.offset + a.bytes <= b.offset || b.offset + b.bytes <= a.offset,
+                "{name}: persistent {} and {} overlap",
+                a.name,
+                b.name
+            );
+        }
+    }
+    // Every weight's data fills its buffer exactly.
+    for w in &plan.weights {
+        assert_eq!(
+            w.data.len() as u64,
+            plan.buffer(w.buffer).bytes,
+            "{name}: weight {}",
+            w.source
+        );
+    }
+}
+
+#[test]
+fn buffers_never_overlap_while_live() {
+    for &(name, shape) in MODELS {
+        for layers in [Layers::Last(1), Layers::Last(2), Layers::All] {
+            if let Ok(c) = compile(name, layers, Some(shape.to_vec())) {
+                check_plan(&format!("{name} --layers {layers}"), &c.plan);
+            }
+        }
+    }
+}
+
+#[test]
+fn reuse_makes_the_arena_smaller_than_the_naive_sum() {
+    let c = compile("mobilenetv2", Layers::Last(4), None).unwrap();
+    let m = c.plan.memory.unwrap();
+    assert!(
+        m.arena * 3 < m.naive * 2,
+        "arena {} naive {}",
+        m.arena,
+        m.naive
+    );
+}
+
+#[test]
+fn identical_inputs_give_identical_plans() {
+    let a = compile("resnet18", Layers::Last(4), None)
+        .unwrap()
+        .plan
+        .to_bytes();
+    let b = compile("resnet18", Layers::Last(4), None)
+        .unwrap()
+        .plan
+        .to_bytes();
+    assert!(a == b, "two compiles of the same model differ");
+}
+
+#[test]
+fn plan_round_trips_and_damage_is_detected() {
+    let plan = compile("tiny_cnn", Layers::All, None).unwrap().plan;
+    let bytes = plan.to_bytes();
+    assert_eq!(Plan::from_bytes(&bytes).unwrap(), plan);
+
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    assert!(matches!(
+        Plan::from_bytes(&flipped),
+        Err(PlanError::Checksum)
+    ));
+    assert!(matches!(
+        Plan::from_bytes(&bytes[..bytes.len() - 10]),
+        Err(PlanError::Truncated)
+    ));
+    assert!(matches!(
+        Plan::from_bytes(b"not a plan at all"),
+        Err(PlanError::NotAPlan)
+    ));
+    let mut future = bytes.clone();
+    future[8] = 99;
+    assert!(matches!(
+        Plan::from_bytes(&future),
+        Err(PlanError::Version(99))
+    ));
+}
