@@ -236,7 +236,7 @@ pub enum Kind {
     Softmax(Axis),
 
     // ---- loss ----
-    /// logits (B, K), labels (B) → loss (scalar), probabilities (B, K)
+    /// logits (B, K), labels (B, u32) → loss (scalar), probabilities (B, K)
     #[prost(message, tag = "25")]
     SoftmaxCrossEntropy(Empty),
     /// probabilities, labels → dlogits
@@ -271,7 +271,7 @@ pub enum Kind {
     /// x, dy → dw (summed over the batch axes)
     #[prost(message, tag = "35")]
     MatMulGradW(Empty),
-    /// dy, scale, var → dx
+    /// dy, scale, bias, mean, var → dx
     #[prost(message, tag = "36")]
     BatchNormBackward(Epsilon),
     /// x, dy → dx for the activations (x is the forward input, y for Sigmoid/Softmax)
@@ -312,8 +312,8 @@ pub enum Kind {
     /// w, g, [momentum], [clip scale] → (w, momentum updated in place)
     #[prost(message, tag = "49")]
     SgdUpdate(Sgd),
-    /// w, g, m, v, [clip scale] → (updated in place). The clip scale, when present, comes
-    /// from a GradNorm step, as does every gradient's ordering before the first update.
+    /// w, g, state (first moments then second moments, 2·numel), [clip scale] → (updated in
+    /// place). The clip scale, when present, comes from the GradNorm step.
     #[prost(message, tag = "50")]
     AdamWUpdate(AdamW),
     /// g₁ … gₙ → scale: min(1, max_norm / (‖g‖₂ + 1e-6)) over all gradients, as

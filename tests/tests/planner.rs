@@ -22,7 +22,12 @@ fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
         touch(f, 0);
     }
     for (s, step) in plan.steps.iter().enumerate() {
-        for &b in step.inputs.iter().chain(&step.outputs) {
+        for &b in step
+            .inputs
+            .iter()
+            .chain(&step.outputs)
+            .chain(&step.workspace)
+        {
             touch(b, s);
         }
     }

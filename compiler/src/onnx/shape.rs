@@ -930,7 +930,7 @@ fn reshape_shape(label: &str, x: &[usize], target: &[i64], allowzero: bool) -> R
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || numel % known != 0 {
+        if known == 0 || !numel.is_multiple_of(known) {
             bail!("node '{label}' (Reshape): cannot reshape {x:?} to {target:?}");
         }
         out[i] = numel / known;

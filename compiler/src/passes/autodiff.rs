@@ -215,7 +215,7 @@ fn backward(
                     0,
                     "grad_input",
                     Kind::BatchNormBackward(e.clone()),
-                    vec![dy, ins[1], ins[4]],
+                    vec![dy, ins[1], ins[2], ins[3], ins[4]],
                 );
             }
         }
@@ -276,11 +276,12 @@ fn backward(
             dy,
         ),
         Kind::PRelu(_) => {
-            let mut outs = vec![contribution(graph, ins[0], &name)];
-            let slope_trains = need(graph, 1);
-            if slope_trains {
-                outs.push(grad_tensor(graph, ins[1], "grad"));
-            }
+            // Both gradients always: the kernel makes them in one pass, and a PRelu in the
+            // suffix comes after the first trained layer, so its slope trains anyway.
+            let outs = vec![
+                contribution(graph, ins[0], &name),
+                grad_tensor(graph, ins[1], "grad"),
+            ];
             let ids = emit(
                 graph,
                 format!("{name}/grad"),
@@ -293,7 +294,7 @@ fn backward(
             if need(graph, 0) {
                 direct.push((ins[0], ids[0]));
             }
-            if slope_trains {
+            if need(graph, 1) {
                 direct.push((ins[1], ids[1]));
             }
         }

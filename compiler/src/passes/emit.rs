@@ -2,7 +2,8 @@
 
 use super::memplan::{self, Interval, align};
 use crate::ir::{Data, Graph, NodeOp, Role, TensorId};
-use actc_runtime::plan::{Buffer, BufferKind, Memory, Step, Weight};
+use actc_runtime::exec::geom;
+use actc_runtime::plan::{Buffer, BufferKind, DType, Memory, Step, Weight};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -114,9 +115,43 @@ pub fn emit(
         })
         .collect();
 
+    // Kernel scratch: a buffer per step that needs one, live during that step only (the
+    // planner lets all of them share memory).
+    let mut workspace_of: BTreeMap<usize, u32> = BTreeMap::new();
+    for (s, &n) in order.iter().enumerate() {
+        let node = &graph.nodes[n];
+        let NodeOp::Kernel(kind) = &node.op else {
+            continue;
+        };
+        let shapes = |ts: &[TensorId]| {
+            ts.iter()
+                .map(|&t| buffers[buffer_of[&t] as usize].shape.clone())
+                .collect::<Vec<_>>()
+        };
+        let (ins, outs) = (shapes(&node.inputs), shapes(&node.outputs));
+        let ins: Vec<&[u64]> = ins.iter().map(|v| v.as_slice()).collect();
+        let outs: Vec<&[u64]> = outs.iter().map(|v| v.as_slice()).collect();
+        let len = geom::workspace_len(kind, &ins, &outs);
+        if len == 0 {
+            continue;
+        }
+        workspace_of.insert(s, buffers.len() as u32);
+        buffers.push(Buffer {
+            name: format!("{}/workspace", node.name),
+            shape: vec![len as u64],
+            dtype: DType::F32 as i32,
+            kind: BufferKind::Workspace as i32,
+            offset: 0,
+            bytes: 4 * len as u64,
+        });
+        first.push(s);
+        last.push(s);
+        group.push(group.len());
+    }
+
     let mut persistent = 0u64;
     let mut groups: BTreeMap<usize, Interval> = BTreeMap::new();
-    for b in 0..ids.len() {
+    for b in 0..buffers.len() {
         if buffers[b].kind().is_persistent() {
             buffers[b].offset = persistent;
             persistent += align(buffers[b].bytes);
@@ -141,7 +176,7 @@ pub fn emit(
     let intervals: Vec<Interval> = groups.values().copied().collect();
     let (offsets, arena) = memplan::plan(&intervals);
     let offset_of: BTreeMap<usize, u64> = roots.iter().copied().zip(offsets).collect();
-    for b in 0..ids.len() {
+    for b in 0..buffers.len() {
         if !buffers[b].kind().is_persistent() {
             buffers[b].offset = offset_of[&root(&mut group, b)];
         }
@@ -149,7 +184,8 @@ pub fn emit(
 
     let steps = order
         .iter()
-        .map(|&n| {
+        .enumerate()
+        .map(|(s, &n)| {
             let node = &graph.nodes[n];
             let NodeOp::Kernel(kind) = &node.op else {
                 unreachable!("select keeps only runtime ops in the suffix")
@@ -160,7 +196,7 @@ pub fn emit(
                 inputs: node.inputs.iter().map(|t| buffer_of[t]).collect(),
                 outputs: node.outputs.iter().map(|t| buffer_of[t]).collect(),
                 phase: node.phase as i32,
-                workspace: None,
+                workspace: workspace_of.get(&s).copied(),
                 origin: node.origin.clone().unwrap_or_default(),
             }
         })

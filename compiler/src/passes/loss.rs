@@ -47,7 +47,7 @@ pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Resul
             }
             let label = graph.add_tensor(Tensor {
                 role: Role::Label,
-                ..Tensor::value("labels", vec![shape[0]], DType::I64)
+                ..Tensor::value("labels", vec![shape[0]], DType::U32)
             });
             let probs = Tensor::value(format!("{name}.probabilities"), shape.clone(), DType::F32);
             let ids = emit(

@@ -36,21 +36,25 @@ pub fn append_updates(
     for &(param, grad) in grads {
         let name = graph.tensor(param).name.clone();
         let shape = graph.tensor(param).shape.clone();
-        let mut state = |suffix: &str| {
+        let mut state = |suffix: &str, copies: usize| {
+            let mut shape = shape.clone();
+            if copies > 1 {
+                shape.insert(0, copies);
+            }
             graph.add_tensor(Tensor {
                 role: Role::OptimizerState,
-                ..Tensor::value(format!("{name}.{suffix}"), shape.clone(), DType::F32)
+                ..Tensor::value(format!("{name}.{suffix}"), shape, DType::F32)
             })
         };
         let (kind, mut inputs) = match optimizer {
             Optimizer::Sgd(s) if s.momentum != 0.0 => (
                 Kind::SgdUpdate(s.clone()),
-                vec![param, grad, state("momentum")],
+                vec![param, grad, state("momentum", 1)],
             ),
             Optimizer::Sgd(s) => (Kind::SgdUpdate(s.clone()), vec![param, grad]),
             Optimizer::AdamW(a) => (
                 Kind::AdamWUpdate(a.clone()),
-                vec![param, grad, state("adam_m"), state("adam_v")],
+                vec![param, grad, state("adam_moments", 2)],
             ),
         };
         inputs.extend(scale);

@@ -93,7 +93,9 @@ impl Conv2dGeom {
 
     fn debug_check(&self) {
         debug_assert!(
-            self.groups >= 1 && self.c_in % self.groups == 0 && self.c_out % self.groups == 0
+            self.groups >= 1
+                && self.c_in.is_multiple_of(self.groups)
+                && self.c_out.is_multiple_of(self.groups)
         );
         debug_assert!(
             self.stride[0] >= 1

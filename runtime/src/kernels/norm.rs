@@ -76,7 +76,7 @@ pub fn fold_into_conv(
     p.debug_check();
     let c = p.channels();
     assert!(
-        c > 0 && weight.len() % c == 0,
+        c > 0 && weight.len().is_multiple_of(c),
         "fold_into_conv: weight is not (c_out = {c}, ...)"
     );
     assert!(

@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Golden gradients for actc: one SGD step of the last N layers of each bundled model, in
+float32, computed by PyTorch autograd through an ONNX -> PyTorch evaluator (onnx_torch.py).
+
+Run from the repository root (about a minute on 1 thread):
+
+    .venv/bin/python models/golden/make_golden.py            # verify evaluator, write *.npz
+    .venv/bin/python models/golden/make_golden.py --only tiny_cnn tiny_mlp
+    .venv/bin/python models/golden/make_golden.py --verify-only
+
+Steps:
+1. the evaluator is checked against onnxruntime on every bundled model (every graph output,
+   max |diff| <= 1e-5; the script stops otherwise);
+2. for each case `{model}__layers_{N}`: select the trainable initializers exactly as DESIGN.md
+   §3 (see `trainable_names`), run forward, loss = F.cross_entropy(logits, labels) (mean), where
+   logits is the output `logits`, or the input of the final Softmax when `logits` is one;
+   loss.backward(); one torch.optim.SGD(lr=0.1) step (no momentum, no weight decay);
+3. the same gradients are recomputed in float64 and in float32 with the batch reversed (a
+   different summation order) to measure how far two correct float32 implementations can be
+   apart; the observed differences go to index.json (and README.md);
+4. each case is written as an uncompressed, byte-reproducible .npz (fixed zip timestamps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+MODELS = HERE.parent
+sys.path.insert(0, str(HERE))
+from onnx_torch import OnnxTorch  # noqa: E402
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+
+LR = 0.1
+BATCH = 2
+NUM_CLASSES = 10
+ORT_TOL = 1e-5
+
+# Golden cases: model -> (input shape without batch, layer counts)
+CASES = {
+    "mobilenetv2": ((3, 32, 32), [1, 4, "all"]),
+    "resnet18": ((3, 32, 32), [1, 4, "all"]),
+    "mcunet": ((3, 32, 32), [1, 4, "all"]),
+    "tiny_cnn": ((3, 16, 16), [1, 4, "all"]),
+    "tiny_mlp": ((64,), [1, 2, "all"]),
+    "tiny_matmul": ((64,), [1, 2, "all"]),
+}
+# Every bundled model, for the onnxruntime check.
+ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
+              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported"]
+# Size budget: `updated/` tensors are stored only for cases with at most this many trainable
+# values (all but mobilenetv2 layers 4/all and resnet18 layers all); the others hold grads
+# only (updated = w - 0.1*grad, with w from the .onnx).
+MAX_UPDATED_VALUES = 600_000
+
+
+# ------------------------------------------------------------------ onnxruntime check
+
+def default_shape(m: onnx.ModelProto):
+    return [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]]
+
+
+def verify_against_ort(name):
+    """Every graph output must agree within ORT_TOL; every intermediate float tensor is
+    compared too (reported as max |diff| / max(1, max |ort|) over all of them)."""
+    import onnxruntime as ort
+    path = MODELS / f"{name}.onnx"
+    ev = OnnxTorch(path)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    free = onnx.load(str(path))  # the files fix H, W: free them so other sizes run too
+    for d in free.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.Clear()
+        d.dim_param = "hw"
+    outs = [o.name for o in free.graph.output]
+    inferred = onnx.shape_inference.infer_shapes(free)
+    inter = [v for v in inferred.graph.value_info
+             if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and v.name not in outs]
+    free.graph.output.extend(inter)
+    inter = [v.name for v in inter]
+    sess = ort.InferenceSession(free.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    shapes = [[BATCH] + default_shape(ev.model)]
+    if name in CASES and list(CASES[name][0]) != shapes[0][1:]:
+        shapes.append([BATCH] + list(CASES[name][0]))
+    report = []
+    for shape in shapes:
+        x = np.random.default_rng(123).standard_normal(shape, dtype=np.float32)
+        got = dict(zip(outs + inter, sess.run(outs + inter, {"input": x})))
+        with torch.no_grad():
+            env = ev.run({"input": torch.from_numpy(x)})
+        worst = max(float(np.abs(env[o].numpy() - got[o]).max()) for o in outs)
+        scale = max(float(np.abs(got[o]).max()) for o in outs)
+        inter_rel = max([float(np.abs(env[t].numpy() - got[t]).max()) / max(1.0, float(np.abs(got[t]).max()))
+                         for t in inter] or [0.0])
+        report.append({"shape": shape, "max_abs_diff": worst, "max_abs_output": scale,
+                       "intermediates": len(inter), "intermediate_max_scaled_diff": inter_rel})
+        status = "ok" if worst <= ORT_TOL else "FAIL"
+        print(f"  {name:18s} {str(shape):18s} {outs}: max|torch-ort| {worst:.2e} "
+              f"(max|out| {scale:.2f}); {len(inter)} intermediates: max scaled diff "
+              f"{inter_rel:.1e}  {status}")
+        if worst > ORT_TOL:
+            sys.exit(f"evaluator disagrees with onnxruntime on {name} at {shape}")
+    return report
+
+
+def op_selftest():
+    """Single-node models for the attribute combinations the bundled models do not use,
+    each checked against onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto as TP, helper as h
+    rng = np.random.default_rng(7)
+    x4 = rng.standard_normal((2, 3, 7, 9), dtype=np.float32)
+    x2 = rng.standard_normal((4, 5), dtype=np.float32)
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    f32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
+    w = rng.standard_normal((6, 1, 3, 2), dtype=np.float32)
+    cases = [  # (label, op, inputs (name->array; first is the data input), attrs, opset)
+        ("Conv asym pads, group 3, dilation", "Conv", [x4, w], dict(pads=[0, 1, 2, 1], group=3, dilations=[2, 1], strides=[1, 2]), 13),
+        ("AveragePool ceil, count_include_pad", "AveragePool", [x4], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), 19),
+        ("AveragePool ceil, exclude pad", "AveragePool", [x4], dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), 19),
+        ("AveragePool asym pads", "AveragePool", [x4], dict(kernel_shape=[3, 3], pads=[0, 1, 2, 0], strides=[2, 1]), 13),
+        ("AveragePool asym pads incl", "AveragePool", [x4], dict(kernel_shape=[3, 3], pads=[0, 1, 2, 0], count_include_pad=1), 13),
+        ("MaxPool asym pads, dilation, ceil", "MaxPool", [x4], dict(kernel_shape=[2, 3], pads=[1, 0, 0, 1], strides=[2, 2], dilations=[1, 2]), 13),
+        ("MaxPool ceil", "MaxPool", [x4], dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), 13),
+        ("Gemm transA alpha beta", "Gemm", [x2, rng.standard_normal((4, 3), dtype=np.float32), f32(1, 2, 3)], dict(transA=1, alpha=0.5, beta=2.0), 13),
+        ("Gemm transB C 2-D", "Gemm", [x2, rng.standard_normal((3, 5), dtype=np.float32), rng.standard_normal((4, 3), dtype=np.float32)], dict(transB=1), 13),
+        ("Clip attrs (opset 6)", "Clip", [x4], dict(min=-0.5, max=0.7), 6),
+        ("Clip min only", "Clip", [x4, f32(0.1).reshape(())], {}, 13),
+        ("Softmax opset 11 axis 1", "Softmax", [x4], dict(axis=1), 11),
+        ("Softmax axis 2", "Softmax", [x4], dict(axis=2), 13),
+        ("LeakyRelu default", "LeakyRelu", [x4], {}, 13),
+        ("HardSigmoid default", "HardSigmoid", [x4 * 4], {}, 13),
+        ("HardSwish", "HardSwish", [x4 * 4], {}, 14),
+        ("PRelu scalar slope", "PRelu", [x4, f32(0.3)], {}, 13),
+        ("Flatten axis 2", "Flatten", [x4], dict(axis=2), 13),
+        ("Flatten axis 0", "Flatten", [x4], dict(axis=0), 13),
+        ("Reshape 0 and -1", "Reshape", [x4, i64(0, -1, 9)], {}, 13),
+        ("Reshape allowzero", "Reshape", [x4, i64(2, 3, 63)], dict(allowzero=1), 14),
+        ("Transpose default", "Transpose", [x4], {}, 13),
+        ("Squeeze axes input", "Squeeze", [x4[:, :1], i64(1)], {}, 13),
+        ("Squeeze axes attr", "Squeeze", [x4[:, :1], ], dict(axes=[1]), 11),
+        ("Unsqueeze axes input", "Unsqueeze", [x2, i64(0, -1)], {}, 13),
+        ("Unsqueeze axes attr", "Unsqueeze", [x2], dict(axes=[1]), 11),
+        ("ReduceMean axes attr keepdims 0", "ReduceMean", [x4], dict(axes=[1, 3], keepdims=0), 13),
+        ("ReduceMean axes input", "ReduceMean", [x4, i64(-1, -2)], dict(keepdims=1), 18),
+        ("ReduceMean all", "ReduceMean", [x4], {}, 13),
+        ("Pad constant value", "Pad", [x4, i64(0, 0, 1, 2, 0, 0, 2, 0), f32(1.5).reshape(())], {}, 13),
+        ("Pad reflect", "Pad", [x4, i64(0, 0, 1, 2, 0, 0, 2, 1)], dict(mode="reflect"), 13),
+        ("Pad edge, negative", "Pad", [x4, i64(0, 0, 1, -2, 0, 0, 2, 1)], dict(mode="edge"), 13),
+        ("Pad axes input", "Pad", [x4, i64(1, 2, 3, 0), f32(0.0).reshape(()), i64(-1, 2)], {}, 18),
+        ("Pad attrs (opset 2)", "Pad", [x4], dict(pads=[0, 0, 1, 1, 0, 0, 1, 1], value=2.0), 2),
+        ("Slice negative step", "Slice", [x4, i64(-1, 5), i64(-100, 1), i64(3, 2), i64(-2, -1)], {}, 13),
+        ("Slice big ends", "Slice", [x4, i64(1), i64(2**62)], {}, 13),
+        ("Slice attrs (opset 1)", "Slice", [x4], dict(starts=[1, 0], ends=[3, -1], axes=[2, 3]), 1),
+        ("Gather axis 1 negative", "Gather", [x4, i64(-1, 0)], dict(axis=1), 13),
+        ("Div", "Div", [x4, x4 + 5], {}, 13), ("Sub broadcast", "Sub", [x4, x4[0, 0, 0]], {}, 13),
+        ("Sin", "Sin", [x4], {}, 13), ("MatMul batched", "MatMul", [x4, x4.transpose(0, 1, 3, 2)], {}, 13),
+        ("Shape start/end", "Shape", [x4], dict(start=1, end=-1), 15),
+        ("ConstantOfShape", "ConstantOfShape", [i64(2, 3)], dict(value=h.make_tensor("v", TP.FLOAT, [1], [0.25])), 13),
+        ("Cast to int64", "Cast", [x4 * 3], dict(to=TP.INT64), 13),
+        ("GlobalAveragePool", "GlobalAveragePool", [x4], {}, 13),
+        ("BatchNormalization", "BatchNormalization", [x4, f32(1, 2, 3), f32(0, 1, 0), f32(.1, .2, .3), f32(1, 2, .5)], dict(epsilon=1e-3), 15),
+    ]
+    worst_all = 0.0
+    for label, op, arrays, attrs, opset in cases:
+        names = [f"in{i}" for i in range(len(arrays))]
+        node = h.make_node(op, names, ["out"], **attrs)
+        ins = [h.make_tensor_value_info(names[0], h.np_dtype_to_tensor_dtype(arrays[0].dtype), arrays[0].shape)]
+        inits = [onnx.numpy_helper.from_array(a, n) for n, a in zip(names[1:], arrays[1:])]
+        graph = h.make_graph([node], "t", ins, [h.make_empty_tensor_value_info("out")], inits)
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+        model.ir_version = 7 if opset < 15 else 8 if opset < 18 else 9
+        try:
+            so = ort.SessionOptions()
+            so.log_severity_level = 3  # opset-1 models make the transpose optimizer warn
+            sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            ref = sess.run(["out"], {names[0]: arrays[0]})[0]
+            got = OnnxTorch(model).run({names[0]: torch.from_numpy(arrays[0])})["out"].numpy()
+        except Exception as e:
+            sys.exit(f"op self-test '{label}': {type(e).__name__}: {e}")
+        assert got.shape == ref.shape and got.dtype == ref.dtype, (label, got.shape, ref.shape, got.dtype, ref.dtype)
+        d = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
+        worst_all = max(worst_all, d)
+        if d > ORT_TOL:
+            sys.exit(f"op self-test '{label}': max |diff| {d:.2e}")
+    print(f"  op self-test: {len(cases)} single-node models, max |torch-ort| {worst_all:.2e}")
+    return {"cases": len(cases), "max_abs_diff": worst_all}
+
+
+# ------------------------------------------------------------------ what trains (DESIGN §3)
+
+PARAM_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "PRelu": (1,)}
+
+
+def needed_nodes(ev, output):
+    """Indices (file order) of the nodes the output depends on."""
+    producer = {o: i for i, n in enumerate(ev.graph.node) for o in n.output}
+    seen, stack = set(), [output]
+    while stack:
+        i = producer.get(stack.pop())
+        if i is not None and i not in seen:
+            seen.add(i)
+            stack.extend(t for t in ev.graph.node[i].input if t)
+    return sorted(seen)
+
+
+def trainable_names(ev, layers, output="logits"):
+    """Initializer names trained by `--layers layers`, in node (file) order, weight before bias."""
+    nodes = ev.graph.node
+    consts = {name for name, t in ev.inits.items() if t.is_floating_point()}
+    order = needed_nodes(ev, output)
+
+    def params(i):
+        n = nodes[i]
+        return [n.input[k] for k in PARAM_INPUTS.get(n.op_type, ())
+                if k < len(n.input) and n.input[k] in consts]
+
+    layer_ix = [i for i in order if nodes[i].op_type == "Conv"]
+    if not layer_ix:
+        layer_ix = [i for i in order if nodes[i].op_type in ("Gemm", "MatMul")
+                    and len(nodes[i].input) > 1 and nodes[i].input[1] in consts]
+    count = len(layer_ix)
+    n = count if layers == "all" else int(layers)
+    assert 1 <= n <= count, (layers, count)
+    first = layer_ix[count - n]
+    names = []
+    for i in order:
+        if i >= first and (i in layer_ix[count - n:] or nodes[i].op_type != "Conv"):
+            for p in params(i):
+                if p not in names:
+                    names.append(p)
+    return names, count
+
+
+def logits_name(ev):
+    """`logits`, or the input of the final Softmax when `logits` is a softmax output."""
+    prod = next(n for n in ev.graph.node if "logits" in n.output)
+    return prod.input[0] if prod.op_type == "Softmax" else "logits"
+
+
+# ------------------------------------------------------------------ one training step
+
+def train_step(ev, names, x, y):
+    params = {n: ev.inits[n].clone().requires_grad_(True) for n in names}
+    env = ev.run({"input": x}, overrides=params)
+    logits = env[logits_name(ev)]
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    grads = {n: params[n].grad.detach().clone() for n in names}
+    opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=0.0, weight_decay=0.0)
+    opt.step()
+    updated = {n: params[n].detach().clone() for n in names}
+    return logits.detach(), loss.detach(), grads, updated
+
+
+def case_input(shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH,) + tuple(shape), dtype=np.float32)
+    y = rng.integers(0, NUM_CLASSES, size=BATCH).astype(np.int64)
+    return x, y
+
+
+def diff_stats(a, b):
+    """max|a-b| and max|a-b| / max|b| (b the reference)."""
+    d = float((a.double() - b.double()).abs().max())
+    s = float(b.double().abs().max())
+    return d, (d / s if s > 0 else 0.0), s
+
+
+def write_npz(path, arrays):
+    """np.savez_compressed, but with fixed zip timestamps so the bytes are reproducible."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
+
+
+def run_case(model, layers):
+    shape, _ = CASES[model]
+    name = f"{model}__layers_{layers}"
+    path = MODELS / f"{model}.onnx"
+    ev = OnnxTorch(path)
+    names, count = trainable_names(ev, layers)
+    x, y = case_input(shape)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    logits, loss, grads, updated = train_step(ev, names, xt, yt)
+
+    # Same step in float64, and in float32 with the batch reversed (other summation order).
+    ev64 = OnnxTorch(path, torch.float64)
+    _, loss64, grads64, _ = train_step(ev64, names, xt.double(), yt)
+    _, loss_rev, grads_rev, _ = train_step(ev, names, xt.flip(0), yt.flip(0))
+
+    n_values = sum(grads[n].numel() for n in names)
+    store_updated = n_values <= MAX_UPDATED_VALUES
+    arrays = {"input": x, "labels": y, "input_shape": np.array(x.shape, dtype=np.int64),
+              "loss": loss.numpy().astype(np.float32), "logits": logits.numpy(),
+              "trainable": np.array(names)}
+    per_tensor = []
+    for n in names:
+        g = grads[n]
+        arrays[f"grad/{n}"] = g.numpy()
+        if store_updated:
+            arrays[f"updated/{n}"] = updated[n].numpy()
+        d64, r64, s = diff_stats(g, grads64[n])
+        drev, rrev, _ = diff_stats(g, grads_rev[n])
+        per_tensor.append({"name": n, "shape": list(g.shape), "max_abs_grad": s,
+                           "f32_vs_f64_abs": d64, "f32_vs_f64_rel": r64,
+                           "f32_vs_f32rev_abs": drev, "f32_vs_f32rev_rel": rrev})
+    out = HERE / f"{name}.npz"
+    write_npz(out, arrays)
+    info = {
+        "file": out.name, "model": f"{model}.onnx", "layers": str(layers), "total_layers": count,
+        "input_shape": list(x.shape), "labels": y.tolist(), "loss": float(loss),
+        "loss_f64": float(loss64), "loss_f32_batch_reversed": float(loss_rev),
+        "logits_tensor": logits_name(ev), "trainable": names,
+        "num_trainable_values": int(n_values),
+        "updated_stored": store_updated, "bytes": out.stat().st_size,
+        "max_rel_f32_vs_f64": max(t["f32_vs_f64_rel"] for t in per_tensor),
+        "max_rel_f32_vs_f32rev": max(t["f32_vs_f32rev_rel"] for t in per_tensor),
+        "tensors": per_tensor,
+    }
+    print(f"  {name:26s} {len(names):3d} tensors {info['num_trainable_values']:8d} values  "
+          f"loss {float(loss):.6f}  rel f32/f64 {info['max_rel_f32_vs_f64']:.1e}  "
+          f"rel f32/f32rev {info['max_rel_f32_vs_f32rev']:.1e}  {out.stat().st_size} B")
+    return name, info
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", choices=list(CASES), help="golden cases of these models")
+    ap.add_argument("--verify-only", action="store_true", help="only the onnxruntime check")
+    args = ap.parse_args()
+    import onnxruntime
+    print(f"torch {torch.__version__}, onnx {onnx.__version__}, onnxruntime "
+          f"{onnxruntime.__version__}, numpy {np.__version__}")
+    t0 = time.time()
+    print("evaluator vs onnxruntime (ORT_DISABLE_ALL, 1 thread):")
+    ort_report = {m: verify_against_ort(m) for m in ALL_MODELS}
+    ort_report["op_selftest"] = op_selftest()
+    if args.verify_only:
+        return
+    index_path = HERE / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() and args.only else {}
+    index.setdefault("cases", {})
+    index["ort_check"] = ort_report
+    print("golden cases:")
+    for model in args.only or CASES:
+        for layers in CASES[model][1]:
+            name, info = run_case(model, layers)
+            index["cases"][name] = info
+    index["cases"] = dict(sorted(index["cases"].items()))
+    index["versions"] = {"torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    index_path.write_text(json.dumps(index, indent=1, sort_keys=False) + "\n")
+    total = sum(p.stat().st_size for p in HERE.glob("*.npz"))
+    print(f"total npz size {total} bytes; {time.time() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Time one PyTorch training step of MobileNetV2 (last 4 convs + classifier, frozen BN, SGD).
+
+Run from the repository root:
+
+    .venv/bin/python models/reference/bench_torch.py                 # every config, table
+    .venv/bin/python models/reference/bench_torch.py --steps 50 --json bench.json
+    .venv/bin/python models/reference/bench_torch.py --shapes 8x224 --layouts channels_last
+
+A step is forward, F.cross_entropy, zero_grad, backward, SGD(lr 0.01, momentum 0.9).step(),
+on synthetic data (seeded randn input, random labels), in eval mode. Two models (`--bn`):
+- `frozen`: torchvision MobileNetV2 + ImageNet weights + 10-way classifier with BatchNorm
+  modules in eval mode, BN parameters frozen (DESIGN.md §6's setup); trainable = the 4 last
+  conv weights (no bias) + classifier;
+- `folded`: the function of models/mobilenetv2.onnx (BN folded into the convs, the file's
+  weights); trainable = the 4 last conv weights and biases + classifier (what actc trains).
+Each configuration runs in its own subprocess so that its peak RSS
+(resource.getrusage(RUSAGE_SELF).ru_maxrss, the whole process: Python, torch, model, data)
+is its own. Per config: `--warmup` untimed steps, then `--steps` timed steps (median, p10,
+p90), then 5 timed no-grad forwards of the whole network (inference, for reference).
+On a shared machine, `--rounds R` runs every configuration R times (interleaved) and reports
+the round with the lowest median; the 1-minute load average before and after each run is
+recorded so that disturbed runs can be recognised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(cfg):
+    import torch
+    import torch.nn.functional as F
+    sys.path.insert(0, str(HERE))
+    from common import mobilenetv2_folded, mobilenetv2_torchvision, select_trainable
+
+    torch.set_num_threads(cfg["threads"])
+    if cfg["bn"] == "folded":
+        model, _, _ = mobilenetv2_folded()
+    else:
+        model = mobilenetv2_torchvision()
+    torch.set_num_threads(cfg["threads"])
+    params = [p for _, p in select_trainable(model, 4)]
+    model.eval()
+    cl = cfg["layout"] == "channels_last"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], generator=g)
+    y = torch.randint(0, 10, (cfg["batch"],), generator=g)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    rss_before = rss_mb()
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(cfg["warmup"]):
+        step()
+    times = []
+    for _ in range(cfg["steps"]):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    fwd = []
+    with torch.no_grad():
+        for _ in range(5):
+            t0 = time.perf_counter()
+            model(x)
+            fwd.append((time.perf_counter() - t0) * 1e3)
+    return {**cfg, "median_ms": statistics.median(times), "p10_ms": pct(times, 0.1),
+            "p90_ms": pct(times, 0.9), "forward_nograd_median_ms": statistics.median(fwd),
+            "peak_rss_mb": rss_mb(), "rss_before_steps_mb": rss_before,
+            "trainable_values": sum(p.numel() for p in params), "torch": torch.__version__}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--shapes", nargs="*", default=["64x32", "8x224"], help="BATCHxSIZE")
+    ap.add_argument("--layouts", nargs="*", default=["nchw", "channels_last"],
+                    choices=["nchw", "channels_last"])
+    ap.add_argument("--bn", nargs="*", default=["frozen", "folded"], choices=["frozen", "folded"])
+    ap.add_argument("--rounds", type=int, default=1, help="repeat all configs, keep the best")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one config (JSON) in this process
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    sys.path.insert(0, str(HERE))
+    from common import machine
+    configs = []
+    for bn in args.bn:
+        for shape in args.shapes:
+            b, s = (int(v) for v in shape.split("x"))
+            for layout in args.layouts:
+                configs.append({"bn": bn, "batch": b, "size": s, "layout": layout,
+                                "threads": args.threads, "steps": args.steps,
+                                "warmup": args.warmup})
+    runs = [[] for _ in configs]
+    for rnd in range(args.rounds):
+        for i, cfg in enumerate(configs):
+            load0 = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r.update(round=rnd, load_before=load0, load_after=os.getloadavg()[0])
+            runs[i].append(r)
+            print(f"  round {rnd} {cfg['bn']} {cfg['batch']}x{cfg['size']} {cfg['layout']}: "
+                  f"{r['median_ms']:.1f} ms (load {load0:.2f} -> {r['load_after']:.2f})",
+                  file=sys.stderr, flush=True)
+    best = [min(rs, key=lambda r: r["median_ms"]) for rs in runs]
+    print(f"{'bn':7s} {'batch x shape':15s} {'layout':14s} {'median':>8s} {'p10':>8s} {'p90':>8s} "
+          f"{'fwd(no grad)':>12s} {'peak RSS':>9s} {'load':>10s}")
+    for r in best:
+        shape = f"{r['batch']}x3x{r['size']}x{r['size']}"
+        print(f"{r['bn']:7s} {shape:15s} {r['layout']:14s} {r['median_ms']:6.1f}ms "
+              f"{r['p10_ms']:6.1f}ms {r['p90_ms']:6.1f}ms {r['forward_nograd_median_ms']:10.1f}ms "
+              f"{r['peak_rss_mb']:7.0f}MB {r['load_before']:4.2f}-{r['load_after']:4.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"best": best, "all_runs": runs, "machine": machine(),
+                                         "args": {k: (str(v) if isinstance(v, Path) else v)
+                                                  for k, v in vars(args).items()}},
+                                        indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

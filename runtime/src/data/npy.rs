@@ -1,0 +1,254 @@
+//! `.npy` arrays (NumPy's format): magic, version, a little-endian header length, a Python
+//! dict literal `{'descr': '<f4', 'fortran_order': False, 'shape': (N, 64), }` padded with
+//! spaces, then the raw values in C order.
+//!
+//! Errors are plain strings: the `.npz` reader adds the archive and member names.
+
+use super::Samples;
+
+pub(crate) const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Values in the element types NumPy writes for images, features and labels.
+pub(crate) enum Values {
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+pub(crate) struct Array {
+    pub shape: Vec<usize>,
+    pub values: Values,
+}
+
+impl Array {
+    /// Samples keep bytes as bytes; every other type becomes `f32`, the model's type.
+    pub fn into_samples(self) -> Samples {
+        match self.values {
+            Values::U8(v) => Samples::U8(v),
+            Values::F32(v) => Samples::F32(v),
+            Values::F64(v) => Samples::F32(v.into_iter().map(|x| x as f32).collect()),
+            Values::I32(v) => Samples::F32(v.into_iter().map(|x| x as f32).collect()),
+            Values::I64(v) => Samples::F32(v.into_iter().map(|x| x as f32).collect()),
+        }
+    }
+
+    /// Class indices: any integer type, or floats holding integers (as some pipelines save
+    /// them). Each must be a non-negative integer below 2³².
+    pub fn to_labels(&self) -> Result<Vec<u32>, String> {
+        fn not_class(i: usize, v: impl std::fmt::Display) -> String {
+            format!("label {v} at index {i} is not a class index (a non-negative integer)")
+        }
+        fn int(i: usize, v: i64) -> Result<u32, String> {
+            u32::try_from(v).map_err(|_| not_class(i, v))
+        }
+        fn float(i: usize, v: f64) -> Result<u32, String> {
+            if v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) {
+                Ok(v as u32)
+            } else {
+                Err(not_class(i, v))
+            }
+        }
+        match &self.values {
+            Values::U8(v) => Ok(v.iter().map(|&x| u32::from(x)).collect()),
+            Values::I32(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| int(i, x.into()))
+                .collect(),
+            Values::I64(v) => v.iter().enumerate().map(|(i, &x)| int(i, x)).collect(),
+            Values::F32(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| float(i, x.into()))
+                .collect(),
+            Values::F64(v) => v.iter().enumerate().map(|(i, &x)| float(i, x)).collect(),
+        }
+    }
+}
+
+pub(crate) fn parse(bytes: &[u8]) -> Result<Array, String> {
+    if !bytes.starts_with(MAGIC) {
+        return Err("not a .npy array (no \\x93NUMPY magic)".into());
+    }
+    let truncated = || "truncated .npy header".to_string();
+    let major = *bytes.get(6).ok_or_else(truncated)?;
+    let (len_bytes, start) = match major {
+        1 => (2, 10),
+        2 | 3 => (4, 12),
+        v => {
+            return Err(format!(
+                ".npy format version {v} is not supported (1 to 3 are)"
+            ));
+        }
+    };
+    let mut len = [0u8; 4];
+    len[..len_bytes].copy_from_slice(bytes.get(8..8 + len_bytes).ok_or_else(truncated)?);
+    let end = start + u32::from_le_bytes(len) as usize;
+    let header = bytes.get(start..end).ok_or_else(truncated)?;
+    let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
+
+    let descr = quoted(field(header, "descr")?)?;
+    let fortran = field(header, "fortran_order")?;
+    if fortran.starts_with("True") {
+        return Err("the array is in Fortran order: save np.ascontiguousarray(a) instead".into());
+    }
+    if !fortran.starts_with("False") {
+        return Err("unreadable fortran_order in the .npy header".into());
+    }
+    let shape = tuple(field(header, "shape")?)?;
+
+    let count = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or("the shape in the .npy header is too large")?;
+    let (item, make): (usize, fn(&[u8]) -> Values) = match descr {
+        "|u1" | "<u1" | "u1" => (1, |b| Values::U8(b.to_vec())),
+        "<i4" => (4, |b| Values::I32(le(b, i32::from_le_bytes))),
+        "<i8" => (8, |b| Values::I64(le(b, i64::from_le_bytes))),
+        "<f4" => (4, |b| Values::F32(le(b, f32::from_le_bytes))),
+        "<f8" => (8, |b| Values::F64(le(b, f64::from_le_bytes))),
+        d if d.starts_with('>') => {
+            return Err(format!(
+                "dtype '{d}' is big-endian: save a.astype(a.dtype.newbyteorder('<'))"
+            ));
+        }
+        d => {
+            return Err(format!(
+                "dtype '{d}' is not supported: use uint8, int32, int64, float32 or float64"
+            ));
+        }
+    };
+    let data = &bytes[end..];
+    let need = count.saturating_mul(item);
+    if data.len() < need {
+        return Err(format!(
+            "truncated: shape {shape:?} of '{descr}' needs {need} bytes of data, found {}",
+            data.len()
+        ));
+    }
+    Ok(Array {
+        values: make(&data[..need]),
+        shape,
+    })
+}
+
+fn le<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| from(c.try_into().unwrap()))
+        .collect()
+}
+
+/// The text after `'key':` in the header dict.
+fn field<'a>(header: &'a str, key: &str) -> Result<&'a str, String> {
+    ["'", "\""]
+        .iter()
+        .find_map(|q| {
+            let at = header.find(&format!("{q}{key}{q}"))?;
+            let rest = header[at + key.len() + 2..].trim_start();
+            Some(rest.strip_prefix(':')?.trim_start())
+        })
+        .ok_or_else(|| format!("the .npy header has no '{key}'"))
+}
+
+fn quoted(text: &str) -> Result<&str, String> {
+    let mut chars = text.chars();
+    let q = chars.next().filter(|c| *c == '\'' || *c == '"');
+    q.and_then(|q| text[1..].find(q).map(|end| &text[1..1 + end]))
+        .ok_or_else(|| "unreadable descr in the .npy header".to_string())
+}
+
+fn tuple(text: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("unreadable shape in the .npy header: {text}");
+    let inner = text.strip_prefix('(').ok_or_else(bad)?;
+    let inner = &inner[..inner.find(')').ok_or_else(bad)?];
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        // NumPy on some platforms writes Python 2 longs: `(3L, 4L)`.
+        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| bad()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{f32_bytes, i64_bytes, npy};
+    use super::*;
+
+    #[test]
+    fn parses_what_numpy_writes() {
+        let a = parse(&npy("<f4", &[2, 3], &f32_bytes(&[0., 1., 2., 3., 4., 5.5]))).unwrap();
+        assert_eq!(a.shape, [2, 3]);
+        assert!(matches!(&a.values, Values::F32(v) if v[5] == 5.5));
+
+        let a = parse(&npy("<i8", &[3], &i64_bytes(&[4, 0, 9]))).unwrap();
+        assert_eq!(a.shape, [3]);
+        assert_eq!(a.to_labels().unwrap(), [4, 0, 9]);
+
+        // Exactly what numpy 2.4 wrote for np.save(f, np.array([[1, 2]], np.uint8)), and a
+        // version-2.0 header (np.lib.format.write_array(f, a, version=(2, 0))).
+        let v1 = b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2), }                                                          \x0a\x01\x02";
+        let a = parse(v1).unwrap();
+        assert_eq!(a.shape, [1, 2]);
+        assert!(matches!(&a.values, Values::U8(v) if v == &[1, 2]));
+        let v2 = b"\x93NUMPY\x02\x00t\x00\x00\x00{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }                                                          \x0a\x07\x00\x00\x00\x01\x00\x00\x00";
+        assert_eq!(parse(v2).unwrap().to_labels().unwrap(), [7, 1]);
+
+        let scalar = parse(&npy("<f8", &[], &2.5f64.to_le_bytes())).unwrap();
+        assert!(scalar.shape.is_empty());
+    }
+
+    #[test]
+    fn labels_from_any_integral_type() {
+        let floats = Array {
+            shape: vec![3],
+            values: Values::F64(vec![1.0, 0.0, 2.0]),
+        };
+        assert_eq!(floats.to_labels().unwrap(), [1, 0, 2]);
+        let bad = Array {
+            shape: vec![2],
+            values: Values::F32(vec![1.0, 0.5]),
+        };
+        assert!(
+            bad.to_labels()
+                .unwrap_err()
+                .contains("label 0.5 at index 1")
+        );
+        let negative = Array {
+            shape: vec![1],
+            values: Values::I64(vec![-1]),
+        };
+        assert!(
+            negative
+                .to_labels()
+                .unwrap_err()
+                .contains("label -1 at index 0")
+        );
+        let i32s = Array {
+            shape: vec![2],
+            values: Values::I32(vec![3, 1]),
+        };
+        assert_eq!(i32s.to_labels().unwrap(), [3, 1]);
+    }
+
+    #[test]
+    fn refuses_clearly() {
+        let mut fortran = npy("<f4", &[1], &[0; 4]);
+        let at = fortran.windows(5).position(|w| w == b"False").unwrap();
+        fortran[at..at + 5].copy_from_slice(b"True ");
+        let err = parse(&fortran).err().unwrap();
+        assert!(err.contains("Fortran order"), "{err}");
+
+        let err = parse(&npy(">f4", &[1], &[0; 4])).err().unwrap();
+        assert!(err.contains("big-endian"), "{err}");
+        let err = parse(&npy("<c8", &[1], &[0; 8])).err().unwrap();
+        assert!(err.contains("'<c8' is not supported"), "{err}");
+        let err = parse(&npy("<f4", &[2, 2], &[0; 12])).err().unwrap();
+        assert!(err.contains("needs 16 bytes of data, found 12"), "{err}");
+        let err = parse(&npy("<f4", &[2, 2], &[0; 16])[..20]).err().unwrap();
+        assert!(err.contains("truncated .npy header"), "{err}");
+    }
+}

@@ -1,0 +1,63 @@
+//! Kernel geometry from an op's attributes and its buffers' shapes, and the scratch each
+//! step needs: one rule shared by the planner (which sizes the scratch) and the executor.
+
+use crate::kernels::conv::{self, Conv2dGeom};
+use crate::kernels::pool::Pool2dGeom;
+use crate::ops::{self, Kind};
+
+fn pair(v: &[u32], default: usize) -> [usize; 2] {
+    [
+        v.first().map_or(default, |&x| x as usize),
+        v.get(1).map_or(default, |&x| x as usize),
+    ]
+}
+
+fn pads(v: &[u32]) -> [usize; 4] {
+    let p = |i: usize| v.get(i).map_or(0, |&x| x as usize);
+    [p(0), p(1), p(2), p(3)]
+}
+
+/// `x` is the convolution's input shape (N, C, H, W), `w` its weight's (M, C/g, kh, kw).
+pub fn conv(c: &ops::Conv, x: &[u64], w: &[u64]) -> Conv2dGeom {
+    Conv2dGeom {
+        n: x[0] as usize,
+        c_in: x[1] as usize,
+        h: x[2] as usize,
+        w: x[3] as usize,
+        c_out: w[0] as usize,
+        kh: w[2] as usize,
+        kw: w[3] as usize,
+        stride: pair(&c.strides, 1),
+        pad: pads(&c.pads),
+        dilation: pair(&c.dilations, 1),
+        groups: c.group.max(1) as usize,
+    }
+}
+
+/// `x` is the pool's input shape. Ceil mode is already folded into the end padding.
+pub fn pool(p: &ops::Pool, x: &[u64]) -> Pool2dGeom {
+    Pool2dGeom {
+        n: x[0] as usize,
+        c: x[1] as usize,
+        h: x[2] as usize,
+        w: x[3] as usize,
+        kh: p.kernel[0] as usize,
+        kw: p.kernel[1] as usize,
+        stride: pair(&p.strides, 1),
+        pad: pads(&p.pads),
+        dilation: pair(&p.dilations, 1),
+        ceil_mode: false,
+    }
+}
+
+/// f32 elements of scratch a step needs, from its inputs' and outputs' shapes.
+pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usize {
+    match kind {
+        Kind::Conv(c) => conv::workspace_len(&conv(c, inputs[0], inputs[1])),
+        // dy, w → dx
+        Kind::ConvBackwardData(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),
+        // x, dy → dw
+        Kind::ConvBackwardWeight(c) => conv::workspace_len(&conv(c, inputs[0], outputs[0])),
+        _ => 0,
+    }
+}

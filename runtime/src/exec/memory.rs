@@ -1,0 +1,86 @@
+//! The two memory regions a plan runs in, allocated once: the arena (transient buffers at
+//! their planned offsets) and the persistent region (weights, frozen constants, optimizer
+//! state).
+
+use crate::plan::{Buffer, Plan};
+
+/// 64-byte aligned storage, so every planned offset (a multiple of 64) is aligned too.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+pub struct Memory {
+    // Owned storage; never resized after `new`, so the base pointers stay valid.
+    _arena: Vec<Line>,
+    _persistent: Vec<Line>,
+    // Taken once with `as_mut_ptr`, so writes through them are allowed while `&self` is
+    // shared (the regions are handed out in disjoint pieces, like an allocator's).
+    arena: (*mut u8, usize),
+    persistent: (*mut u8, usize),
+}
+
+impl Memory {
+    pub fn new(plan: &Plan) -> Memory {
+        let m = plan.memory.clone().unwrap_or_default();
+        let lines = |bytes: u64| vec![Line([0; 64]); bytes.div_ceil(64) as usize];
+        let (mut arena, mut persistent) = (lines(m.arena), lines(m.persistent));
+        Memory {
+            arena: (arena.as_mut_ptr() as *mut u8, 64 * arena.len()),
+            persistent: (persistent.as_mut_ptr() as *mut u8, 64 * persistent.len()),
+            _arena: arena,
+            _persistent: persistent,
+        }
+    }
+
+    /// Bytes held, both regions.
+    pub fn bytes(&self) -> usize {
+        self.arena.1 + self.persistent.1
+    }
+
+    fn ptr(&self, b: &Buffer) -> *mut u8 {
+        let (base, len) = if b.kind().is_persistent() {
+            self.persistent
+        } else {
+            self.arena
+        };
+        assert!(
+            b.offset + b.bytes <= len as u64,
+            "buffer {} lies outside its region",
+            b.name
+        );
+        // SAFETY: in bounds, checked above.
+        unsafe { base.add(b.offset as usize) }
+    }
+
+    /// # Safety
+    /// No `&mut` to overlapping bytes may be alive while the returned slice is.
+    pub unsafe fn f32(&self, b: &Buffer) -> &[f32] {
+        unsafe { std::slice::from_raw_parts(self.ptr(b) as *const f32, b.numel()) }
+    }
+
+    /// # Safety
+    /// No other reference to overlapping bytes may be alive while the returned slice is.
+    #[allow(clippy::mut_from_ref)] // interior: the planner hands out disjoint byte ranges
+    pub unsafe fn f32_mut(&self, b: &Buffer) -> &mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(b) as *mut f32, b.numel()) }
+    }
+
+    /// # Safety
+    /// As [`Memory::f32`].
+    pub unsafe fn u32(&self, b: &Buffer) -> &[u32] {
+        unsafe { std::slice::from_raw_parts(self.ptr(b) as *const u32, b.numel()) }
+    }
+
+    /// # Safety
+    /// As [`Memory::f32_mut`].
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn u32_mut(&self, b: &Buffer) -> &mut [u32] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(b) as *mut u32, b.numel()) }
+    }
+
+    /// Raw bytes of a buffer (for loading and saving weights).
+    pub fn bytes_of(&mut self, b: &Buffer) -> &mut [u8] {
+        // SAFETY: `&mut self` excludes every other borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(b), b.bytes as usize) }
+    }
+}

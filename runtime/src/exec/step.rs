@@ -1,0 +1,345 @@
+//! One plan step: its buffers looked up and handed to the kernel for its op.
+
+use super::geom;
+use super::memory::Memory;
+use crate::kernels::elementwise::{self, BinaryOp};
+use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
+use crate::kernels::norm::{self, BatchNormParams};
+use crate::kernels::shape::AxisSplit;
+use crate::kernels::{activation as act, conv, loss, pool, shape};
+use crate::ops::{Kind, PoolKind};
+use crate::optim;
+use crate::plan::{Buffer, Plan, Step};
+
+/// What an update step needs beyond its buffers.
+pub struct UpdateCtx {
+    pub lr: f32,
+    /// Updates taken so far, this one included (PyTorch's step count, from 1).
+    pub step: u64,
+}
+
+fn dims(b: &Buffer) -> Vec<usize> {
+    b.shape.iter().map(|&d| d as usize).collect()
+}
+
+/// Elements per channel of an (N, C, …) tensor.
+fn plane(b: &Buffer) -> usize {
+    b.shape.iter().skip(2).product::<u64>() as usize
+}
+
+/// Runs `step`. Returns the loss when the step computes one.
+///
+/// # Safety
+/// `mem` must hold the plan's buffers at their planned offsets. Buffers a step reads and
+/// writes are live at that step, so the planner gave them disjoint bytes (checked on every
+/// bundled model by the planner tests), except a Reshape's input and output, which share
+/// memory by design and are handled first.
+pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Option<f32> {
+    let kind = step
+        .op
+        .as_ref()
+        .and_then(|o| o.kind.as_ref())
+        .expect("plan steps carry an op");
+    let bi = |i: usize| plan.buffer(step.inputs[i]);
+    let bo = |i: usize| plan.buffer(step.outputs[i]);
+    // SAFETY (all closures): see the function's contract.
+    let x = |i: usize| unsafe { mem.f32(bi(i)) };
+    let xm = |i: usize| unsafe { mem.f32_mut(bi(i)) };
+    let y = |i: usize| unsafe { mem.f32_mut(bo(i)) };
+    let ws = || match step.workspace {
+        Some(w) => unsafe { mem.f32_mut(plan.buffer(w)) },
+        None => &mut [][..],
+    };
+    let labels = |i: usize| unsafe { mem.u32(bi(i)) };
+    match kind {
+        Kind::Reshape(_) => {
+            if bi(0).offset != bo(0).offset {
+                y(0).copy_from_slice(x(0));
+            }
+        }
+        Kind::Conv(c) => {
+            let g = geom::conv(c, &bi(0).shape, &bi(1).shape);
+            let bias = (step.inputs.len() > 2).then(|| x(2));
+            conv::forward(&g, x(0), x(1), bias, y(0), ws());
+        }
+        Kind::ConvBackwardData(c) => {
+            let g = geom::conv(c, &bo(0).shape, &bi(1).shape);
+            conv::backward_data(&g, x(1), x(0), y(0), ws());
+        }
+        Kind::ConvBackwardWeight(c) => {
+            let g = geom::conv(c, &bi(0).shape, &bo(0).shape);
+            conv::backward_weight(&g, x(0), x(1), y(0), ws());
+        }
+        Kind::BiasGrad(_) => {
+            // Sum over every axis but 1: the same reduction as broadcasting a (1, C, 1, …)
+            // bias, expressed as a reduce to that shape.
+            let dy = dims(bi(0));
+            let mut target = vec![1; dy.len()];
+            target[1] = dy[1];
+            elementwise::reduce_to_shape(1.0, x(0), &dy, y(0), &target);
+        }
+        Kind::Gemm(gm) => {
+            let g = gemm_geom(gm, bi(0), bi(1));
+            let c = (step.inputs.len() > 2).then(|| (x(2), dims(bi(2))));
+            linear::gemm_forward(
+                &g,
+                x(0),
+                x(1),
+                c.as_ref().map(|(c, s)| (*c, s.as_slice())),
+                y(0),
+            );
+        }
+        Kind::GemmGradA(gm) => {
+            // dy, b → da: A's shape is the output's.
+            let g = gemm_geom(gm, bo(0), bi(1));
+            linear::gemm_backward(&g, &[], x(1), x(0), Some(y(0)), None, None);
+        }
+        Kind::GemmGradB(gm) => {
+            // a, dy → db
+            let g = gemm_geom(gm, bi(0), bo(0));
+            linear::gemm_backward(&g, x(0), &[], x(1), None, Some(y(0)), None);
+        }
+        Kind::MatMul(_) => linear::matmul_forward(&matmul_geom(bi(0), bi(1)), x(0), x(1), y(0)),
+        Kind::MatMulGradX(_) => {
+            let g = matmul_geom(bo(0), bi(1));
+            linear::matmul_backward(&g, &[], x(1), x(0), Some(y(0)), None);
+        }
+        Kind::MatMulGradW(_) => {
+            let g = matmul_geom(bi(0), bo(0));
+            linear::matmul_backward(&g, x(0), &[], x(1), None, Some(y(0)));
+        }
+        Kind::BatchNorm(e) => {
+            let p = BatchNormParams {
+                scale: x(1),
+                bias: x(2),
+                mean: x(3),
+                var: x(4),
+                epsilon: e.epsilon,
+            };
+            norm::forward(&p, plane(bi(0)), x(0), y(0));
+        }
+        Kind::BatchNormBackward(e) => {
+            let p = BatchNormParams {
+                scale: x(1),
+                bias: x(2),
+                mean: x(3),
+                var: x(4),
+                epsilon: e.epsilon,
+            };
+            norm::backward(&p, plane(bi(0)), x(0), y(0));
+        }
+        Kind::Relu(_) => act::relu_forward(x(0), y(0)),
+        Kind::ReluBackward(_) => act::relu_backward(x(0), x(1), y(0)),
+        Kind::Clip(c) => act::clip_forward(c.min, c.max, x(0), y(0)),
+        Kind::ClipBackward(c) => act::clip_backward(c.min, c.max, x(0), x(1), y(0)),
+        Kind::LeakyRelu(a) => act::leaky_relu_forward(a.alpha, x(0), y(0)),
+        Kind::LeakyReluBackward(a) => act::leaky_relu_backward(a.alpha, x(0), x(1), y(0)),
+        Kind::PRelu(_) => act::prelu_forward(plane(bi(0)), x(0), x(1), y(0)),
+        Kind::PReluBackward(_) => act::prelu_backward(plane(bi(0)), x(0), x(1), x(2), y(0), y(1)),
+        Kind::Sigmoid(_) => act::sigmoid_forward(x(0), y(0)),
+        Kind::SigmoidBackward(_) => act::sigmoid_backward(x(0), x(1), y(0)),
+        Kind::HardSigmoid(h) => act::hard_sigmoid_forward(h.alpha, h.beta, x(0), y(0)),
+        Kind::HardSigmoidBackward(h) => {
+            act::hard_sigmoid_backward(h.alpha, h.beta, x(0), x(1), y(0))
+        }
+        Kind::HardSwish(_) => act::hard_swish_forward(x(0), y(0)),
+        Kind::HardSwishBackward(_) => act::hard_swish_backward(x(0), x(1), y(0)),
+        Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) | Kind::Div(_) => {
+            let op = match kind {
+                Kind::Add(_) => BinaryOp::Add,
+                Kind::Sub(_) => BinaryOp::Sub,
+                Kind::Mul(_) => BinaryOp::Mul,
+                _ => BinaryOp::Div,
+            };
+            elementwise::binary_forward(op, x(0), &dims(bi(0)), x(1), &dims(bi(1)), y(0));
+        }
+        Kind::BroadcastGrad(b) => {
+            let (dy, out) = (dims(bi(0)), dims(bo(0)));
+            match b.with_other {
+                0 => elementwise::reduce_to_shape(b.scale, x(0), &dy, y(0), &out),
+                w => {
+                    let other = dims(bi(1));
+                    if w == 1 {
+                        elementwise::mul_backward(&[], &out, x(1), &other, x(0), Some(y(0)), None);
+                    } else {
+                        elementwise::div_backward(&[], &out, x(1), &other, x(0), Some(y(0)), None);
+                    }
+                    if b.scale != 1.0 {
+                        y(0).iter_mut().for_each(|v| *v *= b.scale);
+                    }
+                }
+            }
+        }
+        Kind::Concat(a) => {
+            let outer: usize = bo(0).shape[..a.axis as usize].iter().product::<u64>() as usize;
+            let xs: Vec<&[f32]> = (0..step.inputs.len()).map(x).collect();
+            shape::concat_forward(outer, &xs, y(0));
+        }
+        Kind::Slice(s) => slice(x(0), &dims(bi(0)), &s.starts, y(0), &dims(bo(0))),
+        Kind::Transpose(p) => {
+            let perm: Vec<usize> = p.perm.iter().map(|&v| v as usize).collect();
+            shape::transpose_forward(&dims(bi(0)), &perm, x(0), y(0));
+        }
+        Kind::GlobalAveragePool(_) => pool::global_avg_forward(plane(bi(0)), x(0), y(0)),
+        Kind::AveragePool(p) => pool::avg_forward(
+            &geom::pool(p, &bi(0).shape),
+            p.count_include_pad,
+            x(0),
+            y(0),
+        ),
+        Kind::MaxPool(p) => {
+            let idx = unsafe { mem.u32_mut(bo(1)) };
+            pool::max_forward(&geom::pool(p, &bi(0).shape), x(0), y(0), idx);
+        }
+        Kind::PoolBackward(pb) => match pb.pool.as_ref().expect("pool kind") {
+            PoolKind::Global(_) => pool::global_avg_backward(plane(bo(0)), x(0), y(0)),
+            PoolKind::Average(p) => pool::avg_backward(
+                &geom::pool(p, &bo(0).shape),
+                p.count_include_pad,
+                x(0),
+                y(0),
+            ),
+            PoolKind::Max(p) => {
+                let idx = unsafe { mem.u32(bi(1)) };
+                pool::max_backward(&geom::pool(p, &bo(0).shape), idx, x(0), y(0));
+            }
+            PoolKind::ReduceMean(a) => {
+                let axes: Vec<usize> = a.axes.iter().map(|&v| v as usize).collect();
+                shape::reduce_mean_backward(&dims(bo(0)), &axes, x(0), y(0));
+            }
+        },
+        Kind::ReduceMean(a) => {
+            let axes: Vec<usize> = a.axes.iter().map(|&v| v as usize).collect();
+            shape::reduce_mean_forward(&dims(bi(0)), &axes, x(0), y(0));
+        }
+        Kind::Pad(p) => {
+            let pads: Vec<usize> = p.pads.iter().map(|&v| v as usize).collect();
+            shape::pad_forward(&dims(bi(0)), &pads, p.value, x(0), y(0));
+        }
+        Kind::Softmax(a) => {
+            shape::softmax_forward(&AxisSplit::new(&dims(bi(0)), a.axis as usize), x(0), y(0))
+        }
+        Kind::SoftmaxBackward(a) => shape::softmax_backward(
+            &AxisSplit::new(&dims(bi(0)), a.axis as usize),
+            x(0),
+            x(1),
+            y(0),
+        ),
+        Kind::SoftmaxCrossEntropy(_) => {
+            let classes = bi(0).shape[1] as usize;
+            let l = loss::softmax_cross_entropy_forward(classes, x(0), labels(1), y(1));
+            y(0)[0] = l;
+            return Some(l);
+        }
+        Kind::SoftmaxCrossEntropyBackward(_) => {
+            let classes = bi(0).shape[1] as usize;
+            loss::softmax_cross_entropy_backward(classes, x(0), labels(1), y(0));
+        }
+        Kind::Mse(_) => {
+            let l = loss::mse_forward(x(0), x(1));
+            y(0)[0] = l;
+            return Some(l);
+        }
+        Kind::MseBackward(_) => loss::mse_backward(x(0), x(1), y(0)),
+        Kind::Accumulate(_) => {
+            let out = y(0);
+            out.copy_from_slice(x(0));
+            for i in 1..step.inputs.len() {
+                elementwise::accumulate(x(i), out);
+            }
+        }
+        Kind::GradNorm(s) => {
+            let total: f64 = (0..step.inputs.len())
+                .map(|i| optim::sum_of_squares(x(i)))
+                .sum();
+            y(0)[0] = optim::clip_coefficient(total, s.scale);
+        }
+        Kind::SgdUpdate(s) => {
+            let sgd = optim::Sgd {
+                momentum: s.momentum,
+                dampening: s.dampening,
+                weight_decay: s.weight_decay,
+                nesterov: s.nesterov,
+            };
+            let has_state = sgd.state_len(1) > 0;
+            clip_if_scaled(step, plan, mem, if has_state { 3 } else { 2 });
+            let state = if has_state { xm(2) } else { &mut [][..] };
+            sgd.step(upd.lr, upd.step, xm(0), x(1), state);
+        }
+        Kind::AdamWUpdate(a) => {
+            let adam = optim::AdamW {
+                beta1: a.beta1,
+                beta2: a.beta2,
+                eps: a.epsilon,
+                weight_decay: a.weight_decay,
+            };
+            clip_if_scaled(step, plan, mem, 3);
+            adam.step(upd.lr, upd.step, xm(0), x(1), xm(2));
+        }
+    }
+    None
+}
+
+/// With gradient clipping an update's last input is the clip coefficient: scale the
+/// gradient (input 1) by it first.
+fn clip_if_scaled(step: &Step, plan: &Plan, mem: &Memory, scale_at: usize) {
+    if let Some(&s) = step.inputs.get(scale_at) {
+        // SAFETY: the scale and the gradient are distinct live buffers of this step.
+        let coef = unsafe { mem.f32(plan.buffer(s)) }[0];
+        optim::scale_gradient(coef, unsafe { mem.f32_mut(plan.buffer(step.inputs[1])) });
+    }
+}
+
+fn gemm_geom(g: &crate::ops::Gemm, a: &Buffer, b: &Buffer) -> GemmGeom {
+    let (a0, a1) = (a.shape[0] as usize, a.shape[1] as usize);
+    let (b0, b1) = (b.shape[0] as usize, b.shape[1] as usize);
+    let (m, k) = if g.trans_a { (a1, a0) } else { (a0, a1) };
+    let n = if g.trans_b { b0 } else { b1 };
+    GemmGeom {
+        m,
+        n,
+        k,
+        trans_a: g.trans_a,
+        trans_b: g.trans_b,
+        alpha: g.alpha,
+        beta: g.beta,
+    }
+}
+
+fn matmul_geom(x: &Buffer, w: &Buffer) -> MatMulGeom {
+    let k = w.shape[0] as usize;
+    MatMulGeom {
+        rows: x.numel() / k.max(1),
+        k,
+        n: w.shape[1] as usize,
+    }
+}
+
+/// Copies the window of `x` that starts at `starts` and has `y`'s shape.
+fn slice(x: &[f32], x_shape: &[usize], starts: &[u32], y: &mut [f32], y_shape: &[usize]) {
+    let rank = x_shape.len();
+    let mut x_strides = vec![1usize; rank];
+    for d in (0..rank.saturating_sub(1)).rev() {
+        x_strides[d] = x_strides[d + 1] * x_shape[d + 1];
+    }
+    let base: usize = (0..rank).map(|d| starts[d] as usize * x_strides[d]).sum();
+    let row = y_shape.last().copied().unwrap_or(1);
+    let rows = y.len() / row.max(1);
+    let mut index = vec![0usize; rank.saturating_sub(1)];
+    for r in 0..rows {
+        let off: usize = base
+            + index
+                .iter()
+                .zip(&x_strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>();
+        y[r * row..(r + 1) * row].copy_from_slice(&x[off..off + row]);
+        for d in (0..index.len()).rev() {
+            index[d] += 1;
+            if index[d] < y_shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The frozen prefix: the plan's ONNX sub-model, run by tract (inference only). Its outputs
+//! are the boundary tensors the trainable suffix starts from.
+
+use crate::exec::ExecError;
+use tract_onnx::prelude::*;
+
+pub struct Prefix {
+    model: std::sync::Arc<TypedRunnableModel>,
+    input_shape: Vec<usize>,
+}
+
+impl Prefix {
+    /// Optimizes the sub-model once for the plan's fixed input shape.
+    pub fn new(onnx: &[u8], input_shape: &[usize]) -> Result<Prefix, ExecError> {
+        let fail = |e: TractError| ExecError(format!("frozen prefix: tract cannot run it: {e:#}"));
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut std::io::Cursor::new(onnx))
+            .map_err(fail)?
+            .with_input_fact(0, f32::fact(input_shape).into())
+            .map_err(fail)?
+            .into_optimized()
+            .map_err(fail)?
+            .into_runnable()
+            .map_err(fail)?;
+        Ok(Prefix {
+            model,
+            input_shape: input_shape.to_vec(),
+        })
+    }
+
+    /// Runs one batch; `write(i, values)` receives boundary tensor i.
+    pub fn run(
+        &self,
+        input: &[f32],
+        mut write: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ExecError> {
+        let fail = |e: TractError| ExecError(format!("frozen prefix: {e:#}"));
+        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(fail)?;
+        let outputs = self.model.run(tvec!(tensor.into_tvalue())).map_err(fail)?;
+        for (i, out) in outputs.iter().enumerate() {
+            let view = out.to_plain_array_view::<f32>().map_err(fail)?;
+            match view.as_slice() {
+                Some(s) => write(i, s),
+                None => write(i, &view.iter().copied().collect::<Vec<_>>()),
+            }
+        }
+        Ok(())
+    }
+}

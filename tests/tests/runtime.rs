@@ -1,0 +1,201 @@
+//! The runtime executes compiled plans: the frozen prefix on tract, the suffix on actc's
+//! kernels, and training lowers the loss.
+
+mod common;
+
+use actc::passes::select::Layers;
+use actc_runtime::exec::Executor;
+use actc_runtime::prefix::Prefix;
+
+/// A fixed pseudo-random batch (LCG), so the test needs no data files.
+fn batch(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn overfit(name: &str, layers: Layers, steps: usize) -> (f32, f32) {
+    // AdamW, so this also runs the optimizer-state path (the gradient test uses SGD).
+    let adamw = actc::passes::optim::Optimizer::AdamW(actc_runtime::ops::AdamW {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-8,
+        weight_decay: 0.01,
+    });
+    let opts = actc::compile::CompileOptions {
+        lr: 0.01,
+        optimizer: adamw,
+        ..common::options(layers, None)
+    };
+    let plan = actc::compile::compile_file(&common::model(name), &opts)
+        .unwrap()
+        .plan;
+    let src = plan.source.clone().unwrap();
+    let shape: Vec<usize> = src.input_shape.iter().map(|&d| d as usize).collect();
+    let input = batch(shape.iter().product(), 7);
+    let prefix =
+        (!plan.prefix_onnx.is_empty()).then(|| Prefix::new(&plan.prefix_onnx, &shape).unwrap());
+    let mut exec = Executor::new(plan, steps as u64).unwrap();
+    let mut boundary: Vec<Vec<f32>> = Vec::new();
+    match &prefix {
+        Some(p) => p.run(&input, |_, v| boundary.push(v.to_vec())).unwrap(),
+        None => boundary.push(input),
+    }
+    let mut losses = Vec::new();
+    for _ in 0..steps {
+        // The planner reuses feed memory once a step is past its last use: feed every step.
+        for (i, b) in boundary.iter().enumerate() {
+            exec.boundary_mut(i).copy_from_slice(b);
+        }
+        for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
+            *l = (i % 10) as u32;
+        }
+        losses.push(exec.train_step());
+    }
+    (losses[0], *losses.last().unwrap())
+}
+
+#[test]
+fn training_lowers_the_loss_on_a_fixed_batch() {
+    for (name, layers) in [
+        ("tiny_cnn", Layers::All),
+        ("tiny_cnn", Layers::Last(2)),
+        ("tiny_mlp", Layers::All),
+        ("tiny_matmul", Layers::Last(2)),
+        ("resnet18", Layers::Last(4)),
+        ("mcunet", Layers::Last(4)),
+    ] {
+        let (first, last) = overfit(name, layers, 30);
+        assert!(
+            first.is_finite() && last.is_finite(),
+            "{name}: {first} -> {last}"
+        );
+        println!("{name} --layers {layers}: loss {first} -> {last}");
+        assert!(
+            last < 0.9 * first,
+            "{name} --layers {layers}: loss {first} -> {last}"
+        );
+    }
+}
+
+/// The loss of one forward pass with the weights as given (lr 0 makes the step's updates
+/// no-ops), fed with `boundary` and labels `i % 10`.
+fn loss_with(plan: &actc_runtime::plan::Plan, boundary: &[Vec<f32>]) -> f32 {
+    let mut p = plan.clone();
+    p.hyper.as_mut().unwrap().lr = 0.0;
+    let mut exec = Executor::new(p, 1).unwrap();
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
+        *l = (i % 10) as u32;
+    }
+    exec.train_step()
+}
+
+/// Whole-plan gradient check: the gradient the plan's backward computes (read back from one
+/// plain SGD step with lr 1: g = w − w′) against central differences of the loss, for a few
+/// elements of every trainable weight.
+fn check_plan_gradients(name: &str, layers: Layers) {
+    let opts = actc::compile::CompileOptions {
+        lr: 1.0,
+        ..common::options(layers, None)
+    };
+    let plan = actc::compile::compile_file(&common::model(name), &opts)
+        .unwrap()
+        .plan;
+    let shape: Vec<usize> = plan
+        .source
+        .as_ref()
+        .unwrap()
+        .input_shape
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let input = batch(shape.iter().product(), 11);
+    let mut boundary: Vec<Vec<f32>> = Vec::new();
+    if plan.prefix_onnx.is_empty() {
+        boundary.push(input);
+    } else {
+        Prefix::new(&plan.prefix_onnx, &shape)
+            .unwrap()
+            .run(&input, |_, v| boundary.push(v.to_vec()))
+            .unwrap();
+    }
+    let mut exec = Executor::new(plan.clone(), 1).unwrap();
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
+        *l = (i % 10) as u32;
+    }
+    exec.train_step();
+    let after = exec.snapshot();
+    let f32s = |d: &[u8]| {
+        d.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let trainable: Vec<usize> = (0..plan.weights.len())
+        .filter(|&i| {
+            plan.buffer(plan.weights[i].buffer).kind() == actc_runtime::plan::BufferKind::Trainable
+        })
+        .collect();
+    assert!(!trainable.is_empty());
+    let mut worst = 0.0f32;
+    for &wi in &trainable {
+        let w0 = f32s(&plan.weights[wi].data);
+        let w1 = f32s(&after.weights[wi].data);
+        let grad: Vec<f32> = w0.iter().zip(&w1).map(|(a, b)| a - b).collect();
+        let scale = grad.iter().fold(0.0f32, |m, g| m.max(g.abs())).max(1e-3);
+        // a few elements spread over the tensor, the largest-gradient one among them
+        let mut picks: Vec<usize> = (0..4).map(|k| (k * 7919 + 13) % w0.len()).collect();
+        picks.push(
+            grad.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap()
+                .0,
+        );
+        for &e in &picks {
+            let eps = 2e-3f32;
+            let mut plus = plan.clone();
+            let mut minus = plan.clone();
+            let set = |p: &mut actc_runtime::plan::Plan, v: f32| {
+                p.weights[wi].data[4 * e..4 * e + 4].copy_from_slice(&v.to_le_bytes());
+            };
+            set(&mut plus, w0[e] + eps);
+            set(&mut minus, w0[e] - eps);
+            let (lp, lm) = (loss_with(&plus, &boundary), loss_with(&minus, &boundary));
+            let fd = (lp - lm) / (2.0 * eps);
+            // What a central difference of an f32 loss can resolve: a few ulps of the loss
+            // over the step. Errors below that say nothing; above it, the backward is wrong.
+            let resolution = 8.0 * f32::EPSILON * lp.abs().max(lm.abs()) / (2.0 * eps);
+            let err = ((fd - grad[e]).abs() - resolution).max(0.0) / scale;
+            worst = worst.max(err);
+            assert!(
+                err < 2e-2,
+                "{name} --layers {layers}: weight {} [{e}]: backward {} vs finite differences {fd} (scale {scale})",
+                plan.weights[wi].source,
+                grad[e]
+            );
+        }
+    }
+    println!("{name} --layers {layers}: worst relative gradient error {worst:.2e}");
+}
+
+#[test]
+fn plan_gradients_match_finite_differences() {
+    check_plan_gradients("tiny_cnn", Layers::All);
+    check_plan_gradients("tiny_mlp", Layers::All);
+    check_plan_gradients("tiny_matmul", Layers::All);
+    check_plan_gradients("resnet18", Layers::Last(4));
+    check_plan_gradients("mcunet", Layers::Last(3));
+    check_plan_gradients("mobilenetv2_bn", Layers::Last(2));
+}
