@@ -7,7 +7,9 @@ use crate::onnx::import::InputShape;
 use crate::passes::compress::Compression;
 use crate::passes::optim::Optimizer;
 use crate::passes::select::Layers;
+use crate::run::{self, DataOptions, TrainOptions};
 use crate::{err, inspect};
+use actc_runtime::data::Layout;
 use actc_runtime::ops;
 use actc_runtime::plan::{LossKind, Plan, Schedule};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -52,6 +54,102 @@ enum Command {
         #[command(flatten)]
         opts: InspectArgs,
     },
+    /// Fine-tune a compiled plan on a dataset; saves PLAN.best.actc and PLAN.last.actc.
+    Train {
+        /// A plan made by `actc compile`.
+        plan: PathBuf,
+        /// Training data: a folder of IDX files, an IDX images file, an .npz (x, y), or a
+        /// folder of images with one sub-folder per class.
+        #[arg(long)]
+        data: PathBuf,
+        /// Validation data [default: a held-out part of --data].
+        #[arg(long)]
+        val: Option<PathBuf>,
+        /// Fraction of --data held out for validation when --val is not given.
+        #[arg(long, default_value_t = 0.2)]
+        val_fraction: f64,
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Seed of the shuffling and of the held-out split.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write a JSON line per step and per epoch to this file.
+        #[arg(long, value_name = "FILE")]
+        log: Option<PathBuf>,
+        /// Save as SAVE.best.actc and SAVE.last.actc [default: next to PLAN]
+        #[arg(long, value_name = "STEM")]
+        save: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        prep: PrepArgs,
+    },
+    /// Loss and top-1 accuracy of a plan (or a trained one) on a dataset.
+    Eval {
+        plan: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        prep: PrepArgs,
+    },
+    /// Write the model back to ONNX with the fine-tuned weights.
+    Export {
+        /// The compiled plan.
+        plan: PathBuf,
+        /// The trained weights (a plan saved by `actc train`) [default: PLAN's own]
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct PrepArgs {
+    /// Layout of 4-D arrays in .npz data [default: detected]
+    #[arg(long, value_parser = parse_layout)]
+    layout: Option<Layout>,
+    /// Multiply raw values by this [default: 1/255 for 8-bit data, 1 for float data]
+    #[arg(long)]
+    scale: Option<f32>,
+    /// Per-channel mean subtracted after scaling [default: ImageNet's for 3-channel inputs]
+    #[arg(long, value_parser = parse_floats)]
+    mean: Option<Floats>,
+    /// Per-channel standard deviation [default: ImageNet's for 3-channel inputs]
+    #[arg(long, value_parser = parse_floats)]
+    std: Option<Floats>,
+}
+
+#[derive(Clone, Debug)]
+struct Floats(Vec<f32>);
+
+fn parse_floats(s: &str) -> std::result::Result<Floats, String> {
+    s.split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("'{s}' is not a list of numbers; write it like 0.5,0.5,0.5"))
+        })
+        .collect::<std::result::Result<_, _>>()
+        .map(Floats)
+}
+
+fn parse_layout(s: &str) -> std::result::Result<Layout, String> {
+    s.parse::<Layout>().map_err(|e| e.to_string())
+}
+
+impl PrepArgs {
+    fn options(&self) -> DataOptions {
+        DataOptions {
+            layout: self.layout,
+            scale: self.scale,
+            mean: self.mean.clone().map(|f| f.0),
+            std: self.std.clone().map(|f| f.0),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -221,7 +319,7 @@ impl CompileArgs {
 
 /// Writes through a temporary file in the same folder and renames it, so a failure never
 /// leaves a partial file behind.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -305,6 +403,45 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Train {
+            plan,
+            data,
+            val,
+            val_fraction,
+            epochs,
+            seed,
+            log,
+            save,
+            quiet,
+            prep,
+        } => {
+            if epochs == 0 {
+                return Err(err!("--epochs must be at least 1"));
+            }
+            let opts = TrainOptions {
+                data,
+                val,
+                val_fraction,
+                epochs,
+                seed,
+                log,
+                save,
+                quiet,
+                prep: prep.options(),
+            };
+            run::train(&plan, &opts)
+        }
+        Command::Eval {
+            plan,
+            data,
+            json,
+            prep,
+        } => run::eval(&plan, &data, &prep.options(), json),
+        Command::Export {
+            plan,
+            weights,
+            output,
+        } => run::export_onnx(&plan, weights.as_deref(), &output),
     }
 }
 

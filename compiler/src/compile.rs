@@ -112,6 +112,16 @@ pub fn compile_model(
     let g = model.graph.as_ref().expect("decode checked the graph");
     let prefix_nodes = submodel::ancestors(g, &selection.boundary);
     let boundary_only_input = selection.boundary.iter().all(|b| *b == input_name);
+    // The model input keeps its declared (possibly symbolic) shape, so an exported model
+    // takes any batch size as the original did; tract gets the fixed shape separately.
+    // Fixed sizes that --input-shape changed take the compiled value.
+    let mut original_input = g
+        .input
+        .iter()
+        .find(|i| i.name() == input_name)
+        .cloned()
+        .expect("import found the input");
+    submodel::refix_dims(&mut original_input, &input_shape);
     let prefix_onnx = if boundary_only_input {
         Vec::new()
     } else {
@@ -125,13 +135,8 @@ pub fn compile_model(
                 submodel::value_info(b, &graph.tensor(t).shape)
             })
             .collect();
-        submodel::extract(
-            model,
-            &prefix_nodes,
-            vec![submodel::value_info(&input_name, &input_shape)],
-            outputs,
-        )
-        .encode_to_vec()
+        submodel::extract(model, &prefix_nodes, vec![original_input.clone()], outputs)
+            .encode_to_vec()
     };
     let rest_nodes: BTreeSet<usize> = (0..g.node.len())
         .filter(|i| !prefix_nodes.contains(i))
@@ -139,6 +144,9 @@ pub fn compile_model(
     let rest_inputs = submodel::free_inputs(model, &rest_nodes)
         .into_iter()
         .map(|name| {
+            if name == input_name {
+                return original_input.clone();
+            }
             let shape = graph
                 .find_tensor(&name)
                 .map(|t| graph.tensor(t).shape.clone())

@@ -7,3 +7,4 @@ pub mod inspect;
 pub mod ir;
 pub mod onnx;
 pub mod passes;
+pub mod run;

@@ -5,3 +5,4 @@ pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod prefix;
+pub mod train;

@@ -199,3 +199,97 @@ fn plan_gradients_match_finite_differences() {
     check_plan_gradients("mcunet", Layers::Last(3));
     check_plan_gradients("mobilenetv2_bn", Layers::Last(2));
 }
+
+/// `export` writes the trained weights back into the original graph: tract running the
+/// exported model gives what the executor computes with the same weights.
+fn check_export(name: &str, layers: Layers) {
+    use actc_runtime::train::Session;
+    let plan = compile(name, layers);
+    let shape: Vec<usize> = plan
+        .source
+        .as_ref()
+        .unwrap()
+        .input_shape
+        .iter()
+        .map(|&d| d as usize)
+        .collect();
+    let input = batch(shape.iter().product(), 5);
+    let mut boundary: Vec<Vec<f32>> = Vec::new();
+    if plan.prefix_onnx.is_empty() {
+        boundary.push(input.clone());
+    } else {
+        Prefix::new(&plan.prefix_onnx, &shape)
+            .unwrap()
+            .run(&input, |_, v| boundary.push(v.to_vec()))
+            .unwrap();
+    }
+    let mut session = Session::new(plan.clone(), 3).unwrap();
+    let exec = session.executor();
+    for _ in 0..3 {
+        for (i, b) in boundary.iter().enumerate() {
+            exec.boundary_mut(i).copy_from_slice(b);
+        }
+        for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
+            *l = (i % 10) as u32;
+        }
+        exec.train_step();
+    }
+    let trained = exec.snapshot();
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    exec.forward();
+    let mut ours = exec.output().to_vec();
+    let model = actc::onnx::export::export(&plan, &trained).unwrap();
+    let bytes = prost::Message::encode_to_vec(&model);
+    let runner = Prefix::new(&bytes, &shape).unwrap();
+    let mut theirs = Vec::new();
+    runner
+        .run(&input, |k, v| {
+            if k == 0 {
+                theirs = v.to_vec()
+            }
+        })
+        .unwrap();
+    // A model ending in Softmax trains on its logits; compare probabilities then.
+    if theirs.iter().all(|&v| (0.0..=1.0).contains(&v))
+        && ours.iter().any(|&v| !(0.0..=1.0).contains(&v))
+    {
+        let classes = *exec.output_shape().last().unwrap();
+        for row in ours.chunks_mut(classes) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+            row.iter_mut().for_each(|v| *v = (*v - max).exp() / sum);
+        }
+    }
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert_eq!(ours.len(), theirs.len());
+    assert!(
+        diff <= 1e-5,
+        "{name} --layers {layers}: exported model differs by {diff}"
+    );
+    // and the weights did change
+    assert_ne!(plan.weights, trained.weights);
+}
+
+fn compile(name: &str, layers: Layers) -> actc_runtime::plan::Plan {
+    let opts = actc::compile::CompileOptions {
+        lr: 0.05,
+        ..common::options(layers, None)
+    };
+    actc::compile::compile_file(&common::model(name), &opts)
+        .unwrap()
+        .plan
+}
+
+#[test]
+fn exported_models_compute_what_the_executor_computes() {
+    check_export("tiny_cnn", Layers::Last(2));
+    check_export("tiny_constants", Layers::All);
+    check_export("tiny_matmul", Layers::Last(2));
+    check_export("resnet18", Layers::Last(4));
+}

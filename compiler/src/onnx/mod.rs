@@ -2,6 +2,7 @@
 //! nothing is lost on re-encode), decoding of files, tensors and attributes, the importer that
 //! builds the IR, and the writer of sub-models.
 
+pub mod export;
 pub mod import;
 #[allow(clippy::doc_overindented_list_items, clippy::enum_variant_names)]
 pub mod proto;

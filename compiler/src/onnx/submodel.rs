@@ -114,3 +114,18 @@ pub fn free_inputs(model: &ModelProto, nodes: &BTreeSet<usize>) -> Vec<String> {
     }
     out
 }
+
+/// Sets every fixed dimension of `info` to `shape`'s value, leaving symbolic ones symbolic.
+pub fn refix_dims(info: &mut ValueInfoProto, shape: &[usize]) {
+    let Some(type_proto::Value::TensorType(t)) =
+        info.r#type.as_mut().and_then(|t| t.value.as_mut())
+    else {
+        return;
+    };
+    let Some(s) = t.shape.as_mut() else { return };
+    for (d, &want) in s.dim.iter_mut().zip(shape) {
+        if let Some(dimension::Value::DimValue(v)) = d.value.as_mut() {
+            *v = want as i64;
+        }
+    }
+}

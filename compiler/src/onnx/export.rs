@@ -1,0 +1,104 @@
+//! Plan → ONNX: the original model put back together from the plan's prefix and rest, with
+//! the trained weights written into their initializers. Any inference runtime can load it.
+
+use super::proto::{ModelProto, TensorProto, tensor_proto::DataType};
+use crate::error::Result;
+use crate::{bail, err};
+use actc_runtime::plan::{BufferKind, Plan};
+use prost::Message;
+use std::collections::{BTreeMap, HashSet};
+
+/// The fine-tuned model. `weights` supplies the trained values (a plan saved by `actc
+/// train`); it must come from the same compiled plan as `plan`.
+pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
+    let trained: BTreeMap<&str, &[u8]> = weights
+        .weights
+        .iter()
+        .filter(|w| weights.buffer(w.buffer).kind() == BufferKind::Trainable)
+        .map(|w| (w.source.as_str(), w.data.as_slice()))
+        .collect();
+    let expected: HashSet<&str> = plan
+        .weights
+        .iter()
+        .filter(|w| plan.buffer(w.buffer).kind() == BufferKind::Trainable)
+        .map(|w| w.source.as_str())
+        .collect();
+    if trained.keys().copied().collect::<HashSet<_>>() != expected {
+        bail!(
+            "the weights file does not come from this plan (its trainable tensors differ); pass the plan it was trained from"
+        );
+    }
+    let decode = |bytes: &[u8], what: &str| {
+        ModelProto::decode(bytes).map_err(|e| err!("the plan's {what} model is damaged: {e}"))
+    };
+    let rest = decode(&plan.rest_onnx, "rest")?;
+    let mut model = if plan.prefix_onnx.is_empty() {
+        rest.clone()
+    } else {
+        let mut merged = decode(&plan.prefix_onnx, "prefix")?;
+        let g = merged.graph.as_mut().expect("prefix has a graph");
+        let r = rest.graph.clone().unwrap_or_default();
+        let produced: HashSet<String> = g.node.iter().flat_map(|n| n.output.clone()).collect();
+        let known: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
+        g.node.extend(r.node);
+        g.initializer.extend(
+            r.initializer
+                .into_iter()
+                .filter(|t| !known.contains(t.name())),
+        );
+        // The prefix's outputs were the boundary tensors; the model's are the rest's.
+        g.output = r.output;
+        // Inputs of the rest that the prefix computes are internal again.
+        for i in r.input {
+            if !produced.contains(i.name()) && !g.input.iter().any(|x| x.name() == i.name()) {
+                g.input.push(i);
+            }
+        }
+        merged.producer_name = rest.producer_name.clone();
+        merged
+    };
+    let g = model.graph.as_mut().expect("a graph");
+    let mut written = 0;
+    for init in g.initializer.iter_mut() {
+        if let Some(data) = trained.get(init.name()) {
+            write_f32(init, data)?;
+            written += 1;
+        }
+    }
+    // Exporters such as tf2onnx and Paddle hold weights in Constant nodes instead.
+    for node in g.node.iter_mut().filter(|n| n.op_type() == "Constant") {
+        let Some(data) = node.output.first().and_then(|o| trained.get(o.as_str())) else {
+            continue;
+        };
+        if let Some(t) = node
+            .attribute
+            .iter_mut()
+            .find(|a| a.name() == "value")
+            .and_then(|a| a.t.as_mut())
+        {
+            write_f32(t, data)?;
+            written += 1;
+        }
+    }
+    if written != trained.len() {
+        bail!(
+            "the plan's model lacks {} of the trained initializers; recompile the model",
+            trained.len() - written
+        );
+    }
+    Ok(model)
+}
+
+fn write_f32(t: &mut TensorProto, data: &[u8]) -> Result<()> {
+    let numel: i64 = t.dims.iter().product();
+    if t.data_type() != DataType::Float as i32 || numel as usize * 4 != data.len() {
+        bail!(
+            "initializer '{}' is not a float tensor of {} values",
+            t.name(),
+            data.len() / 4
+        );
+    }
+    t.float_data.clear();
+    t.raw_data = Some(data.to_vec());
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
+
+use crate::error::Result;
+use crate::onnx::export::export;
+use crate::{bail, err};
+use actc_runtime::data::{Dataset, Layout, Preprocess, split};
+use actc_runtime::plan::Plan;
+use actc_runtime::train::{Event, Metrics, Rows, Session};
+use indicatif::{ProgressBar, ProgressStyle};
+use prost::Message;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// How samples become model inputs (flags shared by train and eval).
+#[derive(Clone, Debug, Default)]
+pub struct DataOptions {
+    pub layout: Option<Layout>,
+    pub scale: Option<f32>,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+}
+
+impl DataOptions {
+    fn preprocess(&self, sample_shape: &[usize], data: &Dataset) -> Result<Preprocess> {
+        let mut p = Preprocess::for_input(sample_shape, data).map_err(|e| err!("{e}"))?;
+        if let Some(s) = self.scale {
+            p.scale = Some(s);
+        }
+        if let Some(m) = &self.mean {
+            p.mean = m.clone();
+        }
+        if let Some(s) = &self.std {
+            p.std = s.clone();
+        }
+        data.check(&p).map_err(|e| err!("{e}"))?;
+        Ok(p)
+    }
+}
+
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub val: Option<PathBuf>,
+    pub val_fraction: f64,
+    pub epochs: usize,
+    pub seed: u64,
+    pub log: Option<PathBuf>,
+    pub save: Option<PathBuf>,
+    pub quiet: bool,
+    pub prep: DataOptions,
+}
+
+pub fn load_plan(path: &Path) -> Result<Plan> {
+    Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))
+}
+
+fn load_data(path: &Path, layout: Option<Layout>) -> Result<Dataset> {
+    Dataset::load(path, layout).map_err(|e| err!("{e}"))
+}
+
+fn metrics_json(m: &Metrics) -> serde_json::Value {
+    json!({"loss": m.loss, "accuracy": m.accuracy, "samples": m.samples})
+}
+
+/// Where `train` saves: `<stem>.best.actc` and `<stem>.last.actc`.
+pub fn save_paths(plan: &Path, save: Option<&Path>) -> (PathBuf, PathBuf) {
+    let stem = match save {
+        Some(s) => s.to_path_buf(),
+        None => plan.with_extension(""),
+    };
+    let with = |tag: &str| PathBuf::from(format!("{}.{tag}.actc", stem.display()));
+    (with("best"), with("last"))
+}
+
+pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
+    let plan = load_plan(plan_path)?;
+    let data = load_data(&opts.data, opts.prep.layout)?;
+    let (train_rows, val_data, val_rows) = match &opts.val {
+        Some(v) => {
+            let val = load_data(v, opts.prep.layout)?;
+            let rows: Vec<usize> = (0..val.len()).collect();
+            ((0..data.len()).collect::<Vec<_>>(), Some(val), rows)
+        }
+        None => {
+            if !(0.0..1.0).contains(&opts.val_fraction) {
+                bail!(
+                    "--val-fraction must be in [0, 1), got {}",
+                    opts.val_fraction
+                );
+            }
+            let (t, v) = split::holdout(data.len(), opts.val_fraction, opts.seed);
+            (t, None, v)
+        }
+    };
+    let val = val_data.as_ref().unwrap_or(&data);
+    let batch = plan
+        .hyper
+        .as_ref()
+        .map(|h| h.batch as usize)
+        .unwrap_or(1)
+        .max(1);
+    let steps_per_epoch = train_rows.len() / batch;
+    let total = (steps_per_epoch * opts.epochs) as u64;
+    let classes = plan.buffer(plan.output).shape.last().copied().unwrap_or(0) as usize;
+    if data.classes() > classes {
+        bail!(
+            "{}: labels go up to {} but the model output has {classes} classes",
+            opts.data.display(),
+            data.classes() - 1
+        );
+    }
+    let mut session =
+        Session::new(plan, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
+    if val_data.is_some() {
+        val.check(&prep).map_err(|e| err!("{e}"))?;
+    }
+    let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
+    let mut log = match &opts.log {
+        Some(p) => {
+            Some(std::fs::File::create(p).map_err(|e| err!("{}: cannot write: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    eprintln!(
+        "training {} on {} ({} train / {} val samples, batch {batch}, {steps_per_epoch} steps per epoch, {} epochs)",
+        plan_path.display(),
+        data,
+        train_rows.len(),
+        val_rows.len(),
+        opts.epochs
+    );
+    let bar = if opts.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(steps_per_epoch as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut best = f64::NEG_INFINITY;
+    let mut failure: Option<crate::error::Error> = None;
+    session
+        .train(
+            Rows { data: &data, rows: &train_rows },
+            Rows { data: val, rows: &val_rows },
+            &prep,
+            opts.epochs,
+            opts.seed,
+            |event| match event {
+                Event::Step { epoch, step, loss, accuracy, samples_per_s, lr, .. } => {
+                    if step == 1 {
+                        bar.reset();
+                        bar.set_prefix(format!("{epoch}/{}", opts.epochs));
+                    }
+                    bar.set_position(step as u64);
+                    bar.set_message(format!("loss {loss:.4} acc {:.3} {samples_per_s:.0} samples/s", accuracy));
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(f, "{}", json!({"event": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr}));
+                    }
+                }
+                Event::Epoch { epoch, train, val, seconds, session } => {
+                    bar.finish_and_clear();
+                    eprintln!(
+                        "epoch {epoch}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {seconds:.1} s",
+                        train.loss, train.accuracy, val.loss, val.accuracy
+                    );
+                    if let Some(f) = log.as_mut() {
+                        let _ = writeln!(
+                            f,
+                            "{}",
+                            json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds})
+                        );
+                    }
+                    let snapshot = session.executor().snapshot().to_bytes();
+                    let mut save = |p: &Path| {
+                        if let Err(e) = crate::cli::write_atomically(p, &snapshot) {
+                            failure.get_or_insert(e);
+                        }
+                    };
+                    save(&last_path);
+                    if val.accuracy > best {
+                        best = val.accuracy;
+                        save(&best_path);
+                    }
+                }
+            },
+        )
+        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    eprintln!(
+        "best val accuracy {best:.4}: weights in {} (last epoch: {})",
+        best_path.display(),
+        last_path.display()
+    );
+    Ok(())
+}
+
+pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
+    let plan = load_plan(plan_path)?;
+    let data = load_data(data_path, prep.layout)?;
+    let mut session = Session::new(plan, 1).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let p = prep.preprocess(session.sample_shape(), &data)?;
+    let rows: Vec<usize> = (0..data.len()).collect();
+    let m = session
+        .evaluate(&data, &p, &rows)
+        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    if as_json {
+        println!("{}", metrics_json(&m));
+    } else {
+        println!(
+            "{}: {} samples, loss {:.4}, top-1 accuracy {:.4}",
+            data_path.display(),
+            m.samples,
+            m.loss,
+            m.accuracy
+        );
+    }
+    Ok(())
+}
+
+pub fn export_onnx(plan_path: &Path, weights: Option<&Path>, out: &Path) -> Result<()> {
+    let plan = load_plan(plan_path)?;
+    let trained = match weights {
+        Some(w) => load_plan(w)?,
+        None => plan.clone(),
+    };
+    let model = export(&plan, &trained).map_err(|e| err!("{}: {}", plan_path.display(), e.0))?;
+    crate::cli::write_atomically(out, &model.encode_to_vec())?;
+    eprintln!("exported {} -> {}", plan_path.display(), out.display());
+    Ok(())
+}

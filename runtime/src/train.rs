@@ -1,0 +1,251 @@
+//! Training and evaluation loops over a dataset: batches assembled from preprocessed samples,
+//! the frozen prefix on tract, the suffix on the executor.
+
+use crate::data::{Dataset, Preprocess};
+use crate::exec::{ExecError, Executor};
+use crate::plan::{DType, Plan};
+use crate::prefix::Prefix;
+use std::time::Instant;
+
+/// A plan ready to run: its prefix optimized, its memory allocated.
+pub struct Session {
+    exec: Executor,
+    prefix: Option<Prefix>,
+    input_shape: Vec<usize>,
+    /// One batch of preprocessed model input, reused for every batch.
+    input: Vec<f32>,
+    /// Where the prefix's outputs land before they are copied into the arena (the arena may
+    /// reuse a boundary buffer's memory during the step, so they cannot live there between
+    /// steps).
+    boundary: Vec<Vec<f32>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Metrics {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub samples: usize,
+}
+
+/// Some rows of a dataset.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a Dataset,
+    pub rows: &'a [usize],
+}
+
+/// What the training loop reports as it goes.
+pub enum Event<'a> {
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f32,
+        accuracy: f64,
+        samples_per_s: f64,
+        lr: f32,
+    },
+    Epoch {
+        epoch: usize,
+        train: Metrics,
+        val: Metrics,
+        seconds: f64,
+        session: &'a mut Session,
+    },
+}
+
+impl Session {
+    pub fn new(plan: Plan, total_updates: u64) -> Result<Session, ExecError> {
+        let src = plan.source.clone().unwrap_or_default();
+        let input_shape: Vec<usize> = src.input_shape.iter().map(|&d| d as usize).collect();
+        let prefix = if plan.prefix_onnx.is_empty() {
+            None
+        } else {
+            Some(Prefix::new(&plan.prefix_onnx, &input_shape)?)
+        };
+        let exec = Executor::new(plan, total_updates)?;
+        let boundary = exec
+            .boundary_shapes()
+            .iter()
+            .map(|s| vec![0.0; s.iter().product()])
+            .collect();
+        Ok(Session {
+            input: vec![0.0; input_shape.iter().product()],
+            exec,
+            prefix,
+            input_shape,
+            boundary,
+        })
+    }
+
+    pub fn batch(&self) -> usize {
+        self.input_shape[0]
+    }
+
+    pub fn executor(&mut self) -> &mut Executor {
+        &mut self.exec
+    }
+
+    /// Per-sample input shape of the model (without the batch).
+    pub fn sample_shape(&self) -> &[usize] {
+        &self.input_shape[1..]
+    }
+
+    /// Loads `rows` into the model input; rows beyond `rows.len()` repeat the last sample (a
+    /// short final batch in evaluation), and runs the prefix into the boundary buffers.
+    fn load(&mut self, data: &Dataset, prep: &Preprocess, rows: &[usize]) -> Result<(), ExecError> {
+        let per = self.input.len() / self.batch();
+        for r in 0..self.batch() {
+            let i = rows[r.min(rows.len() - 1)];
+            data.write_sample(i, prep, &mut self.input[r * per..(r + 1) * per]);
+        }
+        match &self.prefix {
+            Some(p) => {
+                let boundary = &mut self.boundary;
+                p.run(&self.input, |k, v| boundary[k].copy_from_slice(v))?;
+            }
+            None => self.boundary[0].copy_from_slice(&self.input),
+        }
+        for (k, b) in self.boundary.iter().enumerate() {
+            self.exec.boundary_mut(k).copy_from_slice(b);
+        }
+        let labels = self.exec.labels_mut()?;
+        for (r, l) in labels.iter_mut().enumerate() {
+            *l = data.label(rows[r.min(rows.len() - 1)]);
+        }
+        Ok(())
+    }
+
+    /// Top-1 hits and the summed cross-entropy of the first `valid` rows of the output.
+    fn score(&self, data: &Dataset, rows: &[usize], valid: usize) -> (usize, f64) {
+        let out = self.exec.output();
+        let classes = out.len() / self.batch();
+        let (mut hits, mut loss) = (0, 0.0f64);
+        for (r, &i) in rows.iter().enumerate().take(valid) {
+            let z = &out[r * classes..(r + 1) * classes];
+            let label = data.label(i) as usize;
+            let best = z
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(k, _)| k);
+            hits += (best == Some(label)) as usize;
+            let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            loss += lse - z.get(label).copied().unwrap_or(0.0) as f64;
+        }
+        (hits, loss)
+    }
+
+    /// Loss and top-1 accuracy over `rows` of `data` (every row counted once).
+    pub fn evaluate(
+        &mut self,
+        data: &Dataset,
+        prep: &Preprocess,
+        rows: &[usize],
+    ) -> Result<Metrics, ExecError> {
+        self.check_classification()?;
+        let (mut hits, mut loss) = (0, 0.0);
+        for chunk in rows.chunks(self.batch()) {
+            self.load(data, prep, chunk)?;
+            self.exec.forward();
+            let (h, l) = self.score(data, chunk, chunk.len());
+            hits += h;
+            loss += l;
+        }
+        let n = rows.len().max(1) as f64;
+        Ok(Metrics {
+            loss: loss / n,
+            accuracy: hits as f64 / n,
+            samples: rows.len(),
+        })
+    }
+
+    fn check_classification(&self) -> Result<(), ExecError> {
+        let label = self
+            .exec
+            .plan()
+            .buffer(*self.exec.plan().feeds.last().expect("validated"));
+        if label.dtype() != DType::U32 {
+            return Err(ExecError("this plan was compiled with --loss mse; actc train and eval read class-labelled data (compile with --loss cross-entropy)".into()));
+        }
+        Ok(())
+    }
+
+    /// Trains for `epochs` over `train_rows` (shuffled each epoch with `seed`; a final
+    /// partial batch is dropped, as the batch size is compiled in), evaluating `val_rows`
+    /// after each epoch.
+    pub fn train(
+        &mut self,
+        train: Rows,
+        val: Rows,
+        prep: &Preprocess,
+        epochs: usize,
+        seed: u64,
+        mut on: impl FnMut(Event),
+    ) -> Result<(), ExecError> {
+        let (data, train_rows) = (train.data, train.rows);
+        let (val, val_rows) = (val.data, val.rows);
+        self.check_classification()?;
+        let b = self.batch();
+        let steps = train_rows.len() / b;
+        if steps == 0 {
+            return Err(ExecError(format!(
+                "{} training samples do not fill one batch of {b}; compile with a smaller --batch",
+                train_rows.len()
+            )));
+        }
+        let mut order = train_rows.to_vec();
+        for epoch in 1..=epochs {
+            crate::data::split::shuffle(&mut order, seed.wrapping_add(epoch as u64));
+            let start = Instant::now();
+            let (mut hits, mut loss_sum) = (0usize, 0.0f64);
+            for step in 0..steps {
+                let rows = &order[step * b..(step + 1) * b];
+                self.load(data, prep, rows)?;
+                let lr = self.exec.lr();
+                let loss = self.exec.train_step();
+                if !loss.is_finite() {
+                    return Err(ExecError(format!(
+                        "the loss became {loss} at epoch {epoch}, step {}; lower --lr",
+                        step + 1
+                    )));
+                }
+                // The plan keeps the output alive to the end of the step, so it still holds
+                // this batch's logits from before the update.
+                let (h, _) = self.score(data, rows, b);
+                hits += h;
+                loss_sum += loss as f64;
+                let seen = (step + 1) * b;
+                on(Event::Step {
+                    epoch,
+                    step: step + 1,
+                    steps,
+                    loss,
+                    accuracy: hits as f64 / seen as f64,
+                    samples_per_s: seen as f64 / start.elapsed().as_secs_f64().max(1e-9),
+                    lr,
+                });
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let train = Metrics {
+                loss: loss_sum / steps as f64,
+                accuracy: hits as f64 / (steps * b) as f64,
+                samples: steps * b,
+            };
+            let val = if val_rows.is_empty() {
+                Metrics::default()
+            } else {
+                self.evaluate(val, prep, val_rows)?
+            };
+            on(Event::Epoch {
+                epoch,
+                train,
+                val,
+                seconds,
+                session: self,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! The commands end to end, as a user runs them: compile, train, eval, export.
+
+mod common;
+
+use common::{model, scratch};
+
+fn run(args: &[&str]) {
+    let mut argv = vec!["actc"];
+    argv.extend_from_slice(args);
+    if let Err((code, msg)) = actc::cli::run_from(argv) {
+        panic!("`actc {}` failed ({code}): {msg}", args.join(" "));
+    }
+}
+
+#[test]
+fn compile_train_eval_export_on_bundled_digits() {
+    let dir = scratch("cli_digits");
+    let plan = dir.join("mlp.actc");
+    let (p, d) = (plan.to_str().unwrap(), dir.join("digits.npz"));
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/digits.npz"),
+        &d,
+    )
+    .unwrap();
+    run(&[
+        "compile",
+        model("tiny_mlp").to_str().unwrap(),
+        "--layers",
+        "all",
+        "--batch",
+        "32",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.01",
+        "-o",
+        p,
+    ]);
+    let log = dir.join("log.jsonl");
+    run(&[
+        "train",
+        p,
+        "--data",
+        d.to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--scale",
+        "0.0625",
+        "--quiet",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let best = dir.join("mlp.best.actc");
+    assert!(best.exists() && dir.join("mlp.last.actc").exists());
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let epochs: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 3);
+    let acc = epochs.last().unwrap()["val"]["accuracy"].as_f64().unwrap();
+    assert!(
+        acc > 0.7,
+        "validation accuracy after 3 epochs of digits: {acc}"
+    );
+    run(&[
+        "eval",
+        best.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--scale",
+        "0.0625",
+    ]);
+    let onnx = dir.join("mlp.onnx");
+    run(&[
+        "export",
+        p,
+        "--weights",
+        best.to_str().unwrap(),
+        "-o",
+        onnx.to_str().unwrap(),
+    ]);
+    let model = actc::onnx::load(&onnx).unwrap();
+    assert_eq!(model.graph.unwrap().output[0].name(), "logits");
+}
