@@ -95,6 +95,16 @@ enum Command {
         #[command(flatten)]
         prep: PrepArgs,
     },
+    /// Time training steps of a plan on synthetic data (median, spread, peak RSS).
+    Bench {
+        plan: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the model back to ONNX with the fine-tuned weights.
     Export {
         /// The compiled plan.
@@ -430,6 +440,17 @@ fn run(cli: Cli) -> Result<()> {
                 prep: prep.options(),
             };
             run::train(&plan, &opts)
+        }
+        Command::Bench {
+            plan,
+            steps,
+            warmup,
+            json,
+        } => {
+            if steps == 0 {
+                return Err(err!("--steps must be at least 1"));
+            }
+            run::bench(&plan, steps, warmup, json)
         }
         Command::Eval {
             plan,

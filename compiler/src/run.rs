@@ -234,3 +234,69 @@ pub fn export_onnx(plan_path: &Path, weights: Option<&Path>, out: &Path) -> Resu
     eprintln!("exported {} -> {}", plan_path.display(), out.display());
     Ok(())
 }
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Times training steps of a plan on synthetic data (the prefix included, as in training
+/// without a cache), reporting median and spread in ms and the process's peak RSS.
+pub fn bench(plan_path: &Path, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
+    let plan = load_plan(plan_path)?;
+    let mem = plan.memory.clone().unwrap_or_default();
+    let mut session = Session::new(plan, (steps + warmup) as u64)
+        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    for v in session.input_mut() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+    }
+    let (mut total, mut suffix) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    for i in 0..warmup + steps {
+        let start = std::time::Instant::now();
+        session.feed(|r| (r % 10) as u32).map_err(|e| err!("{e}"))?;
+        let fed = start.elapsed();
+        session.executor().train_step();
+        let all = start.elapsed();
+        if i >= warmup {
+            total.push(all.as_secs_f64() * 1e3);
+            suffix.push((all - fed).as_secs_f64() * 1e3);
+        }
+    }
+    total.sort_by(f64::total_cmp);
+    suffix.sort_by(f64::total_cmp);
+    let rss = peak_rss().unwrap_or(0);
+    let report = json!({
+        "plan": plan_path.display().to_string(),
+        "steps": steps,
+        "step_ms": {"median": percentile(&total, 0.5), "p10": percentile(&total, 0.1), "p90": percentile(&total, 0.9)},
+        "suffix_ms": {"median": percentile(&suffix, 0.5), "p10": percentile(&suffix, 0.1), "p90": percentile(&suffix, 0.9)},
+        "peak_rss_bytes": rss,
+        "planned_bytes": mem.arena + mem.persistent,
+    });
+    if as_json {
+        println!("{report}");
+    } else {
+        println!(
+            "{}: step {:.1} ms (p10 {:.1}, p90 {:.1}), of which trainable suffix {:.1} ms; peak RSS {:.1} MB; planned {:.2} MB",
+            plan_path.display(),
+            percentile(&total, 0.5),
+            percentile(&total, 0.1),
+            percentile(&total, 0.9),
+            percentile(&suffix, 0.5),
+            rss as f64 / 1e6,
+            (mem.arena + mem.persistent) as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -91,14 +91,14 @@ impl Session {
         &self.input_shape[1..]
     }
 
-    /// Loads `rows` into the model input; rows beyond `rows.len()` repeat the last sample (a
-    /// short final batch in evaluation), and runs the prefix into the boundary buffers.
-    fn load(&mut self, data: &Dataset, prep: &Preprocess, rows: &[usize]) -> Result<(), ExecError> {
-        let per = self.input.len() / self.batch();
-        for r in 0..self.batch() {
-            let i = rows[r.min(rows.len() - 1)];
-            data.write_sample(i, prep, &mut self.input[r * per..(r + 1) * per]);
-        }
+    /// The model input of the next batch, to be written before [`Session::feed`].
+    pub fn input_mut(&mut self) -> &mut [f32] {
+        &mut self.input
+    }
+
+    /// Runs the prefix on the model input and writes the boundary tensors and `labels` into
+    /// the executor: what every step needs first.
+    pub fn feed(&mut self, labels: impl Fn(usize) -> u32) -> Result<(), ExecError> {
         match &self.prefix {
             Some(p) => {
                 let boundary = &mut self.boundary;
@@ -109,11 +109,21 @@ impl Session {
         for (k, b) in self.boundary.iter().enumerate() {
             self.exec.boundary_mut(k).copy_from_slice(b);
         }
-        let labels = self.exec.labels_mut()?;
-        for (r, l) in labels.iter_mut().enumerate() {
-            *l = data.label(rows[r.min(rows.len() - 1)]);
+        for (r, l) in self.exec.labels_mut()?.iter_mut().enumerate() {
+            *l = labels(r);
         }
         Ok(())
+    }
+
+    /// Loads `rows` into the model input; rows beyond `rows.len()` repeat the last sample (a
+    /// short final batch in evaluation), and feeds the batch.
+    fn load(&mut self, data: &Dataset, prep: &Preprocess, rows: &[usize]) -> Result<(), ExecError> {
+        let per = self.input.len() / self.batch();
+        for r in 0..self.batch() {
+            let i = rows[r.min(rows.len() - 1)];
+            data.write_sample(i, prep, &mut self.input[r * per..(r + 1) * per]);
+        }
+        self.feed(|r| data.label(rows[r.min(rows.len() - 1)]))
     }
 
     /// Top-1 hits and the summed cross-entropy of the first `valid` rows of the output.

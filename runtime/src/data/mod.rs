@@ -14,7 +14,7 @@ mod error;
 mod idx;
 mod images;
 mod npy;
-mod npz;
+pub mod npz;
 mod preprocess;
 pub mod split;
 #[cfg(test)]

@@ -58,6 +58,26 @@ pub(crate) fn load(path: &Path, layout: Option<Layout>) -> Result<Dataset, DataE
     )
 }
 
+/// One named array of an archive, as f32 whatever its numeric type.
+pub struct NamedArray {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// The array `name` of the `.npz` at `path` (reference data, for instance).
+pub fn read(path: &Path, name: &str) -> Result<NamedArray, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut zip = ZipArchive::new(BufReader::new(file))
+        .map_err(|e| DataError::invalid(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    let a = read_array(&mut zip, path, &[name])?;
+    let shape = a.shape.clone();
+    let values = match a.into_samples() {
+        super::Samples::F32(v) => v,
+        super::Samples::U8(v) => v.into_iter().map(f32::from).collect(),
+    };
+    Ok(NamedArray { shape, values })
+}
+
 /// The first of `names` present (with or without the `.npy` NumPy appends).
 fn read_array<R: Read + std::io::Seek>(
     zip: &mut ZipArchive<R>,

@@ -8,7 +8,7 @@ mod step;
 pub use memory::Memory;
 
 use crate::optim::LrSchedule;
-use crate::plan::{BufferKind, DType, Phase, Plan, Schedule};
+use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, Schedule};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +125,13 @@ impl Executor {
 
     /// One training step on the fed batch: forward, loss, backward, updates. Returns the loss.
     pub fn train_step(&mut self) -> f32 {
+        self.train_step_observed(|_, _| {})
+    }
+
+    /// A training step that shows each weight gradient to `observe` as soon as it is
+    /// complete (before its update, and before its memory is reused): for checking
+    /// gradients against a reference.
+    pub fn train_step_observed(&mut self, mut observe: impl FnMut(&Buffer, &[f32])) -> f32 {
         let ctx = step::UpdateCtx {
             lr: self.lr(),
             step: self.updates + 1,
@@ -135,6 +142,13 @@ impl Executor {
             // SAFETY: the plan was validated and its buffers planned disjoint while live.
             if let Some(l) = unsafe { step::run(&self.plan, s, &self.mem, &ctx) } {
                 loss = l;
+            }
+            for &o in &s.outputs {
+                let b = self.plan.buffer(o);
+                if b.kind() == BufferKind::WeightGradient {
+                    // SAFETY: no step is running; a shared read.
+                    observe(b, unsafe { self.mem.f32(b) });
+                }
             }
         }
         loss

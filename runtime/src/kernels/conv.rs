@@ -135,6 +135,9 @@ pub fn forward(
         return depthwise_forward(g, x, w, bias, y);
     }
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    if g.is_pointwise() && p == 1 {
+        return single_pixel_forward(g, x, w, bias, y);
+    }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     for b in 0..g.n {
         for gi in 0..g.groups {
@@ -185,6 +188,9 @@ pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: 
         return depthwise_backward_data(g, w, dy, dx);
     }
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    if g.is_pointwise() && p == 1 {
+        return single_pixel_backward_data(g, w, dy, dx);
+    }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     for b in 0..g.n {
         for gi in 0..g.groups {
@@ -238,6 +244,9 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws
         return depthwise_backward_weight(g, x, dy, dw);
     }
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    if g.is_pointwise() && p == 1 {
+        return single_pixel_backward_weight(g, x, dy, dw);
+    }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     dw.fill(0.0);
     for b in 0..g.n {
@@ -278,6 +287,81 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws
                 );
             }
         }
+    }
+}
+
+// A 1×1 conv over 1×1 images (the last blocks of a net at a small input size) is a plain
+// matrix product over the whole batch: image n's channels are column n, at stride C. One
+// product per group instead of one tiny product per image, whose packing would dominate.
+
+fn single_pixel_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (cig, cog) = (g.cin_per_group(), g.cout_per_group());
+    let beta = match bias {
+        Some(bias) => {
+            y.chunks_exact_mut(g.c_out)
+                .for_each(|row| row.copy_from_slice(bias));
+            1.0
+        }
+        None => 0.0,
+    };
+    for gi in 0..g.groups {
+        let (xg, wg) = (&x[gi * cig..], &w[gi * cog * cig..][..cog * cig]);
+        let yg = &mut y[gi * cog..];
+        sgemm(
+            cog,
+            g.n,
+            cig,
+            1.0,
+            wg,
+            (cig, 1),
+            xg,
+            (1, g.c_in),
+            beta,
+            yg,
+            (1, g.c_out),
+        );
+    }
+}
+
+fn single_pixel_backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (cig, cog) = (g.cin_per_group(), g.cout_per_group());
+    for gi in 0..g.groups {
+        let (dyg, wg) = (&dy[gi * cog..], &w[gi * cog * cig..][..cog * cig]);
+        let dxg = &mut dx[gi * cig..];
+        sgemm(
+            cig,
+            g.n,
+            cog,
+            1.0,
+            wg,
+            (1, cig),
+            dyg,
+            (1, g.c_out),
+            0.0,
+            dxg,
+            (1, g.c_in),
+        );
+    }
+}
+
+fn single_pixel_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (cig, cog) = (g.cin_per_group(), g.cout_per_group());
+    for gi in 0..g.groups {
+        let (xg, dyg) = (&x[gi * cig..], &dy[gi * cog..]);
+        let dwg = &mut dw[gi * cog * cig..][..cog * cig];
+        sgemm(
+            cog,
+            cig,
+            g.n,
+            1.0,
+            dyg,
+            (1, g.c_out),
+            xg,
+            (g.c_in, 1),
+            0.0,
+            dwg,
+            (cig, 1),
+        );
     }
 }
 
@@ -618,6 +702,9 @@ mod tests {
             geom(1, 4, 5, 3, 6, [1, 1], 1, [0; 4], 1, 2),
             geom(2, 3, 7, 5, 2, [1, 1], 2, [0; 4], 1, 1),
             geom(1, 2, 5, 6, 3, [5, 5], 1, [2, 1, 1, 2], 1, 1),
+            // 1×1 images: the whole-batch product path
+            geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 1),
+            geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 2),
         ]
     }
 

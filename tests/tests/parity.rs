@@ -1,0 +1,158 @@
+//! One training step of every bundled model against PyTorch autograd: the loss, the
+//! gradient of every trainable tensor and the updated weights, from the golden data that
+//! `models/golden/make_golden.py` made (see its README).
+//!
+//! Tolerance, per tensor: max |actc − torch| ≤ 1e-4 · max |torch|. The golden data's own
+//! float32 rounding (against a float64 recomputation) is ≤ 2.6e-6 of that scale, and a
+//! different but correct summation order moves it by about as much; 1e-4 leaves room for
+//! summation orders that differ more over large reductions, and still catches any wrong
+//! index, missing term or wrong scale (those are O(1) of the scale).
+
+mod common;
+
+use actc::compile::CompileOptions;
+use actc::onnx::import::InputShape;
+use actc::passes::select::Layers;
+use actc_runtime::data::npz;
+use actc_runtime::exec::Executor;
+use actc_runtime::plan::BufferKind;
+use actc_runtime::prefix::Prefix;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+const TOLERANCE: f32 = 1e-4;
+
+fn golden() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/golden"))
+}
+
+fn rel_error(ours: &[f32], theirs: &[f32]) -> f32 {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(f32::MIN_POSITIVE);
+    let diff = ours
+        .iter()
+        .zip(theirs)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+fn check_case(case: &str, entry: &serde_json::Value) -> f32 {
+    let file = golden().join(entry["file"].as_str().unwrap());
+    let model = common::model(entry["model"].as_str().unwrap().trim_end_matches(".onnx"));
+    let layers: Layers = entry["layers"].as_str().unwrap().parse().unwrap();
+    let shape: Vec<usize> = entry["input_shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let opts = CompileOptions {
+        layers,
+        input: InputShape {
+            shape: Some(shape.clone()),
+            batch: None,
+        },
+        lr: 0.1,
+        ..CompileOptions::default()
+    };
+    let plan = actc::compile::compile_file(&model, &opts).unwrap().plan;
+
+    let input = npz::read(&file, "input").unwrap().values;
+    let labels: Vec<u32> = npz::read(&file, "labels")
+        .unwrap()
+        .values
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    let mut boundary: Vec<Vec<f32>> = Vec::new();
+    if plan.prefix_onnx.is_empty() {
+        boundary.push(input);
+    } else {
+        Prefix::new(&plan.prefix_onnx, &shape)
+            .unwrap()
+            .run(&input, |_, v| boundary.push(v.to_vec()))
+            .unwrap();
+    }
+    let mut exec = Executor::new(plan.clone(), 1).unwrap();
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    exec.labels_mut().unwrap().copy_from_slice(&labels);
+
+    // weight gradient buffers are named "<initializer>.grad"
+    let mut grads: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let loss = exec.train_step_observed(|b, g| {
+        grads.insert(b.name.trim_end_matches(".grad").to_string(), g.to_vec());
+    });
+    let want_loss = entry["loss"].as_f64().unwrap() as f32;
+    assert!(
+        (loss - want_loss).abs() <= TOLERANCE * want_loss.abs(),
+        "{case}: loss {loss} vs torch {want_loss}"
+    );
+
+    let trainable: Vec<String> = entry["trainable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let ours: Vec<String> = plan
+        .weights
+        .iter()
+        .filter(|w| plan.buffer(w.buffer).kind() == BufferKind::Trainable)
+        .map(|w| w.source.clone())
+        .collect();
+    let (mut a, mut b) = (ours.clone(), trainable.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(
+        a, b,
+        "{case}: actc and the reference train different tensors"
+    );
+
+    let mut worst = 0.0f32;
+    let after = exec.snapshot();
+    for name in &trainable {
+        let want = npz::read(&file, &format!("grad/{name}")).unwrap().values;
+        let got = grads
+            .get(name)
+            .unwrap_or_else(|| panic!("{case}: no gradient for {name}"));
+        let e = rel_error(got, &want);
+        assert!(
+            e <= TOLERANCE,
+            "{case}: gradient of {name} off by {e:.2e} of its scale"
+        );
+        worst = worst.max(e);
+        if entry["updated_stored"].as_bool().unwrap() {
+            let want = npz::read(&file, &format!("updated/{name}")).unwrap().values;
+            let w = after.weights.iter().find(|w| &w.source == name).unwrap();
+            let got: Vec<f32> = w
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let e = rel_error(&got, &want);
+            assert!(
+                e <= TOLERANCE,
+                "{case}: updated {name} off by {e:.2e} of its scale"
+            );
+        }
+    }
+    worst
+}
+
+#[test]
+fn one_training_step_matches_pytorch() {
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden().join("index.json")).unwrap())
+            .unwrap();
+    let cases = index["cases"].as_object().unwrap();
+    assert_eq!(cases.len(), 18);
+    for (case, entry) in cases {
+        let worst = check_case(case, entry);
+        println!("{case}: worst gradient error {worst:.2e} of the tensor's scale");
+    }
+}
