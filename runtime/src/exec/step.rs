@@ -18,8 +18,38 @@ pub struct UpdateCtx {
     pub step: u64,
 }
 
-fn dims(b: &Buffer) -> Vec<usize> {
-    b.shape.iter().map(|&d| d as usize).collect()
+/// A short list of sizes on the stack: shapes, permutations, axes, pads. Steps build these
+/// from the plan's fields on every run, and a step must not allocate.
+#[derive(Clone, Copy)]
+struct Dims {
+    d: [usize; 16],
+    n: usize,
+}
+
+impl Dims {
+    fn of(values: impl IntoIterator<Item = usize>) -> Dims {
+        let mut d = Dims { d: [0; 16], n: 0 };
+        for v in values {
+            d.d[d.n] = v;
+            d.n += 1;
+        }
+        d
+    }
+}
+
+impl std::ops::Deref for Dims {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        &self.d[..self.n]
+    }
+}
+
+fn dims(b: &Buffer) -> Dims {
+    Dims::of(b.shape.iter().map(|&d| d as usize))
+}
+
+fn usizes(v: &[u32]) -> Dims {
+    Dims::of(v.iter().map(|&d| d as usize))
 }
 
 /// Elements per channel of an (N, C, …) tensor.
@@ -74,20 +104,14 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Op
             // Sum over every axis but 1: the same reduction as broadcasting a (1, C, 1, …)
             // bias, expressed as a reduce to that shape.
             let dy = dims(bi(0));
-            let mut target = vec![1; dy.len()];
-            target[1] = dy[1];
+            let mut target = Dims::of(dy.iter().map(|_| 1));
+            target.d[1] = dy[1];
             elementwise::reduce_to_shape(1.0, x(0), &dy, y(0), &target);
         }
         Kind::Gemm(gm) => {
             let g = gemm_geom(gm, bi(0), bi(1));
             let c = (step.inputs.len() > 2).then(|| (x(2), dims(bi(2))));
-            linear::gemm_forward(
-                &g,
-                x(0),
-                x(1),
-                c.as_ref().map(|(c, s)| (*c, s.as_slice())),
-                y(0),
-            );
+            linear::gemm_forward(&g, x(0), x(1), c.as_ref().map(|(c, s)| (*c, &s[..])), y(0));
         }
         Kind::GemmGradA(gm) => {
             // dy, b → da: A's shape is the output's.
@@ -172,13 +196,22 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Op
         }
         Kind::Concat(a) => {
             let outer: usize = bo(0).shape[..a.axis as usize].iter().product::<u64>() as usize;
-            let xs: Vec<&[f32]> = (0..step.inputs.len()).map(x).collect();
-            shape::concat_forward(outer, &xs, y(0));
+            // Input by input, so no list of slices is built.
+            let out = y(0);
+            let row = out.len() / outer.max(1);
+            let mut offset = 0;
+            for i in 0..step.inputs.len() {
+                let xi = x(i);
+                let len = xi.len() / outer.max(1);
+                for (o, src) in xi.chunks_exact(len.max(1)).enumerate().take(outer) {
+                    out[o * row + offset..][..len].copy_from_slice(src);
+                }
+                offset += len;
+            }
         }
         Kind::Slice(s) => slice(x(0), &dims(bi(0)), &s.starts, y(0), &dims(bo(0))),
         Kind::Transpose(p) => {
-            let perm: Vec<usize> = p.perm.iter().map(|&v| v as usize).collect();
-            shape::transpose_forward(&dims(bi(0)), &perm, x(0), y(0));
+            shape::transpose_forward(&dims(bi(0)), &usizes(&p.perm), x(0), y(0));
         }
         Kind::GlobalAveragePool(_) => pool::global_avg_forward(plane(bi(0)), x(0), y(0)),
         Kind::AveragePool(p) => pool::avg_forward(
@@ -204,17 +237,14 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Op
                 pool::max_backward(&geom::pool(p, &bo(0).shape), idx, x(0), y(0));
             }
             PoolKind::ReduceMean(a) => {
-                let axes: Vec<usize> = a.axes.iter().map(|&v| v as usize).collect();
-                shape::reduce_mean_backward(&dims(bo(0)), &axes, x(0), y(0));
+                shape::reduce_mean_backward(&dims(bo(0)), &usizes(&a.axes), x(0), y(0));
             }
         },
         Kind::ReduceMean(a) => {
-            let axes: Vec<usize> = a.axes.iter().map(|&v| v as usize).collect();
-            shape::reduce_mean_forward(&dims(bi(0)), &axes, x(0), y(0));
+            shape::reduce_mean_forward(&dims(bi(0)), &usizes(&a.axes), x(0), y(0));
         }
         Kind::Pad(p) => {
-            let pads: Vec<usize> = p.pads.iter().map(|&v| v as usize).collect();
-            shape::pad_forward(&dims(bi(0)), &pads, p.value, x(0), y(0));
+            shape::pad_forward(&dims(bi(0)), &usizes(&p.pads), p.value, x(0), y(0));
         }
         Kind::Softmax(a) => {
             shape::softmax_forward(&AxisSplit::new(&dims(bi(0)), a.axis as usize), x(0), y(0))
@@ -318,28 +348,28 @@ fn matmul_geom(x: &Buffer, w: &Buffer) -> MatMulGeom {
 /// Copies the window of `x` that starts at `starts` and has `y`'s shape.
 fn slice(x: &[f32], x_shape: &[usize], starts: &[u32], y: &mut [f32], y_shape: &[usize]) {
     let rank = x_shape.len();
-    let mut x_strides = vec![1usize; rank];
+    let mut x_strides = Dims::of(x_shape.iter().map(|_| 1));
     for d in (0..rank.saturating_sub(1)).rev() {
-        x_strides[d] = x_strides[d + 1] * x_shape[d + 1];
+        x_strides.d[d] = x_strides[d + 1] * x_shape[d + 1];
     }
     let base: usize = (0..rank).map(|d| starts[d] as usize * x_strides[d]).sum();
     let row = y_shape.last().copied().unwrap_or(1);
     let rows = y.len() / row.max(1);
-    let mut index = vec![0usize; rank.saturating_sub(1)];
+    let mut index = Dims::of((1..rank).map(|_| 0));
     for r in 0..rows {
         let off: usize = base
             + index
                 .iter()
-                .zip(&x_strides)
+                .zip(x_strides.iter())
                 .map(|(i, s)| i * s)
                 .sum::<usize>();
         y[r * row..(r + 1) * row].copy_from_slice(&x[off..off + row]);
         for d in (0..index.len()).rev() {
-            index[d] += 1;
+            index.d[d] += 1;
             if index[d] < y_shape[d] {
                 break;
             }
-            index[d] = 0;
+            index.d[d] = 0;
         }
     }
 }
