@@ -26,6 +26,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for the frozen prefix's matrix products [default: all cores]. actc's own
+    /// kernels are single-threaded today.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -353,6 +357,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if matches!(
+        cli.command,
+        Command::Train { .. } | Command::Eval { .. } | Command::Bench { .. }
+    ) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match cli.threads {
+            Some(0) => return Err(err!("--threads must be at least 1")),
+            n => actc_runtime::prefix::set_threads(n.unwrap_or(cores)),
+        }
+    }
     match cli.command {
         Command::Compile {
             model,
@@ -375,11 +389,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             write_atomically(&out, &compiled.plan.to_bytes())?;
             let mem = compiled.plan.memory.clone().unwrap_or_default();
+            let layers = compiled
+                .plan
+                .layers
+                .iter()
+                .filter(|l| l.from_output > 0)
+                .count();
             eprintln!(
-                "compiled {} ({} of {} layers trained, {} steps) in {:.0} ms: planned peak {:.2} MB (arena {:.2} MB, naive {:.2} MB) -> {}",
+                "compiled {} ({} of {} layers train, with {} more parameterized ops; {} steps) in {:.0} ms: planned peak {:.2} MB (arena {:.2} MB, naive {:.2} MB) -> {}",
                 model.display(),
-                compiled.plan.layers.len(),
+                layers,
                 compiled.selection.total_layers,
+                compiled.plan.layers.len() - layers,
                 compiled.plan.steps.len(),
                 start.elapsed().as_secs_f64() * 1e3,
                 (mem.arena + mem.persistent) as f64 / 1e6,

@@ -9,6 +9,16 @@ pub struct Prefix {
     input_shape: Vec<usize>,
 }
 
+/// Lets tract's matrix products use `n` threads (process-wide; a pool made once).
+pub fn set_threads(n: usize) {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    set_default_executor(if n > 1 {
+        Executor::multithread(n)
+    } else {
+        Executor::SingleThread
+    });
+}
+
 impl Prefix {
     /// Optimizes the sub-model once for the plan's fixed input shape.
     pub fn new(onnx: &[u8], input_shape: &[usize]) -> Result<Prefix, ExecError> {

@@ -1,18 +1,47 @@
 //! The one matrix multiply every kernel goes through.
 //!
-//! Backed by `matrixmultiply`, the fastest single-threaded sgemm measured on the target
-//! machines (DESIGN §7). Changing the backend (e.g. `gemm` or faer when two threads are
-//! available) is a change to this file only.
+//! Our own blocked, packed SGEMM in the Goto/BLIS structure: NC columns of B at a time, KC
+//! of depth, MC rows of A, with A packed into MR-row micro-panels and B into NR-column
+//! micro-panels so the micro-kernel streams both from contiguous memory. It exists because
+//! `matrixmultiply` and `gemm` allocate their packing buffers on every call, and a training
+//! step must not allocate: the buffers here live in a thread-local scratch that grows on its
+//! first use and is reused afterwards.
+//!
+//! A row-major A, and a row-major B meeting a single block of A's rows, are read where they
+//! lie instead of packed. C = A·B may be computed as Cᵀ = Bᵀ·Aᵀ (strides swapped) when that
+//! packs, stores or wastes less, and products with one column go through a GEMV.
+//!
+//! The micro-kernel is AVX2+FMA on x86_64 CPUs that have it (module `avx2`) and portable Rust
+//! elsewhere; both compute an MR×NR tile from the same panels.
+
+use std::cell::RefCell;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// Row stride and column stride of a matrix inside its slice. Swapping them transposes the
 /// matrix without moving data.
 pub type Strides = (usize, usize);
 
+/// Rows of a micro-tile: with NR = 16 (two AVX registers per row) the 6×16 tile holds its 12
+/// accumulators, 2 B vectors and an A broadcast in the 16 AVX registers.
+const MR: usize = 6;
+/// Columns of a micro-tile.
+const NR: usize = 16;
+/// Depth of a packed block: a KC×NR B micro-panel (16 KiB) stays in L1 while it meets every
+/// A micro-panel of the block.
+const KC: usize = 256;
+/// Rows of an A block: its MC×KC floats (up to 120 KiB, packed or in place) stay in L2
+/// while they meet every B micro-panel.
+const MC: usize = 120;
+/// Columns of a packed B block (up to 4 MiB, in L3).
+const NC: usize = 4096;
+
 /// `C ← alpha·A·B + beta·C`, with `A` m×k, `B` k×n and `C` m×n, each addressed by its
-/// strides. With `beta == 0` the old content of `C` is ignored (NaN included).
+/// strides. With `beta == 0` the old content of `C` is ignored (NaN included); so is `A·B`
+/// when `alpha == 0` or `k == 0`.
 ///
-/// `matrixmultiply` allocates its packing buffers on every call (at most a few hundred kB);
-/// that is the only allocation on the kernels' path.
+/// Allocates only when a product needs more scratch than this thread's earlier ones did.
 #[allow(clippy::too_many_arguments)] // the BLAS signature: every argument is one of the product's terms
 pub fn sgemm(
     m: usize,
@@ -27,8 +56,8 @@ pub fn sgemm(
     c: &mut [f32],
     c_strides: Strides,
 ) {
-    // The backend reads and writes through raw pointers: these O(1) checks are what keeps
-    // it inside the slices, so they stay on in release builds.
+    // The micro-kernel reads and writes through raw pointers: these O(1) checks are what
+    // keeps it inside the slices, so they stay on in release builds.
     assert!(extent(m, k, a_strides) <= a.len(), "sgemm: A too short");
     assert!(extent(k, n, b_strides) <= b.len(), "sgemm: B too short");
     assert!(extent(m, n, c_strides) <= c.len(), "sgemm: C too short");
@@ -36,25 +65,113 @@ pub fn sgemm(
         m <= 1 || n <= 1 || c_strides.0 >= n * c_strides.1 || c_strides.1 >= m * c_strides.0,
         "sgemm: C's strides make elements alias"
     );
-    // SAFETY: the asserts above keep every element the strides address within the slices;
-    // `c` is borrowed mutably, so it cannot overlap `a` or `b`.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            a_strides.0 as isize,
-            a_strides.1 as isize,
-            b.as_ptr(),
-            b_strides.0 as isize,
-            b_strides.1 as isize,
-            beta,
-            c.as_mut_ptr(),
-            c_strides.0 as isize,
-            c_strides.1 as isize,
-        );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || alpha == 0.0 {
+        return scale(m, n, beta, c, c_strides);
+    }
+    let mut p = Product {
+        m,
+        n,
+        k,
+        a,
+        sa: a_strides,
+        b,
+        sb: b_strides,
+        sc: c_strides,
+    };
+    // Computing Cᵀ = Bᵀ·Aᵀ instead only swaps strides: it turns a row into the GEMV path's
+    // column, and otherwise may pack, store or waste less (see `cost`).
+    if m == 1 && n > 1 {
+        p = p.transposed();
+    } else if m > 1 && n > 1 {
+        let t = p.transposed();
+        if t.cost() < p.cost() {
+            p = t;
+        }
+    }
+    if p.n == 1 && (p.sa.0 == 1 || p.sa.1 == 1) {
+        gemv(&p, alpha, beta, c);
+    } else {
+        blocked(&p, alpha, beta, c);
+    }
+}
+
+/// The operands of a product, C's data apart (it is the one mutable borrow).
+#[derive(Clone, Copy)]
+struct Product<'a> {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &'a [f32],
+    sa: Strides,
+    b: &'a [f32],
+    sb: Strides,
+    sc: Strides,
+}
+
+impl Product<'_> {
+    fn transposed(self) -> Self {
+        let t = |(r, c): Strides| (c, r);
+        Product {
+            m: self.n,
+            n: self.m,
+            k: self.k,
+            a: self.b,
+            sa: t(self.sb),
+            b: self.a,
+            sb: t(self.sa),
+            sc: t(self.sc),
+        }
+    }
+
+    /// A row-major A is read where it lies: the kernel broadcasts single elements, so only
+    /// the depth needs a unit stride. Not when its rows are a multiple of 4 KiB apart,
+    /// though: they would all fall into the same cache sets.
+    fn a_in_place(&self) -> bool {
+        self.sa.1 == 1 && !self.sa.0.is_multiple_of(1024)
+    }
+
+    /// With a single block of rows each B micro-panel meets the A block once, right away:
+    /// a row-major B is then read in place (it stays in L1 across the A micro-panels), as
+    /// packing it would only be a copy.
+    fn b_in_place(&self) -> bool {
+        self.sb.1 == 1 && self.m <= MC
+    }
+
+    /// A rough count of cycles, to choose between computing C and Cᵀ. The kernel's depth
+    /// step takes R·V/2 cycles on an R×8V tile (two FMAs a cycle) but no less than the
+    /// FMA latency, 4: narrow edge tiles cost nearly as much as full ones. Packing takes
+    /// ~1/2 cycle an element, storing into a C whose rows are not contiguous ~4 an element
+    /// for each depth block (measured on the 2-core AMD EPYC the project targets).
+    fn cost(&self) -> usize {
+        let (m, n, k) = (self.m, self.n, self.k);
+        let step = |rows: usize, vectors: usize| (rows * vectors / 2).max(4);
+        let (full_rows, edge_rows) = (m / MR, m % MR);
+        let (full_cols, edge_vectors) = (n / NR, (n % NR).div_ceil(8));
+        let mut steps = full_rows * full_cols * step(MR, 2);
+        if edge_vectors > 0 {
+            steps += full_rows * step(MR, edge_vectors);
+        }
+        if edge_rows > 0 {
+            steps += full_cols * step(edge_rows, 2);
+            if edge_vectors > 0 {
+                steps += step(edge_rows, edge_vectors);
+            }
+        }
+        let pack_a = if self.a_in_place() {
+            0
+        } else {
+            m * k * n.div_ceil(NC)
+        };
+        let pack_b = if self.b_in_place() { 0 } else { k * n };
+        let store = if self.sc.1 == 1 {
+            0
+        } else {
+            4 * m * n * k.div_ceil(KC)
+        };
+        steps * k + (pack_a + pack_b) / 2 + store
     }
 }
 
@@ -67,10 +184,348 @@ fn extent(rows: usize, cols: usize, (rs, cs): Strides) -> usize {
     }
 }
 
+fn scale(m: usize, n: usize, beta: f32, c: &mut [f32], (rs, cs): Strides) {
+    for i in 0..m {
+        for j in 0..n {
+            let cij = &mut c[i * rs + j * cs];
+            *cij = if beta == 0.0 { 0.0 } else { beta * *cij };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    // Asked once per micro-tile: a LazyLock read is a plain load once initialized.
+    static DETECTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    });
+    #[cfg(test)]
+    if tests::PORTABLE.get() {
+        return false;
+    }
+    *DETECTED
+}
+
+thread_local! {
+    /// Packing buffers and GEMV temporaries. Grown, never shrunk: after the first step of a
+    /// training loop every product finds it large enough.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Cache-line alignment of the scratch: a packed B row (NR floats) is exactly one line.
+const ALIGN_FLOATS: usize = 16;
+
+/// Runs `f` on `len` floats of this thread's scratch, starting on a cache line.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with_borrow_mut(|v| {
+        let need = len + ALIGN_FLOATS;
+        if v.len() < need {
+            v.resize(need, 0.0);
+        }
+        let skip = v.as_ptr().align_offset(ALIGN_FLOATS * size_of::<f32>());
+        f(&mut v[skip..skip + len])
+    })
+}
+
+/// `n` split into near-equal blocks of at most `max`, each rounded up to a multiple of
+/// `unit`: 320 becomes 160 + 160 rather than 256 + 64, whose thin second block would pay
+/// the per-block overhead for little work.
+fn block_size(n: usize, max: usize, unit: usize) -> usize {
+    n.div_ceil(n.div_ceil(max)).next_multiple_of(unit)
+}
+
+/// The Goto/BLIS loops around the micro-kernel.
+fn blocked(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
+    let kc_max = block_size(p.k, KC, 1);
+    let mc_max = block_size(p.m, MC, MR);
+    let nc_max = block_size(p.n, NC, NR);
+    let (a_in_place, b_in_place) = (p.a_in_place(), p.b_in_place());
+    let b_len = nc_max * kc_max;
+    let a_len = if a_in_place { 0 } else { mc_max * kc_max };
+    with_scratch(b_len + a_len, |scratch| {
+        // B first: its length is a multiple of NR, so A's block starts aligned too.
+        let (bp, ap) = scratch.split_at_mut(b_len);
+        for jc in (0..p.n).step_by(nc_max) {
+            let nc = nc_max.min(p.n - jc);
+            for pc in (0..p.k).step_by(kc_max) {
+                let kc = kc_max.min(p.k - pc);
+                // Later depth blocks add to what the first one wrote.
+                let beta = if pc == 0 { beta } else { 1.0 };
+                for ic in (0..p.m).step_by(mc_max) {
+                    let mc = mc_max.min(p.m - ic);
+                    let a0 = &p.a[ic * p.sa.0 + pc * p.sa.1..];
+                    if !a_in_place {
+                        let panels = ap.chunks_exact_mut(MR * kc);
+                        for (panel, i0) in panels.zip((0..mc).step_by(MR)) {
+                            let a_rows = MR.min(mc - i0);
+                            pack::<MR>(panel, &a0[i0 * p.sa.0..], a_rows, kc, p.sa);
+                        }
+                    }
+                    for (jr, j0) in (0..nc).step_by(NR).enumerate() {
+                        let nr = NR.min(nc - j0);
+                        let b0 = pc * p.sb.0 + (jc + j0) * p.sb.1;
+                        let (b_panel, ldb) = if b_in_place && nr == NR {
+                            (&p.b[b0..], p.sb.0)
+                        } else {
+                            let panel = &mut bp[jr * NR * kc..][..NR * kc];
+                            // Packed while the first row block needs it, hence still in
+                            // cache; the later row blocks reuse it.
+                            if ic == 0 {
+                                pack::<NR>(panel, &p.b[b0..], nr, kc, (p.sb.1, p.sb.0));
+                            }
+                            (&*panel, NR)
+                        };
+                        for (ir, i0) in (0..mc).step_by(MR).enumerate() {
+                            let (a_panel, sa) = if a_in_place {
+                                (&a0[i0 * p.sa.0..], p.sa)
+                            } else {
+                                (&ap[ir * MR * kc..], (1, MR))
+                            };
+                            let c0 = (ic + i0) * p.sc.0 + (jc + j0) * p.sc.1;
+                            let tile = Tile {
+                                kc,
+                                a: a_panel,
+                                sa,
+                                b: b_panel,
+                                ldb,
+                                mr: MR.min(mc - i0),
+                                nr,
+                            };
+                            tile.run(alpha, beta, &mut c[c0..], p.sc);
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Packs a `w`×`kc` slice of a matrix, whose `w` side steps by `s_w` and depth by `s_k`,
+/// as `kc` groups of `W`: `dst[p·W + r] = src[r·s_w + p·s_k]`, zero past `w`, so the kernel
+/// computes edge tiles like full ones.
+fn pack<const W: usize>(dst: &mut [f32], src: &[f32], w: usize, kc: usize, (s_w, s_k): Strides) {
+    let dst = &mut dst[..W * kc];
+    if s_w == 1 {
+        let groups = dst.chunks_exact_mut(W).enumerate();
+        if w == W {
+            // A constant-length copy, which compiles to a few moves instead of a memcpy call.
+            groups.for_each(|(p, d)| d.copy_from_slice(&src[p * s_k..][..W]));
+        } else {
+            for (p, d) in groups {
+                d[..w].copy_from_slice(&src[p * s_k..][..w]);
+                d[w..].fill(0.0);
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if W == NR && w == NR && s_k == 1 && has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::pack_lines(dst, src, kc, s_w) };
+    }
+    if w < W {
+        dst.chunks_exact_mut(W).for_each(|d| d[w..].fill(0.0));
+    }
+    // One source line at a time: with s_k == 1 (the transposed layouts) each is read
+    // contiguously.
+    for r in 0..w {
+        let line = &src[r * s_w..];
+        for (p, d) in dst.chunks_exact_mut(W).enumerate() {
+            d[r] = line[p * s_k];
+        }
+    }
+}
+
+/// One micro-tile: an `mr`×kc A micro-panel with strides `sa` ((1, MR) when packed, A's
+/// own when read in place) times a kc×NR B micro-panel whose rows are `ldb` apart (NR when
+/// packed, B's row stride when read in place), of which the top-left `mr`×`nr` is stored
+/// into C.
+struct Tile<'a> {
+    kc: usize,
+    a: &'a [f32],
+    sa: Strides,
+    b: &'a [f32],
+    ldb: usize,
+    mr: usize,
+    nr: usize,
+}
+
+impl Tile<'_> {
+    /// `C ← alpha·tile + beta·C` for the `mr`×`nr` tile at the start of `c`.
+    fn run(&self, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
+        // These bound every pointer the kernels form.
+        assert!((1..=MR).contains(&self.mr) && (1..=NR).contains(&self.nr) && self.kc > 0);
+        assert!(extent(self.mr, self.kc, self.sa) <= self.a.len());
+        assert!((self.kc - 1) * self.ldb + NR <= self.b.len());
+        assert!(extent(self.mr, self.nr, sc) <= c.len());
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA, and the asserts above are the kernel's
+            // bounds preconditions.
+            return unsafe { avx2::tile(self, alpha, beta, c, sc) };
+        }
+        self.portable(alpha, beta, c, sc);
+    }
+
+    /// Plain Rust that LLVM vectorizes with the target's baseline SIMD, half a tile at a
+    /// time so the 6×8 accumulators fit the 16 registers of SSE2 (NEON has 32).
+    fn portable(&self, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
+        for j0 in (0..self.nr).step_by(HALF) {
+            let t = self.half_tile(j0);
+            let cols = HALF.min(self.nr - j0);
+            for (r, row) in t.iter().enumerate().take(self.mr) {
+                let c_row = &mut c[r * sc.0 + j0 * sc.1..];
+                store_row(&row[..cols], alpha, beta, c_row, sc.1);
+            }
+        }
+    }
+
+    /// Columns `j0..j0 + HALF` of the tile. Out of line: inlined next to the stores, which
+    /// borrow the accumulators as slices, LLVM leaves them scalar and in memory.
+    #[inline(never)]
+    fn half_tile(&self, j0: usize) -> [[f32; HALF]; MR] {
+        let (rs, ks) = self.sa;
+        // Rows past `mr` repeat the last one instead of branching; they are never stored.
+        let rows: [usize; MR] = std::array::from_fn(|r| r.min(self.mr - 1) * rs);
+        let mut t = [[0.0; HALF]; MR];
+        for p in 0..self.kc {
+            let bp: &[f32; HALF] = self.b[p * self.ldb + j0..][..HALF].try_into().unwrap();
+            // All loads (and their bounds checks) first, so the arithmetic below is one
+            // straight block for the vectorizer.
+            let ap: [f32; MR] = std::array::from_fn(|r| self.a[rows[r] + p * ks]);
+            for (tr, &ar) in t.iter_mut().zip(&ap) {
+                for (t, &b) in tr.iter_mut().zip(bp) {
+                    *t = mul_add(ar, b, *t);
+                }
+            }
+        }
+        t
+    }
+}
+
+/// Half a micro-tile's width: one SSE2 or NEON register pair.
+const HALF: usize = NR / 2;
+
+/// `a·b + c`, fused where the target always has FMA (one instruction instead of two) and
+/// unfused elsewhere, where `f32::mul_add` would be a libm call.
+#[inline(always)]
+fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `c[j·cs] ← alpha·row[j] + beta·c[j·cs]`: one row of an edge tile or of a tile of a C
+/// whose rows are not contiguous.
+#[inline]
+fn store_row(row: &[f32], alpha: f32, beta: f32, c: &mut [f32], cs: usize) {
+    for (j, &v) in row.iter().enumerate() {
+        update(&mut c[j * cs], alpha * v, beta);
+    }
+}
+
+/// `y ← alpha·A·x + beta·y` for n == 1, with A's rows or columns contiguous: each A element
+/// is used once, so packing would only add traffic and a 16-wide tile would waste 15/16.
+fn gemv(p: &Product, alpha: f32, beta: f32, y: &mut [f32]) {
+    let ((rsa, csa), incx, incy) = (p.sa, p.sb.0, p.sc.0);
+    // Unit-stride x for the dot products, an accumulator of A's columns for the axpys.
+    let rows_contiguous = csa == 1;
+    let len = if rows_contiguous { p.k } else { p.m };
+    with_scratch(len, |tmp| {
+        if rows_contiguous {
+            for (j, t) in tmp.iter_mut().enumerate() {
+                *t = p.b[j * incx];
+            }
+            let x = &*tmp;
+            let dots = (0..p.m).map(|i| dot(&p.a[i * rsa..][..p.k], x));
+            for (i, d) in dots.enumerate() {
+                update(&mut y[i * incy], alpha * d, beta);
+            }
+        } else {
+            tmp.fill(0.0);
+            for j in 0..p.k {
+                axpy(p.b[j * incx], &p.a[j * csa..][..p.m], tmp);
+            }
+            for (i, acc) in tmp.iter().enumerate() {
+                update(&mut y[i * incy], alpha * acc, beta);
+            }
+        }
+    });
+}
+
+/// `y ← v + beta·y`, never reading `y` when `beta == 0`.
+fn update(y: &mut f32, v: f32, beta: f32) {
+    *y = if beta == 0.0 { v } else { v + beta * *y };
+}
+
+// The GEMV loops are plain Rust that LLVM vectorizes; compiled a second time with AVX2
+// enabled they use 8-wide registers where the CPU has them.
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_body(a, b)
+}
+
+fn axpy(s: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { axpy_avx2(s, x, y) };
+    }
+    axpy_body(s, x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn axpy_avx2(s: f32, x: &[f32], y: &mut [f32]) {
+    axpy_body(s, x, y)
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+    // 32 lanes: four 8-wide accumulators, enough independent sums to hide the add latency
+    // (f32 addition is not reassociated for us, so the lanes have to be written out).
+    const L: usize = 32;
+    let (ac, bc) = (a.chunks_exact(L), b.chunks_exact(L));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut acc = [0.0f32; L];
+    for (x, y) in ac.zip(bc) {
+        for l in 0..L {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn axpy_body(s: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += s * x;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::{Lcg, assert_close};
+    use std::cell::Cell;
 
     fn reference(
         m: usize,
@@ -131,5 +586,340 @@ mod tests {
         sgemm(m, n, k, 1.0, &a, (k, 1), &b, (n, 1), 0.0, &mut c, (1, m));
         let got: Vec<f32> = (0..m * n).map(|i| c[(i % n) * m + i / n]).collect();
         assert_close("sgemm colmajor C", &got, &want, 1e-6);
+    }
+
+    /// Strides of a rows×cols matrix stored row-major (or column-major when `trans`), with
+    /// `pad` unused elements after each stored line so no stride is the tight one.
+    fn layout(rows: usize, cols: usize, trans: bool, pad: usize) -> (Strides, usize) {
+        let line = if trans { rows } else { cols };
+        let ld = line + pad;
+        let s = if trans { (1, ld) } else { (ld, 1) };
+        (s, extent(rows, cols, s))
+    }
+
+    /// Checks one product against the f64 reference, C's padding included: it must keep its
+    /// sentinel.
+    #[allow(clippy::too_many_arguments)] // one product's full description
+    fn check(
+        rng: &mut Lcg,
+        (m, n, k): (usize, usize, usize),
+        (ta, tb, tc): (bool, bool, bool),
+        pad: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let (sa, la) = layout(m, k, ta, pad);
+        let (sb, lb) = layout(k, n, tb, pad);
+        let (sc, lc) = layout(m, n, tc, pad);
+        let a = rng.vec(la);
+        let b = rng.vec(lb);
+        const SENTINEL: f32 = 1234.5;
+        let mut c: Vec<f32> = rng.vec(lc);
+        if pad > 0 {
+            c.iter_mut().for_each(|v| *v = SENTINEL);
+        }
+        for i in 0..m {
+            for j in 0..n {
+                c[i * sc.0 + j * sc.1] = if beta == 0.0 { f32::NAN } else { rng.uniform() };
+            }
+        }
+        let c0 = c.clone();
+        let ab = reference(
+            m,
+            n,
+            k,
+            |i, p| a[i * sa.0 + p * sa.1],
+            |p, j| b[p * sb.0 + j * sb.1],
+        );
+        sgemm(m, n, k, alpha, &a, sa, &b, sb, beta, &mut c, sc);
+        let mut got = Vec::with_capacity(m * n);
+        let mut want = Vec::with_capacity(m * n);
+        for i in 0..m {
+            for j in 0..n {
+                let at = i * sc.0 + j * sc.1;
+                got.push(c[at]);
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta as f64 * c0[at] as f64
+                };
+                want.push(alpha as f64 * ab[i * n + j] + old);
+                c[at] = SENTINEL;
+            }
+        }
+        let what = format!("{m}x{n}x{k} t{ta}{tb}{tc} pad {pad} alpha {alpha} beta {beta}");
+        // A sum of k products, each rounded in f32, relative to the largest entry.
+        assert_close(&what, &got, &want, 1e-6 * (k as f64).sqrt().max(1.0) * 4.0);
+        if pad > 0 {
+            assert!(c.iter().all(|&v| v == SENTINEL), "{what}: wrote outside C");
+        }
+    }
+
+    #[test]
+    fn edge_sizes_match_the_reference() {
+        edge_sizes();
+    }
+
+    thread_local! {
+        /// Makes this thread's products take the portable paths, which an AVX2 machine
+        /// would otherwise never test.
+        pub(super) static PORTABLE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    #[test]
+    fn portable_paths_match_the_reference() {
+        PORTABLE.set(true);
+        edge_sizes();
+        every_scalar_combination_on_edge_tiles();
+        crosses_every_block_boundary();
+    }
+
+    fn edge_sizes() {
+        const SIZES: [usize; 11] = [1, 2, 3, 7, 8, 9, 15, 16, 17, 65, 300];
+        const SCALARS: [(f32, f32); 3] = [(1.0, 0.0), (-1.5, 1.0), (0.75, 0.5)];
+        let mut rng = Lcg::new(3);
+        let mut case = 0;
+        for m in SIZES {
+            for n in SIZES {
+                for k in SIZES {
+                    for ta in [false, true] {
+                        for tb in [false, true] {
+                            // C's layout, padding and scalars rotate so every combination
+                            // of them meets many shapes without multiplying the run time.
+                            let tc = case % 3 == 0;
+                            let pad = [0, 3][case % 2];
+                            let (alpha, beta) = SCALARS[case % SCALARS.len()];
+                            check(&mut rng, (m, n, k), (ta, tb, tc), pad, alpha, beta);
+                            case += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_scalar_combination_on_edge_tiles() {
+        let mut rng = Lcg::new(4);
+        for (m, n, k) in [(7, 17, 9), (13, 33, 5), (1, 19, 7), (19, 1, 7)] {
+            for layout in 0..8 {
+                let t = (layout & 1 != 0, layout & 2 != 0, layout & 4 != 0);
+                for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (1.0, 0.5), (-2.0, 0.0), (0.5, 0.5)] {
+                    check(&mut rng, (m, n, k), t, 2, alpha, beta);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn crosses_every_block_boundary() {
+        let mut rng = Lcg::new(5);
+        // Two or more KC, MC and NC blocks, with ragged ends.
+        for (m, n, k) in [
+            (2 * MC + 7, 40, 2 * KC + 3),
+            (9, NC + 21, 20),
+            (MC + 1, 18, KC + 1),
+        ] {
+            for t in [
+                (false, false, false),
+                (true, true, false),
+                (false, true, true),
+            ] {
+                check(&mut rng, (m, n, k), t, 1, 1.0, 0.5);
+            }
+        }
+        // Rows 4 KiB apart: a row-major A packed instead of read in place.
+        check(&mut rng, (13, 20, 1024), (false, false, false), 0, 1.0, 0.0);
+    }
+
+    #[test]
+    fn zero_depth_or_alpha_scales_c() {
+        let mut c = vec![f32::NAN, 2.0, 4.0, f32::INFINITY];
+        sgemm(2, 2, 0, 1.0, &[], (0, 0), &[], (0, 0), 0.0, &mut c, (2, 1));
+        assert_eq!(c, [0.0; 4]);
+        let mut c = vec![1.0, 2.0, 3.0, 4.0];
+        let nan = [f32::NAN; 4];
+        sgemm(
+            2,
+            2,
+            2,
+            0.0,
+            &nan,
+            (2, 1),
+            &nan,
+            (2, 1),
+            0.5,
+            &mut c,
+            (2, 1),
+        );
+        assert_eq!(c, [0.5, 1.0, 1.5, 2.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "C too short")]
+    fn short_c_panics() {
+        let x = [0.0; 4];
+        sgemm(
+            2,
+            2,
+            2,
+            1.0,
+            &x,
+            (2, 1),
+            &x,
+            (2, 1),
+            0.0,
+            &mut [0.0; 3],
+            (2, 1),
+        );
+    }
+
+    mod counting {
+        //! Counts this thread's allocations, so tests running in parallel do not disturb
+        //! each other's tallies.
+
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        pub struct Counting;
+
+        thread_local! {
+            static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+        }
+
+        // SAFETY: forwards every call to the system allocator unchanged.
+        unsafe impl GlobalAlloc for Counting {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+                // SAFETY: the caller's contract is passed through.
+                unsafe { System.alloc(layout) }
+            }
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: `ptr` came from `System.alloc` with this layout.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+        }
+
+        pub fn allocations() -> usize {
+            ALLOCATIONS.with(|c| c.get())
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: counting::Counting = counting::Counting;
+
+    #[test]
+    fn warm_products_do_not_allocate() {
+        let shapes = [
+            (300, 200, 600),
+            (24, 3136, 96),
+            (10, 64, 1280),
+            (1, 64, 300),
+            (70, 1, 33),
+        ];
+        let mut rng = Lcg::new(6);
+        let mut operands: Vec<_> = shapes
+            .iter()
+            .map(|&(m, n, k)| (rng.vec(m * k), rng.vec(k * n), vec![0.0; m * n]))
+            .collect();
+        // Like a training step: the same products in the same order, in several layouts
+        // (each may need its own amount of scratch).
+        let mut step = || {
+            for (&(m, n, k), (a, b, c)) in shapes.iter().zip(&mut operands) {
+                for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k))] {
+                    sgemm(m, n, k, 1.0, a, sa, b, sb, 0.0, c, (n, 1));
+                    sgemm(m, n, k, 1.0, a, sa, b, sb, 0.5, c, (1, m));
+                }
+            }
+        };
+        step();
+        let before = counting::allocations();
+        for _ in 0..3 {
+            step();
+        }
+        assert_eq!(counting::allocations() - before, 0);
+    }
+
+    /// GFLOP/s against matrixmultiply, single thread. Run with
+    /// `cargo test -p actc-runtime --release --lib gemm::tests::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: run in release with --ignored --nocapture"]
+    fn bench() {
+        use std::time::{Duration, Instant};
+        // (label, m, n, k, A, B and C transposed)
+        let shapes = [
+            ("1x1 conv 7x7", 960, 49, 160, false, false, false),
+            ("1x1 conv 56x56", 24, 3136, 96, false, false, false),
+            ("linear fwd", 10, 64, 1280, false, false, false),
+            ("linear", 1280, 64, 320, false, false, false),
+            ("conv dW (B^T)", 24, 96, 3136, false, true, false),
+            ("conv dX (A^T)", 96, 3136, 24, true, false, false),
+            ("1x1 on 1x1 (C^T)", 1280, 10, 320, false, true, true),
+            ("square", 256, 256, 256, false, false, false),
+            ("square", 512, 512, 512, false, false, false),
+            ("square (A 4KiB)", 1024, 1024, 1024, false, false, false),
+            ("k=1", 256, 256, 1, false, false, false),
+            ("gemv n=1", 1280, 1, 320, false, false, false),
+            ("gemv m=1", 1, 1280, 320, false, false, false),
+        ];
+        let mut rng = Lcg::new(7);
+        println!(
+            "{:<16} {:>5} {:>5} {:>5} {:>8} {:>8} {:>6}",
+            "shape", "m", "n", "k", "ours", "mm", "ratio"
+        );
+        for (label, m, n, k, ta, tb, tc) in shapes {
+            let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+            let mut c = vec![0.0; m * n];
+            let sa = if ta { (1, m) } else { (k, 1) };
+            let sb = if tb { (1, k) } else { (n, 1) };
+            let sc = if tc { (1, m) } else { (n, 1) };
+            let mut call = |ours: bool| {
+                if ours {
+                    sgemm(m, n, k, 1.0, &a, sa, &b, sb, 0.0, &mut c, sc);
+                    return;
+                }
+                // SAFETY: the strides address m×k, k×n and m×n matrices inside the vectors.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        m,
+                        k,
+                        n,
+                        1.0,
+                        a.as_ptr(),
+                        sa.0 as isize,
+                        sa.1 as isize,
+                        b.as_ptr(),
+                        sb.0 as isize,
+                        sb.1 as isize,
+                        0.0,
+                        c.as_mut_ptr(),
+                        sc.0 as isize,
+                        sc.1 as isize,
+                    )
+                }
+            };
+            // The machine is shared: the best of many short rounds, the two alternating so
+            // a busy spell hits both.
+            let mut best = [f64::INFINITY; 2];
+            for _ in 0..20 {
+                for (which, best) in best.iter_mut().enumerate() {
+                    call(which == 0);
+                    let (start, mut calls) = (Instant::now(), 0u32);
+                    while start.elapsed() < Duration::from_millis(10) {
+                        call(which == 0);
+                        calls += 1;
+                    }
+                    *best = best.min(start.elapsed().as_secs_f64() / calls as f64);
+                }
+            }
+            let [ours, mm] = best;
+            let gflops = |t: f64| 2.0 * (m * n * k) as f64 / t / 1e9;
+            println!(
+                "{label:<16} {m:>5} {n:>5} {k:>5} {:>8.1} {:>8.1} {:>6.2}",
+                gflops(ours),
+                gflops(mm),
+                mm / ours
+            );
+        }
     }
 }

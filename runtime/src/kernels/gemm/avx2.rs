@@ -1,0 +1,149 @@
+//! The AVX2+FMA micro-kernel (an R×8V tile of C in R·V registers, updated by one FMA per
+//! register for each step along the depth) and the packing that needs shuffles.
+
+use super::{MR, NR, Strides, Tile, store_row};
+use std::arch::x86_64::*;
+
+type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
+
+/// Indexed by [rows − 1][8-column vectors − 1]: an edge tile computes only the rows and
+/// vectors it stores (a 10-row product is a 6-row and a 4-row tile, not two 6-row ones).
+const KERNELS: [[Kernel; 2]; MR] = [
+    [kernel::<1, 1>, kernel::<1, 2>],
+    [kernel::<2, 1>, kernel::<2, 2>],
+    [kernel::<3, 1>, kernel::<3, 2>],
+    [kernel::<4, 1>, kernel::<4, 2>],
+    [kernel::<5, 1>, kernel::<5, 2>],
+    [kernel::<6, 1>, kernel::<6, 2>],
+];
+
+/// `C ← alpha·tile + beta·C`, the tile computed with AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA, and the arguments must pass [`Tile::run`]'s asserts.
+pub(super) unsafe fn tile(t: &Tile, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
+    let kernel = KERNELS[t.mr - 1][t.nr.div_ceil(8) - 1];
+    // SAFETY: passed on from the caller.
+    unsafe { kernel(t, alpha, beta, c, sc) }
+}
+
+/// # Safety
+/// As [`tile`], with `R == t.mr` and `8·(V − 1) < t.nr ≤ 8·V`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel<const R: usize, const V: usize>(
+    t: &Tile,
+    alpha: f32,
+    beta: f32,
+    c: &mut [f32],
+    (rsc, csc): Strides,
+) {
+    debug_assert!(R == t.mr && t.nr.div_ceil(8) == V);
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    let (rsa, ksa) = t.sa;
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    for p in 0..t.kc {
+        let mut bv = [_mm256_setzero_ps(); V];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: row p of the B micro-panel starts at p·ldb and holds NR ≥ 8·V floats
+            // (asserted by `Tile::run`).
+            *bv = unsafe { _mm256_loadu_ps(b.add(p * t.ldb + 8 * v)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r < mr and p < kc, inside the A micro-panel's extent (asserted by
+            // `Tile::run`).
+            let ar = _mm256_broadcast_ss(unsafe { &*a.add(r * rsa + p * ksa) });
+            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                *acc = _mm256_fmadd_ps(ar, *bv, *acc);
+            }
+        }
+    }
+    if csc == 1 && t.nr == 8 * V {
+        let c = c.as_mut_ptr();
+        let (alpha, beta_v) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, acc) in acc.iter().enumerate() {
+                let ab = _mm256_mul_ps(alpha, *acc);
+                // SAFETY: row r < mr, columns 8v..8v+8 ≤ nr, all within the tile's extent
+                // in `c` (asserted by `Tile::run`).
+                unsafe {
+                    let cp = c.add(r * rsc + 8 * v);
+                    let out = if beta == 0.0 {
+                        ab
+                    } else {
+                        _mm256_fmadd_ps(beta_v, _mm256_loadu_ps(cp), ab)
+                    };
+                    _mm256_storeu_ps(cp, out);
+                }
+            }
+        }
+    } else {
+        for (r, acc) in acc.iter().enumerate() {
+            let mut row = [0.0; NR];
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: 8v + 8 ≤ 8V ≤ NR floats of the row.
+                unsafe { _mm256_storeu_ps(row[8 * v..].as_mut_ptr(), *acc) };
+            }
+            store_row(&row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
+        }
+    }
+}
+
+/// Packs NR lines of `kc` contiguous floats, `ld` apart, as `kc` groups of NR
+/// (`dst[p·NR + l] = src[l·ld + p]`): a transposition, done 8×8 floats at a time in
+/// registers rather than one scattered store per float.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn pack_lines(dst: &mut [f32], src: &[f32], kc: usize, ld: usize) {
+    // These bound every pointer below.
+    assert!(dst.len() >= NR * kc && (NR - 1) * ld + kc <= src.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let full = kc - kc % 8;
+    for p in (0..full).step_by(8) {
+        for half in 0..NR / 8 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (l, row) in rows.iter_mut().enumerate() {
+                // SAFETY: line 8·half + l < NR, floats p..p + 8 ≤ kc of it.
+                *row = unsafe { _mm256_loadu_ps(s.add((8 * half + l) * ld + p)) };
+            }
+            for (q, col) in transpose8(rows).into_iter().enumerate() {
+                // SAFETY: group p + q < kc, floats 8·half..8·half + 8 ≤ NR of it.
+                unsafe { _mm256_storeu_ps(d.add((p + q) * NR + 8 * half), col) };
+            }
+        }
+    }
+    for p in full..kc {
+        for l in 0..NR {
+            dst[p * NR + l] = src[l * ld + p];
+        }
+    }
+}
+
+/// The 8×8 transpose of the rows: unpack pairs, shuffle quads, swap 128-bit halves.
+#[target_feature(enable = "avx2,fma")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
