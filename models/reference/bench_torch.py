@@ -18,9 +18,11 @@ Each configuration runs in its own subprocess so that its peak RSS
 (resource.getrusage(RUSAGE_SELF).ru_maxrss, the whole process: Python, torch, model, data)
 is its own. Per config: `--warmup` untimed steps, then `--steps` timed steps (median, p10,
 p90), then 5 timed no-grad forwards of the whole network (inference, for reference).
-On a shared machine, `--rounds R` runs every configuration R times (interleaved) and reports
-the round with the lowest median; the 1-minute load average before and after each run is
-recorded so that disturbed runs can be recognised.
+On a shared machine: during the timed steps the CPU time that *other* processes used is
+measured (/proc/stat busy time minus this process's own CPU time), as a fraction of
+wall time × cores (`foreign`). A run whose `foreign` exceeds `--max-foreign` is repeated (up
+to `--tries` times); the cleanest/fastest run is reported, flagged when none was clean.
+`--rounds R` additionally runs every configuration R times (interleaved), keeping the best.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def run_one(cfg):
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, str(HERE))
-    from common import mobilenetv2_folded, mobilenetv2_torchvision, select_trainable
+    from common import (busy_seconds, foreign_share, mobilenetv2_folded,
+                        mobilenetv2_torchvision, own_cpu_seconds, select_trainable)
 
     torch.set_num_threads(cfg["threads"])
     if cfg["bn"] == "folded":
@@ -83,10 +86,13 @@ def run_one(cfg):
     for _ in range(cfg["warmup"]):
         step()
     times = []
+    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
     for _ in range(cfg["steps"]):
         t0 = time.perf_counter()
         step()
         times.append((time.perf_counter() - t0) * 1e3)
+    wall = time.perf_counter() - w0
+    foreign = foreign_share(wall, b0, c0)
     fwd = []
     with torch.no_grad():
         for _ in range(5):
@@ -94,9 +100,20 @@ def run_one(cfg):
             model(x)
             fwd.append((time.perf_counter() - t0) * 1e3)
     return {**cfg, "median_ms": statistics.median(times), "p10_ms": pct(times, 0.1),
-            "p90_ms": pct(times, 0.9), "forward_nograd_median_ms": statistics.median(fwd),
+            "p90_ms": pct(times, 0.9), "foreign": foreign, "forward_nograd_median_ms": statistics.median(fwd),
             "peak_rss_mb": rss_mb(), "rss_before_steps_mb": rss_before,
             "trainable_values": sum(p.numel() for p in params), "torch": torch.__version__}
+
+
+def wait_quiet(max_share, timeout):
+    """Sleeps until the machine's busy share over 5 s is at most max_share (or timeout)."""
+    from common import busy_seconds
+    t_end = time.time() + timeout
+    while time.time() < t_end:
+        b0, t0 = busy_seconds(), time.perf_counter()
+        time.sleep(5)
+        if (busy_seconds() - b0) / ((time.perf_counter() - t0) * os.cpu_count()) <= max_share:
+            return
 
 
 def main():
@@ -109,6 +126,12 @@ def main():
                     choices=["nchw", "channels_last"])
     ap.add_argument("--bn", nargs="*", default=["frozen", "folded"], choices=["frozen", "folded"])
     ap.add_argument("--rounds", type=int, default=1, help="repeat all configs, keep the best")
+    ap.add_argument("--max-foreign", type=float, default=0.05,
+                    help="repeat a run when other processes used more than this CPU share")
+    ap.add_argument("--tries", type=int, default=10, help="max runs per config and round")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="before each run, wait up to this long for the other processes' CPU "
+                         "share to fall below --max-foreign (sampled over 5 s)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one config (JSON) in this process
     args = ap.parse_args()
@@ -128,23 +151,29 @@ def main():
     runs = [[] for _ in configs]
     for rnd in range(args.rounds):
         for i, cfg in enumerate(configs):
-            load0 = os.getloadavg()[0]
-            out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
-                                 capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            r.update(round=rnd, load_before=load0, load_after=os.getloadavg()[0])
-            runs[i].append(r)
-            print(f"  round {rnd} {cfg['bn']} {cfg['batch']}x{cfg['size']} {cfg['layout']}: "
-                  f"{r['median_ms']:.1f} ms (load {load0:.2f} -> {r['load_after']:.2f})",
-                  file=sys.stderr, flush=True)
-    best = [min(rs, key=lambda r: r["median_ms"]) for rs in runs]
+            for attempt in range(args.tries):
+                if args.wait_quiet:
+                    wait_quiet(args.max_foreign, args.wait_quiet)
+                out = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                r.update(round=rnd, attempt=attempt, clean=r["foreign"] <= args.max_foreign)
+                runs[i].append(r)
+                print(f"  round {rnd} try {attempt} {cfg['bn']} {cfg['batch']}x{cfg['size']} "
+                      f"{cfg['layout']}: {r['median_ms']:.1f} ms (foreign CPU {r['foreign']:.0%})",
+                      file=sys.stderr, flush=True)
+                if r["clean"]:
+                    break
+                if not args.wait_quiet:
+                    time.sleep(20)
+    best = [min(rs, key=lambda r: (not r["clean"], r["median_ms"])) for rs in runs]
     print(f"{'bn':7s} {'batch x shape':15s} {'layout':14s} {'median':>8s} {'p10':>8s} {'p90':>8s} "
-          f"{'fwd(no grad)':>12s} {'peak RSS':>9s} {'load':>10s}")
+          f"{'fwd(no grad)':>12s} {'peak RSS':>9s} {'foreign':>8s}")
     for r in best:
         shape = f"{r['batch']}x3x{r['size']}x{r['size']}"
         print(f"{r['bn']:7s} {shape:15s} {r['layout']:14s} {r['median_ms']:6.1f}ms "
               f"{r['p10_ms']:6.1f}ms {r['p90_ms']:6.1f}ms {r['forward_nograd_median_ms']:10.1f}ms "
-              f"{r['peak_rss_mb']:7.0f}MB {r['load_before']:4.2f}-{r['load_after']:4.2f}")
+              f"{r['peak_rss_mb']:7.0f}MB {r['foreign']:7.0%}{'' if r['clean'] else ' (disturbed)'}")
     if args.json:
         args.json.write_text(json.dumps({"best": best, "all_runs": runs, "machine": machine(),
                                          "args": {k: (str(v) if isinstance(v, Path) else v)

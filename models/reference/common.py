@@ -4,7 +4,9 @@ in eager PyTorch, the trainable-parameter selection (DESIGN.md §3) and the Fash
 from __future__ import annotations
 
 import gzip
+import os
 import platform
+import resource
 import sys
 from pathlib import Path
 
@@ -117,6 +119,25 @@ def fashion_mnist(split: str, size: int = 32) -> tuple[torch.Tensor, torch.Tenso
     return ((x - mean) / std).contiguous(), torch.from_numpy(y.astype(np.int64))
 
 
+def busy_seconds() -> float:
+    """System-wide non-idle CPU seconds (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def foreign_share(wall: float, busy0: float, own0: float) -> float:
+    """CPU share (of wall x cores) that other processes used since (busy0, own0)."""
+    other = (busy_seconds() - busy0) - (own_cpu_seconds() - own0)
+    return max(0.0, other) / (wall * (os.cpu_count() or 1))
+
+
 def machine() -> dict:
     import torchvision
     cpu = "unknown"
@@ -127,7 +148,6 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import os
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": np.__version__, "platform": platform.platform()}

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fashion_mnist, machine, mobilenetv2_folded, select_trainable  # noqa: E402
+from common import (busy_seconds, fashion_mnist, foreign_share, machine,  # noqa: E402
+                    mobilenetv2_folded, own_cpu_seconds, select_trainable)
 
 
 def check_against_onnx(model, x):
@@ -108,6 +109,7 @@ def main():
         perm = torch.from_numpy(rng.permutation(len(xtr)))
         stop = len(xtr) - (len(xtr) % args.batch if args.drop_last else 0)
         loss_sum, correct, seen, step_ms = 0.0, 0, 0, []
+        w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
         for i in range(0, stop, args.batch):
             idx = perm[i:min(i + args.batch, stop)]
             x, y = xtr[idx], ytr[idx]
@@ -121,16 +123,18 @@ def main():
             loss_sum += float(loss) * len(idx)
             correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(idx)
+        foreign = foreign_share(time.perf_counter() - w0, b0, c0)
         test_loss, test_acc = evaluate(model, xte, yte)
         full = step_ms if len(xtr[:stop]) % args.batch == 0 else step_ms[:-1]
         rec = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_loss": test_loss, "test_acc": test_acc, "steps": len(step_ms),
-               "step_ms_median": statistics.median(full)}
+               "step_ms_median": statistics.median(full),
+               "foreign_cpu_share": foreign}
         epochs.append(rec)
         all_steps += full
         print(f"epoch {epoch}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} | "
               f"test loss {test_loss:.4f} acc {test_acc:.4f} | step {rec['step_ms_median']:.1f} ms "
-              f"(median of {len(full)} full batches)")
+              f"(median of {len(full)} full batches; other processes used {foreign:.0%} of the CPU)")
     summary = {
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "model": "models/mobilenetv2.onnx function (torchvision MobileNetV2, BN folded, ONNX weights)",
