@@ -16,7 +16,6 @@ use actc::passes::select::Layers;
 use actc_runtime::data::npz;
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::BufferKind;
-use actc_runtime::prefix::Prefix;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -67,20 +66,9 @@ fn check_case(case: &str, entry: &serde_json::Value) -> f32 {
         .iter()
         .map(|&v| v as u32)
         .collect();
-    let mut boundary: Vec<Vec<f32>> = Vec::new();
-    if plan.prefix_onnx.is_empty() {
-        boundary.push(input);
-    } else {
-        Prefix::new(&plan.prefix_onnx, &shape)
-            .unwrap()
-            .run(&input, |_, v| boundary.push(v.to_vec()))
-            .unwrap();
-    }
+    let boundary = common::boundary(&plan, &input);
     let mut exec = Executor::new(plan.clone(), 1).unwrap();
-    for (i, b) in boundary.iter().enumerate() {
-        exec.boundary_mut(i).copy_from_slice(b);
-    }
-    exec.labels_mut().unwrap().copy_from_slice(&labels);
+    common::feed(&mut exec, &boundary, |i| labels[i]);
 
     // weight gradient buffers are named "<initializer>.grad"
     let mut grads: BTreeMap<String, Vec<f32>> = BTreeMap::new();

@@ -90,12 +90,7 @@ fn loss_with(plan: &actc_runtime::plan::Plan, boundary: &[Vec<f32>]) -> f32 {
     let mut p = plan.clone();
     p.hyper.as_mut().unwrap().lr = 0.0;
     let mut exec = Executor::new(p, 1).unwrap();
-    for (i, b) in boundary.iter().enumerate() {
-        exec.boundary_mut(i).copy_from_slice(b);
-    }
-    for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
-        *l = (i % 10) as u32;
-    }
+    common::feed(&mut exec, boundary, |i| (i % 10) as u32);
     exec.train_step()
 }
 
@@ -110,31 +105,11 @@ fn check_plan_gradients(name: &str, layers: Layers) {
     let plan = actc::compile::compile_file(&common::model(name), &opts)
         .unwrap()
         .plan;
-    let shape: Vec<usize> = plan
-        .source
-        .as_ref()
-        .unwrap()
-        .input_shape
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+    let shape = common::input_shape(&plan);
     let input = batch(shape.iter().product(), 11);
-    let mut boundary: Vec<Vec<f32>> = Vec::new();
-    if plan.prefix_onnx.is_empty() {
-        boundary.push(input);
-    } else {
-        Prefix::new(&plan.prefix_onnx, &shape)
-            .unwrap()
-            .run(&input, |_, v| boundary.push(v.to_vec()))
-            .unwrap();
-    }
+    let boundary = common::boundary(&plan, &input);
     let mut exec = Executor::new(plan.clone(), 1).unwrap();
-    for (i, b) in boundary.iter().enumerate() {
-        exec.boundary_mut(i).copy_from_slice(b);
-    }
-    for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
-        *l = (i % 10) as u32;
-    }
+    common::feed(&mut exec, &boundary, |i| (i % 10) as u32);
     exec.train_step();
     let after = exec.snapshot();
     let f32s = |d: &[u8]| {
@@ -205,24 +180,9 @@ fn plan_gradients_match_finite_differences() {
 fn check_export(name: &str, layers: Layers) {
     use actc_runtime::train::Session;
     let plan = compile(name, layers);
-    let shape: Vec<usize> = plan
-        .source
-        .as_ref()
-        .unwrap()
-        .input_shape
-        .iter()
-        .map(|&d| d as usize)
-        .collect();
+    let shape = common::input_shape(&plan);
     let input = batch(shape.iter().product(), 5);
-    let mut boundary: Vec<Vec<f32>> = Vec::new();
-    if plan.prefix_onnx.is_empty() {
-        boundary.push(input.clone());
-    } else {
-        Prefix::new(&plan.prefix_onnx, &shape)
-            .unwrap()
-            .run(&input, |_, v| boundary.push(v.to_vec()))
-            .unwrap();
-    }
+    let boundary = common::boundary(&plan, &input);
     let mut session = Session::new(plan.clone(), 3).unwrap();
     let exec = session.executor();
     for _ in 0..3 {

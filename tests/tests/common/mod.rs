@@ -45,3 +45,42 @@ pub fn scratch(test: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
+
+/// The plan's compiled input shape.
+pub fn input_shape(plan: &actc_runtime::plan::Plan) -> Vec<usize> {
+    plan.source
+        .as_ref()
+        .unwrap()
+        .input_shape
+        .iter()
+        .map(|&d| d as usize)
+        .collect()
+}
+
+/// The boundary tensors for one model input: the prefix run on tract, or the input itself.
+pub fn boundary(plan: &actc_runtime::plan::Plan, input: &[f32]) -> Vec<Vec<f32>> {
+    let mut out: Vec<Vec<f32>> = Vec::new();
+    if plan.prefix_onnx.is_empty() {
+        out.push(input.to_vec());
+    } else {
+        actc_runtime::prefix::Prefix::new(&plan.prefix_onnx, &input_shape(plan))
+            .unwrap()
+            .run(input, |_, v| out.push(v.to_vec()))
+            .unwrap();
+    }
+    out
+}
+
+/// Writes a batch into the executor (before every step: the planner reuses feed memory).
+pub fn feed(
+    exec: &mut actc_runtime::exec::Executor,
+    boundary: &[Vec<f32>],
+    labels: impl Fn(usize) -> u32,
+) {
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
+        *l = labels(i);
+    }
+}
