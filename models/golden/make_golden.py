@@ -2,7 +2,7 @@
 """Golden gradients for actc: one SGD step of the last N layers of each bundled model, in
 float32, computed by PyTorch autograd through an ONNX -> PyTorch evaluator (onnx_torch.py).
 
-Run from the repository root (about a minute on 1 thread):
+Run from the repository root (about 10 s on 1 thread):
 
     .venv/bin/python models/golden/make_golden.py            # verify evaluator, write *.npz
     .venv/bin/python models/golden/make_golden.py --only tiny_cnn tiny_mlp
@@ -18,7 +18,8 @@ Steps:
 3. the same gradients are recomputed in float64 and in float32 with the batch reversed (a
    different summation order) to measure how far two correct float32 implementations can be
    apart; the observed differences go to index.json (and README.md);
-4. each case is written as an uncompressed, byte-reproducible .npz (fixed zip timestamps).
+4. each case is written as a DEFLATE-compressed, byte-reproducible .npz (fixed zip
+   timestamps).
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ def needed_nodes(ev, output):
 
 
 def trainable_names(ev, layers, output="logits"):
-    """Initializer names trained by `--layers layers`, in node (file) order, weight before bias."""
+    """Initializer names trained by `--layers layers`, in node (file) order, weight before bias.
+    (Weights must be initializers: no golden case has weights in Constant nodes.)"""
     nodes = ev.graph.node
     consts = {name for name, t in ev.inits.items() if t.is_floating_point()}
     order = needed_nodes(ev, output)
@@ -239,7 +241,7 @@ def trainable_names(ev, layers, output="logits"):
     first = layer_ix[count - n]
     names = []
     for i in order:
-        if i >= first and (i in layer_ix[count - n:] or nodes[i].op_type != "Conv"):
+        if i >= first:  # the last n layers and every parameterized node after the first
             for p in params(i):
                 if p not in names:
                     names.append(p)
