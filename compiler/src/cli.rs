@@ -26,8 +26,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Threads for the frozen prefix's matrix products [default: all cores]. actc's own
-    /// kernels are single-threaded today.
+    /// Threads for training and evaluation: actc's kernels and the frozen prefix's matrix
+    /// products [default: all cores].
     #[arg(long, global = true)]
     threads: Option<usize>,
 }
@@ -364,7 +364,10 @@ fn run(cli: Cli) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match cli.threads {
             Some(0) => return Err(err!("--threads must be at least 1")),
-            n => actc_runtime::prefix::set_threads(n.unwrap_or(cores)),
+            n => {
+                actc_runtime::threads::set_threads(n.unwrap_or(cores));
+                actc_runtime::prefix::set_threads(n.unwrap_or(cores));
+            }
         }
     }
     match cli.command {

@@ -5,4 +5,5 @@ pub mod ops;
 pub mod optim;
 pub mod plan;
 pub mod prefix;
+pub mod threads;
 pub mod train;

@@ -7,14 +7,15 @@
 //! unpadded convs (the input already is the im2col matrix); otherwise im2col + gemm, one
 //! image and one group at a time so the scratch stays a single column matrix.
 //!
-//! Threading, when it comes: every loop over the batch here is independent per image
-//! (each thread its own `ws`); the weight and bias gradients would then need one partial
-//! sum per thread, added at the end.
+//! Threads: the gemm splits each large product across the pool; the depthwise loops split
+//! their output planes (or, for the weight gradient, channels) themselves. im2col and
+//! col2im stay serial: they move memory that one core already streams at full speed.
 
 use std::ops::Range;
 
 use super::gemm::sgemm;
 use super::window::{out_len, valid_range};
+use crate::threads;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeom {
@@ -553,69 +554,89 @@ fn taps(g: &Conv2dGeom) -> impl Iterator<Item = Tap> + '_ {
     })
 }
 
+/// Parts a depthwise loop over `g`'s outputs is worth: its work is a multiply-add per
+/// output element and tap.
+fn depthwise_parts(g: &Conv2dGeom) -> usize {
+    threads::parts_for(g.output_len() * g.kh * g.kw)
+}
+
+/// In parallel over output planes: each part writes its own run of `y`.
 fn depthwise_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    for (i, yp) in y.chunks_exact_mut(p).enumerate() {
-        let (b, oc) = (i / g.c_out, i % g.c_out);
-        let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
-        let wk = &w[oc * kk..][..kk];
-        yp.fill(bias.map_or(0.0, |bias| bias[oc]));
-        for tap in taps(g) {
-            for (oy, iy) in tap.rows() {
-                let dst = &mut yp[oy * ow..][tap.xs.clone()];
-                gather_axpy(dst, &xp[iy * g.w..][..g.w], tap.ix0, g.stride[1], wk[tap.k]);
+    let planes = g.n * g.c_out;
+    threads::for_runs(y, planes, p, 1, depthwise_parts(g), |run, ys| {
+        for (i, yp) in run.zip(ys.chunks_exact_mut(p)) {
+            let (b, oc) = (i / g.c_out, i % g.c_out);
+            let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+            let wk = &w[oc * kk..][..kk];
+            yp.fill(bias.map_or(0.0, |bias| bias[oc]));
+            for tap in taps(g) {
+                for (oy, iy) in tap.rows() {
+                    let dst = &mut yp[oy * ow..][tap.xs.clone()];
+                    gather_axpy(dst, &xp[iy * g.w..][..g.w], tap.ix0, g.stride[1], wk[tap.k]);
+                }
             }
         }
-    }
+    });
 }
 
+/// In parallel over input planes, each gathering the `mult` output planes it feeds.
 fn depthwise_backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    dx.fill(0.0);
-    for (i, dyp) in dy.chunks_exact(p).enumerate() {
-        let (b, oc) = (i / g.c_out, i % g.c_out);
-        let dxp = &mut dx[(b * g.c_in + oc / mult) * hw..][..hw];
-        let wk = &w[oc * kk..][..kk];
-        for tap in taps(g) {
-            for (oy, iy) in tap.rows() {
-                let src = &dyp[oy * ow..][tap.xs.clone()];
-                scatter_axpy(
-                    &mut dxp[iy * g.w..][..g.w],
-                    tap.ix0,
-                    g.stride[1],
-                    wk[tap.k],
-                    src,
-                );
+    let planes = g.n * g.c_in;
+    threads::for_runs(dx, planes, hw, 1, depthwise_parts(g), |run, dxs| {
+        for (i, dxp) in run.zip(dxs.chunks_exact_mut(hw)) {
+            let (b, ic) = (i / g.c_in, i % g.c_in);
+            dxp.fill(0.0);
+            for oc in ic * mult..(ic + 1) * mult {
+                let dyp = &dy[(b * g.c_out + oc) * p..][..p];
+                let wk = &w[oc * kk..][..kk];
+                for tap in taps(g) {
+                    for (oy, iy) in tap.rows() {
+                        let src = &dyp[oy * ow..][tap.xs.clone()];
+                        scatter_axpy(
+                            &mut dxp[iy * g.w..][..g.w],
+                            tap.ix0,
+                            g.stride[1],
+                            wk[tap.k],
+                            src,
+                        );
+                    }
+                }
             }
         }
-    }
+    });
 }
 
+/// In parallel over output channels, each summing its own batch: no partial sums to add.
 fn depthwise_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    dw.fill(0.0);
-    for (i, dyp) in dy.chunks_exact(p).enumerate() {
-        let (b, oc) = (i / g.c_out, i % g.c_out);
-        let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
-        let dwk = &mut dw[oc * kk..][..kk];
-        for tap in taps(g) {
-            let s: f32 = tap
-                .rows()
-                .map(|(oy, iy)| {
-                    gather_dot(
-                        &dyp[oy * ow..][tap.xs.clone()],
-                        &xp[iy * g.w..][..g.w],
-                        tap.ix0,
-                        g.stride[1],
-                    )
-                })
-                .sum();
-            dwk[tap.k] += s;
+    threads::for_runs(dw, g.c_out, kk, 1, depthwise_parts(g), |run, dws| {
+        dws.fill(0.0);
+        for (oc, dwk) in run.zip(dws.chunks_exact_mut(kk)) {
+            for b in 0..g.n {
+                let dyp = &dy[(b * g.c_out + oc) * p..][..p];
+                let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+                for tap in taps(g) {
+                    let s: f32 = tap
+                        .rows()
+                        .map(|(oy, iy)| {
+                            gather_dot(
+                                &dyp[oy * ow..][tap.xs.clone()],
+                                &xp[iy * g.w..][..g.w],
+                                tap.ix0,
+                                g.stride[1],
+                            )
+                        })
+                        .sum();
+                    dwk[tap.k] += s;
+                }
+            }
         }
-    }
+    });
 }
 
 #[cfg(test)]
