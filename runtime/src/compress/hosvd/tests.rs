@@ -210,7 +210,19 @@ fn warm_calls_do_not_allocate() {
     let mut ws = vec![0.0; ws_len];
     let mut packed = vec![0.0; packed_len(dims, &caps)];
     let mut out = vec![0.0; x.values.len()];
+    // And a tensor whose channel mode is decomposed through the smaller Gram matrix.
+    let x5 = golden("hosvd", "t5__x");
+    let mut packed5 = vec![0.0; packed_len(&x5.shape, &x5.shape)];
+    let mut ws5 = vec![0.0; workspace_len(&x5.shape, &x5.shape)];
     let mut step = |eps: f32| {
+        compress(
+            &x5.values,
+            &x5.shape,
+            eps,
+            &x5.shape,
+            &mut packed5,
+            &mut ws5,
+        );
         compress(&x.values, dims, eps, &caps, &mut packed, &mut ws);
         for ((g, dy), dw) in geoms.iter().zip(&dys).zip(&mut dws) {
             conv_weight_grad(&packed, dims, &caps, g, dy, dw, &mut ws);
