@@ -547,7 +547,7 @@ fn axpy_body(s: f32, x: &[f32], y: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::testutil::{Lcg, assert_close};
     use std::cell::Cell;
@@ -799,9 +799,10 @@ mod tests {
         );
     }
 
-    mod counting {
+    pub(crate) mod counting {
         //! Counts this thread's allocations, so tests running in parallel do not disturb
-        //! each other's tallies.
+        //! each other's tallies. It is the test binary's global allocator: other modules'
+        //! tests count with it too.
 
         use std::alloc::{GlobalAlloc, Layout, System};
         use std::cell::Cell;

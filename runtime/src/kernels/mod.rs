@@ -24,4 +24,4 @@ pub mod shape;
 pub mod window;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

@@ -1,0 +1,317 @@
+use super::*;
+use crate::compress::testutil::{assert_rel, golden};
+use crate::kernels::gemm::tests::counting;
+
+const EPS: [(&str, f32); 4] = [("e050", 0.5), ("e080", 0.8), ("e090", 0.9), ("e100", 1.0)];
+/// Golden tensors and their conv cases (see make_compress_golden.py).
+const TENSORS: [(&str, &[&str]); 5] = [
+    ("t4", &["c3x3", "s2", "pw", "g2", "dw"]),
+    ("t3", &["c3x3", "s2d2", "pw", "g2", "dwm2"]),
+    ("t5", &["pw", "dw"]),
+    ("t3d", &[]),
+    ("m2", &[]),
+];
+
+fn geom(t: &str, c: &str, dims: &[usize]) -> Conv2dGeom {
+    let v: Vec<usize> = golden("hosvd", &format!("{t}__{c}__geom"))
+        .values
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    Conv2dGeom {
+        n: dims[0],
+        c_in: dims[1],
+        h: dims[2],
+        w: dims[3],
+        c_out: v[0],
+        kh: v[1],
+        kw: v[2],
+        stride: [v[3], v[4]],
+        pad: [v[5], v[6], v[5], v[6]],
+        dilation: [v[7], v[8]],
+        groups: v[9],
+    }
+}
+
+/// A compressed tensor with its buffers, caps = dims (nothing truncated).
+struct Compressed {
+    dims: Vec<usize>,
+    caps: Vec<usize>,
+    packed: Vec<f32>,
+    ranks: Ranks,
+}
+
+fn compressed(x: &[f32], dims: &[usize], caps: &[usize], eps: f32) -> Compressed {
+    let mut packed = vec![0.0; packed_len(dims, caps)];
+    let mut ws = vec![0.0; workspace_len(dims, caps)];
+    let ranks = compress(x, dims, eps, caps, &mut packed, &mut ws);
+    Compressed {
+        dims: dims.to_vec(),
+        caps: caps.to_vec(),
+        packed,
+        ranks,
+    }
+}
+
+impl Compressed {
+    fn conv_dw(&self, g: &Conv2dGeom, dy: &[f32]) -> Vec<f32> {
+        let mut dw = vec![0.0; g.weight_len()];
+        let mut ws = vec![0.0; conv_weight_grad_workspace_len(&self.dims, &self.caps, g)];
+        conv_weight_grad(
+            &self.packed,
+            &self.dims,
+            &self.caps,
+            g,
+            dy,
+            &mut dw,
+            &mut ws,
+        );
+        dw
+    }
+}
+
+#[test]
+fn ranks_and_reconstruction_match_numpy_hosvd() {
+    for (t, _) in TENSORS {
+        let x = golden("hosvd", &format!("{t}__x"));
+        let dims = &x.shape;
+        for (e, eps) in EPS {
+            let c = compressed(&x.values, dims, dims, eps);
+            let want: Vec<usize> = golden("hosvd", &format!("{t}__{e}__ranks"))
+                .values
+                .iter()
+                .map(|&v| v as usize)
+                .collect();
+            let nm = dims.len();
+            assert_eq!(c.ranks.used[..nm], want, "{t} {e}: ranks");
+            assert_eq!(c.ranks.wanted[..nm], want, "{t} {e}: wanted ranks");
+            assert_eq!(ranks(&c.packed, dims)[..nm], want, "{t} {e}: header");
+            let mut out = vec![0.0; x.values.len()];
+            let mut ws = vec![0.0; reconstruct_workspace_len(dims, dims)];
+            reconstruct(&c.packed, dims, dims, &mut out, &mut ws);
+            let recon = golden("hosvd", &format!("{t}__{e}__recon"));
+            assert_rel(&format!("{t} {e} recon"), &out, &recon.values, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn conv_weight_grads_match_torch_on_the_reconstruction() {
+    for (t, convs) in TENSORS {
+        let x = golden("hosvd", &format!("{t}__x"));
+        let dims = &x.shape;
+        for (e, eps) in EPS {
+            let c = compressed(&x.values, dims, dims, eps);
+            for conv in convs.iter() {
+                let g = geom(t, conv, dims);
+                let dy = golden("hosvd", &format!("{t}__{conv}__dy")).values;
+                let want = golden("hosvd", &format!("{t}__{conv}__{e}__dw")).values;
+                assert_rel(
+                    &format!("{t} {conv} {e} dw"),
+                    &c.conv_dw(&g, &dy),
+                    &want,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_weight_grad_matches_numpy() {
+    let x = golden("hosvd", "m2__x");
+    let dims = &x.shape;
+    let (k, n) = (dims[1], 7);
+    let dy = golden("hosvd", "m2__lin__dy").values;
+    for (e, eps) in EPS {
+        let c = compressed(&x.values, dims, dims, eps);
+        let want = golden("hosvd", &format!("m2__{e}__dw_lin")).values; // K × N
+        let mut ws = vec![0.0; linear_weight_grad_workspace_len(dims, dims, n)];
+        let mut dw = vec![0.0; k * n];
+        linear_weight_grad(&c.packed, dims, dims, &dy, false, &mut dw, &mut ws);
+        assert_rel(&format!("m2 {e} dw K×N"), &dw, &want, 1e-4);
+        linear_weight_grad(&c.packed, dims, dims, &dy, true, &mut dw, &mut ws);
+        let want_t: Vec<f32> = (0..n * k).map(|i| want[(i % k) * n + i / k]).collect();
+        assert_rel(&format!("m2 {e} dw N×K"), &dw, &want_t, 1e-4);
+    }
+}
+
+#[test]
+fn eps_one_gives_the_exact_weight_gradient() {
+    for (t, convs) in &TENSORS[..3] {
+        let x = golden("hosvd", &format!("{t}__x"));
+        let dims = &x.shape;
+        let c = compressed(&x.values, dims, dims, 1.0);
+        for conv in convs.iter() {
+            let g = geom(t, conv, dims);
+            let dy = golden("hosvd", &format!("{t}__{conv}__dy")).values;
+            let mut want = vec![0.0; g.weight_len()];
+            let mut ws = vec![0.0; conv::workspace_len(&g)];
+            conv::backward_weight(&g, &x.values, &dy, &mut want, &mut ws);
+            assert_rel(
+                &format!("{t} {conv} exact"),
+                &c.conv_dw(&g, &dy),
+                &want,
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn caps_below_the_eps_rank_truncate() {
+    let x = golden("hosvd", "t4__x");
+    let dims = &x.shape;
+    let caps = [1, 2, 5, 2];
+    let c = compressed(&x.values, dims, &caps, 0.9);
+    // ε = 0.9 wants [3, 4, 3, 3] (the golden ranks).
+    assert_eq!(c.ranks.wanted, [3, 4, 3, 3]);
+    assert_eq!(c.ranks.used, [1, 2, 3, 2]);
+    assert_eq!(ranks(&c.packed, dims), [1, 2, 3, 2]);
+    assert_eq!(
+        paper_bytes(dims, &c.ranks.used),
+        (12 + 4 + 12 + 15 + 10) * 4
+    );
+    // Still a projection of the input: the truncated reconstruction is the best this
+    // subspace holds, so further from the input than the ε = 0.9 one but not garbage.
+    let mut out = vec![0.0; x.values.len()];
+    let mut ws = vec![0.0; reconstruct_workspace_len(dims, &caps)];
+    reconstruct(&c.packed, dims, &caps, &mut out, &mut ws);
+    let norm = |v: &[f32]| v.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let diff: Vec<f32> = out.iter().zip(&x.values).map(|(o, x)| o - x).collect();
+    assert!(
+        norm(&diff) < norm(&x.values),
+        "a projection never grows the error"
+    );
+    assert!(norm(&out) <= norm(&x.values) * (1.0 + 1e-5));
+}
+
+#[test]
+fn warm_calls_do_not_allocate() {
+    let x = golden("hosvd", "t3__x");
+    let dims = &x.shape;
+    let caps = [3, 6, 6, 6];
+    let geoms: Vec<Conv2dGeom> = TENSORS[1].1.iter().map(|c| geom("t3", c, dims)).collect();
+    let dys: Vec<Vec<f32>> = TENSORS[1]
+        .1
+        .iter()
+        .map(|c| golden("hosvd", &format!("t3__{c}__dy")).values)
+        .collect();
+    let mut dws: Vec<Vec<f32>> = geoms.iter().map(|g| vec![0.0; g.weight_len()]).collect();
+    let ws_len = geoms
+        .iter()
+        .map(|g| conv_weight_grad_workspace_len(dims, &caps, g))
+        .chain([
+            workspace_len(dims, &caps),
+            reconstruct_workspace_len(dims, &caps),
+        ])
+        .max()
+        .unwrap();
+    let mut ws = vec![0.0; ws_len];
+    let mut packed = vec![0.0; packed_len(dims, &caps)];
+    let mut out = vec![0.0; x.values.len()];
+    // And a tensor whose channel mode is decomposed through the smaller Gram matrix.
+    let x5 = golden("hosvd", "t5__x");
+    let mut packed5 = vec![0.0; packed_len(&x5.shape, &x5.shape)];
+    let mut ws5 = vec![0.0; workspace_len(&x5.shape, &x5.shape)];
+    let mut step = |eps: f32| {
+        compress(
+            &x5.values,
+            &x5.shape,
+            eps,
+            &x5.shape,
+            &mut packed5,
+            &mut ws5,
+        );
+        compress(&x.values, dims, eps, &caps, &mut packed, &mut ws);
+        for ((g, dy), dw) in geoms.iter().zip(&dys).zip(&mut dws) {
+            conv_weight_grad(&packed, dims, &caps, g, dy, dw, &mut ws);
+        }
+        reconstruct(&packed, dims, &caps, &mut out, &mut ws);
+    };
+    step(1.0);
+    let before = counting::allocations();
+    for eps in [0.5, 0.8, 1.0] {
+        step(eps);
+    }
+    assert_eq!(counting::allocations() - before, 0);
+}
+
+/// compress + conv_weight_grad against the uncompressed weight gradient, MobileNetV2's last
+/// convs. Run with `cargo test -p actc-runtime --release --lib compress::hosvd::tests::bench
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore = "a benchmark: run in release with --ignored --nocapture"]
+fn bench() {
+    use crate::kernels::testutil::Lcg;
+    use std::time::Instant;
+    // (input dims, c_out, kernel, groups): 224² input (7×7) and 32² input (1×1)
+    let cases: [([usize; 4], usize, usize, usize); 8] = [
+        ([8, 960, 7, 7], 320, 1, 1),
+        ([8, 960, 7, 7], 960, 3, 960),
+        ([8, 160, 7, 7], 960, 1, 1),
+        ([8, 320, 7, 7], 1280, 1, 1),
+        ([64, 960, 1, 1], 320, 1, 1),
+        ([64, 960, 1, 1], 960, 3, 960),
+        ([64, 160, 1, 1], 960, 1, 1),
+        ([64, 320, 1, 1], 1280, 1, 1),
+    ];
+    let mut rng = Lcg::new(3);
+    for (dims, c_out, k, groups) in cases {
+        let g = Conv2dGeom {
+            n: dims[0],
+            c_in: dims[1],
+            h: dims[2],
+            w: dims[3],
+            c_out,
+            kh: k,
+            kw: k,
+            stride: [1, 1],
+            pad: [k / 2; 4],
+            dilation: [1, 1],
+            groups,
+        };
+        // Structured like a post-ReLU activation: a rank-8 CP tensor plus noise, clipped at 0.
+        let numel: usize = dims.iter().product();
+        let (bs, cs, ps) = (dims[0], dims[1], dims[2] * dims[3]);
+        let (fb, fc, fp) = (rng.vec(bs * 8), rng.vec(cs * 8), rng.vec(ps * 8));
+        let mut x = vec![0.0f32; numel];
+        for (i, v) in x.iter_mut().enumerate() {
+            let (b, c, p) = (i / (cs * ps), i / ps % cs, i % ps);
+            let s: f32 = (0..8)
+                .map(|l| fb[b * 8 + l] * fc[c * 8 + l] * fp[p * 8 + l])
+                .sum();
+            *v = (s + 0.1 * rng.uniform()).max(0.0);
+        }
+        let dy = rng.vec(g.output_len());
+        let caps: Vec<usize> = dims.to_vec();
+        let mut packed = vec![0.0; packed_len(&dims, &caps)];
+        let mut ws = vec![
+            0.0;
+            workspace_len(&dims, &caps)
+                .max(conv_weight_grad_workspace_len(&dims, &caps, &g))
+                .max(conv::workspace_len(&g))
+        ];
+        let mut dw = vec![0.0; g.weight_len()];
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            let t = Instant::now();
+            let reps = 5;
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e3 / reps as f64
+        };
+        let mut ranks = None;
+        let tc = time(&mut || ranks = Some(compress(&x, &dims, 0.8, &caps, &mut packed, &mut ws)));
+        let tg = time(&mut || conv_weight_grad(&packed, &dims, &caps, &g, &dy, &mut dw, &mut ws));
+        let tv = time(&mut || conv::backward_weight(&g, &x, &dy, &mut dw, &mut ws));
+        let r = ranks.unwrap().used;
+        println!(
+            "{dims:?} -> {c_out} k{k} g{groups}: ranks {:?}, compress {tc:.2} ms + grad {tg:.2} ms vs vanilla grad {tv:.2} ms; {} vs {} bytes",
+            &r,
+            paper_bytes(&dims, &r),
+            numel * 4
+        );
+    }
+}

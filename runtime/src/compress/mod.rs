@@ -1,0 +1,58 @@
+//! Compressors of the activations that backprop keeps (DESIGN §4), and the weight gradients
+//! computed from their compressed form.
+//!
+//! - [`hosvd`]: the paper's method (Nguyen et al., NeurIPS 2024), a Tucker factorisation by
+//!   truncated HOSVD with the ε rule; conv and linear weight gradients contract the factors
+//!   without rebuilding the activation.
+//! - [`svd`]: the paper's SVD baseline (first dimension against the rest).
+//! - [`gradfilter`]: the gradient-filter baseline (Yang et al., CVPR 2023).
+//!
+//! Same conventions as the kernels: row-major `f32` slices, outputs overwritten, scratch from
+//! the caller's `ws` (sized by the `*_workspace_len` functions) so that a training step does
+//! not allocate. The one exception is faer's eigensolver scratch, a thread-local buffer that
+//! grows on its first use with a given order (like the packing buffers of `sgemm`).
+
+pub mod gradfilter;
+pub mod hosvd;
+mod modal;
+pub mod svd;
+
+#[cfg(test)]
+mod testutil;
+
+/// The ε rule of the paper, shared by HOSVD and SVD: the smallest k ≥ 1 whose leading
+/// eigenvalues (σ², sorted descending, negatives from round-off clamped to 0) reach eps·Σ.
+///
+/// With eps = 1 that is the number of non-zero eigenvalues: the running sum is accumulated in
+/// the same order as the total, so it equals the total exactly at the last non-zero one.
+pub fn eps_rank(eigenvalues_desc: &[f32], eps: f32) -> usize {
+    let clamped = || eigenvalues_desc.iter().map(|&v| f64::from(v.max(0.0)));
+    let total: f64 = clamped().sum();
+    let target = f64::from(eps) * total;
+    let mut sum = 0.0;
+    for (i, v) in clamped().enumerate() {
+        sum += v;
+        if sum >= target {
+            return i + 1;
+        }
+    }
+    eigenvalues_desc.len().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eps_rank_is_the_smallest_prefix_reaching_the_share() {
+        // Shares 0.4, 0.7, 0.9, 1, 1 (eps values exact in binary, so no rounding decides).
+        let ev = [4.0, 3.0, 2.0, 1.0, 0.0];
+        assert_eq!(eps_rank(&ev, 0.375), 1);
+        assert_eq!(eps_rank(&ev, 0.5), 2);
+        assert_eq!(eps_rank(&ev, 0.75), 3);
+        assert_eq!(eps_rank(&ev, 0.9375), 4);
+        assert_eq!(eps_rank(&ev, 1.0), 4);
+        assert_eq!(eps_rank(&[2.0, 1.0, -1e-7], 1.0), 2);
+        assert_eq!(eps_rank(&[0.0, 0.0], 0.8), 1);
+    }
+}

@@ -1,0 +1,307 @@
+//! Mode-n machinery shared by HOSVD and SVD: a row-major tensor seen as (P, D, Q), where D is
+//! mode n's extent and P, Q are the products of the extents before and after it. The mode-n
+//! unfolding A₍ₙ₎ (D × P·Q) is then never materialised: every product loops over whichever
+//! of P or Q is smaller and hands `sgemm` strided views, so no permuted copy of the
+//! activation is needed.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use faer::dyn_stack::MemStack;
+use faer::linalg::evd::{
+    ComputeEigenvectors, SelfAdjointEvdParams, self_adjoint_evd, self_adjoint_evd_scratch,
+};
+use faer::{ColMut, MatMut, MatRef, Par, Spec};
+
+use super::eps_rank;
+use crate::kernels::gemm::{Strides, sgemm};
+
+/// A tensor seen as (P, D, Q), the middle one being the mode of interest.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fold {
+    pub p: usize,
+    pub d: usize,
+    pub q: usize,
+}
+
+impl Fold {
+    pub fn of(shape: &[usize], n: usize) -> Self {
+        Fold {
+            p: shape[..n].iter().product(),
+            d: shape[n],
+            q: shape[n + 1..].iter().product(),
+        }
+    }
+
+    /// Columns of the unfolding.
+    pub fn rest(&self) -> usize {
+        self.p * self.q
+    }
+
+    /// Order of the Gram matrix actually decomposed: the smaller side of the unfolding.
+    pub fn gram_order(&self) -> usize {
+        self.d.min(self.rest())
+    }
+}
+
+/// `out` (P, R, Q) = `m` (R × D, by its strides) applied along the middle mode of `t`
+/// (P, D, Q): out[p, :, q] = m · t[p, :, q].
+pub(crate) fn mode_product(t: &[f32], f: Fold, r: usize, m: &[f32], ms: Strides, out: &mut [f32]) {
+    let Fold { p, d, q } = f;
+    if p <= q {
+        for i in 0..p {
+            let (ti, oi) = (&t[i * d * q..], &mut out[i * r * q..]);
+            sgemm(r, q, d, 1.0, m, ms, ti, (q, 1), 0.0, oi, (q, 1));
+        }
+    } else {
+        // out[:, :, j] (P × R) = t[:, :, j] (P × D) · mᵀ
+        for j in 0..q {
+            sgemm(
+                p,
+                r,
+                d,
+                1.0,
+                &t[j..],
+                (d * q, q),
+                m,
+                (ms.1, ms.0),
+                0.0,
+                &mut out[j..],
+                (r * q, q),
+            );
+        }
+    }
+}
+
+/// Scratch of [`leading_vectors`] for a mode of this fold: the Gram matrix, its
+/// eigenvectors and eigenvalues.
+pub(crate) fn leading_vectors_workspace_len(f: Fold) -> usize {
+    let n = f.gram_order();
+    2 * n * n + n
+}
+
+/// Uₙ: the leading left singular vectors of the mode's unfolding A₍ₙ₎, as many as the ε rule
+/// wants but at most `cap`, written as a D × used row-major matrix at the start of `u`.
+/// Returns (used, wanted). `sig2`, when given, receives the used σ² (descending).
+///
+/// Through a Gram matrix and its symmetric eigendecomposition (eigenvalues are σ², so the ε
+/// rule is the SVD's): A₍ₙ₎A₍ₙ₎ᵀ when D ≤ P·Q, otherwise the smaller A₍ₙ₎ᵀA₍ₙ₎, whose
+/// eigenvectors V give Uₙ = A₍ₙ₎VΣ⁻¹. Each vector's largest-magnitude entry is made positive,
+/// so the factors do not depend on the eigensolver's sign choices.
+pub(crate) fn leading_vectors(
+    a: &[f32],
+    f: Fold,
+    eps: f32,
+    cap: usize,
+    u: &mut [f32],
+    sig2: Option<&mut [f32]>,
+    ws: &mut [f32],
+) -> (usize, usize) {
+    let n = f.gram_order();
+    let (gram, rest) = ws.split_at_mut(n * n);
+    let (vecs, rest) = rest.split_at_mut(n * n);
+    let vals = &mut rest[..n];
+    let left = f.d <= f.rest();
+    if left {
+        gram_left(a, f, gram);
+    } else {
+        gram_right(a, f, gram);
+    }
+    eigh_desc(gram, n, vals, vecs);
+    let wanted = eps_rank(vals, eps);
+    let used = wanted.min(cap).min(n);
+    let d = f.d;
+    let u = &mut u[..d * used];
+    if left {
+        for j in 0..used {
+            for (i, &v) in vecs[j * n..][..d].iter().enumerate() {
+                u[i * used + j] = v;
+            }
+        }
+    } else {
+        // The Gram buffer is free again: V (P·Q × used, row-major) goes there.
+        let v = &mut gram[..n * used];
+        for j in 0..used {
+            for (c, &x) in vecs[j * n..][..n].iter().enumerate() {
+                v[c * used + j] = x;
+            }
+        }
+        unfolding_times(a, f, v, used, u);
+        for (j, &s2) in vals[..used].iter().enumerate() {
+            if s2 > 0.0 {
+                let inv = 1.0 / s2.sqrt();
+                (0..d).for_each(|i| u[i * used + j] *= inv);
+            } else {
+                // Only an all-zero unfolding gets here (the ε rule keeps one vector): any unit
+                // vector spans its nothing.
+                (0..d).for_each(|i| u[i * used + j] = if i == j { 1.0 } else { 0.0 });
+            }
+        }
+    }
+    for j in 0..used {
+        let (mut big, mut at) = (0.0f32, 0);
+        for i in 0..d {
+            if u[i * used + j].abs() > big {
+                (big, at) = (u[i * used + j].abs(), i);
+            }
+        }
+        if u[at * used + j] < 0.0 {
+            (0..d).for_each(|i| u[i * used + j] = -u[i * used + j]);
+        }
+    }
+    if let Some(s) = sig2 {
+        s[..used].copy_from_slice(&vals[..used]);
+    }
+    (used, wanted)
+}
+
+/// gram (D × D) = A₍ₙ₎A₍ₙ₎ᵀ.
+fn gram_left(a: &[f32], f: Fold, gram: &mut [f32]) {
+    let Fold { p, d, q } = f;
+    if p <= q {
+        // Σ over p of X_p X_pᵀ, X_p = a[p] (D × Q)
+        for i in 0..p {
+            let x = &a[i * d * q..];
+            let beta = if i == 0 { 0.0 } else { 1.0 };
+            sgemm(d, d, q, 1.0, x, (q, 1), x, (1, q), beta, gram, (d, 1));
+        }
+    } else {
+        // Σ over q of Y_qᵀ Y_q, Y_q = a[:, :, q] (P × D)
+        for j in 0..q {
+            let y = &a[j..];
+            let beta = if j == 0 { 0.0 } else { 1.0 };
+            sgemm(
+                d,
+                d,
+                p,
+                1.0,
+                y,
+                (q, d * q),
+                y,
+                (d * q, q),
+                beta,
+                gram,
+                (d, 1),
+            );
+        }
+    }
+}
+
+/// gram (PQ × PQ) = A₍ₙ₎ᵀA₍ₙ₎, column (p, q) of the unfolding at index p·Q + q.
+fn gram_right(a: &[f32], f: Fold, gram: &mut [f32]) {
+    let Fold { p, d, q } = f;
+    let m = p * q;
+    if p <= q {
+        // block (p, p') = X_pᵀ X_p' (Q × Q)
+        for i in 0..p {
+            for k in 0..p {
+                let (xi, xk) = (&a[i * d * q..], &a[k * d * q..]);
+                let c = &mut gram[i * q * m + k * q..];
+                sgemm(q, q, d, 1.0, xi, (1, q), xk, (q, 1), 0.0, c, (m, 1));
+            }
+        }
+    } else {
+        // block (q, q') = Y_q Y_q'ᵀ (P × P)
+        for j in 0..q {
+            for k in 0..q {
+                let (yj, yk) = (&a[j..], &a[k..]);
+                let c = &mut gram[j * m + k..];
+                sgemm(
+                    p,
+                    p,
+                    d,
+                    1.0,
+                    yj,
+                    (d * q, q),
+                    yk,
+                    (q, d * q),
+                    0.0,
+                    c,
+                    (q * m, q),
+                );
+            }
+        }
+    }
+}
+
+/// out (D × r) = A₍ₙ₎ · v, v (PQ × r) row-major.
+fn unfolding_times(a: &[f32], f: Fold, v: &[f32], r: usize, out: &mut [f32]) {
+    let Fold { p, d, q } = f;
+    if p <= q {
+        for i in 0..p {
+            let beta = if i == 0 { 0.0 } else { 1.0 };
+            let (x, vi) = (&a[i * d * q..], &v[i * q * r..]);
+            sgemm(d, r, q, 1.0, x, (q, 1), vi, (r, 1), beta, out, (r, 1));
+        }
+    } else {
+        for j in 0..q {
+            let beta = if j == 0 { 0.0 } else { 1.0 };
+            let (y, vj) = (&a[j..], &v[j * r..]);
+            sgemm(
+                d,
+                r,
+                p,
+                1.0,
+                y,
+                (q, d * q),
+                vj,
+                (q * r, 1),
+                beta,
+                out,
+                (r, 1),
+            );
+        }
+    }
+}
+
+thread_local! {
+    /// faer's eigensolver scratch. Grown, never shrunk: after the first step every
+    /// decomposition of the same order finds it large enough.
+    static EIGH_STACK: RefCell<Vec<MaybeUninit<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Eigenpairs of the symmetric n × n `gram` (read, then free), descending: eigenvalue j in
+/// `vals[j]`, its eigenvector in `vecs[j·n..][..n]`. Eigenvalues within round-off of zero
+/// (negative, or below n·ε_f32 of the largest) become exactly 0: a Gram matrix in f32 turns
+/// exact zeros into noise of that size, and the ε rule must not count noise as energy.
+pub(crate) fn eigh_desc(gram: &[f32], n: usize, vals: &mut [f32], vecs: &mut [f32]) {
+    let params: Spec<SelfAdjointEvdParams, f32> = Default::default();
+    let req = self_adjoint_evd_scratch::<f32>(n, ComputeEigenvectors::Yes, Par::Seq, params);
+    EIGH_STACK.with_borrow_mut(|buf| {
+        let need = req.unaligned_bytes_required();
+        if buf.len() < need {
+            buf.resize(need, MaybeUninit::uninit());
+        }
+        let result = self_adjoint_evd(
+            MatRef::from_column_major_slice(&gram[..n * n], n, n),
+            ColMut::from_slice_mut(&mut vals[..n]).as_diagonal_mut(),
+            Some(MatMut::from_column_major_slice_mut(
+                &mut vecs[..n * n],
+                n,
+                n,
+            )),
+            Par::Seq,
+            MemStack::new(buf),
+            params,
+        );
+        // faer's EvdError (no std::error::Error) has one variant: the QR iteration did not
+        // converge, which for a symmetric matrix of finite values does not happen.
+        if let Err(e) = result {
+            panic!("symmetric eigendecomposition of a {n}×{n} Gram matrix failed: {e:?}");
+        }
+    });
+    debug_assert!(vals[..n].is_sorted(), "faer returns ascending eigenvalues");
+    vals[..n].reverse();
+    for j in 0..n / 2 {
+        let (lo, hi) = vecs.split_at_mut((n - 1 - j) * n);
+        lo[j * n..][..n].swap_with_slice(&mut hi[..n]);
+    }
+    let floor = vals
+        .first()
+        .map_or(0.0, |&top| n as f32 * f32::EPSILON * top);
+    for v in &mut vals[..n] {
+        if *v <= floor {
+            *v = 0.0;
+        }
+    }
+}
