@@ -208,6 +208,9 @@ enum ScheduleArg {
 #[derive(Clone, Copy, ValueEnum)]
 enum CompressArg {
     None,
+    Hosvd,
+    Svd,
+    Gradfilter,
 }
 
 #[derive(Args)]
@@ -253,9 +256,20 @@ struct CompileArgs {
     /// Clip the global gradient norm to this value.
     #[arg(long)]
     clip_grad_norm: Option<f32>,
-    /// How saved activations are stored for the backward pass.
+    /// How the trained layers' saved inputs are stored for the backward pass: as they are,
+    /// or compressed (HOSVD is the paper's method; SVD and gradient filtering its baselines).
     #[arg(long, value_enum, default_value = "none")]
     compress: CompressArg,
+    /// Energy share the kept singular vectors reach, per mode (hosvd, svd): 0 < eps <= 1.
+    #[arg(long, default_value_t = 0.8)]
+    eps: f32,
+    /// Rank cap per mode (hosvd, svd): sizes the planned compressed buffers; a batch whose
+    /// eps needs more keeps this many and is counted as truncated in the training report.
+    #[arg(long, default_value_t = 32)]
+    max_rank: u32,
+    /// Patch size of gradient filtering: 2, 4 or 7.
+    #[arg(long, default_value_t = 2)]
+    patch: u32,
 }
 
 /// A shape given on the command line, like `8x3x224x224`.
@@ -283,6 +297,32 @@ impl ShapeArgs {
 }
 
 impl CompileArgs {
+    fn compression(&self) -> Result<Compression> {
+        if !(self.eps > 0.0 && self.eps <= 1.0) {
+            return Err(err!("--eps must be in (0, 1], got {}", self.eps));
+        }
+        if self.max_rank == 0 {
+            return Err(err!("--max-rank must be at least 1"));
+        }
+        Ok(match self.compress {
+            CompressArg::None => Compression::None,
+            CompressArg::Hosvd => Compression::Hosvd {
+                eps: self.eps,
+                max_rank: self.max_rank,
+            },
+            CompressArg::Svd => Compression::Svd {
+                eps: self.eps,
+                max_rank: self.max_rank,
+            },
+            CompressArg::Gradfilter if matches!(self.patch, 2 | 4 | 7) => {
+                Compression::GradFilter { patch: self.patch }
+            }
+            CompressArg::Gradfilter => {
+                return Err(err!("--patch must be 2, 4 or 7, got {}", self.patch));
+            }
+        })
+    }
+
     fn options(&self) -> Result<CompileOptions> {
         if self.nesterov && self.momentum <= 0.0 {
             return Err(err!("--nesterov needs --momentum > 0 (as in PyTorch)"));
@@ -324,9 +364,7 @@ impl CompileArgs {
             },
             warmup_steps: self.warmup_steps,
             clip_grad_norm: self.clip_grad_norm,
-            compression: match self.compress {
-                CompressArg::None => Compression::None,
-            },
+            compression: self.compression()?,
         })
     }
 }

@@ -91,7 +91,13 @@ pub fn compile_model(
         .filter(|n| graph.nodes.contains_node(*n))
         .collect();
     let grads = autodiff::differentiate(&mut graph, &forward, parts.output, parts.seed);
-    let saved = compress(&mut graph, opts.compression);
+    let layers: BTreeSet<String> = selection
+        .trained
+        .iter()
+        .filter(|l| l.from_output > 0)
+        .map(|l| l.node.clone())
+        .collect();
+    let saved = compress(&mut graph, &layers, opts.compression);
     append_updates(&mut graph, &grads, &opts.optimizer, opts.clip_grad_norm);
     let order = schedule::schedule(&graph);
     let ir = graph.dump(&order);

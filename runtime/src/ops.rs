@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57"
     )]
     pub kind: Option<Kind>,
 }
@@ -320,6 +320,99 @@ pub enum Kind {
     /// `torch.nn.utils.clip_grad_norm_` computes it
     #[prost(message, tag = "51")]
     GradNorm(Scale),
+
+    // ---- activation compression (DESIGN §4) ----
+    /// x → packed: the compressed form of a saved activation, a flat buffer sized at the
+    /// compressor's caps
+    #[prost(message, tag = "52")]
+    Compress(Compressor),
+    /// packed → x̂: the activation rebuilt from its compressed form
+    #[prost(message, tag = "53")]
+    Decompress(Compressor),
+    /// packed, dy → dw: a conv's weight gradient straight from the compressed input
+    #[prost(message, tag = "54")]
+    ConvBackwardWeightCompressed(CompressedConv),
+    /// packed, dy → dw: a dense layer's weight gradient (Gemm's B, MatMul's weight) straight
+    /// from its compressed input, read as a matrix (rows, features)
+    #[prost(message, tag = "55")]
+    LinearGradWCompressed(CompressedLinear),
+    /// x → mask (u32 words, bit i of word w for element 32w + i): whether min < x < max,
+    /// where a Clip (ReLU: min 0, max ∞) passes its gradient
+    #[prost(message, tag = "56")]
+    PassMask(Clip),
+    /// mask, dy → dx: dy where the mask is set, else 0 (ReLU's and Clip's backward)
+    #[prost(message, tag = "57")]
+    MaskedGrad(Empty),
+}
+
+/// How a saved activation is kept for the backward pass.
+#[derive(Clone, PartialEq, Message)]
+pub struct Compressor {
+    /// The activation's shape (the compressed buffer is flat). A dense layer's input is
+    /// compressed as a matrix: (product of the leading axes, features).
+    #[prost(uint64, repeated, tag = "1")]
+    pub shape: Vec<u64>,
+    #[prost(oneof = "Method", tags = "2, 3, 4")]
+    pub method: Option<Method>,
+}
+
+#[derive(Clone, PartialEq, Oneof)]
+pub enum Method {
+    #[prost(message, tag = "2")]
+    Hosvd(Hosvd),
+    #[prost(message, tag = "3")]
+    Svd(Svd),
+    #[prost(message, tag = "4")]
+    GradFilter(GradFilter),
+}
+
+/// Tucker factors and core of the activation (the paper's method).
+#[derive(Clone, PartialEq, Message)]
+pub struct Hosvd {
+    /// Share of each unfolding's energy (Σσ²) the kept singular vectors reach.
+    #[prost(float, tag = "1")]
+    pub eps: f32,
+    /// Rank cap per mode: sizes the compressed buffer.
+    #[prost(uint32, repeated, tag = "2")]
+    pub caps: Vec<u32>,
+}
+
+/// Truncated SVD of the (batch, rest) unfolding (the paper's SVD baseline).
+#[derive(Clone, PartialEq, Message)]
+pub struct Svd {
+    #[prost(float, tag = "1")]
+    pub eps: f32,
+    #[prost(uint32, tag = "2")]
+    pub cap: u32,
+}
+
+/// Patch-pooled input (gradient filtering, Yang et al. 2023). The patches follow the conv's
+/// output grid, so the compressor carries the conv's geometry.
+#[derive(Clone, PartialEq, Message)]
+pub struct GradFilter {
+    #[prost(uint32, tag = "1")]
+    pub patch: u32,
+    #[prost(message, optional, tag = "2")]
+    pub conv: Option<Conv>,
+    #[prost(uint64, repeated, tag = "3")]
+    pub weight_shape: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CompressedConv {
+    #[prost(message, optional, tag = "1")]
+    pub conv: Option<Conv>,
+    #[prost(message, optional, tag = "2")]
+    pub compressor: Option<Compressor>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CompressedLinear {
+    /// The weight is stored (features out, features in), as Gemm's transB = 1.
+    #[prost(bool, tag = "1")]
+    pub trans_b: bool,
+    #[prost(message, optional, tag = "2")]
+    pub compressor: Option<Compressor>,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -1,17 +1,25 @@
-//! The training graph of every bundled model at `--layers 1, 2, 4, all`, pinned as text.
-//! A change to any pass shows up here as a reviewed diff (`cargo insta review`).
+//! The training graph of every bundled model at `--layers 1, 2, 4, all`, and compressed with
+//! each method at `--layers 4`, pinned as text. A change to any pass shows up here as a
+//! reviewed diff (`cargo insta review`).
 
 mod common;
 
+use actc::compile::{CompileOptions, compile_file};
+use actc::passes::compress::Compression;
 use actc::passes::select::Layers;
-use common::{MODELS, compile};
+use common::MODELS;
 
-fn snapshot_of(name: &str, shape: &[usize], layers: Layers) -> String {
-    match compile(name, layers, Some(shape.to_vec())) {
+fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compression) -> String {
+    let opts = CompileOptions {
+        compression,
+        ..common::options(layers, Some(shape.to_vec()))
+    };
+    let text = match compile_file(&common::model(name), &opts) {
         Ok(c) => {
             let m = c.plan.memory.clone().unwrap_or_default();
             format!(
-                "# {name} --layers {layers} --input-shape {}\n# arena {} B, naive {} B, persistent {} B, saved {} B\n{}",
+                "# {name} --layers {layers}{} --input-shape {}\n# arena {} B, naive {} B, persistent {} B, saved {} B\n{}",
+                flags(compression),
                 shape
                     .iter()
                     .map(|d| d.to_string())
@@ -24,7 +32,25 @@ fn snapshot_of(name: &str, shape: &[usize], layers: Layers) -> String {
                 c.ir
             )
         }
-        Err(e) => format!("# {name} --layers {layers}\nerror: {e}\n"),
+        Err(e) => format!("# {name} --layers {layers}\nerror: {}\n", e.0),
+    };
+    // Paths in error messages depend on the checkout; keep the file name only.
+    text.replace(
+        &format!("{}/", common::model("x").parent().unwrap().display()),
+        "models/",
+    )
+}
+
+fn flags(c: Compression) -> String {
+    match c {
+        Compression::None => String::new(),
+        Compression::Hosvd { eps, max_rank } => {
+            format!(" --compress hosvd --eps {eps} --max-rank {max_rank}")
+        }
+        Compression::Svd { eps, max_rank } => {
+            format!(" --compress svd --eps {eps} --max-rank {max_rank}")
+        }
+        Compression::GradFilter { patch } => format!(" --compress gradfilter --patch {patch}"),
     }
 }
 
@@ -37,13 +63,34 @@ fn training_graphs() {
             Layers::Last(4),
             Layers::All,
         ] {
-            let text = snapshot_of(name, shape, layers);
-            // Paths in error messages depend on the checkout; keep the file name only.
-            let text = text.replace(
-                &format!("{}/", common::model("x").parent().unwrap().display()),
-                "models/",
-            );
+            let text = snapshot_of(name, shape, layers, Compression::None);
             insta::assert_snapshot!(format!("{name}__layers_{layers}"), text);
+        }
+    }
+}
+
+#[test]
+fn compressed_training_graphs() {
+    for &(name, shape) in MODELS {
+        for (method, compression) in [
+            (
+                "hosvd",
+                Compression::Hosvd {
+                    eps: 0.8,
+                    max_rank: 32,
+                },
+            ),
+            (
+                "svd",
+                Compression::Svd {
+                    eps: 0.8,
+                    max_rank: 32,
+                },
+            ),
+            ("gradfilter", Compression::GradFilter { patch: 2 }),
+        ] {
+            let text = snapshot_of(name, shape, Layers::Last(4), compression);
+            insta::assert_snapshot!(format!("{name}__layers_4__{method}"), text);
         }
     }
 }

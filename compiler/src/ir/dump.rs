@@ -4,6 +4,7 @@
 //! constant input marked `=const` (frozen) or `=param` (trainable).
 
 use super::{Graph, NodeOp, Role, TensorId, kind_name};
+use actc_runtime::ops::{Compressor, Kind, Method};
 use petgraph::stable_graph::NodeIndex;
 use std::fmt::Write;
 
@@ -19,11 +20,7 @@ impl Graph {
             let op = match &node.op {
                 NodeOp::Kernel(k) => {
                     let name = kind_name(k);
-                    let debug = format!("{k:?}");
-                    let attrs = debug
-                        .split_once(" { ")
-                        .map(|(_, rest)| rest.trim_end_matches([')', '}']).trim())
-                        .unwrap_or("");
+                    let attrs = attrs(k);
                     if attrs.is_empty() {
                         name
                     } else {
@@ -67,5 +64,45 @@ impl Graph {
             Role::Trainable => format!("{}=param", self.tensor_text(t)),
             _ => self.tensor(t).name.clone(),
         }
+    }
+}
+
+/// An op's attributes as `field: value, …` (its Debug form without the braces); a
+/// compressor as its method and parameters.
+fn attrs(k: &Kind) -> String {
+    let debug = |d: String| {
+        d.split_once(" { ")
+            .map(|(_, rest)| rest.trim_end_matches([')', '}']).trim().to_string())
+            .unwrap_or_default()
+    };
+    match k {
+        Kind::Compress(c) | Kind::Decompress(c) => compressor(c),
+        Kind::ConvBackwardWeightCompressed(cc) => format!(
+            "{}; {}",
+            cc.conv
+                .as_ref()
+                .map(|c| debug(format!("{c:?}")))
+                .unwrap_or_default(),
+            cc.compressor.as_ref().map(compressor).unwrap_or_default()
+        ),
+        Kind::LinearGradWCompressed(cl) => format!(
+            "trans_b: {}; {}",
+            cl.trans_b,
+            cl.compressor.as_ref().map(compressor).unwrap_or_default()
+        ),
+        _ => debug(format!("{k:?}")),
+    }
+}
+
+fn compressor(c: &Compressor) -> String {
+    let list = |v: &[u32]| {
+        let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+        v.join(",")
+    };
+    match &c.method {
+        Some(Method::Hosvd(h)) => format!("hosvd eps={} caps=[{}]", h.eps, list(&h.caps)),
+        Some(Method::Svd(s)) => format!("svd eps={} cap={}", s.eps, s.cap),
+        Some(Method::GradFilter(f)) => format!("gradfilter patch={}", f.patch),
+        None => String::new(),
     }
 }

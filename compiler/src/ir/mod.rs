@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, BinaryHeap};
 /// What a node computes: one of the runtime's operations, or an ONNX op that actc can only
 /// run in the frozen prefix (through tract) and never differentiates.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a graph has hundreds of nodes: a few hundred bytes each is nothing
 pub enum NodeOp {
     Kernel(Kind),
     Onnx(String),
@@ -134,6 +135,25 @@ impl Graph {
             if *o == old {
                 *o = new;
             }
+        }
+    }
+
+    /// Points input `i` of node `n` at `t`, edges included.
+    pub fn set_input(&mut self, n: NodeIndex, i: usize, t: TensorId) {
+        let old = std::mem::replace(&mut self.nodes[n].inputs[i], t);
+        if !self.nodes[n].inputs.contains(&old) {
+            let edges: Vec<_> = self
+                .nodes
+                .edges_directed(n, Direction::Incoming)
+                .filter(|e| *e.weight() == old)
+                .map(|e| e.id())
+                .collect();
+            for e in edges {
+                self.nodes.remove_edge(e);
+            }
+        }
+        if let Some(p) = self.producer[t] {
+            self.nodes.add_edge(p, n, t);
         }
     }
 

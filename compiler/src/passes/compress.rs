@@ -1,20 +1,36 @@
-//! `compress`: where saved activations get compressed (DESIGN §4).
+//! `compress`: the saved inputs of the trained layers, kept in compressed form (DESIGN §4).
 //!
-//! Each activation a backward node reads is a candidate. With `--compress none` every one is
-//! kept as is; the compressors (HOSVD, SVD, gradient filter) will wrap a candidate in a
-//! `Compress` node and feed its backward consumer the compressed form.
+//! A semantics-preserving rewrite: each trained layer's input `x`, which its weight gradient
+//! reads in the backward pass, gets a `Compress` node right after it is computed (forward) and
+//! a `Decompress` node that rebuilds `x̂` for the weight gradient (backward). [`fuse`] then
+//! folds `Decompress` into the weight gradient where the method can compute it from the
+//! compressed form (HOSVD), so no full-size tensor is rebuilt. SVD keeps its `Decompress`, as
+//! the paper's baseline does. Gradient filtering has no decompressed form (its weight
+//! gradient is defined on the pooled tensors), so it is emitted fused.
+//!
+//! Layers are what `--layers` counts (convs; dense layers in models without convs); other
+//! parameterized ops after them (a conv net's classifier) keep their inputs as they are.
 
-use crate::ir::{Graph, NodeOp, Role, TensorId};
-use actc_runtime::plan::Phase;
+use super::autodiff::emit;
+use crate::ir::{Graph, NodeOp, Role, Tensor, TensorId};
+use actc_runtime::ops::{self, Compressor, Kind, Method};
+use actc_runtime::plan::{DType, Phase};
+use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeSet;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Compression {
     #[default]
     None,
+    /// The paper's method: per-mode ranks by the ε rule, each capped at `max_rank`.
+    Hosvd { eps: f32, max_rank: u32 },
+    /// The paper's SVD baseline: the (batch, rest) unfolding, rank by the ε rule, capped.
+    Svd { eps: f32, max_rank: u32 },
+    /// Gradient filtering with `patch`×`patch` patches (convs only).
+    GradFilter { patch: u32 },
 }
 
-/// Forward values that backward nodes read: what a compressor would target.
+/// Forward values that backward nodes read: what the planner keeps alive across the step.
 pub fn saved_activations(graph: &Graph) -> BTreeSet<TensorId> {
     let mut saved = BTreeSet::new();
     for n in graph.nodes.node_indices() {
@@ -33,9 +49,215 @@ pub fn saved_activations(graph: &Graph) -> BTreeSet<TensorId> {
     saved
 }
 
-/// Applies `compression` to the saved activations; `None` keeps every one as is.
-pub fn compress(graph: &mut Graph, compression: Compression) -> BTreeSet<TensorId> {
-    match compression {
-        Compression::None => saved_activations(graph),
+/// Wraps the saved input of every weight gradient of a layer in `layers` (forward node
+/// names) in Compress/Decompress, then fuses; and whatever the compression, keeps the saved
+/// input of each ReLU and Clip as a 1-bit mask. Returns the saved activations afterwards.
+pub fn compress(
+    graph: &mut Graph,
+    layers: &BTreeSet<String>,
+    compression: Compression,
+) -> BTreeSet<TensorId> {
+    masks(graph);
+    if compression != Compression::None {
+        let targets: Vec<NodeIndex> = graph
+            .nodes
+            .node_indices()
+            .filter(|&n| {
+                let node = &graph.nodes[n];
+                node.origin.as_ref().is_some_and(|o| layers.contains(o))
+                    && compressor(graph, n, compression).is_some()
+            })
+            .collect();
+        for n in targets {
+            wrap(graph, n, compression);
+        }
+        fuse(graph);
+    }
+    saved_activations(graph)
+}
+
+/// The compressor for weight-gradient node `n`'s saved input, if the method applies to it.
+fn compressor(graph: &Graph, n: NodeIndex, compression: Compression) -> Option<Compressor> {
+    let node = &graph.nodes[n];
+    let NodeOp::Kernel(kind) = &node.op else {
+        return None;
+    };
+    let x = *node.inputs.first()?;
+    let shape = &graph.tensor(x).shape;
+    // A dense layer's input is compressed as the matrix its gradient reads.
+    let dims: Vec<usize> = match kind {
+        Kind::ConvBackwardWeight(_) => shape.clone(),
+        Kind::GemmGradB(g) if !g.trans_a && g.alpha == 1.0 => shape.clone(),
+        Kind::MatMulGradW(_) if shape.len() >= 2 => {
+            let k = shape[shape.len() - 1];
+            vec![shape.iter().product::<usize>() / k, k]
+        }
+        _ => return None,
+    };
+    let cap = |max_rank: u32, d: usize, numel: usize| (max_rank as usize).min(d).min(numel / d);
+    let numel: usize = dims.iter().product();
+    let method = match compression {
+        Compression::None => return None,
+        Compression::Hosvd { eps, max_rank } => Method::Hosvd(ops::Hosvd {
+            eps,
+            caps: dims
+                .iter()
+                .map(|&d| cap(max_rank, d, numel) as u32)
+                .collect(),
+        }),
+        Compression::Svd { eps, max_rank } => Method::Svd(ops::Svd {
+            eps,
+            cap: cap(max_rank, dims[0], numel) as u32,
+        }),
+        Compression::GradFilter { patch } => {
+            let Kind::ConvBackwardWeight(c) = kind else {
+                return None;
+            };
+            let w = graph.tensor(node.outputs[0]);
+            Method::GradFilter(ops::GradFilter {
+                patch,
+                conv: Some(c.clone()),
+                weight_shape: w.shape.iter().map(|&d| d as u64).collect(),
+            })
+        }
+    };
+    Some(Compressor {
+        shape: dims.iter().map(|&d| d as u64).collect(),
+        method: Some(method),
+    })
+}
+
+/// x → Compress → packed → Decompress → x̂ → the weight gradient `n`.
+fn wrap(graph: &mut Graph, n: NodeIndex, compression: Compression) {
+    let c = compressor(graph, n, compression).expect("targets have a compressor");
+    let x = graph.nodes[n].inputs[0];
+    let origin = graph.nodes[n].origin.clone();
+    let layer = origin.clone().unwrap_or_default();
+    let x_name = graph.tensor(x).name.clone();
+    let packed = Tensor::value(
+        format!("{x_name}.{}", method_name(&c)),
+        vec![c.packed_len()],
+        DType::F32,
+    );
+    let packed = emit(
+        graph,
+        format!("{layer}/compress_input"),
+        Kind::Compress(c.clone()),
+        vec![x],
+        vec![packed],
+        Phase::Forward,
+        origin.clone(),
+    )[0];
+    let x_hat = Tensor::value(
+        format!("{x_name}.decompressed"),
+        graph.tensor(x).shape.clone(),
+        DType::F32,
+    );
+    let x_hat = emit(
+        graph,
+        format!("{layer}/decompress_input"),
+        Kind::Decompress(c),
+        vec![packed],
+        vec![x_hat],
+        Phase::Backward,
+        origin,
+    )[0];
+    graph.set_input(n, 0, x_hat);
+}
+
+fn method_name(c: &Compressor) -> &'static str {
+    match c.method {
+        Some(Method::Hosvd(_)) => "hosvd",
+        Some(Method::Svd(_)) => "svd",
+        Some(Method::GradFilter(_)) => "gradfilter",
+        None => "packed",
+    }
+}
+
+/// Folds each `Decompress` into the weight gradient that reads its output, where the method
+/// computes that gradient from the compressed form: the rebuilt tensor then never exists.
+pub fn fuse(graph: &mut Graph) {
+    let decompress: Vec<NodeIndex> = graph
+        .nodes
+        .node_indices()
+        .filter(|&n| matches!(graph.nodes[n].op, NodeOp::Kernel(Kind::Decompress(_))))
+        .collect();
+    for d in decompress {
+        let NodeOp::Kernel(Kind::Decompress(c)) = graph.nodes[d].op.clone() else {
+            unreachable!()
+        };
+        if matches!(c.method, Some(Method::Svd(_))) {
+            continue;
+        }
+        let (packed, x_hat) = (graph.nodes[d].inputs[0], graph.nodes[d].outputs[0]);
+        let consumers: Vec<NodeIndex> = graph.consumers(x_hat).collect();
+        let [g] = consumers[..] else { continue };
+        let NodeOp::Kernel(kind) = &graph.nodes[g].op else {
+            continue;
+        };
+        let fused = match kind {
+            Kind::ConvBackwardWeight(conv) => {
+                Kind::ConvBackwardWeightCompressed(ops::CompressedConv {
+                    conv: Some(conv.clone()),
+                    compressor: Some(c),
+                })
+            }
+            Kind::GemmGradB(gm) => Kind::LinearGradWCompressed(ops::CompressedLinear {
+                trans_b: gm.trans_b,
+                compressor: Some(c),
+            }),
+            Kind::MatMulGradW(_) => Kind::LinearGradWCompressed(ops::CompressedLinear {
+                trans_b: false,
+                compressor: Some(c),
+            }),
+            _ => continue,
+        };
+        graph.remove_node(d);
+        graph.nodes[g].op = NodeOp::Kernel(fused);
+        graph.nodes[g].name = graph.nodes[g].name.replace("grad_", "compressed_grad_");
+        graph.set_input(g, 0, packed);
+    }
+}
+
+/// ReLU and Clip backward read their input only to know where it lay inside the bounds: a
+/// `PassMask` node keeps that as one bit per element, and the backward reads the mask. A
+/// lossless rewrite, so it is always made.
+fn masks(graph: &mut Graph) {
+    let targets: Vec<(NodeIndex, ops::Clip)> = graph
+        .nodes
+        .node_indices()
+        .filter_map(|n| match &graph.nodes[n].op {
+            NodeOp::Kernel(Kind::ReluBackward(_)) => Some((
+                n,
+                ops::Clip {
+                    min: 0.0,
+                    max: f32::INFINITY,
+                },
+            )),
+            NodeOp::Kernel(Kind::ClipBackward(c)) => Some((n, c.clone())),
+            _ => None,
+        })
+        .collect();
+    for (n, bounds) in targets {
+        let x = graph.nodes[n].inputs[0];
+        let origin = graph.nodes[n].origin.clone();
+        let t = graph.tensor(x);
+        let numel: usize = t.shape.iter().product();
+        let mask = Tensor::value(
+            format!("{}.mask", t.name),
+            vec![numel.div_ceil(32)],
+            DType::U32,
+        );
+        let mask = emit(
+            graph,
+            format!("{}/pass_mask", origin.clone().unwrap_or_default()),
+            Kind::PassMask(bounds),
+            vec![x],
+            vec![mask],
+            Phase::Forward,
+            origin,
+        )[0];
+        graph.nodes[n].op = NodeOp::Kernel(Kind::MaskedGrad(ops::Empty {}));
+        graph.set_input(n, 0, mask);
     }
 }

@@ -1,10 +1,12 @@
 //! `schedule`: the order the runtime executes the nodes in.
 //!
-//! A topological order that, among the nodes ready to run, takes an optimizer update first
-//! (so each weight gradient dies right after it is made, as the Tiny Training Engine does),
+//! A topological order that, among the nodes ready to run, takes an optimizer update or a
+//! compression (or mask) first (so each weight gradient dies right after it is made, as the Tiny
+//! Training Engine does, and a full-size activation right after its compressed form is),
 //! then the node built earliest (forward in model order, backward in reverse model order).
 
-use crate::ir::Graph;
+use crate::ir::{Graph, NodeOp};
+use actc_runtime::ops::Kind;
 use actc_runtime::plan::Phase;
 use petgraph::stable_graph::NodeIndex;
 use std::cmp::Reverse;
@@ -21,7 +23,15 @@ pub fn schedule(graph: &Graph) -> Vec<NodeIndex> {
     for n in graph.nodes.node_indices() {
         indegree[n.index()] = graph.predecessors(n).len();
     }
-    let key = |n: NodeIndex| Reverse((graph.nodes[n].phase != Phase::Update, n));
+    let urgent = |n: NodeIndex| {
+        let node = &graph.nodes[n];
+        node.phase == Phase::Update
+            || matches!(
+                node.op,
+                NodeOp::Kernel(Kind::Compress(_) | Kind::PassMask(_))
+            )
+    };
+    let key = |n: NodeIndex| Reverse((!urgent(n), n));
     let mut ready: BinaryHeap<_> = graph
         .nodes
         .node_indices()

@@ -12,6 +12,7 @@
 //! not allocate. The one exception is faer's eigensolver scratch, a thread-local buffer that
 //! grows on its first use with a given order (like the packing buffers of `sgemm`).
 
+mod compressor;
 pub mod gradfilter;
 pub mod hosvd;
 mod modal;

@@ -108,7 +108,9 @@ pub(crate) fn leading_vectors(
         gram_right(a, f, gram);
     }
     eigh_desc(gram, n, vals, vecs);
-    let wanted = eps_rank(vals, eps);
+    // ε = 1 keeps every direction: an f32 Gram cannot tell a σ below ~1e-3·σ₁ from zero, and
+    // with all of them kept the decomposition is exact.
+    let wanted = if eps >= 1.0 { n } else { eps_rank(vals, eps) };
     let used = wanted.min(cap).min(n);
     let d = f.d;
     let u = &mut u[..d * used];
@@ -127,16 +129,9 @@ pub(crate) fn leading_vectors(
             }
         }
         unfolding_times(a, f, v, used, u);
-        for (j, &s2) in vals[..used].iter().enumerate() {
-            if s2 > 0.0 {
-                let inv = 1.0 / s2.sqrt();
-                (0..d).for_each(|i| u[i * used + j] *= inv);
-            } else {
-                // Only an all-zero unfolding gets here (the ε rule keeps one vector): any unit
-                // vector spans its nothing.
-                (0..d).for_each(|i| u[i * used + j] = if i == j { 1.0 } else { 0.0 });
-            }
-        }
+        // A₍ₙ₎V has the directions of UΣ; normalising by a σ computed through the squared
+        // Gram is inaccurate for small σ, orthonormalising the columns is not.
+        orthonormalize_columns(u, d, used);
     }
     for j in 0..used {
         let (mut big, mut at) = (0.0f32, 0);
@@ -153,6 +148,46 @@ pub(crate) fn leading_vectors(
         s[..used].copy_from_slice(&vals[..used]);
     }
     (used, wanted)
+}
+
+/// Modified Gram–Schmidt over the `cols` columns of the row-major `d × cols` matrix `u`, in
+/// place with f64 sums, twice per column ("twice is enough" for orthogonality to working
+/// precision). A column with nothing left after the projections (an all-zero or
+/// rank-deficient unfolding) is replaced by the first unit vector outside the span: it
+/// carries no part of the tensor either way.
+fn orthonormalize_columns(u: &mut [f32], d: usize, cols: usize) {
+    let dot = |u: &[f32], a: usize, b: usize| -> f64 {
+        (0..d)
+            .map(|i| f64::from(u[i * cols + a]) * f64::from(u[i * cols + b]))
+            .sum()
+    };
+    // Column j minus its parts along columns 0..j; returns what is left's norm.
+    let project_out = |u: &mut [f32], j: usize| -> f64 {
+        for _ in 0..2 {
+            for k in 0..j {
+                let p = dot(u, j, k);
+                for i in 0..d {
+                    let v = f64::from(u[i * cols + j]) - p * f64::from(u[i * cols + k]);
+                    u[i * cols + j] = v as f32;
+                }
+            }
+        }
+        dot(u, j, j).sqrt()
+    };
+    for j in 0..cols {
+        let before = dot(u, j, j).sqrt();
+        let mut norm = project_out(u, j);
+        if norm == 0.0 || norm <= 1e-6 * before {
+            for e in 0..d {
+                (0..d).for_each(|i| u[i * cols + j] = f32::from(u8::from(i == e)));
+                norm = project_out(u, j);
+                if norm > 0.5 {
+                    break;
+                }
+            }
+        }
+        (0..d).for_each(|i| u[i * cols + j] = (f64::from(u[i * cols + j]) / norm) as f32);
+    }
 }
 
 /// gram (D × D) = A₍ₙ₎A₍ₙ₎ᵀ.

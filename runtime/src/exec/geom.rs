@@ -58,6 +58,16 @@ pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usiz
         Kind::ConvBackwardData(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),
         // x, dy → dw
         Kind::ConvBackwardWeight(c) => conv::workspace_len(&conv(c, inputs[0], outputs[0])),
+        Kind::Compress(c) => c.compress_workspace_len(),
+        Kind::Decompress(c) => c.decompress_workspace_len(),
+        // packed, dy → dw
+        Kind::ConvBackwardWeightCompressed(cc) => match (&cc.conv, &cc.compressor) {
+            (Some(conv), Some(c)) => c.conv_grad_workspace_len(conv, outputs[0]),
+            _ => 0,
+        },
+        Kind::LinearGradWCompressed(cl) => cl.compressor.as_ref().map_or(0, |c| {
+            c.linear_grad_workspace_len(*inputs[1].last().unwrap_or(&1) as usize)
+        }),
         _ => 0,
     }
 }

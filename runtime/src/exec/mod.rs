@@ -7,6 +7,7 @@ mod step;
 
 pub use memory::Memory;
 
+use crate::ops::Kind;
 use crate::optim::LrSchedule;
 use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, Schedule};
 use std::fmt;
@@ -27,6 +28,87 @@ pub struct Executor {
     mem: Memory,
     updates: u64,
     schedule: LrSchedule,
+    /// Per step, its index into `compression` (compression steps only).
+    compression_of: Vec<Option<usize>>,
+    compression: Vec<CompressionStats>,
+    /// The paper's metric summed over the compressed layers, per training step.
+    paper_total: Tally,
+}
+
+/// What one compression step kept over the training steps since the last reset: the ranks
+/// (per mode) and the paper's memory metric, beside the vanilla and the planned bytes.
+#[derive(Clone, Debug)]
+pub struct CompressionStats {
+    /// The forward node whose input this compresses.
+    pub layer: String,
+    pub modes: usize,
+    /// The activation kept as is.
+    pub vanilla_bytes: usize,
+    /// The compressed buffer the plan reserves (at the rank caps).
+    pub planned_bytes: usize,
+    pub rank_sum: [u64; 4],
+    pub rank_min: [usize; 4],
+    pub rank_max: [usize; 4],
+    /// Steps whose ε rule asked for more than a cap allowed.
+    pub truncated: u64,
+    pub paper_bytes: Tally,
+}
+
+/// Count, sum and maximum of a per-step quantity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tally {
+    pub count: u64,
+    pub sum: u64,
+    pub max: u64,
+}
+
+impl Tally {
+    fn add(&mut self, v: u64) {
+        self.count += 1;
+        self.sum += v;
+        self.max = self.max.max(v);
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum as f64 / self.count.max(1) as f64
+    }
+}
+
+impl CompressionStats {
+    fn new(layer: String, c: &crate::ops::Compressor, planned_bytes: usize) -> Self {
+        CompressionStats {
+            layer,
+            modes: match c.method {
+                Some(crate::ops::Method::Hosvd(_)) => c.shape.len(),
+                Some(crate::ops::Method::Svd(_)) => 1,
+                _ => 0,
+            },
+            vanilla_bytes: c.vanilla_bytes(),
+            planned_bytes,
+            rank_sum: [0; 4],
+            rank_min: [usize::MAX; 4],
+            rank_max: [0; 4],
+            truncated: 0,
+            paper_bytes: Tally::default(),
+        }
+    }
+
+    fn record(&mut self, r: &crate::compress::hosvd::Ranks, paper_bytes: usize) {
+        for m in 0..self.modes {
+            self.rank_sum[m] += r.used[m] as u64;
+            self.rank_min[m] = self.rank_min[m].min(r.used[m]);
+            self.rank_max[m] = self.rank_max[m].max(r.used[m]);
+        }
+        if (0..self.modes).any(|m| r.wanted[m] > r.used[m]) {
+            self.truncated += 1;
+        }
+        self.paper_bytes.add(paper_bytes as u64);
+    }
+
+    /// Mean rank of mode `m` over the recorded steps.
+    pub fn rank_mean(&self, m: usize) -> f64 {
+        self.rank_sum[m] as f64 / self.paper_bytes.count.max(1) as f64
+    }
 }
 
 impl Executor {
@@ -47,11 +129,28 @@ impl Executor {
                 total_steps,
             },
         };
+        let mut compression = Vec::new();
+        let compression_of = plan
+            .steps
+            .iter()
+            .map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+                Some(Kind::Compress(c)) => {
+                    let planned = plan.buffer(s.outputs[0]).bytes as usize;
+                    let layer = s.origin.clone();
+                    compression.push(CompressionStats::new(layer, c, planned));
+                    Some(compression.len() - 1)
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Executor {
             plan,
             mem,
             updates: 0,
             schedule,
+            compression_of,
+            compression,
+            paper_total: Tally::default(),
         })
     }
 
@@ -138,10 +237,22 @@ impl Executor {
         };
         self.updates += 1;
         let mut loss = f32::NAN;
-        for s in &self.plan.steps {
+        let mut paper_total = 0;
+        for (i, s) in self.plan.steps.iter().enumerate() {
             // SAFETY: the plan was validated and its buffers planned disjoint while live.
-            if let Some(l) = unsafe { step::run(&self.plan, s, &self.mem, &ctx) } {
-                loss = l;
+            match unsafe { step::run(&self.plan, s, &self.mem, &ctx) } {
+                step::Ran::Loss(l) => loss = l,
+                step::Ran::Compressed(r) => {
+                    if let (Some(Kind::Compress(c)), Some(k)) = (
+                        s.op.as_ref().and_then(|o| o.kind.as_ref()),
+                        self.compression_of[i],
+                    ) {
+                        let bytes = c.paper_bytes(&r);
+                        self.compression[k].record(&r, bytes);
+                        paper_total += bytes as u64;
+                    }
+                }
+                step::Ran::Nothing => {}
             }
             for &o in &s.outputs {
                 let b = self.plan.buffer(o);
@@ -151,7 +262,33 @@ impl Executor {
                 }
             }
         }
+        if !self.compression.is_empty() {
+            self.paper_total.add(paper_total);
+        }
         loss
+    }
+
+    /// Each compression step's ranks and memory since the last [`reset_compression_stats`].
+    ///
+    /// [`reset_compression_stats`]: Executor::reset_compression_stats
+    pub fn compression_stats(&self) -> &[CompressionStats] {
+        &self.compression
+    }
+
+    /// The paper's metric summed over the compressed layers: per-step mean and peak.
+    pub fn paper_total(&self) -> Tally {
+        self.paper_total
+    }
+
+    pub fn reset_compression_stats(&mut self) {
+        for c in self.compression.iter_mut() {
+            c.rank_sum = [0; 4];
+            c.rank_min = [usize::MAX; 4];
+            c.rank_max = [0; 4];
+            c.truncated = 0;
+            c.paper_bytes = Tally::default();
+        }
+        self.paper_total = Tally::default();
     }
 
     /// Inference on the fed batch: the forward steps only; read the result with [`output`].
@@ -166,7 +303,14 @@ impl Executor {
             .plan
             .steps
             .iter()
-            .filter(|s| s.phase() == Phase::Forward)
+            // Compressed forms and masks serve only the backward pass.
+            .filter(|s| {
+                s.phase() == Phase::Forward
+                    && !matches!(
+                        s.op.as_ref().and_then(|o| o.kind.as_ref()),
+                        Some(Kind::Compress(_) | Kind::PassMask(_))
+                    )
+            })
         {
             // SAFETY: as in `train_step`.
             unsafe { step::run(&self.plan, s, &self.mem, &ctx) };
@@ -234,6 +378,11 @@ fn validate(plan: &Plan) -> Result<(), ExecError> {
             ));
         }
     }
+    for s in &plan.steps {
+        if let Err(e) = check_compression(plan, s) {
+            return bad(format!("step {}: {e}", s.name));
+        }
+    }
     if plan
         .feeds
         .iter()
@@ -265,4 +414,42 @@ fn validate(plan: &Plan) -> Result<(), ExecError> {
         }
     }
     Ok(())
+}
+
+/// A compression step's attributes against what its kernels assume: a method they know,
+/// a compressed buffer of the size the caps give, a fused form that exists.
+fn check_compression(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
+    let kind = s.op.as_ref().and_then(|o| o.kind.as_ref());
+    let (c, packed, fused) = match kind {
+        Some(Kind::Compress(c)) => (c, s.outputs.first(), None),
+        Some(Kind::Decompress(c)) => (c, s.inputs.first(), Some(false)),
+        Some(Kind::ConvBackwardWeightCompressed(cc)) => match (&cc.conv, &cc.compressor) {
+            (Some(_), Some(c)) => (c, s.inputs.first(), Some(true)),
+            _ => return Err("a fused conv gradient without its conv or compressor".into()),
+        },
+        Some(Kind::LinearGradWCompressed(cl)) => match &cl.compressor {
+            Some(c) => (c, s.inputs.first(), Some(false)),
+            None => return Err("a fused dense gradient without its compressor".into()),
+        },
+        _ => return Ok(()),
+    };
+    c.check()?;
+    let fuses = |conv| c.fuses_into(conv);
+    match (kind, fused) {
+        (Some(Kind::Decompress(_)), _) if fuses(true) && !fuses(false) => {
+            return Err("gradient filtering has no decompressed form".into());
+        }
+        (Some(Kind::ConvBackwardWeightCompressed(_)), Some(conv))
+        | (Some(Kind::LinearGradWCompressed(_)), Some(conv))
+            if !fuses(conv) =>
+        {
+            return Err("this compressor has no fused weight gradient here".into());
+        }
+        _ => {}
+    }
+    let want = c.packed_len();
+    match packed.map(|&b| plan.buffer(b)) {
+        Some(b) if b.numel() == want => Ok(()),
+        _ => Err(format!("compressed buffer is not {want} elements")),
+    }
 }

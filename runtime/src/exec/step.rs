@@ -2,6 +2,7 @@
 
 use super::geom;
 use super::memory::Memory;
+use crate::compress::hosvd::Ranks;
 use crate::kernels::elementwise::{self, BinaryOp};
 use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
 use crate::kernels::norm::{self, BatchNormParams};
@@ -57,14 +58,22 @@ fn plane(b: &Buffer) -> usize {
     b.shape.iter().skip(2).product::<u64>() as usize
 }
 
-/// Runs `step`. Returns the loss when the step computes one.
+/// What a step reports beyond its buffers.
+pub enum Ran {
+    Nothing,
+    Loss(f32),
+    /// A compression step: the ranks it kept and the ones its ε rule asked for.
+    Compressed(Ranks),
+}
+
+/// Runs `step`.
 ///
 /// # Safety
 /// `mem` must hold the plan's buffers at their planned offsets. Buffers a step reads and
 /// writes are live at that step, so the planner gave them disjoint bytes (checked on every
 /// bundled model by the planner tests), except a Reshape's input and output, which share
 /// memory by design and are handled first.
-pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Option<f32> {
+pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ran {
     let kind = step
         .op
         .as_ref()
@@ -80,7 +89,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Op
         Some(w) => unsafe { mem.f32_mut(plan.buffer(w)) },
         None => &mut [][..],
     };
-    let labels = |i: usize| unsafe { mem.u32(bi(i)) };
+    let words = |i: usize| unsafe { mem.u32(bi(i)) };
     match kind {
         Kind::Reshape(_) => {
             if bi(0).offset != bo(0).offset {
@@ -257,18 +266,18 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Op
         ),
         Kind::SoftmaxCrossEntropy(_) => {
             let classes = bi(0).shape[1] as usize;
-            let l = loss::softmax_cross_entropy_forward(classes, x(0), labels(1), y(1));
+            let l = loss::softmax_cross_entropy_forward(classes, x(0), words(1), y(1));
             y(0)[0] = l;
-            return Some(l);
+            return Ran::Loss(l);
         }
         Kind::SoftmaxCrossEntropyBackward(_) => {
             let classes = bi(0).shape[1] as usize;
-            loss::softmax_cross_entropy_backward(classes, x(0), labels(1), y(0));
+            loss::softmax_cross_entropy_backward(classes, x(0), words(1), y(0));
         }
         Kind::Mse(_) => {
             let l = loss::mse_forward(x(0), x(1));
             y(0)[0] = l;
-            return Some(l);
+            return Ran::Loss(l);
         }
         Kind::MseBackward(_) => loss::mse_backward(x(0), x(1), y(0)),
         Kind::Accumulate(_) => {
@@ -306,8 +315,31 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Op
             clip_if_scaled(step, plan, mem, 3);
             adam.step(upd.lr, upd.step, xm(0), x(1), xm(2));
         }
+        Kind::PassMask(c) => act::pass_mask(c.min, c.max, x(0), unsafe { mem.u32_mut(bo(0)) }),
+        Kind::MaskedGrad(_) => act::masked_grad(words(0), x(1), y(0)),
+        Kind::Compress(c) => return Ran::Compressed(c.compress(x(0), y(0), ws())),
+        Kind::Decompress(c) => c.decompress(x(0), y(0), ws()),
+        Kind::ConvBackwardWeightCompressed(cc) => {
+            let (conv, c) = compressed(&cc.conv, &cc.compressor);
+            c.conv_weight_grad(conv, &bo(0).shape, x(0), x(1), y(0), ws());
+        }
+        Kind::LinearGradWCompressed(cl) => {
+            let c = cl.compressor.as_ref().expect("validated");
+            c.linear_weight_grad(cl.trans_b, x(0), x(1), y(0), ws());
+        }
     }
-    None
+    Ran::Nothing
+}
+
+/// The two halves of a fused compressed conv gradient (validation checked both are there).
+pub fn compressed<'a>(
+    conv: &'a Option<crate::ops::Conv>,
+    c: &'a Option<crate::ops::Compressor>,
+) -> (&'a crate::ops::Conv, &'a crate::ops::Compressor) {
+    (
+        conv.as_ref().expect("validated"),
+        c.as_ref().expect("validated"),
+    )
 }
 
 /// With gradient clipping an update's last input is the clip coefficient: scale the

@@ -23,6 +23,28 @@ pub fn clip_backward(min: f32, max: f32, x: &[f32], dy: &[f32], dx: &mut [f32]) 
     map_grad(x, dy, dx, |x, d| if x > min && x < max { d } else { 0.0 });
 }
 
+/// Where a Clip(min, max) passes its gradient, one bit per element: all that its backward
+/// needs, 1/32 of the input it would otherwise keep. ReLU is min 0, max ∞.
+pub fn pass_mask(min: f32, max: f32, x: &[f32], mask: &mut [u32]) {
+    debug_assert_eq!(mask.len(), x.len().div_ceil(32));
+    for (word, chunk) in mask.iter_mut().zip(x.chunks(32)) {
+        *word = chunk
+            .iter()
+            .enumerate()
+            .fold(0, |w, (i, &v)| w | (u32::from(v > min && v < max) << i));
+    }
+}
+
+/// dy where `mask` (from [`pass_mask`]) is set, else 0.
+pub fn masked_grad(mask: &[u32], dy: &[f32], dx: &mut [f32]) {
+    debug_assert!(dy.len() == dx.len() && mask.len() == dy.len().div_ceil(32));
+    for ((&word, d), o) in mask.iter().zip(dy.chunks(32)).zip(dx.chunks_mut(32)) {
+        for (i, (o, &d)) in o.iter_mut().zip(d).enumerate() {
+            *o = if word >> i & 1 != 0 { d } else { 0.0 };
+        }
+    }
+}
+
 pub fn leaky_relu_forward(alpha: f32, x: &[f32], y: &mut [f32]) {
     map(x, y, |x| if x >= 0.0 { x } else { alpha * x });
 }
@@ -143,6 +165,26 @@ fn map_grad(saved: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(f32, f32) -> f
 mod tests {
     use super::*;
     use crate::kernels::testutil::{FD_EPS, Lcg, assert_close, check_grad, weighted_sum};
+
+    #[test]
+    fn masks_give_the_clip_and_relu_gradients() {
+        let mut rng = Lcg::new(3);
+        // 70 elements: two full words and a partial one.
+        let x: Vec<f32> = rng.vec(70).iter().map(|v| 8.0 * v).collect();
+        let dy = rng.vec(70);
+        for (min, max) in [(0.0, 6.0), (0.0, f32::INFINITY), (-1.0, 1.0)] {
+            let mut mask = vec![0; 3];
+            pass_mask(min, max, &x, &mut mask);
+            let (mut got, mut want) = (vec![0.0; 70], vec![0.0; 70]);
+            masked_grad(&mask, &dy, &mut got);
+            if max == f32::INFINITY {
+                relu_backward(&x, &dy, &mut want);
+            } else {
+                clip_backward(min, max, &x, &dy, &mut want);
+            }
+            assert_eq!(got, want);
+        }
+    }
 
     const N: usize = 60;
 

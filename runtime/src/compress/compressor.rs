@@ -1,0 +1,272 @@
+//! A plan's [`Compressor`] put to work: the sizes of its compressed buffer and scratch (the
+//! planner's view) and the calls into the compress kernels (the executor's), one mapping
+//! from the plan's attributes for both.
+
+use super::hosvd::Ranks;
+use super::{gradfilter, hosvd, svd};
+use crate::exec::geom;
+use crate::kernels::conv::Conv2dGeom;
+use crate::ops::{Compressor, Conv, Method};
+
+/// Up to four sizes on the stack: a step must not allocate.
+#[derive(Clone, Copy)]
+struct Four {
+    d: [usize; 4],
+    n: usize,
+}
+
+impl Four {
+    fn of(v: impl IntoIterator<Item = usize>) -> Four {
+        let mut f = Four { d: [0; 4], n: 0 };
+        for x in v {
+            f.d[f.n] = x;
+            f.n += 1;
+        }
+        f
+    }
+
+    fn get(&self) -> &[usize] {
+        &self.d[..self.n]
+    }
+}
+
+impl Compressor {
+    fn method(&self) -> &Method {
+        self.method
+            .as_ref()
+            .expect("validated: a compressor has a method")
+    }
+
+    fn dims(&self) -> Four {
+        Four::of(self.shape.iter().map(|&d| d as usize))
+    }
+
+    /// The (batch, rest) unfolding the SVD baseline decomposes.
+    fn rows_cols(&self) -> (usize, usize) {
+        let d = self.dims();
+        let rows = d.get()[0];
+        (rows, d.get().iter().product::<usize>() / rows.max(1))
+    }
+
+    fn caps(h: &crate::ops::Hosvd) -> Four {
+        Four::of(h.caps.iter().map(|&c| c as usize))
+    }
+
+    /// The conv geometry gradient filtering pools along.
+    fn filter_geom(f: &crate::ops::GradFilter, x: &[u64]) -> Conv2dGeom {
+        let conv = f.conv.as_ref().expect("validated: gradfilter has its conv");
+        geom::conv(conv, x, &f.weight_shape)
+    }
+
+    /// Checks what the kernels assume, for the executor's plan validation.
+    pub fn check(&self) -> Result<(), String> {
+        let d = self.dims();
+        if !(1..=4).contains(&self.shape.len()) || d.get().contains(&0) {
+            return Err(format!("compressed activation shape {:?}", self.shape));
+        }
+        match &self.method {
+            None => Err("a compressor without a method (written by a newer actc?)".into()),
+            Some(Method::Hosvd(h)) if h.caps.len() != self.shape.len() || h.caps.contains(&0) => {
+                Err(format!(
+                    "HOSVD rank caps {:?} for shape {:?}",
+                    h.caps, self.shape
+                ))
+            }
+            Some(Method::Svd(s)) if s.cap == 0 => Err("SVD rank cap 0".into()),
+            Some(Method::GradFilter(f))
+                if self.shape.len() != 4
+                    || f.patch == 0
+                    || f.conv.is_none()
+                    || f.weight_shape.len() != 4 =>
+            {
+                Err("gradient filter without a 4-D input, a patch or its conv".into())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// f32 elements of the compressed form (at the rank caps).
+    pub fn packed_len(&self) -> usize {
+        match self.method() {
+            Method::Hosvd(h) => hosvd::packed_len(self.dims().get(), Self::caps(h).get()),
+            Method::Svd(s) => {
+                let (rows, cols) = self.rows_cols();
+                svd::packed_len(rows, cols, s.cap as usize)
+            }
+            Method::GradFilter(f) => {
+                let g = Self::filter_geom(f, &self.shape);
+                gradfilter::pooled_dims(&g, f.patch as usize)
+                    .iter()
+                    .product()
+            }
+        }
+    }
+
+    /// Bytes of the activation kept as is.
+    pub fn vanilla_bytes(&self) -> usize {
+        self.dims().get().iter().product::<usize>() * 4
+    }
+
+    /// The paper's memory metric for the ranks a step used (DESIGN §4 (a)).
+    pub fn paper_bytes(&self, ranks: &Ranks) -> usize {
+        match self.method() {
+            Method::Hosvd(_) => hosvd::paper_bytes(self.dims().get(), &ranks.used),
+            Method::Svd(_) => {
+                let (rows, cols) = self.rows_cols();
+                svd::paper_bytes(rows, cols, ranks.used[0])
+            }
+            Method::GradFilter(f) => {
+                let g = Self::filter_geom(f, &self.shape);
+                gradfilter::paper_bytes(&g, f.patch as usize)
+            }
+        }
+    }
+
+    pub fn compress_workspace_len(&self) -> usize {
+        match self.method() {
+            Method::Hosvd(h) => hosvd::workspace_len(self.dims().get(), Self::caps(h).get()),
+            Method::Svd(s) => {
+                let (rows, cols) = self.rows_cols();
+                svd::workspace_len(rows, cols, s.cap as usize)
+            }
+            Method::GradFilter(_) => 0,
+        }
+    }
+
+    pub fn decompress_workspace_len(&self) -> usize {
+        match self.method() {
+            Method::Hosvd(h) => {
+                hosvd::reconstruct_workspace_len(self.dims().get(), Self::caps(h).get())
+            }
+            Method::Svd(_) | Method::GradFilter(_) => 0,
+        }
+    }
+
+    /// Scratch of the fused conv weight gradient; `w` is the weight's shape.
+    pub fn conv_grad_workspace_len(&self, conv: &Conv, w: &[u64]) -> usize {
+        let g = geom::conv(conv, &self.shape, w);
+        match self.method() {
+            Method::Hosvd(h) => {
+                hosvd::conv_weight_grad_workspace_len(self.dims().get(), Self::caps(h).get(), &g)
+            }
+            Method::GradFilter(f) => {
+                gradfilter::conv_weight_grad_workspace_len(&g, f.patch as usize)
+            }
+            Method::Svd(_) => 0,
+        }
+    }
+
+    /// Scratch of the fused dense weight gradient; `n` is the layer's output features.
+    pub fn linear_grad_workspace_len(&self, n: usize) -> usize {
+        match self.method() {
+            Method::Hosvd(h) => {
+                hosvd::linear_weight_grad_workspace_len(self.dims().get(), Self::caps(h).get(), n)
+            }
+            Method::Svd(_) | Method::GradFilter(_) => 0,
+        }
+    }
+
+    /// x → packed; returns the ranks used (zero for gradient filtering, which has none).
+    pub fn compress(&self, x: &[f32], packed: &mut [f32], ws: &mut [f32]) -> Ranks {
+        match self.method() {
+            Method::Hosvd(h) => {
+                let caps = Self::caps(h);
+                hosvd::compress(x, self.dims().get(), h.eps, caps.get(), packed, ws)
+            }
+            Method::Svd(s) => {
+                let (rows, cols) = self.rows_cols();
+                let (used, wanted) =
+                    svd::compress(x, rows, cols, s.eps, s.cap as usize, packed, ws);
+                Ranks {
+                    used: [used, 0, 0, 0],
+                    wanted: [wanted, 0, 0, 0],
+                }
+            }
+            Method::GradFilter(f) => {
+                let g = Self::filter_geom(f, &self.shape);
+                gradfilter::compress(x, &g, f.patch as usize, packed);
+                Ranks {
+                    used: [0; 4],
+                    wanted: [0; 4],
+                }
+            }
+        }
+    }
+
+    /// packed → x̂. Gradient filtering has no decompressed form: the compress pass always
+    /// emits it fused, and plan validation rejects a `Decompress` of it.
+    pub fn decompress(&self, packed: &[f32], x: &mut [f32], ws: &mut [f32]) {
+        match self.method() {
+            Method::Hosvd(h) => {
+                hosvd::reconstruct(packed, self.dims().get(), Self::caps(h).get(), x, ws)
+            }
+            Method::Svd(s) => {
+                let (rows, cols) = self.rows_cols();
+                svd::reconstruct(packed, rows, cols, s.cap as usize, x)
+            }
+            Method::GradFilter(_) => unreachable!("validated: gradient filtering is fused"),
+        }
+    }
+
+    /// A conv's weight gradient from the compressed input; `dw`'s shape is `w`.
+    pub fn conv_weight_grad(
+        &self,
+        conv: &Conv,
+        w: &[u64],
+        packed: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        ws: &mut [f32],
+    ) {
+        let g = geom::conv(conv, &self.shape, w);
+        match self.method() {
+            Method::Hosvd(h) => hosvd::conv_weight_grad(
+                packed,
+                self.dims().get(),
+                Self::caps(h).get(),
+                &g,
+                dy,
+                dw,
+                ws,
+            ),
+            Method::GradFilter(f) => {
+                gradfilter::conv_weight_grad(packed, &g, f.patch as usize, dy, dw, ws)
+            }
+            Method::Svd(_) => unreachable!("validated: SVD is never fused"),
+        }
+    }
+
+    /// A dense layer's weight gradient from the compressed input.
+    pub fn linear_weight_grad(
+        &self,
+        trans_b: bool,
+        packed: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        ws: &mut [f32],
+    ) {
+        match self.method() {
+            Method::Hosvd(h) => hosvd::linear_weight_grad(
+                packed,
+                self.dims().get(),
+                Self::caps(h).get(),
+                dy,
+                trans_b,
+                dw,
+                ws,
+            ),
+            Method::Svd(_) | Method::GradFilter(_) => {
+                unreachable!("validated: only HOSVD fuses into a dense layer")
+            }
+        }
+    }
+
+    /// Whether the fused weight gradients exist for this method (what validation checks).
+    pub fn fuses_into(&self, conv: bool) -> bool {
+        match self.method {
+            Some(Method::Hosvd(_)) => true,
+            Some(Method::GradFilter(_)) => conv,
+            _ => false,
+        }
+    }
+}
