@@ -139,7 +139,7 @@ fn prefix_nodes(plan: &Plan) -> usize {
         .unwrap_or(0)
 }
 
-fn human(bytes: u64) -> String {
+pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "kB", "MB", "GB"];
     let mut v = bytes as f64;
     let mut u = 0;

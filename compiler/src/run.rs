@@ -1,9 +1,11 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
 use crate::error::Result;
+use crate::inspect::human;
 use crate::onnx::export::export;
 use crate::{bail, err};
 use actc_runtime::data::{Dataset, Layout, Preprocess, split};
+use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
 use actc_runtime::train::{Event, Metrics, Rows, Session};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -60,6 +62,72 @@ fn load_data(path: &Path, layout: Option<Layout>) -> Result<Dataset> {
 
 fn metrics_json(m: &Metrics) -> serde_json::Value {
     json!({"loss": m.loss, "accuracy": m.accuracy, "samples": m.samples})
+}
+
+/// What the compressed layers kept since the last report, as text lines and as JSON (None
+/// without compression); resets the executor's tallies.
+fn compression_report(exec: &mut Executor) -> Option<(String, serde_json::Value)> {
+    let stats = exec.compression_stats();
+    if stats.is_empty() {
+        return None;
+    }
+    let total = exec.paper_total();
+    let vanilla: usize = stats.iter().map(|s| s.vanilla_bytes).sum();
+    let planned: usize = stats.iter().map(|s| s.planned_bytes).sum();
+    let mut text = format!(
+        "  compressed inputs, paper's metric: mean {}, peak {} per step (vanilla {}, planned at the caps {})",
+        human(total.mean() as u64),
+        human(total.max),
+        human(vanilla as u64),
+        human(planned as u64)
+    );
+    let mut layers = Vec::new();
+    for s in stats {
+        let modes: Vec<String> = (0..s.modes)
+            .map(|m| {
+                format!(
+                    "{:.1} ({}-{})",
+                    s.rank_mean(m),
+                    s.rank_min[m],
+                    s.rank_max[m]
+                )
+            })
+            .collect();
+        text.push_str(&format!(
+            "\n  {}: ranks {} | {} mean, {} peak | truncated at the cap in {} of {} steps",
+            s.layer,
+            if modes.is_empty() {
+                "-".to_string()
+            } else {
+                modes.join(" ")
+            },
+            human(s.paper_bytes.mean() as u64),
+            human(s.paper_bytes.max),
+            s.truncated,
+            s.paper_bytes.count
+        ));
+        layers.push(json!({
+            "layer": s.layer,
+            "rank_mean": (0..s.modes).map(|m| s.rank_mean(m)).collect::<Vec<_>>(),
+            "rank_min": &s.rank_min[..s.modes],
+            "rank_max": &s.rank_max[..s.modes],
+            "truncated_steps": s.truncated,
+            "steps": s.paper_bytes.count,
+            "paper_bytes_mean": s.paper_bytes.mean(),
+            "paper_bytes_peak": s.paper_bytes.max,
+            "vanilla_bytes": s.vanilla_bytes,
+            "planned_bytes": s.planned_bytes,
+        }));
+    }
+    let value = json!({
+        "paper_bytes_mean": total.mean(),
+        "paper_bytes_peak": total.max,
+        "vanilla_bytes": vanilla,
+        "planned_bytes": planned,
+        "layers": layers,
+    });
+    exec.reset_compression_stats();
+    Some((text, value))
 }
 
 /// Where `train` saves: `<stem>.best.actc` and `<stem>.last.actc`.
@@ -167,12 +235,16 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                         "epoch {epoch}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {seconds:.1} s",
                         train.loss, train.accuracy, val.loss, val.accuracy
                     );
+                    let compression = compression_report(session.executor());
+                    if let Some((text, _)) = &compression {
+                        eprintln!("{text}");
+                    }
                     if let Some(f) = log.as_mut() {
-                        let _ = writeln!(
-                            f,
-                            "{}",
-                            json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds})
-                        );
+                        let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds});
+                        if let Some((_, c)) = compression {
+                            record["compression"] = c;
+                        }
+                        let _ = writeln!(f, "{record}");
                     }
                     let snapshot = session.executor().snapshot().to_bytes();
                     let mut save = |p: &Path| {

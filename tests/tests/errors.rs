@@ -155,3 +155,32 @@ fn damaged_plan_is_refused_by_inspect() {
     assert_eq!(code, 2);
     assert!(msg.contains("damaged"), "{msg}");
 }
+
+#[test]
+fn bad_compression_flags() {
+    let dir = scratch("compress_flags");
+    let m = model("tiny_cnn");
+    let msg = compile_fails(
+        &dir,
+        &m,
+        &["--layers", "1", "--compress", "hosvd", "--eps", "0"],
+    );
+    assert!(msg.contains("--eps"), "{msg}");
+    let msg = compile_fails(
+        &dir,
+        &m,
+        &["--layers", "1", "--compress", "hosvd", "--max-rank", "0"],
+    );
+    assert!(msg.contains("--max-rank"), "{msg}");
+    let msg = compile_fails(
+        &dir,
+        &m,
+        &["--layers", "1", "--compress", "gradfilter", "--patch", "3"],
+    );
+    assert!(
+        msg.contains("--patch") && msg.contains("2, 4 or 7"),
+        "{msg}"
+    );
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--compress", "tucker"]);
+    assert!(msg.contains("tucker"), "{msg}");
+}
