@@ -86,6 +86,13 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Memory for the frozen prefix's outputs, kept per sample after the first epoch so
+        /// later epochs run only the trainable part: bytes, with an optional K, M or G suffix.
+        #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+        cache_budget: usize,
+        /// Run the frozen prefix on every batch of every epoch.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         prep: PrepArgs,
     },
@@ -369,6 +376,27 @@ impl CompileArgs {
     }
 }
 
+/// `512M`, `2G`, `64K` or plain bytes.
+fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let (digits, unit) = match s.trim().char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s.trim()[..i], c.to_ascii_uppercase()),
+        _ => (s.trim(), 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("'{s}': the size's unit must be K, M or G")),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 512M)"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
 /// Writes through a temporary file in the same folder and renames it, so a failure never
 /// leaves a partial file behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -485,6 +513,8 @@ fn run(cli: Cli) -> Result<()> {
             log,
             save,
             quiet,
+            cache_budget,
+            no_cache,
             prep,
         } => {
             if epochs == 0 {
@@ -499,6 +529,7 @@ fn run(cli: Cli) -> Result<()> {
                 log,
                 save,
                 quiet,
+                cache_budget: if no_cache { 0 } else { cache_budget },
                 prep: prep.options(),
             };
             run::train(&plan, &opts)
@@ -563,5 +594,21 @@ pub fn main() -> ExitCode {
             eprintln!("{}", msg.trim_end());
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("5X").unwrap_err().contains("K, M or G"));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
     }
 }

@@ -49,6 +49,8 @@ pub struct TrainOptions {
     pub log: Option<PathBuf>,
     pub save: Option<PathBuf>,
     pub quiet: bool,
+    /// Bytes for the prefix cache (0: off).
+    pub cache_budget: usize,
     pub prep: DataOptions,
 }
 
@@ -179,6 +181,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
     }
     let mut session =
         Session::new(plan, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    session.set_cache_budget(opts.cache_budget);
     let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
     if val_data.is_some() {
         val.check(&prep).map_err(|e| err!("{e}"))?;
@@ -235,12 +238,21 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                         "epoch {epoch}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {seconds:.1} s",
                         train.loss, train.accuracy, val.loss, val.accuracy
                     );
+                    let cache = session.cache();
+                    let (hits, misses, cached) = (cache.hits, cache.misses, cache.bytes());
+                    (cache.hits, cache.misses) = (0, 0);
+                    if opts.cache_budget > 0 {
+                        eprintln!(
+                            "  prefix: {hits} samples from the cache, {misses} computed; cache holds {}",
+                            human(cached as u64)
+                        );
+                    }
                     let compression = compression_report(session.executor());
                     if let Some((text, _)) = &compression {
                         eprintln!("{text}");
                     }
                     if let Some(f) = log.as_mut() {
-                        let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds});
+                        let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds, "prefix": {"cached_samples": hits, "computed_samples": misses, "cache_bytes": cached}});
                         if let Some((_, c)) = compression {
                             record["compression"] = c;
                         }

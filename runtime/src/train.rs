@@ -18,6 +18,100 @@ pub struct Session {
     /// reuse a boundary buffer's memory during the step, so they cannot live there between
     /// steps).
     boundary: Vec<Vec<f32>>,
+    cache: PrefixCache,
+}
+
+/// Boundary tensors of the samples seen so far. With no data augmentation they are a pure
+/// function of the sample (DESIGN §2), so after the first epoch a batch costs only the
+/// trainable suffix. Samples are cached until the budget is spent; the rest go through the
+/// prefix every time.
+pub struct PrefixCache {
+    budget: usize,
+    used: usize,
+    /// One entry per data set (and preprocessing): training and validation data differ.
+    entries: Vec<CacheEntry>,
+    /// Samples served from the cache, and computed by the prefix, since the last reset.
+    pub hits: usize,
+    pub misses: usize,
+}
+
+struct CacheEntry {
+    dataset: u64,
+    prep: Preprocess,
+    /// Per sample of the data set: its slot, if cached.
+    slot: Vec<Option<u32>>,
+    /// Per boundary tensor: the cached samples' values, slot after slot.
+    values: Vec<Vec<f32>>,
+}
+
+impl PrefixCache {
+    /// A cache of at most `budget` bytes (0 turns it off).
+    pub fn new(budget: usize) -> PrefixCache {
+        PrefixCache {
+            budget,
+            used: 0,
+            entries: Vec::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    /// Bytes of boundary values held.
+    pub fn bytes(&self) -> usize {
+        self.used
+    }
+
+    fn entry(&self, data: &Dataset, prep: &Preprocess) -> Option<&CacheEntry> {
+        self.entries
+            .iter()
+            .find(|e| e.dataset == data.id() && &e.prep == prep)
+    }
+
+    /// Sample `i`'s slot, if cached.
+    fn slot(&self, data: &Dataset, prep: &Preprocess, i: usize) -> Option<(&CacheEntry, usize)> {
+        let e = self.entry(data, prep)?;
+        e.slot.get(i).copied().flatten().map(|s| (e, s as usize))
+    }
+
+    /// Keeps row `r` of the batch's boundary tensors as sample `i`'s, if the budget allows.
+    fn store(
+        &mut self,
+        data: &Dataset,
+        prep: &Preprocess,
+        i: usize,
+        boundary: &[Vec<f32>],
+        r: usize,
+        batch: usize,
+    ) {
+        let sample_bytes: usize = boundary.iter().map(|b| b.len() / batch * 4).sum();
+        if self.used + sample_bytes > self.budget || self.slot(data, prep, i).is_some() {
+            return;
+        }
+        let k = match self
+            .entries
+            .iter()
+            .position(|e| e.dataset == data.id() && &e.prep == prep)
+        {
+            Some(k) => k,
+            None => {
+                self.entries.push(CacheEntry {
+                    dataset: data.id(),
+                    prep: prep.clone(),
+                    slot: vec![None; data.len()],
+                    values: vec![Vec::new(); boundary.len()],
+                });
+                self.entries.len() - 1
+            }
+        };
+        let e = &mut self.entries[k];
+        let slot = e.values[0].len() / (boundary[0].len() / batch);
+        for (v, b) in e.values.iter_mut().zip(boundary) {
+            let per = b.len() / batch;
+            v.extend_from_slice(&b[r * per..(r + 1) * per]);
+        }
+        e.slot[i] = Some(slot as u32);
+        self.used += sample_bytes;
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -75,7 +169,17 @@ impl Session {
             prefix,
             input_shape,
             boundary,
+            cache: PrefixCache::new(0),
         })
+    }
+
+    /// Caches boundary tensors up to `budget` bytes (0, the default, turns caching off).
+    pub fn set_cache_budget(&mut self, budget: usize) {
+        self.cache = PrefixCache::new(budget);
+    }
+
+    pub fn cache(&mut self) -> &mut PrefixCache {
+        &mut self.cache
     }
 
     pub fn batch(&self) -> usize {
@@ -99,6 +203,12 @@ impl Session {
     /// Runs the prefix on the model input and writes the boundary tensors and `labels` into
     /// the executor: what every step needs first.
     pub fn feed(&mut self, labels: impl Fn(usize) -> u32) -> Result<(), ExecError> {
+        self.run_prefix()?;
+        self.write_feeds(labels)
+    }
+
+    /// The model input through the prefix into `boundary`.
+    fn run_prefix(&mut self) -> Result<(), ExecError> {
         match &self.prefix {
             Some(p) => {
                 let boundary = &mut self.boundary;
@@ -106,6 +216,11 @@ impl Session {
             }
             None => self.boundary[0].copy_from_slice(&self.input),
         }
+        Ok(())
+    }
+
+    /// `boundary` and the labels into the executor.
+    fn write_feeds(&mut self, labels: impl Fn(usize) -> u32) -> Result<(), ExecError> {
         for (k, b) in self.boundary.iter().enumerate() {
             self.exec.boundary_mut(k).copy_from_slice(b);
         }
@@ -115,15 +230,36 @@ impl Session {
         Ok(())
     }
 
-    /// Loads `rows` into the model input; rows beyond `rows.len()` repeat the last sample (a
-    /// short final batch in evaluation), and feeds the batch.
+    /// Feeds the batch of `rows`; rows beyond `rows.len()` repeat the last sample (a short
+    /// final batch in evaluation). From the cache when it holds every sample of the batch,
+    /// else through preprocessing and the prefix (then caching what the budget allows).
     fn load(&mut self, data: &Dataset, prep: &Preprocess, rows: &[usize]) -> Result<(), ExecError> {
-        let per = self.input.len() / self.batch();
-        for r in 0..self.batch() {
-            let i = rows[r.min(rows.len() - 1)];
-            data.write_sample(i, prep, &mut self.input[r * per..(r + 1) * per]);
+        let b = self.batch();
+        let row = |r: usize| rows[r.min(rows.len() - 1)];
+        let cached = (0..b).all(|r| self.cache.slot(data, prep, row(r)).is_some());
+        if cached {
+            for r in 0..b {
+                let (e, slot) = self.cache.slot(data, prep, row(r)).expect("checked");
+                for (dst, src) in self.boundary.iter_mut().zip(&e.values) {
+                    let per = dst.len() / b;
+                    dst[r * per..(r + 1) * per].copy_from_slice(&src[slot * per..(slot + 1) * per]);
+                }
+            }
+            self.cache.hits += b;
+        } else {
+            let per = self.input.len() / b;
+            for r in 0..b {
+                data.write_sample(row(r), prep, &mut self.input[r * per..(r + 1) * per]);
+            }
+            self.run_prefix()?;
+            if self.cache.budget > 0 {
+                for (r, &i) in rows.iter().take(b).enumerate() {
+                    self.cache.store(data, prep, i, &self.boundary, r, b);
+                }
+            }
+            self.cache.misses += b;
         }
-        self.feed(|r| data.label(rows[r.min(rows.len() - 1)]))
+        self.write_feeds(|r| data.label(row(r)))
     }
 
     /// Top-1 hits and the summed cross-entropy of the first `valid` rows of the output.

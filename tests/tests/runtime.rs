@@ -253,3 +253,70 @@ fn exported_models_compute_what_the_executor_computes() {
     check_export("tiny_matmul", Layers::Last(2));
     check_export("resnet18", Layers::Last(4));
 }
+
+/// With the prefix cache, epochs after the first read the boundary tensors instead of
+/// computing them, and every number comes out the same as without it.
+#[test]
+fn the_prefix_cache_changes_the_time_only() {
+    use actc_runtime::data::{Dataset, Preprocess};
+    use actc_runtime::train::{Metrics, Rows, Session};
+    let opts = actc::compile::CompileOptions {
+        input: actc::onnx::import::InputShape {
+            shape: Some(vec![16, 3, 32, 32]),
+            batch: None,
+        },
+        ..common::options(Layers::Last(2), None)
+    };
+    let plan = actc::compile::compile_file(&common::model("resnet18"), &opts)
+        .unwrap()
+        .plan;
+    let data = Dataset::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/data/fashion-mnist"),
+        None,
+    )
+    .unwrap();
+    let prep = Preprocess::for_input(&[3, 32, 32], &data).unwrap();
+    let (train, val): (Vec<usize>, Vec<usize>) = ((0..48).collect(), (48..72).collect());
+    let run = |budget: usize| {
+        let mut session = Session::new(plan.clone(), 9).unwrap();
+        session.set_cache_budget(budget);
+        let mut epochs: Vec<(Metrics, Metrics, usize, usize)> = Vec::new();
+        session
+            .train(
+                Rows {
+                    data: &data,
+                    rows: &train,
+                },
+                Rows {
+                    data: &data,
+                    rows: &val,
+                },
+                &prep,
+                3,
+                7,
+                |event| {
+                    if let actc_runtime::train::Event::Epoch {
+                        train,
+                        val,
+                        session,
+                        ..
+                    } = event
+                    {
+                        let c = session.cache();
+                        epochs.push((train, val, c.hits, c.misses));
+                        (c.hits, c.misses) = (0, 0);
+                    }
+                },
+            )
+            .unwrap();
+        epochs
+    };
+    let (plain, cached) = (run(0), run(64 << 20));
+    for (e, (p, c)) in plain.iter().zip(&cached).enumerate() {
+        assert_eq!((p.0, p.1), (c.0, c.1), "epoch {}", e + 1);
+    }
+    // 3 training batches and 2 validation batches (the last one padded) of 16.
+    assert_eq!((cached[0].2, cached[0].3), (0, 80));
+    assert_eq!((cached[1].2, cached[1].3), (80, 0));
+    assert_eq!((plain[1].2, plain[1].3), (0, 80));
+}

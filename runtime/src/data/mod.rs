@@ -91,6 +91,8 @@ pub(crate) enum Form {
 }
 
 pub struct Dataset {
+    /// Unique within the process: what a prefix cache keys samples by.
+    id: u64,
     source: PathBuf,
     samples: Samples,
     shape: Vec<usize>,
@@ -165,7 +167,9 @@ impl Dataset {
         } else {
             class_names.len()
         };
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Dataset {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             source: source.to_path_buf(),
             samples,
             shape,
@@ -175,6 +179,11 @@ impl Dataset {
             class_names,
             layout,
         })
+    }
+
+    /// Tells this data set apart from every other one loaded by the process.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The file or folder the data came from, for messages.
