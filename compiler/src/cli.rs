@@ -115,6 +115,9 @@ enum Command {
         warmup: usize,
         #[arg(long)]
         json: bool,
+        /// Also time every step of the trainable part: totals per op and the slowest steps.
+        #[arg(long)]
+        profile: bool,
     },
     /// Write the model back to ONNX with the fine-tuned weights.
     Export {
@@ -539,11 +542,12 @@ fn run(cli: Cli) -> Result<()> {
             steps,
             warmup,
             json,
+            profile,
         } => {
             if steps == 0 {
                 return Err(err!("--steps must be at least 1"));
             }
-            run::bench(&plan, steps, warmup, json)
+            run::bench(&plan, steps, warmup, json, profile)
         }
         Command::Eval {
             plan,

@@ -333,7 +333,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 /// Times training steps of a plan on synthetic data (the prefix included, as in training
 /// without a cache), reporting median and spread in ms and the process's peak RSS.
-pub fn bench(plan_path: &Path, steps: usize, warmup: usize, as_json: bool) -> Result<()> {
+pub fn bench(
+    plan_path: &Path,
+    steps: usize,
+    warmup: usize,
+    as_json: bool,
+    profile: bool,
+) -> Result<()> {
     let plan = load_plan(plan_path)?;
     let mem = plan.memory.clone().unwrap_or_default();
     let mut session = Session::new(plan, (steps + warmup) as u64)
@@ -346,11 +352,16 @@ pub fn bench(plan_path: &Path, steps: usize, warmup: usize, as_json: bool) -> Re
         *v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
     }
     let (mut total, mut suffix) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    let mut per_step = vec![0.0; session.executor().plan().steps.len()];
     for i in 0..warmup + steps {
         let start = std::time::Instant::now();
         session.feed(|r| (r % 10) as u32).map_err(|e| err!("{e}"))?;
         let fed = start.elapsed();
-        session.executor().train_step();
+        if profile && i >= warmup {
+            session.executor().train_step_timed(&mut per_step);
+        } else {
+            session.executor().train_step();
+        }
         let all = start.elapsed();
         if i >= warmup {
             total.push(all.as_secs_f64() * 1e3);
@@ -368,7 +379,12 @@ pub fn bench(plan_path: &Path, steps: usize, warmup: usize, as_json: bool) -> Re
         "peak_rss_bytes": rss,
         "planned_bytes": mem.arena + mem.persistent,
     });
+    let profile_rows = profile.then(|| profile_table(session.executor().plan(), &per_step, steps));
     if as_json {
+        let mut report = report;
+        if let Some((_, rows)) = profile_rows {
+            report["profile"] = rows;
+        }
         println!("{report}");
     } else {
         println!(
@@ -381,6 +397,62 @@ pub fn bench(plan_path: &Path, steps: usize, warmup: usize, as_json: bool) -> Re
             rss as f64 / 1e6,
             (mem.arena + mem.persistent) as f64 / 1e6
         );
+        if let Some((text, _)) = profile_rows {
+            print!("{text}");
+        }
     }
     Ok(())
+}
+
+/// The suffix's time per op kind and its slowest steps (mean ms per training step).
+fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_json::Value) {
+    let ms = |s: f64| s * 1e3 / steps.max(1) as f64;
+    let total: f64 = seconds.iter().sum();
+    let op = |i: usize| {
+        plan.steps[i]
+            .op
+            .as_ref()
+            .and_then(|o| o.kind.as_ref())
+            .map(|k| {
+                format!("{k:?}")
+                    .split(['(', ' '])
+                    .next()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let mut by_op: Vec<(String, f64)> = Vec::new();
+    for (i, &t) in seconds.iter().enumerate() {
+        match by_op.iter_mut().find(|(o, _)| *o == op(i)) {
+            Some((_, sum)) => *sum += t,
+            None => by_op.push((op(i), t)),
+        }
+    }
+    by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut order: Vec<usize> = (0..seconds.len()).collect();
+    order.sort_by(|&a, &b| seconds[b].total_cmp(&seconds[a]));
+    let mut text = format!("suffix profile: {:.1} ms per step\n  by op:\n", ms(total));
+    for (o, t) in &by_op {
+        text.push_str(&format!(
+            "    {:>7.2} ms {:>5.1} %  {o}\n",
+            ms(*t),
+            100.0 * t / total
+        ));
+    }
+    text.push_str("  slowest steps:\n");
+    for &i in order.iter().take(10) {
+        text.push_str(&format!(
+            "    {:>7.2} ms  {} ({})\n",
+            ms(seconds[i]),
+            plan.steps[i].name,
+            op(i)
+        ));
+    }
+    let json = json!({
+        "suffix_ms": ms(total),
+        "by_op_ms": by_op.iter().map(|(o, t)| json!({"op": o, "ms": ms(*t)})).collect::<Vec<_>>(),
+        "steps_ms": order.iter().map(|&i| json!({"step": plan.steps[i].name, "op": op(i), "ms": ms(seconds[i])})).collect::<Vec<_>>(),
+    });
+    (text, json)
 }

@@ -373,6 +373,13 @@ impl Session {
                     lr,
                 });
             }
+            // The samples this epoch's dropped partial batch held are in later epochs'
+            // batches: through the prefix once now, they do not force whole batches back
+            // through it then.
+            let leftover = &order[steps * b..];
+            if epoch == 1 && self.cache.budget > 0 && !leftover.is_empty() {
+                self.load(data, prep, leftover)?;
+            }
             let seconds = start.elapsed().as_secs_f64();
             let train = Metrics {
                 loss: loss_sum / steps as f64,

@@ -84,3 +84,68 @@ fn compile_train_eval_export_on_bundled_digits() {
     let model = actc::onnx::load(&onnx).unwrap();
     assert_eq!(model.graph.unwrap().output[0].name(), "logits");
 }
+
+#[test]
+fn compressed_training_reports_ranks_and_bench_profiles() {
+    let dir = scratch("cli_compressed");
+    let plan = dir.join("mlp.actc");
+    let p = plan.to_str().unwrap();
+    let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/digits.npz");
+    run(&[
+        "compile",
+        model("tiny_mlp").to_str().unwrap(),
+        "--layers",
+        "all",
+        "--batch",
+        "32",
+        "--compress",
+        "hosvd",
+        "--eps",
+        "0.9",
+        "--max-rank",
+        "8",
+        "-o",
+        p,
+    ]);
+    let log = dir.join("log.jsonl");
+    run(&[
+        "train",
+        p,
+        "--data",
+        digits,
+        "--epochs",
+        "2",
+        "--scale",
+        "0.0625",
+        "--quiet",
+        "--log",
+        log.to_str().unwrap(),
+    ]);
+    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
+        .collect();
+    let c = &epochs[1]["compression"];
+    let layers = c["layers"].as_array().unwrap();
+    assert_eq!(
+        layers.len(),
+        3,
+        "the inputs of tiny_mlp's 3 dense layers: {c}"
+    );
+    for l in layers {
+        for m in 0..2 {
+            let r = l["rank_max"][m].as_u64().unwrap();
+            assert!((1..=8).contains(&r), "{l}");
+        }
+    }
+    let peak = c["paper_bytes_peak"].as_f64().unwrap();
+    assert!(
+        peak > 0.0 && peak < c["vanilla_bytes"].as_f64().unwrap(),
+        "{c}"
+    );
+    // The second epoch's batches all come from the prefix cache.
+    assert_eq!(epochs[1]["prefix"]["computed_samples"], 0);
+    run(&["bench", p, "--steps", "2", "--warmup", "1", "--profile"]);
+}

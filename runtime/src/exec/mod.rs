@@ -230,7 +230,21 @@ impl Executor {
     /// A training step that shows each weight gradient to `observe` as soon as it is
     /// complete (before its update, and before its memory is reused): for checking
     /// gradients against a reference.
-    pub fn train_step_observed(&mut self, mut observe: impl FnMut(&Buffer, &[f32])) -> f32 {
+    pub fn train_step_observed(&mut self, observe: impl FnMut(&Buffer, &[f32])) -> f32 {
+        self.run_training_step(observe, None)
+    }
+
+    /// A training step that adds each plan step's wall time, in seconds, to `seconds[i]`
+    /// (one entry per plan step): where a step's time goes.
+    pub fn train_step_timed(&mut self, seconds: &mut [f64]) -> f32 {
+        self.run_training_step(|_, _| {}, Some(seconds))
+    }
+
+    fn run_training_step(
+        &mut self,
+        mut observe: impl FnMut(&Buffer, &[f32]),
+        mut seconds: Option<&mut [f64]>,
+    ) -> f32 {
         let ctx = step::UpdateCtx {
             lr: self.lr(),
             step: self.updates + 1,
@@ -239,8 +253,13 @@ impl Executor {
         let mut loss = f32::NAN;
         let mut paper_total = 0;
         for (i, s) in self.plan.steps.iter().enumerate() {
+            let start = seconds.is_some().then(std::time::Instant::now);
             // SAFETY: the plan was validated and its buffers planned disjoint while live.
-            match unsafe { step::run(&self.plan, s, &self.mem, &ctx) } {
+            let ran = unsafe { step::run(&self.plan, s, &self.mem, &ctx) };
+            if let (Some(t), Some(start)) = (seconds.as_deref_mut(), start) {
+                t[i] += start.elapsed().as_secs_f64();
+            }
+            match ran {
                 step::Ran::Loss(l) => loss = l,
                 step::Ran::Compressed(r) => {
                     if let (Some(Kind::Compress(c)), Some(k)) = (
