@@ -27,17 +27,25 @@ mod testutil;
 /// With eps = 1 that is the number of non-zero eigenvalues: the running sum is accumulated in
 /// the same order as the total, so it equals the total exactly at the last non-zero one.
 pub fn eps_rank(eigenvalues_desc: &[f32], eps: f32) -> usize {
-    let clamped = || eigenvalues_desc.iter().map(|&v| f64::from(v.max(0.0)));
-    let total: f64 = clamped().sum();
+    let total: f64 = eigenvalues_desc
+        .iter()
+        .map(|&v| f64::from(v.max(0.0)))
+        .sum();
+    eps_rank_of(eigenvalues_desc, eps, total).unwrap_or(eigenvalues_desc.len().max(1))
+}
+
+/// The ε rule when only the leading eigenvalues are known, with `total` the sum of all of
+/// them (a Gram matrix's trace): None when these few do not reach eps·total.
+pub(crate) fn eps_rank_of(top_desc: &[f32], eps: f32, total: f64) -> Option<usize> {
     let target = f64::from(eps) * total;
     let mut sum = 0.0;
-    for (i, v) in clamped().enumerate() {
-        sum += v;
+    for (i, &v) in top_desc.iter().enumerate() {
+        sum += f64::from(v.max(0.0));
         if sum >= target {
-            return i + 1;
+            return Some(i + 1);
         }
     }
-    eigenvalues_desc.len().max(1)
+    None
 }
 
 #[cfg(test)]
