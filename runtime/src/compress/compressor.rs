@@ -4,31 +4,9 @@
 
 use super::hosvd::Ranks;
 use super::{gradfilter, hosvd, svd};
-use crate::exec::geom;
+use crate::exec::geom::{self, Dims};
 use crate::kernels::conv::Conv2dGeom;
 use crate::ops::{Compressor, Conv, Method};
-
-/// Up to four sizes on the stack: a step must not allocate.
-#[derive(Clone, Copy)]
-struct Four {
-    d: [usize; 4],
-    n: usize,
-}
-
-impl Four {
-    fn of(v: impl IntoIterator<Item = usize>) -> Four {
-        let mut f = Four { d: [0; 4], n: 0 };
-        for x in v {
-            f.d[f.n] = x;
-            f.n += 1;
-        }
-        f
-    }
-
-    fn get(&self) -> &[usize] {
-        &self.d[..self.n]
-    }
-}
 
 impl Compressor {
     fn method(&self) -> &Method {
@@ -37,19 +15,19 @@ impl Compressor {
             .expect("validated: a compressor has a method")
     }
 
-    fn dims(&self) -> Four {
-        Four::of(self.shape.iter().map(|&d| d as usize))
+    fn dims(&self) -> Dims {
+        Dims::of(self.shape.iter().map(|&d| d as usize))
     }
 
     /// The (batch, rest) unfolding the SVD baseline decomposes.
     fn rows_cols(&self) -> (usize, usize) {
         let d = self.dims();
-        let rows = d.get()[0];
-        (rows, d.get().iter().product::<usize>() / rows.max(1))
+        let rows = d[0];
+        (rows, d.iter().product::<usize>() / rows.max(1))
     }
 
-    fn caps(h: &crate::ops::Hosvd) -> Four {
-        Four::of(h.caps.iter().map(|&c| c as usize))
+    fn caps(h: &crate::ops::Hosvd) -> Dims {
+        Dims::of(h.caps.iter().map(|&c| c as usize))
     }
 
     /// The conv geometry gradient filtering pools along.
@@ -61,7 +39,7 @@ impl Compressor {
     /// Checks what the kernels assume, for the executor's plan validation.
     pub fn check(&self) -> Result<(), String> {
         let d = self.dims();
-        if !(1..=4).contains(&self.shape.len()) || d.get().contains(&0) {
+        if !(1..=4).contains(&self.shape.len()) || d.contains(&0) {
             return Err(format!("compressed activation shape {:?}", self.shape));
         }
         match &self.method {
@@ -88,7 +66,7 @@ impl Compressor {
     /// f32 elements of the compressed form (at the rank caps).
     pub fn packed_len(&self) -> usize {
         match self.method() {
-            Method::Hosvd(h) => hosvd::packed_len(self.dims().get(), Self::caps(h).get()),
+            Method::Hosvd(h) => hosvd::packed_len(&self.dims(), &Self::caps(h)),
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::packed_len(rows, cols, s.cap as usize)
@@ -104,13 +82,13 @@ impl Compressor {
 
     /// Bytes of the activation kept as is.
     pub fn vanilla_bytes(&self) -> usize {
-        self.dims().get().iter().product::<usize>() * 4
+        self.dims().iter().product::<usize>() * 4
     }
 
     /// The paper's memory metric for the ranks a step used (DESIGN §4 (a)).
     pub fn paper_bytes(&self, ranks: &Ranks) -> usize {
         match self.method() {
-            Method::Hosvd(_) => hosvd::paper_bytes(self.dims().get(), &ranks.used),
+            Method::Hosvd(_) => hosvd::paper_bytes(&self.dims(), &ranks.used),
             Method::Svd(_) => {
                 let (rows, cols) = self.rows_cols();
                 svd::paper_bytes(rows, cols, ranks.used[0])
@@ -124,7 +102,7 @@ impl Compressor {
 
     pub fn compress_workspace_len(&self) -> usize {
         match self.method() {
-            Method::Hosvd(h) => hosvd::workspace_len(self.dims().get(), Self::caps(h).get()),
+            Method::Hosvd(h) => hosvd::workspace_len(&self.dims(), &Self::caps(h)),
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::workspace_len(rows, cols, s.cap as usize)
@@ -135,9 +113,7 @@ impl Compressor {
 
     pub fn decompress_workspace_len(&self) -> usize {
         match self.method() {
-            Method::Hosvd(h) => {
-                hosvd::reconstruct_workspace_len(self.dims().get(), Self::caps(h).get())
-            }
+            Method::Hosvd(h) => hosvd::reconstruct_workspace_len(&self.dims(), &Self::caps(h)),
             Method::Svd(_) | Method::GradFilter(_) => 0,
         }
     }
@@ -147,7 +123,7 @@ impl Compressor {
         let g = geom::conv(conv, &self.shape, w);
         match self.method() {
             Method::Hosvd(h) => {
-                hosvd::conv_weight_grad_workspace_len(self.dims().get(), Self::caps(h).get(), &g)
+                hosvd::conv_weight_grad_workspace_len(&self.dims(), &Self::caps(h), &g)
             }
             Method::GradFilter(f) => {
                 gradfilter::conv_weight_grad_workspace_len(&g, f.patch as usize)
@@ -160,7 +136,7 @@ impl Compressor {
     pub fn linear_grad_workspace_len(&self, n: usize) -> usize {
         match self.method() {
             Method::Hosvd(h) => {
-                hosvd::linear_weight_grad_workspace_len(self.dims().get(), Self::caps(h).get(), n)
+                hosvd::linear_weight_grad_workspace_len(&self.dims(), &Self::caps(h), n)
             }
             Method::Svd(_) | Method::GradFilter(_) => 0,
         }
@@ -171,7 +147,7 @@ impl Compressor {
         match self.method() {
             Method::Hosvd(h) => {
                 let caps = Self::caps(h);
-                hosvd::compress(x, self.dims().get(), h.eps, caps.get(), packed, ws)
+                hosvd::compress(x, &self.dims(), h.eps, &caps, packed, ws)
             }
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
@@ -197,9 +173,7 @@ impl Compressor {
     /// emits it fused, and plan validation rejects a `Decompress` of it.
     pub fn decompress(&self, packed: &[f32], x: &mut [f32], ws: &mut [f32]) {
         match self.method() {
-            Method::Hosvd(h) => {
-                hosvd::reconstruct(packed, self.dims().get(), Self::caps(h).get(), x, ws)
-            }
+            Method::Hosvd(h) => hosvd::reconstruct(packed, &self.dims(), &Self::caps(h), x, ws),
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::reconstruct(packed, rows, cols, s.cap as usize, x)
@@ -220,15 +194,9 @@ impl Compressor {
     ) {
         let g = geom::conv(conv, &self.shape, w);
         match self.method() {
-            Method::Hosvd(h) => hosvd::conv_weight_grad(
-                packed,
-                self.dims().get(),
-                Self::caps(h).get(),
-                &g,
-                dy,
-                dw,
-                ws,
-            ),
+            Method::Hosvd(h) => {
+                hosvd::conv_weight_grad(packed, &self.dims(), &Self::caps(h), &g, dy, dw, ws)
+            }
             Method::GradFilter(f) => {
                 gradfilter::conv_weight_grad(packed, &g, f.patch as usize, dy, dw, ws)
             }
@@ -246,15 +214,9 @@ impl Compressor {
         ws: &mut [f32],
     ) {
         match self.method() {
-            Method::Hosvd(h) => hosvd::linear_weight_grad(
-                packed,
-                self.dims().get(),
-                Self::caps(h).get(),
-                dy,
-                trans_b,
-                dw,
-                ws,
-            ),
+            Method::Hosvd(h) => {
+                hosvd::linear_weight_grad(packed, &self.dims(), &Self::caps(h), dy, trans_b, dw, ws)
+            }
             Method::Svd(_) | Method::GradFilter(_) => {
                 unreachable!("validated: only HOSVD fuses into a dense layer")
             }

@@ -5,6 +5,38 @@ use crate::kernels::conv::{self, Conv2dGeom};
 use crate::kernels::pool::Pool2dGeom;
 use crate::ops::{self, Kind};
 
+/// A short list of sizes on the stack: shapes, permutations, axes, pads. Steps build these
+/// from the plan's fields on every run, and a step must not allocate.
+#[derive(Clone, Copy)]
+pub struct Dims {
+    d: [usize; 16],
+    n: usize,
+}
+
+impl Dims {
+    pub fn of(values: impl IntoIterator<Item = usize>) -> Dims {
+        let mut d = Dims { d: [0; 16], n: 0 };
+        for v in values {
+            d.d[d.n] = v;
+            d.n += 1;
+        }
+        d
+    }
+}
+
+impl std::ops::Deref for Dims {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        &self.d[..self.n]
+    }
+}
+
+impl std::ops::DerefMut for Dims {
+    fn deref_mut(&mut self) -> &mut [usize] {
+        &mut self.d[..self.n]
+    }
+}
+
 fn pair(v: &[u32], default: usize) -> [usize; 2] {
     [
         v.first().map_or(default, |&x| x as usize),

@@ -1,6 +1,6 @@
 //! One plan step: its buffers looked up and handed to the kernel for its op.
 
-use super::geom;
+use super::geom::{self, Dims};
 use super::memory::Memory;
 use crate::compress::hosvd::Ranks;
 use crate::kernels::elementwise::{self, BinaryOp};
@@ -17,32 +17,6 @@ pub struct UpdateCtx {
     pub lr: f32,
     /// Updates taken so far, this one included (PyTorch's step count, from 1).
     pub step: u64,
-}
-
-/// A short list of sizes on the stack: shapes, permutations, axes, pads. Steps build these
-/// from the plan's fields on every run, and a step must not allocate.
-#[derive(Clone, Copy)]
-struct Dims {
-    d: [usize; 16],
-    n: usize,
-}
-
-impl Dims {
-    fn of(values: impl IntoIterator<Item = usize>) -> Dims {
-        let mut d = Dims { d: [0; 16], n: 0 };
-        for v in values {
-            d.d[d.n] = v;
-            d.n += 1;
-        }
-        d
-    }
-}
-
-impl std::ops::Deref for Dims {
-    type Target = [usize];
-    fn deref(&self) -> &[usize] {
-        &self.d[..self.n]
-    }
 }
 
 fn dims(b: &Buffer) -> Dims {
@@ -114,7 +88,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             // bias, expressed as a reduce to that shape.
             let dy = dims(bi(0));
             let mut target = Dims::of(dy.iter().map(|_| 1));
-            target.d[1] = dy[1];
+            target[1] = dy[1];
             elementwise::reduce_to_shape(1.0, x(0), &dy, y(0), &target);
         }
         Kind::Gemm(gm) => {
@@ -382,7 +356,7 @@ fn slice(x: &[f32], x_shape: &[usize], starts: &[u32], y: &mut [f32], y_shape: &
     let rank = x_shape.len();
     let mut x_strides = Dims::of(x_shape.iter().map(|_| 1));
     for d in (0..rank.saturating_sub(1)).rev() {
-        x_strides.d[d] = x_strides[d + 1] * x_shape[d + 1];
+        x_strides[d] = x_strides[d + 1] * x_shape[d + 1];
     }
     let base: usize = (0..rank).map(|d| starts[d] as usize * x_strides[d]).sum();
     let row = y_shape.last().copied().unwrap_or(1);
@@ -397,11 +371,11 @@ fn slice(x: &[f32], x_shape: &[usize], starts: &[u32], y: &mut [f32], y_shape: &
                 .sum::<usize>();
         y[r * row..(r + 1) * row].copy_from_slice(&x[off..off + row]);
         for d in (0..index.len()).rev() {
-            index.d[d] += 1;
+            index[d] += 1;
             if index[d] < y_shape[d] {
                 break;
             }
-            index.d[d] = 0;
+            index[d] = 0;
         }
     }
 }
