@@ -113,15 +113,7 @@ impl Graph {
     pub fn replace_uses(&mut self, old: TensorId, new: TensorId) {
         let consumers: Vec<NodeIndex> = self.consumers(old).collect();
         for c in consumers {
-            let edges: Vec<_> = self
-                .nodes
-                .edges_directed(c, Direction::Incoming)
-                .filter(|e| *e.weight() == old)
-                .map(|e| e.id())
-                .collect();
-            for e in edges {
-                self.nodes.remove_edge(e);
-            }
+            self.remove_in_edges(c, old);
             for input in self.nodes[c].inputs.iter_mut() {
                 if *input == old {
                     *input = new;
@@ -142,18 +134,23 @@ impl Graph {
     pub fn set_input(&mut self, n: NodeIndex, i: usize, t: TensorId) {
         let old = std::mem::replace(&mut self.nodes[n].inputs[i], t);
         if !self.nodes[n].inputs.contains(&old) {
-            let edges: Vec<_> = self
-                .nodes
-                .edges_directed(n, Direction::Incoming)
-                .filter(|e| *e.weight() == old)
-                .map(|e| e.id())
-                .collect();
-            for e in edges {
-                self.nodes.remove_edge(e);
-            }
+            self.remove_in_edges(n, old);
         }
         if let Some(p) = self.producer[t] {
             self.nodes.add_edge(p, n, t);
+        }
+    }
+
+    /// Drops the edges that bring tensor `t` into node `n`.
+    fn remove_in_edges(&mut self, n: NodeIndex, t: TensorId) {
+        let edges: Vec<_> = self
+            .nodes
+            .edges_directed(n, Direction::Incoming)
+            .filter(|e| *e.weight() == t)
+            .map(|e| e.id())
+            .collect();
+        for e in edges {
+            self.nodes.remove_edge(e);
         }
     }
 

@@ -170,7 +170,7 @@ pub fn paper_bytes(g: &Conv2dGeom, r: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::testutil::{assert_rel, golden};
+    use crate::compress::testutil::{assert_rel, golden, golden_conv};
 
     const CASES: [&str; 9] = [
         "c3x3_r2",
@@ -186,25 +186,8 @@ mod tests {
 
     fn geom(c: &str) -> (Conv2dGeom, usize) {
         let x = golden("gradfilter", &format!("{c}__x")).shape;
-        let v: Vec<usize> = golden("gradfilter", &format!("{c}__geom"))
-            .values
-            .iter()
-            .map(|&v| v as usize)
-            .collect();
-        let g = Conv2dGeom {
-            n: x[0],
-            c_in: x[1],
-            h: x[2],
-            w: x[3],
-            c_out: v[0],
-            kh: v[1],
-            kw: v[2],
-            stride: [v[3], v[4]],
-            pad: [v[5], v[6], v[5], v[6]],
-            dilation: [v[7], v[8]],
-            groups: v[9],
-        };
-        (g, v[10])
+        let (g, rest) = golden_conv("gradfilter", &format!("{c}__geom"), &x);
+        (g, rest[0])
     }
 
     #[test]

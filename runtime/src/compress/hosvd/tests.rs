@@ -1,5 +1,5 @@
 use super::*;
-use crate::compress::testutil::{assert_rel, golden};
+use crate::compress::testutil::{assert_rel, golden, golden_conv};
 use crate::kernels::gemm::tests::counting;
 
 const EPS: [(&str, f32); 4] = [("e050", 0.5), ("e080", 0.8), ("e090", 0.9), ("e100", 1.0)];
@@ -13,24 +13,7 @@ const TENSORS: [(&str, &[&str]); 5] = [
 ];
 
 fn geom(t: &str, c: &str, dims: &[usize]) -> Conv2dGeom {
-    let v: Vec<usize> = golden("hosvd", &format!("{t}__{c}__geom"))
-        .values
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
-    Conv2dGeom {
-        n: dims[0],
-        c_in: dims[1],
-        h: dims[2],
-        w: dims[3],
-        c_out: v[0],
-        kh: v[1],
-        kw: v[2],
-        stride: [v[3], v[4]],
-        pad: [v[5], v[6], v[5], v[6]],
-        dilation: [v[7], v[8]],
-        groups: v[9],
-    }
+    golden_conv("hosvd", &format!("{t}__{c}__geom"), dims).0
 }
 
 /// A compressed tensor with its buffers, caps = dims (nothing truncated).
