@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::onnx::import::InputShape;
 use crate::passes::compress::Compression;
 use crate::passes::optim::Optimizer;
+use crate::passes::prefix::PrefixRunner;
 use crate::passes::select::Layers;
 use crate::run::{self, DataOptions, TrainOptions};
 use crate::{err, inspect};
@@ -216,6 +217,13 @@ enum ScheduleArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PrefixArg {
+    Auto,
+    Actc,
+    Tract,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CompressArg {
     None,
     Hosvd,
@@ -280,6 +288,14 @@ struct CompileArgs {
     /// Patch size of gradient filtering: 2, 4 or 7.
     #[arg(long, default_value_t = 2)]
     patch: u32,
+    /// Who runs the frozen prefix: actc's own kernels, in the planned arena (auto: when
+    /// every prefix op has one), or tract.
+    #[arg(long, value_enum, default_value = "auto")]
+    prefix: PrefixArg,
+    /// Samples per run of actc's prefix (a divisor of the batch) [default: the most whose
+    /// activations fit in the arena the training part needs]
+    #[arg(long)]
+    prefix_batch: Option<usize>,
 }
 
 /// A shape given on the command line, like `8x3x224x224`.
@@ -375,6 +391,12 @@ impl CompileArgs {
             warmup_steps: self.warmup_steps,
             clip_grad_norm: self.clip_grad_norm,
             compression: self.compression()?,
+            prefix: match self.prefix {
+                PrefixArg::Auto => PrefixRunner::Auto,
+                PrefixArg::Actc => PrefixRunner::Actc,
+                PrefixArg::Tract => PrefixRunner::Tract,
+            },
+            prefix_batch: self.prefix_batch,
         })
     }
 }
@@ -467,8 +489,15 @@ fn run(cli: Cli) -> Result<()> {
                 .iter()
                 .filter(|l| l.from_output > 0)
                 .count();
+            let prefix = match compiled.prefix_batch {
+                Some(m) => format!(
+                    "; frozen prefix on actc, {m} samples at a time, arena {:.2} MB",
+                    mem.prefix_arena as f64 / 1e6
+                ),
+                None => String::new(),
+            };
             eprintln!(
-                "compiled {} ({} of {} layers train, with {} more parameterized ops; {} steps) in {:.0} ms: planned peak {:.2} MB (arena {:.2} MB, naive {:.2} MB) -> {}",
+                "compiled {} ({} of {} layers train, with {} more parameterized ops; {} steps) in {:.0} ms: planned peak {:.2} MB (arena {:.2} MB, naive {:.2} MB{prefix}) -> {}",
                 model.display(),
                 layers,
                 compiled.selection.total_layers,

@@ -1,15 +1,16 @@
-//! The pipeline: ONNX → IR → select → loss → autodiff → compress → optimizer → schedule →
-//! memplan → plan.
+//! The pipeline: ONNX → IR → select → loss → autodiff → compress → optimizer → prefix →
+//! schedule → memplan → plan.
 
-use crate::err;
 use crate::error::Result;
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::{self, submodel};
 use crate::passes::compress::{Compression, compress};
 use crate::passes::optim::{Optimizer, append_updates};
+use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection, select};
 use crate::passes::{autodiff, emit, loss, schedule};
+use crate::{bail, err};
 use actc_runtime::ops;
 use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source};
 use prost::Message;
@@ -28,6 +29,10 @@ pub struct CompileOptions {
     pub warmup_steps: u32,
     pub clip_grad_norm: Option<f32>,
     pub compression: Compression,
+    pub prefix: PrefixRunner,
+    /// Samples per run of the prefix [default: the most whose activations fit the arena the
+    /// training part needs].
+    pub prefix_batch: Option<usize>,
 }
 
 impl Default for CompileOptions {
@@ -48,6 +53,8 @@ impl Default for CompileOptions {
             warmup_steps: 0,
             clip_grad_norm: None,
             compression: Compression::None,
+            prefix: PrefixRunner::Auto,
+            prefix_batch: None,
         }
     }
 }
@@ -57,6 +64,8 @@ pub struct Compiled {
     /// The training graph as text, in schedule order (what the snapshot tests pin).
     pub ir: String,
     pub selection: Selection,
+    /// The micro-batch of the frozen prefix when actc's kernels run it (else tract does).
+    pub prefix_batch: Option<usize>,
 }
 
 pub fn compile_file(path: &Path, opts: &CompileOptions) -> Result<Compiled> {
@@ -101,23 +110,57 @@ pub fn compile_model(
     append_updates(&mut graph, &grads, &opts.optimizer, opts.clip_grad_norm);
     let order = schedule::schedule(&graph);
     let ir = graph.dump(&order);
+    let boundary: Vec<_> = graph.inputs.clone();
+    let boundary_only_input = selection.boundary.iter().all(|b| *b == input_name);
 
     let weight_grads: BTreeSet<_> = grads.iter().map(|&(_, g)| g).collect();
-    let feeds: Vec<_> = graph.inputs.iter().copied().chain([parts.label]).collect();
-    let emitted = emit::emit(
-        &graph,
-        &order,
-        &saved,
-        &weight_grads,
-        &feeds,
-        &[parts.loss, parts.output],
-    );
+    // What the runtime writes before the first step (boundary tensors, labels) and reads
+    // after the last (loss, model output).
+    let written: Vec<_> = boundary.iter().copied().chain([parts.label]).collect();
+    let read = [parts.loss, parts.output];
+    let mut emitted = emit::emit(&graph, &order, &saved, &weight_grads, &written, &read);
+
+    // The frozen prefix on actc's kernels, in micro-batches whose activations fit the arena
+    // training needs anyway. The snapshot above stays the training graph: the prefix is
+    // plain inference, in the plan but not a rewrite.
+    let mut own_prefix = None;
+    if !boundary_only_input && opts.prefix != PrefixRunner::Tract {
+        let batch = input_shape[0];
+        let at = |m: usize| [&[m][..], &input_shape[1..]].concat();
+        let build = |m: usize, runner| {
+            prefix::build(&imported.model, dir, &at(m), &selection.boundary, runner)
+        };
+        if let Some(one) = build(1, opts.prefix)? {
+            let m = match opts.prefix_batch {
+                Some(m) if m == 0 || !batch.is_multiple_of(m) => bail!(
+                    "--prefix-batch {m} does not divide the batch {batch}; give a divisor of it"
+                ),
+                Some(m) => m,
+                None => prefix::micro_batch(batch, one.arena(), emitted.memory.training_arena),
+            };
+            let micro = match m {
+                1 => one,
+                _ => build(m, PrefixRunner::Actc)?.expect("built at batch 1"),
+            };
+            let prefix_arena = micro.arena();
+            let training_arena = emitted.memory.arena;
+            let (input, outputs) = micro.attach(&mut graph);
+            let order = schedule::schedule(&graph);
+            // The full-batch boundary tensors collect every micro-batch: live from the start.
+            let written: Vec<_> = [input].into_iter().chain(written).collect();
+            let read: Vec<_> = read.into_iter().chain(outputs.iter().copied()).collect();
+            emitted = emit::emit(&graph, &order, &saved, &weight_grads, &written, &read);
+            emitted.memory.prefix_arena = prefix_arena;
+            emitted.memory.training_arena = training_arena;
+            own_prefix = Some((m, input, outputs));
+        }
+    }
+    let feeds: Vec<_> = boundary.iter().copied().chain([parts.label]).collect();
 
     // The frozen prefix and the rest of the original model, as ONNX.
     let model = &imported.model;
     let g = model.graph.as_ref().expect("decode checked the graph");
     let prefix_nodes = submodel::ancestors(g, &selection.boundary);
-    let boundary_only_input = selection.boundary.iter().all(|b| *b == input_name);
     // The model input keeps its declared (possibly symbolic) shape, so an exported model
     // takes any batch size as the original did; tract gets the fixed shape separately.
     // Fixed sizes that --input-shape changed take the compiled value.
@@ -179,8 +222,12 @@ pub fn compile_model(
                 .collect(),
         })
         .collect();
-    let eval_steps = emitted
+    let prefix_steps = emitted
         .steps
+        .iter()
+        .take_while(|s| s.phase() == Phase::Prefix)
+        .count();
+    let eval_steps = emitted.steps[prefix_steps..]
         .iter()
         .take_while(|s| s.phase() == Phase::Forward)
         .count() as u32;
@@ -212,10 +259,17 @@ pub fn compile_model(
         steps: emitted.steps,
         weights: emitted.weights,
         memory: Some(emitted.memory),
+        prefix_steps: prefix_steps as u32,
+        input: own_prefix.as_ref().map_or(0, |&(_, t, _)| buffer(t)),
+        prefix_batch: own_prefix.as_ref().map_or(0, |&(m, _, _)| m as u32),
+        prefix_outputs: own_prefix.as_ref().map_or(Vec::new(), |(_, _, o)| {
+            o.iter().map(|&t| buffer(t)).collect()
+        }),
     };
     Ok(Compiled {
         plan,
         ir,
         selection,
+        prefix_batch: own_prefix.map(|(m, _, _)| m),
     })
 }

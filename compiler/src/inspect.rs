@@ -197,8 +197,9 @@ pub fn text(plan: &Plan) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "prefix   {} ONNX nodes, frozen, run by tract; boundary: {}",
+        "prefix   {} ONNX nodes, frozen, {}; boundary: {}",
         prefix_nodes(plan),
+        prefix_runner(plan),
         boundary.join(", ")
     );
     let _ = writeln!(out);
@@ -274,12 +275,32 @@ pub fn text(plan: &Plan) -> String {
         human(mem.naive),
         mem.naive as f64 / mem.arena.max(1) as f64
     );
+    if plan.prefix_steps > 0 {
+        let _ = writeln!(
+            out,
+            "                  of it: training {}, frozen prefix {}",
+            human(mem.training_arena),
+            human(mem.prefix_arena)
+        );
+    }
     let _ = writeln!(
         out,
         "planned peak      {} (arena + weights + optimizer state)",
         human(mem.arena + mem.persistent)
     );
     out
+}
+
+/// Who runs the frozen prefix, as `inspect` says it.
+fn prefix_runner(plan: &Plan) -> String {
+    if plan.prefix_steps > 0 {
+        format!(
+            "run by actc in {} steps, {} samples at a time",
+            plan.prefix_steps, plan.prefix_batch
+        )
+    } else {
+        "run by tract".into()
+    }
 }
 
 pub fn json(plan: &Plan) -> Value {
@@ -309,11 +330,14 @@ pub fn json(plan: &Plan) -> Value {
         "layers_flag": src.layers,
         "trained_layers": plan.layers.iter().map(|l| json!({"node": l.node, "op": l.op_type, "from_output": l.from_output})).collect::<Vec<_>>(),
         "prefix_nodes": prefix_nodes(plan),
+        "prefix": {"runner": if plan.prefix_steps > 0 { "actc" } else { "tract" }, "steps": plan.prefix_steps, "batch": plan.prefix_batch},
         "boundary": plan.feeds[..plan.feeds.len().saturating_sub(1)].iter().map(|&b| json!({"name": plan.buffer(b).name, "shape": plan.buffer(b).shape})).collect::<Vec<_>>(),
         "steps": plan.steps.len(),
         "nodes": layers,
         "memory": {
             "arena_bytes": mem.arena,
+            "training_arena_bytes": mem.training_arena,
+            "prefix_arena_bytes": mem.prefix_arena,
             "naive_bytes": mem.naive,
             "persistent_bytes": mem.persistent,
             "saved_bytes": mem.saved,

@@ -355,7 +355,10 @@ pub fn bench(
     let mut per_step = vec![0.0; session.executor().plan().steps.len()];
     for i in 0..warmup + steps {
         let start = std::time::Instant::now();
-        session.feed(|r| (r % 10) as u32).map_err(|e| err!("{e}"))?;
+        let timed = (profile && i >= warmup).then_some(per_step.as_mut_slice());
+        session
+            .feed(|r| (r % 10) as u32, timed)
+            .map_err(|e| err!("{e}"))?;
         let fed = start.elapsed();
         if profile && i >= warmup {
             session.executor().train_step_timed(&mut per_step);
@@ -404,7 +407,8 @@ pub fn bench(
     Ok(())
 }
 
-/// The suffix's time per op kind and its slowest steps (mean ms per training step).
+/// The plan's time per op kind and its slowest steps (mean ms per training step): the
+/// training steps, and the prefix steps when actc runs the prefix.
 fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_json::Value) {
     let ms = |s: f64| s * 1e3 / steps.max(1) as f64;
     let total: f64 = seconds.iter().sum();
@@ -432,7 +436,13 @@ fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_j
     by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
     let mut order: Vec<usize> = (0..seconds.len()).collect();
     order.sort_by(|&a, &b| seconds[b].total_cmp(&seconds[a]));
-    let mut text = format!("suffix profile: {:.1} ms per step\n  by op:\n", ms(total));
+    let prefix: f64 = seconds[..plan.prefix_steps as usize].iter().sum();
+    let mut text = format!(
+        "profile: {:.1} ms per step (frozen prefix on actc {:.1} ms, training {:.1} ms)\n  by op:\n",
+        ms(total),
+        ms(prefix),
+        ms(total - prefix)
+    );
     for (o, t) in &by_op {
         text.push_str(&format!(
             "    {:>7.2} ms {:>5.1} %  {o}\n",
@@ -450,7 +460,9 @@ fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_j
         ));
     }
     let json = json!({
-        "suffix_ms": ms(total),
+        "total_ms": ms(total),
+        "prefix_ms": ms(prefix),
+        "suffix_ms": ms(total - prefix),
         "by_op_ms": by_op.iter().map(|(o, t)| json!({"op": o, "ms": ms(*t)})).collect::<Vec<_>>(),
         "steps_ms": order.iter().map(|&i| json!({"step": plan.steps[i].name, "op": op(i), "ms": ms(seconds[i])})).collect::<Vec<_>>(),
     });

@@ -53,6 +53,21 @@ pub struct Plan {
     pub eval_steps: u32,
     #[prost(message, repeated, tag = "13")]
     pub layers: Vec<Layer>,
+    /// Number of leading steps that are the frozen prefix on actc's own kernels (phase
+    /// `Prefix`: model input → boundary tensors); 0 when tract runs `prefix_onnx` instead.
+    #[prost(uint32, tag = "14")]
+    pub prefix_steps: u32,
+    /// The buffer of one micro-batch of the model input, which the prefix steps read (when
+    /// `prefix_steps > 0`).
+    #[prost(uint32, tag = "15")]
+    pub input: u32,
+    /// Samples per run of the own prefix: it runs `batch / prefix_batch` times per batch.
+    #[prost(uint32, tag = "16")]
+    pub prefix_batch: u32,
+    /// The prefix's outputs for one micro-batch, in the order of the boundary feeds: each run
+    /// copies them into its rows of the boundary tensors.
+    #[prost(uint32, repeated, tag = "17")]
+    pub prefix_outputs: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -110,6 +125,8 @@ pub enum BufferKind {
     Trainable = 8,
     Frozen = 9,
     OptimizerState = 10,
+    /// The model input, read by the prefix steps when actc runs the prefix itself.
+    Input = 11,
 }
 
 impl BufferKind {
@@ -152,6 +169,8 @@ pub enum Phase {
     Loss = 1,
     Backward = 2,
     Update = 3,
+    /// The frozen prefix, run on actc's kernels before the forward phase (inference only).
+    Prefix = 4,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -247,6 +266,12 @@ pub struct Memory {
     /// Bytes of forward values kept for the backward phase.
     #[prost(uint64, tag = "4")]
     pub saved: u64,
+    /// The arena the own prefix would need alone (0 without one) and the one the training
+    /// steps would need alone; the arena holds both phases, so it is at least the larger.
+    #[prost(uint64, tag = "5")]
+    pub prefix_arena: u64,
+    #[prost(uint64, tag = "6")]
+    pub training_arena: u64,
 }
 
 #[derive(Debug)]

@@ -1,5 +1,5 @@
 //! Training and evaluation loops over a dataset: batches assembled from preprocessed samples,
-//! the frozen prefix on tract, the suffix on the executor.
+//! the frozen prefix on actc's kernels (or tract), the suffix on the executor.
 
 use crate::data::{Dataset, Preprocess};
 use crate::exec::{ExecError, Executor};
@@ -10,7 +10,8 @@ use std::time::Instant;
 /// A plan ready to run: its prefix optimized, its memory allocated.
 pub struct Session {
     exec: Executor,
-    prefix: Option<Prefix>,
+    /// The prefix when tract runs it (`None` when the plan runs it itself, or has none).
+    tract: Option<Prefix>,
     input_shape: Vec<usize>,
     /// One batch of preprocessed model input, reused for every batch.
     input: Vec<f32>,
@@ -152,7 +153,7 @@ impl Session {
     pub fn new(plan: Plan, total_updates: u64) -> Result<Session, ExecError> {
         let src = plan.source.clone().unwrap_or_default();
         let input_shape: Vec<usize> = src.input_shape.iter().map(|&d| d as usize).collect();
-        let prefix = if plan.prefix_onnx.is_empty() {
+        let tract = if plan.prefix_onnx.is_empty() || plan.prefix_steps > 0 {
             None
         } else {
             Some(Prefix::new(&plan.prefix_onnx, &input_shape)?)
@@ -166,7 +167,7 @@ impl Session {
         Ok(Session {
             input: vec![0.0; input_shape.iter().product()],
             exec,
-            prefix,
+            tract,
             input_shape,
             boundary,
             cache: PrefixCache::new(0),
@@ -201,18 +202,29 @@ impl Session {
     }
 
     /// Runs the prefix on the model input and writes the boundary tensors and `labels` into
-    /// the executor: what every step needs first.
-    pub fn feed(&mut self, labels: impl Fn(usize) -> u32) -> Result<(), ExecError> {
-        self.run_prefix()?;
+    /// the executor: what every step needs first. With `seconds`, adds the wall time of each
+    /// of the plan's own prefix steps there (indexed like the plan's steps).
+    pub fn feed(
+        &mut self,
+        labels: impl Fn(usize) -> u32,
+        seconds: Option<&mut [f64]>,
+    ) -> Result<(), ExecError> {
+        self.run_prefix(seconds)?;
         self.write_feeds(labels)
     }
 
     /// The model input through the prefix into `boundary`.
-    fn run_prefix(&mut self) -> Result<(), ExecError> {
-        match &self.prefix {
+    fn run_prefix(&mut self, seconds: Option<&mut [f64]>) -> Result<(), ExecError> {
+        match &self.tract {
             Some(p) => {
                 let boundary = &mut self.boundary;
                 p.run(&self.input, |k, v| boundary[k].copy_from_slice(v))?;
+            }
+            None if self.exec.runs_prefix() => {
+                self.exec.run_prefix(&self.input, seconds);
+                for (k, b) in self.boundary.iter_mut().enumerate() {
+                    b.copy_from_slice(self.exec.boundary(k));
+                }
             }
             None => self.boundary[0].copy_from_slice(&self.input),
         }
@@ -251,7 +263,7 @@ impl Session {
             for r in 0..b {
                 data.write_sample(row(r), prep, &mut self.input[r * per..(r + 1) * per]);
             }
-            self.run_prefix()?;
+            self.run_prefix(None)?;
             if self.cache.budget > 0 {
                 for (r, &i) in rows.iter().take(b).enumerate() {
                     self.cache.store(data, prep, i, &self.boundary, r, b);

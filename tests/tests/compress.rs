@@ -120,10 +120,10 @@ fn compression_shrinks_the_plan_and_reports_its_ranks() {
         v.saved
     );
     assert!(
-        h.arena < v.arena,
-        "arena {} vs vanilla {}",
-        h.arena,
-        v.arena
+        h.training_arena < v.training_arena,
+        "training arena {} vs vanilla {}",
+        h.training_arena,
+        v.training_arena
     );
 
     let boundary = common::boundary(&hosvd, &varied(shape.iter().product()));

@@ -68,6 +68,20 @@ fn unsupported_op_in_the_suffix_names_node_op_and_a_working_layers_value() {
 }
 
 #[test]
+fn prefix_op_without_an_actc_kernel_names_it_and_the_way_out() {
+    let dir = scratch("prefix_actc");
+    let msg = compile_fails(
+        &dir,
+        &model("tiny_unsupported"),
+        &["--layers", "1", "--prefix", "actc"],
+    );
+    assert!(
+        msg.contains("op Sin") && msg.contains("--prefix tract"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn truncated_onnx_file() {
     let dir = scratch("truncated");
     let bytes = std::fs::read(model("tiny_cnn")).unwrap();

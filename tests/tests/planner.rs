@@ -10,7 +10,8 @@ use actc_runtime::plan::{Plan, PlanError};
 use common::{MODELS, compile};
 
 /// (first step writing, last step reading) per buffer, as the runtime will see them;
-/// feeds are written before step 0 and the loss and output are read after the last.
+/// feeds are written before step 0 and the loss and output are read after the last; an own
+/// prefix's input is written before step 0 and its outputs read after its last step.
 fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
     let mut life: Vec<Option<(usize, usize)>> = vec![None; plan.buffers.len()];
     let mut touch = |b: u32, s: usize| {
@@ -20,6 +21,14 @@ fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
     };
     for &f in &plan.feeds {
         touch(f, 0);
+    }
+    if plan.prefix_steps > 0 {
+        // Each micro-batch of the input is written before the prefix steps, and their outputs
+        // are copied out after them.
+        touch(plan.input, 0);
+        for &o in &plan.prefix_outputs {
+            touch(o, plan.prefix_steps as usize);
+        }
     }
     for (s, step) in plan.steps.iter().enumerate() {
         for &b in step

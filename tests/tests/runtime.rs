@@ -320,3 +320,43 @@ fn the_prefix_cache_changes_the_time_only() {
     assert_eq!((cached[1].2, cached[1].3), (80, 0));
     assert_eq!((plain[1].2, plain[1].3), (0, 80));
 }
+
+/// The frozen prefix on actc's kernels computes the boundary tensors tract computes from the
+/// same ONNX nodes, for every bundled model with a conv prefix (BN unfolded, residual adds,
+/// max pooling, depthwise convs at several plane sizes).
+#[test]
+fn the_own_prefix_computes_what_tract_computes() {
+    use actc::passes::prefix::PrefixRunner;
+    for (name, layers, shape) in [
+        ("tiny_cnn", 1, vec![2, 3, 16, 16]),
+        ("resnet18", 4, vec![2, 3, 32, 32]),
+        ("mcunet", 4, vec![2, 3, 48, 48]),
+        ("mobilenetv2", 4, vec![2, 3, 64, 64]),
+        ("mobilenetv2_bn", 2, vec![1, 3, 96, 96]),
+    ] {
+        let opts = actc::compile::CompileOptions {
+            prefix: PrefixRunner::Actc,
+            ..common::options(Layers::Last(layers), Some(shape.clone()))
+        };
+        let compiled = actc::compile::compile_file(&common::model(name), &opts).unwrap();
+        assert!(compiled.prefix_batch.is_some(), "{name}");
+        let plan = compiled.plan;
+        assert!(plan.prefix_steps > 0, "{name}");
+        let input = batch(shape.iter().product(), 3);
+        let want = common::boundary(&plan, &input);
+        let mut exec = Executor::new(plan, 1).unwrap();
+        exec.run_prefix(&input, None);
+        for (k, want) in want.iter().enumerate() {
+            let got = exec.boundary(k);
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let worst = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                worst <= 1e-4 * scale,
+                "{name}: boundary {k} differs from tract's by {worst} (scale {scale})"
+            );
+        }
+    }
+}

@@ -18,7 +18,7 @@ fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compres
         Ok(c) => {
             let m = c.plan.memory.clone().unwrap_or_default();
             format!(
-                "# {name} --layers {layers}{} --input-shape {}\n# arena {} B, naive {} B, persistent {} B, saved {} B\n{}",
+                "# {name} --layers {layers}{} --input-shape {}\n# arena {} B (training {} B{}), naive {} B, persistent {} B, saved {} B\n{}",
                 flags(compression),
                 shape
                     .iter()
@@ -26,6 +26,11 @@ fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compres
                     .collect::<Vec<_>>()
                     .join("x"),
                 m.arena,
+                m.training_arena,
+                match c.prefix_batch {
+                    Some(b) => format!(", prefix {} B at {b} per run", m.prefix_arena),
+                    None => String::new(),
+                },
                 m.naive,
                 m.persistent,
                 m.saved,

@@ -15,7 +15,7 @@ use actc_runtime::plan::Phase;
 use petgraph::Direction;
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 /// What a node computes: one of the runtime's operations, or an ONNX op that actc can only
 /// run in the frozen prefix (through tract) and never differentiates.
@@ -92,6 +92,23 @@ impl Graph {
             self.producer[t] = Some(idx);
         }
         idx
+    }
+
+    /// Copies every node of `other` (in topological order, in `phase`) and the tensors they
+    /// use into this graph; returns the new id of each copied tensor.
+    pub fn absorb(&mut self, other: &Graph, phase: Phase) -> BTreeMap<TensorId, TensorId> {
+        let mut map = BTreeMap::new();
+        for n in other.topo_order() {
+            let mut node = other.nodes[n].clone();
+            for t in node.inputs.iter_mut().chain(node.outputs.iter_mut()) {
+                *t = *map
+                    .entry(*t)
+                    .or_insert_with(|| self.add_tensor(other.tensor(*t).clone()));
+            }
+            node.phase = phase;
+            self.add_node(node);
+        }
+        map
     }
 
     /// Gives an existing node one more output.

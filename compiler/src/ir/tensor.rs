@@ -50,8 +50,10 @@ impl Data {
 /// What a tensor is to the training graph; the memory planner turns it into a buffer kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
-    /// A graph input of the model.
+    /// A graph input of the model (of the trainable part, after `select`: a boundary tensor).
     Input,
+    /// The model's input when the plan runs the frozen prefix on actc's kernels.
+    ModelInput,
     /// A constant: an initializer, a `Constant` node or a folded sub-graph.
     Const,
     /// A constant that training updates.

@@ -44,6 +44,7 @@ pub fn emit(
         let tensor = graph.tensor(t);
         match tensor.role {
             Role::Input => BufferKind::Boundary,
+            Role::ModelInput => BufferKind::Input,
             Role::Label => BufferKind::Label,
             Role::Loss => BufferKind::Loss,
             Role::Trainable => BufferKind::Trainable,
@@ -188,7 +189,7 @@ pub fn emit(
         .map(|(s, &n)| {
             let node = &graph.nodes[n];
             let NodeOp::Kernel(kind) = &node.op else {
-                unreachable!("select keeps only runtime ops in the suffix")
+                unreachable!("select and the prefix check keep only runtime ops")
             };
             Step {
                 name: node.name.clone(),
@@ -235,6 +236,9 @@ pub fn emit(
             persistent,
             naive,
             saved: saved_bytes,
+            // The caller splits the arena when it adds a prefix.
+            prefix_arena: 0,
+            training_arena: arena,
         },
         buffer_of,
     }

@@ -6,5 +6,6 @@ pub mod emit;
 pub mod loss;
 pub mod memplan;
 pub mod optim;
+pub mod prefix;
 pub mod schedule;
 pub mod select;

@@ -4,6 +4,8 @@
 //! compression (or mask) first (so each weight gradient dies right after it is made, as the Tiny
 //! Training Engine does, and a full-size activation right after its compressed form is),
 //! then the node built earliest (forward in model order, backward in reverse model order).
+//! A frozen prefix on actc's kernels goes before everything else, as one block the runtime
+//! can skip when the boundary tensors come from the cache.
 
 use crate::ir::{Graph, NodeOp};
 use actc_runtime::ops::Kind;
@@ -31,7 +33,8 @@ pub fn schedule(graph: &Graph) -> Vec<NodeIndex> {
                 NodeOp::Kernel(Kind::Compress(_) | Kind::PassMask(_))
             )
     };
-    let key = |n: NodeIndex| Reverse((!urgent(n), n));
+    let prefix = |n: NodeIndex| graph.nodes[n].phase == Phase::Prefix;
+    let key = |n: NodeIndex| Reverse((!prefix(n), !urgent(n), n));
     let mut ready: BinaryHeap<_> = graph
         .nodes
         .node_indices()
@@ -39,7 +42,7 @@ pub fn schedule(graph: &Graph) -> Vec<NodeIndex> {
         .map(key)
         .collect();
     let mut order = Vec::with_capacity(graph.nodes.node_count());
-    while let Some(Reverse((_, n))) = ready.pop() {
+    while let Some(Reverse((_, _, n))) = ready.pop() {
         order.push(n);
         for s in graph.successors(n) {
             indegree[s.index()] -= 1;

@@ -180,40 +180,52 @@ impl Executor {
             .collect()
     }
 
+    /// Whether the plan runs its frozen prefix itself (else tract runs `prefix_onnx`, or
+    /// there is no prefix).
+    pub fn runs_prefix(&self) -> bool {
+        self.plan.prefix_steps > 0
+    }
+
+    /// Boundary tensor `i` as the prefix left it.
+    pub fn boundary(&self, i: usize) -> &[f32] {
+        // SAFETY: shared borrow of `self`; no step is running.
+        unsafe { self.mem.f32(self.plan.buffer(self.plan.feeds[i])) }
+    }
+
     pub fn boundary_mut(&mut self, i: usize) -> &mut [f32] {
-        let b = self.plan.buffer(self.plan.feeds[i]).clone();
+        // Borrowed, not cloned: a clone of a buffer allocates (its name), and training calls
+        // this every step.
+        let b = self.plan.buffer(self.plan.feeds[i]);
         // SAFETY: `&mut self` excludes every other borrow of the memory.
-        unsafe { self.mem.f32_mut(&b) }
+        unsafe { self.mem.f32_mut(b) }
     }
 
     /// Class labels (cross-entropy) — one per batch row.
     pub fn labels_mut(&mut self) -> Result<&mut [u32], ExecError> {
         let b = self
             .plan
-            .buffer(*self.plan.feeds.last().expect("validated"))
-            .clone();
+            .buffer(*self.plan.feeds.last().expect("validated"));
         if b.dtype() != DType::U32 {
             return Err(ExecError(
                 "this plan trains with --loss mse: it takes float targets, not class labels".into(),
             ));
         }
         // SAFETY: as in `boundary_mut`.
-        Ok(unsafe { self.mem.u32_mut(&b) })
+        Ok(unsafe { self.mem.u32_mut(b) })
     }
 
     /// Regression targets (MSE), shaped like the model output.
     pub fn targets_mut(&mut self) -> Result<&mut [f32], ExecError> {
         let b = self
             .plan
-            .buffer(*self.plan.feeds.last().expect("validated"))
-            .clone();
+            .buffer(*self.plan.feeds.last().expect("validated"));
         if b.dtype() != DType::F32 {
             return Err(ExecError(
                 "this plan trains with cross-entropy: it takes class labels".into(),
             ));
         }
         // SAFETY: as in `boundary_mut`.
-        Ok(unsafe { self.mem.f32_mut(&b) })
+        Ok(unsafe { self.mem.f32_mut(b) })
     }
 
     /// The learning rate the next update will use.
@@ -242,20 +254,66 @@ impl Executor {
 
     fn run_training_step(
         &mut self,
-        mut observe: impl FnMut(&Buffer, &[f32]),
-        mut seconds: Option<&mut [f64]>,
+        observe: impl FnMut(&Buffer, &[f32]),
+        seconds: Option<&mut [f64]>,
     ) -> f32 {
         let ctx = step::UpdateCtx {
             lr: self.lr(),
             step: self.updates + 1,
         };
         self.updates += 1;
+        let steps = self.plan.prefix_steps as usize..self.plan.steps.len();
+        let (loss, paper_total) = self.run_steps(steps, &ctx, observe, seconds);
+        if !self.compression.is_empty() {
+            self.paper_total.add(paper_total);
+        }
+        loss
+    }
+
+    /// The plan's own prefix (when it has one, see [`runs_prefix`]) on a batch of model
+    /// input, one micro-batch at a time: afterwards the boundary tensors are in place for a
+    /// step. Adds each prefix step's wall time to `seconds[i]` when given (indexed like the
+    /// plan's steps).
+    ///
+    /// [`runs_prefix`]: Executor::runs_prefix
+    pub fn run_prefix(&mut self, input: &[f32], mut seconds: Option<&mut [f64]>) {
+        let ctx = step::UpdateCtx {
+            lr: 0.0,
+            step: self.updates.max(1),
+        };
+        let per = self.plan.buffer(self.plan.input).numel();
+        for r in 0..input.len() / per {
+            let micro = self.plan.buffer(self.plan.input);
+            // SAFETY: no step is running; the input buffer is live before the first step.
+            unsafe { self.mem.f32_mut(micro) }.copy_from_slice(&input[r * per..][..per]);
+            let steps = 0..self.plan.prefix_steps as usize;
+            self.run_steps(steps, &ctx, |_, _| {}, seconds.as_deref_mut());
+            for (&from, &to) in self.plan.prefix_outputs.iter().zip(&self.plan.feeds) {
+                let (from, to) = (self.plan.buffer(from), self.plan.buffer(to));
+                let n = from.numel();
+                // SAFETY: the planner keeps the boundary tensors and the prefix outputs live
+                // to the end of the prefix, in disjoint bytes.
+                unsafe { self.mem.f32_mut(to)[r * n..][..n].copy_from_slice(self.mem.f32(from)) };
+            }
+        }
+    }
+
+    /// Runs `steps` in order; returns the loss (NaN if none of them computes it) and the
+    /// paper's metric summed over the compressions they ran.
+    fn run_steps(
+        &mut self,
+        steps: std::ops::Range<usize>,
+        ctx: &step::UpdateCtx,
+        mut observe: impl FnMut(&Buffer, &[f32]),
+        mut seconds: Option<&mut [f64]>,
+    ) -> (f32, u64) {
         let mut loss = f32::NAN;
         let mut paper_total = 0;
-        for (i, s) in self.plan.steps.iter().enumerate() {
+        for i in steps {
+            let s = &self.plan.steps[i];
             let start = seconds.is_some().then(std::time::Instant::now);
             // SAFETY: the plan was validated and its buffers planned disjoint while live.
-            let ran = unsafe { step::run(&self.plan, s, &self.mem, &ctx) };
+            let ran = unsafe { step::run(&self.plan, s, &self.mem, ctx) };
             if let (Some(t), Some(start)) = (seconds.as_deref_mut(), start) {
                 t[i] += start.elapsed().as_secs_f64();
             }
@@ -281,10 +339,7 @@ impl Executor {
                 }
             }
         }
-        if !self.compression.is_empty() {
-            self.paper_total.add(paper_total);
-        }
-        loss
+        (loss, paper_total)
     }
 
     /// Each compression step's ranks and memory since the last [`reset_compression_stats`].
@@ -395,6 +450,47 @@ fn validate(plan: &Plan) -> Result<(), ExecError> {
                 "step {} names a buffer that does not exist",
                 s.name
             ));
+        }
+    }
+    let prefix = plan.prefix_steps as usize;
+    if prefix > plan.steps.len()
+        || plan
+            .steps
+            .iter()
+            .enumerate()
+            .any(|(i, s)| (i < prefix) != (s.phase() == Phase::Prefix))
+    {
+        return bad("the prefix steps are not the leading steps".into());
+    }
+    if prefix > 0 {
+        let batch = plan.hyper.as_ref().map_or(0, |h| h.batch as usize);
+        let m = plan.prefix_batch as usize;
+        let whole = |micro: u32, full: u32| {
+            micro < n
+                && full < n
+                && plan.buffer(micro).numel() * batch == plan.buffer(full).numel() * m
+        };
+        let input_len = plan
+            .source
+            .as_ref()
+            .map_or(0, |s| s.input_shape.iter().product::<u64>());
+        if m == 0
+            || !batch.is_multiple_of(m)
+            || plan.input >= n
+            || plan.buffer(plan.input).kind() != BufferKind::Input
+            || plan.buffer(plan.input).dtype() != DType::F32
+            || plan.buffer(plan.input).numel() as u64 * batch as u64 != input_len * m as u64
+        {
+            return bad("the prefix has no float model input of its micro-batch".into());
+        }
+        if plan.prefix_outputs.len() + 1 != plan.feeds.len()
+            || plan
+                .prefix_outputs
+                .iter()
+                .zip(&plan.feeds)
+                .any(|(&a, &b)| !whole(a, b))
+        {
+            return bad("the prefix outputs do not match the boundary tensors".into());
         }
     }
     for s in &plan.steps {

@@ -204,7 +204,8 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             y(0),
         ),
         Kind::MaxPool(p) => {
-            let idx = unsafe { mem.u32_mut(bo(1)) };
+            // Only a trained MaxPool has the indices output its backward reads.
+            let idx = (step.outputs.len() > 1).then(|| unsafe { mem.u32_mut(bo(1)) });
             pool::max_forward(&geom::pool(p, &bi(0).shape), x(0), y(0), idx);
         }
         Kind::PoolBackward(pb) => match pb.pool.as_ref().expect("pool kind") {

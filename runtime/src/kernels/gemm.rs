@@ -219,7 +219,7 @@ fn scale(m: usize, n: usize, beta: f32, c: &mut [f32], (rs, cs): Strides) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     // Asked once per micro-tile: a LazyLock read is a plain load once initialized.
     static DETECTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")

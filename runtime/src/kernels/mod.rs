@@ -13,6 +13,7 @@
 
 pub mod activation;
 pub mod conv;
+mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod layout;

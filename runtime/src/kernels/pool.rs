@@ -68,25 +68,22 @@ impl Pool2dGeom {
     }
 }
 
-/// Max pooling. `indices` receives, per output, the offset of the winning element within its
-/// (h, w) input plane (ties: the first in row-major order, as PyTorch; NaN wins, so it
-/// propagates). A window with no input element gives 0 with index `u32::MAX`, which the
-/// backward skips.
-pub fn max_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], indices: &mut [u32]) {
+/// Max pooling. `indices`, when given (training: the backward reads them), receives per
+/// output the offset of the winning element within its (h, w) input plane (ties: the first in
+/// row-major order, as PyTorch; NaN wins, so it propagates). A window with no input element
+/// gives 0 with index `u32::MAX`, which the backward skips.
+pub fn max_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], mut indices: Option<&mut [u32]>) {
     debug_assert_eq!(x.len(), g.input_len());
     debug_assert_eq!(y.len(), g.output_len());
-    debug_assert_eq!(indices.len(), g.output_len());
+    debug_assert!(indices.as_ref().is_none_or(|i| i.len() == g.output_len()));
     debug_assert!(g.h * g.w <= u32::MAX as usize);
     let (hw, ow, p) = (g.h * g.w, g.out_w(), g.out_h() * g.out_w());
     if p == 0 {
         return;
     }
-    for ((xp, yp), ip) in x
-        .chunks_exact(hw)
-        .zip(y.chunks_exact_mut(p))
-        .zip(indices.chunks_exact_mut(p))
-    {
-        for (o, (yv, iv)) in yp.iter_mut().zip(ip.iter_mut()).enumerate() {
+    for (plane, (xp, yp)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(p)).enumerate() {
+        let mut ip = indices.as_deref_mut().map(|i| &mut i[plane * p..][..p]);
+        for (o, yv) in yp.iter_mut().enumerate() {
             let (kys, y0) = g.taps_y(o / ow);
             let (kxs, x0) = g.taps_x(o % ow);
             let (mut best, mut arg) = (0.0, u32::MAX);
@@ -100,7 +97,10 @@ pub fn max_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], indices: &mut [u32]
                     }
                 }
             }
-            (*yv, *iv) = (best, arg);
+            *yv = best;
+            if let Some(ip) = ip.as_deref_mut() {
+                ip[o] = arg;
+            }
         }
     }
 }
@@ -334,7 +334,7 @@ mod tests {
                 let (mx, avg) = reference(&g, &x, include_pad);
                 let mut y = vec![f32::NAN; g.output_len()];
                 let mut idx = vec![0; g.output_len()];
-                max_forward(&g, &x, &mut y, &mut idx);
+                max_forward(&g, &x, &mut y, Some(&mut idx));
                 assert_close(&format!("max {g:?}"), &y, &mx, 0.0);
                 for (o, &i) in idx.iter().enumerate() {
                     let plane = o / (g.out_h() * g.out_w());
@@ -361,9 +361,9 @@ mod tests {
             ceil_mode: false,
         };
         let (mut y, mut idx) = ([0.0], [0]);
-        max_forward(&g, &[1.0, 3.0, 3.0, 2.0], &mut y, &mut idx);
+        max_forward(&g, &[1.0, 3.0, 3.0, 2.0], &mut y, Some(&mut idx));
         assert_eq!((y[0], idx[0]), (3.0, 1));
-        max_forward(&g, &[1.0, f32::NAN, 3.0, 2.0], &mut y, &mut idx);
+        max_forward(&g, &[1.0, f32::NAN, 3.0, 2.0], &mut y, Some(&mut idx));
         assert!(y[0].is_nan() && idx[0] == 1);
     }
 
@@ -377,10 +377,10 @@ mod tests {
             let mut y = vec![0.0; g.output_len()];
             let mut idx = vec![0; g.output_len()];
             let mut dx = vec![f32::NAN; g.input_len()];
-            max_forward(&g, &x, &mut y, &mut idx);
+            max_forward(&g, &x, &mut y, Some(&mut idx));
             max_backward(&g, &idx, &r, &mut dx);
             check_grad(&format!("max {g:?}"), &x, &dx, |xp| {
-                max_forward(&g, xp, &mut y, &mut idx);
+                max_forward(&g, xp, &mut y, Some(&mut idx));
                 weighted_sum(&y, &r)
             });
             // Average pooling has no kink: plain values, smaller than the spread ones above,

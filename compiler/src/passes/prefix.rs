@@ -1,0 +1,149 @@
+//! `prefix`: the frozen prefix (model input → boundary tensors) as steps of the plan itself,
+//! so actc's kernels run it in the planned arena instead of tract (DESIGN §2).
+//!
+//! The prefix is inference only: nothing in it is differentiated, saved or compressed. It
+//! runs in micro-batches of `m` samples (m divides the batch): its activations are the
+//! largest tensors of the whole model (the first layers' maps), and at the full batch they
+//! would set the arena's peak many times over what training needs. So the prefix is
+//! imported again at batch `m`, and the runtime runs it `batch / m` times per step, copying
+//! each micro-batch's boundary tensors into the full-batch ones.
+
+use super::{emit, schedule};
+use crate::bail;
+use crate::error::Result;
+use crate::ir::{Graph, NodeOp, Role, TensorId};
+use crate::onnx::import::{InputShape, import};
+use crate::onnx::proto::ModelProto;
+use actc_runtime::plan::Phase;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+/// Who runs the frozen prefix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefixRunner {
+    /// actc's kernels when every prefix op has one, else tract.
+    #[default]
+    Auto,
+    Actc,
+    Tract,
+}
+
+impl fmt::Display for PrefixRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PrefixRunner::Auto => "auto",
+            PrefixRunner::Actc => "actc",
+            PrefixRunner::Tract => "tract",
+        })
+    }
+}
+
+/// The prefix alone, at some batch size: its graph holds only the prefix nodes.
+pub struct PrefixGraph {
+    graph: Graph,
+    input: TensorId,
+    /// The boundary tensors, in the order of the training graph's inputs.
+    outputs: Vec<TensorId>,
+}
+
+/// The prefix that computes the `boundary` tensors of `model` with input shape `shape` (the
+/// batch being the micro-batch). `None` when `runner` is auto and a prefix op has no actc
+/// kernel: tract runs the prefix then.
+pub fn build(
+    model: &ModelProto,
+    dir: &Path,
+    shape: &[usize],
+    boundary: &[String],
+    runner: PrefixRunner,
+) -> Result<Option<PrefixGraph>> {
+    let fix = InputShape {
+        shape: Some(shape.to_vec()),
+        batch: None,
+    };
+    let imported = import(model.clone(), dir, &fix)?;
+    let mut graph = imported.graph;
+    let outputs = boundary
+        .iter()
+        .map(|name| {
+            graph.find_tensor(name).ok_or_else(|| {
+                crate::err!("the prefix at batch {} has no tensor '{name}'", shape[0])
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let keep = graph.ancestors_of(&outputs);
+    let order: Vec<_> = graph
+        .topo_order()
+        .into_iter()
+        .filter(|n| keep.contains(n))
+        .collect();
+    if let Some(&n) = order
+        .iter()
+        .find(|&&n| matches!(graph.nodes[n].op, NodeOp::Onnx(_)))
+    {
+        if runner == PrefixRunner::Auto {
+            return Ok(None);
+        }
+        bail!(
+            "--prefix actc: node '{}' (op {}) of the frozen prefix has no actc kernel; use --prefix tract (or auto)",
+            graph.nodes[n].name,
+            graph.nodes[n].op_name()
+        );
+    }
+    let doomed: Vec<_> = graph
+        .nodes
+        .node_indices()
+        .filter(|n| !keep.contains(n))
+        .collect();
+    for n in doomed {
+        graph.remove_node(n);
+    }
+    graph.inputs = vec![imported.input];
+    graph.outputs = outputs.clone();
+    Ok(Some(PrefixGraph {
+        graph,
+        input: imported.input,
+        outputs,
+    }))
+}
+
+impl PrefixGraph {
+    /// Arena bytes the prefix needs when planned alone.
+    pub fn arena(&self) -> u64 {
+        let order = schedule::schedule(&self.graph);
+        let none = BTreeSet::new();
+        emit::emit(
+            &self.graph,
+            &order,
+            &none,
+            &none,
+            &[self.input],
+            &self.outputs,
+        )
+        .memory
+        .arena
+    }
+
+    /// Copies the prefix into `graph` (the training graph) in phase `Prefix`. Returns its
+    /// model input and its boundary tensors (micro-batch copies, named `<name>@prefix`).
+    pub fn attach(self, graph: &mut Graph) -> (TensorId, Vec<TensorId>) {
+        let map = graph.absorb(&self.graph, Phase::Prefix);
+        let input = map[&self.input];
+        graph.tensor_mut(input).role = Role::ModelInput;
+        let outputs: Vec<_> = self.outputs.iter().map(|t| map[t]).collect();
+        for &t in &outputs {
+            let name = format!("{}@prefix", graph.tensor(t).name);
+            graph.tensor_mut(t).name = name;
+        }
+        (input, outputs)
+    }
+}
+
+/// The micro-batch: the largest divisor of `batch` whose prefix, estimated from its arena at
+/// batch 1 (activations grow with the batch), needs no more than `budget` bytes; at least 1.
+pub fn micro_batch(batch: usize, arena_at_one: u64, budget: u64) -> usize {
+    (1..=batch)
+        .rev()
+        .find(|&m| batch.is_multiple_of(m) && m as u64 * arena_at_one <= budget.max(arena_at_one))
+        .unwrap_or(1)
+}

@@ -1,0 +1,333 @@
+//! Depthwise convolution (one input channel per group, any channel multiplier): direct
+//! loops, since im2col would turn the work into many tiny products. Forward, input gradient
+//! and weight gradient; `conv` routes depthwise geometries here.
+//!
+//! Threads: the loops split their output planes (or, for the weight gradient, channels).
+
+use super::conv::{Conv2dGeom, gather_axpy, gather_dot, scatter_axpy, tap_offset};
+use super::window::valid_range;
+use crate::threads;
+use std::ops::Range;
+
+/// One kernel tap of a depthwise conv with its valid output range: the three depthwise
+/// kernels share this so their index arithmetic is written once.
+#[derive(Clone, Copy, Default)]
+struct Tap {
+    /// Index of the tap in the kh×kw kernel.
+    k: usize,
+    /// Output rows `y0..y1` and columns `x0..x1` whose tap lands inside the input.
+    y0: usize,
+    y1: usize,
+    x0: usize,
+    x1: usize,
+    /// Input row of output row 0 (may be negative: only `y0..y1` is read).
+    iy_base: isize,
+    stride_h: usize,
+    /// Input column of output column `x0`.
+    ix0: usize,
+}
+
+impl Tap {
+    /// (output row, input row) for every output row whose tap lands inside the input.
+    fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (self.y0..self.y1).map(|oy| (oy, ((oy * self.stride_h) as isize + self.iy_base) as usize))
+    }
+
+    fn xs(&self) -> Range<usize> {
+        self.x0..self.x1
+    }
+}
+
+/// Kernels up to 8×8 keep their taps in a table made once per call: on the small planes of
+/// a network's late layers, working the taps out again for every plane cost more than the
+/// multiply-adds.
+const MAX_TAPS: usize = 64;
+
+/// The taps that touch the input at all.
+#[allow(clippy::large_enum_variant)] // one per kernel call, on the stack: boxing would allocate
+enum Taps<'g> {
+    Table([Tap; MAX_TAPS], usize),
+    Computed(&'g Conv2dGeom),
+}
+
+impl Taps<'_> {
+    fn new(g: &Conv2dGeom) -> Taps<'_> {
+        if g.kh * g.kw > MAX_TAPS {
+            return Taps::Computed(g);
+        }
+        let mut table = [Tap::default(); MAX_TAPS];
+        let mut n = 0;
+        for tap in taps(g) {
+            table[n] = tap;
+            n += 1;
+        }
+        Taps::Table(table, n)
+    }
+
+    fn each(&self, mut f: impl FnMut(&Tap)) {
+        match self {
+            Taps::Table(table, n) => table[..*n].iter().for_each(f),
+            Taps::Computed(g) => taps(g).for_each(|t| f(&t)),
+        }
+    }
+}
+
+fn taps(g: &Conv2dGeom) -> impl Iterator<Item = Tap> + '_ {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+    (0..g.kh * g.kw).filter_map(move |k| {
+        let (ky, kx) = (k / g.kw, k % g.kw);
+        let iy_base = tap_offset(ky, dh, g.pad[0]);
+        let offx = tap_offset(kx, dw, g.pad[1]);
+        let ys = valid_range(oh, g.h, sh, iy_base);
+        let xs = valid_range(ow, g.w, sw, offx);
+        if ys.is_empty() || xs.is_empty() {
+            return None;
+        }
+        let ix0 = ((xs.start * sw) as isize + offx) as usize;
+        Some(Tap {
+            k,
+            y0: ys.start,
+            y1: ys.end,
+            x0: xs.start,
+            x1: xs.end,
+            iy_base,
+            stride_h: sh,
+            ix0,
+        })
+    })
+}
+
+/// Parts a depthwise loop over `g`'s outputs is worth: its work is a multiply-add per
+/// output element and tap.
+fn depthwise_parts(g: &Conv2dGeom) -> usize {
+    threads::parts_for(g.output_len() * g.kh * g.kw)
+}
+
+/// In parallel over output planes: each part writes its own run of `y`.
+pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    if let Some(pixels) = PixelTaps::new(g) {
+        return forward_small(g, &pixels, x, w, bias, y);
+    }
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    let planes = g.n * g.c_out;
+    let taps = Taps::new(g);
+    threads::for_runs(y, planes, p, 1, depthwise_parts(g), |run, ys| {
+        for (i, yp) in run.zip(ys.chunks_exact_mut(p)) {
+            let (b, oc) = (i / g.c_out, i % g.c_out);
+            let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+            let wk = &w[oc * kk..][..kk];
+            yp.fill(bias.map_or(0.0, |bias| bias[oc]));
+            taps.each(|tap| {
+                for (oy, iy) in tap.rows() {
+                    let dst = &mut yp[oy * ow..][tap.xs()];
+                    gather_axpy(dst, &xp[iy * g.w..][..g.w], tap.ix0, g.stride[1], wk[tap.k]);
+                }
+            });
+        }
+    });
+}
+
+/// In parallel over input planes, each gathering the `mult` output planes it feeds.
+pub(super) fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    let planes = g.n * g.c_in;
+    let taps = Taps::new(g);
+    threads::for_runs(dx, planes, hw, 1, depthwise_parts(g), |run, dxs| {
+        for (i, dxp) in run.zip(dxs.chunks_exact_mut(hw)) {
+            let (b, ic) = (i / g.c_in, i % g.c_in);
+            dxp.fill(0.0);
+            for oc in ic * mult..(ic + 1) * mult {
+                let dyp = &dy[(b * g.c_out + oc) * p..][..p];
+                let wk = &w[oc * kk..][..kk];
+                taps.each(|tap| {
+                    for (oy, iy) in tap.rows() {
+                        let src = &dyp[oy * ow..][tap.xs()];
+                        scatter_axpy(
+                            &mut dxp[iy * g.w..][..g.w],
+                            tap.ix0,
+                            g.stride[1],
+                            wk[tap.k],
+                            src,
+                        );
+                    }
+                });
+            }
+        }
+    });
+}
+
+/// In parallel over output channels, each summing its own batch: no partial sums to add.
+pub(super) fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    let taps = Taps::new(g);
+    threads::for_runs(dw, g.c_out, kk, 1, depthwise_parts(g), |run, dws| {
+        dws.fill(0.0);
+        for (oc, dwk) in run.zip(dws.chunks_exact_mut(kk)) {
+            for b in 0..g.n {
+                let dyp = &dy[(b * g.c_out + oc) * p..][..p];
+                let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+                taps.each(|tap| {
+                    let s: f32 = tap
+                        .rows()
+                        .map(|(oy, iy)| {
+                            gather_dot(
+                                &dyp[oy * ow..][tap.xs()],
+                                &xp[iy * g.w..][..g.w],
+                                tap.ix0,
+                                g.stride[1],
+                            )
+                        })
+                        .sum();
+                    dwk[tap.k] += s;
+                });
+            }
+        }
+    });
+}
+
+/// Planes this small go through [`forward_small`]: input elements, and output pixels × taps.
+const SMALL_PLANE: usize = 1024;
+const SMALL_TAPS: usize = 9 * SMALL_PLANE;
+/// Planes worked on together, one per vector lane.
+const LANES: usize = 8;
+
+/// For each output pixel of a small plane, its taps that land inside the input: (offset in
+/// the input plane, tap index), listed once per call instead of worked out per plane.
+struct PixelTaps {
+    offset: [u16; SMALL_TAPS],
+    tap: [u16; SMALL_TAPS],
+    /// Pixel `o`'s taps are `start[o]..start[o + 1]`.
+    start: [u16; SMALL_TAPS + 1],
+}
+
+impl PixelTaps {
+    /// On the caller's stack (about 55 kB): a step allocates nothing.
+    fn new(g: &Conv2dGeom) -> Option<PixelTaps> {
+        let (oh, ow, kk) = (g.out_h(), g.out_w(), g.kh * g.kw);
+        if g.h * g.w > SMALL_PLANE || oh * ow * kk > SMALL_TAPS || kk > MAX_TAPS {
+            return None;
+        }
+        let mut t = PixelTaps {
+            offset: [0; SMALL_TAPS],
+            tap: [0; SMALL_TAPS],
+            start: [0; SMALL_TAPS + 1],
+        };
+        let mut n = 0;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride[0]) as isize + tap_offset(ky, g.dilation[0], g.pad[0]);
+                    for kx in 0..g.kw {
+                        let ix =
+                            (ox * g.stride[1]) as isize + tap_offset(kx, g.dilation[1], g.pad[1]);
+                        if (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix) {
+                            t.offset[n] = (iy as usize * g.w + ix as usize) as u16;
+                            t.tap[n] = (ky * g.kw + kx) as u16;
+                            n += 1;
+                        }
+                    }
+                }
+                t.start[oy * ow + ox + 1] = n as u16;
+            }
+        }
+        Some(t)
+    }
+}
+
+/// Small planes, eight at a time: their inputs interleaved so that each multiply-add
+/// serves eight planes in one vector operation. Row loops spend more on bookkeeping than on
+/// arithmetic once a row is a few pixels long (the late layers of a network, or all of them
+/// at 32×32 inputs).
+fn forward_small(
+    g: &Conv2dGeom,
+    pixels: &PixelTaps,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    let planes = g.n * g.c_out;
+    threads::for_runs(y, planes, p, 1, depthwise_parts(g), |run, ys| {
+        let mut xs = [[0.0f32; LANES]; SMALL_PLANE];
+        let mut ws = [[0.0f32; LANES]; MAX_TAPS];
+        let (first, count) = (run.start, run.len());
+        for group in (0..count).step_by(LANES) {
+            let lanes = (count - group).min(LANES);
+            let mut b0 = [0.0f32; LANES];
+            for l in 0..lanes {
+                let (b, oc) = ((first + group + l) / g.c_out, (first + group + l) % g.c_out);
+                let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+                for (dst, &v) in xs[..hw].iter_mut().zip(xp) {
+                    dst[l] = v;
+                }
+                for (dst, &v) in ws[..kk].iter_mut().zip(&w[oc * kk..][..kk]) {
+                    dst[l] = v;
+                }
+                b0[l] = bias.map_or(0.0, |bias| bias[oc]);
+            }
+            let ys = &mut ys[group * p..][..lanes * p];
+            lanes_pass(pixels, &xs, &ws, b0, p, ys);
+        }
+    });
+}
+
+/// The interleaved planes' outputs into `ys` (plane-major, `ys.len() / p` planes).
+fn lanes_pass(
+    pixels: &PixelTaps,
+    xs: &[[f32; LANES]],
+    ws: &[[f32; LANES]],
+    b0: [f32; LANES],
+    p: usize,
+    ys: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { lanes_pass_avx2(pixels, xs, ws, b0, p, ys) };
+    }
+    lanes_pass_body(pixels, xs, ws, b0, p, ys)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes_pass_avx2(
+    pixels: &PixelTaps,
+    xs: &[[f32; LANES]],
+    ws: &[[f32; LANES]],
+    b0: [f32; LANES],
+    p: usize,
+    ys: &mut [f32],
+) {
+    lanes_pass_body(pixels, xs, ws, b0, p, ys)
+}
+
+#[inline(always)]
+fn lanes_pass_body(
+    pixels: &PixelTaps,
+    xs: &[[f32; LANES]],
+    ws: &[[f32; LANES]],
+    b0: [f32; LANES],
+    p: usize,
+    ys: &mut [f32],
+) {
+    let lanes = ys.len() / p;
+    for o in 0..p {
+        let mut acc = b0;
+        let taps = pixels.start[o] as usize..pixels.start[o + 1] as usize;
+        for (&off, &k) in pixels.offset[taps.clone()].iter().zip(&pixels.tap[taps]) {
+            let (xv, wv) = (&xs[off as usize], &ws[k as usize]);
+            for l in 0..LANES {
+                acc[l] += wv[l] * xv[l];
+            }
+        }
+        for (l, &v) in acc.iter().enumerate().take(lanes) {
+            ys[l * p + o] = v;
+        }
+    }
+}
