@@ -23,6 +23,13 @@ measured (/proc/stat busy time minus this process's own CPU time), as a fraction
 wall time × cores (`foreign`). A run whose `foreign` exceeds `--max-foreign` is repeated (up
 to `--tries` times); the cleanest/fastest run is reported, flagged when none was clean.
 `--rounds R` additionally runs every configuration R times (interleaved), keeping the best.
+
+`--epochs E` times whole epochs instead of single steps (for the side-by-side harness's
+epoch columns): E epochs over models/data/fashion-mnist (2000 images; each epoch a
+numpy.random.default_rng(--seed) permutation cut into full batches only, as actc does: 31
+steps of 64 or 250 of 8), each batch preprocessed inside the timed epoch exactly as
+common.fashion_mnist does it (ref_losses_torch.preprocess), SGD lr 0.01 momentum 0.9; reports
+each epoch's seconds and mean training loss. `--epoch-steps N` cuts epochs short (quick tests).
 """
 
 from __future__ import annotations
@@ -105,9 +112,70 @@ def run_one(cfg):
             "trainable_values": sum(p.numel() for p in params), "torch": torch.__version__}
 
 
+def run_epochs(cfg):
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    sys.path.insert(0, str(HERE))
+    from common import (MODELS, busy_seconds, foreign_share, mobilenetv2_folded,
+                        mobilenetv2_torchvision, own_cpu_seconds, read_idx_gz, select_trainable)
+    from ref_losses_torch import preprocess
+
+    torch.set_num_threads(cfg["threads"])
+    if cfg["bn"] == "folded":
+        model, _, _ = mobilenetv2_folded()
+    else:
+        model = mobilenetv2_torchvision()
+    torch.set_num_threads(cfg["threads"])
+    params = [p for _, p in select_trainable(model, 4)]
+    model.eval()
+    cl = cfg["layout"] == "channels_last"
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    d = MODELS / "data" / "fashion-mnist"
+    images = read_idx_gz(d / "train-images-idx3-ubyte.gz")
+    labels = torch.from_numpy(read_idx_gz(d / "train-labels-idx1-ubyte.gz").astype(np.int64))
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(cfg["seed"])
+    b = cfg["batch"]
+    steps = len(images) // b
+    if cfg.get("epoch_steps"):
+        steps = min(steps, cfg["epoch_steps"])
+    seconds, losses, foreign = [], [], []
+    for _ in range(cfg["epochs"]):
+        order = rng.permutation(len(images))
+        total = 0.0
+        w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
+        for k in range(steps):
+            rows = order[k * b:(k + 1) * b]
+            x = preprocess(images[rows], cfg["size"])
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), labels[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss)
+        wall = time.perf_counter() - w0
+        seconds.append(wall)
+        losses.append(total / steps)
+        foreign.append(foreign_share(wall, b0, c0))
+    return {**cfg, "steps_per_epoch": steps, "epoch_seconds": seconds,
+            "epoch_train_loss": losses, "epoch_foreign": foreign, "foreign": max(foreign),
+            "peak_rss_mb": rss_mb(), "torch": torch.__version__}
+
+
 def wait_quiet(max_share, timeout):
-    """Sleeps until the machine's busy share over 5 s is at most max_share (or timeout)."""
-    from common import busy_seconds
+    """Sleeps until the machine's busy share over 5 s is at most max_share (or timeout).
+    Reads /proc/stat itself: common.py imports torch, and the parent process must not hold
+    torch when it starts the measured children (Linux carries a parent's peak RSS over into
+    a child's ru_maxrss at exec)."""
+
+    def busy_seconds():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v[:8]) - v[3] - (v[4] if len(v) > 4 else 0)) / os.sysconf("SC_CLK_TCK")
+
     t_end = time.time() + timeout
     while time.time() < t_end:
         b0, t0 = busy_seconds(), time.perf_counter()
@@ -125,6 +193,11 @@ def main():
     ap.add_argument("--layouts", nargs="*", default=["nchw", "channels_last"],
                     choices=["nchw", "channels_last"])
     ap.add_argument("--bn", nargs="*", default=["frozen", "folded"], choices=["frozen", "folded"])
+    ap.add_argument("--epochs", type=int, default=0,
+                    help="time this many epochs over Fashion-MNIST instead of single steps")
+    ap.add_argument("--epoch-steps", type=int, default=0, metavar="N",
+                    help="stop each epoch after N steps (quick tests; 0 = the whole epoch)")
+    ap.add_argument("--seed", type=int, default=0, help="shuffling seed of --epochs")
     ap.add_argument("--rounds", type=int, default=1, help="repeat all configs, keep the best")
     ap.add_argument("--max-foreign", type=float, default=0.05,
                     help="repeat a run when other processes used more than this CPU share")
@@ -136,18 +209,22 @@ def main():
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one config (JSON) in this process
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
+        cfg = json.loads(args.one)
+        print(json.dumps(run_epochs(cfg) if cfg.get("epochs") else run_one(cfg)))
         return
-    sys.path.insert(0, str(HERE))
-    from common import machine
     configs = []
     for bn in args.bn:
         for shape in args.shapes:
             b, s = (int(v) for v in shape.split("x"))
             for layout in args.layouts:
-                configs.append({"bn": bn, "batch": b, "size": s, "layout": layout,
-                                "threads": args.threads, "steps": args.steps,
-                                "warmup": args.warmup})
+                cfg = {"bn": bn, "batch": b, "size": s, "layout": layout,
+                       "threads": args.threads}
+                if args.epochs:
+                    cfg.update(epochs=args.epochs, seed=args.seed, epoch_steps=args.epoch_steps)
+                else:
+                    cfg.update(steps=args.steps, warmup=args.warmup)
+                configs.append(cfg)
+    key = (lambda r: sum(r["epoch_seconds"])) if args.epochs else (lambda r: r["median_ms"])
     runs = [[] for _ in configs]
     for rnd in range(args.rounds):
         for i, cfg in enumerate(configs):
@@ -159,14 +236,33 @@ def main():
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 r.update(round=rnd, attempt=attempt, clean=r["foreign"] <= args.max_foreign)
                 runs[i].append(r)
+                what = (" ".join(f"{v:.1f}s" for v in r["epoch_seconds"]) if args.epochs
+                        else f"{r['median_ms']:.1f} ms")
                 print(f"  round {rnd} try {attempt} {cfg['bn']} {cfg['batch']}x{cfg['size']} "
-                      f"{cfg['layout']}: {r['median_ms']:.1f} ms (foreign CPU {r['foreign']:.0%})",
+                      f"{cfg['layout']}: {what} (foreign CPU {r['foreign']:.0%})",
                       file=sys.stderr, flush=True)
                 if r["clean"]:
                     break
                 if not args.wait_quiet:
                     time.sleep(20)
-    best = [min(rs, key=lambda r: (not r["clean"], r["median_ms"])) for rs in runs]
+    best = [min(rs, key=lambda r: (not r["clean"], key(r))) for rs in runs]
+    if args.epochs:
+        print(f"{'bn':7s} {'batch x shape':15s} {'layout':14s} {'steps/epoch':>11s} "
+              + " ".join(f"{f'epoch {e + 1}':>9s}" for e in range(args.epochs))
+              + f" {'peak RSS':>9s} {'foreign':>8s}")
+        for r in best:
+            shape = f"{r['batch']}x3x{r['size']}x{r['size']}"
+            print(f"{r['bn']:7s} {shape:15s} {r['layout']:14s} {r['steps_per_epoch']:>11d} "
+                  + " ".join(f"{v:8.2f}s" for v in r["epoch_seconds"])
+                  + f" {r['peak_rss_mb']:7.0f}MB {r['foreign']:7.0%}"
+                  + ("" if r["clean"] else " (disturbed)"))
+    else:
+        print_steps(best)
+    if args.json:
+        write_json(args, best, runs)
+
+
+def print_steps(best):
     print(f"{'bn':7s} {'batch x shape':15s} {'layout':14s} {'median':>8s} {'p10':>8s} {'p90':>8s} "
           f"{'fwd(no grad)':>12s} {'peak RSS':>9s} {'foreign':>8s}")
     for r in best:
@@ -174,11 +270,15 @@ def main():
         print(f"{r['bn']:7s} {shape:15s} {r['layout']:14s} {r['median_ms']:6.1f}ms "
               f"{r['p10_ms']:6.1f}ms {r['p90_ms']:6.1f}ms {r['forward_nograd_median_ms']:10.1f}ms "
               f"{r['peak_rss_mb']:7.0f}MB {r['foreign']:7.0%}{'' if r['clean'] else ' (disturbed)'}")
-    if args.json:
-        args.json.write_text(json.dumps({"best": best, "all_runs": runs, "machine": machine(),
-                                         "args": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()}},
-                                        indent=1) + "\n")
+
+
+def write_json(args, best, runs):
+    sys.path.insert(0, str(HERE))
+    from common import machine
+    args.json.write_text(json.dumps({"best": best, "all_runs": runs, "machine": machine(),
+                                     "args": {k: (str(v) if isinstance(v, Path) else v)
+                                              for k, v in vars(args).items()}},
+                                    indent=1) + "\n")
 
 
 if __name__ == "__main__":
