@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58"
     )]
     pub kind: Option<Kind>,
 }
@@ -343,6 +343,20 @@ pub enum Kind {
     /// mask, dy → dx: dy where the mask is set, else 0 (ReLU's and Clip's backward)
     #[prost(message, tag = "57")]
     MaskedGrad(Empty),
+
+    // ---- fused inference ----
+    /// x, w, [bias] → min(max(conv(x, w) + bias, min), max): a Conv and the Relu or Clip
+    /// after it, as the frozen prefix runs them (one buffer, one pass fewer)
+    #[prost(message, tag = "58")]
+    ConvClip(ConvClip),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ConvClip {
+    #[prost(message, optional, tag = "1")]
+    pub conv: Option<Conv>,
+    #[prost(message, optional, tag = "2")]
+    pub clip: Option<Clip>,
 }
 
 /// How a saved activation is kept for the backward pass.

@@ -342,6 +342,17 @@ fn the_own_prefix_computes_what_tract_computes() {
         assert!(compiled.prefix_batch.is_some(), "{name}");
         let plan = compiled.plan;
         assert!(plan.prefix_steps > 0, "{name}");
+        // Every conv of these prefixes that feeds a Relu/Clip alone has it fused.
+        let fused = plan.steps[..plan.prefix_steps as usize]
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.op.as_ref().and_then(|o| o.kind.as_ref()),
+                    Some(actc_runtime::ops::Kind::ConvClip(_))
+                )
+            })
+            .count();
+        assert!(fused > 0, "{name}: no conv in the prefix took its activation");
         let input = batch(shape.iter().product(), 3);
         let want = common::boundary(&plan, &input);
         let mut exec = Executor::new(plan, 1).unwrap();

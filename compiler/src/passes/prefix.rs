@@ -6,7 +6,8 @@
 //! largest tensors of the whole model (the first layers' maps), and at the full batch they
 //! would set the arena's peak many times over what training needs. So the prefix is
 //! imported again at batch `m`, and the runtime runs it `batch / m` times per step, copying
-//! each micro-batch's boundary tensors into the full-batch ones.
+//! each micro-batch's boundary tensors into the full-batch ones. A Relu or Clip right after a
+//! conv is fused into it (`ConvClip`), which inference allows.
 
 use super::{emit, schedule};
 use crate::bail;
@@ -14,6 +15,7 @@ use crate::error::Result;
 use crate::ir::{Graph, NodeOp, Role, TensorId};
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
+use actc_runtime::ops::{self, Kind};
 use actc_runtime::plan::Phase;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -99,12 +101,50 @@ pub fn build(
         graph.remove_node(n);
     }
     graph.inputs = vec![imported.input];
-    graph.outputs = outputs.clone();
+    graph.outputs = outputs;
+    fuse_activations(&mut graph);
     Ok(Some(PrefixGraph {
-        graph,
+        outputs: graph.outputs.clone(),
         input: imported.input,
-        outputs,
+        graph,
     }))
+}
+
+/// Folds a Relu or Clip into the conv before it when it is the conv's only reader: the
+/// conv's output buffer then holds the activation, and one buffer and one pass over it go.
+/// Inference only: training keeps the two apart (the backward needs the mask).
+fn fuse_activations(graph: &mut Graph) {
+    let convs: Vec<_> = graph
+        .nodes
+        .node_indices()
+        .filter(|&n| matches!(graph.nodes[n].op, NodeOp::Kernel(Kind::Conv(_))))
+        .collect();
+    for c in convs {
+        let y = graph.nodes[c].outputs[0];
+        let readers: Vec<_> = graph.consumers(y).collect();
+        let (&[act], false) = (&readers[..], graph.outputs.contains(&y)) else {
+            continue;
+        };
+        let clip = match &graph.nodes[act].op {
+            NodeOp::Kernel(Kind::Relu(_)) => ops::Clip {
+                min: 0.0,
+                max: f32::INFINITY,
+            },
+            NodeOp::Kernel(Kind::Clip(clip)) => clip.clone(),
+            _ => continue,
+        };
+        let NodeOp::Kernel(Kind::Conv(conv)) = graph.nodes[c].op.clone() else {
+            unreachable!("filtered above")
+        };
+        let z = graph.nodes[act].outputs[0];
+        graph.remove_node(act);
+        graph.nodes[c].op = NodeOp::Kernel(Kind::ConvClip(ops::ConvClip {
+            conv: Some(conv),
+            clip: Some(clip),
+        }));
+        graph.replace_uses(z, y);
+        graph.tensor_mut(y).name = graph.tensor(z).name.clone();
+    }
 }
 
 impl PrefixGraph {

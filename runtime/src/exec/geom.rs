@@ -86,6 +86,10 @@ pub fn pool(p: &ops::Pool, x: &[u64]) -> Pool2dGeom {
 pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usize {
     match kind {
         Kind::Conv(c) => conv::workspace_len(&conv(c, inputs[0], inputs[1])),
+        Kind::ConvClip(cc) => cc
+            .conv
+            .as_ref()
+            .map_or(0, |c| conv::workspace_len(&conv(c, inputs[0], inputs[1]))),
         // dy, w → dx
         Kind::ConvBackwardData(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),
         // x, dy → dw

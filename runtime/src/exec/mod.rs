@@ -440,6 +440,10 @@ fn validate(plan: &Plan) -> Result<(), ExecError> {
                 s.name
             ));
         }
+        if matches!(s.op.as_ref().and_then(|o| o.kind.as_ref()), Some(Kind::ConvClip(cc)) if cc.conv.is_none())
+        {
+            return bad(format!("step {} is a fused conv without its conv", s.name));
+        }
         if s.inputs
             .iter()
             .chain(&s.outputs)

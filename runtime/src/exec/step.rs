@@ -75,6 +75,17 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             let bias = (step.inputs.len() > 2).then(|| x(2));
             conv::forward(&g, x(0), x(1), bias, y(0), ws());
         }
+        Kind::ConvClip(cc) => {
+            let g = geom::conv(
+                cc.conv.as_ref().expect("validated"),
+                &bi(0).shape,
+                &bi(1).shape,
+            );
+            let bias = (step.inputs.len() > 2).then(|| x(2));
+            conv::forward(&g, x(0), x(1), bias, y(0), ws());
+            let clip = cc.clip.clone().unwrap_or_default();
+            act::clip_in_place(clip.min, clip.max, y(0));
+        }
         Kind::ConvBackwardData(c) => {
             let g = geom::conv(c, &bo(0).shape, &bi(1).shape);
             conv::backward_data(&g, x(1), x(0), y(0), ws());

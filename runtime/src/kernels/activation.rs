@@ -19,6 +19,13 @@ pub fn clip_forward(min: f32, max: f32, x: &[f32], y: &mut [f32]) {
     map(x, y, |x| x.max(min).min(max));
 }
 
+/// Clip applied where the values are (a conv's output, fused).
+pub fn clip_in_place(min: f32, max: f32, y: &mut [f32]) {
+    for v in y {
+        *v = v.max(min).min(max);
+    }
+}
+
 pub fn clip_backward(min: f32, max: f32, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     map_grad(x, dy, dx, |x, d| if x > min && x < max { d } else { 0.0 });
 }
