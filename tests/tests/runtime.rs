@@ -352,7 +352,10 @@ fn the_own_prefix_computes_what_tract_computes() {
                 )
             })
             .count();
-        assert!(fused > 0, "{name}: no conv in the prefix took its activation");
+        assert!(
+            fused > 0,
+            "{name}: no conv in the prefix took its activation"
+        );
         let input = batch(shape.iter().product(), 3);
         let want = common::boundary(&plan, &input);
         let mut exec = Executor::new(plan, 1).unwrap();

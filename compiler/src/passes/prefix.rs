@@ -6,17 +6,20 @@
 //! largest tensors of the whole model (the first layers' maps), and at the full batch they
 //! would set the arena's peak many times over what training needs. So the prefix is
 //! imported again at batch `m`, and the runtime runs it `batch / m` times per step, copying
-//! each micro-batch's boundary tensors into the full-batch ones. A Relu or Clip right after a
-//! conv is fused into it (`ConvClip`), which inference allows.
+//! each micro-batch's boundary tensors into the full-batch ones. Inference allows folding: a
+//! BatchNormalization right after a conv goes into its weights, a Relu or Clip into its
+//! output (`ConvClip`).
 
 use super::{emit, schedule};
 use crate::bail;
 use crate::error::Result;
-use crate::ir::{Graph, NodeOp, Role, TensorId};
+use crate::ir::{Data, Graph, NodeOp, Role, Tensor, TensorId};
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
+use actc_runtime::kernels::norm::{self, BatchNormParams};
 use actc_runtime::ops::{self, Kind};
 use actc_runtime::plan::Phase;
+use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
@@ -102,6 +105,7 @@ pub fn build(
     }
     graph.inputs = vec![imported.input];
     graph.outputs = outputs;
+    fold_batch_norms(&mut graph);
     fuse_activations(&mut graph);
     Ok(Some(PrefixGraph {
         outputs: graph.outputs.clone(),
@@ -110,19 +114,88 @@ pub fn build(
     }))
 }
 
+/// The one node reading conv `c`'s output, when that output is not a graph output.
+fn only_reader(graph: &Graph, c: NodeIndex) -> Option<NodeIndex> {
+    let y = graph.nodes[c].outputs[0];
+    let readers: Vec<_> = graph.consumers(y).collect();
+    match (&readers[..], graph.outputs.contains(&y)) {
+        (&[r], false) => Some(r),
+        _ => None,
+    }
+}
+
+/// Removes `node` (reading conv `c`'s output alone) and gives its readers the conv's output,
+/// which takes the node's output name.
+fn absorb_into_conv(graph: &mut Graph, c: NodeIndex, node: NodeIndex) {
+    let (y, z) = (graph.nodes[c].outputs[0], graph.nodes[node].outputs[0]);
+    graph.remove_node(node);
+    graph.replace_uses(z, y);
+    graph.tensor_mut(y).name = graph.tensor(z).name.clone();
+}
+
+fn convs(graph: &Graph) -> Vec<NodeIndex> {
+    graph
+        .nodes
+        .node_indices()
+        .filter(|&n| matches!(graph.nodes[n].op, NodeOp::Kernel(Kind::Conv(_))))
+        .collect()
+}
+
+/// Folds a BatchNormalization (running statistics: an affine map per channel) into the conv
+/// before it when it is the conv's only reader: new weight and bias constants.
+fn fold_batch_norms(graph: &mut Graph) {
+    for c in convs(graph) {
+        let Some(bn) = only_reader(graph, c) else {
+            continue;
+        };
+        let NodeOp::Kernel(Kind::BatchNorm(attrs)) = &graph.nodes[bn].op else {
+            continue;
+        };
+        let f32s = |t: TensorId| match &graph.tensor(t).data {
+            Some(Data::F32(v)) => Some(v.clone()),
+            _ => None,
+        };
+        let conv = &graph.nodes[c];
+        let Some(params) = graph.nodes[bn].inputs[1..5]
+            .iter()
+            .map(|&t| f32s(t))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let Some(weight) = f32s(conv.inputs[1]) else {
+            continue;
+        };
+        let bias = conv.inputs.get(2).and_then(|&t| f32s(t));
+        let p = BatchNormParams {
+            scale: &params[0],
+            bias: &params[1],
+            mean: &params[2],
+            var: &params[3],
+            epsilon: attrs.epsilon,
+        };
+        let (w, b) = norm::fold_into_conv(&weight, bias.as_deref(), &p);
+        let (w_name, w_shape) = {
+            let t = graph.tensor(conv.inputs[1]);
+            (format!("{}.folded", t.name), t.shape.clone())
+        };
+        let b_name = format!("{}.folded_bias", graph.nodes[bn].name);
+        let len = b.len();
+        let w = graph.add_tensor(Tensor::constant(w_name, w_shape, Data::F32(w.into())));
+        let b = graph.add_tensor(Tensor::constant(b_name, vec![len], Data::F32(b.into())));
+        // Constants have no producer: no edges to fix.
+        graph.nodes[c].inputs.truncate(1);
+        graph.nodes[c].inputs.extend([w, b]);
+        absorb_into_conv(graph, c, bn);
+    }
+}
+
 /// Folds a Relu or Clip into the conv before it when it is the conv's only reader: the
 /// conv's output buffer then holds the activation, and one buffer and one pass over it go.
 /// Inference only: training keeps the two apart (the backward needs the mask).
 fn fuse_activations(graph: &mut Graph) {
-    let convs: Vec<_> = graph
-        .nodes
-        .node_indices()
-        .filter(|&n| matches!(graph.nodes[n].op, NodeOp::Kernel(Kind::Conv(_))))
-        .collect();
-    for c in convs {
-        let y = graph.nodes[c].outputs[0];
-        let readers: Vec<_> = graph.consumers(y).collect();
-        let (&[act], false) = (&readers[..], graph.outputs.contains(&y)) else {
+    for c in convs(graph) {
+        let Some(act) = only_reader(graph, c) else {
             continue;
         };
         let clip = match &graph.nodes[act].op {
@@ -134,16 +207,13 @@ fn fuse_activations(graph: &mut Graph) {
             _ => continue,
         };
         let NodeOp::Kernel(Kind::Conv(conv)) = graph.nodes[c].op.clone() else {
-            unreachable!("filtered above")
+            unreachable!("convs() lists convs")
         };
-        let z = graph.nodes[act].outputs[0];
-        graph.remove_node(act);
         graph.nodes[c].op = NodeOp::Kernel(Kind::ConvClip(ops::ConvClip {
             conv: Some(conv),
             clip: Some(clip),
         }));
-        graph.replace_uses(z, y);
-        graph.tensor_mut(y).name = graph.tensor(z).name.clone();
+        absorb_into_conv(graph, c, act);
     }
 }
 
