@@ -203,6 +203,60 @@ fn orthonormalize(u: &mut [f32], len: usize, count: usize, (es, vs): Strides) {
     }
 }
 
+/// [`orthonormalize`] for vectors stored one after another (element i of vector j at
+/// `u[j·len + i]`), the subspace iteration's layout: f32 sums in eight lanes, vectorised.
+/// The iterated block only has to span the leading subspace to f32 precision (the Ritz
+/// step makes the vectors), and the f64 scalar loops cost more than the Gram products did.
+/// A vector that vanishes hands the block to the f64 routine, which replaces it.
+fn orthonormalize_rows(u: &mut [f32], len: usize, count: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { orthonormalize_rows_avx2(u, len, count) };
+    }
+    orthonormalize_rows_body(u, len, count)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn orthonormalize_rows_avx2(u: &mut [f32], len: usize, count: usize) {
+    orthonormalize_rows_body(u, len, count)
+}
+
+#[inline(always)]
+fn orthonormalize_rows_body(u: &mut [f32], len: usize, count: usize) {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+        let (b8, b_rest) = b.split_at(a8.len());
+        for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+            for l in 0..8 {
+                acc[l] += ca[l] * cb[l];
+            }
+        }
+        let rest: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
+        acc.iter().sum::<f32>() + rest
+    }
+    for j in 0..count {
+        let (done, rest) = u.split_at_mut(j * len);
+        let v = &mut rest[..len];
+        let before = dot(v, v).sqrt();
+        for _ in 0..2 {
+            for w in done.chunks_exact(len) {
+                let p = dot(v, w);
+                v.iter_mut().zip(w).for_each(|(a, b)| *a -= p * b);
+            }
+        }
+        let norm = dot(v, v).sqrt();
+        // Also catches NaN.
+        if !(norm > 1e-6 * before && norm > 0.0) {
+            return orthonormalize(u, len, count, (1, len));
+        }
+        v.iter_mut().for_each(|a| *a /= norm);
+    }
+}
+
 /// gram (D × D) = A₍ₙ₎A₍ₙ₎ᵀ.
 fn gram_left(a: &[f32], f: Fold, gram: &mut [f32]) {
     let Fold { p, d, q } = f;
@@ -338,12 +392,12 @@ fn top_eigenpairs(gram: &[f32], n: usize, k: usize, vals: &mut [f32], vecs: &mut
         seed ^= seed << 17;
         *v = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
     }
-    orthonormalize(qt, n, k, (1, n));
+    orthonormalize_rows(qt, n, k);
     for _ in 0..POWER_STEPS {
         // Yᵀ = Qᵀ·G (G is symmetric)
         sgemm(k, n, n, 1.0, qt, (n, 1), gram, (n, 1), 0.0, yt, (n, 1));
         qt.copy_from_slice(yt);
-        orthonormalize(qt, n, k, (1, n));
+        orthonormalize_rows(qt, n, k);
     }
     sgemm(k, n, n, 1.0, qt, (n, 1), gram, (n, 1), 0.0, yt, (n, 1));
     sgemm(k, k, n, 1.0, yt, (n, 1), qt, (1, n), 0.0, t, (k, 1));
