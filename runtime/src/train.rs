@@ -259,10 +259,15 @@ impl Session {
             }
             self.cache.hits += b;
         } else {
+            // Resizing to the model's input is the first epoch's largest cost after the
+            // prefix (224×224 from 28×28): samples in parallel.
             let per = self.input.len() / b;
-            for r in 0..b {
-                data.write_sample(row(r), prep, &mut self.input[r * per..(r + 1) * per]);
-            }
+            let parts = crate::threads::parts_for(self.input.len() * 16);
+            crate::threads::for_runs(&mut self.input, b, per, 1, parts, |run, out| {
+                for (r, dst) in run.zip(out.chunks_exact_mut(per)) {
+                    data.write_sample(row(r), prep, dst);
+                }
+            });
             self.run_prefix(None)?;
             if self.cache.budget > 0 {
                 for (r, &i) in rows.iter().take(b).enumerate() {
