@@ -225,19 +225,7 @@ unsafe fn orthonormalize_rows_avx2(u: &mut [f32], len: usize, count: usize) {
 
 #[inline(always)]
 fn orthonormalize_rows_body(u: &mut [f32], len: usize, count: usize) {
-    #[inline(always)]
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let mut acc = [0.0f32; 8];
-        let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
-        let (b8, b_rest) = b.split_at(a8.len());
-        for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-            for l in 0..8 {
-                acc[l] += ca[l] * cb[l];
-            }
-        }
-        let rest: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
-        acc.iter().sum::<f32>() + rest
-    }
+    use crate::kernels::dot;
     for j in 0..count {
         let (done, rest) = u.split_at_mut(j * len);
         let v = &mut rest[..len];

@@ -605,19 +605,7 @@ pub(super) fn scatter_axpy(dst: &mut [f32], start: usize, stride: usize, a: f32,
 /// `Σ a[i] · src[start + i·stride]`.
 pub(super) fn gather_dot(a: &[f32], src: &[f32], start: usize, stride: usize) -> f32 {
     if stride == 1 {
-        // Eight independent partial sums: a single running sum is a serial dependency
-        // chain the compiler may not reorder, so it would neither vectorise nor pipeline.
-        let src = &src[start..start + a.len()];
-        let mut acc = [0.0f32; 8];
-        let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
-        let (s8, s_rest) = src.split_at(a8.len());
-        for (ca, cs) in a8.chunks_exact(8).zip(s8.chunks_exact(8)) {
-            for l in 0..8 {
-                acc[l] += ca[l] * cs[l];
-            }
-        }
-        let rest: f32 = a_rest.iter().zip(s_rest).map(|(a, s)| a * s).sum();
-        acc.iter().sum::<f32>() + rest
+        super::dot(a, &src[start..])
     } else {
         a.iter()
             .enumerate()

@@ -1,4 +1,5 @@
-//! CPU kernels of the trainable suffix, forward and backward, one op family per file.
+//! CPU kernels of the plan (the frozen prefix and the trainable suffix), forward and
+//! backward, one op family per file.
 //!
 //! Conventions shared by every kernel:
 //! - tensors are contiguous `f32` slices, row-major, images in NCHW;
@@ -26,3 +27,21 @@ pub mod window;
 
 #[cfg(test)]
 pub(crate) mod testutil;
+
+/// `Σ a[i]·b[i]` over `a`'s length, in eight independent partial sums: a single running sum
+/// is a serial dependency chain the compiler may not reorder, so it would neither vectorise
+/// nor pipeline. Inlined, so a caller compiled for AVX2 gets AVX2.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let b = &b[..a.len()];
+    let mut acc = [0.0f32; 8];
+    let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
+    let (b8, b_rest) = b.split_at(a8.len());
+    for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let rest: f32 = a_rest.iter().zip(b_rest).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f32>() + rest
+}
