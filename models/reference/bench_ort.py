@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
+
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent
 ROOT = MODELS.parent
@@ -215,24 +217,6 @@ class Preprocess:
 
 
 # --- shared machine ----------------------------------------------------------------------
-
-def busy_seconds() -> float:
-    """System-wide non-idle CPU seconds (all cores) from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def foreign_share(wall: float, busy0: float, own0: float) -> float:
-    other = (busy_seconds() - busy0) - (own_cpu_seconds() - own0)
-    return max(0.0, other) / (wall * (os.cpu_count() or 1))
-
 
 def wait_quiet(max_share: float, timeout: float) -> None:
     t_end = time.time() + timeout

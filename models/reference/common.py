@@ -6,11 +6,12 @@ from __future__ import annotations
 import gzip
 import os
 import platform
-import resource
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds  # noqa: F401 (callers use common.*)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -117,25 +118,6 @@ def fashion_mnist(split: str, size: int = 32) -> tuple[torch.Tensor, torch.Tenso
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((x - mean) / std).contiguous(), torch.from_numpy(y.astype(np.int64))
-
-
-def busy_seconds() -> float:
-    """System-wide non-idle CPU seconds (all cores) from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def foreign_share(wall: float, busy0: float, own0: float) -> float:
-    """CPU share (of wall x cores) that other processes used since (busy0, own0)."""
-    other = (busy_seconds() - busy0) - (own_cpu_seconds() - own0)
-    return max(0.0, other) / (wall * (os.cpu_count() or 1))
 
 
 def machine() -> dict:

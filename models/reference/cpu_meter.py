@@ -1,0 +1,25 @@
+"""How busy the shared machine is: the contention meter every reference benchmark uses.
+Standard library only, so both venvs (.venv with torch, .venv-ort without) import it."""
+from __future__ import annotations
+
+import os
+import resource
+
+
+def busy_seconds() -> float:
+    """System-wide non-idle CPU seconds (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def foreign_share(wall: float, busy0: float, own0: float) -> float:
+    """CPU share (of wall x cores) that other processes used since (busy0, own0)."""
+    other = (busy_seconds() - busy0) - (own_cpu_seconds() - own0)
+    return max(0.0, other) / (wall * (os.cpu_count() or 1))
