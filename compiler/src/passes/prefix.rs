@@ -21,7 +21,6 @@ use actc_runtime::ops::{self, Kind};
 use actc_runtime::plan::Phase;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::Path;
 
 /// Who runs the frozen prefix.
@@ -32,16 +31,6 @@ pub enum PrefixRunner {
     Auto,
     Actc,
     Tract,
-}
-
-impl fmt::Display for PrefixRunner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PrefixRunner::Auto => "auto",
-            PrefixRunner::Actc => "actc",
-            PrefixRunner::Tract => "tract",
-        })
-    }
 }
 
 /// The prefix alone, at some batch size: its graph holds only the prefix nodes.
