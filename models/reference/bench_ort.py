@@ -52,7 +52,6 @@ import gzip
 import importlib.util
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -65,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cpu_meter
 from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
 
 HERE = Path(__file__).resolve().parent
@@ -250,17 +250,8 @@ def pct(xs, q):
 def machine() -> dict:
     import onnx
     import onnxruntime
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
-            "numpy": np.__version__, "platform": platform.platform()}
+    return cpu_meter.machine(onnxruntime=onnxruntime.__version__, onnx=onnx.__version__,
+                             numpy=np.__version__)
 
 
 # --- one configuration, in a subprocess ---------------------------------------------------

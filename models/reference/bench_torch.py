@@ -58,12 +58,12 @@ def rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_one(cfg):
+def build_model(cfg):
+    """The model of `cfg` in eval mode, its trainable parameters (last 4 convs + classifier),
+    and whether it is channels_last; torch's threads set."""
     import torch
-    import torch.nn.functional as F
     sys.path.insert(0, str(HERE))
-    from common import (busy_seconds, foreign_share, mobilenetv2_folded,
-                        mobilenetv2_torchvision, own_cpu_seconds, select_trainable)
+    from common import mobilenetv2_folded, mobilenetv2_torchvision, select_trainable
 
     torch.set_num_threads(cfg["threads"])
     if cfg["bn"] == "folded":
@@ -76,6 +76,16 @@ def run_one(cfg):
     cl = cfg["layout"] == "channels_last"
     if cl:
         model = model.to(memory_format=torch.channels_last)
+    return model, params, cl
+
+
+def run_one(cfg):
+    import torch
+    import torch.nn.functional as F
+    sys.path.insert(0, str(HERE))
+    from common import busy_seconds, foreign_share, own_cpu_seconds
+
+    model, params, cl = build_model(cfg)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], generator=g)
     y = torch.randint(0, 10, (cfg["batch"],), generator=g)
@@ -117,21 +127,10 @@ def run_epochs(cfg):
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, str(HERE))
-    from common import (MODELS, busy_seconds, foreign_share, mobilenetv2_folded,
-                        mobilenetv2_torchvision, own_cpu_seconds, read_idx_gz, select_trainable)
+    from common import MODELS, busy_seconds, foreign_share, own_cpu_seconds, read_idx_gz
     from ref_losses_torch import preprocess
 
-    torch.set_num_threads(cfg["threads"])
-    if cfg["bn"] == "folded":
-        model, _, _ = mobilenetv2_folded()
-    else:
-        model = mobilenetv2_torchvision()
-    torch.set_num_threads(cfg["threads"])
-    params = [p for _, p in select_trainable(model, 4)]
-    model.eval()
-    cl = cfg["layout"] == "channels_last"
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
+    model, params, cl = build_model(cfg)
     d = MODELS / "data" / "fashion-mnist"
     images = read_idx_gz(d / "train-images-idx3-ubyte.gz")
     labels = torch.from_numpy(read_idx_gz(d / "train-labels-idx1-ubyte.gz").astype(np.int64))

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import gzip
 import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 
+import cpu_meter
 from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds  # noqa: F401 (callers use common.*)
 import torch
 import torch.nn as nn
@@ -122,14 +122,5 @@ def fashion_mnist(split: str, size: int = 32) -> tuple[torch.Tensor, torch.Tenso
 
 def machine() -> dict:
     import torchvision
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "platform": platform.platform()}
+    return cpu_meter.machine(torch=torch.__version__, torchvision=torchvision.__version__,
+                             numpy=np.__version__)

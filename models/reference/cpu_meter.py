@@ -1,9 +1,12 @@
-"""How busy the shared machine is: the contention meter every reference benchmark uses.
-Standard library only, so both venvs (.venv with torch, .venv-ort without) import it."""
+"""The shared machine: what it is, and how busy it is (the contention meter every reference
+benchmark uses). Standard library only, so both venvs (.venv with torch, .venv-ort without)
+import it."""
 from __future__ import annotations
 
 import os
+import platform
 import resource
+from pathlib import Path
 
 
 def busy_seconds() -> float:
@@ -23,3 +26,17 @@ def foreign_share(wall: float, busy0: float, own0: float) -> float:
     """CPU share (of wall x cores) that other processes used since (busy0, own0)."""
     other = (busy_seconds() - busy0) - (own_cpu_seconds() - own0)
     return max(0.0, other) / (wall * (os.cpu_count() or 1))
+
+
+def machine(**versions: str) -> dict:
+    """The CPU, cores, Python and platform, with the given library versions."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            **versions, "platform": platform.platform()}
