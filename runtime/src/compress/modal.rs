@@ -14,6 +14,7 @@ use faer::linalg::evd::{
 use faer::{ColMut, MatMut, MatRef, Par, Spec};
 
 use super::{eps_rank, eps_rank_of};
+use crate::kernels::dot;
 use crate::kernels::gemm::{Strides, sgemm};
 
 /// A tensor seen as (P, D, Q), the middle one being the mode of interest.
@@ -102,11 +103,7 @@ pub(crate) fn leading_vectors(
     let (vecs, rest) = rest.split_at_mut(n * n);
     let vals = &mut rest[..n];
     let left = f.d <= f.rest();
-    if left {
-        gram_left(a, f, gram);
-    } else {
-        gram_right(a, f, gram);
-    }
+    self::gram(a, f, gram, vecs);
     let block = cap + OVERSAMPLE;
     let wanted = if eps >= 1.0 {
         // ε = 1 keeps every direction: an f32 Gram cannot tell a σ below ~1e-3·σ₁ from
@@ -225,7 +222,6 @@ unsafe fn orthonormalize_rows_avx2(u: &mut [f32], len: usize, count: usize) {
 
 #[inline(always)]
 fn orthonormalize_rows_body(u: &mut [f32], len: usize, count: usize) {
-    use crate::kernels::dot;
     for j in 0..count {
         let (done, rest) = u.split_at_mut(j * len);
         let v = &mut rest[..len];
@@ -245,73 +241,214 @@ fn orthonormalize_rows_body(u: &mut [f32], len: usize, count: usize) {
     }
 }
 
-/// gram (D × D) = A₍ₙ₎A₍ₙ₎ᵀ.
-fn gram_left(a: &[f32], f: Fold, gram: &mut [f32]) {
+/// The Gram matrix of the mode's unfolding on its smaller side, gram (n × n): A₍ₙ₎A₍ₙ₎ᵀ when
+/// D ≤ P·Q, else A₍ₙ₎ᵀA₍ₙ₎ with column (p, q) of the unfolding at index p·Q + q. `stage`
+/// (n × n floats, free scratch) holds parts of the unfolding copied into one matrix.
+///
+/// Many small products (one per p or q, as deep as Q or D) ran at a fraction of what one
+/// deep product does: the micro-tiles' edges and the packing of each are paid P² times.
+fn gram(a: &[f32], f: Fold, gram: &mut [f32], stage: &mut [f32]) {
     let Fold { p, d, q } = f;
-    if p <= q {
-        // Σ over p of X_p X_pᵀ, X_p = a[p] (D × Q)
-        for i in 0..p {
-            let x = &a[i * d * q..];
+    let n = f.gram_order();
+    let left = d <= f.rest();
+    if left && d <= SMALL_GRAM {
+        return small_gram(a, f, gram);
+    }
+    if p == 1 || q == 1 {
+        // The unfolding has uniform strides: one product.
+        let s = if p == 1 { (q, 1) } else { (1, d) };
+        let (xs, depth) = if left { (s, f.rest()) } else { ((s.1, s.0), d) };
+        upper_gram(n, depth, a, xs, 0.0, gram);
+    } else if left && p.max(q) >= n {
+        // G = Σ over p of X_p X_pᵀ, X_p = a[p] (D × Q), or Σ over q of Y_qᵀ Y_q,
+        // Y_q = a[:, :, q] (P × D): whichever makes fewer products, each at least n deep.
+        let (count, step, xs) = if p <= q {
+            (p, d * q, (q, 1))
+        } else {
+            (q, 1, (q, d * q))
+        };
+        for i in 0..count {
             let beta = if i == 0 { 0.0 } else { 1.0 };
-            sgemm(d, d, q, 1.0, x, (q, 1), x, (1, q), beta, gram, (d, 1));
+            upper_gram(n, p.max(q), &a[i * step..], xs, beta, gram);
+        }
+    } else if left {
+        // Q < D: as many whole X_p side by side as fit n columns.
+        let blocks = n / q;
+        for (chunk, p0) in (0..p).step_by(blocks).enumerate() {
+            let w = blocks.min(p - p0) * q;
+            for r in 0..d {
+                for (i, dst) in stage[r * w..][..w].chunks_exact_mut(q).enumerate() {
+                    dst.copy_from_slice(&a[((p0 + i) * d + r) * q..][..q]);
+                }
+            }
+            let beta = if chunk == 0 { 0.0 } else { 1.0 };
+            upper_gram(n, w, stage, (w, 1), beta, gram);
         }
     } else {
-        // Σ over q of Y_qᵀ Y_q, Y_q = a[:, :, q] (P × D)
-        for j in 0..q {
-            let y = &a[j..];
-            let beta = if j == 0 { 0.0 } else { 1.0 };
-            sgemm(
-                d,
-                d,
-                p,
-                1.0,
-                y,
-                (q, d * q),
-                y,
-                (d * q, q),
-                beta,
-                gram,
-                (d, 1),
-            );
+        // n rows of the unfolding (each P runs of Q floats) at a time.
+        for (chunk, d0) in (0..d).step_by(n).enumerate() {
+            let rows = n.min(d - d0);
+            for r in 0..rows {
+                for (i, dst) in stage[r * n..][..n].chunks_exact_mut(q).enumerate() {
+                    dst.copy_from_slice(&a[(i * d + d0 + r) * q..][..q]);
+                }
+            }
+            let beta = if chunk == 0 { 0.0 } else { 1.0 };
+            upper_gram(n, rows, stage, (1, n), beta, gram);
+        }
+    }
+    for i in 1..n {
+        for j in 0..i {
+            gram[i * n + j] = gram[j * n + i];
         }
     }
 }
 
-/// gram (PQ × PQ) = A₍ₙ₎ᵀA₍ₙ₎, column (p, q) of the unfolding at index p·Q + q.
-fn gram_right(a: &[f32], f: Fold, gram: &mut [f32]) {
+/// Gram orders computed by [`small_gram`].
+const SMALL_GRAM: usize = 8;
+/// Rows of one [`upper_gram`] strip: a multiple of the GEMM's micro-tile in both directions.
+const GRAM_STRIP: usize = 48;
+
+/// The upper triangle (diagonal blocks whole) of c (n × n) ← β·c + X·Xᵀ, X (n × k) with
+/// element (i, l) at x[i·xs.0 + l·xs.1]: strips of rows, each from its diagonal on, about
+/// half the products of a full GEMM. The lower triangle is left for the caller to mirror.
+fn upper_gram(n: usize, k: usize, x: &[f32], xs: Strides, beta: f32, c: &mut [f32]) {
+    let strip = if n <= 2 * GRAM_STRIP { n } else { GRAM_STRIP };
+    for i0 in (0..n).step_by(strip) {
+        let h = strip.min(n - i0);
+        let xi = &x[i0 * xs.0..];
+        sgemm(
+            h,
+            n - i0,
+            k,
+            1.0,
+            xi,
+            xs,
+            xi,
+            (xs.1, xs.0),
+            beta,
+            &mut c[i0 * n + i0..],
+            (n, 1),
+        );
+    }
+}
+
+/// A₍ₙ₎A₍ₙ₎ᵀ for D ≤ [`SMALL_GRAM`]: each column of the unfolding is one eight-lane vector
+/// and adds its outer product to eight accumulator vectors. Through GEMM these orders waste
+/// most of a micro-tile and pack the whole tensor twice (7 × 7 took ~1 ms for 376k floats).
+fn small_gram(a: &[f32], f: Fold, gram: &mut [f32]) {
     let Fold { p, d, q } = f;
-    let m = p * q;
-    if p <= q {
-        // block (p, p') = X_pᵀ X_p' (Q × Q)
-        for i in 0..p {
-            for k in 0..p {
-                let (xi, xk) = (&a[i * d * q..], &a[k * d * q..]);
-                let c = &mut gram[i * q * m + k * q..];
-                sgemm(q, q, d, 1.0, xi, (1, q), xk, (q, 1), 0.0, c, (m, 1));
-            }
-        }
-    } else {
-        // block (q, q') = Y_q Y_q'ᵀ (P × P)
+    assert!((1..=SMALL_GRAM).contains(&d) && a.len() >= p * d * q);
+    if d == 1 {
+        // A mode of extent 1 (the spatial modes of 1 × 1 maps): the squared norm.
+        let a = &a[..p * q];
+        gram[0] = a.chunks(256).map(|c| f64::from(dot(c, c))).sum::<f64>() as f32;
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above), the extent was checked.
+        return unsafe { small_gram_avx2(a, f, gram) };
+    }
+    let mut sums = Sums::default();
+    for x in a.chunks_exact(d * q).take(p) {
         for j in 0..q {
-            for k in 0..q {
-                let (yj, yk) = (&a[j..], &a[k..]);
-                let c = &mut gram[j * m + k..];
-                sgemm(
-                    p,
-                    p,
-                    d,
-                    1.0,
-                    yj,
-                    (d * q, q),
-                    yk,
-                    (q, d * q),
-                    0.0,
-                    c,
-                    (q * m, q),
-                );
+            let mut v = [0f32; SMALL_GRAM];
+            (0..d).for_each(|i| v[i] = x[i * q + j]);
+            for (row, &vi) in sums.run.iter_mut().zip(&v) {
+                row.iter_mut().zip(&v).for_each(|(s, &vj)| *s += vi * vj);
+            }
+            sums.count();
+        }
+    }
+    sums.write(d, gram);
+}
+
+/// [`small_gram`]'s accumulators: f32 sums over a run of a few hundred columns, then f64: a
+/// single f32 sum over ~10⁵ columns would lose digits the ε rule reads.
+#[derive(Default)]
+struct Sums {
+    run: [[f32; SMALL_GRAM]; SMALL_GRAM],
+    columns: usize,
+    total: [[f64; SMALL_GRAM]; SMALL_GRAM],
+}
+
+impl Sums {
+    const RUN: usize = 256;
+
+    fn count(&mut self) {
+        self.columns += 1;
+        if self.columns == Self::RUN {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let (run, total) = (
+            self.run.iter_mut().flatten(),
+            self.total.iter_mut().flatten(),
+        );
+        for (s, t) in run.zip(total) {
+            *t += f64::from(*s);
+            *s = 0.0;
+        }
+        self.columns = 0;
+    }
+
+    fn write(mut self, d: usize, gram: &mut [f32]) {
+        self.flush();
+        for i in 0..d {
+            for j in 0..d {
+                gram[i * d + j] = self.total[i][j] as f32;
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn small_gram_avx2(a: &[f32], f: Fold, gram: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let Fold { p, d, q } = f;
+    let lanes: [i32; SMALL_GRAM] = std::array::from_fn(|i| if i < d { -1 } else { 0 });
+    let offsets: [i32; SMALL_GRAM] = std::array::from_fn(|i| (i.min(d - 1) * q) as i32);
+    // SAFETY (every load): lane or row i < d of column (p, j) reads a[(p·d + i)·q + j],
+    // inside the tensor (`small_gram` checked p·d·q ≤ len); masked-off lanes read nothing.
+    let (mask, index) = unsafe {
+        (
+            _mm256_loadu_si256(lanes.as_ptr().cast()),
+            _mm256_loadu_si256(offsets.as_ptr().cast()),
+        )
+    };
+    let mut sums = Sums::default();
+    let mut acc = [_mm256_setzero_ps(); SMALL_GRAM];
+    for i in 0..p {
+        let x = unsafe { a.as_ptr().add(i * d * q) };
+        for j in 0..q {
+            let col = unsafe { x.add(j) };
+            let v = if q == 1 {
+                unsafe { _mm256_maskload_ps(col, mask) }
+            } else {
+                let m = _mm256_castsi256_ps(mask);
+                unsafe { _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), col, index, m) }
+            };
+            for (r, acc) in acc.iter_mut().enumerate().take(d) {
+                let vr = _mm256_set1_ps(unsafe { *col.add(r * q) });
+                *acc = _mm256_fmadd_ps(vr, v, *acc);
+            }
+            if sums.columns + 1 == Sums::RUN {
+                for (row, v) in sums.run.iter_mut().zip(&mut acc) {
+                    unsafe { _mm256_storeu_ps(row.as_mut_ptr(), *v) };
+                    *v = _mm256_setzero_ps();
+                }
+            }
+            sums.count();
+        }
+    }
+    for (row, v) in sums.run.iter_mut().zip(&acc) {
+        unsafe { _mm256_storeu_ps(row.as_mut_ptr(), *v) };
+    }
+    sums.write(d, gram);
 }
 
 /// out (D × r) = A₍ₙ₎ · v, v (PQ × r) row-major.
@@ -493,6 +630,56 @@ mod tests {
             (n, 1),
         );
         g
+    }
+
+    /// Every way `gram` forms the product (small orders, uniform strides on either side,
+    /// direct loops over p or q, staged blocks, staged rows over several chunks, strips)
+    /// against an f64 sum over the unfolding's elements.
+    #[test]
+    fn gram_matches_the_unfolding_product_on_every_path() {
+        let mut rng = Lcg::new(5);
+        for (p, d, q) in [
+            (1, 8, 500),
+            (300, 7, 1),
+            (40, 5, 6),
+            (700, 1, 1),
+            (1, 30, 400),
+            (200, 30, 1),
+            (3, 20, 40),
+            (60, 12, 3),
+            (5, 40, 6),
+            (6, 300, 7),
+            (4, 130, 50),
+            (2, 150, 60),
+        ] {
+            let f = Fold { p, d, q };
+            let a = rng.vec(p * d * q);
+            let n = f.gram_order();
+            let left = d <= f.rest();
+            let mut g = vec![f32::NAN; n * n];
+            let mut stage = vec![f32::NAN; n * n];
+            super::gram(&a, f, &mut g, &mut stage);
+            let col = |c: usize| (c / q, c % q);
+            let at = |r: usize, c: usize| {
+                let (i, j) = col(c);
+                f64::from(a[(i * d + r) * q + j])
+            };
+            for x in 0..n {
+                for y in 0..n {
+                    let want: f64 = if left {
+                        (0..f.rest()).map(|c| at(x, c) * at(y, c)).sum()
+                    } else {
+                        (0..d).map(|r| at(r, x) * at(r, y)).sum()
+                    };
+                    let scale = (0..n).map(|i| f64::from(g[i * n + i])).fold(0.0, f64::max);
+                    let got = f64::from(g[x * n + y]);
+                    assert!(
+                        (got - want).abs() <= 1e-5 * scale,
+                        "{f:?} at ({x}, {y}): {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
