@@ -58,6 +58,13 @@ pub fn load_plan(path: &Path) -> Result<Plan> {
     Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))
 }
 
+/// A session over a plan file, its weights read straight into the runtime's memory and its
+/// ONNX parts left in the file (see `Plan::open`).
+fn open_session(path: &Path, total_updates: u64) -> Result<Session> {
+    let (plan, file) = Plan::open(path).map_err(|e| err!("{}: {e}", path.display()))?;
+    Session::open(plan, file, total_updates).map_err(|e| err!("{}: {e}", path.display()))
+}
+
 fn load_data(path: &Path, layout: Option<Layout>) -> Result<Dataset> {
     Dataset::load(path, layout).map_err(|e| err!("{e}"))
 }
@@ -143,7 +150,7 @@ pub fn save_paths(plan: &Path, save: Option<&Path>) -> (PathBuf, PathBuf) {
 }
 
 pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
-    let plan = load_plan(plan_path)?;
+    let (plan, file) = Plan::open(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
     let data = load_data(&opts.data, opts.prep.layout)?;
     let (train_rows, val_data, val_rows) = match &opts.val {
         Some(v) => {
@@ -180,13 +187,23 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         );
     }
     let mut session =
-        Session::new(plan, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+        Session::open(plan, file, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
     session.set_cache_budget(opts.cache_budget);
     let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
     if val_data.is_some() {
         val.check(&prep).map_err(|e| err!("{e}"))?;
     }
     let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
+    // Made before training, so a path that cannot be written fails now, not after an epoch.
+    if let Some(dir) = last_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            err!(
+                "--save {}: cannot create {}: {e}",
+                last_path.display(),
+                dir.display()
+            )
+        })?;
+    }
     let mut log = match &opts.log {
         Some(p) => {
             Some(std::fs::File::create(p).map_err(|e| err!("{}: cannot write: {e}", p.display()))?)
@@ -258,9 +275,16 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                         }
                         let _ = writeln!(f, "{record}");
                     }
-                    let snapshot = session.executor().snapshot().to_bytes();
+                    let snapshot = session
+                        .executor()
+                        .snapshot_bytes()
+                        .map_err(|e| err!("{}: {e}", plan_path.display()));
                     let mut save = |p: &Path| {
-                        if let Err(e) = crate::cli::write_atomically(p, &snapshot) {
+                        let saved = snapshot
+                            .as_ref()
+                            .map_err(Clone::clone)
+                            .and_then(|s| crate::cli::write_atomically(p, s));
+                        if let Err(e) = saved {
                             failure.get_or_insert(e);
                         }
                     };
@@ -285,9 +309,8 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
 }
 
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
-    let plan = load_plan(plan_path)?;
     let data = load_data(data_path, prep.layout)?;
-    let mut session = Session::new(plan, 1).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let mut session = open_session(plan_path, 1)?;
     let p = prep.preprocess(session.sample_shape(), &data)?;
     let rows: Vec<usize> = (0..data.len()).collect();
     let m = session
@@ -340,10 +363,8 @@ pub fn bench(
     as_json: bool,
     profile: bool,
 ) -> Result<()> {
-    let plan = load_plan(plan_path)?;
-    let mem = plan.memory.clone().unwrap_or_default();
-    let mut session = Session::new(plan, (steps + warmup) as u64)
-        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let mut session = open_session(plan_path, (steps + warmup) as u64)?;
+    let mem = session.executor().plan().memory.clone().unwrap_or_default();
     let mut seed = 0x9e3779b97f4a7c15u64;
     for v in session.input_mut() {
         seed = seed

@@ -6,14 +6,18 @@
 //! the plan holds no maps, so identical plans are identical bytes.
 
 use std::fmt;
+use std::io::Read;
 use std::path::Path;
 
 pub use crate::ops::{Kind as OpKind, Op};
 use prost::Message;
+use prost::bytes::Buf;
 
 pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// Bumped whenever a message changes incompatibly; the runtime refuses any other version.
 pub const FORMAT_VERSION: u32 = 1;
+/// Magic, version and payload length.
+const HEADER: usize = 20;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Plan {
@@ -307,40 +311,286 @@ impl std::error::Error for PlanError {}
 
 impl Plan {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let payload = self.encode_to_vec();
-        let mut out = Vec::with_capacity(payload.len() + 24);
+        // Encoded in place after the header: a plan is mostly weights, and a second
+        // payload-sized buffer would double the peak memory of every save.
+        let len = self.encoded_len();
+        let mut out = Vec::with_capacity(HEADER + len + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+        self.encode_raw(&mut out);
+        let crc = crc32fast::hash(&out[HEADER..]);
+        out.extend_from_slice(&crc.to_le_bytes());
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Plan, PlanError> {
-        if bytes.len() < 8 || &bytes[..8] != MAGIC {
-            return Err(PlanError::NotAPlan);
-        }
-        let header = bytes.get(8..20).ok_or(PlanError::Truncated)?;
-        let version = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
-        if version != FORMAT_VERSION {
-            return Err(PlanError::Version(version));
-        }
-        let len = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes")) as usize;
-        let end = 20usize.checked_add(len).ok_or(PlanError::Truncated)?;
-        let payload = bytes.get(20..end).ok_or(PlanError::Truncated)?;
-        let crc = bytes.get(end..end + 4).ok_or(PlanError::Truncated)?;
-        if crc32fast::hash(payload).to_le_bytes() != crc {
-            return Err(PlanError::Checksum);
-        }
-        Plan::decode(payload).map_err(PlanError::Decode)
+        Plan::read(bytes)
     }
 
+    /// Decodes while reading, through a small buffer: holding the whole file besides the
+    /// decoded plan would double what loading needs (the plan is mostly weights).
     pub fn load(path: &Path) -> Result<Plan, PlanError> {
-        Plan::from_bytes(&std::fs::read(path).map_err(PlanError::Io)?)
+        let file = std::fs::File::open(path).map_err(PlanError::Io)?;
+        Plan::read(std::io::BufReader::with_capacity(1 << 16, file))
+    }
+
+    fn read(r: impl Read) -> Result<Plan, PlanError> {
+        read_payload(r, |p| Plan::decode(p).map_err(PlanError::Decode))
+    }
+
+    /// [`Plan::load`] without the large byte fields: the weights' bytes and the two ONNX
+    /// parts stay in the file, which [`PlanFile`] keeps open to read them when they are
+    /// needed (the runtime copies weights straight into its memory; the ONNX parts are only
+    /// read to save or export). A plan is mostly those bytes, so this is what a training
+    /// process should hold.
+    pub fn open(path: &Path) -> Result<(Plan, PlanFile), PlanError> {
+        let file = std::fs::File::open(path).map_err(PlanError::Io)?;
+        let mut places = Places::default();
+        let plan = read_payload(std::io::BufReader::with_capacity(1 << 16, &file), |p| {
+            decode_leaving_bytes(p, &mut places)
+        })?;
+        if places.weights.len() != plan.weights.len() {
+            return Err(PlanError::Truncated);
+        }
+        Ok((plan, PlanFile { file, places }))
     }
 
     pub fn buffer(&self, id: u32) -> &Buffer {
         &self.buffers[id as usize]
     }
+}
+
+/// Checks a plan file's header, runs `decode` over its payload and checks the payload's CRC
+/// (a damaged file is reported as such even when the decoder failed first).
+fn read_payload<R: Read, T>(
+    mut r: R,
+    decode: impl FnOnce(&mut Payload<R>) -> Result<T, PlanError>,
+) -> Result<T, PlanError> {
+    let mut header = [0u8; HEADER];
+    let got = read_up_to(&mut r, &mut header).map_err(PlanError::Io)?;
+    if got < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
+        return Err(PlanError::NotAPlan);
+    }
+    if got < HEADER {
+        return Err(PlanError::Truncated);
+    }
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(PlanError::Version(version));
+    }
+    let len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+    let mut payload = Payload::new(r, len);
+    let decoded = decode(&mut payload);
+    // Whatever the decoder left (it stops at the first damaged field) still counts
+    // towards the checksum, which tells a damaged file from a plan of another shape.
+    while payload.remaining > 0 {
+        let rest = payload.chunk().len();
+        payload.advance(rest);
+    }
+    let Payload {
+        mut source,
+        crc,
+        failed,
+        ..
+    } = payload;
+    match failed {
+        Some(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(PlanError::Truncated);
+        }
+        Some(e) => return Err(PlanError::Io(e)),
+        None => {}
+    }
+    let mut stored = [0u8; 4];
+    if read_up_to(&mut source, &mut stored).map_err(PlanError::Io)? < 4 {
+        return Err(PlanError::Truncated);
+    }
+    if crc.finalize().to_le_bytes() != stored {
+        return Err(PlanError::Checksum);
+    }
+    decoded
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// The payload of a plan file as a [`prost::bytes::Buf`] over a reader: `len` bytes, read a
+/// window at a time and checksummed as they pass. A read error or an early end makes the
+/// payload look exhausted to the decoder and is kept in `failed`.
+struct Payload<R> {
+    source: R,
+    window: Vec<u8>,
+    at: usize,
+    /// Payload bytes consumed so far.
+    position: u64,
+    remaining: u64,
+    crc: crc32fast::Hasher,
+    failed: Option<std::io::Error>,
+}
+
+impl<R: Read> Payload<R> {
+    fn new(source: R, len: u64) -> Self {
+        let mut p = Payload {
+            source,
+            window: vec![0; 1 << 16],
+            at: 0,
+            position: 0,
+            remaining: len,
+            crc: crc32fast::Hasher::new(),
+            failed: None,
+        };
+        p.window.clear();
+        p.refill();
+        p
+    }
+
+    fn refill(&mut self) {
+        let want = (self.window.capacity() as u64).min(self.remaining) as usize;
+        self.window.resize(want, 0);
+        self.at = 0;
+        match read_up_to(&mut self.source, &mut self.window) {
+            Ok(got) if got == want => self.crc.update(&self.window),
+            Ok(_) => self.fail(std::io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: std::io::Error) {
+        self.failed = Some(e);
+        self.remaining = 0;
+        self.window.clear();
+    }
+}
+
+impl<R: Read> prost::bytes::Buf for Payload<R> {
+    fn remaining(&self) -> usize {
+        self.remaining as usize
+    }
+
+    fn chunk(&self) -> &[u8] {
+        &self.window[self.at..]
+    }
+
+    fn advance(&mut self, cnt: usize) {
+        assert!(
+            cnt <= self.window.len() - self.at,
+            "advance past the window"
+        );
+        self.at += cnt;
+        self.position += cnt as u64;
+        self.remaining -= cnt as u64;
+        if self.at == self.window.len() && self.remaining > 0 {
+            self.refill();
+        }
+    }
+}
+
+/// Where the large byte fields of a plan opened by [`Plan::open`] lie in its file.
+#[derive(Default)]
+struct Places {
+    /// (file offset, length) of each weight's bytes, in the plan's order.
+    weights: Vec<(u64, u64)>,
+    prefix_onnx: (u64, u64),
+    rest_onnx: (u64, u64),
+}
+
+/// A plan file kept open for the bytes [`Plan::open`] left in it.
+pub struct PlanFile {
+    file: std::fs::File,
+    places: Places,
+}
+
+impl PlanFile {
+    /// The length of weight `i`'s bytes.
+    pub fn weight_len(&self, i: usize) -> u64 {
+        self.places.weights[i].1
+    }
+
+    /// Weight `i`'s bytes into `out` (of [`PlanFile::weight_len`]).
+    pub fn read_weight(&self, i: usize, out: &mut [u8]) -> std::io::Result<()> {
+        self.read_at(self.places.weights[i], out)
+    }
+
+    /// The ONNX parts as the plan would hold them: (prefix_onnx, rest_onnx).
+    pub fn onnx_parts(&self) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        let read = |place: (u64, u64)| {
+            let mut v = vec![0; place.1 as usize];
+            self.read_at(place, &mut v).map(|_| v)
+        };
+        Ok((read(self.places.prefix_onnx)?, read(self.places.rest_onnx)?))
+    }
+
+    fn read_at(&self, (offset, len): (u64, u64), out: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        debug_assert_eq!(out.len() as u64, len);
+        self.file.read_exact_at(out, offset)
+    }
+}
+
+/// Decodes a plan like prost does, but records where the weights' bytes and the ONNX parts
+/// are instead of copying them. Field numbers are [`Plan`]'s and [`Weight`]'s.
+fn decode_leaving_bytes<R: Read>(
+    buf: &mut Payload<R>,
+    places: &mut Places,
+) -> Result<Plan, PlanError> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint};
+    let damaged = |e| PlanError::Decode(e);
+    // The bytes of a length-delimited field: skipped, their place in the file returned.
+    let skip = |buf: &mut Payload<R>| -> Result<(u64, u64), PlanError> {
+        let len = decode_varint(buf).map_err(damaged)?;
+        if len > buf.remaining {
+            return Err(PlanError::Truncated);
+        }
+        let place = (HEADER as u64 + buf.position, len);
+        let mut left = len;
+        while left > 0 {
+            let n = (buf.chunk().len() as u64).min(left);
+            buf.advance(n as usize);
+            left -= n;
+        }
+        Ok(place)
+    };
+    let mut plan = Plan::default();
+    while buf.has_remaining() {
+        let (tag, wire) = decode_key(buf).map_err(damaged)?;
+        match (tag, wire) {
+            (2, WireType::LengthDelimited) => places.prefix_onnx = skip(buf)?,
+            (3, WireType::LengthDelimited) => places.rest_onnx = skip(buf)?,
+            (6, WireType::LengthDelimited) => {
+                let len = decode_varint(buf).map_err(damaged)?;
+                let end = buf.position + len;
+                let (mut weight, mut data) = (Weight::default(), (0, 0));
+                while buf.position < end && buf.has_remaining() {
+                    let (tag, wire) = decode_key(buf).map_err(damaged)?;
+                    if (tag, wire) == (3, WireType::LengthDelimited) {
+                        data = skip(buf)?;
+                    } else {
+                        weight
+                            .merge_field(tag, wire, buf, DecodeContext::default())
+                            .map_err(damaged)?;
+                    }
+                }
+                if buf.position != end {
+                    return Err(PlanError::Truncated);
+                }
+                plan.weights.push(weight);
+                places.weights.push(data);
+            }
+            _ => plan
+                .merge_field(tag, wire, buf, DecodeContext::default())
+                .map_err(damaged)?,
+        }
+    }
+    Ok(plan)
 }

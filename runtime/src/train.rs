@@ -3,7 +3,7 @@
 
 use crate::data::{Dataset, Preprocess};
 use crate::exec::{ExecError, Executor};
-use crate::plan::{DType, Plan};
+use crate::plan::{DType, Plan, PlanFile};
 use crate::prefix::Prefix;
 use std::time::Instant;
 
@@ -151,14 +151,39 @@ pub enum Event<'a> {
 
 impl Session {
     pub fn new(plan: Plan, total_updates: u64) -> Result<Session, ExecError> {
+        Session::with_file(plan, None, total_updates)
+    }
+
+    /// [`Session::new`] for a plan from [`Plan::open`] (see [`Executor::open`]).
+    pub fn open(plan: Plan, file: PlanFile, total_updates: u64) -> Result<Session, ExecError> {
+        Session::with_file(plan, Some(file), total_updates)
+    }
+
+    fn with_file(
+        plan: Plan,
+        file: Option<PlanFile>,
+        total_updates: u64,
+    ) -> Result<Session, ExecError> {
         let src = plan.source.clone().unwrap_or_default();
         let input_shape: Vec<usize> = src.input_shape.iter().map(|&d| d as usize).collect();
-        let tract = if plan.prefix_onnx.is_empty() || plan.prefix_steps > 0 {
+        let tract = if plan.prefix_steps > 0 {
             None
+        } else if let Some(f) = &file {
+            let (onnx, _) = f
+                .onnx_parts()
+                .map_err(|e| ExecError(format!("cannot read the frozen prefix: {e}")))?;
+            (!onnx.is_empty())
+                .then(|| Prefix::new(&onnx, &input_shape))
+                .transpose()?
         } else {
-            Some(Prefix::new(&plan.prefix_onnx, &input_shape)?)
+            (!plan.prefix_onnx.is_empty())
+                .then(|| Prefix::new(&plan.prefix_onnx, &input_shape))
+                .transpose()?
         };
-        let exec = Executor::new(plan, total_updates)?;
+        let exec = match file {
+            Some(f) => Executor::open(plan, f, total_updates)?,
+            None => Executor::new(plan, total_updates)?,
+        };
         let boundary = exec
             .boundary_shapes()
             .iter()

@@ -37,6 +37,8 @@ fn compile_train_eval_export_on_bundled_digits() {
         p,
     ]);
     let log = dir.join("log.jsonl");
+    // --save into a folder that does not exist yet: train makes it.
+    let runs = dir.join("runs");
     run(&[
         "train",
         p,
@@ -49,9 +51,11 @@ fn compile_train_eval_export_on_bundled_digits() {
         "--quiet",
         "--log",
         log.to_str().unwrap(),
+        "--save",
+        runs.join("mlp").to_str().unwrap(),
     ]);
-    let best = dir.join("mlp.best.actc");
-    assert!(best.exists() && dir.join("mlp.last.actc").exists());
+    let best = runs.join("mlp.best.actc");
+    assert!(best.exists() && runs.join("mlp.last.actc").exists());
     let lines = std::fs::read_to_string(&log).unwrap();
     let epochs: Vec<serde_json::Value> = lines
         .lines()

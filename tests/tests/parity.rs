@@ -102,7 +102,7 @@ fn check_case(case: &str, entry: &serde_json::Value) -> f32 {
     );
 
     let mut worst = 0.0f32;
-    let after = exec.snapshot();
+    let after = exec.snapshot().unwrap();
     for name in &trainable {
         let want = npz::read(&file, &format!("grad/{name}")).unwrap().values;
         let got = grads

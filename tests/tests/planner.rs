@@ -214,3 +214,34 @@ fn plan_round_trips_and_damage_is_detected() {
         Err(PlanError::Version(99))
     ));
 }
+
+/// `Plan::open` leaves the weights' bytes and the ONNX parts in the file: an executor fed
+/// from it holds the same weights, and its snapshot is the file's plan again, byte for byte.
+#[test]
+fn an_opened_plan_reads_its_bytes_from_the_file() {
+    use actc_runtime::exec::Executor;
+    let plan = compile("tiny_cnn", Layers::Last(1), None).unwrap().plan;
+    assert!(!plan.prefix_onnx.is_empty() && !plan.rest_onnx.is_empty());
+    let bytes = plan.to_bytes();
+    let dir = std::env::temp_dir().join(format!("actc-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.actc");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let (opened, file) = Plan::open(&path).unwrap();
+    assert!(opened.weights.iter().all(|w| w.data.is_empty()));
+    assert!(opened.prefix_onnx.is_empty() && opened.rest_onnx.is_empty());
+    assert_eq!(opened.steps, plan.steps);
+    let mut exec = Executor::open(opened, file, 1).unwrap();
+    // The file is gone from its path (as when `train` saves over it): the open handle reads on.
+    std::fs::remove_file(&path).unwrap();
+    assert!(exec.snapshot_bytes().unwrap() == bytes);
+
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x40;
+    std::fs::write(&path, &flipped).unwrap();
+    assert!(matches!(Plan::open(&path), Err(PlanError::Checksum)));
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(Plan::open(&path), Err(PlanError::Truncated)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

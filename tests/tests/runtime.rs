@@ -111,7 +111,7 @@ fn check_plan_gradients(name: &str, layers: Layers) {
     let mut exec = Executor::new(plan.clone(), 1).unwrap();
     common::feed(&mut exec, &boundary, |i| (i % 10) as u32);
     exec.train_step();
-    let after = exec.snapshot();
+    let after = exec.snapshot().unwrap();
     let f32s = |d: &[u8]| {
         d.chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
@@ -194,7 +194,7 @@ fn check_export(name: &str, layers: Layers) {
         }
         exec.train_step();
     }
-    let trained = exec.snapshot();
+    let trained = exec.snapshot().unwrap();
     for (i, b) in boundary.iter().enumerate() {
         exec.boundary_mut(i).copy_from_slice(b);
     }

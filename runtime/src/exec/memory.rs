@@ -19,10 +19,29 @@ pub struct Memory {
     persistent: (*mut u8, usize),
 }
 
+/// `n` zeroed lines straight from the allocator: large blocks come as fresh zero pages that
+/// take no memory until used. `vec![Line([0; 64]); n]` wrote every byte, so planned but
+/// idle bytes (a phase's part of the arena, a weight not yet loaded) counted from the start.
+fn zeroed_lines(n: usize) -> Vec<Line> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<Line>(n).expect("region size fits the address space");
+    // SAFETY: a non-zero size; all-zero bytes are a valid `Line`; the Vec frees the block with
+    // the same layout (n lines of Line's alignment) it was allocated with.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut Line;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, n, n)
+    }
+}
+
 impl Memory {
     pub fn new(plan: &Plan) -> Memory {
         let m = plan.memory.clone().unwrap_or_default();
-        let lines = |bytes: u64| vec![Line([0; 64]); bytes.div_ceil(64) as usize];
+        let lines = |bytes: u64| zeroed_lines(bytes.div_ceil(64) as usize);
         let (mut arena, mut persistent) = (lines(m.arena), lines(m.persistent));
         Memory {
             arena: (arena.as_mut_ptr() as *mut u8, 64 * arena.len()),

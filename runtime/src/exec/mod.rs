@@ -9,7 +9,7 @@ pub use memory::Memory;
 
 use crate::ops::Kind;
 use crate::optim::LrSchedule;
-use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, Schedule};
+use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, PlanFile, Schedule};
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +24,10 @@ impl fmt::Display for ExecError {
 impl std::error::Error for ExecError {}
 
 pub struct Executor {
+    /// Without its weights' bytes (they live in `mem`), and without the ONNX parts when
+    /// they were left in `file`.
     plan: Plan,
+    file: Option<PlanFile>,
     mem: Memory,
     updates: u64,
     schedule: LrSchedule,
@@ -115,10 +118,37 @@ impl Executor {
     /// Checks the plan's internal consistency, allocates its memory and loads its weights.
     /// `total_steps` (the number of updates the run will take) shapes the lr schedule.
     pub fn new(plan: Plan, total_steps: u64) -> Result<Executor, ExecError> {
-        validate(&plan)?;
+        Executor::with_weights_from(plan, None, total_steps)
+    }
+
+    /// [`Executor::new`] for a plan from [`Plan::open`]: its weights are read from the file
+    /// straight into the executor's memory, and the file is kept for the bytes a snapshot
+    /// needs.
+    pub fn open(plan: Plan, file: PlanFile, total_steps: u64) -> Result<Executor, ExecError> {
+        Executor::with_weights_from(plan, Some(file), total_steps)
+    }
+
+    fn with_weights_from(
+        mut plan: Plan,
+        file: Option<PlanFile>,
+        total_steps: u64,
+    ) -> Result<Executor, ExecError> {
+        let weight_len = |i: usize| match &file {
+            Some(f) => f.weight_len(i),
+            None => plan.weights[i].data.len() as u64,
+        };
+        validate(&plan, weight_len)?;
         let mut mem = Memory::new(&plan);
-        for w in &plan.weights {
-            mem.bytes_of(plan.buffer(w.buffer)).copy_from_slice(&w.data);
+        // The memory holds the only copy of the weights: each one's bytes in the plan are
+        // freed once copied.
+        for (i, w) in plan.weights.iter_mut().enumerate() {
+            let dst = mem.bytes_of(&plan.buffers[w.buffer as usize]);
+            match &file {
+                Some(f) => f
+                    .read_weight(i, dst)
+                    .map_err(|e| ExecError(format!("cannot read weight {}: {e}", w.source)))?,
+                None => dst.copy_from_slice(&std::mem::take(&mut w.data)),
+            }
         }
         let hyper = plan.hyper.clone().unwrap_or_default();
         let schedule = match hyper.schedule() {
@@ -145,6 +175,7 @@ impl Executor {
             .collect();
         Ok(Executor {
             plan,
+            file,
             mem,
             updates: 0,
             schedule,
@@ -411,19 +442,40 @@ impl Executor {
         self.updates
     }
 
-    /// The plan with its weights replaced by the current ones: what `train` saves, and what
-    /// `eval` and `export` read back.
-    pub fn snapshot(&mut self) -> Plan {
-        let mut plan = self.plan.clone();
-        for w in plan.weights.iter_mut() {
-            let b = self.plan.buffer(w.buffer).clone();
-            w.data.copy_from_slice(self.mem.bytes_of(&b));
+    /// The plan with its weights replaced by the current ones: what `eval` and `export` read.
+    pub fn snapshot(&mut self) -> Result<Plan, ExecError> {
+        self.with_current_weights(Plan::clone)
+    }
+
+    /// [`Executor::snapshot`] as plan-file bytes (what `train` saves), without a copy of the
+    /// plan in between.
+    pub fn snapshot_bytes(&mut self) -> Result<Vec<u8>, ExecError> {
+        self.with_current_weights(Plan::to_bytes)
+    }
+
+    fn with_current_weights<T>(&mut self, f: impl FnOnce(&Plan) -> T) -> Result<T, ExecError> {
+        let Executor {
+            plan, mem, file, ..
+        } = self;
+        for w in &mut plan.weights {
+            w.data = mem.bytes_of(&plan.buffers[w.buffer as usize]).to_vec();
         }
-        plan
+        let parts = file.as_ref().map(PlanFile::onnx_parts).transpose();
+        let out = parts.map(|parts| {
+            if let Some((prefix, rest)) = parts {
+                (plan.prefix_onnx, plan.rest_onnx) = (prefix, rest);
+            }
+            f(plan)
+        });
+        plan.weights.iter_mut().for_each(|w| w.data = Vec::new());
+        if file.is_some() {
+            (plan.prefix_onnx, plan.rest_onnx) = Default::default();
+        }
+        out.map_err(|e| ExecError(format!("cannot read the plan file again: {e}")))
     }
 }
 
-fn validate(plan: &Plan) -> Result<(), ExecError> {
+fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecError> {
     let bad = |what: String| {
         Err(ExecError(format!(
             "invalid plan: {what}; recompile the model"
@@ -510,9 +562,9 @@ fn validate(plan: &Plan) -> Result<(), ExecError> {
     {
         return bad("a feed or output names a buffer that does not exist".into());
     }
-    for w in &plan.weights {
+    for (i, w) in plan.weights.iter().enumerate() {
         if w.buffer >= n
-            || plan.buffer(w.buffer).bytes != w.data.len() as u64
+            || plan.buffer(w.buffer).bytes != weight_len(i)
             || !plan.buffer(w.buffer).kind().is_persistent()
         {
             return bad(format!("weight {} does not fit its buffer", w.source));
