@@ -412,7 +412,7 @@ fn read_payload<R: Read, T>(
 }
 
 /// Reads until `buf` is full or the input ends; returns how much was read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {

@@ -22,7 +22,6 @@ mod testutil;
 
 use std::fmt;
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -268,16 +267,7 @@ impl fmt::Display for Dataset {
 /// Reads up to `buf.len()` leading bytes, fewer only at end of file.
 fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, DataError> {
     let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(DataError::io(path, e)),
-        }
-    }
-    Ok(got)
+    crate::plan::read_up_to(&mut file, buf).map_err(|e| DataError::io(path, e))
 }
 
 #[cfg(test)]
