@@ -522,13 +522,19 @@ impl PlanFile {
         self.read_at(self.places.weights[i], out)
     }
 
-    /// The ONNX parts as the plan would hold them: (prefix_onnx, rest_onnx).
-    pub fn onnx_parts(&self) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-        let read = |place: (u64, u64)| {
-            let mut v = vec![0; place.1 as usize];
-            self.read_at(place, &mut v).map(|_| v)
-        };
-        Ok((read(self.places.prefix_onnx)?, read(self.places.rest_onnx)?))
+    /// The plan's `prefix_onnx`, read from the file.
+    pub fn prefix_onnx(&self) -> std::io::Result<Vec<u8>> {
+        self.read_whole(self.places.prefix_onnx)
+    }
+
+    /// The plan's `rest_onnx`, read from the file.
+    pub fn rest_onnx(&self) -> std::io::Result<Vec<u8>> {
+        self.read_whole(self.places.rest_onnx)
+    }
+
+    fn read_whole(&self, place: (u64, u64)) -> std::io::Result<Vec<u8>> {
+        let mut v = vec![0; place.1 as usize];
+        self.read_at(place, &mut v).map(|_| v)
     }
 
     fn read_at(&self, (offset, len): (u64, u64), out: &mut [u8]) -> std::io::Result<()> {

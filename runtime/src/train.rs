@@ -169,8 +169,8 @@ impl Session {
         let tract = if plan.prefix_steps > 0 {
             None
         } else if let Some(f) = &file {
-            let (onnx, _) = f
-                .onnx_parts()
+            let onnx = f
+                .prefix_onnx()
                 .map_err(|e| ExecError(format!("cannot read the frozen prefix: {e}")))?;
             (!onnx.is_empty())
                 .then(|| Prefix::new(&onnx, &input_shape))

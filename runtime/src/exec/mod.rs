@@ -460,7 +460,10 @@ impl Executor {
         for w in &mut plan.weights {
             w.data = mem.bytes_of(&plan.buffers[w.buffer as usize]).to_vec();
         }
-        let parts = file.as_ref().map(PlanFile::onnx_parts).transpose();
+        let parts = file
+            .as_ref()
+            .map(|f| Ok::<_, std::io::Error>((f.prefix_onnx()?, f.rest_onnx()?)))
+            .transpose();
         let out = parts.map(|parts| {
             if let Some((prefix, rest)) = parts {
                 (plan.prefix_onnx, plan.rest_onnx) = (prefix, rest);
