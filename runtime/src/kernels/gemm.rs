@@ -876,6 +876,8 @@ pub(crate) mod tests {
         let shapes = [
             ("1x1 conv 7x7", 960, 49, 160, false, false, false),
             ("1x1 conv 56x56", 24, 3136, 96, false, false, false),
+            ("1x1 conv 112x112", 96, 12544, 16, false, false, false),
+            ("3x3 im2col 56x56", 144, 3136, 1296, false, false, false),
             ("linear fwd", 10, 64, 1280, false, false, false),
             ("linear", 1280, 64, 320, false, false, false),
             ("conv dW (B^T)", 24, 96, 3136, false, true, false),
