@@ -443,14 +443,13 @@ impl<R: Read> Payload<R> {
     fn new(source: R, len: u64) -> Self {
         let mut p = Payload {
             source,
-            window: vec![0; 1 << 16],
+            window: Vec::with_capacity(1 << 16),
             at: 0,
             position: 0,
             remaining: len,
             crc: crc32fast::Hasher::new(),
             failed: None,
         };
-        p.window.clear();
         p.refill();
         p
     }
