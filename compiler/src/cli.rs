@@ -91,6 +91,14 @@ enum Command {
         /// later epochs run only the trainable part: bytes, with an optional K, M or G suffix.
         #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
         cache_budget: usize,
+        /// Disk for the prefix cache's samples beyond --cache-budget (a file in --cache-dir,
+        /// deleted as soon as it is made, so nothing is left behind); 0: none.
+        #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+        cache_disk: usize,
+        /// Folder for that file [default: the system's temporary folder; where that is a
+        /// RAM-backed tmpfs, point this at real storage].
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
         /// Run the frozen prefix on every batch of every epoch.
         #[arg(long)]
         no_cache: bool,
@@ -546,6 +554,8 @@ fn run(cli: Cli) -> Result<()> {
             save,
             quiet,
             cache_budget,
+            cache_disk,
+            cache_dir,
             no_cache,
             prep,
         } => {
@@ -562,6 +572,8 @@ fn run(cli: Cli) -> Result<()> {
                 save,
                 quiet,
                 cache_budget: if no_cache { 0 } else { cache_budget },
+                cache_disk: if no_cache { 0 } else { cache_disk },
+                cache_dir: cache_dir.unwrap_or_else(std::env::temp_dir),
                 prep: prep.options(),
             };
             run::train(&plan, &opts)

@@ -4,6 +4,7 @@ use crate::error::Result;
 use crate::inspect::human;
 use crate::onnx::export::export;
 use crate::{bail, err};
+use actc_runtime::cache::PrefixCache;
 use actc_runtime::data::{Dataset, Layout, Preprocess, split};
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
@@ -49,8 +50,11 @@ pub struct TrainOptions {
     pub log: Option<PathBuf>,
     pub save: Option<PathBuf>,
     pub quiet: bool,
-    /// Bytes for the prefix cache (0: off).
+    /// Bytes of memory for the prefix cache (0: none).
     pub cache_budget: usize,
+    /// Bytes of disk for the prefix cache beyond its memory (0: none), in `cache_dir`.
+    pub cache_disk: usize,
+    pub cache_dir: PathBuf,
     pub prep: DataOptions,
 }
 
@@ -186,9 +190,16 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
             data.classes() - 1
         );
     }
+    if opts.cache_disk > 0 && !opts.cache_dir.is_dir() {
+        bail!(
+            "--cache-dir {}: not a folder; pass an existing folder, or --cache-disk 0 to keep the prefix cache in memory only",
+            opts.cache_dir.display()
+        );
+    }
     let mut session =
         Session::open(plan, file, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    session.set_cache_budget(opts.cache_budget);
+    session
+        .set_cache(PrefixCache::new(opts.cache_budget).spill_to(&opts.cache_dir, opts.cache_disk));
     let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
     if val_data.is_some() {
         val.check(&prep).map_err(|e| err!("{e}"))?;
@@ -256,11 +267,16 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                         train.loss, train.accuracy, val.loss, val.accuracy
                     );
                     let cache = session.cache();
-                    let (hits, misses, cached) = (cache.hits, cache.misses, cache.bytes());
+                    let (hits, misses) = (cache.hits, cache.misses);
+                    let (cached, on_disk) = (cache.bytes(), cache.disk_bytes());
                     (cache.hits, cache.misses) = (0, 0);
-                    if opts.cache_budget > 0 {
+                    if let Some(why) = cache.take_spill_failure() {
+                        eprintln!("  warning: {why}");
+                    }
+                    if cache.enabled() {
+                        let disk = if on_disk > 0 { format!(" in memory, {} on disk", human(on_disk as u64)) } else { String::new() };
                         eprintln!(
-                            "  prefix: {hits} samples from the cache, {misses} computed; cache holds {}",
+                            "  prefix: {hits} samples from the cache, {misses} computed; cache holds {}{disk}",
                             human(cached as u64)
                         );
                     }
@@ -269,7 +285,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                         eprintln!("{text}");
                     }
                     if let Some(f) = log.as_mut() {
-                        let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds, "prefix": {"cached_samples": hits, "computed_samples": misses, "cache_bytes": cached}});
+                        let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds, "prefix": {"cached_samples": hits, "computed_samples": misses, "cache_bytes": cached, "cache_disk_bytes": on_disk}});
                         if let Some((_, c)) = compression {
                             record["compression"] = c;
                         }

@@ -1,3 +1,4 @@
+pub mod cache;
 pub mod compress;
 pub mod data;
 pub mod exec;

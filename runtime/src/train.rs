@@ -1,6 +1,7 @@
 //! Training and evaluation loops over a dataset: batches assembled from preprocessed samples,
 //! the frozen prefix on actc's kernels (or tract), the suffix on the executor.
 
+use crate::cache::PrefixCache;
 use crate::data::{Dataset, Preprocess};
 use crate::exec::{ExecError, Executor};
 use crate::plan::{DType, Plan, PlanFile};
@@ -20,99 +21,6 @@ pub struct Session {
     /// steps).
     boundary: Vec<Vec<f32>>,
     cache: PrefixCache,
-}
-
-/// Boundary tensors of the samples seen so far. With no data augmentation they are a pure
-/// function of the sample (DESIGN §2), so after the first epoch a batch costs only the
-/// trainable suffix. Samples are cached until the budget is spent; the rest go through the
-/// prefix every time.
-pub struct PrefixCache {
-    budget: usize,
-    used: usize,
-    /// One entry per data set (and preprocessing): training and validation data differ.
-    entries: Vec<CacheEntry>,
-    /// Samples served from the cache, and computed by the prefix, since the last reset.
-    pub hits: usize,
-    pub misses: usize,
-}
-
-struct CacheEntry {
-    dataset: u64,
-    prep: Preprocess,
-    /// Per sample of the data set: its slot, if cached.
-    slot: Vec<Option<u32>>,
-    /// Per boundary tensor: the cached samples' values, slot after slot.
-    values: Vec<Vec<f32>>,
-}
-
-impl PrefixCache {
-    /// A cache of at most `budget` bytes (0 turns it off).
-    pub fn new(budget: usize) -> PrefixCache {
-        PrefixCache {
-            budget,
-            used: 0,
-            entries: Vec::new(),
-            hits: 0,
-            misses: 0,
-        }
-    }
-
-    /// Bytes of boundary values held.
-    pub fn bytes(&self) -> usize {
-        self.used
-    }
-
-    fn entry(&self, data: &Dataset, prep: &Preprocess) -> Option<&CacheEntry> {
-        self.entries
-            .iter()
-            .find(|e| e.dataset == data.id() && &e.prep == prep)
-    }
-
-    /// Sample `i`'s slot, if cached.
-    fn slot(&self, data: &Dataset, prep: &Preprocess, i: usize) -> Option<(&CacheEntry, usize)> {
-        let e = self.entry(data, prep)?;
-        e.slot.get(i).copied().flatten().map(|s| (e, s as usize))
-    }
-
-    /// Keeps row `r` of the batch's boundary tensors as sample `i`'s, if the budget allows.
-    fn store(
-        &mut self,
-        data: &Dataset,
-        prep: &Preprocess,
-        i: usize,
-        boundary: &[Vec<f32>],
-        r: usize,
-        batch: usize,
-    ) {
-        let sample_bytes: usize = boundary.iter().map(|b| b.len() / batch * 4).sum();
-        if self.used + sample_bytes > self.budget || self.slot(data, prep, i).is_some() {
-            return;
-        }
-        let k = match self
-            .entries
-            .iter()
-            .position(|e| e.dataset == data.id() && &e.prep == prep)
-        {
-            Some(k) => k,
-            None => {
-                self.entries.push(CacheEntry {
-                    dataset: data.id(),
-                    prep: prep.clone(),
-                    slot: vec![None; data.len()],
-                    values: vec![Vec::new(); boundary.len()],
-                });
-                self.entries.len() - 1
-            }
-        };
-        let e = &mut self.entries[k];
-        let slot = e.values[0].len() / (boundary[0].len() / batch);
-        for (v, b) in e.values.iter_mut().zip(boundary) {
-            let per = b.len() / batch;
-            v.extend_from_slice(&b[r * per..(r + 1) * per]);
-        }
-        e.slot[i] = Some(slot as u32);
-        self.used += sample_bytes;
-    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -199,9 +107,9 @@ impl Session {
         })
     }
 
-    /// Caches boundary tensors up to `budget` bytes (0, the default, turns caching off).
-    pub fn set_cache_budget(&mut self, budget: usize) {
-        self.cache = PrefixCache::new(budget);
+    /// Caches boundary tensors as `cache` allows (by default nothing is cached).
+    pub fn set_cache(&mut self, cache: PrefixCache) {
+        self.cache = cache;
     }
 
     pub fn cache(&mut self) -> &mut PrefixCache {
@@ -273,14 +181,12 @@ impl Session {
     fn load(&mut self, data: &Dataset, prep: &Preprocess, rows: &[usize]) -> Result<(), ExecError> {
         let b = self.batch();
         let row = |r: usize| rows[r.min(rows.len() - 1)];
-        let cached = (0..b).all(|r| self.cache.slot(data, prep, row(r)).is_some());
+        let cached = (0..b).all(|r| self.cache.holds(data, prep, row(r)));
         if cached {
             for r in 0..b {
-                let (e, slot) = self.cache.slot(data, prep, row(r)).expect("checked");
-                for (dst, src) in self.boundary.iter_mut().zip(&e.values) {
-                    let per = dst.len() / b;
-                    dst[r * per..(r + 1) * per].copy_from_slice(&src[slot * per..(slot + 1) * per]);
-                }
+                self.cache
+                    .read(data, prep, row(r), &mut self.boundary, r, b)
+                    .map_err(|e| ExecError(format!("cannot read the prefix cache's file: {e}")))?;
             }
             self.cache.hits += b;
         } else {
@@ -294,7 +200,7 @@ impl Session {
                 }
             });
             self.run_prefix(None)?;
-            if self.cache.budget > 0 {
+            if self.cache.enabled() {
                 for (r, &i) in rows.iter().take(b).enumerate() {
                     self.cache.store(data, prep, i, &self.boundary, r, b);
                 }
@@ -419,7 +325,7 @@ impl Session {
             // batches: through the prefix once now, they do not force whole batches back
             // through it then.
             let leftover = &order[steps * b..];
-            if epoch == 1 && self.cache.budget > 0 && !leftover.is_empty() {
+            if epoch == 1 && self.cache.enabled() && !leftover.is_empty() {
                 self.load(data, prep, leftover)?;
             }
             let seconds = start.elapsed().as_secs_f64();

@@ -54,6 +54,20 @@ fn compile_train_eval_export_on_bundled_digits() {
         "--save",
         runs.join("mlp").to_str().unwrap(),
     ]);
+    // A spill folder that does not exist is refused before training, naming the flag.
+    let missing = dir.join("missing");
+    let (code, msg) = actc::cli::run_from([
+        "actc",
+        "train",
+        p,
+        "--data",
+        d.to_str().unwrap(),
+        "--quiet",
+        "--cache-dir",
+        missing.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(code == 2 && msg.contains("--cache-dir"), "{code}: {msg}");
     let best = runs.join("mlp.best.actc");
     assert!(best.exists() && runs.join("mlp.last.actc").exists());
     let lines = std::fs::read_to_string(&log).unwrap();

@@ -255,9 +255,11 @@ fn exported_models_compute_what_the_executor_computes() {
 }
 
 /// With the prefix cache, epochs after the first read the boundary tensors instead of
-/// computing them, and every number comes out the same as without it.
+/// computing them, from memory or from its spill file, and every number comes out the same as
+/// without it.
 #[test]
 fn the_prefix_cache_changes_the_time_only() {
+    use actc_runtime::cache::PrefixCache;
     use actc_runtime::data::{Dataset, Preprocess};
     use actc_runtime::train::{Metrics, Rows, Session};
     let opts = actc::compile::CompileOptions {
@@ -277,10 +279,10 @@ fn the_prefix_cache_changes_the_time_only() {
     .unwrap();
     let prep = Preprocess::for_input(&[3, 32, 32], &data).unwrap();
     let (train, val): (Vec<usize>, Vec<usize>) = ((0..48).collect(), (48..72).collect());
-    let run = |budget: usize| {
+    let run = |cache: PrefixCache| {
         let mut session = Session::new(plan.clone(), 9).unwrap();
-        session.set_cache_budget(budget);
-        let mut epochs: Vec<(Metrics, Metrics, usize, usize)> = Vec::new();
+        session.set_cache(cache);
+        let mut epochs: Vec<(Metrics, Metrics, usize, usize, usize, usize)> = Vec::new();
         session
             .train(
                 Rows {
@@ -303,7 +305,7 @@ fn the_prefix_cache_changes_the_time_only() {
                     } = event
                     {
                         let c = session.cache();
-                        epochs.push((train, val, c.hits, c.misses));
+                        epochs.push((train, val, c.hits, c.misses, c.bytes(), c.disk_bytes()));
                         (c.hits, c.misses) = (0, 0);
                     }
                 },
@@ -311,14 +313,29 @@ fn the_prefix_cache_changes_the_time_only() {
             .unwrap();
         epochs
     };
-    let (plain, cached) = (run(0), run(64 << 20));
-    for (e, (p, c)) in plain.iter().zip(&cached).enumerate() {
-        assert_eq!((p.0, p.1), (c.0, c.1), "epoch {}", e + 1);
+    let plain = run(PrefixCache::new(0));
+    let cached = run(PrefixCache::new(64 << 20));
+    // 3 training batches and 2 validation batches (the last one padded) of 16: 72 samples.
+    let sample = cached[1].4 / 72;
+    assert!(sample > 0 && cached[1].4 == 72 * sample);
+    let dir = std::env::temp_dir();
+    let spilled = run(PrefixCache::new(10 * sample).spill_to(&dir, 1 << 20));
+    let partly = run(PrefixCache::new(10 * sample).spill_to(&dir, 20 * sample));
+    for run in [&cached, &spilled, &partly] {
+        for (e, (p, c)) in plain.iter().zip(run).enumerate() {
+            assert_eq!((p.0, p.1), (c.0, c.1), "epoch {}", e + 1);
+        }
     }
-    // 3 training batches and 2 validation batches (the last one padded) of 16.
     assert_eq!((cached[0].2, cached[0].3), (0, 80));
     assert_eq!((cached[1].2, cached[1].3), (80, 0));
     assert_eq!((plain[1].2, plain[1].3), (0, 80));
+    assert_eq!(cached[1].5, 0);
+    assert_eq!((spilled[1].2, spilled[1].3), (80, 0));
+    assert_eq!((spilled[1].4, spilled[1].5), (10 * sample, 62 * sample));
+    // 30 of the 72 samples kept: batches with any other sample go through the prefix.
+    assert_eq!((partly[1].4, partly[1].5), (10 * sample, 20 * sample));
+    assert_eq!(partly[1].2 + partly[1].3, 80);
+    assert!(partly[1].3 > 0);
 }
 
 /// The frozen prefix on actc's kernels computes the boundary tensors tract computes from the
