@@ -11,7 +11,7 @@
 //! serial: they move memory that one core already streams at full speed.
 
 use super::depthwise;
-use super::gemm::sgemm;
+use super::gemm::{Segments, sgemm, sgemm_sum};
 use super::window::{out_len, valid_range};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +264,32 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws
         return rows_backward_weight(g, x, dy, dw, ws);
     }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
+    if g.is_pointwise() {
+        // dy·xᵀ summed over the batch as one product whose depth runs over every image's
+        // pixels: per image, C (the whole weight gradient) would be read and written again.
+        for gi in 0..g.groups {
+            let images = Segments {
+                count: g.n,
+                a_step: g.c_out * p,
+                b_step: g.c_in * hw,
+            };
+            sgemm_sum(
+                cog,
+                cig,
+                p,
+                images,
+                1.0,
+                &dy[gi * cog * p..],
+                (p, 1),
+                &x[gi * cig * hw..],
+                (1, p),
+                0.0,
+                &mut dw[gi * cog * cig..][..cog * cig],
+                (cig, 1),
+            );
+        }
+        return;
+    }
     dw.fill(0.0);
     for b in 0..g.n {
         for gi in 0..g.groups {
@@ -271,37 +297,21 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws
             let dyg = &dy[(b * g.c_out + gi * cog) * p..][..cog * p];
             let dwg = &mut dw[gi * cog * rows..][..cog * rows];
             // dy·colᵀ: the column matrix read transposed.
-            if g.is_pointwise() {
-                sgemm(
-                    cog,
-                    cig,
-                    p,
-                    1.0,
-                    dyg,
-                    (p, 1),
-                    xg,
-                    (1, p),
-                    1.0,
-                    dwg,
-                    (cig, 1),
-                );
-            } else {
-                let col = &mut ws[..rows * p];
-                im2col(g, xg, col);
-                sgemm(
-                    cog,
-                    rows,
-                    p,
-                    1.0,
-                    dyg,
-                    (p, 1),
-                    col,
-                    (1, p),
-                    1.0,
-                    dwg,
-                    (rows, 1),
-                );
-            }
+            let col = &mut ws[..rows * p];
+            im2col(g, xg, col);
+            sgemm(
+                cog,
+                rows,
+                p,
+                1.0,
+                dyg,
+                (p, 1),
+                col,
+                (1, p),
+                1.0,
+                dwg,
+                (rows, 1),
+            );
         }
     }
 }
@@ -705,8 +715,10 @@ mod tests {
             geom(2, 11, 5, 4, 11, [3, 3], 1, [1, 0, 1, 1], 1, 11),
             // depthwise with planes too big for the lane path: the row loops
             geom(1, 2, 36, 33, 4, [3, 3], 2, [1, 1, 0, 1], 1, 2),
-            // 1×1 over images too big for the batched path: one product per image
+            // 1×1 over images too big for the batched path: one product per image (the
+            // weight gradient one product over the batch's pixels), also grouped
             geom(2, 3, 6, 5, 4, [1, 1], 1, [0; 4], 1, 1),
+            geom(3, 4, 5, 4, 6, [1, 1], 1, [0; 4], 1, 2),
         ]
     }
 

@@ -58,10 +58,56 @@ pub fn sgemm(
     c: &mut [f32],
     c_strides: Strides,
 ) {
+    let one = Segments {
+        count: 1,
+        a_step: 0,
+        b_step: 0,
+    };
+    sgemm_sum(
+        m, n, k, one, alpha, a, a_strides, b, b_strides, beta, c, c_strides,
+    );
+}
+
+/// Where the terms of [`sgemm_sum`] lie: `count` pairs, the s-th A at `a[s·a_step..]` and
+/// the s-th B at `b[s·b_step..]`.
+#[derive(Clone, Copy)]
+pub struct Segments {
+    pub count: usize,
+    pub a_step: usize,
+    pub b_step: usize,
+}
+
+/// `C ← alpha·Σ_s A_s·B_s + beta·C` over the [`Segments`] of `A` (each m×k) and `B` (each
+/// k×n): one product of depth `count·k`. A 1×1 conv's weight gradient is such a sum over
+/// the images of a batch, each a few dozen pixels deep; as separate products, C would be
+/// read and written once per image.
+#[allow(clippy::too_many_arguments)] // sgemm's signature and the segments
+pub fn sgemm_sum(
+    m: usize,
+    n: usize,
+    k: usize,
+    seg: Segments,
+    alpha: f32,
+    a: &[f32],
+    a_strides: Strides,
+    b: &[f32],
+    b_strides: Strides,
+    beta: f32,
+    c: &mut [f32],
+    c_strides: Strides,
+) {
     // The micro-kernel reads and writes through raw pointers: these O(1) checks are what
     // keeps it inside the slices, so they stay on in release builds.
-    assert!(extent(m, k, a_strides) <= a.len(), "sgemm: A too short");
-    assert!(extent(k, n, b_strides) <= b.len(), "sgemm: B too short");
+    let last = seg.count.saturating_sub(1);
+    let (a_end, b_end) = (extent(m, k, a_strides), extent(k, n, b_strides));
+    assert!(
+        a_end == 0 || last * seg.a_step + a_end <= a.len(),
+        "sgemm: A too short"
+    );
+    assert!(
+        b_end == 0 || last * seg.b_step + b_end <= b.len(),
+        "sgemm: B too short"
+    );
     assert!(extent(m, n, c_strides) <= c.len(), "sgemm: C too short");
     debug_assert!(
         m <= 1 || n <= 1 || c_strides.0 >= n * c_strides.1 || c_strides.1 >= m * c_strides.0,
@@ -70,18 +116,21 @@ pub fn sgemm(
     if m == 0 || n == 0 {
         return;
     }
-    if k == 0 || alpha == 0.0 {
+    if k == 0 || seg.count == 0 || alpha == 0.0 {
         return scale(m, n, beta, c, c_strides);
     }
     let mut p = Product {
         m,
         n,
-        k,
+        k: k * seg.count,
         a,
         sa: a_strides,
         b,
         sb: b_strides,
         sc: c_strides,
+        seg_k: k,
+        seg_a: seg.a_step,
+        seg_b: seg.b_step,
     };
     // Computing Cᵀ = Bᵀ·Aᵀ instead only swaps strides: it turns a row into the GEMV path's
     // column, and otherwise may pack, store or waste less (see `cost`).
@@ -93,7 +142,7 @@ pub fn sgemm(
             p = t;
         }
     }
-    if p.n == 1 && (p.sa.0 == 1 || p.sa.1 == 1) {
+    if p.n == 1 && !p.segmented() && (p.sa.0 == 1 || p.sa.1 == 1) {
         gemv(&p, alpha, beta, c);
     } else {
         parallel(&p, alpha, beta, c);
@@ -102,7 +151,9 @@ pub fn sgemm(
 
 /// [`blocked`], split across the pool's threads along C's outer dimension (rows when its
 /// rows are contiguous, else columns) when the product is large enough to gain: each
-/// thread then writes its own contiguous run of C and packs its own panels.
+/// thread then writes its own contiguous run of C. Split by columns, each thread packs its
+/// own B panels; split by rows, the threads would pack the same B, so they pack it together
+/// once per block when it is packed at all ([`shared_b`]).
 fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (outer, unit, stride) = match p.sc {
         (_, 1) => (p.m, MR, p.sc.0),
@@ -110,6 +161,13 @@ fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
         _ => return blocked(p, alpha, beta, c),
     };
     let parts = threads::parts_for(p.m * p.n * p.k);
+    if parts > 1 && p.sc.1 == 1 {
+        let mut share = *p;
+        share.m = p.m.div_ceil(parts);
+        if !share.b_in_place() {
+            return shared_b(p, alpha, beta, c, parts);
+        }
+    }
     threads::for_runs(c, outer, stride, unit, parts, |r, run| {
         let mut q = *p;
         if p.sc.1 == 1 {
@@ -134,6 +192,11 @@ struct Product<'a> {
     b: &'a [f32],
     sb: Strides,
     sc: Strides,
+    /// The depth of each segment (`k` when there is one), and where in `a` and `b` each
+    /// segment starts after the one before (see [`sgemm_sum`]).
+    seg_k: usize,
+    seg_a: usize,
+    seg_b: usize,
 }
 
 impl Product<'_> {
@@ -148,21 +211,50 @@ impl Product<'_> {
             b: self.a,
             sb: t(self.sa),
             sc: t(self.sc),
+            seg_k: self.seg_k,
+            seg_a: self.seg_b,
+            seg_b: self.seg_a,
         }
+    }
+
+    fn segmented(&self) -> bool {
+        self.seg_k < self.k
+    }
+
+    /// Packs rows `i0..i0 + rows` of A over depth `pc..pc + kc` as MR-wide groups.
+    fn pack_a(&self, dst: &mut [f32], i0: usize, rows: usize, pc: usize, kc: usize) {
+        let src = Operand {
+            data: self.a,
+            at: i0 * self.sa.0,
+            strides: self.sa,
+            seg: (self.seg_k, self.seg_a),
+        };
+        src.pack::<MR>(dst, rows, pc, kc);
+    }
+
+    /// Packs columns `j0..j0 + cols` of B over depth `pc..pc + kc` as NR-wide groups.
+    fn pack_b(&self, dst: &mut [f32], j0: usize, cols: usize, pc: usize, kc: usize) {
+        let src = Operand {
+            data: self.b,
+            at: j0 * self.sb.1,
+            strides: (self.sb.1, self.sb.0),
+            seg: (self.seg_k, self.seg_b),
+        };
+        src.pack::<NR>(dst, cols, pc, kc);
     }
 
     /// A row-major A is read where it lies: the kernel broadcasts single elements, so only
     /// the depth needs a unit stride. Not when its rows are a multiple of 4 KiB apart,
     /// though: they would all fall into the same cache sets.
     fn a_in_place(&self) -> bool {
-        self.sa.1 == 1 && !self.sa.0.is_multiple_of(1024)
+        !self.segmented() && self.sa.1 == 1 && !self.sa.0.is_multiple_of(1024)
     }
 
     /// With a single block of rows each B micro-panel meets the A block once, right away:
     /// a row-major B is then read in place (it stays in L1 across the A micro-panels), as
     /// packing it would only be a copy.
     fn b_in_place(&self) -> bool {
-        self.sb.1 == 1 && self.m <= MC
+        !self.segmented() && self.sb.1 == 1 && self.m <= MC
     }
 
     /// A rough count of cycles, to choose between computing C and Cᵀ. The kernel's depth
@@ -232,17 +324,24 @@ pub(crate) fn has_avx2_fma() -> bool {
 }
 
 thread_local! {
-    /// Packing buffers and GEMV temporaries. Grown, never shrunk: after the first step of a
+    /// Packed B blocks and GEMV temporaries. Grown, never shrunk: after the first step of a
     /// training loop every product finds it large enough.
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static B_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Packed A blocks: apart from B's, as a thread computing rows against a B block that
+    /// another thread's scratch holds needs its own A scratch only.
+    static A_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Cache-line alignment of the scratch: a packed B row (NR floats) is exactly one line.
 const ALIGN_FLOATS: usize = 16;
 
-/// Runs `f` on `len` floats of this thread's scratch, starting on a cache line.
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with_borrow_mut(|v| {
+/// Runs `f` on `len` floats of this thread's `scratch`, starting on a cache line.
+fn with_scratch<R>(
+    scratch: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    scratch.with_borrow_mut(|v| {
         let need = len + ALIGN_FLOATS;
         if v.len() < need {
             v.resize(need, 0.0);
@@ -261,68 +360,153 @@ fn block_size(n: usize, max: usize, unit: usize) -> usize {
 
 /// The Goto/BLIS loops around the micro-kernel.
 fn blocked(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
-    let kc_max = block_size(p.k, KC, 1);
-    let mc_max = block_size(p.m, MC, MR);
-    let nc_max = block_size(p.n, NC, NR);
-    let (a_in_place, b_in_place) = (p.a_in_place(), p.b_in_place());
-    let b_len = nc_max * kc_max;
-    let a_len = if a_in_place { 0 } else { mc_max * kc_max };
-    with_scratch(b_len + a_len, |scratch| {
-        // B first: its length is a multiple of NR, so A's block starts aligned too.
-        let (bp, ap) = scratch.split_at_mut(b_len);
-        for jc in (0..p.n).step_by(nc_max) {
-            let nc = nc_max.min(p.n - jc);
-            for pc in (0..p.k).step_by(kc_max) {
-                let kc = kc_max.min(p.k - pc);
+    let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
+    with_scratch(&B_SCRATCH, nc_max * kc_max, |bp| {
+        for (jc, nc) in blocks(p.n, nc_max) {
+            for (pc, kc) in blocks(p.k, kc_max) {
                 // Later depth blocks add to what the first one wrote.
                 let beta = if pc == 0 { beta } else { 1.0 };
-                for ic in (0..p.m).step_by(mc_max) {
-                    let mc = mc_max.min(p.m - ic);
-                    let a0 = &p.a[ic * p.sa.0 + pc * p.sa.1..];
-                    if !a_in_place {
-                        let panels = ap.chunks_exact_mut(MR * kc);
-                        for (panel, i0) in panels.zip((0..mc).step_by(MR)) {
-                            let a_rows = MR.min(mc - i0);
-                            pack::<MR>(panel, &a0[i0 * p.sa.0..], a_rows, kc, p.sa);
-                        }
+                let block = Block { jc, nc, pc, kc };
+                row_blocks(p, block, BPanels::Lazy(bp), alpha, beta, c);
+            }
+        }
+    });
+}
+
+/// [`blocked`] for a product split by rows across `parts` threads: each B block is packed
+/// once, its panels shared out among the threads, into the calling thread's scratch, which
+/// every thread then reads. Per extra thread this saves a B block of scratch (up to 4 MiB)
+/// and packing it again.
+fn shared_b(p: &Product, alpha: f32, beta: f32, c: &mut [f32], parts: usize) {
+    let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
+    with_scratch(&B_SCRATCH, nc_max * kc_max, |bp| {
+        for (jc, nc) in blocks(p.n, nc_max) {
+            for (pc, kc) in blocks(p.k, kc_max) {
+                let panels = nc.div_ceil(NR);
+                let packed = &mut bp[..panels * NR * kc];
+                threads::for_runs(packed, panels, NR * kc, 1, parts, |r, run| {
+                    for (jr, panel) in r.zip(run.chunks_exact_mut(NR * kc)) {
+                        let j0 = jc + jr * NR;
+                        p.pack_b(panel, j0, NR.min(jc + nc - j0), pc, kc);
                     }
-                    for (jr, j0) in (0..nc).step_by(NR).enumerate() {
-                        let nr = NR.min(nc - j0);
-                        let b0 = pc * p.sb.0 + (jc + j0) * p.sb.1;
-                        let (b_panel, ldb) = if b_in_place && nr == NR {
-                            (&p.b[b0..], p.sb.0)
-                        } else {
-                            let panel = &mut bp[jr * NR * kc..][..NR * kc];
-                            // Packed while the first row block needs it, hence still in
-                            // cache; the later row blocks reuse it.
-                            if ic == 0 {
-                                pack::<NR>(panel, &p.b[b0..], nr, kc, (p.sb.1, p.sb.0));
-                            }
-                            (&*panel, NR)
-                        };
-                        for (ir, i0) in (0..mc).step_by(MR).enumerate() {
-                            let (a_panel, sa) = if a_in_place {
-                                (&a0[i0 * p.sa.0..], p.sa)
-                            } else {
-                                (&ap[ir * MR * kc..], (1, MR))
-                            };
-                            let c0 = (ic + i0) * p.sc.0 + (jc + j0) * p.sc.1;
-                            let tile = Tile {
-                                kc,
-                                a: a_panel,
-                                sa,
-                                b: b_panel,
-                                ldb,
-                                mr: MR.min(mc - i0),
-                                nr,
-                            };
-                            tile.run(alpha, beta, &mut c[c0..], p.sc);
-                        }
+                });
+                let packed = &*packed;
+                let beta = if pc == 0 { beta } else { 1.0 };
+                let block = Block { jc, nc, pc, kc };
+                threads::for_runs(c, p.m, p.sc.0, MR, parts, |r, run| {
+                    let q = Product {
+                        m: r.len(),
+                        a: &p.a[r.start * p.sa.0..],
+                        ..*p
+                    };
+                    row_blocks(&q, block, BPanels::Packed(packed), alpha, beta, run);
+                });
+            }
+        }
+    });
+}
+
+/// Blocks of at most `size` along a dimension of `len`: (start, length).
+fn blocks(len: usize, size: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len).step_by(size).map(move |s| (s, size.min(len - s)))
+}
+
+/// A block of B: columns `jc..jc + nc`, depth `pc..pc + kc`.
+#[derive(Clone, Copy)]
+struct Block {
+    jc: usize,
+    nc: usize,
+    pc: usize,
+    kc: usize,
+}
+
+/// Where a B block's micro-panels come from.
+enum BPanels<'s> {
+    /// Packed into this scratch by the first row block (then still in cache for it), or
+    /// read in place where [`Product::b_in_place`] allows.
+    Lazy(&'s mut [f32]),
+    /// Already packed, every panel.
+    Packed(&'s [f32]),
+}
+
+/// All row blocks of A against B block `blk`: `C[.., jc..jc + nc] ← alpha·A·B + beta·C`
+/// over the block's depth.
+fn row_blocks(p: &Product, blk: Block, mut b: BPanels, alpha: f32, beta: f32, c: &mut [f32]) {
+    let Block { jc, nc, pc, kc } = blk;
+    let mc_max = block_size(p.m, MC, MR);
+    let a_in_place = p.a_in_place();
+    let b_in_place = matches!(b, BPanels::Lazy(_)) && p.b_in_place();
+    let a_len = if a_in_place { 0 } else { mc_max * kc };
+    with_scratch(&A_SCRATCH, a_len, |ap| {
+        for (ic, mc) in blocks(p.m, mc_max) {
+            if !a_in_place {
+                let panels = ap.chunks_exact_mut(MR * kc);
+                for (panel, i0) in panels.zip((0..mc).step_by(MR)) {
+                    p.pack_a(panel, ic + i0, MR.min(mc - i0), pc, kc);
+                }
+            }
+            for (jr, j0) in (0..nc).step_by(NR).enumerate() {
+                let nr = NR.min(nc - j0);
+                let (b_panel, ldb) = match &mut b {
+                    BPanels::Lazy(_) if b_in_place && nr == NR => {
+                        (&p.b[pc * p.sb.0 + (jc + j0) * p.sb.1..], p.sb.0)
                     }
+                    BPanels::Lazy(bp) => {
+                        let panel = &mut bp[jr * NR * kc..][..NR * kc];
+                        if ic == 0 {
+                            p.pack_b(panel, jc + j0, nr, pc, kc);
+                        }
+                        (&*panel, NR)
+                    }
+                    BPanels::Packed(bp) => (&bp[jr * NR * kc..][..NR * kc], NR),
+                };
+                for (ir, i0) in (0..mc).step_by(MR).enumerate() {
+                    let (a_panel, sa) = if a_in_place {
+                        (&p.a[(ic + i0) * p.sa.0 + pc * p.sa.1..], p.sa)
+                    } else {
+                        (&ap[ir * MR * kc..], (1, MR))
+                    };
+                    let c0 = (ic + i0) * p.sc.0 + (jc + j0) * p.sc.1;
+                    let tile = Tile {
+                        kc,
+                        a: a_panel,
+                        sa,
+                        b: b_panel,
+                        ldb,
+                        mr: MR.min(mc - i0),
+                        nr,
+                    };
+                    tile.run(alpha, beta, &mut c[c0..], p.sc);
                 }
             }
         }
     });
+}
+
+/// One operand seen from its packing: element (r, t) of its `w` side and depth `t` is at
+/// `data[at + (t / seg_k)·seg_step + r·s_w + (t % seg_k)·s_k]`.
+struct Operand<'a> {
+    data: &'a [f32],
+    at: usize,
+    /// (s_w, s_k)
+    strides: Strides,
+    /// (seg_k, seg_step)
+    seg: (usize, usize),
+}
+
+impl Operand<'_> {
+    /// Depth `pc..pc + kc` of `w` lines, packed as `W`-wide groups, a segment's run at a time.
+    fn pack<const W: usize>(&self, dst: &mut [f32], w: usize, pc: usize, kc: usize) {
+        let (seg_k, step) = self.seg;
+        let mut t = pc;
+        while t < pc + kc {
+            let (s, r) = (t / seg_k, t % seg_k);
+            let len = (seg_k - r).min(pc + kc - t);
+            let src = &self.data[self.at + s * step + r * self.strides.1..];
+            pack::<W>(&mut dst[(t - pc) * W..], src, w, len, self.strides);
+            t += len;
+        }
+    }
 }
 
 /// Packs a `w`×`kc` slice of a matrix, whose `w` side steps by `s_w` and depth by `s_k`,
@@ -458,7 +642,7 @@ fn gemv(p: &Product, alpha: f32, beta: f32, y: &mut [f32]) {
     // Unit-stride x for the dot products, an accumulator of A's columns for the axpys.
     let rows_contiguous = csa == 1;
     let len = if rows_contiguous { p.k } else { p.m };
-    with_scratch(len, |tmp| {
+    with_scratch(&B_SCRATCH, len, |tmp| {
         if rows_contiguous {
             for (j, t) in tmp.iter_mut().enumerate() {
                 *t = p.b[j * incx];
@@ -753,8 +937,63 @@ pub(crate) mod tests {
                 check(&mut rng, (m, n, k), t, 1, 1.0, 0.5);
             }
         }
+        // Split by rows across two threads, each share too tall to read B in place: B
+        // packed once per block for both (`shared_b`), over two NC and two KC blocks.
+        if threads::threads() > 1 {
+            let (m, n, k) = (2 * MC + 13, NC + 21, KC + 3);
+            check(&mut rng, (m, n, k), (false, false, false), 1, 1.0, 0.5);
+            check(&mut rng, (m, n, k), (true, true, false), 0, 0.5, 0.0);
+        }
         // Rows 4 KiB apart: a row-major A packed instead of read in place.
         check(&mut rng, (13, 20, 1024), (false, false, false), 0, 1.0, 0.0);
+    }
+
+    /// Segmented depth ([`sgemm_sum`]) against the sum of every term, on segments shorter
+    /// and longer than a depth block, blocks that start mid-segment, a row (transposed to a
+    /// column), a column (not the GEMV path) and shapes large enough to split by rows.
+    #[test]
+    fn segmented_sums_match_the_reference() {
+        let mut rng = Lcg::new(11);
+        for (m, n, k, count) in [
+            (7, 19, 5, 3),
+            (MC + 5, 33, 49, 8),
+            (20, 2 * NR + 3, 300, 2),
+            (1, 9, 7, 4),
+            (9, 1, 7, 4),
+            (2 * MC + 13, 320, 49, 8),
+        ] {
+            for (ta, tb) in [(false, true), (true, false), (false, false)] {
+                let (sa, la) = layout(m, k, ta, 0);
+                let (sb, lb) = layout(k, n, tb, 0);
+                // Gaps between the segments, as between a batch's images.
+                let (a_step, b_step) = (la + 3, lb + 5);
+                let a = rng.vec(a_step * count);
+                let b = rng.vec(b_step * count);
+                let mut c = rng.vec(m * n);
+                let c0 = c.clone();
+                let seg = Segments {
+                    count,
+                    a_step,
+                    b_step,
+                };
+                sgemm_sum(m, n, k, seg, 0.5, &a, sa, &b, sb, 2.0, &mut c, (n, 1));
+                let want: Vec<f64> = (0..m * n)
+                    .map(|at| {
+                        let (i, j) = (at / n, at % n);
+                        let sum: f64 = (0..count * k)
+                            .map(|t| {
+                                let (s, p) = (t / k, t % k);
+                                a[s * a_step + i * sa.0 + p * sa.1] as f64
+                                    * b[s * b_step + p * sb.0 + j * sb.1] as f64
+                            })
+                            .sum();
+                        0.5 * sum + 2.0 * c0[at] as f64
+                    })
+                    .collect();
+                let what = format!("{m}x{n}x{k} in {count} segments, t{ta}{tb}");
+                assert_close(&what, &c, &want, 1e-5 * ((count * k) as f64).sqrt());
+            }
+        }
     }
 
     #[test]
