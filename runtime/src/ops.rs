@@ -222,7 +222,8 @@ pub enum Kind {
     /// x → y
     #[prost(message, tag = "20")]
     AveragePool(Pool),
-    /// x → y, argmax (u32, per output element: flat index into the input's H×W plane)
+    /// x → y, taps (per output element, the winner's tap ky·kw + kx of its window: u8, or u32
+    /// for windows of 255 taps or more; see `kernels::pool::Tap`)
     #[prost(message, tag = "21")]
     MaxPool(Pool),
     /// x → y (keepdims; a Reshape follows when the model drops the axes)

@@ -403,7 +403,8 @@ fn backward(
         ),
         Kind::MaxPool(p) => {
             if need(graph, 0) {
-                let argmax = max_pool_indices(graph, n);
+                let taps = p.kernel.iter().map(|&k| k as usize).product();
+                let argmax = max_pool_indices(graph, n, taps);
                 pool(
                     graph,
                     &mut grad,
@@ -484,16 +485,22 @@ fn pool(
 }
 
 /// A MaxPool's backward reads where each maximum came from: the forward node gets a second
-/// output holding those indices.
-fn max_pool_indices(graph: &mut Graph, n: NodeIndex) -> TensorId {
+/// output holding, per output element, the winner's tap in its window: one byte where the
+/// window allows (a quarter of four-byte flat indices, kept from forward to backward).
+fn max_pool_indices(graph: &mut Graph, n: NodeIndex, taps: usize) -> TensorId {
     if let Some(&idx) = graph.nodes[n].outputs.get(1) {
         return idx;
     }
     let y = graph.nodes[n].outputs[0];
+    let dtype = if actc_runtime::kernels::pool::byte_taps(taps) {
+        DType::U8
+    } else {
+        DType::U32
+    };
     let t = Tensor::value(
         format!("{}.argmax", graph.tensor(y).name),
         graph.tensor(y).shape.clone(),
-        DType::U32,
+        dtype,
     );
     let id = graph.add_tensor(t);
     graph.add_output(n, id);

@@ -97,6 +97,19 @@ impl Memory {
         unsafe { std::slice::from_raw_parts_mut(self.ptr(b) as *mut u32, b.numel()) }
     }
 
+    /// # Safety
+    /// As [`Memory::f32`].
+    pub unsafe fn u8(&self, b: &Buffer) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr(b), b.numel()) }
+    }
+
+    /// # Safety
+    /// As [`Memory::f32_mut`].
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn u8_mut(&self, b: &Buffer) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(b), b.numel()) }
+    }
+
     /// Raw bytes of a buffer (for loading and saving weights).
     pub fn bytes_of(&mut self, b: &Buffer) -> &mut [u8] {
         // SAFETY: `&mut self` excludes every other borrow.

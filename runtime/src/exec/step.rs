@@ -10,7 +10,7 @@ use crate::kernels::shape::AxisSplit;
 use crate::kernels::{activation as act, conv, loss, pool, shape};
 use crate::ops::{Kind, PoolKind};
 use crate::optim;
-use crate::plan::{Buffer, Plan, Step};
+use crate::plan::{Buffer, DType, Plan, Step};
 
 /// What an update step needs beyond its buffers.
 pub struct UpdateCtx {
@@ -215,9 +215,15 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             y(0),
         ),
         Kind::MaxPool(p) => {
-            // Only a trained MaxPool has the indices output its backward reads.
-            let idx = (step.outputs.len() > 1).then(|| unsafe { mem.u32_mut(bo(1)) });
-            pool::max_forward(&geom::pool(p, &bi(0).shape), x(0), y(0), idx);
+            // Only a trained MaxPool has the taps output its backward reads.
+            let g = geom::pool(p, &bi(0).shape);
+            match step.outputs.get(1).map(|_| bo(1)) {
+                None => pool::max_forward::<u8>(&g, x(0), y(0), None),
+                Some(t) if t.dtype() == DType::U8 => {
+                    pool::max_forward(&g, x(0), y(0), Some(unsafe { mem.u8_mut(t) }))
+                }
+                Some(t) => pool::max_forward(&g, x(0), y(0), Some(unsafe { mem.u32_mut(t) })),
+            }
         }
         Kind::PoolBackward(pb) => match pb.pool.as_ref().expect("pool kind") {
             PoolKind::Global(_) => pool::global_avg_backward(plane(bo(0)), x(0), y(0)),
@@ -228,8 +234,12 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
                 y(0),
             ),
             PoolKind::Max(p) => {
-                let idx = unsafe { mem.u32(bi(1)) };
-                pool::max_backward(&geom::pool(p, &bo(0).shape), idx, x(0), y(0));
+                let (g, t) = (geom::pool(p, &bo(0).shape), bi(1));
+                if t.dtype() == DType::U8 {
+                    pool::max_backward(&g, unsafe { mem.u8(t) }, x(0), y(0));
+                } else {
+                    pool::max_backward(&g, unsafe { mem.u32(t) }, x(0), y(0));
+                }
             }
             PoolKind::ReduceMean(a) => {
                 shape::reduce_mean_backward(&dims(bo(0)), &usizes(&a.axes), x(0), y(0));

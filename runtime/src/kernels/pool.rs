@@ -68,62 +68,100 @@ impl Pool2dGeom {
     }
 }
 
-/// Max pooling. `indices`, when given (training: the backward reads them), receives per
-/// output the offset of the winning element within its (h, w) input plane (ties: the first in
-/// row-major order, as PyTorch; NaN wins, so it propagates). A window with no input element
-/// gives 0 with index `u32::MAX`, which the backward skips.
-pub fn max_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], mut indices: Option<&mut [u32]>) {
+/// Where a window's maximum came from, as MaxPool's backward reads it: the tap
+/// `ky·kw + kx`. One byte per output when the window has fewer than 255 taps (every max pool
+/// of the bundled models: 3×3), else four. The largest value marks a window with no input
+/// element.
+pub trait Tap: Copy + PartialEq {
+    const NONE: Self;
+    fn new(tap: usize) -> Self;
+    fn get(self) -> usize;
+}
+
+impl Tap for u8 {
+    const NONE: u8 = u8::MAX;
+    fn new(tap: usize) -> u8 {
+        tap as u8
+    }
+    fn get(self) -> usize {
+        self as usize
+    }
+}
+
+impl Tap for u32 {
+    const NONE: u32 = u32::MAX;
+    fn new(tap: usize) -> u32 {
+        tap as u32
+    }
+    fn get(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether a window of `taps` taps keeps its maxima's taps in bytes.
+pub fn byte_taps(taps: usize) -> bool {
+    taps < u8::MAX as usize
+}
+
+/// Max pooling. `taps`, when given (training: the backward reads them), receives per output
+/// the tap of the winning element (ties: the first in row-major order, as PyTorch; NaN wins,
+/// so it propagates). A window with no input element gives 0 with tap `T::NONE`, which the
+/// backward skips.
+pub fn max_forward<T: Tap>(g: &Pool2dGeom, x: &[f32], y: &mut [f32], mut taps: Option<&mut [T]>) {
     debug_assert_eq!(x.len(), g.input_len());
     debug_assert_eq!(y.len(), g.output_len());
-    debug_assert!(indices.as_ref().is_none_or(|i| i.len() == g.output_len()));
-    debug_assert!(g.h * g.w <= u32::MAX as usize);
+    debug_assert!(taps.as_ref().is_none_or(|t| t.len() == g.output_len()));
+    debug_assert!(g.kh * g.kw < T::NONE.get());
     let (hw, ow, p) = (g.h * g.w, g.out_w(), g.out_h() * g.out_w());
     if p == 0 {
         return;
     }
     for (plane, (xp, yp)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(p)).enumerate() {
-        let mut ip = indices.as_deref_mut().map(|i| &mut i[plane * p..][..p]);
+        let mut tp = taps.as_deref_mut().map(|t| &mut t[plane * p..][..p]);
         for (o, yv) in yp.iter_mut().enumerate() {
             let (kys, y0) = g.taps_y(o / ow);
             let (kxs, x0) = g.taps_x(o % ow);
-            let (mut best, mut arg) = (0.0, u32::MAX);
+            let (mut best, mut arg) = (0.0, T::NONE);
             for ky in kys {
                 let row = (y0 + (ky * g.dilation[0]) as isize) as usize * g.w;
                 for kx in kxs.clone() {
-                    let i = row + (x0 + (kx * g.dilation[1]) as isize) as usize;
-                    let v = xp[i];
-                    if arg == u32::MAX || v > best || v.is_nan() && !best.is_nan() {
-                        (best, arg) = (v, i as u32);
+                    let v = xp[row + (x0 + (kx * g.dilation[1]) as isize) as usize];
+                    if arg == T::NONE || v > best || v.is_nan() && !best.is_nan() {
+                        (best, arg) = (v, T::new(ky * g.kw + kx));
                     }
                 }
             }
             *yv = best;
-            if let Some(ip) = ip.as_deref_mut() {
-                ip[o] = arg;
+            if let Some(tp) = tp.as_deref_mut() {
+                tp[o] = arg;
             }
         }
     }
 }
 
 /// dx of max pooling: each dy goes to the element its window picked.
-pub fn max_backward(g: &Pool2dGeom, indices: &[u32], dy: &[f32], dx: &mut [f32]) {
-    debug_assert_eq!(indices.len(), g.output_len());
+pub fn max_backward<T: Tap>(g: &Pool2dGeom, taps: &[T], dy: &[f32], dx: &mut [f32]) {
+    debug_assert_eq!(taps.len(), g.output_len());
     debug_assert_eq!(dy.len(), g.output_len());
     debug_assert_eq!(dx.len(), g.input_len());
-    let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    let (hw, ow, p) = (g.h * g.w, g.out_w(), g.out_h() * g.out_w());
     dx.fill(0.0);
     if p == 0 {
         return;
     }
-    for ((dxp, dyp), ip) in dx
+    for ((dxp, dyp), tp) in dx
         .chunks_exact_mut(hw)
         .zip(dy.chunks_exact(p))
-        .zip(indices.chunks_exact(p))
+        .zip(taps.chunks_exact(p))
     {
-        for (&i, &d) in ip.iter().zip(dyp) {
-            if i != u32::MAX {
-                dxp[i as usize] += d;
+        for (o, (&t, &d)) in tp.iter().zip(dyp).enumerate() {
+            if t == T::NONE {
+                continue;
             }
+            let (ky, kx) = (t.get() / g.kw, t.get() % g.kw);
+            let iy = g.taps_y(o / ow).1 + (ky * g.dilation[0]) as isize;
+            let ix = g.taps_x(o % ow).1 + (kx * g.dilation[1]) as isize;
+            dxp[iy as usize * g.w + ix as usize] += d;
         }
     }
 }
@@ -333,13 +371,21 @@ mod tests {
             for include_pad in [false, true] {
                 let (mx, avg) = reference(&g, &x, include_pad);
                 let mut y = vec![f32::NAN; g.output_len()];
-                let mut idx = vec![0; g.output_len()];
-                max_forward(&g, &x, &mut y, Some(&mut idx));
+                let mut taps = vec![0u8; g.output_len()];
+                max_forward(&g, &x, &mut y, Some(&mut taps));
                 assert_close(&format!("max {g:?}"), &y, &mx, 0.0);
-                for (o, &i) in idx.iter().enumerate() {
-                    let plane = o / (g.out_h() * g.out_w());
-                    assert_eq!(x[plane * g.h * g.w + i as usize], y[o]);
+                let ow = g.out_w();
+                for (o, &t) in taps.iter().enumerate() {
+                    let (plane, oy, ox) = (o / (g.out_h() * ow), o / ow % g.out_h(), o % ow);
+                    let (ky, kx) = (t as usize / g.kw, t as usize % g.kw);
+                    let iy = oy * g.stride[0] + ky * g.dilation[0] - g.pad[0];
+                    let ix = ox * g.stride[1] + kx * g.dilation[1] - g.pad[1];
+                    assert_eq!(x[(plane * g.h + iy) * g.w + ix], y[o]);
                 }
+                // Four-byte taps are the same taps.
+                let mut wide = vec![0u32; g.output_len()];
+                max_forward(&g, &x, &mut y, Some(&mut wide));
+                assert!(taps.iter().zip(&wide).all(|(&t, &w)| t as u32 == w));
                 avg_forward(&g, include_pad, &x, &mut y);
                 assert_close(&format!("avg pad={include_pad} {g:?}"), &y, &avg, 1e-6);
             }
@@ -360,11 +406,11 @@ mod tests {
             dilation: [1, 1],
             ceil_mode: false,
         };
-        let (mut y, mut idx) = ([0.0], [0]);
-        max_forward(&g, &[1.0, 3.0, 3.0, 2.0], &mut y, Some(&mut idx));
-        assert_eq!((y[0], idx[0]), (3.0, 1));
-        max_forward(&g, &[1.0, f32::NAN, 3.0, 2.0], &mut y, Some(&mut idx));
-        assert!(y[0].is_nan() && idx[0] == 1);
+        let (mut y, mut tap) = ([0.0], [0u8]);
+        max_forward(&g, &[1.0, 3.0, 3.0, 2.0], &mut y, Some(&mut tap));
+        assert_eq!((y[0], tap[0]), (3.0, 1));
+        max_forward(&g, &[1.0, f32::NAN, 3.0, 2.0], &mut y, Some(&mut tap));
+        assert!(y[0].is_nan() && tap[0] == 1);
     }
 
     #[test]
@@ -375,14 +421,19 @@ mod tests {
             let x = rng.distinct(g.input_len(), 5.0 * FD_EPS);
             let r = rng.vec(g.output_len());
             let mut y = vec![0.0; g.output_len()];
-            let mut idx = vec![0; g.output_len()];
+            let mut taps = vec![0u8; g.output_len()];
             let mut dx = vec![f32::NAN; g.input_len()];
-            max_forward(&g, &x, &mut y, Some(&mut idx));
-            max_backward(&g, &idx, &r, &mut dx);
+            max_forward(&g, &x, &mut y, Some(&mut taps));
+            max_backward(&g, &taps, &r, &mut dx);
             check_grad(&format!("max {g:?}"), &x, &dx, |xp| {
-                max_forward(&g, xp, &mut y, Some(&mut idx));
+                max_forward(&g, xp, &mut y, Some(&mut taps));
                 weighted_sum(&y, &r)
             });
+            let mut wide = vec![0u32; g.output_len()];
+            let mut dx_wide = vec![f32::NAN; g.input_len()];
+            max_forward(&g, &x, &mut y, Some(&mut wide));
+            max_backward(&g, &wide, &r, &mut dx_wide);
+            assert_eq!(dx, dx_wide, "{g:?}");
             // Average pooling has no kink: plain values, smaller than the spread ones above,
             // keep the f32 rounding of its outputs small.
             let x = rng.vec(g.input_len());
