@@ -2,7 +2,9 @@
 # actc beside PyTorch eager and ONNX Runtime training, in one session, interleaved: MobileNetV2
 # (ImageNet weights, new 10-way head), last 4 convs + classifier, frozen (folded) BN, 2 threads,
 # at 64x3x32x32 and 8x3x224x224; actc without compression and with HOSVD (eps 0.8). actc and
-# PyTorch use SGD lr 0.01 momentum 0.9; ORT's training SGD has no momentum (lr 0.01).
+# PyTorch use SGD lr 0.01 momentum 0.9; ORT's training SGD has no momentum (lr 0.01), so actc
+# also runs that optimizer ("actc (SGD, no momentum)": no momentum buffers) to compare like
+# with like.
 # 1. ORT's equality check with PyTorch (first loss, gradients, plain-SGD updates; aborts if
 #    they differ).
 # 2. ROUNDS rounds of STEPS timed steps per system on synthetic batches: median ms per step,
@@ -11,7 +13,7 @@
 #    and shape in EPOCH_SHAPES: seconds of each epoch (actc: `actc train --log`, its prefix
 #    cache on, as by default), peak RSS.
 # Prints the tables and writes the raw results to bench-results.json.
-# Needs the venv of models/README.md (.venv) and a release build of actc (built here, or
+# Needs the venv of models/README.md (.venv) and a deployment build of actc (README; built here, or
 # ACTC=path to use a given binary without building); ONNX Runtime needs .venv-ort
 # (models/reference/README.md) and is skipped with a message without it.
 # Environment: ROUNDS (3), STEPS (20), EPOCHS (2; 0 skips part 3), EPOCH_SHAPES
@@ -23,8 +25,10 @@ STEPS=${STEPS:-20}
 EPOCHS=${EPOCHS:-2}
 EPOCH_SHAPES=${EPOCH_SHAPES:-64x32 8x224}
 if [ -z "${ACTC:-}" ]; then
-  cargo build --release -q -p actc
-  ACTC=target/release/actc
+  # The deployment build (README): whole-program optimised, non-PIE.
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc --target "$host"
+  ACTC=target/$host/dist/actc
 fi
 PY=.venv/bin/python
 PY_ORT=.venv-ort/bin/python
@@ -45,11 +49,13 @@ for shape in 64x3x32x32 8x3x224x224; do
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 -o "$tmp/$shape.actc" 2>/dev/null
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
     --compress hosvd --eps 0.8 -o "$tmp/$shape-hosvd.actc" 2>/dev/null
+  "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0 \
+    -o "$tmp/$shape-sgd.actc" 2>/dev/null
 done
 : > "$tmp/actc.jsonl"
 for round in $(seq "$ROUNDS"); do
   for shape in 64x3x32x32 8x3x224x224; do
-    for plan in "$shape" "$shape-hosvd"; do
+    for plan in "$shape" "$shape-hosvd" "$shape-sgd"; do
       "$ACTC" bench "$tmp/$plan.actc" --steps "$STEPS" --threads 2 --json >> "$tmp/actc.jsonl"
     done
   done
@@ -89,7 +95,7 @@ rows = {}
 for line in open(tmp / "actc.jsonl"):
     r = json.loads(line)
     shape = "64x32" if "64x3x32x32" in r["plan"] else "8x224"
-    system = "actc hosvd eps=0.8" if "hosvd" in r["plan"] else "actc"
+    system = "actc hosvd eps=0.8" if "hosvd" in r["plan"] else "actc (SGD, no momentum)" if "-sgd" in r["plan"] else "actc"
     rows.setdefault((system, shape), []).append((r["step_ms"]["median"], r["step_ms"]["p10"], r["step_ms"]["p90"], r["peak_rss_bytes"] / 1e6, r["suffix_ms"]["median"]))
 for pattern, name in (("torch-[0-9]*.json", lambda r: f"pytorch {r['layout']}"),
                       ("ort-[0-9]*.json", lambda r: "ort (SGD, no momentum)")):
