@@ -34,7 +34,8 @@ ref_losses_torch.py, run with the main venv's python (--torch-python), takes the
 Fashion-MNIST training images (common.py's preprocessing), computes the eager model's loss
 and gradients and takes 3 plain-SGD steps (lr 0.01); this script runs ORT's artifacts on the
 same batch and fails unless the first loss agrees to 1e-5 relative, the gradients of the first
-step to 1e-4 (relative to each tensor's largest value) and the later losses to 1e-4. It also
+step to 1e-4 (|diff|/|grad|, or twice PyTorch's own difference between 1 and 2 threads where
+that is larger: kinks make it ~1e-3 at 8x224 on some CPUs) and the later losses to 1e-4. It also
 compares its own numpy preprocessing (used by --epochs) with PyTorch's on that batch.
 
 --epochs E: instead of timing steps, trains E epochs over models/data/fashion-mnist (2000
@@ -344,6 +345,16 @@ def check(shapes: list[tuple[int, int]], dirs: dict, args) -> dict:
     print("check: " + " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     ref = np.load(ref_path)
+    # PyTorch against itself: the same steps on one thread. Where its own gradients move
+    # with the thread count (ReLU6 kinks flipped by rounding in the frozen prefix: ~1e-3 at
+    # 8x224 on an AVX-512 machine), ORT is held to that spread instead of a fixed 1e-4.
+    ref1_path = Path(args.workdir) / "ref_losses_1thread.npz"
+    cmd1 = [*cmd[:cmd.index("--threads")], "--threads", "1", "--out", str(ref1_path),
+            "--shapes", *[f"{b}x{s}" for b, s in shapes]]
+    subprocess.run(cmd1, check=True, cwd=ROOT)
+    ref1 = np.load(ref1_path)
+    norm_rel = lambda a, b: float(np.linalg.norm((a - b).astype(np.float64))
+                                  / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
     images = read_idx_gz(DATA / "train-images-idx3-ubyte.gz")
     report, failures = {}, []
     for b, s in shapes:
@@ -354,7 +365,7 @@ def check(shapes: list[tuple[int, int]], dirs: dict, args) -> dict:
             failures.append(f"{key}: trainable sets differ")
         prep_diff = float(np.abs(Preprocess(images.shape[1], s)(images[:b]) - x).max())
         _, state, module, opt = open_session(dirs[key], args.threads)
-        o_losses, grad_rel = [], {}
+        o_losses, grad_rel, grad_norm, torch_spread = [], {}, {}, {}
         for k in range(len(t_losses)):
             o_losses.append(float(module(x, y)))
             if k == 0:
@@ -362,26 +373,34 @@ def check(shapes: list[tuple[int, int]], dirs: dict, args) -> dict:
                     g_t = ref[f"grad_{key}/{n}"]
                     g_o = state.parameters[n].grad
                     grad_rel[n] = float(np.abs(g_o - g_t).max() / np.abs(g_t).max())
+                    grad_norm[n] = norm_rel(g_o, g_t)
+                    torch_spread[n] = norm_rel(ref1[f"grad_{key}/{n}"], g_t)
             opt.step()
             module.lazy_reset_grad()
         rel = [abs(o - t) / abs(t) for o, t in zip(o_losses, t_losses)]
         worst = max(grad_rel, key=grad_rel.get)
+        limit = {n: max(1e-4, 2 * torch_spread[n]) for n in names}
+        over = [n for n in names if grad_norm[n] > limit[n]]
         print(f"check {key}: numpy preprocessing vs PyTorch's, max |diff| {prep_diff:.2e} "
               f"(both systems then train on PyTorch's batch: first {b} training images)")
         print(f"  {'step':>4} {'PyTorch loss':>14} {'ORT loss':>14} {'rel diff':>9}")
         for k, (t, o, r) in enumerate(zip(t_losses, o_losses, rel)):
             print(f"  {k + 1:>4} {t:14.8f} {o:14.8f} {r:9.1e}")
-        print(f"  gradients of step 1: worst max|diff|/max|grad| {grad_rel[worst]:.1e} ({worst})")
+        print(f"  gradients of step 1: worst max|diff|/max|grad| {grad_rel[worst]:.1e} ({worst}); "
+              f"|diff|/|grad| worst {max(grad_norm.values()):.1e} against PyTorch's own 1- vs "
+              f"2-thread spread up to {max(torch_spread.values()):.1e}")
         if rel[0] > 1e-5:
             failures.append(f"{key}: first loss differs by {rel[0]:.2e} relative (limit 1e-5)")
         if max(rel[1:], default=0) > 1e-4:
             failures.append(f"{key}: later losses differ by {max(rel[1:]):.2e} (limit 1e-4)")
-        if grad_rel[worst] > 1e-4:
-            failures.append(f"{key}: gradient of {worst} differs by {grad_rel[worst]:.2e}")
+        for n in over:
+            failures.append(f"{key}: gradient of {n} differs by {grad_norm[n]:.2e} (norm; "
+                            f"limit {limit[n]:.1e}: 1e-4 or twice PyTorch's own spread)")
         if prep_diff > 1e-5:
             failures.append(f"{key}: numpy preprocessing differs from PyTorch's by {prep_diff:.2e}")
         report[key] = {"torch_losses": [float(v) for v in t_losses], "ort_losses": o_losses,
                        "rel_diff": rel, "grad_rel_diff": grad_rel,
+                       "grad_norm_rel_diff": grad_norm, "torch_thread_spread": torch_spread,
                        "preprocess_max_abs_diff": prep_diff,
                        "torch": str(ref["torch_version"])}
     if failures:

@@ -30,6 +30,8 @@ if [ -z "${ACTC:-}" ]; then
   RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc --target "$host"
   ACTC=target/$host/dist/actc
 fi
+# The CPU decides the ratios (PyTorch's oneDNN uses AVX-512 where there is one): say which.
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ') model $(grep -m1 '^model\s' /proc/cpuinfo | cut -d: -f2 | tr -d ' '), avx512f: $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)" >&2
 PY=.venv/bin/python
 PY_ORT=.venv-ort/bin/python
 tmp=$(mktemp -d)
