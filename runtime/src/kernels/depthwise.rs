@@ -109,6 +109,9 @@ pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
     if let Some(pixels) = PixelTaps::new(g) {
         return forward_small(g, &pixels, x, w, bias, y);
     }
+    if g.stride[1] <= 2 && g.w <= ROW_MAX && g.kw <= ROW_KW {
+        return forward_rows(g, x, w, bias, y);
+    }
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
     let planes = g.n * g.c_out;
@@ -127,6 +130,89 @@ pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
             });
         }
     });
+}
+
+/// Widest input row [`forward_rows`] takes (its stride-2 split of a row is on the stack).
+const ROW_MAX: usize = 2048;
+/// Widest kernel [`forward_rows`] takes.
+const ROW_KW: usize = 16;
+
+/// Large planes one output row at a time: each tap is one contiguous multiply-add over the
+/// row, which stays in L1 for all of them (tap after tap, a 112×112 plane went through L2 nine
+/// times). With stride 2 each input row is first split into its even and odd columns, so that
+/// a tap's inputs are contiguous too instead of gathered two apart.
+fn forward_rows(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    let (sw, half) = (g.stride[1], g.w.div_ceil(2));
+    // Per kernel column: the output columns whose tap lands inside the row, and where the
+    // first one's input is in the row (in its split, with stride 2: even columns, then odd).
+    let mut cols = [(0, 0, 0); ROW_KW];
+    for (kx, c) in cols.iter_mut().enumerate().take(g.kw) {
+        let off = tap_offset(kx, g.dilation[1], g.pad[1]);
+        let xs = valid_range(ow, g.w, sw, off);
+        if !xs.is_empty() {
+            let ix = ((xs.start * sw) as isize + off) as usize;
+            let at = if sw == 1 { ix } else { ix % 2 * half + ix / 2 };
+            *c = (xs.start, xs.end, at);
+        }
+    }
+    let cols = &cols[..g.kw];
+    threads::for_runs(y, g.n * g.c_out, p, 1, depthwise_parts(g), |run, ys| {
+        let mut split = [0.0f32; ROW_MAX];
+        for (i, yp) in run.zip(ys.chunks_exact_mut(p)) {
+            let (b, oc) = (i / g.c_out, i % g.c_out);
+            let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
+            let wk = &w[oc * kk..][..kk];
+            for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
+                out.fill(bias.map_or(0.0, |bias| bias[oc]));
+                for ky in 0..g.kh {
+                    let iy = (oy * g.stride[0]) as isize + tap_offset(ky, g.dilation[0], g.pad[0]);
+                    if !(0..g.h as isize).contains(&iy) {
+                        continue;
+                    }
+                    let row = &xp[iy as usize * g.w..][..g.w];
+                    let src = if sw == 1 {
+                        row
+                    } else {
+                        let (even, odd) = split[..g.w].split_at_mut(half);
+                        for (j, pair) in row.chunks(2).enumerate() {
+                            even[j] = pair[0];
+                            if let Some(&v) = pair.get(1) {
+                                odd[j] = v;
+                            }
+                        }
+                        &split[..g.w]
+                    };
+                    row_taps(out, src, cols, &wk[ky * g.kw..][..g.kw]);
+                }
+            }
+        }
+    });
+}
+
+/// `out[x0..x1] += w · src[at..]` for every kernel column's `(x0, x1, at)` and weight.
+fn row_taps(out: &mut [f32], src: &[f32], cols: &[(usize, usize, usize)], w: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { row_taps_avx2(out, src, cols, w) };
+    }
+    for (&(x0, x1, at), &wv) in cols.iter().zip(w) {
+        for (o, &v) in out[x0..x1].iter_mut().zip(&src[at..at + (x1 - x0)]) {
+            *o += wv * v;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_taps_avx2(out: &mut [f32], src: &[f32], cols: &[(usize, usize, usize)], w: &[f32]) {
+    for (&(x0, x1, at), &wv) in cols.iter().zip(w) {
+        for (o, &v) in out[x0..x1].iter_mut().zip(&src[at..at + (x1 - x0)]) {
+            *o = wv.mul_add(v, *o);
+        }
+    }
 }
 
 /// In parallel over input planes, each gathering the `mult` output planes it feeds.
