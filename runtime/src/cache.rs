@@ -99,11 +99,21 @@ impl PrefixCache {
         self.spill.as_mut().and_then(|s| s.failure.take())
     }
 
-    fn place(&self, data: &Dataset, prep: &Preprocess, i: usize) -> Option<Place> {
+    /// The entry of `data` under `prep`, if any sample of it is kept.
+    fn entry(&self, data: &Dataset, prep: &Preprocess) -> Option<usize> {
         self.entries
             .iter()
-            .find(|e| e.dataset == data.id() && &e.prep == prep)
-            .and_then(|e| e.place.get(i).copied().flatten())
+            .position(|e| e.dataset == data.id() && &e.prep == prep)
+    }
+
+    fn place(&self, data: &Dataset, prep: &Preprocess, i: usize) -> Option<(usize, Place)> {
+        let k = self.entry(data, prep)?;
+        self.entries[k]
+            .place
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|p| (k, p))
     }
 
     /// Whether sample `i` is kept.
@@ -128,19 +138,14 @@ impl PrefixCache {
             &mut b[r * per..(r + 1) * per]
         });
         match self.place(data, prep, i).expect("checked by holds") {
-            Place::Memory(slot) => {
-                let e = self
-                    .entries
-                    .iter()
-                    .find(|e| e.dataset == data.id() && &e.prep == prep)
-                    .expect("placed");
-                for (dst, src) in rows.zip(&e.values) {
+            (k, Place::Memory(slot)) => {
+                for (dst, src) in rows.zip(&self.entries[k].values) {
                     let at = slot as usize * dst.len();
                     dst.copy_from_slice(&src[at..at + dst.len()]);
                 }
                 Ok(())
             }
-            Place::Disk(slot) => {
+            (_, Place::Disk(slot)) => {
                 use std::os::unix::fs::FileExt;
                 let s = self.spill.as_mut().expect("placed on disk");
                 let n: usize = boundary_len * 4;
@@ -200,11 +205,7 @@ impl PrefixCache {
     }
 
     fn entry_mut(&mut self, data: &Dataset, prep: &Preprocess, tensors: usize) -> &mut CacheEntry {
-        let k = match self
-            .entries
-            .iter()
-            .position(|e| e.dataset == data.id() && &e.prep == prep)
-        {
+        let k = match self.entry(data, prep) {
             Some(k) => k,
             None => {
                 self.entries.push(CacheEntry {
