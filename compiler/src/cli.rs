@@ -9,7 +9,7 @@ use crate::passes::optim::Optimizer;
 use crate::passes::prefix::PrefixRunner;
 use crate::passes::select::Layers;
 use crate::run::{self, DataOptions, TrainOptions};
-use crate::{err, inspect};
+use crate::{budget, err, inspect};
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
 use actc_runtime::plan::{LossKind, Plan, Schedule};
@@ -47,6 +47,9 @@ enum Command {
         /// Also write the training graph as text (one line per step) to this file.
         #[arg(long, value_name = "FILE")]
         dump_ir: Option<PathBuf>,
+        /// How --calibration's samples become model inputs (as for train).
+        #[command(flatten)]
+        prep: PrepArgs,
     },
     /// Show a plan (or a model, compiled on the fly) as a per-layer table.
     Inspect {
@@ -293,6 +296,16 @@ struct CompileArgs {
     /// eps needs more keeps this many and is counted as truncated in the training report.
     #[arg(long, default_value_t = 32)]
     max_rank: u32,
+    /// HOSVD with ranks fixed per layer so that the compressed activations (cores and
+    /// factors, and the factors kept for the next step's start) take at most this many bytes
+    /// (K, M or G suffix): per layer, the ranks whose weight gradient on the --calibration
+    /// batch is closest to the exact one.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    budget: Option<usize>,
+    /// Data whose first (seeded-shuffle) batch calibrates --budget's ranks: any format
+    /// `train --data` takes.
+    #[arg(long, value_name = "DATA")]
+    calibration: Option<PathBuf>,
     /// Patch size of gradient filtering: 2, 4 or 7.
     #[arg(long, default_value_t = 2)]
     patch: u32,
@@ -399,6 +412,7 @@ impl CompileArgs {
             warmup_steps: self.warmup_steps,
             clip_grad_norm: self.clip_grad_norm,
             compression: self.compression()?,
+            fixed_ranks: Default::default(),
             prefix: match self.prefix {
                 PrefixArg::Auto => PrefixRunner::Auto,
                 PrefixArg::Actc => PrefixRunner::Actc,
@@ -458,7 +472,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     if matches!(
         cli.command,
-        Command::Train { .. } | Command::Eval { .. } | Command::Bench { .. }
+        Command::Compile { .. }
+            | Command::Train { .. }
+            | Command::Eval { .. }
+            | Command::Bench { .. }
     ) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match cli.threads {
@@ -475,9 +492,27 @@ fn run(cli: Cli) -> Result<()> {
             opts,
             output,
             dump_ir,
+            prep,
         } => {
-            let options = opts.options()?;
+            let mut options = opts.options()?;
             let start = std::time::Instant::now();
+            match (opts.budget, &opts.calibration) {
+                (Some(budget), Some(data)) => {
+                    let choices =
+                        budget::calibrate(&model, &options, budget, data, &prep.options())?;
+                    eprint!("{}", budget::report(&choices, budget));
+                    options.fixed_ranks = budget::fixed_ranks(&choices);
+                }
+                (Some(_), None) => {
+                    return Err(err!(
+                        "--budget needs --calibration DATA: a batch of training data to choose the ranks on"
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(err!("--calibration is only read with --budget SIZE"));
+                }
+                (None, None) => {}
+            }
             let compiled = compile_file(&model, &options)?;
             let out = output.unwrap_or_else(|| {
                 let stem = model

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::{self, submodel};
-use crate::passes::compress::{Compression, compress};
+use crate::passes::compress::{Compression, FixedRanks, compress};
 use crate::passes::optim::{Optimizer, append_updates};
 use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection, select};
@@ -14,7 +14,7 @@ use crate::{bail, err};
 use actc_runtime::ops;
 use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source};
 use prost::Message;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 #[derive(Clone, Debug)]
@@ -29,6 +29,8 @@ pub struct CompileOptions {
     pub warmup_steps: u32,
     pub clip_grad_norm: Option<f32>,
     pub compression: Compression,
+    /// HOSVD ranks per layer (forward node name) fixed ahead, by `--budget`.
+    pub fixed_ranks: BTreeMap<String, FixedRanks>,
     pub prefix: PrefixRunner,
     /// Samples per run of the prefix [default: the most whose activations fit the arena the
     /// training part needs].
@@ -53,6 +55,7 @@ impl Default for CompileOptions {
             warmup_steps: 0,
             clip_grad_norm: None,
             compression: Compression::None,
+            fixed_ranks: BTreeMap::new(),
             prefix: PrefixRunner::Auto,
             prefix_batch: None,
         }
@@ -106,7 +109,7 @@ pub fn compile_model(
         .filter(|l| l.from_output > 0)
         .map(|l| l.node.clone())
         .collect();
-    let saved = compress(&mut graph, &layers, opts.compression);
+    let saved = compress(&mut graph, &layers, opts.compression, &opts.fixed_ranks);
     append_updates(&mut graph, &grads, &opts.optimizer, opts.clip_grad_norm);
     let order = schedule::schedule(&graph);
     let ir = graph.dump(&order);

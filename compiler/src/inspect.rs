@@ -261,13 +261,19 @@ pub fn text(plan: &Plan) -> String {
         total_bwd as f64 / 1e6
     );
     let _ = writeln!(out, "saved for backward {}", human(mem.saved));
-    let _ = writeln!(
+    let _ = write!(
         out,
         "weights           {} trainable, {} frozen; optimizer state {}",
         human(bytes_of(plan, &[BufferKind::Trainable])),
         human(bytes_of(plan, &[BufferKind::Frozen])),
         human(bytes_of(plan, &[BufferKind::OptimizerState]))
     );
+    match bytes_of(plan, &[BufferKind::CompressorState]) {
+        0 => out.push('\n'),
+        b => {
+            let _ = writeln!(out, "; fixed-rank factors {}", human(b));
+        }
+    }
     let _ = writeln!(
         out,
         "arena             {} planned peak (naive sum {}, {:.2}x smaller)",
@@ -344,6 +350,7 @@ pub fn json(plan: &Plan) -> Value {
             "trainable_bytes": bytes_of(plan, &[BufferKind::Trainable]),
             "frozen_bytes": bytes_of(plan, &[BufferKind::Frozen]),
             "optimizer_state_bytes": bytes_of(plan, &[BufferKind::OptimizerState]),
+            "compressor_state_bytes": bytes_of(plan, &[BufferKind::CompressorState]),
             "planned_peak_bytes": mem.arena + mem.persistent,
         },
     })

@@ -25,7 +25,7 @@ pub struct DataOptions {
 }
 
 impl DataOptions {
-    fn preprocess(&self, sample_shape: &[usize], data: &Dataset) -> Result<Preprocess> {
+    pub(crate) fn preprocess(&self, sample_shape: &[usize], data: &Dataset) -> Result<Preprocess> {
         let mut p = Preprocess::for_input(sample_shape, data).map_err(|e| err!("{e}"))?;
         if let Some(s) = self.scale {
             p.scale = Some(s);

@@ -390,6 +390,11 @@ pub struct Hosvd {
     /// Rank cap per mode: sizes the compressed buffer.
     #[prost(uint32, repeated, tag = "2")]
     pub caps: Vec<u32>,
+    /// Ranks fixed at the caps (chosen by `--budget`'s calibration; `eps` is the share that
+    /// chose them): no ε rule per step, and each mode's factor comes from one subspace
+    /// iteration started from the previous step's, kept in the step's second input.
+    #[prost(bool, tag = "3")]
+    pub fixed: bool,
 }
 
 /// Truncated SVD of the (batch, rest) unfolding (the paper's SVD baseline).

@@ -131,6 +131,8 @@ pub enum BufferKind {
     OptimizerState = 10,
     /// The model input, read by the prefix steps when actc runs the prefix itself.
     Input = 11,
+    /// What a compression carries from step to step (a fixed-rank HOSVD's factors).
+    CompressorState = 12,
 }
 
 impl BufferKind {
@@ -138,7 +140,10 @@ impl BufferKind {
     pub fn is_persistent(self) -> bool {
         matches!(
             self,
-            BufferKind::Trainable | BufferKind::Frozen | BufferKind::OptimizerState
+            BufferKind::Trainable
+                | BufferKind::Frozen
+                | BufferKind::OptimizerState
+                | BufferKind::CompressorState
         )
     }
 }

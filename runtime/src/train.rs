@@ -178,7 +178,12 @@ impl Session {
     /// Feeds the batch of `rows`; rows beyond `rows.len()` repeat the last sample (a short
     /// final batch in evaluation). From the cache when it holds every sample of the batch,
     /// else through preprocessing and the prefix (then caching what the budget allows).
-    fn load(&mut self, data: &Dataset, prep: &Preprocess, rows: &[usize]) -> Result<(), ExecError> {
+    pub fn load(
+        &mut self,
+        data: &Dataset,
+        prep: &Preprocess,
+        rows: &[usize],
+    ) -> Result<(), ExecError> {
         let b = self.batch();
         let row = |r: usize| rows[r.min(rows.len() - 1)];
         let cached = (0..b).all(|r| self.cache.holds(data, prep, row(r)));

@@ -173,3 +173,125 @@ fn gradient_filtering_trains() {
         "loss did not fall: {losses:?}"
     );
 }
+
+fn fashion_mnist() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/data/fashion-mnist")
+}
+
+/// `--budget`: calibration picks ranks whose compressed inputs fit the budget, a larger
+/// budget buys a smaller gradient error, and the plan reserves exactly what was chosen and
+/// trains at those ranks.
+#[test]
+fn a_budget_fixes_ranks_that_fit_it() {
+    use actc::budget;
+    use actc_runtime::ops::Kind;
+    let shape = vec![8, 3, 32, 32];
+    let opts = CompileOptions {
+        compression: Compression::Hosvd {
+            eps: 0.8,
+            max_rank: 32,
+        },
+        ..common::options(Layers::Last(4), Some(shape.clone()))
+    };
+    let model = common::model("mobilenetv2");
+    let prep = actc::run::DataOptions::default();
+    let mut last_error = f64::INFINITY;
+    for budget in [20_000, 200_000] {
+        let choices = budget::calibrate(&model, &opts, budget, &fashion_mnist(), &prep).unwrap();
+        assert_eq!(choices.len(), 4, "the inputs of the 4 trained convs");
+        let total: usize = choices.iter().map(|c| c.choice.bytes).sum();
+        assert!(total <= budget, "{total} B over the budget {budget}");
+        let error: f64 = choices.iter().map(|c| c.choice.error).sum();
+        assert!(
+            error < last_error,
+            "budget {budget}: error {error} vs {last_error}"
+        );
+        last_error = error;
+
+        let fixed = CompileOptions {
+            fixed_ranks: budget::fixed_ranks(&choices),
+            ..opts.clone()
+        };
+        let plan = compile_file(&model, &fixed).unwrap().plan;
+        let reserved: u64 = plan
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.op.as_ref().and_then(|o| o.kind.as_ref()),
+                    Some(Kind::Compress(_))
+                )
+            })
+            .map(|s| plan.buffer(s.outputs[0]).bytes + plan.buffer(s.inputs[1]).bytes)
+            .sum();
+        assert_eq!(
+            reserved as usize, total,
+            "the plan holds what calibration counted"
+        );
+
+        let boundary = common::boundary(&plan, &varied(shape.iter().product()));
+        let mut exec = Executor::new(plan, 3).unwrap();
+        for _ in 0..3 {
+            common::feed(&mut exec, &boundary, |i| (i % 10) as u32);
+            assert!(exec.train_step().is_finite());
+        }
+        for (s, c) in exec.compression_stats().iter().zip(&choices) {
+            assert_eq!(s.layer, c.layer);
+            for m in 0..4 {
+                assert_eq!(
+                    s.rank_min[m] as u32, c.choice.ranks[m],
+                    "{} mode {m}",
+                    s.layer
+                );
+                assert_eq!(
+                    s.rank_max[m] as u32, c.choice.ranks[m],
+                    "{} mode {m}",
+                    s.layer
+                );
+            }
+            assert_eq!(s.truncated, 0);
+        }
+    }
+}
+
+/// Fixed ranks as large as the modes keep everything: the uncompressed gradients.
+#[test]
+fn full_fixed_ranks_give_the_uncompressed_gradients() {
+    use actc::passes::compress::FixedRanks;
+    let (name, layers, shape) = CASES[1];
+    let hosvd = Compression::Hosvd {
+        eps: 0.8,
+        max_rank: 4096,
+    };
+    let capped = plan(name, layers, shape, hosvd);
+    let fixed_ranks = capped
+        .steps
+        .iter()
+        .filter_map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+            Some(actc_runtime::ops::Kind::Compress(c)) => Some((
+                s.origin.clone(),
+                FixedRanks {
+                    eps: 1.0,
+                    ranks: c.shape.iter().map(|&d| d as u32).collect(),
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let opts = CompileOptions {
+        compression: hosvd,
+        fixed_ranks,
+        ..common::options(layers, Some(shape.to_vec()))
+    };
+    let fixed = compile_file(&common::model(name), &opts).unwrap().plan;
+    let (loss, want) = one_step(&plan(name, layers, shape, Compression::None));
+    let (l, got) = one_step(&fixed);
+    assert!((l - loss).abs() <= 1e-6 * loss.abs(), "loss {l} vs {loss}");
+    for (k, w) in &want {
+        let err = got[k]
+            .iter()
+            .zip(w)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-4 * max_abs(w), "{k} differs by {err}");
+    }
+}

@@ -197,4 +197,19 @@ fn bad_compression_flags() {
     );
     let msg = compile_fails(&dir, &m, &["--layers", "1", "--compress", "tucker"]);
     assert!(msg.contains("tucker"), "{msg}");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/fashion-mnist");
+    let hosvd = ["--layers", "1", "--compress", "hosvd"];
+    let msg = compile_fails(&dir, &m, &[&hosvd[..], &["--budget", "10K"]].concat());
+    assert!(msg.contains("--calibration"), "{msg}");
+    let msg = compile_fails(&dir, &m, &[&hosvd[..], &["--calibration", data]].concat());
+    assert!(msg.contains("--budget"), "{msg}");
+    let budget = ["--budget", "10K", "--calibration", data];
+    let msg = compile_fails(&dir, &m, &[&["--layers", "1"][..], &budget].concat());
+    assert!(msg.contains("--compress hosvd"), "{msg}");
+    let tiny = ["--budget", "8", "--calibration", data];
+    let msg = compile_fails(&dir, &m, &[&hosvd[..], &tiny].concat());
+    assert!(
+        msg.contains("--budget 8") && msg.contains("at least"),
+        "{msg}"
+    );
 }

@@ -14,12 +14,16 @@ fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compres
         compression,
         ..common::options(layers, Some(shape.to_vec()))
     };
-    let text = match compile_file(&common::model(name), &opts) {
+    snapshot_with(name, shape, &opts, &flags(compression))
+}
+
+fn snapshot_with(name: &str, shape: &[usize], opts: &CompileOptions, flags: &str) -> String {
+    let layers = opts.layers;
+    let text = match compile_file(&common::model(name), opts) {
         Ok(c) => {
             let m = c.plan.memory.clone().unwrap_or_default();
             format!(
-                "# {name} --layers {layers}{} --input-shape {}\n# arena {} B (training {} B{}), naive {} B, persistent {} B, saved {} B\n{}",
-                flags(compression),
+                "# {name} --layers {layers}{flags} --input-shape {}\n# arena {} B (training {} B{}), naive {} B, persistent {} B, saved {} B\n{}",
                 shape
                     .iter()
                     .map(|d| d.to_string())
@@ -98,4 +102,39 @@ fn compressed_training_graphs() {
             insta::assert_snapshot!(format!("{name}__layers_4__{method}"), text);
         }
     }
+}
+
+/// `--budget`'s rewrite, with ranks given (calibration is tested in compress.rs): each
+/// Compress reads and writes its persistent factors, and the buffers are sized at the ranks.
+#[test]
+fn fixed_rank_training_graph() {
+    use actc::passes::compress::FixedRanks;
+    let shape = [2, 3, 16, 16];
+    let fixed_ranks = [
+        ("/conv1/Conv", [2, 1, 1, 2]),
+        ("/dw/Conv", [2, 2, 1, 1]),
+        ("/gconv/Conv", [1, 2, 2, 1]),
+        ("/dil/Conv", [1, 1, 1, 1]),
+        ("/branch/Conv", [2, 3, 2, 2]),
+        ("/conv_out/Conv", [1, 4, 2, 1]),
+    ]
+    .into_iter()
+    .map(|(layer, ranks)| {
+        let f = FixedRanks {
+            eps: 0.8,
+            ranks: ranks.to_vec(),
+        };
+        (layer.to_string(), f)
+    })
+    .collect();
+    let opts = CompileOptions {
+        compression: Compression::Hosvd {
+            eps: 0.8,
+            max_rank: 32,
+        },
+        fixed_ranks,
+        ..common::options(Layers::All, Some(shape.to_vec()))
+    };
+    let text = snapshot_with("tiny_cnn", &shape, &opts, " --compress hosvd (fixed ranks)");
+    insta::assert_snapshot!("tiny_cnn__layers_all__hosvd_fixed", text);
 }

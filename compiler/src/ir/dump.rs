@@ -100,6 +100,11 @@ fn compressor(c: &Compressor) -> String {
         v.join(",")
     };
     match &c.method {
+        Some(Method::Hosvd(h)) if h.fixed => format!(
+            "hosvd ranks=[{}] (eps={} on calibration)",
+            list(&h.caps),
+            h.eps
+        ),
         Some(Method::Hosvd(h)) => format!("hosvd eps={} caps=[{}]", h.eps, list(&h.caps)),
         Some(Method::Svd(s)) => format!("svd eps={} cap={}", s.eps, s.cap),
         Some(Method::GradFilter(f)) => format!("gradfilter patch={}", f.patch),

@@ -64,6 +64,8 @@ pub enum Role {
     Loss,
     Gradient,
     OptimizerState,
+    /// What a compression carries from one step to the next.
+    CompressorState,
 }
 
 #[derive(Clone, Debug)]

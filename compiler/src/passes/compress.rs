@@ -16,7 +16,7 @@ use crate::ir::{Graph, NodeOp, Role, Tensor, TensorId};
 use actc_runtime::ops::{self, Compressor, Kind, Method};
 use actc_runtime::plan::{DType, Phase};
 use petgraph::stable_graph::NodeIndex;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum Compression {
@@ -28,6 +28,14 @@ pub enum Compression {
     Svd { eps: f32, max_rank: u32 },
     /// Gradient filtering with `patch`×`patch` patches (convs only).
     GradFilter { patch: u32 },
+}
+
+/// A layer's HOSVD ranks chosen ahead (by `--budget`'s calibration), with the ε that gave
+/// them on the calibration batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedRanks {
+    pub eps: f32,
+    pub ranks: Vec<u32>,
 }
 
 /// Forward values that backward nodes read: what the planner keeps alive across the step.
@@ -51,25 +59,27 @@ pub fn saved_activations(graph: &Graph) -> BTreeSet<TensorId> {
 
 /// Wraps the saved input of every weight gradient of a layer in `layers` (forward node
 /// names) in Compress/Decompress, then fuses; and whatever the compression, keeps the saved
-/// input of each ReLU and Clip as a 1-bit mask. Returns the saved activations afterwards.
+/// input of each ReLU and Clip as a 1-bit mask. Layers in `fixed` (HOSVD only) keep the
+/// ranks given there every step. Returns the saved activations afterwards.
 pub fn compress(
     graph: &mut Graph,
     layers: &BTreeSet<String>,
     compression: Compression,
+    fixed: &BTreeMap<String, FixedRanks>,
 ) -> BTreeSet<TensorId> {
     masks(graph);
     if compression != Compression::None {
-        let targets: Vec<NodeIndex> = graph
+        let targets: Vec<(NodeIndex, Compressor)> = graph
             .nodes
             .node_indices()
             .filter(|&n| {
                 let node = &graph.nodes[n];
                 node.origin.as_ref().is_some_and(|o| layers.contains(o))
-                    && compressor(graph, n, compression).is_some()
             })
+            .filter_map(|n| Some((n, compressor(graph, n, compression, fixed)?)))
             .collect();
-        for n in targets {
-            wrap(graph, n, compression);
+        for (n, c) in targets {
+            wrap(graph, n, c);
         }
         fuse(graph);
     }
@@ -77,7 +87,12 @@ pub fn compress(
 }
 
 /// The compressor for weight-gradient node `n`'s saved input, if the method applies to it.
-fn compressor(graph: &Graph, n: NodeIndex, compression: Compression) -> Option<Compressor> {
+fn compressor(
+    graph: &Graph,
+    n: NodeIndex,
+    compression: Compression,
+    fixed: &BTreeMap<String, FixedRanks>,
+) -> Option<Compressor> {
     let node = &graph.nodes[n];
     let NodeOp::Kernel(kind) = &node.op else {
         return None;
@@ -98,13 +113,23 @@ fn compressor(graph: &Graph, n: NodeIndex, compression: Compression) -> Option<C
     let numel: usize = dims.iter().product();
     let method = match compression {
         Compression::None => return None,
-        Compression::Hosvd { eps, max_rank } => Method::Hosvd(ops::Hosvd {
-            eps,
-            caps: dims
-                .iter()
-                .map(|&d| cap(max_rank, d, numel) as u32)
-                .collect(),
-        }),
+        Compression::Hosvd { eps, max_rank } => {
+            Method::Hosvd(match node.origin.as_ref().and_then(|o| fixed.get(o)) {
+                Some(f) => ops::Hosvd {
+                    eps: f.eps,
+                    caps: f.ranks.clone(),
+                    fixed: true,
+                },
+                None => ops::Hosvd {
+                    eps,
+                    caps: dims
+                        .iter()
+                        .map(|&d| cap(max_rank, d, numel) as u32)
+                        .collect(),
+                    fixed: false,
+                },
+            })
+        }
         Compression::Svd { eps, max_rank } => Method::Svd(ops::Svd {
             eps,
             cap: cap(max_rank, dims[0], numel) as u32,
@@ -127,9 +152,9 @@ fn compressor(graph: &Graph, n: NodeIndex, compression: Compression) -> Option<C
     })
 }
 
-/// x → Compress → packed → Decompress → x̂ → the weight gradient `n`.
-fn wrap(graph: &mut Graph, n: NodeIndex, compression: Compression) {
-    let c = compressor(graph, n, compression).expect("targets have a compressor");
+/// x → Compress → packed → Decompress → x̂ → the weight gradient `n`. A compression with
+/// state reads and writes it in a persistent tensor, its second input.
+fn wrap(graph: &mut Graph, n: NodeIndex, c: Compressor) {
     let x = graph.nodes[n].inputs[0];
     let origin = graph.nodes[n].origin.clone();
     let layer = origin.clone().unwrap_or_default();
@@ -139,11 +164,18 @@ fn wrap(graph: &mut Graph, n: NodeIndex, compression: Compression) {
         vec![c.packed_len()],
         DType::F32,
     );
+    let mut inputs = vec![x];
+    if c.state_len() > 0 {
+        inputs.push(graph.add_tensor(Tensor {
+            role: Role::CompressorState,
+            ..Tensor::value(format!("{x_name}.factors"), vec![c.state_len()], DType::F32)
+        }));
+    }
     let packed = emit(
         graph,
         format!("{layer}/compress_input"),
         Kind::Compress(c.clone()),
-        vec![x],
+        inputs,
         vec![packed],
         Phase::Forward,
         origin.clone(),

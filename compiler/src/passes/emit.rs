@@ -50,6 +50,7 @@ pub fn emit(
             Role::Trainable => BufferKind::Trainable,
             Role::Const => BufferKind::Frozen,
             Role::OptimizerState => BufferKind::OptimizerState,
+            Role::CompressorState => BufferKind::CompressorState,
             Role::Gradient if weight_grads.contains(&t) => BufferKind::WeightGradient,
             Role::Gradient => BufferKind::Gradient,
             Role::Value if saved.contains(&t) => BufferKind::Saved,

@@ -102,7 +102,7 @@ impl Compressor {
 
     pub fn compress_workspace_len(&self) -> usize {
         match self.method() {
-            Method::Hosvd(h) => hosvd::workspace_len(&self.dims(), &Self::caps(h)),
+            Method::Hosvd(h) => hosvd::workspace_len(&self.dims(), &Self::caps(h), h.fixed),
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::workspace_len(rows, cols, s.cap as usize)
@@ -142,12 +142,35 @@ impl Compressor {
         }
     }
 
+    /// Floats of the state a compression keeps from step to step: the factors of a
+    /// fixed-rank HOSVD; nothing otherwise.
+    pub fn state_len(&self) -> usize {
+        match self.method() {
+            Method::Hosvd(h) if h.fixed => hosvd::state_len(&self.dims(), &Self::caps(h)),
+            _ => 0,
+        }
+    }
+
     /// x → packed; returns the ranks used (zero for gradient filtering, which has none).
-    pub fn compress(&self, x: &[f32], packed: &mut [f32], ws: &mut [f32]) -> Ranks {
+    /// `state` (of [`state_len`], when that is not 0) carries what the next step starts from.
+    ///
+    /// [`state_len`]: Compressor::state_len
+    pub fn compress(
+        &self,
+        x: &[f32],
+        state: &mut [f32],
+        packed: &mut [f32],
+        ws: &mut [f32],
+    ) -> Ranks {
         match self.method() {
             Method::Hosvd(h) => {
                 let caps = Self::caps(h);
-                hosvd::compress(x, &self.dims(), h.eps, &caps, packed, ws)
+                let rule = if h.fixed {
+                    hosvd::Rule::Fixed(state)
+                } else {
+                    hosvd::Rule::Eps(h.eps)
+                };
+                hosvd::compress(x, &self.dims(), rule, &caps, packed, ws)
             }
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();

@@ -6,7 +6,10 @@
 //! `[r_1..r_N as f32 | U_1 (D_1 × r_1) in a slot of D_1·cap_1 | … | U_N | core (r_1×…×r_N) in a
 //! slot of Π cap_n]`, every matrix row-major.
 
-use super::modal::{Fold, leading_vectors, leading_vectors_workspace_len, mode_product};
+use super::modal::{
+    Fold, fixed_vectors, fixed_vectors_workspace_len, leading_vectors,
+    leading_vectors_workspace_len, mode_product,
+};
 use crate::kernels::conv::{self, Conv2dGeom};
 use crate::kernels::gemm::sgemm;
 
@@ -17,6 +20,21 @@ pub struct Ranks {
     pub used: [usize; 4],
     /// The ε rule's rank before the cap; above `used` when the cap truncated.
     pub wanted: [usize; 4],
+}
+
+/// How each mode's rank is decided.
+pub enum Rule<'a> {
+    /// The paper's ε rule, capped.
+    Eps(f32),
+    /// The caps themselves, every step: the factors are tracked from step to step in the
+    /// state (the previous step's factors, laid out as in the packed buffer: U₁ in a slot of
+    /// D₁·cap₁, …; zeros before the first step), of [`state_len`].
+    Fixed(&'a mut [f32]),
+}
+
+/// Floats of a fixed-rank compression's state: every mode's factor at its cap.
+pub fn state_len(dims: &[usize], caps: &[usize]) -> usize {
+    dims.iter().zip(caps).map(|(d, c)| d * c).sum()
 }
 
 pub fn packed_len(dims: &[usize], caps: &[usize]) -> usize {
@@ -41,10 +59,17 @@ fn chain_buffer_len(dims: &[usize], caps: &[usize]) -> usize {
         .unwrap_or(0)
 }
 
-pub fn workspace_len(dims: &[usize], caps: &[usize]) -> usize {
+/// Scratch of [`compress`]; `fixed` for [`Rule::Fixed`].
+pub fn workspace_len(dims: &[usize], caps: &[usize], fixed: bool) -> usize {
     check(dims, caps);
     let factors = (0..dims.len())
-        .map(|n| leading_vectors_workspace_len(Fold::of(dims, n)))
+        .map(|n| {
+            let f = Fold::of(dims, n);
+            match fixed {
+                true => fixed_vectors_workspace_len(f, reachable(dims, caps, n)),
+                false => leading_vectors_workspace_len(f),
+            }
+        })
         .max()
         .unwrap_or(0);
     factors.max(2 * chain_buffer_len(dims, caps))
@@ -55,12 +80,12 @@ pub fn reconstruct_workspace_len(dims: &[usize], caps: &[usize]) -> usize {
     2 * chain_buffer_len(dims, caps)
 }
 
-/// Compresses `a` (shape `dims`) into `packed` (of [`packed_len`]): every mode's factor by
-/// the ε rule capped at `caps[n]`, then the core S = A ×₁ U₁ᵀ … ×ₙ Uₙᵀ.
+/// Compresses `a` (shape `dims`) into `packed` (of [`packed_len`]): every mode's factor at
+/// the rank `rule` gives, at most `caps[n]`, then the core S = A ×₁ U₁ᵀ … ×ₙ Uₙᵀ.
 pub fn compress(
     a: &[f32],
     dims: &[usize],
-    eps: f32,
+    mut rule: Rule,
     caps: &[usize],
     packed: &mut [f32],
     ws: &mut [f32],
@@ -68,7 +93,7 @@ pub fn compress(
     check(dims, caps);
     debug_assert_eq!(a.len(), dims.iter().product::<usize>());
     debug_assert_eq!(packed.len(), packed_len(dims, caps));
-    debug_assert!(ws.len() >= workspace_len(dims, caps));
+    debug_assert!(ws.len() >= workspace_len(dims, caps, matches!(rule, Rule::Fixed(_))));
     let nm = dims.len();
     let mut ranks = Ranks {
         used: [0; 4],
@@ -77,11 +102,20 @@ pub fn compress(
     let (header, body) = packed.split_at_mut(nm);
     let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
     let mut rest = &mut factors[..];
+    let mut slot = 0;
     for n in 0..nm {
         let (u, tail) = rest.split_at_mut(dims[n] * caps[n]);
         rest = tail;
         let cap = reachable(dims, caps, n);
-        let (used, wanted) = leading_vectors(a, Fold::of(dims, n), eps, cap, u, None, ws);
+        let f = Fold::of(dims, n);
+        let (used, wanted) = match &mut rule {
+            Rule::Eps(eps) => leading_vectors(a, f, *eps, cap, u, None, ws),
+            Rule::Fixed(state) => {
+                fixed_vectors(a, f, cap, u, &mut state[slot..], ws);
+                (cap, cap)
+            }
+        };
+        slot += dims[n] * caps[n];
         ranks.used[n] = used;
         ranks.wanted[n] = wanted;
         header[n] = used as f32;

@@ -102,7 +102,6 @@ pub(crate) fn leading_vectors(
     let (gram, rest) = ws.split_at_mut(n * n);
     let (vecs, rest) = rest.split_at_mut(n * n);
     let vals = &mut rest[..n];
-    let left = f.d <= f.rest();
     self::gram(a, f, gram, vecs);
     let block = cap + OVERSAMPLE;
     let wanted = if eps >= 1.0 {
@@ -121,6 +120,90 @@ pub(crate) fn leading_vectors(
         eps_rank(vals, eps)
     };
     let used = wanted.min(cap).min(n);
+    if let Some(s) = sig2 {
+        s[..used].copy_from_slice(&vals[..used]);
+    }
+    write_factor(a, f, used, u, ws);
+    (used, wanted)
+}
+
+/// Uₙ at a fixed rank `r` (at most the Gram order), as [`leading_vectors`] writes it, for
+/// ranks chosen ahead (`--budget`), tracked from step to step: `start` (D × r, row-major)
+/// holds the previous step's Uₙ and receives this one. Consecutive batches share most of
+/// their leading subspace, so one block power step from the last factor, Q = orth(A₍ₙ₎A₍ₙ₎ᵀ
+/// U_prev), and a Rayleigh–Ritz step find it again. Applied through the unfolding, never
+/// forming the Gram matrix: three products of D·P·Q·r instead of one of D·P·Q·min(D, P·Q).
+/// A zero `start` (the first step) and small modes take the Gram path instead.
+pub(crate) fn fixed_vectors(
+    a: &[f32],
+    f: Fold,
+    r: usize,
+    u: &mut [f32],
+    start: &mut [f32],
+    ws: &mut [f32],
+) {
+    let n = f.gram_order();
+    debug_assert!((1..=n).contains(&r));
+    let d = f.d;
+    let start = &mut start[..d * r];
+    let block = r + OVERSAMPLE;
+    if n < SUBSPACE_MIN_ORDER || 4 * block > n || start.iter().all(|&v| v == 0.0) {
+        let (gram, rest) = ws.split_at_mut(n * n);
+        let (vecs, rest) = rest.split_at_mut(n * n);
+        let vals = &mut rest[..n];
+        self::gram(a, f, gram, vecs);
+        if n < SUBSPACE_MIN_ORDER || 4 * block > n {
+            eigh_desc(gram, n, vals, vecs);
+        } else {
+            top_eigenpairs(gram, n, block, vals, vecs);
+        }
+        write_factor(a, f, r, u, ws);
+    } else {
+        let cols = f.rest();
+        let (z, rest) = ws.split_at_mut(r * cols);
+        let (q, rest) = rest.split_at_mut(d * r);
+        let (t, rest) = rest.split_at_mut(r * r);
+        let (w, rest) = rest.split_at_mut(r * r);
+        let theta = &mut rest[..r];
+        // Q = orth(A·(Aᵀ·U_prev))
+        factor_times_unfolding(a, f, start, r, z);
+        unfolding_times(a, f, z, (1, cols), r, q);
+        orthonormalize(q, d, r, (r, 1));
+        // Rayleigh–Ritz: the eigenvectors W of T = (QᵀA)(QᵀA)ᵀ rotate Q into U = Q·Wᵀ.
+        factor_times_unfolding(a, f, q, r, z);
+        sgemm(r, r, cols, 1.0, z, (cols, 1), z, (1, cols), 0.0, t, (r, 1));
+        eigh_desc(t, r, theta, w);
+        sgemm(
+            d,
+            r,
+            r,
+            1.0,
+            q,
+            (r, 1),
+            w,
+            (1, r),
+            0.0,
+            &mut u[..d * r],
+            (r, 1),
+        );
+        fix_signs(&mut u[..d * r], d, r);
+    }
+    start.copy_from_slice(&u[..d * r]);
+}
+
+/// Scratch of [`fixed_vectors`] for a mode of this fold at rank `r`.
+pub(crate) fn fixed_vectors_workspace_len(f: Fold, r: usize) -> usize {
+    leading_vectors_workspace_len(f).max(r * f.rest() + f.d * r + 2 * r * r + r)
+}
+
+/// Writes Uₙ (D × used, row-major) at the start of `u` from the eigenvectors in `ws`'s
+/// second n × n block (as [`leading_vectors`] and [`fixed_vectors`] leave them), the first
+/// block being free scratch.
+fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) {
+    let n = f.gram_order();
+    let (gram, rest) = ws.split_at_mut(n * n);
+    let vecs = &rest[..n * n];
+    let left = f.d <= f.rest();
     let d = f.d;
     let u = &mut u[..d * used];
     if left {
@@ -137,26 +220,28 @@ pub(crate) fn leading_vectors(
                 v[c * used + j] = x;
             }
         }
-        unfolding_times(a, f, v, used, u);
+        unfolding_times(a, f, v, (used, 1), used, u);
         // A₍ₙ₎V has the directions of UΣ; normalising by a σ computed through the squared
         // Gram is inaccurate for small σ, orthonormalising the columns is not.
         orthonormalize(u, d, used, (used, 1));
     }
-    for j in 0..used {
+    fix_signs(u, d, used);
+}
+
+/// Makes each column's largest-magnitude entry positive (u is D × r, row-major), so the
+/// factors do not depend on the eigensolver's sign choices.
+fn fix_signs(u: &mut [f32], d: usize, r: usize) {
+    for j in 0..r {
         let (mut big, mut at) = (0.0f32, 0);
         for i in 0..d {
-            if u[i * used + j].abs() > big {
-                (big, at) = (u[i * used + j].abs(), i);
+            if u[i * r + j].abs() > big {
+                (big, at) = (u[i * r + j].abs(), i);
             }
         }
-        if u[at * used + j] < 0.0 {
-            (0..d).for_each(|i| u[i * used + j] = -u[i * used + j]);
+        if u[at * r + j] < 0.0 {
+            (0..d).for_each(|i| u[i * r + j] = -u[i * r + j]);
         }
     }
-    if let Some(s) = sig2 {
-        s[..used].copy_from_slice(&vals[..used]);
-    }
-    (used, wanted)
 }
 
 /// Modified Gram–Schmidt over `count` vectors of length `len` in `u`, element i of vector j
@@ -451,32 +536,38 @@ unsafe fn small_gram_avx2(a: &[f32], f: Fold, gram: &mut [f32]) {
     sums.write(d, gram);
 }
 
-/// out (D × r) = A₍ₙ₎ · v, v (PQ × r) row-major.
-fn unfolding_times(a: &[f32], f: Fold, v: &[f32], r: usize, out: &mut [f32]) {
+/// out (D × r, row-major) = A₍ₙ₎ · v, v (PQ × r) with element (c, k) at v[c·vs.0 + k·vs.1].
+fn unfolding_times(a: &[f32], f: Fold, v: &[f32], vs: Strides, r: usize, out: &mut [f32]) {
     let Fold { p, d, q } = f;
     if p <= q {
         for i in 0..p {
             let beta = if i == 0 { 0.0 } else { 1.0 };
-            let (x, vi) = (&a[i * d * q..], &v[i * q * r..]);
-            sgemm(d, r, q, 1.0, x, (q, 1), vi, (r, 1), beta, out, (r, 1));
+            let (x, vi) = (&a[i * d * q..], &v[i * q * vs.0..]);
+            sgemm(d, r, q, 1.0, x, (q, 1), vi, vs, beta, out, (r, 1));
         }
     } else {
         for j in 0..q {
             let beta = if j == 0 { 0.0 } else { 1.0 };
-            let (y, vj) = (&a[j..], &v[j * r..]);
-            sgemm(
-                d,
-                r,
-                p,
-                1.0,
-                y,
-                (q, d * q),
-                vj,
-                (q * r, 1),
-                beta,
-                out,
-                (r, 1),
-            );
+            let (y, vj) = (&a[j..], &v[j * vs.0..]);
+            let vjs = (q * vs.0, vs.1);
+            sgemm(d, r, p, 1.0, y, (q, d * q), vj, vjs, beta, out, (r, 1));
+        }
+    }
+}
+
+/// out (r × P·Q) = uᵀ · A₍ₙ₎, u (D × r) row-major: the unfolding's columns in the basis u.
+fn factor_times_unfolding(a: &[f32], f: Fold, u: &[f32], r: usize, out: &mut [f32]) {
+    let Fold { p, d, q } = f;
+    let cols = f.rest();
+    if p <= q {
+        for i in 0..p {
+            let (x, o) = (&a[i * d * q..], &mut out[i * q..]);
+            sgemm(r, q, d, 1.0, u, (1, r), x, (q, 1), 0.0, o, (cols, 1));
+        }
+    } else {
+        for j in 0..q {
+            let (y, o) = (&a[j..], &mut out[j..]);
+            sgemm(r, p, d, 1.0, u, (1, r), y, (1, d * q), 0.0, o, (cols, q));
         }
     }
 }
@@ -503,6 +594,26 @@ const POWER_STEPS: usize = 4;
 /// f32 precision; the ε rule then reads them against the trace. Scratch: `vecs` (n × n)
 /// holds the k × n blocks, the k × k projection and its eigenpairs.
 fn top_eigenpairs(gram: &[f32], n: usize, k: usize, vals: &mut [f32], vecs: &mut [f32]) {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for v in &mut vecs[k * n..2 * k * n] {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *v = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+    }
+    subspace_iteration(gram, n, k, POWER_STEPS, vals, vecs);
+}
+
+/// [`top_eigenpairs`] from the start block the caller wrote in `vecs[k·n..2·k·n]` (k rows of
+/// n, any scale), with `steps` power steps before the Rayleigh–Ritz projection.
+fn subspace_iteration(
+    gram: &[f32],
+    n: usize,
+    k: usize,
+    steps: usize,
+    vals: &mut [f32],
+    vecs: &mut [f32],
+) {
     debug_assert!(3 * k * n + 2 * k * k + k <= n * n);
     let (out, rest) = vecs.split_at_mut(k * n);
     let (qt, rest) = rest.split_at_mut(k * n);
@@ -510,15 +621,8 @@ fn top_eigenpairs(gram: &[f32], n: usize, k: usize, vals: &mut [f32], vecs: &mut
     let (t, rest) = rest.split_at_mut(k * k);
     let (w, rest) = rest.split_at_mut(k * k);
     let theta = &mut rest[..k];
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for v in qt.iter_mut() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        *v = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-    }
     orthonormalize_rows(qt, n, k);
-    for _ in 0..POWER_STEPS {
+    for _ in 0..steps {
         // Yᵀ = Qᵀ·G (G is symmetric)
         sgemm(k, n, n, 1.0, qt, (n, 1), gram, (n, 1), 0.0, yt, (n, 1));
         qt.copy_from_slice(yt);

@@ -621,6 +621,14 @@ fn check_compression(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
         }
         _ => {}
     }
+    if matches!(kind, Some(Kind::Compress(_))) {
+        let state = s.inputs.get(1).map(|&b| plan.buffer(b));
+        match (c.state_len(), state) {
+            (0, None) => {}
+            (n, Some(b)) if n > 0 && b.numel() == n && b.kind() == BufferKind::CompressorState => {}
+            (n, _) => return Err(format!("a compression whose state is not {n} elements")),
+        }
+    }
     let want = c.packed_len();
     match packed.map(|&b| plan.buffer(b)) {
         Some(b) if b.numel() == want => Ok(()),

@@ -313,7 +313,14 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
         }
         Kind::PassMask(c) => act::pass_mask(c.min, c.max, x(0), unsafe { mem.u32_mut(bo(0)) }),
         Kind::MaskedGrad(_) => act::masked_grad(words(0), x(1), y(0)),
-        Kind::Compress(c) => return Ran::Compressed(c.compress(x(0), y(0), ws())),
+        Kind::Compress(c) => {
+            let state = if step.inputs.len() > 1 {
+                xm(1)
+            } else {
+                &mut [][..]
+            };
+            return Ran::Compressed(c.compress(x(0), state, y(0), ws()));
+        }
         Kind::Decompress(c) => c.decompress(x(0), y(0), ws()),
         Kind::ConvBackwardWeightCompressed(cc) => {
             let (conv, c) = compressed(&cc.conv, &cc.compressor);

@@ -1,6 +1,7 @@
 use super::*;
 use crate::compress::testutil::{assert_rel, golden, golden_conv};
 use crate::kernels::gemm::tests::counting;
+use crate::kernels::testutil::Lcg;
 
 const EPS: [(&str, f32); 4] = [("e050", 0.5), ("e080", 0.8), ("e090", 0.9), ("e100", 1.0)];
 /// Golden tensors and their conv cases (see make_compress_golden.py).
@@ -26,8 +27,8 @@ struct Compressed {
 
 fn compressed(x: &[f32], dims: &[usize], caps: &[usize], eps: f32) -> Compressed {
     let mut packed = vec![0.0; packed_len(dims, caps)];
-    let mut ws = vec![0.0; workspace_len(dims, caps)];
-    let ranks = compress(x, dims, eps, caps, &mut packed, &mut ws);
+    let mut ws = vec![0.0; workspace_len(dims, caps, false)];
+    let ranks = compress(x, dims, Rule::Eps(eps), caps, &mut packed, &mut ws);
     Compressed {
         dims: dims.to_vec(),
         caps: caps.to_vec(),
@@ -185,7 +186,7 @@ fn warm_calls_do_not_allocate() {
         .iter()
         .map(|g| conv_weight_grad_workspace_len(dims, &caps, g))
         .chain([
-            workspace_len(dims, &caps),
+            workspace_len(dims, &caps, false),
             reconstruct_workspace_len(dims, &caps),
         ])
         .max()
@@ -196,17 +197,17 @@ fn warm_calls_do_not_allocate() {
     // And a tensor whose channel mode is decomposed through the smaller Gram matrix.
     let x5 = golden("hosvd", "t5__x");
     let mut packed5 = vec![0.0; packed_len(&x5.shape, &x5.shape)];
-    let mut ws5 = vec![0.0; workspace_len(&x5.shape, &x5.shape)];
+    let mut ws5 = vec![0.0; workspace_len(&x5.shape, &x5.shape, false)];
     let mut step = |eps: f32| {
         compress(
             &x5.values,
             &x5.shape,
-            eps,
+            Rule::Eps(eps),
             &x5.shape,
             &mut packed5,
             &mut ws5,
         );
-        compress(&x.values, dims, eps, &caps, &mut packed, &mut ws);
+        compress(&x.values, dims, Rule::Eps(eps), &caps, &mut packed, &mut ws);
         for ((g, dy), dw) in geoms.iter().zip(&dys).zip(&mut dws) {
             conv_weight_grad(&packed, dims, &caps, g, dy, dw, &mut ws);
         }
@@ -226,7 +227,6 @@ fn warm_calls_do_not_allocate() {
 #[test]
 #[ignore = "a benchmark: run in release with --ignored --nocapture"]
 fn bench() {
-    use crate::kernels::testutil::Lcg;
     use std::time::Instant;
     // (input dims, c_out, kernel, groups): 224² input (7×7) and 32² input (1×1)
     let cases: [([usize; 4], usize, usize, usize); 8] = [
@@ -272,7 +272,7 @@ fn bench() {
         let mut packed = vec![0.0; packed_len(&dims, &caps)];
         let mut ws = vec![
             0.0;
-            workspace_len(&dims, &caps)
+            workspace_len(&dims, &caps, false)
                 .max(conv_weight_grad_workspace_len(&dims, &caps, &g))
                 .max(conv::workspace_len(&g))
         ];
@@ -287,7 +287,16 @@ fn bench() {
             t.elapsed().as_secs_f64() * 1e3 / reps as f64
         };
         let mut ranks = None;
-        let tc = time(&mut || ranks = Some(compress(&x, &dims, 0.8, &caps, &mut packed, &mut ws)));
+        let tc = time(&mut || {
+            ranks = Some(compress(
+                &x,
+                &dims,
+                Rule::Eps(0.8),
+                &caps,
+                &mut packed,
+                &mut ws,
+            ))
+        });
         let tg = time(&mut || conv_weight_grad(&packed, &dims, &caps, &g, &dy, &mut dw, &mut ws));
         let tv = time(&mut || conv::backward_weight(&g, &x, &dy, &mut dw, &mut ws));
         let r = ranks.unwrap().used;
@@ -297,5 +306,117 @@ fn bench() {
             paper_bytes(&dims, &r),
             numel * 4
         );
+    }
+}
+
+/// A (B, C, H, W) tensor whose channel unfolding is `rank` slowly decaying directions plus
+/// noise, so one subspace iteration from a random start would not find the leading ones.
+fn low_rank_channels(rng: &mut Lcg, dims: [usize; 4], rank: usize, mix: &[f32]) -> Vec<f32> {
+    let (c, rest) = (dims[1], dims[0] * dims[2] * dims[3]);
+    let r = rng.vec(rank * rest);
+    let hw = dims[2] * dims[3];
+    let mut x = vec![0.0; c * rest];
+    for (i, v) in x.iter_mut().enumerate() {
+        let (b, ch, s) = (i / (c * hw), i / hw % c, i % hw);
+        let col = b * hw + s;
+        let signal: f32 = (0..rank)
+            .map(|k| 0.85f32.powi(k as i32) * mix[ch * rank + k] * r[k * rest + col])
+            .sum();
+        *v = signal + 0.02 * rng.uniform();
+    }
+    x
+}
+
+/// 1 − ‖UᵀV‖²_F / r for two D × r orthonormal bases: 0 when they span the same subspace.
+fn subspace_gap(u: &[f32], v: &[f32], d: usize, r: usize) -> f32 {
+    let mut overlap = 0.0;
+    for j in 0..r {
+        for k in 0..r {
+            let dot: f32 = (0..d).map(|i| u[i * r + j] * v[i * r + k]).sum();
+            overlap += dot * dot;
+        }
+    }
+    1.0 - overlap / r as f32
+}
+
+fn reconstruction_error(x: &[f32], packed: &[f32], dims: &[usize], caps: &[usize]) -> f32 {
+    let mut out = vec![0.0; x.len()];
+    let mut ws = vec![0.0; reconstruct_workspace_len(dims, caps)];
+    reconstruct(packed, dims, caps, &mut out, &mut ws);
+    out.iter()
+        .zip(x)
+        .map(|(o, x)| (o - x) * (o - x))
+        .sum::<f32>()
+        .sqrt()
+}
+
+#[test]
+fn fixed_ranks_track_the_leading_subspace_from_step_to_step() {
+    // The channel mode's Gram on its left side (C ≤ B·H·W), then on its right side.
+    for dims in [[8, 144, 5, 5], [4, 160, 6, 6]] {
+        let mut rng = Lcg::new(3);
+        let rank = 24;
+        let mix = rng.vec(dims[1] * rank);
+        let caps = [2, 8, 3, 3];
+        let len = packed_len(&dims, &caps);
+        let mut ws = vec![0.0; workspace_len(&dims, &caps, true)];
+        let mut state = vec![0.0; state_len(&dims, &caps)];
+        let (mut fixed, mut capped) = (vec![0.0; len], vec![0.0; len]);
+
+        // The first step has nothing to start from: the capped ε rule's own computation.
+        let x = low_rank_channels(&mut rng, dims, rank, &mix);
+        let r = compress(
+            &x,
+            &dims,
+            Rule::Fixed(&mut state),
+            &caps,
+            &mut fixed,
+            &mut ws,
+        );
+        assert_eq!(r.used[..4], caps, "{dims:?}");
+        let e = compress(&x, &dims, Rule::Eps(0.99999), &caps, &mut capped, &mut ws);
+        assert_eq!(e.used[..4], caps, "the ε rule wants more than the caps");
+        assert_eq!(
+            fixed, capped,
+            "{dims:?}: a cold fixed step is the capped ε rule's"
+        );
+        assert_eq!(
+            state,
+            fixed[4..4 + state.len()],
+            "the state holds the factors"
+        );
+
+        // Later batches of the same distribution: one step from the last factors finds what
+        // the capped ε rule's POWER_STEPS from scratch find.
+        for step in 0..3 {
+            let x = low_rank_channels(&mut rng, dims, rank, &mix);
+            let r = compress(
+                &x,
+                &dims,
+                Rule::Fixed(&mut state),
+                &caps,
+                &mut fixed,
+                &mut ws,
+            );
+            assert_eq!(r.used[..4], caps);
+            compress(&x, &dims, Rule::Eps(0.99999), &caps, &mut capped, &mut ws);
+            let at = 4 + dims[0] * caps[0];
+            let factor = |p: &[f32]| p[at..at + dims[1] * caps[1]].to_vec();
+            let gap = subspace_gap(&factor(&fixed), &factor(&capped), dims[1], caps[1]);
+            // A start that carries no knowledge of the subspace leaves gaps above 0.05
+            // here after one step.
+            assert!(
+                gap < 0.02,
+                "{dims:?} step {step}: channel subspaces differ by {gap}"
+            );
+            let (got, best) = (
+                reconstruction_error(&x, &fixed, &dims, &caps),
+                reconstruction_error(&x, &capped, &dims, &caps),
+            );
+            assert!(
+                got <= best * 1.001,
+                "{dims:?} step {step}: error {got} vs {best} from scratch"
+            );
+        }
     }
 }
