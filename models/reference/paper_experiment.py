@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The paper's experiment with actc (Nguyen et al., NeurIPS 2024, Fashion-MNIST rows):
 ImageNet-pretrained MobileNetV2 fine-tuned at --layers 2 and 4 with vanilla, HOSVD (eps 0.8,
-0.9), SVD (eps 0.8) and gradient filtering (R2, R4); validation accuracy, the paper's memory
-metric (mean and peak per step over the last epoch) and the true planned arena of each.
+0.9), SVD (eps 0.8) and gradient filtering (R2, R4), and optionally HOSVD under --budget;
+validation accuracy, the paper's memory metric (mean and peak per step over the last epoch)
+and the true planned arena of each.
 
 Standard library only; runs the release binary:
 
@@ -51,13 +52,23 @@ def main() -> None:
     ap.add_argument("--layers", default="2,4")
     ap.add_argument("--max-rank", default="64")
     ap.add_argument("--seed", default="0")
+    ap.add_argument("--methods", help="comma-separated labels of METHODS to run [default: all]")
+    ap.add_argument(
+        "--budgets", default="",
+        help="also HOSVD with --budget SIZE for each of these (e.g. 40K,100K), calibrated on the training data",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
+    methods = [m for m in METHODS if not args.methods or m[0] in args.methods.split(",")]
+    methods += [
+        (f"HOSVD budget {b}", ["--compress", "hosvd", "--budget", b, "--calibration", str(DATA)])
+        for b in filter(None, args.budgets.split(","))
+    ]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for layers in args.layers.split(","):
-            for label, flags in METHODS:
+            for label, flags in methods:
                 plan = Path(tmp) / "p.actc"
                 log = Path(tmp) / "log.jsonl"
                 compile_cmd = [

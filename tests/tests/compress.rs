@@ -74,28 +74,40 @@ fn eps_one_gives_the_uncompressed_gradients() {
                 .filter(|s| s.name.ends_with("/compress_input"))
                 .count();
             assert!(compressed > 0, "{name} {compression:?}: nothing compressed");
-            let (l, got) = one_step(&p);
-            assert!(
-                (l - loss).abs() <= 1e-6 * loss.abs(),
-                "{name}: loss {l} vs {loss}"
+            assert_same_step(
+                &format!("{name} {compression:?}"),
+                (loss, &want),
+                one_step(&p),
             );
-            assert_eq!(
-                got.keys().collect::<Vec<_>>(),
-                want.keys().collect::<Vec<_>>()
-            );
-            for (k, w) in &want {
-                let g = &got[k];
-                let err = g
-                    .iter()
-                    .zip(w)
-                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(
-                    err <= 1e-4 * max_abs(w),
-                    "{name} {compression:?}: {k} differs by {err} (scale {})",
-                    max_abs(w)
-                );
-            }
         }
+    }
+}
+
+/// The loss and every weight gradient of `got` match `want`'s (gradients to 1e-4 of their
+/// largest entry).
+fn assert_same_step(
+    what: &str,
+    (loss, want): (f32, &BTreeMap<String, Vec<f32>>),
+    (l, got): (f32, BTreeMap<String, Vec<f32>>),
+) {
+    assert!(
+        (l - loss).abs() <= 1e-6 * loss.abs(),
+        "{what}: loss {l} vs {loss}"
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in want {
+        let err = got[k]
+            .iter()
+            .zip(w)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-4 * max_abs(w),
+            "{what}: {k} differs by {err} (scale {})",
+            max_abs(w)
+        );
     }
 }
 
@@ -285,13 +297,5 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
     };
     let fixed = compile_file(&common::model(name), &opts).unwrap().plan;
     let (loss, want) = one_step(&plan(name, layers, shape, Compression::None));
-    let (l, got) = one_step(&fixed);
-    assert!((l - loss).abs() <= 1e-6 * loss.abs(), "loss {l} vs {loss}");
-    for (k, w) in &want {
-        let err = got[k]
-            .iter()
-            .zip(w)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err <= 1e-4 * max_abs(w), "{k} differs by {err}");
-    }
+    assert_same_step("full fixed ranks", (loss, &want), one_step(&fixed));
 }
