@@ -21,6 +21,13 @@ COLORS = {
     "gradient filter R4": "#98df8a",
 }
 MARKERS = {"2": "circle", "4": "square"}
+BUDGET = ("HOSVD --budget", "#9467bd")
+
+
+def color(method: str) -> str:
+    if method.startswith("HOSVD budget"):
+        return BUDGET[1]
+    return COLORS.get(method, "gray")
 
 
 def main() -> None:
@@ -51,16 +58,22 @@ def main() -> None:
     out.append(f'<text x="{W/2}" y="{H-15}" text-anchor="middle">peak activation memory of the compressed layers (paper\'s metric, log scale)</text>')
     out.append(f'<text x="15" y="{H/2}" transform="rotate(-90 15 {H/2})" text-anchor="middle">validation accuracy (%)</text>')
     for mem, acc, method, layers in pts:
-        x, y, c = sx(mem), sy(acc), COLORS.get(method, "gray")
+        x, y, c = sx(mem), sy(acc), color(method)
         if MARKERS[layers] == "circle":
             out.append(f'<circle cx="{x}" cy="{y}" r="5" fill="{c}"/>')
         else:
             out.append(f'<rect x="{x-5}" y="{y-5}" width="10" height="10" fill="{c}"/>')
-    for i, (method, c) in enumerate(COLORS.items()):
+        if method.startswith("HOSVD budget"):
+            out.append(f'<text x="{x+8}" y="{y+4}">{method.split()[-1]}</text>')
+    shown = {p[2] for p in pts}
+    legend = [(m, c) for m, c in COLORS.items() if m in shown]
+    if any(m.startswith("HOSVD budget") for m in shown):
+        legend.append(BUDGET)
+    for i, (method, c) in enumerate(legend):
         y = PAD + 14 * i
         out.append(f'<rect x="{W-PAD-150}" y="{y-8}" width="10" height="10" fill="{c}"/>')
         out.append(f'<text x="{W-PAD-135}" y="{y+1}">{method}</text>')
-    y = PAD + 14 * len(COLORS) + 6
+    y = PAD + 14 * len(legend) + 6
     out.append(f'<text x="{W-PAD-150}" y="{y}">circle: --layers 2, square: --layers 4</text>')
     out.append("</svg>")
     open(sys.argv[2], "w").write("\n".join(out) + "\n")
