@@ -713,6 +713,9 @@ mod tests {
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 2),
             // depthwise, 22 planes: three groups of eight lanes, the last one short
             geom(2, 11, 5, 4, 11, [3, 3], 1, [1, 0, 1, 1], 1, 11),
+            // depthwise on 1×1 planes: the centre tap, a corner tap (channel multiplier 2)
+            geom(3, 4, 1, 1, 4, [3, 3], 1, [1, 1, 1, 1], 1, 4),
+            geom(2, 3, 1, 1, 6, [3, 3], 1, [0, 2, 2, 0], 1, 3),
             // depthwise with planes too big for the lane path: the row loops (stride 2: split
             // rows; stride 1 dilated; stride 3: taps gathered)
             geom(1, 2, 36, 33, 4, [3, 3], 2, [1, 1, 0, 1], 1, 2),

@@ -217,6 +217,12 @@ fn row_taps_avx2(out: &mut [f32], src: &[f32], cols: &[(usize, usize, usize)], w
 
 /// In parallel over input planes, each gathering the `mult` output planes it feeds.
 pub(super) fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    if let Some(pixels) = PixelTaps::new(g).filter(|_| small_outputs(g)) {
+        if one_pixel(g) {
+            return backward_data_pixel(g, &pixels, w, dy, dx);
+        }
+        return backward_data_small(g, &pixels, w, dy, dx);
+    }
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
     let planes = g.n * g.c_in;
@@ -247,6 +253,12 @@ pub(super) fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32
 
 /// In parallel over output channels, each summing its own batch: no partial sums to add.
 pub(super) fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    if let Some(pixels) = PixelTaps::new(g).filter(|_| small_outputs(g)) {
+        if one_pixel(g) {
+            return backward_weight_pixel(g, &pixels, x, dy, dw);
+        }
+        return backward_weight_small(g, &pixels, x, dy, dw);
+    }
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
     let taps = Taps::new(g);
@@ -361,6 +373,231 @@ fn forward_small(
             lanes_pass(pixels, &xs, &ws, b0, p, ys);
         }
     });
+}
+
+/// The backward passes of small planes interleave the output planes too.
+fn small_outputs(g: &Conv2dGeom) -> bool {
+    g.out_h() * g.out_w() <= SMALL_PLANE
+}
+
+/// 1×1 planes in and out (a network's last layers at small inputs): every tap that lands
+/// inside reads the one input pixel, so each gradient is a short sum per channel, and
+/// interleaving planes for it would cost more than the sums.
+fn one_pixel(g: &Conv2dGeom) -> bool {
+    g.h * g.w == 1 && g.out_h() * g.out_w() == 1
+}
+
+/// The taps of the one output pixel that land inside the input.
+fn pixel_taps(pixels: &PixelTaps) -> &[u16] {
+    &pixels.tap[..pixels.start[1] as usize]
+}
+
+/// [`backward_data`] of 1×1 planes: dx[b, c] = Σ over c's output channels of the summed
+/// weights of the taps inside, times dy.
+fn backward_data_pixel(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (kk, mult) = (g.kh * g.kw, g.c_out / g.c_in);
+    let taps = pixel_taps(pixels);
+    let weight = |oc: usize| -> f32 { taps.iter().map(|&k| w[oc * kk + k as usize]).sum() };
+    for (dxb, dyb) in dx.chunks_exact_mut(g.c_in).zip(dy.chunks_exact(g.c_out)) {
+        for (ic, d) in dxb.iter_mut().enumerate() {
+            *d = (ic * mult..(ic + 1) * mult)
+                .map(|oc| weight(oc) * dyb[oc])
+                .sum();
+        }
+    }
+}
+
+/// [`backward_weight`] of 1×1 planes: every tap inside gets Σ_b dy[b, oc]·x[b, c]; the
+/// others nothing.
+fn backward_weight_pixel(
+    g: &Conv2dGeom,
+    pixels: &PixelTaps,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    let (kk, mult) = (g.kh * g.kw, g.c_out / g.c_in);
+    dw.fill(0.0);
+    for (oc, dwk) in dw.chunks_exact_mut(kk).enumerate() {
+        let s: f32 = (0..g.n)
+            .map(|b| dy[b * g.c_out + oc] * x[b * g.c_in + oc / mult])
+            .sum();
+        for &k in pixel_taps(pixels) {
+            dwk[k as usize] = s;
+        }
+    }
+}
+
+/// Eight planes' values, one per lane, for each pixel of a small plane.
+type Lanes = [[f32; LANES]; SMALL_PLANE];
+
+/// Pixel `i`'s value of plane `plane` into lane `lane` of `dst`, for the plane's pixels.
+fn interleave(dst: &mut Lanes, lane: usize, plane: &[f32]) {
+    for (d, &v) in dst.iter_mut().zip(plane) {
+        d[lane] = v;
+    }
+}
+
+/// Small planes' input gradients, eight input planes at a time (as [`forward_small`]):
+/// every output pixel's interleaved gradients scattered through its taps in vector
+/// operations, where the row loops made a call per tap and row a few pixels long.
+fn backward_data_small(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    threads::for_runs(dx, g.n * g.c_in, hw, 1, depthwise_parts(g), |run, dxs| {
+        let (mut dys, mut acc): (Lanes, Lanes) =
+            ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
+        let mut ws = [[0.0f32; LANES]; MAX_TAPS];
+        let (first, count) = (run.start, run.len());
+        for group in (0..count).step_by(LANES) {
+            let lanes = (count - group).min(LANES);
+            acc[..hw].fill([0.0; LANES]);
+            for m in 0..mult {
+                for l in 0..lanes {
+                    let (b, ic) = ((first + group + l) / g.c_in, (first + group + l) % g.c_in);
+                    let oc = ic * mult + m;
+                    interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
+                    for (dst, &v) in ws[..kk].iter_mut().zip(&w[oc * kk..][..kk]) {
+                        dst[l] = v;
+                    }
+                }
+                lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
+            }
+            for (l, dxp) in dxs[group * hw..]
+                .chunks_exact_mut(hw)
+                .take(lanes)
+                .enumerate()
+            {
+                dxp.iter_mut().zip(&acc[..hw]).for_each(|(d, a)| *d = a[l]);
+            }
+        }
+    });
+}
+
+/// Small planes' weight gradients, eight output channels at a time: per image, the
+/// interleaved output gradients and inputs correlated through every pixel's taps.
+fn backward_weight_small(
+    g: &Conv2dGeom,
+    pixels: &PixelTaps,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    threads::for_runs(dw, g.c_out, kk, 1, depthwise_parts(g), |run, dws| {
+        let (mut dys, mut xs): (Lanes, Lanes) =
+            ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
+        let mut acc = [[0.0f32; LANES]; MAX_TAPS];
+        let (first, count) = (run.start, run.len());
+        for group in (0..count).step_by(LANES) {
+            let lanes = (count - group).min(LANES);
+            acc[..kk].fill([0.0; LANES]);
+            for b in 0..g.n {
+                for l in 0..lanes {
+                    let oc = first + group + l;
+                    interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
+                    interleave(&mut xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
+                }
+                lanes_correlate(pixels, &dys[..p], &xs[..hw], &mut acc[..kk]);
+            }
+            for (l, dwk) in dws[group * kk..]
+                .chunks_exact_mut(kk)
+                .take(lanes)
+                .enumerate()
+            {
+                dwk.iter_mut().zip(&acc[..kk]).for_each(|(d, a)| *d = a[l]);
+            }
+        }
+    });
+}
+
+/// `dxs[offset] += ws[tap] · dys[o]` over every output pixel `o`'s taps, lane by lane.
+fn lanes_scatter(
+    pixels: &PixelTaps,
+    dys: &[[f32; LANES]],
+    ws: &[[f32; LANES]],
+    dxs: &mut [[f32; LANES]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { lanes_scatter_avx2(pixels, dys, ws, dxs) };
+    }
+    lanes_scatter_body(pixels, dys, ws, dxs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes_scatter_avx2(
+    pixels: &PixelTaps,
+    dys: &[[f32; LANES]],
+    ws: &[[f32; LANES]],
+    dxs: &mut [[f32; LANES]],
+) {
+    lanes_scatter_body(pixels, dys, ws, dxs)
+}
+
+#[inline(always)]
+fn lanes_scatter_body(
+    pixels: &PixelTaps,
+    dys: &[[f32; LANES]],
+    ws: &[[f32; LANES]],
+    dxs: &mut [[f32; LANES]],
+) {
+    for (o, dyv) in dys.iter().enumerate() {
+        let taps = pixels.start[o] as usize..pixels.start[o + 1] as usize;
+        for (&off, &k) in pixels.offset[taps.clone()].iter().zip(&pixels.tap[taps]) {
+            let (dst, wv) = (&mut dxs[off as usize], &ws[k as usize]);
+            for l in 0..LANES {
+                dst[l] += wv[l] * dyv[l];
+            }
+        }
+    }
+}
+
+/// `acc[tap] += dys[o] · xs[offset]` over every output pixel `o`'s taps, lane by lane.
+fn lanes_correlate(
+    pixels: &PixelTaps,
+    dys: &[[f32; LANES]],
+    xs: &[[f32; LANES]],
+    acc: &mut [[f32; LANES]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { lanes_correlate_avx2(pixels, dys, xs, acc) };
+    }
+    lanes_correlate_body(pixels, dys, xs, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lanes_correlate_avx2(
+    pixels: &PixelTaps,
+    dys: &[[f32; LANES]],
+    xs: &[[f32; LANES]],
+    acc: &mut [[f32; LANES]],
+) {
+    lanes_correlate_body(pixels, dys, xs, acc)
+}
+
+#[inline(always)]
+fn lanes_correlate_body(
+    pixels: &PixelTaps,
+    dys: &[[f32; LANES]],
+    xs: &[[f32; LANES]],
+    acc: &mut [[f32; LANES]],
+) {
+    for (o, dyv) in dys.iter().enumerate() {
+        let taps = pixels.start[o] as usize..pixels.start[o + 1] as usize;
+        for (&off, &k) in pixels.offset[taps.clone()].iter().zip(&pixels.tap[taps]) {
+            let (a, xv) = (&mut acc[k as usize], &xs[off as usize]);
+            for l in 0..LANES {
+                a[l] += dyv[l] * xv[l];
+            }
+        }
+    }
 }
 
 /// The interleaved planes' outputs into `ys` (plane-major, `ys.len() / p` planes).
