@@ -22,6 +22,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+mod rows;
 pub mod shape;
 pub mod window;
 
