@@ -5,15 +5,16 @@
 //! Three paths: depthwise convs go to `depthwise` (direct loops, since im2col would turn
 //! the work into many tiny products); a plain gemm for 1×1 stride-1 unpadded convs (the
 //! input already is the im2col matrix); otherwise im2col + gemm, one image and one group at a
-//! time so the scratch stays a single column matrix.
+//! time so the scratch stays a single column matrix. The forward of a conv with a few input
+//! channels goes to `direct` instead (its im2col matrix would be many times its input).
 //!
 //! Threads: the gemm splits each large product across the pool. im2col and col2im stay
 //! serial: they move memory that one core already streams at full speed.
 
-use super::depthwise;
 use super::gemm::{Segments, sgemm, sgemm_sum};
 use super::rows::{RowCache, RowSplit};
 use super::window::{out_len, valid_range};
+use super::{depthwise, direct};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeom {
@@ -141,6 +142,9 @@ pub fn forward(
     debug_assert!(ws.len() >= workspace_len(g));
     if g.is_depthwise() {
         return depthwise::forward(g, x, w, bias, y);
+    }
+    if direct::applies(g) {
+        return direct::forward(g, x, w, bias, y);
     }
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
     if g.is_pointwise() && p == 1 {
@@ -521,26 +525,24 @@ pub(super) fn tap_offset(k: usize, dilation: usize, pad: usize) -> isize {
 /// once, so that every row of the matrix is made of contiguous copies (gathering stride-2
 /// taps one by one cost as much as the product of the first conv of a network).
 fn im2col(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
-    let Some(split) = RowSplit::new(g) else {
+    let span = g.dilation[0] * (g.kh - 1) + 1;
+    let Some(split) = RowSplit::new(g).filter(|&s| RowCache::fits(s, 1, span)) else {
         return im2col_gathered(g, x, col);
     };
     let (oh, ow, kw) = (g.out_h(), g.out_w(), g.kw);
     let p = oh * ow;
-    let mut cache = RowCache::new(split);
+    let mut cache = RowCache::new(split, 1, span);
     let channels = x.chunks_exact(g.h * g.w);
     for (xc, taps) in channels.zip(col.chunks_exact_mut(g.kh * kw * p)) {
         cache.clear();
         for oy in 0..oh {
             for (ky, rows) in taps.chunks_exact_mut(kw * p).enumerate() {
                 let iy = (oy * g.stride[0]) as isize + tap_offset(ky, g.dilation[0], g.pad[0]);
+                let at = cache.row(0, xc, iy);
+                let src = &cache.buf()[at..];
                 let dsts = rows
                     .chunks_exact_mut(p)
                     .map(|row| &mut row[oy * ow..][..ow]);
-                if !(0..g.h as isize).contains(&iy) {
-                    dsts.for_each(|dst| dst.fill(0.0));
-                    continue;
-                }
-                let src = cache.row(xc, iy as usize);
                 for (kx, dst) in dsts.enumerate() {
                     dst.copy_from_slice(&src[split.tap_start(kx)..][..ow]);
                 }
@@ -549,7 +551,8 @@ fn im2col(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
     }
 }
 
-/// [`im2col`] for rows too wide to split on the stack: taps gathered one by one.
+/// [`im2col`] for rows too wide, or windows too tall, to split on the stack: taps gathered
+/// one by one.
 fn im2col_gathered(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
@@ -750,6 +753,10 @@ mod tests {
             geom(1, 3, 10, 11, 2, [3, 4], 3, [1, 2, 1, 0], 1, 1),
             geom(1, 2, 11, 12, 3, [3, 3], 2, [2, 3, 2, 1], 2, 1),
             geom(1, 2, 6, 7, 2, [2, 2], 1, [0, 0, 0, 0], 3, 1),
+            // the direct path over rows of several tiles, and im2col's forward at stride 2
+            geom(1, 3, 5, 40, 6, [3, 3], 1, [1, 1, 1, 1], 1, 1),
+            geom(2, 3, 6, 37, 9, [3, 3], 2, [1, 1, 1, 1], 1, 1),
+            geom(1, 5, 9, 8, 3, [3, 3], 2, [1, 1, 1, 1], 1, 1),
             // 1×1 images: the whole-batch product path
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 1),
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 2),
@@ -793,6 +800,16 @@ mod tests {
 
     #[test]
     fn forward_matches_direct_convolution() {
+        forward_matches_reference();
+    }
+
+    #[test]
+    fn portable_forward_matches_direct_convolution() {
+        crate::kernels::gemm::tests::PORTABLE.set(true);
+        forward_matches_reference();
+    }
+
+    fn forward_matches_reference() {
         let mut rng = Lcg::new(10);
         for g in cases() {
             let x = rng.vec(g.input_len());

@@ -15,6 +15,7 @@
 pub mod activation;
 pub mod conv;
 mod depthwise;
+mod direct;
 pub mod elementwise;
 pub mod gemm;
 pub mod layout;

@@ -18,6 +18,7 @@ const MAX_SLOTS: usize = 16;
 /// How the rows of one input plane are split, for a conv's width geometry.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct RowSplit {
+    h: usize,
     w: usize,
     pad_left: usize,
     stride: usize,
@@ -33,6 +34,7 @@ impl RowSplit {
         let stride = g.stride[1];
         let phase_len = padded.div_ceil(stride);
         (phase_len * stride <= ROW_MAX).then_some(RowSplit {
+            h: g.h,
             w: g.w,
             pad_left: g.pad[1],
             stride,
@@ -105,41 +107,70 @@ fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     }
 }
 
-/// The last few split rows of one input plane, so that a row read by several output rows
-/// (three kernel rows at stride 1, two at stride 2) is split once. Row `iy` lives in slot
-/// `iy % slots`.
+/// The last few split rows of each of a few input planes, so that a row read by several
+/// output rows (three kernel rows at stride 1, two at stride 2) is split once. Plane `c`'s
+/// row `iy` lives in slot `c·per + iy % per`, `per` being `rows` rounded up to a power of
+/// two (a mask, not a division, per row): with `rows` at least a window's height, every row
+/// of one output row's window is there at once. After the slots, a row of zeros stands for
+/// the rows of the padding.
 pub(super) struct RowCache {
-    buf: [f32; CACHE_LEN],
+    /// Then [`SLACK`] more, so that a vector load may run past the end of any row.
+    buf: [f32; CACHE_LEN + SLACK],
     /// The input row each slot holds, `usize::MAX` for none.
-    rows: [usize; MAX_SLOTS],
-    slots: usize,
+    held: [usize; MAX_SLOTS],
+    per: usize,
+    /// Where the row of zeros starts: after every plane's slots.
+    zeros: usize,
     split: RowSplit,
 }
 
+/// Floats after a split row that a kernel may load (and ignore): one AVX-512 vector.
+pub(super) const SLACK: usize = 16;
+
 impl RowCache {
-    pub(super) fn new(split: RowSplit) -> RowCache {
+    /// Whether `rows` split rows of each of `planes` planes, and the row of zeros, fit.
+    pub(super) fn fits(split: RowSplit, planes: usize, rows: usize) -> bool {
+        let slots = planes * rows.next_power_of_two();
+        slots <= MAX_SLOTS && (slots + 1) * split.len() <= CACHE_LEN
+    }
+
+    /// See [`RowCache::fits`] for what `planes` and `rows` may be.
+    pub(super) fn new(split: RowSplit, planes: usize, rows: usize) -> RowCache {
+        assert!(Self::fits(split, planes, rows));
+        let per = rows.next_power_of_two();
         RowCache {
-            buf: [0.0; CACHE_LEN],
-            rows: [usize::MAX; MAX_SLOTS],
-            slots: (CACHE_LEN / split.len()).min(MAX_SLOTS),
+            buf: [0.0; CACHE_LEN + SLACK],
+            held: [usize::MAX; MAX_SLOTS],
+            per,
+            zeros: planes * per * split.len(),
             split,
         }
     }
 
-    /// Forget the rows held: the next reads are of another plane.
+    /// Forget the rows held: the next reads are of other planes.
     pub(super) fn clear(&mut self) {
-        self.rows = [usize::MAX; MAX_SLOTS];
+        self.held = [usize::MAX; MAX_SLOTS];
     }
 
-    /// Row `iy` of `plane` (rows `w` long), split.
-    pub(super) fn row(&mut self, plane: &[f32], iy: usize) -> &[f32] {
-        let (slot, len, w) = (iy % self.slots, self.split.len(), self.split.w);
-        let dst = &mut self.buf[slot * len..][..len];
-        if self.rows[slot] != iy {
-            self.split.split(&plane[iy * w..][..w], dst);
-            self.rows[slot] = iy;
+    /// Where, in [`RowCache::buf`], row `iy` of plane `c` (`data`, the conv's input plane)
+    /// starts once split; the row of zeros for rows outside the plane.
+    pub(super) fn row(&mut self, c: usize, data: &[f32], iy: isize) -> usize {
+        let (len, w) = (self.split.len(), self.split.w);
+        if !(0..self.split.h as isize).contains(&iy) {
+            return self.zeros;
         }
-        dst
+        let iy = iy as usize;
+        let slot = c * self.per + (iy & (self.per - 1));
+        if self.held[slot] != iy {
+            self.split
+                .split(&data[iy * w..][..w], &mut self.buf[slot * len..][..len]);
+            self.held[slot] = iy;
+        }
+        slot * len
+    }
+
+    pub(super) fn buf(&self) -> &[f32] {
+        &self.buf
     }
 }
 
@@ -178,17 +209,30 @@ mod tests {
                                 continue;
                             }
                             let split = RowSplit::new(&g).unwrap();
-                            let plane = rng.vec(3 * w);
-                            let mut cache = RowCache::new(split);
-                            for iy in [0, 2, 1, 1, 0] {
-                                let row = cache.row(&plane, iy).to_vec();
+                            let plane = rng.vec(2 * 3 * w);
+                            let mut cache = RowCache::new(split, 2, 2);
+                            for (c, iy) in [
+                                (0, 0),
+                                (1, 2),
+                                (0, 1),
+                                (1, 1),
+                                (0, 0),
+                                (1, -1),
+                                (0, 2),
+                                (0, 0),
+                            ] {
+                                let data = &plane[c * 3 * w..][..3 * w];
+                                let at = cache.row(c, data, iy);
+                                let row = &cache.buf()[at..];
                                 for kx in 0..kw {
                                     let run = &row[split.tap_start(kx)..][..ow];
                                     for (ox, &v) in run.iter().enumerate() {
                                         let col = (ox * stride + kx * dilation) as isize
                                             - pad[0] as isize;
-                                        let want = if (0..w as isize).contains(&col) {
-                                            plane[iy * w + col as usize]
+                                        let inside =
+                                            (0..3).contains(&iy) && (0..w as isize).contains(&col);
+                                        let want = if inside {
+                                            data[iy as usize * w + col as usize]
                                         } else {
                                             0.0
                                         };
