@@ -762,11 +762,13 @@ mod tests {
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 2),
             // depthwise, 22 planes: three groups of eight lanes, the last one short
             geom(2, 11, 5, 4, 11, [3, 3], 1, [1, 0, 1, 1], 1, 11),
-            // depthwise with planes too big for the lane path: the row loops (stride 2: split
-            // rows; stride 1 dilated; stride 3: taps gathered)
+            // depthwise with planes too big for the lane path: the row loops (stride 2 with a
+            // channel multiplier; stride 1 dilated; stride 3); a kernel with too many taps
+            // for them, its taps gathered
             geom(1, 2, 36, 33, 4, [3, 3], 2, [1, 1, 0, 1], 1, 2),
             geom(2, 2, 34, 35, 2, [3, 3], 1, [2, 2, 1, 2], 2, 2),
             geom(1, 2, 40, 33, 2, [3, 2], 3, [1, 1, 1, 1], 1, 2),
+            geom(1, 2, 32, 33, 2, [5, 13], 2, [2, 6, 2, 6], 1, 2),
             // 1×1 over images too big for the batched path: one product per image (the
             // weight gradient one product over the batch's pixels), also grouped
             geom(2, 3, 6, 5, 4, [1, 1], 1, [0; 4], 1, 1),
