@@ -5,14 +5,16 @@
 //! Three paths: depthwise convs go to `depthwise` (direct loops, since im2col would turn
 //! the work into many tiny products); a plain gemm for 1×1 stride-1 unpadded convs (the
 //! input already is the im2col matrix); otherwise im2col + gemm, one image and one group at a
-//! time so the scratch stays a single column matrix.
+//! time so the scratch stays a single column matrix. The forward of a conv with a few input
+//! channels goes to `direct` instead (its im2col matrix would be many times its input).
 //!
 //! Threads: the gemm splits each large product across the pool. im2col and col2im stay
 //! serial: they move memory that one core already streams at full speed.
 
-use super::depthwise;
 use super::gemm::{Segments, sgemm, sgemm_sum};
+use super::rows::{RowCache, RowSplit};
 use super::window::{out_len, valid_range};
+use super::{depthwise, direct};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeom {
@@ -140,6 +142,9 @@ pub fn forward(
     debug_assert!(ws.len() >= workspace_len(g));
     if g.is_depthwise() {
         return depthwise::forward(g, x, w, bias, y);
+    }
+    if direct::applies(g) {
+        return direct::forward(g, x, w, bias, y);
     }
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
     if g.is_pointwise() && p == 1 {
@@ -516,8 +521,39 @@ pub(super) fn tap_offset(k: usize, dilation: usize, pad: usize) -> isize {
 }
 
 /// The im2col matrix of one image's group: row (c, ky, kx), column (oy, ox), zeros where
-/// the tap falls in the padding.
+/// the tap falls in the padding. Each input row is padded and split into its stride phases
+/// once, so that every row of the matrix is made of contiguous copies (gathering stride-2
+/// taps one by one cost as much as the product of the first conv of a network).
 fn im2col(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
+    let span = g.dilation[0] * (g.kh - 1) + 1;
+    let Some(split) = RowSplit::new(g).filter(|&s| RowCache::fits(s, 1, span)) else {
+        return im2col_gathered(g, x, col);
+    };
+    let (oh, ow, kw) = (g.out_h(), g.out_w(), g.kw);
+    let p = oh * ow;
+    let mut cache = RowCache::new(split, 1, span);
+    let channels = x.chunks_exact(g.h * g.w);
+    for (xc, taps) in channels.zip(col.chunks_exact_mut(g.kh * kw * p)) {
+        cache.clear();
+        for oy in 0..oh {
+            for (ky, rows) in taps.chunks_exact_mut(kw * p).enumerate() {
+                let iy = (oy * g.stride[0]) as isize + tap_offset(ky, g.dilation[0], g.pad[0]);
+                let at = cache.row(0, xc, iy);
+                let src = &cache.buf()[at..];
+                let dsts = rows
+                    .chunks_exact_mut(p)
+                    .map(|row| &mut row[oy * ow..][..ow]);
+                for (kx, dst) in dsts.enumerate() {
+                    dst.copy_from_slice(&src[split.tap_start(kx)..][..ow]);
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] for rows too wide, or windows too tall, to split on the stack: taps gathered
+/// one by one.
+fn im2col_gathered(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
     let mut rows = col.chunks_exact_mut(oh * ow);
@@ -627,6 +663,7 @@ pub(super) fn gather_dot(a: &[f32], src: &[f32], start: usize, stride: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::rows::ROW_MAX;
     use crate::kernels::testutil::{Lcg, assert_close, check_grad, weighted_sum};
 
     /// Direct convolution, every index spelled out.
@@ -708,6 +745,18 @@ mod tests {
             geom(1, 4, 5, 3, 6, [1, 1], 1, [0; 4], 1, 2),
             geom(2, 3, 7, 5, 2, [1, 1], 2, [0; 4], 1, 1),
             geom(1, 2, 5, 6, 3, [5, 5], 1, [2, 1, 1, 2], 1, 1),
+            // a network's first conv (few input channels, stride 2), odd and even widths;
+            // im2col's split rows with every stride phase, padding and dilation
+            geom(2, 3, 11, 13, 5, [3, 3], 2, [1, 1, 1, 1], 1, 1),
+            geom(1, 1, 9, 10, 3, [3, 3], 2, [1, 1, 1, 1], 1, 1),
+            geom(1, 4, 8, 9, 4, [3, 3], 2, [0, 1, 2, 0], 1, 1),
+            geom(1, 3, 10, 11, 2, [3, 4], 3, [1, 2, 1, 0], 1, 1),
+            geom(1, 2, 11, 12, 3, [3, 3], 2, [2, 3, 2, 1], 2, 1),
+            geom(1, 2, 6, 7, 2, [2, 2], 1, [0, 0, 0, 0], 3, 1),
+            // the direct path over rows of several tiles, and im2col's forward at stride 2
+            geom(1, 3, 5, 40, 6, [3, 3], 1, [1, 1, 1, 1], 1, 1),
+            geom(2, 3, 6, 37, 9, [3, 3], 2, [1, 1, 1, 1], 1, 1),
+            geom(1, 5, 9, 8, 3, [3, 3], 2, [1, 1, 1, 1], 1, 1),
             // 1×1 images: the whole-batch product path
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 1),
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 2),
@@ -716,16 +765,30 @@ mod tests {
             // depthwise on 1×1 planes: the centre tap, a corner tap (channel multiplier 2)
             geom(3, 4, 1, 1, 4, [3, 3], 1, [1, 1, 1, 1], 1, 4),
             geom(2, 3, 1, 1, 6, [3, 3], 1, [0, 2, 2, 0], 1, 3),
-            // depthwise with planes too big for the lane path: the row loops (stride 2: split
-            // rows; stride 1 dilated; stride 3: taps gathered)
+            // depthwise with planes too big for the lane path: the row loops (stride 2 with a
+            // channel multiplier; stride 1 dilated; stride 3); a kernel with too many taps
+            // for them, its taps gathered
             geom(1, 2, 36, 33, 4, [3, 3], 2, [1, 1, 0, 1], 1, 2),
             geom(2, 2, 34, 35, 2, [3, 3], 1, [2, 2, 1, 2], 2, 2),
             geom(1, 2, 40, 33, 2, [3, 2], 3, [1, 1, 1, 1], 1, 2),
+            geom(1, 2, 32, 33, 2, [5, 13], 2, [2, 6, 2, 6], 1, 2),
             // 1×1 over images too big for the batched path: one product per image (the
             // weight gradient one product over the batch's pixels), also grouped
             geom(2, 3, 6, 5, 4, [1, 1], 1, [0; 4], 1, 1),
             geom(3, 4, 5, 4, 6, [1, 1], 1, [0; 4], 1, 2),
         ]
+    }
+
+    #[test]
+    fn rows_too_wide_to_split_are_gathered() {
+        let mut rng = Lcg::new(12);
+        let g = geom(1, 2, 3, ROW_MAX, 3, [3, 3], 2, [1, 1, 1, 1], 1, 1);
+        assert!(RowSplit::new(&g).is_none());
+        let (x, w) = (rng.vec(g.input_len()), rng.vec(g.weight_len()));
+        let mut ws = vec![f32::NAN; workspace_len(&g)];
+        let mut y = vec![f32::NAN; g.output_len()];
+        forward(&g, &x, &w, None, &mut y, &mut ws);
+        assert_close("wide rows", &y, &reference(&g, &x, &w, None), 1e-5);
     }
 
     #[test]
@@ -742,6 +805,16 @@ mod tests {
 
     #[test]
     fn forward_matches_direct_convolution() {
+        forward_matches_reference();
+    }
+
+    #[test]
+    fn portable_forward_matches_direct_convolution() {
+        crate::kernels::gemm::tests::PORTABLE.set(true);
+        forward_matches_reference();
+    }
+
+    fn forward_matches_reference() {
         let mut rng = Lcg::new(10);
         for g in cases() {
             let x = rng.vec(g.input_len());
@@ -787,6 +860,69 @@ mod tests {
                 forward(&g, &x, &w, Some(bp), &mut y, &mut ws);
                 weighted_sum(&y, &r)
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::kernels::testutil::Lcg;
+
+    /// Milliseconds per call of the frozen prefix's slowest convs (MobileNetV2 at 224² and
+    /// 32²), on one and two threads. Run with `cargo test -p actc-runtime --release --lib
+    /// conv::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: run in release with --ignored --nocapture"]
+    fn bench() {
+        use std::time::{Duration, Instant};
+        let conv = |n, c_in, hw, c_out, k: usize, s, groups| Conv2dGeom {
+            n,
+            c_in,
+            h: hw,
+            w: hw,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: [s, s],
+            pad: [k / 2; 4],
+            dilation: [1, 1],
+            groups,
+        };
+        let shapes = [
+            ("first conv 224", conv(1, 3, 224, 32, 3, 2, 1)),
+            ("expand 16>96 112", conv(1, 16, 112, 96, 1, 1, 1)),
+            ("dw s2 96 112", conv(1, 96, 112, 96, 3, 2, 96)),
+            ("dw s1 144 56", conv(1, 144, 56, 144, 3, 1, 144)),
+            ("dw s2 144 56", conv(1, 144, 56, 144, 3, 2, 144)),
+            ("dw s1 32 112", conv(1, 32, 112, 32, 3, 1, 32)),
+            ("first conv 32", conv(16, 3, 32, 32, 3, 2, 1)),
+            ("dw s2 96 16", conv(16, 96, 16, 96, 3, 2, 96)),
+        ];
+        let mut rng = Lcg::new(7);
+        println!("{:<18} {:>8} {:>8}", "shape", "1 thread", "2");
+        for (label, g) in shapes {
+            let (x, w, b) = (
+                rng.vec(g.input_len()),
+                rng.vec(g.weight_len()),
+                rng.vec(g.c_out),
+            );
+            let mut y = vec![0.0; g.output_len()];
+            let mut ws = vec![0.0; workspace_len(&g)];
+            let mut best = [f64::INFINITY; 2];
+            for _ in 0..20 {
+                for (t, best) in best.iter_mut().enumerate() {
+                    crate::threads::set_threads(t + 1);
+                    forward(&g, &x, &w, Some(&b), &mut y, &mut ws);
+                    let (start, mut calls) = (Instant::now(), 0u32);
+                    while start.elapsed() < Duration::from_millis(20) {
+                        forward(&g, &x, &w, Some(&b), &mut y, &mut ws);
+                        calls += 1;
+                    }
+                    *best = best.min(start.elapsed().as_secs_f64() * 1e3 / calls as f64);
+                }
+            }
+            println!("{label:<18} {:>8.3} {:>8.3}", best[0], best[1]);
         }
     }
 }

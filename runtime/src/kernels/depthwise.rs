@@ -5,6 +5,7 @@
 //! Threads: the loops split their output planes (or, for the weight gradient, channels).
 
 use super::conv::{Conv2dGeom, gather_axpy, gather_dot, scatter_axpy, tap_offset};
+use super::rows::{RowCache, RowSplit};
 use super::window::valid_range;
 use crate::threads;
 use std::ops::Range;
@@ -109,8 +110,8 @@ pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
     if let Some(pixels) = PixelTaps::new(g) {
         return forward_small(g, &pixels, x, w, bias, y);
     }
-    if g.stride[1] <= 2 && g.w <= ROW_MAX && g.kw <= ROW_KW {
-        return forward_rows(g, x, w, bias, y);
+    if let Some(split) = rows_split(g) {
+        return forward_rows(g, split, x, w, bias, y);
     }
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
@@ -132,86 +133,130 @@ pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
     });
 }
 
-/// Widest input row [`forward_rows`] takes (its stride-2 split of a row is on the stack).
-const ROW_MAX: usize = 2048;
-/// Widest kernel [`forward_rows`] takes.
-const ROW_KW: usize = 16;
-
-/// Large planes one output row at a time: each tap is one contiguous multiply-add over the
-/// row, which stays in L1 for all of them (tap after tap, a 112×112 plane went through L2 nine
-/// times). With stride 2 each input row is first split into its even and odd columns, so that
-/// a tap's inputs are contiguous too instead of gathered two apart.
-fn forward_rows(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// Large planes one output row at a time, from the input rows of its window padded and
+/// split into their stride phases ([`RowCache`], each input row split once per plane): every
+/// tap is then a contiguous run, and each output vector is accumulated over all the taps in a
+/// register and stored once (tap after tap over whole planes, a 112×112 plane went through L2
+/// nine times; a pass per tap over the row still loaded and stored it nine times).
+fn forward_rows(
+    g: &Conv2dGeom,
+    split: RowSplit,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    let (sw, half) = (g.stride[1], g.w.div_ceil(2));
-    // Per kernel column: the output columns whose tap lands inside the row, and where the
-    // first one's input is in the row (in its split, with stride 2: even columns, then odd).
-    let mut cols = [(0, 0, 0); ROW_KW];
-    for (kx, c) in cols.iter_mut().enumerate().take(g.kw) {
-        let off = tap_offset(kx, g.dilation[1], g.pad[1]);
-        let xs = valid_range(ow, g.w, sw, off);
-        if !xs.is_empty() {
-            let ix = ((xs.start * sw) as isize + off) as usize;
-            let at = if sw == 1 { ix } else { ix % 2 * half + ix / 2 };
-            *c = (xs.start, xs.end, at);
-        }
-    }
+    let cols: [usize; MAX_TAPS] = std::array::from_fn(|kx| split.tap_start(kx));
     let cols = &cols[..g.kw];
-    threads::for_runs(y, g.n * g.c_out, p, 1, depthwise_parts(g), |run, ys| {
-        let mut split = [0.0f32; ROW_MAX];
+    // The input is read from memory once (split), at a cost that dwarfs its few taps: at
+    // 144×56×56 one thread took 0.4 ms, where waking the other costs tens of microseconds.
+    let parts = threads::parts_for(g.output_len() * kk + 4 * g.input_len());
+    threads::for_runs(y, g.n * g.c_out, p, 1, parts, |run, ys| {
+        let mut cache = RowCache::new(split, 1, window_rows(g));
+        let mut held = usize::MAX;
+        let mut starts = [0; MAX_TAPS];
         for (i, yp) in run.zip(ys.chunks_exact_mut(p)) {
             let (b, oc) = (i / g.c_out, i % g.c_out);
-            let xp = &x[(b * g.c_in + oc / mult) * hw..][..hw];
-            let wk = &w[oc * kk..][..kk];
+            // With a channel multiplier, consecutive output planes read the same input.
+            let plane = b * g.c_in + oc / mult;
+            if plane != held {
+                cache.clear();
+                held = plane;
+            }
+            let xp = &x[plane * hw..][..hw];
+            let (wk, b0) = (&w[oc * kk..][..kk], bias.map_or(0.0, |bias| bias[oc]));
             for (oy, out) in yp.chunks_exact_mut(ow).enumerate() {
-                out.fill(bias.map_or(0.0, |bias| bias[oc]));
                 for ky in 0..g.kh {
                     let iy = (oy * g.stride[0]) as isize + tap_offset(ky, g.dilation[0], g.pad[0]);
-                    if !(0..g.h as isize).contains(&iy) {
-                        continue;
+                    let at = cache.row(0, xp, iy);
+                    for (s, col) in starts[ky * g.kw..].iter_mut().zip(cols) {
+                        *s = at + col;
                     }
-                    let row = &xp[iy as usize * g.w..][..g.w];
-                    let src = if sw == 1 {
-                        row
-                    } else {
-                        let (even, odd) = split[..g.w].split_at_mut(half);
-                        for (j, pair) in row.chunks(2).enumerate() {
-                            even[j] = pair[0];
-                            if let Some(&v) = pair.get(1) {
-                                odd[j] = v;
-                            }
-                        }
-                        &split[..g.w]
-                    };
-                    row_taps(out, src, cols, &wk[ky * g.kw..][..g.kw]);
                 }
+                row_taps(cache.buf(), &starts[..kk], wk, b0, out);
             }
         }
     });
 }
 
-/// `out[x0..x1] += w · src[at..]` for every kernel column's `(x0, x1, at)` and weight.
-fn row_taps(out: &mut [f32], src: &[f32], cols: &[(usize, usize, usize)], w: &[f32]) {
+/// Whether [`forward_rows`] takes `g`, and the split of its rows.
+fn rows_split(g: &Conv2dGeom) -> Option<RowSplit> {
+    let split = RowSplit::new(g)?;
+    (g.kh * g.kw <= MAX_TAPS && RowCache::fits(split, 1, window_rows(g))).then_some(split)
+}
+
+/// Input rows one output row's window spans.
+fn window_rows(g: &Conv2dGeom) -> usize {
+    g.dilation[0] * (g.kh - 1) + 1
+}
+
+/// `out[ox] = b + Σ_k w[k] · src[starts[k] + ox]`.
+fn row_taps(src: &[f32], starts: &[usize], w: &[f32], b: f32, out: &mut [f32]) {
+    let ow = out.len();
+    // Whole vectors are loaded: past a run's last column, into the next row or the
+    // cache's slack.
+    let last = starts.iter().max().copied().unwrap_or(0);
+    assert!(last + ow.next_multiple_of(8) <= src.len() && w.len() == starts.len());
     #[cfg(target_arch = "x86_64")]
     if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { row_taps_avx2(out, src, cols, w) };
+        // SAFETY: the CPU has AVX2 and FMA (checked above), and every tap's vectors lie
+        // inside `src` (asserted above).
+        return unsafe { row_taps_avx2(src, starts, w, b, out) };
     }
-    for (&(x0, x1, at), &wv) in cols.iter().zip(w) {
-        for (o, &v) in out[x0..x1].iter_mut().zip(&src[at..at + (x1 - x0)]) {
+    out.fill(b);
+    for (&s, &wv) in starts.iter().zip(w) {
+        for (o, &v) in out.iter_mut().zip(&src[s..s + ow]) {
             *o += wv * v;
         }
     }
 }
 
+/// # Safety
+/// The CPU must have AVX2 and FMA; `src[starts[k]..][..out.len().next_multiple_of(8)]`
+/// must be in bounds for every tap `k`, and `w` as long as `starts`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_taps_avx2(out: &mut [f32], src: &[f32], cols: &[(usize, usize, usize)], w: &[f32]) {
-    for (&(x0, x1, at), &wv) in cols.iter().zip(w) {
-        for (o, &v) in out[x0..x1].iter_mut().zip(&src[at..at + (x1 - x0)]) {
-            *o = wv.mul_add(v, *o);
+unsafe fn row_taps_avx2(src: &[f32], starts: &[usize], w: &[f32], b: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    /// Vectors in flight: a tap's multiply-add waits for the previous tap's (4 cycles)
+    /// unless other vectors' are there to fill the two FMA units.
+    const V: usize = 4;
+    let ow = out.len();
+    let taps = |x0: usize, acc: &mut [__m256]| {
+        for (&s, &wv) in starts.iter().zip(w) {
+            let wv = _mm256_set1_ps(wv);
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: x0 + 8v + 8 ≤ ow rounded up to 8: inside `src` (the contract).
+                let xv = unsafe { _mm256_loadu_ps(src.as_ptr().add(s + x0 + 8 * v)) };
+                *acc = _mm256_fmadd_ps(wv, xv, *acc);
+            }
         }
+    };
+    let mut x0 = 0;
+    while x0 + 8 * V <= ow {
+        let mut acc = [_mm256_set1_ps(b); V];
+        taps(x0, &mut acc);
+        for (v, acc) in acc.iter().enumerate() {
+            // SAFETY: x0 + 8v + 8 ≤ ow.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(x0 + 8 * v), *acc) };
+        }
+        x0 += 8 * V;
+    }
+    while x0 < ow {
+        let mut acc = [_mm256_set1_ps(b)];
+        taps(x0, &mut acc);
+        if x0 + 8 <= ow {
+            // SAFETY: x0 + 8 ≤ ow.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(x0), acc[0]) };
+        } else {
+            let mut tail = [0.0; 8];
+            // SAFETY: `tail` holds 8 floats.
+            unsafe { _mm256_storeu_ps(tail.as_mut_ptr(), acc[0]) };
+            out[x0..].copy_from_slice(&tail[..ow - x0]);
+        }
+        x0 += 8;
     }
 }
 

@@ -872,7 +872,7 @@ pub(crate) mod tests {
     thread_local! {
         /// Makes this thread's products take the portable paths, which an AVX2 machine
         /// would otherwise never test.
-        pub(super) static PORTABLE: Cell<bool> = const { Cell::new(false) };
+        pub(in crate::kernels) static PORTABLE: Cell<bool> = const { Cell::new(false) };
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod activation;
 pub mod conv;
 mod depthwise;
+mod direct;
 pub mod elementwise;
 pub mod gemm;
 pub mod layout;
@@ -22,6 +23,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+mod rows;
 pub mod shape;
 pub mod window;
 

@@ -1,0 +1,198 @@
+//! Forward of a conv with few input channels (a network's first conv, over RGB): direct
+//! loops instead of im2col and a product. With three input channels the im2col matrix is
+//! nine times the input, and writing it, reading it back and filling the output with the
+//! bias first were most of the layer's time (memory-bound, the product is 27 deep).
+//!
+//! Each output row is computed from the input rows of its window, padded and split into
+//! their stride phases ([`RowCache`]), so every tap is a contiguous run: a tile of
+//! [`OCS`] output channels × [`COLS`] columns is accumulated in registers over every tap
+//! and stored once, with the bias.
+//!
+//! Threads: the loops split the output planes (whole tiles of channels).
+
+use super::conv::{Conv2dGeom, tap_offset};
+use super::rows::{RowCache, RowSplit};
+use crate::threads;
+
+/// Up to this many input channels a conv takes this path.
+const MAX_C_IN: usize = 4;
+/// Most taps (input channels × kernel rows × kernel columns) of the path.
+const MAX_TAPS: usize = 64;
+/// Output channels of a tile: each input vector serves all of them.
+const OCS: usize = 4;
+/// Output columns of a tile: two AVX vectors.
+const COLS: usize = 16;
+
+/// Whether [`forward`] takes `g`.
+pub(super) fn applies(g: &Conv2dGeom) -> bool {
+    g.groups == 1
+        && g.c_in <= MAX_C_IN
+        && !g.is_pointwise()
+        && g.c_in * g.kh * g.kw <= MAX_TAPS
+        && g.out_w() > 0
+        && RowSplit::new(g).is_some_and(|s| RowCache::fits(s, g.c_in, window_rows(g)))
+}
+
+/// Input rows one output row's window spans.
+fn window_rows(g: &Conv2dGeom) -> usize {
+    g.dilation[0] * (g.kh - 1) + 1
+}
+
+/// `y = conv(x, w) + bias`, in parallel over runs of output planes.
+pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    debug_assert!(applies(g));
+    let split = RowSplit::new(g).expect("applies");
+    let (p, taps) = (g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
+    let parts = threads::parts_for(g.output_len() * taps);
+    threads::for_runs(y, g.n * g.c_out, p, OCS, parts, |run, ys| {
+        let mut cache = RowCache::new(split, g.c_in, window_rows(g));
+        let mut done = 0;
+        // A run may start and end inside an image: its channels of each image in turn.
+        while done < run.len() {
+            let unit = run.start + done;
+            let (b, oc0) = (unit / g.c_out, unit % g.c_out);
+            let ocs = (g.c_out - oc0).min(run.len() - done);
+            let xb = &x[b * g.c_in * g.h * g.w..][..g.c_in * g.h * g.w];
+            let planes = &mut ys[done * p..][..ocs * p];
+            image(g, &split, &mut cache, xb, w, bias, oc0, planes);
+            done += ocs;
+        }
+    });
+}
+
+/// Output channels `oc0..` of one image into `planes`.
+#[allow(clippy::too_many_arguments)] // the forward's terms and the run's place in them
+fn image(
+    g: &Conv2dGeom,
+    split: &RowSplit,
+    cache: &mut RowCache,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    oc0: usize,
+    planes: &mut [f32],
+) {
+    let (ow, p, hw) = (g.out_w(), g.out_h() * g.out_w(), g.h * g.w);
+    let taps = g.c_in * g.kh * g.kw;
+    let mut starts = [0; MAX_TAPS];
+    let cols: [usize; MAX_TAPS] = std::array::from_fn(|kx| split.tap_start(kx));
+    let cols = &cols[..g.kw];
+    cache.clear();
+    for oy in 0..g.out_h() {
+        // Where each tap's run starts in the cache, in the weight's (c, ky, kx) order.
+        for c in 0..g.c_in {
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride[0]) as isize + tap_offset(ky, g.dilation[0], g.pad[0]);
+                let at = cache.row(c, &x[c * hw..][..hw], iy);
+                let taps = starts[(c * g.kh + ky) * g.kw..].iter_mut();
+                for (s, col) in taps.zip(cols) {
+                    *s = at + col;
+                }
+            }
+        }
+        let starts = &starts[..taps];
+        for (t, tile) in planes.chunks_mut(OCS * p).enumerate() {
+            let oc = oc0 + t * OCS;
+            let rows = tile.len() / p;
+            // Channels past the last are computed from its weights and not stored.
+            let wr: [&[f32]; OCS] =
+                std::array::from_fn(|r| &w[(oc + r.min(rows - 1)) * taps..][..taps]);
+            let br: [f32; OCS] =
+                std::array::from_fn(|r| bias.map_or(0.0, |b| b[oc + r.min(rows - 1)]));
+            let mut outs: [&mut [f32]; OCS] = Default::default();
+            for (o, plane) in outs.iter_mut().zip(tile.chunks_exact_mut(p)) {
+                *o = &mut plane[oy * ow..][..ow];
+            }
+            row(cache.buf(), starts, wr, br, &mut outs[..rows]);
+        }
+    }
+}
+
+/// `outs[r][ox] = b[r] + Σ_k w[r][k] · src[starts[k] + ox]` for every column of the rows.
+fn row(src: &[f32], starts: &[usize], w: [&[f32]; OCS], b: [f32; OCS], outs: &mut [&mut [f32]]) {
+    let ow = outs[0].len();
+    // Whole tiles are loaded: past a run's last column, into the next row or the cache's
+    // slack.
+    let last = starts.iter().max().copied().unwrap_or(0);
+    assert!(last + ow.next_multiple_of(COLS) <= src.len());
+    assert!(w.iter().all(|w| w.len() == starts.len()) && outs.iter().all(|o| o.len() == ow));
+    for x0 in (0..ow).step_by(COLS) {
+        let acc = tile(src, starts, &w, b, x0);
+        let cols = COLS.min(ow - x0);
+        for (out, acc) in outs.iter_mut().zip(&acc) {
+            // A constant length for whole tiles: a few moves rather than a memcpy call.
+            if cols == COLS {
+                out[x0..][..COLS].copy_from_slice(acc);
+            } else {
+                out[x0..].copy_from_slice(&acc[..cols]);
+            }
+        }
+    }
+}
+
+/// One tile: columns `x0..x0 + COLS` of the [`OCS`] output channels.
+fn tile(
+    src: &[f32],
+    starts: &[usize],
+    w: &[&[f32]; OCS],
+    b: [f32; OCS],
+    x0: usize,
+) -> [[f32; COLS]; OCS] {
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked above); `row` asserted that every
+        // tap's COLS floats from x0 lie inside `src` and that `w` has a weight per tap.
+        return unsafe { tile_avx2(src, starts, w, b, x0) };
+    }
+    let mut acc = b.map(|b| [b; COLS]);
+    for (k, &s) in starts.iter().enumerate() {
+        let v: &[f32; COLS] = src[s + x0..][..COLS].try_into().expect("COLS floats");
+        for (acc, w) in acc.iter_mut().zip(w) {
+            for (a, &v) in acc.iter_mut().zip(v) {
+                *a += w[k] * v;
+            }
+        }
+    }
+    acc
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA; `src[starts[k] + x0..][..COLS]` and `w[r][k]` must be
+/// in bounds for every tap `k` and row `r`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(
+    src: &[f32],
+    starts: &[usize],
+    w: &[&[f32]; OCS],
+    b: [f32; OCS],
+    x0: usize,
+) -> [[f32; COLS]; OCS] {
+    use std::arch::x86_64::*;
+    let base = src.as_ptr().wrapping_add(x0);
+    let mut acc = b.map(|b| [_mm256_set1_ps(b); 2]);
+    for (k, &s) in starts.iter().enumerate() {
+        // SAFETY: in bounds, by the caller's contract.
+        let (v0, v1) = unsafe {
+            (
+                _mm256_loadu_ps(base.add(s)),
+                _mm256_loadu_ps(base.add(s + 8)),
+            )
+        };
+        for (acc, w) in acc.iter_mut().zip(w) {
+            // SAFETY: k < starts.len() ≤ w.len(), by the caller's contract.
+            let wk = _mm256_set1_ps(unsafe { *w.get_unchecked(k) });
+            acc[0] = _mm256_fmadd_ps(wk, v0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(wk, v1, acc[1]);
+        }
+    }
+    let mut out = [[0.0; COLS]; OCS];
+    for (o, acc) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row of `out` holds COLS = 16 floats.
+        unsafe {
+            _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+    out
+}
