@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # actc beside PyTorch eager and ONNX Runtime training, in one session, interleaved: MobileNetV2
 # (ImageNet weights, new 10-way head), last 4 convs + classifier, frozen (folded) BN, 2 threads,
-# at 64x3x32x32 and 8x3x224x224; actc without compression and with HOSVD (eps 0.8). actc and
+# at 64x3x32x32 and 8x3x224x224; actc without compression, with HOSVD (eps 0.8) and with HOSVD
+# under --budget 256K (ranks fixed by calibration on the first Fashion-MNIST batch). actc and
 # PyTorch use SGD lr 0.01 momentum 0.9; ORT's training SGD has no momentum (lr 0.01), so actc
 # also runs that optimizer ("actc (SGD, no momentum)": no momentum buffers) to compare like
 # with like.
@@ -53,11 +54,14 @@ for shape in 64x3x32x32 8x3x224x224; do
     --compress hosvd --eps 0.8 -o "$tmp/$shape-hosvd.actc" 2>/dev/null
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0 \
     -o "$tmp/$shape-sgd.actc" 2>/dev/null
+  "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
+    --compress hosvd --budget 256K --calibration models/data/fashion-mnist \
+    -o "$tmp/$shape-budget.actc" 2>/dev/null
 done
 : > "$tmp/actc.jsonl"
 for round in $(seq "$ROUNDS"); do
   for shape in 64x3x32x32 8x3x224x224; do
-    for plan in "$shape" "$shape-hosvd" "$shape-sgd"; do
+    for plan in "$shape" "$shape-hosvd" "$shape-budget" "$shape-sgd"; do
       "$ACTC" bench "$tmp/$plan.actc" --steps "$STEPS" --threads 2 --json >> "$tmp/actc.jsonl"
     done
   done
@@ -97,7 +101,8 @@ rows = {}
 for line in open(tmp / "actc.jsonl"):
     r = json.loads(line)
     shape = "64x32" if "64x3x32x32" in r["plan"] else "8x224"
-    system = "actc hosvd eps=0.8" if "hosvd" in r["plan"] else "actc (SGD, no momentum)" if "-sgd" in r["plan"] else "actc"
+    kinds = {"-hosvd": "actc hosvd eps=0.8", "-budget": "actc hosvd --budget 256K", "-sgd": "actc (SGD, no momentum)"}
+    system = next((v for k, v in kinds.items() if k in r["plan"]), "actc")
     rows.setdefault((system, shape), []).append((r["step_ms"]["median"], r["step_ms"]["p10"], r["step_ms"]["p90"], r["peak_rss_bytes"] / 1e6, r["suffix_ms"]["median"]))
 for pattern, name in (("torch-[0-9]*.json", lambda r: f"pytorch {r['layout']}"),
                       ("ort-[0-9]*.json", lambda r: "ort (SGD, no momentum)")):
