@@ -209,6 +209,9 @@ fn set_eps(plan: &mut Plan, eps: f32) {
     }
 }
 
+/// Vectors by buffer or layer name.
+type ByName<T> = HashMap<String, Vec<T>>;
+
 /// The calibration batch: the first batch of a seeded shuffle of the data, preprocessed
 /// as `actc train` would.
 struct Batch<'a> {
@@ -244,16 +247,12 @@ impl<'a> Batch<'a> {
     }
 
     /// One training step of `plan` on the batch: every weight gradient, by buffer name.
-    fn gradients(&self, plan: Plan) -> Result<HashMap<String, Vec<f32>>> {
+    fn gradients(&self, plan: Plan) -> Result<ByName<f32>> {
         Ok(self.gradients_and_ranks(plan)?.0)
     }
 
-    /// [`Batch::gradients`] and the ranks each compressed layer used.
-    #[allow(clippy::type_complexity)]
-    fn gradients_and_ranks(
-        &self,
-        plan: Plan,
-    ) -> Result<(HashMap<String, Vec<f32>>, HashMap<String, Vec<u32>>)> {
+    /// [`Batch::gradients`] and the ranks each compressed layer used, by layer.
+    fn gradients_and_ranks(&self, plan: Plan) -> Result<(ByName<f32>, ByName<u32>)> {
         let mut session = Session::new(plan, 1).map_err(|e| err!("calibration: {e}"))?;
         session
             .load(self.data, &self.prep, &self.rows)
