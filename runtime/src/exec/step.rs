@@ -82,9 +82,8 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
                 &bi(1).shape,
             );
             let bias = (step.inputs.len() > 2).then(|| x(2));
-            conv::forward(&g, x(0), x(1), bias, y(0), ws());
             let clip = cc.clip.clone().unwrap_or_default();
-            act::clip_in_place(clip.min, clip.max, y(0));
+            conv::forward_clipped(&g, x(0), x(1), bias, (clip.min, clip.max), y(0), ws());
         }
         Kind::ConvBackwardData(c) => {
             let g = geom::conv(c, &bo(0).shape, &bi(1).shape);

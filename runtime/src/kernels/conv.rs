@@ -14,7 +14,8 @@
 use super::gemm::{Segments, sgemm, sgemm_sum};
 use super::rows::{RowCache, RowSplit};
 use super::window::{out_len, valid_range};
-use super::{depthwise, direct};
+use super::{activation, depthwise, direct};
+use crate::threads;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeom {
@@ -146,28 +147,79 @@ pub fn forward(
     if direct::applies(g) {
         return direct::forward(g, x, w, bias, y);
     }
-    let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
+    let p = g.out_h() * g.out_w();
     if g.is_pointwise() && p == 1 {
         return single_pixel_forward(g, x, w, bias, y);
     }
     if g.is_batched_pointwise() {
         return rows_forward(g, x, w, bias, y, ws);
     }
+    per_image_forward(g, x, w, bias, None, y, ws);
+}
+
+/// [`forward`], then `y ← min(max(y, lo), hi)` (a conv and the ReLU6 or ReLU after it).
+/// Where the conv is one product per image and an image's output is large, each image's
+/// output gets its bias and clip in one pass right after its product, while it is still in
+/// cache: filling it with the bias first, reading that back in the product and clipping in a
+/// pass of its own after the whole batch went through memory three times on a MobileNet's
+/// large 1×1 convs. Small outputs stay in cache either way, and a pass per image cost more
+/// there than it saved.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_clipped(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: (f32, f32),
+    y: &mut [f32],
+    ws: &mut [f32],
+) {
+    let p = g.out_h() * g.out_w();
+    let own_path = g.is_depthwise()
+        || direct::applies(g)
+        || (g.is_pointwise() && p == 1)
+        || g.is_batched_pointwise()
+        || g.cout_per_group() * p < FUSED_EPILOGUE;
+    if own_path {
+        forward(g, x, w, bias, y, ws);
+        return activation::clip_in_place(clip.0, clip.1, y);
+    }
+    debug_assert!(ws.len() >= workspace_len(g));
+    per_image_forward(g, x, w, bias, Some(clip), y, ws);
+}
+
+/// Output floats per image and group from which [`forward_clipped`] applies the bias and
+/// the clip image by image.
+const FUSED_EPILOGUE: usize = 1 << 16;
+
+/// One product per image and group (im2col first unless 1×1), then the epilogue.
+fn per_image_forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) {
+    let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     for b in 0..g.n {
         for gi in 0..g.groups {
             let xg = &x[(b * g.c_in + gi * cig) * hw..][..cig * hw];
             let wg = &w[gi * cog * rows..][..cog * rows];
             let yg = &mut y[(b * g.c_out + gi * cog) * p..][..cog * p];
-            // Starting from the bias and accumulating saves a pass over the output.
-            let beta = match bias {
-                Some(bias) => {
-                    for (plane, &bv) in yg.chunks_exact_mut(p).zip(&bias[gi * cog..]) {
+            let bias = bias.map(|bias| &bias[gi * cog..][..cog]);
+            // Without a clip, starting from the bias and accumulating saves a pass over the
+            // output; with one, the pass after the product adds it.
+            let beta = match (bias, clip) {
+                (Some(bias), None) => {
+                    for (plane, &bv) in yg.chunks_exact_mut(p).zip(bias) {
                         plane.fill(bv);
                     }
                     1.0
                 }
-                None => 0.0,
+                _ => 0.0,
             };
             if g.is_pointwise() {
                 sgemm(cog, p, cig, 1.0, wg, (cig, 1), xg, (p, 1), beta, yg, (p, 1));
@@ -188,8 +240,23 @@ pub fn forward(
                     (p, 1),
                 );
             }
+            if let Some((lo, hi)) = clip {
+                bias_clip(yg, p, bias, lo, hi);
+            }
         }
     }
+}
+
+/// `plane[c] ← min(max(plane[c] + bias[c], lo), hi)` for each of `y`'s planes of `p`.
+fn bias_clip(y: &mut [f32], p: usize, bias: Option<&[f32]>, lo: f32, hi: f32) {
+    let planes = y.len() / p;
+    let parts = threads::parts_for(y.len() * 8);
+    threads::for_runs(y, planes, p, 1, parts, |run, ys| {
+        for (c, plane) in run.zip(ys.chunks_exact_mut(p)) {
+            let b = bias.map_or(0.0, |bias| bias[c]);
+            plane.iter_mut().for_each(|v| *v = (*v + b).max(lo).min(hi));
+        }
+    });
 }
 
 /// dx from dy and the weight (no activation needed).
@@ -825,6 +892,36 @@ mod tests {
                 let mut y = vec![f32::NAN; g.output_len()];
                 forward(&g, &x, &w, bias, &mut y, &mut ws);
                 assert_close(&format!("{g:?}"), &y, &reference(&g, &x, &w, bias), 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn clipped_forward_is_the_forward_clipped() {
+        let mut rng = Lcg::new(13);
+        // and outputs large enough for the clip image by image: 1×1, 3×3 through im2col
+        let large = [
+            geom(2, 4, 64, 64, 16, [1, 1], 1, [0; 4], 1, 1),
+            geom(1, 5, 70, 70, 16, [3, 3], 1, [1; 4], 1, 1),
+        ];
+        assert!(
+            large
+                .iter()
+                .all(|g| g.c_out * g.out_h() * g.out_w() >= FUSED_EPILOGUE)
+        );
+        for g in cases().into_iter().chain(large) {
+            let x = rng.vec(g.input_len());
+            let w = rng.vec(g.weight_len());
+            let bias = rng.vec(g.c_out);
+            let mut ws = vec![f32::NAN; workspace_len(&g)];
+            for bias in [None, Some(&bias[..])] {
+                let want: Vec<f64> = reference(&g, &x, &w, bias)
+                    .iter()
+                    .map(|v| v.clamp(-0.5, 0.75))
+                    .collect();
+                let mut y = vec![f32::NAN; g.output_len()];
+                forward_clipped(&g, &x, &w, bias, (-0.5, 0.75), &mut y, &mut ws);
+                assert_close(&format!("{g:?}"), &y, &want, 1e-5);
             }
         }
     }
