@@ -135,26 +135,7 @@ pub fn forward(
     y: &mut [f32],
     ws: &mut [f32],
 ) {
-    g.debug_check();
-    debug_assert_eq!(x.len(), g.input_len());
-    debug_assert_eq!(w.len(), g.weight_len());
-    debug_assert!(bias.is_none_or(|b| b.len() == g.c_out));
-    debug_assert_eq!(y.len(), g.output_len());
-    debug_assert!(ws.len() >= workspace_len(g));
-    if g.is_depthwise() {
-        return depthwise::forward(g, x, w, bias, y);
-    }
-    if direct::applies(g) {
-        return direct::forward(g, x, w, bias, y);
-    }
-    let p = g.out_h() * g.out_w();
-    if g.is_pointwise() && p == 1 {
-        return single_pixel_forward(g, x, w, bias, y);
-    }
-    if g.is_batched_pointwise() {
-        return rows_forward(g, x, w, bias, y, ws);
-    }
-    per_image_forward(g, x, w, bias, None, y, ws);
+    forward_with(g, x, w, bias, None, y, ws);
 }
 
 /// [`forward`], then `y ← min(max(y, lo), hi)` (a conv and the ReLU6 or ReLU after it).
@@ -174,18 +155,42 @@ pub fn forward_clipped(
     y: &mut [f32],
     ws: &mut [f32],
 ) {
-    let p = g.out_h() * g.out_w();
-    let own_path = g.is_depthwise()
-        || direct::applies(g)
-        || (g.is_pointwise() && p == 1)
-        || g.is_batched_pointwise()
-        || g.cout_per_group() * p < FUSED_EPILOGUE;
-    if own_path {
-        forward(g, x, w, bias, y, ws);
-        return activation::clip_in_place(clip.0, clip.1, y);
-    }
+    forward_with(g, x, w, bias, Some(clip), y, ws);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_with(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) {
+    g.debug_check();
+    debug_assert_eq!(x.len(), g.input_len());
+    debug_assert_eq!(w.len(), g.weight_len());
+    debug_assert!(bias.is_none_or(|b| b.len() == g.c_out));
+    debug_assert_eq!(y.len(), g.output_len());
     debug_assert!(ws.len() >= workspace_len(g));
-    per_image_forward(g, x, w, bias, Some(clip), y, ws);
+    let p = g.out_h() * g.out_w();
+    if g.is_depthwise() {
+        depthwise::forward(g, x, w, bias, y);
+    } else if direct::applies(g) {
+        direct::forward(g, x, w, bias, y);
+    } else if g.is_pointwise() && p == 1 {
+        single_pixel_forward(g, x, w, bias, y);
+    } else if g.is_batched_pointwise() {
+        rows_forward(g, x, w, bias, y, ws);
+    } else if g.cout_per_group() * p >= FUSED_EPILOGUE {
+        return per_image_forward(g, x, w, bias, clip, y, ws);
+    } else {
+        per_image_forward(g, x, w, bias, None, y, ws);
+    }
+    if let Some((lo, hi)) = clip {
+        activation::clip_in_place(lo, hi, y);
+    }
 }
 
 /// Output floats per image and group from which [`forward_clipped`] applies the bias and
