@@ -176,9 +176,9 @@ fn forward_with(
     debug_assert!(ws.len() >= workspace_len(g));
     let p = g.out_h() * g.out_w();
     if g.is_depthwise() {
-        depthwise::forward(g, x, w, bias, y);
+        return depthwise::forward(g, x, w, bias, clip, y);
     } else if direct::applies(g) {
-        direct::forward(g, x, w, bias, y);
+        return direct::forward(g, x, w, bias, clip, y);
     } else if g.is_pointwise() && p == 1 {
         single_pixel_forward(g, x, w, bias, y);
     } else if g.is_batched_pointwise() {
@@ -198,6 +198,11 @@ fn forward_with(
 const FUSED_EPILOGUE: usize = 1 << 16;
 
 /// One product per image and group (im2col first unless 1×1), then the epilogue.
+///
+/// 1×1 convs (no im2col scratch to share) split the batch across the threads, each image a
+/// product of its own: split inside, the product of one 28×28 image woke the other thread
+/// twice (to pack B, then to multiply), sixteen times per conv at batch 8, and two threads
+/// ran it barely faster than one.
 fn per_image_forward(
     g: &Conv2dGeom,
     x: &[f32],
@@ -209,11 +214,11 @@ fn per_image_forward(
 ) {
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
-    for b in 0..g.n {
+    let image = |b: usize, yb: &mut [f32], ws: &mut [f32]| {
         for gi in 0..g.groups {
             let xg = &x[(b * g.c_in + gi * cig) * hw..][..cig * hw];
             let wg = &w[gi * cog * rows..][..cog * rows];
-            let yg = &mut y[(b * g.c_out + gi * cog) * p..][..cog * p];
+            let yg = &mut yb[gi * cog * p..][..cog * p];
             let bias = bias.map(|bias| &bias[gi * cog..][..cog]);
             // Without a clip, starting from the bias and accumulating saves a pass over the
             // output; with one, the pass after the product adds it.
@@ -249,6 +254,32 @@ fn per_image_forward(
                 bias_clip(yg, p, bias, lo, hi);
             }
         }
+    };
+    each_image(g, y, ws, image);
+}
+
+/// `f(b, out_b, ws)` for every image `b`, `out_b` being image `b`'s part of `out`. 1×1
+/// convs (no scratch to share) split the batch across the threads when the images share
+/// out evenly (or nearly: four or more each) and the work is worth them; the products inside
+/// then run on their thread alone.
+fn each_image(
+    g: &Conv2dGeom,
+    out: &mut [f32],
+    ws: &mut [f32],
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    let per_image = out.len() / g.n;
+    let t = threads::parts_for(g.output_len() * g.col_rows()).min(g.n);
+    if t > 1 && g.is_pointwise() && (g.n.is_multiple_of(t) || g.n >= 4 * t) {
+        threads::for_runs(out, g.n, per_image, 1, t, |run, outs| {
+            for (b, o) in run.zip(outs.chunks_exact_mut(per_image)) {
+                f(b, o, &mut []);
+            }
+        });
+    } else {
+        for (b, o) in out.chunks_exact_mut(per_image).enumerate() {
+            f(b, o, ws);
+        }
     }
 }
 
@@ -282,9 +313,9 @@ pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: 
         return rows_backward_data(g, w, dy, dx, ws);
     }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
-    for b in 0..g.n {
+    each_image(g, dx, ws, |b, dxb, ws| {
         for gi in 0..g.groups {
-            let dxg = &mut dx[(b * g.c_in + gi * cig) * hw..][..cig * hw];
+            let dxg = &mut dxb[gi * cig * hw..][..cig * hw];
             let wg = &w[gi * cog * rows..][..cog * rows];
             let dyg = &dy[(b * g.c_out + gi * cog) * p..][..cog * p];
             // Wᵀ·dy: the weight read column-wise.
@@ -320,7 +351,7 @@ pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: 
                 col2im(g, col, dxg);
             }
         }
-    }
+    });
 }
 
 /// dw from the input and dy, summed over the batch.
@@ -863,6 +894,27 @@ mod tests {
         assert_close("wide rows", &y, &reference(&g, &x, &w, None), 1e-5);
     }
 
+    /// Depthwise planes too large for one buffer go row by row (the cases' planes are laid
+    /// out whole): stride 1, and stride 2 with a channel multiplier; plain and clipped.
+    #[test]
+    fn large_depthwise_planes_match_reference() {
+        let mut rng = Lcg::new(14);
+        for g in [
+            geom(1, 2, 130, 131, 2, [3, 3], 1, [1, 1, 1, 1], 1, 2),
+            geom(1, 2, 150, 140, 4, [3, 3], 2, [1, 1, 0, 1], 1, 2),
+        ] {
+            let (x, w) = (rng.vec(g.input_len()), rng.vec(g.weight_len()));
+            let bias = rng.vec(g.c_out);
+            let want = reference(&g, &x, &w, Some(&bias));
+            let mut y = vec![f32::NAN; g.output_len()];
+            forward(&g, &x, &w, Some(&bias), &mut y, &mut []);
+            assert_close(&format!("{g:?}"), &y, &want, 1e-5);
+            forward_clipped(&g, &x, &w, Some(&bias), (-0.5, 0.75), &mut y, &mut []);
+            let clipped: Vec<f64> = want.iter().map(|v| v.clamp(-0.5, 0.75)).collect();
+            assert_close(&format!("clipped {g:?}"), &y, &clipped, 1e-5);
+        }
+    }
+
     #[test]
     fn paths_are_chosen_as_documented() {
         let cs = cases();
@@ -928,6 +980,37 @@ mod tests {
                 forward_clipped(&g, &x, &w, bias, (-0.5, 0.75), &mut y, &mut ws);
                 assert_close(&format!("{g:?}"), &y, &want, 1e-5);
             }
+        }
+    }
+
+    /// 1×1 convs with work enough to split the batch across threads (too large for finite
+    /// differences): the forward against the reference, the input gradient by the adjoint
+    /// identity ⟨conv(x), r⟩ = ⟨x, backward_data(r)⟩.
+    #[test]
+    fn batch_split_pointwise_matches_reference() {
+        let mut rng = Lcg::new(12);
+        for groups in [1, 2] {
+            let g = geom(4, 96, 16, 16, 64, [1, 1], 1, [0; 4], 1, groups);
+            assert!(threads::parts_for(g.output_len() * g.col_rows()) == threads::threads());
+            let (x, w, r) = (
+                rng.vec(g.input_len()),
+                rng.vec(g.weight_len()),
+                rng.vec(g.output_len()),
+            );
+            let (mut y, mut dx) = (
+                vec![f32::NAN; g.output_len()],
+                vec![f32::NAN; g.input_len()],
+            );
+            forward(&g, &x, &w, None, &mut y, &mut []);
+            let want = reference(&g, &x, &w, None);
+            assert_close(&format!("{g:?}"), &y, &want, 1e-5);
+            backward_data(&g, &w, &r, &mut dx, &mut []);
+            let lhs: f64 = want.iter().zip(&r).map(|(&a, &b)| a * b as f64).sum();
+            let rhs: f64 = x.iter().zip(&dx).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!(
+                (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
         }
     }
 
@@ -1000,6 +1083,16 @@ mod bench {
             ("dw s1 32 112", conv(1, 32, 112, 32, 3, 1, 32)),
             ("first conv 32", conv(16, 3, 32, 32, 3, 2, 1)),
             ("dw s2 96 16", conv(16, 96, 16, 96, 3, 2, 96)),
+            ("dw s1 192 28 x8", conv(8, 192, 28, 192, 3, 1, 192)),
+            ("dw s2 192 28 x8", conv(8, 192, 28, 192, 3, 2, 192)),
+            ("dw s1 32 16 x64", conv(64, 32, 16, 32, 3, 1, 32)),
+            ("dw s2 96 16 x64", conv(64, 96, 16, 96, 3, 2, 96)),
+            ("dw s1 144 8 x64", conv(64, 144, 8, 144, 3, 1, 144)),
+            ("dw s1 384 14 x8", conv(8, 384, 14, 384, 3, 1, 384)),
+            ("expand 32>192 28 x8", conv(8, 32, 28, 192, 1, 1, 1)),
+            ("project 192>32 28 x8", conv(8, 192, 28, 32, 1, 1, 1)),
+            ("expand 64>384 14 x8", conv(8, 64, 14, 384, 1, 1, 1)),
+            ("project 384>64 14 x8", conv(8, 384, 14, 64, 1, 1, 1)),
         ];
         let mut rng = Lcg::new(7);
         println!("{:<18} {:>8} {:>8}", "shape", "1 thread", "2");

@@ -105,14 +105,33 @@ fn depthwise_parts(g: &Conv2dGeom) -> usize {
     threads::parts_for(g.output_len() * g.kh * g.kw)
 }
 
-/// In parallel over output planes: each part writes its own run of `y`.
-pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// In parallel over output planes: each part writes its own run of `y`. Then
+/// `y ← min(max(y, lo), hi)` with a clip: [`forward_planes`] applies it as it stores.
+pub(super) fn forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+    y: &mut [f32],
+) {
+    if let Some(layout) = PlaneLayout::new(g) {
+        return forward_planes(g, &layout, x, w, bias, clip, y);
+    }
     if let Some(pixels) = PixelTaps::new(g) {
-        return forward_small(g, &pixels, x, w, bias, y);
+        forward_small(g, &pixels, x, w, bias, y);
+    } else if let Some(split) = rows_split(g) {
+        forward_rows(g, split, x, w, bias, y);
+    } else {
+        forward_gathered(g, x, w, bias, y);
     }
-    if let Some(split) = rows_split(g) {
-        return forward_rows(g, split, x, w, bias, y);
+    if let Some((lo, hi)) = clip {
+        super::activation::clip_in_place(lo, hi, y);
     }
+}
+
+/// The fallback: tap after tap over whole planes, gathering strided input columns.
+fn forward_gathered(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let (hw, p, ow, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
     let planes = g.n * g.c_out;
@@ -131,6 +150,237 @@ pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
             });
         }
     });
+}
+
+/// A plane padded and split whole into [`forward_planes`]' buffer may take this many floats
+/// (64 KiB on each thread's stack: L2 holds it while its outputs are worked out).
+const PLANE_MAX: usize = 16 * 1024;
+
+/// How [`forward_planes`] lays out an input plane: its rows padded and split into their
+/// stride phases ([`RowSplit`]), one after another, from the row of output row 0's first
+/// tap to the row of the last output row's last, zeros for the rows of the padding. Output
+/// row `oy`'s tap `k` then reads `row_len·stride·oy + tap[k]` onwards: a vector load.
+struct PlaneLayout {
+    split: RowSplit,
+    /// The input plane's height and width.
+    h: usize,
+    w: usize,
+    /// Input row of buffer row 0 (negative in the padding).
+    top: isize,
+    rows: usize,
+    row_len: usize,
+    tap: [usize; MAX_TAPS],
+}
+
+impl PlaneLayout {
+    /// For planes whose output rows are at least a vector wide and whose layout fits
+    /// [`PLANE_MAX`], on CPUs with AVX2 and FMA.
+    fn new(g: &Conv2dGeom) -> Option<PlaneLayout> {
+        #[cfg(target_arch = "x86_64")]
+        let vectors = super::gemm::has_avx2_fma();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vectors = false;
+        if !vectors || g.out_w() < 8 || g.kh * g.kw > MAX_TAPS {
+            return None;
+        }
+        let split = RowSplit::new(g)?;
+        let [dh, sh] = [g.dilation[0], g.stride[0]];
+        let rows = (g.out_h() - 1) * sh + (g.kh - 1) * dh + 1;
+        let row_len = split.len();
+        // Vectors past the last row's end load up to a vector into the slack.
+        if rows * row_len + 8 > PLANE_MAX {
+            return None;
+        }
+        let mut tap = [0; MAX_TAPS];
+        for (k, t) in tap.iter_mut().enumerate().take(g.kh * g.kw) {
+            *t = (k / g.kw) * dh * row_len + split.tap_start(k % g.kw);
+        }
+        Some(PlaneLayout {
+            split,
+            h: g.h,
+            w: g.w,
+            top: tap_offset(0, dh, g.pad[0]),
+            rows,
+            row_len,
+            tap,
+        })
+    }
+
+    /// Lays `plane` out in `buf`, whose places of the padding are zeros: only the plane's
+    /// values are written (padding a small plane's rows again cost more than its taps).
+    fn place(&self, plane: &[f32], buf: &mut [f32]) {
+        let (h, w) = (self.h as isize, self.w);
+        for (r, dst) in buf
+            .chunks_exact_mut(self.row_len)
+            .take(self.rows)
+            .enumerate()
+        {
+            let iy = self.top + r as isize;
+            if (0..h).contains(&iy) {
+                self.split.place(&plane[iy as usize * w..][..w], dst);
+            }
+        }
+    }
+}
+
+/// Planes whose padded input fits [`PLANE_MAX`], one at a time: the plane is laid out once
+/// ([`PlaneLayout`]), then tiles of up to four vectors by up to eight output rows are
+/// accumulated in registers over all the taps and stored once, bias added and clip applied.
+/// Rows of a few vectors kept the row loops' accumulators waiting on each other (a 28-wide
+/// row is four vectors, one tap's chain at a time), and interleaving eight planes per
+/// vector spent more on moving the planes in and out than on the multiply-adds.
+fn forward_planes(
+    g: &Conv2dGeom,
+    layout: &PlaneLayout,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+    y: &mut [f32],
+) {
+    let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
+    let mult = g.c_out / g.c_in;
+    let clip = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let parts = threads::parts_for(g.output_len() * kk + 4 * g.input_len());
+    threads::for_runs(y, g.n * g.c_out, p, 1, parts, |run, ys| {
+        // Zeros where the padding goes, for good: only the planes' values are written.
+        let mut buf = [0.0f32; PLANE_MAX];
+        let mut held = usize::MAX;
+        for (i, yp) in run.zip(ys.chunks_exact_mut(p)) {
+            let (b, oc) = (i / g.c_out, i % g.c_out);
+            // With a channel multiplier, consecutive output planes read the same input.
+            let plane = b * g.c_in + oc / mult;
+            if plane != held {
+                layout.place(&x[plane * hw..][..hw], &mut buf);
+                held = plane;
+            }
+            let tile = PlaneTile {
+                buf: &buf,
+                tap: &layout.tap[..kk],
+                w: &w[oc * kk..][..kk],
+                bias: bias.map_or(0.0, |bias| bias[oc]),
+                clip,
+                row_step: layout.row_len * g.stride[0],
+                ow: g.out_w(),
+            };
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `PlaneLayout::new` checked for AVX2 and FMA; every tap's vectors of
+            // every output row lie inside `buf` (its slack included), as it sized them.
+            unsafe {
+                plane_avx2(&tile, yp)
+            };
+        }
+    });
+}
+
+/// One output plane's operands for [`plane_avx2`].
+struct PlaneTile<'a> {
+    buf: &'a [f32],
+    tap: &'a [usize],
+    w: &'a [f32],
+    bias: f32,
+    clip: (f32, f32),
+    /// Buffer floats from one output row's taps to the next's.
+    row_step: usize,
+    ow: usize,
+}
+
+/// # Safety
+/// The CPU must have AVX2 and FMA; for every output row `oy` of `out` and tap `k`,
+/// `buf[oy·row_step + tap[k]..][..ow.next_multiple_of(8)]` must lie inside `buf`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_avx2(t: &PlaneTile, out: &mut [f32]) {
+    let oh = out.len() / t.ow;
+    let vectors = t.ow.div_ceil(8);
+    let mut v0 = 0;
+    while v0 < vectors {
+        let v = (vectors - v0).min(4);
+        // SAFETY: as this function's.
+        unsafe {
+            match v {
+                4 => plane_columns::<4>(t, 8 * v0, oh, out),
+                3 => plane_columns::<3>(t, 8 * v0, oh, out),
+                2 => plane_columns::<2>(t, 8 * v0, oh, out),
+                _ => plane_columns::<1>(t, 8 * v0, oh, out),
+            }
+        }
+        v0 += v;
+    }
+}
+
+/// Columns `x0..x0 + 8V` (clipped to the row) of every output row, in tiles of as many rows
+/// as keep about eight accumulators in flight: two FMA units with a 4-cycle latency.
+///
+/// # Safety
+/// As [`plane_avx2`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_columns<const V: usize>(t: &PlaneTile, x0: usize, oh: usize, out: &mut [f32]) {
+    let mut oy = 0;
+    while oy < oh {
+        let left = oh - oy;
+        // SAFETY: as this function's; rows oy.. oy + R are rows of `out`.
+        unsafe {
+            oy += if V == 1 && left >= 8 {
+                plane_tile::<V, 8>(t, x0, oy, out)
+            } else if V <= 2 && left >= 4 {
+                plane_tile::<V, 4>(t, x0, oy, out)
+            } else if left >= 2 {
+                plane_tile::<V, 2>(t, x0, oy, out)
+            } else {
+                plane_tile::<V, 1>(t, x0, oy, out)
+            };
+        }
+    }
+}
+
+/// Output rows `oy..oy + R`, columns `x0..x0 + 8V` clipped to the row; returns `R`.
+///
+/// # Safety
+/// As [`plane_avx2`]'s, and `oy + R` at most the output's rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_tile<const V: usize, const R: usize>(
+    t: &PlaneTile,
+    x0: usize,
+    oy: usize,
+    out: &mut [f32],
+) -> usize {
+    use std::arch::x86_64::*;
+    let src = t.buf.as_ptr();
+    let mut acc = [[_mm256_set1_ps(t.bias); V]; R];
+    for (&tap, &wk) in t.tap.iter().zip(t.w) {
+        let wv = _mm256_set1_ps(wk);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let at = (oy + r) * t.row_step + tap + x0;
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: inside `buf` (the contract).
+                let xv = unsafe { _mm256_loadu_ps(src.add(at + 8 * v)) };
+                *acc = _mm256_fmadd_ps(wv, xv, *acc);
+            }
+        }
+    }
+    let (lo, hi) = (_mm256_set1_ps(t.clip.0), _mm256_set1_ps(t.clip.1));
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (r, acc) in acc.iter().enumerate() {
+        let row = &mut out[(oy + r) * t.ow..][..t.ow];
+        for (v, &acc) in acc.iter().enumerate() {
+            let col = x0 + 8 * v;
+            let val = _mm256_min_ps(_mm256_max_ps(acc, lo), hi);
+            // SAFETY: full vectors end inside the row; the last one stores only its lanes
+            // left of the row's end.
+            unsafe {
+                if col + 8 <= t.ow {
+                    _mm256_storeu_ps(row.as_mut_ptr().add(col), val);
+                } else {
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((t.ow - col) as i32), lanes);
+                    _mm256_maskstore_ps(row.as_mut_ptr().add(col), mask, val);
+                }
+            }
+        }
+    }
+    R
 }
 
 /// Large planes one output row at a time, from the input rows of its window padded and

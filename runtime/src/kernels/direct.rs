@@ -38,9 +38,19 @@ fn window_rows(g: &Conv2dGeom) -> usize {
     g.dilation[0] * (g.kh - 1) + 1
 }
 
-/// `y = conv(x, w) + bias`, in parallel over runs of output planes.
-pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// `y = conv(x, w) + bias`, clipped to `clip` when there is one (applied as the tiles are
+/// stored: a pass of its own went through the first conv's large output again), in parallel
+/// over runs of output planes.
+pub(super) fn forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+    y: &mut [f32],
+) {
     debug_assert!(applies(g));
+    let clip = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     let split = RowSplit::new(g).expect("applies");
     let (p, taps) = (g.out_h() * g.out_w(), g.c_in * g.kh * g.kw);
     let parts = threads::parts_for(g.output_len() * taps);
@@ -54,21 +64,22 @@ pub(super) fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
             let ocs = (g.c_out - oc0).min(run.len() - done);
             let xb = &x[b * g.c_in * g.h * g.w..][..g.c_in * g.h * g.w];
             let planes = &mut ys[done * p..][..ocs * p];
-            image(g, &split, &mut cache, xb, w, bias, oc0, planes);
+            image(g, &split, &mut cache, xb, (w, bias, clip), oc0, planes);
             done += ocs;
         }
     });
 }
 
+/// The weight, the bias and the clip.
+type Terms<'a> = (&'a [f32], Option<&'a [f32]>, (f32, f32));
+
 /// Output channels `oc0..` of one image into `planes`.
-#[allow(clippy::too_many_arguments)] // the forward's terms and the run's place in them
 fn image(
     g: &Conv2dGeom,
     split: &RowSplit,
     cache: &mut RowCache,
     x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
+    (w, bias, clip): Terms,
     oc0: usize,
     planes: &mut [f32],
 ) {
@@ -103,13 +114,21 @@ fn image(
             for (o, plane) in outs.iter_mut().zip(tile.chunks_exact_mut(p)) {
                 *o = &mut plane[oy * ow..][..ow];
             }
-            row(cache.buf(), starts, wr, br, &mut outs[..rows]);
+            row(cache.buf(), starts, wr, br, clip, &mut outs[..rows]);
         }
     }
 }
 
-/// `outs[r][ox] = b[r] + Σ_k w[r][k] · src[starts[k] + ox]` for every column of the rows.
-fn row(src: &[f32], starts: &[usize], w: [&[f32]; OCS], b: [f32; OCS], outs: &mut [&mut [f32]]) {
+/// `outs[r][ox] = b[r] + Σ_k w[r][k] · src[starts[k] + ox]`, clipped to `(lo, hi)`, for
+/// every column of the rows.
+fn row(
+    src: &[f32],
+    starts: &[usize],
+    w: [&[f32]; OCS],
+    b: [f32; OCS],
+    (lo, hi): (f32, f32),
+    outs: &mut [&mut [f32]],
+) {
     let ow = outs[0].len();
     // Whole tiles are loaded: past a run's last column, into the next row or the cache's
     // slack.
@@ -117,7 +136,10 @@ fn row(src: &[f32], starts: &[usize], w: [&[f32]; OCS], b: [f32; OCS], outs: &mu
     assert!(last + ow.next_multiple_of(COLS) <= src.len());
     assert!(w.iter().all(|w| w.len() == starts.len()) && outs.iter().all(|o| o.len() == ow));
     for x0 in (0..ow).step_by(COLS) {
-        let acc = tile(src, starts, &w, b, x0);
+        let mut acc = tile(src, starts, &w, b, x0);
+        for v in acc.iter_mut().flatten() {
+            *v = v.max(lo).min(hi);
+        }
         let cols = COLS.min(ow - x0);
         for (out, acc) in outs.iter_mut().zip(&acc) {
             // A constant length for whole tiles: a few moves rather than a memcpy call.

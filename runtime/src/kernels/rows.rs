@@ -7,6 +7,7 @@
 //! kernel column 0 reads even `ox`, of column 1 odd `ox`, of column 2 even `ox + 1`.
 
 use super::conv::Conv2dGeom;
+use std::ops::Range;
 
 /// The padded width of a row, in f32s, up to which [`RowCache`] takes it.
 pub(super) const ROW_MAX: usize = 2048;
@@ -44,7 +45,7 @@ impl RowSplit {
     }
 
     /// Length of a split row.
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.phase_len * self.stride
     }
 
@@ -57,46 +58,104 @@ impl RowSplit {
     }
 
     /// `row` padded with zeros and split into its phases, into `dst[..self.len()]`.
-    fn split(&self, row: &[f32], dst: &mut [f32]) {
+    pub(super) fn split(&self, row: &[f32], dst: &mut [f32]) {
+        let dst = &mut dst[..self.len()];
+        match self.stride {
+            1 => {
+                dst[..self.pad_left].fill(0.0);
+                dst[self.pad_left + self.w..].fill(0.0);
+            }
+            2 => {
+                let ([a, b], _) = self.halves();
+                let n = self.phase_len;
+                dst[a.0..a.0 + a.1.start].fill(0.0);
+                dst[a.0 + a.1.end..a.0 + n].fill(0.0);
+                dst[b.0..b.0 + b.1.start].fill(0.0);
+                dst[b.0 + b.1.end..b.0 + n].fill(0.0);
+            }
+            _ => dst.fill(0.0),
+        }
+        self.place(row, dst);
+    }
+
+    /// `row`'s values where [`RowSplit::split`] puts them, the padding's places left as they
+    /// are: a buffer zeroed once then takes row after row.
+    pub(super) fn place(&self, row: &[f32], dst: &mut [f32]) {
         let (s, pl, n) = (self.stride, self.pad_left, self.phase_len);
         let dst = &mut dst[..s * n];
         match s {
-            1 => {
-                dst[..pl].fill(0.0);
-                dst[pl..pl + self.w].copy_from_slice(row);
-                dst[pl + self.w..].fill(0.0);
-            }
+            1 => dst[pl..pl + self.w].copy_from_slice(row),
             2 => {
-                // row[2j] is padded column pl + 2j: phase pl % 2, index pl / 2 + j; row[2j + 1]
-                // lands in the other phase, at ⌈pl / 2⌉ + j.
-                let (even, odd) = dst.split_at_mut(n);
-                let (a, b) = if pl.is_multiple_of(2) {
-                    (even, odd)
+                let ([a, b], even_first) = self.halves();
+                let (lo, hi) = dst.split_at_mut(n);
+                let (even, odd) = if even_first {
+                    (&mut lo[a.1], &mut hi[b.1])
                 } else {
-                    (odd, even)
+                    (&mut hi[a.1], &mut lo[b.1])
                 };
-                let (a0, a1) = (pl / 2, pl / 2 + self.w.div_ceil(2));
-                let (b0, b1) = (pl.div_ceil(2), pl.div_ceil(2) + self.w / 2);
-                a[..a0].fill(0.0);
-                a[a1..].fill(0.0);
-                b[..b0].fill(0.0);
-                b[b1..].fill(0.0);
-                deinterleave(row, &mut a[a0..a1], &mut b[b0..b1]);
+                deinterleave(row, even, odd);
             }
             _ => {
-                for (q, phase) in dst.chunks_exact_mut(n).enumerate() {
-                    for (j, d) in phase.iter_mut().enumerate() {
-                        let col = (j * s + q).wrapping_sub(pl);
-                        *d = if col < self.w { row[col] } else { 0.0 };
-                    }
+                for (col, &v) in row.iter().enumerate() {
+                    let c = pl + col;
+                    dst[c % s * n + c / s] = v;
                 }
             }
         }
+    }
+
+    /// At stride 2, where the row's even values (`row[2j]`, padded column pl + 2j: phase
+    /// pl % 2, index pl / 2 + j) and its odd ones (the other phase, from ⌈pl / 2⌉) go: each
+    /// as (where its phase starts, its range inside the phase); and whether the even values'
+    /// phase comes first.
+    fn halves(&self) -> ([(usize, Range<usize>); 2], bool) {
+        let (pl, n, w) = (self.pad_left, self.phase_len, self.w);
+        let even_first = pl.is_multiple_of(2);
+        let (ea, oa) = if even_first { (0, n) } else { (n, 0) };
+        let even = pl / 2..pl / 2 + w.div_ceil(2);
+        let odd = pl.div_ceil(2)..pl.div_ceil(2) + w / 2;
+        ([(ea, even), (oa, odd)], even_first)
     }
 }
 
 /// `even[j] = row[2j]`, `odd[j] = row[2j + 1]`.
 fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    assert!(even.len() == row.len().div_ceil(2) && odd.len() == row.len() / 2);
+    #[cfg(target_arch = "x86_64")]
+    if super::gemm::has_avx2_fma() {
+        // SAFETY: the CPU has AVX2 (checked above); the lengths are as asserted.
+        return unsafe { deinterleave_avx2(row, even, odd) };
+    }
+    deinterleave_tail(row, even, odd);
+}
+
+/// # Safety
+/// The CPU must have AVX2; `even` and `odd` as long as [`deinterleave`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave_avx2(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let blocks = row.len() / 16;
+    for j in 0..blocks {
+        // SAFETY: 16j + 16 ≤ row.len(), so 8j + 8 ≤ both halves' lengths.
+        unsafe {
+            let lo = _mm256_loadu_ps(row.as_ptr().add(16 * j));
+            let hi = _mm256_loadu_ps(row.as_ptr().add(16 * j + 8));
+            // Within each 128-bit lane: lo's even (odd) pair, then hi's; then the lanes'
+            // 64-bit halves reordered so that lo's four come before hi's.
+            let e = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+            let o = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+            let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+            let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
+            _mm256_storeu_ps(even.as_mut_ptr().add(8 * j), e);
+            _mm256_storeu_ps(odd.as_mut_ptr().add(8 * j), o);
+        }
+    }
+    let done = 16 * blocks;
+    deinterleave_tail(&row[done..], &mut even[done / 2..], &mut odd[done / 2..]);
+}
+
+fn deinterleave_tail(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     let pairs = row.chunks_exact(2);
     if let Some(&last) = pairs.remainder().first() {
         even[row.len() / 2] = last;
@@ -198,7 +257,7 @@ mod tests {
     #[test]
     fn every_tap_reads_its_padded_column() {
         let mut rng = Lcg::new(3);
-        for w in [1, 2, 5, 8, 13] {
+        for w in [1, 2, 5, 8, 13, 16, 37] {
             for kw in 1..5 {
                 for stride in 1..5 {
                     for pad in [[0, 0], [1, 1], [2, 1], [1, 3], [3, 0]] {
