@@ -11,7 +11,7 @@
 //! Threads: the gemm splits each large product across the pool. im2col and col2im stay
 //! serial: they move memory that one core already streams at full speed.
 
-use super::gemm::{Segments, sgemm, sgemm_sum};
+use super::gemm::{Images, Segments, ragged, sgemm, sgemm_images, sgemm_sum};
 use super::rows::{RowCache, RowSplit};
 use super::window::{out_len, valid_range};
 use super::{activation, depthwise, direct};
@@ -92,6 +92,12 @@ impl Conv2dGeom {
     fn is_batched_pointwise(&self) -> bool {
         let p = self.out_h() * self.out_w();
         self.is_pointwise() && self.groups == 1 && p > 1 && p <= BATCHED_PIXELS
+    }
+
+    /// A 1×1 conv over images whose pixels leave a short GEMM panel (7×7): the batch
+    /// as one product over all images' pixels, in place ([`sgemm_images`]).
+    fn is_image_product(&self) -> bool {
+        self.is_pointwise() && self.groups == 1 && self.n > 1 && ragged(self.out_h() * self.out_w())
     }
 
     fn col_rows(&self) -> usize {
@@ -183,6 +189,8 @@ fn forward_with(
         single_pixel_forward(g, x, w, bias, y);
     } else if g.is_batched_pointwise() {
         rows_forward(g, x, w, bias, y, ws);
+    } else if g.is_image_product() {
+        return images_forward(g, x, w, bias, clip, y);
     } else if g.cout_per_group() * p >= FUSED_EPILOGUE {
         return per_image_forward(g, x, w, bias, clip, y, ws);
     } else {
@@ -251,7 +259,7 @@ fn per_image_forward(
                 );
             }
             if let Some((lo, hi)) = clip {
-                bias_clip(yg, p, bias, lo, hi);
+                bias_clip(yg, p, cog, bias, lo, hi);
             }
         }
     };
@@ -283,13 +291,47 @@ fn each_image(
     }
 }
 
-/// `plane[c] ← min(max(plane[c] + bias[c], lo), hi)` for each of `y`'s planes of `p`.
-fn bias_clip(y: &mut [f32], p: usize, bias: Option<&[f32]>, lo: f32, hi: f32) {
+/// The 1×1 conv of the whole batch as one product ([`Conv2dGeom::is_image_product`]), then
+/// the bias and the clip: added in one pass with the clip, or, without a clip, filled in
+/// first and accumulated onto.
+fn images_forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+    y: &mut [f32],
+) {
+    let p = g.out_h() * g.out_w();
+    let beta = match (bias, clip) {
+        (Some(bias), None) => {
+            for (i, plane) in y.chunks_exact_mut(p).enumerate() {
+                plane.fill(bias[i % g.c_out]);
+            }
+            1.0
+        }
+        _ => 0.0,
+    };
+    let imgs = Images {
+        count: g.n,
+        pixels: p,
+        b_step: g.c_in * p,
+        c_step: g.c_out * p,
+    };
+    sgemm_images(g.c_out, g.c_in, imgs, 1.0, w, (g.c_in, 1), x, beta, y);
+    if let Some((lo, hi)) = clip {
+        bias_clip(y, p, g.c_out, bias, lo, hi);
+    }
+}
+
+/// `plane ← min(max(plane + bias[c], lo), hi)` for each of `y`'s planes of `p`, plane `i`
+/// being of channel `c = i mod channels`.
+fn bias_clip(y: &mut [f32], p: usize, channels: usize, bias: Option<&[f32]>, lo: f32, hi: f32) {
     let planes = y.len() / p;
     let parts = threads::parts_for(y.len() * 8);
     threads::for_runs(y, planes, p, 1, parts, |run, ys| {
-        for (c, plane) in run.zip(ys.chunks_exact_mut(p)) {
-            let b = bias.map_or(0.0, |bias| bias[c]);
+        for (i, plane) in run.zip(ys.chunks_exact_mut(p)) {
+            let b = bias.map_or(0.0, |bias| bias[i % channels]);
             plane.iter_mut().for_each(|v| *v = (*v + b).max(lo).min(hi));
         }
     });
@@ -311,6 +353,16 @@ pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: 
     }
     if g.is_batched_pointwise() {
         return rows_backward_data(g, w, dy, dx, ws);
+    }
+    if g.is_image_product() {
+        // Wᵀ·dy over the batch's pixels: the weight read column-wise.
+        let imgs = Images {
+            count: g.n,
+            pixels: p,
+            b_step: g.c_out * p,
+            c_step: g.c_in * p,
+        };
+        return sgemm_images(g.c_in, g.c_out, imgs, 1.0, w, (1, g.c_in), dy, 0.0, dx);
     }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     each_image(g, dx, ws, |b, dxb, ws| {
@@ -879,6 +931,8 @@ mod tests {
             // weight gradient one product over the batch's pixels), also grouped
             geom(2, 3, 6, 5, 4, [1, 1], 1, [0; 4], 1, 1),
             geom(3, 4, 5, 4, 6, [1, 1], 1, [0; 4], 1, 2),
+            // 1×1 over 7×7 images: the batch's pixels as one product
+            geom(3, 3, 7, 7, 5, [1, 1], 1, [0; 4], 1, 1),
         ]
     }
 
@@ -984,13 +1038,14 @@ mod tests {
     }
 
     /// 1×1 convs with work enough to split the batch across threads (too large for finite
-    /// differences): the forward against the reference, the input gradient by the adjoint
+    /// differences), per image and as one product: the forward against the reference, the input gradient by the adjoint
     /// identity ⟨conv(x), r⟩ = ⟨x, backward_data(r)⟩.
     #[test]
     fn batch_split_pointwise_matches_reference() {
         let mut rng = Lcg::new(12);
-        for groups in [1, 2] {
-            let g = geom(4, 96, 16, 16, 64, [1, 1], 1, [0; 4], 1, groups);
+        // per-image products (also grouped); the batch's pixels as one product (7×7)
+        for (n, c_in, hw, groups) in [(4, 96, 16, 1), (4, 96, 16, 2), (8, 160, 7, 1)] {
+            let g = geom(n, c_in, hw, hw, 64, [1, 1], 1, [0; 4], 1, groups);
             assert!(threads::parts_for(g.output_len() * g.col_rows()) == threads::threads());
             let (x, w, r) = (
                 rng.vec(g.input_len()),
@@ -1092,6 +1147,10 @@ mod bench {
             ("expand 32>192 28 x8", conv(8, 32, 28, 192, 1, 1, 1)),
             ("project 192>32 28 x8", conv(8, 192, 28, 32, 1, 1, 1)),
             ("expand 64>384 14 x8", conv(8, 64, 14, 384, 1, 1, 1)),
+            ("expand 96>576 14 x8", conv(8, 96, 14, 576, 1, 1, 1)),
+            ("expand 160>960 7 x8", conv(8, 160, 7, 960, 1, 1, 1)),
+            ("1x1 320>1280 7 x8", conv(8, 320, 7, 1280, 1, 1, 1)),
+            ("project 960>320 7 x8", conv(8, 960, 7, 320, 1, 1, 1)),
             ("project 384>64 14 x8", conv(8, 384, 14, 64, 1, 1, 1)),
         ];
         let mut rng = Lcg::new(7);

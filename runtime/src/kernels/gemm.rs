@@ -20,6 +20,9 @@ use crate::threads;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod images;
+
+pub use images::{Images, ragged, sgemm_images};
 
 /// Row stride and column stride of a matrix inside its slice. Swapping them transposes the
 /// matrix without moving data.
@@ -752,6 +755,67 @@ pub(crate) mod tests {
         c
     }
 
+    /// Per-image products over the batch as one: panels inside one image and straddling
+    /// two (and three, with images narrower than a panel), depth blocks, A in place and
+    /// packed (transposed), beta 0 over NaN and 0.5, one thread's images and several;
+    /// the gaps between images' C untouched.
+    #[test]
+    fn image_products_match_per_image_reference() {
+        let mut rng = Lcg::new(9);
+        for (m, k, count, p, ta) in [
+            (13, 7, 3, 49, false),
+            (20, 300, 4, 49, true),
+            (7, 5, 5, 5, false),
+            (130, 40, 2, 20, false),
+            (96, 160, 8, 49, true),
+            (64, 96, 8, 196, false),
+        ] {
+            let (b_step, c_step) = (k * p + 3, m * p + 5);
+            let a = rng.vec(m * k);
+            let b = rng.vec((count - 1) * b_step + k * p);
+            let c0 = rng.vec((count - 1) * c_step + m * p);
+            let sa = if ta { (1, m) } else { (k, 1) };
+            let imgs = Images {
+                count,
+                pixels: p,
+                b_step,
+                c_step,
+            };
+            for beta in [0.0, 0.5] {
+                let mut c = c0.clone();
+                if beta == 0.0 {
+                    for img in c.chunks_mut(c_step) {
+                        let len = (m * p).min(img.len());
+                        img[..len].fill(f32::NAN);
+                    }
+                }
+                sgemm_images(m, k, imgs, 1.5, &a, sa, &b, beta, &mut c);
+                for img in 0..count {
+                    let bi = &b[img * b_step..];
+                    let want: Vec<f64> =
+                        reference(m, p, k, |i, t| a[i * sa.0 + t * sa.1], |t, j| bi[t * p + j])
+                            .iter()
+                            .zip(&c0[img * c_step..])
+                            .map(|(&v, &c)| 1.5 * v + beta as f64 * c as f64)
+                            .collect();
+                    let got = &c[img * c_step..][..m * p];
+                    assert_close(
+                        &format!("{m}x{k} {count}x{p} image {img}"),
+                        got,
+                        &want,
+                        1e-5,
+                    );
+                    if img + 1 < count {
+                        assert_eq!(
+                            c[img * c_step + m * p..][..5],
+                            c0[img * c_step + m * p..][..5]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn all_transposes_and_beta() {
         let mut rng = Lcg::new(1);
@@ -1114,6 +1178,11 @@ pub(crate) mod tests {
         // (label, m, n, k, A, B and C transposed)
         let shapes = [
             ("1x1 conv 7x7", 960, 49, 160, false, false, false),
+            ("expand 96>576 14", 576, 196, 96, false, false, false),
+            ("project 576>96 14", 96, 196, 576, false, false, false),
+            ("project 960>160 7", 160, 49, 960, false, false, false),
+            ("dX 1280>320 7 (A^T)", 320, 49, 1280, true, false, false),
+            ("dW 1280x320 392 (B^T)", 1280, 320, 392, false, true, false),
             ("1x1 conv 56x56", 24, 3136, 96, false, false, false),
             ("1x1 conv 112x112", 96, 12544, 16, false, false, false),
             ("3x3 im2col 56x56", 144, 3136, 1296, false, false, false),
