@@ -14,7 +14,8 @@ pub struct Session {
     /// The prefix when tract runs it (`None` when the plan runs it itself, or has none).
     tract: Option<Prefix>,
     input_shape: Vec<usize>,
-    /// One batch of preprocessed model input, reused for every batch.
+    /// One batch of preprocessed model input, for tract (reused for every batch; empty
+    /// otherwise: the plan's own prefix takes its input a micro-batch at a time).
     input: Vec<f32>,
     /// Where the prefix's outputs land before they are copied into the arena (the arena may
     /// reuse a boundary buffer's memory during the step, so they cannot live there between
@@ -97,8 +98,12 @@ impl Session {
             .iter()
             .map(|s| vec![0.0; s.iter().product()])
             .collect();
+        let input = match tract {
+            Some(_) => vec![0.0; input_shape.iter().product()],
+            None => Vec::new(),
+        };
         Ok(Session {
-            input: vec![0.0; input_shape.iter().product()],
+            input,
             exec,
             tract,
             input_shape,
@@ -129,37 +134,43 @@ impl Session {
         &self.input_shape[1..]
     }
 
-    /// The model input of the next batch, to be written before [`Session::feed`].
-    pub fn input_mut(&mut self) -> &mut [f32] {
-        &mut self.input
-    }
-
-    /// Runs the prefix on the model input and writes the boundary tensors and `labels` into
-    /// the executor: what every step needs first. With `seconds`, adds the wall time of each
-    /// of the plan's own prefix steps there (indexed like the plan's steps).
+    /// Runs the prefix on the batch whose model input `sample(r, dst)` writes (sample `r`
+    /// into `dst`), and writes the boundary tensors and `labels` into the executor: what
+    /// every step needs first. With `seconds`, adds the wall time of each of the plan's own
+    /// prefix steps there (indexed like the plan's steps).
     pub fn feed(
         &mut self,
+        sample: &(dyn Fn(usize, &mut [f32]) + Sync),
         labels: impl Fn(usize) -> u32,
         seconds: Option<&mut [f64]>,
     ) -> Result<(), ExecError> {
-        self.run_prefix(seconds)?;
+        self.run_prefix(sample, seconds)?;
         self.write_feeds(labels)
     }
 
-    /// The model input through the prefix into `boundary`.
-    fn run_prefix(&mut self, seconds: Option<&mut [f64]>) -> Result<(), ExecError> {
+    /// The model input, sample by sample, through the prefix into `boundary`. The plan's own
+    /// prefix takes it a micro-batch at a time, written straight into its input buffer: a
+    /// whole batch of input (4.8 MB at 8×3×224²) is never held.
+    fn run_prefix(
+        &mut self,
+        sample: &(dyn Fn(usize, &mut [f32]) + Sync),
+        seconds: Option<&mut [f64]>,
+    ) -> Result<(), ExecError> {
+        let per: usize = self.sample_shape().iter().product();
         match &self.tract {
             Some(p) => {
+                fill_samples(&mut self.input, 0, per, sample);
                 let boundary = &mut self.boundary;
                 p.run(&self.input, |k, v| boundary[k].copy_from_slice(v))?;
             }
             None if self.exec.runs_prefix() => {
-                self.exec.run_prefix(&self.input, seconds);
+                let fill = |first, micro: &mut [f32]| fill_samples(micro, first, per, sample);
+                self.exec.run_prefix_with(fill, seconds);
                 for (k, b) in self.boundary.iter_mut().enumerate() {
                     b.copy_from_slice(self.exec.boundary(k));
                 }
             }
-            None => self.boundary[0].copy_from_slice(&self.input),
+            None => fill_samples(&mut self.boundary[0], 0, per, sample),
         }
         Ok(())
     }
@@ -195,16 +206,7 @@ impl Session {
             }
             self.cache.hits += b;
         } else {
-            // Resizing to the model's input is the first epoch's largest cost after the
-            // prefix (224×224 from 28×28): samples in parallel.
-            let per = self.input.len() / b;
-            let parts = crate::threads::parts_for(self.input.len() * 16);
-            crate::threads::for_runs(&mut self.input, b, per, 1, parts, |run, out| {
-                for (r, dst) in run.zip(out.chunks_exact_mut(per)) {
-                    data.write_sample(row(r), prep, dst);
-                }
-            });
-            self.run_prefix(None)?;
+            self.run_prefix(&|r, dst| data.write_sample(row(r), prep, dst), None)?;
             if self.cache.enabled() {
                 for (r, &i) in rows.iter().take(b).enumerate() {
                     self.cache.store(data, prep, i, &self.boundary, r, b);
@@ -354,4 +356,22 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Samples `first..` of the model input into `dst` (`per` floats each), in parallel:
+/// resizing to the model's input is the first epoch's largest cost after the prefix
+/// (224×224 from 28×28).
+fn fill_samples(
+    dst: &mut [f32],
+    first: usize,
+    per: usize,
+    sample: &(dyn Fn(usize, &mut [f32]) + Sync),
+) {
+    let n = dst.len() / per;
+    let parts = crate::threads::parts_for(dst.len() * 16);
+    crate::threads::for_runs(dst, n, per, 1, parts, |run, out| {
+        for (r, d) in run.zip(out.chunks_exact_mut(per)) {
+            sample(first + r, d);
+        }
+    });
 }

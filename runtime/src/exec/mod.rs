@@ -307,16 +307,34 @@ impl Executor {
     /// plan's steps).
     ///
     /// [`runs_prefix`]: Executor::runs_prefix
-    pub fn run_prefix(&mut self, input: &[f32], mut seconds: Option<&mut [f64]>) {
+    pub fn run_prefix(&mut self, input: &[f32], seconds: Option<&mut [f64]>) {
+        let per = self.plan.buffer(self.plan.input).numel();
+        let micro_batch = self.plan.buffer(self.plan.input).shape[0].max(1) as usize;
+        self.run_prefix_with(
+            |first, micro| micro.copy_from_slice(&input[first / micro_batch * per..][..per]),
+            seconds,
+        );
+    }
+
+    /// [`Executor::run_prefix`] with each micro-batch's model input written straight into
+    /// the plan's input buffer by `fill(first, input)`, `first` being the batch index of its
+    /// first sample: the batch's input need never exist whole.
+    pub fn run_prefix_with(
+        &mut self,
+        mut fill: impl FnMut(usize, &mut [f32]),
+        mut seconds: Option<&mut [f64]>,
+    ) {
         let ctx = step::UpdateCtx {
             lr: 0.0,
             step: self.updates.max(1),
         };
-        let per = self.plan.buffer(self.plan.input).numel();
-        for r in 0..input.len() / per {
-            let micro = self.plan.buffer(self.plan.input);
+        let micro_batch = self.plan.buffer(self.plan.input).shape[0].max(1) as usize;
+        let (from, to) = (self.plan.prefix_outputs[0], self.plan.feeds[0]);
+        let micro_batches = self.plan.buffer(to).numel() / self.plan.buffer(from).numel();
+        for r in 0..micro_batches {
+            let input = self.plan.buffer(self.plan.input);
             // SAFETY: no step is running; the input buffer is live before the first step.
-            unsafe { self.mem.f32_mut(micro) }.copy_from_slice(&input[r * per..][..per]);
+            fill(r * micro_batch, unsafe { self.mem.f32_mut(input) });
             let steps = 0..self.plan.prefix_steps as usize;
             self.run_steps(steps, &ctx, |_, _| {}, seconds.as_deref_mut());
             for (&from, &to) in self.plan.prefix_outputs.iter().zip(&self.plan.feeds) {
