@@ -27,6 +27,12 @@ impl Sgd {
         debug_assert!(step >= 1);
         debug_assert_eq!(w.len(), g.len());
         debug_assert_eq!(state.len(), self.state_len(w.len()));
+        in_parallel(w, g, state, |w, g, state| {
+            self.update(lr, step, w, g, state)
+        });
+    }
+
+    fn update(&self, lr: f32, step: u64, w: &mut [f32], g: &[f32], state: &mut [f32]) {
         let (mu, wd) = (self.momentum, self.weight_decay);
         if mu == 0.0 {
             for (w, g) in w.iter_mut().zip(g) {
@@ -43,6 +49,39 @@ impl Sgd {
             *w -= lr * d;
         }
     }
+}
+
+/// `f(w, g, state)` over matching runs of the three (`state` as long as `w`, or empty), in
+/// parallel when the update is large: it is a few operations per element, bound by memory,
+/// and a classifier-sized parameter (0.4 M values, with momentum 5 MB of traffic) took 1 ms
+/// on one core at 64×3×32², a fifth of the steps after the prefix.
+fn in_parallel(
+    w: &mut [f32],
+    g: &[f32],
+    state: &mut [f32],
+    f: impl Fn(&mut [f32], &[f32], &mut [f32]) + Sync,
+) {
+    const MAX_PARTS: usize = 8;
+    let parts = crate::threads::parts_for(8 * w.len()).min(MAX_PARTS);
+    if parts <= 1 {
+        return f(w, g, state);
+    }
+    // Whole cache lines per run.
+    let per = w.len().div_ceil(parts).next_multiple_of(16);
+    let mut runs: [(&mut [f32], &[f32], &mut [f32]); MAX_PARTS] =
+        std::array::from_fn(|_| (&mut [][..], &[][..], &mut [][..]));
+    let (mut w, mut g, mut state) = (w, g, state);
+    let mut count = 0;
+    while !w.is_empty() {
+        let n = per.min(w.len());
+        let (wh, wt) = w.split_at_mut(n);
+        let (gh, gt) = g.split_at(n);
+        let (sh, st) = state.split_at_mut(n.min(state.len()));
+        runs[count] = (wh, gh, sh);
+        (w, g, state) = (wt, gt, st);
+        count += 1;
+    }
+    crate::threads::for_each_mut(&mut runs[..count], |_, (w, g, s)| f(w, g, s));
 }
 
 /// `torch.optim.AdamW` (with `amsgrad=False`, `maximize=False`).
@@ -157,6 +196,35 @@ pub fn scale_gradient(coef: f32, g: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Updates large enough to run in parallel give what one pass over the whole gives,
+    /// with and without momentum (and with Nesterov's), first step and later ones.
+    #[test]
+    fn parallel_sgd_matches_one_pass() {
+        let n = 300_001;
+        assert!(crate::threads::parts_for(8 * n) == crate::threads::threads());
+        let vals = |seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        for (momentum, nesterov) in [(0.0, false), (0.9, false), (0.9, true)] {
+            let sgd = Sgd {
+                momentum,
+                dampening: 0.1,
+                weight_decay: 0.01,
+                nesterov: nesterov && momentum > 0.0,
+            };
+            let (mut w, mut s) = (vals(1), vec![0.0; sgd.state_len(n)]);
+            let (mut w1, mut s1) = (w.clone(), s.clone());
+            for step in 1..=2 {
+                let g = vals(step as u32 + 7);
+                sgd.step(0.05, step, &mut w, &g, &mut s);
+                sgd.update(0.05, step, &mut w1, &g, &mut s1);
+                assert!(w == w1 && s == s1, "momentum {momentum} step {step}");
+            }
+        }
+    }
 
     #[track_caller]
     fn assert_near(got: &[f32], want: &[f64]) {
