@@ -8,8 +8,13 @@
 //! time so the scratch stays a single column matrix. The forward of a conv with a few input
 //! channels goes to `direct` instead (its im2col matrix would be many times its input).
 //!
-//! Threads: the gemm splits each large product across the pool. im2col and col2im stay
-//! serial: they move memory that one core already streams at full speed.
+//! 1×1 convs over images of a few dozen pixels (7×7) run the whole batch as one product
+//! (`gemm::sgemm_images`), and over a few pixels (≤ 16) as one product on rows copied to the
+//! workspace.
+//!
+//! Threads: 1×1 convs share the batch's images out among the threads, each image's product
+//! on one; other products are split inside the gemm. im2col and col2im stay serial: they
+//! move memory that one core already streams at full speed.
 
 use super::gemm::{Images, Segments, ragged, sgemm, sgemm_images, sgemm_sum};
 use super::rows::{RowCache, RowSplit};
