@@ -233,17 +233,7 @@ fn per_image_forward(
             let wg = &w[gi * cog * rows..][..cog * rows];
             let yg = &mut yb[gi * cog * p..][..cog * p];
             let bias = bias.map(|bias| &bias[gi * cog..][..cog]);
-            // Without a clip, starting from the bias and accumulating saves a pass over the
-            // output; with one, the pass after the product adds it.
-            let beta = match (bias, clip) {
-                (Some(bias), None) => {
-                    for (plane, &bv) in yg.chunks_exact_mut(p).zip(bias) {
-                        plane.fill(bv);
-                    }
-                    1.0
-                }
-                _ => 0.0,
-            };
+            let beta = bias_start(yg, p, cog, bias, clip);
             if g.is_pointwise() {
                 sgemm(cog, p, cig, 1.0, wg, (cig, 1), xg, (p, 1), beta, yg, (p, 1));
             } else {
@@ -308,15 +298,7 @@ fn images_forward(
     y: &mut [f32],
 ) {
     let p = g.out_h() * g.out_w();
-    let beta = match (bias, clip) {
-        (Some(bias), None) => {
-            for (i, plane) in y.chunks_exact_mut(p).enumerate() {
-                plane.fill(bias[i % g.c_out]);
-            }
-            1.0
-        }
-        _ => 0.0,
-    };
+    let beta = bias_start(y, p, g.c_out, bias, clip);
     let imgs = Images {
         count: g.n,
         pixels: p,
@@ -326,6 +308,27 @@ fn images_forward(
     sgemm_images(g.c_out, g.c_in, imgs, 1.0, w, (g.c_in, 1), x, beta, y);
     if let Some((lo, hi)) = clip {
         bias_clip(y, p, g.c_out, bias, lo, hi);
+    }
+}
+
+/// Where a product into `y`'s planes of `p` (plane `i` of channel `i mod channels`) starts,
+/// as its beta: without a clip, the bias filled in to accumulate onto (a pass over the
+/// output saved); with one, nothing, as [`bias_clip`] adds the bias after the product.
+fn bias_start(
+    y: &mut [f32],
+    p: usize,
+    channels: usize,
+    bias: Option<&[f32]>,
+    clip: Option<(f32, f32)>,
+) -> f32 {
+    match (bias, clip) {
+        (Some(bias), None) => {
+            for (i, plane) in y.chunks_exact_mut(p).enumerate() {
+                plane.fill(bias[i % channels]);
+            }
+            1.0
+        }
+        _ => 0.0,
     }
 }
 
