@@ -155,8 +155,10 @@ pub fn sgemm_sum(
 /// [`blocked`], split across the pool's threads along C's outer dimension (rows when its
 /// rows are contiguous, else columns) when the product is large enough to gain: each
 /// thread then writes its own contiguous run of C. Split by columns, each thread packs its
-/// own B panels; split by rows, the threads would pack the same B, so they pack it together
-/// once per block when it is packed at all ([`shared_b`]).
+/// own B panels. Split by rows, each thread meets all of B: with one block of rows per
+/// thread each packs (or reads in place) one panel at a time, used at once and still in L1,
+/// which costs one fork and join per product; with more, the threads pack each B block
+/// together once, to share it ([`shared_b`]).
 fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (outer, unit, stride) = match p.sc {
         (_, 1) => (p.m, MR, p.sc.0),
@@ -164,12 +166,8 @@ fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
         _ => return blocked(p, alpha, beta, c),
     };
     let parts = threads::parts_for(p.m * p.n * p.k);
-    if parts > 1 && p.sc.1 == 1 {
-        let mut share = *p;
-        share.m = p.m.div_ceil(parts);
-        if !share.b_in_place() {
-            return shared_b(p, alpha, beta, c, parts);
-        }
+    if parts > 1 && p.sc.1 == 1 && p.m.div_ceil(parts) > MC {
+        return shared_b(p, alpha, beta, c, parts);
     }
     threads::for_runs(c, outer, stride, unit, parts, |r, run| {
         let mut q = *p;
@@ -364,7 +362,10 @@ fn block_size(n: usize, max: usize, unit: usize) -> usize {
 /// The Goto/BLIS loops around the micro-kernel.
 fn blocked(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
-    with_scratch(&B_SCRATCH, nc_max * kc_max, |bp| {
+    // With one block of rows each B panel is used right after it is packed: one panel of
+    // scratch serves them all, where a whole block would stay resident (up to 4 MiB).
+    let b_len = if p.m <= MC { NR } else { nc_max } * kc_max;
+    with_scratch(&B_SCRATCH, b_len, |bp| {
         for (jc, nc) in blocks(p.n, nc_max) {
             for (pc, kc) in blocks(p.k, kc_max) {
                 // Later depth blocks add to what the first one wrote.
@@ -425,8 +426,9 @@ struct Block {
 
 /// Where a B block's micro-panels come from.
 enum BPanels<'s> {
-    /// Packed into this scratch by the first row block (then still in cache for it), or
-    /// read in place where [`Product::b_in_place`] allows.
+    /// Packed into this scratch by the first row block (then still in cache for it), into
+    /// its first panel again and again when that is the only row block, or read in place
+    /// where [`Product::b_in_place`] allows.
     Lazy(&'s mut [f32]),
     /// Already packed, every panel.
     Packed(&'s [f32]),
@@ -455,7 +457,8 @@ fn row_blocks(p: &Product, blk: Block, mut b: BPanels, alpha: f32, beta: f32, c:
                         (&p.b[pc * p.sb.0 + (jc + j0) * p.sb.1..], p.sb.0)
                     }
                     BPanels::Lazy(bp) => {
-                        let panel = &mut bp[jr * NR * kc..][..NR * kc];
+                        let at = if p.m <= MC { 0 } else { jr * NR * kc };
+                        let panel = &mut bp[at..][..NR * kc];
                         if ic == 0 {
                             p.pack_b(panel, jc + j0, nr, pc, kc);
                         }
@@ -1007,6 +1010,12 @@ pub(crate) mod tests {
             let (m, n, k) = (2 * MC + 13, NC + 21, KC + 3);
             check(&mut rng, (m, n, k), (false, false, false), 1, 1.0, 0.5);
             check(&mut rng, (m, n, k), (true, true, false), 0, 0.5, 0.0);
+            // Each share one block of rows: every thread packs its B panels one at a time
+            // into a single panel of scratch (B transposed), or reads B in place and packs
+            // only the ragged last panel.
+            let (m, n, k) = (MC - 20, 8 * NR + 5, KC + 40);
+            check(&mut rng, (m, n, k), (false, true, false), 1, 1.0, 0.5);
+            check(&mut rng, (m, n, k), (false, false, false), 0, 1.0, 0.0);
         }
         // Rows 4 KiB apart: a row-major A packed instead of read in place.
         check(&mut rng, (13, 20, 1024), (false, false, false), 0, 1.0, 0.0);
@@ -1191,6 +1200,8 @@ pub(crate) mod tests {
             ("conv dW (B^T)", 24, 96, 3136, false, true, false),
             ("conv dX (A^T)", 96, 3136, 24, true, false, false),
             ("1x1 on 1x1 (C^T)", 1280, 10, 320, false, true, true),
+            ("1x1 fwd, 64 px (B^T)", 64, 1280, 320, false, true, false),
+            ("1x1 fwd, 64 px (B^T)", 64, 960, 160, false, true, false),
             ("square", 256, 256, 256, false, false, false),
             ("square", 512, 512, 512, false, false, false),
             ("square (A 4KiB)", 1024, 1024, 1024, false, false, false),
