@@ -15,7 +15,8 @@ use prost::bytes::Buf;
 
 pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// Bumped whenever a message changes incompatibly; the runtime refuses any other version.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: an ε-rule HOSVD compression of a large mode carries state (its tracked vectors).
+pub const FORMAT_VERSION: u32 = 2;
 /// Magic, version and payload length.
 const HEADER: usize = 20;
 

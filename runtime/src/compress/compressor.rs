@@ -102,7 +102,10 @@ impl Compressor {
 
     pub fn compress_workspace_len(&self) -> usize {
         match self.method() {
-            Method::Hosvd(h) => hosvd::workspace_len(&self.dims(), &Self::caps(h), h.fixed),
+            Method::Hosvd(h) => {
+                let eps = (!h.fixed).then_some(h.eps);
+                hosvd::workspace_len(&self.dims(), &Self::caps(h), eps)
+            }
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::workspace_len(rows, cols, s.cap as usize)
@@ -143,10 +146,11 @@ impl Compressor {
     }
 
     /// Floats of the state a compression keeps from step to step: the factors of a
-    /// fixed-rank HOSVD; nothing otherwise.
+    /// fixed-rank HOSVD, the vectors the ε rule tracks; nothing otherwise.
     pub fn state_len(&self) -> usize {
         match self.method() {
             Method::Hosvd(h) if h.fixed => hosvd::state_len(&self.dims(), &Self::caps(h)),
+            Method::Hosvd(h) => hosvd::eps_state_len(&self.dims(), &Self::caps(h), h.eps),
             _ => 0,
         }
     }
@@ -168,7 +172,7 @@ impl Compressor {
                 let rule = if h.fixed {
                     hosvd::Rule::Fixed(state)
                 } else {
-                    hosvd::Rule::Eps(h.eps)
+                    hosvd::Rule::Eps(h.eps, state)
                 };
                 hosvd::compress(x, &self.dims(), rule, &caps, packed, ws)
             }

@@ -7,8 +7,8 @@
 //! slot of Π cap_n]`, every matrix row-major.
 
 use super::modal::{
-    Fold, fixed_vectors, fixed_vectors_workspace_len, leading_vectors,
-    leading_vectors_workspace_len, mode_product,
+    Fold, eps_block, fixed_vectors, leading_vectors, leading_vectors_workspace_len, mode_product,
+    tracked_vectors, tracked_workspace_len,
 };
 use crate::kernels::conv::{self, Conv2dGeom};
 use crate::kernels::gemm::sgemm;
@@ -24,8 +24,10 @@ pub struct Ranks {
 
 /// How each mode's rank is decided.
 pub enum Rule<'a> {
-    /// The paper's ε rule, capped.
-    Eps(f32),
+    /// The paper's ε rule, capped. Modes whose leading vectors come from a subspace
+    /// iteration track them from step to step in the state (of [`eps_state_len`]; zeros
+    /// before the first step; empty when no mode does).
+    Eps(f32, &'a mut [f32]),
     /// The caps themselves, every step: the factors are tracked from step to step in the
     /// state (the previous step's factors, laid out as in the packed buffer: U₁ in a slot of
     /// D₁·cap₁, …; zeros before the first step), of [`state_len`].
@@ -35,6 +37,19 @@ pub enum Rule<'a> {
 /// Floats of a fixed-rank compression's state: every mode's factor at its cap.
 pub fn state_len(dims: &[usize], caps: &[usize]) -> usize {
     dims.iter().zip(caps).map(|(d, c)| d * c).sum()
+}
+
+/// Vectors of mode n the ε rule tracks from step to step (0 for none).
+fn eps_tracked(dims: &[usize], caps: &[usize], n: usize, eps: f32) -> usize {
+    eps_block(Fold::of(dims, n), reachable(dims, caps, n), eps)
+}
+
+/// Floats of an ε-rule compression's state: the vectors each tracked mode carries over.
+pub fn eps_state_len(dims: &[usize], caps: &[usize], eps: f32) -> usize {
+    check(dims, caps);
+    (0..dims.len())
+        .map(|n| dims[n] * eps_tracked(dims, caps, n, eps))
+        .sum()
 }
 
 pub fn packed_len(dims: &[usize], caps: &[usize]) -> usize {
@@ -59,15 +74,19 @@ fn chain_buffer_len(dims: &[usize], caps: &[usize]) -> usize {
         .unwrap_or(0)
 }
 
-/// Scratch of [`compress`]; `fixed` for [`Rule::Fixed`].
-pub fn workspace_len(dims: &[usize], caps: &[usize], fixed: bool) -> usize {
+/// Scratch of [`compress`]: `eps` for [`Rule::Eps`], None for [`Rule::Fixed`].
+pub fn workspace_len(dims: &[usize], caps: &[usize], eps: Option<f32>) -> usize {
     check(dims, caps);
     let factors = (0..dims.len())
         .map(|n| {
             let f = Fold::of(dims, n);
-            match fixed {
-                true => fixed_vectors_workspace_len(f, reachable(dims, caps, n)),
-                false => leading_vectors_workspace_len(f),
+            let tracked = match eps {
+                Some(eps) => eps_tracked(dims, caps, n, eps),
+                None => reachable(dims, caps, n),
+            };
+            match tracked {
+                0 => leading_vectors_workspace_len(f),
+                k => tracked_workspace_len(f, k),
             }
         })
         .max()
@@ -93,7 +112,17 @@ pub fn compress(
     check(dims, caps);
     debug_assert_eq!(a.len(), dims.iter().product::<usize>());
     debug_assert_eq!(packed.len(), packed_len(dims, caps));
-    debug_assert!(ws.len() >= workspace_len(dims, caps, matches!(rule, Rule::Fixed(_))));
+    debug_assert!(
+        ws.len()
+            >= workspace_len(
+                dims,
+                caps,
+                match rule {
+                    Rule::Eps(eps, _) => Some(eps),
+                    Rule::Fixed(_) => None,
+                }
+            )
+    );
     let nm = dims.len();
     let mut ranks = Ranks {
         used: [0; 4],
@@ -109,13 +138,20 @@ pub fn compress(
         let cap = reachable(dims, caps, n);
         let f = Fold::of(dims, n);
         let (used, wanted) = match &mut rule {
-            Rule::Eps(eps) => leading_vectors(a, f, *eps, cap, u, None, ws),
+            Rule::Eps(eps, state) => match eps_block(f, cap, *eps) {
+                0 => leading_vectors(a, f, *eps, cap, u, None, ws),
+                block => {
+                    let r = tracked_vectors(a, f, *eps, cap, u, &mut state[slot..], ws);
+                    slot += dims[n] * block;
+                    r
+                }
+            },
             Rule::Fixed(state) => {
                 fixed_vectors(a, f, cap, u, &mut state[slot..], ws);
+                slot += dims[n] * caps[n];
                 (cap, cap)
             }
         };
-        slot += dims[n] * caps[n];
         ranks.used[n] = used;
         ranks.wanted[n] = wanted;
         header[n] = used as f32;

@@ -109,7 +109,7 @@ pub(crate) fn leading_vectors(
         // zero, and with all of them kept the decomposition is exact.
         eigh_desc(gram, n, vals, vecs);
         n
-    } else if n >= SUBSPACE_MIN_ORDER && 4 * block <= n {
+    } else if iterated(n, block) {
         let trace: f64 = (0..n).map(|i| f64::from(gram[i * n + i])).sum();
         top_eigenpairs(gram, n, block, vals, vecs);
         // Not reached within the block: more than the cap is wanted, which is all the cap
@@ -129,10 +129,8 @@ pub(crate) fn leading_vectors(
 
 /// Uₙ at a fixed rank `r` (at most the Gram order), as [`leading_vectors`] writes it, for
 /// ranks chosen ahead (`--budget`), tracked from step to step: `start` (D × r, row-major)
-/// holds the previous step's Uₙ and receives this one. Consecutive batches share most of
-/// their leading subspace, so one block power step from the last factor, Q = orth(A₍ₙ₎A₍ₙ₎ᵀ
-/// U_prev), and a Rayleigh–Ritz step find it again. Applied through the unfolding, never
-/// forming the Gram matrix: three products of D·P·Q·r instead of one of D·P·Q·min(D, P·Q).
+/// holds the previous step's Uₙ and receives this one's vectors. Consecutive batches share
+/// most of their leading subspace, so one [`ritz_step`] from the last factor finds it again.
 /// A zero `start` (the first step) and small modes take the Gram path instead.
 pub(crate) fn fixed_vectors(
     a: &[f32],
@@ -146,54 +144,132 @@ pub(crate) fn fixed_vectors(
     debug_assert!((1..=n).contains(&r));
     let d = f.d;
     let start = &mut start[..d * r];
-    let block = r + OVERSAMPLE;
-    if n < SUBSPACE_MIN_ORDER || 4 * block > n || start.iter().all(|&v| v == 0.0) {
+    let u = &mut u[..d * r];
+    if !iterated(n, r + OVERSAMPLE) || start.iter().all(|&v| v == 0.0) {
         let (gram, rest) = ws.split_at_mut(n * n);
         let (vecs, rest) = rest.split_at_mut(n * n);
         let vals = &mut rest[..n];
         self::gram(a, f, gram, vecs);
-        if n < SUBSPACE_MIN_ORDER || 4 * block > n {
-            eigh_desc(gram, n, vals, vecs);
+        if iterated(n, r + OVERSAMPLE) {
+            top_eigenpairs(gram, n, r + OVERSAMPLE, vals, vecs);
         } else {
-            top_eigenpairs(gram, n, block, vals, vecs);
+            eigh_desc(gram, n, vals, vecs);
         }
         write_factor(a, f, r, u, ws);
+        start.copy_from_slice(u);
     } else {
-        let cols = f.rest();
-        let (z, rest) = ws.split_at_mut(r * cols);
-        let (q, rest) = rest.split_at_mut(d * r);
-        let (t, rest) = rest.split_at_mut(r * r);
-        let (w, rest) = rest.split_at_mut(r * r);
-        let theta = &mut rest[..r];
-        // Q = orth(A·(Aᵀ·U_prev))
-        factor_times_unfolding(a, f, start, r, z);
-        unfolding_times(a, f, z, (1, cols), r, q);
-        orthonormalize(q, d, r, (r, 1));
-        // Rayleigh–Ritz: the eigenvectors W of T = (QᵀA)(QᵀA)ᵀ rotate Q into U = Q·Wᵀ.
-        factor_times_unfolding(a, f, q, r, z);
-        sgemm(r, r, cols, 1.0, z, (cols, 1), z, (1, cols), 0.0, t, (r, 1));
-        eigh_desc(t, r, theta, w);
-        sgemm(
-            d,
-            r,
-            r,
-            1.0,
-            q,
-            (r, 1),
-            w,
-            (1, r),
-            0.0,
-            &mut u[..d * r],
-            (r, 1),
-        );
-        fix_signs(&mut u[..d * r], d, r);
+        ritz_step(a, f, r, start, ws);
+        u.copy_from_slice(start);
+        fix_signs(u, d, r);
     }
-    start.copy_from_slice(&u[..d * r]);
 }
 
-/// Scratch of [`fixed_vectors`] for a mode of this fold at rank `r`.
-pub(crate) fn fixed_vectors_workspace_len(f: Fold, r: usize) -> usize {
-    leading_vectors_workspace_len(f).max(r * f.rest() + f.d * r + 2 * r * r + r)
+/// Vectors the ε rule tracks from step to step for a mode of this fold and (reachable) cap,
+/// see [`tracked_vectors`]: its iterated block; none where the mode takes a full
+/// eigendecomposition anyway (small orders, or ε ≥ 1).
+pub(crate) fn eps_block(f: Fold, cap: usize, eps: f32) -> usize {
+    let block = cap + OVERSAMPLE;
+    match eps < 1.0 && iterated(f.gram_order(), block) {
+        true => block,
+        false => 0,
+    }
+}
+
+/// [`leading_vectors`] for a mode the ε rule tracks from step to step: `state` (D × block,
+/// row-major, of [`eps_block`]) holds the last step's Ritz vectors and receives this one's.
+/// As for fixed ranks, one [`ritz_step`] from them finds the leading subspace of a new batch
+/// without the Gram matrix and its subspace iteration. The ε rule then reads the Ritz values
+/// against ‖A₍ₙ₎‖²: over the vectors kept they sum to exactly the energy those vectors keep,
+/// so the kept share is at least ε as from scratch; where the tracked subspace lags, the
+/// rank comes out higher instead. An all-zero state (the first step) takes the Gram path and
+/// seeds it: the kept vectors, then pseudo-random directions for later steps to refine.
+pub(crate) fn tracked_vectors(
+    a: &[f32],
+    f: Fold,
+    eps: f32,
+    cap: usize,
+    u: &mut [f32],
+    state: &mut [f32],
+    ws: &mut [f32],
+) -> (usize, usize) {
+    let (d, block) = (f.d, eps_block(f, cap, eps));
+    debug_assert!(block > cap);
+    let state = &mut state[..d * block];
+    if state.iter().all(|&v| v == 0.0) {
+        let (used, wanted) = leading_vectors(a, f, eps, cap, u, None, ws);
+        pseudo_random(state);
+        for (row, kept) in state.chunks_exact_mut(block).zip(u.chunks_exact(used)) {
+            row[..used].copy_from_slice(kept);
+        }
+        return (used, wanted);
+    }
+    let theta = ritz_step(a, f, block, state, ws);
+    // Not reached within the block: more than the cap is wanted, as in `leading_vectors`.
+    let wanted = eps_rank_of(theta, eps, sum_of_squares(a)).unwrap_or(block + 1);
+    let used = wanted.min(cap);
+    let u = &mut u[..d * used];
+    for (kept, row) in u.chunks_exact_mut(used).zip(state.chunks_exact(block)) {
+        kept.copy_from_slice(&row[..used]);
+    }
+    fix_signs(u, d, used);
+    (used, wanted)
+}
+
+/// Scratch of [`fixed_vectors`] and [`tracked_vectors`] for a mode of this fold tracking `k`
+/// vectors: the Gram path's or the [`ritz_step`]'s, whichever is larger.
+pub(crate) fn tracked_workspace_len(f: Fold, k: usize) -> usize {
+    leading_vectors_workspace_len(f).max(k * f.rest() + f.d * k + 2 * k * k + k)
+}
+
+/// One block power step, Q = orth(A₍ₙ₎A₍ₙ₎ᵀV), and a Rayleigh–Ritz step on Q from `v`
+/// (D × k, row-major), which receives the k Ritz vectors (descending); returns their Ritz
+/// values (σ²), in `ws`. Applied through the unfolding, never forming the Gram matrix: three
+/// products of D·P·Q·k instead of one of D·P·Q·min(D, P·Q) and the iteration on it.
+fn ritz_step<'w>(a: &[f32], f: Fold, k: usize, v: &mut [f32], ws: &'w mut [f32]) -> &'w [f32] {
+    let (d, cols) = (f.d, f.rest());
+    let (z, rest) = ws.split_at_mut(k * cols);
+    let (q, rest) = rest.split_at_mut(k * d);
+    let (t, rest) = rest.split_at_mut(k * k);
+    let (w, rest) = rest.split_at_mut(k * k);
+    let theta = &mut rest[..k];
+    // Q's vectors go in rows (Q[i, l] at q[l·D + i]), for the vectorised orthonormalisation.
+    factor_times_unfolding(a, f, v, (1, k), k, z);
+    unfolding_times(a, f, z, (1, cols), k, q, (1, d));
+    orthonormalize_rows(q, d, k);
+    // The eigenvectors W of T = (QᵀA)(QᵀA)ᵀ rotate Q into V = Q·Wᵀ.
+    factor_times_unfolding(a, f, q, (d, 1), k, z);
+    sgemm(k, k, cols, 1.0, z, (cols, 1), z, (1, cols), 0.0, t, (k, 1));
+    eigh_desc(t, k, theta, w);
+    sgemm(
+        d,
+        k,
+        k,
+        1.0,
+        q,
+        (1, d),
+        w,
+        (1, k),
+        0.0,
+        &mut v[..d * k],
+        (k, 1),
+    );
+    theta
+}
+
+/// Σ aᵢ², in f32 lanes summed into an f64 per chunk: vectorised, and exact enough for the ε
+/// rule's total.
+fn sum_of_squares(a: &[f32]) -> f64 {
+    a.chunks(4096)
+        .map(|chunk| {
+            let mut lanes = [0.0f32; 8];
+            let blocks = chunk.chunks_exact(8);
+            let tail: f32 = blocks.remainder().iter().map(|x| x * x).sum();
+            for b in blocks {
+                lanes.iter_mut().zip(b).for_each(|(l, x)| *l += x * x);
+            }
+            lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
+        })
+        .sum()
 }
 
 /// Writes Uₙ (D × used, row-major) at the start of `u` from the eigenvectors in `ws`'s
@@ -220,7 +296,7 @@ fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) 
                 v[c * used + j] = x;
             }
         }
-        unfolding_times(a, f, v, (used, 1), used, u);
+        unfolding_times(a, f, v, (used, 1), used, u, (used, 1));
         // A₍ₙ₎V has the directions of UΣ; normalising by a σ computed through the squared
         // Gram is inaccurate for small σ, orthonormalising the columns is not.
         orthonormalize(u, d, used, (used, 1));
@@ -536,38 +612,48 @@ unsafe fn small_gram_avx2(a: &[f32], f: Fold, gram: &mut [f32]) {
     sums.write(d, gram);
 }
 
-/// out (D × r, row-major) = A₍ₙ₎ · v, v (PQ × r) with element (c, k) at v[c·vs.0 + k·vs.1].
-fn unfolding_times(a: &[f32], f: Fold, v: &[f32], vs: Strides, r: usize, out: &mut [f32]) {
+/// out (D × r) = A₍ₙ₎ · v, v (PQ × r) with element (c, k) at v[c·vs.0 + k·vs.1], out's
+/// (i, k) at out[i·os.0 + k·os.1].
+fn unfolding_times(
+    a: &[f32],
+    f: Fold,
+    v: &[f32],
+    vs: Strides,
+    r: usize,
+    out: &mut [f32],
+    os: Strides,
+) {
     let Fold { p, d, q } = f;
     if p <= q {
         for i in 0..p {
             let beta = if i == 0 { 0.0 } else { 1.0 };
             let (x, vi) = (&a[i * d * q..], &v[i * q * vs.0..]);
-            sgemm(d, r, q, 1.0, x, (q, 1), vi, vs, beta, out, (r, 1));
+            sgemm(d, r, q, 1.0, x, (q, 1), vi, vs, beta, out, os);
         }
     } else {
         for j in 0..q {
             let beta = if j == 0 { 0.0 } else { 1.0 };
             let (y, vj) = (&a[j..], &v[j * vs.0..]);
             let vjs = (q * vs.0, vs.1);
-            sgemm(d, r, p, 1.0, y, (q, d * q), vj, vjs, beta, out, (r, 1));
+            sgemm(d, r, p, 1.0, y, (q, d * q), vj, vjs, beta, out, os);
         }
     }
 }
 
-/// out (r × P·Q) = uᵀ · A₍ₙ₎, u (D × r) row-major: the unfolding's columns in the basis u.
-fn factor_times_unfolding(a: &[f32], f: Fold, u: &[f32], r: usize, out: &mut [f32]) {
+/// out (r × P·Q) = uᵀ · A₍ₙ₎, uᵀ (r × D) with element (k, i) at u[k·us.0 + i·us.1]: the
+/// unfolding's columns in the basis u.
+fn factor_times_unfolding(a: &[f32], f: Fold, u: &[f32], us: Strides, r: usize, out: &mut [f32]) {
     let Fold { p, d, q } = f;
     let cols = f.rest();
     if p <= q {
         for i in 0..p {
             let (x, o) = (&a[i * d * q..], &mut out[i * q..]);
-            sgemm(r, q, d, 1.0, u, (1, r), x, (q, 1), 0.0, o, (cols, 1));
+            sgemm(r, q, d, 1.0, u, us, x, (q, 1), 0.0, o, (cols, 1));
         }
     } else {
         for j in 0..q {
             let (y, o) = (&a[j..], &mut out[j..]);
-            sgemm(r, p, d, 1.0, u, (1, r), y, (1, d * q), 0.0, o, (cols, q));
+            sgemm(r, p, d, 1.0, u, us, y, (1, d * q), 0.0, o, (cols, q));
         }
     }
 }
@@ -594,14 +680,26 @@ const POWER_STEPS: usize = 4;
 /// f32 precision; the ε rule then reads them against the trace. Scratch: `vecs` (n × n)
 /// holds the k × n blocks, the k × k projection and its eigenpairs.
 fn top_eigenpairs(gram: &[f32], n: usize, k: usize, vals: &mut [f32], vecs: &mut [f32]) {
+    pseudo_random(&mut vecs[k * n..2 * k * n]);
+    subspace_iteration(gram, n, k, POWER_STEPS, vals, vecs);
+}
+
+/// A fixed xorshift sequence in [-0.5, 0.5): start vectors no activation is orthogonal to,
+/// the same on every run.
+fn pseudo_random(v: &mut [f32]) {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for v in &mut vecs[k * n..2 * k * n] {
+    for x in v {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        *v = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        *x = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
     }
-    subspace_iteration(gram, n, k, POWER_STEPS, vals, vecs);
+}
+
+/// Whether the `block` leading eigenpairs of an order-n Gram matrix come from a subspace
+/// iteration rather than a full decomposition.
+fn iterated(n: usize, block: usize) -> bool {
+    n >= SUBSPACE_MIN_ORDER && 4 * block <= n
 }
 
 /// [`top_eigenpairs`] from the start block the caller wrote in `vecs[k·n..2·k·n]` (k rows of

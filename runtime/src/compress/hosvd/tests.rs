@@ -27,8 +27,16 @@ struct Compressed {
 
 fn compressed(x: &[f32], dims: &[usize], caps: &[usize], eps: f32) -> Compressed {
     let mut packed = vec![0.0; packed_len(dims, caps)];
-    let mut ws = vec![0.0; workspace_len(dims, caps, false)];
-    let ranks = compress(x, dims, Rule::Eps(eps), caps, &mut packed, &mut ws);
+    let mut ws = vec![0.0; workspace_len(dims, caps, Some(eps))];
+    let mut state = vec![0.0; eps_state_len(dims, caps, eps)];
+    let ranks = compress(
+        x,
+        dims,
+        Rule::Eps(eps, &mut state),
+        caps,
+        &mut packed,
+        &mut ws,
+    );
     Compressed {
         dims: dims.to_vec(),
         caps: caps.to_vec(),
@@ -186,7 +194,7 @@ fn warm_calls_do_not_allocate() {
         .iter()
         .map(|g| conv_weight_grad_workspace_len(dims, &caps, g))
         .chain([
-            workspace_len(dims, &caps, false),
+            workspace_len(dims, &caps, Some(0.5)),
             reconstruct_workspace_len(dims, &caps),
         ])
         .max()
@@ -197,17 +205,20 @@ fn warm_calls_do_not_allocate() {
     // And a tensor whose channel mode is decomposed through the smaller Gram matrix.
     let x5 = golden("hosvd", "t5__x");
     let mut packed5 = vec![0.0; packed_len(&x5.shape, &x5.shape)];
-    let mut ws5 = vec![0.0; workspace_len(&x5.shape, &x5.shape, false)];
+    let mut ws5 = vec![0.0; workspace_len(&x5.shape, &x5.shape, Some(0.5))];
+    let mut state = vec![0.0; eps_state_len(dims, &caps, 0.5)];
+    let mut state5 = vec![0.0; eps_state_len(&x5.shape, &x5.shape, 0.5)];
     let mut step = |eps: f32| {
         compress(
             &x5.values,
             &x5.shape,
-            Rule::Eps(eps),
+            Rule::Eps(eps, &mut state5),
             &x5.shape,
             &mut packed5,
             &mut ws5,
         );
-        compress(&x.values, dims, Rule::Eps(eps), &caps, &mut packed, &mut ws);
+        let rule = Rule::Eps(eps, &mut state);
+        compress(&x.values, dims, rule, &caps, &mut packed, &mut ws);
         for ((g, dy), dw) in geoms.iter().zip(&dys).zip(&mut dws) {
             conv_weight_grad(&packed, dims, &caps, g, dy, dw, &mut ws);
         }
@@ -272,11 +283,13 @@ fn bench() {
         let mut packed = vec![0.0; packed_len(&dims, &caps)];
         let mut ws = vec![
             0.0;
-            workspace_len(&dims, &caps, false)
+            workspace_len(&dims, &caps, Some(0.8))
                 .max(conv_weight_grad_workspace_len(&dims, &caps, &g))
                 .max(conv::workspace_len(&g))
         ];
         let mut dw = vec![0.0; g.weight_len()];
+        // Tracked from call to call, as from step to step in training.
+        let mut state = vec![0.0; eps_state_len(&dims, &caps, 0.8)];
         let time = |f: &mut dyn FnMut()| {
             f();
             let t = Instant::now();
@@ -291,7 +304,7 @@ fn bench() {
             ranks = Some(compress(
                 &x,
                 &dims,
-                Rule::Eps(0.8),
+                Rule::Eps(0.8, &mut state),
                 &caps,
                 &mut packed,
                 &mut ws,
@@ -359,7 +372,9 @@ fn fixed_ranks_track_the_leading_subspace_from_step_to_step() {
         let mix = rng.vec(dims[1] * rank);
         let caps = [2, 8, 3, 3];
         let len = packed_len(&dims, &caps);
-        let mut ws = vec![0.0; workspace_len(&dims, &caps, true)];
+        let ws_len =
+            workspace_len(&dims, &caps, None).max(workspace_len(&dims, &caps, Some(0.99999)));
+        let mut ws = vec![0.0; ws_len];
         let mut state = vec![0.0; state_len(&dims, &caps)];
         let (mut fixed, mut capped) = (vec![0.0; len], vec![0.0; len]);
 
@@ -368,7 +383,10 @@ fn fixed_ranks_track_the_leading_subspace_from_step_to_step() {
             let fixed_rule = Rule::Fixed(&mut state);
             let r = compress(&x, &dims, fixed_rule, &caps, &mut fixed, &mut ws);
             assert_eq!(r.used[..4], caps, "{dims:?}");
-            let e = compress(&x, &dims, Rule::Eps(0.99999), &caps, &mut capped, &mut ws);
+            // From scratch: a fresh state every step.
+            let mut fresh = vec![0.0; eps_state_len(&dims, &caps, 0.99999)];
+            let eps_rule = Rule::Eps(0.99999, &mut fresh);
+            let e = compress(&x, &dims, eps_rule, &caps, &mut capped, &mut ws);
             assert_eq!(e.used[..4], caps, "the ε rule wants more than the caps");
             if step == 0 {
                 // Nothing to start from: the capped ε rule's own computation.
@@ -397,6 +415,70 @@ fn fixed_ranks_track_the_leading_subspace_from_step_to_step() {
             );
             assert!(
                 got <= best * 1.001,
+                "{dims:?} step {step}: error {got} vs {best} from scratch"
+            );
+        }
+    }
+}
+
+#[test]
+fn eps_rule_tracks_the_leading_subspace_from_step_to_step() {
+    // The channel mode iterated (Gram order 144) on its left side, then on its right side.
+    for dims in [[8, 144, 5, 5], [4, 160, 6, 6]] {
+        let mut rng = Lcg::new(5);
+        let rank = 24;
+        let mix = rng.vec(dims[1] * rank);
+        let (caps, eps) = ([8, 12, 5, 5], 0.8);
+        let len = packed_len(&dims, &caps);
+        let mut ws = vec![0.0; workspace_len(&dims, &caps, Some(eps))];
+        let mut state = vec![0.0; eps_state_len(&dims, &caps, eps)];
+        assert_eq!(
+            state.len(),
+            dims[1] * (caps[1] + 8),
+            "only the channel mode is tracked"
+        );
+        let (mut tracked, mut scratch) = (vec![0.0; len], vec![0.0; len]);
+        for step in 0..5 {
+            let x = low_rank_channels(&mut rng, dims, rank, &mix);
+            let r = compress(
+                &x,
+                &dims,
+                Rule::Eps(eps, &mut state),
+                &caps,
+                &mut tracked,
+                &mut ws,
+            );
+            let mut fresh = vec![0.0; state.len()];
+            let s = compress(
+                &x,
+                &dims,
+                Rule::Eps(eps, &mut fresh),
+                &caps,
+                &mut scratch,
+                &mut ws,
+            );
+            if step == 0 {
+                assert_eq!(
+                    tracked, scratch,
+                    "{dims:?}: the first step is computed from scratch"
+                );
+                continue;
+            }
+            // The kept share of each mode is at least ε either way; a lagging subspace may
+            // need a direction more, never fewer than the exact ranks.
+            let (t, e) = (r.used[1], s.used[1]);
+            assert!(
+                (e..=e + 1).contains(&t),
+                "{dims:?} step {step}: channel rank {t} tracked vs {e} from scratch"
+            );
+            assert_eq!(r.used[..1], s.used[..1], "{dims:?} step {step}");
+            assert_eq!(r.used[2..4], s.used[2..4], "{dims:?} step {step}");
+            let (got, best) = (
+                reconstruction_error(&x, &tracked, &dims, &caps),
+                reconstruction_error(&x, &scratch, &dims, &caps),
+            );
+            assert!(
+                got <= best * 1.01,
                 "{dims:?} step {step}: error {got} vs {best} from scratch"
             );
         }
