@@ -68,8 +68,13 @@ pub fn calibrate(
         fixed_ranks: BTreeMap::new(),
         ..opts.clone()
     };
+    // Compiled at one candidate ε and run at each: every ε below 1 plans the same buffers
+    // (ε = 1 would plan no state for the modes the ε rule tracks from step to step).
     let capped = CompileOptions {
-        compression: Compression::Hosvd { eps: 1.0, max_rank },
+        compression: Compression::Hosvd {
+            eps: CANDIDATES[0],
+            max_rank,
+        },
         fixed_ranks: BTreeMap::new(),
         ..opts.clone()
     };

@@ -484,3 +484,20 @@ fn eps_rule_tracks_the_leading_subspace_from_step_to_step() {
         }
     }
 }
+
+/// `--budget` calibration compiles one plan and runs it at every candidate ε: the state the
+/// ε rule plans must not depend on which ε below 1 it is.
+#[test]
+fn eps_state_depends_only_on_eps_below_one() {
+    let (dims, caps) = ([8, 960, 7, 7], [8, 32, 7, 7]);
+    let tracked = eps_state_len(&dims, &caps, 0.3);
+    assert_eq!(tracked, 960 * 40, "the channel mode's block of cap + 8");
+    for eps in [0.5, 0.8, 0.995] {
+        assert_eq!(eps_state_len(&dims, &caps, eps), tracked, "eps {eps}");
+    }
+    assert_eq!(
+        eps_state_len(&dims, &caps, 1.0),
+        0,
+        "eps 1 decomposes exactly"
+    );
+}
