@@ -3,10 +3,12 @@
 //! resize as `F.interpolate(mode="bilinear", align_corners=False, antialias=False)`, then
 //! `(v·scale − mean[c]) / std[c]`.
 //!
-//! All of it happens in one pass per output value, straight from the stored bytes: channel
-//! conversion and interpolation are both linear, so fusing them changes nothing but the
-//! rounding, and no scratch image is needed.
+//! Channel conversion happens once per source pixel, into a per-thread plane; interpolation
+//! and normalisation then take one pass per output value, with each column's taps computed
+//! once per image rather than per output pixel (224×224 from 28×28 is 64 outputs a source
+//! pixel).
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use super::{DataError, Dataset, Form, Layout};
@@ -196,8 +198,14 @@ struct Normalize<'a> {
 impl Normalize<'_> {
     /// `k` is the channel (or the element of a vector input).
     fn apply(&self, k: usize, v: f32) -> f32 {
+        let (mean, std) = self.of(k);
+        (v * self.scale - mean) / std
+    }
+
+    /// Mean and std of channel (or element) `k`.
+    fn of(&self, k: usize) -> (f32, f32) {
         let pick = |p: &[f32]| if p.len() == 1 { p[0] } else { p[k] };
-        (v * self.scale - pick(self.mean)) / pick(self.std)
+        (pick(self.mean), pick(self.std))
     }
 }
 
@@ -271,30 +279,53 @@ fn source_index(o: usize, in_len: usize, out_len: usize) -> (usize, usize, f32, 
     (i0, i1, 1.0 - l1, l1)
 }
 
+/// An output index's two source pixels and their weights, as [`source_index`] gives them.
+type Tap = (usize, usize, f32, f32);
+
+thread_local! {
+    /// A source plane converted to the model's channels, and the column taps: grown to the
+    /// largest image met, so a thread's later samples do not allocate.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<Tap>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 fn resize<T: Copy + Into<f32>>(
     img: &Image<'_, T>,
     [channels, height, width]: [usize; 3],
     norm: &Normalize<'_>,
     out: &mut [f32],
 ) {
-    let same_size = img.height == height && img.width == width;
-    for c in 0..channels {
-        let pixel = |y, x| img.converted(channels, c, y, x);
-        let plane = &mut out[c * height * width..(c + 1) * height * width];
-        for (oy, row) in plane.chunks_exact_mut(width).enumerate() {
-            let (y0, y1, wy0, wy1) = source_index(oy, img.height, height);
-            for (ox, o) in row.iter_mut().enumerate() {
-                let v = if same_size {
-                    pixel(oy, ox)
-                } else {
-                    let (x0, x1, wx0, wx1) = source_index(ox, img.width, width);
-                    wy0 * (wx0 * pixel(y0, x0) + wx1 * pixel(y0, x1))
-                        + wy1 * (wx0 * pixel(y1, x0) + wx1 * pixel(y1, x1))
-                };
-                *o = norm.apply(c, v);
+    let (ih, iw) = (img.height, img.width);
+    let same_size = ih == height && iw == width;
+    SCRATCH.with_borrow_mut(|(plane, taps)| {
+        plane.resize(ih * iw, 0.0);
+        taps.clear();
+        taps.extend((0..width).map(|ox| source_index(ox, iw, width)));
+        for c in 0..channels {
+            for (y, row) in plane.chunks_exact_mut(iw).enumerate() {
+                for (x, p) in row.iter_mut().enumerate() {
+                    *p = img.converted(channels, c, y, x);
+                }
+            }
+            let (mean, std) = norm.of(c);
+            let out = &mut out[c * height * width..(c + 1) * height * width];
+            for (oy, row) in out.chunks_exact_mut(width).enumerate() {
+                if same_size {
+                    let src = &plane[oy * iw..][..iw];
+                    for (o, &v) in row.iter_mut().zip(src) {
+                        *o = (v * norm.scale - mean) / std;
+                    }
+                    continue;
+                }
+                let (y0, y1, wy0, wy1) = source_index(oy, ih, height);
+                let (r0, r1) = (&plane[y0 * iw..][..iw], &plane[y1 * iw..][..iw]);
+                for (o, &(x0, x1, wx0, wx1)) in row.iter_mut().zip(taps.iter()) {
+                    let v =
+                        wy0 * (wx0 * r0[x0] + wx1 * r0[x1]) + wy1 * (wx0 * r1[x0] + wx1 * r1[x1]);
+                    *o = (v * norm.scale - mean) / std;
+                }
             }
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -422,6 +453,60 @@ mod tests {
             14.416668, 12.416665, 10.416668, 8.416665,
         ];
         assert_close(&run(&gray(b, 5, 6), &raw(&[1, 3, 4])), &down, 1e-6);
+    }
+
+    /// The resize against the per-output-pixel formula it replaced (taps and channel
+    /// conversion computed at every output): bit for bit, up and down, across channel
+    /// conversions and layouts, with ImageNet normalisation.
+    #[test]
+    fn resize_matches_the_per_pixel_formula_bit_for_bit() {
+        let mut seed = 7u32;
+        let mut byte = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 24) as u8
+        };
+        for (shape, layout, want) in [
+            ([1, 28, 28], Layout::Nchw, [3, 224, 224]),
+            ([3, 5, 7], Layout::Nchw, [3, 9, 4]),
+            ([6, 5, 3], Layout::Nhwc, [1, 11, 13]),
+            ([1, 8, 8], Layout::Nchw, [3, 8, 8]),
+        ] {
+            let n: usize = shape.iter().product();
+            let ds = image_set(Samples::U8((0..n).map(|_| byte()).collect()), shape, layout);
+            let prep = Preprocess::for_input(&want, &ds).unwrap();
+            let got = run(&ds, &prep);
+            let Samples::U8(v) = &ds.samples else {
+                unreachable!()
+            };
+            let img = Image::new(v, ds.form);
+            let norm = Normalize {
+                scale: prep.scale.unwrap(),
+                mean: &prep.mean,
+                std: &prep.std,
+            };
+            let [c_out, h, w] = want;
+            for c in 0..c_out {
+                for oy in 0..h {
+                    for ox in 0..w {
+                        let pixel = |y, x| img.converted(c_out, c, y, x);
+                        let (y0, y1, wy0, wy1) = source_index(oy, img.height, h);
+                        let (x0, x1, wx0, wx1) = source_index(ox, img.width, w);
+                        let v = if (img.height, img.width) == (h, w) {
+                            pixel(oy, ox)
+                        } else {
+                            wy0 * (wx0 * pixel(y0, x0) + wx1 * pixel(y0, x1))
+                                + wy1 * (wx0 * pixel(y1, x0) + wx1 * pixel(y1, x1))
+                        };
+                        let k = (c * h + oy) * w + ox;
+                        assert_eq!(
+                            got[k].to_bits(),
+                            norm.apply(c, v).to_bits(),
+                            "{shape:?} [{k}]"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
