@@ -7,8 +7,9 @@
 //! slot of Π cap_n]`, every matrix row-major.
 
 use super::modal::{
-    Fold, eps_block, fixed_vectors, leading_vectors, leading_vectors_workspace_len, mode_product,
-    tracked_vectors, tracked_workspace_len,
+    Fold, eps_block, fixed_vectors, fully_decomposed, leading_vectors,
+    leading_vectors_workspace_len, mode_product, tracked_vectors, tracked_workspace_len,
+    write_factor,
 };
 use crate::kernels::conv::{self, Conv2dGeom};
 use crate::kernels::gemm::sgemm;
@@ -132,13 +133,33 @@ pub fn compress(
     let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
     let mut rest = &mut factors[..];
     let mut slot = 0;
+    // Where every other extent is 1 (a dense layer's input, a 1×1 map), two modes' unfoldings
+    // are each other's transpose and share the Gram matrix. Once the first has decomposed it
+    // in full, the eigenpairs in `ws` give the second its factor: this holds the first's
+    // ε rank until the second is done.
+    let mut twin: Option<usize> = None;
+    let numel = a.len();
     for n in 0..nm {
         let (u, tail) = rest.split_at_mut(dims[n] * caps[n]);
         rest = tail;
         let cap = reachable(dims, caps, n);
         let f = Fold::of(dims, n);
-        let (used, wanted) = match &mut rule {
-            Rule::Eps(eps, state) => match eps_block(f, cap, *eps) {
+        let shared = twin
+            .take()
+            .filter(|_| dims[n] > 1 && dims[n - 1] * dims[n] == numel);
+        let (used, wanted) = match (&mut rule, shared) {
+            (Rule::Eps(..), Some(wanted)) => {
+                let used = wanted.min(cap);
+                write_factor(a, f, used, u, ws);
+                (used, wanted)
+            }
+            (Rule::Fixed(state), Some(_)) => {
+                write_factor(a, f, cap, u, ws);
+                state[slot..][..dims[n] * cap].copy_from_slice(&u[..dims[n] * cap]);
+                slot += dims[n] * caps[n];
+                (cap, cap)
+            }
+            (Rule::Eps(eps, state), None) => match eps_block(f, cap, *eps) {
                 0 => leading_vectors(a, f, *eps, cap, u, None, ws),
                 block => {
                     let r = tracked_vectors(a, f, *eps, cap, u, &mut state[slot..], ws);
@@ -146,12 +167,13 @@ pub fn compress(
                     r
                 }
             },
-            Rule::Fixed(state) => {
+            (Rule::Fixed(state), None) => {
                 fixed_vectors(a, f, cap, u, &mut state[slot..], ws);
                 slot += dims[n] * caps[n];
                 (cap, cap)
             }
         };
+        twin = fully_decomposed(f).then_some(wanted);
         ranks.used[n] = used;
         ranks.wanted[n] = wanted;
         header[n] = used as f32;

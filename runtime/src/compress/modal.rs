@@ -98,6 +98,11 @@ pub(crate) fn leading_vectors(
     sig2: Option<&mut [f32]>,
     ws: &mut [f32],
 ) -> (usize, usize) {
+    if f.d == 1 {
+        // The factor of a mode of extent 1 is [1], whatever the tensor: no pass over it.
+        u[0] = 1.0;
+        return (1, 1);
+    }
     let n = f.gram_order();
     let (gram, rest) = ws.split_at_mut(n * n);
     let (vecs, rest) = rest.split_at_mut(n * n);
@@ -145,7 +150,9 @@ pub(crate) fn fixed_vectors(
     let d = f.d;
     let start = &mut start[..d * r];
     let u = &mut u[..d * r];
-    if !iterated(n, r + OVERSAMPLE) || start.iter().all(|&v| v == 0.0) {
+    if d == 1 {
+        (u[0], start[0]) = (1.0, 1.0);
+    } else if !iterated(n, r + OVERSAMPLE) || start.iter().all(|&v| v == 0.0) {
         let (gram, rest) = ws.split_at_mut(n * n);
         let (vecs, rest) = rest.split_at_mut(n * n);
         let vals = &mut rest[..n];
@@ -272,10 +279,17 @@ fn sum_of_squares(a: &[f32]) -> f64 {
         .sum()
 }
 
+/// Whether [`leading_vectors`] and [`fixed_vectors`] decompose this fold's Gram matrix in
+/// full (orders below the subspace iteration's), leaving every eigenpair in `ws` for
+/// [`write_factor`].
+pub(crate) fn fully_decomposed(f: Fold) -> bool {
+    (2..SUBSPACE_MIN_ORDER).contains(&f.gram_order())
+}
+
 /// Writes Uₙ (D × used, row-major) at the start of `u` from the eigenvectors in `ws`'s
 /// second n × n block (as [`leading_vectors`] and [`fixed_vectors`] leave them), the first
 /// block being free scratch.
-fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) {
+pub(crate) fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) {
     let n = f.gram_order();
     let (gram, rest) = ws.split_at_mut(n * n);
     let vecs = &rest[..n * n];

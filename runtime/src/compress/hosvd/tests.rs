@@ -501,3 +501,58 @@ fn eps_state_depends_only_on_eps_below_one() {
         "eps 1 decomposes exactly"
     );
 }
+
+/// A tensor whose extents are 1 but for two modes is a matrix: its truncated HOSVD is the
+/// truncated SVD (both factors from the one Gram matrix the two modes share, the unit modes
+/// [1]), with the SVD's ε rank, under the ε rule and at fixed ranks alike.
+#[test]
+fn a_matrix_shaped_tensor_is_its_truncated_svd() {
+    use crate::compress::svd;
+    let mut rng = Lcg::new(9);
+    let (rows, cols) = (12, 40);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| rng.uniform() * (1.0 + (i % cols) as f32 / 8.0))
+        .collect();
+    let svd_error = |eps: f32, cap: usize| {
+        let mut packed = vec![0.0; svd::packed_len(rows, cols, cap)];
+        let mut ws = vec![0.0; svd::workspace_len(rows, cols, cap)];
+        let (k, _) = svd::compress(&x, rows, cols, eps, cap, &mut packed, &mut ws);
+        let mut out = vec![0.0; x.len()];
+        svd::reconstruct(&packed, rows, cols, cap, &mut out);
+        let e: f32 = out.iter().zip(&x).map(|(o, x)| (o - x) * (o - x)).sum();
+        (k, e.sqrt())
+    };
+    for dims in [[rows, cols, 1, 1], [1, rows, cols, 1]] {
+        let caps = dims.map(|d| d.min(rows));
+        for eps in [0.5, 0.8, 0.95] {
+            let c = compressed(&x, &dims, &caps, eps);
+            let (k, want) = svd_error(eps, rows);
+            let ranks: Vec<usize> = dims.iter().map(|&d| if d == 1 { 1 } else { k }).collect();
+            assert_eq!(c.ranks.used[..4], ranks[..], "{dims:?} eps {eps}");
+            let got = reconstruction_error(&x, &c.packed, &dims, &caps);
+            assert!(
+                (got - want).abs() <= 1e-4 * want,
+                "{dims:?} eps {eps}: {got} vs {want}"
+            );
+        }
+        let r = 5;
+        let caps = dims.map(|d| d.min(r));
+        let mut state = vec![0.0; state_len(&dims, &caps)];
+        let mut packed = vec![0.0; packed_len(&dims, &caps)];
+        let mut ws = vec![0.0; workspace_len(&dims, &caps, None)];
+        compress(
+            &x,
+            &dims,
+            Rule::Fixed(&mut state),
+            &caps,
+            &mut packed,
+            &mut ws,
+        );
+        let got = reconstruction_error(&x, &packed, &dims, &caps);
+        let (_, want) = svd_error(1.0, r);
+        assert!(
+            (got - want).abs() <= 1e-4 * want,
+            "{dims:?} rank {r}: {got} vs {want}"
+        );
+    }
+}
