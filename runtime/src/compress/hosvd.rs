@@ -35,6 +35,16 @@ pub enum Rule<'a> {
     Fixed(&'a mut [f32]),
 }
 
+impl Rule<'_> {
+    /// ε for the ε rule, None for fixed ranks: what [`workspace_len`] takes.
+    pub fn eps(&self) -> Option<f32> {
+        match self {
+            Rule::Eps(eps, _) => Some(*eps),
+            Rule::Fixed(_) => None,
+        }
+    }
+}
+
 /// Floats of a fixed-rank compression's state: every mode's factor at its cap.
 pub fn state_len(dims: &[usize], caps: &[usize]) -> usize {
     dims.iter().zip(caps).map(|(d, c)| d * c).sum()
@@ -113,17 +123,7 @@ pub fn compress(
     check(dims, caps);
     debug_assert_eq!(a.len(), dims.iter().product::<usize>());
     debug_assert_eq!(packed.len(), packed_len(dims, caps));
-    debug_assert!(
-        ws.len()
-            >= workspace_len(
-                dims,
-                caps,
-                match rule {
-                    Rule::Eps(eps, _) => Some(eps),
-                    Rule::Fixed(_) => None,
-                }
-            )
-    );
+    debug_assert!(ws.len() >= workspace_len(dims, caps, rule.eps()));
     let nm = dims.len();
     let mut ranks = Ranks {
         used: [0; 4],
