@@ -175,9 +175,22 @@ impl LrSchedule {
     }
 }
 
-/// Σ g² of one gradient, in f64 so that summing many parameters' stays exact enough.
+/// Σ g² of one gradient (or any tensor: the HOSVD ε rule's total energy), in f64 so that
+/// summing many parameters' stays exact enough; eight f64 lanes let it vectorise.
 pub fn sum_of_squares(g: &[f32]) -> f64 {
-    g.iter().map(|v| (*v as f64) * (*v as f64)).sum()
+    let mut lanes = [0.0f64; 8];
+    let blocks = g.chunks_exact(8);
+    let tail: f64 = blocks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum();
+    for b in blocks {
+        for (l, &v) in lanes.iter_mut().zip(b) {
+            *l += f64::from(v) * f64::from(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 /// The factor `torch.nn.utils.clip_grad_norm_` multiplies every gradient by:

@@ -212,7 +212,7 @@ pub(crate) fn tracked_vectors(
     }
     let theta = ritz_step(a, f, block, state, ws);
     // Not reached within the block: more than the cap is wanted, as in `leading_vectors`.
-    let wanted = eps_rank_of(theta, eps, sum_of_squares(a)).unwrap_or(block + 1);
+    let wanted = eps_rank_of(theta, eps, crate::optim::sum_of_squares(a)).unwrap_or(block + 1);
     let used = wanted.min(cap);
     let u = &mut u[..d * used];
     for (kept, row) in u.chunks_exact_mut(used).zip(state.chunks_exact(block)) {
@@ -261,22 +261,6 @@ fn ritz_step<'w>(a: &[f32], f: Fold, k: usize, v: &mut [f32], ws: &'w mut [f32])
         (k, 1),
     );
     theta
-}
-
-/// Σ aᵢ², in f32 lanes summed into an f64 per chunk: vectorised, and exact enough for the ε
-/// rule's total.
-fn sum_of_squares(a: &[f32]) -> f64 {
-    a.chunks(4096)
-        .map(|chunk| {
-            let mut lanes = [0.0f32; 8];
-            let blocks = chunk.chunks_exact(8);
-            let tail: f32 = blocks.remainder().iter().map(|x| x * x).sum();
-            for b in blocks {
-                lanes.iter_mut().zip(b).for_each(|(l, x)| *l += x * x);
-            }
-            lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + f64::from(tail)
-        })
-        .sum()
 }
 
 /// Whether [`leading_vectors`] and [`fixed_vectors`] decompose this fold's Gram matrix in
