@@ -419,6 +419,7 @@ impl CompileArgs {
                 PrefixArg::Tract => PrefixRunner::Tract,
             },
             prefix_batch: self.prefix_batch,
+            threads: actc_runtime::threads::threads(),
         })
     }
 }
@@ -563,6 +564,7 @@ fn run(cli: Cli) -> Result<()> {
                 let options = CompileOptions {
                     layers: opts.layers,
                     input: opts.shape.input(),
+                    threads: actc_runtime::threads::threads(),
                     ..CompileOptions::default()
                 };
                 compile_file(&path, &options)?.plan

@@ -11,6 +11,7 @@ use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection, select};
 use crate::passes::{autodiff, emit, loss, schedule};
 use crate::{bail, err};
+use actc_runtime::kernels::chain;
 use actc_runtime::ops;
 use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source};
 use prost::Message;
@@ -35,6 +36,9 @@ pub struct CompileOptions {
     /// Samples per run of the prefix [default: the most whose activations fit the arena the
     /// training part needs].
     pub prefix_batch: Option<usize>,
+    /// Threads the plan is laid out for: the frozen prefix's fused chains keep scratch for
+    /// this many bands at once [default: 2; the CLI: the threads it runs with].
+    pub threads: usize,
 }
 
 impl Default for CompileOptions {
@@ -58,6 +62,7 @@ impl Default for CompileOptions {
             fixed_ranks: BTreeMap::new(),
             prefix: PrefixRunner::Auto,
             prefix_batch: None,
+            threads: 2,
         }
     }
 }
@@ -131,7 +136,15 @@ pub fn compile_model(
         let batch = input_shape[0];
         let at = |m: usize| [&[m][..], &input_shape[1..]].concat();
         let build = |m: usize, runner| {
-            prefix::build(&imported.model, dir, &at(m), &selection.boundary, runner)
+            let lanes = opts.threads.clamp(1, chain::MAX_LANES);
+            prefix::build(
+                &imported.model,
+                dir,
+                &at(m),
+                &selection.boundary,
+                runner,
+                lanes,
+            )
         };
         if let Some(one) = build(1, opts.prefix)? {
             let m = match opts.prefix_batch {

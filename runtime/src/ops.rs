@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59"
     )]
     pub kind: Option<Kind>,
 }
@@ -350,6 +350,10 @@ pub enum Kind {
     /// after it, as the frozen prefix runs them (one buffer, one pass fewer)
     #[prost(message, tag = "58")]
     ConvClip(ConvClip),
+    /// x, then each stage's w and [bias] → y: convs whose intermediate maps have one reader
+    /// each, run band of rows by band of rows (`kernels::chain`), plus x when `residual`
+    #[prost(message, tag = "59")]
+    ConvChain(ConvChain),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -358,6 +362,34 @@ pub struct ConvClip {
     pub conv: Option<Conv>,
     #[prost(message, optional, tag = "2")]
     pub clip: Option<Clip>,
+}
+
+/// One conv of a [`ConvChain`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ChainStage {
+    #[prost(message, optional, tag = "1")]
+    pub conv: Option<Conv>,
+    /// Whether a bias input follows the stage's weight.
+    #[prost(bool, tag = "2")]
+    pub bias: bool,
+    /// The Relu or Clip after the conv, if any.
+    #[prost(message, optional, tag = "3")]
+    pub clip: Option<Clip>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ConvChain {
+    #[prost(message, repeated, tag = "1")]
+    pub stages: Vec<ChainStage>,
+    /// The chain's input is added to its output (a residual block's Add).
+    #[prost(bool, tag = "2")]
+    pub residual: bool,
+    /// Output rows of the last stage per band.
+    #[prost(uint32, tag = "3")]
+    pub rows: u32,
+    /// Bands in flight at once, each with its own scratch (the threads compiled for).
+    #[prost(uint32, tag = "4")]
+    pub lanes: u32,
 }
 
 /// How a saved activation is kept for the backward pass.

@@ -373,6 +373,25 @@ fn the_own_prefix_computes_what_tract_computes() {
             fused > 0,
             "{name}: no conv in the prefix took its activation"
         );
+        // The MobileNets' wide blocks run as fused chains (expand, depthwise, project, the
+        // residual add): band by band, checked here against tract as well.
+        let chains: Vec<bool> = plan.steps[..plan.prefix_steps as usize]
+            .iter()
+            .filter_map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+                Some(actc_runtime::ops::Kind::ConvChain(c)) => Some(c.residual),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            !chains.is_empty(),
+            name.starts_with("mobilenetv2"),
+            "{name}"
+        );
+        assert_eq!(
+            chains.contains(&true),
+            name.starts_with("mobilenetv2"),
+            "{name}"
+        );
         let input = batch(shape.iter().product(), 3);
         let want = common::boundary(&plan, &input);
         let mut exec = Executor::new(plan, 1).unwrap();

@@ -94,6 +94,20 @@ impl Graph {
         idx
     }
 
+    /// Adds `node` in place of removed nodes whose outputs it takes over: edges from its
+    /// inputs' producers, as [`Graph::add_node`], and to the nodes already reading them.
+    pub fn add_node_in_place(&mut self, node: Node) -> NodeIndex {
+        let outputs = node.outputs.clone();
+        let idx = self.add_node(node);
+        for t in outputs {
+            let readers: Vec<_> = self.consumers(t).filter(|&c| c != idx).collect();
+            for c in readers {
+                self.nodes.add_edge(idx, c, t);
+            }
+        }
+        idx
+    }
+
     /// Copies every node of `other` (in topological order, in `phase`) and the tensors they
     /// use into this graph; returns the new id of each copied tensor.
     pub fn absorb(&mut self, other: &Graph, phase: Phase) -> BTreeMap<TensorId, TensorId> {

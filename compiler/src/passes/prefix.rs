@@ -13,9 +13,12 @@
 use super::{emit, schedule};
 use crate::bail;
 use crate::error::Result;
-use crate::ir::{Data, Graph, NodeOp, Role, Tensor, TensorId};
+use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
+use actc_runtime::exec::geom;
+use actc_runtime::kernels::chain;
+use actc_runtime::kernels::conv::Conv2dGeom;
 use actc_runtime::kernels::norm::{self, BatchNormParams};
 use actc_runtime::ops::{self, Kind};
 use actc_runtime::plan::Phase;
@@ -42,7 +45,7 @@ pub struct PrefixGraph {
 }
 
 /// The prefix that computes the `boundary` tensors of `model` with input shape `shape` (the
-/// batch being the micro-batch). `None` when `runner` is auto and a prefix op has no actc
+/// batch being the micro-batch), its fused chains laid out for `lanes` threads. `None` when `runner` is auto and a prefix op has no actc
 /// kernel: tract runs the prefix then.
 pub fn build(
     model: &ModelProto,
@@ -50,6 +53,7 @@ pub fn build(
     shape: &[usize],
     boundary: &[String],
     runner: PrefixRunner,
+    lanes: usize,
 ) -> Result<Option<PrefixGraph>> {
     let fix = InputShape {
         shape: Some(shape.to_vec()),
@@ -96,6 +100,7 @@ pub fn build(
     graph.outputs = outputs;
     fold_batch_norms(&mut graph);
     fuse_activations(&mut graph);
+    fuse_chains(&mut graph, lanes);
     Ok(Some(PrefixGraph {
         outputs: graph.outputs.clone(),
         input: imported.input,
@@ -203,6 +208,124 @@ fn fuse_activations(graph: &mut Graph) {
             clip: Some(clip),
         }));
         absorb_into_conv(graph, c, act);
+    }
+}
+
+/// A conv node's geometry (the conv and its input and weight shapes) and its clip.
+fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(ops::Conv, Option<ops::Clip>, Conv2dGeom)> {
+    let node = &graph.nodes[n];
+    let (conv, clip) = match &node.op {
+        NodeOp::Kernel(Kind::Conv(c)) => (c.clone(), None),
+        NodeOp::Kernel(Kind::ConvClip(cc)) => (cc.conv.clone()?, cc.clip.clone()),
+        _ => return None,
+    };
+    let shape = |t: TensorId| {
+        graph
+            .tensor(t)
+            .shape
+            .iter()
+            .map(|&d| d as u64)
+            .collect::<Vec<_>>()
+    };
+    let (x, w) = (shape(node.inputs[0]), shape(*node.inputs.get(1)?));
+    if x.len() != 4 || w.len() != 4 {
+        return None;
+    }
+    let g = geom::conv(&conv, &x, &w);
+    Some((conv, clip, g))
+}
+
+/// Fuses runs of convs whose intermediate maps have one reader each into `ConvChain`s,
+/// where `kernels::chain` runs the stages and finds the chain worth it: a MobileNet block's
+/// expand, depthwise and project (and its residual Add) become one step that keeps the wide
+/// maps between them in cache, band by band, and out of the arena.
+///
+/// A chain grows from a conv along sole readers and closes with the first 1×1 conv after a
+/// k×k one: the narrow map a block ends on is where the next chain starts.
+fn fuse_chains(graph: &mut Graph, lanes: usize) {
+    for first in graph.topo_order() {
+        if !graph.nodes.contains_node(first) {
+            continue;
+        }
+        let Some((conv, clip, g)) = stage_of(graph, first) else {
+            continue;
+        };
+        if !chain::stage_fits(&g, true) {
+            continue;
+        }
+        let mut nodes = vec![first];
+        let mut stages = vec![(conv, clip)];
+        let mut geoms = vec![g];
+        let mut spatial = !g.is_pointwise();
+        while nodes.len() < chain::MAX_STAGES {
+            let last = nodes[nodes.len() - 1];
+            let Some(next) = only_reader(graph, last) else {
+                break;
+            };
+            let Some((conv, clip, g)) = stage_of(graph, next) else {
+                break;
+            };
+            if graph.nodes[next].inputs[0] != graph.nodes[last].outputs[0]
+                || !chain::stage_fits(&g, false)
+            {
+                break;
+            }
+            nodes.push(next);
+            stages.push((conv, clip));
+            geoms.push(g);
+            if g.is_pointwise() && spatial {
+                break;
+            }
+            spatial |= !g.is_pointwise();
+        }
+        let Some(rows) = chain::bands(&geoms, lanes) else {
+            continue;
+        };
+        let x = graph.nodes[first].inputs[0];
+        let last = nodes[nodes.len() - 1];
+        let mut out = graph.nodes[last].outputs[0];
+        let add = only_reader(graph, last).filter(|&a| {
+            let node = &graph.nodes[a];
+            matches!(node.op, NodeOp::Kernel(Kind::Add(_)))
+                && node.inputs.len() == 2
+                && node.inputs.contains(&x)
+                && node.inputs.contains(&out)
+                && graph.tensor(x).shape == graph.tensor(out).shape
+        });
+        let mut inputs = vec![x];
+        let mut chained = Vec::new();
+        for (&n, (conv, clip)) in nodes.iter().zip(stages) {
+            let node = &graph.nodes[n];
+            inputs.extend(&node.inputs[1..]);
+            chained.push(ops::ChainStage {
+                conv: Some(conv),
+                bias: node.inputs.len() > 2,
+                clip,
+            });
+        }
+        let ends = add.unwrap_or(last);
+        if let Some(a) = add {
+            out = graph.nodes[a].outputs[0];
+        }
+        let name = format!("{} → {}", graph.nodes[first].name, graph.nodes[ends].name);
+        let (phase, source) = (graph.nodes[first].phase, graph.nodes[first].source);
+        for n in nodes.into_iter().chain(add) {
+            graph.remove_node(n);
+        }
+        graph.add_node_in_place(Node {
+            name,
+            op: NodeOp::Kernel(Kind::ConvChain(ops::ConvChain {
+                stages: chained,
+                residual: add.is_some(),
+                rows: rows as u32,
+                lanes: lanes as u32,
+            })),
+            inputs,
+            outputs: vec![out],
+            phase,
+            source,
+            origin: None,
+        });
     }
 }
 

@@ -7,6 +7,7 @@ mod step;
 
 pub use memory::Memory;
 
+use crate::kernels::chain;
 use crate::ops::Kind;
 use crate::optim::LrSchedule;
 use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, PlanFile, Schedule};
@@ -571,7 +572,7 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         }
     }
     for s in &plan.steps {
-        if let Err(e) = check_compression(plan, s) {
+        if let Err(e) = check_compression(plan, s).and_then(|()| check_chain(plan, s)) {
             return bad(format!("step {}: {e}", s.name));
         }
     }
@@ -606,6 +607,43 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         }
     }
     Ok(())
+}
+
+/// A fused chain's stages against what `kernels::chain` assumes: shapes that chain from
+/// the input to the output, stages it can run, a band height, lanes, scratch.
+fn check_chain(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
+    let Some(Kind::ConvChain(cc)) = s.op.as_ref().and_then(|o| o.kind.as_ref()) else {
+        return Ok(());
+    };
+    let shape = |b: Option<&u32>| b.map(|&b| &plan.buffer(b).shape[..]);
+    let ch = geom::chain(cc, |i| shape(s.inputs.get(i)))
+        .filter(|ch| ch.inputs == s.inputs.len())
+        .ok_or("a fused chain whose inputs do not chain")?;
+    let stages = ch.stages();
+    let last = &stages[stages.len() - 1];
+    let out = [last.n, last.c_out, last.out_h(), last.out_w()].map(|d| d as u64);
+    if shape(s.outputs.first()) != Some(&out[..])
+        || (cc.residual && shape(s.inputs.first()) != Some(&out[..]))
+    {
+        return Err("a fused chain whose output is not its last stage's".into());
+    }
+    if stages.len() < 2
+        || !stages
+            .iter()
+            .enumerate()
+            .all(|(i, g)| chain::stage_fits(g, i == 0))
+        || cc.rows == 0
+        || !(1..=chain::MAX_LANES).contains(&(cc.lanes as usize))
+    {
+        return Err("a fused chain the kernel cannot run".into());
+    }
+    let want = chain::workspace_len(stages, cc.rows as usize, cc.lanes as usize) as u64;
+    match s.workspace.map(|b| plan.buffer(b)) {
+        Some(b) if b.numel() as u64 >= want => Ok(()),
+        _ => Err(format!(
+            "a fused chain without its {want} floats of scratch"
+        )),
+    }
 }
 
 /// A compression step's attributes against what its kernels assume: a method they know,

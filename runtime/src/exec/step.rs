@@ -7,7 +7,7 @@ use crate::kernels::elementwise::{self, BinaryOp};
 use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
 use crate::kernels::norm::{self, BatchNormParams};
 use crate::kernels::shape::AxisSplit;
-use crate::kernels::{activation as act, conv, loss, pool, shape};
+use crate::kernels::{activation as act, chain, conv, loss, pool, shape};
 use crate::ops::{Kind, PoolKind};
 use crate::optim;
 use crate::plan::{Buffer, DType, Plan, Step};
@@ -84,6 +84,26 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             let bias = (step.inputs.len() > 2).then(|| x(2));
             let clip = cc.clip.clone().unwrap_or_default();
             conv::forward_clipped(&g, x(0), x(1), bias, (clip.min, clip.max), y(0), ws());
+        }
+        Kind::ConvChain(cc) => {
+            let ch = geom::chain(cc, |i| {
+                step.inputs.get(i).map(|&b| &plan.buffer(b).shape[..])
+            })
+            .expect("validated");
+            let n = ch.stages().len();
+            // An array, as a step must not allocate; past the chain, unused copies.
+            let stages: [chain::Stage; chain::MAX_STAGES] = std::array::from_fn(|s| {
+                let s = s.min(n - 1);
+                let (st, w) = (&cc.stages[s], ch.weight[s]);
+                chain::Stage {
+                    g: ch.stages()[s],
+                    w: x(w),
+                    bias: st.bias.then(|| x(w + 1)),
+                    clip: st.clip.as_ref().map(|c| (c.min, c.max)),
+                }
+            });
+            let (rows, lanes) = (cc.rows as usize, cc.lanes as usize);
+            chain::forward(&stages[..n], cc.residual, rows, lanes, x(0), y(0), ws());
         }
         Kind::ConvBackwardData(c) => {
             let g = geom::conv(c, &bo(0).shape, &bi(1).shape);

@@ -22,7 +22,7 @@ use super::window::{out_len, valid_range};
 use super::{activation, depthwise, direct};
 use crate::threads;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conv2dGeom {
     pub n: usize,
     pub c_in: usize,
@@ -137,6 +137,16 @@ pub fn workspace_len(g: &Conv2dGeom) -> usize {
     }
 }
 
+/// Scratch [`forward`] alone needs: [`workspace_len`], but none where it takes the direct
+/// path (a stem over RGB), whose backward still needs the im2col matrix.
+pub fn forward_workspace_len(g: &Conv2dGeom) -> usize {
+    if direct::applies(g) {
+        0
+    } else {
+        workspace_len(g)
+    }
+}
+
 /// `y = conv(x, w) + bias`.
 pub fn forward(
     g: &Conv2dGeom,
@@ -184,7 +194,7 @@ fn forward_with(
     debug_assert_eq!(w.len(), g.weight_len());
     debug_assert!(bias.is_none_or(|b| b.len() == g.c_out));
     debug_assert_eq!(y.len(), g.output_len());
-    debug_assert!(ws.len() >= workspace_len(g));
+    debug_assert!(ws.len() >= forward_workspace_len(g));
     let p = g.out_h() * g.out_w();
     if g.is_depthwise() {
         return depthwise::forward(g, x, w, bias, clip, y);
