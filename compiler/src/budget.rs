@@ -66,6 +66,7 @@ pub fn calibrate(
     let exact = CompileOptions {
         compression: Compression::None,
         fixed_ranks: BTreeMap::new(),
+        keep_gradients: true,
         ..opts.clone()
     };
     // Compiled at one candidate ε and run at each: every ε below 1 plans the same buffers
@@ -76,6 +77,7 @@ pub fn calibrate(
             max_rank,
         },
         fixed_ranks: BTreeMap::new(),
+        keep_gradients: true,
         ..opts.clone()
     };
     let plan = compile_file(model, &capped)?.plan;

@@ -420,6 +420,7 @@ impl CompileArgs {
             },
             prefix_batch: self.prefix_batch,
             threads: actc_runtime::threads::threads(),
+            keep_gradients: false,
         })
     }
 }

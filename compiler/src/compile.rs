@@ -39,6 +39,10 @@ pub struct CompileOptions {
     /// Threads the plan is laid out for: the frozen prefix's fused chains keep scratch for
     /// this many bands at once [default: 2; the CLI: the threads it runs with].
     pub threads: usize,
+    /// Keep every weight gradient in a buffer of its own (what `--budget`'s calibration and
+    /// the gradient tests read) instead of storing conv weight gradients straight into
+    /// their SGD update [default: false].
+    pub keep_gradients: bool,
 }
 
 impl Default for CompileOptions {
@@ -63,6 +67,7 @@ impl Default for CompileOptions {
             prefix: PrefixRunner::Auto,
             prefix_batch: None,
             threads: 2,
+            keep_gradients: false,
         }
     }
 }
@@ -115,7 +120,13 @@ pub fn compile_model(
         .map(|l| l.node.clone())
         .collect();
     let saved = compress(&mut graph, &layers, opts.compression, &opts.fixed_ranks);
-    append_updates(&mut graph, &grads, &opts.optimizer, opts.clip_grad_norm);
+    append_updates(
+        &mut graph,
+        &grads,
+        &opts.optimizer,
+        opts.clip_grad_norm,
+        !opts.keep_gradients,
+    );
     let order = schedule::schedule(&graph);
     let ir = graph.dump(&order);
     let boundary: Vec<_> = graph.inputs.clone();

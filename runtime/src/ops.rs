@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60"
     )]
     pub kind: Option<Kind>,
 }
@@ -354,6 +354,20 @@ pub enum Kind {
     /// each, run band of rows by band of rows (`kernels::chain`), plus x when `residual`
     #[prost(message, tag = "59")]
     ConvChain(ConvChain),
+
+    // ---- fused training ----
+    /// x, dy, w, [momentum] → (w and momentum in place): a conv's weight gradient stored by
+    /// its product straight into the SGD update (`optim::Sgd::step_fused`), never held
+    #[prost(message, tag = "60")]
+    ConvBackwardWeightSgd(ConvSgd),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ConvSgd {
+    #[prost(message, optional, tag = "1")]
+    pub conv: Option<Conv>,
+    #[prost(message, optional, tag = "2")]
+    pub sgd: Option<Sgd>,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -32,6 +32,48 @@ impl Sgd {
         });
     }
 
+    /// [`Sgd::step`] with a gradient that is never held: `grad(alpha, beta, dst)` stores
+    /// `dst ← alpha·g + beta·dst` (a weight-gradient product's store). Without momentum it
+    /// stores into `w` itself (`w ← (1 − lr·wd)·w − lr·g`); with momentum into the buffer,
+    /// then `w ← w − lr·buf`. Nesterov reads the gradient twice: not here.
+    pub fn step_fused(
+        &self,
+        lr: f32,
+        step: u64,
+        w: &mut [f32],
+        state: &mut [f32],
+        grad: impl FnOnce(f32, f32, &mut [f32]),
+    ) {
+        debug_assert!(step >= 1 && !self.nesterov);
+        debug_assert_eq!(state.len(), self.state_len(w.len()));
+        let (mu, wd) = (self.momentum, self.weight_decay);
+        if mu == 0.0 {
+            return grad(-lr, 1.0 - lr * wd, w);
+        }
+        // buf ← μ·buf + keep·(g + wd·w); on step 1, buf ← g + wd·w (PyTorch's first step).
+        let (keep, carry) = if step == 1 {
+            (1.0, 0.0)
+        } else {
+            (1.0 - self.dampening, mu)
+        };
+        let beta = if wd == 0.0 {
+            carry
+        } else {
+            in_parallel(state, w, &mut [], |buf, w, _| {
+                for (b, w) in buf.iter_mut().zip(w) {
+                    *b = carry * *b + keep * wd * w;
+                }
+            });
+            1.0
+        };
+        grad(keep, beta, state);
+        in_parallel(w, state, &mut [], |w, buf, _| {
+            for (w, b) in w.iter_mut().zip(buf) {
+                *w -= lr * b;
+            }
+        });
+    }
+
     fn update(&self, lr: f32, step: u64, w: &mut [f32], g: &[f32], state: &mut [f32]) {
         let (mu, wd) = (self.momentum, self.weight_decay);
         if mu == 0.0 {
@@ -209,6 +251,48 @@ pub fn scale_gradient(coef: f32, g: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gradient stored straight into the update gives the update of the held gradient
+    /// (to rounding: the store fuses a multiply-add), over three steps: with and without
+    /// momentum, dampening and weight decay.
+    #[test]
+    fn fused_sgd_matches_the_update_of_the_held_gradient() {
+        let n = 1000;
+        let vals = |seed: u32| -> Vec<f32> {
+            (0..n as u32)
+                .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        for (momentum, dampening, weight_decay) in [
+            (0.0, 0.0, 0.0),
+            (0.0, 0.0, 0.01),
+            (0.9, 0.0, 0.0),
+            (0.9, 0.1, 0.01),
+        ] {
+            let sgd = Sgd {
+                momentum,
+                dampening,
+                weight_decay,
+                nesterov: false,
+            };
+            let (mut w, mut buf) = (vals(1), vec![0.0; sgd.state_len(n)]);
+            let (mut w2, mut buf2) = (w.clone(), buf.clone());
+            for step in 1..=3 {
+                let g = vals(step as u32 + 7);
+                sgd.step(0.1, step, &mut w, &g, &mut buf);
+                sgd.step_fused(0.1, step, &mut w2, &mut buf2, |alpha, beta, dst| {
+                    for (d, g) in dst.iter_mut().zip(&g) {
+                        *d = alpha * g + if beta == 0.0 { 0.0 } else { beta * *d };
+                    }
+                });
+                let worst = w
+                    .iter()
+                    .zip(&w2)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(worst <= 1e-6, "{sgd:?} step {step}: off by {worst}");
+            }
+        }
+    }
 
     /// Updates large enough to run in parallel give what one pass over the whole gives,
     /// with and without momentum (and with Nesterov's), first step and later ones.

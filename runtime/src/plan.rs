@@ -16,7 +16,8 @@ use prost::bytes::Buf;
 pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// Bumped whenever a message changes incompatibly; the runtime refuses any other version.
 /// 2: an ε-rule HOSVD compression of a large mode carries state (its tracked vectors).
-/// 3: fused conv chains (`ConvChain`) in the frozen prefix.
+/// 3: fused conv chains (`ConvChain`) in the frozen prefix, conv weight gradients fused
+/// into their SGD update (`ConvBackwardWeightSgd`).
 pub const FORMAT_VERSION: u32 = 3;
 /// Magic, version and payload length.
 const HEADER: usize = 20;

@@ -11,9 +11,11 @@ use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
 use std::collections::BTreeMap;
 
+/// A plan that keeps its weight gradients in buffers, which [`one_step`] reads.
 fn plan(name: &str, layers: Layers, shape: &[usize], compression: Compression) -> Plan {
     let opts = CompileOptions {
         compression,
+        keep_gradients: true,
         ..common::options(layers, Some(shape.to_vec()))
     };
     compile_file(&common::model(name), &opts).unwrap().plan

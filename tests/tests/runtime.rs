@@ -351,8 +351,11 @@ fn the_own_prefix_computes_what_tract_computes() {
         ("mobilenetv2", 4, vec![2, 3, 64, 64]),
         ("mobilenetv2_bn", 2, vec![1, 3, 96, 96]),
     ] {
+        // The whole batch in one run of the prefix, whatever the arena: the chains fused
+        // depend on the micro-batch's maps.
         let opts = actc::compile::CompileOptions {
             prefix: PrefixRunner::Actc,
+            prefix_batch: Some(shape[0]),
             ..common::options(Layers::Last(layers), Some(shape.clone()))
         };
         let compiled = actc::compile::compile_file(&common::model(name), &opts).unwrap();

@@ -85,6 +85,17 @@ fn attrs(k: &Kind) -> String {
                 .unwrap_or_default(),
             cc.compressor.as_ref().map(compressor).unwrap_or_default()
         ),
+        Kind::ConvBackwardWeightSgd(cs) => format!(
+            "{}; sgd {}",
+            cs.conv
+                .as_ref()
+                .map(|c| debug(format!("{c:?}")))
+                .unwrap_or_default(),
+            cs.sgd
+                .as_ref()
+                .map(|s| debug(format!("{s:?}")))
+                .unwrap_or_default()
+        ),
         Kind::LinearGradWCompressed(cl) => format!(
             "trans_b: {}; {}",
             cl.trans_b,

@@ -3,8 +3,10 @@
 
 use super::autodiff::emit;
 use crate::ir::{Graph, Node, NodeOp, Role, Tensor, TensorId};
+use actc_runtime::exec::geom;
 use actc_runtime::ops::{self, Kind};
 use actc_runtime::plan::{DType, Phase};
+use petgraph::stable_graph::NodeIndex;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
@@ -13,12 +15,15 @@ pub enum Optimizer {
 }
 
 /// Appends the updates. With `clip_grad_norm`, a `GradNorm` node reads every gradient first,
-/// so gradients then live until all of them exist (the planner accounts for it).
+/// so gradients then live until all of them exist (the planner accounts for it). With
+/// `fuse`, a conv weight gradient that only its SGD update reads is stored by its product
+/// straight into the update ([`fusable_weight_grad`]).
 pub fn append_updates(
     graph: &mut Graph,
     grads: &[(TensorId, TensorId)],
     optimizer: &Optimizer,
     clip_grad_norm: Option<f32>,
+    fuse: bool,
 ) {
     let scale = clip_grad_norm.map(|max_norm| {
         let t = Tensor::value("grad_norm_scale", vec![1], DType::F32);
@@ -34,6 +39,14 @@ pub fn append_updates(
         )[0]
     });
     for &(param, grad) in grads {
+        if fuse
+            && scale.is_none()
+            && let Optimizer::Sgd(sgd) = optimizer
+            && let Some(p) = fusable_weight_grad(graph, grad, sgd)
+        {
+            fuse_update(graph, param, p, sgd);
+            continue;
+        }
         let name = graph.tensor(param).name.clone();
         let shape = graph.tensor(param).shape.clone();
         let mut state = |suffix: &str, copies: usize| {
@@ -74,5 +87,63 @@ pub fn append_updates(
         for r in readers {
             graph.nodes.add_edge(r, update, param);
         }
+    }
+}
+
+/// The node computing `grad` when its product can store it straight into the update
+/// (`optim::Sgd::step_fused`): a plain conv weight gradient (not depthwise, not from a
+/// compressed input) read by nothing else, and SGD without Nesterov. The gradient buffer
+/// then goes from the plan: the largest buffers of a MobileNet's last layers' backward.
+fn fusable_weight_grad(graph: &Graph, grad: TensorId, sgd: &ops::Sgd) -> Option<NodeIndex> {
+    let p = graph.producer(grad)?;
+    let node = &graph.nodes[p];
+    let NodeOp::Kernel(Kind::ConvBackwardWeight(c)) = &node.op else {
+        return None;
+    };
+    let shape = |t: TensorId| {
+        graph
+            .tensor(t)
+            .shape
+            .iter()
+            .map(|&d| d as u64)
+            .collect::<Vec<_>>()
+    };
+    let g = geom::conv(c, &shape(node.inputs[0]), &shape(grad));
+    let alone = graph.consumers(grad).next().is_none() && !graph.outputs.contains(&grad);
+    (!sgd.nesterov && !g.is_depthwise() && alone && shape(grad).len() == 4).then_some(p)
+}
+
+/// Replaces weight-gradient node `p` of `param` with one that updates `param` from it.
+fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, sgd: &ops::Sgd) {
+    let NodeOp::Kernel(Kind::ConvBackwardWeight(conv)) = graph.nodes[p].op.clone() else {
+        unreachable!("fusable_weight_grad checked the op")
+    };
+    let name = graph.tensor(param).name.clone();
+    let shape = graph.tensor(param).shape.clone();
+    let mut inputs = graph.nodes[p].inputs.clone();
+    inputs.push(param);
+    if sgd.momentum != 0.0 {
+        inputs.push(graph.add_tensor(Tensor {
+            role: Role::OptimizerState,
+            ..Tensor::value(format!("{name}.momentum"), shape, DType::F32)
+        }));
+    }
+    let readers: Vec<_> = graph.consumers(param).collect();
+    let origin = graph.nodes[p].origin.clone();
+    graph.remove_node(p);
+    let update = graph.add_node(Node {
+        name: format!("{name}/update"),
+        op: NodeOp::Kernel(Kind::ConvBackwardWeightSgd(ops::ConvSgd {
+            conv: Some(conv),
+            sgd: Some(sgd.clone()),
+        })),
+        inputs,
+        outputs: vec![],
+        phase: Phase::Update,
+        source: None,
+        origin,
+    });
+    for r in readers {
+        graph.nodes.add_edge(r, update, param);
     }
 }

@@ -518,6 +518,7 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         {
             return bad(format!("step {} is a fused conv without its conv", s.name));
         }
+
         if s.inputs
             .iter()
             .chain(&s.outputs)
@@ -572,7 +573,10 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         }
     }
     for s in &plan.steps {
-        if let Err(e) = check_compression(plan, s).and_then(|()| check_chain(plan, s)) {
+        let checked = check_compression(plan, s)
+            .and_then(|()| check_chain(plan, s))
+            .and_then(|()| check_fused_update(plan, s));
+        if let Err(e) = checked {
             return bad(format!("step {}: {e}", s.name));
         }
     }
@@ -643,6 +647,30 @@ fn check_chain(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
         _ => Err(format!(
             "a fused chain without its {want} floats of scratch"
         )),
+    }
+}
+
+/// A weight gradient fused into its SGD update: a conv that is not depthwise (whose weight
+/// gradient has no product to store through), SGD without Nesterov, the momentum buffer
+/// when there is momentum.
+fn check_fused_update(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
+    let Some(Kind::ConvBackwardWeightSgd(cs)) = s.op.as_ref().and_then(|o| o.kind.as_ref()) else {
+        return Ok(());
+    };
+    let (Some(c), Some(sgd)) = (&cs.conv, &cs.sgd) else {
+        return Err("a fused weight update without its conv or optimizer".into());
+    };
+    let inputs = 3 + usize::from(sgd.momentum != 0.0);
+    let shape = |i: usize| &plan.buffer(s.inputs[i]).shape[..];
+    let fits = !sgd.nesterov
+        && s.inputs.len() == inputs
+        && shape(0).len() == 4
+        && shape(2).len() == 4
+        && !geom::conv(c, shape(0), shape(2)).is_depthwise();
+    if fits {
+        Ok(())
+    } else {
+        Err("a fused weight update the kernels cannot run".into())
     }
 }
 

@@ -320,6 +320,26 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             let state = if has_state { xm(2) } else { &mut [][..] };
             sgd.step(upd.lr, upd.step, xm(0), x(1), state);
         }
+        Kind::ConvBackwardWeightSgd(cs) => {
+            let (c, s) = (cs.conv.as_ref(), cs.sgd.as_ref());
+            let (c, s) = c.zip(s).expect("validated");
+            let g = geom::conv(c, &bi(0).shape, &bi(2).shape);
+            let sgd = optim::Sgd {
+                momentum: s.momentum,
+                dampening: s.dampening,
+                weight_decay: s.weight_decay,
+                nesterov: s.nesterov,
+            };
+            let state = if sgd.state_len(1) > 0 {
+                xm(3)
+            } else {
+                &mut [][..]
+            };
+            let (x, dy, ws) = (x(0), x(1), ws());
+            sgd.step_fused(upd.lr, upd.step, xm(2), state, |alpha, beta, dst| {
+                conv::backward_weight_into(&g, x, dy, alpha, beta, dst, ws)
+            });
+        }
         Kind::AdamWUpdate(a) => {
             let adam = optim::AdamW {
                 beta1: a.beta1,

@@ -426,20 +426,38 @@ pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: 
 
 /// dw from the input and dy, summed over the batch.
 pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws: &mut [f32]) {
+    if g.is_depthwise() {
+        g.debug_check();
+        return depthwise::backward_weight(g, x, dy, dw);
+    }
+    backward_weight_into(g, x, dy, 1.0, 0.0, dw, ws);
+}
+
+/// `dst ← alpha·dw + beta·dst` for a conv that is not depthwise: the weight gradient stored
+/// by its product straight into an optimizer's buffer (`optim::Sgd::step_fused`), never held
+/// on its own. With `beta == 0`, `dst`'s old content is ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_into(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    alpha: f32,
+    beta: f32,
+    dw: &mut [f32],
+    ws: &mut [f32],
+) {
     g.debug_check();
+    debug_assert!(!g.is_depthwise());
     debug_assert_eq!(x.len(), g.input_len());
     debug_assert_eq!(dy.len(), g.output_len());
     debug_assert_eq!(dw.len(), g.weight_len());
     debug_assert!(ws.len() >= workspace_len(g));
-    if g.is_depthwise() {
-        return depthwise::backward_weight(g, x, dy, dw);
-    }
     let (hw, p) = (g.h * g.w, g.out_h() * g.out_w());
     if g.is_pointwise() && p == 1 {
-        return single_pixel_backward_weight(g, x, dy, dw);
+        return single_pixel_backward_weight(g, x, dy, alpha, beta, dw);
     }
     if g.is_batched_pointwise() {
-        return rows_backward_weight(g, x, dy, dw, ws);
+        return rows_backward_weight(g, x, dy, alpha, beta, dw, ws);
     }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     if g.is_pointwise() {
@@ -456,19 +474,23 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws
                 cig,
                 p,
                 images,
-                1.0,
+                alpha,
                 &dy[gi * cog * p..],
                 (p, 1),
                 &x[gi * cig * hw..],
                 (1, p),
-                0.0,
+                beta,
                 &mut dw[gi * cog * cig..][..cog * cig],
                 (cig, 1),
             );
         }
         return;
     }
-    dw.fill(0.0);
+    if beta == 0.0 {
+        dw.fill(0.0);
+    } else {
+        dw.iter_mut().for_each(|v| *v *= beta);
+    }
     for b in 0..g.n {
         for gi in 0..g.groups {
             let xg = &x[(b * g.c_in + gi * cig) * hw..][..cig * hw];
@@ -481,7 +503,7 @@ pub fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws
                 cog,
                 rows,
                 p,
-                1.0,
+                alpha,
                 dyg,
                 (p, 1),
                 col,
@@ -578,7 +600,15 @@ fn rows_backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws:
     rows_to_planes(dxr, g.n, g.c_in, np / g.n, dx);
 }
 
-fn rows_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], ws: &mut [f32]) {
+fn rows_backward_weight(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    alpha: f32,
+    beta: f32,
+    dw: &mut [f32],
+    ws: &mut [f32],
+) {
     let np = g.n * g.out_h() * g.out_w();
     let (xr, rest) = ws.split_at_mut(g.c_in * np);
     let dyr = &mut rest[..g.c_out * np];
@@ -588,12 +618,12 @@ fn rows_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32], w
         g.c_out,
         g.c_in,
         np,
-        1.0,
+        alpha,
         dyr,
         (np, 1),
         xr,
         (1, np),
-        0.0,
+        beta,
         dw,
         (g.c_in, 1),
     );
@@ -653,7 +683,14 @@ fn single_pixel_backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f
     }
 }
 
-fn single_pixel_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+fn single_pixel_backward_weight(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    alpha: f32,
+    beta: f32,
+    dw: &mut [f32],
+) {
     let (cig, cog) = (g.cin_per_group(), g.cout_per_group());
     for gi in 0..g.groups {
         let (xg, dyg) = (&x[gi * cig..], &dy[gi * cog..]);
@@ -662,12 +699,12 @@ fn single_pixel_backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut 
             cog,
             cig,
             g.n,
-            1.0,
+            alpha,
             dyg,
             (1, g.c_out),
             xg,
             (g.c_in, 1),
-            0.0,
+            beta,
             dwg,
             (cig, 1),
         );
