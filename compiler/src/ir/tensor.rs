@@ -88,6 +88,11 @@ impl Tensor {
         }
     }
 
+    /// The shape as the runtime's buffers and geometry rules take it.
+    pub fn dims(&self) -> Vec<u64> {
+        self.shape.iter().map(|&d| d as u64).collect()
+    }
+
     pub fn constant(name: impl Into<String>, shape: Vec<usize>, data: Data) -> Tensor {
         Tensor {
             name: name.into(),

@@ -47,27 +47,15 @@ pub fn append_updates(
             fuse_update(graph, param, p, sgd);
             continue;
         }
-        let name = graph.tensor(param).name.clone();
-        let shape = graph.tensor(param).shape.clone();
-        let mut state = |suffix: &str, copies: usize| {
-            let mut shape = shape.clone();
-            if copies > 1 {
-                shape.insert(0, copies);
-            }
-            graph.add_tensor(Tensor {
-                role: Role::OptimizerState,
-                ..Tensor::value(format!("{name}.{suffix}"), shape, DType::F32)
-            })
-        };
         let (kind, mut inputs) = match optimizer {
             Optimizer::Sgd(s) if s.momentum != 0.0 => (
                 Kind::SgdUpdate(s.clone()),
-                vec![param, grad, state("momentum", 1)],
+                vec![param, grad, state(graph, param, "momentum", 1)],
             ),
             Optimizer::Sgd(s) => (Kind::SgdUpdate(s.clone()), vec![param, grad]),
             Optimizer::AdamW(a) => (
                 Kind::AdamWUpdate(a.clone()),
-                vec![param, grad, state("adam_moments", 2)],
+                vec![param, grad, state(graph, param, "adam_moments", 2)],
             ),
         };
         inputs.extend(scale);
@@ -75,18 +63,7 @@ pub fn append_updates(
         // before the weight changes: order edges from them to the update.
         let readers: Vec<_> = graph.consumers(param).collect();
         let origin = readers.first().map(|&r| graph.nodes[r].name.clone());
-        let update = graph.add_node(Node {
-            name: format!("{name}/update"),
-            op: NodeOp::Kernel(kind),
-            inputs,
-            outputs: vec![],
-            phase: Phase::Update,
-            source: None,
-            origin,
-        });
-        for r in readers {
-            graph.nodes.add_edge(r, update, param);
-        }
+        add_update(graph, param, kind, inputs, origin, &readers);
     }
 }
 
@@ -100,14 +77,7 @@ fn fusable_weight_grad(graph: &Graph, grad: TensorId, sgd: &ops::Sgd) -> Option<
     let NodeOp::Kernel(Kind::ConvBackwardWeight(c)) = &node.op else {
         return None;
     };
-    let shape = |t: TensorId| {
-        graph
-            .tensor(t)
-            .shape
-            .iter()
-            .map(|&d| d as u64)
-            .collect::<Vec<_>>()
-    };
+    let shape = |t: TensorId| graph.tensor(t).dims();
     let g = geom::conv(c, &shape(node.inputs[0]), &shape(grad));
     let alone = graph.consumers(grad).next().is_none() && !graph.outputs.contains(&grad);
     (!sgd.nesterov && !g.is_depthwise() && alone && shape(grad).len() == 4).then_some(p)
@@ -118,32 +88,55 @@ fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, sgd: &ops::Sgd)
     let NodeOp::Kernel(Kind::ConvBackwardWeight(conv)) = graph.nodes[p].op.clone() else {
         unreachable!("fusable_weight_grad checked the op")
     };
-    let name = graph.tensor(param).name.clone();
-    let shape = graph.tensor(param).shape.clone();
     let mut inputs = graph.nodes[p].inputs.clone();
     inputs.push(param);
     if sgd.momentum != 0.0 {
-        inputs.push(graph.add_tensor(Tensor {
-            role: Role::OptimizerState,
-            ..Tensor::value(format!("{name}.momentum"), shape, DType::F32)
-        }));
+        inputs.push(state(graph, param, "momentum", 1));
     }
     let readers: Vec<_> = graph.consumers(param).collect();
     let origin = graph.nodes[p].origin.clone();
     graph.remove_node(p);
+    let kind = Kind::ConvBackwardWeightSgd(ops::ConvSgd {
+        conv: Some(conv),
+        sgd: Some(sgd.clone()),
+    });
+    add_update(graph, param, kind, inputs, origin, &readers);
+}
+
+/// An optimizer state tensor of `param`: `copies` of its shape.
+fn state(graph: &mut Graph, param: TensorId, suffix: &str, copies: usize) -> TensorId {
+    let t = graph.tensor(param);
+    let mut shape = t.shape.clone();
+    if copies > 1 {
+        shape.insert(0, copies);
+    }
+    let name = format!("{}.{suffix}", t.name);
+    graph.add_tensor(Tensor {
+        role: Role::OptimizerState,
+        ..Tensor::value(name, shape, DType::F32)
+    })
+}
+
+/// The update node of `param`, after every other reader of it (`readers`: the weight must
+/// not change before they have read it).
+fn add_update(
+    graph: &mut Graph,
+    param: TensorId,
+    kind: Kind,
+    inputs: Vec<TensorId>,
+    origin: Option<String>,
+    readers: &[NodeIndex],
+) {
     let update = graph.add_node(Node {
-        name: format!("{name}/update"),
-        op: NodeOp::Kernel(Kind::ConvBackwardWeightSgd(ops::ConvSgd {
-            conv: Some(conv),
-            sgd: Some(sgd.clone()),
-        })),
+        name: format!("{}/update", graph.tensor(param).name),
+        op: NodeOp::Kernel(kind),
         inputs,
         outputs: vec![],
         phase: Phase::Update,
         source: None,
         origin,
     });
-    for r in readers {
+    for &r in readers {
         graph.nodes.add_edge(r, update, param);
     }
 }

@@ -219,14 +219,7 @@ fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(ops::Conv, Option<ops::Clip>
         NodeOp::Kernel(Kind::ConvClip(cc)) => (cc.conv.clone()?, cc.clip.clone()),
         _ => return None,
     };
-    let shape = |t: TensorId| {
-        graph
-            .tensor(t)
-            .shape
-            .iter()
-            .map(|&d| d as u64)
-            .collect::<Vec<_>>()
-    };
+    let shape = |t: TensorId| graph.tensor(t).dims();
     let (x, w) = (shape(node.inputs[0]), shape(*node.inputs.get(1)?));
     if x.len() != 4 || w.len() != 4 {
         return None;
