@@ -163,7 +163,9 @@ pub fn compile_model(
                     "--prefix-batch {m} does not divide the batch {batch}; give a divisor of it"
                 ),
                 Some(m) => m,
-                None => prefix::micro_batch(batch, one.arena(), emitted.memory.training_arena),
+                None => prefix::micro_batch(batch, emitted.memory.training_arena, |m| {
+                    Ok(build(m, PrefixRunner::Actc)?.map_or(u64::MAX, |p| p.arena()))
+                })?,
             };
             let micro = match m {
                 1 => one,

@@ -354,11 +354,25 @@ impl PrefixGraph {
     }
 }
 
-/// The micro-batch: the largest divisor of `batch` whose prefix, estimated from its arena at
-/// batch 1 (activations grow with the batch), needs no more than `budget` bytes; at least 1.
-pub fn micro_batch(batch: usize, arena_at_one: u64, budget: u64) -> usize {
-    (1..=batch)
-        .rev()
-        .find(|&m| batch.is_multiple_of(m) && m as u64 * arena_at_one <= budget.max(arena_at_one))
-        .unwrap_or(1)
+/// The micro-batch: the largest divisor of `batch` whose prefix, built at it (`arena(m)`),
+/// needs no more than `budget` bytes of arena; at least 1. Found by bisection over the
+/// divisors, as the arena grows with the micro-batch. Built, not estimated from the arena
+/// at 1 times the samples: the fused chains' scratch does not grow with them, and which
+/// chains are fused depends on the micro-batch's maps.
+pub fn micro_batch(
+    batch: usize,
+    budget: u64,
+    mut arena: impl FnMut(usize) -> Result<u64>,
+) -> Result<usize> {
+    let divisors: Vec<usize> = (1..=batch).filter(|&m| batch.is_multiple_of(m)).collect();
+    let (mut lo, mut hi) = (0, divisors.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if arena(divisors[mid])? <= budget {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(divisors[lo])
 }
