@@ -59,23 +59,25 @@ pub fn stage_fits(g: &Conv2dGeom, first: bool) -> bool {
         && g.pad[2] < span(g.kh, g.dilation[0])
         && g.pad[1] < span(g.kw, g.dilation[1])
         && g.pad[3] < span(g.kw, g.dilation[1]);
-    let kind = (g.is_pointwise() && g.groups == 1)
-        || g.is_depthwise()
-        || (first && g.groups == 1 && g.c_in <= 4);
+    let kind = pointwise(g) || g.is_depthwise() || (first && g.groups == 1 && g.c_in <= 4);
     kind && pads_fit && g.out_h() > 0 && g.out_w() > 0
 }
 
 /// Input rows (unclipped: may start above row 0 or end below the last) that output rows
 /// `out` of `g` read.
 fn reach(g: &Conv2dGeom, out: &Range<usize>) -> (isize, isize) {
-    let (s, d, pt) = (
-        g.stride[0] as isize,
-        g.dilation[0] as isize,
-        g.pad[0] as isize,
-    );
-    let lo = out.start as isize * s - pt;
-    let hi = (out.end as isize - 1) * s - pt + d * (g.kh as isize - 1) + 1;
-    (lo, hi)
+    let lo = (out.start * g.stride[0]) as isize - g.pad[0] as isize;
+    (lo, lo + span_rows(g, out.len()) as isize)
+}
+
+/// Input rows (padding included) that `rows` consecutive output rows of `g` span.
+fn span_rows(g: &Conv2dGeom, rows: usize) -> usize {
+    (rows - 1) * g.stride[0] + g.dilation[0] * (g.kh - 1) + 1
+}
+
+/// Most input rows `rows` output rows of `g` read.
+fn band_rows_in(g: &Conv2dGeom, rows: usize) -> usize {
+    span_rows(g, rows).min(g.h)
 }
 
 /// The input rows output rows `out` of `g` read, and `g` cut to them: one image, those
@@ -107,8 +109,7 @@ fn band_rows(gs: &[Conv2dGeom], rows: usize) -> [usize; MAX_STAGES] {
     let mut r = [0; MAX_STAGES];
     r[gs.len() - 1] = rows;
     for s in (1..gs.len()).rev() {
-        let g = &gs[s];
-        r[s - 1] = ((r[s] - 1) * g.stride[0] + g.dilation[0] * (g.kh - 1) + 1).min(g.h);
+        r[s - 1] = band_rows_in(&gs[s], r[s]);
     }
     r
 }
@@ -137,7 +138,7 @@ fn lane_len(gs: &[Conv2dGeom], rows: usize) -> usize {
         .map(|(g, r)| {
             let mut b = *g;
             b.n = 1;
-            b.h = (r - 1) * g.stride[0] + g.dilation[0] * (g.kh - 1) + 1;
+            b.h = span_rows(g, r);
             b.pad[0] = 0;
             b.pad[2] = 0;
             conv::forward_workspace_len(&b)
@@ -145,11 +146,6 @@ fn lane_len(gs: &[Conv2dGeom], rows: usize) -> usize {
         .max()
         .unwrap_or(0);
     outs + copy + im2col
-}
-
-/// Most input rows `rows` output rows of `g` read.
-fn band_rows_in(g: &Conv2dGeom, rows: usize) -> usize {
-    ((rows - 1) * g.stride[0] + g.dilation[0] * (g.kh - 1) + 1).min(g.h)
 }
 
 /// Floats of scratch [`forward`] needs.
