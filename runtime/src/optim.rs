@@ -14,6 +14,17 @@ pub struct Sgd {
     pub nesterov: bool,
 }
 
+impl From<&crate::ops::Sgd> for Sgd {
+    fn from(s: &crate::ops::Sgd) -> Sgd {
+        Sgd {
+            momentum: s.momentum,
+            dampening: s.dampening,
+            weight_decay: s.weight_decay,
+            nesterov: s.nesterov,
+        }
+    }
+}
+
 impl Sgd {
     /// The momentum buffer, when there is momentum.
     pub fn state_len(&self, numel: usize) -> usize {

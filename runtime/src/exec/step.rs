@@ -309,12 +309,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             y(0)[0] = optim::clip_coefficient(total, s.scale);
         }
         Kind::SgdUpdate(s) => {
-            let sgd = optim::Sgd {
-                momentum: s.momentum,
-                dampening: s.dampening,
-                weight_decay: s.weight_decay,
-                nesterov: s.nesterov,
-            };
+            let sgd = optim::Sgd::from(s);
             let has_state = sgd.state_len(1) > 0;
             clip_if_scaled(step, plan, mem, if has_state { 3 } else { 2 });
             let state = if has_state { xm(2) } else { &mut [][..] };
@@ -324,12 +319,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
             let (c, s) = (cs.conv.as_ref(), cs.sgd.as_ref());
             let (c, s) = c.zip(s).expect("validated");
             let g = geom::conv(c, &bi(0).shape, &bi(2).shape);
-            let sgd = optim::Sgd {
-                momentum: s.momentum,
-                dampening: s.dampening,
-                weight_decay: s.weight_decay,
-                nesterov: s.nesterov,
-            };
+            let sgd = optim::Sgd::from(s);
             let state = if sgd.state_len(1) > 0 {
                 xm(3)
             } else {
