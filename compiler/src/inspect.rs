@@ -126,8 +126,9 @@ pub fn flops(plan: &Plan, step: &Step) -> u64 {
             _ => numel(buf(0, true)),
         },
         Kind::SgdUpdate(_) | Kind::AdamWUpdate(_) => 4 * numel(buf(0, false)),
-        // x, dy, w: the weight gradient's product, then the update
-        Kind::ConvBackwardWeightSgd(_) => {
+        // x, dy, w: the weight gradient's product, then the update (from a compressed
+        // input, counted as the other compressed gradients are)
+        Kind::ConvBackwardWeightSgd(cs) if cs.compressor.is_none() => {
             let w = buf(2, false).map(|b| b.shape.clone()).unwrap_or_default();
             (2 * numel(buf(1, false)) + 4) * w.iter().skip(1).product::<u64>()
         }

@@ -356,8 +356,9 @@ pub enum Kind {
     ConvChain(ConvChain),
 
     // ---- fused training ----
-    /// x, dy, w, [momentum] → (w and momentum in place): a conv's weight gradient stored by
-    /// its product straight into the SGD update (`optim::Sgd::step_fused`), never held
+    /// x (or its compressed form), dy, w, [momentum] → (w and momentum in place): a conv's
+    /// weight gradient stored by its product straight into the SGD update
+    /// (`optim::Sgd::step_fused`), never held
     #[prost(message, tag = "60")]
     ConvBackwardWeightSgd(ConvSgd),
 }
@@ -368,6 +369,10 @@ pub struct ConvSgd {
     pub conv: Option<Conv>,
     #[prost(message, optional, tag = "2")]
     pub sgd: Option<Sgd>,
+    /// When set, the first input is the conv input's compressed form, and the gradient
+    /// comes from it as `ConvBackwardWeightCompressed` computes it.
+    #[prost(message, optional, tag = "3")]
+    pub compressor: Option<Compressor>,
 }
 
 #[derive(Clone, PartialEq, Message)]

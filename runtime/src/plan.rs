@@ -18,7 +18,8 @@ pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// 2: an ε-rule HOSVD compression of a large mode carries state (its tracked vectors).
 /// 3: fused conv chains (`ConvChain`) in the frozen prefix, conv weight gradients fused
 /// into their SGD update (`ConvBackwardWeightSgd`).
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: a fused update's weight gradient may come from a compressed input.
+pub const FORMAT_VERSION: u32 = 4;
 /// Magic, version and payload length.
 const HEADER: usize = 20;
 

@@ -295,9 +295,99 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
     let opts = CompileOptions {
         compression: hosvd,
         fixed_ranks,
+        keep_gradients: true,
         ..common::options(layers, Some(shape.to_vec()))
     };
     let fixed = compile_file(&common::model(name), &opts).unwrap().plan;
     let (loss, want) = one_step(&plan(name, layers, shape, Compression::None));
     assert_same_step("full fixed ranks", (loss, &want), one_step(&fixed));
+}
+
+/// A weight gradient from a compressed input stored straight into its SGD update (the
+/// default plan) moves the weights as the held gradient and a separate update do, over
+/// steps that store into the momentum buffer with dampening (alpha 0.9) and without
+/// (beta 0 on the first step, 0.9 after). Weight decay is the update's own (optim tests).
+#[test]
+fn fused_compressed_updates_match_held_ones() {
+    use actc::passes::optim::Optimizer;
+    use actc_runtime::ops::{self, Kind};
+    let sgd = Optimizer::Sgd(ops::Sgd {
+        momentum: 0.9,
+        dampening: 0.1,
+        nesterov: false,
+        weight_decay: 0.0,
+    });
+    let hosvd = Compression::Hosvd {
+        eps: 0.8,
+        max_rank: 4096,
+    };
+    // MobileNetV2's 1×1 and its classifier; tiny_constants' grouped, dilated and padded convs
+    let cases: [(&str, Layers, &[usize], Compression); 3] = [
+        ("mobilenetv2", Layers::Last(4), &[4, 3, 32, 32], hosvd),
+        (
+            "mobilenetv2",
+            Layers::Last(4),
+            &[4, 3, 32, 32],
+            Compression::GradFilter { patch: 2 },
+        ),
+        ("tiny_constants", Layers::Last(4), &[2, 3, 16, 16], hosvd),
+    ];
+    for (name, layers, shape, compression) in cases {
+        let opts = |keep_gradients| CompileOptions {
+            compression,
+            keep_gradients,
+            optimizer: sgd.clone(),
+            lr: 0.1,
+            ..common::options(layers, Some(shape.to_vec()))
+        };
+        let weights_after = |keep_gradients| {
+            let p = compile_file(&common::model(name), &opts(keep_gradients))
+                .unwrap()
+                .plan;
+            let fused = p
+                .steps
+                .iter()
+                .filter(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+                    Some(Kind::ConvBackwardWeightSgd(cs)) => cs.compressor.is_some(),
+                    _ => false,
+                })
+                .count();
+            let n: usize = shape.iter().product();
+            let boundary = common::boundary(&p, &varied(n));
+            let mut exec = Executor::new(p, 3).unwrap();
+            for _ in 0..3 {
+                common::feed(&mut exec, &boundary, |i| (i % 3) as u32);
+                exec.train_step();
+            }
+            (fused, exec.snapshot().unwrap().weights)
+        };
+        let (none, held) = weights_after(true);
+        let (fused, got) = weights_after(false);
+        assert_eq!(
+            none, 0,
+            "{compression:?}: a plan that keeps gradients fused"
+        );
+        assert!(
+            fused >= 2,
+            "{compression:?}: {fused} fused compressed updates"
+        );
+        for (held, fused) in held.iter().zip(&got) {
+            let floats = |b: &[u8]| -> Vec<f32> {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            };
+            let (h, g) = (floats(&held.data), floats(&fused.data));
+            let err = h
+                .iter()
+                .zip(&g)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-5 * max_abs(&h),
+                "{name} {compression:?}: {} moved differently, by {err} (scale {})",
+                fused.source,
+                max_abs(&h)
+            );
+        }
+    }
 }

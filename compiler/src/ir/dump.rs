@@ -86,7 +86,7 @@ fn attrs(k: &Kind) -> String {
             cc.compressor.as_ref().map(compressor).unwrap_or_default()
         ),
         Kind::ConvBackwardWeightSgd(cs) => format!(
-            "{}; sgd {}",
+            "{}; sgd {}{}",
             cs.conv
                 .as_ref()
                 .map(|c| debug(format!("{c:?}")))
@@ -94,6 +94,10 @@ fn attrs(k: &Kind) -> String {
             cs.sgd
                 .as_ref()
                 .map(|s| debug(format!("{s:?}")))
+                .unwrap_or_default(),
+            cs.compressor
+                .as_ref()
+                .map(|c| format!("; {}", compressor(c)))
                 .unwrap_or_default()
         ),
         Kind::LinearGradWCompressed(cl) => format!(

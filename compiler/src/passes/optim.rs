@@ -68,25 +68,37 @@ pub fn append_updates(
 }
 
 /// The node computing `grad` when its product can store it straight into the update
-/// (`optim::Sgd::step_fused`): a plain conv weight gradient (not depthwise, not from a
-/// compressed input) read by nothing else, and SGD without Nesterov. The gradient buffer
-/// then goes from the plan: the largest buffers of a MobileNet's last layers' backward.
+/// (`optim::Sgd::step_fused`): a conv weight gradient, from the input or from its
+/// compressed form, of a conv that is not depthwise, read by nothing else, and SGD without
+/// Nesterov. The gradient buffer then goes from the plan: the largest buffers of a
+/// MobileNet's last layers' backward.
 fn fusable_weight_grad(graph: &Graph, grad: TensorId, sgd: &ops::Sgd) -> Option<NodeIndex> {
     let p = graph.producer(grad)?;
     let node = &graph.nodes[p];
-    let NodeOp::Kernel(Kind::ConvBackwardWeight(c)) = &node.op else {
-        return None;
+    let w = graph.tensor(grad).dims();
+    let g = match &node.op {
+        NodeOp::Kernel(Kind::ConvBackwardWeight(c)) => {
+            geom::conv(c, &graph.tensor(node.inputs[0]).dims(), &w)
+        }
+        NodeOp::Kernel(Kind::ConvBackwardWeightCompressed(ops::CompressedConv {
+            conv: Some(c),
+            compressor: Some(compressor),
+        })) => geom::conv(c, &compressor.shape, &w),
+        _ => return None,
     };
-    let shape = |t: TensorId| graph.tensor(t).dims();
-    let g = geom::conv(c, &shape(node.inputs[0]), &shape(grad));
     let alone = graph.consumers(grad).next().is_none() && !graph.outputs.contains(&grad);
-    (!sgd.nesterov && !g.is_depthwise() && alone && shape(grad).len() == 4).then_some(p)
+    (!sgd.nesterov && !g.is_depthwise() && alone && w.len() == 4).then_some(p)
 }
 
 /// Replaces weight-gradient node `p` of `param` with one that updates `param` from it.
 fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, sgd: &ops::Sgd) {
-    let NodeOp::Kernel(Kind::ConvBackwardWeight(conv)) = graph.nodes[p].op.clone() else {
-        unreachable!("fusable_weight_grad checked the op")
+    let (conv, compressor) = match graph.nodes[p].op.clone() {
+        NodeOp::Kernel(Kind::ConvBackwardWeight(conv)) => (conv, None),
+        NodeOp::Kernel(Kind::ConvBackwardWeightCompressed(cc)) => (
+            cc.conv.expect("fusable_weight_grad checked the conv"),
+            cc.compressor,
+        ),
+        _ => unreachable!("fusable_weight_grad checked the op"),
     };
     let mut inputs = graph.nodes[p].inputs.clone();
     inputs.push(param);
@@ -99,6 +111,7 @@ fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, sgd: &ops::Sgd)
     let kind = Kind::ConvBackwardWeightSgd(ops::ConvSgd {
         conv: Some(conv),
         sgd: Some(sgd.clone()),
+        compressor,
     });
     add_update(graph, param, kind, inputs, origin, &readers);
 }

@@ -209,23 +209,29 @@ impl Compressor {
         }
     }
 
-    /// A conv's weight gradient from the compressed input; `dw`'s shape is `w`.
+    /// A conv's weight gradient from the compressed input, stored as `dw ← alpha·∂W +
+    /// beta·dw` (depthwise under HOSVD: overwritten only); `dw`'s shape is `w`.
+    #[allow(clippy::too_many_arguments)] // the conv, its compressed input, dy and the store
     pub fn conv_weight_grad(
         &self,
         conv: &Conv,
         w: &[u64],
         packed: &[f32],
         dy: &[f32],
+        alpha: f32,
+        beta: f32,
         dw: &mut [f32],
         ws: &mut [f32],
     ) {
         let g = geom::conv(conv, &self.shape, w);
         match self.method() {
             Method::Hosvd(h) => {
-                hosvd::conv_weight_grad(packed, &self.dims(), &Self::caps(h), &g, dy, dw, ws)
+                let (dims, caps) = (self.dims(), Self::caps(h));
+                hosvd::conv_weight_grad(packed, &dims, &caps, &g, dy, alpha, beta, dw, ws)
             }
             Method::GradFilter(f) => {
-                gradfilter::conv_weight_grad(packed, &g, f.patch as usize, dy, dw, ws)
+                let r = f.patch as usize;
+                gradfilter::conv_weight_grad(packed, &g, r, dy, alpha, beta, dw, ws)
             }
             Method::Svd(_) => unreachable!("validated: SVD is never fused"),
         }

@@ -101,12 +101,16 @@ pub fn conv_weight_grad_workspace_len(g: &Conv2dGeom, r: usize) -> usize {
     b * g.c_out * ph * pw + g.c_out * g.cin_per_group()
 }
 
-/// dW (C', C/groups, kh, kw), overwritten, from the pooled input and dY (B, C', h, w).
+/// dW (C', C/groups, kh, kw) from the pooled input and dY (B, C', h, w), stored as
+/// `dw ← alpha·∂W + beta·dw` (with `beta == 0` its old content is ignored).
+#[allow(clippy::too_many_arguments)] // the pooled input, the conv, and the store
 pub fn conv_weight_grad(
     pooled: &[f32],
     g: &Conv2dGeom,
     r: usize,
     dy: &[f32],
+    alpha: f32,
+    beta: f32,
     dw: &mut [f32],
     ws: &mut [f32],
 ) {
@@ -158,7 +162,11 @@ pub fn conv_weight_grad(
     }
     let kk = g.kh * g.kw;
     for (taps, &s) in dw.chunks_exact_mut(kk).zip(dw_sum.iter()) {
-        taps.fill(s);
+        if beta == 0.0 {
+            taps.fill(alpha * s);
+        } else {
+            taps.iter_mut().for_each(|t| *t = alpha * s + beta * *t);
+        }
     }
 }
 
@@ -203,7 +211,7 @@ mod tests {
             assert_rel(&format!("{c} pooled"), &pooled, &xsum.values, 1e-5);
             let mut dw = vec![0.0; g.weight_len()];
             let mut ws = vec![0.0; conv_weight_grad_workspace_len(&g, r)];
-            conv_weight_grad(&pooled, &g, r, &dy, &mut dw, &mut ws);
+            conv_weight_grad(&pooled, &g, r, &dy, 1.0, 0.0, &mut dw, &mut ws);
             let want = golden("gradfilter", &format!("{c}__dw")).values;
             assert_rel(&format!("{c} dw"), &dw, &want, 1e-5);
         }

@@ -8,8 +8,8 @@
 
 use super::modal::{
     Fold, eps_block, fixed_vectors, fully_decomposed, leading_vectors,
-    leading_vectors_workspace_len, mode_product, tracked_vectors, tracked_workspace_len,
-    write_factor,
+    leading_vectors_workspace_len, mode_product, mode_product_into, tracked_vectors,
+    tracked_workspace_len, write_factor,
 };
 use crate::kernels::conv::{self, Conv2dGeom};
 use crate::kernels::gemm::sgemm;
@@ -326,7 +326,9 @@ pub fn conv_weight_grad_workspace_len(dims: &[usize], caps: &[usize], g: &Conv2d
 
 /// Conv weight gradient from the compressed input, WITHOUT rebuilding it (DESIGN §4 steps
 /// 1–4): dims = [B, C, H, W] = the conv input, dy = (B, C', H', W'), dw = (C', C/groups, kh,
-/// kw), overwritten. Any stride, padding, dilation and groups.
+/// kw), stored as `dw ← alpha·∂W + beta·dw` (with `beta == 0` its old content is ignored;
+/// a depthwise conv only overwrites: alpha 1, beta 0). Any stride, padding, dilation and
+/// groups.
 ///
 /// groups = 1, as the paper: Z₁ = U₁ᵀ·dY over the batch (K₁, C', H', W'); Z₃ = S expanded in
 /// the spatial modes (K₁, K₂, H, W); Z₄ = the ordinary weight gradient of a "batch" of K₁
@@ -338,12 +340,15 @@ pub fn conv_weight_grad_workspace_len(dims: &[usize], caps: &[usize], g: &Conv2d
 /// (K₁, C, H, W), and the ordinary grouped weight gradient of that K₁-image batch is dW
 /// directly. For depthwise this costs K₁·C·H·W·K₂ + the depthwise gradient of K₁ images,
 /// where going through Z₄ would cost a dense C'×K₂ gradient; the batch mode stays compressed.
+#[allow(clippy::too_many_arguments)] // the compressed input's parts, the conv, and the store
 pub fn conv_weight_grad(
     packed: &[f32],
     dims: &[usize],
     caps: &[usize],
     g: &Conv2dGeom,
     dy: &[f32],
+    alpha: f32,
+    beta: f32,
     dw: &mut [f32],
     ws: &mut [f32],
 ) {
@@ -391,7 +396,7 @@ pub fn conv_weight_grad(
             d: r1,
             q: g.kh * g.kw,
         };
-        mode_product(z4, f, c, u(1), (r1, 1), dw);
+        mode_product_into(z4, f, c, u(1), (r1, 1), alpha, beta, dw);
     } else {
         let f = Fold {
             p: r0,
@@ -399,7 +404,15 @@ pub fn conv_weight_grad(
             q: h * w,
         };
         mode_product(z3, f, c, u(1), (r1, 1), z4);
-        conv::backward_weight(&s.geom, z4, z1, dw, conv_ws);
+        if g.is_depthwise() {
+            debug_assert!(
+                alpha == 1.0 && beta == 0.0,
+                "a depthwise gradient overwrites"
+            );
+            conv::backward_weight(&s.geom, z4, z1, dw, conv_ws);
+        } else {
+            conv::backward_weight_into(&s.geom, z4, z1, alpha, beta, dw, conv_ws);
+        }
     }
 }
 

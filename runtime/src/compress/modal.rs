@@ -48,11 +48,27 @@ impl Fold {
 /// `out` (P, R, Q) = `m` (R × D, by its strides) applied along the middle mode of `t`
 /// (P, D, Q): out[p, :, q] = m · t[p, :, q].
 pub(crate) fn mode_product(t: &[f32], f: Fold, r: usize, m: &[f32], ms: Strides, out: &mut [f32]) {
+    mode_product_into(t, f, r, m, ms, 1.0, 0.0, out);
+}
+
+/// [`mode_product`] stored as `out ← alpha·(m ×₂ t) + beta·out`: the last product of a
+/// weight gradient that goes straight into an optimizer's buffer.
+#[allow(clippy::too_many_arguments)] // mode_product's terms and the store's two scales
+pub(crate) fn mode_product_into(
+    t: &[f32],
+    f: Fold,
+    r: usize,
+    m: &[f32],
+    ms: Strides,
+    alpha: f32,
+    beta: f32,
+    out: &mut [f32],
+) {
     let Fold { p, d, q } = f;
     if p <= q {
         for i in 0..p {
             let (ti, oi) = (&t[i * d * q..], &mut out[i * r * q..]);
-            sgemm(r, q, d, 1.0, m, ms, ti, (q, 1), 0.0, oi, (q, 1));
+            sgemm(r, q, d, alpha, m, ms, ti, (q, 1), beta, oi, (q, 1));
         }
     } else {
         // out[:, :, j] (P × R) = t[:, :, j] (P × D) · mᵀ
@@ -61,12 +77,12 @@ pub(crate) fn mode_product(t: &[f32], f: Fold, r: usize, m: &[f32], ms: Strides,
                 p,
                 r,
                 d,
-                1.0,
+                alpha,
                 &t[j..],
                 (d * q, q),
                 m,
                 (ms.1, ms.0),
-                0.0,
+                beta,
                 &mut out[j..],
                 (r * q, q),
             );

@@ -152,11 +152,12 @@ pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usiz
         Kind::ConvBackwardData(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),
         // x, dy → dw
         Kind::ConvBackwardWeight(c) => conv::workspace_len(&conv(c, inputs[0], outputs[0])),
-        // x, dy, w, [momentum]
-        Kind::ConvBackwardWeightSgd(cs) => cs
-            .conv
-            .as_ref()
-            .map_or(0, |c| conv::workspace_len(&conv(c, inputs[0], inputs[2]))),
+        // x or its compressed form, dy, w, [momentum]
+        Kind::ConvBackwardWeightSgd(cs) => match (&cs.conv, &cs.compressor) {
+            (Some(c), None) => conv::workspace_len(&conv(c, inputs[0], inputs[2])),
+            (Some(c), Some(compressor)) => compressor.conv_grad_workspace_len(c, inputs[2]),
+            (None, _) => 0,
+        },
         Kind::ConvChain(cc) => chain(cc, |i| inputs.get(i).copied()).map_or(0, |ch| {
             chain::workspace_len(ch.stages(), cc.rows as usize, cc.lanes as usize)
         }),

@@ -652,7 +652,7 @@ fn check_chain(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
 
 /// A weight gradient fused into its SGD update: a conv that is not depthwise (whose weight
 /// gradient has no product to store through), SGD without Nesterov, the momentum buffer
-/// when there is momentum.
+/// when there is momentum. A compressed input is checked with the other compressions.
 fn check_fused_update(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
     let Some(Kind::ConvBackwardWeightSgd(cs)) = s.op.as_ref().and_then(|o| o.kind.as_ref()) else {
         return Ok(());
@@ -662,11 +662,12 @@ fn check_fused_update(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> 
     };
     let inputs = 3 + usize::from(sgd.momentum != 0.0);
     let shape = |i: usize| &plan.buffer(s.inputs[i]).shape[..];
+    let x = cs.compressor.as_ref().map_or(shape(0), |c| &c.shape[..]);
     let fits = !sgd.nesterov
         && s.inputs.len() == inputs
-        && shape(0).len() == 4
+        && x.len() == 4
         && shape(2).len() == 4
-        && !geom::conv(c, shape(0), shape(2)).is_depthwise();
+        && !geom::conv(c, x, shape(2)).is_depthwise();
     if fits {
         Ok(())
     } else {
@@ -685,6 +686,10 @@ fn check_compression(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
             (Some(_), Some(c)) => (c, s.inputs.first(), Some(true)),
             _ => return Err("a fused conv gradient without its conv or compressor".into()),
         },
+        Some(Kind::ConvBackwardWeightSgd(cs)) => match &cs.compressor {
+            Some(c) => (c, s.inputs.first(), Some(true)),
+            None => return Ok(()),
+        },
         Some(Kind::LinearGradWCompressed(cl)) => match &cl.compressor {
             Some(c) => (c, s.inputs.first(), Some(false)),
             None => return Err("a fused dense gradient without its compressor".into()),
@@ -697,10 +702,14 @@ fn check_compression(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
         (Some(Kind::Decompress(_)), _) if fuses(true) && !fuses(false) => {
             return Err("gradient filtering has no decompressed form".into());
         }
-        (Some(Kind::ConvBackwardWeightCompressed(_)), Some(conv))
-        | (Some(Kind::LinearGradWCompressed(_)), Some(conv))
-            if !fuses(conv) =>
-        {
+        (
+            Some(
+                Kind::ConvBackwardWeightCompressed(_)
+                | Kind::ConvBackwardWeightSgd(_)
+                | Kind::LinearGradWCompressed(_),
+            ),
+            Some(conv),
+        ) if !fuses(conv) => {
             return Err("this compressor has no fused weight gradient here".into());
         }
         _ => {}

@@ -318,17 +318,23 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
         Kind::ConvBackwardWeightSgd(cs) => {
             let (c, s) = (cs.conv.as_ref(), cs.sgd.as_ref());
             let (c, s) = c.zip(s).expect("validated");
-            let g = geom::conv(c, &bi(0).shape, &bi(2).shape);
             let sgd = optim::Sgd::from(s);
             let state = if sgd.state_len(1) > 0 {
                 xm(3)
             } else {
                 &mut [][..]
             };
-            let (x, dy, ws) = (x(0), x(1), ws());
-            sgd.step_fused(upd.lr, upd.step, xm(2), state, |alpha, beta, dst| {
-                conv::backward_weight_into(&g, x, dy, alpha, beta, dst, ws)
-            });
+            let (x, dy, ws, w_shape) = (x(0), x(1), ws(), &bi(2).shape);
+            let grad = |alpha, beta, dst: &mut [f32]| match &cs.compressor {
+                Some(compressor) => {
+                    compressor.conv_weight_grad(c, w_shape, x, dy, alpha, beta, dst, ws)
+                }
+                None => {
+                    let g = geom::conv(c, &bi(0).shape, w_shape);
+                    conv::backward_weight_into(&g, x, dy, alpha, beta, dst, ws)
+                }
+            };
+            sgd.step_fused(upd.lr, upd.step, xm(2), state, grad);
         }
         Kind::AdamWUpdate(a) => {
             let adam = optim::AdamW {
@@ -353,7 +359,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ra
         Kind::Decompress(c) => c.decompress(x(0), y(0), ws()),
         Kind::ConvBackwardWeightCompressed(cc) => {
             let (conv, c) = compressed(&cc.conv, &cc.compressor);
-            c.conv_weight_grad(conv, &bo(0).shape, x(0), x(1), y(0), ws());
+            c.conv_weight_grad(conv, &bo(0).shape, x(0), x(1), 1.0, 0.0, y(0), ws());
         }
         Kind::LinearGradWCompressed(cl) => {
             let c = cl.compressor.as_ref().expect("validated");

@@ -55,6 +55,8 @@ impl Compressed {
             &self.caps,
             g,
             dy,
+            1.0,
+            0.0,
             &mut dw,
             &mut ws,
         );
@@ -220,7 +222,7 @@ fn warm_calls_do_not_allocate() {
         let rule = Rule::Eps(eps, &mut state);
         compress(&x.values, dims, rule, &caps, &mut packed, &mut ws);
         for ((g, dy), dw) in geoms.iter().zip(&dys).zip(&mut dws) {
-            conv_weight_grad(&packed, dims, &caps, g, dy, dw, &mut ws);
+            conv_weight_grad(&packed, dims, &caps, g, dy, 1.0, 0.0, dw, &mut ws);
         }
         reconstruct(&packed, dims, &caps, &mut out, &mut ws);
     };
@@ -310,7 +312,9 @@ fn bench() {
                 &mut ws,
             ))
         });
-        let tg = time(&mut || conv_weight_grad(&packed, &dims, &caps, &g, &dy, &mut dw, &mut ws));
+        let tg = time(&mut || {
+            conv_weight_grad(&packed, &dims, &caps, &g, &dy, 1.0, 0.0, &mut dw, &mut ws)
+        });
         let tv = time(&mut || conv::backward_weight(&g, &x, &dy, &mut dw, &mut ws));
         let r = ranks.unwrap().used;
         println!(
