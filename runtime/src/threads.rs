@@ -5,7 +5,9 @@
 //! dozen jobs. This pool starts its workers once; a parallel loop then publishes a pointer to
 //! its closure and wakes the workers through a futex-backed condvar; each thread runs a
 //! fixed share of the parts. The caller works too, so with `n` threads there are `n − 1`
-//! workers.
+//! workers. A worker that finished watches for the next loop for a while ([`SPIN`]) before
+//! it sleeps: a step runs hundreds of short loops back to back, and waking a sleeping
+//! thread costs more than the smaller of them take.
 //!
 //! A parallel loop started from inside another one (a worker calling a kernel that would
 //! split again) runs serially on that thread: the outer loop already keeps every thread busy.
@@ -13,8 +15,9 @@
 use std::cell::Cell;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Threads the kernels use, the caller's included; 0 until set or first read.
 static THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -141,10 +144,18 @@ impl Job {
     }
 }
 
+/// How long a worker that finished its share watches for the next loop before it sleeps.
+const SPIN: Duration = Duration::from_micros(500);
+
 struct Pool {
     workers: usize,
     /// The current job and its generation; workers sleep on `wake` until it changes.
     job: Mutex<(u64, Option<Job>)>,
+    /// The generation, readable without the lock: what a watching worker polls.
+    generation: AtomicU64,
+    /// Workers asleep on `wake` (counted under `job`'s lock): a new job wakes them only
+    /// when there are any, so a loop whose workers watch costs no system call.
+    sleeping: AtomicUsize,
     wake: Condvar,
     /// Participants still running their share.
     running: AtomicUsize,
@@ -161,6 +172,8 @@ fn pool(threads: usize) -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers,
             job: Mutex::new((0, None)),
+            generation: AtomicU64::new(0),
+            sleeping: AtomicUsize::new(0),
             wake: Condvar::new(),
             running: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -192,8 +205,13 @@ impl Pool {
             self.running.store(job.participants - 1, Ordering::Release);
             slot.0 += 1;
             slot.1 = Some(job);
+            self.generation.store(slot.0, Ordering::Release);
         }
-        self.wake.notify_all();
+        // A worker counts itself asleep under the lock before it waits: it either saw the
+        // new generation there, or is counted here.
+        if self.sleeping.load(Ordering::Acquire) > 0 {
+            self.wake.notify_all();
+        }
         IN_POOL.set(true);
         let ok = job.run_share(0);
         IN_POOL.set(false);
@@ -217,10 +235,15 @@ impl Pool {
         IN_POOL.set(true);
         let mut seen = 0;
         loop {
+            self.watch(seen);
             let job = {
                 let mut slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
-                while slot.0 == seen {
-                    slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                if slot.0 == seen {
+                    self.sleeping.fetch_add(1, Ordering::AcqRel);
+                    while slot.0 == seen {
+                        slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                    }
+                    self.sleeping.fetch_sub(1, Ordering::AcqRel);
                 }
                 seen = slot.0;
                 slot.1
@@ -231,6 +254,20 @@ impl Pool {
                     self.panicked.store(true, Ordering::Release);
                 }
                 self.running.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Spins until the generation moves past `seen` or [`SPIN`] has passed.
+    fn watch(&self, seen: u64) {
+        let start = Instant::now();
+        for i in 0u32.. {
+            if self.generation.load(Ordering::Acquire) != seen {
+                return;
+            }
+            std::hint::spin_loop();
+            if i % 64 == 63 && start.elapsed() > SPIN {
+                return;
             }
         }
     }
