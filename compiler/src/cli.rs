@@ -313,8 +313,10 @@ struct CompileArgs {
     /// every prefix op has one), or tract.
     #[arg(long, value_enum, default_value = "auto")]
     prefix: PrefixArg,
-    /// Samples per run of actc's prefix (a divisor of the batch) [default: the most whose
-    /// activations fit in the arena the training part needs]
+    /// Samples per run of actc's prefix (a divisor of the batch); each thread runs such
+    /// micro-batches at once, in its own copy of the prefix's arena [default: the most
+    /// whose activations, in as many copies as there are threads (else fewer), fit in the
+    /// arena the training part needs]
     #[arg(long)]
     prefix_batch: Option<usize>,
 }
@@ -535,8 +537,9 @@ fn run(cli: Cli) -> Result<()> {
                 .filter(|l| l.from_output > 0)
                 .count();
             let prefix = match compiled.prefix_batch {
-                Some(m) => format!(
-                    "; frozen prefix on actc, {m} samples at a time, arena {:.2} MB",
+                Some(_) => format!(
+                    "; frozen prefix on actc, {}, arena {:.2} MB",
+                    compiled.plan.prefix_runs(),
                     mem.prefix_arena as f64 / 1e6
                 ),
                 None => String::new(),

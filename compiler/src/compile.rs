@@ -11,6 +11,7 @@ use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection, select};
 use crate::passes::{autodiff, emit, loss, schedule};
 use crate::{bail, err};
+use actc_runtime::exec::lanes;
 use actc_runtime::kernels::chain;
 use actc_runtime::ops;
 use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source};
@@ -137,7 +138,7 @@ pub fn compile_model(
     // after the last (loss, model output).
     let written: Vec<_> = boundary.iter().copied().chain([parts.label]).collect();
     let read = [parts.loss, parts.output];
-    let mut emitted = emit::emit(&graph, &order, &saved, &weight_grads, &written, &read);
+    let mut emitted = emit::emit(&graph, &order, &saved, &weight_grads, &written, &read, 1);
 
     // The frozen prefix on actc's kernels, in micro-batches whose activations fit the arena
     // training needs anyway. The snapshot above stays the training graph: the prefix is
@@ -146,40 +147,50 @@ pub fn compile_model(
     if !boundary_only_input && opts.prefix != PrefixRunner::Tract {
         let batch = input_shape[0];
         let at = |m: usize| [&[m][..], &input_shape[1..]].concat();
-        let build = |m: usize, runner| {
-            let lanes = opts.threads.clamp(1, chain::MAX_LANES);
+        let threads = opts.threads.clamp(1, lanes::MAX_LANES);
+        // With one prefix lane, the fused chains share their bands among the threads; with
+        // more, each lane's thread runs its chains alone.
+        let build = |m: usize, lanes: usize, runner| {
+            let chain_lanes = match lanes {
+                1 => threads.min(chain::MAX_LANES),
+                _ => 1,
+            };
             prefix::build(
                 &imported.model,
                 dir,
                 &at(m),
                 &selection.boundary,
                 runner,
-                lanes,
+                chain_lanes,
             )
         };
-        if let Some(one) = build(1, opts.prefix)? {
-            let m = match opts.prefix_batch {
+        // Built at one sample first: whether actc's kernels run this prefix at all.
+        if build(1, 1, opts.prefix)?.is_some() {
+            let training_arena = emitted.memory.arena;
+            let (m, lanes) = match opts.prefix_batch {
                 Some(m) if m == 0 || !batch.is_multiple_of(m) => bail!(
                     "--prefix-batch {m} does not divide the batch {batch}; give a divisor of it"
                 ),
-                Some(m) => m,
-                None => prefix::micro_batch(batch, emitted.memory.training_arena, |m| {
-                    Ok(build(m, PrefixRunner::Actc)?.map_or(u64::MAX, |p| p.arena()))
+                Some(m) => (m, threads.min(batch / m)),
+                None => prefix::micro_batch(batch, threads, training_arena, |m, lanes| {
+                    Ok(build(m, lanes, PrefixRunner::Actc)?.map_or(u64::MAX, |p| p.arena()))
                 })?,
             };
-            let micro = match m {
-                1 => one,
-                _ => build(m, PrefixRunner::Actc)?.expect("built at batch 1"),
-            };
-            let prefix_arena = micro.arena();
-            let training_arena = emitted.memory.arena;
+            let micro = build(m, lanes, PrefixRunner::Actc)?.expect("built at batch 1");
             let (input, outputs) = micro.attach(&mut graph);
             let order = schedule::schedule(&graph);
             // The full-batch boundary tensors collect every micro-batch: live from the start.
             let written: Vec<_> = [input].into_iter().chain(written).collect();
             let read: Vec<_> = read.into_iter().chain(outputs.iter().copied()).collect();
-            emitted = emit::emit(&graph, &order, &saved, &weight_grads, &written, &read);
-            emitted.memory.prefix_arena = prefix_arena;
+            emitted = emit::emit(
+                &graph,
+                &order,
+                &saved,
+                &weight_grads,
+                &written,
+                &read,
+                lanes,
+            );
             emitted.memory.training_arena = training_arena;
             own_prefix = Some((m, input, outputs));
         }
@@ -294,6 +305,7 @@ pub fn compile_model(
         prefix_outputs: own_prefix.as_ref().map_or(Vec::new(), |(_, _, o)| {
             o.iter().map(|&t| buffer(t)).collect()
         }),
+        prefix_lanes: emitted.prefix_lanes,
     };
     Ok(Compiled {
         plan,

@@ -307,8 +307,9 @@ pub fn text(plan: &Plan) -> String {
 fn prefix_runner(plan: &Plan) -> String {
     if plan.prefix_steps > 0 {
         format!(
-            "run by actc in {} steps, {} samples at a time",
-            plan.prefix_steps, plan.prefix_batch
+            "run by actc in {} steps, {}",
+            plan.prefix_steps,
+            plan.prefix_runs()
         )
     } else {
         "run by tract".into()
@@ -342,7 +343,7 @@ pub fn json(plan: &Plan) -> Value {
         "layers_flag": src.layers,
         "trained_layers": plan.layers.iter().map(|l| json!({"node": l.node, "op": l.op_type, "from_output": l.from_output})).collect::<Vec<_>>(),
         "prefix_nodes": prefix_nodes(plan),
-        "prefix": {"runner": if plan.prefix_steps > 0 { "actc" } else { "tract" }, "steps": plan.prefix_steps, "batch": plan.prefix_batch},
+        "prefix": {"runner": if plan.prefix_steps > 0 { "actc" } else { "tract" }, "steps": plan.prefix_steps, "batch": plan.prefix_batch, "lanes": plan.prefix_lanes.len() + 1},
         "boundary": plan.feeds[..plan.feeds.len().saturating_sub(1)].iter().map(|&b| json!({"name": plan.buffer(b).name, "shape": plan.buffer(b).shape})).collect::<Vec<_>>(),
         "steps": plan.steps.len(),
         "nodes": layers,

@@ -18,7 +18,7 @@ pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// 2: an ε-rule HOSVD compression of a large mode carries state (its tracked vectors).
 /// 3: fused conv chains (`ConvChain`) in the frozen prefix, conv weight gradients fused
 /// into their SGD update (`ConvBackwardWeightSgd`).
-/// 4: a fused update's weight gradient may come from a compressed input.
+/// 4: a fused update's weight gradient may come from a compressed input; prefix lanes.
 pub const FORMAT_VERSION: u32 = 4;
 /// Magic, version and payload length.
 const HEADER: usize = 20;
@@ -76,6 +76,11 @@ pub struct Plan {
     /// copies them into its rows of the boundary tensors.
     #[prost(uint32, repeated, tag = "17")]
     pub prefix_outputs: Vec<u32>,
+    /// Arena offsets of the further prefix lanes (`exec::lanes`): copies of the prefix's
+    /// arena bytes in which other threads run other micro-batches at the same time. Empty:
+    /// one micro-batch at a time.
+    #[prost(uint64, repeated, tag = "18")]
+    pub prefix_lanes: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -319,6 +324,17 @@ impl fmt::Display for PlanError {
 impl std::error::Error for PlanError {}
 
 impl Plan {
+    /// How the own prefix runs, in words: "16 samples at a time", or with lanes "2 lanes
+    /// of 8 samples at a time".
+    pub fn prefix_runs(&self) -> String {
+        let m = self.prefix_batch;
+        let samples = format!("{m} sample{} at a time", if m == 1 { "" } else { "s" });
+        match self.prefix_lanes.len() + 1 {
+            1 => samples,
+            l => format!("{l} lanes of {samples}"),
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         // Encoded in place after the header: a plan is mostly weights, and a second
         // payload-sized buffer would double the peak memory of every save.

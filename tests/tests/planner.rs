@@ -24,10 +24,10 @@ fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
     }
     if plan.prefix_steps > 0 {
         // Each micro-batch of the input is written before the prefix steps, and their outputs
-        // are copied out after them.
+        // are copied out after the last of them, before the next step.
         touch(plan.input, 0);
         for &o in &plan.prefix_outputs {
-            touch(o, plan.prefix_steps as usize);
+            touch(o, plan.prefix_steps as usize - 1);
         }
     }
     for (s, step) in plan.steps.iter().enumerate() {
@@ -60,6 +60,8 @@ fn aliases(plan: &Plan) -> Vec<(u32, u32)> {
 }
 
 fn check_plan(name: &str, plan: &Plan) {
+    // The prefix lanes' copies of the prefix's bytes meet nothing live beside them.
+    assert_eq!(actc_runtime::exec::lanes::check(plan), Ok(()), "{name}");
     let mem = plan.memory.clone().expect("memory accounting");
     assert!(
         mem.arena <= mem.naive,

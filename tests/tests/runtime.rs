@@ -351,65 +351,78 @@ fn the_own_prefix_computes_what_tract_computes() {
         ("mobilenetv2", 4, vec![2, 3, 64, 64]),
         ("mobilenetv2_bn", 2, vec![1, 3, 96, 96]),
     ] {
-        // The whole batch in one run of the prefix, whatever the arena: the chains fused
-        // depend on the micro-batch's maps.
-        let opts = actc::compile::CompileOptions {
-            prefix: PrefixRunner::Actc,
-            prefix_batch: Some(shape[0]),
-            ..common::options(Layers::Last(layers), Some(shape.clone()))
-        };
-        let compiled = actc::compile::compile_file(&common::model(name), &opts).unwrap();
-        assert!(compiled.prefix_batch.is_some(), "{name}");
-        let plan = compiled.plan;
-        assert!(plan.prefix_steps > 0, "{name}");
-        // Every conv of these prefixes that feeds a Relu/Clip alone has it fused.
-        let fused = plan.steps[..plan.prefix_steps as usize]
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.op.as_ref().and_then(|o| o.kind.as_ref()),
-                    Some(actc_runtime::ops::Kind::ConvClip(_))
-                )
-            })
-            .count();
-        assert!(
-            fused > 0,
-            "{name}: no conv in the prefix took its activation"
-        );
-        // The MobileNets' wide blocks run as fused chains (expand, depthwise, project, the
-        // residual add): band by band, checked here against tract as well.
-        let chains: Vec<bool> = plan.steps[..plan.prefix_steps as usize]
-            .iter()
-            .filter_map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
-                Some(actc_runtime::ops::Kind::ConvChain(c)) => Some(c.residual),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            !chains.is_empty(),
-            name.starts_with("mobilenetv2"),
-            "{name}"
-        );
-        assert_eq!(
-            chains.contains(&true),
-            name.starts_with("mobilenetv2"),
-            "{name}"
-        );
-        let input = batch(shape.iter().product(), 3);
-        let want = common::boundary(&plan, &input);
-        let mut exec = Executor::new(plan, 1).unwrap();
-        exec.run_prefix(&input, None);
-        for (k, want) in want.iter().enumerate() {
-            let got = exec.boundary(k);
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let worst = got
-                .iter()
-                .zip(want)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                worst <= 1e-4 * scale,
-                "{name}: boundary {k} differs from tract's by {worst} (scale {scale})"
-            );
+        let whole = shape[0];
+        // The whole batch in one run of the prefix, whatever the arena (the chains fused
+        // depend on the micro-batch's maps); then half of it in each of two lanes at once.
+        for m in [whole, whole / 2].into_iter().filter(|&m| m > 0) {
+            let lanes = whole / m;
+            let opts = actc::compile::CompileOptions {
+                prefix: PrefixRunner::Actc,
+                prefix_batch: Some(m),
+                threads: 2,
+                ..common::options(Layers::Last(layers), Some(shape.clone()))
+            };
+            let plan = actc::compile::compile_file(&common::model(name), &opts)
+                .unwrap()
+                .plan;
+            assert!(plan.prefix_steps > 0, "{name}");
+            assert_eq!(plan.prefix_lanes.len() + 1, lanes, "{name}");
+            if lanes == 1 {
+                check_fusions(name, &plan);
+            }
+            let input = batch(shape.iter().product(), 3);
+            let want = common::boundary(&plan, &input);
+            let mut exec = Executor::new(plan, 1).unwrap();
+            exec.run_prefix(&input, None);
+            for (k, want) in want.iter().enumerate() {
+                let got = exec.boundary(k);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst <= 1e-4 * scale,
+                    "{name} in {lanes} lanes: boundary {k} differs from tract's by {worst} (scale {scale})"
+                );
+            }
         }
     }
+}
+
+/// The fusions a whole-batch prefix of `name` must have.
+fn check_fusions(name: &str, plan: &actc_runtime::plan::Plan) {
+    // Every conv of these prefixes that feeds a Relu/Clip alone has it fused.
+    let fused = plan.steps[..plan.prefix_steps as usize]
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.op.as_ref().and_then(|o| o.kind.as_ref()),
+                Some(actc_runtime::ops::Kind::ConvClip(_))
+            )
+        })
+        .count();
+    assert!(
+        fused > 0,
+        "{name}: no conv in the prefix took its activation"
+    );
+    // The MobileNets' wide blocks run as fused chains (expand, depthwise, project, the
+    // residual add): band by band, checked here against tract as well.
+    let chains: Vec<bool> = plan.steps[..plan.prefix_steps as usize]
+        .iter()
+        .filter_map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+            Some(actc_runtime::ops::Kind::ConvChain(c)) => Some(c.residual),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        !chains.is_empty(),
+        name.starts_with("mobilenetv2"),
+        "{name}"
+    );
+    assert_eq!(
+        chains.contains(&true),
+        name.starts_with("mobilenetv2"),
+        "{name}"
+    );
 }

@@ -32,7 +32,7 @@ fn snapshot_with(name: &str, shape: &[usize], opts: &CompileOptions, flags: &str
                 m.arena,
                 m.training_arena,
                 match c.prefix_batch {
-                    Some(b) => format!(", prefix {} B at {b} per run", m.prefix_arena),
+                    Some(_) => format!(", prefix {} B: {}", m.prefix_arena, c.plan.prefix_runs()),
                     None => String::new(),
                 },
                 m.naive,

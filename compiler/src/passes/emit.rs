@@ -3,7 +3,7 @@
 use super::memplan::{self, Interval, align};
 use crate::ir::{Data, Graph, NodeOp, Role, TensorId};
 use actc_runtime::exec::geom;
-use actc_runtime::plan::{Buffer, BufferKind, DType, Memory, Step, Weight};
+use actc_runtime::plan::{Buffer, BufferKind, DType, Memory, Phase, Step, Weight};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,10 +15,16 @@ pub struct Emitted {
     pub memory: Memory,
     /// Buffer id of each tensor that has one.
     pub buffer_of: BTreeMap<TensorId, u32>,
+    /// Where the prefix lanes after the first begin (`Plan::prefix_lanes`).
+    pub prefix_lanes: Vec<u64>,
 }
 
 /// `feeds` are the tensors the runtime writes before the first step (boundary tensors,
 /// labels); `keep_alive` those it reads after the last (loss, model output).
+///
+/// Leading steps of phase `Prefix` (the own frozen prefix) get their buffers planned on
+/// their own into one block, and the arena holds `prefix_lanes` copies of that block side
+/// by side (`exec::lanes`): other threads run other micro-batches in the copies.
 pub fn emit(
     graph: &Graph,
     order: &[NodeIndex],
@@ -26,6 +32,7 @@ pub fn emit(
     weight_grads: &BTreeSet<TensorId>,
     feeds: &[TensorId],
     keep_alive: &[TensorId],
+    prefix_lanes: usize,
 ) -> Emitted {
     let mut used: BTreeSet<TensorId> = feeds.iter().copied().collect();
     for &n in order {
@@ -176,8 +183,62 @@ pub fn emit(
     }
     let roots: Vec<usize> = groups.keys().copied().collect();
     let intervals: Vec<Interval> = groups.values().copied().collect();
-    let (offsets, arena) = memplan::plan(&intervals);
-    let offset_of: BTreeMap<usize, u64> = roots.iter().copied().zip(offsets).collect();
+    let prefix_end = order
+        .iter()
+        .take_while(|&&n| graph.nodes[n].phase == Phase::Prefix)
+        .count();
+    // The prefix's buffers: all a prefix step touches but the boundary tensors and labels
+    // it runs beside. Its outputs are kept alive only to the prefix's end, where the runtime
+    // copies them out before the next step.
+    let in_prefix = |r: usize| {
+        groups[&r].first < prefix_end
+            && !matches!(buffers[r].kind(), BufferKind::Boundary | BufferKind::Label)
+    };
+    let (prefix, mut rest): (Vec<usize>, Vec<usize>) = roots.iter().partition(|&&r| in_prefix(r));
+    let clamp = |iv: Interval| Interval {
+        last: iv.last.min(prefix_end - 1),
+        ..iv
+    };
+    let (block_offsets, block) =
+        memplan::plan(&prefix.iter().map(|r| clamp(groups[r])).collect::<Vec<_>>());
+    let lanes = if prefix.is_empty() {
+        0
+    } else {
+        prefix_lanes.max(1)
+    };
+    // With a prefix, what it runs beside (the boundary tensors and labels, written before
+    // step 0) goes at the bottom, the prefix block above, and training's buffers around:
+    // placed by size, the block went first and the boundary tensors above it, in the middle
+    // of what training packs afterwards.
+    let beside = match lanes {
+        0 => 0,
+        _ => {
+            rest.sort_by_key(|&r| groups[&r].first != 0);
+            rest.iter().take_while(|&&r| groups[&r].first == 0).count()
+        }
+    };
+    let mut rest_intervals: Vec<Interval> = rest.iter().map(|r| groups[r]).collect();
+    if lanes > 0 {
+        let block = Interval {
+            bytes: block * lanes as u64,
+            first: 0,
+            last: prefix_end - 1,
+        };
+        rest_intervals.insert(beside, block);
+    }
+    let (mut offsets, arena) = memplan::plan_pinned(&rest_intervals, beside + lanes.min(1));
+    let base = if lanes > 0 { offsets.remove(beside) } else { 0 };
+    let offset_of: BTreeMap<usize, u64> = rest
+        .iter()
+        .copied()
+        .zip(offsets)
+        .chain(
+            prefix
+                .iter()
+                .zip(block_offsets)
+                .map(|(&r, o)| (r, base + o)),
+        )
+        .collect();
     for b in 0..buffers.len() {
         if !buffers[b].kind().is_persistent() {
             buffers[b].offset = offset_of[&root(&mut group, b)];
@@ -227,6 +288,7 @@ pub fn emit(
         .collect();
 
     let naive = memplan::naive(&intervals);
+    let prefix_lanes = (1..lanes).map(|l| base + l as u64 * block).collect();
     let saved_bytes = saved.iter().map(|t| graph.tensor(*t).bytes() as u64).sum();
     Emitted {
         buffers,
@@ -237,10 +299,11 @@ pub fn emit(
             persistent,
             naive,
             saved: saved_bytes,
-            // The caller splits the arena when it adds a prefix.
-            prefix_arena: 0,
+            prefix_arena: block * lanes as u64,
+            // The caller says what training alone needs when it adds a prefix.
             training_arena: arena,
         },
         buffer_of,
+        prefix_lanes,
     }
 }

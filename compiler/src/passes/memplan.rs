@@ -29,8 +29,15 @@ pub fn align(bytes: u64) -> u64 {
 
 /// Offsets for `intervals` (same order) and the arena size.
 pub fn plan(intervals: &[Interval]) -> (Vec<u64>, u64) {
+    plan_pinned(intervals, 0)
+}
+
+/// [`plan`], with the first `pinned` intervals placed before the others, in their order:
+/// each as low as it fits among those before it.
+pub fn plan_pinned(intervals: &[Interval], pinned: usize) -> (Vec<u64>, u64) {
     let mut order: Vec<usize> = (0..intervals.len()).collect();
-    order.sort_by_key(|&i| (std::cmp::Reverse(intervals[i].bytes), intervals[i].first, i));
+    order[pinned..]
+        .sort_by_key(|&i| (std::cmp::Reverse(intervals[i].bytes), intervals[i].first, i));
     let mut offsets = vec![0u64; intervals.len()];
     let mut placed: Vec<usize> = Vec::with_capacity(intervals.len());
     let mut peak = 0;

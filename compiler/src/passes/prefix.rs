@@ -334,6 +334,7 @@ impl PrefixGraph {
             &none,
             &[self.input],
             &self.outputs,
+            1,
         )
         .memory
         .arena
@@ -354,25 +355,40 @@ impl PrefixGraph {
     }
 }
 
-/// The micro-batch: the largest divisor of `batch` whose prefix, built at it (`arena(m)`),
-/// needs no more than `budget` bytes of arena; at least 1. Found by bisection over the
-/// divisors, as the arena grows with the micro-batch. Built, not estimated from the arena
-/// at 1 times the samples: the fused chains' scratch does not grow with them, and which
-/// chains are fused depends on the micro-batch's maps.
+/// The micro-batch and the lanes that run micro-batches at once: the most lanes (up to
+/// `threads`) for which some micro-batch fits, and the largest such micro-batch, a divisor
+/// of `batch` that leaves one for each lane and whose prefix, built at it for that many
+/// lanes (`arena(m, lanes)`), needs no more than `budget` bytes of arena in all lanes. At
+/// least 1 sample in 1 lane. Found by bisection over the divisors, as the arena grows with
+/// the micro-batch. Built, not estimated from the arena at 1 times the samples: the fused
+/// chains' scratch does not grow with them, and which chains are fused depends on the
+/// micro-batch's maps and the lanes.
 pub fn micro_batch(
     batch: usize,
+    threads: usize,
     budget: u64,
-    mut arena: impl FnMut(usize) -> Result<u64>,
-) -> Result<usize> {
-    let divisors: Vec<usize> = (1..=batch).filter(|&m| batch.is_multiple_of(m)).collect();
-    let (mut lo, mut hi) = (0, divisors.len() - 1);
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if arena(divisors[mid])? <= budget {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+    mut arena: impl FnMut(usize, usize) -> Result<u64>,
+) -> Result<(usize, usize)> {
+    for lanes in (1..=threads.clamp(1, batch.max(1))).rev() {
+        let mut fits = |m: usize| -> Result<bool> {
+            Ok(arena(m, lanes)?.saturating_mul(lanes as u64) <= budget)
+        };
+        if !fits(1)? {
+            continue;
         }
+        let divisors: Vec<usize> = (1..=batch / lanes)
+            .filter(|&m| batch.is_multiple_of(m))
+            .collect();
+        let (mut lo, mut hi) = (0, divisors.len() - 1);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(divisors[mid])? {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        return Ok((divisors[lo], lanes));
     }
-    Ok(divisors[lo])
+    Ok((1, 1))
 }

@@ -1,6 +1,6 @@
 //! The two memory regions a plan runs in, allocated once: the arena (transient buffers at
 //! their planned offsets) and the persistent region (weights, frozen constants, optimizer
-//! state).
+//! state), and the views through which steps reach them.
 
 use crate::plan::{Buffer, Plan};
 
@@ -10,14 +10,35 @@ use crate::plan::{Buffer, Plan};
 struct Line([u8; 64]);
 
 pub struct Memory {
-    // Owned storage; never resized after `new`, so the base pointers stay valid.
+    // Owned storage; never resized after `new`, so the view's pointers stay valid.
     _arena: Vec<Line>,
     _persistent: Vec<Line>,
-    // Taken once with `as_mut_ptr`, so writes through them are allowed while `&self` is
-    // shared (the regions are handed out in disjoint pieces, like an allocator's).
-    arena: (*mut u8, usize),
-    persistent: (*mut u8, usize),
+    view: View,
 }
+
+/// Where a plan's buffers lie: what steps read and write through. Copied per prefix lane
+/// ([`Memory::lane`]), whose view puts the prefix's arena buffers in the lane's own bytes.
+#[derive(Clone, Copy)]
+pub struct View {
+    arena: Region,
+    persistent: Region,
+}
+
+/// Offsets `lo..hi` of a region, the byte at offset `o` being at `base + (o − lo)`.
+#[derive(Clone, Copy)]
+struct Region {
+    // Taken once with `as_mut_ptr`, so writes through it are allowed while `&self` is shared
+    // (the regions are handed out in disjoint pieces, like an allocator's).
+    base: *mut u8,
+    lo: u64,
+    hi: u64,
+}
+
+// SAFETY: a view hands out the planned buffers, which are disjoint while live; the prefix
+// lanes that run on several threads at once each write only their own lane's bytes.
+unsafe impl Send for View {}
+// SAFETY: as above.
+unsafe impl Sync for View {}
 
 /// `n` zeroed lines straight from the allocator: large blocks come as fresh zero pages that
 /// take no memory until used. `vec![Line([0; 64]); n]` wrote every byte, so planned but
@@ -43,9 +64,16 @@ impl Memory {
         let m = plan.memory.clone().unwrap_or_default();
         let lines = |bytes: u64| zeroed_lines(bytes.div_ceil(64) as usize);
         let (mut arena, mut persistent) = (lines(m.arena), lines(m.persistent));
+        let region = |lines: &mut Vec<Line>| Region {
+            base: lines.as_mut_ptr() as *mut u8,
+            lo: 0,
+            hi: 64 * lines.len() as u64,
+        };
         Memory {
-            arena: (arena.as_mut_ptr() as *mut u8, 64 * arena.len()),
-            persistent: (persistent.as_mut_ptr() as *mut u8, 64 * persistent.len()),
+            view: View {
+                arena: region(&mut arena),
+                persistent: region(&mut persistent),
+            },
             _arena: arena,
             _persistent: persistent,
         }
@@ -53,22 +81,57 @@ impl Memory {
 
     /// Bytes held, both regions.
     pub fn bytes(&self) -> usize {
-        self.arena.1 + self.persistent.1
+        (self.view.arena.hi + self.view.persistent.hi) as usize
     }
 
+    /// The view in which arena offsets `lo..hi` lie at `to..to + (hi − lo)` instead: a
+    /// prefix lane's copy of the prefix's buffers. Other arena offsets are out of bounds.
+    pub fn lane(&self, lo: u64, hi: u64, to: u64) -> View {
+        let arena = self.view.arena;
+        assert!(
+            lo <= hi && to + (hi - lo) <= arena.hi,
+            "a lane outside the arena"
+        );
+        View {
+            arena: Region {
+                // SAFETY: in bounds, checked above.
+                base: unsafe { arena.base.add(to as usize) },
+                lo,
+                hi,
+            },
+            ..self.view
+        }
+    }
+
+    /// Raw bytes of a buffer (for loading and saving weights).
+    pub fn bytes_of(&mut self, b: &Buffer) -> &mut [u8] {
+        // SAFETY: `&mut self` excludes every other borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.view.ptr(b), b.bytes as usize) }
+    }
+}
+
+impl std::ops::Deref for Memory {
+    type Target = View;
+
+    fn deref(&self) -> &View {
+        &self.view
+    }
+}
+
+impl View {
     fn ptr(&self, b: &Buffer) -> *mut u8 {
-        let (base, len) = if b.kind().is_persistent() {
+        let r = if b.kind().is_persistent() {
             self.persistent
         } else {
             self.arena
         };
         assert!(
-            b.offset + b.bytes <= len as u64,
+            r.lo <= b.offset && b.offset + b.bytes <= r.hi,
             "buffer {} lies outside its region",
             b.name
         );
         // SAFETY: in bounds, checked above.
-        unsafe { base.add(b.offset as usize) }
+        unsafe { r.base.add((b.offset - r.lo) as usize) }
     }
 
     /// # Safety
@@ -85,34 +148,28 @@ impl Memory {
     }
 
     /// # Safety
-    /// As [`Memory::f32`].
+    /// As [`View::f32`].
     pub unsafe fn u32(&self, b: &Buffer) -> &[u32] {
         unsafe { std::slice::from_raw_parts(self.ptr(b) as *const u32, b.numel()) }
     }
 
     /// # Safety
-    /// As [`Memory::f32_mut`].
+    /// As [`View::f32_mut`].
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn u32_mut(&self, b: &Buffer) -> &mut [u32] {
         unsafe { std::slice::from_raw_parts_mut(self.ptr(b) as *mut u32, b.numel()) }
     }
 
     /// # Safety
-    /// As [`Memory::f32`].
+    /// As [`View::f32`].
     pub unsafe fn u8(&self, b: &Buffer) -> &[u8] {
         unsafe { std::slice::from_raw_parts(self.ptr(b), b.numel()) }
     }
 
     /// # Safety
-    /// As [`Memory::f32_mut`].
+    /// As [`View::f32_mut`].
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn u8_mut(&self, b: &Buffer) -> &mut [u8] {
         unsafe { std::slice::from_raw_parts_mut(self.ptr(b), b.numel()) }
-    }
-
-    /// Raw bytes of a buffer (for loading and saving weights).
-    pub fn bytes_of(&mut self, b: &Buffer) -> &mut [u8] {
-        // SAFETY: `&mut self` excludes every other borrow.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr(b), b.bytes as usize) }
     }
 }

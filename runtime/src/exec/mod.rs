@@ -2,15 +2,17 @@
 //! allocated once. Nothing is allocated inside a training step.
 
 pub mod geom;
+pub mod lanes;
 mod memory;
 mod step;
 
-pub use memory::Memory;
+pub use memory::{Memory, View};
 
 use crate::kernels::chain;
 use crate::ops::Kind;
 use crate::optim::LrSchedule;
 use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, PlanFile, Schedule};
+use crate::threads;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +32,8 @@ pub struct Executor {
     plan: Plan,
     file: Option<PlanFile>,
     mem: Memory,
+    /// Views of the prefix lanes, lane 0's being the memory's own (`lanes`).
+    lanes: Vec<View>,
     updates: u64,
     schedule: LrSchedule,
     /// Per step, its index into `compression` (compression steps only).
@@ -174,10 +178,19 @@ impl Executor {
                 _ => None,
             })
             .collect();
+        let region = lanes::region(&plan);
+        let lanes = std::iter::once(*mem)
+            .chain(
+                plan.prefix_lanes
+                    .iter()
+                    .map(|&to| mem.lane(region.start, region.end, to)),
+            )
+            .collect();
         Ok(Executor {
             plan,
             file,
             mem,
+            lanes,
             updates: 0,
             schedule,
             compression_of,
@@ -319,7 +332,9 @@ impl Executor {
 
     /// [`Executor::run_prefix`] with each micro-batch's model input written straight into
     /// the plan's input buffer by `fill(first, input)`, `first` being the batch index of its
-    /// first sample: the batch's input need never exist whole.
+    /// first sample: the batch's input need never exist whole. With prefix lanes, one
+    /// micro-batch per lane runs at a time, each on its own thread; `seconds` then gets lane
+    /// 0's times, which the others run beside.
     pub fn run_prefix_with(
         &mut self,
         mut fill: impl FnMut(usize, &mut [f32]),
@@ -329,22 +344,45 @@ impl Executor {
             lr: 0.0,
             step: self.updates.max(1),
         };
-        let micro_batch = self.plan.buffer(self.plan.input).shape[0].max(1) as usize;
-        let (from, to) = (self.plan.prefix_outputs[0], self.plan.feeds[0]);
-        let micro_batches = self.plan.buffer(to).numel() / self.plan.buffer(from).numel();
-        for r in 0..micro_batches {
-            let input = self.plan.buffer(self.plan.input);
-            // SAFETY: no step is running; the input buffer is live before the first step.
-            fill(r * micro_batch, unsafe { self.mem.f32_mut(input) });
-            let steps = 0..self.plan.prefix_steps as usize;
-            self.run_steps(steps, &ctx, |_, _| {}, seconds.as_deref_mut());
-            for (&from, &to) in self.plan.prefix_outputs.iter().zip(&self.plan.feeds) {
-                let (from, to) = (self.plan.buffer(from), self.plan.buffer(to));
-                let n = from.numel();
-                // SAFETY: the planner keeps the boundary tensors and the prefix outputs live
-                // to the end of the prefix, in disjoint bytes.
-                unsafe { self.mem.f32_mut(to)[r * n..][..n].copy_from_slice(self.mem.f32(from)) };
+        let plan = &self.plan;
+        let micro_batch = plan.buffer(plan.input).shape[0].max(1) as usize;
+        let (from, to) = (plan.prefix_outputs[0], plan.feeds[0]);
+        let micro_batches = plan.buffer(to).numel() / plan.buffer(from).numel();
+        let steps = &plan.steps[..plan.prefix_steps as usize];
+        let mut lanes: [(Option<View>, Option<&mut [f64]>); lanes::MAX_LANES] = Default::default();
+        for first in (0..micro_batches).step_by(self.lanes.len()) {
+            let count = self.lanes.len().min(micro_batches - first);
+            for (l, view) in self.lanes[..count].iter().enumerate() {
+                // SAFETY: no step is running; the input buffer is live before the first step.
+                fill((first + l) * micro_batch, unsafe {
+                    view.f32_mut(plan.buffer(plan.input))
+                });
+                lanes[l] = (Some(*view), None);
             }
+            lanes[0].1 = seconds.take();
+            threads::for_each_mut(&mut lanes[..count], |_, (view, seconds)| {
+                let view = view.as_ref().expect("filled above");
+                for (i, s) in steps.iter().enumerate() {
+                    let start = seconds.is_some().then(std::time::Instant::now);
+                    // SAFETY: the plan was validated, its buffers planned disjoint while live,
+                    // and each lane's view holds the prefix's buffers in bytes of its own.
+                    unsafe { step::run(plan, s, view, &ctx) };
+                    if let (Some(t), Some(start)) = (seconds.as_deref_mut(), start) {
+                        t[i] += start.elapsed().as_secs_f64();
+                    }
+                }
+            });
+            for (l, view) in self.lanes[..count].iter().enumerate() {
+                let r = first + l;
+                for (&from, &to) in plan.prefix_outputs.iter().zip(&plan.feeds) {
+                    let (from, to) = (plan.buffer(from), plan.buffer(to));
+                    let n = from.numel();
+                    // SAFETY: the boundary tensors are live through the prefix, in bytes no
+                    // lane's prefix outputs use.
+                    unsafe { self.mem.f32_mut(to)[r * n..][..n].copy_from_slice(view.f32(from)) };
+                }
+            }
+            seconds = lanes[0].1.take();
         }
     }
 
@@ -587,6 +625,14 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         .any(|&b| b >= n)
     {
         return bad("a feed or output names a buffer that does not exist".into());
+    }
+    if !plan.prefix_lanes.is_empty() {
+        if prefix == 0 {
+            return bad("prefix lanes without prefix steps".into());
+        }
+        if let Err(e) = lanes::check(plan) {
+            return bad(e);
+        }
     }
     for (i, w) in plan.weights.iter().enumerate() {
         if w.buffer >= n

@@ -1,7 +1,7 @@
 //! One plan step: its buffers looked up and handed to the kernel for its op.
 
 use super::geom::{self, Dims};
-use super::memory::Memory;
+use super::memory::View;
 use crate::compress::hosvd::Ranks;
 use crate::kernels::elementwise::{self, BinaryOp};
 use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
@@ -47,7 +47,7 @@ pub enum Ran {
 /// writes are live at that step, so the planner gave them disjoint bytes (checked on every
 /// bundled model by the planner tests), except a Reshape's input and output, which share
 /// memory by design and are handled first.
-pub unsafe fn run(plan: &Plan, step: &Step, mem: &Memory, upd: &UpdateCtx) -> Ran {
+pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran {
     let kind = step
         .op
         .as_ref()
@@ -382,7 +382,7 @@ pub fn compressed<'a>(
 
 /// With gradient clipping an update's last input is the clip coefficient: scale the
 /// gradient (input 1) by it first.
-fn clip_if_scaled(step: &Step, plan: &Plan, mem: &Memory, scale_at: usize) {
+fn clip_if_scaled(step: &Step, plan: &Plan, mem: &View, scale_at: usize) {
     if let Some(&s) = step.inputs.get(scale_at) {
         // SAFETY: the scale and the gradient are distinct live buffers of this step.
         let coef = unsafe { mem.f32(plan.buffer(s)) }[0];
