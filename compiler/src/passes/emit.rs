@@ -181,64 +181,15 @@ pub fn emit(
             })
             .or_insert(iv);
     }
-    let roots: Vec<usize> = groups.keys().copied().collect();
     let intervals: Vec<Interval> = groups.values().copied().collect();
     let prefix_end = order
         .iter()
         .take_while(|&&n| graph.nodes[n].phase == Phase::Prefix)
         .count();
-    // The prefix's buffers: all a prefix step touches but the boundary tensors and labels
-    // it runs beside. Its outputs are kept alive only to the prefix's end, where the runtime
-    // copies them out before the next step.
-    let in_prefix = |r: usize| {
-        groups[&r].first < prefix_end
-            && !matches!(buffers[r].kind(), BufferKind::Boundary | BufferKind::Label)
-    };
-    let (prefix, mut rest): (Vec<usize>, Vec<usize>) = roots.iter().partition(|&&r| in_prefix(r));
-    let clamp = |iv: Interval| Interval {
-        last: iv.last.min(prefix_end - 1),
-        ..iv
-    };
-    let (block_offsets, block) =
-        memplan::plan(&prefix.iter().map(|r| clamp(groups[r])).collect::<Vec<_>>());
-    let lanes = if prefix.is_empty() {
-        0
-    } else {
-        prefix_lanes.max(1)
-    };
-    // With a prefix, what it runs beside (the boundary tensors and labels, written before
-    // step 0) goes at the bottom, the prefix block above, and training's buffers around:
-    // placed by size, the block went first and the boundary tensors above it, in the middle
-    // of what training packs afterwards.
-    let beside = match lanes {
-        0 => 0,
-        _ => {
-            rest.sort_by_key(|&r| groups[&r].first != 0);
-            rest.iter().take_while(|&&r| groups[&r].first == 0).count()
-        }
-    };
-    let mut rest_intervals: Vec<Interval> = rest.iter().map(|r| groups[r]).collect();
-    if lanes > 0 {
-        let block = Interval {
-            bytes: block * lanes as u64,
-            first: 0,
-            last: prefix_end - 1,
-        };
-        rest_intervals.insert(beside, block);
-    }
-    let (mut offsets, arena) = memplan::plan_pinned(&rest_intervals, beside + lanes.min(1));
-    let base = if lanes > 0 { offsets.remove(beside) } else { 0 };
-    let offset_of: BTreeMap<usize, u64> = rest
-        .iter()
-        .copied()
-        .zip(offsets)
-        .chain(
-            prefix
-                .iter()
-                .zip(block_offsets)
-                .map(|(&r, o)| (r, base + o)),
-        )
-        .collect();
+    let kinds: BTreeMap<usize, BufferKind> =
+        groups.keys().map(|&r| (r, buffers[r].kind())).collect();
+    let placed = place(&groups, &kinds, prefix_end, prefix_lanes);
+    let offset_of = &placed.offsets;
     for b in 0..buffers.len() {
         if !buffers[b].kind().is_persistent() {
             buffers[b].offset = offset_of[&root(&mut group, b)];
@@ -288,22 +239,100 @@ pub fn emit(
         .collect();
 
     let naive = memplan::naive(&intervals);
-    let prefix_lanes = (1..lanes).map(|l| base + l as u64 * block).collect();
     let saved_bytes = saved.iter().map(|t| graph.tensor(*t).bytes() as u64).sum();
     Emitted {
         buffers,
         steps,
         weights,
         memory: Memory {
-            arena,
+            arena: placed.arena,
             persistent,
             naive,
             saved: saved_bytes,
-            prefix_arena: block * lanes as u64,
+            prefix_arena: placed.prefix_arena,
             // The caller says what training alone needs when it adds a prefix.
-            training_arena: arena,
+            training_arena: placed.arena,
         },
         buffer_of,
-        prefix_lanes,
+        prefix_lanes: placed.prefix_lanes,
+    }
+}
+
+/// Arena offsets of the buffer groups (by root), the arena's size, and the prefix's block.
+struct Placed {
+    offsets: BTreeMap<usize, u64>,
+    arena: u64,
+    /// The prefix's block in all its lanes.
+    prefix_arena: u64,
+    prefix_lanes: Vec<u64>,
+}
+
+/// Places the transient buffer groups (`kinds`: their buffers' kind). The first
+/// `prefix_end` steps are the own prefix: its buffers (all a prefix step touches but the
+/// boundary tensors and labels it runs beside) are planned on their own into one block, of
+/// which the arena holds `prefix_lanes` copies side by side. The prefix's outputs are kept
+/// alive only to its end, where the runtime copies them out before the next step.
+fn place(
+    groups: &BTreeMap<usize, Interval>,
+    kinds: &BTreeMap<usize, BufferKind>,
+    prefix_end: usize,
+    prefix_lanes: usize,
+) -> Placed {
+    let in_prefix = |r: usize| {
+        groups[&r].first < prefix_end
+            && !matches!(kinds[&r], BufferKind::Boundary | BufferKind::Label)
+    };
+    let (prefix, mut rest): (Vec<usize>, Vec<usize>) = groups.keys().partition(|&&r| in_prefix(r));
+    let block_intervals: Vec<Interval> = prefix
+        .iter()
+        .map(|r| Interval {
+            last: groups[r].last.min(prefix_end - 1),
+            ..groups[r]
+        })
+        .collect();
+    let (block_offsets, block) = memplan::plan(&block_intervals);
+    let lanes = if prefix.is_empty() {
+        0
+    } else {
+        prefix_lanes.max(1)
+    };
+    // With a prefix, what it runs beside (the boundary tensors and labels, written before
+    // step 0) goes at the bottom, the prefix block above, and training's buffers around:
+    // placed by size, the block went first and the boundary tensors above it, in the middle
+    // of what training packs afterwards.
+    let beside = match lanes {
+        0 => 0,
+        _ => {
+            rest.sort_by_key(|&r| groups[&r].first != 0);
+            rest.iter().take_while(|&&r| groups[&r].first == 0).count()
+        }
+    };
+    let mut intervals: Vec<Interval> = rest.iter().map(|r| groups[r]).collect();
+    if lanes > 0 {
+        let block = Interval {
+            bytes: block * lanes as u64,
+            first: 0,
+            last: prefix_end - 1,
+        };
+        intervals.insert(beside, block);
+    }
+    let (mut offsets, arena) = memplan::plan_pinned(&intervals, beside + lanes.min(1));
+    let base = if lanes > 0 { offsets.remove(beside) } else { 0 };
+    let offsets = rest
+        .iter()
+        .copied()
+        .zip(offsets)
+        .chain(
+            prefix
+                .iter()
+                .zip(block_offsets)
+                .map(|(&r, o)| (r, base + o)),
+        )
+        .collect();
+    Placed {
+        offsets,
+        arena,
+        prefix_arena: block * lanes as u64,
+        prefix_lanes: (1..lanes).map(|l| base + l as u64 * block).collect(),
     }
 }
