@@ -276,7 +276,7 @@ unsafe fn run_band(
     ws: &mut [f32],
 ) {
     let windows = windows(gs, band.clone());
-    let maxr = band_rows(gs, band.len().max(1));
+    let maxr = band_rows(gs, band.len());
     let x = &x[image * gs[0].c_in * gs[0].h * gs[0].w..][..gs[0].c_in * gs[0].h * gs[0].w];
     // Scratch: each stage's output band, then the input copy and the im2col matrix.
     let mut outs: [&mut [f32]; MAX_STAGES] = Default::default();
