@@ -70,31 +70,17 @@ impl Graph {
 /// An op's attributes as `field: value, …` (its Debug form without the braces); a
 /// compressor as its method and parameters.
 fn attrs(k: &Kind) -> String {
-    let debug = |d: String| {
-        d.split_once(" { ")
-            .map(|(_, rest)| rest.trim_end_matches([')', '}']).trim().to_string())
-            .unwrap_or_default()
-    };
     match k {
         Kind::Compress(c) | Kind::Decompress(c) => compressor(c),
         Kind::ConvBackwardWeightCompressed(cc) => format!(
             "{}; {}",
-            cc.conv
-                .as_ref()
-                .map(|c| debug(format!("{c:?}")))
-                .unwrap_or_default(),
+            fields(cc.conv.as_ref()),
             cc.compressor.as_ref().map(compressor).unwrap_or_default()
         ),
         Kind::ConvBackwardWeightSgd(cs) => format!(
             "{}; sgd {}{}",
-            cs.conv
-                .as_ref()
-                .map(|c| debug(format!("{c:?}")))
-                .unwrap_or_default(),
-            cs.sgd
-                .as_ref()
-                .map(|s| debug(format!("{s:?}")))
-                .unwrap_or_default(),
+            fields(cs.conv.as_ref()),
+            fields(cs.sgd.as_ref()),
             cs.compressor
                 .as_ref()
                 .map(|c| format!("; {}", compressor(c)))
@@ -105,8 +91,18 @@ fn attrs(k: &Kind) -> String {
             cl.trans_b,
             cl.compressor.as_ref().map(compressor).unwrap_or_default()
         ),
-        _ => debug(format!("{k:?}")),
+        _ => fields(Some(k)),
     }
+}
+
+/// A message's Debug form without its name and braces; empty when there is none.
+fn fields(m: Option<&impl std::fmt::Debug>) -> String {
+    m.and_then(|m| {
+        let d = format!("{m:?}");
+        d.split_once(" { ")
+            .map(|(_, rest)| rest.trim_end_matches([')', '}']).trim().to_string())
+    })
+    .unwrap_or_default()
 }
 
 fn compressor(c: &Compressor) -> String {
