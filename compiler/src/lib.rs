@@ -1,4 +1,21 @@
 //! actc: compiles an ONNX model into a memory-planned training plan for its last N layers.
+//!
+//! The library's API is what this page re-exports: [`compile_file`] (or [`compile_model`]
+//! for a decoded model) with its [`CompileOptions`], the [`Compiled`] result holding the
+//! runtime's [`Plan`](actc_runtime::plan::Plan), and [`export`], which writes a trained plan
+//! back as ONNX. Training, evaluation and the command line live in the `actc-driver` crate.
+//!
+//! ```no_run
+//! use actc::{CompileOptions, Layers, compile_file};
+//!
+//! let opts = CompileOptions {
+//!     layers: Layers::Last(4),
+//!     ..CompileOptions::default()
+//! };
+//! let compiled = compile_file("models/mobilenetv2.onnx".as_ref(), &opts)?;
+//! println!("planned arena: {} bytes", compiled.plan.memory.unwrap_or_default().arena);
+//! # Ok::<(), actc::Error>(())
+//! ```
 
 pub mod budget;
 pub mod cli;
@@ -9,3 +26,15 @@ pub mod ir;
 pub mod onnx;
 pub mod passes;
 pub mod run;
+
+pub use compile::{CompileOptions, Compiled, compile_file, compile_model};
+pub use error::{Error, Result};
+pub use ir::kind_name as op_name;
+pub use onnx::export::export;
+pub use onnx::import::InputShape;
+pub use onnx::load as load_onnx;
+pub use onnx::proto::ModelProto;
+pub use passes::compress::{Compression, FixedRanks};
+pub use passes::optim::Optimizer;
+pub use passes::prefix::PrefixRunner;
+pub use passes::select::{Layers, Selection, TrainedLayer};
