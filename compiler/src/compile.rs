@@ -1,20 +1,27 @@
-//! The pipeline: ONNX → IR → select → loss → autodiff → compress → optimizer → prefix →
-//! schedule → memplan → plan.
+//! `compile()`: ONNX in (the front end), the passes over one IR in order ([`PASSES`]), the
+//! plan out. The IR verifier runs after every pass in debug builds and tests.
 
 use crate::error::Result;
+use crate::ir::verify::verify;
+use crate::ir::{Graph, TensorId};
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
-use crate::onnx::{self, submodel};
-use crate::passes::compress::{Compression, FixedRanks, compress};
-use crate::passes::optim::{Optimizer, append_updates};
+use crate::onnx::write::{self, Original};
+use crate::onnx::{self};
+use crate::passes::compress::{Compression, FixedRanks};
+use crate::passes::loss::LossParts;
+use crate::passes::memplan::{self, Layout, Request};
+use crate::passes::optim::Optimizer;
 use crate::passes::prefix::{self, PrefixRunner};
-use crate::passes::select::{Layers, Selection, select};
-use crate::passes::{autodiff, emit, loss, schedule};
+use crate::passes::select::{Layers, Selection};
+use crate::passes::split::{self, Prefix};
+use crate::passes::{autodiff, compress, emit, loss, optim, schedule, select};
 use crate::{bail, err};
 use actc_runtime::exec::lanes;
 use actc_runtime::kernels::chain;
 use actc_runtime::ops;
-use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source};
+use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight};
+use petgraph::stable_graph::NodeIndex;
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -98,219 +105,504 @@ pub fn compile_model(
     model_name: &str,
     opts: &CompileOptions,
 ) -> Result<Compiled> {
-    let imported = import(model, dir, &opts.input)?;
-    let mut graph = imported.graph;
-    let input_name = graph.tensor(imported.input).name.clone();
-    let input_shape: Vec<usize> = graph.tensor(imported.input).shape.clone();
-    let output_name_before = |g: &crate::ir::Graph, t| g.tensor(t).name.clone();
+    let cx = Context::import(model, dir, model_name, opts)?;
+    run(cx, &[])
+}
 
-    let selection = select(&mut graph, opts.output.as_deref(), opts.layers)?;
-    let output_name = output_name_before(&graph, selection.output);
-    let forward: Vec<_> = graph.topo_order();
+/// One job over the context.
+type Pass = fn(&mut Context) -> Result<()>;
 
-    let parts = loss::append_loss(&mut graph, selection.output, opts.loss)?;
-    let forward: Vec<_> = forward
-        .into_iter()
-        .filter(|n| graph.nodes.contains_node(*n))
+/// The pipeline after import, in order.
+const PASSES: &[(&str, Pass)] = &[
+    ("select", select_layers),
+    ("onnx", write_onnx),
+    ("split", split_prefix),
+    ("loss", append_loss),
+    ("autodiff", differentiate),
+    ("compress", compress_saved),
+    ("optimizer", append_updates),
+    ("prefix", own_prefix),
+    ("schedule", order_steps),
+    ("memplan", plan_memory),
+    ("emit", emit_steps),
+];
+
+/// Runs `rewrites` (graph rewrites a caller adds right after import), then [`PASSES`].
+fn run(mut cx: Context, rewrites: &[(&str, Pass)]) -> Result<Compiled> {
+    check(&cx, "import")?;
+    for &(name, pass) in rewrites.iter().chain(PASSES) {
+        pass(&mut cx)?;
+        check(&cx, name)?;
+    }
+    cx.finish()
+}
+
+fn check(cx: &Context, pass: &str) -> Result<()> {
+    if cfg!(debug_assertions) {
+        verify(&cx.graph)
+            .map_err(|e| err!("internal error: the IR after pass '{pass}' is invalid: {e}"))?;
+    }
+    Ok(())
+}
+
+/// What the passes share: the IR and what each pass leaves for the later ones.
+struct Context<'o> {
+    opts: &'o CompileOptions,
+    model_name: String,
+    /// The decoded ONNX model (the back end keeps its metadata and initializers).
+    model: ModelProto,
+    graph: Graph,
+    /// The model input and its compiled shape.
+    input: TensorId,
+    input_shape: Vec<usize>,
+    selection: Option<Selection>,
+    /// The frozen prefix and the rest, written as ONNX from the IR before training rewrites.
+    prefix_onnx: Vec<u8>,
+    rest_onnx: Vec<u8>,
+    prefix: Option<Prefix>,
+    loss: Option<LossParts>,
+    grads: Vec<(TensorId, TensorId)>,
+    saved: BTreeSet<TensorId>,
+    /// The own prefix: micro-batch, its input and its micro-batch boundary tensors.
+    own_prefix: Option<(usize, TensorId, Vec<TensorId>)>,
+    lanes: usize,
+    training_arena: Option<u64>,
+    order: Vec<NodeIndex>,
+    layout: Option<Layout>,
+    steps: Vec<Step>,
+    weights: Vec<Weight>,
+}
+
+impl<'o> Context<'o> {
+    fn import(
+        model: ModelProto,
+        dir: &Path,
+        model_name: &str,
+        opts: &'o CompileOptions,
+    ) -> Result<Context<'o>> {
+        let imported = import(model.clone(), dir, &opts.input)?;
+        let input_shape = imported.graph.tensor(imported.input).shape.clone();
+        Ok(Context {
+            opts,
+            model_name: model_name.to_string(),
+            model,
+            graph: imported.graph,
+            input: imported.input,
+            input_shape,
+            selection: None,
+            prefix_onnx: Vec::new(),
+            rest_onnx: Vec::new(),
+            prefix: None,
+            loss: None,
+            grads: Vec::new(),
+            saved: BTreeSet::new(),
+            own_prefix: None,
+            lanes: 1,
+            training_arena: None,
+            order: Vec::new(),
+            layout: None,
+            steps: Vec::new(),
+            weights: Vec::new(),
+        })
+    }
+
+    fn selection(&self) -> &Selection {
+        self.selection.as_ref().expect("select ran")
+    }
+
+    fn loss(&self) -> &LossParts {
+        self.loss.as_ref().expect("loss ran")
+    }
+
+    /// What the runtime writes before the first step (boundary tensors, labels) and reads
+    /// after the last (loss, model output), own prefix included.
+    fn feeds_and_reads(&self) -> (Vec<TensorId>, Vec<TensorId>) {
+        let parts = self.loss();
+        let mut feeds: Vec<_> = self
+            .graph
+            .inputs
+            .iter()
+            .copied()
+            .chain([parts.label])
+            .collect();
+        let mut reads = vec![parts.loss, parts.output];
+        if let Some((_, input, outputs)) = &self.own_prefix {
+            feeds.insert(0, *input);
+            reads.extend(outputs);
+        }
+        (feeds, reads)
+    }
+
+    fn memory_layout(&self, order: &[NodeIndex], lanes: usize) -> Layout {
+        let weight_grads: BTreeSet<_> = self.grads.iter().map(|&(_, g)| g).collect();
+        let (feeds, keep_alive) = self.feeds_and_reads();
+        let req = Request {
+            saved: &self.saved,
+            weight_grads: &weight_grads,
+            feeds: &feeds,
+            keep_alive: &keep_alive,
+            prefix_lanes: lanes,
+        };
+        memplan::layout(&self.graph, order, &req)
+    }
+}
+
+fn select_layers(cx: &mut Context) -> Result<()> {
+    let selection = select::select(&mut cx.graph, cx.opts.output.as_deref(), cx.opts.layers)?;
+    cx.selection = Some(selection);
+    Ok(())
+}
+
+/// The back end, before any training rewrite: the frozen prefix (model input → boundary
+/// tensors, for tract) and every other node (for `export`), written from the IR.
+fn write_onnx(cx: &mut Context) -> Result<()> {
+    let g = &cx.graph;
+    let input_name = g.tensor(cx.input).name.clone();
+    let original = Original::new(&cx.model, &input_name, &cx.input_shape);
+    let boundary = &cx.selection().boundary_ids;
+    let order = g.topo_order();
+    let in_prefix = g.ancestors_of(boundary);
+    if !boundary.iter().all(|&b| b == cx.input) {
+        let nodes: Vec<_> = order
+            .iter()
+            .copied()
+            .filter(|n| in_prefix.contains(n))
+            .collect();
+        cx.prefix_onnx = write::write(g, &original, &nodes, boundary)?.encode_to_vec();
+    }
+    let rest: Vec<_> = order
+        .iter()
+        .copied()
+        .filter(|n| !in_prefix.contains(n))
         .collect();
-    let grads = autodiff::differentiate(&mut graph, &forward, parts.output, parts.seed);
-    let layers: BTreeSet<String> = selection
+    cx.rest_onnx = write::write(g, &original, &rest, &g.outputs)?.encode_to_vec();
+    Ok(())
+}
+
+fn split_prefix(cx: &mut Context) -> Result<()> {
+    cx.prefix = split::split(
+        &mut cx.graph,
+        cx.selection.as_ref().expect("select ran"),
+        cx.input,
+    );
+    Ok(())
+}
+
+fn append_loss(cx: &mut Context) -> Result<()> {
+    let output = cx.selection().output;
+    cx.loss = Some(loss::append_loss(&mut cx.graph, output, cx.opts.loss)?);
+    Ok(())
+}
+
+fn differentiate(cx: &mut Context) -> Result<()> {
+    let loss_phase = |n: NodeIndex, g: &Graph| g.nodes[n].phase == Phase::Forward;
+    let forward: Vec<_> = cx
+        .graph
+        .topo_order()
+        .into_iter()
+        .filter(|&n| loss_phase(n, &cx.graph))
+        .collect();
+    let parts = cx.loss();
+    let (output, seed) = (parts.output, parts.seed);
+    cx.grads = autodiff::differentiate(&mut cx.graph, &forward, output, seed);
+    Ok(())
+}
+
+fn compress_saved(cx: &mut Context) -> Result<()> {
+    let layers: BTreeSet<String> = cx
+        .selection()
         .trained
         .iter()
         .filter(|l| l.from_output > 0)
         .map(|l| l.node.clone())
         .collect();
-    let saved = compress(&mut graph, &layers, opts.compression, &opts.fixed_ranks);
-    append_updates(
-        &mut graph,
-        &grads,
-        &opts.optimizer,
-        opts.clip_grad_norm,
-        !opts.keep_gradients,
+    cx.saved = compress::compress(
+        &mut cx.graph,
+        &layers,
+        cx.opts.compression,
+        &cx.opts.fixed_ranks,
     );
-    let order = schedule::schedule(&graph);
-    let ir = graph.dump(&order);
-    let boundary: Vec<_> = graph.inputs.clone();
-    let boundary_only_input = selection.boundary.iter().all(|b| *b == input_name);
+    Ok(())
+}
 
-    let weight_grads: BTreeSet<_> = grads.iter().map(|&(_, g)| g).collect();
-    // What the runtime writes before the first step (boundary tensors, labels) and reads
-    // after the last (loss, model output).
-    let written: Vec<_> = boundary.iter().copied().chain([parts.label]).collect();
-    let read = [parts.loss, parts.output];
-    let mut emitted = emit::emit(&graph, &order, &saved, &weight_grads, &written, &read, 1);
+fn append_updates(cx: &mut Context) -> Result<()> {
+    let o = cx.opts;
+    optim::append_updates(
+        &mut cx.graph,
+        &cx.grads,
+        &o.optimizer,
+        o.clip_grad_norm,
+        !o.keep_gradients,
+    );
+    Ok(())
+}
 
-    // The frozen prefix on actc's kernels, in micro-batches whose activations fit the arena
-    // training needs anyway. The snapshot above stays the training graph: the prefix is
-    // plain inference, in the plan but not a rewrite.
-    let mut own_prefix = None;
-    if !boundary_only_input && opts.prefix != PrefixRunner::Tract {
-        let batch = input_shape[0];
-        let at = |m: usize| [&[m][..], &input_shape[1..]].concat();
-        let threads = opts.threads.clamp(1, lanes::MAX_LANES);
-        // With one prefix lane, the fused chains share their bands among the threads; with
-        // more, each lane's thread runs its chains alone.
-        let build = |m: usize, lanes: usize, runner| {
-            let chain_lanes = match lanes {
-                1 => threads.min(chain::MAX_LANES),
-                _ => 1,
-            };
-            prefix::build(
-                &imported.model,
-                dir,
-                &at(m),
-                &selection.boundary,
-                runner,
-                chain_lanes,
-            )
-        };
-        // Built at one sample first: whether actc's kernels run this prefix at all.
-        if build(1, 1, opts.prefix)?.is_some() {
-            let training_arena = emitted.memory.arena;
-            let (m, lanes) = match opts.prefix_batch {
-                Some(m) if m == 0 || !batch.is_multiple_of(m) => bail!(
-                    "--prefix-batch {m} does not divide the batch {batch}; give a divisor of it"
-                ),
-                Some(m) => (m, threads.min(batch / m)),
-                None => prefix::micro_batch(batch, threads, training_arena, |m, lanes| {
-                    Ok(build(m, lanes, PrefixRunner::Actc)?.map_or(u64::MAX, |p| p.arena()))
-                })?,
-            };
-            let micro = build(m, lanes, PrefixRunner::Actc)?.expect("built at batch 1");
-            let (input, outputs) = micro.attach(&mut graph);
-            let order = schedule::schedule(&graph);
-            // The full-batch boundary tensors collect every micro-batch: live from the start.
-            let written: Vec<_> = [input].into_iter().chain(written).collect();
-            let read: Vec<_> = read.into_iter().chain(outputs.iter().copied()).collect();
-            emitted = emit::emit(
-                &graph,
-                &order,
-                &saved,
-                &weight_grads,
-                &written,
-                &read,
-                lanes,
-            );
-            emitted.memory.training_arena = training_arena;
-            own_prefix = Some((m, input, outputs));
-        }
+/// The frozen prefix on actc's kernels, in micro-batches whose activations fit the arena
+/// training needs anyway.
+fn own_prefix(cx: &mut Context) -> Result<()> {
+    let order = schedule::schedule(&cx.graph);
+    let training_arena = cx.memory_layout(&order, 1).memory.arena;
+    cx.training_arena = Some(training_arena);
+    let Some(prefix) = cx.prefix.as_ref() else {
+        return Ok(());
+    };
+    if cx.opts.prefix == PrefixRunner::Tract {
+        return Ok(());
     }
-    let feeds: Vec<_> = boundary.iter().copied().chain([parts.label]).collect();
+    let batch = cx.input_shape[0];
+    let threads = cx.opts.threads.clamp(1, lanes::MAX_LANES);
+    // With one prefix lane, the fused chains share their bands among the threads; with
+    // more, each lane's thread runs its chains alone.
+    let build = |m: usize, lanes: usize, runner| {
+        let chain_lanes = match lanes {
+            1 => threads.min(chain::MAX_LANES),
+            _ => 1,
+        };
+        prefix::build(prefix, batch, m, runner, chain_lanes)
+    };
+    // Built at the whole batch first: whether actc's kernels run this prefix at all.
+    if build(batch, 1, cx.opts.prefix)?.is_none() {
+        return Ok(());
+    }
+    let (m, lanes) = match cx.opts.prefix_batch {
+        Some(m) if m == 0 || !batch.is_multiple_of(m) => {
+            bail!("--prefix-batch {m} does not divide the batch {batch}; give a divisor of it")
+        }
+        Some(m) => (m, threads.min(batch / m)),
+        None => prefix::micro_batch(batch, threads, training_arena, |m, lanes| {
+            Ok(build(m, lanes, PrefixRunner::Actc)?.map_or(u64::MAX, |p| p.arena()))
+        })?,
+    };
+    let Some(micro) = build(m, lanes, PrefixRunner::Actc)? else {
+        bail!(
+            "--prefix-batch {m}: the frozen prefix combines the samples of a batch; leave --prefix-batch out"
+        )
+    };
+    let (input, outputs) = micro.attach(&mut cx.graph);
+    cx.own_prefix = Some((m, input, outputs));
+    cx.lanes = lanes;
+    Ok(())
+}
 
-    // The frozen prefix and the rest of the original model, as ONNX.
-    let model = &imported.model;
-    let g = model.graph.as_ref().expect("decode checked the graph");
-    let prefix_nodes = submodel::ancestors(g, &selection.boundary);
-    // The model input keeps its declared (possibly symbolic) shape, so an exported model
-    // takes any batch size as the original did; tract gets the fixed shape separately.
-    // Fixed sizes that --input-shape changed take the compiled value.
-    let mut original_input = g
-        .input
-        .iter()
-        .find(|i| i.name() == input_name)
-        .cloned()
-        .expect("import found the input");
-    submodel::refix_dims(&mut original_input, &input_shape);
-    let prefix_onnx = if boundary_only_input {
-        Vec::new()
-    } else {
-        let outputs = selection
-            .boundary
+fn order_steps(cx: &mut Context) -> Result<()> {
+    cx.order = schedule::schedule(&cx.graph);
+    Ok(())
+}
+
+fn plan_memory(cx: &mut Context) -> Result<()> {
+    let mut layout = cx.memory_layout(&cx.order, cx.lanes);
+    layout.memory.training_arena = cx.training_arena.expect("prefix ran");
+    cx.layout = Some(layout);
+    Ok(())
+}
+
+fn emit_steps(cx: &mut Context) -> Result<()> {
+    let layout = cx.layout.as_ref().expect("memplan ran");
+    (cx.steps, cx.weights) = emit::emit(&cx.graph, &cx.order, layout);
+    Ok(())
+}
+
+impl Context<'_> {
+    /// The plan and the reports.
+    fn finish(self) -> Result<Compiled> {
+        let ir = self.graph.dump(&self.order);
+        let layout = self.layout.expect("memplan ran");
+        let selection = self.selection.expect("select ran");
+        let parts = self.loss.expect("loss ran");
+        let opts = self.opts;
+        let buffer = |t| layout.buffer_of[&t];
+        let input_name = self.graph.tensor(self.input).name.clone();
+        let feeds: Vec<u32> = self
+            .graph
+            .inputs
             .iter()
-            .map(|b| {
-                let t = graph
-                    .find_tensor(b)
-                    .expect("boundary tensor is in the graph");
-                submodel::value_info(b, &graph.tensor(t).shape)
+            .chain([&parts.label])
+            .map(|&t| buffer(t))
+            .collect();
+        let layers = selection
+            .trained
+            .iter()
+            .map(|l| Layer {
+                node: l.node.clone(),
+                op_type: l.op.clone(),
+                from_output: l.from_output as u32,
+                weights: l
+                    .params
+                    .iter()
+                    .filter_map(|t| layout.buffer_of.get(t).copied())
+                    .collect(),
             })
             .collect();
-        submodel::extract(model, &prefix_nodes, vec![original_input.clone()], outputs)
-            .encode_to_vec()
-    };
-    let rest_nodes: BTreeSet<usize> = (0..g.node.len())
-        .filter(|i| !prefix_nodes.contains(i))
-        .collect();
-    let rest_inputs = submodel::free_inputs(model, &rest_nodes)
-        .into_iter()
-        .map(|name| {
-            if name == input_name {
-                return original_input.clone();
-            }
-            let shape = graph
-                .find_tensor(&name)
-                .map(|t| graph.tensor(t).shape.clone())
-                .unwrap_or_default();
-            submodel::value_info(&name, &shape)
+        let prefix_steps = self
+            .steps
+            .iter()
+            .take_while(|s| s.phase() == Phase::Prefix)
+            .count();
+        let eval_steps = self.steps[prefix_steps..]
+            .iter()
+            .take_while(|s| s.phase() == Phase::Forward)
+            .count() as u32;
+        let own = self.own_prefix.as_ref();
+        let plan = Plan {
+            source: Some(Source {
+                model: self.model_name.clone(),
+                producer: format!("actc {}", env!("CARGO_PKG_VERSION")),
+                input_name,
+                input_shape: self.input_shape.iter().map(|&d| d as u64).collect(),
+                output_name: self.graph.tensor(selection.output).name.clone(),
+                layers: opts.layers.to_string(),
+            }),
+            prefix_onnx: self.prefix_onnx,
+            rest_onnx: self.rest_onnx,
+            loss: buffer(parts.loss),
+            output: buffer(parts.output),
+            feeds,
+            eval_steps,
+            layers,
+            hyper: Some(Hyper {
+                loss: opts.loss as i32,
+                lr: opts.lr,
+                schedule: opts.schedule as i32,
+                warmup_steps: opts.warmup_steps,
+                clip_grad_norm: opts.clip_grad_norm.unwrap_or(0.0),
+                batch: self.input_shape.first().copied().unwrap_or(1) as u32,
+            }),
+            buffers: layout.buffers,
+            steps: self.steps,
+            weights: self.weights,
+            memory: Some(layout.memory),
+            prefix_steps: prefix_steps as u32,
+            input: own.map_or(0, |&(_, t, _)| buffer(t)),
+            prefix_batch: own.map_or(0, |&(m, _, _)| m as u32),
+            prefix_outputs: own.map_or(Vec::new(), |(_, _, o)| {
+                o.iter().map(|&t| buffer(t)).collect()
+            }),
+            prefix_lanes: layout.prefix_lanes,
+        };
+        Ok(Compiled {
+            plan,
+            ir,
+            selection,
+            prefix_batch: self.own_prefix.map(|(m, _, _)| m),
         })
-        .collect();
-    let rest_onnx =
-        submodel::extract(model, &rest_nodes, rest_inputs, g.output.clone()).encode_to_vec();
+    }
+}
 
-    let buffer = |t| emitted.buffer_of[&t];
-    let feeds: Vec<u32> = feeds.iter().map(|&t| buffer(t)).collect();
-    let layers = selection
-        .trained
-        .iter()
-        .map(|l| Layer {
-            node: l.node.clone(),
-            op_type: l.op.clone(),
-            from_output: l.from_output as u32,
-            weights: l
-                .params
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Data, Node, NodeOp, Tensor};
+    use actc_runtime::exec::Executor;
+    use actc_runtime::ops::{Gemm, Kind};
+    use actc_runtime::plan::DType;
+    use actc_runtime::prefix::Prefix;
+
+    /// A rewrite as a weight decomposition makes one: `fc3` (y = x·Wᵀ + b) becomes
+    /// y = (x·Iᵀ)·Wᵀ + b, two Gemms that compute the same function.
+    fn split_gemm(cx: &mut Context) -> Result<()> {
+        let g = &mut cx.graph;
+        let n = g
+            .nodes
+            .node_indices()
+            .find(|&n| g.nodes[n].name == "/fc3/Gemm")
+            .expect("tiny_mlp has fc3");
+        let node = g.remove_node(n).expect("exists");
+        let (x, w, b) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let k = g.tensor(x).shape[1];
+        let eye: Vec<f32> = (0..k * k)
+            .map(|i| (i % (k + 1) == 0) as u8 as f32)
+            .collect();
+        let eye = g.add_tensor(Tensor::constant(
+            "fc3.first",
+            vec![k, k],
+            Data::F32(eye.into()),
+        ));
+        let hidden = Tensor::value(
+            "/fc3/first_output",
+            vec![g.tensor(x).shape[0], k],
+            DType::F32,
+        );
+        let gemm = |beta| {
+            Kind::Gemm(Gemm {
+                trans_a: false,
+                trans_b: true,
+                alpha: 1.0,
+                beta,
+            })
+        };
+        let h = g.push(
+            "/fc3/first".into(),
+            gemm(0.0),
+            vec![x, eye],
+            vec![hidden],
+            Phase::Forward,
+            None,
+        )[0];
+        g.add_node_in_place(Node {
+            name: "/fc3/second".into(),
+            op: NodeOp::Kernel(gemm(1.0)),
+            inputs: vec![h, w, b],
+            outputs: node.outputs,
+            phase: Phase::Forward,
+            source: None,
+            origin: None,
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn a_rewritten_graph_trains_and_exports() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/tiny_mlp.onnx"
+        ));
+        let opts = CompileOptions {
+            input: InputShape {
+                shape: Some(vec![4, 64]),
+                batch: None,
+            },
+            lr: 0.05,
+            ..CompileOptions::default()
+        };
+        let model = onnx::load(path).unwrap();
+        let cx = Context::import(model, path.parent().unwrap(), "tiny_mlp.onnx", &opts).unwrap();
+        let compiled = run(cx, &[("split gemm", split_gemm)]).unwrap();
+        assert!(compiled.ir.contains("/fc3/first") && compiled.ir.contains("/fc3/second"));
+        let plan = compiled.plan;
+        let input: Vec<f32> = (0..4 * 64)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let mut exec = Executor::new(plan.clone(), 3).unwrap();
+        for _ in 0..3 {
+            exec.boundary_mut(0).copy_from_slice(&input);
+            for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
+                *l = i as u32 % 10;
+            }
+            exec.train_step();
+        }
+        let trained = exec.snapshot().unwrap();
+        exec.boundary_mut(0).copy_from_slice(&input);
+        exec.forward();
+        let ours = exec.output().to_vec();
+        let exported = crate::onnx::export::export(&plan, &trained).unwrap();
+        let g = exported.graph.as_ref().unwrap();
+        let gemms = g.node.iter().filter(|n| n.op_type() == "Gemm").count();
+        assert_eq!(gemms, 4, "fc1, fc2 and the two halves of fc3");
+        // tract runs the export, at the compiled batch and at another one.
+        let bytes = exported.encode_to_vec();
+        for batch in [4, 2] {
+            let mut theirs = Vec::new();
+            Prefix::new(&bytes, &[batch, 64])
+                .unwrap()
+                .run(&input[..batch * 64], |_, v| theirs = v.to_vec())
+                .unwrap();
+            let diff = ours[..batch * 10]
                 .iter()
-                .filter_map(|t| emitted.buffer_of.get(t).copied())
-                .collect(),
-        })
-        .collect();
-    let prefix_steps = emitted
-        .steps
-        .iter()
-        .take_while(|s| s.phase() == Phase::Prefix)
-        .count();
-    let eval_steps = emitted.steps[prefix_steps..]
-        .iter()
-        .take_while(|s| s.phase() == Phase::Forward)
-        .count() as u32;
-    let plan = Plan {
-        source: Some(Source {
-            model: model_name.to_string(),
-            producer: format!("actc {}", env!("CARGO_PKG_VERSION")),
-            input_name,
-            input_shape: input_shape.iter().map(|&d| d as u64).collect(),
-            output_name,
-            layers: opts.layers.to_string(),
-        }),
-        prefix_onnx,
-        rest_onnx,
-        loss: buffer(parts.loss),
-        output: buffer(parts.output),
-        feeds,
-        eval_steps,
-        layers,
-        hyper: Some(Hyper {
-            loss: opts.loss as i32,
-            lr: opts.lr,
-            schedule: opts.schedule as i32,
-            warmup_steps: opts.warmup_steps,
-            clip_grad_norm: opts.clip_grad_norm.unwrap_or(0.0),
-            batch: input_shape.first().copied().unwrap_or(1) as u32,
-        }),
-        buffers: emitted.buffers,
-        steps: emitted.steps,
-        weights: emitted.weights,
-        memory: Some(emitted.memory),
-        prefix_steps: prefix_steps as u32,
-        input: own_prefix.as_ref().map_or(0, |&(_, t, _)| buffer(t)),
-        prefix_batch: own_prefix.as_ref().map_or(0, |&(m, _, _)| m as u32),
-        prefix_outputs: own_prefix.as_ref().map_or(Vec::new(), |(_, _, o)| {
-            o.iter().map(|&t| buffer(t)).collect()
-        }),
-        prefix_lanes: emitted.prefix_lanes,
-    };
-    Ok(Compiled {
-        plan,
-        ir,
-        selection,
-        prefix_batch: own_prefix.map(|(m, _, _)| m),
-    })
+                .zip(&theirs)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert_eq!(theirs.len(), batch * 10);
+            assert!(diff <= 1e-5, "batch {batch}: the export differs by {diff}");
+        }
+        assert_ne!(plan.weights, trained.weights);
+    }
 }

@@ -24,16 +24,17 @@ pub mod error;
 pub mod inspect;
 pub mod ir;
 pub mod onnx;
+pub mod ops;
 pub mod passes;
 pub mod run;
 
 pub use compile::{CompileOptions, Compiled, compile_file, compile_model};
 pub use error::{Error, Result};
-pub use ir::kind_name as op_name;
 pub use onnx::export::export;
 pub use onnx::import::InputShape;
 pub use onnx::load as load_onnx;
 pub use onnx::proto::ModelProto;
+pub use ops::{flops, op_name};
 pub use passes::compress::{Compression, FixedRanks};
 pub use passes::optim::Optimizer;
 pub use passes::prefix::PrefixRunner;

@@ -27,7 +27,7 @@ impl Graph {
                         format!("{name}{{{attrs}}}")
                     }
                 }
-                NodeOp::Onnx(t) => format!("onnx.{t}"),
+                NodeOp::Onnx(p) => format!("onnx.{}", p.op_type()),
             };
             let ins: Vec<String> = node.inputs.iter().map(|&t| self.input_text(t)).collect();
             let outs: Vec<String> = node.outputs.iter().map(|&t| self.tensor_text(t)).collect();

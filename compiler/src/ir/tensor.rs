@@ -1,5 +1,6 @@
 //! Tensors of the IR: named, with a static shape, an element type and, for constants, data.
 
+use super::graph::OnnxSource;
 use actc_runtime::plan::DType;
 use std::sync::Arc;
 
@@ -75,6 +76,9 @@ pub struct Tensor {
     pub dtype: DType,
     pub role: Role,
     pub data: Option<Data>,
+    /// For a constant that import folded: the ONNX node that computed it (a shape
+    /// computation, say), which the ONNX back end writes instead of the folded values.
+    pub folded: Option<Arc<OnnxSource>>,
 }
 
 impl Tensor {
@@ -85,6 +89,7 @@ impl Tensor {
             dtype,
             role: Role::Value,
             data: None,
+            folded: None,
         }
     }
 
@@ -100,6 +105,7 @@ impl Tensor {
             dtype: data.dtype(),
             role: Role::Const,
             data: Some(data),
+            folded: None,
         }
     }
 

@@ -5,15 +5,16 @@
 use super::proto::{
     ModelProto, NodeProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto,
 };
-use super::shape::{self, Arg, norm_axis, spatial_out, usizes};
+use super::shape;
 use super::{Attrs, node_label, opset, tensor_data};
 use crate::error::Result;
-use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
+use crate::ir::{Data, Graph, Node, NodeOp, OnnxSource, Role, Tensor, TensorId};
+use crate::ops::{self, Arg, Lowered, OnnxNode};
 use crate::{bail, err};
-use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::{DType, Phase};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The batch size when neither the model nor the command line fixes it.
 pub const DEFAULT_BATCH: usize = 8;
@@ -210,7 +211,15 @@ fn import_node(
             bail!("node '{label}' (Constant) has no value attribute actc reads");
         };
         let name = node.output.first().cloned().unwrap_or_default();
-        let id = graph.add_tensor(Tensor::constant(name.clone(), data.0, data.1));
+        // The back end writes the node back as it was (unless its value trains).
+        let source = OnnxSource {
+            proto: Arc::new(node.clone()),
+            inputs: Vec::new(),
+        };
+        let id = graph.add_tensor(Tensor {
+            folded: Some(Arc::new(source)),
+            ..Tensor::constant(name.clone(), data.0, data.1)
+        });
         names.insert(name, id);
         return Ok(());
     }
@@ -255,24 +264,44 @@ fn import_node(
         return Ok(());
     }
 
-    let outs = shape::infer(node, &args, opset)?;
-    if let Some(values) = shape::eval(node, &args, &outs, opset)? {
-        for ((name, (shape, _)), data) in node.output.iter().zip(&outs).zip(values) {
-            let id = graph.add_tensor(Tensor::constant(name.clone(), shape.clone(), data));
+    let onnx = OnnxNode::new(node, &args, opset);
+    let lowered = match ops::room_for_onnx(op) {
+        Some(room) => room.import(&onnx)?,
+        None => Lowered::onnx(shape::infer(&onnx)?),
+    };
+    let source = Arc::new(OnnxSource {
+        proto: Arc::new(node.clone()),
+        inputs: inputs.clone(),
+    });
+    let outs = &lowered.outputs;
+    if let Some(values) = shape::eval(&onnx, outs)? {
+        for ((name, (shape, _)), data) in node.output.iter().zip(outs).zip(values) {
+            let id = graph.add_tensor(Tensor {
+                folded: Some(source.clone()),
+                ..Tensor::constant(name.clone(), shape.clone(), data)
+            });
             names.insert(name.clone(), id);
         }
         return Ok(());
     }
+    if lowered.kernel.is_some()
+        && let Some((s, _)) = outs.iter().find(|(s, _)| s.contains(&0))
+    {
+        bail!(
+            "node '{label}' ({op}): output shape {s:?} is empty for input shape {:?}; the input shape is too small for this model",
+            args[0].shape
+        );
+    }
 
     let mut out_ids = Vec::with_capacity(outs.len());
-    for (name, (shape, dtype)) in node.output.iter().zip(&outs) {
+    for (name, (shape, dtype)) in node.output.iter().zip(outs) {
         let id = graph.add_tensor(Tensor::value(name.clone(), shape.clone(), *dtype));
         if !name.is_empty() {
             names.insert(name.clone(), id);
         }
         out_ids.push(id);
     }
-    let (op_kind, data_inputs) = match kernel_for(node, &a, &args, &outs, opset)? {
+    let (op_kind, data_inputs) = match lowered.kernel {
         Some((kind, keep)) => (
             NodeOp::Kernel(kind),
             keep.iter()
@@ -280,7 +309,7 @@ fn import_node(
                 .collect(),
         ),
         None => (
-            NodeOp::Onnx(op.to_string()),
+            NodeOp::Onnx(source.proto.clone()),
             inputs.iter().flatten().copied().collect(),
         ),
     };
@@ -294,209 +323,8 @@ fn import_node(
         inputs: data_inputs,
         outputs: out_ids,
         phase: Phase::Forward,
-        source: Some(index),
+        source: Some(source),
         origin: None,
     });
     Ok(())
-}
-
-/// The runtime operation for an ONNX node and which of its inputs it reads (the others are
-/// constants folded into the operation's attributes), or `None` when actc has no kernel for
-/// this node as written (it may still run in the frozen prefix).
-fn kernel_for(
-    node: &NodeProto,
-    a: &Attrs,
-    args: &[Arg],
-    outs: &[shape::Out],
-    opset: i64,
-) -> Result<Option<(Kind, Vec<usize>)>> {
-    let label = node_label(node);
-    let x = &args[0];
-    let is_const = |i: usize| args.get(i).is_some_and(|t| t.data.is_some());
-    let const_f32 = |i: usize, default: f32| -> Option<f32> {
-        match args.get(i).and_then(|t| t.data.as_ref()) {
-            Some(d) if d.is_empty() => Some(default),
-            Some(d) => d.as_f32().first().copied(),
-            None if args.len() <= i => Some(default),
-            None => None,
-        }
-    };
-    let one = || vec![0];
-    let four_d = x.shape.len() == 4;
-    let kind = match node.op_type() {
-        "Conv" if four_d => {
-            let w = &args[1].shape;
-            let (_, pads) = spatial_out(&label, a, &x.shape[2..], &w[2..], false)?;
-            let conv = ops::Conv {
-                kernel: vec![w[2] as u32, w[3] as u32],
-                strides: u32s(&usizes(&a.ints("strides").unwrap_or_else(|| vec![1, 1]))),
-                pads: vec![
-                    pads[0] as u32,
-                    pads[1] as u32,
-                    pads[2] as u32,
-                    pads[3] as u32,
-                ],
-                dilations: u32s(&usizes(&a.ints("dilations").unwrap_or_else(|| vec![1, 1]))),
-                group: a.int("group", 1) as u32,
-            };
-            (Kind::Conv(conv), (0..args.len().min(3)).collect())
-        }
-        "Gemm" => (
-            Kind::Gemm(ops::Gemm {
-                trans_a: a.int("transA", 0) != 0,
-                trans_b: a.int("transB", 0) != 0,
-                alpha: a.float("alpha", 1.0),
-                beta: a.float("beta", 1.0),
-            }),
-            (0..args.len().min(3)).collect(),
-        ),
-        "MatMul" if is_const(1) && args[1].shape.len() == 2 && x.shape.len() >= 2 => {
-            (Kind::MatMul(Empty {}), vec![0, 1])
-        }
-        "BatchNormalization" if four_d && (1..5).all(is_const) => (
-            Kind::BatchNorm(ops::Epsilon {
-                epsilon: a.float("epsilon", 1e-5),
-            }),
-            vec![0, 1, 2, 3, 4],
-        ),
-        "Relu" => (Kind::Relu(Empty {}), one()),
-        "Clip" => {
-            let (min, max) = if opset < 11 {
-                (
-                    Some(a.float("min", f32::MIN)),
-                    Some(a.float("max", f32::MAX)),
-                )
-            } else {
-                (const_f32(1, f32::MIN), const_f32(2, f32::MAX))
-            };
-            match (min, max) {
-                (Some(min), Some(max)) => (Kind::Clip(ops::Clip { min, max }), one()),
-                _ => return Ok(None),
-            }
-        }
-        "LeakyRelu" => (
-            Kind::LeakyRelu(ops::Alpha {
-                alpha: a.float("alpha", 0.01),
-            }),
-            one(),
-        ),
-        "PRelu" if is_const(1) => (Kind::PRelu(Empty {}), vec![0, 1]),
-        "Sigmoid" => (Kind::Sigmoid(Empty {}), one()),
-        "HardSigmoid" => (
-            Kind::HardSigmoid(ops::HardSigmoid {
-                alpha: a.float("alpha", 0.2),
-                beta: a.float("beta", 0.5),
-            }),
-            one(),
-        ),
-        "HardSwish" => (Kind::HardSwish(Empty {}), one()),
-        "Add" if x.dtype == DType::F32 => (Kind::Add(Empty {}), vec![0, 1]),
-        "Sub" if x.dtype == DType::F32 => (Kind::Sub(Empty {}), vec![0, 1]),
-        "Mul" if x.dtype == DType::F32 => (Kind::Mul(Empty {}), vec![0, 1]),
-        "Div" if x.dtype == DType::F32 => (Kind::Div(Empty {}), vec![0, 1]),
-        "Concat" => (
-            Kind::Concat(ops::Axis {
-                axis: norm_axis(&label, a.int("axis", 0), x.shape.len())? as i32,
-            }),
-            (0..args.len()).collect(),
-        ),
-        "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => (Kind::Reshape(Empty {}), one()),
-        "Transpose" => {
-            let perm = a
-                .ints("perm")
-                .map(|p| usizes(&p))
-                .unwrap_or_else(|| (0..x.shape.len()).rev().collect());
-            (Kind::Transpose(ops::Perm { perm: u32s(&perm) }), one())
-        }
-        "GlobalAveragePool" if four_d => (Kind::GlobalAveragePool(Empty {}), one()),
-        "AveragePool" | "MaxPool" if four_d && outs.len() == 1 => {
-            let kernel = usizes(&a.ints("kernel_shape").unwrap_or_default());
-            let ceil = a.int("ceil_mode", 0) != 0;
-            let (_, pads) = spatial_out(&label, a, &x.shape[2..], &kernel, ceil)?;
-            let count_include_pad = a.int("count_include_pad", 0) != 0;
-            if node.op_type() == "AveragePool" && ceil && count_include_pad {
-                return Ok(None);
-            }
-            let pool = ops::Pool {
-                kernel: u32s(&kernel),
-                strides: u32s(&usizes(&a.ints("strides").unwrap_or_else(|| vec![1, 1]))),
-                pads: u32s(&pads),
-                dilations: u32s(&usizes(&a.ints("dilations").unwrap_or_else(|| vec![1, 1]))),
-                count_include_pad,
-            };
-            if node.op_type() == "MaxPool" {
-                (Kind::MaxPool(pool), one())
-            } else {
-                (Kind::AveragePool(pool), one())
-            }
-        }
-        "ReduceMean" => {
-            let axes = if opset >= 18 {
-                match args.get(1).and_then(|t| t.data.as_ref()) {
-                    Some(d) if !d.is_empty() => Some(d.as_i64()),
-                    Some(_) | None if args.len() > 1 && !is_const(1) => return Ok(None),
-                    _ => None,
-                }
-            } else {
-                a.ints("axes")
-            };
-            let axes: Vec<usize> = match axes {
-                Some(v) => v
-                    .iter()
-                    .map(|&ax| norm_axis(&label, ax, x.shape.len()))
-                    .collect::<Result<_>>()?,
-                None if a.int("noop_with_empty_axes", 0) != 0 => return Ok(None),
-                None => (0..x.shape.len()).collect(),
-            };
-            (Kind::ReduceMean(ops::Axes { axes: u32s(&axes) }), one())
-        }
-        "Pad" => {
-            if a.string("mode", "constant") != "constant" {
-                return Ok(None);
-            }
-            let pads = if opset >= 11 {
-                args[1].data.as_ref().map(|d| d.as_i64())
-            } else {
-                a.ints("pads")
-            };
-            let value = if opset >= 11 {
-                const_f32(2, 0.0)
-            } else {
-                Some(a.float("value", 0.0))
-            };
-            let axes_given = opset >= 18
-                && args.len() > 3
-                && !args[3].data.as_ref().is_some_and(|d| d.is_empty());
-            match (pads, value) {
-                (Some(p), Some(value)) if !axes_given && p.iter().all(|&v| v >= 0) => (
-                    Kind::Pad(ops::Pad {
-                        pads: u32s(&usizes(&p)),
-                        value,
-                    }),
-                    one(),
-                ),
-                _ => return Ok(None),
-            }
-        }
-        "Softmax" => {
-            let rank = x.shape.len();
-            let axis = norm_axis(
-                &label,
-                a.int("axis", if opset >= 13 { -1 } else { 1 }),
-                rank,
-            )?;
-            // Before opset 13 Softmax flattened everything from `axis` on; that equals a
-            // softmax over one axis only when it is the last.
-            if opset < 13 && axis != rank - 1 {
-                return Ok(None);
-            }
-            (Kind::Softmax(ops::Axis { axis: axis as i32 }), one())
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(kind))
-}
-
-fn u32s(v: &[usize]) -> Vec<u32> {
-    v.iter().map(|&d| d as u32).collect()
 }

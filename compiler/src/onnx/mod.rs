@@ -1,13 +1,14 @@
 //! ONNX front and back end: the protobuf types (generated from the current `onnx.proto`, so
 //! nothing is lost on re-encode), decoding of files, tensors and attributes, the importer that
-//! builds the IR, and the writer of sub-models.
+//! builds the IR (`import`, with `shape` for the ops no room imports) and the writer that
+//! turns IR back into ONNX (`write`; `export` fills in trained weights).
 
 pub mod export;
 pub mod import;
 #[allow(clippy::doc_overindented_list_items, clippy::enum_variant_names)]
 pub mod proto;
 pub mod shape;
-pub mod submodel;
+pub mod write;
 
 use crate::error::Result;
 use crate::ir::Data;
@@ -176,13 +177,30 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// A float tensor as ONNX stores it (raw little-endian data).
-pub fn f32_tensor(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
+/// An integer attribute, as the back end writes it.
+pub fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
         name: Some(name.to_string()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(DataType::Float as i32),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        r#type: Some(proto::attribute_proto::AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
+}
+
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(proto::attribute_proto::AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+pub fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(proto::attribute_proto::AttributeType::Float as i32),
+        f: Some(v),
         ..Default::default()
     }
 }

@@ -5,136 +5,33 @@
 //! (`Shape → Gather → Concat → Reshape`) and arithmetic on weights are evaluated, so later
 //! passes see constants.
 
-use super::{Attrs, node_label, proto::NodeProto};
+use super::Attrs;
+use super::proto::NodeProto;
 use crate::error::Result;
 use crate::ir::Data;
+use crate::ops::{Arg, OnnxNode, Out};
 use crate::{bail, err};
 use actc_runtime::plan::DType;
 use ndarray::{ArrayD, Axis, IxDyn};
 use std::sync::Arc;
 
-/// An input as the rules see it: its shape, its element type, and its data when constant.
-#[derive(Clone, Debug)]
-pub struct Arg {
-    pub shape: Vec<usize>,
-    pub dtype: DType,
-    pub data: Option<Data>,
-}
-
-impl Arg {
-    fn ints(&self) -> Option<Vec<i64>> {
-        self.data.as_ref().map(|d| d.as_i64())
-    }
-    fn rank(&self) -> usize {
-        self.shape.len()
-    }
-}
-
-pub type Out = (Vec<usize>, DType);
-
-/// The output shapes and types of `node`, or an error naming the node.
-pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
-    let label = node_label(node);
-    let op = node.op_type();
-    let a = Attrs::new(node);
-    let arg = |i: usize| -> Result<&Arg> {
-        args.get(i)
-            .ok_or_else(|| err!("node '{label}' ({op}) is missing input {i}"))
-    };
+/// The output shapes and types of `n`, an op no room imports, or an error naming the node.
+pub fn infer(n: &OnnxNode) -> Result<Vec<Out>> {
+    let (node, args, opset, a) = (n.proto, n.args, n.opset, &n.attrs);
+    let label = n.label.as_str();
+    let op = n.op();
+    let arg = |i: usize| n.arg(i);
     let x = arg(0)?;
     let same = || Ok(vec![(x.shape.clone(), x.dtype)]);
-    let need_const = |i: usize, what: &str| -> Result<Vec<i64>> {
-        arg(i)?.ints().ok_or_else(|| {
-            err!("node '{label}' ({op}): its {what} input must be constant once the input shape is fixed, and is not")
-        })
-    };
+    let need_const = |i: usize, what: &str| n.const_ints(i, what);
     let out = match op {
-        "Conv" => {
-            let w = arg(1)?;
-            if x.rank() < 3 || w.rank() != x.rank() {
-                bail!(
-                    "node '{label}' (Conv): input rank {} and weight rank {} do not fit",
-                    x.rank(),
-                    w.rank()
-                );
-            }
-            let group = a.int("group", 1).max(1) as usize;
-            if x.shape[1] != w.shape[1] * group || w.shape[0] % group != 0 {
-                bail!(
-                    "node '{label}' (Conv): input has {} channels but the weight {:?} with group {group} expects {}; check the input shape",
-                    x.shape[1],
-                    w.shape,
-                    w.shape[1] * group
-                );
-            }
-            let spatial = spatial_out(&label, &a, &x.shape[2..], &w.shape[2..], false)?;
-            let mut s = vec![x.shape[0], w.shape[0]];
-            s.extend(spatial.0);
-            vec![(s, DType::F32)]
-        }
-        "MaxPool" | "AveragePool" | "LpPool" => {
-            let kernel = usizes(&a.ints("kernel_shape").unwrap_or_default());
-            if kernel.len() + 2 != x.rank() {
-                bail!(
-                    "node '{label}' ({op}): kernel_shape {kernel:?} does not fit input rank {}",
-                    x.rank()
-                );
-            }
-            let ceil = a.int("ceil_mode", 0) != 0;
-            let (spatial, _) = spatial_out(&label, &a, &x.shape[2..], &kernel, ceil)?;
-            let mut s = x.shape[..2].to_vec();
-            s.extend(spatial);
-            let mut outs = vec![(s.clone(), DType::F32)];
-            if node.output.len() > 1 {
-                outs.push((s, DType::I64));
-            }
-            outs
-        }
-        "GlobalAveragePool" | "GlobalMaxPool" | "GlobalLpPool" => {
+        "LpPool" => pool_shape(n)?,
+        "GlobalMaxPool" | "GlobalLpPool" => {
             let mut s = x.shape[..2].to_vec();
             s.extend(std::iter::repeat_n(1, x.rank().saturating_sub(2)));
             vec![(s, x.dtype)]
         }
-        "Gemm" => {
-            let b = arg(1)?;
-            if x.rank() != 2 || b.rank() != 2 {
-                bail!(
-                    "node '{label}' (Gemm): inputs must be 2-D, got {:?} and {:?}",
-                    x.shape,
-                    b.shape
-                );
-            }
-            let (m, k) = if a.int("transA", 0) != 0 {
-                (x.shape[1], x.shape[0])
-            } else {
-                (x.shape[0], x.shape[1])
-            };
-            let (kb, n) = if a.int("transB", 0) != 0 {
-                (b.shape[1], b.shape[0])
-            } else {
-                (b.shape[0], b.shape[1])
-            };
-            if k != kb {
-                bail!("node '{label}' (Gemm): inner dimensions {k} and {kb} differ");
-            }
-            vec![(vec![m, n], DType::F32)]
-        }
-        "MatMul" => vec![(matmul_shape(&label, &x.shape, &arg(1)?.shape)?, x.dtype)],
-        "BatchNormalization" => {
-            if node.output.len() > 1 && a.int("training_mode", 0) != 0 {
-                bail!(
-                    "node '{label}' (BatchNormalization) is in training mode; export the model in eval mode"
-                );
-            }
-            same()?
-        }
-        "Relu"
-        | "LeakyRelu"
-        | "PRelu"
-        | "Sigmoid"
-        | "HardSigmoid"
-        | "HardSwish"
-        | "Tanh"
+        "Tanh"
         | "Exp"
         | "Log"
         | "Sqrt"
@@ -154,7 +51,6 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
         | "Celu"
         | "Gelu"
         | "Mish"
-        | "Softmax"
         | "LogSoftmax"
         | "Hardmax"
         | "LRN"
@@ -163,7 +59,6 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
         | "Not"
         | "Sign"
         | "Identity"
-        | "Clip"
         | "ThresholdedRelu"
         | "Tan"
         | "Atan"
@@ -189,12 +84,11 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
             }
             outs
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod"
-        | "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or"
-        | "Xor" | "Where" | "BitShift" => {
+        "Pow" | "Max" | "Min" | "Sum" | "Mean" | "Mod" | "Equal" | "Less" | "Greater"
+        | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or" | "Xor" | "Where" | "BitShift" => {
             let mut s = x.shape.clone();
             for other in &args[1..] {
-                s = broadcast(&label, &s, &other.shape)?;
+                s = broadcast(label, &s, &other.shape)?;
             }
             let dtype = match op {
                 "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" | "And" | "Or"
@@ -215,158 +109,8 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
                 },
             )]
         }
-        "Concat" => {
-            let axis = norm_axis(&label, a.int("axis", 0), x.rank())?;
-            let mut s = x.shape.clone();
-            for other in &args[1..] {
-                if other.rank() != x.rank()
-                    || other
-                        .shape
-                        .iter()
-                        .zip(&x.shape)
-                        .enumerate()
-                        .any(|(i, (p, q))| i != axis && p != q)
-                {
-                    bail!(
-                        "node '{label}' (Concat): shapes {:?} and {:?} do not concatenate on axis {axis}",
-                        x.shape,
-                        other.shape
-                    );
-                }
-                s[axis] += other.shape[axis];
-            }
-            vec![(s, x.dtype)]
-        }
-        "Flatten" => {
-            let axis = norm_axis(&label, a.int("axis", 1), x.rank() + 1)?;
-            let outer: usize = x.shape[..axis].iter().product();
-            let inner: usize = x.shape[axis..].iter().product();
-            vec![(vec![outer, inner], x.dtype)]
-        }
-        "Reshape" => {
-            let target = need_const(1, "shape")?;
-            vec![(
-                reshape_shape(&label, &x.shape, &target, a.int("allowzero", 0) != 0)?,
-                x.dtype,
-            )]
-        }
-        "Transpose" => {
-            let perm = match a.ints("perm") {
-                Some(p) => usizes(&p),
-                None => (0..x.rank()).rev().collect(),
-            };
-            if perm.len() != x.rank() {
-                bail!(
-                    "node '{label}' (Transpose): perm {perm:?} does not fit rank {}",
-                    x.rank()
-                );
-            }
-            vec![(perm.iter().map(|&p| x.shape[p]).collect(), x.dtype)]
-        }
-        "Squeeze" => {
-            let axes = if opset >= 13 && args.len() > 1 {
-                Some(need_const(1, "axes")?)
-            } else {
-                a.ints("axes")
-            };
-            let axes: Vec<usize> = match axes {
-                Some(ax) => ax
-                    .iter()
-                    .map(|&v| norm_axis(&label, v, x.rank()))
-                    .collect::<Result<_>>()?,
-                None => (0..x.rank()).filter(|&i| x.shape[i] == 1).collect(),
-            };
-            let s = x
-                .shape
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !axes.contains(i))
-                .map(|(_, &d)| d)
-                .collect();
-            vec![(s, x.dtype)]
-        }
-        "Unsqueeze" => {
-            let axes = if opset >= 13 {
-                need_const(1, "axes")?
-            } else {
-                a.ints("axes").unwrap_or_default()
-            };
-            let rank = x.rank() + axes.len();
-            let mut axes: Vec<usize> = axes
-                .iter()
-                .map(|&v| norm_axis(&label, v, rank))
-                .collect::<Result<_>>()?;
-            axes.sort_unstable();
-            let mut s = x.shape.clone();
-            for ax in axes {
-                s.insert(ax, 1);
-            }
-            vec![(s, x.dtype)]
-        }
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2"
-        | "ReduceL1" | "ReduceSumSquare" | "ReduceLogSumExp" | "ArgMax" | "ArgMin" => {
-            let keep = a.int("keepdims", 1) != 0;
-            let axes = reduce_axes(node, &a, args, opset)?;
-            let axes: Vec<usize> = match axes {
-                Some(ax) => ax
-                    .iter()
-                    .map(|&v| norm_axis(&label, v, x.rank()))
-                    .collect::<Result<_>>()?,
-                None if a.int("noop_with_empty_axes", 0) != 0 => vec![],
-                None => (0..x.rank()).collect(),
-            };
-            let mut s = vec![];
-            for (i, &d) in x.shape.iter().enumerate() {
-                if axes.contains(&i) {
-                    if keep {
-                        s.push(1);
-                    }
-                } else {
-                    s.push(d);
-                }
-            }
-            vec![(
-                s,
-                if op.starts_with("Arg") {
-                    DType::I64
-                } else {
-                    x.dtype
-                },
-            )]
-        }
-        "Pad" => {
-            let pads = if opset >= 11 {
-                need_const(1, "pads")?
-            } else {
-                a.ints("pads").unwrap_or_default()
-            };
-            let axes = if opset >= 18 && args.len() > 3 && args[3].data.is_some() {
-                args[3]
-                    .ints()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&v| norm_axis(&label, v, x.rank()))
-                    .collect::<Result<Vec<_>>>()?
-            } else {
-                (0..x.rank()).collect()
-            };
-            if pads.len() != 2 * axes.len() {
-                bail!(
-                    "node '{label}' (Pad): {} pads for {} axes",
-                    pads.len(),
-                    axes.len()
-                );
-            }
-            let mut s = x.shape.clone();
-            for (j, &ax) in axes.iter().enumerate() {
-                let v = s[ax] as i64 + pads[j] + pads[j + axes.len()];
-                if v < 0 {
-                    bail!("node '{label}' (Pad): negative size on axis {ax}");
-                }
-                s[ax] = v as usize;
-            }
-            vec![(s, x.dtype)]
-        }
+        "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" | "ReduceL1"
+        | "ReduceSumSquare" | "ReduceLogSumExp" | "ArgMax" | "ArgMin" => reduce_shape(n)?,
         "Shape" => {
             let r = x.rank() as i64;
             let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
@@ -377,17 +121,17 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
         "Size" => vec![(vec![], DType::I64)],
         "Gather" => {
             let idx = arg(1)?;
-            let axis = norm_axis(&label, a.int("axis", 0), x.rank())?;
+            let axis = norm_axis(label, a.int("axis", 0), x.rank())?;
             let mut s = x.shape[..axis].to_vec();
             s.extend(&idx.shape);
             s.extend(&x.shape[axis + 1..]);
             vec![(s, x.dtype)]
         }
         "Slice" => {
-            let (starts, ends, axes, steps) = slice_params(node, &a, args, opset, &label)?;
+            let (starts, ends, axes, steps) = slice_params(node, a, args, opset, label)?;
             let mut s = x.shape.clone();
             for i in 0..starts.len() {
-                let ax = norm_axis(&label, axes[i], x.rank())?;
+                let ax = norm_axis(label, axes[i], x.rank())?;
                 let (lo, hi, step) = slice_range(starts[i], ends[i], steps[i], x.shape[ax]);
                 s[ax] = slice_len(lo, hi, step);
             }
@@ -403,7 +147,7 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
         }
         "Expand" => {
             let target = usizes(&need_const(1, "shape")?);
-            vec![(broadcast(&label, &x.shape, &target)?, x.dtype)]
+            vec![(broadcast(label, &x.shape, &target)?, x.dtype)]
         }
         "Tile" => {
             let reps = usizes(&need_const(1, "repeats")?);
@@ -450,7 +194,7 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
             }
         }
         "Split" => {
-            let axis = norm_axis(&label, a.int("axis", 0), x.rank())?;
+            let axis = norm_axis(label, a.int("axis", 0), x.rank())?;
             let n = node.output.len();
             let split = if opset >= 13 && args.len() > 1 {
                 args[1].ints()
@@ -535,9 +279,10 @@ pub fn infer(node: &NodeProto, args: &[Arg], opset: i64) -> Result<Vec<Out>> {
 
 /// Evaluates `node` when its result is a constant: all inputs constant (or, for `Shape`,
 /// only the input's shape known). Returns `None` for ops that are not evaluated.
-pub fn eval(node: &NodeProto, args: &[Arg], outs: &[Out], opset: i64) -> Result<Option<Vec<Data>>> {
-    let op = node.op_type();
-    let label = node_label(node);
+pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
+    let (node, args, opset) = (n.proto, n.args, n.opset);
+    let op = n.op();
+    let label = n.label.as_str();
     if op == "Shape" {
         let r = args[0].rank() as i64;
         let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
@@ -638,7 +383,7 @@ pub fn eval(node: &NodeProto, args: &[Arg], outs: &[Out], opset: i64) -> Result<
                 .into_owned()
         }
         "Gather" => {
-            let axis = norm_axis(&label, a.int("axis", 0), x.ndim())?;
+            let axis = norm_axis(label, a.int("axis", 0), x.ndim())?;
             let idx = args[1].ints().expect("constant");
             let len = x.shape()[axis] as i64;
             let idx: Vec<usize> = idx
@@ -654,16 +399,16 @@ pub fn eval(node: &NodeProto, args: &[Arg], outs: &[Out], opset: i64) -> Result<
                 .map_err(|e| err!("node '{label}': {e}"))?
         }
         "Concat" => {
-            let axis = norm_axis(&label, a.int("axis", 0), x.ndim())?;
+            let axis = norm_axis(label, a.int("axis", 0), x.ndim())?;
             let parts: Vec<ArrayD<f64>> = (0..args.len()).map(arr).collect();
             let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
             ndarray::concatenate(Axis(axis), &views).map_err(|e| err!("node '{label}': {e}"))?
         }
         "Slice" => {
-            let (starts, ends, axes, steps) = slice_params(node, &a, args, opset, &label)?;
+            let (starts, ends, axes, steps) = slice_params(node, &a, args, opset, label)?;
             let mut y = x;
             for i in 0..starts.len() {
-                let ax = norm_axis(&label, axes[i], y.ndim())?;
+                let ax = norm_axis(label, axes[i], y.ndim())?;
                 let (lo, hi, step) = slice_range(starts[i], ends[i], steps[i], y.shape()[ax]);
                 let picked: Vec<usize> = (0..slice_len(lo, hi, step))
                     .map(|j| (lo + j as i64 * step) as usize)
@@ -750,6 +495,64 @@ pub fn eval(node: &NodeProto, args: &[Arg], outs: &[Out], opset: i64) -> Result<
     Ok(Some(vec![to_data(&result, outs[0].1)]))
 }
 
+/// The outputs of a pool over a window (`kernel_shape`, `ceil_mode`): the pooled values,
+/// and the indices when the node asks for them.
+pub fn pool_shape(n: &OnnxNode) -> Result<Vec<Out>> {
+    let (node, a, label, op) = (n.proto, &n.attrs, n.label.as_str(), n.op());
+    let x = n.arg(0)?;
+    let kernel = usizes(&a.ints("kernel_shape").unwrap_or_default());
+    if kernel.len() + 2 != x.rank() {
+        bail!(
+            "node '{label}' ({op}): kernel_shape {kernel:?} does not fit input rank {}",
+            x.rank()
+        );
+    }
+    let ceil = a.int("ceil_mode", 0) != 0;
+    let (spatial, _) = spatial_out(label, a, &x.shape[2..], &kernel, ceil)?;
+    let mut s = x.shape[..2].to_vec();
+    s.extend(spatial);
+    let mut outs = vec![(s.clone(), DType::F32)];
+    if node.output.len() > 1 {
+        outs.push((s, DType::I64));
+    }
+    Ok(outs)
+}
+
+/// The output of a reduction over `axes` (an attribute or, in newer opsets, an input).
+pub fn reduce_shape(n: &OnnxNode) -> Result<Vec<Out>> {
+    let (node, args, opset, a, label, op) =
+        (n.proto, n.args, n.opset, &n.attrs, n.label.as_str(), n.op());
+    let x = n.arg(0)?;
+    let keep = a.int("keepdims", 1) != 0;
+    let axes = reduce_axes(node, a, args, opset)?;
+    let axes: Vec<usize> = match axes {
+        Some(ax) => ax
+            .iter()
+            .map(|&v| norm_axis(label, v, x.rank()))
+            .collect::<Result<_>>()?,
+        None if a.int("noop_with_empty_axes", 0) != 0 => vec![],
+        None => (0..x.rank()).collect(),
+    };
+    let mut s = vec![];
+    for (i, &d) in x.shape.iter().enumerate() {
+        if axes.contains(&i) {
+            if keep {
+                s.push(1);
+            }
+        } else {
+            s.push(d);
+        }
+    }
+    Ok(vec![(
+        s,
+        if op.starts_with("Arg") {
+            DType::I64
+        } else {
+            x.dtype
+        },
+    )])
+}
+
 fn to_data(a: &ArrayD<f64>, dtype: DType) -> Data {
     match dtype {
         DType::I64 => Data::I64(a.iter().map(|&v| v as i64).collect::<Vec<_>>().into()),
@@ -770,7 +573,7 @@ fn reduce_axes(node: &NodeProto, a: &Attrs, args: &[Arg], opset: i64) -> Result<
                 Some(v) => Ok(Some(v)),
                 None => bail!(
                     "node '{}' ({}): its axes input must be constant",
-                    node_label(node),
+                    super::node_label(node),
                     node.op_type()
                 ),
             },
@@ -886,7 +689,7 @@ pub fn broadcast(label: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn matmul_shape(label: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+pub fn matmul_shape(label: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let (mut a2, mut b2) = (a.to_vec(), b.to_vec());
     if a2.len() == 1 {
         a2.insert(0, 1);
@@ -909,7 +712,12 @@ fn matmul_shape(label: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
-fn reshape_shape(label: &str, x: &[usize], target: &[i64], allowzero: bool) -> Result<Vec<usize>> {
+pub fn reshape_shape(
+    label: &str,
+    x: &[usize],
+    target: &[i64],
+    allowzero: bool,
+) -> Result<Vec<usize>> {
     let numel: usize = x.iter().product();
     let mut out = Vec::with_capacity(target.len());
     let mut infer = None;
@@ -1003,4 +811,8 @@ pub fn spatial_out(
         out[i] = o;
     }
     Ok((out, pads))
+}
+
+pub fn u32s(v: &[usize]) -> Vec<u32> {
+    v.iter().map(|&d| d as u32).collect()
 }

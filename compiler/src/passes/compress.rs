@@ -11,7 +11,6 @@
 //! Layers are what `--layers` counts (convs; dense layers in models without convs); other
 //! parameterized ops after them (a conv net's classifier) keep their inputs as they are.
 
-use super::autodiff::emit;
 use crate::ir::{Graph, NodeOp, Role, Tensor, TensorId};
 use actc_runtime::ops::{self, Compressor, Kind, Method};
 use actc_runtime::plan::{DType, Phase};
@@ -171,8 +170,7 @@ fn wrap(graph: &mut Graph, n: NodeIndex, c: Compressor) {
             ..Tensor::value(format!("{x_name}.factors"), vec![c.state_len()], DType::F32)
         }));
     }
-    let packed = emit(
-        graph,
+    let packed = graph.push(
         format!("{layer}/compress_input"),
         Kind::Compress(c.clone()),
         inputs,
@@ -185,8 +183,7 @@ fn wrap(graph: &mut Graph, n: NodeIndex, c: Compressor) {
         graph.tensor(x).shape.clone(),
         DType::F32,
     );
-    let x_hat = emit(
-        graph,
+    let x_hat = graph.push(
         format!("{layer}/decompress_input"),
         Kind::Decompress(c),
         vec![packed],
@@ -280,8 +277,7 @@ fn masks(graph: &mut Graph) {
             vec![numel.div_ceil(32)],
             DType::U32,
         );
-        let mask = emit(
-            graph,
+        let mask = graph.push(
             format!("{}/pass_mask", origin.clone().unwrap_or_default()),
             Kind::PassMask(bounds),
             vec![x],

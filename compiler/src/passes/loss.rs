@@ -1,6 +1,5 @@
 //! The loss appended to the chosen output, and the seed of the backward pass.
 
-use super::autodiff::{emit, gradient_of};
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, NodeOp, Role, Tensor, TensorId};
@@ -50,8 +49,7 @@ pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Resul
                 ..Tensor::value("labels", vec![shape[0]], DType::U32)
             });
             let probs = Tensor::value(format!("{name}.probabilities"), shape.clone(), DType::F32);
-            let ids = emit(
-                graph,
+            let ids = graph.push(
                 "loss/cross_entropy".into(),
                 Kind::SoftmaxCrossEntropy(Empty {}),
                 vec![out, label],
@@ -59,9 +57,8 @@ pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Resul
                 Phase::Loss,
                 origin.clone(),
             );
-            let seed = gradient_of(graph, out);
-            let seed = emit(
-                graph,
+            let seed = graph.gradient_tensor(out, "grad");
+            let seed = graph.push(
                 "loss/cross_entropy_grad".into(),
                 Kind::SoftmaxCrossEntropyBackward(Empty {}),
                 vec![ids[1], label],
@@ -81,8 +78,7 @@ pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Resul
                 role: Role::Label,
                 ..Tensor::value("targets", shape.clone(), DType::F32)
             });
-            let loss = emit(
-                graph,
+            let loss = graph.push(
                 "loss/mse".into(),
                 Kind::Mse(Empty {}),
                 vec![out, label],
@@ -90,9 +86,8 @@ pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Resul
                 Phase::Loss,
                 origin.clone(),
             )[0];
-            let seed = gradient_of(graph, out);
-            let seed = emit(
-                graph,
+            let seed = graph.gradient_tensor(out, "grad");
+            let seed = graph.push(
                 "loss/mse_grad".into(),
                 Kind::MseBackward(Empty {}),
                 vec![out, label],

@@ -9,3 +9,4 @@ pub mod optim;
 pub mod prefix;
 pub mod schedule;
 pub mod select;
+pub mod split;

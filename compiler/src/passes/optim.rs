@@ -1,7 +1,6 @@
 //! Optimizer update nodes: one per trainable weight, reading its gradient and writing the
 //! weight and its optimizer state in place.
 
-use super::autodiff::emit;
 use crate::ir::{Graph, Node, NodeOp, Role, Tensor, TensorId};
 use actc_runtime::exec::geom;
 use actc_runtime::ops::{self, Kind};
@@ -28,8 +27,7 @@ pub fn append_updates(
     let scale = clip_grad_norm.map(|max_norm| {
         let t = Tensor::value("grad_norm_scale", vec![1], DType::F32);
         let inputs = grads.iter().map(|&(_, g)| g).collect();
-        emit(
-            graph,
+        graph.push(
             "clip_grad_norm".into(),
             Kind::GradNorm(ops::Scale { scale: max_norm }),
             inputs,

@@ -4,27 +4,29 @@
 //! The prefix is inference only: nothing in it is differentiated, saved or compressed. It
 //! runs in micro-batches of `m` samples (m divides the batch): its activations are the
 //! largest tensors of the whole model (the first layers' maps), and at the full batch they
-//! would set the arena's peak many times over what training needs. So the prefix is
-//! imported again at batch `m`, and the runtime runs it `batch / m` times per step, copying
-//! each micro-batch's boundary tensors into the full-batch ones. Inference allows folding: a
-//! BatchNormalization right after a conv goes into its weights, a Relu or Clip into its
-//! output (`ConvClip`).
+//! would set the arena's peak many times over what training needs. So `split`'s prefix is
+//! re-batched to `m` (every value whose leading axis is the batch gets `m` there, and the
+//! verifier checks each op's shape rule still holds), and the runtime runs it `batch / m`
+//! times per step, copying each micro-batch's boundary tensors into the full-batch ones.
+//! Inference allows folding: a BatchNormalization right after a conv goes into its weights,
+//! a Relu or Clip into its output (`ConvClip`).
 
-use super::{emit, schedule};
+use super::memplan::{self, Request};
+use super::schedule;
+use super::split::Prefix;
 use crate::bail;
 use crate::error::Result;
+use crate::ir::verify::verify;
 use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
-use crate::onnx::import::{InputShape, import};
-use crate::onnx::proto::ModelProto;
+use crate::ops;
 use actc_runtime::exec::geom;
 use actc_runtime::kernels::chain;
 use actc_runtime::kernels::conv::Conv2dGeom;
 use actc_runtime::kernels::norm::{self, BatchNormParams};
-use actc_runtime::ops::{self, Kind};
+use actc_runtime::ops::{self as rt, Kind};
 use actc_runtime::plan::Phase;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeSet;
-use std::path::Path;
 
 /// Who runs the frozen prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,40 +46,21 @@ pub struct PrefixGraph {
     outputs: Vec<TensorId>,
 }
 
-/// The prefix that computes the `boundary` tensors of `model` with input shape `shape` (the
-/// batch being the micro-batch), its fused chains laid out for `lanes` threads. `None` when `runner` is auto and a prefix op has no actc
-/// kernel: tract runs the prefix then.
+/// The prefix at micro-batch `m` (of the compiled `batch`), its fused chains laid out for
+/// `lanes` threads. `Ok(None)` when `runner` is auto and a prefix op has no actc kernel
+/// (tract runs the prefix then), or when the prefix cannot run on part of the batch.
 pub fn build(
-    model: &ModelProto,
-    dir: &Path,
-    shape: &[usize],
-    boundary: &[String],
+    prefix: &Prefix,
+    batch: usize,
+    m: usize,
     runner: PrefixRunner,
     lanes: usize,
 ) -> Result<Option<PrefixGraph>> {
-    let fix = InputShape {
-        shape: Some(shape.to_vec()),
-        batch: None,
-    };
-    let imported = import(model.clone(), dir, &fix)?;
-    let mut graph = imported.graph;
-    let outputs = boundary
-        .iter()
-        .map(|name| {
-            graph.find_tensor(name).ok_or_else(|| {
-                crate::err!("the prefix at batch {} has no tensor '{name}'", shape[0])
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let keep = graph.ancestors_of(&outputs);
-    let order: Vec<_> = graph
+    let mut graph = prefix.graph.clone();
+    if let Some(n) = graph
         .topo_order()
         .into_iter()
-        .filter(|n| keep.contains(n))
-        .collect();
-    if let Some(&n) = order
-        .iter()
-        .find(|&&n| matches!(graph.nodes[n].op, NodeOp::Onnx(_)))
+        .find(|&n| matches!(graph.nodes[n].op, NodeOp::Onnx(_)))
     {
         if runner == PrefixRunner::Auto {
             return Ok(None);
@@ -88,24 +71,37 @@ pub fn build(
             graph.nodes[n].op_name()
         );
     }
-    let doomed: Vec<_> = graph
-        .nodes
-        .node_indices()
-        .filter(|n| !keep.contains(n))
-        .collect();
-    for n in doomed {
-        graph.remove_node(n);
+    if m != batch && rebatch(&mut graph, batch, m).is_err() {
+        return Ok(None);
     }
-    graph.inputs = vec![imported.input];
-    graph.outputs = outputs;
     fold_batch_norms(&mut graph);
     fuse_activations(&mut graph);
     fuse_chains(&mut graph, lanes);
     Ok(Some(PrefixGraph {
         outputs: graph.outputs.clone(),
-        input: imported.input,
+        input: prefix.input,
         graph,
     }))
+}
+
+/// Gives every computed tensor whose leading axis is the batch `m` samples there. An op that
+/// combines samples, or a shape rule that no longer holds, makes it an error.
+fn rebatch(graph: &mut Graph, batch: usize, m: usize) -> std::result::Result<(), String> {
+    for n in graph.nodes.node_indices() {
+        let node = &graph.nodes[n];
+        if ops::kernel(node).is_some_and(|k| ops::room_of(k).mixes_batch(k)) {
+            return Err(format!(
+                "node '{}' combines the samples of a batch",
+                node.name
+            ));
+        }
+    }
+    for t in graph.tensors.iter_mut() {
+        if t.data.is_none() && t.shape.first() == Some(&batch) {
+            t.shape[0] = m;
+        }
+    }
+    verify(graph)
 }
 
 /// The one node reading conv `c`'s output, when that output is not a graph output.
@@ -193,7 +189,7 @@ fn fuse_activations(graph: &mut Graph) {
             continue;
         };
         let clip = match &graph.nodes[act].op {
-            NodeOp::Kernel(Kind::Relu(_)) => ops::Clip {
+            NodeOp::Kernel(Kind::Relu(_)) => rt::Clip {
                 min: 0.0,
                 max: f32::INFINITY,
             },
@@ -203,7 +199,8 @@ fn fuse_activations(graph: &mut Graph) {
         let NodeOp::Kernel(Kind::Conv(conv)) = graph.nodes[c].op.clone() else {
             unreachable!("convs() lists convs")
         };
-        graph.nodes[c].op = NodeOp::Kernel(Kind::ConvClip(ops::ConvClip {
+        graph.nodes[c].source = None;
+        graph.nodes[c].op = NodeOp::Kernel(Kind::ConvClip(rt::ConvClip {
             conv: Some(conv),
             clip: Some(clip),
         }));
@@ -212,7 +209,7 @@ fn fuse_activations(graph: &mut Graph) {
 }
 
 /// A conv node's geometry (the conv and its input and weight shapes) and its clip.
-fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(ops::Conv, Option<ops::Clip>, Conv2dGeom)> {
+fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(rt::Conv, Option<rt::Clip>, Conv2dGeom)> {
     let node = &graph.nodes[n];
     let (conv, clip) = match &node.op {
         NodeOp::Kernel(Kind::Conv(c)) => (c.clone(), None),
@@ -290,7 +287,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
         for (&n, (conv, clip)) in nodes.iter().zip(stages) {
             let node = &graph.nodes[n];
             inputs.extend(&node.inputs[1..]);
-            chained.push(ops::ChainStage {
+            chained.push(rt::ChainStage {
                 conv: Some(conv),
                 bias: node.inputs.len() > 2,
                 clip,
@@ -301,13 +298,13 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
             out = graph.nodes[a].outputs[0];
         }
         let name = format!("{} → {}", graph.nodes[first].name, graph.nodes[ends].name);
-        let (phase, source) = (graph.nodes[first].phase, graph.nodes[first].source);
+        let phase = graph.nodes[first].phase;
         for n in nodes.into_iter().chain(add) {
             graph.remove_node(n);
         }
         graph.add_node_in_place(Node {
             name,
-            op: NodeOp::Kernel(Kind::ConvChain(ops::ConvChain {
+            op: NodeOp::Kernel(Kind::ConvChain(rt::ConvChain {
                 stages: chained,
                 residual: add.is_some(),
                 rows: rows as u32,
@@ -316,7 +313,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
             inputs,
             outputs: vec![out],
             phase,
-            source,
+            source: None,
             origin: None,
         });
     }
@@ -327,17 +324,14 @@ impl PrefixGraph {
     pub fn arena(&self) -> u64 {
         let order = schedule::schedule(&self.graph);
         let none = BTreeSet::new();
-        emit::emit(
-            &self.graph,
-            &order,
-            &none,
-            &none,
-            &[self.input],
-            &self.outputs,
-            1,
-        )
-        .memory
-        .arena
+        let req = Request {
+            saved: &none,
+            weight_grads: &none,
+            feeds: &[self.input],
+            keep_alive: &self.outputs,
+            prefix_lanes: 1,
+        };
+        memplan::layout(&self.graph, &order, &req).memory.arena
     }
 
     /// Copies the prefix into `graph` (the training graph) in phase `Prefix`. Returns its

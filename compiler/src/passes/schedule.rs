@@ -7,8 +7,8 @@
 //! A frozen prefix on actc's kernels goes before everything else, as one block the runtime
 //! can skip when the boundary tensors come from the cache.
 
-use crate::ir::{Graph, NodeOp};
-use actc_runtime::ops::Kind;
+use crate::ir::Graph;
+use crate::ops;
 use actc_runtime::plan::Phase;
 use petgraph::stable_graph::NodeIndex;
 use std::cmp::Reverse;
@@ -27,11 +27,7 @@ pub fn schedule(graph: &Graph) -> Vec<NodeIndex> {
     }
     let urgent = |n: NodeIndex| {
         let node = &graph.nodes[n];
-        node.phase == Phase::Update
-            || matches!(
-                node.op,
-                NodeOp::Kernel(Kind::Compress(_) | Kind::PassMask(_))
-            )
+        node.phase == Phase::Update || ops::kernel(node).is_some_and(|k| ops::room_of(k).urgent(k))
     };
     let prefix = |n: NodeIndex| graph.nodes[n].phase == Phase::Prefix;
     let key = |n: NodeIndex| Reverse((!prefix(n), !urgent(n), n));

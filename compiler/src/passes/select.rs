@@ -8,8 +8,8 @@
 
 use crate::bail;
 use crate::error::Result;
-use crate::ir::{Graph, NodeOp, Role, TensorId};
-use actc_runtime::ops::Kind;
+use crate::ir::{Graph, Role, TensorId};
+use crate::ops::{self, LayerClass};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -60,14 +60,17 @@ pub struct Selection {
     pub total_layers: usize,
     pub layer_op: String,
     pub trained: Vec<TrainedLayer>,
-    /// Names of the boundary tensors, for the prefix sub-model.
+    /// Names of the boundary tensors: what the frozen prefix computes, the suffix starts from.
     pub boundary: Vec<String>,
     pub output: TensorId,
+    /// The boundary tensors, in the order of the names.
+    pub(crate) boundary_ids: Vec<TensorId>,
+    /// The trainable suffix: every node whose value depends on a trainable weight.
+    pub(crate) suffix: BTreeSet<NodeIndex>,
 }
 
-/// Chooses the trained output, prunes everything else, and cuts the graph at the boundary:
-/// afterwards `graph` holds only the suffix, its inputs are the boundary tensors and its one
-/// output is the chosen model output.
+/// Chooses the trained output, the trained layers and the suffix, marks the trained weights
+/// trainable, and finds the boundary tensors (`split` then cuts the graph there).
 pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result<Selection> {
     let out = choose_output(graph, output)?;
     let needed = graph.ancestors_of(&[out]);
@@ -138,19 +141,6 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
         }
     }
     boundary.sort_unstable();
-    let doomed: Vec<NodeIndex> = graph
-        .nodes
-        .node_indices()
-        .filter(|n| !suffix.nodes.contains(n))
-        .collect();
-    for n in doomed {
-        graph.remove_node(n);
-    }
-    for &t in &boundary {
-        graph.tensor_mut(t).role = Role::Input;
-    }
-    graph.inputs = boundary.clone();
-    graph.outputs = vec![out];
     Ok(Selection {
         total_layers: count,
         layer_op: all_layers[0].1.clone(),
@@ -160,6 +150,8 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
             .map(|&t| graph.tensor(t).name.clone())
             .collect(),
         output: out,
+        boundary_ids: boundary,
+        suffix: suffix.nodes,
     })
 }
 
@@ -196,45 +188,25 @@ fn choose_output(graph: &Graph, output: Option<&str>) -> Result<TensorId> {
 }
 
 fn find_layers(graph: &Graph, order: &[NodeIndex]) -> Vec<(NodeIndex, String)> {
-    let convs: Vec<_> = order
-        .iter()
-        .filter(|&&n| {
-            matches!(&graph.nodes[n].op, NodeOp::Kernel(Kind::Conv(_)))
-                || graph.nodes[n].op == NodeOp::Onnx("Conv".into())
-        })
-        .map(|&n| (n, "Conv".to_string()))
-        .collect();
-    if !convs.is_empty() {
-        return convs;
+    let of_class = |class: LayerClass| -> Vec<(NodeIndex, String)> {
+        order
+            .iter()
+            .filter(|&&n| ops::layer_class(graph, &graph.nodes[n]) == Some(class))
+            .map(|&n| (n, graph.nodes[n].op_name()))
+            .collect()
+    };
+    let convs = of_class(LayerClass::Conv);
+    if convs.is_empty() {
+        of_class(LayerClass::Dense)
+    } else {
+        convs
     }
-    order
-        .iter()
-        .filter(|&&n| {
-            matches!(
-                &graph.nodes[n].op,
-                NodeOp::Kernel(Kind::Gemm(_) | Kind::MatMul(_))
-            ) && !params_of(graph, n).is_empty()
-        })
-        .map(|&n| (n, graph.nodes[n].op_name()))
-        .collect()
 }
 
 /// The constant inputs of a parameterized node: what training updates.
 pub fn params_of(graph: &Graph, node: NodeIndex) -> Vec<TensorId> {
     let n = &graph.nodes[node];
-    let candidates: &[usize] = match &n.op {
-        NodeOp::Kernel(Kind::Conv(_)) => &[1, 2],
-        NodeOp::Kernel(Kind::Gemm(_)) => &[0, 1, 2],
-        NodeOp::Kernel(Kind::MatMul(_) | Kind::PRelu(_)) => &[1],
-        _ => &[],
-    };
-    candidates
-        .iter()
-        .filter_map(|&i| n.inputs.get(i).copied())
-        .filter(|&t| {
-            graph.tensor(t).is_const() && graph.tensor(t).dtype == actc_runtime::plan::DType::F32
-        })
-        .collect()
+    ops::kernel(n).map_or_else(Vec::new, |k| ops::params_of(graph, k, n))
 }
 
 struct Suffix {
@@ -268,49 +240,9 @@ fn suffix_for(
         .filter(|x| within.contains(x))
         .collect();
     for &node in order.iter().filter(|x| nodes.contains(x)) {
-        if !differentiable(graph, node) {
+        if !ops::differentiable(graph, &graph.nodes[node]) {
             return Err(node);
         }
     }
     Ok(Suffix { trainable, nodes })
-}
-
-fn differentiable(graph: &Graph, node: NodeIndex) -> bool {
-    let n = &graph.nodes[node];
-    match &n.op {
-        NodeOp::Onnx(_) => false,
-        // dA/dB of a quotient by a computed tensor is not implemented; by a constant it is.
-        NodeOp::Kernel(Kind::Div(_)) => graph.tensor(n.inputs[1]).is_const(),
-        NodeOp::Kernel(k) => is_forward(k),
-    }
-}
-
-fn is_forward(k: &Kind) -> bool {
-    matches!(
-        k,
-        Kind::Conv(_)
-            | Kind::Gemm(_)
-            | Kind::MatMul(_)
-            | Kind::BatchNorm(_)
-            | Kind::Relu(_)
-            | Kind::Clip(_)
-            | Kind::LeakyRelu(_)
-            | Kind::PRelu(_)
-            | Kind::Sigmoid(_)
-            | Kind::HardSigmoid(_)
-            | Kind::HardSwish(_)
-            | Kind::Add(_)
-            | Kind::Sub(_)
-            | Kind::Mul(_)
-            | Kind::Div(_)
-            | Kind::Concat(_)
-            | Kind::Reshape(_)
-            | Kind::Transpose(_)
-            | Kind::GlobalAveragePool(_)
-            | Kind::AveragePool(_)
-            | Kind::MaxPool(_)
-            | Kind::ReduceMean(_)
-            | Kind::Pad(_)
-            | Kind::Softmax(_)
-    )
 }

@@ -1,0 +1,306 @@
+//! The graph: nodes over tensors, with edges kept in step with each node's inputs.
+
+use super::tensor::{Tensor, TensorId};
+use crate::onnx::proto::NodeProto;
+use actc_runtime::ops::Kind;
+use actc_runtime::plan::Phase;
+use petgraph::Direction;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+/// What a node computes: one of the runtime's operations, or an ONNX op that actc can only
+/// run in the frozen prefix (through tract) and never differentiates.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a graph has hundreds of nodes: a few hundred bytes each is nothing
+pub enum NodeOp {
+    Kernel(Kind),
+    /// The ONNX node as written (op type, domain, attributes).
+    Onnx(Arc<NodeProto>),
+}
+
+/// The ONNX node an IR node or folded constant came from, with the IR tensor of each of its
+/// inputs (`None` for an omitted optional input).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnnxSource {
+    pub proto: Arc<NodeProto>,
+    pub inputs: Vec<Option<TensorId>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: NodeOp,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+    pub phase: Phase,
+    /// The ONNX node this was imported from, as long as no pass has changed it.
+    pub source: Option<Arc<OnnxSource>>,
+    /// For a backward, loss or update node: the forward node it serves (for reports).
+    pub origin: Option<String>,
+}
+
+impl Node {
+    pub fn op_name(&self) -> String {
+        match &self.op {
+            NodeOp::Kernel(k) => kind_name(k),
+            NodeOp::Onnx(p) => p.op_type().to_string(),
+        }
+    }
+}
+
+/// The variant name of a kernel, e.g. `ConvBackwardData`.
+pub fn kind_name(kind: &Kind) -> String {
+    let debug = format!("{kind:?}");
+    debug.split('(').next().unwrap_or(&debug).to_string()
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub nodes: StableDiGraph<Node, TensorId>,
+    pub tensors: Vec<Tensor>,
+    producer: Vec<Option<NodeIndex>>,
+    pub inputs: Vec<TensorId>,
+    pub outputs: Vec<TensorId>,
+}
+
+impl Graph {
+    pub fn add_tensor(&mut self, tensor: Tensor) -> TensorId {
+        self.tensors.push(tensor);
+        self.producer.push(None);
+        self.tensors.len() - 1
+    }
+
+    pub fn tensor(&self, id: TensorId) -> &Tensor {
+        &self.tensors[id]
+    }
+
+    pub fn tensor_mut(&mut self, id: TensorId) -> &mut Tensor {
+        &mut self.tensors[id]
+    }
+
+    pub fn add_node(&mut self, node: Node) -> NodeIndex {
+        let inputs = node.inputs.clone();
+        let outputs = node.outputs.clone();
+        let idx = self.nodes.add_node(node);
+        for t in inputs {
+            if let Some(p) = self.producer[t] {
+                self.nodes.add_edge(p, idx, t);
+            }
+        }
+        for t in outputs {
+            debug_assert!(self.producer[t].is_none(), "tensor {t} produced twice");
+            self.producer[t] = Some(idx);
+        }
+        idx
+    }
+
+    /// Adds `node` in place of removed nodes whose outputs it takes over: edges from its
+    /// inputs' producers, as [`Graph::add_node`], and to the nodes already reading them.
+    pub fn add_node_in_place(&mut self, node: Node) -> NodeIndex {
+        let outputs = node.outputs.clone();
+        let idx = self.add_node(node);
+        for t in outputs {
+            let readers: Vec<_> = self.consumers(t).filter(|&c| c != idx).collect();
+            for c in readers {
+                self.nodes.add_edge(idx, c, t);
+            }
+        }
+        idx
+    }
+
+    /// Copies every node of `other` (in topological order, in `phase`) and the tensors they
+    /// use into this graph; returns the new id of each copied tensor.
+    pub fn absorb(&mut self, other: &Graph, phase: Phase) -> BTreeMap<TensorId, TensorId> {
+        self.copy_nodes(other, |_| true, Some(phase))
+    }
+
+    /// A new graph holding copies of `nodes` (in topological order) and the tensors they
+    /// use, and the new id of each copied tensor.
+    pub fn subgraph(&self, nodes: &BTreeSet<NodeIndex>) -> (Graph, BTreeMap<TensorId, TensorId>) {
+        let mut g = Graph::default();
+        let map = g.copy_nodes(self, |n| nodes.contains(&n), None);
+        (g, map)
+    }
+
+    fn copy_nodes(
+        &mut self,
+        other: &Graph,
+        keep: impl Fn(NodeIndex) -> bool,
+        phase: Option<Phase>,
+    ) -> BTreeMap<TensorId, TensorId> {
+        let mut map = BTreeMap::new();
+        for n in other.topo_order().into_iter().filter(|&n| keep(n)) {
+            // The copy's tensor ids are new: what it came from in ONNX no longer applies.
+            let mut node = Node {
+                source: None,
+                ..other.nodes[n].clone()
+            };
+            for t in node.inputs.iter_mut().chain(node.outputs.iter_mut()) {
+                *t = *map.entry(*t).or_insert_with(|| {
+                    self.add_tensor(Tensor {
+                        folded: None,
+                        ..other.tensor(*t).clone()
+                    })
+                });
+            }
+            if let Some(phase) = phase {
+                node.phase = phase;
+            }
+            self.add_node(node);
+        }
+        map
+    }
+
+    /// Gives an existing node one more output.
+    pub fn add_output(&mut self, n: NodeIndex, t: TensorId) {
+        debug_assert!(self.producer[t].is_none(), "tensor {t} produced twice");
+        self.nodes[n].outputs.push(t);
+        self.producer[t] = Some(n);
+    }
+
+    pub fn remove_node(&mut self, idx: NodeIndex) -> Option<Node> {
+        let node = self.nodes.remove_node(idx)?;
+        for &t in &node.outputs {
+            self.producer[t] = None;
+        }
+        Some(node)
+    }
+
+    /// Replaces every use of `old` by `new` in the consumers of `old` (not in its producer).
+    pub fn replace_uses(&mut self, old: TensorId, new: TensorId) {
+        let consumers: Vec<NodeIndex> = self.consumers(old).collect();
+        for c in consumers {
+            self.remove_in_edges(c, old);
+            self.nodes[c].source = None;
+            for input in self.nodes[c].inputs.iter_mut() {
+                if *input == old {
+                    *input = new;
+                }
+            }
+            if let Some(p) = self.producer[new] {
+                self.nodes.add_edge(p, c, new);
+            }
+        }
+        for o in self.outputs.iter_mut() {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    /// Points input `i` of node `n` at `t`, edges included.
+    pub fn set_input(&mut self, n: NodeIndex, i: usize, t: TensorId) {
+        self.nodes[n].source = None;
+        let old = std::mem::replace(&mut self.nodes[n].inputs[i], t);
+        if !self.nodes[n].inputs.contains(&old) {
+            self.remove_in_edges(n, old);
+        }
+        if let Some(p) = self.producer[t] {
+            self.nodes.add_edge(p, n, t);
+        }
+    }
+
+    /// Drops the edges that bring tensor `t` into node `n`.
+    fn remove_in_edges(&mut self, n: NodeIndex, t: TensorId) {
+        let edges: Vec<_> = self
+            .nodes
+            .edges_directed(n, Direction::Incoming)
+            .filter(|e| *e.weight() == t)
+            .map(|e| e.id())
+            .collect();
+        for e in edges {
+            self.nodes.remove_edge(e);
+        }
+    }
+
+    pub fn producer(&self, t: TensorId) -> Option<NodeIndex> {
+        self.producer[t]
+    }
+
+    /// Nodes reading `t`, each once, in index order. Graph inputs and constants have no
+    /// edges, so this scans the nodes.
+    pub fn consumers(&self, t: TensorId) -> impl Iterator<Item = NodeIndex> + '_ {
+        let set: BTreeSet<NodeIndex> = self
+            .nodes
+            .node_indices()
+            .filter(|&n| self.nodes[n].inputs.contains(&t))
+            .collect();
+        set.into_iter()
+    }
+
+    /// Topological order that prefers the lowest node index among the ready nodes, so the
+    /// order is deterministic and follows the order the nodes were built in.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        let mut indegree: Vec<usize> = vec![
+            0;
+            self.nodes
+                .node_indices()
+                .map(|n| n.index() + 1)
+                .max()
+                .unwrap_or(0)
+        ];
+        for n in self.nodes.node_indices() {
+            indegree[n.index()] = self.predecessors(n).len();
+        }
+        let mut ready: BinaryHeap<std::cmp::Reverse<NodeIndex>> = self
+            .nodes
+            .node_indices()
+            .filter(|n| indegree[n.index()] == 0)
+            .map(std::cmp::Reverse)
+            .collect();
+        let mut order = Vec::with_capacity(self.nodes.node_count());
+        while let Some(std::cmp::Reverse(n)) = ready.pop() {
+            order.push(n);
+            for s in self.successors(n) {
+                indegree[s.index()] -= 1;
+                if indegree[s.index()] == 0 {
+                    ready.push(std::cmp::Reverse(s));
+                }
+            }
+        }
+        order
+    }
+
+    /// Distinct producer nodes of `n`'s inputs.
+    pub fn predecessors(&self, n: NodeIndex) -> BTreeSet<NodeIndex> {
+        self.nodes
+            .neighbors_directed(n, Direction::Incoming)
+            .collect()
+    }
+
+    pub fn successors(&self, n: NodeIndex) -> BTreeSet<NodeIndex> {
+        self.nodes
+            .neighbors_directed(n, Direction::Outgoing)
+            .collect()
+    }
+
+    /// All nodes from which one of `targets` can be reached, the producers of targets included.
+    pub fn ancestors_of(&self, targets: &[TensorId]) -> BTreeSet<NodeIndex> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<NodeIndex> = targets.iter().filter_map(|&t| self.producer(t)).collect();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.predecessors(n));
+            }
+        }
+        seen
+    }
+
+    /// `roots` and every node reachable from them.
+    pub fn descendants_of(&self, roots: &[NodeIndex]) -> BTreeSet<NodeIndex> {
+        let mut seen = BTreeSet::new();
+        let mut stack = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if seen.insert(n) {
+                stack.extend(self.successors(n));
+            }
+        }
+        seen
+    }
+
+    pub fn find_tensor(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+}

@@ -1,0 +1,77 @@
+//! The IR verifier: after every pass (debug builds and tests), the graph must still be one
+//! the later passes and the planner can trust. It checks that
+//! - every node reads and writes tensors that exist, and each tensor has at most one
+//!   producer, the one the producer table names;
+//! - every edge carries a tensor its target reads, from that tensor's producer (or, for an
+//!   order edge, from another reader of it), and every read of a produced tensor has its edge;
+//! - the graph is acyclic;
+//! - every runtime op's inputs and outputs have the shapes and types its room's shape rule
+//!   gives them.
+
+use super::graph::{Graph, NodeOp};
+use crate::ops::room_of;
+use petgraph::Direction;
+use petgraph::visit::EdgeRef;
+
+/// `Ok`, or what is wrong, naming the node.
+pub fn verify(graph: &Graph) -> Result<(), String> {
+    let n_tensors = graph.tensors.len();
+    for n in graph.nodes.node_indices() {
+        let node = &graph.nodes[n];
+        let at = |what: String| format!("node '{}' ({}): {what}", node.name, node.op_name());
+        for &t in node.inputs.iter().chain(&node.outputs) {
+            if t >= n_tensors {
+                return Err(at(format!("tensor {t} does not exist")));
+            }
+        }
+        for &t in &node.outputs {
+            if graph.producer(t) != Some(n) {
+                return Err(at(format!(
+                    "writes '{}', whose producer is another node",
+                    graph.tensor(t).name
+                )));
+            }
+        }
+        for &t in &node.inputs {
+            if let Some(p) = graph.producer(t) {
+                let has_edge = graph
+                    .nodes
+                    .edges_directed(n, Direction::Incoming)
+                    .any(|e| e.source() == p && *e.weight() == t);
+                if !has_edge {
+                    return Err(at(format!(
+                        "reads '{}' without an edge from its producer",
+                        graph.tensor(t).name
+                    )));
+                }
+            }
+        }
+        for e in graph.nodes.edges_directed(n, Direction::Incoming) {
+            let t = *e.weight();
+            let from = &graph.nodes[e.source()];
+            let data = graph.producer(t) == Some(e.source());
+            let order = from.inputs.contains(&t);
+            if !node.inputs.contains(&t) || !(data || order) {
+                return Err(at(format!(
+                    "has an edge from '{}' carrying '{}', which it does not read from there",
+                    from.name,
+                    graph.tensors.get(t).map_or("?", |t| t.name.as_str())
+                )));
+            }
+        }
+        if let NodeOp::Kernel(kind) = &node.op {
+            let ins: Vec<_> = node.inputs.iter().map(|&t| graph.tensor(t)).collect();
+            let outs: Vec<_> = node.outputs.iter().map(|&t| graph.tensor(t)).collect();
+            room_of(kind).check(kind, &ins, &outs).map_err(at)?;
+        }
+    }
+    if graph.topo_order().len() != graph.nodes.node_count() {
+        return Err("the graph has a cycle".into());
+    }
+    for &t in graph.inputs.iter().chain(&graph.outputs) {
+        if t >= n_tensors {
+            return Err(format!("graph input or output {t} does not exist"));
+        }
+    }
+    Ok(())
+}

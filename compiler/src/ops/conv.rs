@@ -1,0 +1,222 @@
+//! Convolutions: `Conv` (any group, stride, padding, dilation), its gradients for the
+//! input, weight and bias, and the frozen prefix's fused forms (`ConvClip`, `ConvChain`).
+
+use super::room::{Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, expect, shapes};
+use crate::error::Result;
+use crate::ir::{Graph, Node, Tensor};
+use crate::onnx::shape::{spatial_out, u32s, usizes};
+use crate::onnx::{attr_int, attr_ints};
+use crate::{bail, err};
+use actc_runtime::ops::{self, Empty, Kind};
+use actc_runtime::plan::DType;
+
+pub struct Convs;
+
+impl Room for Convs {
+    fn onnx_ops(&self) -> &'static [&'static str] {
+        &["Conv"]
+    }
+
+    fn owns(&self, kind: &Kind) -> bool {
+        matches!(
+            kind,
+            Kind::Conv(_)
+                | Kind::ConvBackwardData(_)
+                | Kind::ConvBackwardWeight(_)
+                | Kind::BiasGrad(_)
+                | Kind::ConvClip(_)
+                | Kind::ConvChain(_)
+        )
+    }
+
+    fn import(&self, n: &OnnxNode) -> Result<Lowered> {
+        let (x, w) = (n.arg(0)?, n.arg(1)?);
+        let label = &n.label;
+        if x.rank() < 3 || w.rank() != x.rank() {
+            bail!(
+                "node '{label}' (Conv): input rank {} and weight rank {} do not fit",
+                x.rank(),
+                w.rank()
+            );
+        }
+        let group = n.attrs.int("group", 1).max(1) as usize;
+        if x.shape[1] != w.shape[1] * group || w.shape[0] % group != 0 {
+            bail!(
+                "node '{label}' (Conv): input has {} channels but the weight {:?} with group {group} expects {}; check the input shape",
+                x.shape[1],
+                w.shape,
+                w.shape[1] * group
+            );
+        }
+        let (spatial, pads) = spatial_out(label, &n.attrs, &x.shape[2..], &w.shape[2..], false)?;
+        let mut y = vec![x.shape[0], w.shape[0]];
+        y.extend(spatial);
+        let outputs = vec![(y, DType::F32)];
+        if x.rank() != 4 {
+            return Ok(Lowered::onnx(outputs));
+        }
+        let ints = |name: &str| usizes(&n.attrs.ints(name).unwrap_or_else(|| vec![1, 1]));
+        let conv = ops::Conv {
+            kernel: u32s(&w.shape[2..]),
+            strides: u32s(&ints("strides")),
+            pads: u32s(&pads),
+            dilations: u32s(&ints("dilations")),
+            group: group as u32,
+        };
+        let inputs = (0..n.args.len().min(3)).collect();
+        Ok(Lowered::kernel(outputs, Kind::Conv(conv), inputs))
+    }
+
+    fn check(
+        &self,
+        kind: &Kind,
+        ins: &[&Tensor],
+        outs: &[&Tensor],
+    ) -> std::result::Result<(), String> {
+        match kind {
+            Kind::Conv(c) => {
+                let s = shapes(ins, 2)?;
+                expect(outs, &[(forward(c, s[0], s[1])?, DType::F32)])
+            }
+            Kind::ConvClip(cc) => {
+                let c = cc.conv.as_ref().ok_or("no conv attributes")?;
+                let s = shapes(ins, 2)?;
+                expect(outs, &[(forward(c, s[0], s[1])?, DType::F32)])
+            }
+            // dy, w → dx: the conv of dx by w has dy's shape
+            Kind::ConvBackwardData(c) => {
+                let s = shapes(ins, 2)?;
+                let dx = &outs.first().ok_or("no output")?.shape;
+                same(&forward(c, dx, s[1])?, s[0], "dy")
+            }
+            // x, dy → dw
+            Kind::ConvBackwardWeight(c) => {
+                let s = shapes(ins, 2)?;
+                let dw = &outs.first().ok_or("no output")?.shape;
+                same(&forward(c, s[0], dw)?, s[1], "dy")
+            }
+            Kind::BiasGrad(_) => {
+                let dy = shapes(ins, 1)?[0];
+                let c = *dy.get(1).ok_or("dy has no axis 1")?;
+                expect(outs, &[(vec![c], DType::F32)])
+            }
+            Kind::ConvChain(chain) => {
+                let mut x = shapes(ins, 1)?[0].to_vec();
+                let mut at = 1;
+                for stage in &chain.stages {
+                    let c = stage
+                        .conv
+                        .as_ref()
+                        .ok_or("a stage without conv attributes")?;
+                    let w = ins.get(at).ok_or("a stage without its weight")?;
+                    x = forward(c, &x, &w.shape)?;
+                    at += 1 + stage.bias as usize;
+                }
+                if at != ins.len() {
+                    return Err(format!("{} inputs, the stages read {at}", ins.len()));
+                }
+                expect(outs, &[(x, DType::F32)])
+            }
+            _ => Err("not a conv op".into()),
+        }
+    }
+
+    fn params(&self, kind: &Kind) -> &'static [usize] {
+        match kind {
+            Kind::Conv(_) => &[1, 2],
+            _ => &[],
+        }
+    }
+
+    fn layer(&self, _node: &Node, _graph: &Graph) -> Option<LayerClass> {
+        // A conv actc has no kernel for (not 2-D) counts too, so the count is the model's.
+        Some(LayerClass::Conv)
+    }
+
+    fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
+        matches!(kind, Kind::Conv(_))
+    }
+
+    fn backward(&self, kind: &Kind, ad: &mut Backward) {
+        let Kind::Conv(c) = kind else {
+            unreachable!("only Conv is differentiable")
+        };
+        let dy = ad.dy;
+        if ad.needs(0) {
+            let k = Kind::ConvBackwardData(c.clone());
+            ad.grad(0, "grad_input", k, vec![dy, ad.input(1)]);
+        }
+        if ad.needs(1) {
+            let k = Kind::ConvBackwardWeight(c.clone());
+            ad.grad(1, "grad_weight", k, vec![ad.input(0), dy]);
+        }
+        if ad.needs(2) {
+            ad.grad(2, "grad_bias", Kind::BiasGrad(Empty {}), vec![dy]);
+        }
+    }
+
+    fn to_onnx(&self, kind: &Kind, out: &mut OnnxOut) -> std::result::Result<(), String> {
+        let Kind::Conv(c) = kind else {
+            return Err("only Conv has an ONNX form".into());
+        };
+        let i64s = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
+        let attrs = vec![
+            attr_ints("kernel_shape", &i64s(&c.kernel)),
+            attr_ints("strides", &i64s(&c.strides)),
+            attr_ints("pads", &i64s(&c.pads)),
+            attr_ints("dilations", &i64s(&c.dilations)),
+            attr_int("group", c.group as i64),
+        ];
+        out.node("Conv", out.inputs(), attrs);
+        Ok(())
+    }
+
+    fn flops(&self, kind: &Kind, ins: &[&[u64]], outs: &[&[u64]]) -> u64 {
+        let numel = |s: Option<&&[u64]>| s.map_or(0, |s| s.iter().product::<u64>());
+        let per_tap = |w: Option<&&[u64]>| w.map_or(0, |w| w.iter().skip(1).product::<u64>());
+        match kind {
+            Kind::Conv(_) => 2 * numel(outs.first()) * per_tap(ins.get(1)),
+            Kind::ConvBackwardData(_) => 2 * numel(ins.first()) * per_tap(ins.get(1)),
+            Kind::ConvBackwardWeight(_) => 2 * numel(ins.get(1)) * per_tap(outs.first()),
+            _ => numel(outs.first()).max(numel(ins.first())),
+        }
+    }
+}
+
+/// The output shape of conv `c` over input `x` with weight `w`.
+fn forward(c: &ops::Conv, x: &[usize], w: &[usize]) -> std::result::Result<Vec<usize>, String> {
+    let ([n, ci, h, wd], [m, cig, kh, kw]) = (four(x)?, four(w)?);
+    if c.group == 0 || ci != cig * c.group as usize || m % c.group as usize != 0 {
+        return Err(format!(
+            "input {x:?} and weight {w:?} do not fit group {}",
+            c.group
+        ));
+    }
+    if c.kernel[..] != [kh as u32, kw as u32] {
+        return Err(format!("kernel {:?} but weight {w:?}", c.kernel));
+    }
+    let at = |v: &[u32], i: usize| v.get(i).copied().unwrap_or(0) as usize;
+    let len = |size: usize, k: usize, i: usize| -> std::result::Result<usize, String> {
+        let extent = at(&c.dilations, i) * (k - 1) + 1;
+        let span = size + at(&c.pads, i) + at(&c.pads, i + 2);
+        let stride = at(&c.strides, i).max(1);
+        span.checked_sub(extent)
+            .map(|r| r / stride + 1)
+            .ok_or_else(|| err!("padded size {span} is smaller than the kernel extent {extent}").0)
+    };
+    Ok(vec![n, m, len(h, kh, 0)?, len(wd, kw, 1)?])
+}
+
+fn four(s: &[usize]) -> std::result::Result<[usize; 4], String> {
+    s.try_into().map_err(|_| format!("{s:?} is not 4-D"))
+}
+
+fn same(got: &[usize], want: &[usize], what: &str) -> std::result::Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} is {want:?}, the conv's geometry gives {got:?}"
+        ))
+    }
+}

@@ -1,0 +1,201 @@
+//! Dense layers: `Gemm` and `MatMul` (a constant 2-D weight on the right, any leading batch
+//! axes on the left), with their gradients.
+
+use super::room::{Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, expect, kernel, shapes};
+use crate::bail;
+use crate::error::Result;
+use crate::ir::{Graph, Node, Tensor};
+use crate::onnx::shape::matmul_shape;
+use crate::onnx::{attr_float, attr_int};
+use actc_runtime::ops::{self, Empty, Kind};
+use actc_runtime::plan::DType;
+
+pub struct Dense;
+
+impl Room for Dense {
+    fn onnx_ops(&self) -> &'static [&'static str] {
+        &["Gemm", "MatMul"]
+    }
+
+    fn owns(&self, kind: &Kind) -> bool {
+        matches!(
+            kind,
+            Kind::Gemm(_)
+                | Kind::MatMul(_)
+                | Kind::GemmGradA(_)
+                | Kind::GemmGradB(_)
+                | Kind::MatMulGradX(_)
+                | Kind::MatMulGradW(_)
+        )
+    }
+
+    fn import(&self, n: &OnnxNode) -> Result<Lowered> {
+        let (x, w) = (n.arg(0)?, n.arg(1)?);
+        if n.op() == "MatMul" {
+            let outputs = vec![(matmul_shape(&n.label, &x.shape, &w.shape)?, x.dtype)];
+            if w.is_const() && w.rank() == 2 && x.rank() >= 2 {
+                return Ok(Lowered::kernel(outputs, Kind::MatMul(Empty {}), vec![0, 1]));
+            }
+            return Ok(Lowered::onnx(outputs));
+        }
+        if x.rank() != 2 || w.rank() != 2 {
+            bail!(
+                "node '{}' (Gemm): inputs must be 2-D, got {:?} and {:?}",
+                n.label,
+                x.shape,
+                w.shape
+            );
+        }
+        let g = ops::Gemm {
+            trans_a: n.attrs.int("transA", 0) != 0,
+            trans_b: n.attrs.int("transB", 0) != 0,
+            alpha: n.attrs.float("alpha", 1.0),
+            beta: n.attrs.float("beta", 1.0),
+        };
+        let y = match gemm(&g, &x.shape, &w.shape) {
+            Ok(y) => y,
+            Err(e) => bail!("node '{}' (Gemm): {e}", n.label),
+        };
+        let inputs = (0..n.args.len().min(3)).collect();
+        Ok(Lowered::kernel(
+            vec![(y, DType::F32)],
+            Kind::Gemm(g),
+            inputs,
+        ))
+    }
+
+    fn check(
+        &self,
+        kind: &Kind,
+        ins: &[&Tensor],
+        outs: &[&Tensor],
+    ) -> std::result::Result<(), String> {
+        let s = shapes(ins, 2)?;
+        let out = |i: usize| outs.get(i).map(|t| t.shape.as_slice()).ok_or("no output");
+        match kind {
+            Kind::Gemm(g) => expect(outs, &[(gemm(g, s[0], s[1])?, DType::F32)]),
+            // dy, b → da: a product of da and b has dy's shape
+            Kind::GemmGradA(g) => same(&gemm(g, out(0)?, s[1])?, s[0]),
+            // a, dy → db
+            Kind::GemmGradB(g) => same(&gemm(g, s[0], out(0)?)?, s[1]),
+            Kind::MatMul(_) => expect(
+                outs,
+                &[(matmul_shape("", s[0], s[1]).map_err(|e| e.0)?, DType::F32)],
+            ),
+            // dy, w → dx
+            Kind::MatMulGradX(_) => same(&matmul_shape("", out(0)?, s[1]).map_err(|e| e.0)?, s[0]),
+            // x, dy → dw (batch axes summed)
+            Kind::MatMulGradW(_) => {
+                let (x, dy) = (s[0], s[1]);
+                let (k, n) = (
+                    x.last().ok_or("x is a scalar")?,
+                    dy.last().ok_or("dy is a scalar")?,
+                );
+                expect(outs, &[(vec![*k, *n], DType::F32)])
+            }
+            _ => Err("not a dense op".into()),
+        }
+    }
+
+    fn params(&self, kind: &Kind) -> &'static [usize] {
+        match kind {
+            Kind::Gemm(_) => &[0, 1, 2],
+            Kind::MatMul(_) => &[1],
+            _ => &[],
+        }
+    }
+
+    fn layer(&self, node: &Node, graph: &Graph) -> Option<LayerClass> {
+        let kind = kernel(node)?;
+        let has_params = !super::params_of(graph, kind, node).is_empty();
+        (matches!(kind, Kind::Gemm(_) | Kind::MatMul(_)) && has_params).then_some(LayerClass::Dense)
+    }
+
+    fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
+        matches!(kind, Kind::Gemm(_) | Kind::MatMul(_))
+    }
+
+    fn backward(&self, kind: &Kind, ad: &mut Backward) {
+        let dy = ad.dy;
+        let (a, b) = (ad.input(0), ad.input(1));
+        match kind {
+            Kind::Gemm(g) => {
+                if ad.needs(0) {
+                    ad.grad(0, "grad_a", Kind::GemmGradA(g.clone()), vec![dy, b]);
+                }
+                if ad.needs(1) {
+                    ad.grad(1, "grad_b", Kind::GemmGradB(g.clone()), vec![a, dy]);
+                }
+                if ad.needs(2) {
+                    let k = super::elementwise::broadcast_grad(g.beta, 0);
+                    ad.grad(2, "grad_c", k, vec![dy]);
+                }
+            }
+            Kind::MatMul(_) => {
+                if ad.needs(0) {
+                    ad.grad(0, "grad_input", Kind::MatMulGradX(Empty {}), vec![dy, b]);
+                }
+                if ad.needs(1) {
+                    ad.grad(1, "grad_weight", Kind::MatMulGradW(Empty {}), vec![a, dy]);
+                }
+            }
+            _ => unreachable!("only Gemm and MatMul are differentiable"),
+        }
+    }
+
+    fn to_onnx(&self, kind: &Kind, out: &mut OnnxOut) -> std::result::Result<(), String> {
+        match kind {
+            Kind::Gemm(g) => {
+                let attrs = vec![
+                    attr_int("transA", g.trans_a as i64),
+                    attr_int("transB", g.trans_b as i64),
+                    attr_float("alpha", g.alpha),
+                    attr_float("beta", g.beta),
+                ];
+                out.node("Gemm", out.inputs(), attrs);
+            }
+            Kind::MatMul(_) => out.node("MatMul", out.inputs(), vec![]),
+            _ => return Err("gradients have no ONNX form".into()),
+        }
+        Ok(())
+    }
+
+    fn flops(&self, kind: &Kind, ins: &[&[u64]], outs: &[&[u64]]) -> u64 {
+        let numel = |s: Option<&&[u64]>| s.map_or(0, |s| s.iter().product::<u64>());
+        let last = |s: Option<&&[u64]>| s.and_then(|s| s.last().copied()).unwrap_or(1);
+        match kind {
+            Kind::Gemm(g) if g.trans_a => {
+                2 * numel(outs.first()) * ins.first().and_then(|a| a.first().copied()).unwrap_or(1)
+            }
+            Kind::Gemm(_) | Kind::MatMul(_) => 2 * numel(outs.first()) * last(ins.first()),
+            Kind::GemmGradA(_) | Kind::MatMulGradX(_) => {
+                2 * numel(outs.first()) * last(ins.first())
+            }
+            Kind::GemmGradB(_) | Kind::MatMulGradW(_) => 2 * numel(ins.first()) * last(ins.get(1)),
+            _ => numel(outs.first()).max(numel(ins.first())),
+        }
+    }
+}
+
+/// The output shape of Gemm `g` on `a` and `b`.
+fn gemm(g: &ops::Gemm, a: &[usize], b: &[usize]) -> std::result::Result<Vec<usize>, String> {
+    let ([a0, a1], [b0, b1]) = (two(a)?, two(b)?);
+    let (m, k) = if g.trans_a { (a1, a0) } else { (a0, a1) };
+    let (kb, n) = if g.trans_b { (b1, b0) } else { (b0, b1) };
+    if k != kb {
+        return Err(format!("inner dimensions {k} and {kb} differ"));
+    }
+    Ok(vec![m, n])
+}
+
+fn two(s: &[usize]) -> std::result::Result<[usize; 2], String> {
+    s.try_into().map_err(|_| format!("{s:?} is not 2-D"))
+}
+
+fn same(got: &[usize], want: &[usize]) -> std::result::Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("dy is {want:?}, the product gives {got:?}"))
+    }
+}

@@ -1,0 +1,49 @@
+//! `split`: cuts the graph at the boundary `select` found. The frozen prefix (what computes
+//! the boundary tensors from the model input) moves into a graph of its own, for the
+//! `prefix` pass; nodes the chosen output does not need go; the graph left is the trainable
+//! suffix, whose inputs are the boundary tensors and whose one output is the chosen output.
+
+use super::select::Selection;
+use crate::ir::{Graph, Role, TensorId};
+
+/// The frozen prefix at the compiled batch: its graph, model input and boundary tensors
+/// (in the order of the suffix's inputs).
+pub struct Prefix {
+    pub graph: Graph,
+    pub input: TensorId,
+    pub outputs: Vec<TensorId>,
+}
+
+/// Cuts `graph`; returns the prefix, or `None` when training reaches the model input.
+pub fn split(graph: &mut Graph, selection: &Selection, model_input: TensorId) -> Option<Prefix> {
+    let boundary = &selection.boundary_ids;
+    let prefix = if boundary.iter().all(|&b| b == model_input) {
+        None
+    } else {
+        let nodes = graph.ancestors_of(boundary);
+        let (mut sub, map) = graph.subgraph(&nodes);
+        let input = map[&model_input];
+        let outputs: Vec<TensorId> = boundary.iter().map(|b| map[b]).collect();
+        sub.inputs = vec![input];
+        sub.outputs = outputs.clone();
+        Some(Prefix {
+            graph: sub,
+            input,
+            outputs,
+        })
+    };
+    let doomed: Vec<_> = graph
+        .nodes
+        .node_indices()
+        .filter(|n| !selection.suffix.contains(n))
+        .collect();
+    for n in doomed {
+        graph.remove_node(n);
+    }
+    for &t in boundary {
+        graph.tensor_mut(t).role = Role::Input;
+    }
+    graph.inputs = boundary.clone();
+    graph.outputs = vec![selection.output];
+    prefix
+}
