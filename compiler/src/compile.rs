@@ -114,6 +114,7 @@ type Pass = fn(&mut Context) -> Result<()>;
 
 /// The pipeline after import, in order.
 const PASSES: &[(&str, Pass)] = &[
+    ("patterns", rewrite_patterns),
     ("select", select_layers),
     ("onnx", write_onnx),
     ("split", split_prefix),
@@ -245,6 +246,11 @@ impl<'o> Context<'o> {
         };
         memplan::layout(&self.graph, order, &req)
     }
+}
+
+/// Ops written in another spelling (a decomposed pattern) become the one op.
+fn rewrite_patterns(cx: &mut Context) -> Result<()> {
+    crate::ops::rewrite(&mut cx.graph)
 }
 
 fn select_layers(cx: &mut Context) -> Result<()> {

@@ -55,7 +55,6 @@ pub fn infer(n: &OnnxNode) -> Result<Vec<Out>> {
         | "Hardmax"
         | "LRN"
         | "InstanceNormalization"
-        | "LayerNormalization"
         | "Not"
         | "Sign"
         | "Identity"
@@ -69,9 +68,6 @@ pub fn infer(n: &OnnxNode) -> Result<Vec<Out>> {
         | "IsNaN"
         | "IsInf" => {
             let mut outs = same()?;
-            if op == "LayerNormalization" {
-                outs.truncate(1);
-            }
             if matches!(op, "Not" | "IsNaN" | "IsInf") {
                 outs[0].1 = DType::I64;
             }

@@ -54,6 +54,11 @@ pub fn room_for_onnx(op_type: &str) -> Option<&'static dyn Room> {
         .find(|r| r.onnx_ops().contains(&op_type))
 }
 
+/// Each room's [`Room::rewrite`], in turn.
+pub fn rewrite(graph: &mut Graph) -> crate::error::Result<()> {
+    ROOMS.iter().try_for_each(|r| r.rewrite(graph))
+}
+
 /// The variant name of a runtime op, e.g. `ConvBackwardData`: what `inspect` and the IR
 /// text print.
 pub fn op_name(kind: &Kind) -> String {

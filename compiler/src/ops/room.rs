@@ -181,6 +181,12 @@ pub trait Room: Sync {
         numel(outs.first()).max(numel(ins.first()))
     }
 
+    /// Rewrites the imported graph where this room recognises its ops in another spelling
+    /// (a decomposed pattern an older exporter writes for one op).
+    fn rewrite(&self, _graph: &mut Graph) -> Result<()> {
+        Ok(())
+    }
+
     /// Whether the op combines samples of the batch (reduces, normalizes or moves data along
     /// axis 0), so running it on part of the batch would change what it computes.
     fn mixes_batch(&self, _kind: &Kind) -> bool {
