@@ -293,11 +293,19 @@ fn import_node(
         );
     }
 
+    // A runtime op may write more than the node lists (statistics its backward reads): each
+    // output gets a tensor, the unnamed ones named after the first.
+    let kernel = lowered.kernel.is_some();
     let mut out_ids = Vec::with_capacity(outs.len());
-    for (name, (shape, dtype)) in node.output.iter().zip(outs) {
+    for (i, (shape, dtype)) in outs.iter().enumerate() {
+        let name = match node.output.get(i) {
+            Some(n) if !n.is_empty() || !kernel => n.clone(),
+            _ if !kernel => break,
+            _ => format!("{}:{i}", node.output[0]),
+        };
         let id = graph.add_tensor(Tensor::value(name.clone(), shape.clone(), *dtype));
-        if !name.is_empty() {
-            names.insert(name.clone(), id);
+        if node.output.get(i).is_some_and(|n| !n.is_empty()) {
+            names.insert(name, id);
         }
         out_ids.push(id);
     }
