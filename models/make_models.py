@@ -505,6 +505,106 @@ def build_tiny_unsupported():
     check(path, model, [rand_input(21, 3, 3, 8, 8)], expect={"Conv": 2, "Sin": 1, "Gemm": 1})
 
 
+# --------------------------------------------------------------------------- LayerNorm
+
+
+class TinyLayerNorm(nn.Module):
+    """Token model for LayerNormalization: input (batch, 8 tokens, 16 features);
+    Linear 16->16, LayerNorm over the last dim (16,), ReLU, Linear 16->16, LayerNorm over the
+    last two dims (8, 16) (ONNX axis -2), mean over the tokens, Linear 16->10. The two 3-D
+    Linears export as MatMul (constant weight) + Add, the head as Gemm: 3 layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.ln1 = nn.LayerNorm(16, eps=1e-5)
+        self.fc2 = nn.Linear(16, 16)
+        self.ln2 = nn.LayerNorm((8, 16), eps=1e-5)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, input):
+        x = F.relu(self.ln1(self.fc1(input)))
+        x = self.ln2(self.fc2(x))
+        return self.head(x.mean(dim=1))
+
+
+def tiny_layernorm_model():
+    seed_all(13)
+    model = TinyLayerNorm().eval()
+    g = torch.Generator().manual_seed(14)
+    with torch.no_grad():  # fresh LayerNorms are (1, 0): make scale and bias visible
+        for ln in (model.ln1, model.ln2):
+            ln.weight.copy_(torch.rand(ln.weight.shape, generator=g) + 0.5)
+            ln.bias.copy_(torch.randn(ln.bias.shape, generator=g) * 0.2)
+    return model
+
+
+def tiny_layernorm_inputs():
+    return [rand_input(22, 5, 8, 16), rand_input(23, 1, 8, 16)]
+
+
+def assert_float32_only(m: onnx.ModelProto) -> None:
+    """Every initializer, Constant and value (after shape inference) is float32."""
+    FLOAT = onnx.TensorProto.FLOAT
+    for t in m.graph.initializer:
+        assert t.data_type == FLOAT, (t.name, t.data_type)
+    for n in m.graph.node:
+        if n.op_type == "Constant":
+            assert n.attribute[0].t.data_type == FLOAT, n
+    g = onnx.shape_inference.infer_shapes(m, strict_mode=True).graph
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        assert v.type.tensor_type.elem_type == FLOAT, (v.name, v.type)
+
+
+def decomposed_layernorm_params(m: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(scale, bias) of each LayerNorm written as the pre-opset-17 exporters write it:
+    ReduceMean, Sub, Pow(2), ReduceMean, Add(eps), Sqrt, Div, then Mul(Div, scale) and
+    Add(Mul, bias) with scale and bias initializers. Checks the chain that leads to the Div;
+    `make_golden.py` recognises the same pattern (``decomposed_layernorms``)."""
+    inits = {t.name for t in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    op = lambda name: prod[name].op_type if name in prod else None  # noqa: E731
+    found = []
+    for mul in (n for n in m.graph.node if n.op_type == "Mul" and op(n.input[0]) == "Div"):
+        div = prod[mul.input[0]]
+        sub, sqrt = prod.get(div.input[0]), prod.get(div.input[1])
+        add = next(n for n in m.graph.node if n.op_type == "Add" and mul.output[0] in n.input)
+        assert sub.op_type == "Sub" and op(sub.input[1]) == "ReduceMean", sub
+        assert sqrt.op_type == "Sqrt" and op(sqrt.input[0]) == "Add", sqrt
+        var = prod[prod[sqrt.input[0]].input[0]]
+        assert var.op_type == "ReduceMean" and op(var.input[0]) == "Pow", var
+        assert prod[var.input[0]].input[0] == sub.output[0]
+        assert mul.input[1] in inits and add.input[0] == mul.output[0] and add.input[1] in inits
+        found.append((mul.input[1], add.input[1]))
+    return found
+
+
+def build_tiny_layernorm():
+    model = tiny_layernorm_model()
+    path = OUT / "tiny_layernorm.onnx"
+    export_legacy(model, torch.randn(1, 8, 16), path, opset=17, input_dyn=BATCH_DYN)
+    m = check(path, model, tiny_layernorm_inputs(),
+              expect={"LayerNormalization": 2, "MatMul": 2, "Gemm": 1, "ReduceMean": 1})
+    assert_float32_only(m)
+    axes = [next((a.i for a in n.attribute if a.name == "axis"), -1)
+            for n in m.graph.node if n.op_type == "LayerNormalization"]
+    print(f"    LayerNormalization axes: {axes}")
+    assert axes == [-1, -2], axes
+
+
+def build_tiny_layernorm_decomposed():
+    model = tiny_layernorm_model()
+    path = OUT / "tiny_layernorm_decomposed.onnx"
+    export_legacy(model, torch.randn(1, 8, 16), path, opset=13, input_dyn=BATCH_DYN)
+    m = check(path, model, tiny_layernorm_inputs(),
+              expect={"LayerNormalization": 0, "MatMul": 2, "Gemm": 1, "ReduceMean": 5,
+                      "Sub": 2, "Pow": 2, "Sqrt": 2, "Div": 2})
+    assert_float32_only(m)
+    found = decomposed_layernorm_params(m)
+    print(f"    decomposed LayerNorms (scale, bias): {found}")
+    assert found == [("ln1.weight", "ln1.bias"), ("ln2.weight", "ln2.bias")], found
+
+
 # --------------------------------------------------------------------------- tf2onnx style
 
 
@@ -586,6 +686,8 @@ BUILDERS = {
     "tiny_multi_output": build_tiny_multi_output,
     "tiny_unsupported": build_tiny_unsupported,
     "tiny_constants": build_tiny_constants,
+    "tiny_layernorm": build_tiny_layernorm,
+    "tiny_layernorm_decomposed": build_tiny_layernorm_decomposed,
 }
 
 

@@ -58,10 +58,17 @@ CASES = {
     "tiny_cnn": ((3, 16, 16), [1, 4, "all"]),
     "tiny_mlp": ((64,), [1, 2, "all"]),
     "tiny_matmul": ((64,), [1, 2, "all"]),
+    "tiny_layernorm": ((8, 16), [1, 2, "all"]),
+    "tiny_layernorm_decomposed": ((8, 16), [1, 2, "all"]),
 }
+# Models that are the same function with the same weights as another one, written with other
+# ops: their trainable tensors must be the same ones (compared by value, as the exporter
+# names some differently), and their gradients are compared too (index.json `same_as`).
+SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
-              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported"]
+              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
+              "tiny_layernorm", "tiny_layernorm_decomposed"]
 # Size budget: `updated/` tensors are stored only for cases with at most this many trainable
 # values (all but mobilenetv2 layers 4/all and resnet18 layers all); the others hold grads
 # only (updated = w - 0.1*grad, with w from the .onnx).
@@ -83,8 +90,9 @@ def verify_against_ort(name):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    free = onnx.load(str(path))  # the files fix H, W: free them so other sizes run too
-    for d in free.graph.input[0].type.tensor_type.shape.dim[2:]:
+    free = onnx.load(str(path))  # the conv nets fix H, W: free them so other sizes run too
+    dims = free.graph.input[0].type.tensor_type.shape.dim
+    for d in dims[2:] if len(dims) == 4 else []:
         d.Clear()
         d.dim_param = "hw"
     outs = [o.name for o in free.graph.output]
@@ -110,7 +118,7 @@ def verify_against_ort(name):
         report.append({"shape": shape, "max_abs_diff": worst, "max_abs_output": scale,
                        "intermediates": len(inter), "intermediate_max_scaled_diff": inter_rel})
         status = "ok" if worst <= ORT_TOL else "FAIL"
-        print(f"  {name:18s} {str(shape):18s} {outs}: max|torch-ort| {worst:.2e} "
+        print(f"  {name:25s} {str(shape):18s} {outs}: max|torch-ort| {worst:.2e} "
               f"(max|out| {scale:.2f}); {len(inter)} intermediates: max scaled diff "
               f"{inter_rel:.1e}  {status}")
         if worst > ORT_TOL:
@@ -129,7 +137,10 @@ def op_selftest():
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     f32 = lambda *v: np.array(v, dtype=np.float32)  # noqa: E731
     w = rng.standard_normal((6, 1, 3, 2), dtype=np.float32)
-    cases = [  # (label, op, inputs (name->array; first is the data input), attrs, opset)
+    ln_rng = np.random.default_rng(8)  # its own generator: the cases above keep their data
+    ln_s = ln_rng.uniform(0.5, 1.5, 3 * 7 * 9).astype(np.float32)
+    ln_b = ln_rng.standard_normal(3 * 7 * 9, dtype=np.float32)
+    cases = [  # (label, op, inputs (the first is the data input), attrs, opset[, outputs])
         ("Conv asym pads, group 3, dilation", "Conv", [x4, w], dict(pads=[0, 1, 2, 1], group=3, dilations=[2, 1], strides=[1, 2]), 13),
         ("AveragePool ceil, count_include_pad", "AveragePool", [x4], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), 19),
         ("AveragePool ceil, exclude pad", "AveragePool", [x4], dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1), 19),
@@ -175,36 +186,136 @@ def op_selftest():
         ("Cast to int64", "Cast", [x4 * 3], dict(to=TP.INT64), 13),
         ("GlobalAveragePool", "GlobalAveragePool", [x4], {}, 13),
         ("BatchNormalization", "BatchNormalization", [x4, f32(1, 2, 3), f32(0, 1, 0), f32(.1, .2, .3), f32(1, 2, .5)], dict(epsilon=1e-3), 15),
+        ("LayerNormalization default axis", "LayerNormalization", [x4 + 3, ln_s[-9:], ln_b[-9:]], {}, 17),
+        ("LayerNormalization axis 1, no bias, 3 outputs", "LayerNormalization", [x4, ln_s.reshape(3, 7, 9)], dict(axis=1, epsilon=1e-3), 17, 3),
+        ("LayerNormalization axis -2, 3 outputs", "LayerNormalization", [x4, ln_s[:63].reshape(7, 9), ln_b[:63].reshape(7, 9)], dict(axis=-2), 17, 3),
+        ("LayerNormalization axis 0", "LayerNormalization", [x4, ln_s.reshape(1, 3, 7, 9).repeat(2, 0), ln_b.reshape(1, 3, 7, 9).repeat(2, 0)], dict(axis=0), 17),
+        ("Pow 2", "Pow", [x4, f32(2.0).reshape(())], {}, 13), ("Pow 0.5", "Pow", [np.abs(x4), f32(0.5)], {}, 13),
+        ("Pow int64 exponent", "Pow", [x4, i64(3)], {}, 13), ("Sqrt", "Sqrt", [np.abs(x4)], {}, 13),
+        ("ReduceMean negative axes attr", "ReduceMean", [x4], dict(axes=[-2, -1]), 13),
     ]
     worst_all = 0.0
-    for label, op, arrays, attrs, opset in cases:
+    for label, op, arrays, attrs, opset, *n_out in cases:
         names = [f"in{i}" for i in range(len(arrays))]
-        node = h.make_node(op, names, ["out"], **attrs)
+        outs = ["out"] + [f"out{i}" for i in range(1, n_out[0] if n_out else 1)]
+        node = h.make_node(op, names, outs, **attrs)
         ins = [h.make_tensor_value_info(names[0], h.np_dtype_to_tensor_dtype(arrays[0].dtype), arrays[0].shape)]
         inits = [onnx.numpy_helper.from_array(a, n) for n, a in zip(names[1:], arrays[1:])]
-        graph = h.make_graph([node], "t", ins, [h.make_empty_tensor_value_info("out")], inits)
+        graph = h.make_graph([node], "t", ins, [h.make_empty_tensor_value_info(o) for o in outs], inits)
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
         model.ir_version = 7 if opset < 15 else 8 if opset < 18 else 9
         try:
             so = ort.SessionOptions()
             so.log_severity_level = 3  # opset-1 models make the transpose optimizer warn
             sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-            ref = sess.run(["out"], {names[0]: arrays[0]})[0]
-            got = OnnxTorch(model).run({names[0]: torch.from_numpy(arrays[0])})["out"].numpy()
+            refs = sess.run(outs, {names[0]: arrays[0]})
+            env = OnnxTorch(model).run({names[0]: torch.from_numpy(arrays[0])})
         except Exception as e:
             sys.exit(f"op self-test '{label}': {type(e).__name__}: {e}")
-        assert got.shape == ref.shape and got.dtype == ref.dtype, (label, got.shape, ref.shape, got.dtype, ref.dtype)
-        d = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
-        worst_all = max(worst_all, d)
-        if d > ORT_TOL:
-            sys.exit(f"op self-test '{label}': max |diff| {d:.2e}")
+        for o, ref in zip(outs, refs):
+            got = env[o].numpy()
+            assert got.shape == ref.shape and got.dtype == ref.dtype, (label, o, got.shape, ref.shape, got.dtype, ref.dtype)
+            d = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
+            worst_all = max(worst_all, d)
+            if d > ORT_TOL:
+                sys.exit(f"op self-test '{label}' ({o}): max |diff| {d:.2e}")
     print(f"  op self-test: {len(cases)} single-node models, max |torch-ort| {worst_all:.2e}")
     return {"cases": len(cases), "max_abs_diff": worst_all}
 
 
 # ------------------------------------------------------------------ what trains (DESIGN §3)
 
-PARAM_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "PRelu": (1,)}
+PARAM_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "PRelu": (1,),
+                "LayerNormalization": (1, 2)}
+
+
+def decomposed_layernorms(model, consts):
+    """LayerNorms written as exporters write them before opset 17 (torch's legacy exporter at
+    opset < 17):
+
+        m = ReduceMean(x, axes); d = Sub(x, m); v = ReduceMean(Pow(d, 2), axes)
+        y = Add(Mul(Div(d, Sqrt(Add(v, eps))), scale), bias)
+
+    with eps and 2 constants (initializers or Constant nodes), scale and bias float
+    initializers (in `consts`), the same axes in both ReduceMeans, and those the last ones of
+    x (axes [-k, ..., -1], or the same as non-negative indices: a LayerNormalization with
+    axis -k), and every intermediate result used only by the next node(s) of the chain (d by
+    Pow and Div). actc's compiler rewrites this pattern into one LayerNormalization node
+    before it selects what trains, so the Mul's scale and the Add's bias are that node's
+    parameters. Returns {node index: parameter input positions} for the Mul (scale) and the
+    Add (bias) of each pattern."""
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    nodes = list(graph.node)
+    prod = {o: i for i, n in enumerate(nodes) for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+    ranks = {v.name: len(v.type.tensor_type.shape.dim)
+             for v in [*graph.input, *graph.value_info, *graph.output]
+             if v.type.tensor_type.HasField("shape")}
+    uses = {}  # consumers of each tensor, graph outputs included
+    for t in [i for n in nodes for i in n.input] + [o.name for o in graph.output]:
+        uses[t] = uses.get(t, 0) + 1
+
+    def node(t, op):
+        """The node producing t, if it is `op`."""
+        i = prod.get(t)
+        return nodes[i] if i is not None and nodes[i].op_type == op else None
+
+    def other(n, t):
+        """The input of the two-input node n that is not t."""
+        return n.input[1] if n.input[0] == t else n.input[0]
+
+    def axes(n):
+        """ReduceMean's axes attribute as negative indices, if they are the last ones of its
+        input, else None (also for axes as an input, opset 18, which the exporters that
+        write this pattern do not write)."""
+        ax = next((list(a.ints) for a in n.attribute if a.name == "axes"), None)
+        rank = ranks.get(n.input[0])
+        if len(n.input) != 1 or not ax or (rank is None and max(ax) >= 0):
+            return None
+        ax = sorted(a - rank if a >= 0 else a for a in ax)
+        return ax if ax == list(range(-len(ax), 0)) else None
+
+    def used_once(*ns):
+        return all(uses.get(n.output[0], 0) == 1 for n in ns)
+
+    def const_value(t):
+        """The value of a one-element constant (initializer or Constant node), else None."""
+        i = prod.get(t)
+        if t in inits:
+            a = onnx.numpy_helper.to_array(inits[t])
+        elif i is not None and nodes[i].op_type == "Constant" and nodes[i].attribute[0].name == "value":
+            a = onnx.numpy_helper.to_array(nodes[i].attribute[0].t)
+        else:
+            return None
+        return float(a.reshape(-1)[0]) if a.size == 1 else None
+
+    found = {}
+    for k, mul in enumerate(nodes):
+        if mul.op_type != "Mul":
+            continue
+        div = next((d for t in mul.input if (d := node(t, "Div"))), None)
+        if div is None or not used_once(div, mul):
+            continue
+        scale = other(mul, div.output[0])
+        adds = [j for j, n in enumerate(nodes) if n.op_type == "Add" and mul.output[0] in n.input]
+        if scale not in consts or len(adds) != 1:
+            continue
+        bias = other(nodes[adds[0]], mul.output[0])
+        sub, sqrt = node(div.input[0], "Sub"), node(div.input[1], "Sqrt")
+        add_eps = sqrt and node(sqrt.input[0], "Add")
+        var = add_eps and next((v for t in add_eps.input if (v := node(t, "ReduceMean"))), None)
+        pow_ = var and node(var.input[0], "Pow")
+        mean = sub and node(sub.input[1], "ReduceMean")
+        if not (bias in consts and var and pow_ and mean
+                and const_value(other(add_eps, var.output[0])) is not None
+                and pow_.input[0] == sub.output[0] and const_value(pow_.input[1]) == 2.0
+                and mean.input[0] == sub.input[0] and axes(mean) is not None
+                and axes(mean) == axes(var) and uses[sub.output[0]] == 2
+                and used_once(mean, pow_, var, add_eps, sqrt)):
+            continue
+        found[k] = (list(mul.input).index(scale),)
+        found[adds[0]] = (list(nodes[adds[0]].input).index(bias),)
+    return found
 
 
 def needed_nodes(ev, output):
@@ -225,11 +336,12 @@ def trainable_names(ev, layers, output="logits"):
     nodes = ev.graph.node
     consts = {name for name, t in ev.inits.items() if t.is_floating_point()}
     order = needed_nodes(ev, output)
+    layernorm_params = decomposed_layernorms(ev.model, consts)
 
     def params(i):
         n = nodes[i]
-        return [n.input[k] for k in PARAM_INPUTS.get(n.op_type, ())
-                if k < len(n.input) and n.input[k] in consts]
+        ks = layernorm_params.get(i, PARAM_INPUTS.get(n.op_type, ()))
+        return [n.input[k] for k in ks if k < len(n.input) and n.input[k] in consts]
 
     layer_ix = [i for i in order if nodes[i].op_type == "Conv"]
     if not layer_ix:
@@ -267,6 +379,25 @@ def train_step(ev, names, x, y):
     opt.step()
     updated = {n: params[n].detach().clone() for n in names}
     return logits.detach(), loss.detach(), grads, updated
+
+
+def compare_same_function(ev, names, other_model, layers, x, y, loss, grads):
+    """`ev` computes the same function as `other_model` with other ops (SAME_AS): check that
+    the two train the same tensors (pairwise equal values, in the same order), and measure
+    how far their float32 loss and gradients are apart."""
+    other = OnnxTorch(MODELS / f"{other_model}.onnx")
+    other_names, _ = trainable_names(other, layers)
+    assert len(other_names) == len(names), (names, other_names)
+    for a, b in zip(names, other_names):
+        assert torch.equal(ev.inits[a], other.inits[b]), f"{a} is not {other_model}'s {b}"
+    _, other_loss, other_grads, _ = train_step(other, other_names, x, y)
+    rel = max(diff_stats(grads[a], other_grads[b])[1] for a, b in zip(names, other_names))
+    print(f"    same function as {other_model}: same trainable tensors; loss diff "
+          f"{abs(float(loss) - float(other_loss)):.1e}, max rel grad diff {rel:.1e}")
+    return {"case": f"{other_model}__layers_{layers}",
+            "trainable": other_names,
+            "loss_abs_diff": abs(float(loss) - float(other_loss)),
+            "max_rel_grad_diff": rel}
 
 
 def case_input(shape):
@@ -309,6 +440,10 @@ def run_case(model, layers):
     _, loss64, grads64, _ = train_step(ev64, names, xt.double(), yt)
     _, loss_rev, grads_rev, _ = train_step(ev, names, xt.flip(0), yt.flip(0))
 
+    same_as = None
+    if model in SAME_AS:
+        same_as = compare_same_function(ev, names, SAME_AS[model], layers, xt, yt, loss, grads)
+
     n_values = sum(grads[n].numel() for n in names)
     store_updated = n_values <= MAX_UPDATED_VALUES
     arrays = {"input": x, "labels": y, "input_shape": np.array(x.shape, dtype=np.int64),
@@ -338,6 +473,8 @@ def run_case(model, layers):
         "max_rel_f32_vs_f32rev": max(t["f32_vs_f32rev_rel"] for t in per_tensor),
         "tensors": per_tensor,
     }
+    if same_as is not None:
+        info["same_as"] = same_as
     print(f"  {name:26s} {len(names):3d} tensors {info['num_trainable_values']:8d} values  "
           f"loss {float(loss):.6f}  rel f32/f64 {info['max_rel_f32_vs_f64']:.1e}  "
           f"rel f32/f32rev {info['max_rel_f32_vs_f32rev']:.1e}  {out.stat().st_size} B")
@@ -361,7 +498,10 @@ def main():
     index_path = HERE / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() and args.only else {}
     index.setdefault("cases", {})
-    index["ort_check"] = ort_report
+    if args.only:  # merged: the other models keep the numbers of the run that wrote them
+        ort_report = {**index.get("ort_check", {}),
+                      **{k: ort_report[k] for k in [*args.only, "op_selftest"]}}
+    index["ort_check"] = {k: ort_report[k] for k in [*ALL_MODELS, "op_selftest"]}
     print("golden cases:")
     for model in args.only or CASES:
         for layers in CASES[model][1]:

@@ -175,6 +175,10 @@ class OnnxTorch:
             return a[0] / a[1]
         return torch.div(a[0], a[1], rounding_mode="trunc")
 
+    def op_Pow(self, a, at):  # ONNX: the result has the base's type
+        return torch.pow(a[0], a[1]).to(a[0].dtype)
+
+    def op_Sqrt(self, a, at): return torch.sqrt(a[0])
     def op_Relu(self, a, at): return F.relu(a[0])
     def op_Sigmoid(self, a, at): return torch.sigmoid(a[0])
     def op_Sin(self, a, at): return torch.sin(a[0])
@@ -253,6 +257,25 @@ class OnnxTorch:
         if at.get("training_mode", 0):
             raise NotImplementedError("BatchNormalization training_mode=1")
         return F.batch_norm(x, mean, var, scale, bias, training=False, eps=at.get("epsilon", 1e-5))
+
+    def op_LayerNormalization(self, a, at):
+        """Opset 17: normalise over the dims from `axis` on; outputs Y and the optional Mean
+        and InvStdDev (shape X.shape[:axis] + [1] * (rank - axis))."""
+        x, scale = a[0], a[1]
+        bias = a[2] if len(a) > 2 else None
+        if at.get("stash_type", 1) != 1:
+            raise NotImplementedError("LayerNormalization stash_type other than 1 (float)")
+        ax = at.get("axis", -1) % x.dim()
+        shape = tuple(x.shape[ax:])
+        # nn.LayerNorm's own function (same numbers as PyTorch's module); the exporters write
+        # scale and bias with the normalised shape; other broadcastable shapes are not handled.
+        if scale.numel() != math.prod(shape) or (bias is not None and bias.numel() != scale.numel()):
+            raise NotImplementedError(f"LayerNormalization scale {tuple(scale.shape)} for {shape}")
+        scale = scale.reshape(shape)
+        bias = bias.reshape(shape) if bias is not None else None
+        y, mean, rstd = torch.native_layer_norm(x, shape, scale, bias, at.get("epsilon", 1e-5))
+        stats = x.shape[:ax] + (1,) * len(shape)
+        return y, mean.reshape(stats), rstd.reshape(stats)
 
     # ---------------------------------------------------------------- pooling, reductions
     def op_GlobalAveragePool(self, a, at):

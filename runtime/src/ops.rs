@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62"
     )]
     pub kind: Option<Kind>,
 }
@@ -52,6 +52,15 @@ pub struct Gemm {
 #[derive(Clone, PartialEq, Message)]
 pub struct Epsilon {
     #[prost(float, tag = "1")]
+    pub epsilon: f32,
+}
+
+/// LayerNormalization over every axis from `axis` on (the compiler makes it non-negative).
+#[derive(Clone, PartialEq, Message)]
+pub struct LayerNorm {
+    #[prost(uint32, tag = "1")]
+    pub axis: u32,
+    #[prost(float, tag = "2")]
     pub epsilon: f32,
 }
 
@@ -361,6 +370,15 @@ pub enum Kind {
     /// (`optim::Sgd::step_fused`), never held
     #[prost(message, tag = "60")]
     ConvBackwardWeightSgd(ConvSgd),
+
+    // ---- normalization over the trailing axes ----
+    /// x, scale, [bias] → y, mean, inv_std (one value per row of the axes before `axis`:
+    /// what the backward reads)
+    #[prost(message, tag = "61")]
+    LayerNorm(LayerNorm),
+    /// x, scale, mean, inv_std, dy → dx, dscale, [dbias]
+    #[prost(message, tag = "62")]
+    LayerNormBackward(LayerNorm),
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -252,6 +252,9 @@ fn exported_models_compute_what_the_executor_computes() {
     check_export("tiny_constants", Layers::All);
     check_export("tiny_matmul", Layers::Last(2));
     check_export("resnet18", Layers::Last(4));
+    check_export("tiny_layernorm", Layers::Last(2));
+    // Rewritten into LayerNormalization, written back as the pattern (opset 13 has no op).
+    check_export("tiny_layernorm_decomposed", Layers::All);
 }
 
 /// With the prefix cache, epochs after the first read the boundary tensors instead of

@@ -165,6 +165,19 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             };
             norm::backward(&p, plane(bi(0)), x(0), y(0));
         }
+        Kind::LayerNorm(l) => {
+            let g = norm::LayerNormGeom::new(&dims(bi(0)), l.axis as i64, l.epsilon)
+                .expect("the axis is within the input's rank");
+            let bias = (step.inputs.len() > 2).then(|| x(2));
+            norm::layer_norm_forward(&g, x(0), x(1), bias, y(0), y(1), y(2));
+        }
+        Kind::LayerNormBackward(l) => {
+            let g = norm::LayerNormGeom::new(&dims(bi(0)), l.axis as i64, l.epsilon)
+                .expect("the axis is within the input's rank");
+            let dbias = (step.outputs.len() > 2).then(|| y(2));
+            let (dx, dscale) = (Some(y(0)), Some(y(1)));
+            norm::layer_norm_backward(&g, x(0), x(1), x(2), x(3), x(4), dx, dscale, dbias);
+        }
         Kind::Relu(_) => act::relu_forward(x(0), y(0)),
         Kind::ReluBackward(_) => act::relu_backward(x(0), x(1), y(0)),
         Kind::Clip(c) => act::clip_forward(c.min, c.max, x(0), y(0)),
