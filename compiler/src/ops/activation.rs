@@ -182,6 +182,17 @@ impl Room for Activations {
         Ok(())
     }
 
+    fn pass_bounds(&self, kind: &Kind) -> Option<ops::Clip> {
+        match kind {
+            Kind::ReluBackward(_) => Some(ops::Clip {
+                min: 0.0,
+                max: f32::INFINITY,
+            }),
+            Kind::ClipBackward(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
     fn urgent(&self, kind: &Kind) -> bool {
         matches!(kind, Kind::PassMask(_))
     }

@@ -3,7 +3,7 @@
 
 use super::room::{Room, expect, shapes};
 use crate::ir::Tensor;
-use actc_runtime::ops::Kind;
+use actc_runtime::ops::{self as rt, Kind};
 use actc_runtime::plan::DType;
 
 pub struct Compression;
@@ -56,6 +56,17 @@ impl Room for Compression {
             }
             _ => Err("not a compression op".into()),
         }
+    }
+
+    fn with_sgd(&self, kind: &Kind, _ins: &[&Tensor], dw: &Tensor, sgd: &rt::Sgd) -> Option<Kind> {
+        let Kind::ConvBackwardWeightCompressed(rt::CompressedConv {
+            conv: Some(c),
+            compressor: Some(compressor),
+        }) = kind
+        else {
+            return None;
+        };
+        super::conv::sgd_fusable(c, &compressor.shape, dw, sgd, Some(compressor.clone()))
     }
 
     fn urgent(&self, kind: &Kind) -> bool {

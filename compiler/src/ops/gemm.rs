@@ -1,12 +1,15 @@
 //! Dense layers: `Gemm` and `MatMul` (a constant 2-D weight on the right, any leading batch
 //! axes on the left), with their gradients.
 
-use super::room::{Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, expect, kernel, shapes};
+use super::room::{
+    Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, SavedInput, expect, kernel, shapes,
+};
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::matmul_shape;
 use crate::onnx::{attr_float, attr_int};
+use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
 
@@ -158,6 +161,31 @@ impl Room for Dense {
             _ => return Err("gradients have no ONNX form".into()),
         }
         Ok(())
+    }
+
+    fn saved_input(&self, kind: &Kind, x: &[usize]) -> Option<SavedInput> {
+        // A dense layer's input is compressed as the matrix its gradient reads.
+        let dims = match kind {
+            Kind::GemmGradB(g) if !g.trans_a && g.alpha == 1.0 => x.to_vec(),
+            Kind::MatMulGradW(_) if x.len() >= 2 => {
+                let k = x[x.len() - 1];
+                vec![x.iter().product::<usize>() / k, k]
+            }
+            _ => return None,
+        };
+        Some(SavedInput { dims, conv: None })
+    }
+
+    fn on_compressed(&self, kind: &Kind, c: Compressor) -> Option<Kind> {
+        let trans_b = match kind {
+            Kind::GemmGradB(g) => g.trans_b,
+            Kind::MatMulGradW(_) => false,
+            _ => return None,
+        };
+        Some(Kind::LinearGradWCompressed(ops::CompressedLinear {
+            trans_b,
+            compressor: Some(c),
+        }))
     }
 
     fn flops(&self, kind: &Kind, ins: &[&[u64]], outs: &[&[u64]]) -> u64 {

@@ -18,7 +18,9 @@ mod pool;
 mod room;
 mod softmax;
 
-pub use room::{Arg, Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Out, Room, kernel};
+pub use room::{
+    Arg, Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Out, Room, SavedInput, kernel,
+};
 
 use crate::ir::{Graph, Node, NodeOp, TensorId};
 use actc_runtime::ops::Kind;
@@ -52,6 +54,16 @@ pub fn room_for_onnx(op_type: &str) -> Option<&'static dyn Room> {
         .iter()
         .copied()
         .find(|r| r.onnx_ops().contains(&op_type))
+}
+
+/// The room of a node's runtime op, when it has one.
+pub fn room_of_node(node: &Node) -> Option<(&'static dyn Room, &Kind)> {
+    kernel(node).map(|k| (room_of(k), k))
+}
+
+/// Each room's [`Room::fuse_inference`], in turn.
+pub fn fuse_inference(graph: &mut Graph, lanes: usize) {
+    ROOMS.iter().for_each(|r| r.fuse_inference(graph, lanes))
 }
 
 /// Each room's [`Room::rewrite`], in turn.

@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
 use crate::onnx::proto::{AttributeProto, NodeProto, TensorProto};
 use crate::onnx::{Attrs, node_label};
-use actc_runtime::ops::Kind;
+use actc_runtime::ops::{self as rt, Compressor, Kind};
 use actc_runtime::plan::{DType, Phase};
 use petgraph::stable_graph::NodeIndex;
 
@@ -115,6 +115,13 @@ impl Lowered {
     }
 }
 
+/// A saved activation as a weight gradient reads it: its shape (a dense layer reads it as a
+/// matrix), and for a conv the geometry gradient filtering pools it with.
+pub struct SavedInput {
+    pub dims: Vec<usize>,
+    pub conv: Option<rt::Conv>,
+}
+
 /// Which kind of layer a node is for `--layers` (DESIGN §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerClass {
@@ -180,6 +187,46 @@ pub trait Room: Sync {
         let numel = |s: Option<&&[u64]>| s.map_or(0, |s| s.iter().product::<u64>());
         numel(outs.first()).max(numel(ins.first()))
     }
+
+    /// For a softmax: the axis it normalizes (cross-entropy reads the logits before a final
+    /// softmax over the last axis).
+    fn softmax_axis(&self, _kind: &Kind) -> Option<usize> {
+        None
+    }
+
+    /// For a backward that reads its saved input only to know whether it lay within bounds:
+    /// those bounds. The input is then kept as a 1-bit mask.
+    fn pass_bounds(&self, _kind: &Kind) -> Option<rt::Clip> {
+        None
+    }
+
+    /// For a weight gradient that reads a saved activation `x` as its input 0: that input as
+    /// a compressor sees it.
+    fn saved_input(&self, _kind: &Kind, _x: &[usize]) -> Option<SavedInput> {
+        None
+    }
+
+    /// The op that computes the same weight gradient from compressor `c`'s compressed form.
+    fn on_compressed(&self, _kind: &Kind, _c: Compressor) -> Option<Kind> {
+        None
+    }
+
+    /// For a weight gradient whose product can store it straight into its SGD update (`dw`
+    /// read by nothing else): the op that does both. It reads the gradient's inputs, then
+    /// the weight, then its momentum when there is one.
+    fn with_sgd(
+        &self,
+        _kind: &Kind,
+        _ins: &[&Tensor],
+        _dw: &Tensor,
+        _sgd: &rt::Sgd,
+    ) -> Option<Kind> {
+        None
+    }
+
+    /// Inference-only fusions of this room's ops in the frozen prefix, laid out for `lanes`
+    /// threads.
+    fn fuse_inference(&self, _graph: &mut Graph, _lanes: usize) {}
 
     /// Rewrites the imported graph where this room recognises its ops in another spelling
     /// (a decomposed pattern an older exporter writes for one op).

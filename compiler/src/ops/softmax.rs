@@ -74,6 +74,13 @@ impl Room for Softmax {
         matches!(kind, Kind::Softmax(a) if a.axis == 0)
     }
 
+    fn softmax_axis(&self, kind: &Kind) -> Option<usize> {
+        match kind {
+            Kind::Softmax(a) => Some(a.axis as usize),
+            _ => None,
+        }
+    }
+
     fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
         matches!(kind, Kind::Softmax(_))
     }

@@ -12,7 +12,8 @@
 //! parameterized ops after them (a conv net's classifier) keep their inputs as they are.
 
 use crate::ir::{Graph, NodeOp, Role, Tensor, TensorId};
-use actc_runtime::ops::{self, Compressor, Kind, Method};
+use crate::ops;
+use actc_runtime::ops::{self as rt, Compressor, Kind, Method};
 use actc_runtime::plan::{DType, Phase};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,10 +78,11 @@ pub fn compress(
             })
             .filter_map(|n| Some((n, compressor(graph, n, compression, fixed)?)))
             .collect();
-        for (n, c) in targets {
-            wrap(graph, n, c);
-        }
-        fuse(graph);
+        let decompress = targets
+            .into_iter()
+            .map(|(n, c)| wrap(graph, n, c))
+            .collect();
+        fuse(graph, decompress);
     }
     saved_activations(graph)
 }
@@ -93,33 +95,22 @@ fn compressor(
     fixed: &BTreeMap<String, FixedRanks>,
 ) -> Option<Compressor> {
     let node = &graph.nodes[n];
-    let NodeOp::Kernel(kind) = &node.op else {
-        return None;
-    };
+    let (room, kind) = ops::room_of_node(node)?;
     let x = *node.inputs.first()?;
-    let shape = &graph.tensor(x).shape;
-    // A dense layer's input is compressed as the matrix its gradient reads.
-    let dims: Vec<usize> = match kind {
-        Kind::ConvBackwardWeight(_) => shape.clone(),
-        Kind::GemmGradB(g) if !g.trans_a && g.alpha == 1.0 => shape.clone(),
-        Kind::MatMulGradW(_) if shape.len() >= 2 => {
-            let k = shape[shape.len() - 1];
-            vec![shape.iter().product::<usize>() / k, k]
-        }
-        _ => return None,
-    };
+    let saved = room.saved_input(kind, &graph.tensor(x).shape)?;
+    let dims = saved.dims;
     let cap = |max_rank: u32, d: usize, numel: usize| (max_rank as usize).min(d).min(numel / d);
     let numel: usize = dims.iter().product();
     let method = match compression {
         Compression::None => return None,
         Compression::Hosvd { eps, max_rank } => {
             Method::Hosvd(match node.origin.as_ref().and_then(|o| fixed.get(o)) {
-                Some(f) => ops::Hosvd {
+                Some(f) => rt::Hosvd {
                     eps: f.eps,
                     caps: f.ranks.clone(),
                     fixed: true,
                 },
-                None => ops::Hosvd {
+                None => rt::Hosvd {
                     eps,
                     caps: dims
                         .iter()
@@ -129,19 +120,16 @@ fn compressor(
                 },
             })
         }
-        Compression::Svd { eps, max_rank } => Method::Svd(ops::Svd {
+        Compression::Svd { eps, max_rank } => Method::Svd(rt::Svd {
             eps,
             cap: cap(max_rank, dims[0], numel) as u32,
         }),
         Compression::GradFilter { patch } => {
-            let Kind::ConvBackwardWeight(c) = kind else {
-                return None;
-            };
             let w = graph.tensor(node.outputs[0]);
-            Method::GradFilter(ops::GradFilter {
+            Method::GradFilter(rt::GradFilter {
                 patch,
-                conv: Some(c.clone()),
-                weight_shape: w.shape.iter().map(|&d| d as u64).collect(),
+                conv: Some(saved.conv?),
+                weight_shape: w.dims(),
             })
         }
     };
@@ -153,7 +141,7 @@ fn compressor(
 
 /// x → Compress → packed → Decompress → x̂ → the weight gradient `n`. A compression with
 /// state reads and writes it in a persistent tensor, its second input.
-fn wrap(graph: &mut Graph, n: NodeIndex, c: Compressor) {
+fn wrap(graph: &mut Graph, n: NodeIndex, c: Compressor) -> (NodeIndex, Compressor) {
     let x = graph.nodes[n].inputs[0];
     let origin = graph.nodes[n].origin.clone();
     let layer = origin.clone().unwrap_or_default();
@@ -185,13 +173,14 @@ fn wrap(graph: &mut Graph, n: NodeIndex, c: Compressor) {
     );
     let x_hat = graph.push(
         format!("{layer}/decompress_input"),
-        Kind::Decompress(c),
+        Kind::Decompress(c.clone()),
         vec![packed],
         vec![x_hat],
         Phase::Backward,
         origin,
     )[0];
     graph.set_input(n, 0, x_hat);
+    (graph.producer(x_hat).expect("just made"), c)
 }
 
 fn method_name(c: &Compressor) -> &'static str {
@@ -203,43 +192,21 @@ fn method_name(c: &Compressor) -> &'static str {
     }
 }
 
-/// Folds each `Decompress` into the weight gradient that reads its output, where the method
-/// computes that gradient from the compressed form: the rebuilt tensor then never exists.
-pub fn fuse(graph: &mut Graph) {
-    let decompress: Vec<NodeIndex> = graph
-        .nodes
-        .node_indices()
-        .filter(|&n| matches!(graph.nodes[n].op, NodeOp::Kernel(Kind::Decompress(_))))
-        .collect();
-    for d in decompress {
-        let NodeOp::Kernel(Kind::Decompress(c)) = graph.nodes[d].op.clone() else {
-            unreachable!()
-        };
+/// Folds each `Decompress` node (of `compressors`) into the weight gradient that reads its
+/// output, where the method computes that gradient from the compressed form: the rebuilt
+/// tensor then never exists.
+fn fuse(graph: &mut Graph, decompress: Vec<(NodeIndex, Compressor)>) {
+    for (d, c) in decompress {
         if matches!(c.method, Some(Method::Svd(_))) {
             continue;
         }
         let (packed, x_hat) = (graph.nodes[d].inputs[0], graph.nodes[d].outputs[0]);
         let consumers: Vec<NodeIndex> = graph.consumers(x_hat).collect();
         let [g] = consumers[..] else { continue };
-        let NodeOp::Kernel(kind) = &graph.nodes[g].op else {
+        let Some(fused) =
+            ops::room_of_node(&graph.nodes[g]).and_then(|(room, k)| room.on_compressed(k, c))
+        else {
             continue;
-        };
-        let fused = match kind {
-            Kind::ConvBackwardWeight(conv) => {
-                Kind::ConvBackwardWeightCompressed(ops::CompressedConv {
-                    conv: Some(conv.clone()),
-                    compressor: Some(c),
-                })
-            }
-            Kind::GemmGradB(gm) => Kind::LinearGradWCompressed(ops::CompressedLinear {
-                trans_b: gm.trans_b,
-                compressor: Some(c),
-            }),
-            Kind::MatMulGradW(_) => Kind::LinearGradWCompressed(ops::CompressedLinear {
-                trans_b: false,
-                compressor: Some(c),
-            }),
-            _ => continue,
         };
         graph.remove_node(d);
         graph.nodes[g].op = NodeOp::Kernel(fused);
@@ -252,19 +219,12 @@ pub fn fuse(graph: &mut Graph) {
 /// `PassMask` node keeps that as one bit per element, and the backward reads the mask. A
 /// lossless rewrite, so it is always made.
 fn masks(graph: &mut Graph) {
-    let targets: Vec<(NodeIndex, ops::Clip)> = graph
+    let targets: Vec<(NodeIndex, rt::Clip)> = graph
         .nodes
         .node_indices()
-        .filter_map(|n| match &graph.nodes[n].op {
-            NodeOp::Kernel(Kind::ReluBackward(_)) => Some((
-                n,
-                ops::Clip {
-                    min: 0.0,
-                    max: f32::INFINITY,
-                },
-            )),
-            NodeOp::Kernel(Kind::ClipBackward(c)) => Some((n, c.clone())),
-            _ => None,
+        .filter_map(|n| {
+            let (room, kind) = ops::room_of_node(&graph.nodes[n])?;
+            Some((n, room.pass_bounds(kind)?))
         })
         .collect();
     for (n, bounds) in targets {
@@ -285,7 +245,7 @@ fn masks(graph: &mut Graph) {
             Phase::Forward,
             origin,
         )[0];
-        graph.nodes[n].op = NodeOp::Kernel(Kind::MaskedGrad(ops::Empty {}));
+        graph.nodes[n].op = NodeOp::Kernel(Kind::MaskedGrad(rt::Empty {}));
         graph.set_input(n, 0, mask);
     }
 }

@@ -2,7 +2,8 @@
 
 use crate::bail;
 use crate::error::Result;
-use crate::ir::{Graph, NodeOp, Role, Tensor, TensorId};
+use crate::ir::{Graph, Role, Tensor, TensorId};
+use crate::ops;
 use actc_runtime::ops::{Empty, Kind};
 use actc_runtime::plan::{DType, LossKind, Phase};
 
@@ -21,8 +22,8 @@ pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Resul
     let mut out = output;
     if kind == LossKind::CrossEntropy
         && let Some(p) = graph.producer(out)
-        && let NodeOp::Kernel(Kind::Softmax(a)) = &graph.nodes[p].op
-        && a.axis as usize + 1 == graph.tensor(out).shape.len()
+        && let Some((room, kind)) = ops::room_of_node(&graph.nodes[p])
+        && room.softmax_axis(kind) == Some(graph.tensor(out).shape.len() - 1)
         && graph.consumers(out).next().is_none()
     {
         let logits = graph.nodes[p].inputs[0];

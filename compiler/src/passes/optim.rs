@@ -2,15 +2,15 @@
 //! weight and its optimizer state in place.
 
 use crate::ir::{Graph, Node, NodeOp, Role, Tensor, TensorId};
-use actc_runtime::exec::geom;
-use actc_runtime::ops::{self, Kind};
+use crate::ops;
+use actc_runtime::ops::{self as rt, Kind};
 use actc_runtime::plan::{DType, Phase};
 use petgraph::stable_graph::NodeIndex;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
-    Sgd(ops::Sgd),
-    AdamW(ops::AdamW),
+    Sgd(rt::Sgd),
+    AdamW(rt::AdamW),
 }
 
 /// Appends the updates. With `clip_grad_norm`, a `GradNorm` node reads every gradient first,
@@ -29,7 +29,7 @@ pub fn append_updates(
         let inputs = grads.iter().map(|&(_, g)| g).collect();
         graph.push(
             "clip_grad_norm".into(),
-            Kind::GradNorm(ops::Scale { scale: max_norm }),
+            Kind::GradNorm(rt::Scale { scale: max_norm }),
             inputs,
             vec![t],
             Phase::Backward,
@@ -40,9 +40,9 @@ pub fn append_updates(
         if fuse
             && scale.is_none()
             && let Optimizer::Sgd(sgd) = optimizer
-            && let Some(p) = fusable_weight_grad(graph, grad, sgd)
+            && let Some((p, kind)) = fusable_weight_grad(graph, grad, sgd)
         {
-            fuse_update(graph, param, p, sgd);
+            fuse_update(graph, param, p, kind, sgd);
             continue;
         }
         let (kind, mut inputs) = match optimizer {
@@ -65,39 +65,21 @@ pub fn append_updates(
     }
 }
 
-/// The node computing `grad` when its product can store it straight into the update
-/// (`optim::Sgd::step_fused`): a conv weight gradient, from the input or from its
-/// compressed form, of a conv that is not depthwise, read by nothing else, and SGD without
-/// Nesterov. The gradient buffer then goes from the plan: the largest buffers of a
+/// The node computing `grad` and the op that stores it by its product straight into the
+/// SGD update (`optim::Sgd::step_fused`), when its room has one and nothing else reads the
+/// gradient. The gradient buffer then goes from the plan: the largest buffers of a
 /// MobileNet's last layers' backward.
-fn fusable_weight_grad(graph: &Graph, grad: TensorId, sgd: &ops::Sgd) -> Option<NodeIndex> {
+fn fusable_weight_grad(graph: &Graph, grad: TensorId, sgd: &rt::Sgd) -> Option<(NodeIndex, Kind)> {
     let p = graph.producer(grad)?;
     let node = &graph.nodes[p];
-    let w = graph.tensor(grad).dims();
-    let g = match &node.op {
-        NodeOp::Kernel(Kind::ConvBackwardWeight(c)) => {
-            geom::conv(c, &graph.tensor(node.inputs[0]).dims(), &w)
-        }
-        NodeOp::Kernel(Kind::ConvBackwardWeightCompressed(ops::CompressedConv {
-            conv: Some(c),
-            compressor: Some(compressor),
-        })) => geom::conv(c, &compressor.shape, &w),
-        _ => return None,
-    };
     let alone = graph.consumers(grad).next().is_none() && !graph.outputs.contains(&grad);
-    (!sgd.nesterov && !g.is_depthwise() && alone && w.len() == 4).then_some(p)
+    let (room, kind) = ops::room_of_node(node).filter(|_| alone)?;
+    let ins: Vec<_> = node.inputs.iter().map(|&t| graph.tensor(t)).collect();
+    Some((p, room.with_sgd(kind, &ins, graph.tensor(grad), sgd)?))
 }
 
-/// Replaces weight-gradient node `p` of `param` with one that updates `param` from it.
-fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, sgd: &ops::Sgd) {
-    let (conv, compressor) = match graph.nodes[p].op.clone() {
-        NodeOp::Kernel(Kind::ConvBackwardWeight(conv)) => (conv, None),
-        NodeOp::Kernel(Kind::ConvBackwardWeightCompressed(cc)) => (
-            cc.conv.expect("fusable_weight_grad checked the conv"),
-            cc.compressor,
-        ),
-        _ => unreachable!("fusable_weight_grad checked the op"),
-    };
+/// Replaces weight-gradient node `p` of `param` with `kind`, which updates `param` from it.
+fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, kind: Kind, sgd: &rt::Sgd) {
     let mut inputs = graph.nodes[p].inputs.clone();
     inputs.push(param);
     if sgd.momentum != 0.0 {
@@ -106,11 +88,6 @@ fn fuse_update(graph: &mut Graph, param: TensorId, p: NodeIndex, sgd: &ops::Sgd)
     let readers: Vec<_> = graph.consumers(param).collect();
     let origin = graph.nodes[p].origin.clone();
     graph.remove_node(p);
-    let kind = Kind::ConvBackwardWeightSgd(ops::ConvSgd {
-        conv: Some(conv),
-        sgd: Some(sgd.clone()),
-        compressor,
-    });
     add_update(graph, param, kind, inputs, origin, &readers);
 }
 

@@ -8,8 +8,9 @@
 //! re-batched to `m` (every value whose leading axis is the batch gets `m` there, and the
 //! verifier checks each op's shape rule still holds), and the runtime runs it `batch / m`
 //! times per step, copying each micro-batch's boundary tensors into the full-batch ones.
-//! Inference allows folding: a BatchNormalization right after a conv goes into its weights,
-//! a Relu or Clip into its output (`ConvClip`).
+//! Inference allows fusions, which the rooms make (`Room::fuse_inference`): a
+//! BatchNormalization right after a conv goes into its weights, a Relu or Clip into its
+//! output, a MobileNet block into one banded step.
 
 use super::memplan::{self, Request};
 use super::schedule;
@@ -17,15 +18,9 @@ use super::split::Prefix;
 use crate::bail;
 use crate::error::Result;
 use crate::ir::verify::verify;
-use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
+use crate::ir::{Graph, NodeOp, Role, TensorId};
 use crate::ops;
-use actc_runtime::exec::geom;
-use actc_runtime::kernels::chain;
-use actc_runtime::kernels::conv::Conv2dGeom;
-use actc_runtime::kernels::norm::{self, BatchNormParams};
-use actc_runtime::ops::{self as rt, Kind};
 use actc_runtime::plan::Phase;
-use petgraph::stable_graph::NodeIndex;
 use std::collections::BTreeSet;
 
 /// Who runs the frozen prefix.
@@ -74,9 +69,7 @@ pub fn build(
     if m != batch && rebatch(&mut graph, batch, m).is_err() {
         return Ok(None);
     }
-    fold_batch_norms(&mut graph);
-    fuse_activations(&mut graph);
-    fuse_chains(&mut graph, lanes);
+    ops::fuse_inference(&mut graph, lanes);
     Ok(Some(PrefixGraph {
         outputs: graph.outputs.clone(),
         input: prefix.input,
@@ -102,221 +95,6 @@ fn rebatch(graph: &mut Graph, batch: usize, m: usize) -> std::result::Result<(),
         }
     }
     verify(graph)
-}
-
-/// The one node reading conv `c`'s output, when that output is not a graph output.
-fn only_reader(graph: &Graph, c: NodeIndex) -> Option<NodeIndex> {
-    let y = graph.nodes[c].outputs[0];
-    let readers: Vec<_> = graph.consumers(y).collect();
-    match (&readers[..], graph.outputs.contains(&y)) {
-        (&[r], false) => Some(r),
-        _ => None,
-    }
-}
-
-/// Removes `node` (reading conv `c`'s output alone) and gives its readers the conv's output,
-/// which takes the node's output name.
-fn absorb_into_conv(graph: &mut Graph, c: NodeIndex, node: NodeIndex) {
-    let (y, z) = (graph.nodes[c].outputs[0], graph.nodes[node].outputs[0]);
-    graph.remove_node(node);
-    graph.replace_uses(z, y);
-    graph.tensor_mut(y).name = graph.tensor(z).name.clone();
-}
-
-fn convs(graph: &Graph) -> Vec<NodeIndex> {
-    graph
-        .nodes
-        .node_indices()
-        .filter(|&n| matches!(graph.nodes[n].op, NodeOp::Kernel(Kind::Conv(_))))
-        .collect()
-}
-
-/// Folds a BatchNormalization (running statistics: an affine map per channel) into the conv
-/// before it when it is the conv's only reader: new weight and bias constants.
-fn fold_batch_norms(graph: &mut Graph) {
-    for c in convs(graph) {
-        let Some(bn) = only_reader(graph, c) else {
-            continue;
-        };
-        let NodeOp::Kernel(Kind::BatchNorm(attrs)) = &graph.nodes[bn].op else {
-            continue;
-        };
-        let f32s = |t: TensorId| match &graph.tensor(t).data {
-            Some(Data::F32(v)) => Some(v.clone()),
-            _ => None,
-        };
-        let conv = &graph.nodes[c];
-        let Some(params) = graph.nodes[bn].inputs[1..5]
-            .iter()
-            .map(|&t| f32s(t))
-            .collect::<Option<Vec<_>>>()
-        else {
-            continue;
-        };
-        let Some(weight) = f32s(conv.inputs[1]) else {
-            continue;
-        };
-        let bias = conv.inputs.get(2).and_then(|&t| f32s(t));
-        let p = BatchNormParams {
-            scale: &params[0],
-            bias: &params[1],
-            mean: &params[2],
-            var: &params[3],
-            epsilon: attrs.epsilon,
-        };
-        let (w, b) = norm::fold_into_conv(&weight, bias.as_deref(), &p);
-        let (w_name, w_shape) = {
-            let t = graph.tensor(conv.inputs[1]);
-            (format!("{}.folded", t.name), t.shape.clone())
-        };
-        let b_name = format!("{}.folded_bias", graph.nodes[bn].name);
-        let len = b.len();
-        let w = graph.add_tensor(Tensor::constant(w_name, w_shape, Data::F32(w.into())));
-        let b = graph.add_tensor(Tensor::constant(b_name, vec![len], Data::F32(b.into())));
-        // Constants have no producer: no edges to fix.
-        graph.nodes[c].inputs.truncate(1);
-        graph.nodes[c].inputs.extend([w, b]);
-        absorb_into_conv(graph, c, bn);
-    }
-}
-
-/// Folds a Relu or Clip into the conv before it when it is the conv's only reader: the
-/// conv's output buffer then holds the activation, and one buffer and one pass over it go.
-/// Inference only: training keeps the two apart (the backward needs the mask).
-fn fuse_activations(graph: &mut Graph) {
-    for c in convs(graph) {
-        let Some(act) = only_reader(graph, c) else {
-            continue;
-        };
-        let clip = match &graph.nodes[act].op {
-            NodeOp::Kernel(Kind::Relu(_)) => rt::Clip {
-                min: 0.0,
-                max: f32::INFINITY,
-            },
-            NodeOp::Kernel(Kind::Clip(clip)) => clip.clone(),
-            _ => continue,
-        };
-        let NodeOp::Kernel(Kind::Conv(conv)) = graph.nodes[c].op.clone() else {
-            unreachable!("convs() lists convs")
-        };
-        graph.nodes[c].source = None;
-        graph.nodes[c].op = NodeOp::Kernel(Kind::ConvClip(rt::ConvClip {
-            conv: Some(conv),
-            clip: Some(clip),
-        }));
-        absorb_into_conv(graph, c, act);
-    }
-}
-
-/// A conv node's geometry (the conv and its input and weight shapes) and its clip.
-fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(rt::Conv, Option<rt::Clip>, Conv2dGeom)> {
-    let node = &graph.nodes[n];
-    let (conv, clip) = match &node.op {
-        NodeOp::Kernel(Kind::Conv(c)) => (c.clone(), None),
-        NodeOp::Kernel(Kind::ConvClip(cc)) => (cc.conv.clone()?, cc.clip.clone()),
-        _ => return None,
-    };
-    let shape = |t: TensorId| graph.tensor(t).dims();
-    let (x, w) = (shape(node.inputs[0]), shape(*node.inputs.get(1)?));
-    if x.len() != 4 || w.len() != 4 {
-        return None;
-    }
-    let g = geom::conv(&conv, &x, &w);
-    Some((conv, clip, g))
-}
-
-/// Fuses runs of convs whose intermediate maps have one reader each into `ConvChain`s,
-/// where `kernels::chain` runs the stages and finds the chain worth it: a MobileNet block's
-/// expand, depthwise and project (and its residual Add) become one step that keeps the wide
-/// maps between them in cache, band by band, and out of the arena.
-///
-/// A chain grows from a conv along sole readers and closes with the first 1×1 conv after a
-/// k×k one: the narrow map a block ends on is where the next chain starts.
-fn fuse_chains(graph: &mut Graph, lanes: usize) {
-    for first in graph.topo_order() {
-        if !graph.nodes.contains_node(first) {
-            continue;
-        }
-        let Some((conv, clip, g)) = stage_of(graph, first) else {
-            continue;
-        };
-        if !chain::stage_fits(&g, true) {
-            continue;
-        }
-        let mut nodes = vec![first];
-        let mut stages = vec![(conv, clip)];
-        let mut geoms = vec![g];
-        let mut spatial = !g.is_pointwise();
-        while nodes.len() < chain::MAX_STAGES {
-            let last = nodes[nodes.len() - 1];
-            let Some(next) = only_reader(graph, last) else {
-                break;
-            };
-            let Some((conv, clip, g)) = stage_of(graph, next) else {
-                break;
-            };
-            if graph.nodes[next].inputs[0] != graph.nodes[last].outputs[0]
-                || !chain::stage_fits(&g, false)
-            {
-                break;
-            }
-            nodes.push(next);
-            stages.push((conv, clip));
-            geoms.push(g);
-            if g.is_pointwise() && spatial {
-                break;
-            }
-            spatial |= !g.is_pointwise();
-        }
-        let Some(rows) = chain::bands(&geoms, lanes) else {
-            continue;
-        };
-        let x = graph.nodes[first].inputs[0];
-        let last = nodes[nodes.len() - 1];
-        let mut out = graph.nodes[last].outputs[0];
-        let add = only_reader(graph, last).filter(|&a| {
-            let node = &graph.nodes[a];
-            matches!(node.op, NodeOp::Kernel(Kind::Add(_)))
-                && node.inputs.len() == 2
-                && node.inputs.contains(&x)
-                && node.inputs.contains(&out)
-                && graph.tensor(x).shape == graph.tensor(out).shape
-        });
-        let mut inputs = vec![x];
-        let mut chained = Vec::new();
-        for (&n, (conv, clip)) in nodes.iter().zip(stages) {
-            let node = &graph.nodes[n];
-            inputs.extend(&node.inputs[1..]);
-            chained.push(rt::ChainStage {
-                conv: Some(conv),
-                bias: node.inputs.len() > 2,
-                clip,
-            });
-        }
-        let ends = add.unwrap_or(last);
-        if let Some(a) = add {
-            out = graph.nodes[a].outputs[0];
-        }
-        let name = format!("{} → {}", graph.nodes[first].name, graph.nodes[ends].name);
-        let phase = graph.nodes[first].phase;
-        for n in nodes.into_iter().chain(add) {
-            graph.remove_node(n);
-        }
-        graph.add_node_in_place(Node {
-            name,
-            op: NodeOp::Kernel(Kind::ConvChain(rt::ConvChain {
-                stages: chained,
-                residual: add.is_some(),
-                rows: rows as u32,
-                lanes: lanes as u32,
-            })),
-            inputs,
-            outputs: vec![out],
-            phase,
-            source: None,
-            origin: None,
-        });
-    }
 }
 
 impl PrefixGraph {

@@ -1,12 +1,18 @@
 //! Convolutions: `Conv` (any group, stride, padding, dilation), its gradients for the
 //! input, weight and bias, and the frozen prefix's fused forms (`ConvClip`, `ConvChain`).
 
-use super::room::{Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, expect, shapes};
+mod fuse;
+
+use super::room::{
+    Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, SavedInput, expect, shapes,
+};
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::{spatial_out, u32s, usizes};
 use crate::onnx::{attr_int, attr_ints};
 use crate::{bail, err};
+use actc_runtime::exec::geom;
+use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
 
@@ -171,6 +177,39 @@ impl Room for Convs {
         Ok(())
     }
 
+    fn fuse_inference(&self, graph: &mut Graph, lanes: usize) {
+        fuse::fuse(graph, lanes);
+    }
+
+    fn saved_input(&self, kind: &Kind, x: &[usize]) -> Option<SavedInput> {
+        match kind {
+            Kind::ConvBackwardWeight(c) => Some(SavedInput {
+                dims: x.to_vec(),
+                conv: Some(c.clone()),
+            }),
+            _ => None,
+        }
+    }
+
+    fn on_compressed(&self, kind: &Kind, c: Compressor) -> Option<Kind> {
+        match kind {
+            Kind::ConvBackwardWeight(conv) => {
+                Some(Kind::ConvBackwardWeightCompressed(ops::CompressedConv {
+                    conv: Some(conv.clone()),
+                    compressor: Some(c),
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    fn with_sgd(&self, kind: &Kind, ins: &[&Tensor], dw: &Tensor, sgd: &ops::Sgd) -> Option<Kind> {
+        let Kind::ConvBackwardWeight(c) = kind else {
+            return None;
+        };
+        sgd_fusable(c, &ins.first()?.dims(), dw, sgd, None)
+    }
+
     fn flops(&self, kind: &Kind, ins: &[&[u64]], outs: &[&[u64]]) -> u64 {
         let numel = |s: Option<&&[u64]>| s.map_or(0, |s| s.iter().product::<u64>());
         let per_tap = |w: Option<&&[u64]>| w.map_or(0, |w| w.iter().skip(1).product::<u64>());
@@ -219,4 +258,24 @@ fn same(got: &[usize], want: &[usize], what: &str) -> std::result::Result<(), St
             "{what} is {want:?}, the conv's geometry gives {got:?}"
         ))
     }
+}
+
+/// A conv weight gradient fused into its SGD update (`optim::Sgd::step_fused`), from the
+/// input (`x`: its shape) or its compressed form: not depthwise, a 4-D weight, no Nesterov.
+pub(super) fn sgd_fusable(
+    c: &ops::Conv,
+    x: &[u64],
+    dw: &Tensor,
+    sgd: &ops::Sgd,
+    compressor: Option<Compressor>,
+) -> Option<Kind> {
+    let w = dw.dims();
+    let fits = !sgd.nesterov && w.len() == 4 && !geom::conv(c, x, &w).is_depthwise();
+    fits.then(|| {
+        Kind::ConvBackwardWeightSgd(ops::ConvSgd {
+            conv: Some(c.clone()),
+            sgd: Some(sgd.clone()),
+            compressor,
+        })
+    })
 }
