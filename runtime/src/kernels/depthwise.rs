@@ -4,7 +4,7 @@
 //!
 //! Threads: the loops split their output planes (or, for the weight gradient, channels).
 
-use super::conv::{Conv2dGeom, gather_axpy, gather_dot, scatter_axpy, tap_offset};
+use super::geometry::{Conv2dGeom, gather_axpy, gather_dot, scatter_axpy, tap_offset};
 use super::rows::{RowCache, RowSplit};
 use super::window::valid_range;
 use crate::threads;

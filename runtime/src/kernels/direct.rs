@@ -10,7 +10,7 @@
 //!
 //! Threads: the loops split the output planes (whole tiles of channels).
 
-use super::conv::{Conv2dGeom, tap_offset};
+use super::geometry::{Conv2dGeom, tap_offset};
 use super::rows::{RowCache, RowSplit};
 use crate::threads;
 

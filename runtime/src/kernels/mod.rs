@@ -19,6 +19,7 @@ mod depthwise;
 mod direct;
 pub mod elementwise;
 pub mod gemm;
+pub mod geometry;
 pub mod layout;
 pub mod linear;
 pub mod loss;

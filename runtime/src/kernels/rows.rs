@@ -6,7 +6,7 @@
 //! and split into its even columns `0 b d 0` and odd ones `a c e`; output column `ox` of
 //! kernel column 0 reads even `ox`, of column 1 odd `ox`, of column 2 even `ox + 1`.
 
-use super::conv::Conv2dGeom;
+use super::geometry::Conv2dGeom;
 use std::ops::Range;
 
 /// The padded width of a row, in f32s, up to which [`RowCache`] takes it.
