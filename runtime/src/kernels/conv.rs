@@ -905,7 +905,7 @@ mod tests {
 
     #[test]
     fn portable_forward_matches_direct_convolution() {
-        crate::kernels::gemm::tests::PORTABLE.set(true);
+        crate::kernels::simd::PORTABLE.set(true);
         forward_matches_reference();
     }
 

@@ -27,6 +27,7 @@ pub mod norm;
 pub mod pool;
 mod rows;
 pub mod shape;
+pub(crate) mod simd;
 pub mod window;
 
 #[cfg(test)]
