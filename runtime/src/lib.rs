@@ -6,6 +6,7 @@ pub mod kernels;
 pub mod ops;
 pub mod optim;
 pub mod plan;
+pub mod planning;
 pub mod prefix;
 pub mod threads;
 pub mod train;

@@ -211,6 +211,15 @@ pub struct Step {
     pub origin: String,
 }
 
+impl Step {
+    /// The step's operation. `None` when the step carries none, or one this build does not
+    /// know (prost decodes an unknown oneof as absent: a plan from a newer actc), which the
+    /// executor refuses when it loads the plan.
+    pub fn kind(&self) -> Option<&OpKind> {
+        self.op.as_ref().and_then(|o| o.kind.as_ref())
+    }
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct Weight {
     #[prost(uint32, tag = "1")]

@@ -230,12 +230,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
         let reserved: u64 = plan
             .steps
             .iter()
-            .filter(|s| {
-                matches!(
-                    s.op.as_ref().and_then(|o| o.kind.as_ref()),
-                    Some(Kind::Compress(_))
-                )
-            })
+            .filter(|s| matches!(s.kind(), Some(Kind::Compress(_))))
             .map(|s| plan.buffer(s.outputs[0]).bytes + plan.buffer(s.inputs[1]).bytes)
             .sum();
         assert_eq!(
@@ -281,7 +276,7 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
     let fixed_ranks = capped
         .steps
         .iter()
-        .filter_map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+        .filter_map(|s| match s.kind() {
             Some(actc_runtime::ops::Kind::Compress(c)) => Some((
                 s.origin.clone(),
                 FixedRanks {
@@ -347,7 +342,7 @@ fn fused_compressed_updates_match_held_ones() {
             let fused = p
                 .steps
                 .iter()
-                .filter(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+                .filter(|s| match s.kind() {
                     Some(Kind::ConvBackwardWeightSgd(cs)) => cs.compressor.is_some(),
                     _ => false,
                 })

@@ -49,12 +49,7 @@ fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
 fn aliases(plan: &Plan) -> Vec<(u32, u32)> {
     plan.steps
         .iter()
-        .filter(|s| {
-            matches!(
-                s.op.as_ref().and_then(|o| o.kind.as_ref()),
-                Some(Kind::Reshape(_))
-            )
-        })
+        .filter(|s| matches!(s.kind(), Some(Kind::Reshape(_))))
         .map(|s| (s.inputs[0], s.outputs[0]))
         .collect()
 }

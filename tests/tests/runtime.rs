@@ -398,12 +398,7 @@ fn check_fusions(name: &str, plan: &actc_runtime::plan::Plan) {
     // Every conv of these prefixes that feeds a Relu/Clip alone has it fused.
     let fused = plan.steps[..plan.prefix_steps as usize]
         .iter()
-        .filter(|s| {
-            matches!(
-                s.op.as_ref().and_then(|o| o.kind.as_ref()),
-                Some(actc_runtime::ops::Kind::ConvClip(_))
-            )
-        })
+        .filter(|s| matches!(s.kind(), Some(actc_runtime::ops::Kind::ConvClip(_))))
         .count();
     assert!(
         fused > 0,
@@ -413,7 +408,7 @@ fn check_fusions(name: &str, plan: &actc_runtime::plan::Plan) {
     // residual add): band by band, checked here against tract as well.
     let chains: Vec<bool> = plan.steps[..plan.prefix_steps as usize]
         .iter()
-        .filter_map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+        .filter_map(|s| match s.kind() {
             Some(actc_runtime::ops::Kind::ConvChain(c)) => Some(c.residual),
             _ => None,
         })

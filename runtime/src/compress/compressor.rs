@@ -5,7 +5,7 @@
 use super::hosvd::Ranks;
 use super::{gradfilter, hosvd, svd};
 use crate::exec::geom::{self, Dims};
-use crate::kernels::conv::Conv2dGeom;
+use crate::kernels::geometry::Conv2dGeom;
 use crate::ops::{Compressor, Conv, Method};
 
 impl Compressor {

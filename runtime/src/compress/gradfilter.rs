@@ -18,8 +18,8 @@
 
 use std::ops::Range;
 
-use crate::kernels::conv::Conv2dGeom;
 use crate::kernels::gemm::sgemm;
+use crate::kernels::geometry::Conv2dGeom;
 
 /// ⌈v/2⌉ for any sign, as Python's `math.ceil(v / 2)`.
 fn half_up(v: isize) -> isize {

@@ -11,8 +11,9 @@ use super::modal::{
     leading_vectors_workspace_len, mode_product, mode_product_into, tracked_vectors,
     tracked_workspace_len, write_factor,
 };
-use crate::kernels::conv::{self, Conv2dGeom};
+use crate::kernels::conv;
 use crate::kernels::gemm::sgemm;
+use crate::kernels::geometry::Conv2dGeom;
 
 /// Ranks of one compression, per mode (only the first N entries are meaningful).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

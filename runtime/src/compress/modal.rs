@@ -16,6 +16,7 @@ use faer::{ColMut, MatMut, MatRef, Par, Spec};
 use super::{eps_rank, eps_rank_of};
 use crate::kernels::dot;
 use crate::kernels::gemm::{Strides, sgemm};
+use crate::kernels::simd::dispatch_avx2;
 
 /// A tensor seen as (P, D, Q), the middle one being the mode of interest.
 #[derive(Clone, Copy, Debug)]
@@ -381,11 +382,8 @@ fn orthonormalize(u: &mut [f32], len: usize, count: usize, (es, vs): Strides) {
 /// step makes the vectors), and the f64 scalar loops cost more than the Gram products did.
 /// A vector that vanishes hands the block to the f64 routine, which replaces it.
 fn orthonormalize_rows(u: &mut [f32], len: usize, count: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { orthonormalize_rows_avx2(u, len, count) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { orthonormalize_rows_avx2(u, len, count) });
     orthonormalize_rows_body(u, len, count)
 }
 
@@ -520,11 +518,8 @@ fn small_gram(a: &[f32], f: Fold, gram: &mut [f32]) {
         gram[0] = a.chunks(256).map(|c| f64::from(dot(c, c))).sum::<f64>() as f32;
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above), the extent was checked.
-        return unsafe { small_gram_avx2(a, f, gram) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks), the extent was checked.
+    dispatch_avx2!(unsafe { small_gram_avx2(a, f, gram) });
     let mut sums = Sums::default();
     for x in a.chunks_exact(d * q).take(p) {
         for j in 0..q {

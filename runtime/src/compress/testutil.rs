@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::data::npz::{self, NamedArray};
-use crate::kernels::conv::Conv2dGeom;
+use crate::kernels::geometry::Conv2dGeom;
 
 /// Array `name` of `models/golden/compress/{file}.npz`.
 pub fn golden(file: &str, name: &str) -> NamedArray {

@@ -2,7 +2,8 @@
 //! step needs: one rule shared by the planner (which sizes the scratch) and the executor.
 
 use crate::kernels::chain;
-use crate::kernels::conv::{self, Conv2dGeom};
+use crate::kernels::conv;
+use crate::kernels::geometry::Conv2dGeom;
 use crate::kernels::pool::Pool2dGeom;
 use crate::ops::{self, Kind};
 

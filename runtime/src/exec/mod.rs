@@ -168,7 +168,7 @@ impl Executor {
         let compression_of = plan
             .steps
             .iter()
-            .map(|s| match s.op.as_ref().and_then(|o| o.kind.as_ref()) {
+            .map(|s| match s.kind() {
                 Some(Kind::Compress(c)) => {
                     let planned = plan.buffer(s.outputs[0]).bytes as usize;
                     let layer = s.origin.clone();
@@ -408,10 +408,7 @@ impl Executor {
             match ran {
                 step::Ran::Loss(l) => loss = l,
                 step::Ran::Compressed(r) => {
-                    if let (Some(Kind::Compress(c)), Some(k)) = (
-                        s.op.as_ref().and_then(|o| o.kind.as_ref()),
-                        self.compression_of[i],
-                    ) {
+                    if let (Some(Kind::Compress(c)), Some(k)) = (s.kind(), self.compression_of[i]) {
                         let bytes = c.paper_bytes(&r);
                         self.compression[k].record(&r, bytes);
                         paper_total += bytes as u64;
@@ -468,10 +465,7 @@ impl Executor {
             // Compressed forms and masks serve only the backward pass.
             .filter(|s| {
                 s.phase() == Phase::Forward
-                    && !matches!(
-                        s.op.as_ref().and_then(|o| o.kind.as_ref()),
-                        Some(Kind::Compress(_) | Kind::PassMask(_))
-                    )
+                    && !matches!(s.kind(), Some(Kind::Compress(_) | Kind::PassMask(_)))
             })
         {
             // SAFETY: as in `train_step`.
@@ -546,14 +540,13 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         return bad("no memory plan or no inputs".into());
     }
     for s in &plan.steps {
-        if s.op.as_ref().and_then(|o| o.kind.as_ref()).is_none() {
+        if s.kind().is_none() {
             return bad(format!(
                 "step {} has no operation (written by a newer actc?)",
                 s.name
             ));
         }
-        if matches!(s.op.as_ref().and_then(|o| o.kind.as_ref()), Some(Kind::ConvClip(cc)) if cc.conv.is_none())
-        {
+        if matches!(s.kind(), Some(Kind::ConvClip(cc)) if cc.conv.is_none()) {
             return bad(format!("step {} is a fused conv without its conv", s.name));
         }
 
@@ -662,7 +655,7 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
 /// A fused chain's stages against what `kernels::chain` assumes: shapes that chain from
 /// the input to the output, stages it can run, a band height, lanes, scratch.
 fn check_chain(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
-    let Some(Kind::ConvChain(cc)) = s.op.as_ref().and_then(|o| o.kind.as_ref()) else {
+    let Some(Kind::ConvChain(cc)) = s.kind() else {
         return Ok(());
     };
     let shape = |b: Option<&u32>| b.map(|&b| &plan.buffer(b).shape[..]);
@@ -700,7 +693,7 @@ fn check_chain(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
 /// gradient has no product to store through), SGD without Nesterov, the momentum buffer
 /// when there is momentum. A compressed input is checked with the other compressions.
 fn check_fused_update(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
-    let Some(Kind::ConvBackwardWeightSgd(cs)) = s.op.as_ref().and_then(|o| o.kind.as_ref()) else {
+    let Some(Kind::ConvBackwardWeightSgd(cs)) = s.kind() else {
         return Ok(());
     };
     let (Some(c), Some(sgd)) = (&cs.conv, &cs.sgd) else {
@@ -724,7 +717,7 @@ fn check_fused_update(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> 
 /// A compression step's attributes against what its kernels assume: a method they know,
 /// a compressed buffer of the size the caps give, a fused form that exists.
 fn check_compression(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
-    let kind = s.op.as_ref().and_then(|o| o.kind.as_ref());
+    let kind = s.kind();
     let (c, packed, fused) = match kind {
         Some(Kind::Compress(c)) => (c, s.outputs.first(), None),
         Some(Kind::Decompress(c)) => (c, s.inputs.first(), Some(false)),

@@ -48,11 +48,7 @@ pub enum Ran {
 /// bundled model by the planner tests), except a Reshape's input and output, which share
 /// memory by design and are handled first.
 pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran {
-    let kind = step
-        .op
-        .as_ref()
-        .and_then(|o| o.kind.as_ref())
-        .expect("plan steps carry an op");
+    let kind = step.kind().expect("plan steps carry an op");
     let bi = |i: usize| plan.buffer(step.inputs[i]);
     let bo = |i: usize| plan.buffer(step.outputs[i]);
     // SAFETY (all closures): see the function's contract.

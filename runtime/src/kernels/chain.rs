@@ -18,8 +18,9 @@
 //! is stored into `y`'s planes from the lane's scratch, so the lanes never hold overlapping
 //! slices of `y`.
 
-use super::conv::{self, Conv2dGeom};
+use super::conv;
 use super::gemm::sgemm;
+use super::geometry::Conv2dGeom;
 use crate::threads;
 use std::ops::Range;
 

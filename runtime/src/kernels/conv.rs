@@ -16,83 +16,17 @@
 //! on one; other products are split inside the gemm. im2col and col2im stay serial: they
 //! move memory that one core already streams at full speed.
 
+// Re-exported where it used to live, for the compiler's imports.
 use super::gemm::{Images, Segments, ragged, sgemm, sgemm_images, sgemm_sum};
+pub use super::geometry::Conv2dGeom;
+use super::geometry::{gather, scatter_axpy, tap_offset};
 use super::rows::{RowCache, RowSplit};
-use super::window::{out_len, valid_range};
+use super::window::valid_range;
 use super::{activation, depthwise, direct};
 use crate::threads;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Conv2dGeom {
-    pub n: usize,
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c_out: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: [usize; 2],
-    /// top, left, bottom, right
-    pub pad: [usize; 4],
-    pub dilation: [usize; 2],
-    pub groups: usize,
-}
-
+// The choice between conv's own paths, which hangs on its thresholds, stays with them.
 impl Conv2dGeom {
-    pub fn out_h(&self) -> usize {
-        out_len(
-            self.h,
-            self.kh,
-            self.stride[0],
-            self.pad[0],
-            self.pad[2],
-            self.dilation[0],
-            false,
-        )
-    }
-
-    pub fn out_w(&self) -> usize {
-        out_len(
-            self.w,
-            self.kw,
-            self.stride[1],
-            self.pad[1],
-            self.pad[3],
-            self.dilation[1],
-            false,
-        )
-    }
-
-    pub fn input_len(&self) -> usize {
-        self.n * self.c_in * self.h * self.w
-    }
-
-    pub fn output_len(&self) -> usize {
-        self.n * self.c_out * self.out_h() * self.out_w()
-    }
-
-    pub fn weight_len(&self) -> usize {
-        self.c_out * self.cin_per_group() * self.kh * self.kw
-    }
-
-    pub fn cin_per_group(&self) -> usize {
-        self.c_in / self.groups
-    }
-
-    pub fn cout_per_group(&self) -> usize {
-        self.c_out / self.groups
-    }
-
-    /// One input channel per group (channel multiplier c_out / c_in allowed).
-    pub fn is_depthwise(&self) -> bool {
-        self.groups > 1 && self.groups == self.c_in
-    }
-
-    /// 1×1, stride 1, no padding: the input planes are already the im2col matrix.
-    pub fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0; 4]
-    }
-
     /// A 1×1 conv over small images: the whole batch as one product (see [`rows_path`]).
     fn is_batched_pointwise(&self) -> bool {
         let p = self.out_h() * self.out_w();
@@ -103,24 +37,6 @@ impl Conv2dGeom {
     /// as one product over all images' pixels, in place ([`sgemm_images`]).
     fn is_image_product(&self) -> bool {
         self.is_pointwise() && self.groups == 1 && self.n > 1 && ragged(self.out_h() * self.out_w())
-    }
-
-    fn col_rows(&self) -> usize {
-        self.cin_per_group() * self.kh * self.kw
-    }
-
-    fn debug_check(&self) {
-        debug_assert!(
-            self.groups >= 1
-                && self.c_in.is_multiple_of(self.groups)
-                && self.c_out.is_multiple_of(self.groups)
-        );
-        debug_assert!(
-            self.stride[0] >= 1
-                && self.stride[1] >= 1
-                && self.dilation[0] >= 1
-                && self.dilation[1] >= 1
-        );
     }
 }
 
@@ -725,11 +641,6 @@ pub fn backward_bias(g: &Conv2dGeom, dy: &[f32], db: &mut [f32]) {
     }
 }
 
-/// Offset of tap `k` relative to the window start `o * stride - pad`.
-pub(super) fn tap_offset(k: usize, dilation: usize, pad: usize) -> isize {
-    (k * dilation) as isize - pad as isize
-}
-
 /// The im2col matrix of one image's group: row (c, ky, kx), column (oy, ox), zeros where
 /// the tap falls in the padding. Each input row is padded and split into its stride phases
 /// once, so that every row of the matrix is made of contiguous copies (gathering stride-2
@@ -818,55 +729,6 @@ fn col2im(g: &Conv2dGeom, col: &[f32], dx: &mut [f32]) {
                 }
             }
         }
-    }
-}
-
-/// `dst[i] = src[start + i·stride]`.
-fn gather(dst: &mut [f32], src: &[f32], start: usize, stride: usize) {
-    if stride == 1 {
-        dst.copy_from_slice(&src[start..start + dst.len()]);
-    } else {
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = src[start + i * stride];
-        }
-    }
-}
-
-/// `dst[i] += a · src[start + i·stride]`.
-pub(super) fn gather_axpy(dst: &mut [f32], src: &[f32], start: usize, stride: usize, a: f32) {
-    if stride == 1 {
-        for (d, s) in dst.iter_mut().zip(&src[start..]) {
-            *d += a * s;
-        }
-    } else {
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d += a * src[start + i * stride];
-        }
-    }
-}
-
-/// `dst[start + i·stride] += a · src[i]`.
-pub(super) fn scatter_axpy(dst: &mut [f32], start: usize, stride: usize, a: f32, src: &[f32]) {
-    if stride == 1 {
-        for (d, s) in dst[start..].iter_mut().zip(src) {
-            *d += a * s;
-        }
-    } else {
-        for (i, s) in src.iter().enumerate() {
-            dst[start + i * stride] += a * s;
-        }
-    }
-}
-
-/// `Σ a[i] · src[start + i·stride]`.
-pub(super) fn gather_dot(a: &[f32], src: &[f32], start: usize, stride: usize) -> f32 {
-    if stride == 1 {
-        super::dot(a, &src[start..])
-    } else {
-        a.iter()
-            .enumerate()
-            .map(|(i, a)| a * src[start + i * stride])
-            .sum()
     }
 }
 
@@ -1043,7 +905,7 @@ mod tests {
 
     #[test]
     fn portable_forward_matches_direct_convolution() {
-        crate::kernels::gemm::tests::PORTABLE.set(true);
+        crate::kernels::simd::PORTABLE.set(true);
         forward_matches_reference();
     }
 

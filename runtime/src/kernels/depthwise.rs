@@ -4,8 +4,9 @@
 //!
 //! Threads: the loops split their output planes (or, for the weight gradient, channels).
 
-use super::conv::{Conv2dGeom, gather_axpy, gather_dot, scatter_axpy, tap_offset};
+use super::geometry::{Conv2dGeom, gather_axpy, gather_dot, scatter_axpy, tap_offset};
 use super::rows::{RowCache, RowSplit};
+use super::simd::dispatch_avx2;
 use super::window::valid_range;
 use crate::threads;
 use std::ops::Range;
@@ -177,7 +178,7 @@ impl PlaneLayout {
     /// [`PLANE_MAX`], on CPUs with AVX2 and FMA.
     fn new(g: &Conv2dGeom) -> Option<PlaneLayout> {
         #[cfg(target_arch = "x86_64")]
-        let vectors = super::gemm::has_avx2_fma();
+        let vectors = super::simd::has_avx2_fma();
         #[cfg(not(target_arch = "x86_64"))]
         let vectors = false;
         if !vectors || g.out_w() < 8 || g.kh * g.kw > MAX_TAPS {
@@ -449,12 +450,9 @@ fn row_taps(src: &[f32], starts: &[usize], w: &[f32], b: f32, out: &mut [f32]) {
     // cache's slack.
     let last = starts.iter().max().copied().unwrap_or(0);
     assert!(last + ow.next_multiple_of(8) <= src.len() && w.len() == starts.len());
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above), and every tap's vectors lie
-        // inside `src` (asserted above).
-        return unsafe { row_taps_avx2(src, starts, w, b, out) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks), and every tap's
+    // vectors lie inside `src` (asserted above).
+    dispatch_avx2!(unsafe { row_taps_avx2(src, starts, w, b, out) });
     out.fill(b);
     for (&s, &wv) in starts.iter().zip(w) {
         for (o, &v) in out.iter_mut().zip(&src[s..s + ow]) {
@@ -814,11 +812,8 @@ fn lanes_scatter(
     ws: &[[f32; LANES]],
     dxs: &mut [[f32; LANES]],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { lanes_scatter_avx2(pixels, dys, ws, dxs) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { lanes_scatter_avx2(pixels, dys, ws, dxs) });
     lanes_scatter_body(pixels, dys, ws, dxs)
 }
 
@@ -858,11 +853,8 @@ fn lanes_correlate(
     xs: &[[f32; LANES]],
     acc: &mut [[f32; LANES]],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { lanes_correlate_avx2(pixels, dys, xs, acc) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { lanes_correlate_avx2(pixels, dys, xs, acc) });
     lanes_correlate_body(pixels, dys, xs, acc)
 }
 
@@ -904,11 +896,8 @@ fn lanes_pass(
     p: usize,
     ys: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { lanes_pass_avx2(pixels, xs, ws, b0, p, ys) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { lanes_pass_avx2(pixels, xs, ws, b0, p, ys) });
     lanes_pass_body(pixels, xs, ws, b0, p, ys)
 }
 

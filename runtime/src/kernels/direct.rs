@@ -10,8 +10,9 @@
 //!
 //! Threads: the loops split the output planes (whole tiles of channels).
 
-use super::conv::{Conv2dGeom, tap_offset};
+use super::geometry::{Conv2dGeom, tap_offset};
 use super::rows::{RowCache, RowSplit};
+use super::simd::dispatch_avx2;
 use crate::threads;
 
 /// Up to this many input channels a conv takes this path.
@@ -160,12 +161,9 @@ fn tile(
     b: [f32; OCS],
     x0: usize,
 ) -> [[f32; COLS]; OCS] {
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above); `row` asserted that every
-        // tap's COLS floats from x0 lie inside `src` and that `w` has a weight per tap.
-        return unsafe { tile_avx2(src, starts, w, b, x0) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks); `row` asserted that
+    // every tap's COLS floats from x0 lie inside `src` and that `w` has a weight per tap.
+    dispatch_avx2!(unsafe { tile_avx2(src, starts, w, b, x0) });
     let mut acc = b.map(|b| [b; COLS]);
     for (k, &s) in starts.iter().enumerate() {
         let v: &[f32; COLS] = src[s + x0..][..COLS].try_into().expect("COLS floats");

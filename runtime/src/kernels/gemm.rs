@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 
+use super::simd::dispatch_avx2;
 use crate::threads;
 
 #[cfg(target_arch = "x86_64")]
@@ -311,19 +312,6 @@ fn scale(m: usize, n: usize, beta: f32, c: &mut [f32], (rs, cs): Strides) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn has_avx2_fma() -> bool {
-    // Asked once per micro-tile: a LazyLock read is a plain load once initialized.
-    static DETECTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
-    });
-    #[cfg(test)]
-    if tests::PORTABLE.get() {
-        return false;
-    }
-    *DETECTED
-}
-
 thread_local! {
     /// Packed B blocks and GEMV temporaries. Grown, never shrunk: after the first step of a
     /// training loop every product finds it large enough.
@@ -534,9 +522,9 @@ fn pack<const W: usize>(dst: &mut [f32], src: &[f32], w: usize, kc: usize, (s_w,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if W == NR && w == NR && s_k == 1 && has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::pack_lines(dst, src, kc, s_w) };
+    if W == NR && w == NR && s_k == 1 {
+        // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+        dispatch_avx2!(unsafe { avx2::pack_lines(dst, src, kc, s_w) });
     }
     if w < W {
         dst.chunks_exact_mut(W).for_each(|d| d[w..].fill(0.0));
@@ -573,12 +561,9 @@ impl Tile<'_> {
         assert!(extent(self.mr, self.kc, self.sa) <= self.a.len());
         assert!((self.kc - 1) * self.ldb + NR <= self.b.len());
         assert!(extent(self.mr, self.nr, sc) <= c.len());
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA, and the asserts above are the kernel's
-            // bounds preconditions.
-            return unsafe { avx2::tile(self, alpha, beta, c, sc) };
-        }
+        // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks), and the asserts above
+        // are the kernel's bounds preconditions.
+        dispatch_avx2!(unsafe { avx2::tile(self, alpha, beta, c, sc) });
         self.portable(alpha, beta, c, sc);
     }
 
@@ -679,20 +664,14 @@ fn update(y: &mut f32, v: f32, beta: f32) {
 // enabled they use 8-wide registers where the CPU has them.
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { dot_avx2(a, b) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { dot_avx2(a, b) });
     dot_body(a, b)
 }
 
 fn axpy(s: f32, x: &[f32], y: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { axpy_avx2(s, x, y) };
-    }
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { axpy_avx2(s, x, y) });
     axpy_body(s, x, y)
 }
 
@@ -739,8 +718,8 @@ fn axpy_body(s: f32, x: &[f32], y: &mut [f32]) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::kernels::simd::PORTABLE;
     use crate::kernels::testutil::{Lcg, assert_close};
-    use std::cell::Cell;
 
     fn reference(
         m: usize,
@@ -934,12 +913,6 @@ pub(crate) mod tests {
     #[test]
     fn edge_sizes_match_the_reference() {
         edge_sizes();
-    }
-
-    thread_local! {
-        /// Makes this thread's products take the portable paths, which an AVX2 machine
-        /// would otherwise never test.
-        pub(in crate::kernels) static PORTABLE: Cell<bool> = const { Cell::new(false) };
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod depthwise;
 mod direct;
 pub mod elementwise;
 pub mod gemm;
+pub mod geometry;
 pub mod layout;
 pub mod linear;
 pub mod loss;
@@ -26,6 +27,7 @@ pub mod norm;
 pub mod pool;
 mod rows;
 pub mod shape;
+pub(crate) mod simd;
 pub mod window;
 
 #[cfg(test)]

@@ -274,7 +274,8 @@ pub fn layer_norm_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::{self, Conv2dGeom};
+    use crate::kernels::conv;
+    use crate::kernels::geometry::Conv2dGeom;
     use crate::kernels::testutil::{Lcg, assert_close, check_grad, weighted_sum};
 
     struct Owned {

@@ -6,7 +6,8 @@
 //! and split into its even columns `0 b d 0` and odd ones `a c e`; output column `ox` of
 //! kernel column 0 reads even `ox`, of column 1 odd `ox`, of column 2 even `ox + 1`.
 
-use super::conv::Conv2dGeom;
+use super::geometry::Conv2dGeom;
+use super::simd::dispatch_avx2;
 use std::ops::Range;
 
 /// The padded width of a row, in f32s, up to which [`RowCache`] takes it.
@@ -121,11 +122,9 @@ impl RowSplit {
 /// `even[j] = row[2j]`, `odd[j] = row[2j + 1]`.
 fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
     assert!(even.len() == row.len().div_ceil(2) && odd.len() == row.len() / 2);
-    #[cfg(target_arch = "x86_64")]
-    if super::gemm::has_avx2_fma() {
-        // SAFETY: the CPU has AVX2 (checked above); the lengths are as asserted.
-        return unsafe { deinterleave_avx2(row, even, odd) };
-    }
+    // SAFETY: the CPU has AVX2 (`dispatch_avx2!` checks it, with FMA); the lengths are
+    // as asserted.
+    dispatch_avx2!(unsafe { deinterleave_avx2(row, even, odd) });
     deinterleave_tail(row, even, odd);
 }
 
