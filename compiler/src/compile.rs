@@ -17,10 +17,9 @@ use crate::passes::select::{Layers, Selection};
 use crate::passes::split::{self, Prefix};
 use crate::passes::{autodiff, compress, emit, loss, optim, schedule, select};
 use crate::{bail, err};
-use actc_runtime::exec::lanes;
-use actc_runtime::kernels::chain;
 use actc_runtime::ops;
 use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight};
+use actc_runtime::planning::{MAX_CHAIN_LANES, MAX_PREFIX_LANES};
 use petgraph::stable_graph::NodeIndex;
 use prost::Message;
 use std::collections::{BTreeMap, BTreeSet};
@@ -356,12 +355,12 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
         return Ok(());
     }
     let batch = cx.input_shape[0];
-    let threads = cx.opts.threads.clamp(1, lanes::MAX_LANES);
+    let threads = cx.opts.threads.clamp(1, MAX_PREFIX_LANES);
     // With one prefix lane, the fused chains share their bands among the threads; with
     // more, each lane's thread runs its chains alone.
     let build = |m: usize, lanes: usize, runner| {
         let chain_lanes = match lanes {
-            1 => threads.min(chain::MAX_LANES),
+            1 => threads.min(MAX_CHAIN_LANES),
             _ => 1,
         };
         prefix::build(prefix, batch, m, runner, chain_lanes)

@@ -5,9 +5,9 @@ use super::room::{Backward, Lowered, OnnxNode, Room, expect, shapes};
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::{norm_axis, pool_shape, reduce_shape, spatial_out, u32s, usizes};
-use actc_runtime::kernels::pool::byte_taps;
 use actc_runtime::ops::{self, Empty, Kind, PoolKind};
 use actc_runtime::plan::DType;
+use actc_runtime::planning::pool_byte_taps as byte_taps;
 
 pub struct Pools;
 

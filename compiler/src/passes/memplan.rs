@@ -7,8 +7,8 @@
 
 use crate::ir::{Graph, NodeOp, Role, TensorId};
 use crate::ops;
-use actc_runtime::exec::geom;
 use actc_runtime::plan::{Buffer, BufferKind, DType, Memory, Phase};
+use actc_runtime::planning::step_workspace_len;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -225,7 +225,7 @@ pub fn layout(graph: &Graph, order: &[NodeIndex], req: &Request) -> Layout {
         let (ins, outs) = (shapes(&node.inputs), shapes(&node.outputs));
         let ins: Vec<&[u64]> = ins.iter().map(|v| v.as_slice()).collect();
         let outs: Vec<&[u64]> = outs.iter().map(|v| v.as_slice()).collect();
-        let len = geom::workspace_len(kind, &ins, &outs);
+        let len = step_workspace_len(kind, &ins, &outs);
         if len == 0 {
             continue;
         }

@@ -4,11 +4,11 @@
 //! fusions drop).
 
 use crate::ir::{Data, Graph, Node, NodeOp, Tensor, TensorId};
-use actc_runtime::exec::geom;
-use actc_runtime::kernels::chain;
-use actc_runtime::kernels::conv::Conv2dGeom;
-use actc_runtime::kernels::norm::{self, BatchNormParams};
 use actc_runtime::ops::{self as rt, Kind};
+use actc_runtime::planning::{
+    BatchNormParams, Conv2dGeom, MAX_CHAIN_STAGES, chain_bands, chain_stage_fits, conv_geom,
+    fold_into_conv,
+};
 use petgraph::stable_graph::NodeIndex;
 
 /// All three, in order.
@@ -78,7 +78,7 @@ fn fold_batch_norms(graph: &mut Graph) {
             var: &params[3],
             epsilon: attrs.epsilon,
         };
-        let (w, b) = norm::fold_into_conv(&weight, bias.as_deref(), &p);
+        let (w, b) = fold_into_conv(&weight, bias.as_deref(), &p);
         let (w_name, w_shape) = {
             let t = graph.tensor(conv.inputs[1]);
             (format!("{}.folded", t.name), t.shape.clone())
@@ -135,7 +135,7 @@ fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(rt::Conv, Option<rt::Clip>, 
     if x.len() != 4 || w.len() != 4 {
         return None;
     }
-    let g = geom::conv(&conv, &x, &w);
+    let g = conv_geom(&conv, &x, &w);
     Some((conv, clip, g))
 }
 
@@ -154,14 +154,14 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
         let Some((conv, clip, g)) = stage_of(graph, first) else {
             continue;
         };
-        if !chain::stage_fits(&g, true) {
+        if !chain_stage_fits(&g, true) {
             continue;
         }
         let mut nodes = vec![first];
         let mut stages = vec![(conv, clip)];
         let mut geoms = vec![g];
         let mut spatial = !g.is_pointwise();
-        while nodes.len() < chain::MAX_STAGES {
+        while nodes.len() < MAX_CHAIN_STAGES {
             let last = nodes[nodes.len() - 1];
             let Some(next) = only_reader(graph, last) else {
                 break;
@@ -170,7 +170,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
                 break;
             };
             if graph.nodes[next].inputs[0] != graph.nodes[last].outputs[0]
-                || !chain::stage_fits(&g, false)
+                || !chain_stage_fits(&g, false)
             {
                 break;
             }
@@ -182,7 +182,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
             }
             spatial |= !g.is_pointwise();
         }
-        let Some(rows) = chain::bands(&geoms, lanes) else {
+        let Some(rows) = chain_bands(&geoms, lanes) else {
             continue;
         };
         let x = graph.nodes[first].inputs[0];

@@ -11,10 +11,10 @@ use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::{spatial_out, u32s, usizes};
 use crate::onnx::{attr_int, attr_ints};
 use crate::{bail, err};
-use actc_runtime::exec::geom;
 use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
+use actc_runtime::planning::conv_geom;
 
 pub struct Convs;
 
@@ -270,7 +270,7 @@ pub(super) fn sgd_fusable(
     compressor: Option<Compressor>,
 ) -> Option<Kind> {
     let w = dw.dims();
-    let fits = !sgd.nesterov && w.len() == 4 && !geom::conv(c, x, &w).is_depthwise();
+    let fits = !sgd.nesterov && w.len() == 4 && !conv_geom(c, x, &w).is_depthwise();
     fits.then(|| {
         Kind::ConvBackwardWeightSgd(ops::ConvSgd {
             conv: Some(c.clone()),
