@@ -99,7 +99,7 @@ fn compile_train_eval_export_on_bundled_digits() {
         "-o",
         onnx.to_str().unwrap(),
     ]);
-    let model = actc::onnx::load(&onnx).unwrap();
+    let model = actc::load_onnx(&onnx).unwrap();
     assert_eq!(model.graph.unwrap().output[0].name(), "logits");
 }
 

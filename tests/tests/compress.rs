@@ -4,9 +4,7 @@
 
 mod common;
 
-use actc::compile::{CompileOptions, compile_file};
-use actc::passes::compress::Compression;
-use actc::passes::select::Layers;
+use actc::{CompileOptions, Compression, Layers, compile_file};
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
 use std::collections::BTreeMap;
@@ -271,7 +269,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
 /// Fixed ranks as large as the modes keep everything: the uncompressed gradients.
 #[test]
 fn full_fixed_ranks_give_the_uncompressed_gradients() {
-    use actc::passes::compress::FixedRanks;
+    use actc::FixedRanks;
     let (name, layers, shape) = CASES[1];
     let hosvd = Compression::Hosvd {
         eps: 0.8,
@@ -309,7 +307,7 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
 /// (beta 0 on the first step, 0.9 after). Weight decay is the update's own (optim tests).
 #[test]
 fn fused_compressed_updates_match_held_ones() {
-    use actc::passes::optim::Optimizer;
+    use actc::Optimizer;
     use actc_runtime::ops::{self, Kind};
     let sgd = Optimizer::Sgd(ops::Sgd {
         momentum: 0.9,
