@@ -22,7 +22,10 @@ fn weight_shapes(plan: &Plan) -> Vec<(String, u32, Vec<u64>)> {
 }
 
 fn ops(plan: &Plan) -> Vec<String> {
-    plan.steps.iter().map(actc::inspect::op_name).collect()
+    plan.steps
+        .iter()
+        .map(actc_driver::inspect::op_name)
+        .collect()
 }
 
 #[test]

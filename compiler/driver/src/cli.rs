@@ -1,15 +1,12 @@
 //! The `actc` command line: argument parsing and the commands, callable in-process (the
 //! tests drive it this way) through [`run_from`].
 
-use crate::compile::{CompileOptions, compile_file};
-use crate::error::{Error, Result};
-use crate::onnx::import::InputShape;
-use crate::passes::compress::Compression;
-use crate::passes::optim::Optimizer;
-use crate::passes::prefix::PrefixRunner;
-use crate::passes::select::Layers;
 use crate::run::{self, DataOptions, TrainOptions};
-use crate::{budget, err, inspect};
+use crate::{budget, inspect};
+use actc::{
+    CompileOptions, Compression, Error, InputShape, Layers, Optimizer, PrefixRunner, Result,
+    compile_file, err,
+};
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
 use actc_runtime::plan::{LossKind, Plan, Schedule};

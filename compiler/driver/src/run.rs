@@ -1,9 +1,7 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::error::Result;
 use crate::inspect::human;
-use crate::onnx::export::export;
-use crate::{bail, err};
+use actc::{Result, bail, err, export};
 use actc_runtime::cache::PrefixCache;
 use actc_runtime::data::{Dataset, Layout, Preprocess, split};
 use actc_runtime::exec::Executor;
@@ -240,7 +238,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut best = f64::NEG_INFINITY;
-    let mut failure: Option<crate::error::Error> = None;
+    let mut failure: Option<actc::Error> = None;
     session
         .train(
             Rows { data: &data, rows: &train_rows },
