@@ -206,7 +206,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
         ..common::options(Layers::Last(4), Some(shape.clone()))
     };
     let model = common::model("mobilenetv2");
-    let prep = actc_driver::run::DataOptions::default();
+    let prep = actc_driver::data::DataOptions::default();
     let mut last_error = f64::INFINITY;
     for budget in [20_000, 200_000] {
         let choices = budget::calibrate(&model, &opts, budget, &fashion_mnist(), &prep).unwrap();

@@ -8,8 +8,8 @@
 //! therefore measures every layer's option at once; picking one option per layer under the
 //! budget is then a multiple-choice knapsack, solved by dynamic programming over the bytes.
 
+use crate::data::DataOptions;
 use crate::inspect::human;
-use crate::run::DataOptions;
 use actc::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
 use actc_runtime::compress::hosvd;
 use actc_runtime::data::{Dataset, split};
