@@ -17,16 +17,12 @@
 //! # Ok::<(), actc::Error>(())
 //! ```
 
-pub mod budget;
-pub mod cli;
 pub mod compile;
 pub mod error;
-pub mod inspect;
 pub mod ir;
 pub mod onnx;
 pub mod ops;
 pub mod passes;
-pub mod run;
 
 pub use compile::{CompileOptions, Compiled, compile_file, compile_model};
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@
 
 mod common;
 
-use actc::passes::select::Layers;
+use actc::Layers;
 use actc_runtime::exec::Executor;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

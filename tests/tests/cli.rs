@@ -7,7 +7,7 @@ use common::{model, scratch};
 fn run(args: &[&str]) {
     let mut argv = vec!["actc"];
     argv.extend_from_slice(args);
-    if let Err((code, msg)) = actc::cli::run_from(argv) {
+    if let Err((code, msg)) = actc_driver::cli::run_from(argv) {
         panic!("`actc {}` failed ({code}): {msg}", args.join(" "));
     }
 }
@@ -56,7 +56,7 @@ fn compile_train_eval_export_on_bundled_digits() {
     ]);
     // A spill folder that does not exist is refused before training, naming the flag.
     let missing = dir.join("missing");
-    let (code, msg) = actc::cli::run_from([
+    let (code, msg) = actc_driver::cli::run_from([
         "actc",
         "train",
         p,
@@ -99,7 +99,7 @@ fn compile_train_eval_export_on_bundled_digits() {
         "-o",
         onnx.to_str().unwrap(),
     ]);
-    let model = actc::onnx::load(&onnx).unwrap();
+    let model = actc::load_onnx(&onnx).unwrap();
     assert_eq!(model.graph.unwrap().output[0].name(), "logits");
 }
 

@@ -4,9 +4,7 @@
 
 mod common;
 
-use actc::compile::{CompileOptions, compile_file};
-use actc::passes::compress::Compression;
-use actc::passes::select::Layers;
+use actc::{CompileOptions, Compression, Layers, compile_file};
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
 use std::collections::BTreeMap;
@@ -197,7 +195,7 @@ fn fashion_mnist() -> std::path::PathBuf {
 /// trains at those ranks.
 #[test]
 fn a_budget_fixes_ranks_that_fit_it() {
-    use actc::budget;
+    use actc_driver::budget;
     use actc_runtime::ops::Kind;
     let shape = vec![8, 3, 32, 32];
     let opts = CompileOptions {
@@ -208,7 +206,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
         ..common::options(Layers::Last(4), Some(shape.clone()))
     };
     let model = common::model("mobilenetv2");
-    let prep = actc::run::DataOptions::default();
+    let prep = actc_driver::data::DataOptions::default();
     let mut last_error = f64::INFINITY;
     for budget in [20_000, 200_000] {
         let choices = budget::calibrate(&model, &opts, budget, &fashion_mnist(), &prep).unwrap();
@@ -266,7 +264,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
 /// Fixed ranks as large as the modes keep everything: the uncompressed gradients.
 #[test]
 fn full_fixed_ranks_give_the_uncompressed_gradients() {
-    use actc::passes::compress::FixedRanks;
+    use actc::FixedRanks;
     let (name, layers, shape) = CASES[1];
     let hosvd = Compression::Hosvd {
         eps: 0.8,
@@ -304,7 +302,7 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
 /// (beta 0 on the first step, 0.9 after). Weight decay is the update's own (optim tests).
 #[test]
 fn fused_compressed_updates_match_held_ones() {
-    use actc::passes::optim::Optimizer;
+    use actc::Optimizer;
     use actc_runtime::ops::{self, Kind};
     let sgd = Optimizer::Sgd(ops::Sgd {
         momentum: 0.9,

@@ -10,7 +10,7 @@ use std::path::Path;
 fn fails(args: &[&str]) -> (u8, String) {
     let mut argv = vec!["actc"];
     argv.extend_from_slice(args);
-    match actc::cli::run_from(argv) {
+    match actc_driver::cli::run_from(argv) {
         Ok(()) => panic!("expected `actc {}` to fail", args.join(" ")),
         Err(e) => e,
     }
@@ -54,7 +54,7 @@ fn unsupported_op_in_the_suffix_names_node_op_and_a_working_layers_value() {
     );
     // and the value it suggests does work
     let out = dir.join("ok.actc");
-    actc::cli::run_from([
+    actc_driver::cli::run_from([
         "actc",
         "compile",
         model("tiny_unsupported").to_str().unwrap(),
@@ -151,7 +151,7 @@ fn unknown_output_and_bad_hyper_parameters() {
 fn damaged_plan_is_refused_by_inspect() {
     let dir = scratch("damaged");
     let out = dir.join("p.actc");
-    actc::cli::run_from([
+    actc_driver::cli::run_from([
         "actc",
         "compile",
         model("tiny_mlp").to_str().unwrap(),

@@ -10,9 +10,7 @@
 
 mod common;
 
-use actc::compile::CompileOptions;
-use actc::onnx::import::InputShape;
-use actc::passes::select::Layers;
+use actc::{CompileOptions, InputShape, Layers};
 use actc_runtime::data::npz;
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::BufferKind;
@@ -58,14 +56,14 @@ fn check_case(case: &str, entry: &serde_json::Value) -> f32 {
         keep_gradients: true,
         ..CompileOptions::default()
     };
-    let plan = actc::compile::compile_file(&model, &opts).unwrap().plan;
+    let plan = actc::compile_file(&model, &opts).unwrap().plan;
     // The default plan stores conv weight gradients straight into their update: it holds
     // no gradient to compare, but the same updated weights.
     let fused = CompileOptions {
         keep_gradients: false,
         ..opts.clone()
     };
-    let fused = actc::compile::compile_file(&model, &fused).unwrap().plan;
+    let fused = actc::compile_file(&model, &fused).unwrap().plan;
 
     let input = npz::read(&file, "input").unwrap().values;
     let labels: Vec<u32> = npz::read(&file, "labels")

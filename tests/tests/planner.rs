@@ -4,7 +4,7 @@
 
 mod common;
 
-use actc::passes::select::Layers;
+use actc::Layers;
 use actc_runtime::ops::Kind;
 use actc_runtime::plan::{Plan, PlanError};
 use common::{MODELS, compile};

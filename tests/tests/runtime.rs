@@ -3,7 +3,7 @@
 
 mod common;
 
-use actc::passes::select::Layers;
+use actc::Layers;
 use actc_runtime::exec::Executor;
 use actc_runtime::prefix::Prefix;
 
@@ -22,18 +22,18 @@ fn batch(len: usize, seed: u64) -> Vec<f32> {
 
 fn overfit(name: &str, layers: Layers, steps: usize) -> (f32, f32) {
     // AdamW, so this also runs the optimizer-state path (the gradient test uses SGD).
-    let adamw = actc::passes::optim::Optimizer::AdamW(actc_runtime::ops::AdamW {
+    let adamw = actc::Optimizer::AdamW(actc_runtime::ops::AdamW {
         beta1: 0.9,
         beta2: 0.999,
         epsilon: 1e-8,
         weight_decay: 0.01,
     });
-    let opts = actc::compile::CompileOptions {
+    let opts = actc::CompileOptions {
         lr: 0.01,
         optimizer: adamw,
         ..common::options(layers, None)
     };
-    let plan = actc::compile::compile_file(&common::model(name), &opts)
+    let plan = actc::compile_file(&common::model(name), &opts)
         .unwrap()
         .plan;
     let src = plan.source.clone().unwrap();
@@ -98,11 +98,11 @@ fn loss_with(plan: &actc_runtime::plan::Plan, boundary: &[Vec<f32>]) -> f32 {
 /// plain SGD step with lr 1: g = w − w′) against central differences of the loss, for a few
 /// elements of every trainable weight.
 fn check_plan_gradients(name: &str, layers: Layers) {
-    let opts = actc::compile::CompileOptions {
+    let opts = actc::CompileOptions {
         lr: 1.0,
         ..common::options(layers, None)
     };
-    let plan = actc::compile::compile_file(&common::model(name), &opts)
+    let plan = actc::compile_file(&common::model(name), &opts)
         .unwrap()
         .plan;
     let shape = common::input_shape(&plan);
@@ -200,7 +200,7 @@ fn check_export(name: &str, layers: Layers) {
     }
     exec.forward();
     let mut ours = exec.output().to_vec();
-    let model = actc::onnx::export::export(&plan, &trained).unwrap();
+    let model = actc::export(&plan, &trained).unwrap();
     let bytes = prost::Message::encode_to_vec(&model);
     let runner = Prefix::new(&bytes, &shape).unwrap();
     let mut theirs = Vec::new();
@@ -237,11 +237,11 @@ fn check_export(name: &str, layers: Layers) {
 }
 
 fn compile(name: &str, layers: Layers) -> actc_runtime::plan::Plan {
-    let opts = actc::compile::CompileOptions {
+    let opts = actc::CompileOptions {
         lr: 0.05,
         ..common::options(layers, None)
     };
-    actc::compile::compile_file(&common::model(name), &opts)
+    actc::compile_file(&common::model(name), &opts)
         .unwrap()
         .plan
 }
@@ -265,14 +265,14 @@ fn the_prefix_cache_changes_the_time_only() {
     use actc_runtime::cache::PrefixCache;
     use actc_runtime::data::{Dataset, Preprocess};
     use actc_runtime::train::{Metrics, Rows, Session};
-    let opts = actc::compile::CompileOptions {
-        input: actc::onnx::import::InputShape {
+    let opts = actc::CompileOptions {
+        input: actc::InputShape {
             shape: Some(vec![16, 3, 32, 32]),
             batch: None,
         },
         ..common::options(Layers::Last(2), None)
     };
-    let plan = actc::compile::compile_file(&common::model("resnet18"), &opts)
+    let plan = actc::compile_file(&common::model("resnet18"), &opts)
         .unwrap()
         .plan;
     let data = Dataset::load(
@@ -346,7 +346,7 @@ fn the_prefix_cache_changes_the_time_only() {
 /// max pooling, depthwise convs at several plane sizes).
 #[test]
 fn the_own_prefix_computes_what_tract_computes() {
-    use actc::passes::prefix::PrefixRunner;
+    use actc::PrefixRunner;
     for (name, layers, shape) in [
         ("tiny_cnn", 1, vec![2, 3, 16, 16]),
         ("resnet18", 4, vec![2, 3, 32, 32]),
@@ -359,13 +359,13 @@ fn the_own_prefix_computes_what_tract_computes() {
         // depend on the micro-batch's maps); then half of it in each of two lanes at once.
         for m in [whole, whole / 2].into_iter().filter(|&m| m > 0) {
             let lanes = whole / m;
-            let opts = actc::compile::CompileOptions {
+            let opts = actc::CompileOptions {
                 prefix: PrefixRunner::Actc,
                 prefix_batch: Some(m),
                 threads: 2,
                 ..common::options(Layers::Last(layers), Some(shape.clone()))
             };
-            let plan = actc::compile::compile_file(&common::model(name), &opts)
+            let plan = actc::compile_file(&common::model(name), &opts)
                 .unwrap()
                 .plan;
             assert!(plan.prefix_steps > 0, "{name}");

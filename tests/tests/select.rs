@@ -3,8 +3,7 @@
 
 mod common;
 
-use actc::onnx::proto::ModelProto;
-use actc::passes::select::Layers;
+use actc::{Layers, ModelProto};
 use actc_runtime::plan::{BufferKind, Plan};
 use common::{compile, model};
 use prost::Message;
@@ -23,7 +22,10 @@ fn weight_shapes(plan: &Plan) -> Vec<(String, u32, Vec<u64>)> {
 }
 
 fn ops(plan: &Plan) -> Vec<String> {
-    plan.steps.iter().map(actc::inspect::op_name).collect()
+    plan.steps
+        .iter()
+        .map(actc_driver::inspect::op_name)
+        .collect()
 }
 
 #[test]
@@ -90,7 +92,7 @@ fn layers_all_trains_from_the_input_with_no_prefix() {
 
 #[test]
 fn prefix_and_rest_partition_the_original_model() {
-    let original = actc::onnx::load(&model("mobilenetv2")).unwrap();
+    let original = actc::load_onnx(&model("mobilenetv2")).unwrap();
     let c = compile("mobilenetv2", Layers::Last(4), None).unwrap();
     let prefix = ModelProto::decode(c.plan.prefix_onnx.as_slice()).unwrap();
     let rest = ModelProto::decode(c.plan.rest_onnx.as_slice()).unwrap();
@@ -152,9 +154,9 @@ fn weights_as_constant_nodes_and_identities_import_like_initializers() {
 fn the_chosen_output_trains_and_the_other_head_is_pruned() {
     let c = compile("tiny_multi_output", Layers::Last(1), None).unwrap();
     assert_eq!(c.plan.source.as_ref().unwrap().output_name, "logits");
-    let e = actc::compile::compile_file(
+    let e = actc::compile_file(
         &model("tiny_multi_output"),
-        &actc::compile::CompileOptions {
+        &actc::CompileOptions {
             output: Some("embedding".into()),
             ..common::options(Layers::Last(1), None)
         },

@@ -4,9 +4,7 @@
 
 mod common;
 
-use actc::compile::{CompileOptions, compile_file};
-use actc::passes::compress::Compression;
-use actc::passes::select::Layers;
+use actc::{CompileOptions, Compression, Layers, compile_file};
 use common::MODELS;
 
 fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compression) -> String {
@@ -108,7 +106,7 @@ fn compressed_training_graphs() {
 /// Compress reads and writes its persistent factors, and the buffers are sized at the ranks.
 #[test]
 fn fixed_rank_training_graph() {
-    use actc::passes::compress::FixedRanks;
+    use actc::FixedRanks;
     let shape = [2, 3, 16, 16];
     let fixed_ranks = [
         ("/conv1/Conv", [2, 1, 1, 2]),

@@ -1,9 +1,7 @@
 //! Shared by the integration tests: where the bundled models are, and compiling them.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use actc::compile::{CompileOptions, Compiled, compile_file};
-use actc::onnx::import::InputShape;
-use actc::passes::select::Layers;
+use actc::{CompileOptions, Compiled, InputShape, Layers, compile_file};
 use std::path::PathBuf;
 
 pub fn model(name: &str) -> PathBuf {

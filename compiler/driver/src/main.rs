@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    actc::cli::main()
+    actc_driver::cli::main()
 }

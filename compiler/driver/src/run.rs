@@ -1,11 +1,11 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::error::Result;
+use crate::data::DataOptions;
+use crate::fs::write_atomically;
 use crate::inspect::human;
-use crate::onnx::export::export;
-use crate::{bail, err};
+use actc::{Result, bail, err, export};
 use actc_runtime::cache::PrefixCache;
-use actc_runtime::data::{Dataset, Layout, Preprocess, split};
+use actc_runtime::data::{Dataset, Layout, split};
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
 use actc_runtime::train::{Event, Metrics, Rows, Session};
@@ -14,32 +14,6 @@ use prost::Message;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// How samples become model inputs (flags shared by train and eval).
-#[derive(Clone, Debug, Default)]
-pub struct DataOptions {
-    pub layout: Option<Layout>,
-    pub scale: Option<f32>,
-    pub mean: Option<Vec<f32>>,
-    pub std: Option<Vec<f32>>,
-}
-
-impl DataOptions {
-    pub(crate) fn preprocess(&self, sample_shape: &[usize], data: &Dataset) -> Result<Preprocess> {
-        let mut p = Preprocess::for_input(sample_shape, data).map_err(|e| err!("{e}"))?;
-        if let Some(s) = self.scale {
-            p.scale = Some(s);
-        }
-        if let Some(m) = &self.mean {
-            p.mean = m.clone();
-        }
-        if let Some(s) = &self.std {
-            p.std = s.clone();
-        }
-        data.check(&p).map_err(|e| err!("{e}"))?;
-        Ok(p)
-    }
-}
 
 pub struct TrainOptions {
     pub data: PathBuf,
@@ -240,7 +214,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut best = f64::NEG_INFINITY;
-    let mut failure: Option<crate::error::Error> = None;
+    let mut failure: Option<actc::Error> = None;
     session
         .train(
             Rows { data: &data, rows: &train_rows },
@@ -299,7 +273,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                         let saved = snapshot
                             .as_ref()
                             .map_err(Clone::clone)
-                            .and_then(|s| crate::cli::write_atomically(p, s));
+                            .and_then(|s| write_atomically(p, s));
                         if let Err(e) = saved {
                             failure.get_or_insert(e);
                         }
@@ -353,7 +327,7 @@ pub fn export_onnx(plan_path: &Path, weights: Option<&Path>, out: &Path) -> Resu
         None => plan.clone(),
     };
     let model = export(&plan, &trained).map_err(|e| err!("{}: {}", plan_path.display(), e.0))?;
-    crate::cli::write_atomically(out, &model.encode_to_vec())?;
+    write_atomically(out, &model.encode_to_vec())?;
     eprintln!("exported {} -> {}", plan_path.display(), out.display());
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `actc inspect`: a per-layer table of a plan (ops, shapes, what trains, saved bytes, FLOPs,
 //! planned offsets and the peak), as text or JSON.
 
-use crate::onnx::proto::ModelProto;
+use actc::ModelProto;
 use actc_runtime::ops::{Kind, PoolKind};
 use actc_runtime::plan::{Buffer, BufferKind, Phase, Plan, Step};
 use prost::Message;
@@ -61,7 +61,7 @@ fn is_read_backward(plan: &Plan, b: u32) -> bool {
 
 pub fn op_name(step: &Step) -> String {
     match step.op.as_ref().and_then(|o| o.kind.as_ref()) {
-        Some(k) => crate::ir::kind_name(k),
+        Some(k) => actc::op_name(k),
         None => "?".into(),
     }
 }

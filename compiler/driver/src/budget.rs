@@ -8,12 +8,9 @@
 //! therefore measures every layer's option at once; picking one option per layer under the
 //! budget is then a multiple-choice knapsack, solved by dynamic programming over the bytes.
 
-use crate::compile::{CompileOptions, compile_file};
-use crate::err;
-use crate::error::Result;
+use crate::data::DataOptions;
 use crate::inspect::human;
-use crate::passes::compress::{Compression, FixedRanks};
-use crate::run::DataOptions;
+use actc::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
 use actc_runtime::compress::hosvd;
 use actc_runtime::data::{Dataset, split};
 use actc_runtime::ops::{Kind, Method};

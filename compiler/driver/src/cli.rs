@@ -1,21 +1,19 @@
 //! The `actc` command line: argument parsing and the commands, callable in-process (the
 //! tests drive it this way) through [`run_from`].
 
-use crate::compile::{CompileOptions, compile_file};
-use crate::error::{Error, Result};
-use crate::onnx::import::InputShape;
-use crate::passes::compress::Compression;
-use crate::passes::optim::Optimizer;
-use crate::passes::prefix::PrefixRunner;
-use crate::passes::select::Layers;
-use crate::run::{self, DataOptions, TrainOptions};
-use crate::{budget, err, inspect};
+use crate::data::DataOptions;
+use crate::fs::write_atomically;
+use crate::run::{self, TrainOptions};
+use crate::{budget, inspect};
+use actc::{
+    CompileOptions, Compression, Error, InputShape, Layers, Optimizer, PrefixRunner, Result,
+    compile_file, err,
+};
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
 use actc_runtime::plan::{LossKind, Plan, Schedule};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -446,31 +444,6 @@ fn parse_size(s: &str) -> std::result::Result<usize, String> {
     n.checked_shl(shift)
         .filter(|v| v >> shift == n)
         .ok_or_else(|| format!("'{s}' is too large"))
-}
-
-/// Writes through a temporary file in the same folder and renames it, so a failure never
-/// leaves a partial file behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| err!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err!("{}: cannot write: {e}", path.display()));
-    }
-    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
