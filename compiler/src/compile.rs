@@ -180,7 +180,7 @@ impl<'o> Context<'o> {
         model_name: &str,
         opts: &'o CompileOptions,
     ) -> Result<Context<'o>> {
-        let imported = import(model.clone(), dir, &opts.input)?;
+        let imported = import(&model, dir, &opts.input)?;
         let input_shape = imported.graph.tensor(imported.input).shape.clone();
         Ok(Context {
             opts,

@@ -21,7 +21,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[macro_export]
 macro_rules! bail {
     ($($arg:tt)*) => {
-        return Err($crate::error::Error(format!($($arg)*)))
+        return Err($crate::Error(format!($($arg)*)))
     };
 }
 
@@ -29,6 +29,6 @@ macro_rules! bail {
 #[macro_export]
 macro_rules! err {
     ($($arg:tt)*) => {
-        $crate::error::Error(format!($($arg)*))
+        $crate::Error(format!($($arg)*))
     };
 }

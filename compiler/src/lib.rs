@@ -17,12 +17,12 @@
 //! # Ok::<(), actc::Error>(())
 //! ```
 
-pub mod compile;
-pub mod error;
-pub mod ir;
-pub mod onnx;
-pub mod ops;
-pub mod passes;
+mod compile;
+mod error;
+mod ir;
+mod onnx;
+mod ops;
+mod passes;
 
 pub use compile::{CompileOptions, Compiled, compile_file, compile_model};
 pub use error::{Error, Result};

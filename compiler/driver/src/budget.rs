@@ -177,9 +177,8 @@ struct Compressed {
 }
 
 fn compressed_layers(plan: &Plan) -> Vec<Compressed> {
-    let kind = |s: &actc_runtime::plan::Step| s.op.as_ref().and_then(|o| o.kind.clone());
     let gradient_of = |layer: &str| {
-        plan.steps.iter().find_map(|s| match kind(s) {
+        plan.steps.iter().find_map(|s| match s.kind() {
             Some(Kind::ConvBackwardWeightCompressed(_) | Kind::LinearGradWCompressed(_))
                 if s.origin == layer =>
             {
@@ -190,7 +189,7 @@ fn compressed_layers(plan: &Plan) -> Vec<Compressed> {
     };
     plan.steps
         .iter()
-        .filter_map(|s| match kind(s) {
+        .filter_map(|s| match s.kind() {
             Some(Kind::Compress(c)) if matches!(c.method, Some(Method::Hosvd(_))) => {
                 Some(Compressed {
                     name: s.origin.clone(),

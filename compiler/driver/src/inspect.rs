@@ -2,7 +2,6 @@
 //! planned offsets and the peak), as text or JSON.
 
 use actc::ModelProto;
-use actc_runtime::ops::{Kind, PoolKind};
 use actc_runtime::plan::{Buffer, BufferKind, Phase, Plan, Step};
 use prost::Message;
 use serde_json::{Value, json};
@@ -60,10 +59,7 @@ fn is_read_backward(plan: &Plan, b: u32) -> bool {
 }
 
 pub fn op_name(step: &Step) -> String {
-    match step.op.as_ref().and_then(|o| o.kind.as_ref()) {
-        Some(k) => actc::op_name(k),
-        None => "?".into(),
-    }
+    step.kind().map_or_else(|| "?".into(), actc::op_name)
 }
 
 fn shape(b: &Buffer) -> String {
@@ -74,67 +70,18 @@ fn shape(b: &Buffer) -> String {
         .join("x")
 }
 
-/// Multiply-adds count as two FLOPs; elementwise ops one per output element.
+/// Multiply-adds count as two FLOPs; elementwise ops one per output element (each op's
+/// room in the compiler says).
 pub fn flops(plan: &Plan, step: &Step) -> u64 {
-    let Some(kind) = step.op.as_ref().and_then(|o| o.kind.as_ref()) else {
+    let Some(kind) = step.kind() else {
         return 0;
     };
-    let buf = |i: usize, out: bool| {
-        let ids = if out { &step.outputs } else { &step.inputs };
-        ids.get(i).map(|&b| plan.buffer(b))
+    let shapes = |ids: &[u32]| -> Vec<&[u64]> {
+        ids.iter()
+            .map(|&b| plan.buffer(b).shape.as_slice())
+            .collect()
     };
-    let numel = |b: Option<&Buffer>| b.map(|b| b.numel() as u64).unwrap_or(0);
-    match kind {
-        Kind::Conv(_) => {
-            let w = buf(1, false).map(|b| b.shape.clone()).unwrap_or_default();
-            let per_out: u64 = w.iter().skip(1).product();
-            2 * numel(buf(0, true)) * per_out
-        }
-        Kind::ConvBackwardData(_) => {
-            let w = buf(1, false).map(|b| b.shape.clone()).unwrap_or_default();
-            2 * numel(buf(0, false)) * w.iter().skip(1).product::<u64>()
-        }
-        Kind::ConvBackwardWeight(_) => {
-            let w = buf(0, true).map(|b| b.shape.clone()).unwrap_or_default();
-            2 * numel(buf(1, false)) * w.iter().skip(1).product::<u64>()
-        }
-        Kind::Gemm(_) | Kind::MatMul(_) => {
-            let a = buf(0, false).map(|b| b.shape.clone()).unwrap_or_default();
-            let y = numel(buf(0, true));
-            let k = match kind {
-                Kind::Gemm(g) if g.trans_a => a.first().copied().unwrap_or(1),
-                _ => a.last().copied().unwrap_or(1),
-            };
-            2 * y * k
-        }
-        Kind::GemmGradA(_) | Kind::MatMulGradX(_) => {
-            let dy = buf(0, false).map(|b| b.shape.clone()).unwrap_or_default();
-            2 * numel(buf(0, true)) * dy.last().copied().unwrap_or(1)
-        }
-        Kind::GemmGradB(_) | Kind::MatMulGradW(_) => {
-            let x = numel(buf(0, false));
-            let dy = buf(1, false).map(|b| b.shape.clone()).unwrap_or_default();
-            2 * x * dy.last().copied().unwrap_or(1)
-        }
-        Kind::AveragePool(p) | Kind::MaxPool(p) => {
-            numel(buf(0, true)) * p.kernel.iter().map(|&k| k as u64).product::<u64>()
-        }
-        Kind::PoolBackward(p) => match &p.pool {
-            Some(PoolKind::Average(p)) => {
-                numel(buf(0, false)) * p.kernel.iter().map(|&k| k as u64).product::<u64>()
-            }
-            _ => numel(buf(0, true)),
-        },
-        Kind::SgdUpdate(_) | Kind::AdamWUpdate(_) => 4 * numel(buf(0, false)),
-        // x, dy, w: the weight gradient's product, then the update (from a compressed
-        // input, counted as the other compressed gradients are)
-        Kind::ConvBackwardWeightSgd(cs) if cs.compressor.is_none() => {
-            let w = buf(2, false).map(|b| b.shape.clone()).unwrap_or_default();
-            (2 * numel(buf(1, false)) + 4) * w.iter().skip(1).product::<u64>()
-        }
-        Kind::Reshape(_) => 0,
-        _ => numel(buf(0, true)).max(numel(buf(0, false))),
-    }
+    actc::flops(kind, &shapes(&step.inputs), &shapes(&step.outputs))
 }
 
 fn prefix_nodes(plan: &Plan) -> usize {

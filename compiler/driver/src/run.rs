@@ -432,20 +432,7 @@ pub fn bench(
 fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_json::Value) {
     let ms = |s: f64| s * 1e3 / steps.max(1) as f64;
     let total: f64 = seconds.iter().sum();
-    let op = |i: usize| {
-        plan.steps[i]
-            .op
-            .as_ref()
-            .and_then(|o| o.kind.as_ref())
-            .map(|k| {
-                format!("{k:?}")
-                    .split(['(', ' '])
-                    .next()
-                    .unwrap_or("?")
-                    .to_string()
-            })
-            .unwrap_or_default()
-    };
+    let op = |i: usize| plan.steps[i].kind().map(actc::op_name).unwrap_or_default();
     let mut by_op: Vec<(String, f64)> = Vec::new();
     for (i, &t) in seconds.iter().enumerate() {
         match by_op.iter_mut().find(|(o, _)| *o == op(i)) {

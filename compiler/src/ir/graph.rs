@@ -299,8 +299,4 @@ impl Graph {
         }
         seen
     }
-
-    pub fn find_tensor(&self, name: &str) -> Option<TensorId> {
-        self.tensors.iter().position(|t| t.name == name)
-    }
 }

@@ -32,13 +32,11 @@ pub struct InputShape {
 
 pub struct Imported {
     pub graph: Graph,
-    pub model: ModelProto,
     pub input: TensorId,
-    pub opset: i64,
 }
 
-pub fn import(model: ModelProto, dir: &Path, fix: &InputShape) -> Result<Imported> {
-    let opset = opset(&model);
+pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Imported> {
+    let opset = opset(model);
     if !(7..=23).contains(&opset) {
         bail!("model uses opset {opset}; actc reads opsets 7 to 23 (11 to 21 are tested)");
     }
@@ -82,12 +80,7 @@ pub fn import(model: ModelProto, dir: &Path, fix: &InputShape) -> Result<Importe
             .ok_or_else(|| err!("graph output '{}' is produced by no node", out.name()))?;
         graph.outputs.push(id);
     }
-    Ok(Imported {
-        graph,
-        model,
-        input,
-        opset,
-    })
+    Ok(Imported { graph, input })
 }
 
 fn fixed_input_shape(info: &ValueInfoProto, fix: &InputShape) -> Result<Vec<usize>> {

@@ -18,9 +18,7 @@ mod pool;
 mod room;
 mod softmax;
 
-pub use room::{
-    Arg, Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Out, Room, SavedInput, kernel,
-};
+pub use room::{Arg, Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Out, Room, kernel};
 
 use crate::ir::{Graph, Node, NodeOp, TensorId};
 use actc_runtime::ops::Kind;

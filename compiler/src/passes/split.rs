@@ -6,12 +6,11 @@
 use super::select::Selection;
 use crate::ir::{Graph, Role, TensorId};
 
-/// The frozen prefix at the compiled batch: its graph, model input and boundary tensors
-/// (in the order of the suffix's inputs).
+/// The frozen prefix at the compiled batch: its graph (whose outputs are the boundary
+/// tensors, in the order of the suffix's inputs) and its model input.
 pub struct Prefix {
     pub graph: Graph,
     pub input: TensorId,
-    pub outputs: Vec<TensorId>,
 }
 
 /// Cuts `graph`; returns the prefix, or `None` when training reaches the model input.
@@ -23,14 +22,9 @@ pub fn split(graph: &mut Graph, selection: &Selection, model_input: TensorId) ->
         let nodes = graph.ancestors_of(boundary);
         let (mut sub, map) = graph.subgraph(&nodes);
         let input = map[&model_input];
-        let outputs: Vec<TensorId> = boundary.iter().map(|b| map[b]).collect();
         sub.inputs = vec![input];
-        sub.outputs = outputs.clone();
-        Some(Prefix {
-            graph: sub,
-            input,
-            outputs,
-        })
+        sub.outputs = boundary.iter().map(|b| map[b]).collect();
+        Some(Prefix { graph: sub, input })
     };
     let doomed: Vec<_> = graph
         .nodes
