@@ -1,6 +1,6 @@
 //! The graph: nodes over tensors, with edges kept in step with each node's inputs.
 
-use super::tensor::{Tensor, TensorId};
+use super::tensor::{OnnxSource, Tensor, TensorId};
 use crate::onnx::proto::NodeProto;
 use actc_runtime::ops::Kind;
 use actc_runtime::plan::Phase;
@@ -18,14 +18,6 @@ pub enum NodeOp {
     Kernel(Kind),
     /// The ONNX node as written (op type, domain, attributes).
     Onnx(Arc<NodeProto>),
-}
-
-/// The ONNX node an IR node or folded constant came from, with the IR tensor of each of its
-/// inputs (`None` for an omitted optional input).
-#[derive(Clone, Debug, PartialEq)]
-pub struct OnnxSource {
-    pub proto: Arc<NodeProto>,
-    pub inputs: Vec<Option<TensorId>>,
 }
 
 #[derive(Clone, Debug)]

@@ -17,5 +17,5 @@ mod graph;
 mod tensor;
 pub mod verify;
 
-pub use graph::{Graph, Node, NodeOp, OnnxSource, kind_name};
-pub use tensor::{Data, Role, Tensor, TensorId};
+pub use graph::{Graph, Node, NodeOp, kind_name};
+pub use tensor::{Data, OnnxSource, Role, Tensor, TensorId};

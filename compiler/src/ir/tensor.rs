@@ -1,10 +1,18 @@
 //! Tensors of the IR: named, with a static shape, an element type and, for constants, data.
 
-use super::graph::OnnxSource;
+use crate::onnx::proto::NodeProto;
 use actc_runtime::plan::DType;
 use std::sync::Arc;
 
 pub type TensorId = usize;
+
+/// The ONNX node an IR node or folded constant came from, with the IR tensor of each of its
+/// inputs (`None` for an omitted optional input).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnnxSource {
+    pub proto: Arc<NodeProto>,
+    pub inputs: Vec<Option<TensorId>>,
+}
 
 /// Constant contents. Shared, because folding and the passes copy tensors around.
 #[derive(Clone, Debug, PartialEq)]
