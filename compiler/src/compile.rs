@@ -369,20 +369,25 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
     if build(batch, 1, cx.opts.prefix)?.is_none() {
         return Ok(());
     }
+    // Whether the prefix runs on part of the batch at all (its ops treat samples apart and
+    // its shapes follow the batch): else it runs at the whole batch.
+    let splits = batch == 1 || build(1, 1, PrefixRunner::Actc)?.is_some();
     let (m, lanes) = match cx.opts.prefix_batch {
         Some(m) if m == 0 || !batch.is_multiple_of(m) => {
             bail!("--prefix-batch {m} does not divide the batch {batch}; give a divisor of it")
         }
+        Some(m) if m != batch && !splits => bail!(
+            "--prefix-batch {m}: the frozen prefix mixes the samples of a batch, so it runs on the whole batch; leave --prefix-batch out"
+        ),
         Some(m) => (m, threads.min(batch / m)),
+        None if !splits => (batch, 1),
         None => prefix::micro_batch(batch, threads, training_arena, |m, lanes| {
             Ok(build(m, lanes, PrefixRunner::Actc)?.map_or(u64::MAX, |p| p.arena()))
         })?,
     };
-    let Some(micro) = build(m, lanes, PrefixRunner::Actc)? else {
-        bail!(
-            "--prefix-batch {m}: the frozen prefix combines the samples of a batch; leave --prefix-batch out"
-        )
-    };
+    let micro = build(m, lanes, PrefixRunner::Actc)?.ok_or_else(|| {
+        err!("the frozen prefix does not run at micro-batch {m}; give --prefix-batch {batch}")
+    })?;
     let (input, outputs) = micro.attach(&mut cx.graph);
     cx.own_prefix = Some((m, input, outputs));
     cx.lanes = lanes;

@@ -164,3 +164,47 @@ pub fn micro_batch(
     }
     Ok((1, 1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Tensor;
+    use actc_runtime::ops::{Axes, Empty, Kind};
+    use actc_runtime::plan::DType;
+
+    /// input (4, 8) → Relu → `then` → output.
+    fn graph(then: Kind, out: Vec<usize>) -> Graph {
+        let mut g = Graph::default();
+        let x = g.add_tensor(Tensor::value("x", vec![4, 8], DType::F32));
+        g.inputs = vec![x];
+        let r = Tensor::value("r", vec![4, 8], DType::F32);
+        let r = g.push(
+            "relu".into(),
+            Kind::Relu(Empty {}),
+            vec![x],
+            vec![r],
+            Phase::Forward,
+            None,
+        )[0];
+        let y = Tensor::value("y", out, DType::F32);
+        g.outputs = g.push("then".into(), then, vec![r], vec![y], Phase::Forward, None);
+        g
+    }
+
+    #[test]
+    fn a_prefix_runs_on_part_of_the_batch_unless_it_mixes_samples() {
+        let mut per_sample = graph(Kind::ReduceMean(Axes { axes: vec![1] }), vec![4, 1]);
+        rebatch(&mut per_sample, 4, 2).unwrap();
+        let shapes: Vec<_> = per_sample.tensors.iter().map(|t| t.shape.clone()).collect();
+        assert_eq!(shapes, [vec![2, 8], vec![2, 8], vec![2, 1]]);
+
+        let mut mixing = graph(Kind::ReduceMean(Axes { axes: vec![0] }), vec![1, 8]);
+        let e = rebatch(&mut mixing, 4, 2).unwrap_err();
+        assert!(e.contains("combines the samples"), "{e}");
+
+        // A reshape that folds the batch into another axis breaks the shape rule.
+        let mut folding = graph(Kind::Reshape(Empty {}), vec![32]);
+        let e = rebatch(&mut folding, 4, 2).unwrap_err();
+        assert!(e.contains("elements"), "{e}");
+    }
+}
