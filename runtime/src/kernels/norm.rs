@@ -531,45 +531,14 @@ mod tests {
 
             // Each gradient alone is the same (no hidden dependence between the outputs),
             // and the outputs are overwritten, not accumulated into.
-            let mut dx1 = vec![1.0; c.x.len()];
-            layer_norm_backward(
-                &c.g,
-                &c.x,
-                &c.scale,
-                &mean,
-                &inv_std,
-                &w,
-                Some(&mut dx1),
-                None,
-                None,
-            );
-            assert_eq!(dx1, dx, "{what}: dx alone");
-            let mut ds1 = vec![1.0; inner];
-            layer_norm_backward(
-                &c.g,
-                &c.x,
-                &c.scale,
-                &mean,
-                &inv_std,
-                &w,
-                None,
-                Some(&mut ds1),
-                None,
-            );
-            assert_eq!(ds1, dscale, "{what}: dscale alone");
-            let mut db1 = vec![1.0; inner];
-            layer_norm_backward(
-                &c.g,
-                &c.x,
-                &c.scale,
-                &mean,
-                &inv_std,
-                &w,
-                None,
-                None,
-                Some(&mut db1),
-            );
-            assert_eq!(db1, dbias, "{what}: dbias alone");
+            for (which, want) in [(0, &dx), (1, &dscale), (2, &dbias)] {
+                let mut got = vec![1.0; want.len()];
+                let mut outs: [Option<&mut [f32]>; 3] = [None, None, None];
+                outs[which] = Some(&mut got);
+                let [gx, gs, gb] = outs;
+                layer_norm_backward(&c.g, &c.x, &c.scale, &mean, &inv_std, &w, gx, gs, gb);
+                assert_eq!(&got, want, "{what}: gradient {which} alone");
+            }
         }
     }
 
