@@ -75,3 +75,71 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Node, Tensor};
+    use actc_runtime::ops::{Empty, Kind};
+    use actc_runtime::plan::{DType, Phase};
+
+    /// x (2, 3) → Relu → y (2, 3)
+    fn relu() -> (Graph, petgraph::stable_graph::NodeIndex) {
+        let mut g = Graph::default();
+        let x = g.add_tensor(Tensor::value("x", vec![2, 3], DType::F32));
+        let y = Tensor::value("y", vec![2, 3], DType::F32);
+        g.push(
+            "relu".into(),
+            Kind::Relu(Empty {}),
+            vec![x],
+            vec![y],
+            Phase::Forward,
+            None,
+        );
+        let n = g.nodes.node_indices().next().unwrap();
+        (g, n)
+    }
+
+    #[test]
+    fn a_sound_graph_passes() {
+        verify(&relu().0).unwrap();
+    }
+
+    #[test]
+    fn a_shape_the_op_does_not_give_is_named() {
+        let (mut g, _) = relu();
+        g.tensor_mut(1).shape = vec![3, 2];
+        let e = verify(&g).unwrap_err();
+        assert!(
+            e.contains("node 'relu' (Relu)") && e.contains("[3, 2]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_read_without_its_edge_and_a_cycle_are_found() {
+        let (mut g, relu) = relu();
+        // A node that reads y, but whose edge from y's producer is dropped.
+        let z = g.add_tensor(Tensor::value("z", vec![2, 3], DType::F32));
+        let sig = g.add_node(Node {
+            name: "sigmoid".into(),
+            op: NodeOp::Kernel(Kind::Sigmoid(Empty {})),
+            inputs: vec![1],
+            outputs: vec![z],
+            phase: Phase::Forward,
+            source: None,
+            origin: None,
+        });
+        let e = g.nodes.find_edge(relu, sig).unwrap();
+        g.nodes.remove_edge(e);
+        assert!(verify(&g).unwrap_err().contains("without an edge"));
+        // Back, plus an order edge the other way: a cycle.
+        g.nodes.add_edge(relu, sig, 1);
+        g.nodes[relu].inputs.push(z);
+        g.nodes.add_edge(sig, relu, z);
+        g.nodes[relu].inputs.pop();
+        assert!(verify(&g).unwrap_err().contains("does not read"));
+        g.nodes[relu].inputs.push(z);
+        assert_eq!(verify(&g).unwrap_err(), "the graph has a cycle");
+    }
+}
