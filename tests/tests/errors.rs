@@ -213,3 +213,110 @@ fn bad_compression_flags() {
         "{msg}"
     );
 }
+
+/// Models crafted as a hostile or careless exporter would make them (issue 18): each is
+/// refused with exit 2 and one line, before anything large is allocated or read.
+#[test]
+fn hostile_models_are_refused_in_one_line() {
+    let dir = scratch("hostile");
+    let original = actc::load_onnx(&model("tiny_cnn")).unwrap();
+    let check = |name: &str, edit: &dyn Fn(&mut actc::ModelProto), expect: &str| {
+        let mut m = original.clone();
+        edit(&mut m);
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, prost::Message::encode_to_vec(&m)).unwrap();
+        let msg = compile_fails(&dir, &path, &["--layers", "all"]);
+        assert!(msg.contains(expect), "{name}: {msg}");
+        msg
+    };
+    let strides = |m: &mut actc::ModelProto, v: Vec<i64>| {
+        let g = m.graph.as_mut().unwrap();
+        let conv = g.node.iter_mut().find(|n| n.op_type() == "Conv").unwrap();
+        let a = conv
+            .attribute
+            .iter_mut()
+            .find(|a| a.name() == "strides")
+            .unwrap();
+        a.ints = v;
+    };
+    check(
+        "negative_strides",
+        &|m| strides(m, vec![-1, -1]),
+        "each must be at least 1",
+    );
+    check(
+        "zero_strides",
+        &|m| strides(m, vec![0, 1]),
+        "each must be at least 1",
+    );
+    check(
+        "duplicate_initializer",
+        &|m| {
+            let g = m.graph.as_mut().unwrap();
+            let first = g.initializer[0].clone();
+            g.initializer.push(first);
+        },
+        "defined twice",
+    );
+    // A shape computation whose result would not fit in memory, or whose size overflows.
+    for (name, dims) in [
+        ("huge", vec![65536i64, 65536, 16]),
+        ("wrapping", vec![1 << 62, 4]),
+    ] {
+        check(
+            name,
+            &|m| {
+                let g = m.graph.as_mut().unwrap();
+                let mut shape = g.initializer[0].clone();
+                shape.name = Some("huge_shape".into());
+                shape.dims = vec![dims.len() as i64];
+                shape.data_type = Some(7); // INT64
+                shape.float_data.clear();
+                shape.raw_data = Some(dims.iter().flat_map(|d| d.to_le_bytes()).collect());
+                g.initializer.push(shape);
+                let mut node = g.node[0].clone();
+                node.name = Some("fill".into());
+                node.op_type = Some("ConstantOfShape".into());
+                node.input = vec!["huge_shape".into()];
+                node.output = vec!["filled".into()];
+                node.attribute.clear();
+                g.node.push(node);
+            },
+            "more elements than actc handles",
+        );
+    }
+    // External data must stay inside the model's folder and be a regular file.
+    for location in ["../../../../etc/passwd", "/proc/self/environ", "."] {
+        let msg = check(
+            "external",
+            &|m| {
+                let g = m.graph.as_mut().unwrap();
+                let t = g
+                    .initializer
+                    .iter_mut()
+                    .find(|t| t.data_type() == 1)
+                    .unwrap();
+                t.raw_data = None;
+                t.float_data.clear();
+                t.data_location = Some(1); // EXTERNAL
+                t.external_data.push(Default::default());
+                t.external_data[0].key = Some("location".into());
+                t.external_data[0].value = Some(location.into());
+            },
+            "model's folder",
+        );
+        assert!(!msg.contains("root:"), "{msg}");
+    }
+    // A node name cannot forge a second line or reach the terminal as an escape.
+    let msg = check(
+        "forged_name",
+        &|m| {
+            strides(m, vec![-1, -1]);
+            let g = m.graph.as_mut().unwrap();
+            let conv = g.node.iter_mut().find(|n| n.op_type() == "Conv").unwrap();
+            conv.name = Some("conv\nerror: all is well\u{1b}[31m".into());
+        },
+        "conv\\nerror: all is well\\u{1b}[31m",
+    );
+    assert!(!msg.contains('\u{1b}'));
+}

@@ -643,7 +643,19 @@ where
             ));
         }
     };
-    run(cli).map_err(|Error(msg)| (EXIT_BAD_INPUT, format!("error: {msg}")))
+    run(cli).map_err(|Error(msg)| (EXIT_BAD_INPUT, format!("error: {}", one_line(&msg))))
+}
+
+/// A message as one line of plain text: names from a model may hold newlines (which would
+/// forge a second `error:` line) or terminal escapes; control characters are escaped.
+fn one_line(msg: &str) -> String {
+    msg.trim_end()
+        .chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<_>>(),
+            false => vec![c],
+        })
+        .collect()
 }
 
 pub fn main() -> ExitCode {

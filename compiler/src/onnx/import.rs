@@ -16,6 +16,19 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+/// Elements of the largest constant import folds (a shape computation is a handful).
+const MAX_FOLDED: usize = 1 << 26;
+
+/// Gives `name` to tensor `id`: every name is defined once in an ONNX graph.
+fn define(names: &mut HashMap<String, TensorId>, name: &str, id: TensorId) -> Result<()> {
+    if names.insert(name.to_string(), id).is_some() {
+        bail!(
+            "tensor '{name}' is defined twice (by two initializers, inputs or node outputs); an ONNX graph defines each name once"
+        );
+    }
+    Ok(())
+}
+
 /// The batch size when neither the model nor the command line fixes it.
 pub const DEFAULT_BATCH: usize = 8;
 
@@ -47,7 +60,7 @@ pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Import
     for init in &g.initializer {
         let (dims, data) = tensor_data(init, dir)?;
         let id = graph.add_tensor(Tensor::constant(init.name(), dims, data));
-        names.insert(init.name().to_string(), id);
+        define(&mut names, init.name(), id)?;
     }
     let real_inputs: Vec<&ValueInfoProto> = g
         .input
@@ -68,7 +81,7 @@ pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Import
         role: Role::Input,
         ..Tensor::value(input_info.name(), input_shape, DType::F32)
     });
-    names.insert(input_info.name().to_string(), input);
+    define(&mut names, input_info.name(), input)?;
     graph.inputs.push(input);
 
     for (index, node) in g.node.iter().enumerate() {
@@ -213,7 +226,7 @@ fn import_node(
             folded: Some(Arc::new(source)),
             ..Tensor::constant(name.clone(), data.0, data.1)
         });
-        names.insert(name, id);
+        define(names, &name, id)?;
         return Ok(());
     }
 
@@ -253,7 +266,7 @@ fn import_node(
     // Identity and inference Dropout pass their input through: alias the name.
     if op == "Identity" || (op == "Dropout" && node.output.iter().skip(1).all(|o| o.is_empty())) {
         let src = inputs[0].ok_or_else(|| err!("node '{label}' ({op}) has no input"))?;
-        names.insert(node.output[0].clone(), src);
+        define(names, &node.output[0], src)?;
         return Ok(());
     }
 
@@ -267,13 +280,24 @@ fn import_node(
         inputs: inputs.clone(),
     });
     let outs = &lowered.outputs;
-    if let Some(values) = shape::eval(&onnx, outs)? {
+    if let Some((s, _)) = outs.iter().find(|(s, _)| super::numel(s).is_none()) {
+        bail!("node '{label}' ({op}): its output {s:?} has more elements than actc handles");
+    }
+    // Folding evaluates in f64 arrays: a huge constant is a mistake, not a shape computation.
+    let small = outs
+        .iter()
+        .all(|(s, _)| s.iter().product::<usize>() <= MAX_FOLDED);
+    if let Some(values) = small
+        .then(|| shape::eval(&onnx, outs))
+        .transpose()?
+        .flatten()
+    {
         for ((name, (shape, _)), data) in node.output.iter().zip(outs).zip(values) {
             let id = graph.add_tensor(Tensor {
                 folded: Some(source.clone()),
                 ..Tensor::constant(name.clone(), shape.clone(), data)
             });
-            names.insert(name.clone(), id);
+            define(names, name, id)?;
         }
         return Ok(());
     }
@@ -298,7 +322,7 @@ fn import_node(
         };
         let id = graph.add_tensor(Tensor::value(name.clone(), shape.clone(), *dtype));
         if node.output.get(i).is_some_and(|n| !n.is_empty()) {
-            names.insert(name, id);
+            define(names, &name, id)?;
         }
         out_ids.push(id);
     }

@@ -15,7 +15,7 @@ use crate::ir::Data;
 use crate::{bail, err};
 use prost::Message;
 use proto::{AttributeProto, ModelProto, NodeProto, TensorProto, tensor_proto::DataType};
-use std::path::Path;
+use std::path::{Component, Path};
 
 /// Reads and decodes an ONNX file, refusing what is not one.
 pub fn load(path: &Path) -> Result<ModelProto> {
@@ -52,8 +52,21 @@ pub fn opset(model: &ModelProto) -> i64 {
 /// Decodes a tensor's values. External data (a separate weights file) is read relative to
 /// `dir`, the model's folder.
 pub fn tensor_data(t: &TensorProto, dir: &Path) -> Result<(Vec<usize>, Data)> {
-    let dims: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let n: usize = dims.iter().product();
+    if t.dims.iter().any(|&d| d < 0) {
+        bail!(
+            "tensor '{}' has a negative dimension in {:?}",
+            t.name(),
+            t.dims
+        );
+    }
+    let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let n = numel(&dims).ok_or_else(|| {
+        err!(
+            "tensor '{}' declares {:?}, more elements than actc handles",
+            t.name(),
+            t.dims
+        )
+    })?;
     let external;
     let raw: &[u8] = if t.data_location() == proto::tensor_proto::DataLocation::External {
         external = read_external(t, dir)?;
@@ -127,32 +140,65 @@ pub fn tensor_data(t: &TensorProto, dir: &Path) -> Result<(Vec<usize>, Data)> {
     Ok((dims, data))
 }
 
+/// The bytes of an external tensor. Only a regular file inside the model's folder is read
+/// (as ONNX Runtime and `onnx.checker` allow), and only the range the tensor names.
 fn read_external(t: &TensorProto, dir: &Path) -> Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
     let get = |k: &str| {
         t.external_data
             .iter()
             .find(|e| e.key() == k)
             .map(|e| e.value().to_string())
     };
-    let location = get("location")
-        .ok_or_else(|| err!("tensor '{}' is external but names no location", t.name()))?;
-    let path = dir.join(&location);
-    let bytes =
-        std::fs::read(&path).map_err(|e| err!("tensor '{}': {}: {e}", t.name(), path.display()))?;
-    let offset: usize = get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let length: usize = get("length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(bytes.len().saturating_sub(offset));
-    bytes
-        .get(offset..offset + length)
-        .map(|s| s.to_vec())
-        .ok_or_else(|| {
-            err!(
-                "tensor '{}': {} is shorter than its offset+length",
-                t.name(),
-                path.display()
-            )
-        })
+    let name = t.name();
+    let location =
+        get("location").ok_or_else(|| err!("tensor '{name}' is external but names no location"))?;
+    let relative = Path::new(&location);
+    let inside = relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !inside {
+        bail!(
+            "tensor '{name}': external data location '{location}' leaves the model's folder; it must be a relative path inside it"
+        );
+    }
+    let path = dir.join(relative);
+    let fail = |e: std::io::Error| err!("tensor '{name}': {}: {e}", path.display());
+    let (real, base) = (
+        path.canonicalize().map_err(fail)?,
+        dir.canonicalize().map_err(fail)?,
+    );
+    let meta = std::fs::metadata(&real).map_err(fail)?;
+    if !real.starts_with(&base) || !meta.is_file() {
+        bail!(
+            "tensor '{name}': external data '{location}' is not a regular file inside the model's folder"
+        );
+    }
+    let number = |k: &str, default: u64| -> Result<u64> {
+        match get(k) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| err!("tensor '{name}': external data {k} '{v}' is not a number")),
+            None => Ok(default),
+        }
+    };
+    let offset = number("offset", 0)?;
+    let length = number("length", meta.len().saturating_sub(offset))?;
+    if offset
+        .checked_add(length)
+        .is_none_or(|end| end > meta.len())
+    {
+        bail!(
+            "tensor '{name}': {} holds {} bytes, fewer than its offset {offset} + length {length}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut file = std::fs::File::open(&real).map_err(fail)?;
+    file.seek(SeekFrom::Start(offset)).map_err(fail)?;
+    let mut bytes = vec![0; length as usize];
+    file.read_exact(&mut bytes).map_err(fail)?;
+    Ok(bytes)
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -244,6 +290,14 @@ impl<'a> Attrs<'a> {
     pub fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
+}
+
+/// Elements of a tensor of this shape, or `None` past what actc handles (2^32: beyond any
+/// device it fine-tunes on) or on overflow.
+pub fn numel(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= 1 << 32)
 }
 
 /// How error messages name a node: its name, or its first output when it has none.

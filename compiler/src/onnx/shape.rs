@@ -754,12 +754,22 @@ pub fn spatial_out(
     ceil: bool,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
     let n = input.len();
-    let strides = usizes(&a.ints("strides").unwrap_or_else(|| vec![1; n]));
-    let dil = usizes(&a.ints("dilations").unwrap_or_else(|| vec![1; n]));
+    let ints = |name: &str, default: Vec<i64>, least: i64| -> Result<Vec<usize>> {
+        let v = a.ints(name).unwrap_or(default);
+        if let Some(bad) = v.iter().find(|&&x| x < least || x > 1 << 20) {
+            bail!("node '{label}': {name} {v:?} holds {bad}; each must be at least {least}");
+        }
+        Ok(usizes(&v))
+    };
+    let strides = ints("strides", vec![1; n], 1)?;
+    let dil = ints("dilations", vec![1; n], 1)?;
     let auto = a.string("auto_pad", "NOTSET");
-    let mut pads = usizes(&a.ints("pads").unwrap_or_else(|| vec![0; 2 * n]));
+    let mut pads = ints("pads", vec![0; 2 * n], 0)?;
     if strides.len() != n || dil.len() != n || pads.len() != 2 * n || kernel.len() != n {
         bail!("node '{label}': strides/dilations/pads do not fit {n} spatial dims");
+    }
+    if kernel.contains(&0) {
+        bail!("node '{label}': a kernel of {kernel:?} has an empty axis");
     }
     let mut out = vec![0; n];
     for i in 0..n {
