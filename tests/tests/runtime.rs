@@ -232,6 +232,28 @@ fn check_export(name: &str, layers: Layers) {
         diff <= 1e-5,
         "{name} --layers {layers}: exported model differs by {diff}"
     );
+    // The export keeps the model's shape computations, so it takes any batch: one sample
+    // gives the first row.
+    let one: Vec<usize> = [&[1][..], &shape[1..]].concat();
+    let mut first = Vec::new();
+    Prefix::new(&bytes, &one)
+        .unwrap()
+        .run(&input[..input.len() / shape[0]], |k, v| {
+            if k == 0 {
+                first = v.to_vec()
+            }
+        })
+        .unwrap();
+    let row = theirs.len() / shape[0];
+    assert_eq!(first.len(), row, "{name}: the export at batch 1");
+    let diff = first
+        .iter()
+        .zip(&theirs[..row])
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        diff <= 1e-5,
+        "{name}: the export at batch 1 differs by {diff}"
+    );
     // and the weights did change
     assert_ne!(plan.weights, trained.weights);
 }
