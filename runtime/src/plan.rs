@@ -595,6 +595,10 @@ fn decode_leaving_bytes<R: Read>(
         let mut left = len;
         while left > 0 {
             let n = (buf.chunk().len() as u64).min(left);
+            // An empty window: the file ended before the length its header gave.
+            if n == 0 {
+                return Err(PlanError::Truncated);
+            }
             buf.advance(n as usize);
             left -= n;
         }

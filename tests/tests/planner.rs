@@ -242,3 +242,28 @@ fn an_opened_plan_reads_its_bytes_from_the_file() {
     assert!(matches!(Plan::open(&path), Err(PlanError::Truncated)));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A plan cut inside a large field (a weight or an ONNX part past the reader's first 64 KiB
+/// window), or whose header gives a length past the file, is refused as truncated instead of
+/// spinning forever (issue 18: `head -c 9000000 m.actc > t.actc`).
+#[test]
+fn a_truncated_large_plan_is_refused_not_spun_on() {
+    let bytes = compile("mobilenetv2", Layers::Last(1), None)
+        .unwrap()
+        .plan
+        .to_bytes();
+    let dir = std::env::temp_dir().join(format!("actc-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cut.actc");
+    let mut longer = bytes.clone();
+    longer[12..20].copy_from_slice(&(bytes.len() as u64 * 2).to_le_bytes());
+    for cut in [&bytes[..9_000_000], &longer[..]] {
+        std::fs::write(&path, cut).unwrap();
+        let (done, ended) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || done.send(Plan::open(&p).map(|_| ())).unwrap());
+        let got = ended.recv_timeout(std::time::Duration::from_secs(30));
+        assert!(matches!(got, Ok(Err(PlanError::Truncated))), "{got:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
