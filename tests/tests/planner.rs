@@ -267,3 +267,54 @@ fn a_truncated_large_plan_is_refused_not_spun_on() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Plans with a valid checksum but crafted fields (issue 18) are refused by the executor
+/// with a message, never run into other memory or abort the process.
+#[test]
+fn crafted_plans_are_refused() {
+    use actc_runtime::exec::Executor;
+    let plan = compile("tiny_cnn", Layers::Last(1), None).unwrap().plan;
+    assert!(Executor::new(plan.clone(), 1).is_ok());
+    let refused = |what: &str, edit: &dyn Fn(&mut Plan), expect: &str| {
+        let mut p = plan.clone();
+        edit(&mut p);
+        // Through the file format, as a crafted file would come.
+        let p = Plan::from_bytes(&p.to_bytes()).unwrap();
+        match Executor::new(p, 1) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => assert!(e.0.contains(expect), "{what}: {}", e.0),
+        }
+    };
+    let biggest = |p: &Plan| {
+        (0..p.buffers.len())
+            .filter(|&b| !p.buffers[b].kind().is_persistent())
+            .max_by_key(|&b| p.buffers[b].bytes)
+            .unwrap()
+    };
+    refused(
+        "a lane past the end of the address space",
+        &|p| p.prefix_lanes = vec![u64::MAX - 63],
+        "prefix lane",
+    );
+    refused(
+        "a shape 2^20 times its bytes",
+        &|p| {
+            let b = biggest(p);
+            p.buffers[b].shape[0] <<= 20;
+        },
+        "needs another size",
+    );
+    refused(
+        "an offset that wraps",
+        &|p| {
+            let b = biggest(p);
+            p.buffers[b].offset = u64::MAX - 63;
+        },
+        "outside its region",
+    );
+    refused(
+        "an arena of 2^60 bytes",
+        &|p| p.memory.as_mut().unwrap().arena = 1 << 60,
+        "cannot give",
+    );
+}

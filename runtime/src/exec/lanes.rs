@@ -66,7 +66,7 @@ pub fn check(plan: &Plan) -> Result<(), String> {
     }
     let mut taken: Vec<Range<u64>> = fed(plan).chain([r]).collect();
     for &at in &plan.prefix_lanes {
-        let lane = at..at + span;
+        let lane = at..at.saturating_add(span);
         if !at.is_multiple_of(64) || lane.end > arena || taken.iter().any(|t| overlaps(t, &lane)) {
             return Err(format!(
                 "a prefix lane at arena offset {at} overlaps live buffers or leaves the arena"

@@ -2,6 +2,7 @@
 //! their planned offsets) and the persistent region (weights, frozen constants, optimizer
 //! state), and the views through which steps reach them.
 
+use super::ExecError;
 use crate::plan::{Buffer, Plan};
 
 /// 64-byte aligned storage, so every planned offset (a multiple of 64) is aligned too.
@@ -43,40 +44,50 @@ unsafe impl Sync for View {}
 /// `n` zeroed lines straight from the allocator: large blocks come as fresh zero pages that
 /// take no memory until used. `vec![Line([0; 64]); n]` wrote every byte, so planned but
 /// idle bytes (a phase's part of the arena, a weight not yet loaded) counted from the start.
-fn zeroed_lines(n: usize) -> Vec<Line> {
+/// `None` when the allocator cannot give them (a plan asking for more than the machine has).
+fn zeroed_lines(n: usize) -> Option<Vec<Line>> {
     if n == 0 {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<Line>(n).expect("region size fits the address space");
+    let layout = std::alloc::Layout::array::<Line>(n).ok()?;
     // SAFETY: a non-zero size; all-zero bytes are a valid `Line`; the Vec frees the block with
     // the same layout (n lines of Line's alignment) it was allocated with.
     unsafe {
         let ptr = std::alloc::alloc_zeroed(layout) as *mut Line;
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        Vec::from_raw_parts(ptr, n, n)
+        (!ptr.is_null()).then(|| Vec::from_raw_parts(ptr, n, n))
     }
 }
 
 impl Memory {
-    pub fn new(plan: &Plan) -> Memory {
+    pub fn new(plan: &Plan) -> Result<Memory, ExecError> {
         let m = plan.memory.clone().unwrap_or_default();
-        let lines = |bytes: u64| zeroed_lines(bytes.div_ceil(64) as usize);
-        let (mut arena, mut persistent) = (lines(m.arena), lines(m.persistent));
+        let lines = |bytes: u64| {
+            usize::try_from(bytes.div_ceil(64))
+                .ok()
+                .and_then(zeroed_lines)
+                .ok_or_else(|| {
+                    ExecError(format!(
+                        "the plan needs {} bytes of memory ({} arena, {} persistent), which this machine cannot give",
+                        m.arena.saturating_add(m.persistent),
+                        m.arena,
+                        m.persistent
+                    ))
+                })
+        };
+        let (mut arena, mut persistent) = (lines(m.arena)?, lines(m.persistent)?);
         let region = |lines: &mut Vec<Line>| Region {
             base: lines.as_mut_ptr() as *mut u8,
             lo: 0,
             hi: 64 * lines.len() as u64,
         };
-        Memory {
+        Ok(Memory {
             view: View {
                 arena: region(&mut arena),
                 persistent: region(&mut persistent),
             },
             _arena: arena,
             _persistent: persistent,
-        }
+        })
     }
 
     /// Bytes held, both regions.

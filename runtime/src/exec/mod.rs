@@ -143,7 +143,7 @@ impl Executor {
             None => plan.weights[i].data.len() as u64,
         };
         validate(&plan, weight_len)?;
-        let mut mem = Memory::new(&plan);
+        let mut mem = Memory::new(&plan)?;
         // The memory holds the only copy of the weights: each one's bytes in the plan are
         // freed once copied.
         for (i, w) in plan.weights.iter_mut().enumerate() {
@@ -562,6 +562,32 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
             ));
         }
     }
+    // Every buffer's size follows from its shape and type, and it lies inside its region:
+    // kernels index by shape, so a size that does not fit the shape reaches other memory.
+    let m = plan.memory.clone().unwrap_or_default();
+    for b in &plan.buffers {
+        let region = if b.kind().is_persistent() {
+            m.persistent
+        } else {
+            m.arena
+        };
+        let bytes = b
+            .shape
+            .iter()
+            .try_fold(b.dtype().size() as u64, |n, &d| n.checked_mul(d));
+        if bytes != Some(b.bytes) {
+            return bad(format!(
+                "buffer {} holds {} bytes, but its shape {:?} needs another size",
+                b.name, b.bytes, b.shape
+            ));
+        }
+        if b.offset.checked_add(b.bytes).is_none_or(|end| end > region) {
+            return bad(format!("buffer {} lies outside its region", b.name));
+        }
+        if b.kind() == BufferKind::Loss && b.numel() != 1 {
+            return bad("the loss is not a scalar".into());
+        }
+    }
     let prefix = plan.prefix_steps as usize;
     if prefix > plan.steps.len()
         || plan
@@ -633,20 +659,6 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
             || !plan.buffer(w.buffer).kind().is_persistent()
         {
             return bad(format!("weight {} does not fit its buffer", w.source));
-        }
-    }
-    let m = plan.memory.clone().unwrap_or_default();
-    for b in &plan.buffers {
-        let region = if b.kind().is_persistent() {
-            m.persistent
-        } else {
-            m.arena
-        };
-        if b.offset + b.bytes > region {
-            return bad(format!("buffer {} lies outside its region", b.name));
-        }
-        if b.kind() == BufferKind::Loss && b.numel() != 1 {
-            return bad("the loss is not a scalar".into());
         }
     }
     Ok(())
