@@ -320,3 +320,28 @@ fn hostile_models_are_refused_in_one_line() {
     );
     assert!(!msg.contains('\u{1b}'));
 }
+
+/// An output path never replaces one of the command's inputs, nor a device (issue 18).
+#[test]
+fn outputs_never_replace_inputs() {
+    let dir = scratch("clobber");
+    let m = dir.join("m.onnx");
+    std::fs::copy(model("tiny_cnn"), &m).unwrap();
+    let before = std::fs::read(&m).unwrap();
+    let m_s = m.to_str().unwrap();
+    let (code, msg) = fails(&["compile", m_s, "--layers", "1", "-o", m_s]);
+    assert_eq!(code, 2);
+    assert!(msg.contains("is the input"), "{msg}");
+    let (_, msg) = fails(&["compile", m_s, "--layers", "1", "-o", "/dev/null"]);
+    assert!(msg.contains("not a regular file"), "{msg}");
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+
+    let plan = dir.join("m.actc");
+    let p = plan.to_str().unwrap();
+    actc_driver::cli::run_from(["actc", "compile", m_s, "--layers", "1", "-o", p]).unwrap();
+    let (_, msg) = fails(&["export", p, "-o", p]);
+    assert!(msg.contains("is the input"), "{msg}");
+    let other = dir.join(".").join("m.actc");
+    let (_, msg) = fails(&["export", p, "-o", other.to_str().unwrap()]);
+    assert!(msg.contains("is the input"), "{msg}");
+}

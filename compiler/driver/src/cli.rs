@@ -2,7 +2,7 @@
 //! tests drive it this way) through [`run_from`].
 
 use crate::data::DataOptions;
-use crate::fs::write_atomically;
+use crate::fs::{check_output, write_atomically};
 use crate::run::{self, TrainOptions};
 use crate::{budget, inspect};
 use actc::{
@@ -472,6 +472,19 @@ fn run(cli: Cli) -> Result<()> {
             prep,
         } => {
             let mut options = opts.options()?;
+            let out = output.unwrap_or_else(|| {
+                let stem = model
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "model".into());
+                PathBuf::from(format!("{stem}.actc"))
+            });
+            let mut inputs = vec![model.as_path()];
+            inputs.extend(opts.calibration.as_deref());
+            check_output(&out, &inputs)?;
+            if let Some(ir) = &dump_ir {
+                check_output(ir, &[&model, &out])?;
+            }
             let start = std::time::Instant::now();
             match (opts.budget, &opts.calibration) {
                 (Some(budget), Some(data)) => {
@@ -491,13 +504,6 @@ fn run(cli: Cli) -> Result<()> {
                 (None, None) => {}
             }
             let compiled = compile_file(&model, &options)?;
-            let out = output.unwrap_or_else(|| {
-                let stem = model
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "model".into());
-                PathBuf::from(format!("{stem}.actc"))
-            });
             if let Some(ir) = dump_ir {
                 write_atomically(&ir, compiled.ir.as_bytes())?;
             }

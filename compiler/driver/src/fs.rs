@@ -1,6 +1,6 @@
 //! Writing the files the commands make (plans, trained weights, exported models, IR dumps).
 
-use actc::{Result, err};
+use actc::{Result, bail, err};
 use std::io::Write;
 use std::path::Path;
 
@@ -25,6 +25,30 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(err!("{}: cannot write: {e}", path.display()));
+    }
+    Ok(())
+}
+
+/// Refuses an output path that names one of the command's inputs, or anything but a
+/// regular file (a folder, a device): writing there would destroy what the command reads,
+/// or put a file in a device's place.
+pub fn check_output(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    if !meta.is_file() {
+        bail!(
+            "{}: exists and is not a regular file; give a new path or a file to replace",
+            out.display()
+        );
+    }
+    let real = out.canonicalize().ok();
+    if let Some(input) = inputs.iter().find(|i| i.canonicalize().ok() == real) {
+        bail!(
+            "{}: is the input {}, which writing it would destroy; give another output path",
+            out.display(),
+            input.display()
+        );
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
 use crate::data::DataOptions;
-use crate::fs::write_atomically;
+use crate::fs::{check_output, write_atomically};
 use crate::inspect::human;
 use actc::{Result, bail, err, export};
 use actc_runtime::cache::PrefixCache;
@@ -321,6 +321,8 @@ pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: boo
 }
 
 pub fn export_onnx(plan_path: &Path, weights: Option<&Path>, out: &Path) -> Result<()> {
+    let inputs: Vec<&Path> = [plan_path].into_iter().chain(weights).collect();
+    check_output(out, &inputs)?;
     let plan = load_plan(plan_path)?;
     let trained = match weights {
         Some(w) => load_plan(w)?,
