@@ -53,6 +53,9 @@ pub struct Graph {
     pub nodes: StableDiGraph<Node, TensorId>,
     pub tensors: Vec<Tensor>,
     producer: Vec<Option<NodeIndex>>,
+    /// The nodes reading each tensor: kept with the inputs, so finding a tensor's readers
+    /// does not scan the graph (which made compiling a long chain quadratic).
+    readers: Vec<BTreeSet<NodeIndex>>,
     pub inputs: Vec<TensorId>,
     pub outputs: Vec<TensorId>,
 }
@@ -61,6 +64,7 @@ impl Graph {
     pub fn add_tensor(&mut self, tensor: Tensor) -> TensorId {
         self.tensors.push(tensor);
         self.producer.push(None);
+        self.readers.push(BTreeSet::new());
         self.tensors.len() - 1
     }
 
@@ -80,6 +84,7 @@ impl Graph {
             if let Some(p) = self.producer[t] {
                 self.nodes.add_edge(p, idx, t);
             }
+            self.readers[t].insert(idx);
         }
         for t in outputs {
             debug_assert!(self.producer[t].is_none(), "tensor {t} produced twice");
@@ -157,6 +162,9 @@ impl Graph {
         for &t in &node.outputs {
             self.producer[t] = None;
         }
+        for &t in &node.inputs {
+            self.readers[t].remove(&idx);
+        }
         Some(node)
     }
 
@@ -165,6 +173,8 @@ impl Graph {
         let consumers: Vec<NodeIndex> = self.consumers(old).collect();
         for c in consumers {
             self.remove_in_edges(c, old);
+            self.readers[old].remove(&c);
+            self.readers[new].insert(c);
             self.nodes[c].source = None;
             for input in self.nodes[c].inputs.iter_mut() {
                 if *input == old {
@@ -188,7 +198,9 @@ impl Graph {
         let old = std::mem::replace(&mut self.nodes[n].inputs[i], t);
         if !self.nodes[n].inputs.contains(&old) {
             self.remove_in_edges(n, old);
+            self.readers[old].remove(&n);
         }
+        self.readers[t].insert(n);
         if let Some(p) = self.producer[t] {
             self.nodes.add_edge(p, n, t);
         }
@@ -211,15 +223,37 @@ impl Graph {
         self.producer[t]
     }
 
-    /// Nodes reading `t`, each once, in index order. Graph inputs and constants have no
-    /// edges, so this scans the nodes.
+    /// Nodes reading `t`, each once, in index order.
     pub fn consumers(&self, t: TensorId) -> impl Iterator<Item = NodeIndex> + '_ {
-        let set: BTreeSet<NodeIndex> = self
-            .nodes
-            .node_indices()
-            .filter(|&n| self.nodes[n].inputs.contains(&t))
-            .collect();
-        set.into_iter()
+        self.readers[t].iter().copied()
+    }
+
+    /// Replaces node `n`'s inputs, edges and readers included.
+    pub fn set_inputs(&mut self, n: NodeIndex, inputs: Vec<TensorId>) {
+        let old = std::mem::take(&mut self.nodes[n].inputs);
+        for t in old {
+            self.remove_in_edges(n, t);
+            self.readers[t].remove(&n);
+        }
+        self.nodes[n].source = None;
+        for &t in &inputs {
+            if let Some(p) = self.producer[t] {
+                self.nodes.add_edge(p, n, t);
+            }
+            self.readers[t].insert(n);
+        }
+        self.nodes[n].inputs = inputs;
+    }
+
+    /// Whether the reader index agrees with every node's inputs.
+    pub fn readers_agree(&self) -> bool {
+        let mut want: Vec<BTreeSet<NodeIndex>> = vec![BTreeSet::new(); self.tensors.len()];
+        for n in self.nodes.node_indices() {
+            for &t in &self.nodes[n].inputs {
+                want[t].insert(n);
+            }
+        }
+        want == self.readers
     }
 
     /// Topological order that prefers the lowest node index among the ready nodes, so the

@@ -65,6 +65,9 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
             room_of(kind).check(kind, &ins, &outs).map_err(at)?;
         }
     }
+    if !graph.readers_agree() {
+        return Err("the reader index disagrees with the nodes' inputs (a pass edited inputs without the graph's methods)".into());
+    }
     if graph.topo_order().len() != graph.nodes.node_count() {
         return Err("the graph has a cycle".into());
     }
@@ -135,11 +138,10 @@ mod tests {
         assert!(verify(&g).unwrap_err().contains("without an edge"));
         // Back, plus an order edge the other way: a cycle.
         g.nodes.add_edge(relu, sig, 1);
-        g.nodes[relu].inputs.push(z);
         g.nodes.add_edge(sig, relu, z);
-        g.nodes[relu].inputs.pop();
         assert!(verify(&g).unwrap_err().contains("does not read"));
-        g.nodes[relu].inputs.push(z);
+        let x = g.nodes[relu].inputs[0];
+        g.set_inputs(relu, vec![x, z]);
         assert_eq!(verify(&g).unwrap_err(), "the graph has a cycle");
     }
 }

@@ -46,20 +46,20 @@ pub fn plan_pinned(intervals: &[Interval], pinned: usize) -> (Vec<u64>, u64) {
     order[pinned..]
         .sort_by_key(|&i| (std::cmp::Reverse(intervals[i].bytes), intervals[i].first, i));
     let mut offsets = vec![0u64; intervals.len()];
-    let mut placed: Vec<usize> = Vec::with_capacity(intervals.len());
+    // Placed buffers as (start, end, interval), kept sorted by place: each new one scans
+    // them once for gaps, without gathering and sorting the live ones again (that made a
+    // long chain's planning the bulk of its compile time).
+    let mut placed: Vec<(u64, u64, usize)> = Vec::with_capacity(intervals.len());
     let mut peak = 0;
     for i in order {
         let me = intervals[i];
         let size = align(me.bytes);
-        let mut live: Vec<(u64, u64)> = placed
-            .iter()
-            .filter(|&&j| intervals[j].overlaps(&me))
-            .map(|&j| (offsets[j], offsets[j] + align(intervals[j].bytes)))
-            .collect();
-        live.sort_unstable();
         let mut best: Option<(u64, u64)> = None; // (gap size, offset)
         let mut cursor = 0;
-        for &(start, end) in &live {
+        for &(start, end, j) in &placed {
+            if !intervals[j].overlaps(&me) {
+                continue;
+            }
             if start >= cursor + size {
                 let gap = start - cursor;
                 if best.is_none_or(|(g, _)| gap < g) {
@@ -71,7 +71,8 @@ pub fn plan_pinned(intervals: &[Interval], pinned: usize) -> (Vec<u64>, u64) {
         let offset = best.map(|(_, o)| o).unwrap_or(cursor);
         offsets[i] = offset;
         peak = peak.max(offset + size);
-        placed.push(i);
+        let at = placed.partition_point(|&(s, e, _)| (s, e) <= (offset, offset + size));
+        placed.insert(at, (offset, offset + size, i));
     }
     (offsets, peak)
 }

@@ -87,9 +87,8 @@ fn fold_batch_norms(graph: &mut Graph) {
         let len = b.len();
         let w = graph.add_tensor(Tensor::constant(w_name, w_shape, Data::F32(w.into())));
         let b = graph.add_tensor(Tensor::constant(b_name, vec![len], Data::F32(b.into())));
-        // Constants have no producer: no edges to fix.
-        graph.nodes[c].inputs.truncate(1);
-        graph.nodes[c].inputs.extend([w, b]);
+        let x = graph.nodes[c].inputs[0];
+        graph.set_inputs(c, vec![x, w, b]);
         absorb_into_conv(graph, c, bn);
     }
 }
