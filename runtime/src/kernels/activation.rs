@@ -5,8 +5,15 @@
 //! inequalities, as PyTorch's ReLU, Hardtanh (ReLU6), Hardsigmoid and LeakyReLU do; so for
 //! ReLU and Clip only the sign pattern of `x` is needed (a 1-bit mask would do).
 
+/// `v` clipped to `[lo, hi]`, NaN staying NaN as in PyTorch (`f32::max` would make it
+/// `lo`, so a NaN input would train on silently). Every clip of the kernels goes through it.
+#[inline(always)]
+pub fn clip(v: f32, lo: f32, hi: f32) -> f32 {
+    if v.is_nan() { v } else { v.max(lo).min(hi) }
+}
+
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    map(x, y, |x| x.max(0.0));
+    map(x, y, |x| clip(x, 0.0, f32::INFINITY));
 }
 
 /// `x` may be ReLU's input or output: both have the same positive set.
@@ -16,13 +23,13 @@ pub fn relu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
 
 /// Clip(min, max); ReLU6 is Clip(0, 6).
 pub fn clip_forward(min: f32, max: f32, x: &[f32], y: &mut [f32]) {
-    map(x, y, |x| x.max(min).min(max));
+    map(x, y, |x| clip(x, min, max));
 }
 
 /// Clip applied where the values are (a conv's output, fused).
 pub fn clip_in_place(min: f32, max: f32, y: &mut [f32]) {
     for v in y {
-        *v = v.max(min).min(max);
+        *v = clip(*v, min, max);
     }
 }
 
@@ -220,6 +227,19 @@ mod tests {
             fwd(xp, &mut y);
             weighted_sum(&y, &r)
         });
+    }
+
+    #[test]
+    fn nan_stays_nan_as_in_pytorch() {
+        let x = [f32::NAN, -1.0, 2.0, 9.0];
+        let mut y = [0.0; 4];
+        relu_forward(&x, &mut y);
+        assert!(y[0].is_nan() && y[1..] == [0.0, 2.0, 9.0]);
+        clip_forward(0.0, 6.0, &x, &mut y);
+        assert!(y[0].is_nan() && y[1..] == [0.0, 2.0, 6.0]);
+        let mut z = x;
+        clip_in_place(0.0, 6.0, &mut z);
+        assert!(z[0].is_nan() && z[1..] == [0.0, 2.0, 6.0]);
     }
 
     #[test]

@@ -18,9 +18,9 @@
 //! is stored into `y`'s planes from the lane's scratch, so the lanes never hold overlapping
 //! slices of `y`.
 
-use super::conv;
 use super::gemm::sgemm;
 use super::geometry::Conv2dGeom;
+use super::{activation, conv};
 use crate::threads;
 use std::ops::Range;
 
@@ -360,7 +360,8 @@ fn epilogue(out: &mut [f32], cols: usize, bias: Option<&[f32]>, clip: Option<(f3
     let (lo, hi) = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
     for (c, row) in out.chunks_exact_mut(cols).enumerate() {
         let b = bias.map_or(0.0, |b| b[c]);
-        row.iter_mut().for_each(|v| *v = (*v + b).max(lo).min(hi));
+        row.iter_mut()
+            .for_each(|v| *v = activation::clip(*v + b, lo, hi));
     }
 }
 

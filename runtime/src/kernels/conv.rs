@@ -266,7 +266,9 @@ fn bias_clip(y: &mut [f32], p: usize, channels: usize, bias: Option<&[f32]>, lo:
     threads::for_runs(y, planes, p, 1, parts, |run, ys| {
         for (i, plane) in run.zip(ys.chunks_exact_mut(p)) {
             let b = bias.map_or(0.0, |bias| bias[i % channels]);
-            plane.iter_mut().for_each(|v| *v = (*v + b).max(lo).min(hi));
+            plane
+                .iter_mut()
+                .for_each(|v| *v = activation::clip(*v + b, lo, hi));
         }
     });
 }
@@ -952,6 +954,34 @@ mod tests {
                 assert_close(&format!("{g:?}"), &y, &want, 1e-5);
             }
         }
+    }
+
+    /// A NaN in the input stays NaN through the fused clip on every path (as PyTorch's
+    /// clamp), where the reference's output is NaN and nowhere else.
+    #[test]
+    fn a_nan_input_stays_nan_through_the_clip() {
+        let mut rng = Lcg::new(14);
+        let large = geom(1, 5, 70, 70, 16, [3, 3], 1, [1; 4], 1, 1);
+        let mut reached = 0;
+        for g in cases().into_iter().chain([large]) {
+            let mut x = rng.vec(g.input_len());
+            let mid = x.len() / 2;
+            x[mid] = f32::NAN;
+            let w = rng.vec(g.weight_len());
+            let mut ws = vec![0.0; workspace_len(&g)];
+            let want = reference(&g, &x, &w, None);
+            let mut y = vec![0.0; g.output_len()];
+            forward_clipped(&g, &x, &w, None, (-0.5, 0.75), &mut y, &mut ws);
+            for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                assert_eq!(got.is_nan(), want.is_nan(), "{g:?}: output {i}");
+            }
+            reached += y.iter().any(|v| v.is_nan()) as usize;
+        }
+        // (a strided or dilated conv may skip the NaN's position)
+        assert!(
+            reached > cases().len() / 2,
+            "the NaN reached {reached} outputs"
+        );
     }
 
     /// 1×1 convs with work enough to split the batch across threads (too large for finite

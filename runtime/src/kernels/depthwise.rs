@@ -368,7 +368,9 @@ unsafe fn plane_tile<const V: usize, const R: usize>(
         let row = &mut out[(oy + r) * t.ow..][..t.ow];
         for (v, &acc) in acc.iter().enumerate() {
             let col = x0 + 8 * v;
-            let val = _mm256_min_ps(_mm256_max_ps(acc, lo), hi);
+            // With a NaN operand max/min return their second one: the accumulator goes
+            // second, so a NaN stays NaN (as `activation::clip`).
+            let val = _mm256_min_ps(hi, _mm256_max_ps(lo, acc));
             // SAFETY: full vectors end inside the row; the last one stores only its lanes
             // left of the row's end.
             unsafe {

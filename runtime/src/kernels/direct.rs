@@ -10,6 +10,7 @@
 //!
 //! Threads: the loops split the output planes (whole tiles of channels).
 
+use super::activation::clip;
 use super::geometry::{Conv2dGeom, tap_offset};
 use super::rows::{RowCache, RowSplit};
 use super::simd::dispatch_avx2;
@@ -139,7 +140,7 @@ fn row(
     for x0 in (0..ow).step_by(COLS) {
         let mut acc = tile(src, starts, &w, b, x0);
         for v in acc.iter_mut().flatten() {
-            *v = v.max(lo).min(hi);
+            *v = clip(*v, lo, hi);
         }
         let cols = COLS.min(ow - x0);
         for (out, acc) in outs.iter_mut().zip(&acc) {
