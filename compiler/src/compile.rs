@@ -50,6 +50,9 @@ pub struct CompileOptions {
     /// the gradient tests read) instead of storing conv weight gradients straight into
     /// their SGD update [default: false].
     pub keep_gradients: bool,
+    /// Refuse a plan whose planned peak (arena and persistent memory) passes this many
+    /// bytes [default: no limit; the CLI: the machine's memory].
+    pub max_memory: Option<u64>,
 }
 
 impl Default for CompileOptions {
@@ -75,6 +78,7 @@ impl Default for CompileOptions {
             prefix_batch: None,
             threads: 2,
             keep_gradients: false,
+            max_memory: None,
         }
     }
 }
@@ -402,6 +406,20 @@ fn order_steps(cx: &mut Context) -> Result<()> {
 fn plan_memory(cx: &mut Context) -> Result<()> {
     let mut layout = cx.memory_layout(&cx.order, cx.lanes);
     layout.memory.training_arena = cx.training_arena.expect("prefix ran");
+    let peak = layout.memory.arena + layout.memory.persistent;
+    if let Some(limit) = cx.opts.max_memory.filter(|&l| peak > l) {
+        let mut biggest: Vec<_> = layout.buffers.iter().collect();
+        biggest.sort_by_key(|b| std::cmp::Reverse(b.bytes));
+        let names: Vec<String> = biggest
+            .iter()
+            .take(3)
+            .map(|b| format!("{} ({} B)", b.name, b.bytes))
+            .collect();
+        bail!(
+            "the plan needs {peak} bytes at its peak, more than the limit of {limit} (--max-memory); its largest buffers: {}; try a smaller batch or input shape, fewer --layers, or --compress",
+            names.join(", ")
+        );
+    }
     cx.layout = Some(layout);
     Ok(())
 }

@@ -345,3 +345,35 @@ fn outputs_never_replace_inputs() {
     let (_, msg) = fails(&["export", p, "-o", other.to_str().unwrap()]);
     assert!(msg.contains("is the input"), "{msg}");
 }
+
+/// Absurd sizes are refused at once, naming what would work (issue 18).
+#[test]
+fn absurd_sizes_are_refused() {
+    let dir = scratch("absurd");
+    let m = model("tiny_cnn");
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--batch", "4294967296"]);
+    assert!(msg.contains("more elements than actc handles"), "{msg}");
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--max-memory", "4K"]);
+    assert!(
+        msg.contains("more than the limit of 4096") && msg.contains("largest buffers"),
+        "{msg}"
+    );
+    let msg = compile_fails(&dir, &m, &["--layers", "1", "--threads", "100000"]);
+    assert!(msg.contains("--threads 100000"), "{msg}");
+    // A batch with a large prime factor: the micro-batch search does not walk every number.
+    let out = dir.join("ok.actc");
+    actc_driver::cli::run_from([
+        "actc",
+        "compile",
+        m.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--batch",
+        "65537",
+        "--max-memory",
+        "64G",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+}

@@ -317,6 +317,10 @@ struct CompileArgs {
     /// arena the training part needs]
     #[arg(long)]
     prefix_batch: Option<usize>,
+    /// Refuse a plan whose planned peak (arena and persistent memory) passes SIZE, e.g.
+    /// 512M [default: this machine's memory]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_memory: Option<usize>,
 }
 
 /// A shape given on the command line, like `8x3x224x224`.
@@ -421,9 +425,27 @@ impl CompileArgs {
             prefix_batch: self.prefix_batch,
             threads: actc_runtime::threads::threads(),
             keep_gradients: false,
+            max_memory: self.max_memory.map(|b| b as u64).or_else(machine_memory),
         })
     }
 }
+
+/// This machine's memory (`MemTotal`), where Linux tells it.
+fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// More threads than any device has cores: a typo, not a request.
+const MAX_THREADS: usize = 1024;
 
 /// `512M`, `2G`, `64K` or plain bytes.
 fn parse_size(s: &str) -> std::result::Result<usize, String> {
@@ -457,6 +479,11 @@ fn run(cli: Cli) -> Result<()> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match cli.threads {
             Some(0) => return Err(err!("--threads must be at least 1")),
+            Some(n) if n > MAX_THREADS => {
+                return Err(err!(
+                    "--threads {n}: more than {MAX_THREADS}; give at most the cores you have ({cores} here)"
+                ));
+            }
             n => {
                 actc_runtime::threads::set_threads(n.unwrap_or(cores));
                 actc_runtime::prefix::set_threads(n.unwrap_or(cores));

@@ -77,6 +77,12 @@ pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Import
         ),
     };
     let input_shape = fixed_input_shape(input_info, fix)?;
+    if super::numel(&input_shape).is_none() {
+        bail!(
+            "model input '{}' at {input_shape:?} has more elements than actc handles; give a smaller --batch or --input-shape",
+            input_info.name()
+        );
+    }
     let input = graph.add_tensor(Tensor {
         role: Role::Input,
         ..Tensor::value(input_info.name(), input_shape, DType::F32)

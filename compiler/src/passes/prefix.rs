@@ -148,8 +148,9 @@ pub fn micro_batch(
         if !fits(1)? {
             continue;
         }
-        let divisors: Vec<usize> = (1..=batch / lanes)
-            .filter(|&m| batch.is_multiple_of(m))
+        let divisors: Vec<usize> = divisors(batch)
+            .into_iter()
+            .filter(|&m| m <= batch / lanes)
             .collect();
         let (mut lo, mut hi) = (0, divisors.len() - 1);
         while lo < hi {
@@ -163,6 +164,23 @@ pub fn micro_batch(
         return Ok((divisors[lo], lanes));
     }
     Ok((1, 1))
+}
+
+/// The divisors of `n`, ascending, found up to its square root.
+fn divisors(n: usize) -> Vec<usize> {
+    let (mut low, mut high) = (Vec::new(), Vec::new());
+    let mut d = 1;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            low.push(d);
+            if d * d != n {
+                high.push(n / d);
+            }
+        }
+        d += 1;
+    }
+    low.extend(high.into_iter().rev());
+    low
 }
 
 #[cfg(test)]
