@@ -377,3 +377,35 @@ fn absurd_sizes_are_refused() {
     ])
     .unwrap();
 }
+
+/// `eval` refuses labels the model has no class for, as `train` does (issue 18).
+#[test]
+fn eval_refuses_labels_past_the_classes() {
+    let dir = scratch("eval_labels");
+    let plan = dir.join("eight.actc");
+    let m = model("tiny_multi_output");
+    actc_driver::cli::run_from([
+        "actc",
+        "compile",
+        m.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--train-output",
+        "embedding",
+        "-o",
+        plan.to_str().unwrap(),
+    ])
+    .unwrap();
+    let data = model("x").parent().unwrap().join("data/fashion-mnist");
+    let (code, msg) = fails(&[
+        "eval",
+        plan.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        msg.contains("labels go up to 9 but the model output has 8 classes"),
+        "{msg}"
+    );
+}

@@ -8,7 +8,7 @@
 //! therefore measures every layer's option at once; picking one option per layer under the
 //! budget is then a multiple-choice knapsack, solved by dynamic programming over the bytes.
 
-use crate::data::DataOptions;
+use crate::data::{DataOptions, check_labels, classes};
 use crate::inspect::human;
 use actc::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
 use actc_runtime::compress::hosvd;
@@ -225,14 +225,7 @@ struct Batch<'a> {
 
 impl<'a> Batch<'a> {
     fn new(plan: &Plan, data: &'a Dataset, path: &Path, prep: &DataOptions) -> Result<Self> {
-        let classes = plan.buffer(plan.output).shape.last().copied().unwrap_or(0) as usize;
-        if data.classes() > classes {
-            return Err(err!(
-                "--calibration {}: labels go up to {} but the model output has {classes} classes",
-                path.display(),
-                data.classes() - 1
-            ));
-        }
+        check_labels(classes(plan), data, "--calibration ", path)?;
         let sample: Vec<usize> = plan
             .source
             .as_ref()

@@ -1,6 +1,6 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::data::DataOptions;
+use crate::data::{DataOptions, check_labels, classes};
 use crate::fs::{check_output, write_atomically};
 use crate::inspect::human;
 use actc::{Result, bail, err, export};
@@ -156,13 +156,9 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         .max(1);
     let steps_per_epoch = train_rows.len() / batch;
     let total = (steps_per_epoch * opts.epochs) as u64;
-    let classes = plan.buffer(plan.output).shape.last().copied().unwrap_or(0) as usize;
-    if data.classes() > classes {
-        bail!(
-            "{}: labels go up to {} but the model output has {classes} classes",
-            opts.data.display(),
-            data.classes() - 1
-        );
+    check_labels(classes(&plan), &data, "", &opts.data)?;
+    if let (Some(v), Some(path)) = (&val_data, &opts.val) {
+        check_labels(classes(&plan), v, "--val ", path)?;
     }
     if opts.cache_disk > 0 && !opts.cache_dir.is_dir() {
         bail!(
@@ -301,6 +297,13 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
     let data = load_data(data_path, prep.layout)?;
     let mut session = open_session(plan_path, 1)?;
+    let classes = session
+        .executor()
+        .output_shape()
+        .last()
+        .copied()
+        .unwrap_or(0);
+    check_labels(classes, &data, "", data_path)?;
     let p = prep.preprocess(session.sample_shape(), &data)?;
     let rows: Vec<usize> = (0..data.len()).collect();
     let m = session

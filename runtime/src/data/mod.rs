@@ -156,6 +156,22 @@ impl Dataset {
         if labels.is_empty() {
             return Err(DataError::invalid(source, "holds no samples"));
         }
+        if shape.contains(&0) {
+            return Err(DataError::invalid(
+                source,
+                format!("its samples have an empty axis ({shape:?})"),
+            ));
+        }
+        // A NaN or infinite input would train (and evaluate) on silently.
+        if let Samples::F32(v) = &samples
+            && let Some(i) = v.iter().position(|x| !x.is_finite())
+        {
+            let per: usize = shape.iter().product();
+            return Err(DataError::invalid(
+                source,
+                format!("sample {} holds {}; clean the data first", i / per, v[i]),
+            ));
+        }
         let stored = match &samples {
             Samples::U8(v) => v.len(),
             Samples::F32(v) => v.len(),
@@ -274,6 +290,23 @@ fn read_prefix(path: &Path, buf: &mut [u8]) -> Result<usize, DataError> {
 mod tests {
     use super::testutil::TempDir;
     use super::*;
+
+    #[test]
+    fn empty_samples_and_non_finite_values_are_refused() {
+        let at = Path::new("d.npz");
+        let new = |samples, shape: Vec<usize>| {
+            Dataset::new(at, samples, shape, Form::Flat, vec![0, 1], vec![], None)
+                .err()
+                .map(|e| e.to_string())
+        };
+        let e = new(Samples::U8(vec![]), vec![0, 28]).unwrap();
+        assert!(e.contains("empty axis"), "{e}");
+        let e = new(Samples::F32(vec![0.0, 1.0, f32::NAN, 2.0]), vec![2]).unwrap();
+        assert!(e.contains("sample 1 holds NaN"), "{e}");
+        let e = new(Samples::F32(vec![f32::INFINITY, 1.0]), vec![1]).unwrap();
+        assert!(e.contains("sample 0 holds inf"), "{e}");
+        assert_eq!(new(Samples::F32(vec![0.5; 4]), vec![2]), None);
+    }
 
     #[test]
     fn layout_detection_prefers_nchw_when_ambiguous() {
