@@ -275,7 +275,8 @@ impl Session {
 
     /// Trains for `epochs` over `train_rows` (shuffled each epoch with `seed`; a final
     /// partial batch is dropped, as the batch size is compiled in), evaluating `val_rows`
-    /// after each epoch.
+    /// after each epoch. `on` hears every step and epoch; an `Err` from it stops training
+    /// there with that message (a log or checkpoint that cannot be written, a divergence).
     pub fn train(
         &mut self,
         train: Rows,
@@ -283,7 +284,7 @@ impl Session {
         prep: &Preprocess,
         epochs: usize,
         seed: u64,
-        mut on: impl FnMut(Event),
+        mut on: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(), ExecError> {
         let (data, train_rows) = (train.data, train.rows);
         let (val, val_rows) = (val.data, val.rows);
@@ -326,7 +327,8 @@ impl Session {
                     accuracy: hits as f64 / seen as f64,
                     samples_per_s: seen as f64 / start.elapsed().as_secs_f64().max(1e-9),
                     lr,
-                });
+                })
+                .map_err(ExecError)?;
             }
             // The samples this epoch's dropped partial batch held are in later epochs'
             // batches: through the prefix once now, they do not force whole batches back
@@ -352,7 +354,8 @@ impl Session {
                 val,
                 seconds,
                 session: self,
-            });
+            })
+            .map_err(ExecError)?;
         }
         Ok(())
     }

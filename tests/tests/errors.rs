@@ -409,3 +409,49 @@ fn eval_refuses_labels_past_the_classes() {
         "{msg}"
     );
 }
+
+/// A diverging run and a log that cannot be written stop training at once, with exit 2
+/// and one line (issue 18: `--lr 1e6` finished with exit 0, `--log /dev/full` too).
+#[test]
+fn training_stops_on_divergence_and_on_write_errors() {
+    let dir = scratch("train_stops");
+    let plan = dir.join("mlp.actc");
+    let p = plan.to_str().unwrap();
+    let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/digits.npz");
+    let m = model("tiny_mlp");
+    let compile = |lr: &str| {
+        actc_driver::cli::run_from([
+            "actc",
+            "compile",
+            m.to_str().unwrap(),
+            "--layers",
+            "all",
+            "--batch",
+            "32",
+            "--lr",
+            lr,
+            "-o",
+            p,
+        ])
+        .unwrap()
+    };
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", p, "--data", digits, "--epochs", "3", "--quiet"];
+        args.extend_from_slice(extra);
+        let (code, msg) = fails(&args);
+        assert_eq!(code, 2, "{msg}");
+        assert_eq!(msg.trim_end().lines().count(), 1, "{msg}");
+        msg
+    };
+    compile("1e6");
+    let msg = train(&["--scale", "1"]);
+    assert!(msg.contains("training diverges; lower --lr"), "{msg}");
+    compile("0.01");
+    let msg = train(&["--scale", "0.0625", "--log", "/dev/full"]);
+    assert!(msg.contains("/dev/full: cannot write"), "{msg}");
+    let msg = train(&["--max-loss", "0"]);
+    assert!(
+        msg.contains("--max-loss must be a positive number"),
+        "{msg}"
+    );
+}

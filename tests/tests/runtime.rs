@@ -333,6 +333,7 @@ fn the_prefix_cache_changes_the_time_only() {
                         epochs.push((train, val, c.hits, c.misses, c.bytes(), c.disk_bytes()));
                         (c.hits, c.misses) = (0, 0);
                     }
+                    Ok(())
                 },
             )
             .unwrap();

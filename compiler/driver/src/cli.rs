@@ -88,6 +88,10 @@ enum Command {
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
+        /// Stop when a step's loss passes this: the run diverges (cross-entropy above 100
+        /// means a probability below e^-100 on the right class)
+        #[arg(long, value_name = "LOSS", default_value_t = 100.0)]
+        max_loss: f32,
         /// Memory for the frozen prefix's outputs, kept per sample after the first epoch so
         /// later epochs run only the trainable part: bytes, with an optional K, M or G suffix.
         #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
@@ -600,6 +604,7 @@ fn run(cli: Cli) -> Result<()> {
             log,
             save,
             quiet,
+            max_loss,
             cache_budget,
             cache_disk,
             cache_dir,
@@ -622,6 +627,7 @@ fn run(cli: Cli) -> Result<()> {
                 cache_disk: if no_cache { 0 } else { cache_disk },
                 cache_dir: cache_dir.unwrap_or_else(std::env::temp_dir),
                 prep: prep.options(),
+                max_loss,
             };
             run::train(&plan, &opts)
         }

@@ -30,6 +30,8 @@ pub struct TrainOptions {
     pub cache_disk: usize,
     pub cache_dir: PathBuf,
     pub prep: DataOptions,
+    /// A step whose loss passes this stops the run: it diverges.
+    pub max_loss: f32,
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
@@ -174,6 +176,12 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
     if val_data.is_some() {
         val.check(&prep).map_err(|e| err!("{e}"))?;
     }
+    if opts.max_loss.is_nan() || opts.max_loss <= 0.0 {
+        bail!(
+            "--max-loss must be a positive number, got {}",
+            opts.max_loss
+        );
+    }
     let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
     // Made before training, so a path that cannot be written fails now, not after an epoch.
     if let Some(dir) = last_path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -210,7 +218,11 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut best = f64::NEG_INFINITY;
-    let mut failure: Option<actc::Error> = None;
+    let max_loss = opts.max_loss;
+    let last_shown = last_path.display().to_string();
+    let written = |r: std::io::Result<()>, what: &Path| {
+        r.map_err(|e| format!("{}: cannot write: {e}", what.display()))
+    };
     session
         .train(
             Rows { data: &data, rows: &train_rows },
@@ -226,9 +238,17 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                     }
                     bar.set_position(step as u64);
                     bar.set_message(format!("loss {loss:.4} acc {:.3} {samples_per_s:.0} samples/s", accuracy));
-                    if let Some(f) = log.as_mut() {
-                        let _ = writeln!(f, "{}", json!({"event": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr}));
+                    if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
+                        let record = json!({"event": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr});
+                        written(writeln!(f, "{record}"), p)?;
                     }
+                    if loss > max_loss {
+                        bar.finish_and_clear();
+                        return Err(format!(
+                            "the loss reached {loss:.4e} at epoch {epoch}, step {step}, past --max-loss {max_loss}: training diverges; lower --lr (now {lr:e}); the last good weights are in {last_shown}"
+                        ));
+                    }
+                    Ok(())
                 }
                 Event::Epoch { epoch, train, val, seconds, session } => {
                     bar.finish_and_clear();
@@ -254,38 +274,26 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
                     if let Some((text, _)) = &compression {
                         eprintln!("{text}");
                     }
-                    if let Some(f) = log.as_mut() {
+                    if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
                         let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds, "prefix": {"cached_samples": hits, "computed_samples": misses, "cache_bytes": cached, "cache_disk_bytes": on_disk}});
                         if let Some((_, c)) = compression {
                             record["compression"] = c;
                         }
-                        let _ = writeln!(f, "{record}");
+                        written(writeln!(f, "{record}").and_then(|_| f.flush()), p)?;
                     }
-                    let snapshot = session
-                        .executor()
-                        .snapshot_bytes()
-                        .map_err(|e| err!("{}: {e}", plan_path.display()));
-                    let mut save = |p: &Path| {
-                        let saved = snapshot
-                            .as_ref()
-                            .map_err(Clone::clone)
-                            .and_then(|s| write_atomically(p, s));
-                        if let Err(e) = saved {
-                            failure.get_or_insert(e);
-                        }
-                    };
-                    save(&last_path);
+                    // A checkpoint that cannot be written stops the run now, not after the
+                    // last epoch.
+                    let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
+                    write_atomically(&last_path, &snapshot).map_err(|e| e.0)?;
                     if val.accuracy > best {
                         best = val.accuracy;
-                        save(&best_path);
+                        write_atomically(&best_path, &snapshot).map_err(|e| e.0)?;
                     }
+                    Ok(())
                 }
             },
         )
         .map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
     eprintln!(
         "best val accuracy {best:.4}: weights in {} (last epoch: {})",
         best_path.display(),
