@@ -455,3 +455,27 @@ fn training_stops_on_divergence_and_on_write_errors() {
         "{msg}"
     );
 }
+
+/// A temporary file a killed save left behind is removed by the next write of the same
+/// target; one of a live process is kept (issue 18).
+#[test]
+fn stale_temporary_files_are_removed() {
+    let dir = scratch("stale_tmp");
+    let plan = dir.join("m.actc");
+    // No process has pid 4000000000 (above Linux's pid_max).
+    let stale = dir.join(".m.actc.tmp4000000000");
+    let live = dir.join(format!(".m.actc.tmp{}", 1));
+    std::fs::write(&stale, b"half a plan").unwrap();
+    std::fs::write(&live, b"pid 1 is alive").unwrap();
+    actc_driver::cli::run_from([
+        "actc",
+        "compile",
+        model("tiny_cnn").to_str().unwrap(),
+        "--layers",
+        "1",
+        "-o",
+        plan.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(plan.exists() && !stale.exists() && live.exists());
+}
