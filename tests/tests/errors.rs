@@ -16,6 +16,15 @@ fn fails(args: &[&str]) -> (u8, String) {
     }
 }
 
+/// Runs the CLI in-process; it must succeed.
+fn succeeds(args: &[&str]) {
+    let mut argv = vec!["actc"];
+    argv.extend_from_slice(args);
+    if let Err((code, msg)) = actc_driver::cli::run_from(argv) {
+        panic!("`actc {}` failed with {code}: {msg}", args.join(" "));
+    }
+}
+
 fn compile_fails(dir: &Path, model: &Path, extra: &[&str]) -> String {
     let out = dir.join("out.actc");
     let mut args = vec![
@@ -54,16 +63,14 @@ fn unsupported_op_in_the_suffix_names_node_op_and_a_working_layers_value() {
     );
     // and the value it suggests does work
     let out = dir.join("ok.actc");
-    actc_driver::cli::run_from([
-        "actc",
+    succeeds(&[
         "compile",
         model("tiny_unsupported").to_str().unwrap(),
         "--layers",
         "1",
         "-o",
         out.to_str().unwrap(),
-    ])
-    .unwrap();
+    ]);
     assert!(out.exists());
 }
 
@@ -151,16 +158,14 @@ fn unknown_output_and_bad_hyper_parameters() {
 fn damaged_plan_is_refused_by_inspect() {
     let dir = scratch("damaged");
     let out = dir.join("p.actc");
-    actc_driver::cli::run_from([
-        "actc",
+    succeeds(&[
         "compile",
         model("tiny_mlp").to_str().unwrap(),
         "--layers",
         "1",
         "-o",
         out.to_str().unwrap(),
-    ])
-    .unwrap();
+    ]);
     let mut bytes = std::fs::read(&out).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 1;
@@ -338,7 +343,7 @@ fn outputs_never_replace_inputs() {
 
     let plan = dir.join("m.actc");
     let p = plan.to_str().unwrap();
-    actc_driver::cli::run_from(["actc", "compile", m_s, "--layers", "1", "-o", p]).unwrap();
+    succeeds(&["compile", m_s, "--layers", "1", "-o", p]);
     let (_, msg) = fails(&["export", p, "-o", p]);
     assert!(msg.contains("is the input"), "{msg}");
     let other = dir.join(".").join("m.actc");
@@ -362,8 +367,7 @@ fn absurd_sizes_are_refused() {
     assert!(msg.contains("--threads 100000"), "{msg}");
     // A batch with a large prime factor: the micro-batch search does not walk every number.
     let out = dir.join("ok.actc");
-    actc_driver::cli::run_from([
-        "actc",
+    succeeds(&[
         "compile",
         m.to_str().unwrap(),
         "--layers",
@@ -374,8 +378,7 @@ fn absurd_sizes_are_refused() {
         "64G",
         "-o",
         out.to_str().unwrap(),
-    ])
-    .unwrap();
+    ]);
 }
 
 /// `eval` refuses labels the model has no class for, as `train` does (issue 18).
@@ -384,8 +387,7 @@ fn eval_refuses_labels_past_the_classes() {
     let dir = scratch("eval_labels");
     let plan = dir.join("eight.actc");
     let m = model("tiny_multi_output");
-    actc_driver::cli::run_from([
-        "actc",
+    succeeds(&[
         "compile",
         m.to_str().unwrap(),
         "--layers",
@@ -394,8 +396,7 @@ fn eval_refuses_labels_past_the_classes() {
         "embedding",
         "-o",
         plan.to_str().unwrap(),
-    ])
-    .unwrap();
+    ]);
     let data = model("x").parent().unwrap().join("data/fashion-mnist");
     let (code, msg) = fails(&[
         "eval",
@@ -420,8 +421,7 @@ fn training_stops_on_divergence_and_on_write_errors() {
     let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/digits.npz");
     let m = model("tiny_mlp");
     let compile = |lr: &str| {
-        actc_driver::cli::run_from([
-            "actc",
+        succeeds(&[
             "compile",
             m.to_str().unwrap(),
             "--layers",
@@ -433,7 +433,6 @@ fn training_stops_on_divergence_and_on_write_errors() {
             "-o",
             p,
         ])
-        .unwrap()
     };
     let train = |extra: &[&str]| {
         let mut args = vec!["train", p, "--data", digits, "--epochs", "3", "--quiet"];
@@ -464,18 +463,16 @@ fn stale_temporary_files_are_removed() {
     let plan = dir.join("m.actc");
     // No process has pid 4000000000 (above Linux's pid_max).
     let stale = dir.join(".m.actc.tmp4000000000");
-    let live = dir.join(format!(".m.actc.tmp{}", 1));
+    let live = dir.join(".m.actc.tmp1");
     std::fs::write(&stale, b"half a plan").unwrap();
     std::fs::write(&live, b"pid 1 is alive").unwrap();
-    actc_driver::cli::run_from([
-        "actc",
+    succeeds(&[
         "compile",
         model("tiny_cnn").to_str().unwrap(),
         "--layers",
         "1",
         "-o",
         plan.to_str().unwrap(),
-    ])
-    .unwrap();
+    ]);
     assert!(plan.exists() && !stale.exists() && live.exists());
 }

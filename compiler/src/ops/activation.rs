@@ -2,7 +2,7 @@
 //! `HardSwish`) with their gradients, and the 1-bit pass masks that replace a saved ReLU or
 //! Clip input.
 
-use super::room::{Backward, Lowered, OnnxNode, OnnxOut, Room, expect, shapes};
+use super::room::{Backward, Lowered, OnnxNode, OnnxOut, Room, expect, f32_like, shapes};
 use crate::error::Result;
 use crate::ir::Data;
 use crate::ir::{Graph, Node, Tensor};
@@ -91,7 +91,6 @@ impl Room for Activations {
         outs: &[&Tensor],
     ) -> std::result::Result<(), String> {
         let s = shapes(ins, 1)?;
-        let f32_like = |t: &[usize]| (t.to_vec(), DType::F32);
         match kind {
             Kind::PassMask(_) => {
                 let words = s[0].iter().product::<usize>().div_ceil(32);

@@ -4,7 +4,7 @@
 //! ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul, Add; [`Room::rewrite`] turns that
 //! back into the one op, and an opset without it gets the pattern back on export.
 
-use super::room::{Backward, Lowered, OnnxNode, OnnxOut, Room, expect, kernel, shapes};
+use super::room::{Backward, Lowered, OnnxNode, OnnxOut, Room, expect, f32_like, kernel, shapes};
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Data, Graph, Node, NodeOp, Tensor, TensorId};
@@ -253,7 +253,6 @@ fn check_layer_norm(
     let inner: usize = x[axis..].iter().product();
     let param = |t: &[usize]| t.iter().product::<usize>() == inner;
     let stats = (stats_shape(x, axis), DType::F32);
-    let like = |t: &[usize]| (t.to_vec(), DType::F32);
     match kind {
         // x, scale, [bias] → y, mean, inv_std
         Kind::LayerNorm(_) => {
@@ -263,7 +262,7 @@ fn check_layer_norm(
                     &s[1..]
                 ));
             }
-            expect(outs, &[like(x), stats.clone(), stats])
+            expect(outs, &[f32_like(x), stats.clone(), stats])
         }
         // x, scale, mean, inv_std, dy → dx, dscale, [dbias]
         _ => {
@@ -271,9 +270,9 @@ fn check_layer_norm(
             if s[2] != stats.0 || s[3] != stats.0 || s[4] != x || !param(s[1]) {
                 return Err(format!("inputs {s:?} do not fit a LayerNorm of {x:?}"));
             }
-            let mut want = vec![like(x), like(s[1])];
+            let mut want = vec![f32_like(x), f32_like(s[1])];
             if outs.len() > 2 {
-                want.push(like(s[1]));
+                want.push(f32_like(s[1]));
             }
             expect(outs, &want)
         }

@@ -448,6 +448,11 @@ pub fn expect(outs: &[&Tensor], want: &[Out]) -> std::result::Result<(), String>
     Ok(())
 }
 
+/// `check` helper: a float tensor of this shape.
+pub fn f32_like(shape: &[usize]) -> Out {
+    (shape.to_vec(), DType::F32)
+}
+
 /// `check` helper: the shapes of the inputs, which must number at least `n`.
 pub fn shapes<'t>(ins: &[&'t Tensor], n: usize) -> std::result::Result<Vec<&'t [usize]>, String> {
     if ins.len() < n {

@@ -1,7 +1,7 @@
 //! `Softmax` on one axis, and the losses training appends after the model's output
 //! (softmax cross-entropy, mean squared error) with their gradients.
 
-use super::room::{Backward, Lowered, OnnxNode, Room, expect, shapes};
+use super::room::{Backward, Lowered, OnnxNode, Room, expect, f32_like, shapes};
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::norm_axis;
@@ -49,7 +49,6 @@ impl Room for Softmax {
         outs: &[&Tensor],
     ) -> std::result::Result<(), String> {
         let s = shapes(ins, 1)?;
-        let f32_like = |t: &[usize]| (t.to_vec(), DType::F32);
         match kind {
             Kind::Softmax(_) => expect(outs, &[f32_like(s[0])]),
             // y, dy → dx
