@@ -255,6 +255,20 @@ fn hostile_models_are_refused_in_one_line() {
         "each must be at least 1",
     );
     check(
+        "attribute_of_another_type",
+        &|m| {
+            let g = m.graph.as_mut().unwrap();
+            let gemm = g.node.iter_mut().find(|n| n.op_type() == "Gemm").unwrap();
+            let mut beta = gemm.attribute[0].clone();
+            beta.name = Some("beta".into());
+            beta.r#type = Some(7); // INTS
+            (beta.f, beta.i, beta.ints) = (None, None, vec![1]);
+            gemm.attribute.retain(|a| a.name() != "beta");
+            gemm.attribute.push(beta);
+        },
+        "attribute beta is INTS; ONNX defines it as FLOAT",
+    );
+    check(
         "duplicate_initializer",
         &|m| {
             let g = m.graph.as_mut().unwrap();

@@ -201,6 +201,7 @@ fn import_node(
             node.domain()
         );
     }
+    super::check_attributes(node)?;
     let a = Attrs::new(node);
     if op == "Constant" {
         let data = if let Some(t) = a.tensor("value") {

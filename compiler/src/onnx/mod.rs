@@ -14,7 +14,10 @@ use crate::error::Result;
 use crate::ir::Data;
 use crate::{bail, err};
 use prost::Message;
-use proto::{AttributeProto, ModelProto, NodeProto, TensorProto, tensor_proto::DataType};
+use proto::{
+    AttributeProto, ModelProto, NodeProto, TensorProto, attribute_proto::AttributeType,
+    tensor_proto::DataType,
+};
 use std::path::{Component, Path};
 
 /// Reads and decodes an ONNX file, refusing what is not one.
@@ -249,6 +252,68 @@ pub fn attr_float(name: &str, v: f32) -> AttributeProto {
         f: Some(v),
         ..Default::default()
     }
+}
+
+/// The type ONNX gives the attributes actc reads, by name (the same across the ops that
+/// have them): an attribute written with another type would otherwise read as a default
+/// (a Gemm `beta` given as INTS read as 0).
+fn attribute_type(name: &str) -> Option<AttributeType> {
+    Some(match name {
+        "alpha" | "beta" | "epsilon" | "min" | "max" | "value_float" => AttributeType::Float,
+        "axis"
+        | "group"
+        | "transA"
+        | "transB"
+        | "keepdims"
+        | "ceil_mode"
+        | "count_include_pad"
+        | "allowzero"
+        | "noop_with_empty_axes"
+        | "start"
+        | "end"
+        | "to"
+        | "training_mode"
+        | "blocksize"
+        | "value_int" => AttributeType::Int,
+        "strides" | "pads" | "dilations" | "kernel_shape" | "perm" | "axes" | "split"
+        | "output_padding" | "value_ints" => AttributeType::Ints,
+        "auto_pad" | "mode" => AttributeType::String,
+        "value" => AttributeType::Tensor,
+        "value_floats" => AttributeType::Floats,
+        _ => return None,
+    })
+}
+
+/// Refuses a node whose attributes actc reads carry another type than ONNX gives them, or
+/// declare one type and hold another.
+pub fn check_attributes(node: &NodeProto) -> Result<()> {
+    for a in &node.attribute {
+        let declared = a.r#type.and_then(|t| AttributeType::try_from(t).ok());
+        let holds = match declared {
+            Some(AttributeType::Float) => a.f.is_some(),
+            Some(AttributeType::Int) => a.i.is_some(),
+            Some(AttributeType::String) => a.s.is_some(),
+            Some(AttributeType::Tensor) => a.t.is_some(),
+            _ => true,
+        };
+        let expected = attribute_type(a.name());
+        if !holds || expected.is_some_and(|e| declared.is_some_and(|d| d != e)) {
+            bail!(
+                "node '{}' ({}): attribute {} is {}{}; ONNX defines it as {}",
+                node_label(node),
+                node.op_type(),
+                a.name(),
+                declared.map_or("untyped", |d| d.as_str_name()),
+                if holds {
+                    ""
+                } else {
+                    " but holds no such value"
+                },
+                expected.map_or("its declared type", |e| e.as_str_name())
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Typed access to a node's attributes, with errors that name the node.
