@@ -60,18 +60,42 @@ pub(crate) fn load(images_path: &Path) -> Result<Dataset, DataError> {
 }
 
 /// Gunzips when the file starts with the gzip magic; the name is no guide, since browsers
-/// often save decompressed bytes under the `.gz` name.
+/// often save decompressed bytes under the `.gz` name. Inflates no more than the IDX header
+/// announces (and one byte, so that [`parse`] sees any excess): a small file that inflates to
+/// gigabytes is refused without holding them.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let raw = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }
+    let damaged = |e: std::io::Error| {
+        DataError::invalid(path, format!("truncated or damaged gzip data ({e})"))
+    };
+    let mut gz = GzDecoder::new(raw.as_slice());
+    // The magic's last byte is the number of dimensions, each a big-endian u32.
     let mut out = Vec::new();
-    GzDecoder::new(raw.as_slice())
+    (&mut gz).take(4).read_to_end(&mut out).map_err(damaged)?;
+    let ndim = out.get(3).map_or(0, |&n| n as u64);
+    (&mut gz)
+        .take(4 * ndim)
         .read_to_end(&mut out)
-        .map_err(|e| DataError::invalid(path, format!("truncated or damaged gzip data ({e})")))?;
+        .map_err(damaged)?;
+    let announced = out
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|b| u64::from(u32::from_be_bytes(b.try_into().unwrap())))
+        .try_fold(1u64, |n, d| n.checked_mul(d))
+        .unwrap_or(u64::MAX)
+        .min(MAX_INFLATED);
+    gz.take(announced + 1)
+        .read_to_end(&mut out)
+        .map_err(damaged)?;
     Ok(out)
 }
+
+/// The most bytes an IDX payload may inflate to (4 GiB: 5 million 28×28 images).
+const MAX_INFLATED: u64 = 1 << 32;
 
 /// Checks the header against `magic` and the payload against the header's dimensions;
 /// returns the dimensions and where the payload starts.
@@ -292,6 +316,21 @@ mod tests {
         assert_eq!(ds.labels(), &[2, 0, 1]);
         assert_eq!(ds.classes(), 3);
         assert_eq!(ds.sample_shape(), &[2, 2]);
+    }
+
+    /// A small gzip that inflates far past what its header announces is refused after
+    /// reading the announced bytes and one more, not after inflating it all.
+    #[test]
+    fn a_gzip_bomb_stops_at_the_announced_size() {
+        let dir = TempDir::new("idx-bomb");
+        let mut bomb = idx(IMAGES_MAGIC, &[3, 2, 2], &[0; 12]);
+        bomb.extend(std::iter::repeat_n(0u8, 64 << 20));
+        let packed = gzip(&bomb);
+        assert!(packed.len() < 1 << 20, "a bomb: {} bytes", packed.len());
+        let p = dir.write("bomb-images-idx3-ubyte.gz", &packed);
+        let read = read_maybe_gz(&p).unwrap();
+        assert_eq!(read.len(), 16 + 12 + 1);
+        assert!(load_err(&p).contains("bytes after"), "{}", load_err(&p));
     }
 
     #[test]
