@@ -170,6 +170,7 @@ struct Context<'o> {
     /// The own prefix: micro-batch, its input and its micro-batch boundary tensors.
     own_prefix: Option<(usize, TensorId, Vec<TensorId>)>,
     lanes: usize,
+    /// The arena training alone needs, when an own prefix joins it.
     training_arena: Option<u64>,
     order: Vec<NodeIndex>,
     layout: Option<Layout>,
@@ -304,12 +305,11 @@ fn append_loss(cx: &mut Context) -> Result<()> {
 }
 
 fn differentiate(cx: &mut Context) -> Result<()> {
-    let loss_phase = |n: NodeIndex, g: &Graph| g.nodes[n].phase == Phase::Forward;
-    let forward: Vec<_> = cx
-        .graph
+    let g = &cx.graph;
+    let forward: Vec<_> = g
         .topo_order()
         .into_iter()
-        .filter(|&n| loss_phase(n, &cx.graph))
+        .filter(|&n| g.nodes[n].phase == Phase::Forward)
         .collect();
     let parts = cx.loss();
     let (output, seed) = (parts.output, parts.seed);
@@ -349,15 +349,14 @@ fn append_updates(cx: &mut Context) -> Result<()> {
 /// The frozen prefix on actc's kernels, in micro-batches whose activations fit the arena
 /// training needs anyway.
 fn own_prefix(cx: &mut Context) -> Result<()> {
-    let order = schedule::schedule(&cx.graph);
-    let training_arena = cx.memory_layout(&order, 1).memory.arena;
-    cx.training_arena = Some(training_arena);
     let Some(prefix) = cx.prefix.as_ref() else {
         return Ok(());
     };
     if cx.opts.prefix == PrefixRunner::Tract {
         return Ok(());
     }
+    let order = schedule::schedule(&cx.graph);
+    let training_arena = cx.memory_layout(&order, 1).memory.arena;
     let batch = cx.input_shape[0];
     let threads = cx.opts.threads.clamp(1, MAX_PREFIX_LANES);
     // With one prefix lane, the fused chains share their bands among the threads; with
@@ -393,6 +392,7 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
         err!("the frozen prefix does not run at micro-batch {m}; give --prefix-batch {batch}")
     })?;
     let (input, outputs) = micro.attach(&mut cx.graph);
+    cx.training_arena = Some(training_arena);
     cx.own_prefix = Some((m, input, outputs));
     cx.lanes = lanes;
     Ok(())
@@ -405,7 +405,10 @@ fn order_steps(cx: &mut Context) -> Result<()> {
 
 fn plan_memory(cx: &mut Context) -> Result<()> {
     let mut layout = cx.memory_layout(&cx.order, cx.lanes);
-    layout.memory.training_arena = cx.training_arena.expect("prefix ran");
+    // Without an own prefix the arena is training's alone, as the layout says already.
+    if let Some(training) = cx.training_arena {
+        layout.memory.training_arena = training;
+    }
     let peak = layout.memory.arena + layout.memory.persistent;
     if let Some(limit) = cx.opts.max_memory.filter(|&l| peak > l) {
         let mut biggest: Vec<_> = layout.buffers.iter().collect();

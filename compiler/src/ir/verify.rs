@@ -125,8 +125,8 @@ mod tests {
         // A node that reads y, but whose edge from y's producer is dropped.
         let z = g.add_tensor(Tensor::value("z", vec![2, 3], DType::F32));
         let sig = g.add_node(Node {
-            name: "sigmoid".into(),
-            op: NodeOp::Kernel(Kind::Sigmoid(Empty {})),
+            name: "relu2".into(),
+            op: NodeOp::Kernel(Kind::Relu(Empty {})),
             inputs: vec![1],
             outputs: vec![z],
             phase: Phase::Forward,

@@ -226,6 +226,27 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// A constant as an initializer of its values.
+pub fn tensor_proto(name: &str, dims: &[usize], data: &Data) -> TensorProto {
+    let (data_type, raw) = match data {
+        Data::F32(v) => (
+            DataType::Float,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        Data::I64(v) => (
+            DataType::Int64,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+    };
+    TensorProto {
+        name: Some(name.to_string()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(data_type as i32),
+        raw_data: Some(raw),
+        ..Default::default()
+    }
+}
+
 /// An integer attribute, as the back end writes it.
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {

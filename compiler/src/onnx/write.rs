@@ -11,8 +11,9 @@ use super::proto::{
     tensor_proto::DataType, tensor_shape_proto::Dimension, tensor_shape_proto::dimension,
     type_proto,
 };
+use super::tensor_proto;
 use crate::error::Result;
-use crate::ir::{Data, Graph, NodeOp, OnnxSource, Role, TensorId};
+use crate::ir::{Graph, NodeOp, OnnxSource, Role, TensorId};
 use crate::ops::{self, OnnxOut};
 use crate::{bail, err};
 use actc_runtime::plan::DType;
@@ -20,10 +21,13 @@ use petgraph::stable_graph::NodeIndex;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-/// What the writer keeps of the imported model: everything but its nodes, and its
-/// initializers by name.
+/// What the writer keeps of the imported model: its fields but the graph, the graph's own
+/// fields but its contents, its outputs' declarations, and its initializers by name.
 pub struct Original<'m> {
-    pub model: &'m ModelProto,
+    model: ModelProto,
+    graph: GraphProto,
+    outputs: &'m [ValueInfoProto],
+    opset: i64,
     pub initializers: HashMap<&'m str, &'m TensorProto>,
     /// The model input's declared type (symbolic dimensions kept), with fixed dimensions
     /// set to the compiled shape.
@@ -40,8 +44,20 @@ impl<'m> Original<'m> {
             .cloned()
             .unwrap_or_else(|| value_info(input_name, input_shape, DType::F32));
         refix_dims(&mut input, input_shape);
+        // The metadata once, without the weights: every part written takes a copy of it.
+        let mut meta = model.clone();
+        meta.graph = None;
         Original {
-            model,
+            model: meta,
+            graph: GraphProto {
+                name: g.name.clone(),
+                doc_string: g.doc_string.clone(),
+                quantization_annotation: g.quantization_annotation.clone(),
+                metadata_props: g.metadata_props.clone(),
+                ..Default::default()
+            },
+            outputs: &g.output,
+            opset: super::opset(model),
             initializers: g.initializer.iter().map(|t| (t.name(), t)).collect(),
             input,
         }
@@ -56,11 +72,10 @@ pub fn write(
     nodes: &[NodeIndex],
     outputs: &[TensorId],
 ) -> Result<ModelProto> {
-    let opset = super::opset(original.model);
     let mut w = Writer {
         graph,
         original,
-        opset,
+        opset: original.opset,
         written: nodes
             .iter()
             .flat_map(|&n| graph.nodes[n].outputs.clone())
@@ -77,16 +92,12 @@ pub fn write(
     for &t in outputs {
         w.need(t)?;
     }
-    let g = original
-        .model
-        .graph
-        .as_ref()
-        .expect("decode checked the graph");
     let output = outputs
         .iter()
         .map(|&t| {
             let tensor = graph.tensor(t);
-            g.output
+            original
+                .outputs
                 .iter()
                 .find(|o| o.name() == tensor.name)
                 .cloned()
@@ -111,8 +122,7 @@ pub fn write(
             initializer: w.initializers,
             input,
             output,
-            value_info: Vec::new(),
-            ..g.clone()
+            ..original.graph.clone()
         }),
         ..original.model.clone()
     })
@@ -227,27 +237,6 @@ impl Writer<'_, '_> {
         };
         self.initializers.push(init);
         Ok(())
-    }
-}
-
-/// A constant as an initializer of its values.
-pub fn tensor_proto(name: &str, dims: &[usize], data: &Data) -> TensorProto {
-    let (data_type, raw) = match data {
-        Data::F32(v) => (
-            DataType::Float,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        Data::I64(v) => (
-            DataType::Int64,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-    };
-    TensorProto {
-        name: Some(name.to_string()),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: Some(data_type as i32),
-        raw_data: Some(raw),
-        ..Default::default()
     }
 }
 

@@ -26,25 +26,19 @@ impl Room for Activations {
     }
 
     fn owns(&self, kind: &Kind) -> bool {
-        matches!(
-            kind,
-            Kind::Relu(_)
-                | Kind::Clip(_)
-                | Kind::LeakyRelu(_)
-                | Kind::PRelu(_)
-                | Kind::Sigmoid(_)
-                | Kind::HardSigmoid(_)
-                | Kind::HardSwish(_)
-                | Kind::ReluBackward(_)
-                | Kind::ClipBackward(_)
-                | Kind::LeakyReluBackward(_)
-                | Kind::PReluBackward(_)
-                | Kind::SigmoidBackward(_)
-                | Kind::HardSigmoidBackward(_)
-                | Kind::HardSwishBackward(_)
-                | Kind::PassMask(_)
-                | Kind::MaskedGrad(_)
-        )
+        forward(kind)
+            || matches!(
+                kind,
+                Kind::ReluBackward(_)
+                    | Kind::ClipBackward(_)
+                    | Kind::LeakyReluBackward(_)
+                    | Kind::PReluBackward(_)
+                    | Kind::SigmoidBackward(_)
+                    | Kind::HardSigmoidBackward(_)
+                    | Kind::HardSwishBackward(_)
+                    | Kind::PassMask(_)
+                    | Kind::MaskedGrad(_)
+            )
     }
 
     fn import(&self, n: &OnnxNode) -> Result<Lowered> {
@@ -120,16 +114,7 @@ impl Room for Activations {
     }
 
     fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
-        matches!(
-            kind,
-            Kind::Relu(_)
-                | Kind::Clip(_)
-                | Kind::LeakyRelu(_)
-                | Kind::PRelu(_)
-                | Kind::Sigmoid(_)
-                | Kind::HardSigmoid(_)
-                | Kind::HardSwish(_)
-        )
+        forward(kind)
     }
 
     fn backward(&self, kind: &Kind, ad: &mut Backward) {
@@ -195,4 +180,18 @@ impl Room for Activations {
     fn urgent(&self, kind: &Kind) -> bool {
         matches!(kind, Kind::PassMask(_))
     }
+}
+
+/// The forward activations: what this room imports, and what it differentiates.
+fn forward(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::Relu(_)
+            | Kind::Clip(_)
+            | Kind::LeakyRelu(_)
+            | Kind::PRelu(_)
+            | Kind::Sigmoid(_)
+            | Kind::HardSigmoid(_)
+            | Kind::HardSwish(_)
+    )
 }

@@ -32,7 +32,7 @@ static ROOMS: &[&dyn Room] = &[
     &pool::Pools,
     &norm::Norms,
     &layout::Layout,
-    &softmax::Softmax,
+    &softmax::SoftmaxAndLosses,
     &optim::Optimizers,
     &compress::Compression,
 ];

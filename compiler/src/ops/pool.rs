@@ -1,7 +1,7 @@
 //! Pooling and means: `GlobalAveragePool`, `AveragePool`, `MaxPool` (2-D windows) and
 //! `ReduceMean`, with the one backward op that serves them all.
 
-use super::room::{Backward, Lowered, OnnxNode, Room, expect, shapes};
+use super::room::{Backward, Lowered, OnnxNode, Room, expect, shapes, window_out};
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::{norm_axis, pool_shape, reduce_shape, spatial_out, u32s, usizes};
@@ -32,9 +32,7 @@ impl Room for Pools {
         let four_d = x.rank() == 4;
         match n.op() {
             "GlobalAveragePool" => {
-                let mut y = x.shape[..2.min(x.rank())].to_vec();
-                y.extend(std::iter::repeat_n(1, x.rank().saturating_sub(2)));
-                let outputs = vec![(y, x.dtype)];
+                let outputs = vec![(global(&x.shape), x.dtype)];
                 Ok(match four_d {
                     true => Lowered::kernel(outputs, Kind::GlobalAveragePool(Empty {}), vec![0]),
                     false => Lowered::onnx(outputs),
@@ -209,15 +207,9 @@ fn window(p: &ops::Pool, x: &[usize]) -> std::result::Result<Vec<usize>, String>
     let [n, c, h, w] = x[..] else {
         return Err(format!("{x:?} is not 4-D"));
     };
-    let at = |v: &[u32], i: usize, d: u32| v.get(i).copied().unwrap_or(d) as usize;
-    let len = |size: usize, i: usize| -> std::result::Result<usize, String> {
-        let extent = at(&p.dilations, i, 1) * (at(&p.kernel, i, 1) - 1) + 1;
-        let span = size + at(&p.pads, i, 0) + at(&p.pads, i + 2, 0);
-        span.checked_sub(extent)
-            .map(|r| r / at(&p.strides, i, 1).max(1) + 1)
-            .ok_or_else(|| format!("padded size {span} is smaller than the window {extent}"))
-    };
-    Ok(vec![n, c, len(h, 0)?, len(w, 1)?])
+    let k = |i: usize| p.kernel.get(i).copied().unwrap_or(1) as usize;
+    let [oh, ow] = window_out([h, w], [k(0), k(1)], &p.strides, &p.dilations, &p.pads)?;
+    Ok(vec![n, c, oh, ow])
 }
 
 /// Whether `y` is `x` averaged over `a`'s axes, kept as 1 or dropped.

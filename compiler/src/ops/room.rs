@@ -419,7 +419,7 @@ impl<'t> OnnxOut<'t> {
     pub fn constant(&mut self, suffix: &str, dims: &[usize], data: Data) -> String {
         let name = format!("{}/{suffix}", self.name);
         self.initializers
-            .push(crate::onnx::write::tensor_proto(&name, dims, &data));
+            .push(crate::onnx::tensor_proto(&name, dims, &data));
         name
     }
 }
@@ -446,6 +446,27 @@ pub fn expect(outs: &[&Tensor], want: &[Out]) -> std::result::Result<(), String>
         }
     }
     Ok(())
+}
+
+/// `check` helper: the output height and width of a 2-D window (a conv's kernel, a pool's)
+/// sliding over `hw`, with the attributes as the runtime's ops hold them: `strides` and
+/// `dilations` per axis (missing: 1), `pads` top, left, bottom, right (missing: 0).
+pub fn window_out(
+    hw: [usize; 2],
+    kernel: [usize; 2],
+    strides: &[u32],
+    dilations: &[u32],
+    pads: &[u32],
+) -> std::result::Result<[usize; 2], String> {
+    let at = |v: &[u32], i: usize, d: u32| v.get(i).copied().unwrap_or(d) as usize;
+    let len = |i: usize| {
+        let extent = at(dilations, i, 1) * kernel[i].saturating_sub(1) + 1;
+        let span = hw[i] + at(pads, i, 0) + at(pads, i + 2, 0);
+        span.checked_sub(extent)
+            .map(|r| r / at(strides, i, 1).max(1) + 1)
+            .ok_or_else(|| format!("padded size {span} is smaller than the window {extent}"))
+    };
+    Ok([len(0)?, len(1)?])
 }
 
 /// `check` helper: a float tensor of this shape.

@@ -8,9 +8,9 @@ use crate::onnx::shape::norm_axis;
 use actc_runtime::ops::{self, Kind};
 use actc_runtime::plan::DType;
 
-pub struct Softmax;
+pub struct SoftmaxAndLosses;
 
-impl Room for Softmax {
+impl Room for SoftmaxAndLosses {
     fn onnx_ops(&self) -> &'static [&'static str] {
         &["Softmax"]
     }

@@ -16,7 +16,7 @@ pub struct LossParts {
     pub seed: TensorId,
 }
 
-/// Cross-entropy reads logits: a model that ends in a Softmax trains on the Softmax's input,
+/// Cross-entropy reads logits: a model that ends in a softmax trains on the softmax's input,
 /// which gives the same argmax and a numerically stable loss.
 pub fn append_loss(graph: &mut Graph, output: TensorId, kind: LossKind) -> Result<LossParts> {
     let mut out = output;

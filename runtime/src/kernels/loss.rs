@@ -1,6 +1,6 @@
 //! Training losses (mean over the batch, as PyTorch's defaults) and top-1 accuracy.
 
-/// Softmax cross-entropy of `logits` (batch × classes) against integer `labels`, averaged
+/// The softmax cross-entropy of `logits` (batch × classes) against integer `labels`, averaged
 /// over the batch. Writes the softmax probabilities to `probs` (the backward needs them) and
 /// returns the loss. Log-sum-exp is max-subtracted, so large logits do not overflow.
 pub fn softmax_cross_entropy_forward(

@@ -4,13 +4,13 @@
 mod fuse;
 
 use super::room::{
-    Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, SavedInput, expect, shapes,
+    Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, SavedInput, expect, shapes, window_out,
 };
+use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::{spatial_out, u32s, usizes};
 use crate::onnx::{attr_int, attr_ints};
-use crate::{bail, err};
 use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
@@ -234,16 +234,8 @@ fn forward(c: &ops::Conv, x: &[usize], w: &[usize]) -> std::result::Result<Vec<u
     if c.kernel[..] != [kh as u32, kw as u32] {
         return Err(format!("kernel {:?} but weight {w:?}", c.kernel));
     }
-    let at = |v: &[u32], i: usize| v.get(i).copied().unwrap_or(0) as usize;
-    let len = |size: usize, k: usize, i: usize| -> std::result::Result<usize, String> {
-        let extent = at(&c.dilations, i) * (k - 1) + 1;
-        let span = size + at(&c.pads, i) + at(&c.pads, i + 2);
-        let stride = at(&c.strides, i).max(1);
-        span.checked_sub(extent)
-            .map(|r| r / stride + 1)
-            .ok_or_else(|| err!("padded size {span} is smaller than the kernel extent {extent}").0)
-    };
-    Ok(vec![n, m, len(h, kh, 0)?, len(wd, kw, 1)?])
+    let [oh, ow] = window_out([h, wd], [kh, kw], &c.strides, &c.dilations, &c.pads)?;
+    Ok(vec![n, m, oh, ow])
 }
 
 fn four(s: &[usize]) -> std::result::Result<[usize; 4], String> {
