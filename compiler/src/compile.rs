@@ -509,6 +509,7 @@ impl Context<'_> {
                 o.iter().map(|&t| buffer(t)).collect()
             }),
             prefix_lanes: layout.prefix_lanes,
+            progress: None,
         };
         Ok(Compiled {
             plan,

@@ -81,6 +81,64 @@ pub struct Plan {
     /// one micro-batch at a time.
     #[prost(uint64, repeated, tag = "18")]
     pub prefix_lanes: Vec<u64>,
+    /// In a checkpoint that `train` saves: how far the run got, so `train --resume` goes on
+    /// from there. Its optimizer and compressor state are then among `weights`.
+    #[prost(message, optional, tag = "19")]
+    pub progress: Option<Progress>,
+}
+
+/// Where a training run stands: what it was started with (a run is only resumed with the
+/// same), and how far it got.
+#[derive(Clone, PartialEq, Message)]
+pub struct Progress {
+    #[prost(message, optional, tag = "1")]
+    pub run: Option<Run>,
+    /// Epochs completed.
+    #[prost(uint32, tag = "2")]
+    pub epochs_done: u32,
+    /// Steps of the next epoch taken.
+    #[prost(uint64, tag = "3")]
+    pub steps_done: u64,
+    /// Updates taken in all (the lr schedule's and Adam's step count).
+    #[prost(uint64, tag = "4")]
+    pub updates: u64,
+    /// The next epoch's tallies over its steps taken: top-1 hits, summed loss.
+    #[prost(uint64, tag = "5")]
+    pub hits: u64,
+    #[prost(double, tag = "6")]
+    pub loss_sum: f64,
+    /// The best validation accuracy so far (what the `.best` file holds).
+    #[prost(double, optional, tag = "7")]
+    pub best: Option<f64>,
+}
+
+/// What decides a run's result besides the plan: checked when it is resumed.
+#[derive(Clone, PartialEq, Message)]
+pub struct Run {
+    /// The CRC of the plan file trained.
+    #[prost(uint32, tag = "1")]
+    pub plan_crc: u32,
+    #[prost(uint64, tag = "2")]
+    pub seed: u64,
+    #[prost(uint32, tag = "3")]
+    pub epochs: u32,
+    /// Training data: its path as given, and a checksum of its samples and labels.
+    #[prost(string, tag = "4")]
+    pub data: String,
+    #[prost(uint32, tag = "5")]
+    pub data_crc: u32,
+    /// Validation data (`--val`, else the held-out fraction of the training data).
+    #[prost(string, tag = "6")]
+    pub val: String,
+    #[prost(uint32, tag = "7")]
+    pub val_crc: u32,
+    /// Preprocessing and the hold-out, in words (`--scale`, `--mean`, `--std`, `--layout`,
+    /// `--val-fraction`).
+    #[prost(string, tag = "8")]
+    pub settings: String,
+    /// Threads the run used: a different count may change the results' last bits.
+    #[prost(uint32, tag = "9")]
+    pub threads: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -388,6 +446,27 @@ impl Plan {
             return Err(PlanError::Truncated);
         }
         Ok((plan, PlanFile { file, places }))
+    }
+
+    /// The CRC a plan file stores of its payload: what tells one plan from another without
+    /// reading it (checked by [`Plan::open`] and [`Plan::load`], not here).
+    pub fn stored_crc(path: &Path) -> Result<u32, PlanError> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(path).map_err(PlanError::Io)?;
+        let mut magic = [0u8; MAGIC.len()];
+        if read_up_to(&mut file, &mut magic).map_err(PlanError::Io)? < magic.len()
+            || &magic != MAGIC
+        {
+            return Err(PlanError::NotAPlan);
+        }
+        let len = file.seek(SeekFrom::End(0)).map_err(PlanError::Io)?;
+        if len < (HEADER + 4) as u64 {
+            return Err(PlanError::Truncated);
+        }
+        let mut crc = [0u8; 4];
+        file.seek(SeekFrom::End(-4)).map_err(PlanError::Io)?;
+        read_up_to(&mut file, &mut crc).map_err(PlanError::Io)?;
+        Ok(u32::from_le_bytes(crc))
     }
 
     pub fn buffer(&self, id: u32) -> &Buffer {

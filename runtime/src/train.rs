@@ -4,7 +4,7 @@
 use crate::cache::PrefixCache;
 use crate::data::{Dataset, Preprocess};
 use crate::exec::{ExecError, Executor};
-use crate::plan::{DType, Plan, PlanFile};
+use crate::plan::{DType, Plan, PlanFile, Progress};
 use crate::prefix::Prefix;
 use std::time::Instant;
 
@@ -38,6 +38,17 @@ pub struct Rows<'a> {
     pub rows: &'a [usize],
 }
 
+/// What a training run is: its data, its length, its order, how often it saves.
+pub struct TrainRun<'a> {
+    pub train: Rows<'a>,
+    pub val: Rows<'a>,
+    pub prep: &'a Preprocess,
+    pub epochs: usize,
+    pub seed: u64,
+    /// Steps between checkpoints within an epoch (0: at the end of each epoch only).
+    pub checkpoint_every: usize,
+}
+
 /// What the training loop reports as it goes.
 pub enum Event<'a> {
     Step {
@@ -54,6 +65,14 @@ pub enum Event<'a> {
         train: Metrics,
         val: Metrics,
         seconds: f64,
+        /// The validation accuracy is the best so far.
+        improved: bool,
+        session: &'a mut Session,
+    },
+    /// Time to save a checkpoint: the run stands at `progress` (after the epoch's report,
+    /// at an epoch's end).
+    Checkpoint {
+        progress: Progress,
         session: &'a mut Session,
     },
 }
@@ -273,21 +292,19 @@ impl Session {
         Ok(())
     }
 
-    /// Trains for `epochs` over `train_rows` (shuffled each epoch with `seed`; a final
-    /// partial batch is dropped, as the batch size is compiled in), evaluating `val_rows`
-    /// after each epoch. `on` hears every step and epoch; an `Err` from it stops training
-    /// there with that message (a log or checkpoint that cannot be written, a divergence).
+    /// Trains as `run` says, from where `from` left off (`Progress::default()`: the start),
+    /// evaluating `run.val` after each epoch. Each epoch shuffles the order of the one
+    /// before with `seed + epoch`; a final partial batch is dropped, as the batch size is
+    /// compiled in. `on` hears every step, epoch and checkpoint; an `Err` from it stops
+    /// training there with that message (a log or checkpoint that cannot be written, a
+    /// divergence).
     pub fn train(
         &mut self,
-        train: Rows,
-        val: Rows,
-        prep: &Preprocess,
-        epochs: usize,
-        seed: u64,
+        run: &TrainRun,
+        from: Progress,
         mut on: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(), ExecError> {
-        let (data, train_rows) = (train.data, train.rows);
-        let (val, val_rows) = (val.data, val.rows);
+        let (data, train_rows) = (run.train.data, run.train.rows);
         self.check_classification()?;
         let b = self.batch();
         let steps = train_rows.len() / b;
@@ -297,14 +314,25 @@ impl Session {
                 train_rows.len()
             )));
         }
+        let mut at = from;
+        if at.steps_done as usize >= steps {
+            return Err(ExecError(format!(
+                "the checkpoint is at step {} of an epoch of {steps} steps: it comes from other data or another batch size",
+                at.steps_done
+            )));
+        }
+        self.exec.resume_at(at.updates);
         let mut order = train_rows.to_vec();
-        for epoch in 1..=epochs {
-            crate::data::split::shuffle(&mut order, seed.wrapping_add(epoch as u64));
+        for epoch in 1..=at.epochs_done as usize {
+            crate::data::split::shuffle(&mut order, run.seed.wrapping_add(epoch as u64));
+        }
+        for epoch in at.epochs_done as usize + 1..=run.epochs {
+            crate::data::split::shuffle(&mut order, run.seed.wrapping_add(epoch as u64));
             let start = Instant::now();
-            let (mut hits, mut loss_sum) = (0usize, 0.0f64);
-            for step in 0..steps {
+            let first = at.steps_done as usize;
+            for step in first..steps {
                 let rows = &order[step * b..(step + 1) * b];
-                self.load(data, prep, rows)?;
+                self.load(data, run.prep, rows)?;
                 let lr = self.exec.lr();
                 let loss = self.exec.train_step();
                 if !loss.is_finite() {
@@ -316,43 +344,64 @@ impl Session {
                 // The plan keeps the output alive to the end of the step, so it still holds
                 // this batch's logits from before the update.
                 let (h, _) = self.score(data, rows, b);
-                hits += h;
-                loss_sum += loss as f64;
-                let seen = (step + 1) * b;
+                at.hits += h as u64;
+                at.loss_sum += loss as f64;
+                at.steps_done += 1;
+                at.updates = self.exec.updates();
                 on(Event::Step {
                     epoch,
                     step: step + 1,
                     steps,
                     loss,
-                    accuracy: hits as f64 / seen as f64,
-                    samples_per_s: seen as f64 / start.elapsed().as_secs_f64().max(1e-9),
+                    accuracy: at.hits as f64 / (at.steps_done as usize * b) as f64,
+                    samples_per_s: ((step + 1 - first) * b) as f64
+                        / start.elapsed().as_secs_f64().max(1e-9),
                     lr,
                 })
                 .map_err(ExecError)?;
+                let due = run.checkpoint_every > 0 && (step + 1) % run.checkpoint_every == 0;
+                if due && step + 1 < steps {
+                    on(Event::Checkpoint {
+                        progress: at.clone(),
+                        session: self,
+                    })
+                    .map_err(ExecError)?;
+                }
             }
             // The samples this epoch's dropped partial batch held are in later epochs'
             // batches: through the prefix once now, they do not force whole batches back
             // through it then.
             let leftover = &order[steps * b..];
             if epoch == 1 && self.cache.enabled() && !leftover.is_empty() {
-                self.load(data, prep, leftover)?;
+                self.load(data, run.prep, leftover)?;
             }
             let seconds = start.elapsed().as_secs_f64();
             let train = Metrics {
-                loss: loss_sum / steps as f64,
-                accuracy: hits as f64 / (steps * b) as f64,
+                loss: at.loss_sum / steps as f64,
+                accuracy: at.hits as f64 / (steps * b) as f64,
                 samples: steps * b,
             };
-            let val = if val_rows.is_empty() {
+            let val = if run.val.rows.is_empty() {
                 Metrics::default()
             } else {
-                self.evaluate(val, prep, val_rows)?
+                self.evaluate(run.val.data, run.prep, run.val.rows)?
             };
+            let improved = at.best.is_none_or(|best| val.accuracy > best);
+            if improved {
+                at.best = Some(val.accuracy);
+            }
+            (at.epochs_done, at.steps_done, at.hits, at.loss_sum) = (epoch as u32, 0, 0, 0.0);
             on(Event::Epoch {
                 epoch,
                 train,
                 val,
                 seconds,
+                improved,
+                session: self,
+            })
+            .map_err(ExecError)?;
+            on(Event::Checkpoint {
+                progress: at.clone(),
                 session: self,
             })
             .map_err(ExecError)?;

@@ -286,7 +286,8 @@ fn exported_models_compute_what_the_executor_computes() {
 fn the_prefix_cache_changes_the_time_only() {
     use actc_runtime::cache::PrefixCache;
     use actc_runtime::data::{Dataset, Preprocess};
-    use actc_runtime::train::{Metrics, Rows, Session};
+    use actc_runtime::plan::Progress;
+    use actc_runtime::train::{Metrics, Rows, Session, TrainRun};
     let opts = actc::CompileOptions {
         input: actc::InputShape {
             shape: Some(vec![16, 3, 32, 32]),
@@ -310,17 +311,21 @@ fn the_prefix_cache_changes_the_time_only() {
         let mut epochs: Vec<(Metrics, Metrics, usize, usize, usize, usize)> = Vec::new();
         session
             .train(
-                Rows {
-                    data: &data,
-                    rows: &train,
+                &TrainRun {
+                    train: Rows {
+                        data: &data,
+                        rows: &train,
+                    },
+                    val: Rows {
+                        data: &data,
+                        rows: &val,
+                    },
+                    prep: &prep,
+                    epochs: 3,
+                    seed: 7,
+                    checkpoint_every: 0,
                 },
-                Rows {
-                    data: &data,
-                    rows: &val,
-                },
-                &prep,
-                3,
-                7,
+                Progress::default(),
                 |event| {
                     if let actc_runtime::train::Event::Epoch {
                         train,

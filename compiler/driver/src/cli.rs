@@ -107,6 +107,15 @@ enum Command {
         /// Run the frozen prefix on every batch of every epoch.
         #[arg(long)]
         no_cache: bool,
+        /// Go on from the run's last checkpoint (SAVE.last.actc) with the same flags: its
+        /// weights, optimizer state, epoch and step, so the result is the uninterrupted
+        /// run's, bit for bit (with the same --threads). No checkpoint yet: start afresh.
+        #[arg(long)]
+        resume: bool,
+        /// Also save SAVE.last.actc every N steps within an epoch [default: at each epoch's
+        /// end only]
+        #[arg(long, value_name = "N")]
+        checkpoint_every: Option<usize>,
         #[command(flatten)]
         prep: PrepArgs,
     },
@@ -609,10 +618,15 @@ fn run(cli: Cli) -> Result<()> {
             cache_disk,
             cache_dir,
             no_cache,
+            resume,
+            checkpoint_every,
             prep,
         } => {
             if epochs == 0 {
                 return Err(err!("--epochs must be at least 1"));
+            }
+            if checkpoint_every == Some(0) {
+                return Err(err!("--checkpoint-every must be at least 1 step"));
             }
             let opts = TrainOptions {
                 data,
@@ -628,6 +642,8 @@ fn run(cli: Cli) -> Result<()> {
                 cache_dir: cache_dir.unwrap_or_else(std::env::temp_dir),
                 prep: prep.options(),
                 max_loss,
+                resume,
+                checkpoint_every: checkpoint_every.unwrap_or(0),
             };
             run::train(&plan, &opts)
         }

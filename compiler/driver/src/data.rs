@@ -49,3 +49,18 @@ impl DataOptions {
         Ok(p)
     }
 }
+
+/// The flags as given (what a resumed run compares), e.g. `--scale 0.0625 --mean 0.5`.
+impl std::fmt::Display for DataOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
+        let flags = [
+            self.layout.map(|l| format!("--layout {l}")),
+            self.scale.map(|s| format!("--scale {s}")),
+            self.mean.as_deref().map(|m| format!("--mean {}", list(m))),
+            self.std.as_deref().map(|s| format!("--std {}", list(s))),
+        ];
+        let given: Vec<String> = flags.into_iter().flatten().collect();
+        f.write_str(&given.join(" "))
+    }
+}

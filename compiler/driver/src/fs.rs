@@ -19,7 +19,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{prefix}{}", std::process::id()));
     let result = std::fs::File::create(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .and_then(|_| std::fs::rename(&tmp, path));
+        .and_then(|_| std::fs::rename(&tmp, path))
+        // The rename itself reaches the disk with the folder's entry: without this a power
+        // loss may bring back the old file, or none. Folders that cannot be synced (some
+        // network file systems) still had the rename.
+        .map(|_| {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        });
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(err!("{}: cannot write: {e}", path.display()));

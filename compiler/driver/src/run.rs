@@ -7,8 +7,8 @@ use actc::{Result, bail, err, export};
 use actc_runtime::cache::PrefixCache;
 use actc_runtime::data::{Dataset, Layout, split};
 use actc_runtime::exec::Executor;
-use actc_runtime::plan::Plan;
-use actc_runtime::train::{Event, Metrics, Rows, Session};
+use actc_runtime::plan::{Plan, Progress, Run};
+use actc_runtime::train::{Event, Metrics, Rows, Session, TrainRun};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
 use serde_json::json;
@@ -32,6 +32,10 @@ pub struct TrainOptions {
     pub prep: DataOptions,
     /// A step whose loss passes this stops the run: it diverges.
     pub max_loss: f32,
+    /// Go on from the run's last checkpoint.
+    pub resume: bool,
+    /// Steps between checkpoints within an epoch (0: at each epoch's end only).
+    pub checkpoint_every: usize,
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
@@ -130,7 +134,7 @@ pub fn save_paths(plan: &Path, save: Option<&Path>) -> (PathBuf, PathBuf) {
 }
 
 pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
-    let (plan, file) = Plan::open(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let plan_crc = Plan::stored_crc(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
     let data = load_data(&opts.data, opts.prep.layout)?;
     let (train_rows, val_data, val_rows) = match &opts.val {
         Some(v) => {
@@ -150,6 +154,55 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         }
     };
     let val = val_data.as_ref().unwrap_or(&data);
+    if opts.max_loss.is_nan() || opts.max_loss <= 0.0 {
+        bail!(
+            "--max-loss must be a positive number, got {}",
+            opts.max_loss
+        );
+    }
+    if opts.cache_disk > 0 && !opts.cache_dir.is_dir() {
+        bail!(
+            "--cache-dir {}: not a folder; pass an existing folder, or --cache-disk 0 to keep the prefix cache in memory only",
+            opts.cache_dir.display()
+        );
+    }
+    let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
+    let run = Run {
+        plan_crc,
+        seed: opts.seed,
+        epochs: opts.epochs as u32,
+        data: opts.data.display().to_string(),
+        data_crc: data.checksum(),
+        val: opts
+            .val
+            .as_ref()
+            .map(|v| v.display().to_string())
+            .unwrap_or_default(),
+        val_crc: val_data.as_ref().map_or(0, Dataset::checksum),
+        settings: match opts.val {
+            Some(_) => opts.prep.to_string(),
+            None => format!("{} --val-fraction {}", opts.prep, opts.val_fraction),
+        },
+        threads: actc_runtime::threads::threads() as u32,
+    };
+    // Resuming opens the checkpoint in the plan's place: the same plan, holding the run's
+    // weights, optimizer state and progress.
+    let resuming = opts.resume && last_path.exists();
+    if opts.resume && !resuming {
+        eprintln!(
+            "--resume: no checkpoint at {} yet; starting from the beginning",
+            last_path.display()
+        );
+    }
+    let opened = if resuming { &last_path } else { plan_path };
+    let (mut plan, file) = Plan::open(opened).map_err(|e| err!("{}: {e}", opened.display()))?;
+    let progress = match resuming {
+        true => resume_point(&last_path, plan.progress.take(), &run)?,
+        false => Progress {
+            run: Some(run),
+            ..Progress::default()
+        },
+    };
     let batch = plan
         .hyper
         .as_ref()
@@ -162,27 +215,14 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
     if let (Some(v), Some(path)) = (&val_data, &opts.val) {
         check_labels(classes(&plan), v, "--val ", path)?;
     }
-    if opts.cache_disk > 0 && !opts.cache_dir.is_dir() {
-        bail!(
-            "--cache-dir {}: not a folder; pass an existing folder, or --cache-disk 0 to keep the prefix cache in memory only",
-            opts.cache_dir.display()
-        );
-    }
     let mut session =
-        Session::open(plan, file, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+        Session::open(plan, file, total).map_err(|e| err!("{}: {e}", opened.display()))?;
     session
         .set_cache(PrefixCache::new(opts.cache_budget).spill_to(&opts.cache_dir, opts.cache_disk));
     let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
     if val_data.is_some() {
         val.check(&prep).map_err(|e| err!("{e}"))?;
     }
-    if opts.max_loss.is_nan() || opts.max_loss <= 0.0 {
-        bail!(
-            "--max-loss must be a positive number, got {}",
-            opts.max_loss
-        );
-    }
-    let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
     // Made before training, so a path that cannot be written fails now, not after an epoch.
     if let Some(dir) = last_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -194,19 +234,35 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         })?;
     }
     let mut log = match &opts.log {
-        Some(p) => {
-            Some(std::fs::File::create(p).map_err(|e| err!("{}: cannot write: {e}", p.display()))?)
-        }
+        // A resumed run adds to its log: the steps redone since the checkpoint appear twice.
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .append(opts.resume)
+                .truncate(!opts.resume)
+                .open(p)
+                .map_err(|e| err!("{}: cannot write: {e}", p.display()))?,
+        ),
         None => None,
     };
-    eprintln!(
-        "training {} on {} ({} train / {} val samples, batch {batch}, {steps_per_epoch} steps per epoch, {} epochs)",
-        plan_path.display(),
-        data,
-        train_rows.len(),
-        val_rows.len(),
-        opts.epochs
-    );
+    match resuming {
+        true => eprintln!(
+            "resuming {} from {} at epoch {}, step {} of {steps_per_epoch}",
+            plan_path.display(),
+            last_path.display(),
+            progress.epochs_done + 1,
+            progress.steps_done
+        ),
+        false => eprintln!(
+            "training {} on {} ({} train / {} val samples, batch {batch}, {steps_per_epoch} steps per epoch, {} epochs)",
+            plan_path.display(),
+            data,
+            train_rows.len(),
+            val_rows.len(),
+            opts.epochs
+        ),
+    }
     let bar = if opts.quiet {
         ProgressBar::hidden()
     } else {
@@ -217,89 +273,163 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let mut best = f64::NEG_INFINITY;
+    let mut best = progress.best;
     let max_loss = opts.max_loss;
     let last_shown = last_path.display().to_string();
     let written = |r: std::io::Result<()>, what: &Path| {
         r.map_err(|e| format!("{}: cannot write: {e}", what.display()))
     };
+    let spec = TrainRun {
+        train: Rows {
+            data: &data,
+            rows: &train_rows,
+        },
+        val: Rows {
+            data: val,
+            rows: &val_rows,
+        },
+        prep: &prep,
+        epochs: opts.epochs,
+        seed: opts.seed,
+        checkpoint_every: opts.checkpoint_every,
+    };
     session
-        .train(
-            Rows { data: &data, rows: &train_rows },
-            Rows { data: val, rows: &val_rows },
-            &prep,
-            opts.epochs,
-            opts.seed,
-            |event| match event {
-                Event::Step { epoch, step, loss, accuracy, samples_per_s, lr, .. } => {
-                    if step == 1 {
-                        bar.reset();
-                        bar.set_prefix(format!("{epoch}/{}", opts.epochs));
-                    }
-                    bar.set_position(step as u64);
-                    bar.set_message(format!("loss {loss:.4} acc {:.3} {samples_per_s:.0} samples/s", accuracy));
-                    if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
-                        let record = json!({"event": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr});
-                        written(writeln!(f, "{record}"), p)?;
-                    }
-                    if loss > max_loss {
-                        bar.finish_and_clear();
-                        return Err(format!(
-                            "the loss reached {loss:.4e} at epoch {epoch}, step {step}, past --max-loss {max_loss}: training diverges; lower --lr (now {lr:e}); the last good weights are in {last_shown}"
-                        ));
-                    }
-                    Ok(())
+        .train(&spec, progress, |event| match event {
+            Event::Step { epoch, step, loss, accuracy, samples_per_s, lr, .. } => {
+                if bar.position() == 0 || step == 1 {
+                    bar.reset();
+                    bar.set_prefix(format!("{epoch}/{}", opts.epochs));
                 }
-                Event::Epoch { epoch, train, val, seconds, session } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!("loss {loss:.4} acc {:.3} {samples_per_s:.0} samples/s", accuracy));
+                if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
+                    let record = json!({"event": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr});
+                    written(writeln!(f, "{record}"), p)?;
+                }
+                if loss > max_loss {
                     bar.finish_and_clear();
-                    eprintln!(
-                        "epoch {epoch}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {seconds:.1} s",
-                        train.loss, train.accuracy, val.loss, val.accuracy
-                    );
-                    let cache = session.cache();
-                    let (hits, misses) = (cache.hits, cache.misses);
-                    let (cached, on_disk) = (cache.bytes(), cache.disk_bytes());
-                    (cache.hits, cache.misses) = (0, 0);
-                    if let Some(why) = cache.take_spill_failure() {
-                        eprintln!("  warning: {why}");
-                    }
-                    if cache.enabled() {
-                        let disk = if on_disk > 0 { format!(" in memory, {} on disk", human(on_disk as u64)) } else { String::new() };
-                        eprintln!(
-                            "  prefix: {hits} samples from the cache, {misses} computed; cache holds {}{disk}",
-                            human(cached as u64)
-                        );
-                    }
-                    let compression = compression_report(session.executor());
-                    if let Some((text, _)) = &compression {
-                        eprintln!("{text}");
-                    }
-                    if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
-                        let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds, "prefix": {"cached_samples": hits, "computed_samples": misses, "cache_bytes": cached, "cache_disk_bytes": on_disk}});
-                        if let Some((_, c)) = compression {
-                            record["compression"] = c;
-                        }
-                        written(writeln!(f, "{record}").and_then(|_| f.flush()), p)?;
-                    }
-                    // A checkpoint that cannot be written stops the run now, not after the
-                    // last epoch.
-                    let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
-                    write_atomically(&last_path, &snapshot).map_err(|e| e.0)?;
-                    if val.accuracy > best {
-                        best = val.accuracy;
-                        write_atomically(&best_path, &snapshot).map_err(|e| e.0)?;
-                    }
-                    Ok(())
+                    return Err(format!(
+                        "the loss reached {loss:.4e} at epoch {epoch}, step {step}, past --max-loss {max_loss}: training diverges; lower --lr (now {lr:e}); the last good weights are in {last_shown}"
+                    ));
                 }
-            },
-        )
+                Ok(())
+            }
+            Event::Epoch { epoch, train, val, seconds, improved, session } => {
+                bar.finish_and_clear();
+                eprintln!(
+                    "epoch {epoch}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {seconds:.1} s",
+                    train.loss, train.accuracy, val.loss, val.accuracy
+                );
+                let cache = session.cache();
+                let (hits, misses) = (cache.hits, cache.misses);
+                let (cached, on_disk) = (cache.bytes(), cache.disk_bytes());
+                (cache.hits, cache.misses) = (0, 0);
+                if let Some(why) = cache.take_spill_failure() {
+                    eprintln!("  warning: {why}");
+                }
+                if cache.enabled() {
+                    let disk = if on_disk > 0 { format!(" in memory, {} on disk", human(on_disk as u64)) } else { String::new() };
+                    eprintln!(
+                        "  prefix: {hits} samples from the cache, {misses} computed; cache holds {}{disk}",
+                        human(cached as u64)
+                    );
+                }
+                let compression = compression_report(session.executor());
+                if let Some((text, _)) = &compression {
+                    eprintln!("{text}");
+                }
+                if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
+                    let mut record = json!({"event": "epoch", "epoch": epoch, "train": metrics_json(&train), "val": metrics_json(&val), "seconds": seconds, "prefix": {"cached_samples": hits, "computed_samples": misses, "cache_bytes": cached, "cache_disk_bytes": on_disk}});
+                    if let Some((_, c)) = compression {
+                        record["compression"] = c;
+                    }
+                    written(writeln!(f, "{record}").and_then(|_| f.flush()), p)?;
+                }
+                // A checkpoint that cannot be written stops the run now, not after the
+                // last epoch.
+                if improved {
+                    best = Some(val.accuracy);
+                    let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
+                    write_atomically(&best_path, &snapshot).map_err(|e| e.0)?;
+                }
+                Ok(())
+            }
+            Event::Checkpoint { progress, session } => {
+                let checkpoint = session.executor().checkpoint_bytes(progress).map_err(|e| e.0)?;
+                write_atomically(&last_path, &checkpoint).map_err(|e| e.0)
+            }
+        })
         .map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    eprintln!(
-        "best val accuracy {best:.4}: weights in {} (last epoch: {})",
-        best_path.display(),
-        last_path.display()
-    );
+    match best {
+        Some(best) => eprintln!(
+            "best val accuracy {best:.4}: weights in {} (last epoch: {})",
+            best_path.display(),
+            last_path.display()
+        ),
+        None => eprintln!(
+            "the run had already ended; its weights are in {}",
+            last_path.display()
+        ),
+    }
     Ok(())
+}
+
+/// Where the run saved at `last` stands (`progress`, from that checkpoint), checked against
+/// the run asked for now.
+fn resume_point(last: &Path, progress: Option<Progress>, run: &Run) -> Result<Progress> {
+    let Some(progress) = progress else {
+        bail!(
+            "--resume {}: not a checkpoint of `actc train` (or one from an actc that could not resume); train again without --resume",
+            last.display()
+        );
+    };
+    let was = progress.run.clone().unwrap_or_default();
+    let differs = |what: &str, now: String, then: String| {
+        err!(
+            "--resume {}: {what} differs from the run being resumed ({now} now, {then} then); pass the run's own, or train again without --resume",
+            last.display()
+        )
+    };
+    if was.plan_crc != run.plan_crc {
+        return Err(differs(
+            "the plan",
+            format!("CRC {:08x}", run.plan_crc),
+            format!("CRC {:08x}", was.plan_crc),
+        ));
+    }
+    let pairs = [
+        ("--seed", run.seed.to_string(), was.seed.to_string()),
+        ("--epochs", run.epochs.to_string(), was.epochs.to_string()),
+        (
+            "--data",
+            format!("{} (CRC {:08x})", run.data, run.data_crc),
+            format!("{} (CRC {:08x})", was.data, was.data_crc),
+        ),
+        (
+            "--val",
+            format!("{} (CRC {:08x})", run.val, run.val_crc),
+            format!("{} (CRC {:08x})", was.val, was.val_crc),
+        ),
+        ("preprocessing", run.settings.clone(), was.settings.clone()),
+    ];
+    for (what, now, then) in pairs {
+        // Data is the same data when its contents are, wherever it now lies.
+        let same = match what {
+            "--data" => run.data_crc == was.data_crc,
+            "--val" => run.val_crc == was.val_crc,
+            _ => now == then,
+        };
+        if !same {
+            return Err(differs(what, now, then));
+        }
+    }
+    if was.threads != run.threads {
+        eprintln!(
+            "warning: --resume with {} threads, the run had {}: its results may differ in the last bits from an uninterrupted run",
+            run.threads, was.threads
+        );
+    }
+    Ok(progress)
 }
 
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {

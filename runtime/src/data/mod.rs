@@ -196,6 +196,31 @@ impl Dataset {
         })
     }
 
+    /// A CRC-32 of the samples' values and the labels: the same data, wherever it is read
+    /// from (what a resumed run checks it trains on).
+    pub fn checksum(&self) -> u32 {
+        let mut crc = crc32fast::Hasher::new();
+        for d in &self.shape {
+            crc.update(&(*d as u64).to_le_bytes());
+        }
+        if let Samples::U8(v) = &self.samples {
+            crc.update(v);
+        }
+        // A block of values at a time: one `update` per value is many times slower.
+        let mut words = |words: &mut dyn Iterator<Item = [u8; 4]>| loop {
+            let block: Vec<[u8; 4]> = words.take(4096).collect();
+            if block.is_empty() {
+                break;
+            }
+            crc.update(block.as_flattened());
+        };
+        if let Samples::F32(v) = &self.samples {
+            words(&mut v.iter().map(|x| x.to_le_bytes()));
+        }
+        words(&mut self.labels.iter().map(|l| l.to_le_bytes()));
+        crc.finalize()
+    }
+
     /// Tells this data set apart from every other one loaded by the process.
     pub fn id(&self) -> u64 {
         self.id

@@ -11,7 +11,7 @@ pub use memory::{Memory, View};
 use crate::kernels::chain;
 use crate::ops::Kind;
 use crate::optim::LrSchedule;
-use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, PlanFile, Schedule};
+use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, PlanFile, Progress, Schedule, Weight};
 use crate::threads;
 use std::fmt;
 
@@ -155,6 +155,9 @@ impl Executor {
                 None => dst.copy_from_slice(&std::mem::take(&mut w.data)),
             }
         }
+        // A checkpoint's state, now in memory, is saved again only with a checkpoint.
+        plan.weights
+            .retain(|w| !is_state(&plan.buffers[w.buffer as usize]));
         let hyper = plan.hyper.clone().unwrap_or_default();
         let schedule = match hyper.schedule() {
             Schedule::Constant => LrSchedule::Constant,
@@ -495,19 +498,49 @@ impl Executor {
 
     /// The plan with its weights replaced by the current ones: what `eval` and `export` read.
     pub fn snapshot(&mut self) -> Result<Plan, ExecError> {
-        self.with_current_weights(Plan::clone)
+        self.with_current_weights(None, Plan::clone)
     }
 
     /// [`Executor::snapshot`] as plan-file bytes (what `train` saves), without a copy of the
     /// plan in between.
     pub fn snapshot_bytes(&mut self) -> Result<Vec<u8>, ExecError> {
-        self.with_current_weights(Plan::to_bytes)
+        self.with_current_weights(None, Plan::to_bytes)
     }
 
-    fn with_current_weights<T>(&mut self, f: impl FnOnce(&Plan) -> T) -> Result<T, ExecError> {
+    /// A checkpoint that a run resumes from: [`Executor::snapshot_bytes`] with `progress`
+    /// and the optimizer's and compressions' state among the weights (what the next update
+    /// reads besides the weights; [`Executor::open`] loads them back like weights).
+    pub fn checkpoint_bytes(&mut self, progress: Progress) -> Result<Vec<u8>, ExecError> {
+        self.with_current_weights(Some(progress), Plan::to_bytes)
+    }
+
+    /// Continues the count of updates of a resumed run (the lr schedule's position and
+    /// Adam's bias correction).
+    pub fn resume_at(&mut self, updates: u64) {
+        self.updates = updates;
+    }
+
+    fn with_current_weights<T>(
+        &mut self,
+        progress: Option<Progress>,
+        f: impl FnOnce(&Plan) -> T,
+    ) -> Result<T, ExecError> {
         let Executor {
             plan, mem, file, ..
         } = self;
+        let weights = plan.weights.len();
+        if progress.is_some() {
+            let state: Vec<Weight> = (0..plan.buffers.len() as u32)
+                .filter(|&b| is_state(plan.buffer(b)))
+                .map(|b| Weight {
+                    buffer: b,
+                    source: plan.buffer(b).name.clone(),
+                    data: Vec::new(),
+                })
+                .collect();
+            plan.weights.extend(state);
+            plan.progress = progress;
+        }
         for w in &mut plan.weights {
             w.data = mem.bytes_of(&plan.buffers[w.buffer as usize]).to_vec();
         }
@@ -521,12 +554,22 @@ impl Executor {
             }
             f(plan)
         });
+        plan.weights.truncate(weights);
+        plan.progress = None;
         plan.weights.iter_mut().for_each(|w| w.data = Vec::new());
         if file.is_some() {
             (plan.prefix_onnx, plan.rest_onnx) = Default::default();
         }
         out.map_err(|e| ExecError(format!("cannot read the plan file again: {e}")))
     }
+}
+
+/// What the optimizer and the compressions carry from step to step.
+fn is_state(b: &Buffer) -> bool {
+    matches!(
+        b.kind(),
+        BufferKind::OptimizerState | BufferKind::CompressorState
+    )
 }
 
 fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecError> {
