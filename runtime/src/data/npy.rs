@@ -5,6 +5,7 @@
 //! Errors are plain strings: the `.npz` reader adds the archive and member names.
 
 use super::Samples;
+use std::io::Read;
 
 pub(crate) const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -68,15 +69,26 @@ impl Array {
     }
 }
 
-pub(crate) fn parse(bytes: &[u8]) -> Result<Array, String> {
-    if !bytes.starts_with(MAGIC) {
+/// Headers NumPy writes are a few hundred bytes; it refuses to read past 10 000 itself.
+const MAX_HEADER: usize = 1 << 16;
+
+/// Reads one array from `r`: exactly the bytes its header announces, and nothing may follow
+/// (a member inflating to more than its shape needs is refused once it passes that, not
+/// after memory runs out).
+pub(crate) fn parse(r: &mut impl Read) -> Result<Array, String> {
+    let io = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "truncated .npy header".to_string(),
+        _ => format!("cannot be read: {e}"),
+    };
+    let mut lead = [0u8; 8];
+    r.read_exact(&mut lead[..MAGIC.len()]).map_err(io)?;
+    if &lead[..MAGIC.len()] != MAGIC {
         return Err("not a .npy array (no \\x93NUMPY magic)".into());
     }
-    let truncated = || "truncated .npy header".to_string();
-    let major = *bytes.get(6).ok_or_else(truncated)?;
-    let (len_bytes, start) = match major {
-        1 => (2, 10),
-        2 | 3 => (4, 12),
+    r.read_exact(&mut lead[MAGIC.len()..]).map_err(io)?;
+    let len_bytes = match lead[6] {
+        1 => 2,
+        2 | 3 => 4,
         v => {
             return Err(format!(
                 ".npy format version {v} is not supported (1 to 3 are)"
@@ -84,10 +96,16 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Array, String> {
         }
     };
     let mut len = [0u8; 4];
-    len[..len_bytes].copy_from_slice(bytes.get(8..8 + len_bytes).ok_or_else(truncated)?);
-    let end = start + u32::from_le_bytes(len) as usize;
-    let header = bytes.get(start..end).ok_or_else(truncated)?;
-    let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
+    r.read_exact(&mut len[..len_bytes]).map_err(io)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_HEADER {
+        return Err(format!(
+            "the .npy header claims {len} bytes; NumPy writes a few hundred"
+        ));
+    }
+    let mut header = vec![0u8; len];
+    r.read_exact(&mut header).map_err(io)?;
+    let header = std::str::from_utf8(&header).map_err(|_| "the .npy header is not text")?;
 
     let descr = quoted(field(header, "descr")?)?;
     let fortran = field(header, "fortran_order")?;
@@ -99,10 +117,6 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Array, String> {
     }
     let shape = tuple(field(header, "shape")?)?;
 
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or("the shape in the .npy header is too large")?;
     let (item, make): (usize, fn(&[u8]) -> Values) = match descr {
         "|u1" | "<u1" | "u1" => (1, |b| Values::U8(b.to_vec())),
         "<i4" => (4, |b| Values::I32(le(b, i32::from_le_bytes))),
@@ -120,16 +134,29 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Array, String> {
             ));
         }
     };
-    let data = &bytes[end..];
-    let need = count.saturating_mul(item);
+    let need = shape
+        .iter()
+        .try_fold(item, |acc, &d| acc.checked_mul(d))
+        .ok_or("the shape in the .npy header is too large")?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(need).map_err(|_| {
+        format!("shape {shape:?} of '{descr}' needs {need} bytes, more than this machine can give")
+    })?;
+    r.take(need as u64).read_to_end(&mut data).map_err(io)?;
     if data.len() < need {
         return Err(format!(
             "truncated: shape {shape:?} of '{descr}' needs {need} bytes of data, found {}",
             data.len()
         ));
     }
+    // One byte more: bytes beyond the shape, or the end (where a zip member checks its CRC).
+    if r.read(&mut [0u8]).map_err(io)? > 0 {
+        return Err(format!(
+            "holds bytes beyond the {need} its shape {shape:?} of '{descr}' needs: not an array NumPy wrote"
+        ));
+    }
     Ok(Array {
-        values: make(&data[..need]),
+        values: make(&data),
         shape,
     })
 }
@@ -178,26 +205,30 @@ mod tests {
     use super::super::testutil::{f32_bytes, i64_bytes, npy};
     use super::*;
 
+    fn read(bytes: &[u8]) -> Result<Array, String> {
+        parse(&mut &bytes[..])
+    }
+
     #[test]
     fn parses_what_numpy_writes() {
-        let a = parse(&npy("<f4", &[2, 3], &f32_bytes(&[0., 1., 2., 3., 4., 5.5]))).unwrap();
+        let a = read(&npy("<f4", &[2, 3], &f32_bytes(&[0., 1., 2., 3., 4., 5.5]))).unwrap();
         assert_eq!(a.shape, [2, 3]);
         assert!(matches!(&a.values, Values::F32(v) if v[5] == 5.5));
 
-        let a = parse(&npy("<i8", &[3], &i64_bytes(&[4, 0, 9]))).unwrap();
+        let a = read(&npy("<i8", &[3], &i64_bytes(&[4, 0, 9]))).unwrap();
         assert_eq!(a.shape, [3]);
         assert_eq!(a.to_labels().unwrap(), [4, 0, 9]);
 
         // Exactly what numpy 2.4 wrote for np.save(f, np.array([[1, 2]], np.uint8)), and a
         // version-2.0 header (np.lib.format.write_array(f, a, version=(2, 0))).
         let v1 = b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2), }                                                          \x0a\x01\x02";
-        let a = parse(v1).unwrap();
+        let a = read(v1).unwrap();
         assert_eq!(a.shape, [1, 2]);
         assert!(matches!(&a.values, Values::U8(v) if v == &[1, 2]));
         let v2 = b"\x93NUMPY\x02\x00t\x00\x00\x00{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }                                                          \x0a\x07\x00\x00\x00\x01\x00\x00\x00";
-        assert_eq!(parse(v2).unwrap().to_labels().unwrap(), [7, 1]);
+        assert_eq!(read(v2).unwrap().to_labels().unwrap(), [7, 1]);
 
-        let scalar = parse(&npy("<f8", &[], &2.5f64.to_le_bytes())).unwrap();
+        let scalar = read(&npy("<f8", &[], &2.5f64.to_le_bytes())).unwrap();
         assert!(scalar.shape.is_empty());
     }
 
@@ -239,16 +270,16 @@ mod tests {
         let mut fortran = npy("<f4", &[1], &[0; 4]);
         let at = fortran.windows(5).position(|w| w == b"False").unwrap();
         fortran[at..at + 5].copy_from_slice(b"True ");
-        let err = parse(&fortran).err().unwrap();
+        let err = read(&fortran).err().unwrap();
         assert!(err.contains("Fortran order"), "{err}");
 
-        let err = parse(&npy(">f4", &[1], &[0; 4])).err().unwrap();
+        let err = read(&npy(">f4", &[1], &[0; 4])).err().unwrap();
         assert!(err.contains("big-endian"), "{err}");
-        let err = parse(&npy("<c8", &[1], &[0; 8])).err().unwrap();
+        let err = read(&npy("<c8", &[1], &[0; 8])).err().unwrap();
         assert!(err.contains("'<c8' is not supported"), "{err}");
-        let err = parse(&npy("<f4", &[2, 2], &[0; 12])).err().unwrap();
+        let err = read(&npy("<f4", &[2, 2], &[0; 12])).err().unwrap();
         assert!(err.contains("needs 16 bytes of data, found 12"), "{err}");
-        let err = parse(&npy("<f4", &[2, 2], &[0; 16])[..20]).err().unwrap();
+        let err = read(&npy("<f4", &[2, 2], &[0; 16])[..20]).err().unwrap();
         assert!(err.contains("truncated .npy header"), "{err}");
     }
 }

@@ -111,12 +111,8 @@ fn read_array<R: Read + std::io::Seek>(
     let damaged = |e: &dyn std::fmt::Display| {
         DataError::invalid(path, format!("member {member} is damaged: {e}"))
     };
-    let mut bytes = Vec::new();
-    zip.by_name(&member)
-        .map_err(|e| damaged(&e))?
-        .read_to_end(&mut bytes)
-        .map_err(|e| damaged(&e))?;
-    npy::parse(&bytes).map_err(|reason| DataError::invalid(path, format!("{member}: {reason}")))
+    let mut file = zip.by_name(&member).map_err(|e| damaged(&e))?;
+    npy::parse(&mut file).map_err(|reason| DataError::invalid(path, format!("{member}: {reason}")))
 }
 
 /// How to read samples of the array shape `dims` (batch first), the per-sample shape, and the
@@ -309,6 +305,26 @@ mod tests {
         let cut = x[..x.len() - 4].to_vec();
         write_npz(&p, &[("x.npy", cut), ("y.npy", y.clone())], Stored);
         assert!(load_err(&p).contains("x.npy: truncated"));
+
+        // Bytes past the array: 1 GiB of them once loaded silently.
+        let p = dir.path().join("trailing.npz");
+        let mut long = x.clone();
+        long.extend_from_slice(&[0; 4096]);
+        write_npz(&p, &[("x.npy", long), ("y.npy", y.clone())], Stored);
+        assert!(load_err(&p).contains("x.npy: holds bytes beyond the 24"));
+
+        // A bomb: 2 labels announced, 16 MiB of zeros deflated to 16 kB. Refused after the
+        // 16 bytes its shape needs, not after inflating it all.
+        let p = dir.path().join("bomb.npz");
+        let mut bomb = y.clone();
+        bomb.resize(bomb.len() + (16 << 20), 0);
+        write_npz(&p, &[("x.npy", x.clone()), ("y.npy", bomb)], Deflated);
+        assert!(load_err(&p).contains("y.npy: holds bytes beyond the 16"));
+
+        let p = dir.path().join("huge.npz");
+        let huge = npy("<f4", &[1 << 40, 1 << 20], &[]);
+        write_npz(&p, &[("x.npy", huge), ("y.npy", y.clone())], Stored);
+        assert!(load_err(&p).contains("more than this machine can give"));
 
         let p = dir.path().join("trunc.npz");
         write_npz(&p, &[("x.npy", x.clone()), ("y.npy", y.clone())], Deflated);
