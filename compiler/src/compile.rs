@@ -185,7 +185,9 @@ impl<'o> Context<'o> {
         model_name: &str,
         opts: &'o CompileOptions,
     ) -> Result<Context<'o>> {
-        let imported = import(&model, dir, &opts.input)?;
+        let mut model = model;
+        onnx::inline_external(&mut model, dir)?;
+        let imported = import(&model, &opts.input)?;
         let input_shape = imported.graph.tensor(imported.input).shape.clone();
         Ok(Context {
             opts,

@@ -26,7 +26,7 @@ mod passes;
 
 pub use compile::{CompileOptions, Compiled, compile_file, compile_model};
 pub use error::{Error, Result};
-pub use onnx::export::export;
+pub use onnx::export::{MAX_INLINE, export, externalize};
 pub use onnx::import::InputShape;
 pub use onnx::proto::ModelProto;
 pub use onnx::{decode as decode_onnx, load as load_onnx};

@@ -167,3 +167,112 @@ fn compressed_training_reports_ranks_and_bench_profiles() {
     assert_eq!(epochs[1]["prefix"]["computed_samples"], 0);
     run(&["bench", p, "--steps", "2", "--warmup", "1", "--profile"]);
 }
+
+/// A model whose weights lie in an external file compiles, and its export holds every
+/// weight itself: it loads with the original folder gone (issue 18: the export kept the
+/// original relative reference, so it loaded nowhere else).
+#[test]
+fn export_of_a_model_with_external_data_stands_alone() {
+    let dir = scratch("cli_external");
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let mut m = actc::load_onnx(&model("tiny_cnn")).unwrap();
+    let mut blob = Vec::new();
+    for t in &mut m.graph.as_mut().unwrap().initializer {
+        if t.data_type() != 1 {
+            continue;
+        }
+        let bytes = match t.raw_data.take() {
+            Some(b) => b,
+            None => t.float_data.drain(..).flat_map(f32::to_le_bytes).collect(),
+        };
+        t.data_location = Some(1); // EXTERNAL
+        let entries = [
+            ("location", "weights.bin".to_string()),
+            ("offset", blob.len().to_string()),
+            ("length", bytes.len().to_string()),
+        ];
+        t.external_data = entries
+            .into_iter()
+            .map(|(k, v)| {
+                let mut e = t.external_data.first().cloned().unwrap_or_default();
+                (e.key, e.value) = (Some(k.into()), Some(v));
+                e
+            })
+            .collect();
+        blob.extend_from_slice(&bytes);
+    }
+    std::fs::write(source.join("weights.bin"), &blob).unwrap();
+    let onnx = source.join("m.onnx");
+    std::fs::write(&onnx, prost::Message::encode_to_vec(&m)).unwrap();
+    let plan = dir.join("m.actc");
+    let compile = |onnx: &std::path::Path, plan: &std::path::Path| {
+        run(&[
+            "compile",
+            onnx.to_str().unwrap(),
+            "--layers",
+            "2",
+            "--input-shape",
+            "2x3x16x16",
+            "-o",
+            plan.to_str().unwrap(),
+        ])
+    };
+    compile(&onnx, &plan);
+    let exported = dir.join("exported.onnx");
+    run(&[
+        "export",
+        plan.to_str().unwrap(),
+        "-o",
+        exported.to_str().unwrap(),
+    ]);
+    std::fs::remove_dir_all(&source).unwrap();
+
+    let back = actc::load_onnx(&exported).unwrap();
+    let g = back.graph.unwrap();
+    assert!(
+        g.initializer
+            .iter()
+            .all(|t| t.data_location.unwrap_or(0) == 0 && t.external_data.is_empty())
+    );
+    let again = dir.join("again.actc");
+    compile(&exported, &again);
+    let weights = |p: &std::path::Path| actc_runtime::plan::Plan::load(p).unwrap().weights;
+    let options = common::options(actc::Layers::Last(2), Some(vec![2, 3, 16, 16]));
+    let original = actc::compile_file(&model("tiny_cnn"), &options)
+        .unwrap()
+        .plan
+        .weights;
+    assert!(
+        weights(&again) == original,
+        "the export's weights are the model's"
+    );
+
+    // Asked for, the weights go beside the model, which loads from wherever the two go.
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let split = out.join("split.onnx");
+    run(&[
+        "export",
+        plan.to_str().unwrap(),
+        "-o",
+        split.to_str().unwrap(),
+        "--external-data",
+    ]);
+    let moved = dir.join("moved");
+    std::fs::rename(&out, &moved).unwrap();
+    let back = actc::load_onnx(&moved.join("split.onnx")).unwrap();
+    let external = back
+        .graph
+        .unwrap()
+        .initializer
+        .iter()
+        .filter(|t| t.data_location.unwrap_or(0) == 1)
+        .count();
+    assert!(external > 0);
+    compile(&moved.join("split.onnx"), &again);
+    assert!(
+        weights(&again) == original,
+        "the split export's weights are the model's"
+    );
+}

@@ -151,6 +151,10 @@ enum Command {
         weights: Option<PathBuf>,
         #[arg(short, long)]
         output: PathBuf,
+        /// Write the weights to OUTPUT.data beside the model, as ONNX external data (always
+        /// done for a model past protobuf's 2 GiB limit) [default: inside the model]
+        #[arg(long)]
+        external_data: bool,
     },
 }
 
@@ -669,7 +673,8 @@ fn run(cli: Cli) -> Result<()> {
             plan,
             weights,
             output,
-        } => run::export_onnx(&plan, weights.as_deref(), &output),
+            external_data,
+        } => run::export_onnx(&plan, weights.as_deref(), &output, external_data),
     }
 }
 

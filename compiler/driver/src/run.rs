@@ -3,7 +3,7 @@
 use crate::data::{DataOptions, check_labels, classes};
 use crate::fs::{check_output, write_atomically};
 use crate::inspect::human;
-use actc::{Result, bail, err, export};
+use actc::{MAX_INLINE, Result, bail, err, export, externalize};
 use actc_runtime::cache::PrefixCache;
 use actc_runtime::data::{Dataset, Layout, split};
 use actc_runtime::exec::Executor;
@@ -461,7 +461,14 @@ pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: boo
     Ok(())
 }
 
-pub fn export_onnx(plan_path: &Path, weights: Option<&Path>, out: &Path) -> Result<()> {
+/// Writes the fine-tuned model to `out`; its weights go to `out.data` beside it with
+/// `external_data`, or when the model would pass protobuf's 2 GiB limit.
+pub fn export_onnx(
+    plan_path: &Path,
+    weights: Option<&Path>,
+    out: &Path,
+    external_data: bool,
+) -> Result<()> {
     let inputs: Vec<&Path> = [plan_path].into_iter().chain(weights).collect();
     check_output(out, &inputs)?;
     let plan = load_plan(plan_path)?;
@@ -469,7 +476,28 @@ pub fn export_onnx(plan_path: &Path, weights: Option<&Path>, out: &Path) -> Resu
         Some(w) => load_plan(w)?,
         None => plan.clone(),
     };
-    let model = export(&plan, &trained).map_err(|e| err!("{}: {}", plan_path.display(), e.0))?;
+    let mut model =
+        export(&plan, &trained).map_err(|e| err!("{}: {}", plan_path.display(), e.0))?;
+    if external_data || model.encoded_len() > MAX_INLINE {
+        let data = PathBuf::from(format!("{}.data", out.display()));
+        check_output(&data, &inputs)?;
+        let location = data.file_name().expect("a file name").to_string_lossy();
+        let blob = externalize(&mut model, &location);
+        if model.encoded_len() > MAX_INLINE {
+            bail!(
+                "{}: the model's graph passes protobuf's 2 GiB limit even with its weights in {}",
+                out.display(),
+                data.display()
+            );
+        }
+        // The data first: a model never names a file that is not there yet.
+        write_atomically(&data, &blob)?;
+        eprintln!(
+            "weights ({}) -> {}",
+            human(blob.len() as u64),
+            data.display()
+        );
+    }
     write_atomically(out, &model.encode_to_vec())?;
     eprintln!("exported {} -> {}", plan_path.display(), out.display());
     Ok(())

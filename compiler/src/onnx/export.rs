@@ -1,7 +1,8 @@
 //! Plan → ONNX: the original model put back together from the plan's prefix and rest, with
 //! the trained weights written into their initializers. Any inference runtime can load it.
 
-use super::proto::{ModelProto, TensorProto, tensor_proto::DataType};
+use super::proto::tensor_proto::{DataLocation, DataType};
+use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use crate::error::Result;
 use crate::{bail, err};
 use actc_runtime::plan::{BufferKind, Plan};
@@ -87,6 +88,37 @@ pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
         );
     }
     Ok(model)
+}
+
+/// Protobuf cannot encode a message past 2 GiB: a model whose weights make it larger must keep
+/// them in a file beside it.
+pub const MAX_INLINE: usize = (1 << 31) - 1;
+
+/// Moves every initializer of `model` holding at least 1 KiB of raw bytes into one blob,
+/// returned, that the model then names as external data at `location` (a file name beside
+/// the model, as `onnx.save_model(..., save_as_external_data=True)` writes).
+pub fn externalize(model: &mut ModelProto, location: &str) -> Vec<u8> {
+    let mut blob = Vec::new();
+    let Some(g) = model.graph.as_mut() else {
+        return blob;
+    };
+    for t in &mut g.initializer {
+        let Some(raw) = t.raw_data.take_if(|r| r.len() >= 1024) else {
+            continue;
+        };
+        let entry = |key: &str, value: String| StringStringEntryProto {
+            key: Some(key.into()),
+            value: Some(value),
+        };
+        t.data_location = Some(DataLocation::External as i32);
+        t.external_data = vec![
+            entry("location", location.into()),
+            entry("offset", blob.len().to_string()),
+            entry("length", raw.len().to_string()),
+        ];
+        blob.extend_from_slice(&raw);
+    }
+    blob
 }
 
 fn write_f32(t: &mut TensorProto, data: &[u8]) -> Result<()> {

@@ -13,7 +13,6 @@ use crate::ops::{self, Arg, Lowered, OnnxNode};
 use crate::{bail, err};
 use actc_runtime::plan::{DType, Phase};
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Elements of the largest constant import folds (a shape computation is a handful).
@@ -48,7 +47,7 @@ pub struct Imported {
     pub input: TensorId,
 }
 
-pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Imported> {
+pub fn import(model: &ModelProto, fix: &InputShape) -> Result<Imported> {
     let opset = opset(model);
     if !(7..=23).contains(&opset) {
         bail!("model uses opset {opset}; actc reads opsets 7 to 23 (11 to 21 are tested)");
@@ -58,7 +57,7 @@ pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Import
     let mut names: HashMap<String, TensorId> = HashMap::new();
 
     for init in &g.initializer {
-        let (dims, data) = tensor_data(init, dir)?;
+        let (dims, data) = tensor_data(init)?;
         let id = graph.add_tensor(Tensor::constant(init.name(), dims, data));
         define(&mut names, init.name(), id)?;
     }
@@ -91,7 +90,7 @@ pub fn import(model: &ModelProto, dir: &Path, fix: &InputShape) -> Result<Import
     graph.inputs.push(input);
 
     for (index, node) in g.node.iter().enumerate() {
-        import_node(&mut graph, &mut names, node, index, opset, dir)?;
+        import_node(&mut graph, &mut names, node, index, opset)?;
     }
     for out in &g.output {
         let id = *names
@@ -191,7 +190,6 @@ fn import_node(
     node: &NodeProto,
     index: usize,
     opset: i64,
-    dir: &Path,
 ) -> Result<()> {
     let label = node_label(node);
     let op = node.op_type();
@@ -205,7 +203,7 @@ fn import_node(
     let a = Attrs::new(node);
     if op == "Constant" {
         let data = if let Some(t) = a.tensor("value") {
-            tensor_data(t, dir)?
+            tensor_data(t)?
         } else if a.has("value_float") {
             (vec![], Data::F32(vec![a.float("value_float", 0.0)].into()))
         } else if let Some(v) = a.ints("value_ints") {

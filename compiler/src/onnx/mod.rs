@@ -52,9 +52,27 @@ pub fn opset(model: &ModelProto) -> i64 {
         .unwrap_or(1)
 }
 
-/// Decodes a tensor's values. External data (a separate weights file) is read relative to
-/// `dir`, the model's folder.
-pub fn tensor_data(t: &TensorProto, dir: &Path) -> Result<(Vec<usize>, Data)> {
+/// Reads every external tensor of `model` (a separate weights file, relative to `dir`, the
+/// model's folder) into the model itself: a plan and the model exported from it then hold
+/// every value, and load wherever they are moved.
+pub fn inline_external(model: &mut ModelProto, dir: &Path) -> Result<()> {
+    let Some(g) = model.graph.as_mut() else {
+        return Ok(());
+    };
+    let attributes = g.node.iter_mut().flat_map(|n| n.attribute.iter_mut());
+    let in_nodes = attributes.flat_map(|a| a.t.as_mut().into_iter().chain(a.tensors.iter_mut()));
+    for t in g.initializer.iter_mut().chain(in_nodes) {
+        if t.data_location() == proto::tensor_proto::DataLocation::External {
+            t.raw_data = Some(read_external(t, dir)?);
+            t.data_location = None;
+            t.external_data.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a tensor's values (its external data read already: [`inline_external`]).
+pub fn tensor_data(t: &TensorProto) -> Result<(Vec<usize>, Data)> {
     if t.dims.iter().any(|&d| d < 0) {
         bail!(
             "tensor '{}' has a negative dimension in {:?}",
@@ -70,13 +88,7 @@ pub fn tensor_data(t: &TensorProto, dir: &Path) -> Result<(Vec<usize>, Data)> {
             t.dims
         )
     })?;
-    let external;
-    let raw: &[u8] = if t.data_location() == proto::tensor_proto::DataLocation::External {
-        external = read_external(t, dir)?;
-        &external
-    } else {
-        t.raw_data()
-    };
+    let raw = t.raw_data();
     let dtype = DataType::try_from(t.data_type()).unwrap_or(DataType::Undefined);
     let data = match dtype {
         DataType::Float => Data::F32(if !raw.is_empty() {

@@ -299,7 +299,7 @@ pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
         let a = Attrs::new(node);
         let n: usize = outs[0].0.iter().product();
         let value = match a.tensor("value") {
-            Some(t) => super::tensor_data(t, std::path::Path::new("."))?.1,
+            Some(t) => super::tensor_data(t)?.1,
             None => Data::F32(vec![0.0].into()),
         };
         return Ok(Some(vec![match value {
