@@ -318,3 +318,47 @@ fn crafted_plans_are_refused() {
         "cannot give",
     );
 }
+
+/// tiny_mlp with `n` more nodes, alternately Sigmoid and Relu, between its first activation
+/// and its second Gemm: a long chain, every node of it trained.
+fn long_chain(n: usize) -> actc::ModelProto {
+    let mut m = actc::load_onnx(&common::model("tiny_mlp")).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let relu = g.node.iter().position(|n| n.op_type() == "Relu").unwrap();
+    let mut prev = g.node[relu].output[0].clone();
+    let mut chain = Vec::new();
+    for k in 0..n {
+        let mut node = g.node[relu].clone();
+        node.name = Some(format!("chain{k}"));
+        node.op_type = Some(if k % 2 == 0 { "Sigmoid" } else { "Relu" }.into());
+        node.input = vec![prev];
+        prev = format!("chain{k}_out");
+        node.output = vec![prev.clone()];
+        chain.push(node);
+    }
+    let next = &mut g.node[relu + 1];
+    next.input[0] = prev;
+    g.node.splice(relu + 1..relu + 1, chain);
+    m
+}
+
+/// Compile time grows linearly with the node count (issue 18: a chain of 20 000 nodes took
+/// 19.8 s, then 3.0 s). Prints seconds per chain length, the best of 3.
+#[test]
+#[ignore = "a benchmark: run in release with --ignored --nocapture"]
+fn bench_compile_time_on_long_chains() {
+    println!("| nodes | compile s (best of 3) | µs per node |");
+    println!("|---|---|---|");
+    for n in [5_000, 10_000, 20_000, 40_000] {
+        let model = long_chain(n);
+        let opts = common::options(Layers::All, None);
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let start = std::time::Instant::now();
+            let c = actc::compile_model(model.clone(), ".".as_ref(), "chain.onnx", &opts).unwrap();
+            best = best.min(start.elapsed().as_secs_f64());
+            check_plan(&format!("chain of {n}"), &c.plan);
+        }
+        println!("| {n} | {best:.2} | {:.1} |", best * 1e6 / n as f64);
+    }
+}
