@@ -755,6 +755,15 @@ fn subspace_iteration(
 /// (negative, or below n·ε_f32 of the largest) become exactly 0: a Gram matrix in f32 turns
 /// exact zeros into noise of that size, and the ε rule must not count noise as energy.
 pub(crate) fn eigh_desc(gram: &[f32], n: usize, vals: &mut [f32], vecs: &mut [f32]) {
+    // A NaN or infinity in the activation (a diverged run, hostile weights) reaches the Gram
+    // matrix, which faer neither sorts nor always converges on. The step's result is not a
+    // number either way; the identity basis keeps every shape and rank the kernels assume.
+    if !gram[..n * n].iter().all(|v| v.is_finite()) {
+        vals[..n].fill(0.0);
+        vecs[..n * n].fill(0.0);
+        (0..n).for_each(|j| vecs[j * n + j] = 1.0);
+        return;
+    }
     let params: Spec<SelfAdjointEvdParams, f32> = Default::default();
     let req = self_adjoint_evd_scratch::<f32>(n, ComputeEigenvectors::Yes, Par::Seq, params);
     EIGH_STACK.with_borrow_mut(|buf| {

@@ -155,13 +155,17 @@ pub fn max_backward<T: Tap>(g: &Pool2dGeom, taps: &[T], dy: &[f32], dx: &mut [f3
         .zip(taps.chunks_exact(p))
     {
         for (o, (&t, &d)) in tp.iter().zip(dyp).enumerate() {
-            if t == T::NONE {
+            // Taps come from the forward; bytes that are not taps (a plan whose buffers
+            // overlap them) may name any tap, which is skipped unless inside the input.
+            if t == T::NONE || t.get() >= g.kh * g.kw {
                 continue;
             }
             let (ky, kx) = (t.get() / g.kw, t.get() % g.kw);
             let iy = g.taps_y(o / ow).1 + (ky * g.dilation[0]) as isize;
             let ix = g.taps_x(o % ow).1 + (kx * g.dilation[1]) as isize;
-            dxp[iy as usize * g.w + ix as usize] += d;
+            if (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix) {
+                dxp[iy as usize * g.w + ix as usize] += d;
+            }
         }
     }
 }
