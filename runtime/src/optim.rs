@@ -14,6 +14,17 @@ pub struct Sgd {
     pub nesterov: bool,
 }
 
+impl From<&crate::ops::AdamW> for AdamW {
+    fn from(a: &crate::ops::AdamW) -> AdamW {
+        AdamW {
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.epsilon,
+            weight_decay: a.weight_decay,
+        }
+    }
+}
+
 impl From<&crate::ops::Sgd> for Sgd {
     fn from(s: &crate::ops::Sgd) -> Sgd {
         Sgd {

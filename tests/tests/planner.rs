@@ -315,7 +315,7 @@ fn crafted_plans_are_refused() {
     refused(
         "an arena of 2^60 bytes",
         &|p| p.memory.as_mut().unwrap().arena = 1 << 60,
-        "cannot give",
+        "more memory than any machine addresses",
     );
 }
 

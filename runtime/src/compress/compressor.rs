@@ -36,29 +36,52 @@ impl Compressor {
         geom::conv(conv, x, &f.weight_shape)
     }
 
-    /// Checks what the kernels assume, for the executor's plan validation.
+    /// Checks what the kernels assume, for the executor's plan validation: the sizes below
+    /// are then products of the activation's own, which its buffer bounds.
     pub fn check(&self) -> Result<(), String> {
-        let d = self.dims();
-        if !(1..=4).contains(&self.shape.len()) || d.contains(&0) {
+        let numel = self.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        if !(1..=4).contains(&self.shape.len()) || self.shape.contains(&0) || numel.is_none() {
             return Err(format!("compressed activation shape {:?}", self.shape));
         }
+        let d = self.dims();
+        let numel = numel.unwrap_or(0) as usize;
+        // A rank is no larger than its mode, so the factors and the core are sized by it.
+        let rank_fits = |cap: u32, d: usize| (1..=d).contains(&(cap as usize));
+        let factors_fit = |caps: &[u32]| {
+            let factors = caps.iter().zip(d.iter()).try_fold(0usize, |n, (&c, &d)| {
+                n.checked_add(d.checked_mul(c as usize)?)
+            });
+            let core = caps
+                .iter()
+                .try_fold(1usize, |n, &c| n.checked_mul(c as usize));
+            factors.zip(core).is_some()
+        };
         match &self.method {
             None => Err("a compressor without a method (written by a newer actc?)".into()),
-            Some(Method::Hosvd(h)) if h.caps.len() != self.shape.len() || h.caps.contains(&0) => {
+            Some(Method::Hosvd(h))
+                if !(2..=4).contains(&self.shape.len())
+                    || h.caps.len() != self.shape.len()
+                    || !h.caps.iter().zip(d.iter()).all(|(&c, &d)| rank_fits(c, d))
+                    || !factors_fit(&h.caps) =>
+            {
                 Err(format!(
                     "HOSVD rank caps {:?} for shape {:?}",
                     h.caps, self.shape
                 ))
             }
-            Some(Method::Svd(s)) if s.cap == 0 => Err("SVD rank cap 0".into()),
-            Some(Method::GradFilter(f))
-                if self.shape.len() != 4
-                    || f.patch == 0
-                    || f.conv.is_none()
-                    || f.weight_shape.len() != 4 =>
-            {
-                Err("gradient filter without a 4-D input, a patch or its conv".into())
+            Some(Method::Svd(s)) if !rank_fits(s.cap, d[0].min(numel / d[0])) => {
+                Err(format!("SVD rank cap {} for shape {:?}", s.cap, self.shape))
             }
+            Some(Method::GradFilter(f)) => match &f.conv {
+                Some(c) if f.patch > 0 => {
+                    let g = geom::conv_fit(c, &self.shape, &f.weight_shape)
+                        .map_err(|e| format!("gradient filter: {e}"))?;
+                    gradfilter::patches_fit(&g, f.patch as usize)
+                        .then_some(())
+                        .ok_or_else(|| format!("gradient filter patch {}", f.patch))
+                }
+                _ => Err("gradient filter without a patch or its conv".into()),
+            },
             Some(_) => Ok(()),
         }
     }

@@ -64,6 +64,18 @@ fn axes(g: &Conv2dGeom, r: usize, of_input: bool) -> (Axis, Axis) {
     )
 }
 
+/// Whether the patches of `r` outputs, `r·stride` inputs wide, span the input without
+/// overflow (what [`Axis::new`] computes).
+pub fn patches_fit(g: &Conv2dGeom, r: usize) -> bool {
+    [(g.out_h(), g.stride[0]), (g.out_w(), g.stride[1])]
+        .iter()
+        .all(|&(out, stride)| {
+            r.checked_mul(stride)
+                .and_then(|window| window.checked_mul(out.div_ceil(r)))
+                .is_some_and(|span| span <= isize::MAX as usize)
+        })
+}
+
 /// Shape of the saved tensor: [B, C, ⌈h/r⌉, ⌈w/r⌉] with h × w the conv's output.
 pub fn pooled_dims(g: &Conv2dGeom, r: usize) -> [usize; 4] {
     let (ah, aw) = axes(g, r, true);

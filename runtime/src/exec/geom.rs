@@ -68,6 +68,66 @@ pub fn conv(c: &ops::Conv, x: &[u64], w: &[u64]) -> Conv2dGeom {
     }
 }
 
+/// [`conv`] where the kernels can run it, else what does not fit: 4-D shapes, groups that
+/// divide both channel counts and match the weight, strides and dilations of at least 1,
+/// a window no larger than the padded input, and sizes (the im2col scratch's included)
+/// that do not overflow.
+pub fn conv_fit(c: &ops::Conv, x: &[u64], w: &[u64]) -> Result<Conv2dGeom, String> {
+    if x.len() != 4 || w.len() != 4 {
+        return Err(format!("a conv of shapes {x:?} and {w:?}, not 4-D"));
+    }
+    let g = conv(c, x, w);
+    let groups_fit = g.c_in.is_multiple_of(g.groups)
+        && g.c_out.is_multiple_of(g.groups)
+        && g.cin_per_group() as u64 == w[1];
+    if !groups_fit {
+        return Err(format!(
+            "{} groups for weight {w:?} on input {x:?}",
+            g.groups
+        ));
+    }
+    window_fits([g.h, g.w], [g.kh, g.kw], g.stride, g.dilation, g.pad)?;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let plane = oh.checked_mul(ow);
+    let sizes = [
+        Some(g.col_rows()),
+        (g.c_in + g.c_out).checked_mul(g.n),
+        g.n.checked_mul(g.c_out),
+    ];
+    let fit = sizes
+        .into_iter()
+        .all(|d| plane.zip(d).and_then(|(p, d)| p.checked_mul(d)).is_some());
+    match fit {
+        true if oh > 0 && ow > 0 => Ok(g),
+        _ => Err(format!("a conv window {w:?} that does not fit input {x:?}")),
+    }
+}
+
+/// A sliding window the kernels can run: strides, dilations and the kernel at least 1, and
+/// its span computed without overflow.
+fn window_fits(
+    input: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 4],
+) -> Result<(), String> {
+    for a in 0..2 {
+        let span = (kernel[a].checked_sub(1))
+            .and_then(|k| k.checked_mul(dilation[a]))
+            .and_then(|k| k.checked_add(1));
+        let padded = input[a]
+            .checked_add(pad[a])
+            .and_then(|p| p.checked_add(pad[a + 2]));
+        if stride[a] == 0 || dilation[a] == 0 || span.is_none() || padded.is_none() {
+            return Err(format!(
+                "a window of {kernel:?} taps, strides {stride:?}, dilations {dilation:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The stages of a [`ops::ConvChain`] whose inputs (x, then each stage's weight and bias)
 /// have the shapes `shape(i)` gives.
 #[derive(Clone, Copy)]
@@ -102,16 +162,7 @@ pub fn chain<'a>(cc: &ops::ConvChain, shape: impl Fn(usize) -> Option<&'a [u64]>
     };
     for (s, stage) in cc.stages.iter().enumerate() {
         let w = four(out.inputs)?;
-        let g = conv(stage.conv.as_ref()?, &x, w);
-        let groups_fit = g.groups >= 1
-            && g.c_in.is_multiple_of(g.groups)
-            && g.c_out.is_multiple_of(g.groups)
-            && g.cin_per_group() == w[1] as usize;
-        let geometry_fits =
-            g.stride.iter().chain(&g.dilation).all(|&v| v >= 1) && g.out_h() > 0 && g.out_w() > 0;
-        if !groups_fit || !geometry_fits {
-            return None;
-        }
+        let g = conv_fit(stage.conv.as_ref()?, &x, w).ok()?;
         out.weight[s] = out.inputs;
         out.inputs += 1;
         if stage.bias {
@@ -140,6 +191,24 @@ pub fn pool(p: &ops::Pool, x: &[u64]) -> Pool2dGeom {
         dilation: pair(&p.dilations, 1),
         ceil_mode: false,
     }
+}
+
+/// [`pool`] where the kernels can run it: a 4-D input, a 2-D window that fits it, and
+/// padding smaller than the window, so every window holds an input element.
+pub fn pool_fit(p: &ops::Pool, x: &[u64]) -> Result<Pool2dGeom, String> {
+    if x.len() != 4 || p.kernel.len() != 2 {
+        return Err(format!("a pool of input {x:?} and window {:?}", p.kernel));
+    }
+    let g = pool(p, x);
+    window_fits([g.h, g.w], [g.kh, g.kw], g.stride, g.dilation, g.pad)?;
+    let span = |a: usize| ([g.kh, g.kw][a] - 1) * g.dilation[a] + 1;
+    if (0..4).any(|i| g.pad[i] >= span(i % 2)) || g.out_h() == 0 || g.out_w() == 0 {
+        return Err(format!(
+            "a pool window {:?} that does not fit input {x:?}",
+            p.kernel
+        ));
+    }
+    Ok(g)
 }
 
 /// f32 elements of scratch a step needs, from its inputs' and outputs' shapes.

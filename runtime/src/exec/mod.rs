@@ -9,6 +9,7 @@ mod step;
 pub use memory::{Memory, View};
 
 use crate::kernels::chain;
+use crate::kernels::layout::MAX_RANK;
 use crate::ops::Kind;
 use crate::optim::LrSchedule;
 use crate::plan::{Buffer, BufferKind, DType, Phase, Plan, PlanFile, Progress, Schedule, Weight};
@@ -582,6 +583,15 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
     if plan.memory.is_none() || plan.feeds.is_empty() {
         return bad("no memory plan or no inputs".into());
     }
+    // No machine maps more (48-bit addresses): sizes below this leave the kernels' index
+    // arithmetic, which multiplies a few of them, far from overflowing.
+    let m = plan.memory.clone().unwrap_or_default();
+    if m.arena
+        .checked_add(m.persistent)
+        .is_none_or(|b| b > 1 << 48)
+    {
+        return bad("the plan needs more memory than any machine addresses".into());
+    }
     for s in &plan.steps {
         if s.kind().is_none() {
             return bad(format!(
@@ -607,7 +617,6 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
     }
     // Every buffer's size follows from its shape and type, and it lies inside its region:
     // kernels index by shape, so a size that does not fit the shape reaches other memory.
-    let m = plan.memory.clone().unwrap_or_default();
     for b in &plan.buffers {
         let region = if b.kind().is_persistent() {
             m.persistent
@@ -626,6 +635,14 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         }
         if b.offset.checked_add(b.bytes).is_none_or(|end| end > region) {
             return bad(format!("buffer {} lies outside its region", b.name));
+        }
+        if !b.offset.is_multiple_of(b.dtype().size() as u64) {
+            return bad(format!("buffer {} is not aligned to its type", b.name));
+        }
+        // The N-d kernels walk shapes of at most MAX_RANK axes; an empty axis makes a
+        // tensor whose geometry divides by zero.
+        if b.shape.len() > MAX_RANK || b.shape.contains(&0) {
+            return bad(format!("buffer {} has shape {:?}", b.name, b.shape));
         }
         if b.kind() == BufferKind::Loss && b.numel() != 1 {
             return bad("the loss is not a scalar".into());
@@ -675,7 +692,9 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
     for s in &plan.steps {
         let checked = check_compression(plan, s)
             .and_then(|()| check_chain(plan, s))
-            .and_then(|()| check_fused_update(plan, s));
+            .and_then(|()| check_fused_update(plan, s))
+            .and_then(|()| step::check(plan, s))
+            .and_then(|()| check_disjoint(plan, s));
         if let Err(e) = checked {
             return bad(format!("step {}: {e}", s.name));
         }
@@ -684,9 +703,29 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         .feeds
         .iter()
         .chain([&plan.loss, &plan.output])
+        .chain(&plan.prefix_outputs)
         .any(|&b| b >= n)
     {
         return bad("a feed or output names a buffer that does not exist".into());
+    }
+    // The runtime writes the feeds as floats (the last one: or labels) and the prefix's
+    // outputs into the boundary tensors, each in bytes of its own.
+    let (labels, boundary) = plan.feeds.split_last().expect("checked above");
+    let feeds_typed = boundary
+        .iter()
+        .chain(&plan.prefix_outputs)
+        .all(|&b| plan.buffer(b).dtype() == DType::F32)
+        && matches!(plan.buffer(*labels).dtype(), DType::F32 | DType::U32)
+        && plan.buffer(plan.output).dtype() == DType::F32;
+    let distinct = |ids: &[u32]| (1..ids.len()).all(|i| !ids[..i].contains(&ids[i]));
+    let fed: Vec<u32> = plan
+        .feeds
+        .iter()
+        .chain(&plan.prefix_outputs)
+        .copied()
+        .collect();
+    if !feeds_typed || !distinct(&fed) || overlapping(plan, fed.into_iter()).is_some() {
+        return bad("the feeds are not float tensors (and labels) in bytes of their own".into());
     }
     if !plan.prefix_lanes.is_empty() {
         if prefix == 0 {
@@ -705,6 +744,44 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         }
     }
     Ok(())
+}
+
+/// A step's buffers lie in bytes of their own, as the planner lays out buffers that are
+/// live at once: a kernel holds its outputs as `&mut` beside its inputs. A Reshape's output
+/// may be its input's very bytes (the planner shares them), which it then leaves alone.
+fn check_disjoint(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
+    let reshape = matches!(s.kind(), Some(Kind::Reshape(_)));
+    let written: Vec<u32> = s.outputs.iter().chain(&s.workspace).copied().collect();
+    let aliased = (0..written.len())
+        .any(|i| written[..i].contains(&written[i]) || s.inputs.contains(&written[i]));
+    if aliased && !reshape {
+        return Err("a buffer it writes is also one it reads or writes".into());
+    }
+    let ids = s.inputs.iter().chain(&s.outputs).chain(&s.workspace);
+    let shared = |a: &Buffer, b: &Buffer| reshape && a.offset == b.offset && a.bytes == b.bytes;
+    match overlapping(plan, ids.copied()) {
+        Some((a, b)) if !shared(a, b) => Err(format!("buffers {} and {} overlap", a.name, b.name)),
+        _ => Ok(()),
+    }
+}
+
+/// Two of the distinct buffers `ids` whose bytes overlap, if any.
+fn overlapping(plan: &Plan, ids: impl Iterator<Item = u32>) -> Option<(&Buffer, &Buffer)> {
+    let mut ids: Vec<u32> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for (i, &a) in ids.iter().enumerate() {
+        for &b in &ids[i + 1..] {
+            let (a, b) = (plan.buffer(a), plan.buffer(b));
+            if a.kind().is_persistent() == b.kind().is_persistent()
+                && a.offset < b.offset + b.bytes
+                && b.offset < a.offset + a.bytes
+            {
+                return Some((a, b));
+            }
+        }
+    }
+    None
 }
 
 /// A fused chain's stages against what `kernels::chain` assumes: shapes that chain from

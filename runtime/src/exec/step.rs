@@ -8,7 +8,7 @@ use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
 use crate::kernels::norm::{self, BatchNormParams};
 use crate::kernels::shape::AxisSplit;
 use crate::kernels::{activation as act, chain, conv, loss, pool, shape};
-use crate::ops::{Kind, PoolKind};
+use crate::ops::{Kind, PoolBackward, PoolKind};
 use crate::optim;
 use crate::plan::{Buffer, DType, Plan, Step};
 
@@ -118,18 +118,18 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             elementwise::reduce_to_shape(1.0, x(0), &dy, y(0), &target);
         }
         Kind::Gemm(gm) => {
-            let g = gemm_geom(gm, bi(0), bi(1));
+            let g = gemm_geom(gm, &bi(0).shape, &bi(1).shape);
             let c = (step.inputs.len() > 2).then(|| (x(2), dims(bi(2))));
             linear::gemm_forward(&g, x(0), x(1), c.as_ref().map(|(c, s)| (*c, &s[..])), y(0));
         }
         Kind::GemmGradA(gm) => {
             // dy, b → da: A's shape is the output's.
-            let g = gemm_geom(gm, bo(0), bi(1));
+            let g = gemm_geom(gm, &bo(0).shape, &bi(1).shape);
             linear::gemm_backward(&g, &[], x(1), x(0), Some(y(0)), None, None);
         }
         Kind::GemmGradB(gm) => {
             // a, dy → db
-            let g = gemm_geom(gm, bi(0), bo(0));
+            let g = gemm_geom(gm, &bi(0).shape, &bo(0).shape);
             linear::gemm_backward(&g, x(0), &[], x(1), None, Some(y(0)), None);
         }
         Kind::MatMul(_) => linear::matmul_forward(&matmul_geom(bi(0), bi(1)), x(0), x(1), y(0)),
@@ -346,12 +346,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             sgd.step_fused(upd.lr, upd.step, xm(2), state, grad);
         }
         Kind::AdamWUpdate(a) => {
-            let adam = optim::AdamW {
-                beta1: a.beta1,
-                beta2: a.beta2,
-                eps: a.epsilon,
-                weight_decay: a.weight_decay,
-            };
+            let adam = optim::AdamW::from(a);
             clip_if_scaled(step, plan, mem, 3);
             adam.step(upd.lr, upd.step, xm(0), x(1), xm(2));
         }
@@ -378,6 +373,590 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
     Ran::Nothing
 }
 
+/// Whether `run` can run `step` on its buffers: the arity, types and shapes its kernel
+/// assumes, from the same geometry `run` derives. A plan file is anyone's to write, and a
+/// kernel indexes its slices by that geometry, some through raw pointers. Called after
+/// validation checked that the buffers exist and fit their regions, and the compressions,
+/// fused chains and fused updates.
+pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
+    let kind = step.kind().ok_or("no operation")?;
+    let io = Io { plan, step };
+    // These write inputs in place (the weight, its state, a scaled gradient).
+    let writes_inputs = matches!(
+        kind,
+        Kind::SgdUpdate(_)
+            | Kind::AdamWUpdate(_)
+            | Kind::ConvBackwardWeightSgd(_)
+            | Kind::Compress(_)
+    );
+    let inputs = &step.inputs;
+    if writes_inputs && (1..inputs.len()).any(|i| inputs[..i].contains(&inputs[i])) {
+        return Err("an input it updates in place is also another of its inputs".into());
+    }
+    let (labels, taps_in, mask_out, taps_out) = match kind {
+        Kind::SoftmaxCrossEntropy(_) | Kind::SoftmaxCrossEntropyBackward(_) => {
+            (Some(1), None, None, None)
+        }
+        Kind::MaskedGrad(_) => (Some(0), None, None, None),
+        Kind::PoolBackward(PoolBackward {
+            pool: Some(PoolKind::Max(_)),
+        }) => (None, Some(1), None, None),
+        Kind::PassMask(_) => (None, None, Some(0), None),
+        Kind::MaxPool(_) => (None, None, None, Some(1)),
+        _ => (None, None, None, None),
+    };
+    let ty = |b: &Buffer, words: bool, taps: bool| match b.dtype() {
+        DType::U32 => words || taps,
+        DType::U8 => taps,
+        DType::F32 => !words && !taps,
+        DType::I64 => false,
+    };
+    let inputs_typed =
+        (0..step.inputs.len()).all(|i| ty(io.x(i), labels == Some(i), taps_in == Some(i)));
+    let outputs_typed =
+        (0..step.outputs.len()).all(|i| ty(io.y(i), mask_out == Some(i), taps_out == Some(i)));
+    let ws_typed = step
+        .workspace
+        .is_none_or(|w| plan.buffer(w).dtype() == DType::F32);
+    if !(inputs_typed && outputs_typed && ws_typed) {
+        return Err("a buffer of another type than its kernel reads or writes".into());
+    }
+    match kind {
+        Kind::Reshape(_) => {
+            io.arity(1..=1, 1..=1)?;
+            io.eq_len(io.x(0).numel(), io.y(0).numel(), "the output")
+        }
+        Kind::Conv(c) => conv_check(&io, c),
+        Kind::ConvClip(cc) => conv_check(&io, cc.conv.as_ref().ok_or("no conv")?),
+        // Checked with the chain's stages (`check_chain`).
+        Kind::ConvChain(_) => io.arity(1..=usize::MAX, 1..=1),
+        Kind::ConvBackwardData(c) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = geom::conv_fit(c, io.shape_o(0), io.shape_i(1))?;
+            io.shape(io.shape_i(0), &conv_out(&g), "dy")?;
+            io.scratch(conv::workspace_len(&g))
+        }
+        Kind::ConvBackwardWeight(c) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = geom::conv_fit(c, io.shape_i(0), io.shape_o(0))?;
+            io.shape(io.shape_i(1), &conv_out(&g), "dy")?;
+            io.scratch(conv::workspace_len(&g))
+        }
+        Kind::ConvBackwardWeightSgd(cs) => {
+            // The arity, the optimizer and the compressed input are checked with the other
+            // fused updates (`check_fused_update`, `check_compression`).
+            let c = cs.conv.as_ref().ok_or("no conv")?;
+            let x = cs
+                .compressor
+                .as_ref()
+                .map_or(io.shape_i(0), |c| &c.shape[..]);
+            let g = geom::conv_fit(c, x, io.shape_i(2))?;
+            io.shape(io.shape_i(1), &conv_out(&g), "dy")?;
+            if let Some(&m) = step.inputs.get(3) {
+                io.shape(&plan.buffer(m).shape, io.shape_i(2), "the momentum")?;
+            }
+            let ws = match &cs.compressor {
+                Some(compressor) => compressor.conv_grad_workspace_len(c, io.shape_i(2)),
+                None => conv::workspace_len(&g),
+            };
+            io.scratch(ws)
+        }
+        Kind::ConvBackwardWeightCompressed(cc) => {
+            io.arity(2..=2, 1..=1)?;
+            let (conv, c) = compressed(&cc.conv, &cc.compressor);
+            let g = geom::conv_fit(conv, &c.shape, io.shape_o(0))?;
+            io.shape(io.shape_i(1), &conv_out(&g), "dy")?;
+            io.scratch(c.conv_grad_workspace_len(conv, io.shape_o(0)))
+        }
+        Kind::LinearGradWCompressed(cl) => {
+            io.arity(2..=2, 1..=1)?;
+            let c = cl.compressor.as_ref().ok_or("no compressor")?;
+            let (dy, dw) = (io.shape_i(1), io.shape_o(0));
+            let [rows, features] = c.shape[..] else {
+                return Err("a dense gradient from a compressed input that is not a matrix".into());
+            };
+            let n = *dy.last().unwrap_or(&0);
+            io.eq_len(io.x(1).numel(), (rows * n) as usize, "dy")?;
+            let w = if cl.trans_b {
+                [n, features]
+            } else {
+                [features, n]
+            };
+            io.shape(dw, &w, "the weight gradient")?;
+            io.scratch(c.linear_grad_workspace_len(n as usize))
+        }
+        Kind::BiasGrad(_) => {
+            io.arity(1..=1, 1..=1)?;
+            let dy = io.shape_i(0);
+            match dy.get(1) {
+                Some(&c) => io.eq_len(io.y(0).numel(), c as usize, "the bias gradient"),
+                None => Err("a bias gradient of a tensor without channels".into()),
+            }
+        }
+        Kind::Gemm(gm) => {
+            io.arity(2..=3, 1..=1)?;
+            let g = gemm_fit(gm, io.shape_i(0), io.shape_i(1))?;
+            if step.inputs.len() > 2 {
+                io.broadcasts(io.shape_i(2), &[g.m as u64, g.n as u64], "C")?;
+            }
+            io.shape(io.shape_o(0), &[g.m as u64, g.n as u64], "the output")
+        }
+        Kind::GemmGradA(gm) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = gemm_fit(gm, io.shape_o(0), io.shape_i(1))?;
+            io.shape(io.shape_i(0), &[g.m as u64, g.n as u64], "dy")
+        }
+        Kind::GemmGradB(gm) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = gemm_fit(gm, io.shape_i(0), io.shape_o(0))?;
+            io.shape(io.shape_i(1), &[g.m as u64, g.n as u64], "dy")
+        }
+        Kind::MatMul(_) => {
+            io.arity(2..=2, 1..=1)?;
+            io.shape(
+                io.shape_o(0),
+                &matmul_out(io.shape_i(0), io.shape_i(1))?,
+                "the output",
+            )
+        }
+        Kind::MatMulGradX(_) => {
+            io.arity(2..=2, 1..=1)?;
+            io.shape(
+                io.shape_i(0),
+                &matmul_out(io.shape_o(0), io.shape_i(1))?,
+                "dy",
+            )
+        }
+        Kind::MatMulGradW(_) => {
+            io.arity(2..=2, 1..=1)?;
+            io.shape(
+                io.shape_i(1),
+                &matmul_out(io.shape_i(0), io.shape_o(0))?,
+                "dy",
+            )
+        }
+        Kind::BatchNorm(_) | Kind::BatchNormBackward(_) => {
+            io.arity(5..=5, 1..=1)?;
+            let x = io.shape_i(0);
+            io.shape(io.shape_o(0), x, "the output")?;
+            let c = *x
+                .get(1)
+                .ok_or("a batch norm of a tensor without channels")?;
+            (1..5).try_for_each(|i| io.eq_len(io.x(i).numel(), c as usize, "a statistic"))
+        }
+        Kind::LayerNorm(l) => {
+            io.arity(2..=3, 3..=3)?;
+            let g = layer_norm_fit(io.x(0), l.axis)?;
+            io.shape(io.shape_o(0), io.shape_i(0), "the output")?;
+            (1..step.inputs.len())
+                .try_for_each(|i| io.eq_len(io.x(i).numel(), g.inner, "a parameter"))?;
+            (1..3).try_for_each(|i| io.eq_len(io.y(i).numel(), g.outer, "a row statistic"))
+        }
+        Kind::LayerNormBackward(l) => {
+            io.arity(5..=5, 2..=3)?;
+            let g = layer_norm_fit(io.x(0), l.axis)?;
+            io.shape(io.shape_i(4), io.shape_i(0), "dy")?;
+            io.shape(io.shape_o(0), io.shape_i(0), "dx")?;
+            io.eq_len(io.x(1).numel(), g.inner, "the scale")?;
+            (2..4).try_for_each(|i| io.eq_len(io.x(i).numel(), g.outer, "a row statistic"))?;
+            (1..step.outputs.len())
+                .try_for_each(|i| io.eq_len(io.y(i).numel(), g.inner, "a parameter gradient"))
+        }
+        Kind::Relu(_)
+        | Kind::Clip(_)
+        | Kind::LeakyRelu(_)
+        | Kind::Sigmoid(_)
+        | Kind::HardSigmoid(_)
+        | Kind::HardSwish(_) => {
+            io.arity(1..=1, 1..=1)?;
+            io.shape(io.shape_o(0), io.shape_i(0), "the output")
+        }
+        Kind::ReluBackward(_)
+        | Kind::ClipBackward(_)
+        | Kind::LeakyReluBackward(_)
+        | Kind::SigmoidBackward(_)
+        | Kind::HardSigmoidBackward(_)
+        | Kind::HardSwishBackward(_)
+        | Kind::MseBackward(_) => {
+            io.arity(2..=2, 1..=1)?;
+            io.shape(io.shape_i(1), io.shape_i(0), "the second input")?;
+            io.shape(io.shape_o(0), io.shape_i(0), "the output")
+        }
+        Kind::PRelu(_) | Kind::PReluBackward(_) => {
+            let backward = matches!(kind, Kind::PReluBackward(_));
+            io.arity(
+                2 + backward as usize..=2 + backward as usize,
+                1 + backward as usize..=1 + backward as usize,
+            )?;
+            let x = io.shape_i(0);
+            let slope = io.x(1).numel() as u64;
+            if x.len() < 2 || (slope != 1 && slope != x[1]) {
+                return Err("a slope that is neither shared nor one per channel".into());
+            }
+            if backward {
+                io.shape(io.shape_i(2), x, "dy")?;
+                io.shape(io.shape_o(1), io.shape_i(1), "the slope gradient")?;
+            }
+            io.shape(io.shape_o(0), x, "the output")
+        }
+        Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) | Kind::Div(_) => {
+            io.arity(2..=2, 1..=1)?;
+            let y = broadcast(io.shape_i(0), io.shape_i(1))?;
+            io.shape(io.shape_o(0), &y, "the output")
+        }
+        Kind::BroadcastGrad(b) => {
+            let other = usize::from(b.with_other != 0);
+            io.arity(1 + other..=1 + other, 1..=1)?;
+            let (dy, out) = (io.shape_i(0), io.shape_o(0));
+            io.broadcasts(out, dy, "the gradient")?;
+            if other == 1 {
+                io.shape(&broadcast(out, io.shape_i(1))?, dy, "dy")?;
+            }
+            Ok(())
+        }
+        Kind::Concat(a) => {
+            io.arity(1..=usize::MAX, 1..=1)?;
+            let y = io.shape_o(0);
+            let axis = usize::try_from(a.axis)
+                .ok()
+                .filter(|&a| a < y.len())
+                .ok_or("a concat axis outside the rank")?;
+            let mut along = 0u64;
+            for i in 0..step.inputs.len() {
+                let x = io.shape_i(i);
+                let rest_fits =
+                    x.len() == y.len() && (0..y.len()).all(|d| d == axis || x[d] == y[d]);
+                if !rest_fits {
+                    return Err("a concat input that does not fit the output".into());
+                }
+                along = along.saturating_add(x[axis]);
+            }
+            io.eq_len(
+                along as usize,
+                y[axis] as usize,
+                "the output along the axis",
+            )
+        }
+        Kind::Slice(sl) => {
+            io.arity(1..=1, 1..=1)?;
+            let (x, y) = (io.shape_i(0), io.shape_o(0));
+            let fits = sl.starts.len() == x.len()
+                && y.len() == x.len()
+                && (0..x.len()).all(|d| {
+                    (sl.starts[d] as u64)
+                        .checked_add(y[d])
+                        .is_some_and(|end| end <= x[d])
+                });
+            fits.then_some(())
+                .ok_or_else(|| "a slice outside its input".into())
+        }
+        Kind::Transpose(p) => {
+            io.arity(1..=1, 1..=1)?;
+            let x = io.shape_i(0);
+            let is_perm =
+                p.perm.len() == x.len() && (0..x.len()).all(|d| p.perm.contains(&(d as u32)));
+            if !is_perm {
+                return Err(format!("{:?} does not permute rank {}", p.perm, x.len()));
+            }
+            let y: Vec<u64> = p.perm.iter().map(|&d| x[d as usize]).collect();
+            io.shape(io.shape_o(0), &y, "the output")
+        }
+        Kind::GlobalAveragePool(_) => {
+            io.arity(1..=1, 1..=1)?;
+            global_pool_fit(io.shape_i(0), io.shape_o(0))
+        }
+        Kind::AveragePool(p) => {
+            io.arity(1..=1, 1..=1)?;
+            let g = geom::pool_fit(p, io.shape_i(0))?;
+            io.shape(io.shape_o(0), &pool_out(&g), "the output")
+        }
+        Kind::MaxPool(p) => {
+            io.arity(1..=1, 1..=2)?;
+            let g = geom::pool_fit(p, io.shape_i(0))?;
+            io.shape(io.shape_o(0), &pool_out(&g), "the output")?;
+            match step.outputs.get(1) {
+                Some(_) => taps_fit(&io, io.y(1), &g),
+                None => Ok(()),
+            }
+        }
+        Kind::PoolBackward(pb) => match pb.pool.as_ref().ok_or("a pool backward of no pool")? {
+            PoolKind::Global(_) => {
+                io.arity(1..=1, 1..=1)?;
+                global_pool_fit(io.shape_o(0), io.shape_i(0))
+            }
+            PoolKind::Average(p) => {
+                io.arity(1..=1, 1..=1)?;
+                let g = geom::pool_fit(p, io.shape_o(0))?;
+                io.shape(io.shape_i(0), &pool_out(&g), "dy")
+            }
+            PoolKind::Max(p) => {
+                io.arity(2..=2, 1..=1)?;
+                let g = geom::pool_fit(p, io.shape_o(0))?;
+                io.shape(io.shape_i(0), &pool_out(&g), "dy")?;
+                taps_fit(&io, io.x(1), &g)
+            }
+            PoolKind::ReduceMean(a) => {
+                io.arity(1..=1, 1..=1)?;
+                let n = reduced(io.shape_o(0), &a.axes)?;
+                io.eq_len(io.x(0).numel(), n, "dy")
+            }
+        },
+        Kind::ReduceMean(a) => {
+            io.arity(1..=1, 1..=1)?;
+            let n = reduced(io.shape_i(0), &a.axes)?;
+            io.eq_len(io.y(0).numel(), n, "the output")
+        }
+        Kind::Pad(p) => {
+            io.arity(1..=1, 1..=1)?;
+            let x = io.shape_i(0);
+            if p.pads.len() != 2 * x.len() {
+                return Err(format!("{} pads for rank {}", p.pads.len(), x.len()));
+            }
+            let y: Option<Vec<u64>> = (0..x.len())
+                .map(|d| x[d].checked_add(p.pads[d] as u64 + p.pads[x.len() + d] as u64))
+                .collect();
+            io.shape(io.shape_o(0), &y.ok_or("pads past any size")?, "the output")
+        }
+        Kind::Softmax(a) | Kind::SoftmaxBackward(a) => {
+            let backward = matches!(kind, Kind::SoftmaxBackward(_));
+            let n = 1 + backward as usize;
+            io.arity(n..=n, 1..=1)?;
+            let x = io.shape_i(0);
+            if usize::try_from(a.axis).ok().is_none_or(|a| a >= x.len()) {
+                return Err(format!("softmax axis {} outside rank {}", a.axis, x.len()));
+            }
+            (1..n).try_for_each(|i| io.shape(io.shape_i(i), x, "dy"))?;
+            io.shape(io.shape_o(0), x, "the output")
+        }
+        Kind::SoftmaxCrossEntropy(_) | Kind::SoftmaxCrossEntropyBackward(_) => {
+            let forward = matches!(kind, Kind::SoftmaxCrossEntropy(_));
+            let outputs = 1 + forward as usize;
+            io.arity(2..=2, outputs..=outputs)?;
+            let logits = io.shape_i(0);
+            if logits.len() != 2 {
+                return Err("logits that are not (batch, classes)".into());
+            }
+            io.eq_len(io.x(1).numel(), logits[0] as usize, "the labels")?;
+            if forward {
+                io.eq_len(io.y(0).numel(), 1, "the loss")?;
+            }
+            io.shape(io.shape_o(outputs - 1), logits, "the probabilities")
+        }
+        Kind::Mse(_) => {
+            io.arity(2..=2, 1..=1)?;
+            io.shape(io.shape_i(1), io.shape_i(0), "the target")?;
+            io.eq_len(io.y(0).numel(), 1, "the loss")
+        }
+        Kind::Accumulate(_) => {
+            io.arity(1..=usize::MAX, 1..=1)?;
+            (0..step.inputs.len())
+                .try_for_each(|i| io.shape(io.shape_i(i), io.shape_o(0), "a summand"))
+        }
+        Kind::GradNorm(_) => {
+            io.arity(0..=usize::MAX, 1..=1)?;
+            io.eq_len(io.y(0).numel(), 1, "the clip coefficient")
+        }
+        Kind::SgdUpdate(sgd) => update_fit(&io, optim::Sgd::from(sgd).state_len(1)),
+        Kind::AdamWUpdate(a) => update_fit(&io, optim::AdamW::from(a).state_len(1)),
+        Kind::PassMask(_) => {
+            io.arity(1..=1, 1..=1)?;
+            io.eq_len(io.y(0).numel(), io.x(0).numel().div_ceil(32), "the mask")
+        }
+        Kind::MaskedGrad(_) => {
+            io.arity(2..=2, 1..=1)?;
+            io.eq_len(io.x(0).numel(), io.x(1).numel().div_ceil(32), "the mask")?;
+            io.shape(io.shape_o(0), io.shape_i(1), "the output")
+        }
+        Kind::Compress(c) => {
+            // The compressed form and the state are checked with the compressor.
+            io.arity(1..=2, 1..=1)?;
+            io.eq_len(io.x(0).numel(), c.vanilla_bytes() / 4, "the activation")?;
+            io.scratch(c.compress_workspace_len())
+        }
+        Kind::Decompress(c) => {
+            io.arity(1..=1, 1..=1)?;
+            io.eq_len(io.y(0).numel(), c.vanilla_bytes() / 4, "the activation")?;
+            io.scratch(c.decompress_workspace_len())
+        }
+    }
+}
+
+/// A step's buffers, for [`check`]: each accessor is called only where the arity is known.
+struct Io<'a> {
+    plan: &'a Plan,
+    step: &'a Step,
+}
+
+impl Io<'_> {
+    fn x(&self, i: usize) -> &Buffer {
+        self.plan.buffer(self.step.inputs[i])
+    }
+
+    fn y(&self, i: usize) -> &Buffer {
+        self.plan.buffer(self.step.outputs[i])
+    }
+
+    fn shape_i(&self, i: usize) -> &[u64] {
+        &self.x(i).shape
+    }
+
+    fn shape_o(&self, i: usize) -> &[u64] {
+        &self.y(i).shape
+    }
+
+    fn arity(
+        &self,
+        inputs: std::ops::RangeInclusive<usize>,
+        outputs: std::ops::RangeInclusive<usize>,
+    ) -> Result<(), String> {
+        let (i, o) = (self.step.inputs.len(), self.step.outputs.len());
+        if inputs.contains(&i) && outputs.contains(&o) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{i} inputs and {o} outputs, which its kernel does not take"
+            ))
+        }
+    }
+
+    fn shape(&self, got: &[u64], want: &[u64], what: &str) -> Result<(), String> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{what} has shape {got:?}, not {want:?}"))
+        }
+    }
+
+    fn eq_len(&self, got: usize, want: usize, what: &str) -> Result<(), String> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{what} holds {got} elements, not {want}"))
+        }
+    }
+
+    /// `small` broadcasts to `big` (numpy's rule, `big` unchanged).
+    fn broadcasts(&self, small: &[u64], big: &[u64], what: &str) -> Result<(), String> {
+        match broadcast(small, big) {
+            Ok(b) if b == big => Ok(()),
+            _ => Err(format!(
+                "{what} of shape {small:?} does not broadcast to {big:?}"
+            )),
+        }
+    }
+
+    fn scratch(&self, want: usize) -> Result<(), String> {
+        let have = self
+            .step
+            .workspace
+            .map_or(0, |w| self.plan.buffer(w).numel());
+        if have >= want {
+            Ok(())
+        } else {
+            Err(format!(
+                "{have} floats of scratch, not the {want} its kernel needs"
+            ))
+        }
+    }
+}
+
+/// (N, C_out, out_h, out_w) of a conv.
+fn conv_out(g: &crate::kernels::geometry::Conv2dGeom) -> [u64; 4] {
+    [g.n, g.c_out, g.out_h(), g.out_w()].map(|d| d as u64)
+}
+
+fn pool_out(g: &pool::Pool2dGeom) -> [u64; 4] {
+    [g.n, g.c, g.out_h(), g.out_w()].map(|d| d as u64)
+}
+
+fn conv_check(io: &Io, c: &crate::ops::Conv) -> Result<(), String> {
+    io.arity(2..=3, 1..=1)?;
+    let g = geom::conv_fit(c, io.shape_i(0), io.shape_i(1))?;
+    if io.step.inputs.len() > 2 {
+        io.eq_len(io.x(2).numel(), g.c_out, "the bias")?;
+    }
+    io.shape(io.shape_o(0), &conv_out(&g), "the output")?;
+    io.scratch(conv::forward_workspace_len(&g))
+}
+
+/// A max pool's taps: one per output, in bytes only while every tap index fits one.
+fn taps_fit(io: &Io, taps: &Buffer, g: &pool::Pool2dGeom) -> Result<(), String> {
+    let bytes = pool::byte_taps(g.kh * g.kw);
+    if (taps.dtype() == DType::U8) != bytes {
+        return Err("max pool taps of the wrong width".into());
+    }
+    io.eq_len(taps.numel(), g.output_len(), "the taps")
+}
+
+/// (N, C, …) → (N, C, 1, …): a global pool's input and output.
+fn global_pool_fit(x: &[u64], y: &[u64]) -> Result<(), String> {
+    let fits =
+        x.len() >= 2 && y.len() == x.len() && y[..2] == x[..2] && y[2..].iter().all(|&d| d == 1);
+    fits.then_some(())
+        .ok_or_else(|| format!("a global pool from {x:?} to {y:?}"))
+}
+
+/// Elements of `x` reduced over `axes` (distinct, within its rank): ReduceMean's output,
+/// whose axes are kept or dropped alike.
+fn reduced(x: &[u64], axes: &[u32]) -> Result<usize, String> {
+    let mut y = x.to_vec();
+    for (i, &a) in axes.iter().enumerate() {
+        if a as usize >= x.len() || axes[..i].contains(&a) {
+            return Err(format!("axes {axes:?} of a rank-{} tensor", x.len()));
+        }
+        y[a as usize] = 1;
+    }
+    Ok(y.iter().product::<u64>() as usize)
+}
+
+fn broadcast(a: &[u64], b: &[u64]) -> Result<Vec<u64>, String> {
+    let to = |s: &[u64]| s.iter().map(|&d| d as usize).collect::<Vec<_>>();
+    elementwise::broadcast_shape(&to(a), &to(b))
+        .map(|s| s.into_iter().map(|d| d as u64).collect())
+        .ok_or_else(|| format!("shapes {a:?} and {b:?} do not broadcast"))
+}
+
+fn gemm_fit(gm: &crate::ops::Gemm, a: &[u64], b: &[u64]) -> Result<GemmGeom, String> {
+    let a_k = if gm.trans_a { a.first() } else { a.get(1) };
+    let b_k = if gm.trans_b { b.get(1) } else { b.first() };
+    if a.len() != 2 || b.len() != 2 || a_k != b_k {
+        return Err(format!("a product of shapes {a:?} and {b:?}"));
+    }
+    Ok(gemm_geom(gm, a, b))
+}
+
+/// X (…, K) by W (K, N): (…, N).
+fn matmul_out(x: &[u64], w: &[u64]) -> Result<Vec<u64>, String> {
+    match (x.split_last(), w) {
+        (Some((&k, lead)), &[wk, n]) if k == wk => Ok(lead.iter().copied().chain([n]).collect()),
+        _ => Err(format!("a product of shapes {x:?} and {w:?}")),
+    }
+}
+
+fn layer_norm_fit(x: &Buffer, axis: u32) -> Result<norm::LayerNormGeom, String> {
+    norm::LayerNormGeom::new(&dims(x), axis as i64, 0.0)
+        .ok_or_else(|| format!("a layer norm axis {axis} outside rank {}", x.shape.len()))
+}
+
+/// An update: the weight, its gradient, the optimizer's state (`state` floats per weight
+/// element, when it keeps any), then maybe the clip coefficient.
+fn update_fit(io: &Io, state: usize) -> Result<(), String> {
+    let n = 2 + usize::from(state > 0);
+    io.arity(n..=n + 1, 0..=usize::MAX)?;
+    let w = io.x(0).numel();
+    io.eq_len(io.x(1).numel(), w, "the gradient")?;
+    if state > 0 {
+        let want = w
+            .checked_mul(state)
+            .ok_or("an optimizer state past any size")?;
+        io.eq_len(io.x(2).numel(), want, "the optimizer state")?;
+    }
+    match io.step.inputs.get(n) {
+        Some(_) => io.eq_len(io.x(n).numel(), 1, "the clip coefficient"),
+        None => Ok(()),
+    }
+}
+
 /// The two halves of a fused compressed conv gradient (validation checked both are there).
 pub fn compressed<'a>(
     conv: &'a Option<crate::ops::Conv>,
@@ -399,9 +978,9 @@ fn clip_if_scaled(step: &Step, plan: &Plan, mem: &View, scale_at: usize) {
     }
 }
 
-fn gemm_geom(g: &crate::ops::Gemm, a: &Buffer, b: &Buffer) -> GemmGeom {
-    let (a0, a1) = (a.shape[0] as usize, a.shape[1] as usize);
-    let (b0, b1) = (b.shape[0] as usize, b.shape[1] as usize);
+fn gemm_geom(g: &crate::ops::Gemm, a: &[u64], b: &[u64]) -> GemmGeom {
+    let (a0, a1) = (a[0] as usize, a[1] as usize);
+    let (b0, b1) = (b[0] as usize, b[1] as usize);
     let (m, k) = if g.trans_a { (a1, a0) } else { (a0, a1) };
     let n = if g.trans_b { b0 } else { b1 };
     GemmGeom {
