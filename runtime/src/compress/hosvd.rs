@@ -228,7 +228,10 @@ fn parts<'a>(
     caps: &[usize],
 ) -> ([usize; 4], &'a [f32], &'a [f32]) {
     let nm = dims.len();
-    let r = ranks(packed, dims);
+    // The header is data the compress step wrote: bytes that are not one (a plan whose
+    // buffers overlap it) must not size slices past their slots, or a mode to nothing.
+    let mut r = ranks(packed, dims);
+    (0..nm).for_each(|n| r[n] = r[n].clamp(1, caps[n]));
     let core_at = packed.len() - caps.iter().product::<usize>();
     let core_len: usize = r[..nm].iter().product();
     (
