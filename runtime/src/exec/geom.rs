@@ -90,8 +90,10 @@ pub fn conv_fit(c: &ops::Conv, x: &[u64], w: &[u64]) -> Result<Conv2dGeom, Strin
     let (oh, ow) = (g.out_h(), g.out_w());
     let plane = oh.checked_mul(ow);
     let sizes = [
-        Some(g.col_rows()),
-        (g.c_in + g.c_out).checked_mul(g.n),
+        g.cin_per_group()
+            .checked_mul(g.kh)
+            .and_then(|n| n.checked_mul(g.kw)),
+        g.c_in.checked_add(g.c_out).and_then(|c| c.checked_mul(g.n)),
         g.n.checked_mul(g.c_out),
     ];
     let fit = sizes

@@ -679,7 +679,8 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
         {
             return bad("the prefix has no float model input of its micro-batch".into());
         }
-        if plan.prefix_outputs.len() + 1 != plan.feeds.len()
+        if plan.prefix_outputs.is_empty()
+            || plan.prefix_outputs.len() + 1 != plan.feeds.len()
             || plan
                 .prefix_outputs
                 .iter()
