@@ -748,10 +748,10 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
 }
 
 /// A step's buffers lie in bytes of their own, as the planner lays out buffers that are
-/// live at once: a kernel holds its outputs as `&mut` beside its inputs. A Reshape's output
-/// may be its input's very bytes (the planner shares them), which it then leaves alone.
+/// live at once: a kernel holds its outputs as `&mut` beside its inputs. Only an output
+/// that [`step::shares_input`] may be its input's very bytes.
 fn check_disjoint(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
-    let reshape = matches!(s.kind(), Some(Kind::Reshape(_)));
+    let reshape = step::shares_input(s);
     let written: Vec<u32> = s.outputs.iter().chain(&s.workspace).copied().collect();
     let aliased = (0..written.len())
         .any(|i| written[..i].contains(&written[i]) || s.inputs.contains(&written[i]));

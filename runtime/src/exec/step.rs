@@ -781,6 +781,12 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
     }
 }
 
+/// Whether the step's output may lie in its input's very bytes: a Reshape's, which the
+/// planner lets share them and `run` then leaves alone.
+pub fn shares_input(step: &Step) -> bool {
+    matches!(step.kind(), Some(Kind::Reshape(_)))
+}
+
 /// A step's buffers, for [`check`]: each accessor is called only where the arity is known.
 struct Io<'a> {
     plan: &'a Plan,
