@@ -105,9 +105,12 @@ fn killed_and_resumed_runs_end_bit_identical() {
             .wrapping_add(1442695040888963407);
         let ms = 15 + (seed >> 33) % 150;
         let mut child = actc(&resumed).spawn().unwrap();
+        // A save names its temporary file with its process id.
+        let saving = format!(".tmp{}", child.id());
+        let in_save = || temporary_files(&dir).iter().any(|n| n.ends_with(&saving));
         if kills.len() % 2 == 1 {
             let start = std::time::Instant::now();
-            while temporary_files(&dir).is_empty() && start.elapsed().as_millis() < ms as u128 {}
+            while !in_save() && start.elapsed() < Duration::from_secs(2) {}
         } else {
             std::thread::sleep(Duration::from_millis(ms));
         }
@@ -121,9 +124,7 @@ fn killed_and_resumed_runs_end_bit_identical() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        // A save names its temporary file with its process id.
-        let pid = format!(".tmp{}", child.id());
-        in_saves += temporary_files(&dir).iter().any(|n| n.ends_with(&pid)) as usize;
+        in_saves += in_save() as usize;
         kills.push(ms);
     }
     eprintln!("{} kills, {in_saves} of them during a save", kills.len());
