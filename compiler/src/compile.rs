@@ -4,6 +4,7 @@
 use crate::error::Result;
 use crate::ir::verify::verify;
 use crate::ir::{Graph, TensorId};
+use crate::lowrank::LayerReport;
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::write::{self, Original};
@@ -15,7 +16,7 @@ use crate::passes::optim::Optimizer;
 use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection};
 use crate::passes::split::{self, Prefix};
-use crate::passes::{autodiff, compress, emit, loss, optim, schedule, select};
+use crate::passes::{autodiff, compress, decompose, emit, loss, optim, schedule, select};
 use crate::{bail, err};
 use actc_runtime::ops;
 use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight};
@@ -90,6 +91,58 @@ pub struct Compiled {
     pub selection: Selection,
     /// The micro-batch of the frozen prefix when actc's kernels run it (else tract does).
     pub prefix_batch: Option<usize>,
+}
+
+/// What `actc decompose` is asked: which layers (counted as compile counts them), at which
+/// input shape, and how their ranks are chosen.
+#[derive(Clone, Debug)]
+pub struct DecomposeOptions {
+    pub layers: Layers,
+    pub input: InputShape,
+    pub output: Option<String>,
+    pub request: crate::lowrank::Request,
+}
+
+/// The model with its layers in thin factors, and what happened to each.
+pub struct Decomposed {
+    pub model: ModelProto,
+    pub layers: Vec<LayerReport>,
+    /// The input shape the shapes were fixed at (the model keeps a symbolic batch).
+    pub input_shape: Vec<usize>,
+    /// The rewritten graph as text (what the snapshot tests pin).
+    pub ir: String,
+}
+
+/// Low-rank decomposition of the layers `opts` selects: an IR rewrite of the imported model,
+/// written back to ONNX whole.
+pub fn decompose_model(
+    model: ModelProto,
+    dir: &Path,
+    model_name: &str,
+    opts: &DecomposeOptions,
+) -> Result<Decomposed> {
+    let compile = CompileOptions {
+        layers: opts.layers,
+        input: opts.input.clone(),
+        output: opts.output.clone(),
+        ..CompileOptions::default()
+    };
+    let mut cx = Context::import(model, dir, model_name, &compile)?;
+    select_layers(&mut cx)?;
+    let selection = cx.selection.as_ref().expect("select ran");
+    let layers = decompose::decompose(&mut cx.graph, selection, &opts.request)?;
+    check(&cx, "decompose")?;
+    let g = &cx.graph;
+    let input_name = g.tensor(cx.input).name.clone();
+    let original = Original::new(&cx.model, &input_name, &cx.input_shape);
+    let order = g.topo_order();
+    let model = write::write(g, &original, &order, &g.outputs)?;
+    Ok(Decomposed {
+        model,
+        layers,
+        input_shape: cx.input_shape.clone(),
+        ir: g.dump(&order),
+    })
 }
 
 pub fn compile_file(path: &Path, opts: &CompileOptions) -> Result<Compiled> {

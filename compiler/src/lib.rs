@@ -20,12 +20,17 @@
 mod compile;
 mod error;
 mod ir;
+mod lowrank;
 mod onnx;
 mod ops;
 mod passes;
 
-pub use compile::{CompileOptions, Compiled, compile_file, compile_model};
+pub use compile::{
+    CompileOptions, Compiled, DecomposeOptions, Decomposed, compile_file, compile_model,
+    decompose_model,
+};
 pub use error::{Error, Result};
+pub use lowrank::{LayerReport, Request as LowRankRequest, Rule as RankRule};
 pub use onnx::export::{MAX_INLINE, export, externalize};
 pub use onnx::import::InputShape;
 pub use onnx::proto::ModelProto;

@@ -490,3 +490,30 @@ fn stale_temporary_files_are_removed() {
     ]);
     assert!(plan.exists() && !stale.exists() && live.exists());
 }
+
+/// `actc decompose` refuses ranks it cannot keep and rules outside their range, naming the
+/// flag (and the layer), and writes nothing (issue 17).
+#[test]
+fn decompose_refuses_bad_ranks() {
+    let dir = scratch("decompose_flags");
+    let out = dir.join("out.onnx");
+    let (m, o) = (model("tiny_cnn"), out.to_str().unwrap().to_string());
+    for (flags, wanted) in [
+        (vec!["--energy", "0"], "--energy must be in (0, 1]"),
+        (vec!["--energy", "1.5"], "--energy must be in (0, 1]"),
+        (vec!["--ratio", "0"], "--ratio must be in (0, 1]"),
+        (vec!["--ranks", "0"], "a rank of at least 1"),
+        (
+            vec!["--ranks", "9"],
+            "layer '/conv1/Conv': --ranks 9 is above the full rank 8",
+        ),
+    ] {
+        let mut args = vec!["decompose", m.to_str().unwrap(), "-o", &o];
+        args.extend(&flags);
+        let (code, msg) = fails(&args);
+        assert_eq!(code, 2, "{flags:?}: {msg}");
+        assert!(msg.contains(wanted), "{flags:?}: {msg}");
+        assert_eq!(msg.trim_end().lines().count(), 1, "{flags:?}: {msg}");
+        assert!(!out.exists());
+    }
+}

@@ -2,12 +2,13 @@
 //! tests drive it this way) through [`run_from`].
 
 use crate::data::DataOptions;
+use crate::decompose::{self, Calibration};
 use crate::fs::{check_output, write_atomically};
 use crate::run::{self, TrainOptions};
 use crate::{budget, inspect};
 use actc::{
-    CompileOptions, Compression, Error, InputShape, Layers, Optimizer, PrefixRunner, Result,
-    compile_file, err,
+    CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
+    Optimizer, PrefixRunner, RankRule, Result, compile_file, err,
 };
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
@@ -48,6 +49,43 @@ enum Command {
         /// How --calibration's samples become model inputs (as for train).
         #[command(flatten)]
         prep: PrepArgs,
+    },
+    /// Rewrite MODEL.onnx's layers as low-rank factors (truncated SVD for Gemm, MatMul and
+    /// 1×1 convs, Tucker-2 for k×k convs) and write the result as ONNX.
+    Decompose {
+        /// The ONNX model.
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Layers to decompose, counted as `compile --layers` counts them: N or all.
+        #[arg(long, default_value = "all")]
+        layers: Layers,
+        /// Keep per weight mode the smallest rank holding this share of the squared singular
+        /// values: 0 < E <= 1.
+        #[arg(long, conflicts_with_all = ["ratio", "ranks"])]
+        energy: Option<f64>,
+        /// Ranks whose factors hold this share of each layer's parameters: 0 < R <= 1.
+        #[arg(long, conflicts_with = "ranks")]
+        ratio: Option<f64>,
+        /// `vbmf` (the variational Bayes estimate LRD papers use) or a fixed rank per mode
+        /// [default: vbmf, unless --energy or --ratio is given]
+        #[arg(long, value_parser = parse_ranks)]
+        ranks: Option<RankRule>,
+        /// Factor a layer even when the factors cost more than it: to check the rewrite
+        /// (with --energy 1 the model's outputs stay the same).
+        #[arg(long)]
+        even_if_larger: bool,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// Data whose first (seeded-shuffle) batch measures the output difference
+        /// [default: seeded noise].
+        #[arg(long, value_name = "DATA")]
+        calibration: Option<PathBuf>,
+        #[command(flatten)]
+        prep: PrepArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Show a plan (or a model, compiled on the fly) as a per-layer table.
     Inspect {
@@ -186,6 +224,16 @@ fn parse_floats(s: &str) -> std::result::Result<Floats, String> {
         })
         .collect::<std::result::Result<_, _>>()
         .map(Floats)
+}
+
+fn parse_ranks(s: &str) -> std::result::Result<RankRule, String> {
+    match s {
+        "vbmf" => Ok(RankRule::Vbmf),
+        _ => match s.parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("`{s}`: give vbmf or a rank of at least 1")),
+            Ok(r) => Ok(RankRule::Fixed(r)),
+        },
+    }
 }
 
 fn parse_layout(s: &str) -> std::result::Result<Layout, String> {
@@ -492,6 +540,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Train { .. }
             | Command::Eval { .. }
             | Command::Bench { .. }
+            | Command::Decompose { .. }
     ) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match cli.threads {
@@ -669,6 +718,46 @@ fn run(cli: Cli) -> Result<()> {
             json,
             prep,
         } => run::eval(&plan, &data, &prep.options(), json),
+        Command::Decompose {
+            model,
+            output,
+            layers,
+            energy,
+            ratio,
+            ranks,
+            even_if_larger,
+            shape,
+            calibration,
+            prep,
+            json,
+        } => {
+            let rule = match (energy, ratio, ranks) {
+                (Some(e), _, _) if !(e > 0.0 && e <= 1.0) => {
+                    return Err(err!("--energy must be in (0, 1], got {e}"));
+                }
+                (Some(e), _, _) => RankRule::Energy(e),
+                (_, Some(r), _) if !(r > 0.0 && r <= 1.0) => {
+                    return Err(err!("--ratio must be in (0, 1], got {r}"));
+                }
+                (_, Some(r), _) => RankRule::Ratio(r),
+                (_, _, rule) => rule.unwrap_or(RankRule::Vbmf),
+            };
+            let opts = DecomposeOptions {
+                layers,
+                input: shape.input(),
+                output: None,
+                request: LowRankRequest {
+                    rule,
+                    even_if_larger,
+                },
+            };
+            let prep = prep.options();
+            let calibration = match &calibration {
+                Some(path) => Calibration::Data(path, &prep),
+                None => Calibration::Noise,
+            };
+            decompose::decompose(&model, &output, &opts, calibration, json)
+        }
         Command::Export {
             plan,
             weights,

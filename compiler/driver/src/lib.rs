@@ -1,16 +1,19 @@
 //! The `actc` command line on the compiler (`actc`) and the runtime (`actc-runtime`):
 //! argument parsing and the commands ([`cli`]), training, evaluation, benchmarking and export
-//! ([`run`]), `--budget`'s rank calibration ([`budget`]) and the `inspect` table
-//! ([`inspect`]), with what several of them share: the data flags ([`data`]) and writing
-//! files ([`fs`]). The compiler is used through its root re-exports only.
+//! ([`run`]), `--budget`'s rank calibration ([`budget`]), the `inspect` table ([`inspect`])
+//! and low-rank decomposition ([`decompose`]), with what several of them share: the data
+//! flags ([`data`]) and writing files ([`fs`]). The compiler is used through its root
+//! re-exports only.
 //!
 //! The modules import one another in one direction only: `cli` uses `run`, `budget`,
-//! `inspect`, `data` and `fs`; `run` uses `inspect`, `data` and `fs`; `budget` uses `inspect`
-//! and `data`; `inspect`, `data` and `fs` use none.
+//! `decompose`, `inspect`, `data` and `fs`; `run` uses `inspect`, `data` and `fs`; `budget`
+//! uses `inspect` and `data`; `decompose` uses `data` and `fs`; `inspect`, `data` and `fs`
+//! use none.
 
 pub mod budget;
 pub mod cli;
 pub mod data;
+pub mod decompose;
 pub mod fs;
 pub mod inspect;
 pub mod run;

@@ -7,11 +7,16 @@ use super::room::{
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
+use crate::lowrank::{
+    LayerReport, Matrix, Request, Stage, mode_rank, replace_with_stages, split, svd,
+    truncation_error,
+};
 use crate::onnx::shape::matmul_shape;
 use crate::onnx::{attr_float, attr_int};
 use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
+use petgraph::stable_graph::NodeIndex;
 
 pub struct Dense;
 
@@ -174,6 +179,95 @@ impl Room for Dense {
             _ => return None,
         };
         Some(SavedInput { dims, conv: None })
+    }
+
+    fn low_rank(
+        &self,
+        kind: &Kind,
+        graph: &mut Graph,
+        n: NodeIndex,
+        req: &Request,
+    ) -> Result<Option<LayerReport>> {
+        let node = &graph.nodes[n];
+        let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
+        let (Some(data), false) = (&w.data, x.is_const()) else {
+            return Ok(None);
+        };
+        let (trans_a, trans_b) = match kind {
+            Kind::Gemm(g) => (g.trans_a, g.trans_b),
+            Kind::MatMul(_) => (false, false),
+            _ => return Ok(None),
+        };
+        // W as the K × N matrix the rows of x multiply.
+        let (k, cols) = match trans_b {
+            true => (w.shape[1], w.shape[0]),
+            false => (w.shape[0], w.shape[1]),
+        };
+        let values = data.as_f32();
+        let at = |i: usize, j: usize| match trans_b {
+            true => values[j * k + i] as f64,
+            false => values[i * cols + j] as f64,
+        };
+        let d = svd(&Matrix::from_fn(k, cols, at))?;
+        let r = mode_rank(req.rule, &d.s, k, cols)?;
+        let rows = x.numel() / k;
+        let params = (k * cols, r * (k + cols));
+        let flops = (
+            2 * (rows * k * cols) as u64,
+            2 * (rows * r * (k + cols)) as u64,
+        );
+        if params.1 >= params.0 && !req.even_if_larger {
+            let why = format!("rank {r} of {} would not be smaller", d.s.len());
+            return Ok(Some(LayerReport::kept(node, params.0, flops.0, why)));
+        }
+        let error = truncation_error(&d.s, r);
+        let ranks = (vec![r], vec![d.s.len()]);
+        let report = LayerReport::factored(node, "svd", ranks, params, flops, error);
+        let (a, b) = split(&d, r);
+        let mut hidden = x.shape.clone();
+        let out_shape = graph.tensor(node.outputs[0]).shape.clone();
+        let bias = node.inputs[2..].to_vec();
+        let stages = match kind {
+            Kind::Gemm(g) => {
+                hidden = vec![rows, r];
+                let first = ops::Gemm {
+                    trans_a,
+                    trans_b: false,
+                    alpha: 1.0,
+                    beta: 0.0,
+                };
+                let second = ops::Gemm {
+                    trans_a: false,
+                    trans_b: false,
+                    ..g.clone()
+                };
+                [
+                    (Kind::Gemm(first), vec![k, r], a, vec![]),
+                    (Kind::Gemm(second), vec![r, cols], b, bias),
+                ]
+            }
+            _ => {
+                *hidden.last_mut().expect("x has rank 2 or more") = r;
+                let matmul = Kind::MatMul(Empty {});
+                [
+                    (matmul.clone(), vec![k, r], a, vec![]),
+                    (matmul, vec![r, cols], b, vec![]),
+                ]
+            }
+        };
+        let outs = [hidden, out_shape];
+        let stages = stages
+            .into_iter()
+            .zip(outs)
+            .map(|((kind, shape, m, extra), out_shape)| Stage {
+                kind,
+                weight: (shape, m.to_f32()),
+                extra,
+                out_shape,
+            })
+            .collect();
+        replace_with_stages(graph, n, stages);
+        Ok(Some(report))
     }
 
     fn on_compressed(&self, kind: &Kind, c: Compressor) -> Option<Kind> {

@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
+use crate::lowrank::{LayerReport, Request};
 use crate::onnx::proto::{AttributeProto, NodeProto, TensorProto};
 use crate::onnx::{Attrs, node_label};
 use actc_runtime::ops::{self as rt, Compressor, Kind};
@@ -255,6 +256,19 @@ pub trait Room: Sync {
     /// Whether the output is the input's memory under another shape.
     fn aliases_input(&self, _kind: &Kind) -> bool {
         false
+    }
+
+    /// Node `n` rewritten into thin factors of its constant weight at the ranks `req` picks
+    /// ([`crate::lowrank`]), or left as it is when that would not make it cheaper; the
+    /// report says which. `None`: the op has no weight to factor.
+    fn low_rank(
+        &self,
+        _kind: &Kind,
+        _graph: &mut Graph,
+        _n: NodeIndex,
+        _req: &Request,
+    ) -> Result<Option<LayerReport>> {
+        Ok(None)
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod autodiff;
 pub mod compress;
+pub mod decompose;
 pub mod emit;
 pub mod loss;
 pub mod memplan;

@@ -2,6 +2,7 @@
 //! input, weight and bias, and the frozen prefix's fused forms (`ConvClip`, `ConvChain`).
 
 mod fuse;
+mod lowrank;
 
 use super::room::{
     Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, SavedInput, expect, shapes, window_out,
@@ -9,12 +10,14 @@ use super::room::{
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
+use crate::lowrank::{LayerReport, Request};
 use crate::onnx::shape::{spatial_out, u32s, usizes};
 use crate::onnx::{attr_int, attr_ints};
 use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
 use actc_runtime::planning::conv_geom;
+use petgraph::stable_graph::NodeIndex;
 
 pub struct Convs;
 
@@ -179,6 +182,19 @@ impl Room for Convs {
 
     fn fuse_inference(&self, graph: &mut Graph, lanes: usize) {
         fuse::fuse(graph, lanes);
+    }
+
+    fn low_rank(
+        &self,
+        kind: &Kind,
+        graph: &mut Graph,
+        n: NodeIndex,
+        req: &Request,
+    ) -> Result<Option<LayerReport>> {
+        match kind {
+            Kind::Conv(c) => lowrank::low_rank(c, graph, n, req),
+            _ => Ok(None),
+        }
     }
 
     fn saved_input(&self, kind: &Kind, x: &[usize]) -> Option<SavedInput> {

@@ -1,0 +1,200 @@
+//! `actc decompose`: the model's layers in low-rank factors, written as ONNX, with a report
+//! per layer and the output difference on a calibration batch.
+
+use crate::data::DataOptions;
+use crate::fs::{check_output, write_atomically};
+use actc::{DecomposeOptions, Decomposed, LayerReport, Result, err};
+use actc_runtime::data::{Dataset, split};
+use actc_runtime::prefix::Prefix;
+use prost::Message;
+use serde_json::json;
+use std::path::Path;
+
+/// Where the calibration batch comes from.
+pub enum Calibration<'a> {
+    /// Uniform noise in [-1, 1), seeded.
+    Noise,
+    Data(&'a Path, &'a DataOptions),
+}
+
+pub fn decompose(
+    model_path: &Path,
+    out: &Path,
+    opts: &DecomposeOptions,
+    calibration: Calibration,
+    as_json: bool,
+) -> Result<()> {
+    check_output(out, &[model_path])?;
+    let model = actc::load_onnx(model_path)?;
+    let original = model.encode_to_vec();
+    let dir = model_path.parent().unwrap_or(Path::new("."));
+    let name = model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let d = actc::decompose_model(model, dir, &name, opts)
+        .map_err(|e| err!("{}: {}", model_path.display(), e.0))?;
+    let input = calibration_batch(&d.input_shape, calibration)?;
+    let decomposed = d.model.encode_to_vec();
+    let (want, got) = (
+        outputs(&original, &d.input_shape, &input)?,
+        outputs(&decomposed, &d.input_shape, &input)?,
+    );
+    let difference = relative(&got, &want);
+    let agreement = top1_agreement(&got, &want, d.input_shape[0]);
+    write_atomically(out, &decomposed)?;
+    if as_json {
+        println!("{}", report_json(&d, difference, agreement));
+    } else {
+        print!("{}", report_text(&d, difference, agreement));
+        eprintln!("decomposed {} -> {}", model_path.display(), out.display());
+    }
+    Ok(())
+}
+
+/// One batch at the model's input shape: the first of a seeded shuffle of the data,
+/// preprocessed as `train` would, or noise.
+fn calibration_batch(shape: &[usize], calibration: Calibration) -> Result<Vec<f32>> {
+    let per: usize = shape[1..].iter().product();
+    let mut input = vec![0.0; shape[0] * per];
+    match calibration {
+        Calibration::Noise => {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            for v in &mut input {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                *v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+            }
+        }
+        Calibration::Data(path, prep) => {
+            let data = Dataset::load(path, prep.layout).map_err(|e| err!("--calibration {e}"))?;
+            let prep = prep.preprocess(&shape[1..], &data)?;
+            let mut rows: Vec<usize> = (0..data.len()).collect();
+            split::shuffle(&mut rows, 0);
+            for (i, dst) in input.chunks_exact_mut(per).enumerate() {
+                data.write_sample(rows[i % rows.len()], &prep, dst);
+            }
+        }
+    }
+    Ok(input)
+}
+
+/// The model's first output on `input`, by tract (an implementation actc did not write).
+fn outputs(model: &[u8], shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
+    let fail =
+        |e: actc_runtime::exec::ExecError| err!("running the model on the calibration batch: {e}");
+    let mut first = Vec::new();
+    Prefix::new(model, shape)
+        .map_err(fail)?
+        .run(input, |k, v| {
+            if k == 0 {
+                first = v.to_vec();
+            }
+        })
+        .map_err(fail)?;
+    Ok(first)
+}
+
+fn relative(got: &[f32], want: &[f32]) -> f64 {
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// The share of samples whose highest score is the same class in both outputs.
+fn top1_agreement(got: &[f32], want: &[f32], batch: usize) -> f64 {
+    let classes = want.len() / batch.max(1);
+    let best = |row: &[f32]| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b]));
+    let same = got
+        .chunks(classes.max(1))
+        .zip(want.chunks(classes.max(1)))
+        .filter(|(a, b)| best(a) == best(b))
+        .count();
+    same as f64 / batch.max(1) as f64
+}
+
+fn totals(layers: &[LayerReport]) -> ((usize, usize), (u64, u64)) {
+    layers
+        .iter()
+        .fold(((0, 0), (0, 0)), |((p0, p1), (f0, f1)), l| {
+            (
+                (p0 + l.params.0, p1 + l.params.1),
+                (f0 + l.flops.0, f1 + l.flops.1),
+            )
+        })
+}
+
+fn report_text(d: &Decomposed, difference: f64, agreement: f64) -> String {
+    let join = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let mut text = format!(
+        "{:<36} {:<6} {:<8} {:>12} {:>21} {:>19} {:>9}\n",
+        "layer", "op", "form", "ranks/full", "params before→after", "MFLOP before→after", "error"
+    );
+    for l in &d.layers {
+        let (form, ranks) = match l.decomposed {
+            true => (
+                l.form,
+                format!("{}/{}", join(&l.ranks), join(&l.full_ranks)),
+            ),
+            false => ("kept", "-".to_string()),
+        };
+        text.push_str(&format!(
+            "{:<36} {:<6} {:<8} {:>12} {:>10} → {:<8} {:>8.2} → {:<8.2} {:>9.2e}\n",
+            l.node,
+            l.op,
+            form,
+            ranks,
+            l.params.0,
+            l.params.1,
+            l.flops.0 as f64 / 1e6,
+            l.flops.1 as f64 / 1e6,
+            l.error
+        ));
+        if !l.decomposed {
+            text.push_str(&format!("  kept: {}\n", l.kept_because));
+        }
+    }
+    let ((p0, p1), (f0, f1)) = totals(&d.layers);
+    text.push_str(&format!(
+        "these layers: {p0} → {p1} parameters ({:.2}×), {:.1} → {:.1} MFLOP per batch of {} ({:.2}×)\n",
+        p1 as f64 / p0.max(1) as f64,
+        f0 as f64 / 1e6,
+        f1 as f64 / 1e6,
+        d.input_shape[0],
+        f1 as f64 / f0.max(1) as f64
+    ));
+    text.push_str(&format!(
+        "output on the calibration batch: {difference:.3e} relative difference, top-1 agreement {agreement:.3}\n"
+    ));
+    text
+}
+
+fn report_json(d: &Decomposed, difference: f64, agreement: f64) -> serde_json::Value {
+    let ((p0, p1), (f0, f1)) = totals(&d.layers);
+    let layers: Vec<serde_json::Value> = d
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "node": l.node, "op": l.op, "decomposed": l.decomposed, "form": l.form,
+                "ranks": l.ranks, "full_ranks": l.full_ranks,
+                "params_before": l.params.0, "params_after": l.params.1,
+                "flops_before": l.flops.0, "flops_after": l.flops.1,
+                "relative_error": l.error, "kept_because": l.kept_because,
+            })
+        })
+        .collect();
+    json!({
+        "input_shape": d.input_shape,
+        "layers": layers,
+        "params_before": p0, "params_after": p1,
+        "flops_before": f0, "flops_after": f1,
+        "output_relative_difference": difference,
+        "top1_agreement": agreement,
+    })
+}

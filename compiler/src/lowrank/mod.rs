@@ -1,0 +1,338 @@
+//! Low-rank decomposition of weights (DESIGN §4): a layer's constant weight replaced by thin
+//! factors from its singular values, so the layer costs fewer parameters and FLOPs. The
+//! rooms of the ops that have such weights rewrite their nodes ([`Room::low_rank`]); this
+//! module holds what they share: the ranks a rule picks, the truncated SVD and Tucker-2
+//! factors, the rewrite into stages, and the report.
+//!
+//! [`Room::low_rank`]: crate::ops::room::Room::low_rank
+
+mod vbmf;
+
+use crate::err;
+use crate::error::Result;
+use crate::ir::{Data, Graph, Node, NodeOp, Tensor, TensorId};
+use actc_runtime::ops::Kind;
+use actc_runtime::plan::{DType, Phase};
+use petgraph::stable_graph::NodeIndex;
+
+/// How ranks are chosen, per mode of a weight.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// The smallest rank keeping this share of the squared singular values.
+    Energy(f64),
+    /// Ranks whose factors hold this share of the layer's parameters.
+    Ratio(f64),
+    /// The empirical variational Bayes matrix factorization estimate (Nakajima et al.).
+    Vbmf,
+    /// This rank in every mode.
+    Fixed(usize),
+}
+
+/// What a decomposition is asked.
+#[derive(Clone, Copy, Debug)]
+pub struct Request {
+    pub rule: Rule,
+    /// Decompose a layer even when its factors cost more than it (to check the rewrite).
+    pub even_if_larger: bool,
+}
+
+/// One layer, decomposed or not: what `actc decompose` reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerReport {
+    pub node: String,
+    pub op: String,
+    /// `svd` (two factors), `tucker2` (three), or empty when the layer was kept.
+    pub form: &'static str,
+    /// The ranks kept per mode, beside the full ranks.
+    pub ranks: Vec<usize>,
+    pub full_ranks: Vec<usize>,
+    /// Before and after.
+    pub params: (usize, usize),
+    pub flops: (u64, u64),
+    /// ‖W − Ŵ‖ / ‖W‖ (Frobenius).
+    pub error: f64,
+    pub decomposed: bool,
+    /// Why a layer was kept as it was.
+    pub kept_because: String,
+}
+
+impl LayerReport {
+    /// A layer rewritten into factors.
+    pub fn factored(
+        node: &Node,
+        form: &'static str,
+        ranks: (Vec<usize>, Vec<usize>),
+        params: (usize, usize),
+        flops: (u64, u64),
+        error: f64,
+    ) -> LayerReport {
+        LayerReport {
+            node: node.name.clone(),
+            op: node.op_name(),
+            form,
+            ranks: ranks.0,
+            full_ranks: ranks.1,
+            params,
+            flops,
+            error,
+            decomposed: true,
+            kept_because: String::new(),
+        }
+    }
+
+    /// A layer left as it is, for `why`.
+    pub fn kept(node: &Node, params: usize, flops: u64, why: impl Into<String>) -> LayerReport {
+        LayerReport {
+            node: node.name.clone(),
+            op: node.op_name(),
+            form: "",
+            ranks: Vec::new(),
+            full_ranks: Vec::new(),
+            params: (params, params),
+            flops: (flops, flops),
+            error: 0.0,
+            decomposed: false,
+            kept_because: why.into(),
+        }
+    }
+}
+
+/// A row-major matrix of doubles: factors are computed in f64 and stored as f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f64>,
+}
+
+impl Matrix {
+    pub fn from_fn(rows: usize, cols: usize, mut f: impl FnMut(usize, usize) -> f64) -> Matrix {
+        let data = (0..rows * cols).map(|i| f(i / cols, i % cols)).collect();
+        Matrix { rows, cols, data }
+    }
+
+    pub fn at(&self, r: usize, c: usize) -> f64 {
+        self.data[r * self.cols + c]
+    }
+
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| v as f32).collect()
+    }
+}
+
+/// A thin SVD: `u` (rows × k), `s` (k, non-increasing), `vt` (k × cols).
+pub struct Svd {
+    pub u: Matrix,
+    pub s: Vec<f64>,
+    pub vt: Matrix,
+}
+
+pub fn svd(m: &Matrix) -> Result<Svd> {
+    let a = faer::Mat::<f64>::from_fn(m.rows, m.cols, |r, c| m.at(r, c));
+    let d = a
+        .thin_svd()
+        .map_err(|e| err!("the SVD of a {}×{} weight failed: {e:?}", m.rows, m.cols))?;
+    let k = m.rows.min(m.cols);
+    let (u, v, s) = (d.U(), d.V(), d.S().column_vector());
+    Ok(Svd {
+        u: Matrix::from_fn(m.rows, k, |r, c| u[(r, c)]),
+        s: (0..k).map(|i| s[i]).collect(),
+        vt: Matrix::from_fn(k, m.cols, |r, c| v[(c, r)]),
+    })
+}
+
+/// The smallest rank whose singular values hold `energy` of the squared total (at least 1).
+pub fn energy_rank(s: &[f64], energy: f64) -> usize {
+    let total: f64 = s.iter().map(|v| v * v).sum();
+    let mut kept = 0.0;
+    for (r, v) in s.iter().enumerate() {
+        kept += v * v;
+        // Within rounding of the total: energy 1 keeps every non-negligible direction.
+        if kept >= energy * total - 1e-12 * total {
+            return r + 1;
+        }
+    }
+    s.len().max(1)
+}
+
+/// The rank of a mode whose singular values are `s`, of a `rows × cols` unfolding.
+pub fn mode_rank(rule: Rule, s: &[f64], rows: usize, cols: usize) -> Result<usize> {
+    let r = match rule {
+        Rule::Energy(e) => energy_rank(s, e),
+        Rule::Vbmf => vbmf::rank(s, rows, cols).max(1),
+        // Two factors of rank r hold r·(rows + cols) parameters.
+        Rule::Ratio(q) => ((q * (rows * cols) as f64 / (rows + cols) as f64) as usize).max(1),
+        Rule::Fixed(r) if r > s.len() => {
+            return Err(err!(
+                "--ranks {r} is above the full rank {} of its {rows}×{cols} weight",
+                s.len()
+            ));
+        }
+        Rule::Fixed(r) => r,
+    };
+    Ok(r.min(s.len()))
+}
+
+/// Relative error of keeping the first `r` of singular values `s`.
+pub fn truncation_error(s: &[f64], r: usize) -> f64 {
+    // Folds from +0: an empty sum of f64 is −0, which printed as an error of "-0".
+    let squares = |s: &[f64]| s.iter().fold(0.0, |acc, v| acc + v * v);
+    let (total, dropped) = (squares(s), squares(&s[r.min(s.len())..]));
+    if total > 0.0 {
+        (dropped / total).sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// W ≈ A·B with A = U_r·√S (rows × r) and B = √S·Vᵀ_r (r × cols).
+pub fn split(d: &Svd, r: usize) -> (Matrix, Matrix) {
+    let root: Vec<f64> = d.s[..r].iter().map(|v| v.sqrt()).collect();
+    let a = Matrix::from_fn(d.u.rows, r, |i, j| d.u.at(i, j) * root[j]);
+    let b = Matrix::from_fn(r, d.vt.cols, |i, j| root[i] * d.vt.at(i, j));
+    (a, b)
+}
+
+/// Tucker-2 of a conv kernel `w` (M, C, taps): factors of its output and input modes and the
+/// core, W ≈ G ×₀ U_out ×₁ U_in.
+pub struct Tucker2 {
+    /// M × r_out and C × r_in, orthonormal columns.
+    pub out: Matrix,
+    pub input: Matrix,
+    /// (r_out, r_in, taps), row-major.
+    pub core: Vec<f64>,
+    pub error: f64,
+    pub full: [usize; 2],
+}
+
+/// The Tucker-2 of `w` (M × C × taps, row-major) at the ranks `rule` picks per mode.
+pub fn tucker2(w: &[f64], m: usize, c: usize, taps: usize, rule: Rule) -> Result<Tucker2> {
+    let out_mode = Matrix::from_fn(m, c * taps, |i, j| w[i * c * taps + j]);
+    let in_mode = Matrix::from_fn(c, m * taps, |i, j| {
+        let (o, t) = (j / taps, j % taps);
+        w[(o * c + i) * taps + t]
+    });
+    let (so, si) = (svd(&out_mode)?, svd(&in_mode)?);
+    let (r_out, r_in) = match rule {
+        Rule::Ratio(q) => tucker_ratio_ranks(q, m, c, taps),
+        _ => (
+            mode_rank(rule, &so.s, m, c * taps)?,
+            mode_rank(rule, &si.s, c, m * taps)?,
+        ),
+    };
+    let out = Matrix::from_fn(m, r_out, |i, j| so.u.at(i, j));
+    let input = Matrix::from_fn(c, r_in, |i, j| si.u.at(i, j));
+    // G[a, b, t] = Σ_o Σ_i U_out[o, a] · U_in[i, b] · W[o, i, t], one mode at a time.
+    let mut half = vec![0.0; r_out * c * taps];
+    for a in 0..r_out {
+        for o in 0..m {
+            let f = out.at(o, a);
+            let (dst, src) = (
+                &mut half[a * c * taps..][..c * taps],
+                &w[o * c * taps..][..c * taps],
+            );
+            dst.iter_mut().zip(src).for_each(|(d, s)| *d += f * s);
+        }
+    }
+    let mut core = vec![0.0; r_out * r_in * taps];
+    for a in 0..r_out {
+        for b in 0..r_in {
+            let dst = &mut core[(a * r_in + b) * taps..][..taps];
+            for i in 0..c {
+                let f = input.at(i, b);
+                let src = &half[(a * c + i) * taps..][..taps];
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += f * s);
+            }
+        }
+    }
+    let error = reconstruction_error(w, &out, &input, &core, taps);
+    Ok(Tucker2 {
+        out,
+        input,
+        core,
+        error,
+        full: [so.s.len(), si.s.len()],
+    })
+}
+
+/// Ranks ρ·C and ρ·M whose three factors hold `q` of the kernel's M·C·taps parameters:
+/// ρ²·M·C·taps + ρ·(C² + M²) = q·M·C·taps.
+fn tucker_ratio_ranks(q: f64, m: usize, c: usize, taps: usize) -> (usize, usize) {
+    let (m, c, k) = (m as f64, c as f64, taps as f64);
+    let (a, b) = (m * c * k, c * c + m * m);
+    let rho = (-b + (b * b + 4.0 * a * q * a).sqrt()) / (2.0 * a);
+    let rank = |n: f64| ((rho * n) as usize).clamp(1, n as usize);
+    (rank(m), rank(c))
+}
+
+fn reconstruction_error(w: &[f64], out: &Matrix, input: &Matrix, core: &[f64], taps: usize) -> f64 {
+    let (m, c, r_out, r_in) = (out.rows, input.rows, out.cols, input.cols);
+    let (mut diff, mut total) = (0.0, 0.0);
+    for o in 0..m {
+        for i in 0..c {
+            for t in 0..taps {
+                let mut v = 0.0;
+                for a in 0..r_out {
+                    for b in 0..r_in {
+                        v += out.at(o, a) * input.at(i, b) * core[(a * r_in + b) * taps + t];
+                    }
+                }
+                let x = w[(o * c + i) * taps + t];
+                diff += (x - v) * (x - v);
+                total += x * x;
+            }
+        }
+    }
+    if total > 0.0 {
+        (diff / total).sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// One factor of a rewritten layer: its kernel, its new constant weight, any inputs it
+/// keeps from the layer (a bias), and its output's shape.
+pub struct Stage {
+    pub kind: Kind,
+    pub weight: (Vec<usize>, Vec<f32>),
+    pub extra: Vec<TensorId>,
+    pub out_shape: Vec<usize>,
+}
+
+/// Replaces node `n` by `stages`, run one after another from the node's input 0; the last
+/// writes the node's own outputs. The stages are `<node>/lowrank<i>` and their weights
+/// `<weight>.lowrank<i>`: a later compile counts them as the one layer they came from.
+pub fn replace_with_stages(graph: &mut Graph, n: NodeIndex, stages: Vec<Stage>) {
+    let node = graph.remove_node(n).expect("a node to replace");
+    let weight_name = graph.tensor(node.inputs[1]).name.clone();
+    let mut x = node.inputs[0];
+    let last = stages.len() - 1;
+    for (i, s) in stages.into_iter().enumerate() {
+        let (shape, values) = s.weight;
+        let w = graph.add_tensor(Tensor::constant(
+            format!("{weight_name}.lowrank{i}"),
+            shape,
+            Data::F32(values.into()),
+        ));
+        let mut inputs = vec![x, w];
+        inputs.extend(s.extra);
+        let name = format!("{}/lowrank{i}", node.name);
+        if i == last {
+            graph.add_node_in_place(Node {
+                name,
+                op: NodeOp::Kernel(s.kind),
+                inputs,
+                outputs: node.outputs.clone(),
+                phase: Phase::Forward,
+                source: None,
+                origin: None,
+            });
+        } else {
+            let out = Tensor::value(format!("{name}_out"), s.out_shape, DType::F32);
+            x = graph.push(name, s.kind, inputs, vec![out], Phase::Forward, None)[0];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! A conv's weight in thin factors: a 1×1 conv as two 1×1 convs from a truncated SVD, a k×k
+//! conv as 1×1 → k×k → 1×1 from its Tucker-2 (Kim et al., ICLR 2016). The first factor of
+//! the SVD form and the core of the Tucker-2 keep the stride, padding and dilation; the bias
+//! goes on the last factor.
+
+use super::forward;
+use crate::error::Result;
+use crate::ir::Graph;
+use crate::lowrank::{
+    LayerReport, Matrix, Request, Stage, mode_rank, replace_with_stages, split, svd,
+    truncation_error, tucker2,
+};
+use actc_runtime::ops::{self, Kind};
+use petgraph::stable_graph::NodeIndex;
+
+pub(super) fn low_rank(
+    c: &ops::Conv,
+    graph: &mut Graph,
+    n: NodeIndex,
+    req: &Request,
+) -> Result<Option<LayerReport>> {
+    let node = &graph.nodes[n];
+    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
+    let (Some(data), false) = (&w.data, x.is_const()) else {
+        return Ok(None);
+    };
+    let ([m, ci, kh, kw], y) = (four(&w.shape), &graph.tensor(node.outputs[0]).shape);
+    let flops = |c: &ops::Conv, x: &[usize], w: &[usize]| -> u64 {
+        let out = forward(c, x, w).map_or(0, |o| o.iter().product::<usize>());
+        2 * (out * w[1..].iter().product::<usize>()) as u64
+    };
+    let before = (m * ci * kh * kw, flops(c, &x.shape, &w.shape));
+    if c.group != 1 {
+        let why = "a grouped or depthwise conv has no dense weight to factor";
+        return Ok(Some(LayerReport::kept(node, before.0, before.1, why)));
+    }
+    let values: Vec<f64> = data.as_f32().iter().map(|&v| v as f64).collect();
+    let taps = kh * kw;
+    let plain = ops::Conv {
+        kernel: vec![1, 1],
+        strides: vec![1, 1],
+        pads: vec![0; 4],
+        dilations: vec![1, 1],
+        group: 1,
+    };
+    let pointwise = ops::Conv {
+        kernel: vec![1, 1],
+        ..c.clone()
+    };
+    let (batch, (h, wd)) = (x.shape[0], (x.shape[2], x.shape[3]));
+    // (conv, weight shape, weight values, input shape) per factor, and the report's numbers.
+    let (factors, form, ranks, error) = if taps == 1 {
+        let d = svd(&Matrix::from_fn(m, ci, |i, j| values[i * ci + j]))?;
+        let r = mode_rank(req.rule, &d.s, m, ci)?;
+        let (a, b) = split(&d, r);
+        let hidden = vec![batch, r, y[2], y[3]];
+        let factors = vec![
+            (pointwise, vec![r, ci, 1, 1], b.to_f32(), x.shape.clone()),
+            (plain, vec![m, r, 1, 1], a.to_f32(), hidden),
+        ];
+        let error = truncation_error(&d.s, r);
+        (factors, "svd", (vec![r], vec![d.s.len()]), error)
+    } else {
+        let t = tucker2(&values, m, ci, taps, req.rule)?;
+        let (ro, ri) = (t.out.cols, t.input.cols);
+        let into = Matrix::from_fn(ri, ci, |i, j| t.input.at(j, i));
+        let core: Vec<f32> = t.core.iter().map(|&v| v as f32).collect();
+        let factors = vec![
+            (
+                plain.clone(),
+                vec![ri, ci, 1, 1],
+                into.to_f32(),
+                x.shape.clone(),
+            ),
+            (
+                c.clone(),
+                vec![ro, ri, kh, kw],
+                core,
+                vec![batch, ri, h, wd],
+            ),
+            (
+                plain,
+                vec![m, ro, 1, 1],
+                t.out.to_f32(),
+                vec![batch, ro, y[2], y[3]],
+            ),
+        ];
+        (factors, "tucker2", (vec![ro, ri], t.full.to_vec()), t.error)
+    };
+    let params: usize = factors.iter().map(|f| f.1.iter().product::<usize>()).sum();
+    let cost: u64 = factors.iter().map(|f| flops(&f.0, &f.3, &f.1)).sum();
+    if cost >= before.1 && !req.even_if_larger {
+        let why = format!("ranks {:?} of {:?} would not be cheaper", ranks.0, ranks.1);
+        return Ok(Some(LayerReport::kept(node, before.0, before.1, why)));
+    }
+    let report = LayerReport::factored(
+        node,
+        form,
+        ranks,
+        (before.0, params),
+        (before.1, cost),
+        error,
+    );
+    let last = factors.len() - 1;
+    let bias = node.inputs[2..].to_vec();
+    let outs: Vec<Vec<usize>> = factors
+        .iter()
+        .skip(1)
+        .map(|f| f.3.clone())
+        .chain([y.clone()])
+        .collect();
+    let stages = factors
+        .into_iter()
+        .zip(outs)
+        .enumerate()
+        .map(|(i, ((conv, shape, weight, _), out_shape))| Stage {
+            kind: Kind::Conv(conv),
+            weight: (shape, weight),
+            extra: if i == last { bias.clone() } else { Vec::new() },
+            out_shape,
+        })
+        .collect();
+    replace_with_stages(graph, n, stages);
+    Ok(Some(report))
+}
+
+fn four(s: &[usize]) -> [usize; 4] {
+    s.try_into().expect("a 2-D conv's weight is 4-D")
+}

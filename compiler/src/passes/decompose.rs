@@ -1,0 +1,51 @@
+//! `actc decompose`: each selected layer's constant weight in thin factors, as its room
+//! rewrites it ([`Room::low_rank`]).
+//!
+//! [`Room::low_rank`]: crate::ops::room::Room::low_rank
+
+use super::select::Selection;
+use crate::error::Result;
+use crate::ir::Graph;
+use crate::lowrank::{LayerReport, Request};
+use crate::{bail, err, ops};
+
+/// Rewrites the layers `selection` trains, in the model's order; one report per layer with
+/// a weight to factor.
+pub fn decompose(
+    graph: &mut Graph,
+    selection: &Selection,
+    req: &Request,
+) -> Result<Vec<LayerReport>> {
+    let mut reports = Vec::new();
+    for layer in &selection.trained {
+        let Some(n) = graph
+            .nodes
+            .node_indices()
+            .find(|&n| graph.nodes[n].name == layer.node)
+        else {
+            continue;
+        };
+        let Some((room, kind)) = ops::room_of_node(&graph.nodes[n]) else {
+            continue;
+        };
+        let kind = kind.clone();
+        let report = room
+            .low_rank(&kind, graph, n, req)
+            .map_err(|e| err!("layer '{}': {}", layer.node, e.0))?;
+        if let Some(report) = report {
+            reports.push(report);
+        }
+    }
+    if reports.is_empty() {
+        bail!(
+            "nothing to decompose: the selected layers ({}) have no Conv, Gemm or MatMul with a constant weight",
+            selection
+                .trained
+                .iter()
+                .map(|l| format!("{} ({})", l.node, l.op))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(reports)
+}

@@ -1,0 +1,170 @@
+//! `actc decompose`: low-rank factors of a model's layers, checked against tract running the
+//! original and the rewritten ONNX, and trained afterwards.
+
+mod common;
+
+use actc::{DecomposeOptions, InputShape, Layers, LowRankRequest, RankRule};
+use actc_runtime::prefix::Prefix;
+use common::model;
+use prost::Message;
+
+fn decompose(
+    name: &str,
+    shape: &[usize],
+    rule: RankRule,
+    even_if_larger: bool,
+) -> actc::Decomposed {
+    let opts = DecomposeOptions {
+        layers: Layers::All,
+        input: InputShape {
+            shape: Some(shape.to_vec()),
+            batch: None,
+        },
+        output: None,
+        request: LowRankRequest {
+            rule,
+            even_if_larger,
+        },
+    };
+    let path = model(name);
+    let m = actc::load_onnx(&path).unwrap();
+    actc::decompose_model(m, path.parent().unwrap(), name, &opts).unwrap()
+}
+
+/// The first output of an ONNX model on `input`, by tract.
+fn run(bytes: &[u8], shape: &[usize], input: &[f32]) -> Vec<f32> {
+    let mut out = Vec::new();
+    Prefix::new(bytes, shape)
+        .unwrap()
+        .run(input, |k, v| {
+            if k == 0 {
+                out = v.to_vec()
+            }
+        })
+        .unwrap();
+    out
+}
+
+fn noise(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
+        .collect()
+}
+
+#[test]
+fn full_energy_reproduces_the_model() {
+    for (name, shape) in [
+        ("tiny_mlp", vec![4, 64]),
+        ("tiny_matmul", vec![4, 64]),
+        ("tiny_cnn", vec![2, 3, 16, 16]),
+        ("mcunet", vec![2, 3, 32, 32]),
+    ] {
+        let d = decompose(name, &shape, RankRule::Energy(1.0), true);
+        assert!(d.layers.iter().any(|l| l.decomposed), "{name}");
+        let input = noise(shape.iter().product());
+        let want = run(&std::fs::read(model(name)).unwrap(), &shape, &input);
+        let got = run(&d.model.encode_to_vec(), &shape, &input);
+        let diff: f32 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
+        let norm: f32 = want.iter().map(|b| b * b).sum();
+        let relative = (diff / norm).sqrt();
+        assert!(relative < 1e-4, "{name}: relative difference {relative}");
+    }
+}
+
+#[test]
+fn factors_are_kept_only_where_they_are_cheaper() {
+    // At full rank every dense factor pair is larger than the layer: nothing is rewritten.
+    let d = decompose("tiny_mlp", &[4, 64], RankRule::Energy(1.0), false);
+    assert!(
+        d.layers
+            .iter()
+            .all(|l| !l.decomposed && l.kept_because.contains("not be smaller"))
+    );
+    let d = decompose("tiny_cnn", &[2, 3, 16, 16], RankRule::Ratio(0.5), false);
+    for l in &d.layers {
+        if l.decomposed {
+            assert!(l.params.1 < l.params.0 && l.flops.1 < l.flops.0, "{l:?}");
+        }
+    }
+    let grouped: Vec<_> = d
+        .layers
+        .iter()
+        .filter(|l| l.kept_because.contains("grouped"))
+        .collect();
+    assert_eq!(grouped.len(), 2, "tiny_cnn's depthwise and grouped convs");
+}
+
+#[test]
+fn a_decomposed_model_compiles_trains_and_exports() {
+    let shape = [4, 3, 16, 16];
+    let d = decompose("tiny_cnn", &shape, RankRule::Ratio(0.5), false);
+    let opts = common::options(Layers::Last(2), Some(shape.to_vec()));
+    let c = actc::compile_model(d.model.clone(), ".".as_ref(), "tiny_cnn_lr.onnx", &opts).unwrap();
+    assert!(
+        c.selection
+            .trained
+            .iter()
+            .any(|l| l.node.contains("/lowrank"))
+    );
+    let plan = c.plan;
+    let mut session = actc_runtime::train::Session::new(plan.clone(), 3).unwrap();
+    let input = noise(shape.iter().product());
+    let per = input.len() / shape[0];
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        session
+            .feed(
+                &|r, dst: &mut [f32]| dst.copy_from_slice(&input[r * per..][..per]),
+                |r| r as u32 % 10,
+                None,
+            )
+            .unwrap();
+        losses.push(session.executor().train_step());
+    }
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert!(
+        losses[2] < losses[0],
+        "training lowers the loss: {losses:?}"
+    );
+    let trained = session.executor().snapshot().unwrap();
+    let exported = actc::export(&plan, &trained).unwrap();
+    assert_eq!(run(&exported.encode_to_vec(), &shape, &input).len(), 4 * 10);
+}
+
+/// The rewrite of every tiny model at a fixed rank and at a parameter ratio, as IR text
+/// (the factors' names, kernels, shapes): a change to any of them shows here.
+#[test]
+fn rewrites_are_pinned() {
+    for (name, shape) in [
+        ("tiny_cnn", vec![2, 3, 16, 16]),
+        ("tiny_mlp", vec![4, 64]),
+        ("tiny_matmul", vec![4, 64]),
+    ] {
+        for (tag, rule) in [
+            ("rank_2", RankRule::Fixed(2)),
+            ("ratio_0.5", RankRule::Ratio(0.5)),
+        ] {
+            let d = decompose(name, &shape, rule, false);
+            let report: Vec<String> = d
+                .layers
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} {} {:?}/{:?} params {}→{} flops {}→{} {}",
+                        l.node,
+                        l.form,
+                        l.ranks,
+                        l.full_ranks,
+                        l.params.0,
+                        l.params.1,
+                        l.flops.0,
+                        l.flops.1,
+                        l.kept_because
+                    )
+                })
+                .collect();
+            let text = format!("{}\n\n{}", report.join("\n"), d.ir);
+            insta::assert_snapshot!(format!("{name}__{tag}"), text);
+        }
+    }
+}
