@@ -168,3 +168,32 @@ fn rewrites_are_pinned() {
         }
     }
 }
+
+/// `--layers N` means the same layers before and after decomposing: a layer's factors count
+/// as the one layer they came from, and all of them train.
+#[test]
+fn layers_count_the_same_after_decomposing() {
+    let shape = vec![2, 3, 16, 16];
+    let d = decompose("tiny_cnn", &shape, RankRule::Fixed(2), false);
+    let stem = |node: &str| node.split("/lowrank").next().unwrap().to_string();
+    for n in 1..=6 {
+        let opts = common::options(Layers::Last(n), Some(shape.clone()));
+        let before = actc::compile_file(&model("tiny_cnn"), &opts)
+            .unwrap()
+            .selection;
+        let after = actc::compile_model(d.model.clone(), ".".as_ref(), "lr.onnx", &opts)
+            .unwrap()
+            .selection;
+        assert_eq!(before.total_layers, after.total_layers);
+        let names = |s: &actc::Selection| {
+            let mut v: Vec<(String, usize)> = s
+                .trained
+                .iter()
+                .map(|l| (stem(&l.node), l.from_output))
+                .collect();
+            v.dedup();
+            v
+        };
+        assert_eq!(names(&before), names(&after), "--layers {n}");
+    }
+}

@@ -87,7 +87,7 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
         );
     }
     let count = all_layers.len();
-    let kind = &all_layers[0].1;
+    let kind = &all_layers[0].op;
     let n = match layers {
         Layers::All => count,
         Layers::Last(n) if n > count => bail!(
@@ -123,7 +123,7 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
         for &t in &params {
             graph.tensor_mut(t).role = Role::Trainable;
         }
-        let position = all_layers.iter().position(|l| l.0 == node);
+        let position = all_layers.iter().position(|l| l.nodes.contains(&node));
         trained.push(TrainedLayer {
             node: graph.nodes[node].name.clone(),
             op: graph.nodes[node].op_name(),
@@ -143,7 +143,7 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
     boundary.sort_unstable();
     Ok(Selection {
         total_layers: count,
-        layer_op: all_layers[0].1.clone(),
+        layer_op: all_layers[0].op.clone(),
         trained,
         boundary: boundary
             .iter()
@@ -187,20 +187,42 @@ fn choose_output(graph: &Graph, output: Option<&str>) -> Result<TensorId> {
     Ok(out)
 }
 
-fn find_layers(graph: &Graph, order: &[NodeIndex]) -> Vec<(NodeIndex, String)> {
-    let of_class = |class: LayerClass| -> Vec<(NodeIndex, String)> {
+/// One layer as `--layers` counts it: a node, or the factors `actc decompose` made of one
+/// (`<layer>/lowrank<i>`), so that N means the same layers before and after decomposing.
+struct Layer {
+    nodes: Vec<NodeIndex>,
+    op: String,
+}
+
+fn find_layers(graph: &Graph, order: &[NodeIndex]) -> Vec<Layer> {
+    let of_class = |class: LayerClass| -> Vec<NodeIndex> {
         order
             .iter()
-            .filter(|&&n| ops::layer_class(graph, &graph.nodes[n]) == Some(class))
-            .map(|&n| (n, graph.nodes[n].op_name()))
+            .copied()
+            .filter(|&n| ops::layer_class(graph, &graph.nodes[n]) == Some(class))
             .collect()
     };
-    let convs = of_class(LayerClass::Conv);
-    if convs.is_empty() {
-        of_class(LayerClass::Dense)
-    } else {
-        convs
+    let mut nodes = of_class(LayerClass::Conv);
+    if nodes.is_empty() {
+        nodes = of_class(LayerClass::Dense);
     }
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut last_stem = None;
+    for n in nodes {
+        let name = &graph.nodes[n].name;
+        let stem = name.rsplit_once("/lowrank").and_then(|(stem, i)| {
+            (!i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(stem)
+        });
+        match layers.last_mut() {
+            Some(layer) if stem.is_some() && stem == last_stem => layer.nodes.push(n),
+            _ => layers.push(Layer {
+                nodes: vec![n],
+                op: graph.nodes[n].op_name(),
+            }),
+        }
+        last_stem = stem;
+    }
+    layers
 }
 
 /// The constant inputs of a parameterized node: what training updates.
@@ -219,15 +241,18 @@ struct Suffix {
 fn suffix_for(
     graph: &Graph,
     order: &[NodeIndex],
-    layers: &[(NodeIndex, String)],
+    layers: &[Layer],
     n: usize,
 ) -> std::result::Result<Suffix, NodeIndex> {
-    let first = layers[layers.len() - n].0;
+    let first = layers[layers.len() - n].nodes[0];
     let start = order
         .iter()
         .position(|&x| x == first)
         .expect("layer is in order");
-    let mut trainable: Vec<NodeIndex> = layers[layers.len() - n..].iter().map(|l| l.0).collect();
+    let mut trainable: Vec<NodeIndex> = layers[layers.len() - n..]
+        .iter()
+        .flat_map(|l| l.nodes.iter().copied())
+        .collect();
     for &node in &order[start..] {
         if !trainable.contains(&node) && !params_of(graph, node).is_empty() {
             trainable.push(node);
