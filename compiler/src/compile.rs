@@ -16,10 +16,12 @@ use crate::passes::optim::Optimizer;
 use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection};
 use crate::passes::split::{self, Prefix};
-use crate::passes::{autodiff, compress, decompose, emit, loss, optim, schedule, select};
+use crate::passes::{autodiff, compress, decompose, emit, lora, loss, optim, schedule, select};
 use crate::{bail, err};
 use actc_runtime::ops;
-use actc_runtime::plan::{Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight};
+use actc_runtime::plan::{
+    Adapter, Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight,
+};
 use actc_runtime::planning::{MAX_CHAIN_LANES, MAX_PREFIX_LANES};
 use petgraph::stable_graph::NodeIndex;
 use prost::Message;
@@ -54,6 +56,9 @@ pub struct CompileOptions {
     /// Refuse a plan whose planned peak (arena and persistent memory) passes this many
     /// bytes [default: no limit; the CLI: the machine's memory].
     pub max_memory: Option<u64>,
+    /// Freeze the selected layers and train a low-rank adapter of this rank beside each
+    /// (LoRA) [default: none].
+    pub lora: Option<usize>,
 }
 
 impl Default for CompileOptions {
@@ -80,6 +85,7 @@ impl Default for CompileOptions {
             threads: 2,
             keep_gradients: false,
             max_memory: None,
+            lora: None,
         }
     }
 }
@@ -174,6 +180,7 @@ const PASSES: &[(&str, Pass)] = &[
     ("select", select_layers),
     ("onnx", write_onnx),
     ("split", split_prefix),
+    ("lora", add_adapters),
     ("loss", append_loss),
     ("autodiff", differentiate),
     ("compress", compress_saved),
@@ -229,6 +236,7 @@ struct Context<'o> {
     layout: Option<Layout>,
     steps: Vec<Step>,
     weights: Vec<Weight>,
+    adapters: Vec<Adapter>,
 }
 
 impl<'o> Context<'o> {
@@ -263,6 +271,7 @@ impl<'o> Context<'o> {
             layout: None,
             steps: Vec::new(),
             weights: Vec::new(),
+            adapters: Vec::new(),
         })
     }
 
@@ -350,6 +359,14 @@ fn split_prefix(cx: &mut Context) -> Result<()> {
         cx.selection.as_ref().expect("select ran"),
         cx.input,
     );
+    Ok(())
+}
+
+fn add_adapters(cx: &mut Context) -> Result<()> {
+    if let Some(rank) = cx.opts.lora {
+        let selection = cx.selection.as_mut().expect("select ran");
+        cx.adapters = lora::add_adapters(&mut cx.graph, selection, rank)?;
+    }
     Ok(())
 }
 
@@ -565,6 +582,7 @@ impl Context<'_> {
             }),
             prefix_lanes: layout.prefix_lanes,
             progress: None,
+            adapters: self.adapters,
         };
         Ok(Compiled {
             plan,

@@ -85,6 +85,24 @@ pub struct Plan {
     /// from there. Its optimizer and compressor state are then among `weights`.
     #[prost(message, optional, tag = "19")]
     pub progress: Option<Progress>,
+    /// Low-rank adapters trained beside frozen weights (`compile --lora`).
+    #[prost(message, repeated, tag = "20")]
+    pub adapters: Vec<Adapter>,
+}
+
+/// A weight frozen in training while a low-rank adapter beside it trains: the layer computes
+/// with W + left·right (transposed when `transpose`), which `export` writes into W.
+#[derive(Clone, PartialEq, Message)]
+pub struct Adapter {
+    /// The `source` names of the weights: the frozen one and the two factors.
+    #[prost(string, tag = "1")]
+    pub weight: String,
+    #[prost(string, tag = "2")]
+    pub left: String,
+    #[prost(string, tag = "3")]
+    pub right: String,
+    #[prost(bool, tag = "4")]
+    pub transpose: bool,
 }
 
 /// Where a training run stands: what it was started with (a run is only resumed with the

@@ -386,6 +386,11 @@ struct CompileArgs {
     /// 512M [default: this machine's memory]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     max_memory: Option<usize>,
+    /// Freeze the selected layers and train a rank-R adapter beside each Conv (group 1),
+    /// Gemm and MatMul instead (LoRA: W + A·B, B starting at zero); export merges the
+    /// adapters into the weights.
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
+    lora: Option<u32>,
 }
 
 /// A shape given on the command line, like `8x3x224x224`.
@@ -491,6 +496,7 @@ impl CompileArgs {
             threads: actc_runtime::threads::threads(),
             keep_gradients: false,
             max_memory: self.max_memory.map(|b| b as u64).or_else(machine_memory),
+            lora: self.lora.map(|r| r as usize),
         })
     }
 }

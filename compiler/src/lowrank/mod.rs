@@ -10,9 +10,9 @@ mod vbmf;
 
 use crate::err;
 use crate::error::Result;
-use crate::ir::{Data, Graph, Node, NodeOp, Tensor, TensorId};
-use actc_runtime::ops::Kind;
-use actc_runtime::plan::{DType, Phase};
+use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
+use actc_runtime::ops::{Empty, Kind};
+use actc_runtime::plan::{Adapter, DType, Phase};
 use petgraph::stable_graph::NodeIndex;
 
 /// How ranks are chosen, per mode of a weight.
@@ -332,6 +332,93 @@ pub fn replace_with_stages(graph: &mut Graph, n: NodeIndex, stages: Vec<Stage>) 
             x = graph.push(name, s.kind, inputs, vec![out], Phase::Forward, None)[0];
         }
     }
+}
+
+/// A low-rank adapter (LoRA, Hu et al. 2021) for a layer whose weight stays frozen: the
+/// branch x → `a` → `b` whose output adds to the layer's, and how `a`·`b` lays out in the
+/// weight (`export` merges it in). `a` starts uniform in ±1/√fan-in, `b` at zero, so
+/// training starts from the model as it was.
+pub struct AdapterForm {
+    pub a: Stage,
+    pub b: Stage,
+    /// ΔW = left · right in the weight's layout: `a`·`b` for a dense weight (K × N),
+    /// `b`·`a` for a conv's (M × C·k²); transposed for a Gemm that stores W transposed.
+    pub a_is_left: bool,
+    pub transpose: bool,
+}
+
+/// `len` values uniform in ±1/√`fan_in`, from a fixed seed (the same adapter every compile).
+pub fn lora_init(len: usize, fan_in: usize, seed: u64) -> Vec<f32> {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * bound) as f32
+        })
+        .collect()
+}
+
+/// Puts `form`'s branch beside node `n`, whose weight and bias freeze: the node's readers
+/// (and the graph's outputs) read its output plus the branch's, a new tensor, returned with
+/// the plan's record of the adapter.
+pub fn attach_adapter(graph: &mut Graph, n: NodeIndex, form: AdapterForm) -> (Adapter, TensorId) {
+    let node = graph.nodes[n].clone();
+    for &p in &node.inputs[1..] {
+        graph.tensor_mut(p).role = Role::Const;
+    }
+    let (w, y) = (graph.tensor(node.inputs[1]).name.clone(), node.outputs[0]);
+    let mut x = node.inputs[0];
+    let mut names = Vec::new();
+    for (tag, stage) in [("lora_a", form.a), ("lora_b", form.b)] {
+        let (shape, values) = stage.weight;
+        let name = format!("{w}.{tag}");
+        let weight = graph.add_tensor(Tensor {
+            role: Role::Trainable,
+            ..Tensor::constant(name.clone(), shape, Data::F32(values.into()))
+        });
+        names.push(name);
+        let out = Tensor::value(
+            format!("{}/{tag}_out", node.name),
+            stage.out_shape,
+            DType::F32,
+        );
+        let step = format!("{}/{tag}", node.name);
+        x = graph.push(
+            step,
+            stage.kind,
+            vec![x, weight],
+            vec![out],
+            Phase::Forward,
+            None,
+        )[0];
+    }
+    // The sum takes the layer output's name (a model output keeps its own); the frozen
+    // layer's part is renamed.
+    let (name, shape) = (graph.tensor(y).name.clone(), graph.tensor(y).shape.clone());
+    graph.tensor_mut(y).name = format!("{name}.frozen");
+    let sum = graph.add_tensor(Tensor::value(name, shape, DType::F32));
+    graph.replace_uses(y, sum);
+    graph.add_node_in_place(Node {
+        name: format!("{}/lora_add", node.name),
+        op: NodeOp::Kernel(Kind::Add(Empty {})),
+        inputs: vec![y, x],
+        outputs: vec![sum],
+        phase: Phase::Forward,
+        source: None,
+        origin: None,
+    });
+    let [a, b] = [names[0].clone(), names[1].clone()];
+    let (left, right) = if form.a_is_left { (a, b) } else { (b, a) };
+    let adapter = Adapter {
+        weight: w,
+        left,
+        right,
+        transpose: form.transpose,
+    };
+    (adapter, sum)
 }
 
 #[cfg(test)]

@@ -5,18 +5,18 @@ use super::proto::tensor_proto::{DataLocation, DataType};
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use crate::error::Result;
 use crate::{bail, err};
-use actc_runtime::plan::{BufferKind, Plan};
+use actc_runtime::plan::{Adapter, BufferKind, Plan};
 use prost::Message;
 use std::collections::{BTreeMap, HashSet};
 
 /// The fine-tuned model. `weights` supplies the trained values (a plan saved by `actc
 /// train`); it must come from the same compiled plan as `plan`.
 pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
-    let trained: BTreeMap<&str, &[u8]> = weights
+    let mut trained: BTreeMap<&str, Vec<u8>> = weights
         .weights
         .iter()
         .filter(|w| weights.buffer(w.buffer).kind() == BufferKind::Trainable)
-        .map(|w| (w.source.as_str(), w.data.as_slice()))
+        .map(|w| (w.source.as_str(), w.data.clone()))
         .collect();
     let expected: HashSet<&str> = plan
         .weights
@@ -28,6 +28,12 @@ pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
         bail!(
             "the weights file does not come from this plan (its trainable tensors differ); pass the plan it was trained from"
         );
+    }
+    for a in &plan.adapters {
+        let merged = merge_adapter(weights, a, &trained)?;
+        trained.remove(a.left.as_str());
+        trained.remove(a.right.as_str());
+        trained.insert(a.weight.as_str(), merged);
     }
     let decode = |bytes: &[u8], what: &str| {
         ModelProto::decode(bytes).map_err(|e| err!("the plan's {what} model is damaged: {e}"))
@@ -88,6 +94,59 @@ pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
         );
     }
     Ok(model)
+}
+
+/// The frozen weight of adapter `a` with the adapter's product added: W + left·right
+/// (transposed when the adapter says so), the trained factors from `trained`.
+fn merge_adapter(plan: &Plan, a: &Adapter, trained: &BTreeMap<&str, Vec<u8>>) -> Result<Vec<u8>> {
+    let missing = || {
+        err!(
+            "the weights file lacks adapter '{}'; pass the plan it was trained from",
+            a.weight
+        )
+    };
+    let frozen = plan
+        .weights
+        .iter()
+        .find(|w| w.source == a.weight)
+        .ok_or_else(missing)?;
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    };
+    let (left, right) = (
+        floats(trained.get(a.left.as_str()).ok_or_else(missing)?),
+        floats(trained.get(a.right.as_str()).ok_or_else(missing)?),
+    );
+    let mut w = floats(&frozen.data);
+    let rows = plan
+        .weights
+        .iter()
+        .find(|x| x.source == a.left)
+        .map_or(0, |x| plan.buffer(x.buffer).shape[0] as usize);
+    let rank = left.len() / rows.max(1);
+    let cols = right.len() / rank.max(1);
+    if rows * rank != left.len() || rank * cols != right.len() || rows * cols != w.len() {
+        bail!(
+            "adapter '{}' does not fit its weight; recompile the model",
+            a.weight
+        );
+    }
+    for i in 0..rows {
+        for j in 0..cols {
+            let d: f32 = (0..rank)
+                .map(|r| left[i * rank + r] * right[r * cols + j])
+                .sum();
+            let at = if a.transpose {
+                j * rows + i
+            } else {
+                i * cols + j
+            };
+            w[at] += d;
+        }
+    }
+    Ok(w.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// Protobuf cannot encode a message past 2 GiB: a model whose weights make it larger must keep

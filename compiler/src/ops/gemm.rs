@@ -8,8 +8,8 @@ use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::lowrank::{
-    LayerReport, Matrix, Request, Stage, mode_rank, replace_with_stages, split, svd,
-    truncation_error,
+    AdapterForm, LayerReport, Matrix, Request, Stage, lora_init, mode_rank, replace_with_stages,
+    split, svd, truncation_error,
 };
 use crate::onnx::shape::matmul_shape;
 use crate::onnx::{attr_float, attr_int};
@@ -268,6 +268,60 @@ impl Room for Dense {
             .collect();
         replace_with_stages(graph, n, stages);
         Ok(Some(report))
+    }
+
+    fn adapter(
+        &self,
+        kind: &Kind,
+        graph: &Graph,
+        n: NodeIndex,
+        rank: usize,
+    ) -> Option<AdapterForm> {
+        let node = &graph.nodes[n];
+        let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
+        if w.data.is_none() || x.is_const() {
+            return None;
+        }
+        let y = graph.tensor(node.outputs[0]).shape.clone();
+        let (trans_b, k, cols) = match kind {
+            Kind::Gemm(g) if g.trans_b => (true, w.shape[1], w.shape[0]),
+            Kind::Gemm(_) | Kind::MatMul(_) => (false, w.shape[0], w.shape[1]),
+            _ => return None,
+        };
+        let mut hidden = y.clone();
+        *hidden.last_mut().expect("an output of rank 2 or more") = rank;
+        let (first, second) = match kind {
+            // The branch adds alpha·x·A·B, what alpha·x·(W + A·B) adds to the layer.
+            Kind::Gemm(g) => {
+                let gemm = |trans_a, alpha| {
+                    Kind::Gemm(ops::Gemm {
+                        trans_a,
+                        trans_b: false,
+                        alpha,
+                        beta: 0.0,
+                    })
+                };
+                (gemm(g.trans_a, 1.0), gemm(false, g.alpha))
+            }
+            _ => (Kind::MatMul(Empty {}), Kind::MatMul(Empty {})),
+        };
+        let stage = |kind, shape: Vec<usize>, values, out_shape| Stage {
+            kind,
+            weight: (shape, values),
+            extra: Vec::new(),
+            out_shape,
+        };
+        Some(AdapterForm {
+            a: stage(
+                first,
+                vec![k, rank],
+                lora_init(k * rank, k, n.index() as u64),
+                hidden,
+            ),
+            b: stage(second, vec![rank, cols], vec![0.0; rank * cols], y),
+            a_is_left: true,
+            transpose: trans_b,
+        })
     }
 
     fn on_compressed(&self, kind: &Kind, c: Compressor) -> Option<Kind> {

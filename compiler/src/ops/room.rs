@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::ir::{Data, Graph, Node, NodeOp, Role, Tensor, TensorId};
-use crate::lowrank::{LayerReport, Request};
+use crate::lowrank::{AdapterForm, LayerReport, Request};
 use crate::onnx::proto::{AttributeProto, NodeProto, TensorProto};
 use crate::onnx::{Attrs, node_label};
 use actc_runtime::ops::{self as rt, Compressor, Kind};
@@ -269,6 +269,18 @@ pub trait Room: Sync {
         _req: &Request,
     ) -> Result<Option<LayerReport>> {
         Ok(None)
+    }
+
+    /// A rank-`rank` adapter to train beside node `n`'s frozen weight (`compile --lora`);
+    /// `None` when the node has no weight one can sit beside.
+    fn adapter(
+        &self,
+        _kind: &Kind,
+        _graph: &Graph,
+        _n: NodeIndex,
+        _rank: usize,
+    ) -> Option<AdapterForm> {
+        None
     }
 }
 

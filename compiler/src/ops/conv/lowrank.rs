@@ -1,14 +1,14 @@
 //! A conv's weight in thin factors: a 1×1 conv as two 1×1 convs from a truncated SVD, a k×k
 //! conv as 1×1 → k×k → 1×1 from its Tucker-2 (Kim et al., ICLR 2016). The first factor of
 //! the SVD form and the core of the Tucker-2 keep the stride, padding and dilation; the bias
-//! goes on the last factor.
+//! goes on the last factor. And a low-rank adapter beside a frozen conv (LoRA).
 
 use super::forward;
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::lowrank::{
-    LayerReport, Matrix, Request, Stage, mode_rank, replace_with_stages, split, svd,
-    truncation_error, tucker2,
+    AdapterForm, LayerReport, Matrix, Request, Stage, lora_init, mode_rank, replace_with_stages,
+    split, svd, truncation_error, tucker2,
 };
 use actc_runtime::ops::{self, Kind};
 use petgraph::stable_graph::NodeIndex;
@@ -122,6 +122,51 @@ pub(super) fn low_rank(
         .collect();
     replace_with_stages(graph, n, stages);
     Ok(Some(report))
+}
+
+/// A rank-`rank` adapter beside conv `c`: A, a conv with its window, stride, padding and
+/// dilation into `rank` channels, then B, a 1×1 conv back to its outputs.
+pub(super) fn adapter(
+    c: &ops::Conv,
+    graph: &Graph,
+    n: NodeIndex,
+    rank: usize,
+) -> Option<AdapterForm> {
+    let node = &graph.nodes[n];
+    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
+    if w.data.is_none() || x.is_const() || c.group != 1 {
+        return None;
+    }
+    let ([m, ci, kh, kw], y) = (four(&w.shape), graph.tensor(node.outputs[0]).shape.clone());
+    let fan_in = ci * kh * kw;
+    let pointwise = ops::Conv {
+        kernel: vec![1, 1],
+        strides: vec![1, 1],
+        pads: vec![0; 4],
+        dilations: vec![1, 1],
+        group: 1,
+    };
+    let a = Stage {
+        kind: Kind::Conv(c.clone()),
+        weight: (
+            vec![rank, ci, kh, kw],
+            lora_init(rank * fan_in, fan_in, n.index() as u64),
+        ),
+        extra: Vec::new(),
+        out_shape: vec![y[0], rank, y[2], y[3]],
+    };
+    let b = Stage {
+        kind: Kind::Conv(pointwise),
+        weight: (vec![m, rank, 1, 1], vec![0.0; m * rank]),
+        extra: Vec::new(),
+        out_shape: y,
+    };
+    Some(AdapterForm {
+        a,
+        b,
+        a_is_left: false,
+        transpose: false,
+    })
 }
 
 fn four(s: &[usize]) -> [usize; 4] {

@@ -10,7 +10,7 @@ use super::room::{
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
-use crate::lowrank::{LayerReport, Request};
+use crate::lowrank::{AdapterForm, LayerReport, Request};
 use crate::onnx::shape::{spatial_out, u32s, usizes};
 use crate::onnx::{attr_int, attr_ints};
 use actc_runtime::ops::Compressor;
@@ -194,6 +194,19 @@ impl Room for Convs {
         match kind {
             Kind::Conv(c) => lowrank::low_rank(c, graph, n, req),
             _ => Ok(None),
+        }
+    }
+
+    fn adapter(
+        &self,
+        kind: &Kind,
+        graph: &Graph,
+        n: NodeIndex,
+        rank: usize,
+    ) -> Option<AdapterForm> {
+        match kind {
+            Kind::Conv(c) => lowrank::adapter(c, graph, n, rank),
+            _ => None,
         }
     }
 
