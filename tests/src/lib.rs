@@ -52,9 +52,14 @@ pub mod fuzz {
         if mem.arena.saturating_add(mem.persistent) > LIMIT {
             return;
         }
-        let Ok(mut exec) = Executor::new(plan, 2) else {
-            return;
-        };
+        if let Ok(mut exec) = Executor::new(plan, 2) {
+            step(&mut exec);
+        }
+    }
+
+    /// What a loaded plan must survive: its own prefix (when it runs one) on a batch of
+    /// 0.5s, a forward pass and a training step.
+    pub fn step(exec: &mut Executor) {
         if exec.runs_prefix() {
             let len = exec
                 .plan()

@@ -538,16 +538,7 @@ fn run(plan: Plan) -> Outcome {
         Ok(exec) => exec,
         Err(e) => return Outcome::Refused(e.0),
     };
-    if exec.runs_prefix() {
-        let len = exec
-            .plan()
-            .source
-            .as_ref()
-            .map_or(0, |s| s.input_shape.iter().product::<u64>() as usize);
-        exec.run_prefix(&vec![0.5; len], None);
-    }
-    exec.forward();
-    exec.train_step();
+    actc_tests::fuzz::step(&mut exec);
     Outcome::Ran
 }
 

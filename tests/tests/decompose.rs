@@ -4,8 +4,7 @@
 mod common;
 
 use actc::{DecomposeOptions, InputShape, Layers, LowRankRequest, RankRule};
-use actc_runtime::prefix::Prefix;
-use common::model;
+use common::{model, tract_output};
 use prost::Message;
 
 fn decompose(
@@ -31,20 +30,6 @@ fn decompose(
     actc::decompose_model(m, path.parent().unwrap(), name, &opts).unwrap()
 }
 
-/// The first output of an ONNX model on `input`, by tract.
-fn run(bytes: &[u8], shape: &[usize], input: &[f32]) -> Vec<f32> {
-    let mut out = Vec::new();
-    Prefix::new(bytes, shape)
-        .unwrap()
-        .run(input, |k, v| {
-            if k == 0 {
-                out = v.to_vec()
-            }
-        })
-        .unwrap();
-    out
-}
-
 fn noise(n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
@@ -62,8 +47,8 @@ fn full_energy_reproduces_the_model() {
         let d = decompose(name, &shape, RankRule::Energy(1.0), true);
         assert!(d.layers.iter().any(|l| l.decomposed), "{name}");
         let input = noise(shape.iter().product());
-        let want = run(&std::fs::read(model(name)).unwrap(), &shape, &input);
-        let got = run(&d.model.encode_to_vec(), &shape, &input);
+        let want = tract_output(&std::fs::read(model(name)).unwrap(), &shape, &input);
+        let got = tract_output(&d.model.encode_to_vec(), &shape, &input);
         let diff: f32 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
         let norm: f32 = want.iter().map(|b| b * b).sum();
         let relative = (diff / norm).sqrt();
@@ -128,7 +113,10 @@ fn a_decomposed_model_compiles_trains_and_exports() {
     );
     let trained = session.executor().snapshot().unwrap();
     let exported = actc::export(&plan, &trained).unwrap();
-    assert_eq!(run(&exported.encode_to_vec(), &shape, &input).len(), 4 * 10);
+    assert_eq!(
+        tract_output(&exported.encode_to_vec(), &shape, &input).len(),
+        4 * 10
+    );
 }
 
 /// The rewrite of every tiny model at a fixed rank and at a parameter ratio, as IR text

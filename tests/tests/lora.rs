@@ -6,23 +6,9 @@ mod common;
 
 use actc::Layers;
 use actc_runtime::plan::BufferKind;
-use actc_runtime::prefix::Prefix;
 use actc_runtime::train::Session;
-use common::model;
+use common::{model, tract_output};
 use prost::Message;
-
-fn tract(bytes: &[u8], shape: &[usize], input: &[f32]) -> Vec<f32> {
-    let mut out = Vec::new();
-    Prefix::new(bytes, shape)
-        .unwrap()
-        .run(input, |k, v| {
-            if k == 0 {
-                out = v.to_vec()
-            }
-        })
-        .unwrap();
-    out
-}
 
 fn relative(got: &[f32], want: &[f32]) -> f32 {
     let diff: f32 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
@@ -57,8 +43,8 @@ fn adapters_train_and_merge_into_the_export() {
         // B starts at zero: before training, the merged export is the model itself.
         let untrained = actc::export(&plan, &plan).unwrap().encode_to_vec();
         let start = relative(
-            &tract(&untrained, &shape, &input),
-            &tract(&original, &shape, &input),
+            &tract_output(&untrained, &shape, &input),
+            &tract_output(&original, &shape, &input),
         );
         assert!(start < 1e-6, "{name}: {start}");
 
@@ -84,7 +70,7 @@ fn adapters_train_and_merge_into_the_export() {
         }
         let trained = session.executor().snapshot().unwrap();
         let exported = actc::export(&plan, &trained).unwrap().encode_to_vec();
-        let theirs = tract(&exported, &shape, &input);
+        let theirs = tract_output(&exported, &shape, &input);
         let diff = relative(&theirs, &ours);
         assert!(diff < 1e-4, "{name}: the merged export differs by {diff}");
         // The adapters moved (B left zero), so the merge above checked a real product.

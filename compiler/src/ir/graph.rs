@@ -219,6 +219,13 @@ impl Graph {
         }
     }
 
+    /// The node called `name` (names are unique in an imported graph).
+    pub fn node_named(&self, name: &str) -> Option<NodeIndex> {
+        self.nodes
+            .node_indices()
+            .find(|&n| self.nodes[n].name == name)
+    }
+
     pub fn producer(&self, t: TensorId) -> Option<NodeIndex> {
         self.producer[t]
     }

@@ -173,6 +173,14 @@ pub fn mode_rank(rule: Rule, s: &[f64], rows: usize, cols: usize) -> Result<usiz
     Ok(r.min(s.len()))
 }
 
+/// The constant weight (input 1) of node `n` when its data input (input 0) is not
+/// constant: what a decomposition factors and an adapter sits beside.
+pub fn factorable(graph: &Graph, n: NodeIndex) -> Option<&Data> {
+    let node = &graph.nodes[n];
+    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
+    w.data.as_ref().filter(|_| !x.is_const())
+}
+
 /// Relative error of keeping the first `r` of singular values `s`.
 pub fn truncation_error(s: &[f64], r: usize) -> f64 {
     // Folds from +0: an empty sum of f64 is −0, which printed as an error of "-0".

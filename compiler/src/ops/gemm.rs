@@ -8,8 +8,8 @@ use crate::bail;
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
 use crate::lowrank::{
-    AdapterForm, LayerReport, Matrix, Request, Stage, lora_init, mode_rank, replace_with_stages,
-    split, svd, truncation_error,
+    AdapterForm, LayerReport, Matrix, Request, Stage, factorable, lora_init, mode_rank,
+    replace_with_stages, split, svd, truncation_error,
 };
 use crate::onnx::shape::matmul_shape;
 use crate::onnx::{attr_float, attr_int};
@@ -188,11 +188,11 @@ impl Room for Dense {
         n: NodeIndex,
         req: &Request,
     ) -> Result<Option<LayerReport>> {
-        let node = &graph.nodes[n];
-        let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
-        let (Some(data), false) = (&w.data, x.is_const()) else {
+        let Some(data) = factorable(graph, n) else {
             return Ok(None);
         };
+        let node = &graph.nodes[n];
+        let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
         let (trans_a, trans_b) = match kind {
             Kind::Gemm(g) => (g.trans_a, g.trans_b),
             Kind::MatMul(_) => (false, false),
@@ -277,11 +277,9 @@ impl Room for Dense {
         n: NodeIndex,
         rank: usize,
     ) -> Option<AdapterForm> {
+        factorable(graph, n)?;
         let node = &graph.nodes[n];
-        let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
-        if w.data.is_none() || x.is_const() {
-            return None;
-        }
+        let w = graph.tensor(node.inputs[1]);
         let y = graph.tensor(node.outputs[0]).shape.clone();
         let (trans_b, k, cols) = match kind {
             Kind::Gemm(g) if g.trans_b => (true, w.shape[1], w.shape[0]),

@@ -18,11 +18,7 @@ pub fn decompose(
 ) -> Result<Vec<LayerReport>> {
     let mut reports = Vec::new();
     for layer in &selection.trained {
-        let Some(n) = graph
-            .nodes
-            .node_indices()
-            .find(|&n| graph.nodes[n].name == layer.node)
-        else {
+        let Some(n) = graph.node_named(&layer.node) else {
             continue;
         };
         let Some((room, kind)) = ops::room_of_node(&graph.nodes[n]) else {

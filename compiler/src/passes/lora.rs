@@ -21,11 +21,7 @@ pub fn add_adapters(
         for &p in &layer.params {
             graph.tensor_mut(p).role = Role::Const;
         }
-        let Some(n) = graph
-            .nodes
-            .node_indices()
-            .find(|&n| graph.nodes[n].name == layer.node)
-        else {
+        let Some(n) = graph.node_named(&layer.node) else {
             continue;
         };
         let form = ops::room_of_node(&graph.nodes[n])

@@ -84,3 +84,18 @@ pub fn feed(
         *l = labels(i);
     }
 }
+
+/// The first output of an ONNX model on `input` at `shape`, by tract (an implementation
+/// actc did not write).
+pub fn tract_output(bytes: &[u8], shape: &[usize], input: &[f32]) -> Vec<f32> {
+    let mut out = Vec::new();
+    actc_runtime::prefix::Prefix::new(bytes, shape)
+        .unwrap()
+        .run(input, |k, v| {
+            if k == 0 {
+                out = v.to_vec()
+            }
+        })
+        .unwrap();
+    out
+}

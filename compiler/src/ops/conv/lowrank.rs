@@ -7,8 +7,8 @@ use super::forward;
 use crate::error::Result;
 use crate::ir::Graph;
 use crate::lowrank::{
-    AdapterForm, LayerReport, Matrix, Request, Stage, lora_init, mode_rank, replace_with_stages,
-    split, svd, truncation_error, tucker2,
+    AdapterForm, LayerReport, Matrix, Request, Stage, factorable, lora_init, mode_rank,
+    replace_with_stages, split, svd, truncation_error, tucker2,
 };
 use actc_runtime::ops::{self, Kind};
 use petgraph::stable_graph::NodeIndex;
@@ -19,11 +19,11 @@ pub(super) fn low_rank(
     n: NodeIndex,
     req: &Request,
 ) -> Result<Option<LayerReport>> {
-    let node = &graph.nodes[n];
-    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
-    let (Some(data), false) = (&w.data, x.is_const()) else {
+    let Some(data) = factorable(graph, n) else {
         return Ok(None);
     };
+    let node = &graph.nodes[n];
+    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
     let ([m, ci, kh, kw], y) = (four(&w.shape), &graph.tensor(node.outputs[0]).shape);
     let flops = |c: &ops::Conv, x: &[usize], w: &[usize]| -> u64 {
         let out = forward(c, x, w).map_or(0, |o| o.iter().product::<usize>());
@@ -36,14 +36,9 @@ pub(super) fn low_rank(
     }
     let values: Vec<f64> = data.as_f32().iter().map(|&v| v as f64).collect();
     let taps = kh * kw;
-    let plain = ops::Conv {
-        kernel: vec![1, 1],
-        strides: vec![1, 1],
-        pads: vec![0; 4],
-        dilations: vec![1, 1],
-        group: 1,
-    };
-    let pointwise = ops::Conv {
+    let plain = pointwise();
+    // A 1×1 conv's first factor keeps its stride and padding.
+    let strided = ops::Conv {
         kernel: vec![1, 1],
         ..c.clone()
     };
@@ -55,7 +50,7 @@ pub(super) fn low_rank(
         let (a, b) = split(&d, r);
         let hidden = vec![batch, r, y[2], y[3]];
         let factors = vec![
-            (pointwise, vec![r, ci, 1, 1], b.to_f32(), x.shape.clone()),
+            (strided, vec![r, ci, 1, 1], b.to_f32(), x.shape.clone()),
             (plain, vec![m, r, 1, 1], a.to_f32(), hidden),
         ];
         let error = truncation_error(&d.s, r);
@@ -132,20 +127,13 @@ pub(super) fn adapter(
     n: NodeIndex,
     rank: usize,
 ) -> Option<AdapterForm> {
-    let node = &graph.nodes[n];
-    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
-    if w.data.is_none() || x.is_const() || c.group != 1 {
+    if factorable(graph, n).is_none() || c.group != 1 {
         return None;
     }
+    let node = &graph.nodes[n];
+    let w = graph.tensor(node.inputs[1]);
     let ([m, ci, kh, kw], y) = (four(&w.shape), graph.tensor(node.outputs[0]).shape.clone());
     let fan_in = ci * kh * kw;
-    let pointwise = ops::Conv {
-        kernel: vec![1, 1],
-        strides: vec![1, 1],
-        pads: vec![0; 4],
-        dilations: vec![1, 1],
-        group: 1,
-    };
     let a = Stage {
         kind: Kind::Conv(c.clone()),
         weight: (
@@ -156,7 +144,7 @@ pub(super) fn adapter(
         out_shape: vec![y[0], rank, y[2], y[3]],
     };
     let b = Stage {
-        kind: Kind::Conv(pointwise),
+        kind: Kind::Conv(pointwise()),
         weight: (vec![m, rank, 1, 1], vec![0.0; m * rank]),
         extra: Vec::new(),
         out_shape: y,
@@ -167,6 +155,17 @@ pub(super) fn adapter(
         a_is_left: false,
         transpose: false,
     })
+}
+
+/// A 1×1 conv with no stride, padding or dilation.
+fn pointwise() -> ops::Conv {
+    ops::Conv {
+        kernel: vec![1, 1],
+        strides: vec![1, 1],
+        pads: vec![0; 4],
+        dilations: vec![1, 1],
+        group: 1,
+    }
 }
 
 fn four(s: &[usize]) -> [usize; 4] {
