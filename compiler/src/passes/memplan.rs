@@ -45,36 +45,142 @@ pub fn plan_pinned(intervals: &[Interval], pinned: usize) -> (Vec<u64>, u64) {
     let mut order: Vec<usize> = (0..intervals.len()).collect();
     order[pinned..]
         .sort_by_key(|&i| (std::cmp::Reverse(intervals[i].bytes), intervals[i].first, i));
+    let steps = intervals.iter().map(|iv| iv.last + 1).max().unwrap_or(0);
+    let mut arena = Arena::new(steps);
     let mut offsets = vec![0u64; intervals.len()];
-    // Placed buffers as (start, end, interval), kept sorted by place: each new one scans
-    // them once for gaps, without gathering and sorting the live ones again (that made a
-    // long chain's planning the bulk of its compile time).
-    let mut placed: Vec<(u64, u64, usize)> = Vec::with_capacity(intervals.len());
     let mut peak = 0;
     for i in order {
         let me = intervals[i];
         let size = align(me.bytes);
-        let mut best: Option<(u64, u64)> = None; // (gap size, offset)
-        let mut cursor = 0;
-        for &(start, end, j) in &placed {
-            if !intervals[j].overlaps(&me) {
-                continue;
-            }
-            if start >= cursor + size {
-                let gap = start - cursor;
-                if best.is_none_or(|(g, _)| gap < g) {
-                    best = Some((gap, cursor));
-                }
-            }
-            cursor = cursor.max(end);
-        }
-        let offset = best.map(|(_, o)| o).unwrap_or(cursor);
+        let offset = arena.best_fit(me, size);
+        arena.insert(me, offset, size);
         offsets[i] = offset;
         peak = peak.max(offset + size);
-        let at = placed.partition_point(|&(s, e, _)| (s, e) <= (offset, offset + size));
-        placed.insert(at, (offset, offset + size, i));
     }
     (offsets, peak)
+}
+
+/// The smallest gap of at least `size` between `placed` (offset ranges sorted by start) and
+/// below their top, the lowest such; else the top.
+fn best_gap(placed: &[(u64, u64)], size: u64) -> u64 {
+    let mut best: Option<(u64, u64)> = None; // (gap size, offset)
+    let mut cursor = 0;
+    for &(start, end) in placed {
+        if start >= cursor + size {
+            let gap = start - cursor;
+            if best.is_none_or(|(g, _)| gap < g) {
+                best = Some((gap, cursor));
+            }
+        }
+        cursor = cursor.max(end);
+    }
+    best.map(|(_, o)| o).unwrap_or(cursor)
+}
+
+/// The placed buffers, indexed by time so that placing one costs in the buffers whose
+/// lifetimes overlap its own, and less while those are packed: scanning all placed buffers
+/// for every placement made a long chain's planning quadratic.
+///
+/// A segment tree over the steps. Each node holds offset ranges, sorted, disjoint and merged
+/// where they meet: `own`, the buffers whose lifetime covers the node's span but not its
+/// parent's, and `sub`, all those of its subtree. The buffers overlapping a lifetime are those
+/// in the `own` of the nodes above the ones that tile it and in the `sub` of those: a few
+/// dozen short lists, where buffers packed back to back count as one range.
+///
+/// Seen as closed ranges, merging those that touch changes no gap a buffer of nonzero size
+/// fits in. A zero-size buffer fits in a gap of zero, where two ranges touch: those are
+/// placed by scanning every placed buffer (there are none in practice).
+struct Arena {
+    leaves: usize,
+    own: Vec<Vec<(u64, u64)>>,
+    sub: Vec<Vec<(u64, u64)>>,
+    placed: Vec<(u64, u64, Interval)>,
+    /// The ranges overlapping the lifetime being placed, gathered from the tree.
+    near: Vec<(u64, u64)>,
+}
+
+impl Arena {
+    fn new(steps: usize) -> Arena {
+        let leaves = steps.next_power_of_two();
+        Arena {
+            leaves,
+            own: vec![Vec::new(); 2 * leaves],
+            sub: vec![Vec::new(); 2 * leaves],
+            placed: Vec::new(),
+            near: Vec::new(),
+        }
+    }
+
+    /// Where best fit places a buffer of `size` bytes live during `me`.
+    fn best_fit(&mut self, me: Interval, size: u64) -> u64 {
+        if size == 0 {
+            let mut near: Vec<(u64, u64)> = (self.placed.iter())
+                .filter(|(_, _, iv)| iv.overlaps(&me))
+                .map(|&(start, end, _)| (start, end))
+                .collect();
+            near.sort_unstable();
+            return best_gap(&near, size);
+        }
+        self.near.clear();
+        if me.first <= me.last {
+            self.gather(1, 0, self.leaves - 1, me);
+        }
+        self.near.sort_unstable_by_key(|&(start, _)| start);
+        best_gap(&self.near, size)
+    }
+
+    /// Pushes onto `near` the ranges of `node` (spanning steps `lo..=hi`) and below that are
+    /// live during `me`.
+    fn gather(&mut self, node: usize, lo: usize, hi: usize, me: Interval) {
+        if me.first <= lo && hi <= me.last {
+            self.near.extend_from_slice(&self.sub[node]);
+            return;
+        }
+        self.near.extend_from_slice(&self.own[node]);
+        let mid = lo + (hi - lo) / 2;
+        if me.first <= mid {
+            self.gather(2 * node, lo, mid, me);
+        }
+        if me.last > mid {
+            self.gather(2 * node + 1, mid + 1, hi, me);
+        }
+    }
+
+    fn insert(&mut self, me: Interval, offset: u64, size: u64) {
+        let range = (offset, offset + size);
+        self.placed.push((range.0, range.1, me));
+        if me.first <= me.last {
+            self.store(1, 0, self.leaves - 1, me, range);
+        }
+    }
+
+    fn store(&mut self, node: usize, lo: usize, hi: usize, me: Interval, range: (u64, u64)) {
+        merge_into(&mut self.sub[node], range);
+        if me.first <= lo && hi <= me.last {
+            merge_into(&mut self.own[node], range);
+            return;
+        }
+        let mid = lo + (hi - lo) / 2;
+        if me.first <= mid {
+            self.store(2 * node, lo, mid, me, range);
+        }
+        if me.last > mid {
+            self.store(2 * node + 1, mid + 1, hi, me, range);
+        }
+    }
+}
+
+/// Adds the closed range `[start, end]` to sorted disjoint closed `ranges`, merged with those
+/// it meets.
+fn merge_into(ranges: &mut Vec<(u64, u64)>, (start, end): (u64, u64)) {
+    let lo = ranges.partition_point(|r| r.1 < start);
+    let hi = ranges.partition_point(|r| r.0 <= end);
+    if lo == hi {
+        ranges.insert(lo, (start, end));
+        return;
+    }
+    ranges[lo] = (start.min(ranges[lo].0), end.max(ranges[hi - 1].1));
+    ranges.drain(lo + 1..hi);
 }
 
 /// Sum of all sizes: the arena without any reuse.
@@ -383,6 +489,89 @@ fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The planner as it was before `Arena`: every placement scans all placed buffers.
+    fn plan_by_scanning(intervals: &[Interval], pinned: usize) -> (Vec<u64>, u64) {
+        let mut order: Vec<usize> = (0..intervals.len()).collect();
+        order[pinned..]
+            .sort_by_key(|&i| (std::cmp::Reverse(intervals[i].bytes), intervals[i].first, i));
+        let mut offsets = vec![0u64; intervals.len()];
+        let mut placed: Vec<(u64, u64, usize)> = Vec::new();
+        let mut peak = 0;
+        for i in order {
+            let me = intervals[i];
+            let size = align(me.bytes);
+            let mut best: Option<(u64, u64)> = None;
+            let mut cursor = 0;
+            for &(start, end, j) in &placed {
+                if !intervals[j].overlaps(&me) {
+                    continue;
+                }
+                if start >= cursor + size {
+                    let gap = start - cursor;
+                    if best.is_none_or(|(g, _)| gap < g) {
+                        best = Some((gap, cursor));
+                    }
+                }
+                cursor = cursor.max(end);
+            }
+            let offset = best.map(|(_, o)| o).unwrap_or(cursor);
+            offsets[i] = offset;
+            peak = peak.max(offset + size);
+            let at = placed.partition_point(|&(s, e, _)| (s, e) <= (offset, offset + size));
+            placed.insert(at, (offset, offset + size, i));
+        }
+        (offsets, peak)
+    }
+
+    /// Random interval sets: few distinct sizes (ties, zero), lifetimes short, long or nested
+    /// around a middle step, and a pinned prefix.
+    fn random_case(next: &mut impl FnMut(u64) -> u64) -> (Vec<Interval>, usize) {
+        let steps = 1 + next(40) as usize;
+        let sizes = [0, 1, 64, 100, 128, 200, 640, 1000];
+        let n = next(120) as usize;
+        let intervals: Vec<Interval> = (0..n)
+            .map(|_| {
+                let bytes = match next(3) {
+                    0 => sizes[next(sizes.len() as u64) as usize],
+                    _ => next(2000),
+                };
+                let (first, last) = match next(3) {
+                    0 => {
+                        let d = next(steps as u64 / 2 + 1) as usize;
+                        (d.min(steps / 2), (steps - 1 - d).max(steps / 2))
+                    }
+                    _ => {
+                        let a = next(steps as u64) as usize;
+                        let b = next(steps as u64) as usize;
+                        (a.min(b), a.max(b))
+                    }
+                };
+                Interval { bytes, first, last }
+            })
+            .collect();
+        let pinned = next(n as u64 / 4 + 1) as usize;
+        (intervals, pinned)
+    }
+
+    #[test]
+    fn places_as_scanning_every_placed_buffer_does() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |below: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % below.max(1)
+        };
+        for case in 0..4000 {
+            let (intervals, pinned) = random_case(&mut next);
+            assert_eq!(
+                plan_pinned(&intervals, pinned),
+                plan_by_scanning(&intervals, pinned),
+                "case {case}: {intervals:?}, {pinned} pinned"
+            );
+        }
+    }
 
     #[test]
     fn disjoint_lifetimes_share_memory() {
