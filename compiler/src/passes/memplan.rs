@@ -94,6 +94,7 @@ struct Arena {
     leaves: usize,
     own: Vec<Vec<(u64, u64)>>,
     sub: Vec<Vec<(u64, u64)>>,
+    /// Every placed buffer's range and lifetime, for the zero-size ones.
     placed: Vec<(u64, u64, Interval)>,
     /// The ranges overlapping the lifetime being placed, gathered from the tree.
     near: Vec<(u64, u64)>,
@@ -114,7 +115,9 @@ impl Arena {
     /// Where best fit places a buffer of `size` bytes live during `me`.
     fn best_fit(&mut self, me: Interval, size: u64) -> u64 {
         if size == 0 {
-            let mut near: Vec<(u64, u64)> = (self.placed.iter())
+            let mut near: Vec<(u64, u64)> = self
+                .placed
+                .iter()
                 .filter(|(_, _, iv)| iv.overlaps(&me))
                 .map(|&(start, end, _)| (start, end))
                 .collect();
@@ -122,6 +125,7 @@ impl Arena {
             return best_gap(&near, size);
         }
         self.near.clear();
+        // A buffer no step touches (first past last) overlaps none.
         if me.first <= me.last {
             self.gather(1, 0, self.leaves - 1, me);
         }
