@@ -200,6 +200,10 @@ fn import_node(
         );
     }
     super::check_attributes(node)?;
+    // Every op writes its first output; a fuzzed node with none indexed past its output list.
+    if node.output.first().is_none_or(|o| o.is_empty()) {
+        bail!("node '{label}' ({op}) names no output; every ONNX op writes at least one");
+    }
     let a = Attrs::new(node);
     if op == "Constant" {
         let data = if let Some(t) = a.tensor("value") {
