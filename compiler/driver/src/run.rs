@@ -7,7 +7,7 @@ use actc::{MAX_INLINE, Result, bail, err, export, externalize};
 use actc_runtime::cache::PrefixCache;
 use actc_runtime::data::{Dataset, Layout, split};
 use actc_runtime::exec::Executor;
-use actc_runtime::plan::{Plan, Progress, Run};
+use actc_runtime::plan::{Plan, PlanFile, Progress, Run};
 use actc_runtime::train::{Event, Metrics, Rows, Session, TrainRun};
 use indicatif::{ProgressBar, ProgressStyle};
 use prost::Message;
@@ -167,42 +167,9 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         );
     }
     let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
-    let run = Run {
-        plan_crc,
-        seed: opts.seed,
-        epochs: opts.epochs as u32,
-        data: opts.data.display().to_string(),
-        data_crc: data.checksum(),
-        val: opts
-            .val
-            .as_ref()
-            .map(|v| v.display().to_string())
-            .unwrap_or_default(),
-        val_crc: val_data.as_ref().map_or(0, Dataset::checksum),
-        settings: match opts.val {
-            Some(_) => opts.prep.to_string(),
-            None => format!("{} --val-fraction {}", opts.prep, opts.val_fraction),
-        },
-        threads: actc_runtime::threads::threads() as u32,
-    };
-    // Resuming opens the checkpoint in the plan's place: the same plan, holding the run's
-    // weights, optimizer state and progress.
-    let resuming = opts.resume && last_path.exists();
-    if opts.resume && !resuming {
-        eprintln!(
-            "--resume: no checkpoint at {} yet; starting from the beginning",
-            last_path.display()
-        );
-    }
-    let opened = if resuming { &last_path } else { plan_path };
-    let (mut plan, file) = Plan::open(opened).map_err(|e| err!("{}: {e}", opened.display()))?;
-    let progress = match resuming {
-        true => resume_point(&last_path, plan.progress.take(), &run)?,
-        false => Progress {
-            run: Some(run),
-            ..Progress::default()
-        },
-    };
+    let run = run_key(plan_crc, opts, &data, val_data.as_ref());
+    let (plan, file, progress, resuming) =
+        start_or_resume(plan_path, &last_path, run, opts.resume)?;
     let batch = plan
         .hyper
         .as_ref()
@@ -216,7 +183,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         check_labels(classes(&plan), v, "--val ", path)?;
     }
     let mut session =
-        Session::open(plan, file, total).map_err(|e| err!("{}: {e}", opened.display()))?;
+        Session::open(plan, file, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
     session
         .set_cache(PrefixCache::new(opts.cache_budget).spill_to(&opts.cache_dir, opts.cache_disk));
     let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
@@ -372,6 +339,56 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What decides a run's result besides the plan: a resumed run must match it.
+fn run_key(plan_crc: u32, opts: &TrainOptions, data: &Dataset, val: Option<&Dataset>) -> Run {
+    Run {
+        plan_crc,
+        seed: opts.seed,
+        epochs: opts.epochs as u32,
+        data: opts.data.display().to_string(),
+        data_crc: data.checksum(),
+        val: opts
+            .val
+            .as_ref()
+            .map(|v| v.display().to_string())
+            .unwrap_or_default(),
+        val_crc: val.map_or(0, Dataset::checksum),
+        settings: match opts.val {
+            Some(_) => opts.prep.to_string(),
+            None => format!("{} --val-fraction {}", opts.prep, opts.val_fraction),
+        },
+        threads: actc_runtime::threads::threads() as u32,
+    }
+}
+
+/// The plan to train and where its run stands: the plan at its start, or with `--resume`
+/// the checkpoint at `last` in its place (the same plan, holding the run's weights,
+/// optimizer state and progress). The flag says which.
+fn start_or_resume(
+    plan_path: &Path,
+    last: &Path,
+    run: Run,
+    resume: bool,
+) -> Result<(Plan, PlanFile, Progress, bool)> {
+    let resuming = resume && last.exists();
+    if resume && !resuming {
+        eprintln!(
+            "--resume: no checkpoint at {} yet; starting from the beginning",
+            last.display()
+        );
+    }
+    let opened = if resuming { last } else { plan_path };
+    let (mut plan, file) = Plan::open(opened).map_err(|e| err!("{}: {e}", opened.display()))?;
+    let progress = match resuming {
+        true => resume_point(last, plan.progress.take(), &run)?,
+        false => Progress {
+            run: Some(run),
+            ..Progress::default()
+        },
+    };
+    Ok((plan, file, progress, resuming))
 }
 
 /// Where the run saved at `last` stands (`progress`, from that checkpoint), checked against
