@@ -173,12 +173,13 @@ pub fn mode_rank(rule: Rule, s: &[f64], rows: usize, cols: usize) -> Result<usiz
     Ok(r.min(s.len()))
 }
 
-/// The constant weight (input 1) of node `n` when its data input (input 0) is not
-/// constant: what a decomposition factors and an adapter sits beside.
-pub fn factorable(graph: &Graph, n: NodeIndex) -> Option<&Data> {
+/// The constant weight (input 1) of node `n`, its values and its data input (input 0),
+/// when that input is not constant: what a decomposition factors and an adapter sits beside.
+pub fn factorable(graph: &Graph, n: NodeIndex) -> Option<(&Data, &Tensor, &Tensor)> {
     let node = &graph.nodes[n];
     let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
-    w.data.as_ref().filter(|_| !x.is_const())
+    let data = w.data.as_ref().filter(|_| !x.is_const())?;
+    Some((data, x, w))
 }
 
 /// Relative error of keeping the first `r` of singular values `s`.

@@ -188,11 +188,10 @@ impl Room for Dense {
         n: NodeIndex,
         req: &Request,
     ) -> Result<Option<LayerReport>> {
-        let Some(data) = factorable(graph, n) else {
+        let Some((data, x, w)) = factorable(graph, n) else {
             return Ok(None);
         };
         let node = &graph.nodes[n];
-        let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
         let (trans_a, trans_b) = match kind {
             Kind::Gemm(g) => (g.trans_a, g.trans_b),
             Kind::MatMul(_) => (false, false),
@@ -277,10 +276,8 @@ impl Room for Dense {
         n: NodeIndex,
         rank: usize,
     ) -> Option<AdapterForm> {
-        factorable(graph, n)?;
-        let node = &graph.nodes[n];
-        let w = graph.tensor(node.inputs[1]);
-        let y = graph.tensor(node.outputs[0]).shape.clone();
+        let (_, _, w) = factorable(graph, n)?;
+        let y = graph.tensor(graph.nodes[n].outputs[0]).shape.clone();
         let (trans_b, k, cols) = match kind {
             Kind::Gemm(g) if g.trans_b => (true, w.shape[1], w.shape[0]),
             Kind::Gemm(_) | Kind::MatMul(_) => (false, w.shape[0], w.shape[1]),

@@ -19,11 +19,10 @@ pub(super) fn low_rank(
     n: NodeIndex,
     req: &Request,
 ) -> Result<Option<LayerReport>> {
-    let Some(data) = factorable(graph, n) else {
+    let Some((data, x, w)) = factorable(graph, n) else {
         return Ok(None);
     };
     let node = &graph.nodes[n];
-    let (x, w) = (graph.tensor(node.inputs[0]), graph.tensor(node.inputs[1]));
     let ([m, ci, kh, kw], y) = (four(&w.shape), &graph.tensor(node.outputs[0]).shape);
     let flops = |c: &ops::Conv, x: &[usize], w: &[usize]| -> u64 {
         let out = forward(c, x, w).map_or(0, |o| o.iter().product::<usize>());
@@ -127,12 +126,9 @@ pub(super) fn adapter(
     n: NodeIndex,
     rank: usize,
 ) -> Option<AdapterForm> {
-    if factorable(graph, n).is_none() || c.group != 1 {
-        return None;
-    }
-    let node = &graph.nodes[n];
-    let w = graph.tensor(node.inputs[1]);
-    let ([m, ci, kh, kw], y) = (four(&w.shape), graph.tensor(node.outputs[0]).shape.clone());
+    let (_, _, w) = factorable(graph, n).filter(|_| c.group == 1)?;
+    let y = graph.tensor(graph.nodes[n].outputs[0]).shape.clone();
+    let [m, ci, kh, kw] = four(&w.shape);
     let fan_in = ci * kh * kw;
     let a = Stage {
         kind: Kind::Conv(c.clone()),
