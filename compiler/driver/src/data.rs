@@ -6,6 +6,20 @@ use actc_runtime::data::{Dataset, Layout, Preprocess};
 use actc_runtime::plan::Plan;
 use std::path::Path;
 
+/// `n` values uniform in [-1, 1) from a fixed seed: the synthetic input of `bench` and of
+/// `decompose` without `--calibration`, the same on every run.
+pub fn seeded_noise(n: usize) -> Vec<f32> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
 /// The classes a plan's output scores.
 pub fn classes(plan: &Plan) -> usize {
     plan.buffer(plan.output).shape.last().copied().unwrap_or(0) as usize

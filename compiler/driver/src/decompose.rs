@@ -1,7 +1,7 @@
 //! `actc decompose`: the model's layers in low-rank factors, written as ONNX, with a report
 //! per layer and the output difference on a calibration batch.
 
-use crate::data::DataOptions;
+use crate::data::{DataOptions, seeded_noise};
 use crate::fs::{check_output, write_atomically};
 use actc::{DecomposeOptions, Decomposed, LayerReport, Result, err};
 use actc_runtime::data::{Dataset, split};
@@ -56,26 +56,16 @@ pub fn decompose(
 /// preprocessed as `train` would, or noise.
 fn calibration_batch(shape: &[usize], calibration: Calibration) -> Result<Vec<f32>> {
     let per: usize = shape[1..].iter().product();
+    let Calibration::Data(path, prep) = calibration else {
+        return Ok(seeded_noise(shape[0] * per));
+    };
+    let data = Dataset::load(path, prep.layout).map_err(|e| err!("--calibration {e}"))?;
+    let prep = prep.preprocess(&shape[1..], &data)?;
+    let mut rows: Vec<usize> = (0..data.len()).collect();
+    split::shuffle(&mut rows, 0);
     let mut input = vec![0.0; shape[0] * per];
-    match calibration {
-        Calibration::Noise => {
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-            for v in &mut input {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                *v = ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
-            }
-        }
-        Calibration::Data(path, prep) => {
-            let data = Dataset::load(path, prep.layout).map_err(|e| err!("--calibration {e}"))?;
-            let prep = prep.preprocess(&shape[1..], &data)?;
-            let mut rows: Vec<usize> = (0..data.len()).collect();
-            split::shuffle(&mut rows, 0);
-            for (i, dst) in input.chunks_exact_mut(per).enumerate() {
-                data.write_sample(rows[i % rows.len()], &prep, dst);
-            }
-        }
+    for (i, dst) in input.chunks_exact_mut(per).enumerate() {
+        data.write_sample(rows[i % rows.len()], &prep, dst);
     }
     Ok(input)
 }

@@ -1,6 +1,6 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::data::{DataOptions, check_labels, classes};
+use crate::data::{DataOptions, check_labels, classes, seeded_noise};
 use crate::fs::{check_output, write_atomically};
 use crate::inspect::human;
 use actc::{MAX_INLINE, Result, bail, err, export, externalize};
@@ -546,15 +546,7 @@ pub fn bench(
     // Synthetic samples: windows of one pool of noise at scattered offsets, distinct (as
     // compression should see them) yet only copied each step, as a real batch's would be.
     let per: usize = session.sample_shape().iter().product();
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let pool: Vec<f32> = (0..2 * per)
-        .map(|_| {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect();
+    let pool = seeded_noise(2 * per);
     let sample = |r: usize, dst: &mut [f32]| {
         let at = r * 7919 % per;
         dst.copy_from_slice(&pool[at..][..per]);
