@@ -10,17 +10,20 @@ use crate::onnx::proto::ModelProto;
 use crate::onnx::write::{self, Original};
 use crate::onnx::{self};
 use crate::passes::compress::{Compression, FixedRanks};
+use crate::passes::freeze::Rotate;
 use crate::passes::loss::LossParts;
 use crate::passes::memplan::{self, Layout, Request};
 use crate::passes::optim::Optimizer;
 use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection};
 use crate::passes::split::{self, Prefix};
-use crate::passes::{autodiff, compress, decompose, emit, lora, loss, optim, schedule, select};
+use crate::passes::{
+    autodiff, compress, decompose, emit, freeze, lora, loss, optim, schedule, select,
+};
 use crate::{bail, err};
 use actc_runtime::ops;
 use actc_runtime::plan::{
-    Adapter, Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight,
+    Adapter, Freeze, Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight,
 };
 use actc_runtime::planning::{MAX_CHAIN_LANES, MAX_PREFIX_LANES};
 use petgraph::stable_graph::NodeIndex;
@@ -59,6 +62,9 @@ pub struct CompileOptions {
     /// Freeze the selected layers and train a low-rank adapter of this rank beside each
     /// (LoRA) [default: none].
     pub lora: Option<usize>,
+    /// Train the factors of each decomposed layer in turns (sequential freezing)
+    /// [default: none].
+    pub freeze: Option<Rotate>,
 }
 
 impl Default for CompileOptions {
@@ -86,6 +92,7 @@ impl Default for CompileOptions {
             keep_gradients: false,
             max_memory: None,
             lora: None,
+            freeze: None,
         }
     }
 }
@@ -189,6 +196,7 @@ const PASSES: &[(&str, Pass)] = &[
     ("schedule", order_steps),
     ("memplan", plan_memory),
     ("emit", emit_steps),
+    ("freeze", freeze_turns),
 ];
 
 /// Runs `rewrites` (graph rewrites a caller adds right after import), then [`PASSES`].
@@ -237,6 +245,7 @@ struct Context<'o> {
     steps: Vec<Step>,
     weights: Vec<Weight>,
     adapters: Vec<Adapter>,
+    freeze: Option<Freeze>,
 }
 
 impl<'o> Context<'o> {
@@ -272,6 +281,7 @@ impl<'o> Context<'o> {
             steps: Vec::new(),
             weights: Vec::new(),
             adapters: Vec::new(),
+            freeze: None,
         })
     }
 
@@ -505,6 +515,24 @@ fn emit_steps(cx: &mut Context) -> Result<()> {
     Ok(())
 }
 
+fn freeze_turns(cx: &mut Context) -> Result<()> {
+    let Some(rotate) = cx.opts.freeze else {
+        return Ok(());
+    };
+    if cx.opts.clip_grad_norm.is_some() {
+        bail!(
+            "--freeze-schedule with --clip-grad-norm: the clipping norm would mix frozen and training factors' gradients; leave one out"
+        );
+    }
+    if cx.opts.lora.is_some() {
+        bail!(
+            "--freeze-schedule with --lora: the adapters train while the layers stay frozen, so no factors take turns; leave one out"
+        );
+    }
+    cx.freeze = Some(freeze::turns(&cx.graph, &cx.order, cx.selection(), rotate)?);
+    Ok(())
+}
+
 impl Context<'_> {
     /// The plan and the reports.
     fn finish(self) -> Result<Compiled> {
@@ -583,6 +611,7 @@ impl Context<'_> {
             prefix_lanes: layout.prefix_lanes,
             progress: None,
             adapters: self.adapters,
+            freeze: self.freeze,
         };
         Ok(Compiled {
             plan,

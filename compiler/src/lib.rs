@@ -37,6 +37,7 @@ pub use onnx::proto::ModelProto;
 pub use onnx::{decode as decode_onnx, load as load_onnx};
 pub use ops::{flops, op_name};
 pub use passes::compress::{Compression, FixedRanks};
+pub use passes::freeze::Rotate;
 pub use passes::optim::Optimizer;
 pub use passes::prefix::PrefixRunner;
 pub use passes::select::{Layers, Selection, TrainedLayer};

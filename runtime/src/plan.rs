@@ -19,7 +19,9 @@ pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// 3: fused conv chains (`ConvChain`) in the frozen prefix, conv weight gradients fused
 /// into their SGD update (`ConvBackwardWeightSgd`).
 /// 4: a fused update's weight gradient may come from a compressed input; prefix lanes.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: low-rank adapters and sequential freezing's turns, which an older runtime would
+/// ignore and train the wrong weights.
+pub const FORMAT_VERSION: u32 = 5;
 /// Magic, version and payload length.
 const HEADER: usize = 20;
 
@@ -88,6 +90,33 @@ pub struct Plan {
     /// Low-rank adapters trained beside frozen weights (`compile --lora`).
     #[prost(message, repeated, tag = "20")]
     pub adapters: Vec<Adapter>,
+    /// Sequential freezing of decomposed layers (`compile --freeze-schedule`).
+    #[prost(message, optional, tag = "21")]
+    pub freeze: Option<Freeze>,
+}
+
+/// Sequential freezing (Hajimolahoseini et al., arXiv 2309.03824): the factors `actc
+/// decompose` made of a layer train in turns, one at a time, the others frozen. Every turn's
+/// steps are in the plan and its memory plan holds them all; a turn leaves some out (the
+/// frozen factors' weight gradients and updates, and whatever only they needed).
+#[derive(Clone, PartialEq, Message)]
+pub struct Freeze {
+    /// Updates per turn; 0: one epoch per turn (the trainer tells the executor the epoch's
+    /// length).
+    #[prost(uint32, tag = "1")]
+    pub every: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub turns: Vec<Turn>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Turn {
+    /// Indices of the training steps this turn leaves out.
+    #[prost(uint32, repeated, tag = "1")]
+    pub skip: Vec<u32>,
+    /// The factor layers (node names) that train in this turn, for reports.
+    #[prost(string, repeated, tag = "2")]
+    pub trains: Vec<String>,
 }
 
 /// A weight frozen in training while a low-rank adapter beside it trains: the layer computes

@@ -322,6 +322,7 @@ impl Session {
             )));
         }
         self.exec.resume_at(at.updates);
+        self.exec.set_epoch_steps(steps as u64);
         let mut order = train_rows.to_vec();
         for epoch in 1..=at.epochs_done as usize {
             crate::data::split::shuffle(&mut order, run.seed.wrapping_add(epoch as u64));

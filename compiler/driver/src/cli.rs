@@ -8,7 +8,7 @@ use crate::run::{self, TrainOptions};
 use crate::{budget, inspect};
 use actc::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
-    Optimizer, PrefixRunner, RankRule, Result, compile_file, err,
+    Optimizer, PrefixRunner, RankRule, Result, Rotate, compile_file, err,
 };
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
@@ -391,6 +391,11 @@ struct CompileArgs {
     /// adapters into the weights.
     #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..))]
     lora: Option<u32>,
+    /// Sequential freezing of layers `actc decompose` split into factors: one factor of
+    /// each trains at a time, the others frozen, in turns of an epoch (`sequential`) or of
+    /// K steps (`sequential:K`). A turn skips the frozen factors' weight gradients.
+    #[arg(long, value_name = "SCHEDULE")]
+    freeze_schedule: Option<Rotate>,
 }
 
 /// A shape given on the command line, like `8x3x224x224`.
@@ -497,6 +502,7 @@ impl CompileArgs {
             keep_gradients: false,
             max_memory: self.max_memory.map(|b| b as u64).or_else(machine_memory),
             lora: self.lora.map(|r| r as usize),
+            freeze: self.freeze_schedule,
         })
     }
 }
@@ -608,11 +614,20 @@ fn run(cli: Cli) -> Result<()> {
             }
             write_atomically(&out, &compiled.plan.to_bytes())?;
             let mem = compiled.plan.memory.clone().unwrap_or_default();
+            // A decomposed layer's factors count as the one layer.
             let layers = compiled
                 .plan
                 .layers
                 .iter()
                 .filter(|l| l.from_output > 0)
+                .map(|l| l.from_output)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            let others = compiled
+                .plan
+                .layers
+                .iter()
+                .filter(|l| l.from_output == 0)
                 .count();
             let prefix = match compiled.prefix_batch {
                 Some(_) => format!(
@@ -627,7 +642,7 @@ fn run(cli: Cli) -> Result<()> {
                 model.display(),
                 layers,
                 compiled.selection.total_layers,
-                compiled.plan.layers.len() - layers,
+                others,
                 compiled.plan.steps.len(),
                 start.elapsed().as_secs_f64() * 1e3,
                 (mem.arena + mem.persistent) as f64 / 1e6,

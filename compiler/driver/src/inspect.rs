@@ -144,6 +144,28 @@ pub fn text(plan: &Plan) -> String {
         plan.layers.len(),
         trained.join(", ")
     );
+    if let Some(f) = &plan.freeze {
+        let every = match f.every {
+            0 => "an epoch".to_string(),
+            1 => "1 step".to_string(),
+            k => format!("{k} steps"),
+        };
+        let _ = writeln!(
+            out,
+            "freezing sequential, {} turns of {every}:",
+            f.turns.len()
+        );
+        for (t, turn) in f.turns.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "         turn {} trains {}; skips {} steps, {} MFLOP",
+                t + 1,
+                turn.trains.join(", "),
+                turn.skip.len(),
+                mflops(skipped_flops(plan, &turn.skip))
+            );
+        }
+    }
     let boundary: Vec<String> = plan.feeds[..plan.feeds.len().saturating_sub(1)]
         .iter()
         .map(|&b| format!("{} {}", plan.buffer(b).name, shape(plan.buffer(b))))
@@ -250,6 +272,12 @@ pub fn text(plan: &Plan) -> String {
     out
 }
 
+fn skipped_flops(plan: &Plan, skip: &[u32]) -> u64 {
+    skip.iter()
+        .map(|&i| flops(plan, &plan.steps[i as usize]))
+        .sum()
+}
+
 /// Who runs the frozen prefix, as `inspect` says it.
 fn prefix_runner(plan: &Plan) -> String {
     if plan.prefix_steps > 0 {
@@ -293,6 +321,14 @@ pub fn json(plan: &Plan) -> Value {
         "prefix": {"runner": if plan.prefix_steps > 0 { "actc" } else { "tract" }, "steps": plan.prefix_steps, "batch": plan.prefix_batch, "lanes": plan.prefix_lanes.len() + 1},
         "boundary": plan.feeds[..plan.feeds.len().saturating_sub(1)].iter().map(|&b| json!({"name": plan.buffer(b).name, "shape": plan.buffer(b).shape})).collect::<Vec<_>>(),
         "steps": plan.steps.len(),
+        "freeze": plan.freeze.as_ref().map(|f| json!({
+            "every_steps": f.every,
+            "turns": f.turns.iter().map(|t| json!({
+                "trains": t.trains,
+                "skipped_steps": t.skip.len(),
+                "skipped_flops": skipped_flops(plan, &t.skip),
+            })).collect::<Vec<_>>(),
+        })),
         "nodes": layers,
         "memory": {
             "arena_bytes": mem.arena,

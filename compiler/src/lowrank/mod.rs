@@ -308,6 +308,13 @@ pub struct Stage {
     pub out_shape: Vec<usize>,
 }
 
+/// The layer a factor node came from: `<layer>` of `<layer>/lowrank<i>`, the names
+/// [`replace_with_stages`] gives.
+pub fn factor_of(node: &str) -> Option<&str> {
+    let (layer, i) = node.rsplit_once("/lowrank")?;
+    (!i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(layer)
+}
+
 /// Replaces node `n` by `stages`, run one after another from the node's input 0; the last
 /// writes the node's own outputs. The stages are `<node>/lowrank<i>` and their weights
 /// `<weight>.lowrank<i>`: a later compile counts them as the one layer they came from.

@@ -4,6 +4,7 @@ pub mod autodiff;
 pub mod compress;
 pub mod decompose;
 pub mod emit;
+pub mod freeze;
 pub mod lora;
 pub mod loss;
 pub mod memplan;

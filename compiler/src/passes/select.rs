@@ -210,9 +210,7 @@ fn find_layers(graph: &Graph, order: &[NodeIndex]) -> Vec<Layer> {
     let mut last_stem = None;
     for n in nodes {
         let name = &graph.nodes[n].name;
-        let stem = name.rsplit_once("/lowrank").and_then(|(stem, i)| {
-            (!i.is_empty() && i.bytes().all(|b| b.is_ascii_digit())).then_some(stem)
-        });
+        let stem = crate::lowrank::factor_of(name);
         match layers.last_mut() {
             Some(layer) if stem.is_some() && stem == last_stem => layer.nodes.push(n),
             _ => layers.push(Layer {

@@ -5,6 +5,7 @@ pub mod geom;
 pub mod lanes;
 mod memory;
 mod step;
+mod turns;
 
 pub use memory::{Memory, View};
 
@@ -42,6 +43,8 @@ pub struct Executor {
     compression: Vec<CompressionStats>,
     /// The paper's metric summed over the compressed layers, per training step.
     paper_total: Tally,
+    /// Sequential freezing's turns, when the plan has them.
+    turns: Option<turns::Turns>,
 }
 
 /// What one compression step kept over the training steps since the last reset: the ranks
@@ -144,6 +147,8 @@ impl Executor {
             None => plan.weights[i].data.len() as u64,
         };
         validate(&plan, weight_len)?;
+        let turns = turns::Turns::load(&plan)
+            .map_err(|e| ExecError(format!("invalid plan: {e}; recompile the model")))?;
         let mut mem = Memory::new(&plan)?;
         // The memory holds the only copy of the weights: each one's bytes in the plan are
         // freed once copied.
@@ -200,6 +205,7 @@ impl Executor {
             compression_of,
             compression,
             paper_total: Tally::default(),
+            turns,
         })
     }
 
@@ -310,9 +316,10 @@ impl Executor {
             lr: self.lr(),
             step: self.updates + 1,
         };
+        let turn = self.turn();
         self.updates += 1;
         let steps = self.plan.prefix_steps as usize..self.plan.steps.len();
-        let (loss, paper_total) = self.run_steps(steps, &ctx, observe, seconds);
+        let (loss, paper_total) = self.run_steps(steps, turn, &ctx, observe, seconds);
         if !self.compression.is_empty() {
             self.paper_total.add(paper_total);
         }
@@ -390,18 +397,40 @@ impl Executor {
         }
     }
 
-    /// Runs `steps` in order; returns the loss (NaN if none of them computes it) and the
-    /// paper's metric summed over the compressions they ran.
+    /// The turn of sequential freezing the next update is in (`None`: the plan trains
+    /// every weight every step).
+    pub fn turn(&self) -> Option<usize> {
+        self.turns.as_ref().map(|t| t.turn(self.updates))
+    }
+
+    /// Tells a plan that rotates its frozen factors per epoch how many updates an epoch
+    /// takes (other plans ignore it).
+    pub fn set_epoch_steps(&mut self, steps: u64) {
+        if let Some(t) = &mut self.turns {
+            t.set_epoch(&self.plan, steps);
+        }
+    }
+
+    /// Runs `steps` in order, less those `turn` leaves out; returns the loss (NaN if none of
+    /// them computes it) and the paper's metric summed over the compressions they ran.
     fn run_steps(
         &mut self,
         steps: std::ops::Range<usize>,
+        turn: Option<usize>,
         ctx: &step::UpdateCtx,
         mut observe: impl FnMut(&Buffer, &[f32]),
         mut seconds: Option<&mut [f64]>,
     ) -> (f32, u64) {
         let mut loss = f32::NAN;
         let mut paper_total = 0;
+        let skipped = match (&self.turns, turn) {
+            (Some(t), Some(turn)) => t.skipped(turn),
+            _ => &[],
+        };
         for i in steps {
+            if skipped.get(i) == Some(&true) {
+                continue;
+            }
             let s = &self.plan.steps[i];
             let start = seconds.is_some().then(std::time::Instant::now);
             // SAFETY: the plan was validated and its buffers planned disjoint while live.
