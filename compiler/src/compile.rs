@@ -143,11 +143,11 @@ pub fn decompose_model(
     let mut cx = Context::import(model, dir, model_name, &compile)?;
     select_layers(&mut cx)?;
     let selection = cx.selection.as_ref().expect("select ran");
-    let layers = decompose::decompose(&mut cx.graph, selection, &opts.request)?;
+    let input_name = cx.graph.tensor(cx.input).name.clone();
+    let original = Original::new(&cx.model, &input_name, &cx.input_shape);
+    let layers = decompose::decompose(&mut cx.graph, selection, &opts.request, &original)?;
     check(&cx, "decompose")?;
     let g = &cx.graph;
-    let input_name = g.tensor(cx.input).name.clone();
-    let original = Original::new(&cx.model, &input_name, &cx.input_shape);
     let order = g.topo_order();
     let model = write::write(g, &original, &order, &g.outputs)?;
     Ok(Decomposed {

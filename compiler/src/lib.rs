@@ -30,6 +30,7 @@ pub use compile::{
     decompose_model,
 };
 pub use error::{Error, Result};
+pub use lowrank::speed::{Goal as SpeedGoal, Optimize as RankOptimization, Timing};
 pub use lowrank::{LayerReport, Request as LowRankRequest, Rule as RankRule};
 pub use onnx::export::{MAX_INLINE, export, externalize};
 pub use onnx::import::InputShape;

@@ -3,7 +3,9 @@
 
 mod common;
 
-use actc::{DecomposeOptions, InputShape, Layers, LowRankRequest, RankRule};
+use actc::{
+    DecomposeOptions, InputShape, Layers, LowRankRequest, RankOptimization, RankRule, SpeedGoal,
+};
 use common::{model, tract_output};
 use prost::Message;
 
@@ -12,6 +14,16 @@ fn decompose(
     shape: &[usize],
     rule: RankRule,
     even_if_larger: bool,
+) -> actc::Decomposed {
+    decompose_timed(name, shape, rule, even_if_larger, None)
+}
+
+fn decompose_timed(
+    name: &str,
+    shape: &[usize],
+    rule: RankRule,
+    even_if_larger: bool,
+    optimize: Option<RankOptimization>,
 ) -> actc::Decomposed {
     let opts = DecomposeOptions {
         layers: Layers::All,
@@ -23,6 +35,7 @@ fn decompose(
         request: LowRankRequest {
             rule,
             even_if_larger,
+            optimize,
         },
     };
     let path = model(name);
@@ -183,5 +196,62 @@ fn layers_count_the_same_after_decomposing() {
             v
         };
         assert_eq!(names(&before), names(&after), "--layers {n}");
+    }
+}
+
+/// `--optimize-ranks`: every candidate is timed, the pick is the fastest within the window
+/// below the estimate (never slower than the estimate, as measured in the same run), and the
+/// layer stays as it is only when that measured fastest.
+#[test]
+fn ranks_are_chosen_by_measured_speed() {
+    let shape = [2, 3, 16, 16];
+    let rule = RankRule::Ratio(0.5);
+    let estimate = decompose("tiny_cnn", &shape, rule, false);
+    for goal in [SpeedGoal::Train, SpeedGoal::Infer] {
+        let opt = RankOptimization {
+            goal,
+            window: 0.25,
+            rounds: 3,
+        };
+        let d = decompose_timed("tiny_cnn", &shape, rule, false, Some(opt));
+        let mut timed = 0;
+        for (l, e) in d.layers.iter().zip(&estimate.layers) {
+            assert_eq!(l.node, e.node);
+            if l.timings.is_empty() {
+                assert!(
+                    !e.decomposed,
+                    "{}: a decomposed layer was not timed",
+                    l.node
+                );
+                continue;
+            }
+            timed += 1;
+            let chosen: Vec<_> = l.timings.iter().filter(|t| t.chosen).collect();
+            assert_eq!(chosen.len(), 1, "{}", l.node);
+            let at_estimate = l.timings.iter().find(|t| t.ranks == e.ranks).unwrap();
+            assert!(
+                chosen[0].ms <= at_estimate.ms,
+                "{}: {:?}",
+                l.node,
+                l.timings
+            );
+            for t in &l.timings[1..] {
+                for (&r, &est) in t.ranks.iter().zip(&e.ranks) {
+                    assert!(r as f64 >= est as f64 * 0.75, "{}: {:?}", l.node, t.ranks);
+                }
+            }
+            let as_is = &l.timings[0];
+            assert!(as_is.ranks.is_empty());
+            if l.decomposed {
+                assert_eq!(chosen[0].ranks, l.ranks, "{}", l.node);
+                assert!(as_is.ms > chosen[0].ms, "{}: {:?}", l.node, l.timings);
+            } else {
+                assert!(as_is.chosen && l.kept_because.contains("measured faster"));
+            }
+        }
+        assert!(timed >= 2, "{timed} layers timed");
+        let input = noise(shape.iter().product());
+        let out = tract_output(&d.model.encode_to_vec(), &shape, &input);
+        assert_eq!(out.len(), 2 * 10);
     }
 }

@@ -507,6 +507,10 @@ fn decompose_refuses_bad_ranks() {
             vec!["--ranks", "9"],
             "layer '/conv1/Conv': --ranks 9 is above the full rank 8",
         ),
+        (
+            vec!["--optimize-ranks", "--rank-window", "1"],
+            "--rank-window must be in [0, 1)",
+        ),
     ] {
         let mut args = vec!["decompose", m.to_str().unwrap(), "-o", &o];
         args.extend(&flags);

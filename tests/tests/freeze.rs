@@ -23,6 +23,7 @@ fn decomposed() -> actc::ModelProto {
         request: LowRankRequest {
             rule: RankRule::Energy(0.95),
             even_if_larger: true,
+            optimize: None,
         },
     };
     let path = common::model("tiny_cnn");

@@ -8,7 +8,8 @@ use crate::run::{self, TrainOptions};
 use crate::{budget, inspect};
 use actc::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
-    Optimizer, PrefixRunner, RankRule, Result, Rotate, compile_file, err,
+    Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal, compile_file,
+    err,
 };
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
@@ -75,6 +76,15 @@ enum Command {
         /// (with --energy 1 the model's outputs stay the same).
         #[arg(long)]
         even_if_larger: bool,
+        /// Time each layer's factors alone on actc's kernels at its real shapes, at ranks
+        /// around the estimate (multiples of 4 or 8, down to --rank-window below it), and
+        /// keep the fastest, or the layer as it is when that measures fastest: `train` times
+        /// a training step (forward, backward, update), `infer` a forward pass.
+        #[arg(long, value_enum, value_name = "GOAL", num_args = 0..=1, default_missing_value = "train")]
+        optimize_ranks: Option<GoalArg>,
+        /// How far below the estimated rank --optimize-ranks may go, as a share of it.
+        #[arg(long, default_value_t = 0.1, value_name = "SHARE")]
+        rank_window: f64,
         #[command(flatten)]
         shape: ShapeArgs,
         /// Data whose first (seeded-shuffle) batch measures the output difference
@@ -288,6 +298,12 @@ enum ScheduleArg {
     Constant,
     Cosine,
     LinearWarmup,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GoalArg {
+    Train,
+    Infer,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -747,11 +763,26 @@ fn run(cli: Cli) -> Result<()> {
             ratio,
             ranks,
             even_if_larger,
+            optimize_ranks,
+            rank_window,
             shape,
             calibration,
             prep,
             json,
         } => {
+            if !(0.0..1.0).contains(&rank_window) {
+                return Err(err!(
+                    "--rank-window must be in [0, 1) (a share of the estimated rank), got {rank_window}"
+                ));
+            }
+            let optimize = optimize_ranks.map(|goal| RankOptimization {
+                goal: match goal {
+                    GoalArg::Train => SpeedGoal::Train,
+                    GoalArg::Infer => SpeedGoal::Infer,
+                },
+                window: rank_window,
+                rounds: 9,
+            });
             let rule = match (energy, ratio, ranks) {
                 (Some(e), _, _) if !(e > 0.0 && e <= 1.0) => {
                     return Err(err!("--energy must be in (0, 1], got {e}"));
@@ -770,6 +801,7 @@ fn run(cli: Cli) -> Result<()> {
                 request: LowRankRequest {
                     rule,
                     even_if_larger,
+                    optimize,
                 },
             };
             let prep = prep.options();

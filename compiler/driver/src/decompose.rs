@@ -148,6 +148,20 @@ fn report_text(d: &Decomposed, difference: f64, agreement: f64) -> String {
         if !l.decomposed {
             text.push_str(&format!("  kept: {}\n", l.kept_because));
         }
+        if !l.timings.is_empty() {
+            let runs: Vec<String> = l
+                .timings
+                .iter()
+                .map(|t| {
+                    let ranks = match t.ranks.is_empty() {
+                        true => "as is".to_string(),
+                        false => join(&t.ranks),
+                    };
+                    format!("{ranks} {:.3}{}", t.ms, if t.chosen { "*" } else { "" })
+                })
+                .collect();
+            text.push_str(&format!("  ms by ranks: {}\n", runs.join(", ")));
+        }
     }
     let ((p0, p1), (f0, f1)) = totals(&d.layers);
     text.push_str(&format!(
@@ -176,6 +190,9 @@ fn report_json(d: &Decomposed, difference: f64, agreement: f64) -> serde_json::V
                 "params_before": l.params.0, "params_after": l.params.1,
                 "flops_before": l.flops.0, "flops_after": l.flops.1,
                 "relative_error": l.error, "kept_because": l.kept_because,
+                "timings": l.timings.iter().map(|t| json!({
+                    "ranks": t.ranks, "ms": t.ms, "chosen": t.chosen,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

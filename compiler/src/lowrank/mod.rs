@@ -6,6 +6,7 @@
 //!
 //! [`Room::low_rank`]: crate::ops::room::Room::low_rank
 
+pub mod speed;
 mod vbmf;
 
 use crate::err;
@@ -26,6 +27,9 @@ pub enum Rule {
     Vbmf,
     /// This rank in every mode.
     Fixed(usize),
+    /// These ranks: the output mode's, and (Tucker-2) the input mode's; each at most the
+    /// full rank (what `--optimize-ranks` tries).
+    Modes([usize; 2]),
 }
 
 /// What a decomposition is asked.
@@ -34,6 +38,8 @@ pub struct Request {
     pub rule: Rule,
     /// Decompose a layer even when its factors cost more than it (to check the rewrite).
     pub even_if_larger: bool,
+    /// Choose each layer's ranks near the rule's by measured speed (`--optimize-ranks`).
+    pub optimize: Option<speed::Optimize>,
 }
 
 /// One layer, decomposed or not: what `actc decompose` reports.
@@ -54,6 +60,8 @@ pub struct LayerReport {
     pub decomposed: bool,
     /// Why a layer was kept as it was.
     pub kept_because: String,
+    /// With `--optimize-ranks`: each candidate's measured time, the layer as it is first.
+    pub timings: Vec<speed::Timing>,
 }
 
 impl LayerReport {
@@ -77,6 +85,7 @@ impl LayerReport {
             error,
             decomposed: true,
             kept_because: String::new(),
+            timings: Vec::new(),
         }
     }
 
@@ -93,6 +102,7 @@ impl LayerReport {
             error: 0.0,
             decomposed: false,
             kept_because: why.into(),
+            timings: Vec::new(),
         }
     }
 }
@@ -168,7 +178,7 @@ pub fn mode_rank(rule: Rule, s: &[f64], rows: usize, cols: usize) -> Result<usiz
                 s.len()
             ));
         }
-        Rule::Fixed(r) => r,
+        Rule::Fixed(r) | Rule::Modes([r, _]) => r,
     };
     Ok(r.min(s.len()))
 }
@@ -224,6 +234,7 @@ pub fn tucker2(w: &[f64], m: usize, c: usize, taps: usize, rule: Rule) -> Result
     let (so, si) = (svd(&out_mode)?, svd(&in_mode)?);
     let (r_out, r_in) = match rule {
         Rule::Ratio(q) => tucker_ratio_ranks(q, m, c, taps),
+        Rule::Modes([r_out, r_in]) => (r_out.clamp(1, so.s.len()), r_in.clamp(1, si.s.len())),
         _ => (
             mode_rank(rule, &so.s, m, c * taps)?,
             mode_rank(rule, &si.s, c, m * taps)?,

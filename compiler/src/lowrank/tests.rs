@@ -112,3 +112,12 @@ fn tucker2_reconstructs_at_full_energy_and_fits_a_ratio() {
         );
     }
 }
+
+#[test]
+fn rank_candidates_step_by_vector_width_within_the_window() {
+    use super::speed::candidates;
+    assert_eq!(candidates(68, 160, 0.1), [64, 68, 72, 80]);
+    assert_eq!(candidates(68, 70, 0.0), [68]);
+    assert_eq!(candidates(10, 64, 0.5), [8, 10, 12, 16]);
+    assert_eq!(candidates(1, 4, 0.9), [1, 4]);
+}

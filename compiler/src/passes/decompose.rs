@@ -6,7 +6,8 @@
 use super::select::Selection;
 use crate::error::Result;
 use crate::ir::Graph;
-use crate::lowrank::{LayerReport, Request};
+use crate::lowrank::{LayerReport, Request, speed};
+use crate::onnx::write::Original;
 use crate::{bail, err, ops};
 
 /// Rewrites the layers `selection` trains, in the model's order; one report per layer with
@@ -15,6 +16,7 @@ pub fn decompose(
     graph: &mut Graph,
     selection: &Selection,
     req: &Request,
+    original: &Original,
 ) -> Result<Vec<LayerReport>> {
     let mut reports = Vec::new();
     for layer in &selection.trained {
@@ -25,9 +27,11 @@ pub fn decompose(
             continue;
         };
         let kind = kind.clone();
-        let report = room
-            .low_rank(&kind, graph, n, req)
-            .map_err(|e| err!("layer '{}': {}", layer.node, e.0))?;
+        let report = match req.optimize {
+            None => room.low_rank(&kind, graph, n, req),
+            Some(opt) => speed::low_rank(room, &kind, graph, n, req, opt, original),
+        }
+        .map_err(|e| err!("layer '{}': {}", layer.node, e.0))?;
         if let Some(report) = report {
             reports.push(report);
         }
