@@ -145,7 +145,10 @@ pub fn decompose_model(
     let selection = cx.selection.as_ref().expect("select ran");
     let input_name = cx.graph.tensor(cx.input).name.clone();
     let original = Original::new(&cx.model, &input_name, &cx.input_shape);
-    let layers = decompose::decompose(&mut cx.graph, selection, &opts.request, &original)?;
+    let trained: Vec<String> = selection.trained.iter().map(|l| l.node.clone()).collect();
+    // A decomposed layer is merged back first, so decomposing again lowers its ranks.
+    let names = crate::lowrank::merge::merge_layers(&mut cx.graph, &trained);
+    let layers = decompose::decompose(&mut cx.graph, &names, &opts.request, &original)?;
     check(&cx, "decompose")?;
     let g = &cx.graph;
     let order = g.topo_order();

@@ -255,3 +255,66 @@ fn ranks_are_chosen_by_measured_speed() {
         assert_eq!(out.len(), 2 * 10);
     }
 }
+
+/// Decomposing a decomposed model lowers its ranks: each layer's factors are multiplied
+/// back into one weight and factored afresh (no factors of factors). At full energy the
+/// second decomposition computes what the first did.
+#[test]
+fn decomposing_again_lowers_the_ranks() {
+    for (name, shape) in [
+        ("tiny_cnn", vec![2, 3, 16, 16]),
+        ("tiny_mlp", vec![4, 64]),
+        ("tiny_matmul", vec![4, 64]),
+    ] {
+        let first = decompose(name, &shape, RankRule::Ratio(0.5), true);
+        let dir = common::scratch(&format!("decompose_again_{name}"));
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, first.model.encode_to_vec()).unwrap();
+        let again = |rule| {
+            let opts = DecomposeOptions {
+                layers: Layers::All,
+                input: InputShape {
+                    shape: Some(shape.clone()),
+                    batch: None,
+                },
+                output: None,
+                request: LowRankRequest {
+                    rule,
+                    even_if_larger: true,
+                    optimize: None,
+                },
+            };
+            let m = actc::load_onnx(&path).unwrap();
+            actc::decompose_model(m, &dir, name, &opts).unwrap()
+        };
+        let same = again(RankRule::Energy(1.0));
+        assert!(
+            !same.ir.contains("lowrank0/lowrank"),
+            "{name}: factors of factors"
+        );
+        let input = noise(shape.iter().product());
+        let want = tract_output(&first.model.encode_to_vec(), &shape, &input);
+        let got = tract_output(&same.model.encode_to_vec(), &shape, &input);
+        let diff: f32 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
+        let norm: f32 = want.iter().map(|b| b * b).sum();
+        assert!(
+            (diff / norm).sqrt() < 1e-4,
+            "{name}: {}",
+            (diff / norm).sqrt()
+        );
+        let lower = again(RankRule::Ratio(0.25));
+        for (a, b) in first.layers.iter().zip(&lower.layers) {
+            assert_eq!(a.node, b.node, "{name}");
+            if a.decomposed && b.decomposed {
+                assert_eq!(a.full_ranks, b.full_ranks, "{name}: {}", a.node);
+                assert!(
+                    b.ranks.iter().zip(&a.ranks).all(|(b, a)| b <= a),
+                    "{name}: {} {:?} → {:?}",
+                    a.node,
+                    a.ranks,
+                    b.ranks
+                );
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //!
 //! [`Room::low_rank`]: crate::ops::room::Room::low_rank
 
+pub mod merge;
 pub mod speed;
 mod vbmf;
 
