@@ -302,7 +302,25 @@ fn decomposing_again_lowers_the_ranks() {
             "{name}: {}",
             (diff / norm).sqrt()
         );
+        // The written models hold the factors the reports describe.
+        let weights = |d: &actc::Decomposed| -> i64 {
+            let g = d.model.graph.as_ref().unwrap();
+            let model: i64 = g
+                .initializer
+                .iter()
+                .map(|t| t.dims.iter().product::<i64>())
+                .sum();
+            let layers: usize = d.layers.iter().map(|l| l.params.1).sum();
+            model - layers as i64
+        };
+        assert_eq!(weights(&same), weights(&first), "{name}");
         let lower = again(RankRule::Ratio(0.25));
+        assert_eq!(weights(&lower), weights(&first), "{name}");
+        assert!(
+            lower.layers.iter().map(|l| l.params.1).sum::<usize>()
+                < first.layers.iter().map(|l| l.params.1).sum::<usize>(),
+            "{name}: the second decomposition is smaller"
+        );
         for (a, b) in first.layers.iter().zip(&lower.layers) {
             assert_eq!(a.node, b.node, "{name}");
             if a.decomposed && b.decomposed {

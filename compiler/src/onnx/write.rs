@@ -231,9 +231,15 @@ impl Writer<'_, '_> {
             }
             return Ok(());
         }
+        // The original initializer as it was written (its encoding, its metadata), unless a
+        // rewrite made a new constant of the same name (a decomposition's factors named like
+        // those of the decomposition before).
+        let unchanged = |orig: &TensorProto| {
+            super::tensor_data(orig).is_ok_and(|(shape, d)| shape == tensor.shape && &d == data)
+        };
         let init = match self.original.initializers.get(tensor.name.as_str()) {
-            Some(&orig) => orig.clone(),
-            None => tensor_proto(&tensor.name, &tensor.shape, data),
+            Some(&orig) if unchanged(orig) => orig.clone(),
+            _ => tensor_proto(&tensor.name, &tensor.shape, data),
         };
         self.initializers.push(init);
         Ok(())
