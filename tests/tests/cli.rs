@@ -276,3 +276,70 @@ fn export_of_a_model_with_external_data_stands_alone() {
         "the split export's weights are the model's"
     );
 }
+
+/// `actc plrd`: the original and three lower sizes, each fine-tuned and exported; the sizes
+/// shrink and every export runs in tract.
+#[test]
+fn plrd_writes_one_model_per_size() {
+    let dir = scratch("cli_plrd");
+    let digits = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/digits.npz");
+    let out = dir.join("sizes");
+    let args = |energies: &'static str| {
+        vec![
+            "actc".to_string(),
+            "plrd".into(),
+            model("tiny_mlp").to_str().unwrap().into(),
+            "--data".into(),
+            digits.into(),
+            "--scale".into(),
+            "0.0625".into(),
+            "--energies".into(),
+            energies.into(),
+            "--layers".into(),
+            "all".into(),
+            "--batch".into(),
+            "32".into(),
+            "--lr".into(),
+            "0.1".into(),
+            "-q".into(),
+            "-o".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let (code, msg) = actc_driver::cli::run_from(args("0.9,0.95")).unwrap_err();
+    assert!(
+        code == 2 && msg.contains("--energies must fall"),
+        "{code}: {msg}"
+    );
+    actc_driver::cli::run_from(args("0.8,0.6,0.4")).unwrap();
+    let mut params = Vec::new();
+    for name in ["original", "energy_0.8", "energy_0.6", "energy_0.4"] {
+        let path = out.join(format!("{name}.onnx"));
+        let bytes = std::fs::read(&path).unwrap();
+        let m = actc::decode_onnx(&bytes).unwrap();
+        let g = m.graph.as_ref().unwrap();
+        params.push(
+            g.initializer
+                .iter()
+                .map(|t| t.dims.iter().product::<i64>())
+                .sum::<i64>(),
+        );
+        assert!(out.join(format!("{name}.best.actc")).exists(), "{name}");
+        let input = vec![0.5; 32 * 64];
+        assert_eq!(common::tract_output(&bytes, &[32, 64], &input).len(), 320);
+    }
+    // A step keeps a layer whose factors at its energy would not be smaller.
+    assert!(
+        params.windows(2).all(|w| w[1] <= w[0]) && params[3] < params[0],
+        "{params:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left.len(),
+        8,
+        "only the models and their trained plans: {left:?}"
+    );
+}

@@ -5,7 +5,7 @@ use crate::data::DataOptions;
 use crate::decompose::{self, Calibration};
 use crate::fs::{check_output, write_atomically};
 use crate::run::{self, TrainOptions};
-use crate::{budget, inspect};
+use crate::{budget, inspect, plrd};
 use actc::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
     Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal, compile_file,
@@ -96,6 +96,42 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Progressive low-rank decomposition: fine-tune MODEL, then lower it step by step
+    /// (decompose at each energy, fine-tune), writing one ONNX model per size and a table of
+    /// their parameters, FLOPs, inference and training step times and accuracy.
+    Plrd {
+        /// The ONNX model.
+        model: PathBuf,
+        /// The energy of each step, falling, like 0.95,0.9,0.8.
+        #[arg(long, value_delimiter = ',', required = true)]
+        energies: Vec<f64>,
+        /// Fine-tuning epochs of the original and of each size.
+        #[arg(long, default_value_t = 1)]
+        epochs_per_step: usize,
+        /// Folder for the models (`original.onnx`, `energy_E.onnx`, …) and their trained plans.
+        #[arg(short, long, default_value = "plrd")]
+        output: PathBuf,
+        /// Training data, as for train.
+        #[arg(long)]
+        data: PathBuf,
+        /// Validation data [default: a held-out part of --data].
+        #[arg(long)]
+        val: Option<PathBuf>,
+        #[arg(long, default_value_t = 0.2)]
+        val_fraction: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print the table as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        opts: CompileArgs,
+        #[command(flatten)]
+        prep: PrepArgs,
     },
     /// Show a plan (or a model, compiled on the fly) as a per-layer table.
     Inspect {
@@ -569,6 +605,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Eval { .. }
             | Command::Bench { .. }
             | Command::Decompose { .. }
+            | Command::Plrd { .. }
     ) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match cli.threads {
@@ -735,7 +772,7 @@ fn run(cli: Cli) -> Result<()> {
                 resume,
                 checkpoint_every: checkpoint_every.unwrap_or(0),
             };
-            run::train(&plan, &opts)
+            run::train(&plan, &opts).map(|_| ())
         }
         Command::Bench {
             plan,
@@ -810,6 +847,55 @@ fn run(cli: Cli) -> Result<()> {
                 None => Calibration::Noise,
             };
             decompose::decompose(&model, &output, &opts, calibration, json)
+        }
+        Command::Plrd {
+            model,
+            energies,
+            epochs_per_step,
+            output,
+            data,
+            val,
+            val_fraction,
+            seed,
+            quiet,
+            json,
+            opts,
+            prep,
+        } => {
+            if epochs_per_step == 0 {
+                return Err(err!("--epochs-per-step must be at least 1"));
+            }
+            if opts.budget.is_some() || opts.calibration.is_some() {
+                return Err(err!(
+                    "plrd does not take --budget or --calibration; compile a size with them afterwards"
+                ));
+            }
+            let compile = opts.options()?;
+            let train = TrainOptions {
+                data,
+                val,
+                val_fraction,
+                epochs: epochs_per_step,
+                seed,
+                log: None,
+                save: None,
+                quiet,
+                cache_budget: 512 << 20,
+                cache_disk: 0,
+                cache_dir: std::env::temp_dir(),
+                prep: prep.options(),
+                max_loss: 100.0,
+                resume: false,
+                checkpoint_every: 0,
+            };
+            let p = plrd::Plrd {
+                energies: &energies,
+                compile,
+                train,
+                out_dir: &output,
+                as_json: json,
+            };
+            plrd::plrd(&model, &p)
         }
         Command::Export {
             plan,

@@ -16,4 +16,5 @@ pub mod data;
 pub mod decompose;
 pub mod fs;
 pub mod inspect;
+pub mod plrd;
 pub mod run;

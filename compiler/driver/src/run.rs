@@ -15,6 +15,7 @@ use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+#[derive(Clone)]
 pub struct TrainOptions {
     pub data: PathBuf,
     pub val: Option<PathBuf>,
@@ -133,7 +134,9 @@ pub fn save_paths(plan: &Path, save: Option<&Path>) -> (PathBuf, PathBuf) {
     (with("best"), with("last"))
 }
 
-pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
+/// Trains as `opts` says; returns the best validation accuracy (`None`: the run had already
+/// ended).
+pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
     let plan_crc = Plan::stored_crc(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
     let data = load_data(&opts.data, opts.prep.layout)?;
     let (train_rows, val_data, val_rows) = match &opts.val {
@@ -338,7 +341,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<()> {
             last_path.display()
         ),
     }
-    Ok(())
+    Ok(best)
 }
 
 /// What decides a run's result besides the plan: a resumed run must match it.
@@ -528,8 +531,60 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Training steps of a plan timed on synthetic data (the prefix included, as in training
+/// without a cache): each step's whole and trainable-suffix milliseconds, sorted, and the
+/// session (for its plan and, with `per_step`, each plan step's summed seconds).
+pub fn time_steps(
+    plan_path: &Path,
+    steps: usize,
+    warmup: usize,
+    mut per_step: Option<&mut Vec<f64>>,
+) -> Result<(Vec<f64>, Vec<f64>, Session)> {
+    let mut session = open_session(plan_path, (steps + warmup) as u64)?;
+    // Synthetic samples: windows of one pool of noise at scattered offsets, distinct (as
+    // compression should see them) yet only copied each step, as a real batch's would be.
+    let per: usize = session.sample_shape().iter().product();
+    let pool = seeded_noise(2 * per);
+    let sample = |r: usize, dst: &mut [f32]| {
+        let at = r * 7919 % per;
+        dst.copy_from_slice(&pool[at..][..per]);
+    };
+    let (mut total, mut suffix) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+    if let Some(p) = per_step.as_deref_mut() {
+        *p = vec![0.0; session.executor().plan().steps.len()];
+    }
+    // A plan that freezes factors in turns of an epoch takes them step by step here: the
+    // median then covers every turn.
+    session.executor().set_epoch_steps(1);
+    for i in 0..warmup + steps {
+        let start = std::time::Instant::now();
+        let profiled = i >= warmup;
+        let timed = per_step.as_deref_mut().filter(|_| profiled);
+        session
+            .feed(
+                &sample,
+                |r| (r % 10) as u32,
+                timed.map(|p| p.as_mut_slice()),
+            )
+            .map_err(|e| err!("{e}"))?;
+        let fed = start.elapsed();
+        match per_step.as_deref_mut().filter(|_| profiled) {
+            Some(p) => session.executor().train_step_timed(p),
+            None => session.executor().train_step(),
+        };
+        let all = start.elapsed();
+        if i >= warmup {
+            total.push(all.as_secs_f64() * 1e3);
+            suffix.push((all - fed).as_secs_f64() * 1e3);
+        }
+    }
+    total.sort_by(f64::total_cmp);
+    suffix.sort_by(f64::total_cmp);
+    Ok((total, suffix, session))
 }
 
 /// Times training steps of a plan on synthetic data (the prefix included, as in training
@@ -541,41 +596,10 @@ pub fn bench(
     as_json: bool,
     profile: bool,
 ) -> Result<()> {
-    let mut session = open_session(plan_path, (steps + warmup) as u64)?;
+    let mut per_step = Vec::new();
+    let (total, suffix, mut session) =
+        time_steps(plan_path, steps, warmup, profile.then_some(&mut per_step))?;
     let mem = session.executor().plan().memory.clone().unwrap_or_default();
-    // Synthetic samples: windows of one pool of noise at scattered offsets, distinct (as
-    // compression should see them) yet only copied each step, as a real batch's would be.
-    let per: usize = session.sample_shape().iter().product();
-    let pool = seeded_noise(2 * per);
-    let sample = |r: usize, dst: &mut [f32]| {
-        let at = r * 7919 % per;
-        dst.copy_from_slice(&pool[at..][..per]);
-    };
-    let (mut total, mut suffix) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
-    let mut per_step = vec![0.0; session.executor().plan().steps.len()];
-    // A plan that freezes factors in turns of an epoch takes them step by step here: the
-    // median then covers every turn.
-    session.executor().set_epoch_steps(1);
-    for i in 0..warmup + steps {
-        let start = std::time::Instant::now();
-        let timed = (profile && i >= warmup).then_some(per_step.as_mut_slice());
-        session
-            .feed(&sample, |r| (r % 10) as u32, timed)
-            .map_err(|e| err!("{e}"))?;
-        let fed = start.elapsed();
-        if profile && i >= warmup {
-            session.executor().train_step_timed(&mut per_step);
-        } else {
-            session.executor().train_step();
-        }
-        let all = start.elapsed();
-        if i >= warmup {
-            total.push(all.as_secs_f64() * 1e3);
-            suffix.push((all - fed).as_secs_f64() * 1e3);
-        }
-    }
-    total.sort_by(f64::total_cmp);
-    suffix.sort_by(f64::total_cmp);
     let rss = peak_rss().unwrap_or(0);
     let report = json!({
         "plan": plan_path.display().to_string(),
