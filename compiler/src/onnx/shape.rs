@@ -706,6 +706,11 @@ pub fn broadcast(label: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 }
 
 pub fn matmul_shape(label: &str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    if a.is_empty() || b.is_empty() {
+        bail!(
+            "node '{label}' (MatMul): a scalar operand ({a:?} × {b:?}); MatMul multiplies tensors of rank 1 or more"
+        );
+    }
     let (mut a2, mut b2) = (a.to_vec(), b.to_vec());
     if a2.len() == 1 {
         a2.insert(0, 1);
