@@ -25,6 +25,16 @@ fn decompose_timed(
     even_if_larger: bool,
     optimize: Option<RankOptimization>,
 ) -> actc::Decomposed {
+    decompose_file(&model(name), shape, rule, even_if_larger, optimize)
+}
+
+fn decompose_file(
+    path: &std::path::Path,
+    shape: &[usize],
+    rule: RankRule,
+    even_if_larger: bool,
+    optimize: Option<RankOptimization>,
+) -> actc::Decomposed {
     let opts = DecomposeOptions {
         layers: Layers::All,
         input: InputShape {
@@ -38,8 +48,8 @@ fn decompose_timed(
             optimize,
         },
     };
-    let path = model(name);
-    let m = actc::load_onnx(&path).unwrap();
+    let m = actc::load_onnx(path).unwrap();
+    let name = path.file_name().unwrap().to_str().unwrap();
     actc::decompose_model(m, path.parent().unwrap(), name, &opts).unwrap()
 }
 
@@ -270,23 +280,7 @@ fn decomposing_again_lowers_the_ranks() {
         let dir = common::scratch(&format!("decompose_again_{name}"));
         let path = dir.join(format!("{name}.onnx"));
         std::fs::write(&path, first.model.encode_to_vec()).unwrap();
-        let again = |rule| {
-            let opts = DecomposeOptions {
-                layers: Layers::All,
-                input: InputShape {
-                    shape: Some(shape.clone()),
-                    batch: None,
-                },
-                output: None,
-                request: LowRankRequest {
-                    rule,
-                    even_if_larger: true,
-                    optimize: None,
-                },
-            };
-            let m = actc::load_onnx(&path).unwrap();
-            actc::decompose_model(m, &dir, name, &opts).unwrap()
-        };
+        let again = |rule| decompose_file(&path, &shape, rule, true, None);
         let same = again(RankRule::Energy(1.0));
         assert!(
             !same.ir.contains("lowrank0/lowrank"),

@@ -112,16 +112,8 @@ enum Command {
         /// Folder for the models (`original.onnx`, `energy_E.onnx`, …) and their trained plans.
         #[arg(short, long, default_value = "plrd")]
         output: PathBuf,
-        /// Training data, as for train.
-        #[arg(long)]
-        data: PathBuf,
-        /// Validation data [default: a held-out part of --data].
-        #[arg(long)]
-        val: Option<PathBuf>,
-        #[arg(long, default_value_t = 0.2)]
-        val_fraction: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        data: TrainDataArgs,
         /// No progress bar.
         #[arg(long, short)]
         quiet: bool,
@@ -148,21 +140,10 @@ enum Command {
     Train {
         /// A plan made by `actc compile`.
         plan: PathBuf,
-        /// Training data: a folder of IDX files, an IDX images file, an .npz (x, y), or a
-        /// folder of images with one sub-folder per class.
-        #[arg(long)]
-        data: PathBuf,
-        /// Validation data [default: a held-out part of --data].
-        #[arg(long)]
-        val: Option<PathBuf>,
-        /// Fraction of --data held out for validation when --val is not given.
-        #[arg(long, default_value_t = 0.2)]
-        val_fraction: f64,
+        #[command(flatten)]
+        data: TrainDataArgs,
         #[arg(long, default_value_t = 10)]
         epochs: usize,
-        /// Seed of the shuffling and of the held-out split.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
         /// Write a JSON line per step and per epoch to this file.
         #[arg(long, value_name = "FILE")]
         log: Option<PathBuf>,
@@ -334,6 +315,24 @@ enum ScheduleArg {
     Constant,
     Cosine,
     LinearWarmup,
+}
+
+/// The training data and the validation data (train, plrd).
+#[derive(Args)]
+struct TrainDataArgs {
+    /// Training data: a folder of IDX files, an IDX images file, an .npz (x, y), or a
+    /// folder of images with one sub-folder per class.
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation data [default: a held-out part of --data].
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Fraction of --data held out for validation when --val is not given.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f64,
+    /// Seed of the shuffling and of the held-out split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -733,10 +732,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train {
             plan,
             data,
-            val,
-            val_fraction,
             epochs,
-            seed,
             log,
             save,
             quiet,
@@ -756,11 +752,11 @@ fn run(cli: Cli) -> Result<()> {
                 return Err(err!("--checkpoint-every must be at least 1 step"));
             }
             let opts = TrainOptions {
-                data,
-                val,
-                val_fraction,
+                data: data.data,
+                val: data.val,
+                val_fraction: data.val_fraction,
                 epochs,
-                seed,
+                seed: data.seed,
                 log,
                 save,
                 quiet,
@@ -854,9 +850,6 @@ fn run(cli: Cli) -> Result<()> {
             epochs_per_step,
             output,
             data,
-            val,
-            val_fraction,
-            seed,
             quiet,
             json,
             opts,
@@ -872,11 +865,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             let compile = opts.options()?;
             let train = TrainOptions {
-                data,
-                val,
-                val_fraction,
+                data: data.data,
+                val: data.val,
+                val_fraction: data.val_fraction,
                 epochs: epochs_per_step,
-                seed,
+                seed: data.seed,
                 log: None,
                 save: None,
                 quiet,
