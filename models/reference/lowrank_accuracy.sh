@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Low-rank decomposition's accuracy and training throughput after the same fine-tuning
+# (issue 17): MobileNetV2 (ImageNet weights, new 10-way head), the last LAYERS layers at
+# 8x3x224x224, SGD lr LR (0.01) momentum 0.9, EPOCHS epochs on the bundled Fashion-MNIST subset
+# (1600 train / 400 held-out), SEEDS seeds, one variant after the other within each seed:
+#
+#   original       the model as it is
+#   lrd            `decompose --layers LAYERS --ratio RATIO` (truncated SVD of the 1x1 convs
+#                  and the classifier)
+#   lrd_optimized  the same with `--optimize-ranks` (ranks by measured training-step time)
+#   lrd_frozen     lrd with `--freeze-schedule sequential` (factors take turns per epoch)
+#   lrd_frozen_1   lrd with `--freeze-schedule sequential:1` (turns every step)
+#
+# Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
+# cache and run the trainable part alone: their mean time is the training throughput.
+#
+# Usage: bash models/reference/lowrank_accuracy.sh [ACTC binary] (default target/release/actc)
+set -euo pipefail
+ACTC=${1:-target/release/actc}
+LAYERS=${LAYERS:-4}
+RATIO=${RATIO:-0.5}
+EPOCHS=${EPOCHS:-5}
+LR=${LR:-0.01}
+SEEDS=${SEEDS:-"0 1 2"}
+DATA=models/data/fashion-mnist
+SHAPE=8x3x224x224
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
+M=models/mobilenetv2.onnx
+
+"$ACTC" decompose $M -o "$OUT/lrd.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE >"$OUT/lrd.txt" 2>/dev/null
+"$ACTC" decompose $M -o "$OUT/opt.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE --optimize-ranks >"$OUT/opt.txt" 2>/dev/null
+compile() { "$ACTC" compile "$1" --layers "$LAYERS" --input-shape $SHAPE --lr "$LR" --momentum 0.9 -o "$OUT/$2.actc" "${@:3}" 2>/dev/null; }
+compile $M original
+compile "$OUT/lrd.onnx" lrd
+compile "$OUT/opt.onnx" lrd_optimized
+compile "$OUT/lrd.onnx" lrd_frozen --freeze-schedule sequential
+compile "$OUT/lrd.onnx" lrd_frozen_1 --freeze-schedule sequential:1
+VARIANTS="original lrd lrd_optimized lrd_frozen lrd_frozen_1"
+
+# A run that fails (a diverging loss stops `train`) is reported, and left out of the table.
+for seed in $SEEDS; do
+  for v in $VARIANTS; do
+    "$ACTC" train "$OUT/$v.actc" --data $DATA --epochs "$EPOCHS" --seed "$seed" -q \
+      --log "$OUT/$v.$seed.jsonl" --save "$OUT/$v.$seed" 2>"$OUT/$v.$seed.err" ||
+      { echo "FAILED $v seed $seed: $(tail -1 "$OUT/$v.$seed.err")"; rm -f "$OUT/$v.$seed.jsonl"; }
+  done
+done
+
+stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; v=q/n-m*m; if (v<0) v=0; printf "%.4f ± %.4f", m, sqrt(v)}'; }
+echo "MobileNetV2 $SHAPE --layers $LAYERS, decomposed at --ratio $RATIO; SGD lr $LR momentum 0.9, $EPOCHS epochs, seeds: $SEEDS; $(nproc) cores"
+grep -E "svd|ms by" "$OUT/opt.txt" | sed 's/^/  optimized: /'
+printf '| %-14s | %-17s | %-17s | %-22s |\n' variant "final val acc" "best val acc" "epoch 2+ seconds"
+printf '|%s|%s|%s|%s|\n' ---------------- ------------------- ------------------- ------------------------
+runs() { for s in $SEEDS; do if [ -f "$OUT/$1.$s.jsonl" ]; then echo "$s"; fi; done; }
+for v in $VARIANTS; do
+  ok=$(runs $v)
+  [ -n "$ok" ] || { printf '| %-14s | no run finished |\n' "$v"; continue; }
+  final=$(for s in $ok; do jq -r 'select(.event=="epoch") | .val.accuracy' "$OUT/$v.$s.jsonl" | tail -1; done | stats)
+  best=$(for s in $ok; do jq -r 'select(.event=="epoch") | .val.accuracy' "$OUT/$v.$s.jsonl" | sort -g | tail -1; done | stats)
+  secs=$(for s in $ok; do jq -r 'select(.event=="epoch" and .epoch>1) | .seconds' "$OUT/$v.$s.jsonl"; done | stats)
+  printf '| %-14s | %-17s | %-17s | %-22s |\n' "$v" "$final" "$best" "$secs"
+done
