@@ -23,8 +23,17 @@ impl Prefix {
     /// Optimizes the sub-model once for the plan's fixed input shape.
     pub fn new(onnx: &[u8], input_shape: &[usize]) -> Result<Prefix, ExecError> {
         let fail = |e: TractError| ExecError(format!("frozen prefix: tract cannot run it: {e:#}"));
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut std::io::Cursor::new(onnx))
+        let onnx_reader = tract_onnx::onnx();
+        let mut proto = onnx_reader
+            .proto_model_for_read(&mut std::io::Cursor::new(onnx))
+            .map_err(fail)?;
+        // Shapes are inferred from the input's: an exporter's value_info (dynamo names a
+        // symbolic batch in every intermediate shape) would contradict the fixed batch.
+        if let Some(g) = proto.graph.as_mut() {
+            g.value_info.clear();
+        }
+        let model = onnx_reader
+            .model_for_proto_model(&proto)
             .map_err(fail)?
             .with_input_fact(0, f32::fact(input_shape).into())
             .map_err(fail)?

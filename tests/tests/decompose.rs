@@ -66,6 +66,8 @@ fn full_energy_reproduces_the_model() {
         ("tiny_matmul", vec![4, 64]),
         ("tiny_cnn", vec![2, 3, 16, 16]),
         ("mcunet", vec![2, 3, 32, 32]),
+        // dynamo's export: value_info with a symbolic batch in every intermediate shape.
+        ("resnet18", vec![2, 3, 32, 32]),
     ] {
         let d = decompose(name, &shape, RankRule::Energy(1.0), true);
         assert!(d.layers.iter().any(|l| l.decomposed), "{name}");
