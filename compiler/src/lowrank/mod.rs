@@ -266,7 +266,7 @@ pub fn tucker2(w: &[f64], m: usize, c: usize, taps: usize, rule: Rule) -> Result
             }
         }
     }
-    let error = reconstruction_error(w, &out, &input, &core, taps);
+    let error = reconstruction_error(w, &core);
     Ok(Tucker2 {
         out,
         input,
@@ -286,26 +286,14 @@ fn tucker_ratio_ranks(q: f64, m: usize, c: usize, taps: usize) -> (usize, usize)
     (rank(m), rank(c))
 }
 
-fn reconstruction_error(w: &[f64], out: &Matrix, input: &Matrix, core: &[f64], taps: usize) -> f64 {
-    let (m, c, r_out, r_in) = (out.rows, input.rows, out.cols, input.cols);
-    let (mut diff, mut total) = (0.0, 0.0);
-    for o in 0..m {
-        for i in 0..c {
-            for t in 0..taps {
-                let mut v = 0.0;
-                for a in 0..r_out {
-                    for b in 0..r_in {
-                        v += out.at(o, a) * input.at(i, b) * core[(a * r_in + b) * taps + t];
-                    }
-                }
-                let x = w[(o * c + i) * taps + t];
-                diff += (x - v) * (x - v);
-                total += x * x;
-            }
-        }
-    }
+/// ‖W − Ŵ‖ / ‖W‖ for Ŵ = G ×₀ U_out ×₁ U_in: with orthonormal factors Ŵ is W projected on
+/// their column spaces, so ‖W − Ŵ‖² = ‖W‖² − ‖Ŵ‖² and ‖Ŵ‖ = ‖G‖ (no reconstruction, which
+/// costs M·C·taps·r_out·r_in).
+fn reconstruction_error(w: &[f64], core: &[f64]) -> f64 {
+    let squares = |v: &[f64]| v.iter().fold(0.0, |acc, x| acc + x * x);
+    let (total, kept) = (squares(w), squares(core));
     if total > 0.0 {
-        (diff / total).sqrt()
+        ((total - kept).max(0.0) / total).sqrt()
     } else {
         0.0
     }

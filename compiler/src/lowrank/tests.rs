@@ -97,11 +97,39 @@ fn tucker2_reconstructs_at_full_energy_and_fits_a_ratio() {
     let mut g = Lcg(3);
     let (m, c, taps) = (6, 5, 9);
     let w: Vec<f64> = (0..m * c * taps).map(|_| g.next()).collect();
+    // ‖W − Ŵ‖ / ‖W‖ with Ŵ = G ×₀ U_out ×₁ U_in built element by element.
+    let rebuilt_error = |t: &Tucker2| {
+        let (ro, ri) = (t.out.cols, t.input.cols);
+        let (mut diff, mut total) = (0.0, 0.0);
+        for o in 0..m {
+            for i in 0..c {
+                for k in 0..taps {
+                    let mut v = 0.0;
+                    for a in 0..ro {
+                        for b in 0..ri {
+                            v +=
+                                t.out.at(o, a) * t.input.at(i, b) * t.core[(a * ri + b) * taps + k];
+                        }
+                    }
+                    let x = w[(o * c + i) * taps + k];
+                    diff += (x - v) * (x - v);
+                    total += x * x;
+                }
+            }
+        }
+        (diff / total).sqrt()
+    };
     let t = tucker2(&w, m, c, taps, Rule::Energy(1.0)).unwrap();
     assert_eq!((t.out.cols, t.input.cols), (6, 5));
-    assert!(t.error < 1e-12, "{}", t.error);
+    assert!(t.error < 1e-6 && rebuilt_error(&t) < 1e-12, "{}", t.error);
     let t = tucker2(&w, m, c, taps, Rule::Energy(0.6)).unwrap();
     assert!(t.out.cols < 6 && t.input.cols < 5 && t.error > 0.05);
+    assert!(
+        (t.error - rebuilt_error(&t)).abs() < 1e-9,
+        "{} {}",
+        t.error,
+        rebuilt_error(&t)
+    );
     let params = |(ro, ri): (usize, usize)| 32 * ri + ro * ri * 9 + ro * 64;
     for q in [0.2, 0.5, 0.8] {
         let r = tucker_ratio_ranks(q, 64, 32, 9);
