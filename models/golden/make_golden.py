@@ -7,6 +7,11 @@ Run from the repository root (about 10 s on 1 thread):
     .venv/bin/python models/golden/make_golden.py            # verify evaluator, write *.npz
     .venv/bin/python models/golden/make_golden.py --only tiny_cnn tiny_mlp
     .venv/bin/python models/golden/make_golden.py --verify-only
+    ACTC=target/release/actc .venv/bin/python models/golden/make_golden.py --only tiny_cnn_lowrank
+
+With ACTC set to an actc binary, it also checks that `actc decompose --energy 1
+--even-if-larger` gives each model's function (onnxruntime on both, relative L2 difference
+<= 1e-4; written to index.json `lowrank_energy1`).
 
 Steps:
 1. the evaluator is checked against onnxruntime on every bundled model (every graph output,
@@ -27,6 +32,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import re
+import subprocess
+import tempfile
 import sys
 import time
 import zipfile
@@ -60,6 +69,9 @@ CASES = {
     "tiny_matmul": ((64,), [1, 2, "all"]),
     "tiny_layernorm": ((8, 16), [1, 2, "all"]),
     "tiny_layernorm_decomposed": ((8, 16), [1, 2, "all"]),
+    # Decomposed by `actc decompose` (models/README.md): a layer's factors count as one layer.
+    "tiny_cnn_lowrank": ((3, 16, 16), [1, 4, "all"]),
+    "tiny_mlp_lowrank": ((64,), [1, 2, "all"]),
 }
 # Models that are the same function with the same weights as another one, written with other
 # ops: their trainable tensors must be the same ones (compared by value, as the exporter
@@ -68,7 +80,12 @@ SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
               "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
-              "tiny_layernorm", "tiny_layernorm_decomposed"]
+              "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
+              "tiny_mlp_lowrank"]
+# `actc decompose --energy 1 --even-if-larger` must give the model's function (onnxruntime on
+# both, at the model's declared input shape). Run when ACTC names an actc binary.
+LOWRANK_ENERGY1 = ["tiny_cnn", "tiny_mlp", "tiny_matmul", "mcunet", "mobilenetv2", "resnet18"]
+LOWRANK_TOL = 1e-4
 # Size budget: `updated/` tensors are stored only for cases with at most this many trainable
 # values (all but mobilenetv2 layers 4/all and resnet18 layers all); the others hold grads
 # only (updated = w - 0.1*grad, with w from the .onnx).
@@ -123,6 +140,36 @@ def verify_against_ort(name):
               f"{inter_rel:.1e}  {status}")
         if worst > ORT_TOL:
             sys.exit(f"evaluator disagrees with onnxruntime on {name} at {shape}")
+    return report
+
+
+def verify_lowrank_energy1(actc):
+    """`actc decompose --energy 1 --even-if-larger` of each model in LOWRANK_ENERGY1, and the
+    original, both run by onnxruntime on the same input: relative L2 difference of the output."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    report = {}
+    for name in LOWRANK_ENERGY1:
+        src = MODELS / f"{name}.onnx"
+        shape = default_shape(onnx.load(str(src)))
+        x = np.random.default_rng(123).standard_normal([BATCH, *shape], dtype=np.float32)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / f"{name}_full.onnx"
+            subprocess.run([actc, "decompose", str(src), "-o", str(out), "--energy", "1",
+                            "--even-if-larger", "--input-shape", "x".join(map(str, [BATCH, *shape]))],
+                           check=True, capture_output=True)
+            factors = sum(1 for n in onnx.load(str(out)).graph.node if "/lowrank" in n.name)
+            ys = []
+            for path in (src, out):
+                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                ys.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+        rel = float(np.linalg.norm(ys[1] - ys[0]) / np.linalg.norm(ys[0]))
+        status = "ok" if rel <= LOWRANK_TOL else "FAIL"
+        print(f"  {name:12s} {factors:3d} factor nodes: relative difference {rel:.2e}  {status}")
+        if rel > LOWRANK_TOL:
+            sys.exit(f"the energy-1 decomposition of {name} is not the model's function")
+        report[name] = {"factor_nodes": factors, "relative_difference": rel}
     return report
 
 
@@ -347,10 +394,21 @@ def trainable_names(ev, layers, output="logits"):
     if not layer_ix:
         layer_ix = [i for i in order if nodes[i].op_type in ("Gemm", "MatMul")
                     and len(nodes[i].input) > 1 and nodes[i].input[1] in consts]
-    count = len(layer_ix)
+    # The factors `actc decompose` made of one layer (`<layer>/lowrank<i>`, one after another)
+    # are that one layer.
+    def stem(i):
+        m = re.fullmatch(r"(.*)/lowrank[0-9]+", nodes[i].name)
+        return m.group(1) if m else None
+    groups = []
+    for i in layer_ix:
+        if groups and stem(i) is not None and stem(i) == stem(groups[-1][-1]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    count = len(groups)
     n = count if layers == "all" else int(layers)
     assert 1 <= n <= count, (layers, count)
-    first = layer_ix[count - n]
+    first = groups[count - n][0]
     names = []
     for i in order:
         if i >= first:  # the last n layers and every parameterized node after the first
@@ -493,11 +551,17 @@ def main():
     print("evaluator vs onnxruntime (ORT_DISABLE_ALL, 1 thread):")
     ort_report = {m: verify_against_ort(m) for m in ALL_MODELS}
     ort_report["op_selftest"] = op_selftest()
+    lowrank = None
+    if os.environ.get("ACTC"):
+        print(f"actc decompose --energy 1 vs the model (onnxruntime; {os.environ['ACTC']}):")
+        lowrank = verify_lowrank_energy1(os.environ["ACTC"])
     if args.verify_only:
         return
     index_path = HERE / "index.json"
     index = json.loads(index_path.read_text()) if index_path.exists() and args.only else {}
     index.setdefault("cases", {})
+    if lowrank is not None:
+        index["lowrank_energy1"] = lowrank
     if args.only:  # merged: the other models keep the numbers of the run that wrote them
         ort_report = {**index.get("ort_check", {}),
                       **{k: ort_report[k] for k in [*args.only, "op_selftest"]}}

@@ -36,6 +36,8 @@ pub const MODELS: &[(&str, &[usize])] = &[
     ("tiny_unsupported", &[2, 3, 8, 8]),
     ("tiny_layernorm", &[4, 8, 16]),
     ("tiny_layernorm_decomposed", &[4, 8, 16]),
+    ("tiny_cnn_lowrank", &[2, 3, 16, 16]),
+    ("tiny_mlp_lowrank", &[4, 64]),
 ];
 
 /// A fresh empty folder under the target directory for files a test writes.
