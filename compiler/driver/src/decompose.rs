@@ -3,7 +3,7 @@
 
 use crate::data::{DataOptions, seeded_noise};
 use crate::fs::{check_output, write_atomically};
-use actc::{DecomposeOptions, Decomposed, LayerReport, Result, err};
+use actc::{DecomposeOptions, Decomposed, LayerReport, RankRule, Result, err};
 use actc_runtime::data::{Dataset, split};
 use actc_runtime::prefix::Prefix;
 use prost::Message;
@@ -47,9 +47,33 @@ pub fn decompose(
         println!("{}", report_json(&d, difference, agreement));
     } else {
         print!("{}", report_text(&d, difference, agreement));
+        if let Some(why) = collapsed(&d.layers, opts.request.rule) {
+            eprintln!("warning: {why}");
+        }
         eprintln!("decomposed {} -> {}", model_path.display(), out.display());
     }
     Ok(())
+}
+
+/// VBMF reads a flat spectrum (a pretrained layer's, often) as noise and keeps almost
+/// nothing of it: said when a layer kept under a tenth of its full rank and lost most of it.
+fn collapsed(layers: &[LayerReport], rule: RankRule) -> Option<String> {
+    if rule != RankRule::Vbmf {
+        return None;
+    }
+    let lost: Vec<String> = layers
+        .iter()
+        .filter(|l| l.decomposed && l.error > 0.9)
+        .filter(|l| l.ranks.iter().zip(&l.full_ranks).all(|(r, f)| r * 10 < *f))
+        .map(|l| format!("{} (ranks {:?} of {:?})", l.node, l.ranks, l.full_ranks))
+        .collect();
+    (!lost.is_empty()).then(|| {
+        format!(
+            "the VBMF estimate kept almost nothing of {} layer(s), with errors above 0.9: {}; their spectra look like noise to it. Choose ranks with --ratio R or --energy E instead",
+            lost.len(),
+            lost.join(", ")
+        )
+    })
 }
 
 /// One batch at the model's input shape: the first of a seeded shuffle of the data,
@@ -204,4 +228,34 @@ fn report_json(d: &Decomposed, difference: f64, agreement: f64) -> serde_json::V
         "output_relative_difference": difference,
         "top1_agreement": agreement,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(ranks: usize, full: usize, error: f64) -> LayerReport {
+        LayerReport {
+            node: format!("conv{ranks}"),
+            op: "Conv".into(),
+            form: "svd",
+            ranks: vec![ranks],
+            full_ranks: vec![full],
+            params: (0, 0),
+            flops: (0, 0),
+            error,
+            decomposed: true,
+            kept_because: String::new(),
+            timings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_collapsed_vbmf_estimate_is_said() {
+        let layers = [layer(1, 320, 0.99), layer(60, 160, 0.5)];
+        let why = collapsed(&layers, RankRule::Vbmf).unwrap();
+        assert!(why.contains("conv1 (ranks [1] of [320])") && !why.contains("conv60"));
+        assert!(collapsed(&layers, RankRule::Ratio(0.5)).is_none());
+        assert!(collapsed(&layers[1..], RankRule::Vbmf).is_none());
+    }
 }
