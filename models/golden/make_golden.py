@@ -11,7 +11,8 @@ Run from the repository root (about 10 s on 1 thread):
 
 With ACTC set to an actc binary, it also checks that `actc decompose --energy 1
 --even-if-larger` gives each model's function (onnxruntime on both, relative L2 difference
-<= 1e-4; written to index.json `lowrank_energy1`).
+<= 1e-4; written to index.json `lowrank_energy1`), and that the export of a LoRA-trained
+tiny_mlp runs in onnxruntime as the evaluator runs it (`lora_export`).
 
 Steps:
 1. the evaluator is checked against onnxruntime on every bundled model (every graph output,
@@ -171,6 +172,33 @@ def verify_lowrank_energy1(actc):
             sys.exit(f"the energy-1 decomposition of {name} is not the model's function")
         report[name] = {"factor_nodes": factors, "relative_difference": rel}
     return report
+
+
+def verify_lora_export(actc):
+    """`compile --lora 2`, one epoch on the bundled digits, `export`: onnxruntime runs the
+    merged model (the original graph, adapters folded into the weights), and it agrees with
+    this script's evaluator on it."""
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        plan, out = Path(tmp) / "m.actc", Path(tmp) / "m.onnx"
+        for args in (["compile", str(MODELS / "tiny_mlp.onnx"), "--layers", "all", "--lora", "2",
+                      "--batch", "32", "-o", str(plan)],
+                     ["train", str(plan), "--data", str(MODELS / "data" / "digits.npz"),
+                      "--scale", "0.0625", "--epochs", "1", "-q"],
+                     ["export", str(plan), "--weights", str(Path(tmp) / "m.best.actc"), "-o", str(out)]):
+            subprocess.run([actc, *args], check=True, capture_output=True)
+        model = onnx.load(str(out))
+        x = np.random.default_rng(123).standard_normal((32, 64), dtype=np.float32)
+        got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        with torch.no_grad():
+            want = OnnxTorch(out).run({"input": torch.from_numpy(x)})["logits"].numpy()
+    diff = float(np.abs(got - want).max())
+    ops = sorted({n.op_type for n in model.graph.node})
+    print(f"  tiny_mlp --lora 2: export of {len(model.graph.node)} nodes {ops}, "
+          f"onnxruntime vs evaluator max |diff| {diff:.2e}  {'ok' if diff <= ORT_TOL else 'FAIL'}")
+    if diff > ORT_TOL:
+        sys.exit("the merged LoRA export does not run as the evaluator runs it")
+    return {"nodes": len(model.graph.node), "max_abs_diff": diff}
 
 
 def op_selftest():
@@ -551,10 +579,12 @@ def main():
     print("evaluator vs onnxruntime (ORT_DISABLE_ALL, 1 thread):")
     ort_report = {m: verify_against_ort(m) for m in ALL_MODELS}
     ort_report["op_selftest"] = op_selftest()
-    lowrank = None
+    lowrank = lora = None
     if os.environ.get("ACTC"):
         print(f"actc decompose --energy 1 vs the model (onnxruntime; {os.environ['ACTC']}):")
         lowrank = verify_lowrank_energy1(os.environ["ACTC"])
+        print("actc compile --lora, train, export; onnxruntime runs the export:")
+        lora = verify_lora_export(os.environ["ACTC"])
     if args.verify_only:
         return
     index_path = HERE / "index.json"
@@ -562,6 +592,7 @@ def main():
     index.setdefault("cases", {})
     if lowrank is not None:
         index["lowrank_energy1"] = lowrank
+        index["lora_export"] = lora
     if args.only:  # merged: the other models keep the numbers of the run that wrote them
         ort_report = {**index.get("ort_check", {}),
                       **{k: ort_report[k] for k in [*args.only, "op_selftest"]}}
