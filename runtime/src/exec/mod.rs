@@ -407,7 +407,7 @@ impl Executor {
     /// takes (other plans ignore it).
     pub fn set_epoch_steps(&mut self, steps: u64) {
         if let Some(t) = &mut self.turns {
-            t.set_epoch(&self.plan, steps);
+            t.set_epoch(steps);
         }
     }
 

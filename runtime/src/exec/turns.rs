@@ -10,6 +10,8 @@ pub struct Turns {
     skip: Vec<Vec<bool>>,
     /// Updates per turn.
     length: u64,
+    /// Turns last an epoch, whose length the trainer gives.
+    per_epoch: bool,
 }
 
 impl Turns {
@@ -41,13 +43,14 @@ impl Turns {
             skip,
             // Per epoch (0): one update per turn until the trainer gives an epoch's length.
             length: freeze.every.max(1) as u64,
+            per_epoch: freeze.every == 0,
         }))
     }
 
     /// Sets the turn's length to an epoch of `steps` updates, when the plan rotates per
     /// epoch (`every` = 0).
-    pub fn set_epoch(&mut self, plan: &Plan, steps: u64) {
-        if plan.freeze.as_ref().is_some_and(|f| f.every == 0) {
+    pub fn set_epoch(&mut self, steps: u64) {
+        if self.per_epoch {
             self.length = steps.max(1);
         }
     }
