@@ -163,8 +163,20 @@ impl Session {
         labels: impl Fn(usize) -> u32,
         seconds: Option<&mut [f64]>,
     ) -> Result<(), ExecError> {
+        self.feed_inputs(sample, seconds)?;
+        self.write_labels(labels)
+    }
+
+    /// [`Session::feed`] without the labels: the caller writes them (or a regression's
+    /// targets) into the executor.
+    pub fn feed_inputs(
+        &mut self,
+        sample: &(dyn Fn(usize, &mut [f32]) + Sync),
+        seconds: Option<&mut [f64]>,
+    ) -> Result<(), ExecError> {
         self.run_prefix(sample, seconds)?;
-        self.write_feeds(labels)
+        self.write_boundaries();
+        Ok(())
     }
 
     /// The model input, sample by sample, through the prefix into `boundary`. The plan's own
@@ -194,11 +206,14 @@ impl Session {
         Ok(())
     }
 
-    /// `boundary` and the labels into the executor.
-    fn write_feeds(&mut self, labels: impl Fn(usize) -> u32) -> Result<(), ExecError> {
+    /// `boundary` into the executor.
+    fn write_boundaries(&mut self) {
         for (k, b) in self.boundary.iter().enumerate() {
             self.exec.boundary_mut(k).copy_from_slice(b);
         }
+    }
+
+    fn write_labels(&mut self, labels: impl Fn(usize) -> u32) -> Result<(), ExecError> {
         for (r, l) in self.exec.labels_mut()?.iter_mut().enumerate() {
             *l = labels(r);
         }
@@ -233,17 +248,24 @@ impl Session {
             }
             self.cache.misses += b;
         }
-        self.write_feeds(|r| data.label(row(r)))
+        self.write_boundaries();
+        self.write_labels(|r| data.label(row(r)))
     }
 
     /// Top-1 hits and the summed cross-entropy of the first `valid` rows of the output.
     fn score(&self, data: &Dataset, rows: &[usize], valid: usize) -> (usize, f64) {
+        self.score_labels(|r| data.label(rows[r]) as usize, valid)
+    }
+
+    /// Top-1 hits and the summed cross-entropy of the output's first `valid` rows, row
+    /// `r`'s class being `label(r)`.
+    pub fn score_labels(&self, label: impl Fn(usize) -> usize, valid: usize) -> (usize, f64) {
         let out = self.exec.output();
         let classes = out.len() / self.batch();
         let (mut hits, mut loss) = (0, 0.0f64);
-        for (r, &i) in rows.iter().enumerate().take(valid) {
+        for r in 0..valid {
             let z = &out[r * classes..(r + 1) * classes];
-            let label = data.label(i) as usize;
+            let label = label(r);
             let best = z
                 .iter()
                 .enumerate()

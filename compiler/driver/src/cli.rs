@@ -141,48 +141,7 @@ enum Command {
         /// A plan made by `actc compile`.
         plan: PathBuf,
         #[command(flatten)]
-        data: TrainDataArgs,
-        #[arg(long, default_value_t = 10)]
-        epochs: usize,
-        /// Write a JSON line per step and per epoch to this file.
-        #[arg(long, value_name = "FILE")]
-        log: Option<PathBuf>,
-        /// Save as SAVE.best.actc and SAVE.last.actc [default: next to PLAN]
-        #[arg(long, value_name = "STEM")]
-        save: Option<PathBuf>,
-        /// No progress bar.
-        #[arg(long, short)]
-        quiet: bool,
-        /// Stop when a step's loss passes this: the run diverges (cross-entropy above 100
-        /// means a probability below e^-100 on the right class)
-        #[arg(long, value_name = "LOSS", default_value_t = 100.0)]
-        max_loss: f32,
-        /// Memory for the frozen prefix's outputs, kept per sample after the first epoch so
-        /// later epochs run only the trainable part: bytes, with an optional K, M or G suffix.
-        #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
-        cache_budget: usize,
-        /// Disk for the prefix cache's samples beyond --cache-budget (a file in --cache-dir,
-        /// deleted as soon as it is made, so nothing is left behind); 0: none.
-        #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
-        cache_disk: usize,
-        /// Folder for that file [default: the system's temporary folder; where that is a
-        /// RAM-backed tmpfs, point this at real storage].
-        #[arg(long, value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Run the frozen prefix on every batch of every epoch.
-        #[arg(long)]
-        no_cache: bool,
-        /// Go on from the run's last checkpoint (SAVE.last.actc) with the same flags: its
-        /// weights, optimizer state, epoch and step, so the result is the uninterrupted
-        /// run's, bit for bit (with the same --threads). No checkpoint yet: start afresh.
-        #[arg(long)]
-        resume: bool,
-        /// Also save SAVE.last.actc every N steps within an epoch [default: at each epoch's
-        /// end only]
-        #[arg(long, value_name = "N")]
-        checkpoint_every: Option<usize>,
-        #[command(flatten)]
-        prep: PrepArgs,
+        args: TrainArgs,
     },
     /// Loss and top-1 accuracy of a plan (or a trained one) on a dataset.
     Eval {
@@ -315,6 +274,83 @@ enum ScheduleArg {
     Constant,
     Cosine,
     LinearWarmup,
+}
+
+/// `train`'s flags.
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: TrainDataArgs,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Write a JSON line per step and per epoch to this file.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Save as SAVE.best.actc and SAVE.last.actc [default: next to PLAN]
+    #[arg(long, value_name = "STEM")]
+    save: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Stop when a step's loss passes this: the run diverges (cross-entropy above 100
+    /// means a probability below e^-100 on the right class)
+    #[arg(long, value_name = "LOSS", default_value_t = 100.0)]
+    max_loss: f32,
+    /// Memory for the frozen prefix's outputs, kept per sample after the first epoch so
+    /// later epochs run only the trainable part: bytes, with an optional K, M or G suffix.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    cache_budget: usize,
+    /// Disk for the prefix cache's samples beyond --cache-budget (a file in --cache-dir,
+    /// deleted as soon as it is made, so nothing is left behind); 0: none.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    cache_disk: usize,
+    /// Folder for that file [default: the system's temporary folder; where that is a
+    /// RAM-backed tmpfs, point this at real storage].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Run the frozen prefix on every batch of every epoch.
+    #[arg(long)]
+    no_cache: bool,
+    /// Go on from the run's last checkpoint (SAVE.last.actc) with the same flags: its
+    /// weights, optimizer state, epoch and step, so the result is the uninterrupted
+    /// run's, bit for bit (with the same --threads). No checkpoint yet: start afresh.
+    #[arg(long)]
+    resume: bool,
+    /// Also save SAVE.last.actc every N steps within an epoch [default: at each epoch's
+    /// end only]
+    #[arg(long, value_name = "N")]
+    checkpoint_every: Option<usize>,
+    #[command(flatten)]
+    prep: PrepArgs,
+}
+
+impl TrainArgs {
+    fn options(self) -> Result<TrainOptions> {
+        if self.epochs == 0 {
+            return Err(err!("--epochs must be at least 1"));
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(err!("--checkpoint-every must be at least 1 step"));
+        }
+        let cache = |bytes| if self.no_cache { 0 } else { bytes };
+        Ok(TrainOptions {
+            data: self.data.data,
+            val: self.data.val,
+            val_fraction: self.data.val_fraction,
+            epochs: self.epochs,
+            seed: self.data.seed,
+            log: self.log,
+            save: self.save,
+            quiet: self.quiet,
+            cache_budget: cache(self.cache_budget),
+            cache_disk: cache(self.cache_disk),
+            cache_dir: self.cache_dir.unwrap_or_else(std::env::temp_dir),
+            prep: self.prep.options(),
+            max_loss: self.max_loss,
+            resume: self.resume,
+            checkpoint_every: self.checkpoint_every.unwrap_or(0),
+        })
+    }
 }
 
 /// The training data and the validation data (train, plrd).
@@ -628,7 +664,6 @@ fn run(cli: Cli) -> Result<()> {
             dump_ir,
             prep,
         } => {
-            let mut options = opts.options()?;
             let out = output.unwrap_or_else(|| {
                 let stem = model
                     .file_stem()
@@ -643,24 +678,7 @@ fn run(cli: Cli) -> Result<()> {
                 check_output(ir, &[&model, &out])?;
             }
             let start = std::time::Instant::now();
-            match (opts.budget, &opts.calibration) {
-                (Some(budget), Some(data)) => {
-                    let choices =
-                        budget::calibrate(&model, &options, budget, data, &prep.options())?;
-                    eprint!("{}", budget::report(&choices, budget));
-                    options.fixed_ranks = budget::fixed_ranks(&choices);
-                }
-                (Some(_), None) => {
-                    return Err(err!(
-                        "--budget needs --calibration DATA: a batch of training data to choose the ranks on"
-                    ));
-                }
-                (None, Some(_)) => {
-                    return Err(err!("--calibration is only read with --budget SIZE"));
-                }
-                (None, None) => {}
-            }
-            let compiled = compile_file(&model, &options)?;
+            let compiled = compile_model(&model, &opts, &prep)?;
             if let Some(ir) = dump_ir {
                 write_atomically(&ir, compiled.ir.as_bytes())?;
             }
@@ -729,45 +747,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Train {
-            plan,
-            data,
-            epochs,
-            log,
-            save,
-            quiet,
-            max_loss,
-            cache_budget,
-            cache_disk,
-            cache_dir,
-            no_cache,
-            resume,
-            checkpoint_every,
-            prep,
-        } => {
-            if epochs == 0 {
-                return Err(err!("--epochs must be at least 1"));
-            }
-            if checkpoint_every == Some(0) {
-                return Err(err!("--checkpoint-every must be at least 1 step"));
-            }
-            let opts = TrainOptions {
-                data: data.data,
-                val: data.val,
-                val_fraction: data.val_fraction,
-                epochs,
-                seed: data.seed,
-                log,
-                save,
-                quiet,
-                cache_budget: if no_cache { 0 } else { cache_budget },
-                cache_disk: if no_cache { 0 } else { cache_disk },
-                cache_dir: cache_dir.unwrap_or_else(std::env::temp_dir),
-                prep: prep.options(),
-                max_loss,
-                resume,
-                checkpoint_every: checkpoint_every.unwrap_or(0),
-            };
+        Command::Train { plan, args } => {
+            let opts = args.options()?;
             run::train(&plan, &opts).map(|_| ())
         }
         Command::Bench {
@@ -897,6 +878,68 @@ fn run(cli: Cli) -> Result<()> {
             external_data,
         } => run::export_onnx(&plan, weights.as_deref(), &output, external_data),
     }
+}
+
+/// `compile` without its output: the options, then `--budget`'s calibration when asked.
+fn compile_model(
+    model: &std::path::Path,
+    opts: &CompileArgs,
+    prep: &PrepArgs,
+) -> Result<actc::Compiled> {
+    let mut options = opts.options()?;
+    match (opts.budget, &opts.calibration) {
+        (Some(budget), Some(data)) => {
+            let choices = budget::calibrate(model, &options, budget, data, &prep.options())?;
+            eprint!("{}", budget::report(&choices, budget));
+            options.fixed_ranks = budget::fixed_ranks(&choices);
+        }
+        (Some(_), None) => {
+            return Err(err!(
+                "--budget needs --calibration DATA: a batch of training data to choose the ranks on"
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(err!("--calibration is only read with --budget SIZE"));
+        }
+        (None, None) => {}
+    }
+    compile_file(model, &options)
+}
+
+/// The command `args` (the program name first) names, parsed as the command line parses
+/// it, for the bindings: the message of a rejected flag is the CLI's first line, without
+/// its `error: `.
+fn parse_for_binding(args: &[String]) -> std::result::Result<Cli, String> {
+    Cli::try_parse_from(args).map_err(|e| {
+        let text = e.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        first.strip_prefix("error: ").unwrap_or(first).to_string()
+    })
+}
+
+/// `actc compile MODEL FLAGS…` (`args`, the program name first) in process, for the
+/// bindings: the plan it would write, as the bytes of a plan file.
+pub fn compile_in_process(args: &[String]) -> std::result::Result<Vec<u8>, String> {
+    let cli = parse_for_binding(args)?;
+    let Command::Compile {
+        model, opts, prep, ..
+    } = cli.command
+    else {
+        return Err("expected `actc compile` flags".into());
+    };
+    compile_model(&model, &opts, &prep)
+        .map(|c| c.plan.to_bytes())
+        .map_err(|Error(msg)| one_line(&msg))
+}
+
+/// What `actc train PLAN FLAGS…` (`args`, the program name first) would train with, for
+/// the bindings' `fit` (the plan is theirs).
+pub fn train_options_in_process(args: &[String]) -> std::result::Result<TrainOptions, String> {
+    let cli = parse_for_binding(args)?;
+    let Command::Train { args, .. } = cli.command else {
+        return Err("expected `actc train` flags".into());
+    };
+    args.options().map_err(|Error(msg)| one_line(&msg))
 }
 
 /// Exit code for every rejected input (bad flags, bad files, models actc cannot train).

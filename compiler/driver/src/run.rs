@@ -1,6 +1,6 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::data::{DataOptions, check_labels, classes, seeded_noise};
+use crate::data::{DataOptions, check_labels, seeded_noise};
 use crate::fs::{check_output, write_atomically};
 use crate::inspect::human;
 use actc::{MAX_INLINE, Result, bail, err, export, externalize};
@@ -134,29 +134,94 @@ pub fn save_paths(plan: &Path, save: Option<&Path>) -> (PathBuf, PathBuf) {
     (with("best"), with("last"))
 }
 
+/// The samples of a training run: `data`'s training rows, and the validation rows of `val`
+/// (or of `data`, held out from it when no `--val` is given).
+pub struct RunData {
+    pub data: Dataset,
+    pub train_rows: Vec<usize>,
+    pub val: Option<Dataset>,
+    pub val_rows: Vec<usize>,
+}
+
+impl RunData {
+    /// Reads `--data` and `--val` as `opts` says.
+    pub fn load(opts: &TrainOptions) -> Result<RunData> {
+        let data = load_data(&opts.data, opts.prep.layout)?;
+        let val = match &opts.val {
+            Some(v) => Some(load_data(v, opts.prep.layout)?),
+            None => None,
+        };
+        RunData::split(data, val, opts)
+    }
+
+    /// Every row of `data` trains when `val` is given; else `--val-fraction` of them is
+    /// held out, chosen by `--seed`.
+    pub fn split(data: Dataset, val: Option<Dataset>, opts: &TrainOptions) -> Result<RunData> {
+        let (train_rows, val_rows) = match &val {
+            Some(v) => ((0..data.len()).collect(), (0..v.len()).collect()),
+            None => {
+                if !(0.0..1.0).contains(&opts.val_fraction) {
+                    bail!(
+                        "--val-fraction must be in [0, 1), got {}",
+                        opts.val_fraction
+                    );
+                }
+                split::holdout(data.len(), opts.val_fraction, opts.seed)
+            }
+        };
+        Ok(RunData {
+            data,
+            train_rows,
+            val,
+            val_rows,
+        })
+    }
+}
+
 /// Trains as `opts` says; returns the best validation accuracy (`None`: the run had already
 /// ended).
 pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
     let plan_crc = Plan::stored_crc(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    let data = load_data(&opts.data, opts.prep.layout)?;
-    let (train_rows, val_data, val_rows) = match &opts.val {
-        Some(v) => {
-            let val = load_data(v, opts.prep.layout)?;
-            let rows: Vec<usize> = (0..val.len()).collect();
-            ((0..data.len()).collect::<Vec<_>>(), Some(val), rows)
-        }
-        None => {
-            if !(0.0..1.0).contains(&opts.val_fraction) {
-                bail!(
-                    "--val-fraction must be in [0, 1), got {}",
-                    opts.val_fraction
-                );
-            }
-            let (t, v) = split::holdout(data.len(), opts.val_fraction, opts.seed);
-            (t, None, v)
-        }
-    };
-    let val = val_data.as_ref().unwrap_or(&data);
+    let data = RunData::load(opts)?;
+    let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
+    let run = run_key(plan_crc, opts, &data);
+    let (plan, file, progress, resuming) =
+        start_or_resume(plan_path, &last_path, run, opts.resume)?;
+    let name = plan_path.display().to_string();
+    // The lr schedule's length is set by `fit`, which knows the steps per epoch.
+    let mut session = Session::open(plan, file, 1).map_err(|e| err!("{name}: {e}"))?;
+    let from = resuming.then_some(last_path.as_path());
+    fit(
+        &mut session,
+        &name,
+        &data,
+        opts,
+        progress,
+        Some((&best_path, &last_path)),
+        from,
+    )
+}
+
+/// Trains `session` (the plan called `name` in messages) on `run` as `opts` says, from
+/// `progress` (resumed from the checkpoint `resumed`), saving the best and the last weights
+/// at `save` when given; returns the best validation accuracy (`None`: the run had already
+/// ended).
+pub fn fit(
+    session: &mut Session,
+    name: &str,
+    run: &RunData,
+    opts: &TrainOptions,
+    progress: Progress,
+    save: Option<(&Path, &Path)>,
+    resumed: Option<&Path>,
+) -> Result<Option<f64>> {
+    let RunData {
+        data,
+        train_rows,
+        val: val_data,
+        val_rows,
+    } = run;
+    let val = val_data.as_ref().unwrap_or(data);
     if opts.max_loss.is_nan() || opts.max_loss <= 0.0 {
         bail!(
             "--max-loss must be a positive number, got {}",
@@ -169,36 +234,40 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
             opts.cache_dir.display()
         );
     }
-    let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
-    let run = run_key(plan_crc, opts, &data, val_data.as_ref());
-    let (plan, file, progress, resuming) =
-        start_or_resume(plan_path, &last_path, run, opts.resume)?;
-    let batch = plan
-        .hyper
-        .as_ref()
-        .map(|h| h.batch as usize)
-        .unwrap_or(1)
-        .max(1);
+    let batch = session.batch();
     let steps_per_epoch = train_rows.len() / batch;
-    let total = (steps_per_epoch * opts.epochs) as u64;
-    check_labels(classes(&plan), &data, "", &opts.data)?;
-    if let (Some(v), Some(path)) = (&val_data, &opts.val) {
-        check_labels(classes(&plan), v, "--val ", path)?;
+    let classes = session
+        .executor()
+        .output_shape()
+        .last()
+        .copied()
+        .unwrap_or(0);
+    check_labels(classes, data, "", &opts.data)?;
+    if let (Some(v), Some(path)) = (val_data, &opts.val) {
+        check_labels(classes, v, "--val ", path)?;
     }
-    let mut session =
-        Session::open(plan, file, total).map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    // The run's first update: the lr schedule spans it and its epochs.
+    let done = progress.epochs_done as u64 * steps_per_epoch as u64 + progress.steps_done;
+    let first = progress.updates.saturating_sub(done);
+    session
+        .executor()
+        .set_total_steps(first + (steps_per_epoch * opts.epochs) as u64);
     session
         .set_cache(PrefixCache::new(opts.cache_budget).spill_to(&opts.cache_dir, opts.cache_disk));
-    let prep = opts.prep.preprocess(session.sample_shape(), &data)?;
+    let prep = opts.prep.preprocess(session.sample_shape(), data)?;
     if val_data.is_some() {
         val.check(&prep).map_err(|e| err!("{e}"))?;
     }
     // Made before training, so a path that cannot be written fails now, not after an epoch.
-    if let Some(dir) = last_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = save
+        .and_then(|(_, last)| last.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir).map_err(|e| {
             err!(
                 "--save {}: cannot create {}: {e}",
-                last_path.display(),
+                save.map(|(_, l)| l.display().to_string())
+                    .unwrap_or_default(),
                 dir.display()
             )
         })?;
@@ -216,17 +285,15 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
         ),
         None => None,
     };
-    match resuming {
-        true => eprintln!(
-            "resuming {} from {} at epoch {}, step {} of {steps_per_epoch}",
-            plan_path.display(),
-            last_path.display(),
+    match resumed {
+        Some(last) => eprintln!(
+            "resuming {name} from {} at epoch {}, step {} of {steps_per_epoch}",
+            last.display(),
             progress.epochs_done + 1,
             progress.steps_done
         ),
-        false => eprintln!(
-            "training {} on {} ({} train / {} val samples, batch {batch}, {steps_per_epoch} steps per epoch, {} epochs)",
-            plan_path.display(),
+        None => eprintln!(
+            "training {name} on {} ({} train / {} val samples, batch {batch}, {steps_per_epoch} steps per epoch, {} epochs)",
             data,
             train_rows.len(),
             val_rows.len(),
@@ -245,18 +312,21 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
     );
     let mut best = progress.best;
     let max_loss = opts.max_loss;
-    let last_shown = last_path.display().to_string();
+    let last_good = match save {
+        Some((_, last)) => format!("; the last good weights are in {}", last.display()),
+        None => String::new(),
+    };
     let written = |r: std::io::Result<()>, what: &Path| {
         r.map_err(|e| format!("{}: cannot write: {e}", what.display()))
     };
     let spec = TrainRun {
         train: Rows {
-            data: &data,
-            rows: &train_rows,
+            data,
+            rows: train_rows,
         },
         val: Rows {
             data: val,
-            rows: &val_rows,
+            rows: val_rows,
         },
         prep: &prep,
         epochs: opts.epochs,
@@ -279,7 +349,7 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
                 if loss > max_loss {
                     bar.finish_and_clear();
                     return Err(format!(
-                        "the loss reached {loss:.4e} at epoch {epoch}, step {step}, past --max-loss {max_loss}: training diverges; lower --lr (now {lr:e}); the last good weights are in {last_shown}"
+                        "the loss reached {loss:.4e} at epoch {epoch}, step {step}, past --max-loss {max_loss}: training diverges; lower --lr (now {lr:e}){last_good}"
                     ));
                 }
                 Ok(())
@@ -319,45 +389,52 @@ pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
                 // last epoch.
                 if improved {
                     best = Some(val.accuracy);
-                    let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
-                    write_atomically(&best_path, &snapshot).map_err(|e| e.0)?;
+                    if let Some((best_path, _)) = save {
+                        let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
+                        write_atomically(best_path, &snapshot).map_err(|e| e.0)?;
+                    }
                 }
                 Ok(())
             }
-            Event::Checkpoint { progress, session } => {
-                let checkpoint = session.executor().checkpoint_bytes(progress).map_err(|e| e.0)?;
-                write_atomically(&last_path, &checkpoint).map_err(|e| e.0)
-            }
+            Event::Checkpoint { progress, session } => match save {
+                Some((_, last_path)) => {
+                    let checkpoint = session.executor().checkpoint_bytes(progress).map_err(|e| e.0)?;
+                    write_atomically(last_path, &checkpoint).map_err(|e| e.0)
+                }
+                None => Ok(()),
+            },
         })
-        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    match best {
-        Some(best) => eprintln!(
+        .map_err(|e| err!("{name}: {e}"))?;
+    match (best, save) {
+        (Some(best), Some((best_path, last_path))) => eprintln!(
             "best val accuracy {best:.4}: weights in {} (last epoch: {})",
             best_path.display(),
             last_path.display()
         ),
-        None => eprintln!(
+        (Some(best), None) => eprintln!("best val accuracy {best:.4}"),
+        (None, Some((_, last_path))) => eprintln!(
             "the run had already ended; its weights are in {}",
             last_path.display()
         ),
+        (None, None) => {}
     }
     Ok(best)
 }
 
 /// What decides a run's result besides the plan: a resumed run must match it.
-fn run_key(plan_crc: u32, opts: &TrainOptions, data: &Dataset, val: Option<&Dataset>) -> Run {
+pub fn run_key(plan_crc: u32, opts: &TrainOptions, data: &RunData) -> Run {
     Run {
         plan_crc,
         seed: opts.seed,
         epochs: opts.epochs as u32,
         data: opts.data.display().to_string(),
-        data_crc: data.checksum(),
+        data_crc: data.data.checksum(),
         val: opts
             .val
             .as_ref()
             .map(|v| v.display().to_string())
             .unwrap_or_default(),
-        val_crc: val.map_or(0, Dataset::checksum),
+        val_crc: data.val.as_ref().map_or(0, Dataset::checksum),
         settings: match opts.val {
             Some(_) => opts.prep.to_string(),
             None => format!("{} --val-fraction {}", opts.prep, opts.val_fraction),
@@ -496,11 +573,24 @@ pub fn export_onnx(
         Some(w) => load_plan(w)?,
         None => plan.clone(),
     };
-    let mut model =
-        export(&plan, &trained).map_err(|e| err!("{}: {}", plan_path.display(), e.0))?;
+    let model = export(&plan, &trained).map_err(|e| err!("{}: {}", plan_path.display(), e.0))?;
+    write_onnx(model, out, &inputs, external_data)?;
+    eprintln!("exported {} -> {}", plan_path.display(), out.display());
+    Ok(())
+}
+
+/// Writes `model` to `out` (never over one of `inputs`); its weights go to `out.data`
+/// beside it with `external_data`, or when the model would pass protobuf's 2 GiB limit.
+pub fn write_onnx(
+    mut model: actc::ModelProto,
+    out: &Path,
+    inputs: &[&Path],
+    external_data: bool,
+) -> Result<()> {
+    check_output(out, inputs)?;
     if external_data || model.encoded_len() > MAX_INLINE {
         let data = PathBuf::from(format!("{}.data", out.display()));
-        check_output(&data, &inputs)?;
+        check_output(&data, inputs)?;
         let location = data.file_name().expect("a file name").to_string_lossy();
         let blob = externalize(&mut model, &location);
         if model.encoded_len() > MAX_INLINE {
@@ -518,9 +608,7 @@ pub fn export_onnx(
             data.display()
         );
     }
-    write_atomically(out, &model.encode_to_vec())?;
-    eprintln!("exported {} -> {}", plan_path.display(), out.display());
-    Ok(())
+    write_atomically(out, &model.encode_to_vec())
 }
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.

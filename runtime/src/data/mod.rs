@@ -70,6 +70,13 @@ impl fmt::Display for Layout {
     }
 }
 
+/// Sample values handed to [`Dataset::from_arrays`]: bytes (pixels, scaled by 1/255 as an
+/// IDX file's are) or floats.
+pub enum SampleValues {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
 /// Sample values as the file stores them, all samples back to back.
 pub(crate) enum Samples {
     U8(Vec<u8>),
@@ -140,6 +147,35 @@ impl Dataset {
                  sub-folder of PNG/JPEG images per class",
             ))
         }
+    }
+
+    /// A data set from arrays in memory (the bindings' NumPy arrays): samples `x` of
+    /// `shape` (the sample count first) and one class index per sample, checked as a
+    /// `.npz`'s arrays are; `source` names them in errors.
+    pub fn from_arrays(
+        source: &str,
+        shape: Vec<usize>,
+        x: SampleValues,
+        labels: Vec<i64>,
+        layout: Option<Layout>,
+    ) -> Result<Dataset, DataError> {
+        let source = Path::new(source);
+        let (len, values) = match x {
+            SampleValues::U8(v) => (v.len(), npy::Values::U8(v)),
+            SampleValues::F32(v) => (v.len(), npy::Values::F32(v)),
+        };
+        if shape.iter().product::<usize>() != len {
+            return Err(DataError::invalid(
+                source,
+                format!("array x holds {len} values, not the {shape:?} its shape says"),
+            ));
+        }
+        let x = npy::Array { shape, values };
+        let y = npy::Array {
+            shape: vec![labels.len()],
+            values: npy::Values::I64(labels),
+        };
+        npz::from_arrays(source, x, y, layout)
     }
 
     /// Checks the invariants every loader relies on; loaders report count mismatches

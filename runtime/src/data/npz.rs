@@ -21,16 +21,27 @@ pub(crate) fn load(path: &Path, layout: Option<Layout>) -> Result<Dataset, DataE
     let x = read_array(&mut zip, path, &SAMPLE_NAMES)?;
     let y = read_array(&mut zip, path, &LABEL_NAMES)?;
 
+    from_arrays(path, x, y, layout)
+}
+
+/// A data set of samples `x` and class labels `y` (one per sample), checked as a `.npz`'s
+/// are; `source` names them in errors.
+pub(crate) fn from_arrays(
+    source: &Path,
+    x: Array,
+    y: Array,
+    layout: Option<Layout>,
+) -> Result<Dataset, DataError> {
     let n = x.shape.first().copied().unwrap_or(0);
     let (form, shape, layout) = form_of(&x.shape, layout)
-        .map_err(|reason| DataError::invalid(path, format!("array x: {reason}")))?;
+        .map_err(|reason| DataError::invalid(source, format!("array x: {reason}")))?;
     let labels_per_sample = y
         .shape
         .get(1..)
         .is_some_and(|rest| rest.iter().all(|&d| d == 1));
     if !labels_per_sample {
         return Err(DataError::invalid(
-            path,
+            source,
             format!(
                 "array y has shape {:?}: expected one class index per sample, shape (N,); \
                  for one-hot labels save y.argmax(1)",
@@ -40,15 +51,15 @@ pub(crate) fn load(path: &Path, layout: Option<Layout>) -> Result<Dataset, DataE
     }
     if y.shape[0] != n {
         return Err(DataError::invalid(
-            path,
+            source,
             format!("x holds {n} samples but y holds {} labels", y.shape[0]),
         ));
     }
     let labels = y
         .to_labels()
-        .map_err(|reason| DataError::invalid(path, format!("array y: {reason}")))?;
+        .map_err(|reason| DataError::invalid(source, format!("array y: {reason}")))?;
     Dataset::new(
-        path,
+        source,
         x.into_samples(),
         shape,
         form,

@@ -164,15 +164,7 @@ impl Executor {
         // A checkpoint's state, now in memory, is saved again only with a checkpoint.
         plan.weights
             .retain(|w| !is_state(&plan.buffers[w.buffer as usize]));
-        let hyper = plan.hyper.clone().unwrap_or_default();
-        let schedule = match hyper.schedule() {
-            Schedule::Constant => LrSchedule::Constant,
-            Schedule::Cosine => LrSchedule::Cosine { total_steps },
-            Schedule::LinearWarmup => LrSchedule::LinearWarmup {
-                warmup_steps: hyper.warmup_steps as u64,
-                total_steps,
-            },
-        };
+        let schedule = schedule_of(&plan, total_steps);
         let mut compression = Vec::new();
         let compression_of = plan
             .steps
@@ -544,6 +536,34 @@ impl Executor {
         self.with_current_weights(Some(progress), Plan::to_bytes)
     }
 
+    /// Sets the length of the run the lr schedule spans (a run whose length was not known
+    /// when the executor was made).
+    pub fn set_total_steps(&mut self, total_steps: u64) {
+        self.schedule = schedule_of(&self.plan, total_steps);
+    }
+
+    /// The trainable weights, in the plan's order: the ONNX initializer each came from, its
+    /// shape and its current values.
+    pub fn trainable(&self) -> impl Iterator<Item = (&str, &[u64], &[f32])> {
+        self.plan.weights.iter().filter_map(|w| {
+            let b = self.plan.buffer(w.buffer);
+            // SAFETY: shared borrow of `self`; no step is running.
+            (b.kind() == BufferKind::Trainable).then(|| {
+                (w.source.as_str(), b.shape.as_slice(), unsafe {
+                    self.mem.f32(b)
+                })
+            })
+        })
+    }
+
+    /// The values of the trainable weight from ONNX initializer `name`, to overwrite.
+    pub fn trainable_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let w = self.plan.weights.iter().find(|w| w.source == name)?;
+        let b = self.plan.buffer(w.buffer);
+        // SAFETY: as in `boundary_mut`.
+        (b.kind() == BufferKind::Trainable).then(|| unsafe { self.mem.f32_mut(b) })
+    }
+
     /// Continues the count of updates of a resumed run (the lr schedule's position and
     /// Adam's bias correction).
     pub fn resume_at(&mut self, updates: u64) {
@@ -591,6 +611,19 @@ impl Executor {
             (plan.prefix_onnx, plan.rest_onnx) = Default::default();
         }
         out.map_err(|e| ExecError(format!("cannot read the plan file again: {e}")))
+    }
+}
+
+/// The plan's lr schedule over a run of `total_steps` updates.
+fn schedule_of(plan: &Plan, total_steps: u64) -> LrSchedule {
+    let hyper = plan.hyper.clone().unwrap_or_default();
+    match hyper.schedule() {
+        Schedule::Constant => LrSchedule::Constant,
+        Schedule::Cosine => LrSchedule::Cosine { total_steps },
+        Schedule::LinearWarmup => LrSchedule::LinearWarmup {
+            warmup_steps: hyper.warmup_steps as u64,
+            total_steps,
+        },
     }
 }
 
