@@ -942,6 +942,18 @@ pub fn train_options_in_process(args: &[String]) -> std::result::Result<TrainOpt
     args.options().map_err(|Error(msg)| one_line(&msg))
 }
 
+/// The data and its preprocessing that `actc eval PLAN FLAGS…` (`args`, the program name
+/// first) would read, for the bindings' `evaluate` (the plan is theirs).
+pub fn eval_options_in_process(
+    args: &[String],
+) -> std::result::Result<(PathBuf, DataOptions), String> {
+    let cli = parse_for_binding(args)?;
+    let Command::Eval { data, prep, .. } = cli.command else {
+        return Err("expected `actc eval` flags".into());
+    };
+    Ok((data, prep.options()))
+}
+
 /// Exit code for every rejected input (bad flags, bad files, models actc cannot train).
 pub const EXIT_BAD_INPUT: u8 = 2;
 

@@ -532,18 +532,8 @@ fn resume_point(last: &Path, progress: Option<Progress>, run: &Run) -> Result<Pr
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
     let data = load_data(data_path, prep.layout)?;
     let mut session = open_session(plan_path, 1)?;
-    let classes = session
-        .executor()
-        .output_shape()
-        .last()
-        .copied()
-        .unwrap_or(0);
-    check_labels(classes, &data, "", data_path)?;
-    let p = prep.preprocess(session.sample_shape(), &data)?;
-    let rows: Vec<usize> = (0..data.len()).collect();
-    let m = session
-        .evaluate(&data, &p, &rows)
-        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let name = plan_path.display().to_string();
+    let m = evaluate(&mut session, &name, &data, data_path, prep)?;
     if as_json {
         println!("{}", metrics_json(&m));
     } else {
@@ -556,6 +546,29 @@ pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: boo
         );
     }
     Ok(())
+}
+
+/// Loss and top-1 accuracy of `session` (the plan called `name` in messages) on every
+/// sample of `data` (read from `path`).
+pub fn evaluate(
+    session: &mut Session,
+    name: &str,
+    data: &Dataset,
+    path: &Path,
+    prep: &DataOptions,
+) -> Result<Metrics> {
+    let classes = session
+        .executor()
+        .output_shape()
+        .last()
+        .copied()
+        .unwrap_or(0);
+    check_labels(classes, data, "", path)?;
+    let p = prep.preprocess(session.sample_shape(), data)?;
+    let rows: Vec<usize> = (0..data.len()).collect();
+    session
+        .evaluate(data, &p, &rows)
+        .map_err(|e| err!("{name}: {e}"))
 }
 
 /// Writes the fine-tuned model to `out`; its weights go to `out.data` beside it with

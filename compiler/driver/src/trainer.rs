@@ -2,11 +2,13 @@
 //! caller's arrays, the trainable weights by ONNX initializer name, checkpoints and export;
 //! `fit` is `actc train`'s loop on the trainer's own weights.
 
+use crate::data::DataOptions;
 use crate::fs::{check_output, write_atomically};
 use crate::run::{self, RunData, TrainOptions};
 use actc::{Result, bail, err};
+use actc_runtime::data::Dataset;
 use actc_runtime::plan::{DType, Plan, Progress};
-use actc_runtime::train::Session;
+use actc_runtime::train::{Metrics, Session};
 use std::path::Path;
 
 /// What a step's batch is scored against.
@@ -276,6 +278,21 @@ impl Trainer {
         run::write_onnx(model, out, &[], external_data)?;
         eprintln!("exported {} -> {}", self.name, out.display());
         Ok(())
+    }
+
+    /// `actc eval` of these weights on `data` (read from `path`, else from `path`'s file),
+    /// its samples prepared as `prep` says.
+    pub fn evaluate(
+        &mut self,
+        data: Option<Dataset>,
+        path: &Path,
+        prep: &DataOptions,
+    ) -> Result<Metrics> {
+        let data = match data {
+            Some(d) => d,
+            None => Dataset::load(path, prep.layout).map_err(|e| err!("{e}"))?,
+        };
+        run::evaluate(&mut self.session, &self.name, &data, path, prep)
     }
 
     /// `actc train`'s loop with `opts` on these weights, over `data` (else `opts.data` and

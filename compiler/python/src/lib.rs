@@ -314,6 +314,26 @@ impl PyTrainer {
         py.detach(|| trainer.fit(&opts, data)).map_err(actc_err)
     }
 
+    /// `actc eval`'s flags `args` (the program name first) on these weights, on arrays
+    /// `(x, y)` when given (else the flags' `--data`): (loss, accuracy, samples).
+    #[pyo3(signature = (args, data=None))]
+    fn evaluate(
+        &mut self,
+        py: Python<'_>,
+        args: Vec<String>,
+        data: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+    ) -> PyResult<(f64, f64, usize)> {
+        let (path, prep) = cli::eval_options_in_process(&args).map_err(fail)?;
+        let data = data
+            .map(|(x, y)| dataset(&x, &y, "evaluation"))
+            .transpose()?;
+        let trainer = self.get()?;
+        let m = py
+            .detach(|| trainer.evaluate(data, &path, &prep))
+            .map_err(actc_err)?;
+        Ok((m.loss, m.accuracy, m.samples))
+    }
+
     /// The trainable weights: ONNX initializer name → float32 array.
     fn get_weights<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);

@@ -120,8 +120,14 @@ def test_checkpoint_goes_on_where_it_left(tmp_path):
         np.testing.assert_array_equal(v, b.get_weights()[k])
     a.export(tmp_path / "out.onnx")
     assert (tmp_path / "out.onnx").stat().st_size > 1000
-    # The CLI reads the checkpoint as trained weights.
-    subprocess.run([actc_bin(), "eval", str(tmp_path / "ck.actc"), "--data", str(DIGITS)], check=True, capture_output=True)
+    # The CLI reads the checkpoint as trained weights, and evaluates them as the trainer does.
+    out = subprocess.run(
+        [actc_bin(), "eval", str(tmp_path / "ck.actc"), "--data", str(DIGITS), "--json"], check=True, capture_output=True, text=True
+    )
+    c = actc.Trainer(actc.load(tmp_path / "ck.actc"))
+    assert c.evaluate(DIGITS) == json.loads(out.stdout)
+    with np.load(DIGITS) as z:
+        assert c.evaluate((z["x"].astype(np.float32), z["y"])) == json.loads(out.stdout)
 
 
 def test_regression_plan_takes_float_targets():

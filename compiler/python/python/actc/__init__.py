@@ -167,6 +167,20 @@ class Trainer:
             args += ["--val", os.fspath(val)]
         return self._native.fit(args + _flags(options), arrays, val_arrays)
 
+    def evaluate(self, data: Union[PathLike, Arrays], **options: Any) -> Dict[str, float]:
+        """``actc eval`` on these weights: mean cross-entropy and top-1 accuracy over every
+        sample of ``data`` (a data path or ``(x, y)`` arrays). Options are ``actc eval``'s
+        preprocessing flags (``layout``, ``scale``, ``mean``, ``std``)."""
+        args = ["actc", "eval", "<trainer>", "--data"]
+        arrays = None
+        if isinstance(data, tuple):
+            arrays = data
+            args.append("<arrays>")
+        else:
+            args.append(os.fspath(data))
+        loss, accuracy, samples = self._native.evaluate(args + _flags(options), arrays)
+        return {"loss": loss, "accuracy": accuracy, "samples": samples}
+
     def get_weights(self) -> Dict[str, np.ndarray]:
         """The trainable weights, keyed by ONNX initializer name (copies)."""
         return self._native.get_weights()
