@@ -5,17 +5,22 @@
 //! runtime's [`Plan`](actc_runtime::plan::Plan), and [`export`], which writes a trained plan
 //! back as ONNX. Training, evaluation and the command line live in the `actc-driver` crate.
 //!
-//! ```no_run
+//! ```
 //! use actc::{CompileOptions, Layers, compile_file};
+//! # std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).unwrap();
 //!
 //! let opts = CompileOptions {
 //!     layers: Layers::Last(4),
 //!     ..CompileOptions::default()
 //! };
 //! let compiled = compile_file("models/mobilenetv2.onnx".as_ref(), &opts)?;
-//! println!("planned arena: {} bytes", compiled.plan.memory.unwrap_or_default().arena);
+//! let memory = compiled.plan.memory.clone().unwrap_or_default();
+//! assert!(memory.arena > 0);
+//! std::fs::write(std::env::temp_dir().join("mnv2.actc"), compiled.plan.to_bytes()).unwrap();
 //! # Ok::<(), actc::Error>(())
 //! ```
+//!
+//! `actc_driver::trainer::Trainer` trains such a plan in process.
 
 mod compile;
 mod error;
