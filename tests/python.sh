@@ -12,7 +12,7 @@ rm -rf target/python-tests
 "$venv/bin/maturin" build --quiet --locked -m compiler/python/Cargo.toml -o target/python-tests/wheels
 "$venv/bin/pip" install --quiet --disable-pip-version-check target/python-tests/wheels/actc-*.whl
 # The CLI the tests compare against.
-cargo build --quiet --locked -p actc-driver
+cargo build --quiet --locked -p actc
 # From outside the source tree, so `import actc` is the installed wheel.
 cd target/python-tests
 ACTC_BIN="$PWD/../debug/actc" "$venv/bin/python" -m pytest -q -p no:cacheprovider ../../compiler/python/tests

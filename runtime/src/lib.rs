@@ -1,7 +1,7 @@
 //! actc's runtime: the plan format ([`plan`]), the CPU kernels ([`kernels`]), the executor
 //! that runs a plan's training steps in memory allocated once ([`exec`]), data loading
 //! ([`data`]) and the training loop over a data set ([`train`]). Plans come from the `actc`
-//! compiler crate (`actc compile`); `actc_driver::trainer::Trainer` wraps a session for
+//! compiler crate (`actc compile`); `actc::driver::trainer::Trainer` wraps a session for
 //! training in process.
 //!
 //! ```no_run

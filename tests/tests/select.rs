@@ -24,7 +24,7 @@ fn weight_shapes(plan: &Plan) -> Vec<(String, u32, Vec<u64>)> {
 fn ops(plan: &Plan) -> Vec<String> {
     plan.steps
         .iter()
-        .map(actc_driver::inspect::op_name)
+        .map(actc::driver::inspect::op_name)
         .collect()
 }
 

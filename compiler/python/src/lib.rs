@@ -2,9 +2,9 @@
 //! other): plans as bytes, and a trainer over NumPy arrays. Flags reach the command line's
 //! own parser, so options, defaults and error messages are the CLI's.
 
-use actc_driver::cli;
-use actc_driver::run::RunData;
-use actc_driver::trainer::{Scores, Targets, Trainer};
+use actc::driver::cli;
+use actc::driver::run::RunData;
+use actc::driver::trainer::{Scores, Targets, Trainer};
 use actc_runtime::data::{Dataset, SampleValues};
 use actc_runtime::plan::Plan;
 use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
@@ -48,13 +48,13 @@ impl PyPlan {
     /// What `actc inspect --json` prints of the plan, as a JSON string.
     fn inspect_json(&self) -> PyResult<String> {
         let plan = self.decoded()?;
-        Ok(actc_driver::inspect::json(&plan).to_string())
+        Ok(actc::driver::inspect::json(&plan).to_string())
     }
 
     /// Writes the plan file (through a temporary file, so never a partial one).
     fn save(&self, path: PathBuf) -> PyResult<()> {
-        actc_driver::fs::check_output(&path, &[]).map_err(actc_err)?;
-        actc_driver::fs::write_atomically(&path, &self.bytes).map_err(actc_err)
+        actc::driver::fs::check_output(&path, &[]).map_err(actc_err)?;
+        actc::driver::fs::write_atomically(&path, &self.bytes).map_err(actc_err)
     }
 
     #[getter]

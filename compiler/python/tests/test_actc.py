@@ -20,7 +20,7 @@ DIGITS = MODELS / "data" / "digits.npz"
 
 def actc_bin() -> str:
     path = os.environ.get("ACTC_BIN", str(ROOT / "target" / "debug" / "actc"))
-    assert os.access(path, os.X_OK), f"no actc binary at {path}: build it (cargo build -p actc-driver) or set ACTC_BIN"
+    assert os.access(path, os.X_OK), f"no actc binary at {path}: build it (cargo build -p actc) or set ACTC_BIN"
     return path
 
 

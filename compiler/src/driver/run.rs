@@ -1,9 +1,9 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::data::{DataOptions, check_labels, seeded_noise};
-use crate::fs::{check_output, write_atomically};
-use crate::inspect::human;
-use actc::{MAX_INLINE, Result, bail, err, export, externalize};
+use crate::driver::data::{DataOptions, check_labels, seeded_noise};
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::inspect::human;
+use crate::{MAX_INLINE, Result, bail, err, export, externalize};
 use actc_runtime::cache::PrefixCache;
 use actc_runtime::data::{Dataset, Layout, split};
 use actc_runtime::exec::Executor;
@@ -595,7 +595,7 @@ pub fn export_onnx(
 /// Writes `model` to `out` (never over one of `inputs`); its weights go to `out.data`
 /// beside it with `external_data`, or when the model would pass protobuf's 2 GiB limit.
 pub fn write_onnx(
-    mut model: actc::ModelProto,
+    mut model: crate::ModelProto,
     out: &Path,
     inputs: &[&Path],
     external_data: bool,
@@ -740,7 +740,7 @@ pub fn bench(
 fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_json::Value) {
     let ms = |s: f64| s * 1e3 / steps.max(1) as f64;
     let total: f64 = seconds.iter().sum();
-    let op = |i: usize| plan.steps[i].kind().map(actc::op_name).unwrap_or_default();
+    let op = |i: usize| plan.steps[i].kind().map(crate::op_name).unwrap_or_default();
     let mut by_op: Vec<(String, f64)> = Vec::new();
     for (i, &t) in seconds.iter().enumerate() {
         match by_op.iter_mut().find(|(o, _)| *o == op(i)) {

@@ -2,10 +2,10 @@
 //! caller's arrays, the trainable weights by ONNX initializer name, checkpoints and export;
 //! `fit` is `actc train`'s loop on the trainer's own weights.
 
-use crate::data::DataOptions;
-use crate::fs::{check_output, write_atomically};
-use crate::run::{self, RunData, TrainOptions};
-use actc::{Result, bail, err};
+use crate::driver::data::DataOptions;
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::run::{self, RunData, TrainOptions};
+use crate::{Result, bail, err};
 use actc_runtime::data::Dataset;
 use actc_runtime::plan::{DType, Plan, Progress};
 use actc_runtime::train::{Metrics, Session};
@@ -274,7 +274,8 @@ impl Trainer {
             .executor()
             .snapshot()
             .map_err(|e| err!("{}: {e}", self.name))?;
-        let model = actc::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))?;
+        let model =
+            crate::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))?;
         run::write_onnx(model, out, &[], external_data)?;
         eprintln!("exported {} -> {}", self.name, out.display());
         Ok(())

@@ -1,7 +1,7 @@
 //! How samples become model inputs: the flags `train`, `eval` and `compile --calibration`
 //! share.
 
-use actc::{Result, bail, err};
+use crate::{Result, bail, err};
 use actc_runtime::data::{Dataset, Layout, Preprocess};
 use actc_runtime::plan::Plan;
 use std::path::Path;

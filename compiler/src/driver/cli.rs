@@ -1,12 +1,12 @@
 //! The `actc` command line: argument parsing and the commands, callable in-process (the
 //! tests drive it this way) through [`run_from`].
 
-use crate::data::DataOptions;
-use crate::decompose::{self, Calibration};
-use crate::fs::{check_output, write_atomically};
-use crate::run::{self, TrainOptions};
-use crate::{budget, inspect, plrd};
-use actc::{
+use crate::driver::data::DataOptions;
+use crate::driver::decompose::{self, Calibration};
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::run::{self, TrainOptions};
+use crate::driver::{budget, inspect, plrd};
+use crate::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
     Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal, compile_file,
     err,
@@ -885,7 +885,7 @@ fn compile_model(
     model: &std::path::Path,
     opts: &CompileArgs,
     prep: &PrepArgs,
-) -> Result<actc::Compiled> {
+) -> Result<crate::Compiled> {
     let mut options = opts.options()?;
     match (opts.budget, &opts.calibration) {
         (Some(budget), Some(data)) => {
