@@ -150,9 +150,15 @@ fn shape_of(a: &Bound<'_, PyAny>) -> Option<Vec<usize>> {
         .map(|arr| arr.shape().to_vec())
 }
 
-/// A labelled data set from arrays `x` (uint8 pixels or float32 values, the sample count
-/// first) and `y` (one class index per sample).
-fn dataset(x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>, what: &str) -> PyResult<Dataset> {
+/// A data set from arrays `x` (uint8 pixels or float32 values, the sample count first) and
+/// `y`: one class index per sample, or with `regression` float32 targets (the sample count
+/// first).
+fn dataset(
+    x: &Bound<'_, PyAny>,
+    y: &Bound<'_, PyAny>,
+    what: &str,
+    regression: bool,
+) -> PyResult<Dataset> {
     let shape = shape_of(x).ok_or_else(|| {
         fail(format!(
             "{what} samples must be a numpy array, got {}",
@@ -165,9 +171,23 @@ fn dataset(x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>, what: &str) -> PyResult<D
         let mut keep = None;
         SampleValues::F32(floats(x, &format!("{what} samples"), &mut keep)?.to_vec())
     };
+    let source = format!("<{what} arrays>");
+    if regression {
+        let mut keep = None;
+        let targets = floats(y, &format!("{what} targets"), &mut keep)?.to_vec();
+        let target_shape = shape_of(y).unwrap_or_default();
+        return Dataset::from_arrays_with_targets(
+            &source,
+            shape,
+            values,
+            target_shape,
+            targets,
+            None,
+        )
+        .map_err(|e| fail(e.to_string()));
+    }
     let labels = classes(y, &format!("{what} labels"))?;
-    Dataset::from_arrays(&format!("<{what} arrays>"), shape, values, labels, None)
-        .map_err(|e| fail(e.to_string()))
+    Dataset::from_arrays(&source, shape, values, labels, None).map_err(|e| fail(e.to_string()))
 }
 
 /// Trains a plan in process: steps on NumPy batches, `fit` on a data set, weights by ONNX
@@ -300,11 +320,12 @@ impl PyTrainer {
         val: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
     ) -> PyResult<Option<f64>> {
         let opts = cli::train_options_in_process(&args).map_err(fail)?;
+        let regression = !self.get()?.takes_classes();
         let data = match data {
             Some((x, y)) => {
-                let train = dataset(&x, &y, "training")?;
+                let train = dataset(&x, &y, "training", regression)?;
                 let val = val
-                    .map(|(x, y)| dataset(&x, &y, "validation"))
+                    .map(|(x, y)| dataset(&x, &y, "validation", regression))
                     .transpose()?;
                 Some(RunData::split(train, val, &opts).map_err(actc_err)?)
             }
@@ -315,23 +336,24 @@ impl PyTrainer {
     }
 
     /// `actc eval`'s flags `args` (the program name first) on these weights, on arrays
-    /// `(x, y)` when given (else the flags' `--data`): (loss, accuracy, samples).
+    /// `(x, y)` when given (else the flags' `--data`): what `actc eval --json` prints.
     #[pyo3(signature = (args, data=None))]
     fn evaluate(
         &mut self,
         py: Python<'_>,
         args: Vec<String>,
         data: Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
-    ) -> PyResult<(f64, f64, usize)> {
+    ) -> PyResult<String> {
         let (path, prep) = cli::eval_options_in_process(&args).map_err(fail)?;
+        let regression = !self.get()?.takes_classes();
         let data = data
-            .map(|(x, y)| dataset(&x, &y, "evaluation"))
+            .map(|(x, y)| dataset(&x, &y, "evaluation", regression))
             .transpose()?;
         let trainer = self.get()?;
         let m = py
             .detach(|| trainer.evaluate(data, &path, &prep))
             .map_err(actc_err)?;
-        Ok((m.loss, m.accuracy, m.samples))
+        Ok(actc::driver::run::metrics_json(&m).to_string())
     }
 
     /// The trainable weights: ONNX initializer name → float32 array.

@@ -193,3 +193,42 @@ def test_inspect_is_the_cli_json(tmp_path):
     plan.save(tmp_path / "p.actc")
     out = subprocess.run([actc_bin(), "inspect", str(tmp_path / "p.actc"), "--json"], check=True, capture_output=True, text=True)
     assert plan.inspect() == json.loads(out.stdout)
+
+
+def test_regression_trains_from_the_command_line_and_in_python(tmp_path):
+    plan = actc.compile(MODELS / "tiny_multi_output.onnx", layers=1, train_output="embedding", loss="mse", lr=0.05, momentum=0.9)
+    plan.save(tmp_path / "reg.actc")
+    start = actc.Trainer(plan)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64,) + start.input_shape[1:]).astype(np.float32)
+    # Targets an affine map of the trained layer's output reaches: the loss can fall far.
+    y = np.concatenate([start.predict(x[i : i + 8]) for i in range(0, 64, 8)]) * 0.5 + 0.3
+    np.savez(tmp_path / "reg.npz", x=x, embedding=y)
+    log = tmp_path / "cli.jsonl"
+    flags = ["--epochs", "4", "--val-fraction", "0.25", "--quiet"]
+    subprocess.run(
+        [actc_bin(), "train", str(tmp_path / "reg.actc"), "--data", str(tmp_path / "reg.npz"), "--log", str(log), *flags],
+        check=True,
+        capture_output=True,
+    )
+    cli = [r for r in map(json.loads, log.read_text().splitlines()) if r["event"] == "epoch"]
+    assert set(cli[0]["val"]) == {"loss", "mse", "mae", "samples"}
+    assert cli[-1]["val"]["mse"] < 0.5 * cli[0]["val"]["mse"]
+    out = subprocess.run(
+        [actc_bin(), "eval", str(tmp_path / "reg.best.actc"), "--data", str(tmp_path / "reg.npz"), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    trained = actc.Trainer(actc.load(tmp_path / "reg.best.actc"))
+    assert trained.evaluate(tmp_path / "reg.npz") == json.loads(out.stdout)
+    # The same run in Python, on the arrays.
+    py_log = tmp_path / "py.jsonl"
+    actc.Trainer(plan).fit((x, y), epochs=4, val_fraction=0.25, quiet=True, log=py_log)
+    py = [r for r in map(json.loads, py_log.read_text().splitlines()) if r["event"] == "epoch"]
+    assert [r["val"] for r in py] == [r["val"] for r in cli]
+    # Class labels are not targets.
+    bad = subprocess.run([actc_bin(), "train", str(tmp_path / "reg.actc"), "--data", str(DIGITS)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "targets have shape [] per sample" in bad.stderr, bad.stderr
+    bad = subprocess.run([actc_bin(), "eval", str(tmp_path / "reg.actc"), "--data", str(MODELS / "data" / "fashion-mnist")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "only a .npz holds them" in bad.stderr, bad.stderr

@@ -2,7 +2,7 @@
 //! caller's arrays, the trainable weights by ONNX initializer name, checkpoints and export;
 //! `fit` is `actc train`'s loop on the trainer's own weights.
 
-use crate::driver::data::DataOptions;
+use crate::driver::data::{DataOptions, load_data, target_names};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::driver::run::{self, RunData, TrainOptions};
 use crate::{Result, bail, err};
@@ -291,7 +291,10 @@ impl Trainer {
     ) -> Result<Metrics> {
         let data = match data {
             Some(d) => d,
-            None => Dataset::load(path, prep.layout).map_err(|e| err!("{e}"))?,
+            None => {
+                let targets = target_names(self.session.executor().plan());
+                load_data(path, prep.layout, targets.as_deref())?
+            }
         };
         run::evaluate(&mut self.session, &self.name, &data, path, prep)
     }
@@ -307,7 +310,10 @@ impl Trainer {
         }
         let data = match data {
             Some(d) => d,
-            None => RunData::load(opts)?,
+            None => {
+                let targets = target_names(self.session.executor().plan());
+                RunData::load(opts, targets.as_deref())?
+            }
         };
         let progress = Progress {
             run: Some(run::run_key(self.crc, opts, &data)),

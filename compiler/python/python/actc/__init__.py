@@ -168,9 +168,10 @@ class Trainer:
         return self._native.fit(args + _flags(options), arrays, val_arrays)
 
     def evaluate(self, data: Union[PathLike, Arrays], **options: Any) -> Dict[str, float]:
-        """``actc eval`` on these weights: mean cross-entropy and top-1 accuracy over every
-        sample of ``data`` (a data path or ``(x, y)`` arrays). Options are ``actc eval``'s
-        preprocessing flags (``layout``, ``scale``, ``mean``, ``std``)."""
+        """``actc eval --json`` on these weights: ``loss`` (mean cross-entropy), ``accuracy``
+        and ``samples`` over every sample of ``data`` (a data path or ``(x, y)`` arrays); for
+        a ``loss="mse"`` plan ``loss``/``mse`` and ``mae`` over float targets. Options are
+        ``actc eval``'s preprocessing flags (``layout``, ``scale``, ``mean``, ``std``)."""
         args = ["actc", "eval", "<trainer>", "--data"]
         arrays = None
         if isinstance(data, tuple):
@@ -178,8 +179,7 @@ class Trainer:
             args.append("<arrays>")
         else:
             args.append(os.fspath(data))
-        loss, accuracy, samples = self._native.evaluate(args + _flags(options), arrays)
-        return {"loss": loss, "accuracy": accuracy, "samples": samples}
+        return json.loads(self._native.evaluate(args + _flags(options), arrays))
 
     def get_weights(self) -> Dict[str, np.ndarray]:
         """The trainable weights, keyed by ONNX initializer name (copies)."""
