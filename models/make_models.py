@@ -579,6 +579,51 @@ def decomposed_layernorm_params(m: onnx.ModelProto) -> list[tuple[str, str]]:
     return found
 
 
+class TinyGelu(nn.Module):
+    """Token MLP for GELU (a transformer block's MLP): input (batch, 8 tokens, 16 features);
+    Linear 16->32, GELU (erf), Linear 32->16, GELU (tanh approximation), mean over the
+    tokens, Linear 16->10. The 3-D Linears export as MatMul + Add, the head as Gemm: 3 layers.
+    At opset 20 the GELUs are Gelu nodes; at opset 17 the exact one is the Erf pattern
+    (Div by sqrt 2, Erf, Add 1, Mul x, Mul 0.5) and the tanh one is spelled out in Pow, Mul,
+    Add and Tanh, as exporters without the op write them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, input):
+        x = F.gelu(self.fc1(input))
+        x = F.gelu(self.fc2(x), approximate="tanh")
+        return self.head(x.mean(dim=1))
+
+
+def tiny_gelu_model():
+    seed_all(17)
+    return TinyGelu().eval()
+
+
+def build_tiny_gelu():
+    model = tiny_gelu_model()
+    path = OUT / "tiny_gelu.onnx"
+    export_legacy(model, torch.randn(1, 8, 16), path, opset=20, input_dyn=BATCH_DYN)
+    m = check(path, model, tiny_layernorm_inputs(),
+              expect={"Gelu": 2, "Erf": 0, "MatMul": 2, "Gemm": 1})
+    modes = [next((a.s.decode() for a in n.attribute if a.name == "approximate"), "none")
+             for n in m.graph.node if n.op_type == "Gelu"]
+    assert modes == ["none", "tanh"], modes
+
+
+def build_tiny_gelu_erf():
+    model = tiny_gelu_model()
+    path = OUT / "tiny_gelu_erf.onnx"
+    export_legacy(model, torch.randn(1, 8, 16), path, opset=17, input_dyn=BATCH_DYN)
+    m = check(path, model, tiny_layernorm_inputs(),
+              expect={"Gelu": 0, "Erf": 1, "Tanh": 1, "MatMul": 2, "Gemm": 1})
+    assert_float32_only(m)
+
+
 def build_tiny_layernorm():
     model = tiny_layernorm_model()
     path = OUT / "tiny_layernorm.onnx"
@@ -688,6 +733,8 @@ BUILDERS = {
     "tiny_constants": build_tiny_constants,
     "tiny_layernorm": build_tiny_layernorm,
     "tiny_layernorm_decomposed": build_tiny_layernorm_decomposed,
+    "tiny_gelu": build_tiny_gelu,
+    "tiny_gelu_erf": build_tiny_gelu_erf,
 }
 
 

@@ -70,6 +70,8 @@ CASES = {
     "tiny_matmul": ((64,), [1, 2, "all"]),
     "tiny_layernorm": ((8, 16), [1, 2, "all"]),
     "tiny_layernorm_decomposed": ((8, 16), [1, 2, "all"]),
+    "tiny_gelu": ((8, 16), [1, 2, "all"]),
+    "tiny_gelu_erf": ((8, 16), [1, 2, "all"]),
     # Decomposed by `actc decompose` (models/README.md): a layer's factors count as one layer.
     "tiny_cnn_lowrank": ((3, 16, 16), [1, 4, "all"]),
     "tiny_mlp_lowrank": ((64,), [1, 2, "all"]),
@@ -77,12 +79,12 @@ CASES = {
 # Models that are the same function with the same weights as another one, written with other
 # ops: their trainable tensors must be the same ones (compared by value, as the exporter
 # names some differently), and their gradients are compared too (index.json `same_as`).
-SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm"}
+SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm", "tiny_gelu_erf": "tiny_gelu"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
               "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
               "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
-              "tiny_mlp_lowrank"]
+              "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf"]
 # `actc decompose --energy 1 --even-if-larger` must give the model's function (onnxruntime on
 # both, at the model's declared input shape). Run when ACTC names an actc binary.
 LOWRANK_ENERGY1 = ["tiny_cnn", "tiny_mlp", "tiny_matmul", "mcunet", "mobilenetv2", "resnet18"]

@@ -182,6 +182,12 @@ class OnnxTorch:
     def op_Relu(self, a, at): return F.relu(a[0])
     def op_Sigmoid(self, a, at): return torch.sigmoid(a[0])
     def op_Sin(self, a, at): return torch.sin(a[0])
+    def op_Tanh(self, a, at): return torch.tanh(a[0])
+    def op_Erf(self, a, at): return torch.erf(a[0])
+
+    def op_Gelu(self, a, at):
+        mode = at.get("approximate", b"none")
+        return F.gelu(a[0], approximate=mode.decode() if isinstance(mode, bytes) else mode)
     def op_LeakyRelu(self, a, at): return F.leaky_relu(a[0], at.get("alpha", 0.01))
 
     def op_PRelu(self, a, at):

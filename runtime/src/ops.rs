@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66"
     )]
     pub kind: Option<Kind>,
 }
@@ -84,6 +84,13 @@ pub struct HardSigmoid {
     pub alpha: f32,
     #[prost(float, tag = "2")]
     pub beta: f32,
+}
+
+/// ONNX Gelu's `approximate`: "none" (the exact erf form) or "tanh".
+#[derive(Clone, PartialEq, Message)]
+pub struct Gelu {
+    #[prost(bool, tag = "1")]
+    pub tanh: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -379,6 +386,20 @@ pub enum Kind {
     /// x, scale, mean, inv_std, dy → dx, dscale, [dbias]
     #[prost(message, tag = "62")]
     LayerNormBackward(LayerNorm),
+
+    // ---- transformer activations ----
+    /// x → y: x·Φ(x) (erf), or its tanh approximation
+    #[prost(message, tag = "63")]
+    Gelu(Gelu),
+    /// x, dy → dx
+    #[prost(message, tag = "64")]
+    GeluBackward(Gelu),
+    /// x → y
+    #[prost(message, tag = "65")]
+    Tanh(Empty),
+    /// y, dy → dx
+    #[prost(message, tag = "66")]
+    TanhBackward(Empty),
 }
 
 #[derive(Clone, PartialEq, Message)]

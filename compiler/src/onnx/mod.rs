@@ -278,6 +278,15 @@ pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
+pub fn attr_string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_string()),
+        r#type: Some(proto::attribute_proto::AttributeType::String as i32),
+        s: Some(v.as_bytes().to_vec()),
+        ..Default::default()
+    }
+}
+
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: Some(name.to_string()),
@@ -310,7 +319,7 @@ fn attribute_type(name: &str) -> Option<AttributeType> {
         | "value_int" => AttributeType::Int,
         "strides" | "pads" | "dilations" | "kernel_shape" | "perm" | "axes" | "split"
         | "output_padding" | "value_ints" => AttributeType::Ints,
-        "auto_pad" | "mode" => AttributeType::String,
+        "auto_pad" | "mode" | "approximate" => AttributeType::String,
         "value" => AttributeType::Tensor,
         "value_floats" => AttributeType::Floats,
         _ => return None,

@@ -182,6 +182,10 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
         Kind::LeakyReluBackward(a) => act::leaky_relu_backward(a.alpha, x(0), x(1), y(0)),
         Kind::PRelu(_) => act::prelu_forward(plane(bi(0)), x(0), x(1), y(0)),
         Kind::PReluBackward(_) => act::prelu_backward(plane(bi(0)), x(0), x(1), x(2), y(0), y(1)),
+        Kind::Gelu(g) => act::gelu_forward(g.tanh, x(0), y(0)),
+        Kind::GeluBackward(g) => act::gelu_backward(g.tanh, x(0), x(1), y(0)),
+        Kind::Tanh(_) => act::tanh_forward(x(0), y(0)),
+        Kind::TanhBackward(_) => act::tanh_backward(x(0), x(1), y(0)),
         Kind::Sigmoid(_) => act::sigmoid_forward(x(0), y(0)),
         Kind::SigmoidBackward(_) => act::sigmoid_backward(x(0), x(1), y(0)),
         Kind::HardSigmoid(h) => act::hard_sigmoid_forward(h.alpha, h.beta, x(0), y(0)),
@@ -567,7 +571,9 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
         | Kind::LeakyRelu(_)
         | Kind::Sigmoid(_)
         | Kind::HardSigmoid(_)
-        | Kind::HardSwish(_) => {
+        | Kind::HardSwish(_)
+        | Kind::Gelu(_)
+        | Kind::Tanh(_) => {
             io.arity(1..=1, 1..=1)?;
             io.shape(io.shape_o(0), io.shape_i(0), "the output")
         }
@@ -577,6 +583,8 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
         | Kind::SigmoidBackward(_)
         | Kind::HardSigmoidBackward(_)
         | Kind::HardSwishBackward(_)
+        | Kind::GeluBackward(_)
+        | Kind::TanhBackward(_)
         | Kind::MseBackward(_) => {
             io.arity(2..=2, 1..=1)?;
             io.shape(io.shape_i(1), io.shape_i(0), "the second input")?;

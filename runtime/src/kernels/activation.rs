@@ -161,6 +161,51 @@ pub fn hard_swish_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     });
 }
 
+pub fn tanh_forward(x: &[f32], y: &mut [f32]) {
+    map(x, y, f32::tanh);
+}
+
+/// From the output: dx = dy·(1 − y²).
+pub fn tanh_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    map_grad(y, dy, dx, |y, d| d * (1.0 - y * y));
+}
+
+/// √(2/π), the tanh approximation's scale.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// GELU: x·Φ(x), Φ the standard normal CDF through erf, as PyTorch's `approximate='none'`;
+/// with `tanh`, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn gelu_forward(tanh: bool, x: &[f32], y: &mut [f32]) {
+    match tanh {
+        false => map(x, y, |x| {
+            0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+        }),
+        true => map(x, y, |x| {
+            0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
+        }),
+    }
+}
+
+/// d/dx x·Φ(x) = Φ(x) + x·φ(x); of the tanh form, 0.5·(1 + t) + 0.5·x·(1 − t²)·u′ with
+/// t = tanh(u), u = √(2/π)·(x + 0.044715·x³).
+pub fn gelu_backward(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    match tanh {
+        false => map_grad(x, dy, dx, |x, d| {
+            let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * x * x).exp()
+                * (0.5 * std::f32::consts::FRAC_2_SQRT_PI)
+                * std::f32::consts::FRAC_1_SQRT_2;
+            d * (cdf + x * pdf)
+        }),
+        true => map_grad(x, dy, dx, |x, d| {
+            let u = SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x);
+            let t = u.tanh();
+            let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044_715 * x * x);
+            d * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+        }),
+    }
+}
+
 fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
     debug_assert_eq!(x.len(), y.len());
     y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x));
@@ -227,6 +272,63 @@ mod tests {
             fwd(xp, &mut y);
             weighted_sum(&y, &r)
         });
+    }
+
+    #[test]
+    fn gelu_in_both_forms() {
+        let exact = |x: f64| 0.5 * x * (1.0 + libm::erf(x / 2f64.sqrt()));
+        check(
+            "gelu",
+            58,
+            5.0,
+            &[],
+            |x, y| gelu_forward(false, x, y),
+            |x, _, d, dx| gelu_backward(false, x, d, dx),
+            exact,
+        );
+        let tanh = |x: f64| {
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            0.5 * x * (1.0 + u.tanh())
+        };
+        check(
+            "gelu tanh",
+            59,
+            5.0,
+            &[],
+            |x, y| gelu_forward(true, x, y),
+            |x, _, d, dx| gelu_backward(true, x, d, dx),
+            tanh,
+        );
+        // torch.nn.functional.gelu(x[, approximate='tanh']) and its gradient, torch 2.15.
+        let x = [-3.0, -1.0, 0.5, 1.0, 2.0];
+        let torch = [
+            (
+                false,
+                [-0.004050225, -0.15865526, 0.34573123, 0.84134471, 1.9544997],
+            ),
+            (
+                true,
+                [-0.003637433, -0.15880799, 0.34571400, 0.84119201, 1.9545977],
+            ),
+        ];
+        let grads = [
+            (
+                false,
+                [-0.011945605, -0.08331543, 0.86749506, 1.08331537, 1.0852319],
+            ),
+            (
+                true,
+                [-0.011584297, -0.08296409, 0.86736989, 1.08296406, 1.0860993],
+            ),
+        ];
+        for ((tanh, y_want), (_, g_want)) in torch.iter().zip(&grads) {
+            let (mut y, mut g) = ([0.0; 5], [0.0; 5]);
+            gelu_forward(*tanh, &x, &mut y);
+            gelu_backward(*tanh, &x, &[1.0; 5], &mut g);
+            let want = |w: &[f32; 5]| w.iter().map(|&v| v as f64).collect::<Vec<_>>();
+            assert_close("gelu vs torch", &y, &want(y_want), 1e-6);
+            assert_close("gelu grad vs torch", &g, &want(g_want), 1e-6);
+        }
     }
 
     #[test]
@@ -302,6 +404,15 @@ mod tests {
             sigmoid_forward,
             |_, y, d, dx| sigmoid_backward(y, d, dx),
             |x| 1.0 / (1.0 + (-x).exp()),
+        );
+        check(
+            "tanh",
+            60,
+            4.0,
+            &[],
+            tanh_forward,
+            |_, y, d, dx| tanh_backward(y, d, dx),
+            f64::tanh,
         );
         let (a, b) = (0.2f32, 0.5f32);
         check(
