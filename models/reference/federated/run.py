@@ -125,17 +125,26 @@ def federated(args, split: str, seed: int, work: Path, echo: bool = False) -> di
                      + (["--keep-momentum"] if args.keep_momentum else [])
                      + (["--echo"] if echo else []), f"client{k}")
                for k in range(args.clients)]
+    # Wait for all; the first process to fail (or the time limit) stops the others at once,
+    # rather than leaving the server waiting for a client that is gone.
+    procs = [server, *clients]
     deadline = time.time() + args.timeout
-    for p in [server, *clients]:
-        try:
-            p.wait(timeout=max(1.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            for q in [server, *clients]:
-                if q.poll() is None:
-                    q.kill()
-            raise RuntimeError(f"{tag}: timed out after {args.timeout} s (logs in {work})")
-        if p.returncode != 0:
-            raise RuntimeError(f"{tag}: a process exited with {p.returncode} (logs in {work})")
+    failed = None
+    while any(p.poll() is None for p in procs):
+        bad = [p for p in procs if p.poll() not in (None, 0)]
+        if bad or time.time() > deadline:
+            failed = (f"{len(bad)} process(es) exited with {[p.returncode for p in bad]}" if bad
+                      else f"timed out after {args.timeout} s")
+            break
+        time.sleep(0.5)
+    if failed is None and any(p.returncode != 0 for p in procs):
+        failed = f"exit codes {[p.returncode for p in procs]}"
+    if failed:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        raise RuntimeError(f"{tag}: {failed} (logs in {work})")
     for f in logs:
         f.close()
     srv = json.loads((work / f"{tag}-server.json").read_text())
@@ -190,6 +199,15 @@ def tables(res: dict) -> str:
         out.append(f"- final FedAvg {s.upper()} − centralized: per seed "
                    + ", ".join(f"{100 * g:+.1f}" for g in gaps)
                    + f" points; mean {100 * statistics.mean(gaps):+.1f}")
+        last = min(3, rounds)
+        tail_fl = [statistics.mean(fl_acc(s, k)[i] for k in range(rounds - last + 1, rounds + 1))
+                   for i in range(len(fl_acc(s, rounds)))]
+        tail_c = [statistics.mean(c[i] for c in (central_acc((k) * epochs)
+                                                 for k in range(rounds - last + 1, rounds + 1)))
+                  for i in range(len(final_c))]
+        out.append(f"  mean of the last {last} rounds: FedAvg {s.upper()} {mean_std(tail_fl)}, centralized "
+                   f"{mean_std(tail_c)} (last {last} epochs); difference "
+                   f"{100 * (statistics.mean(tail_fl) - statistics.mean(tail_c)):+.1f} points")
         best_fl = [max(x["accuracy"] for x in r["server"]["rounds"] if x["round"] > 0)
                    for r in fl if r["split"] == s]
         out.append(f"  best round of FedAvg {s.upper()}: {mean_std(best_fl)}; best centralized epoch: "

@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     ap.add_argument("--client-eval", action="store_true",
                     help="also ask every client to evaluate the global weights on its shard")
+    ap.add_argument("--round-timeout", type=float, default=600,
+                    help="seconds a round waits for its clients")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -109,7 +111,8 @@ def main() -> None:
         evaluate_metrics_aggregation_fn=lambda pairs: {},
     )
     fl.server.start_server(server_address=args.address,
-                           config=fl.server.ServerConfig(num_rounds=args.rounds),
+                           config=fl.server.ServerConfig(num_rounds=args.rounds,
+                                                         round_timeout=args.round_timeout),
                            strategy=strategy)
     record["seconds"] = time.perf_counter() - t_start
     record["rss_before_actc_mb"] = rss_before_actc
