@@ -262,18 +262,9 @@ pub fn fit(
     let batch = session.batch();
     let regression = session.regression();
     let steps_per_epoch = train_rows.len() / batch;
-    let classes = session
-        .executor()
-        .output_shape()
-        .last()
-        .copied()
-        .unwrap_or(0);
-    check_labels(classes, data, "", &opts.data)?;
+    check_targets(session, data, "", &opts.data)?;
     if let (Some(v), Some(path)) = (val_data, &opts.val) {
-        check_labels(classes, v, "--val ", path)?;
-    }
-    for d in [Some(data), val_data.as_ref()].into_iter().flatten() {
-        session.check_data(d).map_err(|e| err!("{e}"))?;
+        check_targets(session, v, "--val ", path)?;
     }
     // The run's first update: the lr schedule spans it and its epochs.
     let done = progress.epochs_done as u64 * steps_per_epoch as u64 + progress.steps_done;
@@ -589,6 +580,19 @@ pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: boo
     Ok(())
 }
 
+/// Refuses `data` (read from `path`, called `what` in messages) when the plan does not take
+/// its kind of target, or has no class for one of its labels.
+fn check_targets(session: &mut Session, data: &Dataset, what: &str, path: &Path) -> Result<()> {
+    session.check_data(data).map_err(|e| err!("{e}"))?;
+    let classes = session
+        .executor()
+        .output_shape()
+        .last()
+        .copied()
+        .unwrap_or(0);
+    check_labels(classes, data, what, path)
+}
+
 /// Loss and top-1 accuracy of `session` (the plan called `name` in messages) on every
 /// sample of `data` (read from `path`).
 pub fn evaluate(
@@ -598,14 +602,7 @@ pub fn evaluate(
     path: &Path,
     prep: &DataOptions,
 ) -> Result<Metrics> {
-    let classes = session
-        .executor()
-        .output_shape()
-        .last()
-        .copied()
-        .unwrap_or(0);
-    check_labels(classes, data, "", path)?;
-    session.check_data(data).map_err(|e| err!("{e}"))?;
+    check_targets(session, data, "", path)?;
     let p = prep.preprocess(session.sample_shape(), data)?;
     let rows: Vec<usize> = (0..data.len()).collect();
     session

@@ -24,6 +24,18 @@ pub(crate) fn load(path: &Path, layout: Option<Layout>) -> Result<Dataset, DataE
     from_arrays(path, x, y, layout)
 }
 
+/// How many samples `x` holds and how each is read.
+fn samples_of(
+    source: &Path,
+    x: &Array,
+    layout: Option<Layout>,
+) -> Result<(usize, Form, Vec<usize>, Option<Layout>), DataError> {
+    let n = x.shape.first().copied().unwrap_or(0);
+    let (form, shape, layout) = form_of(&x.shape, layout)
+        .map_err(|reason| DataError::invalid(source, format!("array x: {reason}")))?;
+    Ok((n, form, shape, layout))
+}
+
 /// A data set of samples `x` and class labels `y` (one per sample), checked as a `.npz`'s
 /// are; `source` names them in errors.
 pub(crate) fn from_arrays(
@@ -32,9 +44,7 @@ pub(crate) fn from_arrays(
     y: Array,
     layout: Option<Layout>,
 ) -> Result<Dataset, DataError> {
-    let n = x.shape.first().copied().unwrap_or(0);
-    let (form, shape, layout) = form_of(&x.shape, layout)
-        .map_err(|reason| DataError::invalid(source, format!("array x: {reason}")))?;
+    let (n, form, shape, layout) = samples_of(source, &x, layout)?;
     let labels_per_sample = y
         .shape
         .get(1..)
@@ -91,9 +101,7 @@ pub(crate) fn regression_from_arrays(
     y: Array,
     layout: Option<Layout>,
 ) -> Result<Dataset, DataError> {
-    let n = x.shape.first().copied().unwrap_or(0);
-    let (form, shape, layout) = form_of(&x.shape, layout)
-        .map_err(|reason| DataError::invalid(source, format!("array x: {reason}")))?;
+    let (n, form, shape, layout) = samples_of(source, &x, layout)?;
     if y.shape.first() != Some(&n) {
         return Err(DataError::invalid(
             source,
