@@ -498,9 +498,11 @@ impl Session {
             } else {
                 self.evaluate(run.val.data, run.prep, run.val.rows)?
             };
-            // Without validation data every epoch is the best so far: the last one is kept.
-            let improved = run.val.rows.is_empty() || at.best.is_none_or(|best| val.score() > best);
-            if improved {
+            // Without validation data there is no best epoch: each one counts as improved,
+            // so the last one is kept, and no score is recorded.
+            let validated = !run.val.rows.is_empty();
+            let improved = !validated || at.best.is_none_or(|best| val.score() > best);
+            if improved && validated {
                 at.best = Some(val.score());
             }
             (at.epochs_done, at.steps_done, at.hits, at.loss_sum) = (epoch as u32, 0, 0, 0.0);

@@ -224,7 +224,9 @@ def test_regression_trains_from_the_command_line_and_in_python(tmp_path):
     assert trained.evaluate(tmp_path / "reg.npz") == json.loads(out.stdout)
     # The same run in Python, on the arrays.
     py_log = tmp_path / "py.jsonl"
-    actc.Trainer(plan).fit((x, y), epochs=4, val_fraction=0.25, quiet=True, log=py_log)
+    best = actc.Trainer(plan).fit((x, y), epochs=4, val_fraction=0.25, quiet=True, log=py_log)
+    assert best == min(r["val"]["loss"] for r in cli)
+    assert actc.Trainer(plan).fit((x, y), epochs=1, val_fraction=0, quiet=True) is None
     py = [r for r in map(json.loads, py_log.read_text().splitlines()) if r["event"] == "epoch"]
     assert [r["val"] for r in py] == [r["val"] for r in cli]
     # Class labels are not targets.

@@ -377,11 +377,11 @@ pub fn fit(
             }
             Event::Epoch { epoch, train, val, seconds, improved, session } => {
                 bar.finish_and_clear();
-                eprintln!(
-                    "epoch {epoch}: train {} | val {} | {seconds:.1} s",
-                    metrics_text(&train),
-                    metrics_text(&val)
-                );
+                let val_text = match val_rows.is_empty() {
+                    true => String::new(),
+                    false => format!(" | val {}", metrics_text(&val)),
+                };
+                eprintln!("epoch {epoch}: train {}{val_text} | {seconds:.1} s", metrics_text(&train));
                 let cache = session.cache();
                 let (hits, misses) = (cache.hits, cache.misses);
                 let (cached, on_disk) = (cache.bytes(), cache.disk_bytes());
@@ -410,7 +410,9 @@ pub fn fit(
                 // A checkpoint that cannot be written stops the run now, not after the
                 // last epoch.
                 if improved {
-                    best = Some(val.score());
+                    if !val_rows.is_empty() {
+                        best = Some(val.score());
+                    }
                     if let Some((best_path, _)) = save {
                         let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
                         write_atomically(best_path, &snapshot).map_err(|e| e.0)?;
@@ -435,8 +437,13 @@ pub fn fit(
             last_path.display()
         ),
         (Some(best), None) => eprintln!("{}", best_text(best, regression)),
+        (None, Some((best_path, last_path))) if !val_rows.is_empty() => eprintln!(
+            "the run had already ended; its weights are in {} (best: {})",
+            last_path.display(),
+            best_path.display()
+        ),
         (None, Some((_, last_path))) => eprintln!(
-            "the run had already ended; its weights are in {}",
+            "no validation data: the last epoch's weights are in {}",
             last_path.display()
         ),
         (None, None) => {}

@@ -301,7 +301,8 @@ impl Trainer {
 
     /// `actc train`'s loop with `opts` on these weights, over `data` (else `opts.data` and
     /// `opts.val` are read); saves `SAVE.best.actc` and `SAVE.last.actc` only when
-    /// `opts.save` names them. Returns the best validation accuracy.
+    /// `opts.save` names them. Returns the best validation accuracy, or for regression
+    /// targets the lowest validation loss (`None` without validation data).
     pub fn fit(&mut self, opts: &TrainOptions, data: Option<RunData>) -> Result<Option<f64>> {
         if opts.resume {
             bail!(
@@ -325,7 +326,7 @@ impl Trainer {
             .as_deref()
             .map(|stem| run::save_paths(Path::new(""), Some(stem)));
         let save = paths.as_ref().map(|(b, l)| (b.as_path(), l.as_path()));
-        run::fit(
+        let best = run::fit(
             &mut self.session,
             &self.name,
             &data,
@@ -333,6 +334,8 @@ impl Trainer {
             progress,
             save,
             None,
-        )
+        )?;
+        // The run ranks epochs by a score where higher is better: a loss is negated there.
+        Ok(best.map(|s| if self.takes_classes() { s } else { -s }))
     }
 }

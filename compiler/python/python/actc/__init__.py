@@ -149,7 +149,8 @@ class Trainer:
         arrays. Options are ``actc train``'s flags: ``seed``, ``val_fraction``, ``log``,
         ``quiet``, ``cache_budget``, … ``save=stem`` writes ``stem.best.actc`` and
         ``stem.last.actc`` as ``actc train`` does (nothing is written without it).
-        Returns the best validation accuracy."""
+        Returns the best validation accuracy (for a ``loss="mse"`` plan the lowest validation
+        loss; ``None`` without validation data, ``val_fraction=0``)."""
         args = ["actc", "train", "<trainer>", "--epochs", str(epochs)]
         arrays, val_arrays = None, None
         if isinstance(data, tuple):
