@@ -21,28 +21,23 @@ fn run(cmd: &mut Command, what: &str) -> String {
     stdout
 }
 
-/// The folder of this build's libactc: `target/<profile>`, one up from this test's
-/// `target/<profile>/deps`. Cargo builds a library's cdylib for its own integration tests
-/// only when it also has an rlib, which this one cannot (see Cargo.toml): a nested
-/// `cargo build` of the library makes sure it is there and current. With everything else
-/// built already (the library's dependencies are this test's), it compiles this crate alone.
+/// The folder of this build's libactc.so: `target/<profile>`, one up from this test's
+/// `target/<profile>/deps`. Cargo builds the library (all its crate types, since it has an
+/// rlib) before the package's integration tests.
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args(["build", "--lib", "-p", "actc-capi", "--target-dir"])
-        .arg(target_dir);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some(profile) => {
-            cargo.args(["--profile", profile]);
-        }
-        None => panic!("{} names no profile", profile_dir.display()),
-    }
-    run(&mut cargo, "building libactc");
-    profile_dir
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let lib = dir.join(format!(
+        "{}actc{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    assert!(
+        lib.is_file(),
+        "{} is missing: cargo builds it before this test (`cargo test -p actc-capi`)",
+        lib.display()
+    );
+    dir
 }
 
 #[test]
