@@ -119,6 +119,7 @@ pub unsafe extern "C" fn actc_trainer_get_weight(
         registry::with(trainer, |o| {
             let shape = &o.weight(name)?.shape;
             check_len(name, shape, len, "dst")?;
+            // The trainer hands out copies of all its weights at once, not one by reference.
             let (_, _, values) = o
                 .trainer
                 .weights()

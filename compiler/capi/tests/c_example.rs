@@ -21,12 +21,12 @@ fn run(cmd: &mut Command, what: &str) -> String {
     stdout
 }
 
-/// The folder of this build's libactc.so: `target/<profile>`, one up from this test's
-/// `target/<profile>/deps`. Cargo builds the library (all its crate types, since it has an
-/// rlib) before the package's integration tests.
+/// The folder of this build's libactc.so. Cargo builds the library (every crate type, since
+/// it has an rlib) before the package's integration tests, into their own folder,
+/// `target/<profile>/deps` (only `cargo build` copies it one folder up).
 fn library_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let dir = exe.parent().unwrap().to_path_buf();
     let lib = dir.join(format!(
         "{}actc{}",
         std::env::consts::DLL_PREFIX,
