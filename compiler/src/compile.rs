@@ -583,7 +583,7 @@ impl Context<'_> {
                 producer: format!("actc {}", env!("CARGO_PKG_VERSION")),
                 input_name,
                 input_shape: self.input_shape.iter().map(|&d| d as u64).collect(),
-                output_name: self.graph.tensor(selection.output).name.clone(),
+                output_name: selection.output_name.clone(),
                 layers: opts.layers.to_string(),
             }),
             prefix_onnx: self.prefix_onnx,

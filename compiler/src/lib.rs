@@ -1,23 +1,39 @@
-//! actc: compiles an ONNX model into a memory-planned training plan for its last N layers.
+//! actc: compiles an ONNX model into a memory-planned training plan for its last N layers,
+//! and trains it.
 //!
-//! The library's API is what this page re-exports: [`compile_file`] (or [`compile_model`]
+//! The compiler's API is what this page re-exports: [`compile_file`] (or [`compile_model`]
 //! for a decoded model) with its [`CompileOptions`], the [`Compiled`] result holding the
 //! runtime's [`Plan`](actc_runtime::plan::Plan), and [`export`], which writes a trained plan
-//! back as ONNX. Training, evaluation and the command line live in the `actc-driver` crate.
+//! back as ONNX. [`driver`] holds the `actc` command line and
+//! [`Trainer`](driver::trainer::Trainer), training in process (what the Python and C
+//! bindings use):
 //!
-//! ```no_run
+//! ```
+//! use actc::driver::trainer::{Targets, Trainer};
 //! use actc::{CompileOptions, Layers, compile_file};
+//! # std::env::set_current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).unwrap();
 //!
-//! let opts = CompileOptions {
-//!     layers: Layers::Last(4),
-//!     ..CompileOptions::default()
-//! };
-//! let compiled = compile_file("models/mobilenetv2.onnx".as_ref(), &opts)?;
-//! println!("planned arena: {} bytes", compiled.plan.memory.unwrap_or_default().arena);
+//! let opts = CompileOptions { layers: Layers::All, ..CompileOptions::default() };
+//! let plan = compile_file("models/tiny_mlp.onnx".as_ref(), &opts)?.plan;
+//! assert!(plan.memory.clone().unwrap_or_default().arena > 0);
+//!
+//! let mut trainer = Trainer::new(&plan.to_bytes(), "tiny_mlp")?;
+//! let n: usize = trainer.input_shape().iter().product(); // 8 samples of 64 features
+//! let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 17) as f32 - 8.0) / 8.0).collect();
+//! let y: Vec<i64> = (0..8).map(|r| r % 10).collect();
+//! let first = trainer.train_step(&x, Targets::Classes(&y))?;
+//! for _ in 0..20 {
+//!     trainer.train_step(&x, Targets::Classes(&y))?;
+//! }
+//! assert!(trainer.eval_step(&x, Targets::Classes(&y))?.loss < first as f64);
+//! let weights = trainer.weights(); // (ONNX initializer name, shape, values)
+//! assert_eq!(weights[0].0, "fc1.weight");
+//! trainer.export(&std::env::temp_dir().join("tiny_mlp_trained.onnx"), false)?;
 //! # Ok::<(), actc::Error>(())
 //! ```
 
 mod compile;
+pub mod driver;
 mod error;
 mod ir;
 mod lowrank;

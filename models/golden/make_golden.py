@@ -405,6 +405,36 @@ def needed_nodes(ev, output):
     return sorted(seen)
 
 
+def matmul_biases(ev, nodes, consts):
+    """Add nodes that add a constant vector (one value per output feature) to the output of a
+    MatMul with a constant weight: nn.Linear on N-D input, exported as MatMul + Add. The
+    vector is the layer's bias and trains (node index -> its input position)."""
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+
+    def linear_width(t):
+        """The output features of the linear layer computing `t` (None: no such layer)."""
+        p = producer.get(t)
+        if p is None or nodes[p].op_type not in ("MatMul", "Gemm") or nodes[p].input[1] not in consts:
+            return None
+        w = ev.inits[nodes[p].input[1]].shape
+        trans_b = any(a.name == "transB" and a.i for a in nodes[p].attribute)
+        return w[0] if trans_b else w[-1]
+
+    out = {}
+    for i, n in enumerate(nodes):
+        if n.op_type != "Add":
+            continue
+        for k, other in ((1, 0), (0, 1)):
+            b = n.input[k]
+            width = linear_width(n.input[other])
+            if b in consts and width is not None:
+                shape = tuple(ev.inits[b].shape)
+                if len(shape) >= 1 and shape[-1] == width and all(d == 1 for d in shape[:-1]):
+                    out[i] = (k,)
+                    break
+    return out
+
+
 def trainable_names(ev, layers, output="logits"):
     """Initializer names trained by `--layers layers`, in node (file) order, weight before bias.
     (Weights must be initializers: no golden case has weights in Constant nodes.)"""
@@ -412,10 +442,11 @@ def trainable_names(ev, layers, output="logits"):
     consts = {name for name, t in ev.inits.items() if t.is_floating_point()}
     order = needed_nodes(ev, output)
     layernorm_params = decomposed_layernorms(ev.model, consts)
+    linear_biases = matmul_biases(ev, nodes, consts)
 
     def params(i):
         n = nodes[i]
-        ks = layernorm_params.get(i, PARAM_INPUTS.get(n.op_type, ()))
+        ks = layernorm_params.get(i, linear_biases.get(i, PARAM_INPUTS.get(n.op_type, ())))
         return [n.input[k] for k in ks if k < len(n.input) and n.input[k] in consts]
 
     layer_ix = [i for i in order if nodes[i].op_type == "Conv"]

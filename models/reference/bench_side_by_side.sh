@@ -28,7 +28,7 @@ EPOCH_SHAPES=${EPOCH_SHAPES:-64x32 8x224}
 if [ -z "${ACTC:-}" ]; then
   # The deployment build (README): whole-program optimised, non-PIE.
   host=$(rustc -vV | sed -n 's/^host: //p')
-  RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc-driver --target "$host"
+  RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc --target "$host"
   ACTC=target/$host/dist/actc
 fi
 # The CPU decides the ratios (PyTorch's oneDNN uses AVX-512 where there is one): say which.

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${STEPS:-10}
 if [ -z "${ACTC:-}" ]; then
-  cargo build --release -q -p actc-driver
+  cargo build --release -q -p actc
   ACTC=target/release/actc
 fi
 tmp=$(mktemp -d)

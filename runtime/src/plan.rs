@@ -154,9 +154,13 @@ pub struct Progress {
     pub hits: u64,
     #[prost(double, tag = "6")]
     pub loss_sum: f64,
-    /// The best validation accuracy so far (what the `.best` file holds).
+    /// The best validation score so far (what the `.best` file holds): the accuracy, or
+    /// for regression targets the negated loss.
     #[prost(double, optional, tag = "7")]
     pub best: Option<f64>,
+    /// The next epoch's summed absolute error over its steps taken (regression targets).
+    #[prost(double, tag = "8")]
+    pub abs_error_sum: f64,
 }
 
 /// What decides a run's result besides the plan: checked when it is resumed.

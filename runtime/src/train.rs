@@ -26,9 +26,34 @@ pub struct Session {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Metrics {
+    /// Mean cross-entropy, or for regression targets the mean squared error.
     pub loss: f64,
+    /// Top-1 accuracy (0 for regression targets).
     pub accuracy: f64,
+    /// Mean absolute error of regression targets (0 for class labels).
+    pub mae: f64,
     pub samples: usize,
+    pub regression: bool,
+}
+
+impl Metrics {
+    /// Higher is better: the accuracy, or for regression targets the negated loss (what a
+    /// run's best epoch is chosen by).
+    pub fn score(&self) -> f64 {
+        if self.regression {
+            -self.loss
+        } else {
+            self.accuracy
+        }
+    }
+}
+
+/// What a batch's rows scored: top-1 hits, summed per-sample loss, summed absolute error.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    hits: usize,
+    loss: f64,
+    abs: f64,
 }
 
 /// Some rows of a dataset.
@@ -56,7 +81,9 @@ pub enum Event<'a> {
         step: usize,
         steps: usize,
         loss: f32,
-        accuracy: f64,
+        /// The epoch's top-1 accuracy so far, or for regression targets its mean absolute
+        /// error so far.
+        score: f64,
         samples_per_s: f64,
         lr: f32,
     },
@@ -249,12 +276,50 @@ impl Session {
             self.cache.misses += b;
         }
         self.write_boundaries();
-        self.write_labels(|r| data.label(row(r)))
+        if self.regression() {
+            let per = data
+                .target_shape()
+                .map_or(0, |s| s.iter().product::<usize>());
+            let targets = self.exec.targets_mut()?;
+            for r in 0..b {
+                targets[r * per..(r + 1) * per].copy_from_slice(data.target(row(r)));
+            }
+            Ok(())
+        } else {
+            self.write_labels(|r| data.label(row(r)))
+        }
     }
 
-    /// Top-1 hits and the summed cross-entropy of the first `valid` rows of the output.
-    fn score(&self, data: &Dataset, rows: &[usize], valid: usize) -> (usize, f64) {
-        self.score_labels(|r| data.label(rows[r]) as usize, valid)
+    /// Whether the plan trains on regression targets (`--loss mse`), not class labels.
+    pub fn regression(&self) -> bool {
+        let plan = self.exec.plan();
+        plan.buffer(*plan.feeds.last().expect("validated")).dtype() == DType::F32
+    }
+
+    /// What the first `valid` rows of the output scored against `rows` of `data`.
+    fn score(&self, data: &Dataset, rows: &[usize], valid: usize) -> Tally {
+        if !self.regression() {
+            let (hits, loss) = self.score_labels(|r| data.label(rows[r]) as usize, valid);
+            return Tally {
+                hits,
+                loss,
+                abs: 0.0,
+            };
+        }
+        let out = self.exec.output();
+        let per = out.len() / self.batch();
+        let mut t = Tally::default();
+        for (r, &i) in rows.iter().enumerate().take(valid) {
+            let (mut sq, mut abs) = (0.0f64, 0.0f64);
+            for (&o, &y) in out[r * per..(r + 1) * per].iter().zip(data.target(i)) {
+                let d = (o - y) as f64;
+                sq += d * d;
+                abs += d.abs();
+            }
+            t.loss += sq / per as f64;
+            t.abs += abs / per as f64;
+        }
+        t
     }
 
     /// Top-1 hits and the summed cross-entropy of the output's first `valid` rows, row
@@ -286,32 +351,48 @@ impl Session {
         prep: &Preprocess,
         rows: &[usize],
     ) -> Result<Metrics, ExecError> {
-        self.check_classification()?;
-        let (mut hits, mut loss) = (0, 0.0);
+        self.check_data(data)?;
+        let mut sum = Tally::default();
         for chunk in rows.chunks(self.batch()) {
             self.load(data, prep, chunk)?;
             self.exec.forward();
-            let (h, l) = self.score(data, chunk, chunk.len());
-            hits += h;
-            loss += l;
+            let t = self.score(data, chunk, chunk.len());
+            sum.hits += t.hits;
+            sum.loss += t.loss;
+            sum.abs += t.abs;
         }
         let n = rows.len().max(1) as f64;
         Ok(Metrics {
-            loss: loss / n,
-            accuracy: hits as f64 / n,
+            loss: sum.loss / n,
+            accuracy: sum.hits as f64 / n,
+            mae: sum.abs / n,
             samples: rows.len(),
+            regression: self.regression(),
         })
     }
 
-    fn check_classification(&self) -> Result<(), ExecError> {
-        let label = self
-            .exec
-            .plan()
-            .buffer(*self.exec.plan().feeds.last().expect("validated"));
-        if label.dtype() != DType::U32 {
-            return Err(ExecError("this plan was compiled with --loss mse; actc train and eval read class-labelled data (compile with --loss cross-entropy)".into()));
+    /// Refuses data whose kind of target the plan does not train on: class labels for a
+    /// `--loss mse` plan, regression targets (or ones of another size) for cross-entropy.
+    pub fn check_data(&self, data: &Dataset) -> Result<(), ExecError> {
+        let out = self.exec.output_shape();
+        let per: usize = out[1..].iter().product();
+        match (self.regression(), data.target_shape()) {
+            (false, Some(_)) => Err(ExecError(format!(
+                "{}: holds regression targets, but this plan trains with cross-entropy on class labels",
+                data.source().display()
+            ))),
+            (true, None) => Err(ExecError(format!(
+                "{}: holds class labels, but this plan trains with --loss mse on float targets of shape {:?} per sample",
+                data.source().display(),
+                &out[1..]
+            ))),
+            (true, Some(s)) if s.iter().product::<usize>() != per => Err(ExecError(format!(
+                "{}: its targets have shape {s:?} per sample; the trained output has {:?} ({per} values)",
+                data.source().display(),
+                &out[1..]
+            ))),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Trains as `run` says, from where `from` left off (`Progress::default()`: the start),
@@ -327,7 +408,8 @@ impl Session {
         mut on: impl FnMut(Event) -> Result<(), String>,
     ) -> Result<(), ExecError> {
         let (data, train_rows) = (run.train.data, run.train.rows);
-        self.check_classification()?;
+        self.check_data(data)?;
+        self.check_data(run.val.data)?;
         let b = self.batch();
         let steps = train_rows.len() / b;
         if steps == 0 {
@@ -366,17 +448,22 @@ impl Session {
                 }
                 // The plan keeps the output alive to the end of the step, so it still holds
                 // this batch's logits from before the update.
-                let (h, _) = self.score(data, rows, b);
-                at.hits += h as u64;
+                let t = self.score(data, rows, b);
+                at.hits += t.hits as u64;
+                at.abs_error_sum += t.abs;
                 at.loss_sum += loss as f64;
                 at.steps_done += 1;
                 at.updates = self.exec.updates();
+                let seen = (at.steps_done as usize * b) as f64;
                 on(Event::Step {
                     epoch,
                     step: step + 1,
                     steps,
                     loss,
-                    accuracy: at.hits as f64 / (at.steps_done as usize * b) as f64,
+                    score: match self.regression() {
+                        true => at.abs_error_sum / seen,
+                        false => at.hits as f64 / seen,
+                    },
                     samples_per_s: ((step + 1 - first) * b) as f64
                         / start.elapsed().as_secs_f64().max(1e-9),
                     lr,
@@ -402,18 +489,22 @@ impl Session {
             let train = Metrics {
                 loss: at.loss_sum / steps as f64,
                 accuracy: at.hits as f64 / (steps * b) as f64,
+                mae: at.abs_error_sum / (steps * b) as f64,
                 samples: steps * b,
+                regression: self.regression(),
             };
             let val = if run.val.rows.is_empty() {
                 Metrics::default()
             } else {
                 self.evaluate(run.val.data, run.prep, run.val.rows)?
             };
-            let improved = at.best.is_none_or(|best| val.accuracy > best);
+            // Without validation data every epoch is the best so far: the last one is kept.
+            let improved = run.val.rows.is_empty() || at.best.is_none_or(|best| val.score() > best);
             if improved {
-                at.best = Some(val.accuracy);
+                at.best = Some(val.score());
             }
             (at.epochs_done, at.steps_done, at.hits, at.loss_sum) = (epoch as u32, 0, 0, 0.0);
+            at.abs_error_sum = 0.0;
             on(Event::Epoch {
                 epoch,
                 train,

@@ -7,7 +7,7 @@ use common::{model, scratch};
 fn run(args: &[&str]) {
     let mut argv = vec!["actc"];
     argv.extend_from_slice(args);
-    if let Err((code, msg)) = actc_driver::cli::run_from(argv) {
+    if let Err((code, msg)) = actc::driver::cli::run_from(argv) {
         panic!("`actc {}` failed ({code}): {msg}", args.join(" "));
     }
 }
@@ -56,7 +56,7 @@ fn compile_train_eval_export_on_bundled_digits() {
     ]);
     // A spill folder that does not exist is refused before training, naming the flag.
     let missing = dir.join("missing");
-    let (code, msg) = actc_driver::cli::run_from([
+    let (code, msg) = actc::driver::cli::run_from([
         "actc",
         "train",
         p,
@@ -306,12 +306,12 @@ fn plrd_writes_one_model_per_size() {
             out.to_str().unwrap().into(),
         ]
     };
-    let (code, msg) = actc_driver::cli::run_from(args("0.9,0.95")).unwrap_err();
+    let (code, msg) = actc::driver::cli::run_from(args("0.9,0.95")).unwrap_err();
     assert!(
         code == 2 && msg.contains("--energies must fall"),
         "{code}: {msg}"
     );
-    actc_driver::cli::run_from(args("0.8,0.6,0.4")).unwrap();
+    actc::driver::cli::run_from(args("0.8,0.6,0.4")).unwrap();
     let mut params = Vec::new();
     for name in ["original", "energy_0.8", "energy_0.6", "energy_0.4"] {
         let path = out.join(format!("{name}.onnx"));

@@ -195,7 +195,7 @@ fn fashion_mnist() -> std::path::PathBuf {
 /// trains at those ranks.
 #[test]
 fn a_budget_fixes_ranks_that_fit_it() {
-    use actc_driver::budget;
+    use actc::driver::budget;
     use actc_runtime::ops::Kind;
     let shape = vec![8, 3, 32, 32];
     let opts = CompileOptions {
@@ -206,7 +206,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
         ..common::options(Layers::Last(4), Some(shape.clone()))
     };
     let model = common::model("mobilenetv2");
-    let prep = actc_driver::data::DataOptions::default();
+    let prep = actc::driver::data::DataOptions::default();
     let mut last_error = f64::INFINITY;
     for budget in [20_000, 200_000] {
         let choices = budget::calibrate(&model, &opts, budget, &fashion_mnist(), &prep).unwrap();

@@ -10,7 +10,7 @@ use std::path::Path;
 fn fails(args: &[&str]) -> (u8, String) {
     let mut argv = vec!["actc"];
     argv.extend_from_slice(args);
-    match actc_driver::cli::run_from(argv) {
+    match actc::driver::cli::run_from(argv) {
         Ok(()) => panic!("expected `actc {}` to fail", args.join(" ")),
         Err(e) => e,
     }
@@ -20,7 +20,7 @@ fn fails(args: &[&str]) -> (u8, String) {
 fn succeeds(args: &[&str]) {
     let mut argv = vec!["actc"];
     argv.extend_from_slice(args);
-    if let Err((code, msg)) = actc_driver::cli::run_from(argv) {
+    if let Err((code, msg)) = actc::driver::cli::run_from(argv) {
         panic!("`actc {}` failed with {code}: {msg}", args.join(" "));
     }
 }

@@ -139,20 +139,29 @@ fn check_plan_gradients(name: &str, layers: Layers) {
                 .0,
         );
         for &e in &picks {
-            let eps = 2e-3f32;
-            let mut plus = plan.clone();
-            let mut minus = plan.clone();
-            let set = |p: &mut actc_runtime::plan::Plan, v: f32| {
-                p.weights[wi].data[4 * e..4 * e + 4].copy_from_slice(&v.to_le_bytes());
-            };
-            set(&mut plus, w0[e] + eps);
-            set(&mut minus, w0[e] - eps);
-            let (lp, lm) = (loss_with(&plus, &boundary), loss_with(&minus, &boundary));
-            let fd = (lp - lm) / (2.0 * eps);
-            // What a central difference of an f32 loss can resolve: a few ulps of the loss
-            // over the step. Errors below that say nothing; above it, the backward is wrong.
-            let resolution = 8.0 * f32::EPSILON * lp.abs().max(lm.abs()) / (2.0 * eps);
-            let err = ((fd - grad[e]).abs() - resolution).max(0.0) / scale;
+            // A kink (ReLU, LeakyReLU) within a step of a pre-activation the weight moves
+            // makes that central difference wrong (a bias moves a whole feature column, so
+            // it meets one more often): the smaller step then passes it by.
+            let (err, fd) = [2e-3f32, 5e-4]
+                .into_iter()
+                .map(|eps| {
+                    let mut plus = plan.clone();
+                    let mut minus = plan.clone();
+                    let set = |p: &mut actc_runtime::plan::Plan, v: f32| {
+                        p.weights[wi].data[4 * e..4 * e + 4].copy_from_slice(&v.to_le_bytes());
+                    };
+                    set(&mut plus, w0[e] + eps);
+                    set(&mut minus, w0[e] - eps);
+                    let (lp, lm) = (loss_with(&plus, &boundary), loss_with(&minus, &boundary));
+                    let fd = (lp - lm) / (2.0 * eps);
+                    // What a central difference of an f32 loss can resolve: a few ulps of the
+                    // loss over the step. Errors below that say nothing; above it, the
+                    // backward is wrong.
+                    let resolution = 8.0 * f32::EPSILON * lp.abs().max(lm.abs()) / (2.0 * eps);
+                    (((fd - grad[e]).abs() - resolution).max(0.0) / scale, fd)
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .expect("two steps");
             worst = worst.max(err);
             assert!(
                 err < 2e-2,

@@ -24,7 +24,7 @@ fn weight_shapes(plan: &Plan) -> Vec<(String, u32, Vec<u64>)> {
 fn ops(plan: &Plan) -> Vec<String> {
     plan.steps
         .iter()
-        .map(actc_driver::inspect::op_name)
+        .map(actc::driver::inspect::op_name)
         .collect()
 }
 
@@ -184,4 +184,39 @@ fn batch_defaults_to_eight_and_input_shape_overrides_the_exported_size() {
     );
     let c = compile("mobilenetv2", Layers::Last(1), Some(vec![64, 3, 32, 32])).unwrap();
     assert_eq!(c.plan.buffer(c.plan.feeds[0]).shape, vec![64, 320, 1, 1]);
+}
+
+#[test]
+fn an_output_behind_an_identity_is_named_as_the_model_names_it() {
+    // tiny_mlp with its logits passed on by an Identity, as some exporters end a graph.
+    let mut m = actc::load_onnx(&model("tiny_mlp")).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let mut identity = g.node.last().unwrap().clone();
+    identity.op_type = Some("Identity".into());
+    identity.name = Some("final_identity".into());
+    identity.attribute.clear();
+    identity.input = vec!["logits".into()];
+    identity.output = vec!["scores".into()];
+    g.node.push(identity);
+    g.output[0].name = Some("scores".into());
+    let path = common::scratch("identity_output").join("m.onnx");
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+    let with = |output: Option<&str>| {
+        actc::compile_file(
+            &path,
+            &actc::CompileOptions {
+                output: output.map(str::to_string),
+                ..common::options(Layers::Last(1), None)
+            },
+        )
+    };
+    for asked in [None, Some("scores"), Some("logits")] {
+        let plan = with(asked).unwrap().plan;
+        assert_eq!(plan.source.unwrap().output_name, "scores", "{asked:?}");
+    }
+    let msg = with(Some("nope")).err().unwrap().0;
+    assert!(
+        msg.contains("--train-output nope") && msg.contains("its outputs are scores"),
+        "{msg}"
+    );
 }

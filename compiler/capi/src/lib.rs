@@ -1,7 +1,7 @@
 //! The C API, `libactc`: training in process from C (or any language with a C FFI) through
-//! opaque handles, over the driver's [`actc_driver::trainer::Trainer`]. The header,
-//! `include/actc.h`, is generated from this crate by cbindgen (`tests/header.rs` keeps it
-//! current) and says the conventions C sees.
+//! opaque handles, over the compiler package's [`Trainer`](actc_compiler::driver::trainer::Trainer).
+//! The header, `include/actc.h`, is generated from this crate by cbindgen (`tests/header.rs`
+//! keeps it current) and says the conventions C sees.
 //!
 //! Each exported function checks its arguments (`args`), looks its handle up in the
 //! registry of open trainers (`registry`) and runs in `status::guard`, which turns the

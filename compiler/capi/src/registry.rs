@@ -4,7 +4,7 @@
 //! generation, which closing advances so a reused slot does not bring a stale handle back.
 
 use crate::status::{ACTC_ERR_HANDLE, ACTC_ERR_INTERNAL, Failure, Result};
-use actc_driver::trainer::Trainer;
+use actc_compiler::driver::trainer::Trainer;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A trainable weight as `actc_trainer_weight_*` list it: fixed for the trainer's life.

@@ -45,11 +45,10 @@ impl Failure {
     }
 }
 
-/// actc's own errors (`actc::Error`, whose text is the message), named here by what they
-/// show since this library's own name is `actc`.
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Failure {
-        Failure::failed(e.to_string())
+/// actc's own errors, whose text is the message.
+impl From<actc_compiler::Error> for Failure {
+    fn from(e: actc_compiler::Error) -> Failure {
+        Failure::failed(e.0)
     }
 }
 

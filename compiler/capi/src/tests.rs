@@ -30,7 +30,7 @@ fn compile(model: &str, out: &str, flags: &[&str]) -> PathBuf {
     let mut args = vec!["actc", "compile", model.to_str().unwrap()];
     args.extend(flags);
     args.extend(["-o", plan.to_str().unwrap()]);
-    actc_driver::cli::run_from(args).unwrap();
+    actc_compiler::driver::cli::run_from(args).unwrap();
     plan
 }
 

@@ -3,7 +3,7 @@
 use crate::args;
 use crate::registry::{self, Open, Weight};
 use crate::status::{Failure, guard};
-use actc_driver::trainer::{Targets, Trainer};
+use actc_compiler::driver::trainer::{Targets, Trainer};
 use std::ffi::{c_char, c_int};
 use std::path::Path;
 

@@ -49,7 +49,7 @@ fn the_c_example_trains_a_plan() {
 
     let plan = scratch.join("mlp.actc");
     let model = crate_dir.join("../../models/tiny_mlp.onnx");
-    actc_driver::cli::run_from([
+    actc_compiler::driver::cli::run_from([
         "actc".as_ref(),
         "compile".as_ref(),
         model.as_os_str(),

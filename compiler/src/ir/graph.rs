@@ -58,6 +58,9 @@ pub struct Graph {
     readers: Vec<BTreeSet<NodeIndex>>,
     pub inputs: Vec<TensorId>,
     pub outputs: Vec<TensorId>,
+    /// The names the model gives its outputs, beside `outputs`: an output behind an
+    /// `Identity` is the tensor the Identity reads, under another name.
+    pub output_names: Vec<String>,
 }
 
 impl Graph {

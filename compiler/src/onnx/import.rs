@@ -97,6 +97,7 @@ pub fn import(model: &ModelProto, fix: &InputShape) -> Result<Imported> {
             .get(out.name())
             .ok_or_else(|| err!("graph output '{}' is produced by no node", out.name()))?;
         graph.outputs.push(id);
+        graph.output_names.push(out.name().to_string());
     }
     Ok(Imported { graph, input })
 }

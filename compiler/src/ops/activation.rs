@@ -106,7 +106,7 @@ impl Room for Activations {
         }
     }
 
-    fn params(&self, kind: &Kind) -> &'static [usize] {
+    fn params(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> &'static [usize] {
         match kind {
             Kind::PRelu(_) => &[1],
             _ => &[],

@@ -92,6 +92,36 @@ impl Room for Elementwise {
         Ok(())
     }
 
+    /// A constant vector added to a linear layer's output is that layer's bias (PyTorch's
+    /// `nn.Linear` on 3-D input exports MatMul + Add): it trains with it. Other constants
+    /// (a LayerNorm's epsilon, a shift) stay as they are.
+    fn params(&self, kind: &Kind, node: &Node, graph: &Graph) -> &'static [usize] {
+        if !matches!(kind, Kind::Add(_)) {
+            return &[];
+        }
+        let linear = |i: usize| {
+            graph
+                .producer(node.inputs[i])
+                .and_then(|p| super::layer_class(graph, &graph.nodes[p]))
+                == Some(super::LayerClass::Dense)
+        };
+        // A float constant with one value per output feature (the last axis), shaped to
+        // broadcast along it.
+        let bias = |i: usize| {
+            let t = graph.tensor(node.inputs[i]);
+            let width = graph.tensor(node.outputs[0]).shape.last().copied();
+            t.is_const()
+                && t.dtype == DType::F32
+                && t.shape.last().copied() == width
+                && t.shape.iter().rev().skip(1).all(|&d| d == 1)
+        };
+        match () {
+            _ if bias(1) && linear(0) => &[1],
+            _ if bias(0) && linear(1) => &[0],
+            _ => &[],
+        }
+    }
+
     fn differentiable(&self, kind: &Kind, node: &Node, graph: &Graph) -> bool {
         match kind {
             Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) => true,

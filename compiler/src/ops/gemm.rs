@@ -105,7 +105,7 @@ impl Room for Dense {
         }
     }
 
-    fn params(&self, kind: &Kind) -> &'static [usize] {
+    fn params(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> &'static [usize] {
         match kind {
             Kind::Gemm(_) => &[0, 1, 2],
             Kind::MatMul(_) => &[1],

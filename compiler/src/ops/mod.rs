@@ -83,7 +83,7 @@ pub fn flops(kind: &Kind, ins: &[&[u64]], outs: &[&[u64]]) -> u64 {
 /// The constant float inputs of a parameterized node: what training updates.
 pub fn params_of(graph: &Graph, kind: &Kind, node: &Node) -> Vec<TensorId> {
     room_of(kind)
-        .params(kind)
+        .params(kind, node, graph)
         .iter()
         .filter_map(|&i| node.inputs.get(i).copied())
         .filter(|&t| {

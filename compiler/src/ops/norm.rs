@@ -81,7 +81,7 @@ impl Room for Norms {
         }
     }
 
-    fn params(&self, kind: &Kind) -> &'static [usize] {
+    fn params(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> &'static [usize] {
         match kind {
             Kind::LayerNorm(_) => &[1, 2],
             _ => &[],

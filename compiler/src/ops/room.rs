@@ -157,8 +157,8 @@ pub trait Room: Sync {
         outs: &[&Tensor],
     ) -> std::result::Result<(), String>;
 
-    /// Input positions whose constant float tensors train when the node does.
-    fn params(&self, _kind: &Kind) -> &'static [usize] {
+    /// Input positions whose constant float tensors train when the node (in `graph`) does.
+    fn params(&self, _kind: &Kind, _node: &Node, _graph: &Graph) -> &'static [usize] {
         &[]
     }
 

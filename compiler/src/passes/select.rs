@@ -63,6 +63,8 @@ pub struct Selection {
     /// Names of the boundary tensors: what the frozen prefix computes, the suffix starts from.
     pub boundary: Vec<String>,
     pub output: TensorId,
+    /// The trained output's name in the model.
+    pub output_name: String,
     /// The boundary tensors, in the order of the names.
     pub(crate) boundary_ids: Vec<TensorId>,
     /// The trainable suffix: every node whose value depends on a trainable weight.
@@ -72,7 +74,7 @@ pub struct Selection {
 /// Chooses the trained output, the trained layers and the suffix, marks the trained weights
 /// trainable, and finds the boundary tensors (`split` then cuts the graph there).
 pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result<Selection> {
-    let out = choose_output(graph, output)?;
+    let (out, output_name) = choose_output(graph, output)?;
     let needed = graph.ancestors_of(&[out]);
     let order: Vec<NodeIndex> = graph
         .topo_order()
@@ -150,41 +152,46 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
             .map(|&t| graph.tensor(t).name.clone())
             .collect(),
         output: out,
+        output_name,
         boundary_ids: boundary,
         suffix: suffix.nodes,
     })
 }
 
-fn choose_output(graph: &Graph, output: Option<&str>) -> Result<TensorId> {
-    let names = || {
+/// The output `output` names (the first by default): its tensor and its name in the model.
+/// A model's own name for an output is taken, and so is the name of the tensor an
+/// `Identity` passes to it.
+fn choose_output(graph: &Graph, output: Option<&str>) -> Result<(TensorId, String)> {
+    let declared = |i: usize| {
         graph
-            .outputs
-            .iter()
-            .map(|&t| graph.tensor(t).name.clone())
-            .collect::<Vec<_>>()
-            .join(", ")
+            .output_names
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| graph.tensor(graph.outputs[i]).name.clone())
     };
-    let out = match output {
-        Some(name) => match graph
-            .outputs
-            .iter()
-            .find(|&&t| graph.tensor(t).name == name)
+    let i = match output {
+        Some(name) => match (0..graph.outputs.len())
+            .find(|&i| declared(i) == name || graph.tensor(graph.outputs[i]).name == name)
         {
-            Some(&t) => t,
+            Some(i) => i,
             None => bail!(
-                "--output {name}: the model has no such output; its outputs are {}",
-                names()
+                "--train-output {name}: the model has no such output; its outputs are {}",
+                (0..graph.outputs.len())
+                    .map(declared)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
-        None => graph.outputs[0],
+        None => 0,
     };
+    let out = graph.outputs[i];
     if graph.producer(out).is_none() {
         bail!(
             "output '{}' is a constant or the model input; nothing before it can train",
-            graph.tensor(out).name
+            declared(i)
         );
     }
-    Ok(out)
+    Ok((out, declared(i)))
 }
 
 /// One layer as `--layers` counts it: a node, or the factors `actc decompose` made of one

@@ -70,6 +70,21 @@ impl fmt::Display for Layout {
     }
 }
 
+/// Samples handed over in memory as the array a `.npz` would hold.
+fn npy_array(source: &Path, shape: Vec<usize>, x: SampleValues) -> Result<npy::Array, DataError> {
+    let (len, values) = match x {
+        SampleValues::U8(v) => (v.len(), npy::Values::U8(v)),
+        SampleValues::F32(v) => (v.len(), npy::Values::F32(v)),
+    };
+    if shape.iter().product::<usize>() != len {
+        return Err(DataError::invalid(
+            source,
+            format!("array x holds {len} values, not the {shape:?} its shape says"),
+        ));
+    }
+    Ok(npy::Array { shape, values })
+}
+
 /// Sample values handed to [`Dataset::from_arrays`]: bytes (pixels, scaled by 1/255 as an
 /// IDX file's are) or floats.
 pub enum SampleValues {
@@ -103,10 +118,18 @@ pub struct Dataset {
     samples: Samples,
     shape: Vec<usize>,
     form: Form,
+    /// One class per sample (empty when the data set holds regression targets instead).
     labels: Vec<u32>,
+    targets: Option<Targets>,
     classes: usize,
     class_names: Vec<String>,
     layout: Option<Layout>,
+}
+
+/// Regression targets: per sample, `shape` float values, all samples back to back.
+struct Targets {
+    shape: Vec<usize>,
+    values: Vec<f32>,
 }
 
 impl Dataset {
@@ -160,22 +183,89 @@ impl Dataset {
         layout: Option<Layout>,
     ) -> Result<Dataset, DataError> {
         let source = Path::new(source);
-        let (len, values) = match x {
-            SampleValues::U8(v) => (v.len(), npy::Values::U8(v)),
-            SampleValues::F32(v) => (v.len(), npy::Values::F32(v)),
-        };
-        if shape.iter().product::<usize>() != len {
-            return Err(DataError::invalid(
-                source,
-                format!("array x holds {len} values, not the {shape:?} its shape says"),
-            ));
-        }
-        let x = npy::Array { shape, values };
+        let x = npy_array(source, shape, x)?;
         let y = npy::Array {
             shape: vec![labels.len()],
             values: npy::Values::I64(labels),
         };
         npz::from_arrays(source, x, y, layout)
+    }
+
+    /// Reads samples and regression targets (`--loss mse`): only a `.npz` holds them, its
+    /// samples `x` and its targets, the first array of `targets` (say, the trained output's
+    /// name, then `y`) present, float values of shape (N, …).
+    pub fn load_regression(
+        path: &Path,
+        layout: Option<Layout>,
+        targets: &[&str],
+    ) -> Result<Dataset, DataError> {
+        let mut head = [0u8; 8];
+        let is_zip = !path.is_dir()
+            && read_prefix(path, &mut head).is_ok_and(|got| head[..got].starts_with(b"PK\x03\x04"));
+        if !is_zip {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "a plan trained with --loss mse reads float targets, and only a .npz holds them: \
+                     save numpy.savez(path, x=samples, {}=targets) with targets of the trained \
+                     output's shape per sample",
+                    targets.first().copied().unwrap_or("y")
+                ),
+            ));
+        }
+        npz::load_regression(path, layout, targets)
+    }
+
+    /// Samples and regression targets from arrays in memory (see [`Dataset::from_arrays`]):
+    /// `targets` of `target_shape` per sample.
+    pub fn from_arrays_with_targets(
+        source: &str,
+        shape: Vec<usize>,
+        x: SampleValues,
+        target_shape: Vec<usize>,
+        targets: Vec<f32>,
+        layout: Option<Layout>,
+    ) -> Result<Dataset, DataError> {
+        let source = Path::new(source);
+        let x = npy_array(source, shape, x)?;
+        let y = npy::Array {
+            shape: target_shape,
+            values: npy::Values::F32(targets),
+        };
+        npz::regression_from_arrays(source, x, y, layout)
+    }
+
+    /// A regression data set: `targets` are `target_shape` floats per sample.
+    pub(crate) fn with_targets(
+        source: &Path,
+        samples: Samples,
+        shape: Vec<usize>,
+        form: Form,
+        target_shape: Vec<usize>,
+        targets: Vec<f32>,
+        layout: Option<Layout>,
+    ) -> Result<Dataset, DataError> {
+        if let Some(i) = targets.iter().position(|x| !x.is_finite()) {
+            let per: usize = target_shape.iter().product();
+            return Err(DataError::invalid(
+                source,
+                format!(
+                    "the target of sample {} holds {}; clean the data first",
+                    i / per.max(1),
+                    targets[i]
+                ),
+            ));
+        }
+        let n = targets.len() / target_shape.iter().product::<usize>().max(1);
+        // Zero labels stand for the samples the invariants count.
+        let mut ds = Dataset::new(source, samples, shape, form, vec![0; n], Vec::new(), layout)?;
+        ds.labels = Vec::new();
+        ds.classes = 0;
+        ds.targets = Some(Targets {
+            shape: target_shape,
+            values: targets,
+        });
+        Ok(ds)
     }
 
     /// Checks the invariants every loader relies on; loaders report count mismatches
@@ -226,6 +316,7 @@ impl Dataset {
             shape,
             form,
             labels,
+            targets: None,
             classes,
             class_names,
             layout,
@@ -254,6 +345,9 @@ impl Dataset {
             words(&mut v.iter().map(|x| x.to_le_bytes()));
         }
         words(&mut self.labels.iter().map(|l| l.to_le_bytes()));
+        if let Some(t) = &self.targets {
+            words(&mut t.values.iter().map(|x| x.to_le_bytes()));
+        }
         crc.finalize()
     }
 
@@ -268,11 +362,26 @@ impl Dataset {
     }
 
     pub fn len(&self) -> usize {
-        self.labels.len()
+        match &self.targets {
+            Some(t) => t.values.len() / t.shape.iter().product::<usize>().max(1),
+            None => self.labels.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
+    }
+
+    /// The shape of one sample's regression target; `None` for class labels.
+    pub fn target_shape(&self) -> Option<&[usize]> {
+        self.targets.as_ref().map(|t| t.shape.as_slice())
+    }
+
+    /// Sample `i`'s regression target. Panics for a data set of class labels.
+    pub fn target(&self, i: usize) -> &[f32] {
+        let t = self.targets.as_ref().expect("a regression data set");
+        let per: usize = t.shape.iter().product();
+        &t.values[i * per..(i + 1) * per]
     }
 
     /// Number of classes: the largest label + 1, or the number of class folders.

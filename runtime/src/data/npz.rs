@@ -69,6 +69,56 @@ pub(crate) fn from_arrays(
     )
 }
 
+/// Samples `x` and regression targets, the first array of `targets` present.
+pub(crate) fn load_regression(
+    path: &Path,
+    layout: Option<Layout>,
+    targets: &[&str],
+) -> Result<Dataset, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut zip = ZipArchive::new(BufReader::new(file))
+        .map_err(|e| DataError::invalid(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    let x = read_array(&mut zip, path, &SAMPLE_NAMES)?;
+    let y = read_array(&mut zip, path, targets)?;
+    regression_from_arrays(path, x, y, layout)
+}
+
+/// A data set of samples `x` and regression targets `y` (float values, the sample count
+/// first), checked as a `.npz`'s arrays are; `source` names them in errors.
+pub(crate) fn regression_from_arrays(
+    source: &Path,
+    x: Array,
+    y: Array,
+    layout: Option<Layout>,
+) -> Result<Dataset, DataError> {
+    let n = x.shape.first().copied().unwrap_or(0);
+    let (form, shape, layout) = form_of(&x.shape, layout)
+        .map_err(|reason| DataError::invalid(source, format!("array x: {reason}")))?;
+    if y.shape.first() != Some(&n) {
+        return Err(DataError::invalid(
+            source,
+            format!(
+                "x holds {n} samples but the targets have shape {:?}: expected (N, …), one target per sample",
+                y.shape
+            ),
+        ));
+    }
+    let target_shape = y.shape[1..].to_vec();
+    let targets = match y.into_samples() {
+        super::Samples::F32(v) => v,
+        super::Samples::U8(v) => v.into_iter().map(f32::from).collect(),
+    };
+    Dataset::with_targets(
+        source,
+        x.into_samples(),
+        shape,
+        form,
+        target_shape,
+        targets,
+        layout,
+    )
+}
+
 /// One named array of an archive, as f32 whatever its numeric type.
 pub struct NamedArray {
     pub shape: Vec<usize>,

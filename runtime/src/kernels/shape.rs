@@ -219,12 +219,10 @@ pub fn softmax_forward(s: &AxisSplit, x: &[f32], y: &mut [f32]) {
             let max = (0..s.len)
                 .map(|k| xb[at(k)])
                 .fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
             for k in 0..s.len {
-                let e = (xb[at(k)] - max).exp();
-                yb[at(k)] = e;
-                sum += e;
+                yb[at(k)] = (xb[at(k)] - max).exp();
             }
+            let sum = super::blocked_sum(s.len, |k| yb[at(k)]);
             let inv = 1.0 / sum;
             (0..s.len).for_each(|k| yb[at(k)] *= inv);
         }
@@ -245,7 +243,7 @@ pub fn softmax_backward(s: &AxisSplit, y: &[f32], dy: &[f32], dx: &mut [f32]) {
     {
         for j in 0..s.inner {
             let at = |k: usize| k * s.inner + j;
-            let dot: f32 = (0..s.len).map(|k| yb[at(k)] * db[at(k)]).sum();
+            let dot = super::blocked_sum(s.len, |k| yb[at(k)] * db[at(k)]);
             (0..s.len).for_each(|k| xb[at(k)] = yb[at(k)] * (db[at(k)] - dot));
         }
     }

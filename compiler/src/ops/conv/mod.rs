@@ -130,7 +130,7 @@ impl Room for Convs {
         }
     }
 
-    fn params(&self, kind: &Kind) -> &'static [usize] {
+    fn params(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> &'static [usize] {
         match kind {
             Kind::Conv(_) => &[1, 2],
             _ => &[],

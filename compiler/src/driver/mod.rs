@@ -1,9 +1,9 @@
-//! The `actc` command line on the compiler (`actc`) and the runtime (`actc-runtime`):
+//! The `actc` command line on the compiler and the runtime (`actc-runtime`):
 //! argument parsing and the commands ([`cli`]), training, evaluation, benchmarking and export
 //! ([`run`]), `--budget`'s rank calibration ([`budget`]), the `inspect` table ([`inspect`])
 //! and low-rank decomposition ([`decompose`]), with what several of them share: the data
 //! flags ([`data`]) and writing files ([`fs`]); and training in process for the Python and
-//! C bindings ([`trainer`]). The compiler is used through its root re-exports only.
+//! C bindings ([`trainer`]). The compiler is used through the crate's root re-exports only.
 //!
 //! The modules import one another in one direction only: `cli` uses `run`, `budget`,
 //! `decompose`, `inspect`, `data` and `fs`; `trainer` uses `run` and `fs`; `run` uses

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    actc_driver::cli::main()
+    actc::driver::cli::main()
 }

@@ -1,11 +1,11 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::data::{DataOptions, check_labels, seeded_noise};
-use crate::fs::{check_output, write_atomically};
-use crate::inspect::human;
-use actc::{MAX_INLINE, Result, bail, err, export, externalize};
+use crate::driver::data::{DataOptions, check_labels, load_data, seeded_noise, target_names};
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::inspect::human;
+use crate::{MAX_INLINE, Result, bail, err, export, externalize};
 use actc_runtime::cache::PrefixCache;
-use actc_runtime::data::{Dataset, Layout, split};
+use actc_runtime::data::{Dataset, split};
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::{Plan, PlanFile, Progress, Run};
 use actc_runtime::train::{Event, Metrics, Rows, Session, TrainRun};
@@ -39,6 +39,13 @@ pub struct TrainOptions {
     pub checkpoint_every: usize,
 }
 
+/// A plan file's structure, its weights and ONNX parts left in the file.
+fn load_plan_structure(path: &Path) -> Result<Plan> {
+    Plan::open(path)
+        .map(|(plan, _)| plan)
+        .map_err(|e| err!("{}: {e}", path.display()))
+}
+
 pub fn load_plan(path: &Path) -> Result<Plan> {
     Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))
 }
@@ -50,12 +57,28 @@ fn open_session(path: &Path, total_updates: u64) -> Result<Session> {
     Session::open(plan, file, total_updates).map_err(|e| err!("{}: {e}", path.display()))
 }
 
-fn load_data(path: &Path, layout: Option<Layout>) -> Result<Dataset> {
-    Dataset::load(path, layout).map_err(|e| err!("{e}"))
+/// What `--json` and the log write of a data set's metrics.
+pub fn metrics_json(m: &Metrics) -> serde_json::Value {
+    match m.regression {
+        true => json!({"loss": m.loss, "mse": m.loss, "mae": m.mae, "samples": m.samples}),
+        false => json!({"loss": m.loss, "accuracy": m.accuracy, "samples": m.samples}),
+    }
 }
 
-fn metrics_json(m: &Metrics) -> serde_json::Value {
-    json!({"loss": m.loss, "accuracy": m.accuracy, "samples": m.samples})
+/// A data set's metrics on the epoch line: loss and accuracy, or MSE and MAE.
+fn metrics_text(m: &Metrics) -> String {
+    match m.regression {
+        true => format!("mse {:.4} mae {:.4}", m.loss, m.mae),
+        false => format!("loss {:.4} acc {:.4}", m.loss, m.accuracy),
+    }
+}
+
+/// The best epoch's score (see `Metrics::score`) as the final message says it.
+fn best_text(best: f64, regression: bool) -> String {
+    match regression {
+        true => format!("best val loss {:.4}", -best),
+        false => format!("best val accuracy {best:.4}"),
+    }
 }
 
 /// What the compressed layers kept since the last report, as text lines and as JSON (None
@@ -144,11 +167,12 @@ pub struct RunData {
 }
 
 impl RunData {
-    /// Reads `--data` and `--val` as `opts` says.
-    pub fn load(opts: &TrainOptions) -> Result<RunData> {
-        let data = load_data(&opts.data, opts.prep.layout)?;
+    /// Reads `--data` and `--val` as `opts` says: class labels, or with `targets` (see
+    /// `data::target_names`) regression targets.
+    pub fn load(opts: &TrainOptions, targets: Option<&[String]>) -> Result<RunData> {
+        let data = load_data(&opts.data, opts.prep.layout, targets)?;
         let val = match &opts.val {
-            Some(v) => Some(load_data(v, opts.prep.layout)?),
+            Some(v) => Some(load_data(v, opts.prep.layout, targets)?),
             None => None,
         };
         RunData::split(data, val, opts)
@@ -182,7 +206,8 @@ impl RunData {
 /// ended).
 pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
     let plan_crc = Plan::stored_crc(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    let data = RunData::load(opts)?;
+    let targets = target_names(&load_plan_structure(plan_path)?);
+    let data = RunData::load(opts, targets.as_deref())?;
     let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
     let run = run_key(plan_crc, opts, &data);
     let (plan, file, progress, resuming) =
@@ -235,6 +260,7 @@ pub fn fit(
         );
     }
     let batch = session.batch();
+    let regression = session.regression();
     let steps_per_epoch = train_rows.len() / batch;
     let classes = session
         .executor()
@@ -245,6 +271,9 @@ pub fn fit(
     check_labels(classes, data, "", &opts.data)?;
     if let (Some(v), Some(path)) = (val_data, &opts.val) {
         check_labels(classes, v, "--val ", path)?;
+    }
+    for d in [Some(data), val_data.as_ref()].into_iter().flatten() {
+        session.check_data(d).map_err(|e| err!("{e}"))?;
     }
     // The run's first update: the lr schedule spans it and its epochs.
     let done = progress.epochs_done as u64 * steps_per_epoch as u64 + progress.steps_done;
@@ -335,13 +364,14 @@ pub fn fit(
     };
     session
         .train(&spec, progress, |event| match event {
-            Event::Step { epoch, step, loss, accuracy, samples_per_s, lr, .. } => {
+            Event::Step { epoch, step, loss, score, samples_per_s, lr, .. } => {
                 if bar.position() == 0 || step == 1 {
                     bar.reset();
                     bar.set_prefix(format!("{epoch}/{}", opts.epochs));
                 }
                 bar.set_position(step as u64);
-                bar.set_message(format!("loss {loss:.4} acc {:.3} {samples_per_s:.0} samples/s", accuracy));
+                let score = match regression { true => format!("mae {score:.3}"), false => format!("acc {score:.3}") };
+                bar.set_message(format!("loss {loss:.4} {score} {samples_per_s:.0} samples/s"));
                 if let (Some(f), Some(p)) = (log.as_mut(), &opts.log) {
                     let record = json!({"event": "step", "epoch": epoch, "step": step, "loss": loss, "lr": lr});
                     written(writeln!(f, "{record}"), p)?;
@@ -357,8 +387,9 @@ pub fn fit(
             Event::Epoch { epoch, train, val, seconds, improved, session } => {
                 bar.finish_and_clear();
                 eprintln!(
-                    "epoch {epoch}: train loss {:.4} acc {:.4} | val loss {:.4} acc {:.4} | {seconds:.1} s",
-                    train.loss, train.accuracy, val.loss, val.accuracy
+                    "epoch {epoch}: train {} | val {} | {seconds:.1} s",
+                    metrics_text(&train),
+                    metrics_text(&val)
                 );
                 let cache = session.cache();
                 let (hits, misses) = (cache.hits, cache.misses);
@@ -388,7 +419,7 @@ pub fn fit(
                 // A checkpoint that cannot be written stops the run now, not after the
                 // last epoch.
                 if improved {
-                    best = Some(val.accuracy);
+                    best = Some(val.score());
                     if let Some((best_path, _)) = save {
                         let snapshot = session.executor().snapshot_bytes().map_err(|e| e.0)?;
                         write_atomically(best_path, &snapshot).map_err(|e| e.0)?;
@@ -407,11 +438,12 @@ pub fn fit(
         .map_err(|e| err!("{name}: {e}"))?;
     match (best, save) {
         (Some(best), Some((best_path, last_path))) => eprintln!(
-            "best val accuracy {best:.4}: weights in {} (last epoch: {})",
+            "{}: weights in {} (last epoch: {})",
+            best_text(best, regression),
             best_path.display(),
             last_path.display()
         ),
-        (Some(best), None) => eprintln!("best val accuracy {best:.4}"),
+        (Some(best), None) => eprintln!("{}", best_text(best, regression)),
         (None, Some((_, last_path))) => eprintln!(
             "the run had already ended; its weights are in {}",
             last_path.display()
@@ -530,22 +562,21 @@ fn resume_point(last: &Path, progress: Option<Progress>, run: &Run) -> Result<Pr
 }
 
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
-    let data = load_data(data_path, prep.layout)?;
     let mut session = open_session(plan_path, 1)?;
-    let classes = session
-        .executor()
-        .output_shape()
-        .last()
-        .copied()
-        .unwrap_or(0);
-    check_labels(classes, &data, "", data_path)?;
-    let p = prep.preprocess(session.sample_shape(), &data)?;
-    let rows: Vec<usize> = (0..data.len()).collect();
-    let m = session
-        .evaluate(&data, &p, &rows)
-        .map_err(|e| err!("{}: {e}", plan_path.display()))?;
+    let targets = target_names(session.executor().plan());
+    let data = load_data(data_path, prep.layout, targets.as_deref())?;
+    let name = plan_path.display().to_string();
+    let m = evaluate(&mut session, &name, &data, data_path, prep)?;
     if as_json {
         println!("{}", metrics_json(&m));
+    } else if m.regression {
+        println!(
+            "{}: {} samples, mse {:.4}, mae {:.4}",
+            data_path.display(),
+            m.samples,
+            m.loss,
+            m.mae
+        );
     } else {
         println!(
             "{}: {} samples, loss {:.4}, top-1 accuracy {:.4}",
@@ -556,6 +587,30 @@ pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: boo
         );
     }
     Ok(())
+}
+
+/// Loss and top-1 accuracy of `session` (the plan called `name` in messages) on every
+/// sample of `data` (read from `path`).
+pub fn evaluate(
+    session: &mut Session,
+    name: &str,
+    data: &Dataset,
+    path: &Path,
+    prep: &DataOptions,
+) -> Result<Metrics> {
+    let classes = session
+        .executor()
+        .output_shape()
+        .last()
+        .copied()
+        .unwrap_or(0);
+    check_labels(classes, data, "", path)?;
+    session.check_data(data).map_err(|e| err!("{e}"))?;
+    let p = prep.preprocess(session.sample_shape(), data)?;
+    let rows: Vec<usize> = (0..data.len()).collect();
+    session
+        .evaluate(data, &p, &rows)
+        .map_err(|e| err!("{name}: {e}"))
 }
 
 /// Writes the fine-tuned model to `out`; its weights go to `out.data` beside it with
@@ -582,7 +637,7 @@ pub fn export_onnx(
 /// Writes `model` to `out` (never over one of `inputs`); its weights go to `out.data`
 /// beside it with `external_data`, or when the model would pass protobuf's 2 GiB limit.
 pub fn write_onnx(
-    mut model: actc::ModelProto,
+    mut model: crate::ModelProto,
     out: &Path,
     inputs: &[&Path],
     external_data: bool,
@@ -727,7 +782,7 @@ pub fn bench(
 fn profile_table(plan: &Plan, seconds: &[f64], steps: usize) -> (String, serde_json::Value) {
     let ms = |s: f64| s * 1e3 / steps.max(1) as f64;
     let total: f64 = seconds.iter().sum();
-    let op = |i: usize| plan.steps[i].kind().map(actc::op_name).unwrap_or_default();
+    let op = |i: usize| plan.steps[i].kind().map(crate::op_name).unwrap_or_default();
     let mut by_op: Vec<(String, f64)> = Vec::new();
     for (i, &t) in seconds.iter().enumerate() {
         match by_op.iter_mut().find(|(o, _)| *o == op(i)) {

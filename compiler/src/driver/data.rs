@@ -1,9 +1,9 @@
 //! How samples become model inputs: the flags `train`, `eval` and `compile --calibration`
 //! share.
 
-use actc::{Result, bail, err};
+use crate::{Result, bail, err};
 use actc_runtime::data::{Dataset, Layout, Preprocess};
-use actc_runtime::plan::Plan;
+use actc_runtime::plan::{DType, Plan};
 use std::path::Path;
 
 /// `n` values uniform in [-1, 1) from a fixed seed: the synthetic input of `bench` and of
@@ -23,6 +23,40 @@ pub fn seeded_noise(n: usize) -> Vec<f32> {
 /// The classes a plan's output scores.
 pub fn classes(plan: &Plan) -> usize {
     plan.buffer(plan.output).shape.last().copied().unwrap_or(0) as usize
+}
+
+/// For a plan trained on regression targets (`--loss mse`), the `.npz` arrays its targets
+/// are read from, in order of preference: the trained output's name, then `y`; `None` for
+/// class labels.
+pub fn target_names(plan: &Plan) -> Option<Vec<String>> {
+    let label = plan.buffer(*plan.feeds.last()?);
+    (label.dtype() == DType::F32).then(|| {
+        let output = plan
+            .source
+            .as_ref()
+            .map_or_else(String::new, |s| s.output_name.clone());
+        [output.as_str(), "y", "Y", "targets"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    })
+}
+
+/// Reads a data set of class labels, or with `targets` (see [`target_names`]) of samples
+/// and regression targets.
+pub fn load_data(
+    path: &Path,
+    layout: Option<Layout>,
+    targets: Option<&[String]>,
+) -> Result<Dataset> {
+    match targets {
+        Some(names) => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            Dataset::load_regression(path, layout, &names)
+        }
+        None => Dataset::load(path, layout),
+    }
+    .map_err(|e| err!("{e}"))
 }
 
 /// Refuses labels the model's `classes` outputs have no class for (`what`: how the data

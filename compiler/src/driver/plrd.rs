@@ -4,9 +4,9 @@
 //! and a table compares them: parameters, the decomposed layers' FLOPs, inference time,
 //! training step time and validation accuracy.
 
-use crate::fs::{check_output, write_atomically};
-use crate::run::{self, TrainOptions, percentile};
-use actc::{
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::run::{self, TrainOptions, percentile};
+use crate::{
     CompileOptions, DecomposeOptions, LayerReport, LowRankRequest, ModelProto, RankRule, Result,
     bail, compile_file, err,
 };
@@ -97,9 +97,9 @@ fn decompose(model: &Path, name: &str, energy: f64, p: &Plrd) -> Result<(PathBuf
             optimize: None,
         },
     };
-    let m = actc::load_onnx(model)?;
+    let m = crate::load_onnx(model)?;
     let dir = model.parent().unwrap_or(Path::new("."));
-    let d = actc::decompose_model(m, dir, name, &opts)
+    let d = crate::decompose_model(m, dir, name, &opts)
         .map_err(|e| err!("{}: {}", model.display(), e.0))?;
     let flops = |f: fn(&LayerReport) -> u64| d.layers.iter().map(f).sum::<u64>();
     let path = p.out_dir.join(format!("{name}.decomposed.onnx"));
@@ -161,7 +161,7 @@ fn parameters(model: &ModelProto) -> u64 {
 /// deployment runs the exported model).
 fn inference_ms(model: &[u8], shape: &[usize]) -> Result<f64> {
     let prefix = Prefix::new(model, shape).map_err(|e| err!("running the export: {e}"))?;
-    let input = crate::data::seeded_noise(shape.iter().product());
+    let input = crate::driver::data::seeded_noise(shape.iter().product());
     let mut times = Vec::new();
     for i in 0..6 {
         let start = std::time::Instant::now();

@@ -1,7 +1,7 @@
 //! `actc inspect`: a per-layer table of a plan (ops, shapes, what trains, saved bytes, FLOPs,
 //! planned offsets and the peak), as text or JSON.
 
-use actc::ModelProto;
+use crate::ModelProto;
 use actc_runtime::plan::{Buffer, BufferKind, Phase, Plan, Step};
 use prost::Message;
 use serde_json::{Value, json};
@@ -59,7 +59,7 @@ fn is_read_backward(plan: &Plan, b: u32) -> bool {
 }
 
 pub fn op_name(step: &Step) -> String {
-    step.kind().map_or_else(|| "?".into(), actc::op_name)
+    step.kind().map_or_else(|| "?".into(), crate::op_name)
 }
 
 fn shape(b: &Buffer) -> String {
@@ -81,7 +81,7 @@ pub fn flops(plan: &Plan, step: &Step) -> u64 {
             .map(|&b| plan.buffer(b).shape.as_slice())
             .collect()
     };
-    actc::flops(kind, &shapes(&step.inputs), &shapes(&step.outputs))
+    crate::flops(kind, &shapes(&step.inputs), &shapes(&step.outputs))
 }
 
 fn prefix_nodes(plan: &Plan) -> usize {

@@ -1,9 +1,9 @@
 //! `actc decompose`: the model's layers in low-rank factors, written as ONNX, with a report
 //! per layer and the output difference on a calibration batch.
 
-use crate::data::{DataOptions, seeded_noise};
-use crate::fs::{check_output, write_atomically};
-use actc::{DecomposeOptions, Decomposed, LayerReport, RankRule, Result, err};
+use crate::driver::data::{DataOptions, seeded_noise};
+use crate::driver::fs::{check_output, write_atomically};
+use crate::{DecomposeOptions, Decomposed, LayerReport, RankRule, Result, err};
 use actc_runtime::data::{Dataset, split};
 use actc_runtime::prefix::Prefix;
 use prost::Message;
@@ -25,14 +25,14 @@ pub fn decompose(
     as_json: bool,
 ) -> Result<()> {
     check_output(out, &[model_path])?;
-    let model = actc::load_onnx(model_path)?;
+    let model = crate::load_onnx(model_path)?;
     let original = model.encode_to_vec();
     let dir = model_path.parent().unwrap_or(Path::new("."));
     let name = model_path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let d = actc::decompose_model(model, dir, &name, opts)
+    let d = crate::decompose_model(model, dir, &name, opts)
         .map_err(|e| err!("{}: {}", model_path.display(), e.0))?;
     let input = calibration_batch(&d.input_shape, calibration)?;
     let decomposed = d.model.encode_to_vec();

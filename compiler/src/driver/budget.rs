@@ -8,9 +8,9 @@
 //! therefore measures every layer's option at once; picking one option per layer under the
 //! budget is then a multiple-choice knapsack, solved by dynamic programming over the bytes.
 
-use crate::data::{DataOptions, check_labels, classes};
-use crate::inspect::human;
-use actc::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
+use crate::driver::data::{DataOptions, check_labels, classes};
+use crate::driver::inspect::human;
+use crate::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
 use actc_runtime::compress::hosvd;
 use actc_runtime::data::{Dataset, split};
 use actc_runtime::ops::{Kind, Method};

@@ -1,12 +1,12 @@
 //! The `actc` command line: argument parsing and the commands, callable in-process (the
 //! tests drive it this way) through [`run_from`].
 
-use crate::data::DataOptions;
-use crate::decompose::{self, Calibration};
-use crate::fs::{check_output, write_atomically};
-use crate::run::{self, TrainOptions};
-use crate::{budget, inspect, plrd};
-use actc::{
+use crate::driver::data::DataOptions;
+use crate::driver::decompose::{self, Calibration};
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::run::{self, TrainOptions};
+use crate::driver::{budget, inspect, plrd};
+use crate::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
     Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal, compile_file,
     err,
@@ -885,7 +885,7 @@ fn compile_model(
     model: &std::path::Path,
     opts: &CompileArgs,
     prep: &PrepArgs,
-) -> Result<actc::Compiled> {
+) -> Result<crate::Compiled> {
     let mut options = opts.options()?;
     match (opts.budget, &opts.calibration) {
         (Some(budget), Some(data)) => {
@@ -940,6 +940,18 @@ pub fn train_options_in_process(args: &[String]) -> std::result::Result<TrainOpt
         return Err("expected `actc train` flags".into());
     };
     args.options().map_err(|Error(msg)| one_line(&msg))
+}
+
+/// The data and its preprocessing that `actc eval PLAN FLAGS…` (`args`, the program name
+/// first) would read, for the bindings' `evaluate` (the plan is theirs).
+pub fn eval_options_in_process(
+    args: &[String],
+) -> std::result::Result<(PathBuf, DataOptions), String> {
+    let cli = parse_for_binding(args)?;
+    let Command::Eval { data, prep, .. } = cli.command else {
+        return Err("expected `actc eval` flags".into());
+    };
+    Ok((data, prep.options()))
 }
 
 /// Exit code for every rejected input (bad flags, bad files, models actc cannot train).

@@ -2,11 +2,13 @@
 //! caller's arrays, the trainable weights by ONNX initializer name, checkpoints and export;
 //! `fit` is `actc train`'s loop on the trainer's own weights.
 
-use crate::fs::{check_output, write_atomically};
-use crate::run::{self, RunData, TrainOptions};
-use actc::{Result, bail, err};
+use crate::driver::data::{DataOptions, load_data, target_names};
+use crate::driver::fs::{check_output, write_atomically};
+use crate::driver::run::{self, RunData, TrainOptions};
+use crate::{Result, bail, err};
+use actc_runtime::data::Dataset;
 use actc_runtime::plan::{DType, Plan, Progress};
-use actc_runtime::train::Session;
+use actc_runtime::train::{Metrics, Session};
 use std::path::Path;
 
 /// What a step's batch is scored against.
@@ -272,10 +274,29 @@ impl Trainer {
             .executor()
             .snapshot()
             .map_err(|e| err!("{}: {e}", self.name))?;
-        let model = actc::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))?;
+        let model =
+            crate::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))?;
         run::write_onnx(model, out, &[], external_data)?;
         eprintln!("exported {} -> {}", self.name, out.display());
         Ok(())
+    }
+
+    /// `actc eval` of these weights on `data` (read from `path`, else from `path`'s file),
+    /// its samples prepared as `prep` says.
+    pub fn evaluate(
+        &mut self,
+        data: Option<Dataset>,
+        path: &Path,
+        prep: &DataOptions,
+    ) -> Result<Metrics> {
+        let data = match data {
+            Some(d) => d,
+            None => {
+                let targets = target_names(self.session.executor().plan());
+                load_data(path, prep.layout, targets.as_deref())?
+            }
+        };
+        run::evaluate(&mut self.session, &self.name, &data, path, prep)
     }
 
     /// `actc train`'s loop with `opts` on these weights, over `data` (else `opts.data` and
@@ -289,7 +310,10 @@ impl Trainer {
         }
         let data = match data {
             Some(d) => d,
-            None => RunData::load(opts)?,
+            None => {
+                let targets = target_names(self.session.executor().plan());
+                RunData::load(opts, targets.as_deref())?
+            }
         };
         let progress = Progress {
             run: Some(run::run_key(self.crc, opts, &data)),

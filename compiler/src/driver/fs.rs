@@ -1,6 +1,6 @@
 //! Writing the files the commands make (plans, trained weights, exported models, IR dumps).
 
-use actc::{Result, bail, err};
+use crate::{Result, bail, err};
 use std::io::Write;
 use std::path::Path;
 
