@@ -67,13 +67,12 @@ pub unsafe extern "C" fn actc_trainer_input_shape(
     cap: usize,
     rank: *mut usize,
 ) -> c_int {
-    guard("actc_trainer_input_shape", || {
-        // SAFETY (both): the caller's promises, as this function's doc says.
-        let dims = unsafe { args::sized_room(dims, cap, "dims")? };
-        let rank = unsafe { args::out(rank, "rank")? };
-        let shape = registry::with(trainer, |o| Ok(o.trainer.input_shape()))?;
-        args::give(&shape, dims, &rank, ["dims", "rank"])
-    })
+    // SAFETY: the caller's promises, as this function's doc says.
+    unsafe {
+        give_shape("actc_trainer_input_shape", trainer, dims, cap, rank, |t| {
+            t.input_shape()
+        })
+    }
 }
 
 /// The trained output's shape, the batch first, as `actc_trainer_input_shape` gives it:
@@ -88,11 +87,32 @@ pub unsafe extern "C" fn actc_trainer_output_shape(
     cap: usize,
     rank: *mut usize,
 ) -> c_int {
-    guard("actc_trainer_output_shape", || {
-        // SAFETY (both): the caller's promises, as this function's doc says.
+    // SAFETY: the caller's promises, as `actc_trainer_input_shape`'s doc says.
+    unsafe {
+        give_shape("actc_trainer_output_shape", trainer, dims, cap, rank, |t| {
+            t.output_shape()
+        })
+    }
+}
+
+/// A shape of the trainer's plan through the `(dims, cap, rank)` triple, for the function
+/// `name`.
+///
+/// # Safety
+/// `dims` is NULL (with `cap` 0) or has room for `cap` values; `rank` points to a `size_t`.
+unsafe fn give_shape(
+    name: &str,
+    trainer: ActcTrainer,
+    dims: *mut usize,
+    cap: usize,
+    rank: *mut usize,
+    shape: impl Fn(&mut actc_compiler::driver::trainer::Trainer) -> Vec<usize>,
+) -> c_int {
+    guard(name, || {
+        // SAFETY (both): this function's promises.
         let dims = unsafe { args::sized_room(dims, cap, "dims")? };
         let rank = unsafe { args::out(rank, "rank")? };
-        let shape = registry::with(trainer, |o| Ok(o.trainer.output_shape()))?;
+        let shape = registry::with(trainer, |o| Ok(shape(&mut o.trainer)))?;
         args::give(&shape, dims, &rank, ["dims", "rank"])
     })
 }
