@@ -272,6 +272,12 @@ impl PyTrainer {
         Ok(self.get()?.updates())
     }
 
+    /// The number of updates the lr schedule spans for steps taken one by one.
+    fn set_total_steps(&mut self, total: u64) -> PyResult<()> {
+        self.get()?.set_total_steps(total);
+        Ok(())
+    }
+
     fn train_step(
         &mut self,
         py: Python<'_>,

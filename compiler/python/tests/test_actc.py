@@ -234,3 +234,22 @@ def test_regression_trains_from_the_command_line_and_in_python(tmp_path):
     assert bad.returncode == 2 and "targets have shape [] per sample" in bad.stderr, bad.stderr
     bad = subprocess.run([actc_bin(), "eval", str(tmp_path / "reg.actc"), "--data", str(MODELS / "data" / "fashion-mnist")], capture_output=True, text=True)
     assert bad.returncode == 2 and "only a .npz holds them" in bad.stderr, bad.stderr
+
+
+def test_a_schedule_spans_the_steps_it_is_told():
+    plan = mlp_plan(schedule="cosine", lr=0.1)
+    x, y = batch(actc.Trainer(plan))
+    # Without a length the cosine stays at its start: steps keep moving the weights.
+    open_ended = actc.Trainer(plan)
+    for _ in range(3):
+        open_ended.train_step(x, y)
+    before = open_ended.get_weights()["fc3.bias"].copy()
+    open_ended.train_step(x, y)
+    assert not np.array_equal(before, open_ended.get_weights()["fc3.bias"])
+    # With total_steps=2 the cosine reaches 0 at the third step: the weights stop moving.
+    spanned = actc.Trainer(plan, total_steps=2)
+    for _ in range(2):
+        spanned.train_step(x, y)
+    before = spanned.get_weights()["fc3.bias"].copy()
+    spanned.train_step(x, y)
+    np.testing.assert_array_equal(before, spanned.get_weights()["fc3.bias"])

@@ -46,8 +46,9 @@ impl Trainer {
         let crc = bytes
             .last_chunk::<4>()
             .map_or(0, |c| u32::from_le_bytes(*c));
-        // The lr schedule's length is set again by each fit.
-        let mut session = Session::new(plan, 1).map_err(|e| err!("{name}: {e}"))?;
+        // Steps taken one by one have no known end: a schedule then stays at its start
+        // (after any warm-up) until `set_total_steps` or a fit gives it a length.
+        let mut session = Session::new(plan, u64::MAX).map_err(|e| err!("{name}: {e}"))?;
         session.executor().resume_at(updates);
         Ok(Trainer {
             session,
@@ -72,6 +73,12 @@ impl Trainer {
     pub fn takes_classes(&mut self) -> bool {
         let plan = self.session.executor().plan();
         plan.buffer(*plan.feeds.last().expect("validated")).dtype() == DType::U32
+    }
+
+    /// The number of updates the lr schedule (cosine, linear warm-up) spans, for steps taken
+    /// one by one; `fit` sets it to its own run's length.
+    pub fn set_total_steps(&mut self, total: u64) {
+        self.session.executor().set_total_steps(total);
     }
 
     /// Updates taken so far.

@@ -101,10 +101,15 @@ class Trainer:
     targets of :attr:`output_shape` for a plan compiled with ``loss="mse"``. C-contiguous
     float32 inputs are read in place; the GIL is released while a step runs."""
 
-    def __init__(self, plan: Plan, threads: Optional[int] = None):
+    def __init__(self, plan: Plan, threads: Optional[int] = None, total_steps: Optional[int] = None):
+        """``total_steps``: how many ``train_step`` calls a plan compiled with a schedule
+        (``schedule="cosine"`` or ``"linear-warmup"``) spans; without it the lr stays at its
+        start (after any warm-up) until a ``fit``, which sets its own run's length."""
         if threads is not None:
             set_threads(threads)
         self._native = _actc.Trainer(plan._native)
+        if total_steps is not None:
+            self._native.set_total_steps(int(total_steps))
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
