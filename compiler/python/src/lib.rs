@@ -109,7 +109,10 @@ fn floats<'a>(
         ))
     })?;
     if arr.is_c_contiguous() {
-        // SAFETY: the array lives as long as `a`, and nothing in this call writes to it.
+        // SAFETY: the array lives as long as `a`, and nothing in this call writes to it. A
+        // Python thread writing into it while a step runs (the GIL released) would race
+        // with the step, as with any extension that reads arrays without the GIL; README
+        // says not to.
         return Ok(unsafe { arr.as_slice() }.expect("contiguous"));
     }
     Ok(keep.insert(owned(arr)))
