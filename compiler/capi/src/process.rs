@@ -3,24 +3,13 @@
 use crate::status::{self, Failure, guard};
 use std::ffi::{c_char, c_int};
 
-/// More threads than any device has cores: a typo, not a request (as `actc --threads`).
-const MAX_THREADS: usize = 1024;
-
 /// Sets how many threads training uses in this process (by default, one per core): the
 /// kernels' pool and the frozen prefix's. Call it before opening trainers: a pool already
 /// started with fewer workers keeps its size. `n` is 1 to 1024.
 #[unsafe(no_mangle)]
 pub extern "C" fn actc_set_threads(n: usize) -> c_int {
     guard("actc_set_threads", || {
-        if n == 0 || n > MAX_THREADS {
-            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-            return Err(Failure::argument(format!(
-                "{n} threads: give 1 to {MAX_THREADS}, at most the cores you have ({cores} here)"
-            )));
-        }
-        actc_runtime::threads::set_threads(n);
-        actc_runtime::prefix::set_threads(n);
-        Ok(())
+        actc_compiler::driver::cli::set_threads(n).map_err(|e| Failure::argument(e.0))
     })
 }
 

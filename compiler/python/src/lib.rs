@@ -88,12 +88,7 @@ fn load(path: PathBuf) -> PyResult<PyPlan> {
 /// Threads for actc's kernels and the frozen prefix (for every trainer in the process).
 #[pyfunction]
 fn set_threads(n: usize) -> PyResult<()> {
-    if n == 0 {
-        return Err(fail("threads must be at least 1"));
-    }
-    actc_runtime::threads::set_threads(n);
-    actc_runtime::prefix::set_threads(n);
-    Ok(())
+    cli::set_threads(n).map_err(actc_err)
 }
 
 /// A float32 array's values, borrowed when it is C-contiguous, else copied.

@@ -611,6 +611,20 @@ fn machine_memory() -> Option<u64> {
 /// More threads than any device has cores: a typo, not a request.
 const MAX_THREADS: usize = 1024;
 
+/// Sets the threads of the kernels' pool and of the frozen prefix's products, for the whole
+/// process (the command line's `--threads`, the bindings' setters): 1 to 1024.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 || n > MAX_THREADS {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        return Err(err!(
+            "{n} threads: give 1 to {MAX_THREADS}, at most the cores you have ({cores} here)"
+        ));
+    }
+    actc_runtime::threads::set_threads(n);
+    actc_runtime::prefix::set_threads(n);
+    Ok(())
+}
+
 /// `512M`, `2G`, `64K` or plain bytes.
 fn parse_size(s: &str) -> std::result::Result<usize, String> {
     let (digits, unit) = match s.trim().char_indices().last() {
@@ -643,18 +657,7 @@ fn run(cli: Cli) -> Result<()> {
             | Command::Plrd { .. }
     ) {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        match cli.threads {
-            Some(0) => return Err(err!("--threads must be at least 1")),
-            Some(n) if n > MAX_THREADS => {
-                return Err(err!(
-                    "--threads {n}: more than {MAX_THREADS}; give at most the cores you have ({cores} here)"
-                ));
-            }
-            n => {
-                actc_runtime::threads::set_threads(n.unwrap_or(cores));
-                actc_runtime::prefix::set_threads(n.unwrap_or(cores));
-            }
-        }
+        set_threads(cli.threads.unwrap_or(cores)).map_err(|Error(e)| err!("--threads {e}"))?;
     }
     match cli.command {
         Command::Compile {

@@ -283,9 +283,7 @@ impl Trainer {
             .map_err(|e| err!("{}: {e}", self.name))?;
         let model =
             crate::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))?;
-        run::write_onnx(model, out, &[], external_data)?;
-        eprintln!("exported {} -> {}", self.name, out.display());
-        Ok(())
+        run::write_onnx(model, out, &[], external_data)
     }
 
     /// `actc eval` of these weights on `data` (read from `path`, else from `path`'s file),
