@@ -148,6 +148,13 @@ int actc_trainer_takes_classes(ActcTrainer trainer, bool *classes);
 int actc_trainer_updates(ActcTrainer trainer, uint64_t *updates);
 
 /**
+ * Sets how many updates a plan's lr schedule (`--schedule cosine` or `linear-warmup`)
+ * spans when steps are taken one by one; without it the lr stays at its start (after any
+ * warm-up).
+ */
+int actc_trainer_set_total_steps(ActcTrainer trainer, uint64_t total);
+
+/**
  * One training step (forward, loss, backward, optimizer update) on a batch with class
  * labels: `inputs` holds the whole input shape's values (row-major, the batch first),
  * `labels` one class index per sample. The batch's loss goes to `*loss`.

@@ -687,3 +687,40 @@ fn a_panic_becomes_an_internal_error_and_retires_its_trainer() {
     );
     expect(actc_trainer_close(h), ACTC_OK, "", "");
 }
+
+#[test]
+fn a_schedule_spans_the_steps_it_is_given() {
+    let plan = compile(
+        "tiny_mlp.onnx",
+        "mlp_cosine.actc",
+        &["--layers", "all", "--lr", "0.1", "--schedule", "cosine"],
+    );
+    let (inputs, labels) = batch();
+    let losses = |h: ActcTrainer| -> Vec<f32> {
+        (0..4)
+            .map(|_| {
+                let (status, loss) = step(h, &inputs, &labels);
+                assert_eq!(status, ACTC_OK, "{}", last_error());
+                loss
+            })
+            .collect()
+    };
+    // Over 2 updates the cosine reaches 0 at the third: the third update changes nothing.
+    let spanned = open(&plan);
+    assert_eq!(actc_trainer_set_total_steps(spanned, 2), ACTC_OK);
+    let l = losses(spanned);
+    assert_eq!(l[3], l[2]);
+    // Without a length the lr stays at its start, and every step moves the weights.
+    let open_ended = open(&plan);
+    let l = losses(open_ended);
+    assert!(l[3] < l[2], "{l:?}");
+    for h in [spanned, open_ended] {
+        assert_eq!(actc_trainer_close(h), ACTC_OK);
+    }
+    expect(
+        actc_trainer_set_total_steps(spanned, 10),
+        ACTC_ERR_HANDLE,
+        "actc_trainer_set_total_steps",
+        "",
+    );
+}

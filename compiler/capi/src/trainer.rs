@@ -150,6 +150,19 @@ pub unsafe extern "C" fn actc_trainer_updates(trainer: ActcTrainer, updates: *mu
     })
 }
 
+/// Sets how many updates a plan's lr schedule (`--schedule cosine` or `linear-warmup`)
+/// spans when steps are taken one by one; without it the lr stays at its start (after any
+/// warm-up).
+#[unsafe(no_mangle)]
+pub extern "C" fn actc_trainer_set_total_steps(trainer: ActcTrainer, total: u64) -> c_int {
+    guard("actc_trainer_set_total_steps", || {
+        registry::with(trainer, |o| {
+            o.trainer.set_total_steps(total);
+            Ok(())
+        })
+    })
+}
+
 /// One training step (forward, loss, backward, optimizer update) on a batch with class
 /// labels: `inputs` holds the whole input shape's values (row-major, the batch first),
 /// `labels` one class index per sample. The batch's loss goes to `*loss`.
