@@ -388,32 +388,11 @@ impl PyTrainer {
             let values = floats(&v, &what, &mut keep)?.to_vec();
             all.push((name, shape, values));
         }
-        let trainer = self.get()?;
-        let known = trainer.weights();
-        for (name, shape, _) in &all {
-            match known.iter().find(|w| &w.0 == name) {
-                Some(w) if &w.1 != shape => {
-                    return Err(fail(format!(
-                        "weight '{name}' has shape {:?}, not {shape:?}",
-                        w.1
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    let names: Vec<&str> = known.iter().map(|w| w.0.as_str()).collect();
-                    return Err(fail(format!(
-                        "'{name}' is not a trainable weight of this plan; it trains {}",
-                        names.join(", ")
-                    )));
-                }
-            }
-        }
-        for (name, shape, values) in all {
-            trainer
-                .set_weight(&name, &shape, &values)
-                .map_err(actc_err)?;
-        }
-        Ok(())
+        let all: Vec<(&str, &[usize], &[f32])> = all
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice()))
+            .collect();
+        self.get()?.set_weights(&all).map_err(actc_err)
     }
 
     /// The plan with the current weights and optimizer state, as a plan.

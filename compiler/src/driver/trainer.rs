@@ -224,6 +224,27 @@ impl Trainer {
 
     /// Overwrites the trainable weight from initializer `name` with `values` of `shape`.
     pub fn set_weight(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+        self.set_weights(&[(name, shape, values)])
+    }
+
+    /// Overwrites trainable weights (initializer name, shape, values); every one is checked
+    /// before any is written.
+    pub fn set_weights(&mut self, weights: &[(&str, &[usize], &[f32])]) -> Result<()> {
+        for &(name, shape, values) in weights {
+            self.check_weight(name, shape, values)?;
+        }
+        for &(name, _, values) in weights {
+            let dst = self
+                .session
+                .executor()
+                .trainable_mut(name)
+                .expect("a checked trainable weight");
+            dst.copy_from_slice(values);
+        }
+        Ok(())
+    }
+
+    fn check_weight(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
         let known = self.weights_shape(name).ok_or_else(|| {
             let names: Vec<String> = self.weights().into_iter().map(|w| w.0).collect();
             err!(
@@ -237,12 +258,6 @@ impl Trainer {
         if let Some(i) = values.iter().position(|x| !x.is_finite()) {
             bail!("weight '{name}' holds {} at index {i}", values[i]);
         }
-        let dst = self
-            .session
-            .executor()
-            .trainable_mut(name)
-            .expect("a trainable weight");
-        dst.copy_from_slice(values);
         Ok(())
     }
 
