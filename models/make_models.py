@@ -650,6 +650,88 @@ def build_tiny_layernorm_decomposed():
     assert found == [("ln1.weight", "ln1.bias"), ("ln2.weight", "ln2.bias")], found
 
 
+# --------------------------------------------------------------------------- transformers
+
+
+class TinyAttention(nn.Module):
+    """Multi-head self-attention as DINOv2 and timm write it: one fused qkv Linear, the heads
+    split by reshape and permute, q, k and v taken by index (Gather on the exported graph),
+    softmax(q·kᵀ·scale)·v, the heads merged back, an output projection."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class TinyBlock(nn.Module):
+    """A pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)) with a GELU MLP."""
+
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = TinyAttention(dim, heads)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """A vision transformer small enough to commit: 3×16×16 images, 4×4 patches (a strided
+    Conv) → 16 tokens of 32 features, a class token and position embeddings, 2 pre-norm
+    blocks of 2 heads with a 64-wide GELU MLP, a final LayerNorm and a Linear head on the
+    class token. 9 linear layers (qkv, proj, fc1, fc2 per block, and the head)."""
+
+    def __init__(self, dim=32, heads=2, hidden=64, depth=2, classes=10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
+        self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.5)
+        self.blocks = nn.ModuleList(TinyBlock(dim, heads, hidden) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+        for m in self.modules():  # LayerNorms away from the identity, so their grads matter
+            if isinstance(m, nn.LayerNorm):
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+                nn.init.normal_(m.bias, std=0.2)
+
+    def forward(self, input):
+        x = self.patch(input).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def tiny_vit_model():
+    seed_all(21)
+    return TinyViT().eval()
+
+
+def build_tiny_vit():
+    model = tiny_vit_model()
+    path = OUT / "tiny_vit.onnx"
+    export_legacy(model, torch.randn(1, 3, 16, 16), path, opset=20, input_dyn=BATCH_DYN)
+    m = check(path, model, [rand_input(21, 5, 3, 16, 16)])
+
+
+def build_tiny_vit_decomposed():
+    model = tiny_vit_model()
+    path = OUT / "tiny_vit_decomposed.onnx"
+    export_legacy(model, torch.randn(1, 3, 16, 16), path, opset=13, input_dyn=BATCH_DYN)
+    m = check(path, model, [rand_input(21, 5, 3, 16, 16)])
+
+
 # --------------------------------------------------------------------------- tf2onnx style
 
 
@@ -735,6 +817,8 @@ BUILDERS = {
     "tiny_layernorm_decomposed": build_tiny_layernorm_decomposed,
     "tiny_gelu": build_tiny_gelu,
     "tiny_gelu_erf": build_tiny_gelu_erf,
+    "tiny_vit": build_tiny_vit,
+    "tiny_vit_decomposed": build_tiny_vit_decomposed,
 }
 
 

@@ -72,6 +72,8 @@ CASES = {
     "tiny_layernorm_decomposed": ((8, 16), [1, 2, "all"]),
     "tiny_gelu": ((8, 16), [1, 2, "all"]),
     "tiny_gelu_erf": ((8, 16), [1, 2, "all"]),
+    "tiny_vit": ((3, 16, 16), [1, 4, "all"]),
+    "tiny_vit_decomposed": ((3, 16, 16), [1, 4, "all"]),
     # Decomposed by `actc decompose` (models/README.md): a layer's factors count as one layer.
     "tiny_cnn_lowrank": ((3, 16, 16), [1, 4, "all"]),
     "tiny_mlp_lowrank": ((64,), [1, 2, "all"]),
@@ -79,12 +81,13 @@ CASES = {
 # Models that are the same function with the same weights as another one, written with other
 # ops: their trainable tensors must be the same ones (compared by value, as the exporter
 # names some differently), and their gradients are compared too (index.json `same_as`).
-SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm", "tiny_gelu_erf": "tiny_gelu"}
+SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm", "tiny_gelu_erf": "tiny_gelu",
+           "tiny_vit_decomposed": "tiny_vit"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
               "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
               "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
-              "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf"]
+              "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf", "tiny_vit", "tiny_vit_decomposed"]
 # `actc decompose --energy 1 --even-if-larger` must give the model's function (onnxruntime on
 # both, at the model's declared input shape). Run when ACTC names an actc binary.
 LOWRANK_ENERGY1 = ["tiny_cnn", "tiny_mlp", "tiny_matmul", "mcunet", "mobilenetv2", "resnet18"]
@@ -451,10 +454,14 @@ def trainable_names(ev, layers, output="logits"):
         ks = layernorm_params.get(i, linear_biases.get(i, PARAM_INPUTS.get(n.op_type, ())))
         return [n.input[k] for k in ks if k < len(n.input) and n.input[k] in consts]
 
-    layer_ix = [i for i in order if nodes[i].op_type == "Conv"]
-    if not layer_ix:
-        layer_ix = [i for i in order if nodes[i].op_type in ("Gemm", "MatMul")
-                    and len(nodes[i].input) > 1 and nodes[i].input[1] in consts]
+    convs = [i for i in order if nodes[i].op_type == "Conv"]
+    dense = [i for i in order if nodes[i].op_type in ("Gemm", "MatMul")
+             and len(nodes[i].input) > 1 and nodes[i].input[1] in consts]
+    # A transformer (a ViT's patch embedding is a Conv) has linear layers over tokens (rank-3
+    # inputs) after its last conv: they are its layers.
+    ranks = input_ranks(ev, order) if convs and dense else {}
+    over_tokens = any(i > convs[-1] and ranks[i] >= 3 for i in dense) if convs else False
+    layer_ix = dense if not convs or over_tokens else convs
     # The factors `actc decompose` made of one layer (`<layer>/lowrank<i>`, one after another)
     # are that one layer.
     def stem(i):
@@ -477,6 +484,14 @@ def trainable_names(ev, layers, output="logits"):
                 if p not in names:
                     names.append(p)
     return names, count
+
+
+def input_ranks(ev, order):
+    """Rank of each node's first input, from one run on a batch of the model's input shape."""
+    shape = [BATCH] + [d.dim_value for d in ev.graph.input[0].type.tensor_type.shape.dim[1:]]
+    with torch.no_grad():
+        env = ev.run({"input": torch.zeros(shape)})
+    return {i: env[ev.graph.node[i].input[0]].dim() for i in order if ev.graph.node[i].input}
 
 
 def logits_name(ev):

@@ -166,6 +166,11 @@ class OnnxTorch:
         return x
 
     # ---------------------------------------------------------------- elementwise
+    def op_Equal(self, a, at): return a[0] == a[1]
+    def op_Where(self, a, at): return torch.where(a[0], a[1], a[2])
+    def op_Expand(self, a, at):  # numpy broadcasting of the input and the shape
+        shape = torch.broadcast_shapes(a[0].shape, tuple(int(d) for d in a[1].tolist()))
+        return a[0].expand(shape)
     def op_Add(self, a, at): return a[0] + a[1]
     def op_Sub(self, a, at): return a[0] - a[1]
     def op_Mul(self, a, at): return a[0] * a[1]

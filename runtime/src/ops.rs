@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69"
     )]
     pub kind: Option<Kind>,
 }
@@ -103,6 +103,23 @@ pub struct Axis {
 pub struct Axes {
     #[prost(uint32, repeated, tag = "1")]
     pub axes: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MatMulT {
+    #[prost(bool, tag = "1")]
+    pub trans_a: bool,
+    #[prost(bool, tag = "2")]
+    pub trans_b: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Gather {
+    #[prost(uint32, tag = "1")]
+    pub axis: u32,
+    /// Constant positions along the axis, each below its size.
+    #[prost(uint32, repeated, tag = "2")]
+    pub indices: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -400,6 +417,19 @@ pub enum Kind {
     /// y, dy → dx
     #[prost(message, tag = "66")]
     TanhBackward(Empty),
+
+    // ---- attention ----
+    /// a, b → y: one product per batch entry, y[i] = a′[i]·b′[i], with a′ = a or aᵀ and
+    /// b′ = b or bᵀ over the last two axes; both operands carry the same batch axes
+    #[prost(message, tag = "67")]
+    BatchMatMul(MatMulT),
+    /// x → y: the entries `indices` of x along `axis` (a scalar index drops the axis; the
+    /// output's shape tells)
+    #[prost(message, tag = "68")]
+    Gather(Gather),
+    /// dy → dx: zeros, with dy's entries added back at `indices` along `axis`
+    #[prost(message, tag = "69")]
+    GatherBackward(Gather),
 }
 
 #[derive(Clone, PartialEq, Message)]

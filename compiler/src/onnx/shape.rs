@@ -600,6 +600,25 @@ fn reduce_axes(node: &NodeProto, a: &Attrs, args: &[Arg], opset: i64) -> Result<
     }
 }
 
+/// Where a `Slice` with unit steps starts on every axis of `shape` (the output's shape gives
+/// the extents); `None` when a step is not 1 or a bound is computed.
+pub fn slice_starts(n: &OnnxNode, shape: &[usize]) -> Result<Option<Vec<usize>>> {
+    let Ok((starts, ends, axes, steps)) =
+        slice_params(n.proto, &n.attrs, n.args, n.opset, &n.label)
+    else {
+        return Ok(None);
+    };
+    if steps.iter().any(|&s| s != 1) {
+        return Ok(None);
+    }
+    let mut at = vec![0; shape.len()];
+    for i in 0..starts.len() {
+        let ax = norm_axis(&n.label, axes[i], shape.len())?;
+        at[ax] = slice_range(starts[i], ends[i], 1, shape[ax]).0 as usize;
+    }
+    Ok(Some(at))
+}
+
 type SliceParams = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
 
 fn slice_params(

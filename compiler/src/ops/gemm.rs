@@ -44,6 +44,9 @@ impl Room for Dense {
             if w.is_const() && w.rank() == 2 && x.rank() >= 2 {
                 return Ok(Lowered::kernel(outputs, Kind::MatMul(Empty {}), vec![0, 1]));
             }
+            if super::attention::batched(x, w) {
+                return super::attention::import(n);
+            }
             return Ok(Lowered::onnx(outputs));
         }
         if x.rank() != 2 || w.rank() != 2 {

@@ -1,12 +1,14 @@
 //! Data movement: `Reshape` (and `Flatten`, `Squeeze`, `Unsqueeze`, which are reshapes),
-//! `Transpose`, `Concat` and constant `Pad`, with the `Slice` that their gradients take.
+//! `Transpose`, `Concat`, constant `Pad`, `Slice` with unit steps and `Gather` at constant
+//! indices (a transformer's q, k, v and its class token), each with its gradient: a slice
+//! and a zero pad are each other's, a gather's scatters back into zeros.
 
 use super::room::{Backward, Lowered, OnnxNode, OnnxOut, Room, expect, shapes};
 use crate::bail;
 use crate::error::Result;
 use crate::ir::Data;
 use crate::ir::{Graph, Node, Tensor};
-use crate::onnx::shape::{norm_axis, reshape_shape, u32s, usizes};
+use crate::onnx::shape::{self, norm_axis, reshape_shape, u32s, usizes};
 use crate::onnx::{attr_int, attr_ints};
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
@@ -23,13 +25,21 @@ impl Room for Layout {
             "Transpose",
             "Concat",
             "Pad",
+            "Slice",
+            "Gather",
         ]
     }
 
     fn owns(&self, kind: &Kind) -> bool {
         matches!(
             kind,
-            Kind::Reshape(_) | Kind::Transpose(_) | Kind::Concat(_) | Kind::Pad(_) | Kind::Slice(_)
+            Kind::Reshape(_)
+                | Kind::Transpose(_)
+                | Kind::Concat(_)
+                | Kind::Pad(_)
+                | Kind::Slice(_)
+                | Kind::Gather(_)
+                | Kind::GatherBackward(_)
         )
     }
 
@@ -79,6 +89,43 @@ impl Room for Layout {
                     }
                     _ => Ok(Lowered::onnx(outputs)),
                 }
+            }
+            "Slice" => {
+                let outputs = shape::infer(n)?;
+                let y = &outputs[0].0;
+                let starts = match shape::slice_starts(n, &x.shape)? {
+                    // Cutting the batch would change what a micro-batch of it computes.
+                    Some(st) if x.dtype == DType::F32 && st[0] == 0 && y[0] == x.shape[0] => st,
+                    _ => return Ok(Lowered::onnx(outputs)),
+                };
+                let kind = Kind::Slice(ops::Slices {
+                    starts: u32s(&starts),
+                });
+                Ok(Lowered::kernel(outputs, kind, vec![0]))
+            }
+            "Gather" => {
+                let outputs = shape::infer(n)?;
+                let axis = norm_axis(&n.label, a.int("axis", 0), x.rank())?;
+                let (len, idx) = (x.shape[axis] as i64, n.arg(1)?);
+                let Some(raw) = idx.ints().filter(|_| x.dtype == DType::F32) else {
+                    return Ok(Lowered::onnx(outputs));
+                };
+                let mut indices = Vec::with_capacity(raw.len());
+                for i in raw {
+                    let j = if i < 0 { i + len } else { i };
+                    if !(0..len).contains(&j) {
+                        bail!(
+                            "node '{}' (Gather): index {i} is outside axis {axis} of length {len}",
+                            n.label
+                        );
+                    }
+                    indices.push(j as u32);
+                }
+                let kind = Kind::Gather(ops::Gather {
+                    axis: axis as u32,
+                    indices,
+                });
+                Ok(Lowered::kernel(outputs, kind, vec![0]))
             }
             _ => {
                 let y = reshape_like(n)?;
@@ -151,6 +198,9 @@ impl Room for Layout {
                     ))
                 }
             }
+            Kind::Gather(g) => gather_fits(g, s[0], y),
+            // dy → dx of the gathered tensor's shape
+            Kind::GatherBackward(g) => gather_fits(g, y, s[0]),
             _ => Err("not a layout op".into()),
         }
     }
@@ -159,6 +209,7 @@ impl Room for Layout {
         match kind {
             Kind::Transpose(p) => p.perm.first().is_some_and(|&a| a != 0),
             Kind::Concat(a) => a.axis == 0,
+            Kind::Gather(g) | Kind::GatherBackward(g) => g.axis == 0,
             Kind::Pad(p) => {
                 p.pads.first().is_some_and(|&v| v != 0)
                     || p.pads.get(p.pads.len() / 2).is_some_and(|&v| v != 0)
@@ -168,7 +219,7 @@ impl Room for Layout {
     }
 
     fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
-        !matches!(kind, Kind::Slice(_))
+        !matches!(kind, Kind::GatherBackward(_))
     }
 
     fn backward(&self, kind: &Kind, ad: &mut Backward) {
@@ -216,6 +267,21 @@ impl Room for Layout {
                     );
                 }
             }
+            Kind::Slice(sl) => {
+                if ad.needs(0) {
+                    let (x, y) = (ad.shape(ad.input(0)), ad.shape(ad.output(0)));
+                    let ends = (0..x.len()).map(|i| (x[i] - y[i]) as u32 - sl.starts[i]);
+                    let pads = sl.starts.iter().copied().chain(ends).collect();
+                    let k = Kind::Pad(ops::Pad { pads, value: 0.0 });
+                    ad.grad(0, "grad_input", k, vec![dy]);
+                }
+            }
+            Kind::Gather(g) => {
+                if ad.needs(0) {
+                    let k = Kind::GatherBackward(g.clone());
+                    ad.grad(0, "grad_input", k, vec![dy]);
+                }
+            }
             _ => unreachable!("differentiable admits the forward layout ops only"),
         }
     }
@@ -253,6 +319,33 @@ impl Room for Layout {
                 out.node("Transpose", x, vec![attr_ints("perm", &perm)]);
             }
             Kind::Concat(a) => out.node("Concat", x, vec![attr_int("axis", a.axis as i64)]),
+            Kind::Slice(sl) => {
+                let (from, to) = (&out.ins[0].shape, &out.outs[0].shape);
+                let axes: Vec<i64> = (0..to.len()).filter(|&i| to[i] != from[i]).map(|i| i as i64).collect();
+                let at = |i: i64| sl.starts[i as usize] as i64;
+                let starts: Vec<i64> = axes.iter().map(|&i| at(i)).collect();
+                let ends: Vec<i64> = axes.iter().map(|&i| at(i) + to[i as usize] as i64).collect();
+                let n = axes.len();
+                let inputs = vec![
+                    x[0].clone(),
+                    out.constant("starts", &[n], Data::I64(starts.into())),
+                    out.constant("ends", &[n], Data::I64(ends.into())),
+                    out.constant("axes", &[n], Data::I64(axes.into())),
+                ];
+                out.node("Slice", inputs, vec![]);
+            }
+            Kind::Gather(g) => {
+                let idx: Vec<i64> = g.indices.iter().map(|&i| i as i64).collect();
+                // A scalar index drops the axis.
+                let dims = if out.outs[0].shape.len() < out.ins[0].shape.len() {
+                    vec![]
+                } else {
+                    vec![idx.len()]
+                };
+                let indices = out.constant("indices", &dims, Data::I64(idx.into()));
+                let attrs = vec![attr_int("axis", g.axis as i64)];
+                out.node("Gather", vec![x[0].clone(), indices], attrs);
+            }
             _ => return Err("no ONNX form".into()),
         }
         Ok(())
@@ -261,6 +354,20 @@ impl Room for Layout {
     fn aliases_input(&self, kind: &Kind) -> bool {
         matches!(kind, Kind::Reshape(_))
     }
+}
+
+/// `check` helper: a gather along `g.axis` of `x` at indices inside it fills `y`.
+fn gather_fits(g: &ops::Gather, x: &[usize], y: &[usize]) -> std::result::Result<(), String> {
+    let axis = g.axis as usize;
+    let len = *x.get(axis).ok_or(format!("axis {axis} of {x:?}"))?;
+    if g.indices.iter().any(|&i| i as usize >= len) {
+        return Err(format!("an index outside axis {axis} of {x:?}"));
+    }
+    let rows = x.iter().product::<usize>() / len.max(1) * g.indices.len();
+    if y.iter().product::<usize>() != rows {
+        return Err(format!("{} rows of {x:?} do not fill {y:?}", g.indices.len()));
+    }
+    Ok(())
 }
 
 /// The ONNX shape rules of the ops that are reshapes (`Reshape`, `Flatten`, `Squeeze`,

@@ -7,6 +7,7 @@
 //! in the runtime, and its room here (a new file joins [`ROOMS`]).
 
 mod activation;
+mod attention;
 mod compress;
 mod conv;
 mod elementwise;
@@ -27,6 +28,7 @@ use actc_runtime::ops::Kind;
 static ROOMS: &[&dyn Room] = &[
     &conv::Convs,
     &gemm::Dense,
+    &attention::Attention,
     &activation::Activations,
     &elementwise::Elementwise,
     &pool::Pools,

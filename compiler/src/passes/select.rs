@@ -1,8 +1,8 @@
 //! `select`: which layers train, the trainable suffix, the frozen prefix, and the boundary
 //! tensors between them (DESIGN §3).
 //!
-//! A layer is a `Conv` node, or, in a model with no conv, a `Gemm`/`MatMul` with a constant
-//! weight. `--layers N` trains the last N layers in topological order and every parameterized
+//! A layer is a `Conv` node, or, in a model with no conv or a transformer (linear layers
+//! over tokens after its last conv), a `Gemm`/`MatMul` with a constant weight. `--layers N` trains the last N layers in topological order and every parameterized
 //! op after the first of them. The suffix is every node whose value depends on a trainable
 //! weight; everything else the output needs is the frozen prefix, which tract runs.
 
@@ -209,10 +209,20 @@ fn find_layers(graph: &Graph, order: &[NodeIndex]) -> Vec<Layer> {
             .filter(|&n| ops::layer_class(graph, &graph.nodes[n]) == Some(class))
             .collect()
     };
-    let mut nodes = of_class(LayerClass::Conv);
-    if nodes.is_empty() {
-        nodes = of_class(LayerClass::Dense);
-    }
+    let convs = of_class(LayerClass::Conv);
+    let dense = of_class(LayerClass::Dense);
+    // A transformer (a ViT's patch embedding is a conv) has a body of linear layers over
+    // tokens after its last conv; a CNN's classifier reads one vector per sample.
+    let last_conv = convs.last().and_then(|c| order.iter().position(|n| n == c));
+    let over_tokens = |&n: &NodeIndex| {
+        let after = order.iter().position(|&m| m == n) > last_conv;
+        after && graph.tensor(graph.nodes[n].inputs[0]).shape.len() >= 3
+    };
+    let nodes = if convs.is_empty() || dense.iter().any(over_tokens) {
+        dense
+    } else {
+        convs
+    };
     let mut layers: Vec<Layer> = Vec::new();
     let mut last_stem = None;
     for n in nodes {

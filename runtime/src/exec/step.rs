@@ -141,6 +141,11 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             let g = matmul_geom(bi(0), bo(0));
             linear::matmul_backward(&g, x(0), &[], x(1), None, Some(y(0)));
         }
+        Kind::BatchMatMul(t) => {
+            let g = batch_geom(t.trans_a, t.trans_b, &bi(0).shape, &bi(1).shape)
+                .expect("checked with the plan");
+            linear::batch_matmul(&g, x(0), x(1), y(0));
+        }
         Kind::BatchNorm(e) => {
             let p = BatchNormParams {
                 scale: x(1),
@@ -236,6 +241,14 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             }
         }
         Kind::Slice(s) => slice(x(0), &dims(bi(0)), &s.starts, y(0), &dims(bo(0))),
+        Kind::Gather(g) => {
+            let split = AxisSplit::new(&dims(bi(0)), g.axis as usize);
+            shape::gather_forward(split, &g.indices, x(0), y(0));
+        }
+        Kind::GatherBackward(g) => {
+            let split = AxisSplit::new(&dims(bo(0)), g.axis as usize);
+            shape::gather_backward(split, &g.indices, x(0), y(0));
+        }
         Kind::Transpose(p) => {
             shape::transpose_forward(&dims(bi(0)), &usizes(&p.perm), x(0), y(0));
         }
@@ -538,6 +551,21 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
                 &matmul_out(io.shape_i(0), io.shape_o(0))?,
                 "dy",
             )
+        }
+        Kind::BatchMatMul(t) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = batch_geom(t.trans_a, t.trans_b, io.shape_i(0), io.shape_i(1))?;
+            let lead = &io.shape_i(0)[..io.shape_i(0).len() - 2];
+            let want: Vec<u64> = lead.iter().copied().chain([g.m as u64, g.n as u64]).collect();
+            io.shape(io.shape_o(0), &want, "the output")
+        }
+        Kind::Gather(g) => {
+            io.arity(1..=1, 1..=1)?;
+            gather_fit(g, io.shape_i(0), io.shape_o(0))
+        }
+        Kind::GatherBackward(g) => {
+            io.arity(1..=1, 1..=1)?;
+            gather_fit(g, io.shape_o(0), io.shape_i(0))
         }
         Kind::BatchNorm(_) | Kind::BatchNormBackward(_) => {
             io.arity(5..=5, 1..=1)?;
@@ -945,6 +973,53 @@ fn matmul_out(x: &[u64], w: &[u64]) -> Result<Vec<u64>, String> {
         (Some((&k, lead)), &[wk, n]) if k == wk => Ok(lead.iter().copied().chain([n]).collect()),
         _ => Err(format!("a product of shapes {x:?} and {w:?}")),
     }
+}
+
+/// The products of a [`Kind::BatchMatMul`] over operands of these shapes: same rank of at
+/// least 2, the same batch axes, inner sizes that meet.
+fn batch_geom(
+    trans_a: bool,
+    trans_b: bool,
+    a: &[u64],
+    b: &[u64],
+) -> Result<linear::BatchGeom, String> {
+    let bad = || format!("a batched product of shapes {a:?} and {b:?}");
+    let r = a.len();
+    if r < 2 || b.len() != r || a[..r - 2] != b[..r - 2] {
+        return Err(bad());
+    }
+    let (a0, a1, b0, b1) = (a[r - 2], a[r - 1], b[r - 2], b[r - 1]);
+    let (m, k) = if trans_a { (a1, a0) } else { (a0, a1) };
+    let (kb, n) = if trans_b { (b1, b0) } else { (b0, b1) };
+    if k != kb {
+        return Err(bad());
+    }
+    Ok(linear::BatchGeom {
+        batch: a[..r - 2].iter().product::<u64>() as usize,
+        m: m as usize,
+        k: k as usize,
+        n: n as usize,
+        trans_a,
+        trans_b,
+    })
+}
+
+/// A gather from `x` to `y` along `g.axis`: indices inside the axis, and `y` as many
+/// elements as the rows they pick.
+fn gather_fit(g: &crate::ops::Gather, x: &[u64], y: &[u64]) -> Result<(), String> {
+    let axis = g.axis as usize;
+    let Some(&len) = x.get(axis) else {
+        return Err(format!("a gather on axis {axis} of rank {}", x.len()));
+    };
+    if g.indices.iter().any(|&i| i as u64 >= len) {
+        return Err(format!("an index outside axis {axis} of length {len}"));
+    }
+    let rows: u64 = x.iter().product::<u64>() / len.max(1) * g.indices.len() as u64;
+    let got: u64 = y.iter().product();
+    if len == 0 || got != rows {
+        return Err(format!("a gather of {} rows from {x:?} into {y:?}", g.indices.len()));
+    }
+    Ok(())
 }
 
 fn layer_norm_fit(x: &Buffer, axis: u32) -> Result<norm::LayerNormGeom, String> {

@@ -328,3 +328,39 @@ mod tests {
         });
     }
 }
+
+/// Attention's products: `batch` independent products y[i] = a′[i]·b′[i] (m×k by k×n),
+/// a′ = a[i] or its transpose (stored k×m), b′ likewise (stored n×k).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchGeom {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+pub fn batch_matmul(g: &BatchGeom, a: &[f32], b: &[f32], y: &mut [f32]) {
+    let (sa, sb, sy) = (g.m * g.k, g.k * g.n, g.m * g.n);
+    debug_assert_eq!(a.len(), g.batch * sa);
+    debug_assert_eq!(b.len(), g.batch * sb);
+    debug_assert_eq!(y.len(), g.batch * sy);
+    let a_strides = if g.trans_a { (1, g.m) } else { (g.k, 1) };
+    let b_strides = if g.trans_b { (1, g.k) } else { (g.n, 1) };
+    for i in 0..g.batch {
+        sgemm(
+            g.m,
+            g.n,
+            g.k,
+            1.0,
+            &a[i * sa..][..sa],
+            a_strides,
+            &b[i * sb..][..sb],
+            b_strides,
+            0.0,
+            &mut y[i * sy..][..sy],
+            (g.n, 1),
+        );
+    }
+}

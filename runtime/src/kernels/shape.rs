@@ -459,3 +459,39 @@ mod tests {
         assert_eq!(y, [0.5, 0.5]);
     }
 }
+
+/// Gather with constant indices: `y` holds, for each outer position, the rows of `x` at
+/// `indices` along the split axis (each `inner` long).
+pub fn gather_forward(s: AxisSplit, indices: &[u32], x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), s.numel());
+    debug_assert_eq!(y.len(), s.outer * indices.len() * s.inner);
+    let mut out = y.chunks_exact_mut(s.inner.max(1));
+    for o in 0..s.outer {
+        for &i in indices {
+            let from = (o * s.len + i as usize) * s.inner;
+            if let Some(row) = out.next() {
+                row.copy_from_slice(&x[from..from + s.inner]);
+            }
+        }
+    }
+}
+
+/// dx of [`gather_forward`]: zeros, plus each row of dy added at its index (an index that
+/// appears twice gets both).
+pub fn gather_backward(s: AxisSplit, indices: &[u32], dy: &[f32], dx: &mut [f32]) {
+    debug_assert_eq!(dx.len(), s.numel());
+    debug_assert_eq!(dy.len(), s.outer * indices.len() * s.inner);
+    dx.fill(0.0);
+    let mut rows = dy.chunks_exact(s.inner.max(1));
+    for o in 0..s.outer {
+        for &i in indices {
+            let to = (o * s.len + i as usize) * s.inner;
+            if let Some(row) = rows.next() {
+                dx[to..to + s.inner]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(d, g)| *d += g);
+            }
+        }
+    }
+}

@@ -40,6 +40,8 @@ pub const MODELS: &[(&str, &[usize])] = &[
     ("tiny_mlp_lowrank", &[4, 64]),
     ("tiny_gelu", &[4, 8, 16]),
     ("tiny_gelu_erf", &[4, 8, 16]),
+    ("tiny_vit", &[2, 3, 16, 16]),
+    ("tiny_vit_decomposed", &[2, 3, 16, 16]),
 ];
 
 /// A fresh empty folder under the target directory for files a test writes.
