@@ -287,11 +287,17 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
                 }
             }
             PoolKind::ReduceMean(a) => {
-                shape::reduce_mean_backward(&dims(bo(0)), &usizes(&a.axes), x(0), y(0));
+                shape::reduce_backward(true, &dims(bo(0)), &usizes(&a.axes), x(0), y(0));
+            }
+            PoolKind::ReduceSum(a) => {
+                shape::reduce_backward(false, &dims(bo(0)), &usizes(&a.axes), x(0), y(0));
             }
         },
         Kind::ReduceMean(a) => {
-            shape::reduce_mean_forward(&dims(bi(0)), &usizes(&a.axes), x(0), y(0));
+            shape::reduce_forward(true, &dims(bi(0)), &usizes(&a.axes), x(0), y(0));
+        }
+        Kind::ReduceSum(a) => {
+            shape::reduce_forward(false, &dims(bi(0)), &usizes(&a.axes), x(0), y(0));
         }
         Kind::Pad(p) => {
             shape::pad_forward(&dims(bi(0)), &usizes(&p.pads), p.value, x(0), y(0));
@@ -556,7 +562,11 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             io.arity(2..=2, 1..=1)?;
             let g = batch_geom(t.trans_a, t.trans_b, io.shape_i(0), io.shape_i(1))?;
             let lead = &io.shape_i(0)[..io.shape_i(0).len() - 2];
-            let want: Vec<u64> = lead.iter().copied().chain([g.m as u64, g.n as u64]).collect();
+            let want: Vec<u64> = lead
+                .iter()
+                .copied()
+                .chain([g.m as u64, g.n as u64])
+                .collect();
             io.shape(io.shape_o(0), &want, "the output")
         }
         Kind::Gather(g) => {
@@ -731,13 +741,13 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
                 io.shape(io.shape_i(0), &pool_out(&g), "dy")?;
                 taps_fit(&io, io.x(1), &g)
             }
-            PoolKind::ReduceMean(a) => {
+            PoolKind::ReduceMean(a) | PoolKind::ReduceSum(a) => {
                 io.arity(1..=1, 1..=1)?;
                 let n = reduced(io.shape_o(0), &a.axes)?;
                 io.eq_len(io.x(0).numel(), n, "dy")
             }
         },
-        Kind::ReduceMean(a) => {
+        Kind::ReduceMean(a) | Kind::ReduceSum(a) => {
             io.arity(1..=1, 1..=1)?;
             let n = reduced(io.shape_i(0), &a.axes)?;
             io.eq_len(io.y(0).numel(), n, "the output")
@@ -1017,7 +1027,10 @@ fn gather_fit(g: &crate::ops::Gather, x: &[u64], y: &[u64]) -> Result<(), String
     let rows: u64 = x.iter().product::<u64>() / len.max(1) * g.indices.len() as u64;
     let got: u64 = y.iter().product();
     if len == 0 || got != rows {
-        return Err(format!("a gather of {} rows from {x:?} into {y:?}", g.indices.len()));
+        return Err(format!(
+            "a gather of {} rows from {x:?} into {y:?}",
+            g.indices.len()
+        ));
     }
     Ok(())
 }
