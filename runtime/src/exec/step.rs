@@ -495,8 +495,16 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             io.arity(2..=2, 1..=1)?;
             let c = cl.compressor.as_ref().ok_or("no compressor")?;
             let (dy, dw) = (io.shape_i(1), io.shape_o(0));
-            let [rows, features] = c.shape[..] else {
-                return Err("a dense gradient from a compressed input that is not a matrix".into());
+            // A matrix (rows, features), or tokens (batch, tokens, features).
+            let (rows, features) = match c.shape[..] {
+                [rows, features] => (rows, features),
+                [b, t, features] => (b.saturating_mul(t), features),
+                _ => {
+                    return Err(
+                        "a dense gradient from a compressed input that is not a matrix or tokens"
+                            .into(),
+                    );
+                }
             };
             let n = *dy.last().unwrap_or(&0);
             io.eq_len(io.x(1).numel(), (rows * n) as usize, "dy")?;
