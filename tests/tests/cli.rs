@@ -343,3 +343,64 @@ fn plrd_writes_one_model_per_size() {
         "only the models and their trained plans: {left:?}"
     );
 }
+
+/// A text encoder (three int64 inputs) trains and evaluates on a CSV through a BERT
+/// vocab.txt, and exports.
+#[test]
+fn text_from_a_csv_through_the_model_tokenizer() {
+    let dir = scratch("cli_text");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    // tiny_bert's 100 token ids: the specials, then words.
+    let words = [
+        "good", "bad", "film", "plot", "fun", "dull", "great", "awful",
+    ];
+    let mut vocab = vec!["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+    vocab.extend(words);
+    std::fs::write(path("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let mut csv = String::from("label,text\n");
+    for i in 0..48 {
+        let (a, b) = (words[i % 8], words[(i / 8) % 8]);
+        csv += &format!("{},\"A {a} film, {b} plot!\"\n", i % 2);
+    }
+    std::fs::write(path("train.csv"), &csv).unwrap();
+    let plan = path("bert.actc");
+    run(&[
+        "compile",
+        model("tiny_bert").to_str().unwrap(),
+        "--layers",
+        "4",
+        "--input-shape",
+        "8x12",
+        "-o",
+        &plan,
+    ]);
+    let (vocab, data) = (path("vocab.txt"), path("train.csv"));
+    let tokenizer = ["--tokenizer", vocab.as_str()];
+    run(&[
+        &["train", &plan, "--data", &data, "--epochs", "1"][..],
+        &tokenizer,
+    ]
+    .concat());
+    run(&[&["eval", &plan, "--data", &data][..], &tokenizer].concat());
+    // What the tokenizer made of row 0, "A good film, good plot!": [CLS] [UNK] good film
+    // [UNK] good plot [UNK] [SEP], padded to 12; the mask over those 9; token types 0.
+    let opts = actc::driver::text::TextOptions {
+        tokenizer: dir.join("vocab.txt"),
+        text_column: "text".into(),
+        label_column: "label".into(),
+    };
+    let inputs: Vec<(String, Vec<usize>)> = ["input_ids", "attention_mask", "token_type_ids"]
+        .iter()
+        .map(|n| (n.to_string(), vec![12]))
+        .collect();
+    let ds = actc::driver::text::load(&dir.join("train.csv"), &opts, &inputs).unwrap();
+    assert_eq!((ds.len(), ds.labels()[..3].to_vec()), (48, vec![0, 1, 0]));
+    let prep = actc_runtime::data::Preprocess::for_input(&[36], &ds).unwrap();
+    let mut row = vec![0.0; 36];
+    ds.write_sample(0, &prep, &mut row);
+    let ids = [2., 1., 5., 7., 1., 5., 8., 1., 3., 0., 0., 0.];
+    let mask = [1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 0.];
+    assert_eq!(row, [&ids[..], &mask, &[0.0; 12]].concat());
+    run(&["export", &plan, "-o", &path("bert.onnx")]);
+    assert!(dir.join("bert.onnx").exists());
+}

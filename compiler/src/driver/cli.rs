@@ -5,6 +5,7 @@ use crate::driver::data::DataOptions;
 use crate::driver::decompose::{self, Calibration};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::driver::run::{self, TrainOptions};
+use crate::driver::text::TextOptions;
 use crate::driver::{budget, inspect, plrd};
 use crate::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
@@ -196,6 +197,27 @@ struct PrepArgs {
     /// Per-channel standard deviation [default: ImageNet's for 3-channel inputs]
     #[arg(long, value_parser = parse_floats)]
     std: Option<Floats>,
+    /// For text in a CSV (--data train.csv): the model's tokenizer, a Hugging Face
+    /// tokenizer.json or a BERT vocab.txt; texts are truncated and padded to the compiled
+    /// sequence length
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// The CSV column holding the text
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "text",
+        requires = "tokenizer"
+    )]
+    text_column: String,
+    /// The CSV column holding the class index
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "label",
+        requires = "tokenizer"
+    )]
+    label_column: String,
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +255,11 @@ impl PrepArgs {
             scale: self.scale,
             mean: self.mean.clone().map(|f| f.0),
             std: self.std.clone().map(|f| f.0),
+            text: self.tokenizer.clone().map(|tokenizer| TextOptions {
+                tokenizer,
+                text_column: self.text_column.clone(),
+                label_column: self.label_column.clone(),
+            }),
         }
     }
 }

@@ -60,8 +60,36 @@ pub fn reads(plan: &Plan) -> Reads {
     Reads { targets, inputs }
 }
 
-/// Reads a data set as `reads` says.
-pub fn load_data(path: &Path, layout: Option<Layout>, reads: &Reads) -> Result<Dataset> {
+/// Reads a data set as `reads` says, its samples as `prep` says (a CSV of text through the
+/// tokenizer it names).
+pub fn load_data(path: &Path, prep: &DataOptions, reads: &Reads) -> Result<Dataset> {
+    let layout = prep.layout;
+    let csv = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    match (&prep.text, csv) {
+        (Some(text), true) if !reads.inputs.is_empty() && reads.targets.is_none() => {
+            return super::text::load(path, text, &reads.inputs);
+        }
+        (Some(_), true) => bail!(
+            "{}: text trains a model with token inputs (input_ids, …) on class labels; this plan takes {}",
+            path.display(),
+            if reads.targets.is_some() {
+                "regression targets"
+            } else {
+                "one float input"
+            }
+        ),
+        (None, true) => bail!(
+            "{}: a CSV of text needs the model's tokenizer: --tokenizer tokenizer.json (or vocab.txt), with --text-column and --label-column",
+            path.display()
+        ),
+        (Some(_), false) => bail!(
+            "{}: --tokenizer reads a CSV of text (--data train.csv); this is not a .csv",
+            path.display()
+        ),
+        (None, false) => {}
+    }
     if !reads.inputs.is_empty() {
         if reads.targets.is_some() {
             bail!(
@@ -106,6 +134,8 @@ pub struct DataOptions {
     pub scale: Option<f32>,
     pub mean: Option<Vec<f32>>,
     pub std: Option<Vec<f32>>,
+    /// Text in a CSV, and the tokenizer that turns it into the model's token inputs.
+    pub text: Option<super::text::TextOptions>,
 }
 
 impl DataOptions {
@@ -134,6 +164,14 @@ impl std::fmt::Display for DataOptions {
             self.scale.map(|s| format!("--scale {s}")),
             self.mean.as_deref().map(|m| format!("--mean {}", list(m))),
             self.std.as_deref().map(|s| format!("--std {}", list(s))),
+            self.text.as_ref().map(|t| {
+                format!(
+                    "--tokenizer {} --text-column {} --label-column {}",
+                    t.tokenizer.display(),
+                    t.text_column,
+                    t.label_column
+                )
+            }),
         ];
         let given: Vec<String> = flags.into_iter().flatten().collect();
         f.write_str(&given.join(" "))

@@ -170,9 +170,9 @@ impl RunData {
     /// Reads `--data` and `--val` as `opts` says, holding what `reads` says (class labels or
     /// regression targets, one array per input of a plan that packs several).
     pub fn load(opts: &TrainOptions, reads: &Reads) -> Result<RunData> {
-        let data = load_data(&opts.data, opts.prep.layout, reads)?;
+        let data = load_data(&opts.data, &opts.prep, reads)?;
         let val = match &opts.val {
-            Some(v) => Some(load_data(v, opts.prep.layout, reads)?),
+            Some(v) => Some(load_data(v, &opts.prep, reads)?),
             None => None,
         };
         RunData::split(data, val, opts)
@@ -562,7 +562,7 @@ fn resume_point(last: &Path, progress: Option<Progress>, run: &Run) -> Result<Pr
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
     let mut session = open_session(plan_path, 1)?;
     let what = reads(session.executor().plan());
-    let data = load_data(data_path, prep.layout, &what)?;
+    let data = load_data(data_path, prep, &what)?;
     let name = plan_path.display().to_string();
     let m = evaluate(&mut session, &name, &data, data_path, prep)?;
     if as_json {

@@ -313,7 +313,7 @@ impl Trainer {
             Some(d) => d,
             None => {
                 let what = reads(self.session.executor().plan());
-                load_data(path, prep.layout, &what)?
+                load_data(path, prep, &what)?
             }
         };
         run::evaluate(&mut self.session, &self.name, &data, path, prep)

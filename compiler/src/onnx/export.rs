@@ -64,6 +64,9 @@ pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
                 .into_iter()
                 .filter(|t| !known.contains(t.name())),
         );
+        // A shape the prefix held as a value (it read a tensor the rest computes) is
+        // computed again by the rest: the node's output wins.
+        g.initializer.retain(|t| !produced.contains(t.name()));
         // The prefix's outputs were the boundary tensors; the model's are the rest's.
         g.output = r.output;
         // Inputs of the rest that the prefix computes or holds are internal again.

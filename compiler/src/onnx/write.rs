@@ -214,6 +214,24 @@ impl Writer<'_, '_> {
         proto
     }
 
+    /// Whether folded node `src` can be written back as computed here: every value it reads
+    /// (through folded inputs too) is a model input or written by this part. A shape read
+    /// off a tensor another part computes is written as its value instead.
+    fn can_recompute(&self, src: &OnnxSource) -> bool {
+        src.inputs.iter().flatten().all(|&t| {
+            let tensor = self.graph.tensor(t);
+            match (&tensor.data, &tensor.folded) {
+                (None, _) => {
+                    tensor.role == Role::Input
+                        || self.written.contains(&t)
+                        || self.have.contains(&t)
+                }
+                (Some(_), Some(inner)) => self.can_recompute(inner),
+                (Some(_), None) => true,
+            }
+        })
+    }
+
     /// Makes `t` available to the nodes written next.
     fn need(&mut self, t: TensorId) -> Result<()> {
         if self.have.contains(&t) || self.written.contains(&t) {
@@ -227,6 +245,7 @@ impl Writer<'_, '_> {
         };
         if tensor.role != Role::Trainable
             && let Some(src) = &tensor.folded
+            && self.can_recompute(src)
         {
             if self.folded.insert(Arc::as_ptr(&src.proto)) {
                 for i in src.inputs.iter().flatten() {

@@ -391,6 +391,45 @@ mod tests {
     }
 
     #[test]
+    fn several_inputs_pack_into_one_row_per_sample() {
+        let dir = TempDir::new("npz-packed");
+        let path = dir.path().join("tokens.npz");
+        let ids = npy("<i8", &[2, 3], &i64_bytes(&[101, 7, 102, 101, 8, 0]));
+        let mask = npy("<i8", &[2, 3], &i64_bytes(&[1, 1, 1, 1, 1, 0]));
+        let feats = npy("<f4", &[2, 2], &f32_bytes(&[0.5, -1.0, 2.0, 3.0]));
+        let y = npy("<i8", &[2], &i64_bytes(&[1, 0]));
+        let members = [
+            ("input_ids.npy", ids.clone()),
+            ("attention_mask.npy", mask.clone()),
+            ("extra.npy", feats),
+            ("y.npy", y.clone()),
+        ];
+        write_npz(&path, &members, Stored);
+        let inputs: [(&str, &[usize]); 3] = [
+            ("attention_mask", &[3]),
+            ("input_ids", &[3]),
+            ("extra", &[2]),
+        ];
+        let ds = Dataset::load_packed(&path, &inputs).unwrap();
+        assert_eq!((ds.sample_shape(), ds.labels()), (&[8][..], &[1, 0][..]));
+        let mut row = vec![0.0; 8];
+        ds.write_sample(1, &flat(8), &mut row);
+        assert_eq!(row, [1.0, 1.0, 0.0, 101.0, 8.0, 0.0, 2.0, 3.0]);
+
+        let msg = |members: &[(&str, Vec<u8>)], inputs: &[(&str, &[usize])]| {
+            write_npz(&path, members, Stored);
+            Dataset::load_packed(&path, inputs).err().unwrap().to_string()
+        };
+        let shape = msg(&members, &[("input_ids", &[4])]);
+        assert!(shape.contains("array input_ids has shape [2, 3]"), "{shape}");
+        let missing = msg(&members, &[("token_type_ids", &[3])]);
+        assert!(missing.contains("no array named token_type_ids"), "{missing}");
+        let big = npy("<i8", &[2, 3], &i64_bytes(&[1, 2, 1 << 25, 1, 1, 1]));
+        let huge = msg(&[("input_ids.npy", big), ("y.npy", y)], &[("input_ids", &[3])]);
+        assert!(huge.contains("beyond 2^24"), "{huge}");
+    }
+
+    #[test]
     fn error_paths_name_the_file() {
         let dir = TempDir::new("npz-errors");
         let y = npy("<i8", &[2], &i64_bytes(&[0, 1]));
