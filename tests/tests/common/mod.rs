@@ -42,6 +42,7 @@ pub const MODELS: &[(&str, &[usize])] = &[
     ("tiny_gelu_erf", &[4, 8, 16]),
     ("tiny_vit", &[2, 3, 16, 16]),
     ("tiny_vit_decomposed", &[2, 3, 16, 16]),
+    ("tiny_decoder", &[2, 3, 16, 16]),
 ];
 
 /// A fresh empty folder under the target directory for files a test writes.
