@@ -18,6 +18,7 @@ inference) and compared with PyTorch through onnxruntime when that is installed.
 from __future__ import annotations
 
 import argparse
+import math
 import collections
 import hashlib
 import os
@@ -732,6 +733,114 @@ def build_tiny_vit_decomposed():
     m = check(path, model, [rand_input(21, 5, 3, 16, 16)])
 
 
+class TinyBert(nn.Module):
+    """A BERT-like text encoder small enough to commit: three int64 inputs (`input_ids`,
+    `attention_mask`, `token_type_ids`, each [batch, sequence]), word, position and token
+    type embeddings summed and layer-normed, 2 post-norm blocks (2 heads, the padding masked
+    out of attention with an additive bias as Hugging Face's BERT does, a 64-wide GELU MLP),
+    mean pooling over the unmasked tokens (sentence-transformers' pooling) and a Linear head
+    to 4 classes. 13 linear layers (q, k, v, attention output, fc1, fc2 per block, and the
+    head)."""
+
+    def __init__(self, vocab=100, dim=32, heads=2, hidden=64, depth=2, classes=4, max_len=32):
+        super().__init__()
+        self.heads = heads
+        self.word = nn.Embedding(vocab, dim)
+        self.position = nn.Embedding(max_len, dim)
+        self.token_type = nn.Embedding(2, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.layers = nn.ModuleList(nn.ModuleDict({
+            "q": nn.Linear(dim, dim), "k": nn.Linear(dim, dim), "v": nn.Linear(dim, dim),
+            "out": nn.Linear(dim, dim), "norm1": nn.LayerNorm(dim),
+            "fc1": nn.Linear(dim, hidden), "fc2": nn.Linear(hidden, dim),
+            "norm2": nn.LayerNorm(dim)}) for _ in range(depth))
+        self.head = nn.Linear(dim, classes)
+        for m in self.modules():
+            if isinstance(m, nn.LayerNorm):
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+                nn.init.normal_(m.bias, std=0.2)
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        b, n = input_ids.shape
+        positions = torch.arange(n, device=input_ids.device).unsqueeze(0)
+        x = self.word(input_ids) + self.position(positions) + self.token_type(token_type_ids)
+        x = self.norm(x)
+        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        d = x.shape[-1] // self.heads
+        split = lambda t: t.reshape(b, n, self.heads, d).transpose(1, 2)  # noqa: E731
+        for layer in self.layers:
+            q, k, v = split(layer["q"](x)), split(layer["k"](x)), split(layer["v"](x))
+            scores = q @ k.transpose(-1, -2) / math.sqrt(d) + bias
+            ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+            x = layer["norm1"](x + layer["out"](ctx))
+            x = layer["norm2"](x + layer["fc2"](F.gelu(layer["fc1"](x))))
+        mask = attention_mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return self.head(pooled)
+
+
+TEXT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+TEXT_DYN = {0: "batch", 1: "sequence"}
+
+
+def tiny_bert_model():
+    seed_all(23)
+    return TinyBert().eval()
+
+
+def tiny_bert_inputs(seed, batch, seq):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 100, (batch, seq), generator=g)
+    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    types = (torch.arange(seq)[None, :] >= lengths[:, None] // 2).long() * mask
+    return ids * mask, mask, types
+
+
+def export_text(model, path, opset):
+    example = tiny_bert_inputs(0, 1, 16)
+    torch.onnx.export(
+        model, example, str(path), dynamo=False, opset_version=opset,
+        input_names=TEXT_NAMES, output_names=["logits"],
+        dynamic_axes={**{n: TEXT_DYN for n in TEXT_NAMES}, "logits": BATCH_DYN},
+        do_constant_folding=True,
+    )
+
+
+def check_text(path, model):
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m, full_check=True)
+    assert [i.name for i in m.graph.input] == TEXT_NAMES, m.graph.input
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for seq in (16, 11):
+        inputs = tiny_bert_inputs(5, 5, seq)
+        with torch.no_grad():
+            ref = model(*inputs).numpy()
+        got = sess.run(["logits"], {n: t.numpy() for n, t in zip(TEXT_NAMES, inputs)})[0]
+        worst = max(worst, float(np.abs(got - ref).max()))
+    assert worst <= 1e-5, worst
+    print(f"  {path.name}: {path.stat().st_size} bytes, opset {m.opset_import[0].version}")
+    print(f"    ops: {op_histogram(m)}")
+    print(f"    onnxruntime == PyTorch at (5, 16) and (5, 11): max |diff| {worst:.2e}")
+    return m
+
+
+def build_tiny_bert():
+    model = tiny_bert_model()
+    path = OUT / "tiny_bert.onnx"
+    export_text(model, path, 20)
+    check_text(path, model)
+
+
+def build_tiny_bert_decomposed():
+    model = tiny_bert_model()
+    path = OUT / "tiny_bert_decomposed.onnx"
+    export_text(model, path, 13)
+    check_text(path, model)
+
+
 # --------------------------------------------------------------------------- decoders
 
 
@@ -858,6 +967,8 @@ BUILDERS = {
     "tiny_gelu_erf": build_tiny_gelu_erf,
     "tiny_vit": build_tiny_vit,
     "tiny_vit_decomposed": build_tiny_vit_decomposed,
+    "tiny_bert": build_tiny_bert,
+    "tiny_bert_decomposed": build_tiny_bert_decomposed,
     "tiny_decoder": build_tiny_decoder,
 }
 

@@ -23,7 +23,8 @@ use crate::passes::{
 use crate::{bail, err};
 use actc_runtime::ops;
 use actc_runtime::plan::{
-    Adapter, Freeze, Hyper, Layer, LossKind, Phase, Plan, Schedule, Source, Step, Weight,
+    Adapter, DType, Freeze, Hyper, Layer, LossKind, ModelInput, Phase, Plan, Schedule, Source,
+    Step, Weight,
 };
 use actc_runtime::planning::{MAX_CHAIN_LANES, MAX_PREFIX_LANES};
 use petgraph::stable_graph::NodeIndex;
@@ -143,8 +144,7 @@ pub fn decompose_model(
     let mut cx = Context::import(model, dir, model_name, &compile)?;
     select_layers(&mut cx)?;
     let selection = cx.selection.as_ref().expect("select ran");
-    let input_name = cx.graph.tensor(cx.input).name.clone();
-    let original = Original::new(&cx.model, &input_name, &cx.input_shape);
+    let original = Original::new(&cx.model, &cx.declared);
     let trained: Vec<String> = selection.trained.iter().map(|l| l.node.clone()).collect();
     // A decomposed layer is merged back first, so decomposing again lowers its ranks.
     let names = crate::lowrank::merge::merge_layers(&mut cx.graph, &trained);
@@ -227,9 +227,12 @@ struct Context<'o> {
     /// The decoded ONNX model (the back end keeps its metadata and initializers).
     model: ModelProto,
     graph: Graph,
-    /// The model input and its compiled shape.
+    /// The first model input and its compiled shape.
     input: TensorId,
     input_shape: Vec<usize>,
+    /// Every model input, in the model's order, and their names and compiled shapes.
+    inputs: Vec<TensorId>,
+    declared: Vec<(String, Vec<usize>)>,
     selection: Option<Selection>,
     /// The frozen prefix and the rest, written as ONNX from the IR before training rewrites.
     prefix_onnx: Vec<u8>,
@@ -262,6 +265,14 @@ impl<'o> Context<'o> {
         onnx::inline_external(&mut model, dir)?;
         let imported = import(&model, &opts.input)?;
         let input_shape = imported.graph.tensor(imported.input).shape.clone();
+        let inputs = imported.graph.inputs.clone();
+        let declared = inputs
+            .iter()
+            .map(|&t| {
+                let t = imported.graph.tensor(t);
+                (t.name.clone(), t.shape.clone())
+            })
+            .collect();
         Ok(Context {
             opts,
             model_name: model_name.to_string(),
@@ -269,6 +280,8 @@ impl<'o> Context<'o> {
             graph: imported.graph,
             input: imported.input,
             input_shape,
+            inputs,
+            declared,
             selection: None,
             prefix_onnx: Vec::new(),
             rest_onnx: Vec::new(),
@@ -286,6 +299,13 @@ impl<'o> Context<'o> {
             adapters: Vec::new(),
             freeze: None,
         })
+    }
+
+    /// Whether the runtime feeds the inputs packed into one float row per sample: several
+    /// inputs, or an integer one (token ids are exact in f32 up to 2^24). The frozen prefix
+    /// then runs on tract, which unpacks them.
+    fn packed(&self) -> bool {
+        self.inputs.len() > 1 || self.graph.tensor(self.input).dtype != DType::F32
     }
 
     fn selection(&self) -> &Selection {
@@ -343,13 +363,20 @@ fn select_layers(cx: &mut Context) -> Result<()> {
 /// The back end, before any training rewrite: the frozen prefix (model input → boundary
 /// tensors, for tract) and every other node (for `export`), written from the IR.
 fn write_onnx(cx: &mut Context) -> Result<()> {
+    let original = Original::new(&cx.model, &cx.declared);
     let g = &cx.graph;
-    let input_name = g.tensor(cx.input).name.clone();
-    let original = Original::new(&cx.model, &input_name, &cx.input_shape);
     let boundary = &cx.selection().boundary_ids;
     let order = g.topo_order();
     let in_prefix = g.ancestors_of(boundary);
-    if !boundary.iter().all(|&b| b == cx.input) {
+    if cx.packed() && boundary.iter().any(|b| cx.inputs.contains(b)) {
+        let name = &g
+            .tensor(*boundary.iter().find(|b| cx.inputs.contains(b)).unwrap())
+            .name;
+        bail!(
+            "the trainable part reads model input '{name}' directly; with several or integer inputs actc trains only layers after a frozen prefix: give a smaller --layers"
+        );
+    }
+    if !boundary.iter().all(|b| cx.inputs.contains(b)) {
         let nodes: Vec<_> = order
             .iter()
             .copied()
@@ -370,7 +397,7 @@ fn split_prefix(cx: &mut Context) -> Result<()> {
     cx.prefix = split::split(
         &mut cx.graph,
         cx.selection.as_ref().expect("select ran"),
-        cx.input,
+        &cx.inputs,
     );
     Ok(())
 }
@@ -437,7 +464,7 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
     let Some(prefix) = cx.prefix.as_ref() else {
         return Ok(());
     };
-    if cx.opts.prefix == PrefixRunner::Tract {
+    if cx.opts.prefix == PrefixRunner::Tract || cx.packed() {
         return Ok(());
     }
     let order = schedule::schedule(&cx.graph);
@@ -539,6 +566,7 @@ fn freeze_turns(cx: &mut Context) -> Result<()> {
 impl Context<'_> {
     /// The plan and the reports.
     fn finish(self) -> Result<Compiled> {
+        let packed = self.packed();
         let ir = self.graph.dump(&self.order);
         let layout = self.layout.expect("memplan ran");
         let selection = self.selection.expect("select ran");
@@ -546,6 +574,32 @@ impl Context<'_> {
         let opts = self.opts;
         let buffer = |t| layout.buffer_of[&t];
         let input_name = self.graph.tensor(self.input).name.clone();
+        let model_inputs: Vec<ModelInput> = match packed {
+            false => Vec::new(),
+            true => self
+                .inputs
+                .iter()
+                .map(|&t| {
+                    let t = self.graph.tensor(t);
+                    ModelInput {
+                        name: t.name.clone(),
+                        shape: t.shape.iter().map(|&d| d as u64).collect(),
+                        dtype: t.dtype as i32,
+                    }
+                })
+                .collect(),
+        };
+        // Packed: one row per sample holding every input's values in turn.
+        let input_shape: Vec<u64> = match packed {
+            false => self.input_shape.iter().map(|&d| d as u64).collect(),
+            true => {
+                let per: u64 = model_inputs
+                    .iter()
+                    .map(|i| i.shape[1..].iter().product::<u64>())
+                    .sum();
+                vec![self.input_shape[0] as u64, per]
+            }
+        };
         let feeds: Vec<u32> = self
             .graph
             .inputs
@@ -582,9 +636,10 @@ impl Context<'_> {
                 model: self.model_name.clone(),
                 producer: format!("actc {}", env!("CARGO_PKG_VERSION")),
                 input_name,
-                input_shape: self.input_shape.iter().map(|&d| d as u64).collect(),
+                input_shape,
                 output_name: selection.output_name.clone(),
                 layers: opts.layers.to_string(),
+                inputs: model_inputs,
             }),
             prefix_onnx: self.prefix_onnx,
             rest_onnx: self.rest_onnx,

@@ -74,6 +74,10 @@ CASES = {
     "tiny_gelu_erf": ((8, 16), [1, 2, "all"]),
     "tiny_vit": ((3, 16, 16), [1, 4, "all"]),
     "tiny_vit_decomposed": ((3, 16, 16), [1, 4, "all"]),
+    # Text encoders: (sequence length,); three int64 inputs, fed to actc packed (see
+    # `text_feeds`).
+    "tiny_bert": ((16,), [1, 4, "all"]),
+    "tiny_bert_decomposed": ((16,), [1, 4, "all"]),
     "tiny_decoder": ((3, 16, 16), [1, 4, "all"]),
     # Decomposed by `actc decompose` (models/README.md): a layer's factors count as one layer.
     "tiny_cnn_lowrank": ((3, 16, 16), [1, 4, "all"]),
@@ -83,13 +87,13 @@ CASES = {
 # ops: their trainable tensors must be the same ones (compared by value, as the exporter
 # names some differently), and their gradients are compared too (index.json `same_as`).
 SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm", "tiny_gelu_erf": "tiny_gelu",
-           "tiny_vit_decomposed": "tiny_vit"}
+           "tiny_vit_decomposed": "tiny_vit", "tiny_bert_decomposed": "tiny_bert"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
               "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
               "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
               "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf", "tiny_vit", "tiny_vit_decomposed",
-              "tiny_decoder"]
+              "tiny_bert", "tiny_bert_decomposed", "tiny_decoder"]
 # `actc decompose --energy 1 --even-if-larger` must give the model's function (onnxruntime on
 # both, at the model's declared input shape). Run when ACTC names an actc binary.
 LOWRANK_ENERGY1 = ["tiny_cnn", "tiny_mlp", "tiny_matmul", "mcunet", "mobilenetv2", "resnet18"]
@@ -104,6 +108,32 @@ MAX_UPDATED_VALUES = 600_000
 
 def default_shape(m: onnx.ModelProto):
     return [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim[1:]]
+
+
+def is_text(model: onnx.ModelProto):
+    """A text encoder: integer token inputs (input_ids, attention_mask, token_type_ids)."""
+    return model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+
+
+TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def text_feeds(batch, seq, seed):
+    """Token ids (padding 0 past each sample's length), the attention mask and token types
+    (0 for the first half of the tokens, 1 after), int64 [batch, seq]."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 100, (batch, seq))
+    lengths = rng.integers(seq // 2, seq + 1, batch)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    types = (np.arange(seq)[None, :] >= (lengths // 2)[:, None]).astype(np.int64) * mask
+    return dict(zip(TEXT_INPUTS, (ids * mask, mask, types)))
+
+
+def packed(feeds):
+    """The rows actc feeds a model with several inputs: each sample's values of every input
+    in turn, as float32."""
+    return np.concatenate([feeds[n].reshape(len(feeds[n]), -1) for n in TEXT_INPUTS],
+                          axis=1).astype(np.float32)
 
 
 def verify_against_ort(name):
@@ -127,15 +157,19 @@ def verify_against_ort(name):
     free.graph.output.extend(inter)
     inter = [v.name for v in inter]
     sess = ort.InferenceSession(free.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    shapes = [[BATCH] + default_shape(ev.model)]
-    if name in CASES and list(CASES[name][0]) != shapes[0][1:]:
+    text = is_text(ev.model)
+    shapes = [[BATCH, 16], [BATCH, 11]] if text else [[BATCH] + default_shape(ev.model)]
+    if name in CASES and [BATCH] + list(CASES[name][0]) not in shapes:
         shapes.append([BATCH] + list(CASES[name][0]))
     report = []
     for shape in shapes:
-        x = np.random.default_rng(123).standard_normal(shape, dtype=np.float32)
-        got = dict(zip(outs + inter, sess.run(outs + inter, {"input": x})))
+        if text:
+            feeds = text_feeds(shape[0], shape[1], 123)
+        else:
+            feeds = {"input": np.random.default_rng(123).standard_normal(shape, dtype=np.float32)}
+        got = dict(zip(outs + inter, sess.run(outs + inter, feeds)))
         with torch.no_grad():
-            env = ev.run({"input": torch.from_numpy(x)})
+            env = ev.run({k: torch.from_numpy(v) for k, v in feeds.items()})
         worst = max(float(np.abs(env[o].numpy() - got[o]).max()) for o in outs)
         scale = max(float(np.abs(got[o]).max()) for o in outs)
         inter_rel = max([float(np.abs(env[t].numpy() - got[t]).max()) / max(1.0, float(np.abs(got[t]).max()))
@@ -531,8 +565,9 @@ def logits_name(ev):
 # ------------------------------------------------------------------ one training step
 
 def train_step(ev, names, x, y):
+    """One SGD step; `x` is the input tensor, or a dict of them for several inputs."""
     params = {n: ev.inits[n].clone().requires_grad_(True) for n in names}
-    env = ev.run({"input": x}, overrides=params)
+    env = ev.run(x if isinstance(x, dict) else {"input": x}, overrides=params)
     logits = env[logits_name(ev)]
     loss = F.cross_entropy(logits, y)
     loss.backward()
@@ -553,7 +588,9 @@ def compare_same_function(ev, names, other_model, layers, x, y, loss, grads):
     for a, b in zip(names, other_names):
         assert torch.equal(ev.inits[a], other.inits[b]), f"{a} is not {other_model}'s {b}"
     _, other_loss, other_grads, _ = train_step(other, other_names, x, y)
-    rel = max(diff_stats(grads[a], other_grads[b])[1] for a, b in zip(names, other_names))
+    floor = NOISE * max(float(other_grads[b].abs().max()) for b in other_names)
+    rel = max(diff_stats(grads[a], other_grads[b], floor)[1]
+              for a, b in zip(names, other_names))
     print(f"    same function as {other_model}: same trainable tensors; loss diff "
           f"{abs(float(loss) - float(other_loss)):.1e}, max rel grad diff {rel:.1e}")
     return {"case": f"{other_model}__layers_{layers}",
@@ -569,11 +606,18 @@ def case_input(shape):
     return x, y
 
 
-def diff_stats(a, b):
-    """max|a-b| and max|a-b| / max|b| (b the reference)."""
+# A gradient that is zero in exact arithmetic (a key's bias: softmax ignores a shift shared by
+# all keys) is rounding noise: relative differences use at least this share of the case's
+# largest gradient as the scale (tests/tests/parity.rs does the same).
+NOISE = 1e-4
+
+
+def diff_stats(a, b, floor=0.0):
+    """max|a-b| and max|a-b| / max(max|b|, floor) (b the reference), and max|b|."""
     d = float((a.double() - b.double()).abs().max())
     s = float(b.double().abs().max())
-    return d, (d / s if s > 0 else 0.0), s
+    scale = max(s, floor)
+    return d, (d / scale if scale > 0 else 0.0), s
 
 
 def write_npz(path, arrays):
@@ -593,14 +637,22 @@ def run_case(model, layers):
     path = MODELS / f"{model}.onnx"
     ev = OnnxTorch(path)
     names, count = trainable_names(ev, layers)
-    x, y = case_input(shape)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if is_text(ev.model):
+        feeds = text_feeds(BATCH, shape[0], 0)
+        y = np.random.default_rng(1).integers(0, 4, size=BATCH).astype(np.int64)
+        xt = {k: torch.from_numpy(v) for k, v in feeds.items()}
+        x, x64, xrev = packed(feeds), xt, {k: v.flip(0) for k, v in xt.items()}
+    else:
+        x, y = case_input(shape)
+        xt = torch.from_numpy(x)
+        x64, xrev = xt.double(), xt.flip(0)
+    yt = torch.from_numpy(y)
     logits, loss, grads, updated = train_step(ev, names, xt, yt)
 
     # Same step in float64, and in float32 with the batch reversed (other summation order).
     ev64 = OnnxTorch(path, torch.float64)
-    _, loss64, grads64, _ = train_step(ev64, names, xt.double(), yt)
-    _, loss_rev, grads_rev, _ = train_step(ev, names, xt.flip(0), yt.flip(0))
+    _, loss64, grads64, _ = train_step(ev64, names, x64, yt)
+    _, loss_rev, grads_rev, _ = train_step(ev, names, xrev, yt.flip(0))
 
     same_as = None
     if model in SAME_AS:
@@ -608,17 +660,19 @@ def run_case(model, layers):
 
     n_values = sum(grads[n].numel() for n in names)
     store_updated = n_values <= MAX_UPDATED_VALUES
-    arrays = {"input": x, "labels": y, "input_shape": np.array(x.shape, dtype=np.int64),
+    compiled = [BATCH] + list(shape)  # the shape actc compiles (text: each input's)
+    arrays = {"input": x, "labels": y, "input_shape": np.array(compiled, dtype=np.int64),
               "loss": loss.numpy().astype(np.float32), "logits": logits.numpy(),
               "trainable": np.array(names)}
     per_tensor = []
+    floor = NOISE * max(float(grads[n].abs().max()) for n in names)
     for n in names:
         g = grads[n]
         arrays[f"grad/{n}"] = g.numpy()
         if store_updated:
             arrays[f"updated/{n}"] = updated[n].numpy()
-        d64, r64, s = diff_stats(g, grads64[n])
-        drev, rrev, _ = diff_stats(g, grads_rev[n])
+        d64, r64, s = diff_stats(g, grads64[n], floor)
+        drev, rrev, _ = diff_stats(g, grads_rev[n], floor)
         per_tensor.append({"name": n, "shape": list(g.shape), "max_abs_grad": s,
                            "f32_vs_f64_abs": d64, "f32_vs_f64_rel": r64,
                            "f32_vs_f32rev_abs": drev, "f32_vs_f32rev_rel": rrev})
@@ -626,7 +680,7 @@ def run_case(model, layers):
     write_npz(out, arrays)
     info = {
         "file": out.name, "model": f"{model}.onnx", "layers": str(layers), "total_layers": count,
-        "input_shape": list(x.shape), "labels": y.tolist(), "loss": float(loss),
+        "input_shape": compiled, "labels": y.tolist(), "loss": float(loss),
         "loss_f64": float(loss64), "loss_f32_batch_reversed": float(loss_rev),
         "logits_tensor": logits_name(ev), "trainable": names,
         "num_trainable_values": int(n_values),

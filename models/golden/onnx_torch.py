@@ -166,6 +166,17 @@ class OnnxTorch:
         return x
 
     # ---------------------------------------------------------------- elementwise
+    def op_Range(self, a, at):
+        start, limit, delta = (v.item() for v in a)
+        return torch.arange(start, limit, delta, dtype=a[0].dtype)
+
+    def op_ReduceSum(self, a, at):  # opset 13+: axes as an input
+        axes = a[1].tolist() if len(a) > 1 and a[1] is not None and a[1].numel() else None
+        keep = bool(at.get("keepdims", 1))
+        if axes is None:
+            return a[0].sum().reshape([1] * a[0].dim() if keep else [])
+        return a[0].sum(dim=axes, keepdim=keep)
+
     def op_Equal(self, a, at): return a[0] == a[1]
     def op_Where(self, a, at): return torch.where(a[0], a[1], a[2])
     def op_Expand(self, a, at):  # numpy broadcasting of the input and the shape

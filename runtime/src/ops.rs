@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 80, 81, 82, 83, 84"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 80, 81, 82, 83, 84"
     )]
     pub kind: Option<Kind>,
 }
@@ -430,6 +430,10 @@ pub enum Kind {
     /// dy → dx: zeros, with dy's entries added back at `indices` along `axis`
     #[prost(message, tag = "69")]
     GatherBackward(Gather),
+    /// x → y: summed over `axes` (kept as 1 or dropped: the output's shape tells), as
+    /// mean pooling over a text encoder's tokens sums
+    #[prost(message, tag = "70")]
+    ReduceSum(Axes),
 
     // ---- decoders: transposed convolution and resizing (tags 80–89) ----
     /// x, w, [b] → y: ONNX ConvTranspose, the input gradient of the conv whose geometry the
@@ -645,7 +649,7 @@ pub struct Slices {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct PoolBackward {
-    #[prost(oneof = "PoolKind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "PoolKind", tags = "1, 2, 3, 4, 5")]
     pub pool: Option<PoolKind>,
 }
 
@@ -659,4 +663,6 @@ pub enum PoolKind {
     Max(Pool),
     #[prost(message, tag = "4")]
     ReduceMean(Axes),
+    #[prost(message, tag = "5")]
+    ReduceSum(Axes),
 }

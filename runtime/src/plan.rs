@@ -207,6 +207,22 @@ pub struct Source {
     pub output_name: String,
     #[prost(string, tag = "6")]
     pub layers: String,
+    /// The model's inputs when there are several or an integer one: the runtime then feeds
+    /// each sample as one float row holding every input's values in turn (`input_shape` is
+    /// [batch, row length]), and the frozen prefix unpacks them. Empty for one float input.
+    #[prost(message, repeated, tag = "7")]
+    pub inputs: Vec<ModelInput>,
+}
+
+/// One model input of a plan that packs several: its name, compiled shape and type.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelInput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, repeated, tag = "2")]
+    pub shape: Vec<u64>,
+    #[prost(enumeration = "DType", tag = "3")]
+    pub dtype: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]

@@ -121,18 +121,20 @@ impl Session {
     ) -> Result<Session, ExecError> {
         let src = plan.source.clone().unwrap_or_default();
         let input_shape: Vec<usize> = src.input_shape.iter().map(|&d| d as usize).collect();
+        let prefix = |onnx: &[u8]| match src.inputs.is_empty() {
+            true => Prefix::new(onnx, &input_shape),
+            false => Prefix::packed(onnx, &src.inputs),
+        };
         let tract = if plan.prefix_steps > 0 {
             None
         } else if let Some(f) = &file {
             let onnx = f
                 .prefix_onnx()
                 .map_err(|e| ExecError(format!("cannot read the frozen prefix: {e}")))?;
-            (!onnx.is_empty())
-                .then(|| Prefix::new(&onnx, &input_shape))
-                .transpose()?
+            (!onnx.is_empty()).then(|| prefix(&onnx)).transpose()?
         } else {
             (!plan.prefix_onnx.is_empty())
-                .then(|| Prefix::new(&plan.prefix_onnx, &input_shape))
+                .then(|| prefix(&plan.prefix_onnx))
                 .transpose()?
         };
         let exec = match file {

@@ -372,7 +372,8 @@ fn bad_decoder_attributes_are_refused_in_one_line() {
         node.attribute.push(a);
     };
     let up1 = "node '/up1/ConvTranspose' (ConvTranspose)";
-    let cases: [(&str, &dyn Fn(&mut ModelProto), String); 6] = [
+    type Edit<'a> = &'a dyn Fn(&mut ModelProto);
+    let cases: [(&str, Edit, String); 6] = [
         (
             "group_0",
             &|m| {

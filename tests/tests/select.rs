@@ -220,3 +220,48 @@ fn an_output_behind_an_identity_is_named_as_the_model_names_it() {
         "{msg}"
     );
 }
+
+/// The trained tensors' names, in plan order.
+fn trained_names(plan: &Plan) -> Vec<String> {
+    plan.weights
+        .iter()
+        .filter(|w| plan.buffer(w.buffer).kind() == BufferKind::Trainable)
+        .map(|w| w.source.clone())
+        .collect()
+}
+
+#[test]
+fn transformers_count_linear_layers_and_blocks() {
+    // The ViT's patch embedding is a conv, but its linear layers read tokens: they count.
+    let c = compile("tiny_vit", Layers::All, None).unwrap();
+    assert_eq!(
+        (c.selection.total_layers, c.selection.layer_op.as_str()),
+        (9, "MatMul")
+    );
+    // The last block whole: both its LayerNorms (norm1 comes before its first linear layer,
+    // which --layers 5 would leave frozen), its 4 linear layers, the final norm and the head.
+    let blocks = trained_names(&compile("tiny_vit", Layers::Blocks(1), None).unwrap().plan);
+    let layers = trained_names(&compile("tiny_vit", Layers::Last(5), None).unwrap().plan);
+    let norm1 = ["blocks.1.norm1.weight", "blocks.1.norm1.bias"];
+    assert!(norm1.iter().all(|n| blocks.contains(&n.to_string())));
+    assert!(norm1.iter().all(|n| !layers.contains(&n.to_string())));
+    let mut rest = blocks.clone();
+    rest.retain(|n| !norm1.contains(&n.as_str()));
+    assert_eq!(rest.len(), layers.len());
+    assert!(rest.iter().all(|n| layers.contains(n)));
+    assert!(blocks.iter().all(|n| !n.starts_with("blocks.0")));
+    // Post-norm text encoder: the last block's 6 linear layers, its 2 LayerNorms, the head.
+    let text = compile("tiny_bert", Layers::Blocks(1), Some(vec![2, 16])).unwrap();
+    assert_eq!(trained_names(&text.plan).len(), 7 * 2 + 2 * 2);
+    let err = |name: &str, b: usize| compile(name, Layers::Blocks(b), None).err().unwrap();
+    assert!(
+        err("tiny_vit", 3).contains("has 2 transformer blocks"),
+        "{}",
+        err("tiny_vit", 3)
+    );
+    assert!(
+        err("mobilenetv2", 1).contains("use --layers"),
+        "{}",
+        err("mobilenetv2", 1)
+    );
+}

@@ -8,8 +8,8 @@ use crate::driver::run::{self, TrainOptions};
 use crate::driver::{budget, inspect, plrd};
 use crate::{
     CompileOptions, Compression, DecomposeOptions, Error, InputShape, Layers, LowRankRequest,
-    Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal, compile_file,
-    err,
+    Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal, bail,
+    compile_file, err,
 };
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
@@ -394,9 +394,14 @@ enum CompressArg {
 
 #[derive(Args)]
 struct CompileArgs {
-    /// Train the last N layers (Conv nodes; Gemm/MatMul in models without convs), or `all`.
-    #[arg(long)]
-    layers: Layers,
+    /// Train the last N layers (Conv nodes; Gemm/MatMul with a constant weight in models
+    /// without convs and in transformers), or `all`.
+    #[arg(long, required_unless_present = "blocks", conflicts_with = "blocks")]
+    layers: Option<Layers>,
+    /// Train the last N transformer blocks whole (found from the residual Adds, two per
+    /// block), with every parameterized op after them: what a transformer user means.
+    #[arg(long, value_name = "N")]
+    blocks: Option<usize>,
     #[command(flatten)]
     shape: ShapeArgs,
     /// The model output to train on [default: the first].
@@ -560,8 +565,14 @@ impl CompileArgs {
                 weight_decay: self.weight_decay.unwrap_or(0.01),
             }),
         };
+        let layers = match (self.layers, self.blocks) {
+            (_, Some(0)) => bail!("--blocks 0 trains nothing; give a count of at least 1"),
+            (_, Some(b)) => Layers::Blocks(b),
+            (Some(l), None) => l,
+            (None, None) => bail!("give --layers N or --blocks N"),
+        };
         Ok(CompileOptions {
-            layers: self.layers,
+            layers,
             input: self.shape.input(),
             output: self.train_output.clone(),
             loss: match self.loss {

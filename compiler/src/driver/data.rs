@@ -25,31 +25,58 @@ pub fn classes(plan: &Plan) -> usize {
     plan.buffer(plan.output).shape.last().copied().unwrap_or(0) as usize
 }
 
-/// For a plan trained on regression targets (`--loss mse`), the `.npz` arrays its targets
-/// are read from, in order of preference: the trained output's name, then `y`; `None` for
-/// class labels.
-pub fn target_names(plan: &Plan) -> Option<Vec<String>> {
-    let label = plan.buffer(*plan.feeds.last()?);
-    (label.dtype() == DType::F32).then(|| {
-        let output = plan
-            .source
-            .as_ref()
-            .map_or_else(String::new, |s| s.output_name.clone());
-        [output.as_str(), "y", "Y", "targets"]
+/// What a plan's data sets hold beyond the samples: regression targets or class labels, and
+/// one array per model input when the plan packs several.
+#[derive(Clone, Debug, Default)]
+pub struct Reads {
+    /// For a plan trained on regression targets (`--loss mse`), the `.npz` arrays its
+    /// targets are read from, in order of preference: the trained output's name, then `y`;
+    /// `None` for class labels.
+    pub targets: Option<Vec<String>>,
+    /// Each model input's name and per-sample shape, when the plan packs several inputs
+    /// (or an integer one); empty for one float input.
+    pub inputs: Vec<(String, Vec<usize>)>,
+}
+
+pub fn reads(plan: &Plan) -> Reads {
+    let label = plan.feeds.last().map(|&f| plan.buffer(f));
+    let source = plan.source.clone().unwrap_or_default();
+    let targets = label.filter(|l| l.dtype() == DType::F32).map(|_| {
+        [source.output_name.as_str(), "y", "Y", "targets"]
             .iter()
             .map(|s| s.to_string())
             .collect()
-    })
+    });
+    let inputs = source
+        .inputs
+        .iter()
+        .map(|i| {
+            (
+                i.name.clone(),
+                i.shape[1..].iter().map(|&d| d as usize).collect(),
+            )
+        })
+        .collect();
+    Reads { targets, inputs }
 }
 
-/// Reads a data set of class labels, or with `targets` (see [`target_names`]) of samples
-/// and regression targets.
-pub fn load_data(
-    path: &Path,
-    layout: Option<Layout>,
-    targets: Option<&[String]>,
-) -> Result<Dataset> {
-    match targets {
+/// Reads a data set as `reads` says.
+pub fn load_data(path: &Path, layout: Option<Layout>, reads: &Reads) -> Result<Dataset> {
+    if !reads.inputs.is_empty() {
+        if reads.targets.is_some() {
+            bail!(
+                "{}: regression targets for a model with several inputs are not read yet; train it on class labels",
+                path.display()
+            );
+        }
+        let inputs: Vec<(&str, &[usize])> = reads
+            .inputs
+            .iter()
+            .map(|(n, s)| (n.as_str(), s.as_slice()))
+            .collect();
+        return Dataset::load_packed(path, &inputs).map_err(|e| err!("{e}"));
+    }
+    match &reads.targets {
         Some(names) => {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             Dataset::load_regression(path, layout, &names)

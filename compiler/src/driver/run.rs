@@ -1,6 +1,6 @@
 //! `actc train`, `actc eval` and `actc export`: the runtime driven from the command line.
 
-use crate::driver::data::{DataOptions, check_labels, load_data, seeded_noise, target_names};
+use crate::driver::data::{DataOptions, Reads, check_labels, load_data, reads, seeded_noise};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::driver::inspect::human;
 use crate::{MAX_INLINE, Result, bail, err, export, externalize};
@@ -167,12 +167,12 @@ pub struct RunData {
 }
 
 impl RunData {
-    /// Reads `--data` and `--val` as `opts` says: class labels, or with `targets` (see
-    /// `data::target_names`) regression targets.
-    pub fn load(opts: &TrainOptions, targets: Option<&[String]>) -> Result<RunData> {
-        let data = load_data(&opts.data, opts.prep.layout, targets)?;
+    /// Reads `--data` and `--val` as `opts` says, holding what `reads` says (class labels or
+    /// regression targets, one array per input of a plan that packs several).
+    pub fn load(opts: &TrainOptions, reads: &Reads) -> Result<RunData> {
+        let data = load_data(&opts.data, opts.prep.layout, reads)?;
         let val = match &opts.val {
-            Some(v) => Some(load_data(v, opts.prep.layout, targets)?),
+            Some(v) => Some(load_data(v, opts.prep.layout, reads)?),
             None => None,
         };
         RunData::split(data, val, opts)
@@ -206,8 +206,8 @@ impl RunData {
 /// ended).
 pub fn train(plan_path: &Path, opts: &TrainOptions) -> Result<Option<f64>> {
     let plan_crc = Plan::stored_crc(plan_path).map_err(|e| err!("{}: {e}", plan_path.display()))?;
-    let targets = target_names(&load_plan_structure(plan_path)?);
-    let data = RunData::load(opts, targets.as_deref())?;
+    let what = reads(&load_plan_structure(plan_path)?);
+    let data = RunData::load(opts, &what)?;
     let (best_path, last_path) = save_paths(plan_path, opts.save.as_deref());
     let run = run_key(plan_crc, opts, &data);
     let (plan, file, progress, resuming) =
@@ -561,8 +561,8 @@ fn resume_point(last: &Path, progress: Option<Progress>, run: &Run) -> Result<Pr
 
 pub fn eval(plan_path: &Path, data_path: &Path, prep: &DataOptions, as_json: bool) -> Result<()> {
     let mut session = open_session(plan_path, 1)?;
-    let targets = target_names(session.executor().plan());
-    let data = load_data(data_path, prep.layout, targets.as_deref())?;
+    let what = reads(session.executor().plan());
+    let data = load_data(data_path, prep.layout, &what)?;
     let name = plan_path.display().to_string();
     let m = evaluate(&mut session, &name, &data, data_path, prep)?;
     if as_json {

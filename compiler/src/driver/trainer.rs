@@ -2,7 +2,7 @@
 //! caller's arrays, the trainable weights by ONNX initializer name, checkpoints and export;
 //! `fit` is `actc train`'s loop on the trainer's own weights.
 
-use crate::driver::data::{DataOptions, load_data, target_names};
+use crate::driver::data::{DataOptions, load_data, reads};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::driver::run::{self, RunData, TrainOptions};
 use crate::{Result, bail, err};
@@ -312,8 +312,8 @@ impl Trainer {
         let data = match data {
             Some(d) => d,
             None => {
-                let targets = target_names(self.session.executor().plan());
-                load_data(path, prep.layout, targets.as_deref())?
+                let what = reads(self.session.executor().plan());
+                load_data(path, prep.layout, &what)?
             }
         };
         run::evaluate(&mut self.session, &self.name, &data, path, prep)
@@ -332,8 +332,8 @@ impl Trainer {
         let data = match data {
             Some(d) => d,
             None => {
-                let targets = target_names(self.session.executor().plan());
-                RunData::load(opts, targets.as_deref())?
+                let what = reads(self.session.executor().plan());
+                RunData::load(opts, &what)?
             }
         };
         let progress = Progress {

@@ -45,9 +45,20 @@ pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
         let mut merged = decode(&plan.prefix_onnx, "prefix")?;
         let g = merged.graph.as_mut().expect("prefix has a graph");
         let r = rest.graph.clone().unwrap_or_default();
-        let produced: HashSet<String> = g.node.iter().flat_map(|n| n.output.clone()).collect();
+        let mut produced: HashSet<String> = g.node.iter().flat_map(|n| n.output.clone()).collect();
         let known: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
-        g.node.extend(r.node);
+        // Both parts write the shape computations they read (folded, then written back from
+        // their source nodes): the prefix's copy serves the rest too.
+        for n in r.node {
+            if n.output
+                .iter()
+                .all(|o| o.is_empty() || produced.contains(o))
+            {
+                continue;
+            }
+            produced.extend(n.output.iter().cloned());
+            g.node.push(n);
+        }
         g.initializer.extend(
             r.initializer
                 .into_iter()
@@ -55,9 +66,10 @@ pub fn export(plan: &Plan, weights: &Plan) -> Result<ModelProto> {
         );
         // The prefix's outputs were the boundary tensors; the model's are the rest's.
         g.output = r.output;
-        // Inputs of the rest that the prefix computes are internal again.
+        // Inputs of the rest that the prefix computes or holds are internal again.
         for i in r.input {
-            if !produced.contains(i.name()) && !g.input.iter().any(|x| x.name() == i.name()) {
+            let internal = produced.contains(i.name()) || known.contains(i.name());
+            if !internal && !g.input.iter().any(|x| x.name() == i.name()) {
                 g.input.push(i);
             }
         }

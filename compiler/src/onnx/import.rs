@@ -44,6 +44,7 @@ pub struct InputShape {
 
 pub struct Imported {
     pub graph: Graph,
+    /// The first model input (`graph.inputs` holds them all).
     pub input: TensorId,
 }
 
@@ -66,28 +67,25 @@ pub fn import(model: &ModelProto, fix: &InputShape) -> Result<Imported> {
         .iter()
         .filter(|i| !names.contains_key(i.name()))
         .collect();
-    let input_info = match real_inputs.as_slice() {
-        [one] => *one,
-        [] => bail!("the model has no input (every graph input is an initializer)"),
-        many => bail!(
-            "the model has {} inputs ({}); actc fine-tunes models with one input",
-            many.len(),
-            many.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
-        ),
-    };
-    let input_shape = fixed_input_shape(input_info, fix)?;
-    if super::numel(&input_shape).is_none() {
-        bail!(
-            "model input '{}' at {input_shape:?} has more elements than actc handles; give a smaller --batch or --input-shape",
-            input_info.name()
-        );
+    if real_inputs.is_empty() {
+        bail!("the model has no input (every graph input is an initializer)");
     }
-    let input = graph.add_tensor(Tensor {
-        role: Role::Input,
-        ..Tensor::value(input_info.name(), input_shape, DType::F32)
-    });
-    define(&mut names, input_info.name(), input)?;
-    graph.inputs.push(input);
+    let fixed = fixed_input_shapes(&real_inputs, fix)?;
+    for (info, (shape, dtype)) in real_inputs.iter().zip(fixed) {
+        if super::numel(&shape).is_none() {
+            bail!(
+                "model input '{}' at {shape:?} has more elements than actc handles; give a smaller --batch or --input-shape",
+                info.name()
+            );
+        }
+        let id = graph.add_tensor(Tensor {
+            role: Role::Input,
+            ..Tensor::value(info.name(), shape, dtype)
+        });
+        define(&mut names, info.name(), id)?;
+        graph.inputs.push(id);
+    }
+    let input = graph.inputs[0];
 
     for (index, node) in g.node.iter().enumerate() {
         import_node(&mut graph, &mut names, node, index, opset)?;
@@ -102,18 +100,92 @@ pub fn import(model: &ModelProto, fix: &InputShape) -> Result<Imported> {
     Ok(Imported { graph, input })
 }
 
+/// Each model input's fixed shape and element type. `--input-shape` gives the shape of
+/// every input of its rank (a text encoder's `input_ids` and `attention_mask` share one);
+/// `--batch` the batch of each.
+fn fixed_input_shapes(
+    inputs: &[&ValueInfoProto],
+    fix: &InputShape,
+) -> Result<Vec<(Vec<usize>, DType)>> {
+    let ranks: Vec<usize> = inputs.iter().map(|i| declared_dims(i).len()).collect();
+    if let Some(shape) = &fix.shape
+        && inputs.len() > 1
+        && !ranks.contains(&shape.len())
+    {
+        bail!(
+            "--input-shape {} has rank {}, but the model's inputs {} have ranks {ranks:?}",
+            join_dims(shape),
+            shape.len(),
+            inputs
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    inputs
+        .iter()
+        .map(|info| {
+            let mut fix = fix.clone();
+            let rank = declared_dims(info).len();
+            if inputs.len() > 1 && fix.shape.as_ref().is_some_and(|s| s.len() != rank) {
+                fix.shape = None;
+            }
+            let dtype = input_dtype(info)?;
+            Ok((fixed_input_shape(info, &fix)?, dtype))
+        })
+        .collect()
+}
+
+fn declared_dims(info: &ValueInfoProto) -> Vec<dimension::Value> {
+    match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| {
+                        d.value
+                            .clone()
+                            .unwrap_or(dimension::Value::DimParam("?".into()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn join_dims(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("x")
+}
+
+/// Floats train; integers (token ids, masks) feed the frozen prefix.
+fn input_dtype(info: &ValueInfoProto) -> Result<DType> {
+    let name = info.name();
+    match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => match t.elem_type() {
+            1 | 10 | 11 | 16 => Ok(DType::F32),
+            6 | 7 => Ok(DType::I64),
+            other => bail!(
+                "model input '{name}' has element type {other}; actc feeds float and integer (int32, int64) inputs"
+            ),
+        },
+        _ => bail!("model input '{name}' is not a tensor"),
+    }
+}
+
 fn fixed_input_shape(info: &ValueInfoProto, fix: &InputShape) -> Result<Vec<usize>> {
     let name = info.name();
     let tensor = match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
         _ => bail!("model input '{name}' is not a tensor"),
     };
-    if !matches!(tensor.elem_type(), 1 | 10 | 11 | 16) {
-        bail!(
-            "model input '{name}' has element type {}; actc trains models with a float input",
-            tensor.elem_type()
-        );
-    }
     let dims: Vec<std::result::Result<usize, String>> = tensor
         .shape
         .as_ref()

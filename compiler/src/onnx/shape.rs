@@ -535,7 +535,13 @@ fn to_data(a: &ArrayD<f64>, dtype: DType) -> Data {
     }
 }
 
-fn reduce_axes(node: &NodeProto, a: &Attrs, args: &[Arg], opset: i64) -> Result<Option<Vec<i64>>> {
+/// A reduction's axes as written (attribute or input by op and opset); `None`: all.
+pub fn reduce_axes(
+    node: &NodeProto,
+    a: &Attrs,
+    args: &[Arg],
+    opset: i64,
+) -> Result<Option<Vec<i64>>> {
     let from_input = match node.op_type() {
         "ReduceSum" => opset >= 13,
         "ArgMax" | "ArgMin" => return Ok(Some(vec![a.int("axis", 0)])),

@@ -29,21 +29,28 @@ pub struct Original<'m> {
     outputs: &'m [ValueInfoProto],
     opset: i64,
     pub initializers: HashMap<&'m str, &'m TensorProto>,
-    /// The model input's declared type (symbolic dimensions kept), with fixed dimensions
-    /// set to the compiled shape.
-    pub input: ValueInfoProto,
+    /// The model inputs' declared types (symbolic dimensions kept), with fixed dimensions
+    /// set to the compiled shapes.
+    pub inputs: Vec<ValueInfoProto>,
 }
 
 impl<'m> Original<'m> {
-    pub fn new(model: &'m ModelProto, input_name: &str, input_shape: &[usize]) -> Original<'m> {
+    /// `inputs`: each model input's name and compiled shape.
+    pub fn new(model: &'m ModelProto, inputs: &[(String, Vec<usize>)]) -> Original<'m> {
         let g = model.graph.as_ref().expect("decode checked the graph");
-        let mut input = g
-            .input
+        let inputs = inputs
             .iter()
-            .find(|i| i.name() == input_name)
-            .cloned()
-            .unwrap_or_else(|| value_info(input_name, input_shape, DType::F32));
-        refix_dims(&mut input, input_shape);
+            .map(|(name, shape)| {
+                let mut input = g
+                    .input
+                    .iter()
+                    .find(|i| i.name() == name)
+                    .cloned()
+                    .unwrap_or_else(|| value_info(name, shape, DType::F32));
+                refix_dims(&mut input, shape);
+                input
+            })
+            .collect();
         // The metadata once, without the weights: every part written takes a copy of it.
         let mut meta = model.clone();
         meta.graph = None;
@@ -59,7 +66,7 @@ impl<'m> Original<'m> {
             outputs: &g.output,
             opset: super::opset(model),
             initializers: g.initializer.iter().map(|t| (t.name(), t)).collect(),
-            input,
+            inputs,
         }
     }
 }
@@ -109,10 +116,9 @@ pub fn write(
         .iter()
         .map(|&t| {
             let tensor = graph.tensor(t);
-            if tensor.name == original.input.name() {
-                original.input.clone()
-            } else {
-                value_info(&tensor.name, &tensor.shape, tensor.dtype)
+            match original.inputs.iter().find(|i| i.name() == tensor.name) {
+                Some(declared) => declared.clone(),
+                None => value_info(&tensor.name, &tensor.shape, tensor.dtype),
             }
         })
         .collect();

@@ -122,13 +122,11 @@ impl Room for Elementwise {
         }
     }
 
-    fn differentiable(&self, kind: &Kind, node: &Node, graph: &Graph) -> bool {
-        match kind {
-            Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) => true,
-            // dA/dB of a quotient by a computed tensor is not implemented; by a constant it is.
-            Kind::Div(_) => graph.tensor(node.inputs[1]).is_const(),
-            _ => false,
-        }
+    fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
+        matches!(
+            kind,
+            Kind::Add(_) | Kind::Sub(_) | Kind::Mul(_) | Kind::Div(_)
+        )
     }
 
     fn backward(&self, kind: &Kind, ad: &mut Backward) {
@@ -165,6 +163,11 @@ impl Room for Elementwise {
             Kind::Div(_) => {
                 if ad.needs(0) {
                     ad.grad(0, "grad_a", broadcast_grad(1.0, 2), vec![dy, b]);
+                }
+                if ad.needs(1) {
+                    // d(a/b)/db = −(a/b)/b: the output times dy, divided by b.
+                    let t = ad.temp("dy_y", Kind::Mul(Empty {}), vec![dy, ad.output(0)], dy);
+                    ad.grad(1, "grad_b", broadcast_grad(-1.0, 2), vec![t, b]);
                 }
             }
             _ => unreachable!("differentiable admits the arithmetic ops only"),

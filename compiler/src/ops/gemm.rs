@@ -172,12 +172,15 @@ impl Room for Dense {
     }
 
     fn saved_input(&self, kind: &Kind, x: &[usize]) -> Option<SavedInput> {
-        // A dense layer's input is compressed as the matrix its gradient reads.
+        // A dense layer's input is compressed as the matrix its gradient reads, or over
+        // tokens as (batch, tokens, features): three modes, as the paper's follow-ups
+        // compress a transformer's activations.
         let dims = match kind {
             Kind::GemmGradB(g) if !g.trans_a && g.alpha == 1.0 => x.to_vec(),
-            Kind::MatMulGradW(_) if x.len() >= 2 => {
-                let k = x[x.len() - 1];
-                vec![x.iter().product::<usize>() / k, k]
+            Kind::MatMulGradW(_) if x.len() == 2 => x.to_vec(),
+            Kind::MatMulGradW(_) if x.len() > 2 => {
+                let (t, k) = (x[x.len() - 2], x[x.len() - 1]);
+                vec![x.iter().product::<usize>() / (t * k), t, k]
             }
             _ => return None,
         };

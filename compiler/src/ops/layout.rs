@@ -321,10 +321,16 @@ impl Room for Layout {
             Kind::Concat(a) => out.node("Concat", x, vec![attr_int("axis", a.axis as i64)]),
             Kind::Slice(sl) => {
                 let (from, to) = (&out.ins[0].shape, &out.outs[0].shape);
-                let axes: Vec<i64> = (0..to.len()).filter(|&i| to[i] != from[i]).map(|i| i as i64).collect();
+                let axes: Vec<i64> = (0..to.len())
+                    .filter(|&i| to[i] != from[i])
+                    .map(|i| i as i64)
+                    .collect();
                 let at = |i: i64| sl.starts[i as usize] as i64;
                 let starts: Vec<i64> = axes.iter().map(|&i| at(i)).collect();
-                let ends: Vec<i64> = axes.iter().map(|&i| at(i) + to[i as usize] as i64).collect();
+                let ends: Vec<i64> = axes
+                    .iter()
+                    .map(|&i| at(i) + to[i as usize] as i64)
+                    .collect();
                 let n = axes.len();
                 let inputs = vec![
                     x[0].clone(),
@@ -365,7 +371,10 @@ fn gather_fits(g: &ops::Gather, x: &[usize], y: &[usize]) -> std::result::Result
     }
     let rows = x.iter().product::<usize>() / len.max(1) * g.indices.len();
     if y.iter().product::<usize>() != rows {
-        return Err(format!("{} rows of {x:?} do not fill {y:?}", g.indices.len()));
+        return Err(format!(
+            "{} rows of {x:?} do not fill {y:?}",
+            g.indices.len()
+        ));
     }
     Ok(())
 }

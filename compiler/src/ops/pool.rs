@@ -1,10 +1,12 @@
-//! Pooling and means: `GlobalAveragePool`, `AveragePool`, `MaxPool` (2-D windows) and
-//! `ReduceMean`, with the one backward op that serves them all.
+//! Pooling, means and sums: `GlobalAveragePool`, `AveragePool`, `MaxPool` (2-D windows),
+//! `ReduceMean` and `ReduceSum`, with the one backward op that serves them all.
 
 use super::room::{Backward, Lowered, OnnxNode, Room, expect, shapes, window_out};
 use crate::error::Result;
 use crate::ir::{Graph, Node, Tensor};
-use crate::onnx::shape::{norm_axis, pool_shape, reduce_shape, spatial_out, u32s, usizes};
+use crate::onnx::shape::{
+    norm_axis, pool_shape, reduce_axes, reduce_shape, spatial_out, u32s, usizes,
+};
 use actc_runtime::ops::{self, Empty, Kind, PoolKind};
 use actc_runtime::plan::DType;
 use actc_runtime::planning::pool_byte_taps as byte_taps;
@@ -13,7 +15,13 @@ pub struct Pools;
 
 impl Room for Pools {
     fn onnx_ops(&self) -> &'static [&'static str] {
-        &["GlobalAveragePool", "AveragePool", "MaxPool", "ReduceMean"]
+        &[
+            "GlobalAveragePool",
+            "AveragePool",
+            "MaxPool",
+            "ReduceMean",
+            "ReduceSum",
+        ]
     }
 
     fn owns(&self, kind: &Kind) -> bool {
@@ -23,6 +31,7 @@ impl Room for Pools {
                 | Kind::AveragePool(_)
                 | Kind::MaxPool(_)
                 | Kind::ReduceMean(_)
+                | Kind::ReduceSum(_)
                 | Kind::PoolBackward(_)
         )
     }
@@ -38,14 +47,18 @@ impl Room for Pools {
                     false => Lowered::onnx(outputs),
                 })
             }
-            "ReduceMean" => {
+            "ReduceMean" | "ReduceSum" => {
                 let outputs = reduce_shape(n)?;
-                Ok(match mean_axes(n)? {
-                    Some(axes) => {
-                        let kind = Kind::ReduceMean(ops::Axes { axes: u32s(&axes) });
+                Ok(match reduced_axes(n)? {
+                    Some(axes) if x.dtype == DType::F32 => {
+                        let axes = ops::Axes { axes: u32s(&axes) };
+                        let kind = match n.op() {
+                            "ReduceMean" => Kind::ReduceMean(axes),
+                            _ => Kind::ReduceSum(axes),
+                        };
                         Lowered::kernel(outputs, kind, vec![0])
                     }
-                    None => Lowered::onnx(outputs),
+                    _ => Lowered::onnx(outputs),
                 })
             }
             op => {
@@ -91,7 +104,9 @@ impl Room for Pools {
                 let y = match b.pool.as_ref().ok_or("no pool")? {
                     PoolKind::Global(_) => global(dx),
                     PoolKind::Average(p) | PoolKind::Max(p) => window(p, dx)?,
-                    PoolKind::ReduceMean(a) => return mean_fits(a, dx, x),
+                    PoolKind::ReduceMean(a) | PoolKind::ReduceSum(a) => {
+                        return mean_fits(a, dx, x);
+                    }
                 };
                 if y != x {
                     return Err(format!("dy is {x:?}, the pool of dx {dx:?} gives {y:?}"));
@@ -114,13 +129,15 @@ impl Room for Pools {
                 }
                 expect(outs, &want)
             }
-            Kind::ReduceMean(a) => mean_fits(a, x, &outs.first().ok_or("no output")?.shape),
+            Kind::ReduceMean(a) | Kind::ReduceSum(a) => {
+                mean_fits(a, x, &outs.first().ok_or("no output")?.shape)
+            }
             _ => Err("not a pool op".into()),
         }
     }
 
     fn mixes_batch(&self, kind: &Kind) -> bool {
-        matches!(kind, Kind::ReduceMean(a) if a.axes.contains(&0))
+        matches!(kind, Kind::ReduceMean(a) | Kind::ReduceSum(a) if a.axes.contains(&0))
     }
 
     fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
@@ -136,6 +153,7 @@ impl Room for Pools {
             Kind::GlobalAveragePool(_) => (PoolKind::Global(Empty {}), vec![dy]),
             Kind::AveragePool(p) => (PoolKind::Average(p.clone()), vec![dy]),
             Kind::ReduceMean(a) => (PoolKind::ReduceMean(a.clone()), vec![dy]),
+            Kind::ReduceSum(a) => (PoolKind::ReduceSum(a.clone()), vec![dy]),
             Kind::MaxPool(p) => {
                 // The backward reads where each maximum came from: per output element the
                 // winner's tap in its window, one byte where the window allows (a quarter of
@@ -173,27 +191,20 @@ impl Room for Pools {
     }
 }
 
-/// The axes a `ReduceMean` averages, or `None` when actc's kernel does not take it as
-/// written (computed axes, or `noop_with_empty_axes`).
-fn mean_axes(n: &OnnxNode) -> Result<Option<Vec<usize>>> {
+/// The axes a `ReduceMean` or `ReduceSum` reduces, or `None` when actc's kernel does not
+/// take it as written (`noop_with_empty_axes`).
+fn reduced_axes(n: &OnnxNode) -> Result<Option<Vec<usize>>> {
     let rank = n.arg(0)?.rank();
-    let axes = if n.opset >= 18 {
-        match n.args.get(1) {
-            Some(a) if !a.is_const() => return Ok(None),
-            Some(a) => a.ints().filter(|v| !v.is_empty()),
-            None => None,
-        }
-    } else {
-        n.attrs.ints("axes")
-    };
-    Ok(Some(match axes {
-        Some(v) => v
-            .iter()
-            .map(|&ax| norm_axis(&n.label, ax, rank))
-            .collect::<Result<_>>()?,
-        None if n.attrs.int("noop_with_empty_axes", 0) != 0 => return Ok(None),
-        None => (0..rank).collect(),
-    }))
+    Ok(Some(
+        match reduce_axes(n.proto, &n.attrs, n.args, n.opset)? {
+            Some(v) => v
+                .iter()
+                .map(|&ax| norm_axis(&n.label, ax, rank))
+                .collect::<Result<_>>()?,
+            None if n.attrs.int("noop_with_empty_axes", 0) != 0 => return Ok(None),
+            None => (0..rank).collect(),
+        },
+    ))
 }
 
 fn global(x: &[usize]) -> Vec<usize> {
@@ -212,7 +223,7 @@ fn window(p: &ops::Pool, x: &[usize]) -> std::result::Result<Vec<usize>, String>
     Ok(vec![n, c, oh, ow])
 }
 
-/// Whether `y` is `x` averaged over `a`'s axes, kept as 1 or dropped.
+/// Whether `y` is `x` reduced over `a`'s axes, kept as 1 or dropped.
 fn mean_fits(a: &ops::Axes, x: &[usize], y: &[usize]) -> std::result::Result<(), String> {
     let axes: Vec<usize> = a.axes.iter().map(|&v| v as usize).collect();
     let kept: Vec<usize> = (0..x.len())

@@ -364,6 +364,22 @@ impl<'g> Backward<'g> {
         }
     }
 
+    /// An intermediate value of the backward, `kind(inputs)` with `like`'s shape, named
+    /// `<node>/<suffix>`.
+    pub fn temp(
+        &mut self,
+        suffix: &str,
+        kind: Kind,
+        inputs: Vec<TensorId>,
+        like: TensorId,
+    ) -> TensorId {
+        let name = format!("{}/{suffix}", self.forward.name);
+        let t = Tensor::value(name.clone(), self.shape(like).to_vec(), DType::F32);
+        let origin = Some(self.forward.name.clone());
+        self.graph
+            .push(name, kind, inputs, vec![t], Phase::Backward, origin)[0]
+    }
+
     /// Input `i`'s gradient is `g` as it is (shared, not copied).
     pub fn pass(&mut self, i: usize, g: TensorId) {
         self.direct.push((self.forward.inputs[i], g));

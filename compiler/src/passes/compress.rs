@@ -120,6 +120,17 @@ fn compressor(
                 },
             })
         }
+        // SVD keeps a dense layer's tokens as the matrix its gradient reads.
+        Compression::Svd { eps, max_rank } if saved.conv.is_none() && dims.len() > 2 => {
+            let k = dims[dims.len() - 1];
+            return Some(Compressor {
+                shape: vec![(numel / k) as u64, k as u64],
+                method: Some(Method::Svd(rt::Svd {
+                    eps,
+                    cap: cap(max_rank, numel / k, numel) as u32,
+                })),
+            });
+        }
         Compression::Svd { eps, max_rank } => Method::Svd(rt::Svd {
             eps,
             cap: cap(max_rank, dims[0], numel) as u32,

@@ -19,6 +19,8 @@ use std::fmt;
 pub enum Layers {
     Last(usize),
     All,
+    /// The last N transformer blocks (`--blocks N`), everything in them training.
+    Blocks(usize),
 }
 
 impl fmt::Display for Layers {
@@ -26,6 +28,7 @@ impl fmt::Display for Layers {
         match self {
             Layers::Last(n) => write!(f, "{n}"),
             Layers::All => write!(f, "all"),
+            Layers::Blocks(n) => write!(f, "{n} blocks"),
         }
     }
 }
@@ -91,19 +94,28 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
     }
     let count = all_layers.len();
     let kind = &all_layers[0].op;
-    let n = match layers {
-        Layers::All => count,
-        Layers::Last(n) if n > count => bail!(
-            "--layers {n}: the model has only {count} layers ({kind} nodes) before output '{}'; use --layers 1 to {count}, or all",
-            graph.tensor(out).name
+    let out_name = &graph.tensor(out).name;
+    let found = match layers {
+        Layers::Blocks(_) if kind.starts_with("Conv") => bail!(
+            "--blocks counts transformer blocks, and this model's layers are {kind} nodes; use --layers"
         ),
-        Layers::Last(n) => n,
+        Layers::Blocks(b) => {
+            let start = block_start(graph, &order, b, out_name)?;
+            suffix_from(graph, &order, start, Vec::new()).map_err(|bad| (bad, None))
+        }
+        Layers::All => {
+            suffix_for(graph, &order, &all_layers, count).map_err(|bad| (bad, Some(count)))
+        }
+        Layers::Last(n) if n > count => bail!(
+            "--layers {n}: the model has only {count} layers ({kind} nodes) before output '{out_name}'; use --layers 1 to {count}, or all"
+        ),
+        Layers::Last(n) => suffix_for(graph, &order, &all_layers, n).map_err(|bad| (bad, Some(n))),
     };
-    let suffix = match suffix_for(graph, &order, &all_layers, n) {
+    let suffix = match found {
         Ok(s) => s,
-        Err(bad) => {
+        Err((bad, n)) => {
             let node = &graph.nodes[bad];
-            let works = (1..n)
+            let works = (1..n.unwrap_or(count + 1))
                 .rev()
                 .find(|&m| suffix_for(graph, &order, &all_layers, m).is_ok());
             let hint = match works {
@@ -112,8 +124,12 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
                 ),
                 None => "no --layers value keeps it out of the trainable part".to_string(),
             };
+            let at = match layers {
+                Layers::Blocks(b) => format!("--blocks {b}"),
+                _ => format!("--layers {layers}"),
+            };
             bail!(
-                "node '{}' (op {}) is in the trainable part at --layers {layers} and actc cannot differentiate it; {hint}",
+                "node '{}' (op {}) is in the trainable part at {at} and actc cannot differentiate it; {hint}",
                 node.name,
                 node.op_name()
             );
@@ -265,10 +281,21 @@ fn suffix_for(
         .iter()
         .position(|&x| x == first)
         .expect("layer is in order");
-    let mut trainable: Vec<NodeIndex> = layers[layers.len() - n..]
+    let trainable: Vec<NodeIndex> = layers[layers.len() - n..]
         .iter()
         .flat_map(|l| l.nodes.iter().copied())
         .collect();
+    suffix_from(graph, order, start, trainable)
+}
+
+/// The suffix when `trainable` and every parameterized node from `order[start]` on train,
+/// or the first node in it that actc cannot differentiate.
+fn suffix_from(
+    graph: &Graph,
+    order: &[NodeIndex],
+    start: usize,
+    mut trainable: Vec<NodeIndex>,
+) -> std::result::Result<Suffix, NodeIndex> {
     for &node in &order[start..] {
         if !trainable.contains(&node) && !params_of(graph, node).is_empty() {
             trainable.push(node);
@@ -286,4 +313,39 @@ fn suffix_for(
         }
     }
     Ok(Suffix { trainable, nodes })
+}
+
+/// Where the last `blocks` transformer blocks start in `order`: just after the residual
+/// stream enters the first of them. A block is two residual `Add`s (attention's and the
+/// MLP's), an `Add` being residual when one operand is computed from the other.
+fn block_start(graph: &Graph, order: &[NodeIndex], blocks: usize, out: &str) -> Result<usize> {
+    let residual: Vec<(NodeIndex, TensorId)> = order
+        .iter()
+        .filter(|&&n| graph.nodes[n].op_name() == "Add")
+        .filter_map(|&n| {
+            let ins = &graph.nodes[n].inputs;
+            let [a, b] = ins[..] else { return None };
+            let from = |x: TensorId, y: TensorId| {
+                let p = graph.producer(x)?;
+                graph.ancestors_of(&[y]).contains(&p).then_some(x)
+            };
+            from(a, b).or_else(|| from(b, a)).map(|skip| (n, skip))
+        })
+        .collect();
+    let total = residual.len() / 2;
+    if total == 0 {
+        bail!(
+            "--blocks {blocks}: the model has no transformer block before output '{out}' (no pair of residual Adds); use --layers"
+        );
+    }
+    if blocks == 0 || blocks > total {
+        bail!(
+            "--blocks {blocks}: the model has {total} transformer blocks before output '{out}' (found as pairs of residual Adds); use --blocks 1 to {total}, or --layers"
+        );
+    }
+    let (_, skip) = residual[residual.len() - 2 * blocks];
+    let entry = graph
+        .producer(skip)
+        .expect("a residual operand is computed");
+    Ok(order.iter().position(|&n| n == entry).expect("in order") + 1)
 }

@@ -422,12 +422,19 @@ pub fn conv_weight_grad(
 
 pub fn linear_weight_grad_workspace_len(dims: &[usize], caps: &[usize], n: usize) -> usize {
     check(dims, caps);
-    (reachable(dims, caps, 0) + reachable(dims, caps, 1)) * n
+    let r = |i| reachable(dims, caps, i);
+    match dims.len() {
+        2 => (r(0) + r(1)) * n,
+        _ => (r(0) * dims[1] + r(0) * r(1) + r(2)) * n,
+    }
 }
 
-/// Linear layer: input A is 2-D (M×K) compressed; dy is M×N; dW = Aᵀ·dy contracted through
-/// the factors, never rebuilding A: U₂·(Sᵀ·(U₁ᵀ·dy)). dw written as N×K row-major if
-/// `trans_b` (ONNX Gemm transB=1, W is N×K), else K×N. Overwritten.
+/// Linear layer: input A (M×K, or tokens B×T×K) compressed; dy is M×N (B×T×N); dW = Aᵀ·dy
+/// contracted through the factors, never rebuilding A (WASI's contraction; the paper's
+/// code rebuilds A). For a matrix: U₂·(Sᵀ·(U₁ᵀ·dy)). For tokens, with S of ranks
+/// (r₁, r₂, r₃): Z = dy ×_B U₁ᵀ ×_T U₂ᵀ (r₁ × r₂ × N), then dW = U₃·(S₍₃₎·Z) with S₍₃₎ the
+/// core's last mode against the other two. dw written as N×K row-major if `trans_b` (ONNX
+/// Gemm transB=1, W is N×K), else K×N. Overwritten.
 pub fn linear_weight_grad(
     packed: &[f32],
     dims: &[usize],
@@ -438,28 +445,98 @@ pub fn linear_weight_grad(
     ws: &mut [f32],
 ) {
     check(dims, caps);
-    debug_assert_eq!(dims.len(), 2);
-    let (m, k) = (dims[0], dims[1]);
+    debug_assert!(matches!(dims.len(), 2 | 3));
+    let k = dims[dims.len() - 1];
+    let m: usize = dims[..dims.len() - 1].iter().product();
     let n = dy.len() / m.max(1);
     debug_assert_eq!(dy.len(), m * n);
     debug_assert_eq!(dw.len(), k * n);
     debug_assert!(ws.len() >= linear_weight_grad_workspace_len(dims, caps, n));
     let (r, factors, core) = parts(packed, dims, caps);
-    let (r0, r1) = (r[0], r[1]);
-    let (t1, rest) = ws.split_at_mut(r0 * n);
-    let t2 = &mut rest[..r1 * n];
     let u = |i| factor(factors, dims, caps, i);
-    sgemm(r0, n, m, 1.0, u(0), (1, r0), dy, (n, 1), 0.0, t1, (n, 1));
-    sgemm(r1, n, r0, 1.0, core, (1, r1), t1, (n, 1), 0.0, t2, (n, 1));
     let dw_strides = if trans_b { (1, k) } else { (n, 1) };
+    let last = dims.len() - 1;
+    // t: the contraction of dy with every factor but the last's, (Π r_i of those) × N.
+    let (t, rest) = if dims.len() == 2 {
+        let (t1, rest) = ws.split_at_mut(r[0] * n);
+        sgemm(
+            r[0],
+            n,
+            m,
+            1.0,
+            u(0),
+            (1, r[0]),
+            dy,
+            (n, 1),
+            0.0,
+            t1,
+            (n, 1),
+        );
+        (t1, rest)
+    } else {
+        let (b, tokens) = (dims[0], dims[1]);
+        let (t1, rest) = ws.split_at_mut(r[0] * tokens * n);
+        let (t2, rest) = rest.split_at_mut(r[0] * r[1] * n);
+        // U₁ᵀ over the batch: (r₁ × B)·(B × T·N).
+        sgemm(
+            r[0],
+            tokens * n,
+            b,
+            1.0,
+            u(0),
+            (1, r[0]),
+            dy,
+            (tokens * n, 1),
+            0.0,
+            t1,
+            (tokens * n, 1),
+        );
+        // U₂ᵀ over the tokens, per batch rank: (r₂ × T)·(T × N).
+        for (z1, z2) in t1
+            .chunks_exact(tokens * n)
+            .zip(t2.chunks_exact_mut(r[1] * n))
+        {
+            sgemm(
+                r[1],
+                n,
+                tokens,
+                1.0,
+                u(1),
+                (1, r[1]),
+                z1,
+                (n, 1),
+                0.0,
+                z2,
+                (n, 1),
+            );
+        }
+        (t2, rest)
+    };
+    // S₍last₎·t: (r_last × Π r_others)·(Π r_others × N).
+    let others: usize = r[..last].iter().product();
+    let rl = r[last];
+    let s_t = &mut rest[..rl * n];
+    sgemm(
+        rl,
+        n,
+        others,
+        1.0,
+        core,
+        (1, rl),
+        t,
+        (n, 1),
+        0.0,
+        s_t,
+        (n, 1),
+    );
     sgemm(
         k,
         n,
-        r1,
+        rl,
         1.0,
-        u(1),
-        (r1, 1),
-        t2,
+        u(last),
+        (rl, 1),
+        s_t,
         (n, 1),
         0.0,
         dw,

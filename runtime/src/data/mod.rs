@@ -172,6 +172,14 @@ impl Dataset {
         }
     }
 
+    /// Reads the samples of a model with several inputs (or an integer one) from a `.npz`
+    /// holding one array per input, named after it, and class labels `y`: each sample
+    /// becomes one row of every input's values in the order of `inputs` (name, per-sample
+    /// shape), as the plan feeds them (`Source::inputs`).
+    pub fn load_packed(path: &Path, inputs: &[(&str, &[usize])]) -> Result<Dataset, DataError> {
+        npz::load_packed(path, inputs)
+    }
+
     /// A data set from arrays in memory (the bindings' NumPy arrays): samples `x` of
     /// `shape` (the sample count first) and one class index per sample, checked as a
     /// `.npz`'s arrays are; `source` names them in errors.

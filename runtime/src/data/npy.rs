@@ -35,6 +35,29 @@ impl Array {
         }
     }
 
+    /// The values as f32 for a model input fed as floats: integers (token ids, masks) must
+    /// be exact there, so of magnitude at most 2²⁴.
+    pub fn to_exact_f32(&self) -> Result<Vec<f32>, String> {
+        const EXACT: i64 = 1 << 24;
+        let int = |i: usize, v: i64| match v.abs() <= EXACT {
+            true => Ok(v as f32),
+            false => Err(format!(
+                "value {v} at index {i} is beyond 2^24, where float32 rows lose integers"
+            )),
+        };
+        match &self.values {
+            Values::U8(v) => Ok(v.iter().map(|&x| f32::from(x)).collect()),
+            Values::I32(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| int(i, x.into()))
+                .collect(),
+            Values::I64(v) => v.iter().enumerate().map(|(i, &x)| int(i, x)).collect(),
+            Values::F32(v) => Ok(v.clone()),
+            Values::F64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
+        }
+    }
+
     /// Class indices: any integer type, or floats holding integers (as some pipelines save
     /// them). Each must be a non-negative integer below 2³².
     pub fn to_labels(&self) -> Result<Vec<u32>, String> {

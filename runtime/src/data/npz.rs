@@ -24,6 +24,60 @@ pub(crate) fn load(path: &Path, layout: Option<Layout>) -> Result<Dataset, DataE
     from_arrays(path, x, y, layout)
 }
 
+/// Samples of a model with several inputs (or an integer one): one array per input, named
+/// after it, (N, …) with the input's per-sample shape, packed into one row per sample in the
+/// order of `inputs`; class labels `y`.
+pub(crate) fn load_packed(path: &Path, inputs: &[(&str, &[usize])]) -> Result<Dataset, DataError> {
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut zip = ZipArchive::new(BufReader::new(file))
+        .map_err(|e| DataError::invalid(path, format!("not a readable .npz (zip) archive: {e}")))?;
+    let mut parts = Vec::with_capacity(inputs.len());
+    for &(name, shape) in inputs {
+        let a = read_array(&mut zip, path, &[name])?;
+        if a.shape.get(1..) != Some(shape) {
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "array {name} has shape {:?}; the model input takes (N, {})",
+                    a.shape,
+                    shape
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        let values = a
+            .to_exact_f32()
+            .map_err(|reason| DataError::invalid(path, format!("array {name}: {reason}")))?;
+        parts.push((a.shape[0], shape.iter().product::<usize>(), values));
+    }
+    let y = read_array(&mut zip, path, &LABEL_NAMES)?;
+    let n = y.shape.first().copied().unwrap_or(0);
+    if let Some((i, (m, _, _))) = parts.iter().enumerate().find(|(_, (m, _, _))| *m != n) {
+        return Err(DataError::invalid(
+            path,
+            format!(
+                "array {} holds {m} samples but y holds {n} labels",
+                inputs[i].0
+            ),
+        ));
+    }
+    let row: usize = parts.iter().map(|(_, len, _)| len).sum();
+    let mut packed = Vec::with_capacity(n * row);
+    for s in 0..n {
+        for (_, len, values) in &parts {
+            packed.extend_from_slice(&values[s * len..][..*len]);
+        }
+    }
+    let x = Array {
+        shape: vec![n, row],
+        values: npy::Values::F32(packed),
+    };
+    from_arrays(path, x, y, None)
+}
+
 /// How many samples `x` holds and how each is read.
 fn samples_of(
     source: &Path,

@@ -308,11 +308,17 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
                 }
             }
             PoolKind::ReduceMean(a) => {
-                shape::reduce_mean_backward(&dims(bo(0)), &usizes(&a.axes), x(0), y(0));
+                shape::reduce_backward(true, &dims(bo(0)), &usizes(&a.axes), x(0), y(0));
+            }
+            PoolKind::ReduceSum(a) => {
+                shape::reduce_backward(false, &dims(bo(0)), &usizes(&a.axes), x(0), y(0));
             }
         },
         Kind::ReduceMean(a) => {
-            shape::reduce_mean_forward(&dims(bi(0)), &usizes(&a.axes), x(0), y(0));
+            shape::reduce_forward(true, &dims(bi(0)), &usizes(&a.axes), x(0), y(0));
+        }
+        Kind::ReduceSum(a) => {
+            shape::reduce_forward(false, &dims(bi(0)), &usizes(&a.axes), x(0), y(0));
         }
         Kind::Pad(p) => {
             shape::pad_forward(&dims(bi(0)), &usizes(&p.pads), p.value, x(0), y(0));
@@ -542,8 +548,16 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             io.arity(2..=2, 1..=1)?;
             let c = cl.compressor.as_ref().ok_or("no compressor")?;
             let (dy, dw) = (io.shape_i(1), io.shape_o(0));
-            let [rows, features] = c.shape[..] else {
-                return Err("a dense gradient from a compressed input that is not a matrix".into());
+            // A matrix (rows, features), or tokens (batch, tokens, features).
+            let (rows, features) = match c.shape[..] {
+                [rows, features] => (rows, features),
+                [b, t, features] => (b.saturating_mul(t), features),
+                _ => {
+                    return Err(
+                        "a dense gradient from a compressed input that is not a matrix or tokens"
+                            .into(),
+                    );
+                }
             };
             let n = *dy.last().unwrap_or(&0);
             io.eq_len(io.x(1).numel(), (rows * n) as usize, "dy")?;
@@ -788,13 +802,13 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
                 io.shape(io.shape_i(0), &pool_out(&g), "dy")?;
                 taps_fit(&io, io.x(1), &g)
             }
-            PoolKind::ReduceMean(a) => {
+            PoolKind::ReduceMean(a) | PoolKind::ReduceSum(a) => {
                 io.arity(1..=1, 1..=1)?;
                 let n = reduced(io.shape_o(0), &a.axes)?;
                 io.eq_len(io.x(0).numel(), n, "dy")
             }
         },
-        Kind::ReduceMean(a) => {
+        Kind::ReduceMean(a) | Kind::ReduceSum(a) => {
             io.arity(1..=1, 1..=1)?;
             let n = reduced(io.shape_i(0), &a.axes)?;
             io.eq_len(io.y(0).numel(), n, "the output")

@@ -199,6 +199,42 @@ pub fn matmul_backward(
     }
 }
 
+/// Attention's products: `batch` independent products y[i] = a′[i]·b′[i] (m×k by k×n),
+/// a′ = a[i] or its transpose (stored k×m), b′ likewise (stored n×k).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchGeom {
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+}
+
+pub fn batch_matmul(g: &BatchGeom, a: &[f32], b: &[f32], y: &mut [f32]) {
+    let (sa, sb, sy) = (g.m * g.k, g.k * g.n, g.m * g.n);
+    debug_assert_eq!(a.len(), g.batch * sa);
+    debug_assert_eq!(b.len(), g.batch * sb);
+    debug_assert_eq!(y.len(), g.batch * sy);
+    let a_strides = if g.trans_a { (1, g.m) } else { (g.k, 1) };
+    let b_strides = if g.trans_b { (1, g.k) } else { (g.n, 1) };
+    for i in 0..g.batch {
+        sgemm(
+            g.m,
+            g.n,
+            g.k,
+            1.0,
+            &a[i * sa..][..sa],
+            a_strides,
+            &b[i * sb..][..sb],
+            b_strides,
+            0.0,
+            &mut y[i * sy..][..sy],
+            (g.n, 1),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,40 +363,40 @@ mod tests {
             weighted_sum(&y, &r)
         });
     }
-}
 
-/// Attention's products: `batch` independent products y[i] = a′[i]·b′[i] (m×k by k×n),
-/// a′ = a[i] or its transpose (stored k×m), b′ likewise (stored n×k).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchGeom {
-    pub batch: usize,
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-    pub trans_a: bool,
-    pub trans_b: bool,
-}
-
-pub fn batch_matmul(g: &BatchGeom, a: &[f32], b: &[f32], y: &mut [f32]) {
-    let (sa, sb, sy) = (g.m * g.k, g.k * g.n, g.m * g.n);
-    debug_assert_eq!(a.len(), g.batch * sa);
-    debug_assert_eq!(b.len(), g.batch * sb);
-    debug_assert_eq!(y.len(), g.batch * sy);
-    let a_strides = if g.trans_a { (1, g.m) } else { (g.k, 1) };
-    let b_strides = if g.trans_b { (1, g.k) } else { (g.n, 1) };
-    for i in 0..g.batch {
-        sgemm(
-            g.m,
-            g.n,
-            g.k,
-            1.0,
-            &a[i * sa..][..sa],
-            a_strides,
-            &b[i * sb..][..sb],
-            b_strides,
-            0.0,
-            &mut y[i * sy..][..sy],
-            (g.n, 1),
-        );
+    #[test]
+    fn batch_matmul_reads_each_operand_as_told() {
+        let mut rng = Lcg::new(67);
+        let (batch, m, k, n) = (3, 4, 5, 2);
+        for trans_a in [false, true] {
+            for trans_b in [false, true] {
+                let g = BatchGeom {
+                    batch,
+                    m,
+                    k,
+                    n,
+                    trans_a,
+                    trans_b,
+                };
+                let a = rng.vec(batch * m * k);
+                let b = rng.vec(batch * k * n);
+                let mut y = vec![f32::NAN; batch * m * n];
+                batch_matmul(&g, &a, &b, &mut y);
+                let want: Vec<f64> = (0..batch * m * n)
+                    .map(|o| {
+                        let (s, i, j) = (o / (m * n), o / n % m, o % n);
+                        let (a, b) = (&a[s * m * k..], &b[s * k * n..]);
+                        (0..k)
+                            .map(|p| {
+                                let x = if trans_a { a[p * m + i] } else { a[i * k + p] };
+                                let w = if trans_b { b[j * k + p] } else { b[p * n + j] };
+                                x as f64 * w as f64
+                            })
+                            .sum()
+                    })
+                    .collect();
+                assert_close(&format!("bmm {trans_a} {trans_b}"), &y, &want, 1e-5);
+            }
+        }
     }
 }

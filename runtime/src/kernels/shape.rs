@@ -196,14 +196,18 @@ fn reduced(x_shape: &[usize], axes: &[usize]) -> (Dims, usize) {
 
 /// ReduceMean over `axes` (non-negative, distinct; ONNX's "empty means all" is the
 /// caller's to expand).
-pub fn reduce_mean_forward(x_shape: &[usize], axes: &[usize], x: &[f32], y: &mut [f32]) {
+/// The sum (`mean` false) or mean of `x` over `axes`.
+pub fn reduce_forward(mean: bool, x_shape: &[usize], axes: &[usize], x: &[f32], y: &mut [f32]) {
     let (dims, count) = reduced(x_shape, axes);
-    reduce_to_shape(1.0 / count as f32, x, x_shape, y, &dims[..x_shape.len()]);
+    let scale = if mean { 1.0 / count as f32 } else { 1.0 };
+    reduce_to_shape(scale, x, x_shape, y, &dims[..x_shape.len()]);
 }
 
-pub fn reduce_mean_backward(x_shape: &[usize], axes: &[usize], dy: &[f32], dx: &mut [f32]) {
+/// dx of [`reduce_forward`]: dy spread back over the reduced axes.
+pub fn reduce_backward(mean: bool, x_shape: &[usize], axes: &[usize], dy: &[f32], dx: &mut [f32]) {
     let (dims, count) = reduced(x_shape, axes);
-    broadcast_to(1.0 / count as f32, dy, &dims[..x_shape.len()], dx, x_shape);
+    let scale = if mean { 1.0 / count as f32 } else { 1.0 };
+    broadcast_to(scale, dy, &dims[..x_shape.len()], dx, x_shape);
 }
 
 /// Softmax along the split's axis (max-subtracted, so large logits do not overflow).
@@ -245,6 +249,42 @@ pub fn softmax_backward(s: &AxisSplit, y: &[f32], dy: &[f32], dx: &mut [f32]) {
             let at = |k: usize| k * s.inner + j;
             let dot = super::blocked_sum(s.len, |k| yb[at(k)] * db[at(k)]);
             (0..s.len).for_each(|k| xb[at(k)] = yb[at(k)] * (db[at(k)] - dot));
+        }
+    }
+}
+
+/// Gather with constant indices: `y` holds, for each outer position, the rows of `x` at
+/// `indices` along the split axis (each `inner` long).
+pub fn gather_forward(s: AxisSplit, indices: &[u32], x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), s.numel());
+    debug_assert_eq!(y.len(), s.outer * indices.len() * s.inner);
+    let mut out = y.chunks_exact_mut(s.inner.max(1));
+    for o in 0..s.outer {
+        for &i in indices {
+            let from = (o * s.len + i as usize) * s.inner;
+            if let Some(row) = out.next() {
+                row.copy_from_slice(&x[from..from + s.inner]);
+            }
+        }
+    }
+}
+
+/// dx of [`gather_forward`]: zeros, plus each row of dy added at its index (an index that
+/// appears twice gets both).
+pub fn gather_backward(s: AxisSplit, indices: &[u32], dy: &[f32], dx: &mut [f32]) {
+    debug_assert_eq!(dx.len(), s.numel());
+    debug_assert_eq!(dy.len(), s.outer * indices.len() * s.inner);
+    dx.fill(0.0);
+    let mut rows = dy.chunks_exact(s.inner.max(1));
+    for o in 0..s.outer {
+        for &i in indices {
+            let to = (o * s.len + i as usize) * s.inner;
+            if let Some(row) = rows.next() {
+                dx[to..to + s.inner]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(d, g)| *d += g);
+            }
         }
     }
 }
@@ -394,28 +434,35 @@ mod tests {
     }
 
     #[test]
-    fn reduce_mean() {
+    fn reduce_sum_and_mean() {
         let mut rng = Lcg::new(63);
         let shape = [2, 3, 4, 5];
         let x = rng.vec(numel(&shape));
-        for axes in [&[2, 3][..], &[0], &[1, 3], &[3, 0, 1, 2]] {
+        for (mean, axes) in [true, false]
+            .into_iter()
+            .flat_map(|m| [&[2, 3][..], &[0], &[1, 3], &[3, 0, 1, 2]].map(|a| (m, a)))
+        {
             let mut out = shape.to_vec();
             axes.iter().for_each(|&a| out[a] = 1);
             let mut y = vec![f32::NAN; numel(&out)];
-            reduce_mean_forward(&shape, axes, &x, &mut y);
-            let count = axes.iter().map(|&a| shape[a]).product::<usize>() as f64;
+            reduce_forward(mean, &shape, axes, &x, &mut y);
+            let count = match mean {
+                true => axes.iter().map(|&a| shape[a]).product::<usize>() as f64,
+                false => 1.0,
+            };
             let mut want = vec![0.0; y.len()];
             for (i, v) in x.iter().enumerate() {
                 let mut idx = unravel(i, &shape);
                 axes.iter().for_each(|&a| idx[a] = 0);
                 want[ravel(&idx, &out)] += *v as f64 / count;
             }
-            assert_close(&format!("reduce mean {axes:?}"), &y, &want, 1e-6);
+            let what = format!("reduce (mean {mean}) {axes:?}");
+            assert_close(&what, &y, &want, 1e-6);
             let r = rng.vec(y.len());
             let mut dx = vec![f32::NAN; x.len()];
-            reduce_mean_backward(&shape, axes, &r, &mut dx);
-            check_grad("reduce mean", &x, &dx, |xp| {
-                reduce_mean_forward(&shape, axes, xp, &mut y);
+            reduce_backward(mean, &shape, axes, &r, &mut dx);
+            check_grad(&what, &x, &dx, |xp| {
+                reduce_forward(mean, &shape, axes, xp, &mut y);
                 weighted_sum(&y, &r)
             });
         }
@@ -458,40 +505,32 @@ mod tests {
         softmax_forward(&s, &[1000.0, 1000.0], &mut y);
         assert_eq!(y, [0.5, 0.5]);
     }
-}
 
-/// Gather with constant indices: `y` holds, for each outer position, the rows of `x` at
-/// `indices` along the split axis (each `inner` long).
-pub fn gather_forward(s: AxisSplit, indices: &[u32], x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), s.numel());
-    debug_assert_eq!(y.len(), s.outer * indices.len() * s.inner);
-    let mut out = y.chunks_exact_mut(s.inner.max(1));
-    for o in 0..s.outer {
-        for &i in indices {
-            let from = (o * s.len + i as usize) * s.inner;
-            if let Some(row) = out.next() {
-                row.copy_from_slice(&x[from..from + s.inner]);
+    #[test]
+    fn gather_and_its_gradient() {
+        let mut rng = Lcg::new(68);
+        let shape = [3, 5, 4];
+        let x = rng.vec(numel(&shape));
+        for (axis, indices) in [(0, &[2u32][..]), (1, &[0, 4, 4, 1][..]), (2, &[3, 0][..])] {
+            let s = AxisSplit::new(&shape, axis);
+            let mut y = vec![f32::NAN; s.outer * indices.len() * s.inner];
+            gather_forward(s, indices, &x, &mut y);
+            let mut at = 0;
+            for o in 0..s.outer {
+                for &i in indices {
+                    for j in 0..s.inner {
+                        assert_eq!(y[at], x[(o * s.len + i as usize) * s.inner + j]);
+                        at += 1;
+                    }
+                }
             }
-        }
-    }
-}
-
-/// dx of [`gather_forward`]: zeros, plus each row of dy added at its index (an index that
-/// appears twice gets both).
-pub fn gather_backward(s: AxisSplit, indices: &[u32], dy: &[f32], dx: &mut [f32]) {
-    debug_assert_eq!(dx.len(), s.numel());
-    debug_assert_eq!(dy.len(), s.outer * indices.len() * s.inner);
-    dx.fill(0.0);
-    let mut rows = dy.chunks_exact(s.inner.max(1));
-    for o in 0..s.outer {
-        for &i in indices {
-            let to = (o * s.len + i as usize) * s.inner;
-            if let Some(row) = rows.next() {
-                dx[to..to + s.inner]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(d, g)| *d += g);
-            }
+            let r = rng.vec(y.len());
+            let mut dx = vec![f32::NAN; x.len()];
+            gather_backward(s, indices, &r, &mut dx);
+            check_grad("gather", &x, &dx, |xp| {
+                gather_forward(s, indices, xp, &mut y);
+                weighted_sum(&y, &r)
+            });
         }
     }
 }

@@ -42,6 +42,8 @@ pub const MODELS: &[(&str, &[usize])] = &[
     ("tiny_gelu_erf", &[4, 8, 16]),
     ("tiny_vit", &[2, 3, 16, 16]),
     ("tiny_vit_decomposed", &[2, 3, 16, 16]),
+    ("tiny_bert", &[2, 16]),
+    ("tiny_bert_decomposed", &[2, 16]),
     ("tiny_decoder", &[2, 3, 16, 16]),
 ];
 
@@ -67,10 +69,15 @@ pub fn input_shape(plan: &actc_runtime::plan::Plan) -> Vec<usize> {
 /// The boundary tensors for one model input: the prefix run on tract, or the input itself.
 pub fn boundary(plan: &actc_runtime::plan::Plan, input: &[f32]) -> Vec<Vec<f32>> {
     let mut out: Vec<Vec<f32>> = Vec::new();
+    let inputs = &plan.source.as_ref().unwrap().inputs;
     if plan.prefix_onnx.is_empty() {
         out.push(input.to_vec());
     } else {
-        actc_runtime::prefix::Prefix::new(&plan.prefix_onnx, &input_shape(plan))
+        let prefix = match inputs.is_empty() {
+            true => actc_runtime::prefix::Prefix::new(&plan.prefix_onnx, &input_shape(plan)),
+            false => actc_runtime::prefix::Prefix::packed(&plan.prefix_onnx, inputs),
+        };
+        prefix
             .unwrap()
             .run(input, |_, v| out.push(v.to_vec()))
             .unwrap();

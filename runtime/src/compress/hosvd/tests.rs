@@ -560,3 +560,42 @@ fn a_matrix_shaped_tensor_is_its_truncated_svd() {
         );
     }
 }
+
+/// Tokens (batch, tokens, features): the contraction through three factors equals the weight
+/// gradient of the reconstructed input, at full rank and truncated.
+#[test]
+fn token_weight_grad_is_the_gradient_of_the_reconstruction() {
+    let mut rng = Lcg::new(91);
+    let dims = [3, 5, 4];
+    let n = 6;
+    // Low-rank structure plus noise, so ε truncates some modes and not others.
+    let x: Vec<f32> = (0..60)
+        .map(|i| ((i % 4) as f32 - 1.5) * (1.0 + (i / 20) as f32) + 0.1 * rng.vec(1)[0])
+        .collect();
+    let dy = rng.vec(3 * 5 * n);
+    for (eps, caps) in [(1.0, [3, 5, 4]), (0.9, [3, 5, 4]), (0.9, [2, 3, 2])] {
+        let c = compressed(&x, &dims, &caps, eps);
+        let mut xh = vec![0.0; 60];
+        let mut ws = vec![0.0; reconstruct_workspace_len(&dims, &caps)];
+        reconstruct(&c.packed, &dims, &caps, &mut xh, &mut ws);
+        let want: Vec<f32> = (0..4 * n)
+            .map(|i| {
+                let (f, o) = (i / n, i % n);
+                (0..15).map(|r| xh[r * 4 + f] * dy[r * n + o]).sum()
+            })
+            .collect();
+        let mut ws = vec![f32::NAN; linear_weight_grad_workspace_len(&dims, &caps, n)];
+        let mut dw = vec![f32::NAN; 4 * n];
+        linear_weight_grad(&c.packed, &dims, &caps, &dy, false, &mut dw, &mut ws);
+        assert_rel(&format!("tokens eps {eps} caps {caps:?}"), &dw, &want, 1e-5);
+        if eps == 1.0 {
+            let exact: Vec<f32> = (0..4 * n)
+                .map(|i| (0..15).map(|r| x[r * 4 + i / n] * dy[r * n + i % n]).sum())
+                .collect();
+            assert_rel("tokens at full rank", &dw, &exact, 1e-5);
+        }
+        linear_weight_grad(&c.packed, &dims, &caps, &dy, true, &mut dw, &mut ws);
+        let want_t: Vec<f32> = (0..n * 4).map(|i| want[(i % 4) * n + i / 4]).collect();
+        assert_rel(&format!("tokens eps {eps} N×K"), &dw, &want_t, 1e-5);
+    }
+}
