@@ -298,6 +298,7 @@ pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
         "ReduceProd",
         "Tile",
         "Mod",
+        "Pow",
     ];
     if !EVALUATED.contains(&op) {
         return Ok(None);
@@ -371,7 +372,8 @@ pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
             }
             y
         }
-        "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Max" | "Min" | "Less" | "Greater" | "Mod" => {
+        "Add" | "Sub" | "Mul" | "Div" | "Equal" | "Max" | "Min" | "Less" | "Greater" | "Mod"
+        | "Pow" => {
             let y = arr(1);
             let shape = IxDyn(out_shape);
             let xb = x
@@ -394,6 +396,7 @@ pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
                     "Min" => p.min(q),
                     "Less" => (p < q) as i64 as f64,
                     "Greater" => (p > q) as i64 as f64,
+                    "Pow" => p.powf(q),
                     _ => p.rem_euclid(q),
                 })
         }
