@@ -114,24 +114,46 @@ pub fn forward(g: &ResizeGeom, x: &[f32], y: &mut [f32]) {
     });
 }
 
+/// Width taps per pass over a plane's rows: computed once for the whole column block
+/// (a division and a rounding each), on the stack.
+const COLUMNS: usize = 64;
+
+/// The taps of output columns `c0..c0 + taps.len()`.
+fn column_taps(g: &ResizeGeom, c0: usize, taps: &mut [Tap]) {
+    for (k, t) in taps.iter_mut().enumerate() {
+        *t = g.tap(&g.w, c0 + k);
+    }
+}
+
+const NO_TAP: Tap = Tap {
+    i0: 0,
+    i1: 0,
+    t: 0.0,
+};
+
 fn plane_forward(g: &ResizeGeom, x: &[f32], y: &mut [f32]) {
     let (wi, wo) = (g.w.len_in, g.w.len_out);
-    for (oy, row) in y.chunks_exact_mut(wo).enumerate() {
-        let ty = g.tap(&g.h, oy);
-        let (r0, r1) = (&x[ty.i0 * wi..][..wi], &x[ty.i1 * wi..][..wi]);
-        match g.mode {
-            ResizeMode::Nearest => {
-                for (ox, v) in row.iter_mut().enumerate() {
-                    *v = r0[g.tap(&g.w, ox).i0];
+    let mut buf = [NO_TAP; COLUMNS];
+    for c0 in (0..wo).step_by(COLUMNS) {
+        let taps = &mut buf[..(wo - c0).min(COLUMNS)];
+        column_taps(g, c0, taps);
+        for oy in 0..g.h.len_out {
+            let ty = g.tap(&g.h, oy);
+            let (r0, r1) = (&x[ty.i0 * wi..][..wi], &x[ty.i1 * wi..][..wi]);
+            let row = &mut y[oy * wo + c0..][..taps.len()];
+            match g.mode {
+                ResizeMode::Nearest => {
+                    for (v, tx) in row.iter_mut().zip(taps.iter()) {
+                        *v = r0[tx.i0];
+                    }
                 }
-            }
-            ResizeMode::Linear => {
-                let (h0, h1) = (1.0 - ty.t, ty.t);
-                for (ox, v) in row.iter_mut().enumerate() {
-                    let tx = g.tap(&g.w, ox);
-                    let (w0, w1) = (1.0 - tx.t, tx.t);
-                    *v = h0 * (w0 * r0[tx.i0] + w1 * r0[tx.i1])
-                        + h1 * (w0 * r1[tx.i0] + w1 * r1[tx.i1]);
+                ResizeMode::Linear => {
+                    let (h0, h1) = (1.0 - ty.t, ty.t);
+                    for (v, tx) in row.iter_mut().zip(taps.iter()) {
+                        let (w0, w1) = (1.0 - tx.t, tx.t);
+                        *v = h0 * (w0 * r0[tx.i0] + w1 * r0[tx.i1])
+                            + h1 * (w0 * r1[tx.i0] + w1 * r1[tx.i1]);
+                    }
                 }
             }
         }
@@ -158,25 +180,30 @@ pub fn backward(g: &ResizeGeom, dy: &[f32], dx: &mut [f32]) {
 
 fn plane_backward(g: &ResizeGeom, dy: &[f32], dx: &mut [f32]) {
     let (wi, wo) = (g.w.len_in, g.w.len_out);
-    for (oy, row) in dy.chunks_exact(wo).enumerate() {
-        let ty = g.tap(&g.h, oy);
-        let (s0, s1) = (ty.i0 * wi, ty.i1 * wi);
-        match g.mode {
-            ResizeMode::Nearest => {
-                for (ox, &d) in row.iter().enumerate() {
-                    dx[s0 + g.tap(&g.w, ox).i0] += d;
+    let mut buf = [NO_TAP; COLUMNS];
+    for c0 in (0..wo).step_by(COLUMNS) {
+        let taps = &mut buf[..(wo - c0).min(COLUMNS)];
+        column_taps(g, c0, taps);
+        for oy in 0..g.h.len_out {
+            let ty = g.tap(&g.h, oy);
+            let (s0, s1) = (ty.i0 * wi, ty.i1 * wi);
+            let row = &dy[oy * wo + c0..][..taps.len()];
+            match g.mode {
+                ResizeMode::Nearest => {
+                    for (&d, tx) in row.iter().zip(taps.iter()) {
+                        dx[s0 + tx.i0] += d;
+                    }
                 }
-            }
-            ResizeMode::Linear => {
-                let (h0, h1) = (1.0 - ty.t, ty.t);
-                for (ox, &d) in row.iter().enumerate() {
-                    let tx = g.tap(&g.w, ox);
-                    let (w0, w1) = (1.0 - tx.t, tx.t);
-                    let (a, b) = (h0 * d, h1 * d);
-                    dx[s0 + tx.i0] += w0 * a;
-                    dx[s0 + tx.i1] += w1 * a;
-                    dx[s1 + tx.i0] += w0 * b;
-                    dx[s1 + tx.i1] += w1 * b;
+                ResizeMode::Linear => {
+                    let (h0, h1) = (1.0 - ty.t, ty.t);
+                    for (&d, tx) in row.iter().zip(taps.iter()) {
+                        let (w0, w1) = (1.0 - tx.t, tx.t);
+                        let (a, b) = (h0 * d, h1 * d);
+                        dx[s0 + tx.i0] += w0 * a;
+                        dx[s0 + tx.i1] += w1 * a;
+                        dx[s1 + tx.i0] += w0 * b;
+                        dx[s1 + tx.i1] += w1 * b;
+                    }
                 }
             }
         }
@@ -356,6 +383,8 @@ mod tests {
             ((3, 5), (1, 7), None),
             ((1, 1), (3, 2), None),
             ((6, 7), (6, 7), None),
+            // wider than one block of column taps
+            ((3, 50), (4, 150), None),
         ];
         for (hw_in, hw_out, scales) in shapes {
             for c in [
