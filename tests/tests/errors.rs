@@ -371,22 +371,28 @@ fn bad_decoder_attributes_are_refused_in_one_line() {
         node.attribute.retain(|a| a.name() != name);
         node.attribute.push(a);
     };
+    let group = |m: &mut ModelProto, v: i64| {
+        let g = m.graph.as_mut().unwrap();
+        let node = g.node.iter_mut().find(|n| n.op_type() == "ConvTranspose");
+        let a = node
+            .unwrap()
+            .attribute
+            .iter_mut()
+            .find(|a| a.name() == "group");
+        a.unwrap().i = Some(v);
+    };
     let up1 = "node '/up1/ConvTranspose' (ConvTranspose)";
     type Edit<'a> = &'a dyn Fn(&mut ModelProto);
-    let cases: [(&str, Edit, String); 6] = [
+    let cases: [(&str, Edit, String); 7] = [
         (
             "group_0",
-            &|m| {
-                let g = m.graph.as_mut().unwrap();
-                let node = g.node.iter_mut().find(|n| n.op_type() == "ConvTranspose");
-                let a = node
-                    .unwrap()
-                    .attribute
-                    .iter_mut()
-                    .find(|a| a.name() == "group");
-                a.unwrap().i = Some(0);
-            },
+            &|m| group(m, 0),
             format!("{up1}: group 0 is not a positive number"),
+        ),
+        (
+            "group_3",
+            &|m| group(m, 3),
+            format!("{up1}: group 3 does not divide the 16 input channels"),
         ),
         (
             "strides",

@@ -34,11 +34,17 @@ pub fn import(n: &OnnxNode) -> Result<Lowered> {
         .ok_or_else(|| {
             crate::err!("node '{label}' (ConvTranspose): group {group} is not a positive number")
         })?;
-    if x.shape[1] != w.shape[0] || w.shape[0] % g != 0 {
+    if x.shape[1] != w.shape[0] {
         bail!(
-            "node '{label}' (ConvTranspose): input has {} channels but the weight {:?} with group {g} expects {}; check the input shape",
+            "node '{label}' (ConvTranspose): input has {} channels but the weight {:?} expects {}; check the input shape",
             x.shape[1],
             w.shape,
+            w.shape[0]
+        );
+    }
+    if w.shape[0] % g != 0 {
+        bail!(
+            "node '{label}' (ConvTranspose): group {g} does not divide the {} input channels",
             w.shape[0]
         );
     }
@@ -78,7 +84,16 @@ pub fn import(n: &OnnxNode) -> Result<Lowered> {
     if wanted.as_ref().is_some_and(|v| v.len() != nd) {
         bail!("node '{label}' (ConvTranspose): output_shape does not fit {nd} spatial axes");
     }
-    let mut y = vec![x.shape[0], w.shape[1] * g];
+    if x.shape[2..].contains(&0) {
+        bail!(
+            "node '{label}' (ConvTranspose): its input {:?} is empty",
+            x.shape
+        );
+    }
+    let channels = w.shape[1].checked_mul(g).ok_or_else(|| {
+        crate::err!("node '{label}' (ConvTranspose): group {g} is too large for its weight")
+    })?;
+    let mut y = vec![x.shape[0], channels];
     for i in 0..nd {
         // The output before padding is removed.
         let full = strides[i] * (x.shape[2 + i] - 1) + out_pad[i] + (kernel[i] - 1) * dil[i] + 1;
