@@ -70,6 +70,7 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
         ("tiny_matmul", Layers::Last(2)),
         ("resnet18", Layers::Last(4)),
         ("mcunet", Layers::Last(4)),
+        ("tiny_decoder", Layers::Last(4)),
     ] {
         let (first, last) = overfit(name, layers, 30);
         assert!(
