@@ -356,3 +356,237 @@ fn nearest_name(m: NearestMode) -> &'static str {
         NearestMode::Ceil => "ceil",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::NodeProto;
+    use crate::ops::{Arg, OnnxNode};
+    use actc_runtime::exec::geom::resize_fit;
+    use actc_runtime::kernels::resize::forward;
+
+    fn arg(shape: &[usize], data: Option<Data>) -> Arg {
+        Arg {
+            shape: shape.to_vec(),
+            dtype: match data {
+                Some(Data::I64(_)) => DType::I64,
+                _ => DType::F32,
+            },
+            data,
+        }
+    }
+
+    /// `x` = 0, 1, …, 11 as (1, 1, 3, 4) through one node, imported and run by actc: its
+    /// output shape and values.
+    fn run(node: NodeProto, args: &[Arg], opset: i64) -> (Vec<usize>, Vec<f32>) {
+        let lowered = Resizes.import(&OnnxNode::new(&node, args, opset)).unwrap();
+        let y = lowered.outputs[0].0.clone();
+        let Some((Kind::Resize(r), _)) = lowered.kernel else {
+            panic!("{node:?}: no kernel");
+        };
+        let u64s = |s: &[usize]| s.iter().map(|&d| d as u64).collect::<Vec<_>>();
+        let g = resize_fit(&r, &[1, 1, 3, 4], &u64s(&y)).unwrap();
+        let x: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        let mut out = vec![f32::NAN; g.output_len()];
+        forward(&g, &x, &mut out);
+        (y[2..].to_vec(), out)
+    }
+
+    /// Every coordinate transform and nearest mode, scales and sizes, opsets 11 and 13,
+    /// against onnxruntime 1.32's outputs on the same node (the numbers below).
+    #[test]
+    fn import_and_kernel_give_onnxruntimes_values() {
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<[f32; 4]>,
+            Option<[i64; 4]>,
+            i64,
+            [usize; 2],
+            &'a [f32],
+        );
+        let cases: &[Case] = &[
+            (
+                "nearest",
+                "half_pixel",
+                "round_prefer_floor",
+                Some([1.0, 1.0, 1.7, 0.6]),
+                None,
+                13,
+                [5, 2],
+                &[0.0, 2.0, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 8.0, 10.0],
+            ),
+            (
+                "nearest",
+                "align_corners",
+                "round_prefer_ceil",
+                None,
+                Some([1, 1, 5, 7]),
+                13,
+                [5, 7],
+                &[
+                    0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 5.0, 5.0, 6.0, 6.0, 7.0, 7.0, 4.0, 5.0,
+                    5.0, 6.0, 6.0, 7.0, 7.0, 8.0, 9.0, 9.0, 10.0, 10.0, 11.0, 11.0, 8.0, 9.0, 9.0,
+                    10.0, 10.0, 11.0, 11.0,
+                ],
+            ),
+            (
+                "nearest",
+                "tf_half_pixel_for_nn",
+                "ceil",
+                Some([1.0, 1.0, 2.5, 1.5]),
+                None,
+                11,
+                [7, 6],
+                &[
+                    5.0, 5.0, 6.0, 7.0, 7.0, 7.0, 5.0, 5.0, 6.0, 7.0, 7.0, 7.0, 5.0, 5.0, 6.0, 7.0,
+                    7.0, 7.0, 9.0, 9.0, 10.0, 11.0, 11.0, 11.0, 9.0, 9.0, 10.0, 11.0, 11.0, 11.0,
+                    9.0, 9.0, 10.0, 11.0, 11.0, 11.0, 9.0, 9.0, 10.0, 11.0, 11.0, 11.0,
+                ],
+            ),
+            (
+                "nearest",
+                "pytorch_half_pixel",
+                "floor",
+                None,
+                Some([1, 1, 1, 5]),
+                13,
+                [1, 5],
+                &[0.0, 0.0, 1.0, 2.0, 3.0],
+            ),
+            (
+                "nearest",
+                "asymmetric",
+                "round_prefer_floor",
+                Some([1.0, 1.0, 2.0, 0.5]),
+                None,
+                13,
+                [6, 2],
+                &[0.0, 2.0, 0.0, 2.0, 4.0, 6.0, 4.0, 6.0, 8.0, 10.0, 8.0, 10.0],
+            ),
+            (
+                "linear",
+                "half_pixel",
+                "round_prefer_floor",
+                Some([1.0, 1.0, 1.5, 0.75]),
+                None,
+                13,
+                [4, 3],
+                &[
+                    0.16666669, 1.5, 2.8333333, 2.1666667, 3.5, 4.8333335, 4.833333, 6.1666665,
+                    7.4999995, 7.4999995, 8.833332, 10.166666,
+                ],
+            ),
+            (
+                "linear",
+                "pytorch_half_pixel",
+                "round_prefer_floor",
+                None,
+                Some([1, 1, 1, 6]),
+                13,
+                [1, 6],
+                &[0.0, 0.5, 1.1666666, 1.8333333, 2.5, 3.0],
+            ),
+            (
+                "linear",
+                "align_corners",
+                "round_prefer_floor",
+                None,
+                Some([1, 1, 5, 3]),
+                13,
+                [5, 3],
+                &[
+                    0.0, 1.5, 3.0, 2.0, 3.5, 5.0, 4.0, 5.5, 7.0, 6.0, 7.5, 9.0, 8.0, 9.5, 11.0,
+                ],
+            ),
+            (
+                "linear",
+                "asymmetric",
+                "round_prefer_floor",
+                Some([1.0, 1.0, 0.7, 1.6]),
+                None,
+                13,
+                [2, 6],
+                &[
+                    0.0, 0.625, 1.25, 1.875, 2.5, 3.0, 5.714286, 6.339286, 6.9642863, 7.589286,
+                    8.214285, 8.714285,
+                ],
+            ),
+            (
+                "linear",
+                "tf_half_pixel_for_nn",
+                "round_prefer_floor",
+                Some([1.0, 1.0, 1.5, 2.0]),
+                None,
+                11,
+                [4, 8],
+                &[
+                    1.5833333, 2.0833333, 2.5833333, 3.0833333, 3.5833335, 4.083333, 4.333333,
+                    4.333333, 4.25, 4.75, 5.25, 5.75, 6.25, 6.75, 7.0, 7.0, 6.9166665, 7.416666,
+                    7.9166665, 8.416666, 8.916666, 9.416666, 9.666666, 9.666666, 8.25, 8.75, 9.25,
+                    9.75, 10.25, 10.75, 11.0, 11.0,
+                ],
+            ),
+        ];
+        for &(mode, coordinates, nearest, scales, sizes, opset, hw, want) in cases {
+            let node = NodeProto {
+                op_type: Some("Resize".into()),
+                attribute: vec![
+                    attr_string("mode", mode),
+                    attr_string("coordinate_transformation_mode", coordinates),
+                    attr_string("nearest_mode", nearest),
+                ],
+                ..Default::default()
+            };
+            let empty = || arg(&[0], Some(Data::F32(Vec::new().into())));
+            let mut args = vec![arg(&[1, 1, 3, 4], None), empty()];
+            args.push(match scales {
+                Some(s) => arg(&[4], Some(Data::F32(s.to_vec().into()))),
+                None => empty(),
+            });
+            if let Some(s) = sizes {
+                args.push(arg(&[4], Some(Data::I64(s.to_vec().into()))));
+            }
+            let (shape, got) = run(node, &args, opset);
+            assert_eq!(shape, hw, "{mode} {coordinates} {nearest}");
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{mode} {coordinates} {nearest} [{i}]: {g} vs onnxruntime's {w}"
+                );
+            }
+        }
+    }
+
+    /// Before opset 11 (Resize-10, Upsample-9): x = i / scale, nearest rounding down.
+    #[test]
+    fn legacy_opsets_give_onnxruntimes_values() {
+        let scales = arg(&[4], Some(Data::F32(vec![1.0, 1.0, 2.0, 1.5].into())));
+        let args = [arg(&[1, 1, 3, 4], None), scales];
+        let node = |op: &str, mode: &str| NodeProto {
+            op_type: Some(op.into()),
+            attribute: vec![attr_string("mode", mode)],
+            ..Default::default()
+        };
+        let (shape, got) = run(node("Resize", "linear"), &args, 10);
+        assert_eq!(shape, [6, 6]);
+        let want = [
+            0.0, 0.6666667, 1.3333334, 2.0, 2.6666667, 3.0, 2.0, 2.666667, 3.3333335, 4.0,
+            4.6666665, 5.0, 4.0, 4.666667, 5.333333, 6.0, 6.6666665, 7.0, 6.0, 6.666667, 7.333333,
+            8.0, 8.666666, 9.0, 8.0, 8.666666, 9.333333, 10.0, 10.666666, 11.0, 8.0, 8.666666,
+            9.333333, 10.0, 10.666666, 11.0,
+        ];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-5 * w.max(1.0), "{got:?}");
+        }
+        let (shape, got) = run(node("Upsample", "nearest"), &args, 9);
+        assert_eq!(shape, [6, 6]);
+        let want = [
+            0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 0.0, 0.0, 1.0, 2.0, 2.0, 3.0, 4.0, 4.0, 5.0, 6.0, 6.0,
+            7.0, 4.0, 4.0, 5.0, 6.0, 6.0, 7.0, 8.0, 8.0, 9.0, 10.0, 10.0, 11.0, 8.0, 8.0, 9.0,
+            10.0, 10.0, 11.0,
+        ];
+        assert_eq!(got, want);
+    }
+}

@@ -195,3 +195,138 @@ pub fn output_fits(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Data;
+    use crate::onnx::attr_string;
+    use crate::onnx::proto::{AttributeProto, NodeProto};
+    use crate::ops::Arg;
+    use actc_runtime::kernels::conv;
+    use actc_runtime::planning::conv_geom;
+
+    /// x = −8, −7, …, 9 as (1, 2, 3, 3) through one ConvTranspose whose weight is
+    /// (k mod 5) − 2 for k = 0, 1, … (2, 2, 3, 3), or its first output channel per input
+    /// channel when grouped: actc's import (pads from `auto_pad`, `output_shape`) and kernel
+    /// against onnxruntime 1.32's output (integers, so exactly).
+    #[test]
+    fn import_and_kernel_give_onnxruntimes_values() {
+        let x: Vec<f32> = (0..18).map(|v| v as f32 - 8.0).collect();
+        let full: Vec<f32> = (0..36).map(|k| (k % 5) as f32 - 2.0).collect();
+        let cases: [(Vec<AttributeProto>, [usize; 2], &[f32]); 5] = [
+            (
+                vec![
+                    attr_ints("strides", &[2, 2]),
+                    attr_string("auto_pad", "SAME_UPPER"),
+                ],
+                [6, 6],
+                &[
+                    17., 10., 14., 11., 11., 12., -9., -16., 8., -14., 7., -12., 24., 11., 7., 10.,
+                    5., 9., -9., -10., 5., -8., 4., -6., 24., 8., 1., 7., -1., 6., -9., -4., 2.,
+                    -2., 1., 0., -16., 17., -4., 16., -1., 15., -2., -9., -20., -9., -20., -9., 7.,
+                    24., 19., 24., 19., 24., -8., -9., -20., -9., -20., -9., 10., 24., 19., 24.,
+                    19., 24., -14., -9., -20., -9., -20., -9.,
+                ],
+            ),
+            (
+                vec![
+                    attr_ints("strides", &[2, 2]),
+                    attr_string("auto_pad", "SAME_LOWER"),
+                ],
+                [6, 6],
+                &[
+                    -16., 8., -14., 7., -12., 15., 11., 7., 10., 5., 9., -21., -10., 5., -8., 4.,
+                    -6., 12., 8., 1., 7., -1., 6., -27., -4., 2., -2., 1., 0., 9., -14., 8., -16.,
+                    9., -18., -9., -9., -20., -9., -20., -9., -12., 24., 19., 24., 19., 24., 9.,
+                    -9., -20., -9., -20., -9., -6., 24., 19., 24., 19., 24., 6., -9., -20., -9.,
+                    -20., -9., 0., 16., -4., 17., -7., 18., -18.,
+                ],
+            ),
+            (
+                vec![
+                    attr_ints("strides", &[2, 2]),
+                    attr_ints("output_shape", &[6, 5]),
+                ],
+                [6, 5],
+                &[
+                    -16., 8., -14., 7., -12., 11., 7., 10., 5., 9., -10., 5., -8., 4., -6., 8., 1.,
+                    7., -1., 6., -4., 2., -2., 1., 0., -14., 8., -16., 9., -18., -9., -20., -9.,
+                    -20., -9., 24., 19., 24., 19., 24., -9., -20., -9., -20., -9., 24., 19., 24.,
+                    19., 24., -9., -20., -9., -20., -9., 16., -4., 17., -7., 18.,
+                ],
+            ),
+            (
+                vec![
+                    attr_ints("strides", &[2, 1]),
+                    attr_ints("pads", &[0, 1, 2, 0]),
+                    attr_ints("output_padding", &[1, 0]),
+                    attr_ints("dilations", &[1, 2]),
+                ],
+                [6, 6],
+                &[
+                    16., 25., 11., 10., -4., -6., -9., -25., -14., 5., 16., 15., 24., 35., 10.,
+                    -8., -19., -21., -9., -19., -8., 8., 13., 12., 24., 32., 7., -17., -25., -27.,
+                    -9., -13., -2., 11., 10., 9., -14., 5., 16., 25., 11., 12., -4., -15., -9.,
+                    -25., -14., -12., 8., 33., 24., 35., 10., 9., -10., -21., -9., -19., -8., -6.,
+                    11., 36., 24., 32., 7., 6., -16., -27., -9., -13., -2., 0.,
+                ],
+            ),
+            (
+                vec![
+                    attr_ints("strides", &[2, 2]),
+                    attr_ints("pads", &[1, 1, 1, 1]),
+                    attr_ints("output_padding", &[1, 1]),
+                    attr_int("group", 2),
+                ],
+                [6, 6],
+                &[
+                    -16., 9., -14., 8., -12., 12., 5., 7., 4., 5., 3., -6., -10., 6., -8., 5., -6.,
+                    6., 2., 1., 1., -1., 0., -3., -4., 3., -2., 2., 0., 0., 0., -1., 0., -1., 0.,
+                    0., 0., -1., 0., -1., 0., 3., 6., 0., 6., 0., 6., -15., 0., -1., 0., -1., 0.,
+                    6., 6., 0., 6., 0., 6., -24., 0., -1., 0., -1., 0., 9., -14., 9., -16., 10.,
+                    -18., -9.,
+                ],
+            ),
+        ];
+        for (attribute, hw, want) in cases {
+            let grouped = attribute.iter().any(|a| a.name() == "group");
+            let (w, w_shape) = if grouped {
+                let w: Vec<f32> = (0..2).flat_map(|c| full[c * 18..][..9].to_vec()).collect();
+                (w, vec![2, 1, 3, 3])
+            } else {
+                (full.clone(), vec![2, 2, 3, 3])
+            };
+            let label = format!("{attribute:?}");
+            let node = NodeProto {
+                op_type: Some("ConvTranspose".into()),
+                attribute,
+                ..Default::default()
+            };
+            let args = [
+                Arg {
+                    shape: vec![1, 2, 3, 3],
+                    dtype: DType::F32,
+                    data: None,
+                },
+                Arg {
+                    shape: w_shape.clone(),
+                    dtype: DType::F32,
+                    data: Some(Data::F32(w.clone().into())),
+                },
+            ];
+            let lowered = import(&OnnxNode::new(&node, &args, 13)).unwrap();
+            let y = &lowered.outputs[0].0;
+            assert_eq!(y[2..], hw, "{label}");
+            let Some((Kind::ConvTranspose(c), _)) = lowered.kernel else {
+                panic!("{label}: no kernel");
+            };
+            let u64s = |s: &[usize]| s.iter().map(|&d| d as u64).collect::<Vec<_>>();
+            let g = conv_geom(&c, &u64s(y), &u64s(&w_shape));
+            let mut ws = vec![0.0; conv::workspace_len(&g)];
+            let mut out = vec![f32::NAN; g.input_len()];
+            conv::transpose_forward(&g, &x, &w, None, &mut out, &mut ws);
+            assert_eq!(out, want, "{label}");
+        }
+    }
+}
