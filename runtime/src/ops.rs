@@ -444,8 +444,9 @@ pub enum Kind {
     /// dy, w → dx: the conv of dy by w (no bias)
     #[prost(message, tag = "81")]
     ConvTransposeBackwardData(Conv),
-    /// x, dy → dw: the conv weight gradient with the roles swapped (dy as the conv's input,
-    /// x as its output gradient)
+    /// dy, x → dw: the weight gradient of the conv above, whose input is dy and whose
+    /// output gradient is x (`ConvBackwardWeight`'s inputs in its order, so that
+    /// `ConvBackwardWeightSgd` computes the gradient as it is when fused into SGD)
     #[prost(message, tag = "82")]
     ConvTransposeBackwardWeight(Conv),
     /// x → y: ONNX Resize over the two spatial axes of an NCHW tensor (y's shape gives the

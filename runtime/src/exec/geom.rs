@@ -278,9 +278,9 @@ pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usiz
         Kind::ConvTransposeBackwardData(c) => {
             conv::forward_workspace_len(&conv(c, inputs[0], inputs[1]))
         }
-        // x, dy → dw: that conv's weight gradient, dy as its input
+        // dy, x → dw: that conv's weight gradient, dy as its input
         Kind::ConvTransposeBackwardWeight(c) => {
-            conv::workspace_len(&conv(c, inputs[1], outputs[0]))
+            conv::workspace_len(&conv(c, inputs[0], outputs[0]))
         }
         // x or its compressed form, dy, w, [momentum]
         Kind::ConvBackwardWeightSgd(cs) => match (&cs.conv, &cs.compressor) {

@@ -119,8 +119,8 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             conv::transpose_backward_data(&g, x(1), x(0), y(0), ws());
         }
         Kind::ConvTransposeBackwardWeight(c) => {
-            let g = geom::conv(c, &bi(1).shape, &bo(0).shape);
-            conv::transpose_backward_weight(&g, x(0), x(1), y(0), ws());
+            let g = geom::conv(c, &bi(0).shape, &bo(0).shape);
+            conv::transpose_backward_weight(&g, x(1), x(0), y(0), ws());
         }
         Kind::Resize(r) => {
             let g = geom::resize_fit(r, &bi(0).shape, &bo(0).shape).expect("checked with the plan");
@@ -503,11 +503,11 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             io.shape(io.shape_o(0), &conv_out(&g), "dx")?;
             io.scratch(conv::forward_workspace_len(&g))
         }
-        // x, dy → dw: that conv's weight gradient, dy as its input
+        // dy, x → dw: that conv's weight gradient, dy as its input
         Kind::ConvTransposeBackwardWeight(c) => {
             io.arity(2..=2, 1..=1)?;
-            let g = geom::conv_fit(c, io.shape_i(1), io.shape_o(0))?;
-            io.shape(io.shape_i(0), &conv_out(&g), "x")?;
+            let g = geom::conv_fit(c, io.shape_i(0), io.shape_o(0))?;
+            io.shape(io.shape_i(1), &conv_out(&g), "x")?;
             io.scratch(conv::workspace_len(&g))
         }
         Kind::Resize(r) => {

@@ -125,11 +125,11 @@ impl Room for Convs {
                 let dx = &outs.first().ok_or("no output")?.shape;
                 transpose::output_fits(c, dx, s[1], s[0])
             }
-            // x, dy → dw
+            // dy, x → dw
             Kind::ConvTransposeBackwardWeight(c) => {
                 let s = shapes(ins, 2)?;
                 let dw = &outs.first().ok_or("no output")?.shape;
-                transpose::output_fits(c, s[0], dw, s[1])
+                transpose::output_fits(c, s[1], dw, s[0])
             }
             Kind::BiasGrad(_) => {
                 let dy = shapes(ins, 1)?[0];
@@ -178,23 +178,25 @@ impl Room for Convs {
     /// and that conv's weight gradient (dy as the conv's input, x as its output gradient)
     /// its dw.
     fn backward(&self, kind: &Kind, ad: &mut Backward) {
-        let (data, weight) = match kind {
+        let (dy, x) = (ad.dy, ad.input(0));
+        let (data, weight, weight_inputs) = match kind {
             Kind::Conv(c) => (
                 Kind::ConvBackwardData(c.clone()),
                 Kind::ConvBackwardWeight(c.clone()),
+                vec![x, dy],
             ),
             Kind::ConvTranspose(c) => (
                 Kind::ConvTransposeBackwardData(c.clone()),
                 Kind::ConvTransposeBackwardWeight(c.clone()),
+                vec![dy, x],
             ),
             _ => unreachable!("only Conv and ConvTranspose are differentiable"),
         };
-        let dy = ad.dy;
         if ad.needs(0) {
             ad.grad(0, "grad_input", data, vec![dy, ad.input(1)]);
         }
         if ad.needs(1) {
-            ad.grad(1, "grad_weight", weight, vec![ad.input(0), dy]);
+            ad.grad(1, "grad_weight", weight, weight_inputs);
         }
         if ad.needs(2) {
             ad.grad(2, "grad_bias", Kind::BiasGrad(Empty {}), vec![dy]);
@@ -271,8 +273,10 @@ impl Room for Convs {
         }
     }
 
+    /// A transposed conv's weight gradient reads the inputs of its conv's, in their order:
+    /// fused, it is that conv's.
     fn with_sgd(&self, kind: &Kind, ins: &[&Tensor], dw: &Tensor, sgd: &ops::Sgd) -> Option<Kind> {
-        let Kind::ConvBackwardWeight(c) = kind else {
+        let (Kind::ConvBackwardWeight(c) | Kind::ConvTransposeBackwardWeight(c)) = kind else {
             return None;
         };
         sgd_fusable(c, &ins.first()?.dims(), dw, sgd, None)
@@ -288,7 +292,7 @@ impl Room for Convs {
             // the conv it is the gradient of, whose output is x and whose input is dy
             Kind::ConvTranspose(_) => 2 * numel(ins.first()) * per_tap(ins.get(1)),
             Kind::ConvTransposeBackwardData(_) => 2 * numel(outs.first()) * per_tap(ins.get(1)),
-            Kind::ConvTransposeBackwardWeight(_) => 2 * numel(ins.first()) * per_tap(outs.first()),
+            Kind::ConvTransposeBackwardWeight(_) => 2 * numel(ins.get(1)) * per_tap(outs.first()),
             _ => numel(outs.first()).max(numel(ins.first())),
         }
     }
