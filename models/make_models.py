@@ -841,6 +841,45 @@ def build_tiny_bert_decomposed():
     check_text(path, model)
 
 
+# --------------------------------------------------------------------------- decoders
+
+
+class TinyDecoder(nn.Module):
+    """A small encoder-decoder, as detection and segmentation heads upsample: two stride-2
+    convs down (16 -> 8 -> 4), a stride-2 ConvTranspose with output padding back up (4 -> 8),
+    a grouped, dilated ConvTranspose, nearest x2 (Resize, asymmetric/floor), a conv, bilinear
+    x1.5 (half_pixel) and bilinear to 10x10 with align_corners (Resize with sizes), then
+    global average pooling and a Linear head. 5 conv layers (3 Conv, 2 ConvTranspose)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.up1 = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1)
+        self.up2 = nn.ConvTranspose2d(8, 8, 3, padding=2, dilation=2, groups=2)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, input):
+        x = F.relu(self.conv2(F.relu(self.conv1(input))))
+        x = F.relu(self.up2(F.relu(self.up1(x))))
+        x = F.relu(self.conv3(F.interpolate(x, scale_factor=2, mode="nearest")))
+        x = F.interpolate(x, scale_factor=1.5, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=True)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def build_tiny_decoder():
+    seed_all(23)
+    model = TinyDecoder().eval()
+    path = OUT / "tiny_decoder.onnx"
+    export_legacy(model, torch.randn(1, 3, 16, 16), path, opset=13, input_dyn=NCHW_DYN)
+    check(path, model, [rand_input(23, 4, 3, 16, 16), rand_input(24, 1, 3, 24, 20)],
+          expect={"Conv": 3, "ConvTranspose": 2, "Resize": 3, "GlobalAveragePool": 1,
+                  "Flatten": 1, "Gemm": 1})
+
+
 # --------------------------------------------------------------------------- tf2onnx style
 
 
@@ -930,6 +969,7 @@ BUILDERS = {
     "tiny_vit_decomposed": build_tiny_vit_decomposed,
     "tiny_bert": build_tiny_bert,
     "tiny_bert_decomposed": build_tiny_bert_decomposed,
+    "tiny_decoder": build_tiny_decoder,
 }
 
 
@@ -937,6 +977,7 @@ BUILDERS = {
 DEFAULT_HW = {
     "mobilenetv2": 224, "mobilenetv2_bn": 224, "resnet18": 32, "mcunet": 32,
     "tiny_cnn": 16, "tiny_constants": 16, "tiny_multi_output": 16, "tiny_unsupported": 8,
+    "tiny_decoder": 16,
 }
 
 

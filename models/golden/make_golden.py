@@ -78,6 +78,7 @@ CASES = {
     # `text_feeds`).
     "tiny_bert": ((16,), [1, 4, "all"]),
     "tiny_bert_decomposed": ((16,), [1, 4, "all"]),
+    "tiny_decoder": ((3, 16, 16), [1, 4, "all"]),
     # Decomposed by `actc decompose` (models/README.md): a layer's factors count as one layer.
     "tiny_cnn_lowrank": ((3, 16, 16), [1, 4, "all"]),
     "tiny_mlp_lowrank": ((64,), [1, 2, "all"]),
@@ -92,7 +93,7 @@ ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp",
               "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
               "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
               "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf", "tiny_vit", "tiny_vit_decomposed",
-              "tiny_bert", "tiny_bert_decomposed"]
+              "tiny_bert", "tiny_bert_decomposed", "tiny_decoder"]
 # `actc decompose --energy 1 --even-if-larger` must give the model's function (onnxruntime on
 # both, at the model's declared input shape). Run when ACTC names an actc binary.
 LOWRANK_ENERGY1 = ["tiny_cnn", "tiny_mlp", "tiny_matmul", "mcunet", "mobilenetv2", "resnet18"]
@@ -255,6 +256,31 @@ def op_selftest():
     ln_rng = np.random.default_rng(8)  # its own generator: the cases above keep their data
     ln_s = ln_rng.uniform(0.5, 1.5, 3 * 7 * 9).astype(np.float32)
     ln_b = ln_rng.standard_normal(3 * 7 * 9, dtype=np.float32)
+    dec_rng = np.random.default_rng(9)  # the decoder ops' own data, likewise
+    wt = lambda *shape: dec_rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    none = np.zeros(0, dtype=np.float32)  # an absent roi or scales
+    decoder_cases = [
+        ("ConvTranspose asym pads, output_padding, dilation", "ConvTranspose", [x4, wt(3, 4, 3, 2), wt(4)], dict(strides=[2, 1], pads=[1, 0, 1, 2], output_padding=[1, 0], dilations=[1, 2]), 13),
+        ("ConvTranspose group 3, output_padding", "ConvTranspose", [x4, wt(3, 2, 3, 3)], dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1], group=3), 13),
+        ("ConvTranspose output_shape", "ConvTranspose", [x4, wt(3, 2, 3, 3), wt(2)], dict(strides=[2, 2], output_shape=[14, 18]), 13),
+        ("ConvTranspose auto_pad SAME_UPPER", "ConvTranspose", [x4, wt(3, 2, 3, 3)], dict(strides=[2, 2], auto_pad="SAME_UPPER"), 13),
+        ("ConvTranspose auto_pad SAME_LOWER", "ConvTranspose", [x4, wt(3, 2, 3, 3)], dict(strides=[2, 2], auto_pad="SAME_LOWER"), 13),
+        ("Resize nearest asymmetric floor x2", "Resize", [x4, none, f32(1, 1, 2, 2)], dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), 13),
+        ("Resize nearest half_pixel round_prefer_floor", "Resize", [x4, none, f32(1, 1, 1.5, 0.5)], dict(mode="nearest"), 13),
+        ("Resize nearest align_corners round_prefer_ceil sizes", "Resize", [x4, none, none, i64(2, 3, 4, 13)], dict(mode="nearest", coordinate_transformation_mode="align_corners", nearest_mode="round_prefer_ceil"), 13),
+        ("Resize nearest tf_half_pixel_for_nn ceil", "Resize", [x4, none, f32(1, 1, 2.5, 1.7)], dict(mode="nearest", coordinate_transformation_mode="tf_half_pixel_for_nn", nearest_mode="ceil"), 11),
+        ("Resize nearest pytorch_half_pixel to 1 row", "Resize", [x4, none, none, i64(2, 3, 1, 5)], dict(mode="nearest", coordinate_transformation_mode="pytorch_half_pixel", nearest_mode="floor"), 13),
+        ("Resize linear half_pixel x2", "Resize", [x4, none, f32(1, 1, 2, 2)], dict(mode="linear"), 13),
+        ("Resize linear pytorch_half_pixel 1.5, 0.75", "Resize", [x4, none, f32(1, 1, 1.5, 0.75)], dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), 13),
+        ("Resize linear half_pixel sizes", "Resize", [x4, none, none, i64(2, 3, 5, 12)], dict(mode="linear"), 13),
+        ("Resize linear align_corners sizes", "Resize", [x4, none, none, i64(2, 3, 10, 4)], dict(mode="linear", coordinate_transformation_mode="align_corners"), 13),
+        ("Resize linear asymmetric", "Resize", [x4, none, f32(1, 1, 0.6, 1.4)], dict(mode="linear", coordinate_transformation_mode="asymmetric"), 13),
+        ("Resize linear pytorch_half_pixel to 1 row", "Resize", [x4, none, none, i64(2, 3, 1, 9)], dict(mode="linear", coordinate_transformation_mode="pytorch_half_pixel"), 13),
+        ("Resize opset 10 nearest", "Resize", [x4, f32(1, 1, 2, 3)], dict(mode="nearest"), 10),
+        ("Resize opset 10 linear", "Resize", [x4, f32(1, 1, 2, 1.5)], dict(mode="linear"), 10),
+        ("Upsample opset 9 nearest", "Upsample", [x4, f32(1, 1, 2, 2)], dict(mode="nearest"), 9),
+        ("Upsample opset 7 linear", "Upsample", [x4], dict(mode="linear", scales=[1.0, 1.0, 2.0, 1.5]), 7),
+    ]
     cases = [  # (label, op, inputs (the first is the data input), attrs, opset[, outputs])
         ("Conv asym pads, group 3, dilation", "Conv", [x4, w], dict(pads=[0, 1, 2, 1], group=3, dilations=[2, 1], strides=[1, 2]), 13),
         ("AveragePool ceil, count_include_pad", "AveragePool", [x4], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1), 19),
@@ -308,7 +334,7 @@ def op_selftest():
         ("Pow 2", "Pow", [x4, f32(2.0).reshape(())], {}, 13), ("Pow 0.5", "Pow", [np.abs(x4), f32(0.5)], {}, 13),
         ("Pow int64 exponent", "Pow", [x4, i64(3)], {}, 13), ("Sqrt", "Sqrt", [np.abs(x4)], {}, 13),
         ("ReduceMean negative axes attr", "ReduceMean", [x4], dict(axes=[-2, -1]), 13),
-    ]
+    ] + decoder_cases
     worst_all = 0.0
     for label, op, arrays, attrs, opset, *n_out in cases:
         names = [f"in{i}" for i in range(len(arrays))]
@@ -340,8 +366,8 @@ def op_selftest():
 
 # ------------------------------------------------------------------ what trains (DESIGN §3)
 
-PARAM_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "PRelu": (1,),
-                "LayerNormalization": (1, 2)}
+PARAM_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),
+                "PRelu": (1,), "LayerNormalization": (1, 2)}
 
 
 def decomposed_layernorms(model, consts):
@@ -489,7 +515,8 @@ def trainable_names(ev, layers, output="logits"):
         ks = layernorm_params.get(i, linear_biases.get(i, PARAM_INPUTS.get(n.op_type, ())))
         return [n.input[k] for k in ks if k < len(n.input) and n.input[k] in consts]
 
-    convs = [i for i in order if nodes[i].op_type == "Conv"]
+    # A decoder's ConvTranspose is a conv layer too.
+    convs = [i for i in order if nodes[i].op_type in ("Conv", "ConvTranspose")]
     dense = [i for i in order if nodes[i].op_type in ("Gemm", "MatMul")
              and len(nodes[i].input) > 1 and nodes[i].input[1] in consts]
     # A transformer (a ViT's patch embedding is a Conv) has linear layers over tokens (rank-3

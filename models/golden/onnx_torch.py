@@ -274,6 +274,113 @@ class OnnxTorch:
         return conv(x, w, b, stride=at.get("strides", [1] * nd), padding=begin,
                     dilation=at.get("dilations", [1] * nd), groups=at.get("group", 1))
 
+    def op_ConvTranspose(self, a, at):
+        """PyTorch's conv_transpose (symmetric pads, output padding below the stride or the
+        dilation: what nn.ConvTranspose2d exports), else its full output (no padding) grown
+        by the output padding and cropped by the pads. Pads from `output_shape` or `auto_pad`
+        as the operator defines them."""
+        x, w = a[0], a[1]
+        b = a[2] if len(a) > 2 and a[2] is not None else None
+        nd = w.dim() - 2
+        s, d = list(at.get("strides", [1] * nd)), list(at.get("dilations", [1] * nd))
+        g, op = at.get("group", 1), list(at.get("output_padding", [0] * nd))
+        k = list(w.shape[2:])
+        auto = at.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        pads = list(at.get("pads", [0] * (2 * nd)))
+        full = [s[i] * (x.shape[2 + i] - 1) + op[i] + (k[i] - 1) * d[i] + 1 for i in range(nd)]
+        if "output_shape" in at or auto in ("SAME_UPPER", "SAME_LOWER"):
+            out = list(at["output_shape"])[-nd:] if "output_shape" in at else [x.shape[2 + i] * s[i] for i in range(nd)]
+            for i in range(nd):
+                total = full[i] - out[i]
+                small, big = total // 2, total - total // 2
+                pads[i], pads[i + nd] = (small, big) if auto == "SAME_UPPER" else (big, small)
+        elif auto == "VALID":
+            pads = [0] * (2 * nd)
+        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+        begin, end = pads[:nd], pads[nd:]
+        if begin == end and all(o < max(si, di) for o, si, di in zip(op, s, d)):
+            return conv(x, w, b, stride=s, padding=begin, output_padding=op, groups=g, dilation=d)
+        y = conv(x, w, None, stride=s, groups=g, dilation=d)
+        y = F.pad(y, self._torch_pad([0] * nd, op))
+        for i in range(nd):
+            y = y.narrow(2 + i, begin[i], full[i] - begin[i] - end[i])
+        return y if b is None else y + b.reshape([1, -1] + [1] * nd)
+
+    def op_Upsample(self, a, at):
+        """Opsets 7 (scales attribute) and 9 (scales input): Resize-10's semantics."""
+        scales = a[1] if len(a) > 1 else torch.tensor(at["scales"], dtype=torch.float32)
+        return self._resize(a[0], at, scales, None, legacy=True)
+
+    def op_Resize(self, a, at):
+        arg = lambda i: a[i] if len(a) > i and a[i] is not None and a[i].numel() else None  # noqa: E731
+        if self.opset < 11:
+            return self._resize(a[0], at, arg(1), None, legacy=True)
+        return self._resize(a[0], at, arg(2), arg(3), legacy=False)
+
+    def _resize(self, x, at, scales, sizes, legacy):
+        """2-D (NCHW) nearest and linear Resize. PyTorch's own F.interpolate for what it
+        exports (nearest: asymmetric/floor; bilinear: half_pixel or pytorch_half_pixel, and
+        align_corners), else the operator's definition in float32 as onnxruntime computes it:
+        per axis x = f(i), nearest rounded by nearest_mode, linear blending the two indices
+        around x clamped to the axis; both differentiable."""
+        text = lambda k, d: (v.decode() if isinstance(v := at.get(k, d), bytes) else v)  # noqa: E731
+        mode = text("mode", "nearest")
+        ctm = "asymmetric" if legacy else text("coordinate_transformation_mode", "half_pixel")
+        nm = "floor" if legacy else text("nearest_mode", "round_prefer_floor")
+        if at.get("antialias", 0) or "axes" in at or text("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise NotImplementedError("Resize with antialias, axes or keep_aspect_ratio_policy")
+        if x.dim() != 4 or mode not in ("nearest", "linear"):
+            raise NotImplementedError(f"Resize {mode} of a rank-{x.dim()} tensor")
+        ins = list(x.shape)
+        if sizes is not None:
+            out = [int(v) for v in sizes.tolist()]
+            sc = [np.float32(o) / np.float32(i) for o, i in zip(out, ins)]
+        else:
+            sc = [np.float32(v) for v in scales.tolist()]
+            out = [int(np.floor(np.float32(i) * s)) for i, s in zip(ins, sc)]
+        if out[:2] != ins[:2]:
+            raise NotImplementedError("Resize of the batch or channel axis")
+        if legacy and min(sc[2:]) < 1:
+            raise NotImplementedError("Upsample / Resize-10 downsampling")
+        up = tuple(float(s) for s in sc[2:])
+        if mode == "nearest" and ctm == "asymmetric" and nm == "floor" and sizes is None:
+            return F.interpolate(x, scale_factor=up, mode="nearest", recompute_scale_factor=False)
+        if mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel") and min(out[2:]) > 1 and sizes is None:
+            return F.interpolate(x, scale_factor=up, mode="bilinear", align_corners=False,
+                                 recompute_scale_factor=False)
+        if mode == "linear" and ctm == "align_corners":
+            return F.interpolate(x, size=tuple(out[2:]), mode="bilinear", align_corners=True)
+        for ax in (2, 3):
+            i = np.arange(out[ax], dtype=np.float32)
+            s, n_in, n_out = sc[ax], ins[ax], out[ax]
+            one = np.float32(1) if n_out > 1 else None
+            src = {"half_pixel": (i + np.float32(0.5)) / s - np.float32(0.5),
+                   "pytorch_half_pixel": (i + np.float32(0.5)) / s - np.float32(0.5) if one else np.zeros_like(i),
+                   "align_corners": i * np.float32(n_in - 1) / np.float32(n_out - 1) if one else np.zeros_like(i),
+                   "asymmetric": i / s,
+                   "tf_half_pixel_for_nn": (i + np.float32(0.5)) / s}.get(ctm)
+            if src is None:
+                raise NotImplementedError(f"Resize coordinate_transformation_mode {ctm}")
+            src = src.astype(np.float32)
+            if mode == "nearest":
+                fl = np.floor(src)
+                away = np.sign(src) * np.floor(np.abs(src) + np.float32(0.5))  # C's round()
+                r = {"round_prefer_floor": np.where(src - fl == 0.5, fl, away),
+                     "round_prefer_ceil": away, "floor": fl, "ceil": np.ceil(src)}[nm]
+                idx = torch.from_numpy(np.clip(r, 0, n_in - 1).astype(np.int64))
+                x = x.index_select(ax, idx)
+            else:
+                c = np.clip(src, 0, n_in - 1)
+                i0 = np.minimum(np.floor(c), n_in - 1).astype(np.int64)
+                i1 = np.minimum(i0 + 1, n_in - 1)
+                lam = torch.from_numpy((c - i0).astype(np.float32)).to(x.dtype)
+                shape = [1, 1, 1, 1]
+                shape[ax] = -1
+                lam = lam.reshape(shape)
+                x = x.index_select(ax, torch.from_numpy(i0)) * (1 - lam) + x.index_select(ax, torch.from_numpy(i1)) * lam
+        return x
+
     def op_BatchNormalization(self, a, at):
         x, scale, bias, mean, var = a
         if at.get("training_mode", 0):

@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 80, 81, 82, 83, 84"
     )]
     pub kind: Option<Kind>,
 }
@@ -434,6 +434,79 @@ pub enum Kind {
     /// mean pooling over a text encoder's tokens sums
     #[prost(message, tag = "70")]
     ReduceSum(Axes),
+
+    // ---- decoders: transposed convolution and resizing (tags 80–89) ----
+    /// x, w, [b] → y: ONNX ConvTranspose, the input gradient of the conv whose geometry the
+    /// attributes give (that conv reads y's shape and writes x's), plus the bias. The weight
+    /// is (C_in, C_out/group, kh, kw), as ONNX stores it; output padding is in y's shape.
+    #[prost(message, tag = "80")]
+    ConvTranspose(Conv),
+    /// dy, w → dx: the conv of dy by w (no bias)
+    #[prost(message, tag = "81")]
+    ConvTransposeBackwardData(Conv),
+    /// dy, x → dw: the weight gradient of the conv above, whose input is dy and whose
+    /// output gradient is x (`ConvBackwardWeight`'s inputs in its order, so that
+    /// `ConvBackwardWeightSgd` computes the gradient as it is when fused into SGD)
+    #[prost(message, tag = "82")]
+    ConvTransposeBackwardWeight(Conv),
+    /// x → y: ONNX Resize over the two spatial axes of an NCHW tensor (y's shape gives the
+    /// output size)
+    #[prost(message, tag = "83")]
+    Resize(Resize),
+    /// dy → dx: the adjoint of `Resize`, each dy entry added back to the inputs it was
+    /// interpolated from, with the same weights
+    #[prost(message, tag = "84")]
+    ResizeBackward(Resize),
+}
+
+/// How a [`Kind::Resize`] samples: ONNX Resize's `mode` (nearest or linear).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ResizeMode {
+    Nearest = 0,
+    Linear = 1,
+}
+
+/// ONNX Resize's `coordinate_transformation_mode`: where output index `i` falls in the
+/// input, `x = f(i)`, with `s` the axis' scale and `in`/`out` its lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ResizeCoordinates {
+    /// (i + 0.5) / s − 0.5
+    HalfPixel = 0,
+    /// (i + 0.5) / s − 0.5, or 0 when out = 1
+    PytorchHalfPixel = 1,
+    /// i · (in − 1) / (out − 1), or 0 when out = 1
+    AlignCorners = 2,
+    /// i / s
+    Asymmetric = 3,
+    /// (i + 0.5) / s
+    TfHalfPixelForNn = 4,
+}
+
+/// ONNX Resize's `nearest_mode`: how a nearest resize rounds `x` to an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum NearestMode {
+    RoundPreferFloor = 0,
+    RoundPreferCeil = 1,
+    Floor = 2,
+    Ceil = 3,
+}
+
+/// A 2-D resize of the last two axes (N and C unscaled).
+#[derive(Clone, PartialEq, Message)]
+pub struct Resize {
+    #[prost(enumeration = "ResizeMode", tag = "1")]
+    pub mode: i32,
+    #[prost(enumeration = "ResizeCoordinates", tag = "2")]
+    pub coordinates: i32,
+    #[prost(enumeration = "NearestMode", tag = "3")]
+    pub nearest: i32,
+    /// Height and width scales the coordinate transform divides by: the model's `scales`,
+    /// or output size / input size when it gives `sizes`.
+    #[prost(float, repeated, tag = "4")]
+    pub scales: Vec<f32>,
 }
 
 #[derive(Clone, PartialEq, Message)]

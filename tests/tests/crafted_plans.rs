@@ -130,6 +130,17 @@ fn bases() -> Vec<(&'static str, Plan)> {
             "tiny_multi_output",
             opts(Layers::All, &[2, 3, 16, 16]),
         ),
+        // ConvTranspose and Resize forward and backward, and in an own prefix
+        ("decoder", "tiny_decoder", opts(Layers::All, &cnn)),
+        (
+            "decoder, own prefix",
+            "tiny_decoder",
+            CompileOptions {
+                prefix: PrefixRunner::Actc,
+                prefix_batch: Some(1),
+                ..opts(Layers::Last(1), &cnn)
+            },
+        ),
     ];
     cases
         .into_iter()

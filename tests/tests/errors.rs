@@ -340,6 +340,102 @@ fn hostile_models_are_refused_in_one_line() {
     assert!(!msg.contains('\u{1b}'));
 }
 
+/// Bad attributes and inputs of the decoder ops (ConvTranspose, Resize) are refused with
+/// one line naming the node, never a panic.
+#[test]
+fn bad_decoder_attributes_are_refused_in_one_line() {
+    use actc::ModelProto;
+    let dir = scratch("decoder");
+    let original = actc::load_onnx(&model("tiny_decoder")).unwrap();
+    let check = |name: &str, edit: &dyn Fn(&mut ModelProto), expect: &str| {
+        let mut m = original.clone();
+        edit(&mut m);
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, prost::Message::encode_to_vec(&m)).unwrap();
+        let msg = compile_fails(&dir, &path, &["--layers", "all"]);
+        assert!(msg.contains(expect), "{name}: {msg}");
+    };
+    // Sets ints attribute `name` of the first `op` node to `v` (made from its `pads` when
+    // missing).
+    let ints = |m: &mut ModelProto, op: &str, name: &str, v: Vec<i64>| {
+        let g = m.graph.as_mut().unwrap();
+        let node = g.node.iter_mut().find(|n| n.op_type() == op).unwrap();
+        let mut a = node
+            .attribute
+            .iter()
+            .find(|a| a.name() == "pads")
+            .unwrap()
+            .clone();
+        a.name = Some(name.into());
+        a.ints = v;
+        node.attribute.retain(|a| a.name() != name);
+        node.attribute.push(a);
+    };
+    let group = |m: &mut ModelProto, v: i64| {
+        let g = m.graph.as_mut().unwrap();
+        let node = g.node.iter_mut().find(|n| n.op_type() == "ConvTranspose");
+        let a = node
+            .unwrap()
+            .attribute
+            .iter_mut()
+            .find(|a| a.name() == "group");
+        a.unwrap().i = Some(v);
+    };
+    let up1 = "node '/up1/ConvTranspose' (ConvTranspose)";
+    type Edit<'a> = &'a dyn Fn(&mut ModelProto);
+    let cases: [(&str, Edit, String); 7] = [
+        (
+            "group_0",
+            &|m| group(m, 0),
+            format!("{up1}: group 0 is not a positive number"),
+        ),
+        (
+            "group_3",
+            &|m| group(m, 3),
+            format!("{up1}: group 3 does not divide the 16 input channels"),
+        ),
+        (
+            "strides",
+            &|m| ints(m, "ConvTranspose", "strides", vec![0, 2]),
+            format!("{up1}: strides [0, 2] holds 0; each must be at least 1"),
+        ),
+        (
+            "pads",
+            &|m| ints(m, "ConvTranspose", "pads", vec![1, 1, 9, 1]),
+            format!("{up1}: pads [1, 1, 9, 1] leave no output"),
+        ),
+        (
+            "output_shape",
+            &|m| ints(m, "ConvTranspose", "output_shape", vec![99, 8]),
+            format!("{up1}: output size 99 on axis 2 is not between 1 and"),
+        ),
+        (
+            "output_padding",
+            &|m| ints(m, "ConvTranspose", "output_padding", vec![1]),
+            format!("{up1}: output_padding [1] does not fit 2 spatial axes"),
+        ),
+        (
+            "resize_scales",
+            &|m| {
+                let g = m.graph.as_mut().unwrap();
+                let mut scales = g.initializer[0].clone();
+                scales.name = Some("bad_scales".into());
+                scales.dims = vec![4];
+                scales.float_data.clear();
+                let v = [1.0f32, 1.0, -2.0, 2.0];
+                scales.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+                g.initializer.push(scales);
+                let resize = g.node.iter_mut().find(|n| n.op_type() == "Resize").unwrap();
+                resize.input[2] = "bad_scales".into();
+            },
+            "node '/Resize' (Resize): scale -2 is not a positive number".into(),
+        ),
+    ];
+    for (name, edit, expect) in cases {
+        check(name, edit, &expect);
+    }
+}
+
 /// An output path never replaces one of the command's inputs, nor a device (issue 18).
 #[test]
 fn outputs_never_replace_inputs() {

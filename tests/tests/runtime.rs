@@ -70,6 +70,7 @@ fn training_lowers_the_loss_on_a_fixed_batch() {
         ("tiny_matmul", Layers::Last(2)),
         ("resnet18", Layers::Last(4)),
         ("mcunet", Layers::Last(4)),
+        ("tiny_decoder", Layers::Last(4)),
     ] {
         let (first, last) = overfit(name, layers, 30);
         assert!(
@@ -182,6 +183,9 @@ fn plan_gradients_match_finite_differences() {
     check_plan_gradients("resnet18", Layers::Last(4));
     check_plan_gradients("mcunet", Layers::Last(3));
     check_plan_gradients("mobilenetv2_bn", Layers::Last(2));
+    // ConvTranspose (output padding, grouped and dilated) and Resize (nearest, bilinear
+    // half_pixel and align_corners) in the trained part
+    check_plan_gradients("tiny_decoder", Layers::All);
 }
 
 /// `export` writes the trained weights back into the original graph: tract running the
@@ -286,6 +290,9 @@ fn exported_models_compute_what_the_executor_computes() {
     check_export("tiny_layernorm", Layers::Last(2));
     // Rewritten into LayerNormalization, written back as the pattern (opset 13 has no op).
     check_export("tiny_layernorm_decomposed", Layers::All);
+    // Trained ConvTranspose weights, Resize nodes written as they were (sizes from a
+    // shape computation, so any batch)
+    check_export("tiny_decoder", Layers::All);
 }
 
 /// With the prefix cache, epochs after the first read the boundary tensors instead of
@@ -390,6 +397,8 @@ fn the_own_prefix_computes_what_tract_computes() {
         ("mcunet", 4, vec![2, 3, 48, 48]),
         ("mobilenetv2", 4, vec![2, 3, 64, 64]),
         ("mobilenetv2_bn", 2, vec![1, 3, 96, 96]),
+        // ConvTranspose (output padding, grouped and dilated) and nearest Resize
+        ("tiny_decoder", 1, vec![2, 3, 24, 20]),
     ] {
         let whole = shape[0];
         // The whole batch in one run of the prefix, whatever the arena (the chains fused

@@ -316,12 +316,18 @@ fn attribute_type(name: &str) -> Option<AttributeType> {
         | "to"
         | "training_mode"
         | "blocksize"
+        | "antialias"
         | "value_int" => AttributeType::Int,
         "strides" | "pads" | "dilations" | "kernel_shape" | "perm" | "axes" | "split"
-        | "output_padding" | "value_ints" => AttributeType::Ints,
-        "auto_pad" | "mode" | "approximate" => AttributeType::String,
+        | "output_padding" | "output_shape" | "value_ints" => AttributeType::Ints,
+        "auto_pad"
+        | "mode"
+        | "approximate"
+        | "coordinate_transformation_mode"
+        | "nearest_mode"
+        | "keep_aspect_ratio_policy" => AttributeType::String,
         "value" => AttributeType::Tensor,
-        "value_floats" => AttributeType::Floats,
+        "value_floats" | "scales" => AttributeType::Floats,
         _ => return None,
     })
 }

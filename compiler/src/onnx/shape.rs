@@ -167,28 +167,6 @@ pub fn infer(n: &OnnxNode) -> Result<Vec<Out>> {
                 _ => bail!("node '{label}' (Range): its inputs must be constant"),
             }
         }
-        "Resize" | "Upsample" => {
-            let sizes = args.get(3).and_then(|s| s.ints()).filter(|v| !v.is_empty());
-            let scales = if op == "Upsample" {
-                args.get(1)
-            } else {
-                args.get(2)
-            }
-            .and_then(|s| s.data.as_ref().map(|d| d.as_f32()))
-            .filter(|v| !v.is_empty());
-            match (sizes, scales) {
-                (Some(sz), _) => vec![(usizes(&sz), x.dtype)],
-                (None, Some(sc)) => vec![(
-                    x.shape
-                        .iter()
-                        .zip(&sc)
-                        .map(|(&d, &f)| (d as f32 * f).floor() as usize)
-                        .collect(),
-                    x.dtype,
-                )],
-                _ => bail!("node '{label}' ({op}): needs constant scales or sizes"),
-            }
-        }
         "Split" => {
             let axis = norm_axis(label, a.int("axis", 0), x.rank())?;
             let n = node.output.len();
@@ -225,25 +203,6 @@ pub fn infer(n: &OnnxNode) -> Result<Vec<Out>> {
             } else {
                 vec![(vec![n, c * b * b, h / b, w / b], x.dtype)]
             }
-        }
-        "ConvTranspose" => {
-            let w = arg(1)?;
-            let kernel = &w.shape[2..];
-            let strides = usizes(&a.ints("strides").unwrap_or_else(|| vec![1; kernel.len()]));
-            let dil = usizes(&a.ints("dilations").unwrap_or_else(|| vec![1; kernel.len()]));
-            let pads = usizes(&a.ints("pads").unwrap_or_else(|| vec![0; 2 * kernel.len()]));
-            let outpad = usizes(
-                &a.ints("output_padding")
-                    .unwrap_or_else(|| vec![0; kernel.len()]),
-            );
-            let group = a.int("group", 1) as usize;
-            let mut s = vec![x.shape[0], w.shape[1] * group];
-            for i in 0..kernel.len() {
-                let v =
-                    strides[i] * (x.shape[2 + i] - 1) + outpad[i] + (kernel[i] - 1) * dil[i] + 1;
-                s.push(v - pads[i] - pads[i + kernel.len()]);
-            }
-            vec![(s, DType::F32)]
         }
         other => bail!(
             "node '{label}': actc has no shape rule for op {other}, so it cannot plan memory around it; \

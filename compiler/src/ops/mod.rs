@@ -16,6 +16,7 @@ mod layout;
 mod norm;
 mod optim;
 mod pool;
+mod resize;
 mod room;
 mod softmax;
 
@@ -32,6 +33,7 @@ static ROOMS: &[&dyn Room] = &[
     &activation::Activations,
     &elementwise::Elementwise,
     &pool::Pools,
+    &resize::Resizes,
     &norm::Norms,
     &layout::Layout,
     &softmax::SoftmaxAndLosses,

@@ -7,7 +7,7 @@ use crate::kernels::elementwise::{self, BinaryOp};
 use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
 use crate::kernels::norm::{self, BatchNormParams};
 use crate::kernels::shape::AxisSplit;
-use crate::kernels::{activation as act, chain, conv, loss, pool, shape};
+use crate::kernels::{activation as act, chain, conv, loss, pool, resize, shape};
 use crate::ops::{Kind, PoolBackward, PoolKind};
 use crate::optim;
 use crate::plan::{Buffer, DType, Plan, Step};
@@ -108,6 +108,27 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
         Kind::ConvBackwardWeight(c) => {
             let g = geom::conv(c, &bi(0).shape, &bo(0).shape);
             conv::backward_weight(&g, x(0), x(1), y(0), ws());
+        }
+        Kind::ConvTranspose(c) => {
+            let g = geom::conv(c, &bo(0).shape, &bi(1).shape);
+            let bias = (step.inputs.len() > 2).then(|| x(2));
+            conv::transpose_forward(&g, x(0), x(1), bias, y(0), ws());
+        }
+        Kind::ConvTransposeBackwardData(c) => {
+            let g = geom::conv(c, &bi(0).shape, &bi(1).shape);
+            conv::transpose_backward_data(&g, x(1), x(0), y(0), ws());
+        }
+        Kind::ConvTransposeBackwardWeight(c) => {
+            let g = geom::conv(c, &bi(0).shape, &bo(0).shape);
+            conv::transpose_backward_weight(&g, x(1), x(0), y(0), ws());
+        }
+        Kind::Resize(r) => {
+            let g = geom::resize_fit(r, &bi(0).shape, &bo(0).shape).expect("checked with the plan");
+            resize::forward(&g, x(0), y(0));
+        }
+        Kind::ResizeBackward(r) => {
+            let g = geom::resize_fit(r, &bo(0).shape, &bi(0).shape).expect("checked with the plan");
+            resize::backward(&g, x(0), y(0));
         }
         Kind::BiasGrad(_) => {
             // Sum over every axis but 1: the same reduction as broadcasting a (1, C, 1, …)
@@ -464,6 +485,38 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             let g = geom::conv_fit(c, io.shape_i(0), io.shape_o(0))?;
             io.shape(io.shape_i(1), &conv_out(&g), "dy")?;
             io.scratch(conv::workspace_len(&g))
+        }
+        // x, w, [b] → y: the input gradient of the conv from y's shape to x's
+        Kind::ConvTranspose(c) => {
+            io.arity(2..=3, 1..=1)?;
+            let g = geom::conv_fit(c, io.shape_o(0), io.shape_i(1))?;
+            io.shape(io.shape_i(0), &conv_out(&g), "x")?;
+            if io.step.inputs.len() > 2 {
+                io.eq_len(io.x(2).numel(), g.c_in, "the bias")?;
+            }
+            io.scratch(conv::workspace_len(&g))
+        }
+        // dy, w → dx: that conv's forward
+        Kind::ConvTransposeBackwardData(c) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = geom::conv_fit(c, io.shape_i(0), io.shape_i(1))?;
+            io.shape(io.shape_o(0), &conv_out(&g), "dx")?;
+            io.scratch(conv::forward_workspace_len(&g))
+        }
+        // dy, x → dw: that conv's weight gradient, dy as its input
+        Kind::ConvTransposeBackwardWeight(c) => {
+            io.arity(2..=2, 1..=1)?;
+            let g = geom::conv_fit(c, io.shape_i(0), io.shape_o(0))?;
+            io.shape(io.shape_i(1), &conv_out(&g), "x")?;
+            io.scratch(conv::workspace_len(&g))
+        }
+        Kind::Resize(r) => {
+            io.arity(1..=1, 1..=1)?;
+            geom::resize_fit(r, io.shape_i(0), io.shape_o(0)).map(|_| ())
+        }
+        Kind::ResizeBackward(r) => {
+            io.arity(1..=1, 1..=1)?;
+            geom::resize_fit(r, io.shape_o(0), io.shape_i(0)).map(|_| ())
         }
         Kind::ConvBackwardWeightSgd(cs) => {
             // The arity, the optimizer and the compressed input are checked with the other

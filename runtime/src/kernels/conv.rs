@@ -434,6 +434,57 @@ pub fn backward_weight_into(
     }
 }
 
+// ONNX ConvTranspose is the input gradient of a conv: `g` below is that conv, whose input is
+// the transposed conv's output `y` and whose output is its input `x` (the weight, (C_in,
+// C_out/groups, kh, kw) in ConvTranspose's terms, is the conv's own (c_out, c_in/groups, kh,
+// kw)). Its three products are then the conv's own, with the roles exchanged: no im2col of
+// its own.
+
+/// ONNX ConvTranspose: `y = backward_data(g, w, x) + bias` (bias per channel of `y`, which
+/// is `g`'s input). Scratch: [`workspace_len`].
+pub fn transpose_forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) {
+    debug_assert!(bias.is_none_or(|b| b.len() == g.c_in));
+    backward_data(g, w, x, y, ws);
+    if let Some(bias) = bias {
+        let p = g.h * g.w;
+        for (i, plane) in y.chunks_exact_mut(p.max(1)).enumerate() {
+            let b = bias[i % g.c_in];
+            plane.iter_mut().for_each(|v| *v += b);
+        }
+    }
+}
+
+/// dx of [`transpose_forward`]: the conv of dy by the weight. Scratch:
+/// [`forward_workspace_len`].
+pub fn transpose_backward_data(
+    g: &Conv2dGeom,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    ws: &mut [f32],
+) {
+    forward(g, dy, w, None, dx, ws);
+}
+
+/// dw of [`transpose_forward`]: the conv's weight gradient with dy as its input and x as
+/// its output gradient. Scratch: [`workspace_len`].
+pub fn transpose_backward_weight(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    ws: &mut [f32],
+) {
+    backward_weight(g, dy, x, dw, ws);
+}
+
 // A 1×1 conv over images of a few pixels: per image, a product a few columns wide, whose
 // packing costs more than its arithmetic. With the batch laid out as one row per channel
 // ([c, n·p] instead of [n, c, p], in the workspace) it is one wide product; the two copies
@@ -1013,6 +1064,84 @@ mod tests {
                 (lhs - rhs).abs() <= 1e-4 * lhs.abs().max(1.0),
                 "{lhs} vs {rhs}"
             );
+        }
+    }
+
+    /// ONNX ConvTranspose by its definition: every input pixel's taps scattered into the
+    /// output, `y[oy·] += x[iy·]·w` at `oy = iy·stride + ky·dilation − pad_top`. `g` is the
+    /// conv whose input gradient it is (its input the output here).
+    fn transpose_reference(g: &Conv2dGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f64> {
+        let (ih, iw) = (g.out_h(), g.out_w());
+        let (ci_n, co_n) = (g.c_out, g.c_in);
+        let (cig, cog) = (ci_n / g.groups, co_n / g.groups);
+        let mut y = vec![0.0; g.input_len()];
+        for b in 0..g.n {
+            for co in 0..co_n {
+                let plane = &mut y[(b * co_n + co) * g.h * g.w..][..g.h * g.w];
+                plane.fill(bias.map_or(0.0, |bias| bias[co] as f64));
+                let group = co / cog;
+                for c in 0..cig {
+                    let ci = group * cig + c;
+                    for iy in 0..ih {
+                        for ix in 0..iw {
+                            let xv = x[((b * ci_n + ci) * ih + iy) * iw + ix] as f64;
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let oy = (iy * g.stride[0] + ky * g.dilation[0]) as isize
+                                        - g.pad[0] as isize;
+                                    let ox = (ix * g.stride[1] + kx * g.dilation[1]) as isize
+                                        - g.pad[1] as isize;
+                                    if oy < 0 || ox < 0 || oy >= g.h as isize || ox >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let wv = w[((ci * cog + co % cog) * g.kh + ky) * g.kw + kx];
+                                    plane[oy as usize * g.w + ox as usize] += xv * wv as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// The transposed conv of every conv case (strides with output padding, asymmetric
+    /// pads, dilation, groups, depthwise): forward against its definition, its three
+    /// gradients by central differences.
+    #[test]
+    fn transposed_conv_matches_definition_and_finite_differences() {
+        let mut rng = Lcg::new(15);
+        let mut cs = cases();
+        // output padding 1 at stride 2 (a decoder's ×2 upsampling: 4 → 8), and grouped
+        // with dilation at stride 1
+        cs.push(geom(2, 6, 8, 8, 4, [3, 3], 2, [1, 1, 1, 1], 1, 1));
+        cs.push(geom(1, 4, 8, 8, 4, [3, 3], 1, [2, 2, 2, 2], 2, 2));
+        for g in cs {
+            let x = rng.vec(g.output_len());
+            let w = rng.vec(g.weight_len());
+            let bias = rng.vec(g.c_in);
+            let r = rng.vec(g.input_len());
+            let mut ws = vec![f32::NAN; workspace_len(&g)];
+            let name = format!("{g:?}");
+            let mut y = vec![f32::NAN; g.input_len()];
+            transpose_forward(&g, &x, &w, Some(&bias), &mut y, &mut ws);
+            let want = transpose_reference(&g, &x, &w, Some(&bias));
+            assert_close(&format!("transposed {name}"), &y, &want, 1e-5);
+
+            let mut dx = vec![f32::NAN; g.output_len()];
+            let mut dw = vec![f32::NAN; g.weight_len()];
+            transpose_backward_data(&g, &w, &r, &mut dx, &mut ws);
+            transpose_backward_weight(&g, &x, &r, &mut dw, &mut ws);
+            check_grad(&format!("transposed dx {name}"), &x, &dx, |xp| {
+                transpose_forward(&g, xp, &w, Some(&bias), &mut y, &mut ws);
+                weighted_sum(&y, &r)
+            });
+            check_grad(&format!("transposed dw {name}"), &w, &dw, |wp| {
+                transpose_forward(&g, &x, wp, Some(&bias), &mut y, &mut ws);
+                weighted_sum(&y, &r)
+            });
         }
     }
 

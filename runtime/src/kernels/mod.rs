@@ -25,6 +25,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod resize;
 mod rows;
 pub mod shape;
 pub(crate) mod simd;

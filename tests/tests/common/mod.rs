@@ -44,6 +44,7 @@ pub const MODELS: &[(&str, &[usize])] = &[
     ("tiny_vit_decomposed", &[2, 3, 16, 16]),
     ("tiny_bert", &[2, 16]),
     ("tiny_bert_decomposed", &[2, 16]),
+    ("tiny_decoder", &[2, 3, 16, 16]),
 ];
 
 /// A fresh empty folder under the target directory for files a test writes.

@@ -1,8 +1,10 @@
 //! Convolutions: `Conv` (any group, stride, padding, dilation), its gradients for the
-//! input, weight and bias, and the frozen prefix's fused forms (`ConvClip`, `ConvChain`).
+//! input, weight and bias, and the frozen prefix's fused forms (`ConvClip`, `ConvChain`);
+//! `ConvTranspose` (see `transpose`), a layer like `Conv` for `--layers`.
 
 mod fuse;
 mod lowrank;
+mod transpose;
 
 use super::room::{
     Backward, LayerClass, Lowered, OnnxNode, OnnxOut, Room, SavedInput, expect, shapes, window_out,
@@ -23,7 +25,7 @@ pub struct Convs;
 
 impl Room for Convs {
     fn onnx_ops(&self) -> &'static [&'static str] {
-        &["Conv"]
+        &["Conv", "ConvTranspose"]
     }
 
     fn owns(&self, kind: &Kind) -> bool {
@@ -35,10 +37,16 @@ impl Room for Convs {
                 | Kind::BiasGrad(_)
                 | Kind::ConvClip(_)
                 | Kind::ConvChain(_)
+                | Kind::ConvTranspose(_)
+                | Kind::ConvTransposeBackwardData(_)
+                | Kind::ConvTransposeBackwardWeight(_)
         )
     }
 
     fn import(&self, n: &OnnxNode) -> Result<Lowered> {
+        if n.op() == "ConvTranspose" {
+            return transpose::import(n);
+        }
         let (x, w) = (n.arg(0)?, n.arg(1)?);
         let label = &n.label;
         if x.rank() < 3 || w.rank() != x.rank() {
@@ -104,6 +112,25 @@ impl Room for Convs {
                 let dw = &outs.first().ok_or("no output")?.shape;
                 same(&forward(c, s[0], dw)?, s[1], "dy")
             }
+            // x, w, [b] → y: the conv of y by w has x's shape
+            Kind::ConvTranspose(c) => {
+                let s = shapes(ins, 2)?;
+                let y = &outs.first().ok_or("no output")?.shape;
+                transpose::output_fits(c, s[0], s[1], y)?;
+                expect(outs, &[(y.clone(), DType::F32)])
+            }
+            // dy, w → dx: the conv of dy by w
+            Kind::ConvTransposeBackwardData(c) => {
+                let s = shapes(ins, 2)?;
+                let dx = &outs.first().ok_or("no output")?.shape;
+                transpose::output_fits(c, dx, s[1], s[0])
+            }
+            // dy, x → dw
+            Kind::ConvTransposeBackwardWeight(c) => {
+                let s = shapes(ins, 2)?;
+                let dw = &outs.first().ok_or("no output")?.shape;
+                transpose::output_fits(c, s[1], dw, s[0])
+            }
             Kind::BiasGrad(_) => {
                 let dy = shapes(ins, 1)?[0];
                 let c = *dy.get(1).ok_or("dy has no axis 1")?;
@@ -132,32 +159,44 @@ impl Room for Convs {
 
     fn params(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> &'static [usize] {
         match kind {
-            Kind::Conv(_) => &[1, 2],
+            Kind::Conv(_) | Kind::ConvTranspose(_) => &[1, 2],
             _ => &[],
         }
     }
 
     fn layer(&self, _node: &Node, _graph: &Graph) -> Option<LayerClass> {
-        // A conv actc has no kernel for (not 2-D) counts too, so the count is the model's.
+        // A conv actc has no kernel for (not 2-D) counts too, so the count is the model's;
+        // so does a ConvTranspose (a decoder's convs are layers like the encoder's).
         Some(LayerClass::Conv)
     }
 
     fn differentiable(&self, kind: &Kind, _node: &Node, _graph: &Graph) -> bool {
-        matches!(kind, Kind::Conv(_))
+        matches!(kind, Kind::Conv(_) | Kind::ConvTranspose(_))
     }
 
+    /// A transposed conv is the input gradient of a conv: that conv's forward gives its dx,
+    /// and that conv's weight gradient (dy as the conv's input, x as its output gradient)
+    /// its dw.
     fn backward(&self, kind: &Kind, ad: &mut Backward) {
-        let Kind::Conv(c) = kind else {
-            unreachable!("only Conv is differentiable")
+        let (dy, x) = (ad.dy, ad.input(0));
+        let (data, weight, weight_inputs) = match kind {
+            Kind::Conv(c) => (
+                Kind::ConvBackwardData(c.clone()),
+                Kind::ConvBackwardWeight(c.clone()),
+                vec![x, dy],
+            ),
+            Kind::ConvTranspose(c) => (
+                Kind::ConvTransposeBackwardData(c.clone()),
+                Kind::ConvTransposeBackwardWeight(c.clone()),
+                vec![dy, x],
+            ),
+            _ => unreachable!("only Conv and ConvTranspose are differentiable"),
         };
-        let dy = ad.dy;
         if ad.needs(0) {
-            let k = Kind::ConvBackwardData(c.clone());
-            ad.grad(0, "grad_input", k, vec![dy, ad.input(1)]);
+            ad.grad(0, "grad_input", data, vec![dy, ad.input(1)]);
         }
         if ad.needs(1) {
-            let k = Kind::ConvBackwardWeight(c.clone());
-            ad.grad(1, "grad_weight", k, vec![ad.input(0), dy]);
+            ad.grad(1, "grad_weight", weight, weight_inputs);
         }
         if ad.needs(2) {
             ad.grad(2, "grad_bias", Kind::BiasGrad(Empty {}), vec![dy]);
@@ -165,8 +204,10 @@ impl Room for Convs {
     }
 
     fn to_onnx(&self, kind: &Kind, out: &mut OnnxOut) -> std::result::Result<(), String> {
-        let Kind::Conv(c) = kind else {
-            return Err("only Conv has an ONNX form".into());
+        let c = match kind {
+            Kind::Conv(c) => c,
+            Kind::ConvTranspose(c) => return transpose::to_onnx(c, out),
+            _ => return Err("only Conv and ConvTranspose have an ONNX form".into()),
         };
         let i64s = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
         let attrs = vec![
@@ -232,8 +273,10 @@ impl Room for Convs {
         }
     }
 
+    /// A transposed conv's weight gradient reads the inputs of its conv's, in their order:
+    /// fused, it is that conv's.
     fn with_sgd(&self, kind: &Kind, ins: &[&Tensor], dw: &Tensor, sgd: &ops::Sgd) -> Option<Kind> {
-        let Kind::ConvBackwardWeight(c) = kind else {
+        let (Kind::ConvBackwardWeight(c) | Kind::ConvTransposeBackwardWeight(c)) = kind else {
             return None;
         };
         sgd_fusable(c, &ins.first()?.dims(), dw, sgd, None)
@@ -246,6 +289,10 @@ impl Room for Convs {
             Kind::Conv(_) => 2 * numel(outs.first()) * per_tap(ins.get(1)),
             Kind::ConvBackwardData(_) => 2 * numel(ins.first()) * per_tap(ins.get(1)),
             Kind::ConvBackwardWeight(_) => 2 * numel(ins.get(1)) * per_tap(outs.first()),
+            // the conv it is the gradient of, whose output is x and whose input is dy
+            Kind::ConvTranspose(_) => 2 * numel(ins.first()) * per_tap(ins.get(1)),
+            Kind::ConvTransposeBackwardData(_) => 2 * numel(outs.first()) * per_tap(ins.get(1)),
+            Kind::ConvTransposeBackwardWeight(_) => 2 * numel(ins.get(1)) * per_tap(outs.first()),
             _ => numel(outs.first()).max(numel(ins.first())),
         }
     }
