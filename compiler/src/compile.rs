@@ -18,7 +18,7 @@ use crate::passes::prefix::{self, PrefixRunner};
 use crate::passes::select::{Layers, Selection};
 use crate::passes::split::{self, Prefix};
 use crate::passes::{
-    autodiff, compress, decompose, emit, freeze, lora, loss, optim, schedule, select,
+    autodiff, compress, decompose, emit, freeze, lora, loss, optim, recompute, schedule, select,
 };
 use crate::{bail, err};
 use actc_runtime::ops;
@@ -66,6 +66,9 @@ pub struct CompileOptions {
     /// Train the factors of each decomposed layer in turns (sequential freezing)
     /// [default: none].
     pub freeze: Option<Rotate>,
+    /// Compute attention's probabilities again in backward instead of keeping them
+    /// [default: kept].
+    pub recompute_attention: bool,
 }
 
 impl Default for CompileOptions {
@@ -94,6 +97,7 @@ impl Default for CompileOptions {
             max_memory: None,
             lora: None,
             freeze: None,
+            recompute_attention: false,
         }
     }
 }
@@ -193,6 +197,7 @@ const PASSES: &[(&str, Pass)] = &[
     ("lora", add_adapters),
     ("loss", append_loss),
     ("autodiff", differentiate),
+    ("recompute", recompute_attention),
     ("compress", compress_saved),
     ("optimizer", append_updates),
     ("prefix", own_prefix),
@@ -426,6 +431,15 @@ fn differentiate(cx: &mut Context) -> Result<()> {
     let parts = cx.loss();
     let (output, seed) = (parts.output, parts.seed);
     cx.grads = autodiff::differentiate(&mut cx.graph, &forward, output, seed);
+    Ok(())
+}
+
+fn recompute_attention(cx: &mut Context) -> Result<()> {
+    if cx.opts.recompute_attention && recompute::attention(&mut cx.graph) == 0 {
+        bail!(
+            "--recompute attention: the trained part holds no attention (a softmax over a batched product) whose probabilities the backward reads; leave it out, or train more with --layers or --blocks"
+        );
+    }
     Ok(())
 }
 

@@ -470,3 +470,39 @@ fn check_fusions(name: &str, plan: &actc_runtime::plan::Plan) {
         "{name}"
     );
 }
+
+/// `--recompute attention` changes the memory only: the backward's copy of each attention's
+/// probabilities is computed by the same kernels from the same tensors, so a step gives the
+/// same loss and weights bit for bit, while the probabilities are no longer saved.
+#[test]
+fn recomputed_attention_trains_identically_on_less_memory() {
+    let step = |recompute: bool| {
+        let opts = actc::CompileOptions {
+            lr: 0.05,
+            recompute_attention: recompute,
+            ..common::options(Layers::Blocks(2), None)
+        };
+        let plan = actc::compile_file(&common::model("tiny_vit"), &opts)
+            .unwrap()
+            .plan;
+        let saved = plan.memory.as_ref().unwrap().saved;
+        let shape = common::input_shape(&plan);
+        let boundary = common::boundary(&plan, &batch(shape.iter().product(), 11));
+        let mut exec = Executor::new(plan, 2).unwrap();
+        let mut losses = Vec::new();
+        for _ in 0..2 {
+            common::feed(&mut exec, &boundary, |i| (i % 10) as u32);
+            losses.push(exec.train_step());
+        }
+        let weights: Vec<(String, Vec<u8>)> = (exec.snapshot().unwrap().weights)
+            .into_iter()
+            .map(|w| (w.source, w.data))
+            .collect();
+        (losses, weights, saved)
+    };
+    let (kept, recomputed) = (step(false), step(true));
+    assert_eq!(kept.0, recomputed.0);
+    assert!(kept.1 == recomputed.1, "the trained weights differ");
+    // Two blocks, each 8 × 2 heads × 17² probabilities.
+    assert_eq!(kept.2 - recomputed.2, 2 * 8 * 2 * 17 * 17 * 4);
+}

@@ -16,12 +16,15 @@ fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compres
 }
 
 fn snapshot_with(name: &str, shape: &[usize], opts: &CompileOptions, flags: &str) -> String {
-    let layers = opts.layers;
+    let layers = match opts.layers {
+        Layers::Blocks(n) => format!("--blocks {n}"),
+        l => format!("--layers {l}"),
+    };
     let text = match compile_file(&common::model(name), opts) {
         Ok(c) => {
             let m = c.plan.memory.clone().unwrap_or_default();
             format!(
-                "# {name} --layers {layers}{flags} --input-shape {}\n# arena {} B (training {} B{}), naive {} B, persistent {} B, saved {} B\n{}",
+                "# {name} {layers}{flags} --input-shape {}\n# arena {} B (training {} B{}), naive {} B, persistent {} B, saved {} B\n{}",
                 shape
                     .iter()
                     .map(|d| d.to_string())
@@ -39,7 +42,7 @@ fn snapshot_with(name: &str, shape: &[usize], opts: &CompileOptions, flags: &str
                 c.ir
             )
         }
-        Err(e) => format!("# {name} --layers {layers}\nerror: {}\n", e.0),
+        Err(e) => format!("# {name} {layers}\nerror: {}\n", e.0),
     };
     // Paths in error messages depend on the checkout; keep the file name only.
     text.replace(
@@ -99,6 +102,24 @@ fn compressed_training_graphs() {
             let text = snapshot_of(name, shape, Layers::Last(4), compression);
             insta::assert_snapshot!(format!("{name}__layers_4__{method}"), text);
         }
+    }
+}
+
+/// A transformer's last block whole, and with attention's probabilities computed again in
+/// backward (the recomputed chain: q·kᵀ to softmax, read by the softmax's and P·V's
+/// gradients).
+#[test]
+fn transformer_block_training_graphs() {
+    let shape = [2, 3, 16, 16];
+    for (recompute, flags, snap) in [
+        (false, "", "tiny_vit__blocks_1"),
+        (true, " --recompute attention", "tiny_vit__blocks_1__recompute"),
+    ] {
+        let opts = CompileOptions {
+            recompute_attention: recompute,
+            ..common::options(Layers::Blocks(1), Some(shape.to_vec()))
+        };
+        insta::assert_snapshot!(snap, snapshot_with("tiny_vit", &shape, &opts, flags));
     }
 }
 

@@ -419,6 +419,11 @@ enum CompressArg {
     Gradfilter,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum RecomputeArg {
+    Attention,
+}
+
 #[derive(Args)]
 struct CompileArgs {
     /// Train the last N layers (Conv nodes; Gemm/MatMul with a constant weight in models
@@ -505,6 +510,11 @@ struct CompileArgs {
     /// 512M [default: this machine's memory]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     max_memory: Option<usize>,
+    /// Compute what is named again in backward instead of keeping it from forward:
+    /// `attention`, each attention's probabilities (batch × heads × tokens², the largest
+    /// tensor of a block at long sequences), at the cost of a q·kᵀ and a softmax more.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    recompute: Option<RecomputeArg>,
     /// Freeze the selected layers and train a rank-R adapter beside each Conv (group 1),
     /// Gemm and MatMul instead (LoRA: W + A·B, B starting at zero); export merges the
     /// adapters into the weights.
@@ -628,6 +638,7 @@ impl CompileArgs {
             max_memory: self.max_memory.map(|b| b as u64).or_else(machine_memory),
             lora: self.lora.map(|r| r as usize),
             freeze: self.freeze_schedule,
+            recompute_attention: matches!(self.recompute, Some(RecomputeArg::Attention)),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod loss;
 pub mod memplan;
 pub mod optim;
 pub mod prefix;
+pub mod recompute;
 pub mod schedule;
 pub mod select;
 pub mod split;

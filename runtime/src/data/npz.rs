@@ -418,14 +418,26 @@ mod tests {
 
         let msg = |members: &[(&str, Vec<u8>)], inputs: &[(&str, &[usize])]| {
             write_npz(&path, members, Stored);
-            Dataset::load_packed(&path, inputs).err().unwrap().to_string()
+            Dataset::load_packed(&path, inputs)
+                .err()
+                .unwrap()
+                .to_string()
         };
         let shape = msg(&members, &[("input_ids", &[4])]);
-        assert!(shape.contains("array input_ids has shape [2, 3]"), "{shape}");
+        assert!(
+            shape.contains("array input_ids has shape [2, 3]"),
+            "{shape}"
+        );
         let missing = msg(&members, &[("token_type_ids", &[3])]);
-        assert!(missing.contains("no array named token_type_ids"), "{missing}");
+        assert!(
+            missing.contains("no array named token_type_ids"),
+            "{missing}"
+        );
         let big = npy("<i8", &[2, 3], &i64_bytes(&[1, 2, 1 << 25, 1, 1, 1]));
-        let huge = msg(&[("input_ids.npy", big), ("y.npy", y)], &[("input_ids", &[3])]);
+        let huge = msg(
+            &[("input_ids.npy", big), ("y.npy", y)],
+            &[("input_ids", &[3])],
+        );
         assert!(huge.contains("beyond 2^24"), "{huge}");
     }
 
