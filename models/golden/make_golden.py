@@ -474,7 +474,9 @@ def needed_nodes(ev, output):
 def matmul_biases(ev, nodes, consts):
     """Add nodes that add a constant vector (one value per output feature) to the output of a
     MatMul with a constant weight: nn.Linear on N-D input, exported as MatMul + Add. The
-    vector is the layer's bias and trains (node index -> its input position)."""
+    vector is the layer's bias and trains; and Mul nodes that scale such a layer's output
+    (after its bias) by a constant vector: LayerScale (DINOv2), whose vector trains too
+    (node index -> its input position)."""
     producer = {o: i for i, n in enumerate(nodes) for o in n.output}
 
     def linear_width(t):
@@ -486,16 +488,23 @@ def matmul_biases(ev, nodes, consts):
         trans_b = any(a.name == "transB" and a.i for a in nodes[p].attribute)
         return w[0] if trans_b else w[-1]
 
+    def vector_of(b, width):
+        shape = tuple(ev.inits[b].shape)
+        return len(shape) >= 1 and shape[-1] == width and all(d == 1 for d in shape[:-1])
+
     out = {}
-    for i, n in enumerate(nodes):
-        if n.op_type != "Add":
-            continue
-        for k, other in ((1, 0), (0, 1)):
-            b = n.input[k]
-            width = linear_width(n.input[other])
-            if b in consts and width is not None:
-                shape = tuple(ev.inits[b].shape)
-                if len(shape) >= 1 and shape[-1] == width and all(d == 1 for d in shape[:-1]):
+    for op in ("Add", "Mul"):  # the scales read the biases' Adds: those first
+        for i, n in enumerate(nodes):
+            if n.op_type != op:
+                continue
+            for k, other in ((1, 0), (0, 1)):
+                b = n.input[k]
+                width = linear_width(n.input[other])
+                p = producer.get(n.input[other])
+                if width is None and op == "Mul" and p in out and nodes[p].op_type == "Add":
+                    q = nodes[p].input[1 - out[p][0]]
+                    width = linear_width(q)
+                if b in consts and width is not None and vector_of(b, width):
                     out[i] = (k,)
                     break
     return out

@@ -113,7 +113,11 @@ fn transformer_block_training_graphs() {
     let shape = [2, 3, 16, 16];
     for (recompute, flags, snap) in [
         (false, "", "tiny_vit__blocks_1"),
-        (true, " --recompute attention", "tiny_vit__blocks_1__recompute"),
+        (
+            true,
+            " --recompute attention",
+            "tiny_vit__blocks_1__recompute",
+        ),
     ] {
         let opts = CompileOptions {
             recompute_attention: recompute,

@@ -7,6 +7,7 @@ use crate::ir::{Graph, Node, Tensor};
 use crate::onnx::shape::broadcast;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
+use petgraph::stable_graph::NodeIndex;
 
 pub struct Elementwise;
 
@@ -93,21 +94,33 @@ impl Room for Elementwise {
     }
 
     /// A constant vector added to a linear layer's output is that layer's bias (PyTorch's
-    /// `nn.Linear` on 3-D input exports MatMul + Add): it trains with it. Other constants
-    /// (a LayerNorm's epsilon, a shift) stay as they are.
+    /// `nn.Linear` on 3-D input exports MatMul + Add): it trains with it. A constant vector
+    /// multiplying a linear layer's output (after its bias) is LayerScale's per-feature
+    /// scale (DINOv2, CaiT): it trains too. Other constants (a LayerNorm's epsilon, a
+    /// shift, attention's scale) stay as they are.
     fn params(&self, kind: &Kind, node: &Node, graph: &Graph) -> &'static [usize] {
-        if !matches!(kind, Kind::Add(_)) {
-            return &[];
-        }
+        let is_mul = match kind {
+            Kind::Add(_) => false,
+            Kind::Mul(_) => true,
+            _ => return &[],
+        };
+        let dense = |p: NodeIndex| {
+            super::layer_class(graph, &graph.nodes[p]) == Some(super::LayerClass::Dense)
+        };
         let linear = |i: usize| {
-            graph
-                .producer(node.inputs[i])
-                .and_then(|p| super::layer_class(graph, &graph.nodes[p]))
-                == Some(super::LayerClass::Dense)
+            graph.producer(node.inputs[i]).is_some_and(|p| {
+                // A scale may follow the layer's bias Add.
+                dense(p)
+                    || (is_mul
+                        && super::kernel(&graph.nodes[p]).is_some_and(|k| {
+                            matches!(k, Kind::Add(_))
+                                && !self.params(k, &graph.nodes[p], graph).is_empty()
+                        }))
+            })
         };
         // A float constant with one value per output feature (the last axis), shaped to
         // broadcast along it.
-        let bias = |i: usize| {
+        let vector = |i: usize| {
             let t = graph.tensor(node.inputs[i]);
             let width = graph.tensor(node.outputs[0]).shape.last().copied();
             t.is_const()
@@ -116,8 +129,8 @@ impl Room for Elementwise {
                 && t.shape.iter().rev().skip(1).all(|&d| d == 1)
         };
         match () {
-            _ if bias(1) && linear(0) => &[1],
-            _ if bias(0) && linear(1) => &[0],
+            _ if vector(1) && linear(0) => &[1],
+            _ if vector(0) && linear(1) => &[0],
             _ => &[],
         }
     }
