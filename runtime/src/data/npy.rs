@@ -39,23 +39,15 @@ impl Array {
     /// be exact there, so of magnitude at most 2²⁴.
     pub fn to_exact_f32(&self) -> Result<Vec<f32>, String> {
         const EXACT: i64 = 1 << 24;
-        let int = |i: usize, v: i64| match v.abs() <= EXACT {
-            true => Ok(v as f32),
-            false => Err(format!(
-                "value {v} at index {i} is beyond 2^24, where float32 rows lose integers"
-            )),
-        };
-        match &self.values {
-            Values::U8(v) => Ok(v.iter().map(|&x| f32::from(x)).collect()),
-            Values::I32(v) => v
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| int(i, x.into()))
-                .collect(),
-            Values::I64(v) => v.iter().enumerate().map(|(i, &x)| int(i, x)).collect(),
-            Values::F32(v) => Ok(v.clone()),
-            Values::F64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
-        }
+        self.each(
+            |i, v| match v.abs() <= EXACT {
+                true => Ok(v as f32),
+                false => Err(format!(
+                    "value {v} at index {i} is beyond 2^24, where float32 rows lose integers"
+                )),
+            },
+            |_, v| Ok(v as f32),
+        )
     }
 
     /// Class indices: any integer type, or floats holding integers (as some pipelines save
@@ -64,18 +56,28 @@ impl Array {
         fn not_class(i: usize, v: impl std::fmt::Display) -> String {
             format!("label {v} at index {i} is not a class index (a non-negative integer)")
         }
-        fn int(i: usize, v: i64) -> Result<u32, String> {
-            u32::try_from(v).map_err(|_| not_class(i, v))
-        }
-        fn float(i: usize, v: f64) -> Result<u32, String> {
-            if v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) {
-                Ok(v as u32)
-            } else {
-                Err(not_class(i, v))
-            }
-        }
+        self.each(
+            |i, v| u32::try_from(v).map_err(|_| not_class(i, v)),
+            |i, v| match v >= 0.0 && v.fract() == 0.0 && v <= f64::from(u32::MAX) {
+                true => Ok(v as u32),
+                false => Err(not_class(i, v)),
+            },
+        )
+    }
+
+    /// Every value converted by `int` (integer types) or `float` (float types), with its
+    /// index; the first error stops.
+    fn each<T>(
+        &self,
+        int: impl Fn(usize, i64) -> Result<T, String>,
+        float: impl Fn(usize, f64) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
         match &self.values {
-            Values::U8(v) => Ok(v.iter().map(|&x| u32::from(x)).collect()),
+            Values::U8(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| int(i, x.into()))
+                .collect(),
             Values::I32(v) => v
                 .iter()
                 .enumerate()
