@@ -345,8 +345,13 @@ fn import_node(
         bail!("node '{label}' ({op}) has no inputs");
     }
 
-    // Identity and inference Dropout pass their input through: alias the name.
-    if op == "Identity" || (op == "Dropout" && node.output.iter().skip(1).all(|o| o.is_empty())) {
+    // Identity, inference Dropout and a Cast to the type the value has pass their input
+    // through: alias the name.
+    let same_type_cast = op == "Cast" && a.int("to", 0) == 1 && args[0].dtype == DType::F32;
+    if op == "Identity"
+        || same_type_cast
+        || (op == "Dropout" && node.output.iter().skip(1).all(|o| o.is_empty()))
+    {
         let src = inputs[0].ok_or_else(|| err!("node '{label}' ({op}) has no input"))?;
         define(names, &node.output[0], src)?;
         return Ok(());
