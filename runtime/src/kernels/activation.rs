@@ -5,6 +5,8 @@
 //! inequalities, as PyTorch's ReLU, Hardtanh (ReLU6), Hardsigmoid and LeakyReLU do; so for
 //! ReLU and Clip only the sign pattern of `x` is needed (a 1-bit mask would do).
 
+use crate::threads;
+
 /// `v` clipped to `[lo, hi]`, NaN staying NaN as in PyTorch (`f32::max` would make it
 /// `lo`, so a NaN input would train on silently). Every clip of the kernels goes through it.
 #[inline(always)]
@@ -206,18 +208,30 @@ pub fn gelu_backward(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     }
 }
 
-fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32) {
+/// Work units per element for splitting an elementwise map among the threads: the
+/// transcendental ones (erf, tanh, exp) cost tens of cycles each.
+const ELEMENT_COST: usize = 16;
+
+/// `y = f(x)` elementwise, split among the threads when large (a transformer's GELU runs
+/// on 8 × 65 × 1536 values per block).
+fn map(x: &[f32], y: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     debug_assert_eq!(x.len(), y.len());
-    y.iter_mut().zip(x).for_each(|(y, x)| *y = f(*x));
+    let parts = threads::parts_for(y.len() * ELEMENT_COST);
+    threads::for_runs(y, x.len(), 1, 1, parts, |r, ys| {
+        ys.iter_mut().zip(&x[r]).for_each(|(y, x)| *y = f(*x));
+    });
 }
 
-/// `dx = f(saved, dy)` elementwise.
-fn map_grad(saved: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+/// `dx = f(saved, dy)` elementwise, split like [`map`].
+fn map_grad(saved: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     debug_assert!(saved.len() == dy.len() && dy.len() == dx.len());
-    dx.iter_mut()
-        .zip(saved)
-        .zip(dy)
-        .for_each(|((dx, s), d)| *dx = f(*s, *d));
+    let parts = threads::parts_for(dx.len() * ELEMENT_COST);
+    threads::for_runs(dx, saved.len(), 1, 1, parts, |r, dxs| {
+        dxs.iter_mut()
+            .zip(&saved[r.clone()])
+            .zip(&dy[r])
+            .for_each(|((dx, s), d)| *dx = f(*s, *d));
+    });
 }
 
 #[cfg(test)]
