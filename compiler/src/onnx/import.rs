@@ -374,11 +374,16 @@ fn import_node(
     let small = outs
         .iter()
         .all(|(s, _)| s.iter().product::<usize>() <= MAX_FOLDED);
-    if let Some(values) = small
+    let folded = match small
         .then(|| shape::eval(&onnx, outs))
         .transpose()?
         .flatten()
     {
+        Some(values) => Some(values),
+        None if small => fold_by_tract(node, &args, outs, opset),
+        None => None,
+    };
+    if let Some(values) = folded {
         for ((name, (shape, _)), data) in node.output.iter().zip(outs).zip(values) {
             let id = graph.add_tensor(Tensor {
                 folded: Some(source.clone()),
@@ -439,4 +444,67 @@ fn import_node(
         origin: None,
     });
     Ok(())
+}
+
+/// The outputs of a node whose inputs are all constant and whose op actc's folder does not
+/// evaluate (DINOv2's cubic Resize of its position embedding), computed by tract on a model
+/// of that one node; `None` when it is not such a node or tract cannot run it (it then stays
+/// a node of the graph).
+fn fold_by_tract(
+    node: &NodeProto,
+    args: &[Arg],
+    outs: &[ops::Out],
+    opset: i64,
+) -> Option<Vec<Data>> {
+    use super::proto::{GraphProto, ModelProto, OperatorSetIdProto};
+    let all_const = args.iter().all(|a| a.data.is_some());
+    let floats = outs.iter().all(|(_, d)| *d == DType::F32);
+    let first = args
+        .first()
+        .filter(|a| a.dtype == DType::F32 && !a.shape.is_empty())?;
+    if !all_const || !floats || node.input.first().is_none_or(|n| n.is_empty()) {
+        return None;
+    }
+    let initializer = node
+        .input
+        .iter()
+        .zip(args)
+        .skip(1)
+        .filter(|(n, _)| !n.is_empty())
+        .map(|(n, a)| super::tensor_proto(n, &a.shape, a.data.as_ref().expect("constant")))
+        .collect();
+    let model = ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(GraphProto {
+            node: vec![node.clone()],
+            initializer,
+            input: vec![super::write::value_info(
+                &node.input[0],
+                &first.shape,
+                DType::F32,
+            )],
+            output: node
+                .output
+                .iter()
+                .zip(outs)
+                .map(|(n, (shape, d))| super::write::value_info(n, shape, *d))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let prefix =
+        actc_runtime::prefix::Prefix::new(&prost::Message::encode_to_vec(&model), &first.shape)
+            .ok()?;
+    let mut values = Vec::with_capacity(outs.len());
+    prefix
+        .run(&first.data.as_ref()?.as_f32(), |_, v| {
+            values.push(Data::F32(v.to_vec().into()))
+        })
+        .ok()?;
+    (values.len() == outs.len()).then_some(values)
 }
