@@ -2,6 +2,7 @@
 
 use super::elementwise::{broadcast_to, reduce_to_shape};
 use super::gemm::{Strides, sgemm};
+use crate::threads;
 
 /// ONNX Gemm: `Y = alpha·A′·B′ + beta·C`, A′ = A or Aᵀ (M×K), B′ = B or Bᵀ (K×N), C
 /// unidirectionally broadcastable to (M, N).
@@ -211,6 +212,9 @@ pub struct BatchGeom {
     pub trans_b: bool,
 }
 
+/// The products split among the threads by batch entry: one fork and join per op, where
+/// letting each small product split itself would cost one per entry (48 per attention of
+/// a ViT-S at batch 8), each a wake-up a busy core delays.
 pub fn batch_matmul(g: &BatchGeom, a: &[f32], b: &[f32], y: &mut [f32]) {
     let (sa, sb, sy) = (g.m * g.k, g.k * g.n, g.m * g.n);
     debug_assert_eq!(a.len(), g.batch * sa);
@@ -218,21 +222,24 @@ pub fn batch_matmul(g: &BatchGeom, a: &[f32], b: &[f32], y: &mut [f32]) {
     debug_assert_eq!(y.len(), g.batch * sy);
     let a_strides = if g.trans_a { (1, g.m) } else { (g.k, 1) };
     let b_strides = if g.trans_b { (1, g.k) } else { (g.n, 1) };
-    for i in 0..g.batch {
-        sgemm(
-            g.m,
-            g.n,
-            g.k,
-            1.0,
-            &a[i * sa..][..sa],
-            a_strides,
-            &b[i * sb..][..sb],
-            b_strides,
-            0.0,
-            &mut y[i * sy..][..sy],
-            (g.n, 1),
-        );
-    }
+    let parts = threads::parts_for(g.batch * sy * g.k).min(g.batch);
+    threads::for_runs(y, g.batch, sy, 1, parts, |run, ys| {
+        for (i, y) in run.zip(ys.chunks_exact_mut(sy.max(1))) {
+            sgemm(
+                g.m,
+                g.n,
+                g.k,
+                1.0,
+                &a[i * sa..][..sa],
+                a_strides,
+                &b[i * sb..][..sb],
+                b_strides,
+                0.0,
+                y,
+                (g.n, 1),
+            );
+        }
+    });
 }
 
 #[cfg(test)]
