@@ -29,7 +29,8 @@ Attention runs as torch.nn.functional.scaled_dot_product_attention (`attn="sdpa"
 current PyTorch code uses) or as explicit matmul + softmax (`attn="math"`, the ONNX graph's
 own form); `--check` runs both. Every weight is copied from the ONNX initializers (the
 MatMul weights, stored (in, out), transposed into nn.Linear's (out, in)); `names` maps each
-torch parameter to its ONNX initializer.
+torch parameter to its ONNX initializer; `model.onnx_transposed` holds the ONNX names whose
+tensor is the transpose of the parameter (gradients compare after `.T`).
 
 What trains (DESIGN.md §3 for transformers): a *layer* is a MatMul/Gemm whose second input is
 an initializer, counted in topological (file) order from the output, the head included.
@@ -234,6 +235,7 @@ class Loader:
         self.params = dict(model.named_parameters())
         self.graph = graph
         self.names: dict[str, str] = {}
+        self.transposed: set[str] = set()   # ONNX names stored (in, out): MatMul weights
 
     def set(self, torch_name: str, onnx_name: str, transform=lambda a: a) -> None:
         p = self.params[torch_name]
@@ -246,11 +248,13 @@ class Loader:
     def linear(self, prefix: str, matmul: str) -> None:
         w, b = self.graph.linear(matmul)
         self.set(f"{prefix}.weight", w, lambda a: a.T)
+        self.transposed.add(w)
         self.set(f"{prefix}.bias", b)
 
-    def done(self) -> dict[str, str]:
+    def done(self, model: nn.Module) -> dict[str, str]:
         missing = set(self.params) - set(self.names)
         assert not missing, f"parameters without ONNX weights: {sorted(missing)}"
+        model.onnx_transposed = frozenset(self.transposed)
         return self.names
 
 
@@ -287,7 +291,7 @@ def dinov2(path: Path = DINO, attn: str = "sdpa") -> tuple[DinoV2, dict[str, str
     gemm = g.by_name["/head/Gemm"]
     ld.set("head.weight", gemm.input[1])
     ld.set("head.bias", gemm.input[2])
-    return model.eval(), ld.done()
+    return model.eval(), ld.done(model)
 
 
 def minilm(path: Path = MINILM, attn: str = "sdpa") -> tuple[MiniLM, dict[str, str]]:
@@ -317,7 +321,7 @@ def minilm(path: Path = MINILM, attn: str = "sdpa") -> tuple[MiniLM, dict[str, s
     gemm = g.by_name["/head/Gemm"]
     ld.set("head.weight", gemm.input[1])
     ld.set("head.bias", gemm.input[2])
-    return model.eval(), ld.done()
+    return model.eval(), ld.done(model)
 
 
 # --- what trains ----------------------------------------------------------------------------
