@@ -42,7 +42,12 @@ Parts (`--only`, default all):
 - `ort-steps`: ONNX Runtime training 1.19.2 (.venv-ort, --ort-python): generate_artifacts on
   the file with the input fixed to (8, 3, 112, 112), requires_grad = the setting's tensors,
   frozen_params = the rest, CrossEntropyLoss, SGD (no momentum: ORT 1.19 has none); steps
-  timed as bench_ort.py does. An error of artifact generation or of a step is recorded.
+  timed as bench_ort.py does. The artifacts build, but ORT 1.19's training session fails on
+  the graph's cubic Resize of the position embedding ("'Cubic' mode only support 2-D inputs
+  ('Bicubic') or 4-D inputs with the corresponding outermost 2 scale values being 1";
+  its inference session runs the same graph): the error is recorded (`ort_models`) and ORT
+  then trains dinov2_vits14_cls_112.onnx (fetch_pretrained.py --bake-112: that Resize's
+  output at 112 as a constant, the same function, bit for bit at inference).
 - `actc`: with ACTC=path (or --actc): `actc compile MODEL --layers 4 | --blocks 1
   --input-shape 8x3x112x112 --momentum 0.9 --lr 0.01`, `actc bench --steps N --threads 2
   --json`, `actc train --data models/data/fashion-mnist --val .../t10k-images-idx3-ubyte.gz
