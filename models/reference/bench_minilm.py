@@ -80,7 +80,7 @@ def torch_steps(cfg: dict) -> dict:
     model, names = tt.minilm(MODEL)
     params = tt.select(model, names, trainable(cfg["setting"]))
     ids, mask, y = (torch.from_numpy(a[:cfg["batch"]]) for a in load("train"))
-    opt = torch.optim.SGD([p for _, p in params], lr=LR, momentum=cfg["momentum"])
+    opt = torch.optim.SGD([p for _, p in params], lr=cfg["lr"], momentum=cfg["momentum"])
     rss_before = vmhwm_mb()
 
     def step():
@@ -135,7 +135,7 @@ def torch_acc(cfg: dict) -> dict:
         for seed in cfg["seeds"]:
             base.load_state_dict(state0)
             params = tt.select(base, names, trainable(setting))
-            opt = torch.optim.SGD([p for _, p in params], lr=LR, momentum=0.9)
+            opt = torch.optim.SGD([p for _, p in params], lr=cfg["lr"], momentum=0.9)
             rng = np.random.default_rng(seed)
             b = cfg["batch"]
             steps = len(y_tr) // b
@@ -225,7 +225,7 @@ def ort_steps(cfg: dict) -> dict:
     import numpy as np
     import bench_ort
     from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
-    ort, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"])
+    ort, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"], cfg["lr"])
     ids, mask, y = (np.ascontiguousarray(a[:cfg["batch"]]) for a in load("train"))
     feeds = [ort.OrtValue.ortvalue_from_numpy(a) for a in (ids, mask, y.astype(np.int64))]
     rss_before = vmhwm_mb()
@@ -253,7 +253,7 @@ def ort_steps(cfg: dict) -> dict:
             "foreign": foreign_share(wall, b0, c0), "peak_rss_mb": vmhwm_mb(),
             "rss_before_steps_mb": rss_before, "first_losses": first,
             "onnxruntime": ort.__version__,
-            "optimizer": "SGD lr 0.01, no momentum (ORT training SGDOptimizerV2)"}
+            "optimizer": f"SGD lr {cfg['lr']}, no momentum (ORT training SGDOptimizerV2)"}
 
 
 def torch_first_losses(cfg: dict) -> dict:
@@ -265,7 +265,7 @@ def torch_first_losses(cfg: dict) -> dict:
     model, names = tt.minilm(MODEL)
     params = tt.select(model, names, trainable(cfg["setting"]))
     ids, mask, y = (torch.from_numpy(a[:cfg["batch"]]) for a in load("train"))
-    opt = torch.optim.SGD([p for _, p in params], lr=LR, momentum=0.0)
+    opt = torch.optim.SGD([p for _, p in params], lr=cfg["lr"], momentum=0.0)
     out = []
     for _ in range(3):
         loss = F.cross_entropy(model(ids, mask), y)
@@ -292,7 +292,7 @@ def actc_part(args, work: Path, results: dict) -> None:
         flags = ["--layers", "4"] if setting == "layers4" else ["--blocks", "1"]
         plan = work / f"actc-minilm-{setting}.actc"
         cmd = [actc, "compile", str(MODEL), *flags, "--input-shape", f"{BATCH}x{SEQ}",
-               "--momentum", "0.9", "--lr", str(LR), "--threads", "2", "-o", str(plan)]
+               "--momentum", "0.9", "--lr", str(args.lr), "--threads", "2", "-o", str(plan)]
         code, out, err, _ = run_cmd(cmd, timeout=1800)
         row = {"setting": setting, "compile": " ".join(cmd[1:])}
         if code != 0:
@@ -334,6 +334,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epoch-steps", type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--lr", type=float, default=LR, help="SGD learning rate (all systems)")
+    ap.add_argument("--acc-threads", type=int, default=1,
+                    help="torch threads of the accuracy runs (1: robust on a shared machine)")
     ap.add_argument("--momenta", type=float, nargs="*", default=[0.9, 0.0])
     ap.add_argument("--ort-python", default=str(ROOT / ".venv-ort" / "bin" / "python"))
     ap.add_argument("--actc", help="actc binary (default: $ACTC)")
@@ -351,7 +354,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="bench_minilm."))
     results: dict = {"errors": [], "steps": []}
     log = results["errors"]
-    base = {"batch": BATCH, "threads": args.threads}
+    base = {"batch": BATCH, "threads": args.threads, "lr": args.lr}
 
     def run(python, cfg):
         out = subprocess.run([python, str(me), "--one", json.dumps(cfg)], capture_output=True,
@@ -405,7 +408,8 @@ def main():
         if "torch-acc" in args.only:
             results["torch_acc"] = run(py, {"kind": "torch-acc", "settings": args.settings,
                                             "seeds": args.seeds, "epochs": args.epochs,
-                                            "epoch_steps": args.epoch_steps, **base})
+                                            "epoch_steps": args.epoch_steps,
+                                            **{**base, "threads": args.acc_threads}})
         if "actc" in args.only:
             actc_part(args, work, results)
         print(f"\nparaphrase-MiniLM-L3-v2, sentiment, batch {BATCH} x {SEQ} tokens, 2 threads")

@@ -35,7 +35,8 @@ Parts (`--only`, default all):
   permutation; validation on the 500 test images after each epoch; SGD lr 0.01 momentum 0.9;
   one run per `--seeds` (the seed changes the data order only; the head's init is the file's).
   Every setting trains only block 11, the final norm and the head, so the tokens entering
-  block 11 are a fixed function of the image: they are computed once (eval, no grad) and the
+  block 11 are a fixed function of the image: they are computed once (eval, no grad; cached
+  in models/pretrained/cache/, keyed by the model's and data's sha256) and the
   training runs blocks 11.. on them, which is the same function and the same SGD as running
   the whole network every step (checked: the first steps' losses of both ways are printed
   and must agree to 1e-5).
@@ -99,6 +100,15 @@ def pct(xs, q):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def trainable(setting: str) -> list[str]:
     return json.loads(TRAINABLE_JSON.read_text())[MODEL_FILE][setting]["tensors"]
 
@@ -124,7 +134,7 @@ def torch_steps(cfg: dict) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], generator=g)
     y = torch.randint(0, 10, (cfg["batch"],), generator=g)
-    opt = torch.optim.SGD([p for _, p in params], lr=LR, momentum=cfg["momentum"])
+    opt = torch.optim.SGD([p for _, p in params], lr=cfg["lr"], momentum=cfg["momentum"])
     rss_before = vmhwm_mb()
 
     def step():
@@ -182,14 +192,29 @@ def torch_acc(cfg: dict) -> dict:
                 out.append(t)
         return torch.cat(out)
 
-    f_tr, f_va = tokens_before(x_tr), tokens_before(x_va)
+    # the block-11 inputs of every image, cached on disk (keyed by the model file's bytes,
+    # the size and the data), so accuracy runs can be split into short jobs
+    cache = Path(cfg["cache"]) if cfg.get("cache") else None
+    key = {"model_sha256": sha256(MODEL), "size": cfg["size"], "block": FIRST_TRAINED_BLOCK,
+           "data_sha256": [sha256(DATA / f) for f in sorted(os.listdir(DATA))]}
+    cached = torch.load(cache) if cache and cache.exists() else None
+    if cached is not None and cached["key"] == key:
+        f_tr, f_va = cached["train"], cached["test"]
+        from_cache = True
+    else:
+        f_tr, f_va = tokens_before(x_tr), tokens_before(x_va)
+        from_cache = False
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"key": key, "train": f_tr, "test": f_va}, str(cache) + ".part")
+            os.replace(str(cache) + ".part", cache)
     feature_seconds = time.perf_counter() - t0
     results = []
     for setting in cfg["settings"]:
         for seed in cfg["seeds"]:
             base.load_state_dict(state0)
             params = tt.select(base, names, trainable(setting))
-            opt = torch.optim.SGD([p for _, p in params], lr=LR, momentum=0.9)
+            opt = torch.optim.SGD([p for _, p in params], lr=cfg["lr"], momentum=0.9)
             rng = np.random.default_rng(seed)
             b = cfg["batch"]
             steps = len(f_tr) // b
@@ -232,7 +257,8 @@ def torch_acc(cfg: dict) -> dict:
                             "cached_vs_full_losses": same_way,
                             "trainable_values": sum(p.numel() for _, p in params)})
     return {"system": "pytorch", "runs": results, "feature_seconds": feature_seconds,
-            "peak_rss_mb": vmhwm_mb(), "torch": torch.__version__, **cfg}
+            "features_from_cache": from_cache, "peak_rss_mb": vmhwm_mb(),
+            "torch": torch.__version__, **cfg}
 
 
 def torch_ref(cfg: dict) -> dict:
@@ -245,7 +271,7 @@ def torch_ref(cfg: dict) -> dict:
     model, params, names = torch_model(cfg["setting"], cfg["threads"])
     x, y = fashion_mnist("train", cfg["size"])
     x, y = x[:cfg["batch"]].contiguous(), y[:cfg["batch"]]
-    opt = torch.optim.SGD([p for _, p in params], lr=LR, momentum=0.0)
+    opt = torch.optim.SGD([p for _, p in params], lr=cfg["lr"], momentum=0.0)
     out, losses = {"x": x.numpy(), "y": y.numpy()}, []
     for k in range(cfg["steps"]):
         loss = F.cross_entropy(model(x), y)
@@ -301,7 +327,7 @@ def ort_probe(cfg: dict) -> dict:
     import numpy as np
     sys.path.insert(0, str(HERE))
     import bench_ort
-    _, _, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"])
+    _, _, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"], cfg["lr"])
     b, s = cfg["batch"], cfg["size"]
     loss = module(np.zeros((b, 3, s, s), np.float32), np.zeros(b, np.int64))
     opt.step()
@@ -313,7 +339,7 @@ def ort_check(cfg: dict) -> dict:
     sys.path.insert(0, str(HERE))
     import bench_ort
     ref = np.load(cfg["ref"])
-    _, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"])
+    _, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"], cfg["lr"])
     losses, grad_rel = [], {}
     for k in range(len(ref["losses"])):
         losses.append(float(module(ref["x"], ref["y"].astype(np.int64))))
@@ -336,7 +362,7 @@ def ort_steps(cfg: dict) -> dict:
     sys.path.insert(0, str(HERE))
     import bench_ort
     from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
-    ort, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"])
+    ort, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"], cfg["lr"])
     b, s = cfg["batch"], cfg["size"]
     rng = np.random.default_rng(0)
     x = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((b, 3, s, s), dtype=np.float32))
@@ -362,7 +388,7 @@ def ort_steps(cfg: dict) -> dict:
             "foreign": foreign_share(wall, b0, c0),
             "cpu_per_wall": (own_cpu_seconds() - c0) / wall, "peak_rss_mb": vmhwm_mb(),
             "rss_before_steps_mb": rss_before, "onnxruntime": ort.__version__,
-            "optimizer": "SGD lr 0.01, no momentum (ORT training SGDOptimizerV2)"}
+            "optimizer": f"SGD lr {cfg['lr']}, no momentum (ORT training SGDOptimizerV2)"}
 
 
 CHILDREN = {"torch-steps": torch_steps, "torch-acc": torch_acc, "torch-ref": torch_ref,
@@ -448,7 +474,7 @@ def actc_part(args, work: Path, results: dict) -> None:
         flags = ["--layers", "4"] if setting == "layers4" else ["--blocks", "1"]
         plan = work / f"actc-{setting}.actc"
         cmd = [actc, "compile", str(MODEL), *flags, "--input-shape",
-               f"{BATCH}x3x{SIZE}x{SIZE}", "--momentum", "0.9", "--lr", str(LR),
+               f"{BATCH}x3x{SIZE}x{SIZE}", "--momentum", "0.9", "--lr", str(args.lr),
                "--threads", "2", "-o", str(plan)]
         code, out, err, _ = run_cmd(cmd, timeout=1800)
         row = {"setting": setting, "compile": " ".join(cmd[1:])}
@@ -552,6 +578,13 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epoch-steps", type=int, default=0, help="cut epochs short (tests)")
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--acc-threads", type=int, default=1,
+                    help="torch threads of the accuracy runs (1: robust on a shared machine, "
+                         "where a 2-thread torch waits for a busy core; speed is not measured)")
+    ap.add_argument("--features-cache", type=Path,
+                    default=MODELS / "pretrained" / "cache" / "dinov2_112_block11_inputs.pt",
+                    help="the accuracy runs' cached block-11 inputs (git-ignored folder)")
+    ap.add_argument("--lr", type=float, default=LR, help="SGD learning rate (all systems)")
     ap.add_argument("--momenta", type=float, nargs="*", default=[0.9, 0.0],
                     help="PyTorch step rows: SGD momentum values")
     ap.add_argument("--ort-python", default=str(ROOT / ".venv-ort" / "bin" / "python"))
@@ -575,7 +608,7 @@ def main():
     results: dict = {"errors": []}
     log = results["errors"]
     try:
-        base = {"batch": BATCH, "size": SIZE, "threads": args.threads}
+        base = {"batch": BATCH, "size": SIZE, "threads": args.threads, "lr": args.lr}
         ort_dirs = {}
         if ("check" in args.only or "ort-steps" in args.only) and ort_py:
             results["ort_models"] = {}
@@ -625,7 +658,9 @@ def main():
         if "torch-acc" in args.only:
             results["torch_acc"] = child(py, {"kind": "torch-acc", "settings": args.settings,
                                               "seeds": args.seeds, "epochs": args.epochs,
-                                              "epoch_steps": args.epoch_steps, **base}, log)
+                                              "epoch_steps": args.epoch_steps,
+                                              "cache": str(args.features_cache),
+                                              **{**base, "threads": args.acc_threads}}, log)
         if "actc" in args.only:
             actc_part(args, work, results)
         report(results, args)
