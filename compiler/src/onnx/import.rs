@@ -171,9 +171,9 @@ fn input_dtype(info: &ValueInfoProto) -> Result<DType> {
     match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => match t.elem_type() {
             1 | 10 | 11 | 16 => Ok(DType::F32),
-            6 | 7 => Ok(DType::I64),
+            7 => Ok(DType::I64),
             other => bail!(
-                "model input '{name}' has element type {other}; actc feeds float and integer (int32, int64) inputs"
+                "model input '{name}' has element type {other}; actc feeds float and int64 inputs"
             ),
         },
         _ => bail!("model input '{name}' is not a tensor"),
