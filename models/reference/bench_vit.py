@@ -448,17 +448,28 @@ def wait_quiet(max_share: float, timeout: float) -> None:
 
 
 def run_cmd(cmd: list[str], timeout: float | None = None) -> tuple[int, str, str, float]:
-    """(exit code, stdout, stderr, peak RSS in MiB of the child) of a command."""
-    import resource
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-        code, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as e:
-        code, out, err = -1, e.stdout or "", f"timed out after {timeout} s"
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return code, out if isinstance(out, str) else out.decode(), \
-        err if isinstance(err, str) else err.decode(), (after / 1024.0 if after > before else float("nan"))
+    """(exit code, stdout, stderr, peak RSS in MiB of this child alone: os.wait4's rusage)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
+        t_end = time.time() + (timeout or 1e9)
+        while True:
+            pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                code = os.waitstatus_to_exitcode(status)
+                p.returncode = code
+                break
+            if time.time() > t_end:
+                p.kill()
+                _, status, usage = os.wait4(p.pid, 0)
+                p.returncode = code = -1
+                break
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        o, e = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        if code == -1:
+            e += f"\ntimed out after {timeout} s"
+        return code, o, e, usage.ru_maxrss / 1024.0
 
 
 def actc_part(args, work: Path, results: dict) -> None:
@@ -549,7 +560,8 @@ def report(results: dict, args) -> None:
             b = r["bench"]
             print(f"{'actc':28s} {r['setting']:26s} {b['step_ms']['median']:9.1f} "
                   f"{b['step_ms']['p10']:7.1f} {b['step_ms']['p90']:7.1f} "
-                  f"{b['peak_rss_bytes'] / 2**20:7.0f}MiB")
+                  f"{b['peak_rss_bytes'] / 2**20:7.0f}MiB          (trainable part "
+                  f"{b['suffix_ms']['median']:.1f} ms; planned {b['planned_bytes'] / 1e6:.1f} MB)")
     acc = results.get("torch_acc")
     if acc and "runs" in acc:
         print(f"\naccuracy after {args.epochs} epochs (500 test images), seeds {args.seeds}:")
