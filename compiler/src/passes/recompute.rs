@@ -10,6 +10,7 @@
 //! attention in backward.
 
 use crate::ir::{Graph, NodeOp, Tensor, TensorId};
+use crate::ops;
 use actc_runtime::ops::Kind;
 use actc_runtime::plan::Phase;
 use petgraph::stable_graph::NodeIndex;
@@ -21,7 +22,8 @@ pub fn attention(graph: &mut Graph) -> usize {
         .node_indices()
         .filter(|&n| {
             let node = &graph.nodes[n];
-            node.phase == Phase::Forward && matches!(node.op, NodeOp::Kernel(Kind::Softmax(_)))
+            node.phase == Phase::Forward
+                && ops::kernel(node).is_some_and(|k| ops::room_of(k).softmax_axis(k).is_some())
         })
         .collect();
     let mut done = 0;
