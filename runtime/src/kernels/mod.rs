@@ -13,6 +13,7 @@
 //!   the one exception is [`gemm::sgemm`], which guards an `unsafe` call.
 
 pub mod activation;
+mod approx;
 pub mod chain;
 pub mod conv;
 mod depthwise;

@@ -2,8 +2,11 @@
 //! ReduceMean and Softmax, forward and backward. Shapes are `&[usize]`, rank ≤
 //! [`MAX_RANK`].
 
+use super::approx;
 use super::elementwise::{broadcast_to, reduce_to_shape};
 use super::layout::{Dims, MAX_RANK, Walk, contiguous_strides};
+use super::simd::dispatch_avx2;
+use crate::threads;
 
 /// A tensor seen as (outer, len, inner) around one axis: the layout that Concat and
 /// Softmax work on.
@@ -210,11 +213,40 @@ pub fn reduce_backward(mean: bool, x_shape: &[usize], axes: &[usize], dy: &[f32]
     broadcast_to(scale, dy, &dims[..x_shape.len()], dx, x_shape);
 }
 
-/// Softmax along the split's axis (max-subtracted, so large logits do not overflow).
+/// Softmax along the split's axis (max-subtracted, so large logits do not overflow); the
+/// outer blocks are split among the threads (attention's rows: batch × heads × tokens).
 pub fn softmax_forward(s: &AxisSplit, x: &[f32], y: &mut [f32]) {
     debug_assert!(x.len() == s.numel() && y.len() == s.numel());
     let block = s.len * s.inner;
     if block == 0 {
+        return;
+    }
+    let parts = threads::parts_for(s.numel() * SOFTMAX_COST);
+    threads::for_runs(y, s.outer, block, 1, parts, |r, ys| {
+        let xs = &x[r.start * block..r.end * block];
+        // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+        dispatch_avx2!(unsafe { softmax_blocks_avx2(s, xs, ys) });
+        softmax_blocks(s, xs, ys)
+    });
+}
+
+/// Work units per element of a softmax: an exp and a few passes.
+const SOFTMAX_COST: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_blocks_avx2(s: &AxisSplit, x: &[f32], y: &mut [f32]) {
+    softmax_blocks(s, x, y)
+}
+
+#[inline(always)]
+fn softmax_blocks(s: &AxisSplit, x: &[f32], y: &mut [f32]) {
+    let block = s.len * s.inner;
+    if s.inner == 1 {
+        // Contiguous rows (the last axis, as in attention): eight lanes at a time.
+        for (xr, yr) in x.chunks_exact(block).zip(y.chunks_exact_mut(block)) {
+            softmax_row(xr, yr);
+        }
         return;
     }
     for (xb, yb) in x.chunks_exact(block).zip(y.chunks_exact_mut(block)) {
@@ -224,13 +256,51 @@ pub fn softmax_forward(s: &AxisSplit, x: &[f32], y: &mut [f32]) {
                 .map(|k| xb[at(k)])
                 .fold(f32::NEG_INFINITY, f32::max);
             for k in 0..s.len {
-                yb[at(k)] = (xb[at(k)] - max).exp();
+                yb[at(k)] = approx::exp(xb[at(k)] - max);
             }
             let sum = super::blocked_sum(s.len, |k| yb[at(k)]);
             let inv = 1.0 / sum;
             (0..s.len).for_each(|k| yb[at(k)] *= inv);
         }
     }
+}
+
+/// Softmax of one contiguous row, its max and sum taken in eight lanes (then combined), so
+/// that every pass vectorizes.
+#[inline(always)]
+fn softmax_row(x: &[f32], y: &mut [f32]) {
+    let y = &mut y[..x.len()];
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(*v);
+        }
+    }
+    let max = rest
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    y.iter_mut()
+        .zip(x)
+        .for_each(|(y, x)| *y = approx::exp(x - max));
+    // In blocks, as `blocked_sum`: a long row (6625 classes) summed lane by lane would
+    // lose accuracy with its length.
+    let mut total = 0.0f32;
+    for block in y.chunks(8 * super::SUM_BLOCK) {
+        let mut sums = [0.0f32; 8];
+        let chunks = block.chunks_exact(8);
+        let rest: f32 = chunks.remainder().iter().sum();
+        for c in chunks {
+            for (s, v) in sums.iter_mut().zip(c) {
+                *s += v;
+            }
+        }
+        total += sums.iter().sum::<f32>() + rest;
+    }
+    let inv = 1.0 / total;
+    y.iter_mut().for_each(|y| *y *= inv);
 }
 
 /// From the output: dx = y ⊙ (dy − Σ_axis dy ⊙ y).
