@@ -18,7 +18,7 @@ use super::split::Prefix;
 use crate::bail;
 use crate::error::Result;
 use crate::ir::verify::verify;
-use crate::ir::{Graph, NodeOp, Role, TensorId};
+use crate::ir::{Data, Graph, NodeOp, Role, TensorId};
 use crate::ops;
 use actc_runtime::plan::Phase;
 use std::collections::BTreeSet;
@@ -90,11 +90,29 @@ fn rebatch(graph: &mut Graph, batch: usize, m: usize) -> std::result::Result<(),
         }
     }
     for t in graph.tensors.iter_mut() {
-        if t.data.is_none() && t.shape.first() == Some(&batch) {
-            t.shape[0] = m;
+        if t.shape.first() != Some(&batch) {
+            continue;
+        }
+        match &t.data {
+            None => t.shape[0] = m,
+            // A constant spread along the batch (a ViT's class token expanded to it, folded
+            // at import) is the same row at any batch. Were its leading axis not the
+            // batch's, the shape rules below would tell.
+            Some(Data::F32(d)) if batch > 1 && rows_equal(d, batch) => {
+                let row = d.len() / batch;
+                t.data = Some(Data::F32(d[..m * row].into()));
+                t.shape[0] = m;
+            }
+            Some(_) => {}
         }
     }
     verify(graph)
+}
+
+/// Whether the `rows` rows of `d` are all equal.
+fn rows_equal(d: &[f32], rows: usize) -> bool {
+    let row = d.len() / rows;
+    d.chunks_exact(row.max(1)).all(|r| r == &d[..row])
 }
 
 impl PrefixGraph {
@@ -219,6 +237,30 @@ mod tests {
         let mut mixing = graph(Kind::ReduceMean(Axes { axes: vec![0] }), vec![1, 8]);
         let e = rebatch(&mut mixing, 4, 2).unwrap_err();
         assert!(e.contains("combines the samples"), "{e}");
+
+        // A constant spread along the batch (a class token expanded to it) is cut to the
+        // micro-batch; one whose rows differ is not the batch's and breaks the shape rule.
+        for (rows, ok) in [([1.0, 1.0, 1.0, 1.0], true), ([1.0, 1.0, 2.0, 1.0], false)] {
+            let mut g = graph(Kind::Relu(Empty {}), vec![4, 8]);
+            let data: Vec<f32> = rows.iter().flat_map(|&v| [v; 8]).collect();
+            let c = g.add_tensor(Tensor::constant("c", vec![4, 8], Data::F32(data.into())));
+            let y = Tensor::value("sum", vec![4, 8], DType::F32);
+            let kind = Kind::Add(Empty {});
+            g.outputs = g.push(
+                "add".into(),
+                kind,
+                vec![g.outputs[0], c],
+                vec![y],
+                Phase::Forward,
+                None,
+            );
+            let result = rebatch(&mut g, 4, 2);
+            assert_eq!(result.is_ok(), ok, "{result:?}");
+            if ok {
+                assert_eq!(g.tensor(c).shape, [2, 8]);
+                assert_eq!(g.tensor(c).data.as_ref().map(Data::len), Some(16));
+            }
+        }
 
         // A reshape that folds the batch into another axis breaks the shape rule.
         let mut folding = graph(Kind::Reshape(Empty {}), vec![32]);
