@@ -8,6 +8,8 @@ Run from the repository root, with the main venv (after models/fetch_pretrained.
     .venv/bin/python models/reference/bench_vit.py --only torch-steps ort-steps --steps 20
     .venv/bin/python models/reference/bench_vit.py --only torch-acc --seeds 0 1 2 --epochs 3
     ACTC=/work/target-pre/release/actc .venv/bin/python models/reference/bench_vit.py --only actc
+    ACTC=... .venv/bin/python models/reference/bench_vit.py --only actc --only-actc actc-train \
+        --settings layers4 --compress none hosvd:0.9 hosvd:0.99 --lr 0.001
     .venv/bin/python models/reference/bench_vit.py --settings layers4 blocks1 --json vit.json
 
 The model is models/pretrained/dinov2_vits14_cls.onnx (backbone + class token + seeded Linear
@@ -52,7 +54,9 @@ Parts (`--only`, default all):
 - `actc`: with ACTC=path (or --actc): `actc compile MODEL --layers 4 | --blocks 1
   --input-shape 8x3x112x112 --momentum 0.9 --lr 0.01`, `actc bench --steps N --threads 2
   --json`, `actc train --data models/data/fashion-mnist --val .../t10k-images-idx3-ubyte.gz
-  --epochs E --seed S --threads 2 --log`. An actc error (e.g. an op it cannot compile yet) is
+  --epochs E --seed S --threads 2 --log`; `--compress hosvd:0.9 ...` adds rows compiled with
+  `--compress hosvd --eps 0.9` (their last epoch's paper memory metric beside vanilla's
+  bytes, and the ratio, are in the results). An actc error (e.g. an op it cannot compile yet) is
   recorded with its message and the other columns go on.
 """
 
@@ -479,17 +483,21 @@ def actc_part(args, work: Path, results: dict) -> None:
         print("actc: skipped (set ACTC=path or --actc)", file=sys.stderr)
         return
     rows = []
-    for setting in args.settings:
-        if setting == "layers4_frozen_layerscale":
-            continue   # the same flags as layers4: actc decides whether LayerScale trains
+    runs = [(setting, compress) for setting in args.settings for compress in args.compress
+            if setting != "layers4_frozen_layerscale"]  # its flags are layers4's
+    for setting, compress in runs:
         flags = ["--layers", "4"] if setting == "layers4" else ["--blocks", "1"]
-        plan = work / f"actc-{setting}.actc"
+        if compress != "none":
+            method, _, eps = compress.partition(":")
+            flags += ["--compress", method] + (["--eps", eps] if eps else [])
+        name = setting if compress == "none" else f"{setting}-{compress.replace(':', '')}"
+        plan = work / f"actc-{name}.actc"
         cmd = [actc, "compile", str(MODEL), *flags, "--input-shape",
                f"{BATCH}x3x{SIZE}x{SIZE}", "--momentum", "0.9", "--lr", str(args.lr),
                "--threads", "2", "-o", str(plan)]
         code, out, err, _ = run_cmd(cmd, timeout=1800)
-        row = {"setting": setting, "compile": " ".join(cmd[1:])}
-        print(f"actc {setting}: compile exit {code}", file=sys.stderr, flush=True)
+        row = {"setting": setting, "compress": compress, "compile": " ".join(cmd[1:])}
+        print(f"actc {name}: compile exit {code}", file=sys.stderr, flush=True)
         if code != 0:
             row["error"] = (err.strip().splitlines() or ["(no message)"])[-1]
             rows.append(row)
@@ -506,7 +514,7 @@ def actc_part(args, work: Path, results: dict) -> None:
         if "actc-train" in args.only_actc:
             row["train"] = []
             for seed in args.seeds:
-                log = work / f"actc-{setting}-{seed}.jsonl"
+                log = work / f"actc-{name}-{seed}.jsonl"
                 cmd = [actc, "train", str(plan), "--data", str(DATA), "--val", str(VAL),
                        "--epochs", str(args.epochs), "--seed", str(seed), "--threads", "2",
                        "--log", str(log), "--quiet"]
@@ -523,7 +531,12 @@ def actc_part(args, work: Path, results: dict) -> None:
                                 "val_acc": e["val"].get("accuracy"),
                                 "val_loss": e["val"].get("loss"),
                                 "train_loss": e["train"].get("loss")} for e in epochs],
-                    "final_val_acc": epochs[-1]["val"].get("accuracy") if epochs else None})
+                    "final_val_acc": epochs[-1]["val"].get("accuracy") if epochs else None,
+                    # The paper's memory metric of the last epoch (bytes the compressed
+                    # saved inputs take, mean over steps) beside vanilla's.
+                    "compression": {k: epochs[-1]["compression"][k] for k in
+                                    ("paper_bytes_mean", "paper_bytes_peak", "vanilla_bytes")}
+                    if epochs and "compression" in epochs[-1] else None})
         rows.append(row)
     results["actc"] = rows
 
@@ -576,14 +589,21 @@ def report(results: dict, args) -> None:
         ok = [t["final_val_acc"] for t in r.get("train", []) if t.get("final_val_acc") is not None]
         if ok:
             m, s = mean_std(ok)
-            print(f"  actc    {r['setting']:26s} {m:.4f} ± {s:.4f}  "
-                  + " ".join(f"{v:.4f}" for v in ok))
+            label = r["setting"] + ("" if r.get("compress", "none") == "none"
+                                    else f" {r['compress']}")
+            mem = [t["compression"] for t in r["train"] if t.get("compression")]
+            ratio = (f"  paper metric {mem[0]['vanilla_bytes'] / mem[0]['paper_bytes_mean']:.1f}x"
+                     " below vanilla" if mem else "")
+            print(f"  actc    {label:26s} {m:.4f} ± {s:.4f}  "
+                  + " ".join(f"{v:.4f}" for v in ok) + ratio)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=PARTS, choices=PARTS)
     ap.add_argument("--settings", nargs="*", default=SETTINGS, choices=SETTINGS)
+    ap.add_argument("--compress", nargs="*", default=["none"], metavar="METHOD[:EPS]",
+                    help="actc rows: none, or --compress METHOD with --eps EPS (hosvd:0.9)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
