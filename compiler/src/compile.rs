@@ -478,6 +478,11 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
     let Some(prefix) = cx.prefix.as_ref() else {
         return Ok(());
     };
+    if cx.opts.prefix == PrefixRunner::Actc && cx.packed() {
+        bail!(
+            "--prefix actc: this model's inputs (several, or integer ones) reach the runtime packed into one row per sample, which only tract unpacks; leave --prefix out (or give --prefix tract)"
+        );
+    }
     if cx.opts.prefix == PrefixRunner::Tract || cx.packed() {
         return Ok(());
     }

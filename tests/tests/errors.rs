@@ -89,6 +89,22 @@ fn prefix_op_without_an_actc_kernel_names_it_and_the_way_out() {
 }
 
 #[test]
+fn prefix_actc_on_packed_inputs_names_the_reason_and_the_way_out() {
+    let dir = scratch("prefix_actc_packed");
+    let msg = compile_fails(
+        &dir,
+        &model("tiny_bert"),
+        &["--layers", "1", "--input-shape", "4x12", "--prefix", "actc"],
+    );
+    assert!(
+        msg.contains("--prefix actc")
+            && msg.contains("packed")
+            && msg.contains("leave --prefix out"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn truncated_onnx_file() {
     let dir = scratch("truncated");
     let bytes = std::fs::read(model("tiny_cnn")).unwrap();
