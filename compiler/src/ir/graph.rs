@@ -195,6 +195,26 @@ impl Graph {
         }
     }
 
+    /// The one node reading node `n`'s first output, when that output is not a graph
+    /// output: what an inference fusion may fold into `n`.
+    pub fn only_reader(&self, n: NodeIndex) -> Option<NodeIndex> {
+        let y = self.nodes[n].outputs[0];
+        let mut readers = self.consumers(y);
+        match (readers.next(), readers.next(), self.outputs.contains(&y)) {
+            (Some(r), None, false) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Removes `reader` (the [`Graph::only_reader`] of `n`) once `n` computes what it did:
+    /// its readers get `n`'s first output, which takes `reader`'s output name.
+    pub fn absorb_reader(&mut self, n: NodeIndex, reader: NodeIndex) {
+        let (y, z) = (self.nodes[n].outputs[0], self.nodes[reader].outputs[0]);
+        self.remove_node(reader);
+        self.replace_uses(z, y);
+        self.tensor_mut(y).name = self.tensor(z).name.clone();
+    }
+
     /// Points input `i` of node `n` at `t`, edges included.
     pub fn set_input(&mut self, n: NodeIndex, i: usize, t: TensorId) {
         self.nodes[n].source = None;

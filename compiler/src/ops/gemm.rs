@@ -6,7 +6,7 @@ use super::room::{
 };
 use crate::bail;
 use crate::error::Result;
-use crate::ir::{Graph, Node, Tensor};
+use crate::ir::{Data, Graph, Node, NodeOp, Tensor};
 use crate::lowrank::{
     AdapterForm, LayerReport, Matrix, Request, Stage, factorable, lora_init, mode_rank,
     replace_with_stages, split, svd, truncation_error,
@@ -89,10 +89,14 @@ impl Room for Dense {
             Kind::GemmGradA(g) => same(&gemm(g, out(0)?, s[1])?, s[0]),
             // a, dy → db
             Kind::GemmGradB(g) => same(&gemm(g, s[0], out(0)?)?, s[1]),
-            Kind::MatMul(_) => expect(
-                outs,
-                &[(matmul_shape("", s[0], s[1]).map_err(|e| e.0)?, DType::F32)],
-            ),
+            Kind::MatMul(_) => {
+                let y = matmul_shape("", s[0], s[1]).map_err(|e| e.0)?;
+                // The prefix's fused bias (`fuse_bias`): one value per output column.
+                if let Some(b) = s.get(2) {
+                    same(&y[y.len() - 1..], b)?;
+                }
+                expect(outs, &[(y, DType::F32)])
+            }
             // dy, w → dx
             Kind::MatMulGradX(_) => same(&matmul_shape("", out(0)?, s[1]).map_err(|e| e.0)?, s[0]),
             // x, dy → dw (batch axes summed)
@@ -154,8 +158,15 @@ impl Room for Dense {
         }
     }
 
+    fn fuse_inference(&self, graph: &mut Graph, _lanes: usize) {
+        fuse_bias(graph);
+    }
+
     fn to_onnx(&self, kind: &Kind, out: &mut OnnxOut) -> std::result::Result<(), String> {
         match kind {
+            Kind::MatMul(_) if out.inputs().len() > 2 => {
+                return Err("a MatMul with its bias fused (frozen prefix) has no ONNX form".into());
+            }
             Kind::Gemm(g) => {
                 let attrs = vec![
                     attr_int("transA", g.trans_a as i64),
@@ -374,5 +385,48 @@ fn same(got: &[usize], want: &[usize]) -> std::result::Result<(), String> {
         Ok(())
     } else {
         Err(format!("dy is {want:?}, the product gives {got:?}"))
+    }
+}
+
+/// Folds an `Add` of a constant vector along the last axis (a dense layer's bias: PyTorch
+/// exports `nn.Linear` on tokens as MatMul + Add) into the MatMul before it, when the Add is
+/// its only reader: the product's store adds the bias, and one pass over the output and its
+/// buffer go. Inference only (the frozen prefix): a trained bias is a parameter of its own.
+fn fuse_bias(graph: &mut Graph) {
+    let matmuls: Vec<NodeIndex> = graph
+        .nodes
+        .node_indices()
+        .filter(|&n| {
+            let node = &graph.nodes[n];
+            matches!(node.op, NodeOp::Kernel(Kind::MatMul(_))) && node.inputs.len() == 2
+        })
+        .collect();
+    for m in matmuls {
+        let Some(add) = graph.only_reader(m) else {
+            continue;
+        };
+        if !matches!(graph.nodes[add].op, NodeOp::Kernel(Kind::Add(_))) {
+            continue;
+        }
+        let y = graph.nodes[m].outputs[0];
+        let ins = &graph.nodes[add].inputs;
+        let Some(&b) = ins.iter().find(|&&t| t != y).filter(|_| ins.len() == 2) else {
+            continue;
+        };
+        let (yt, bt) = (graph.tensor(y), graph.tensor(b));
+        let n = *yt.shape.last().expect("a product has two axes or more");
+        // A vector along the last axis: its broadcast leaves the output's shape as it is.
+        let vector = bt.shape.split_last().is_some_and(|(&last, lead)| {
+            last == n && lead.iter().all(|&d| d == 1) && bt.shape.len() <= yt.shape.len()
+        });
+        let Some(Data::F32(v)) = bt.data.clone().filter(|_| vector) else {
+            continue;
+        };
+        let name = format!("{}.fused_bias", graph.nodes[add].name);
+        let bias = graph.add_tensor(Tensor::constant(name, vec![n], Data::F32(v)));
+        let (x, w) = (graph.nodes[m].inputs[0], graph.nodes[m].inputs[1]);
+        graph.nodes[m].source = None;
+        graph.set_inputs(m, vec![x, w, bias]);
+        graph.absorb_reader(m, add);
     }
 }

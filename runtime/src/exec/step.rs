@@ -153,7 +153,10 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             let g = gemm_geom(gm, &bi(0).shape, &bo(0).shape);
             linear::gemm_backward(&g, x(0), &[], x(1), None, Some(y(0)), None);
         }
-        Kind::MatMul(_) => linear::matmul_forward(&matmul_geom(bi(0), bi(1)), x(0), x(1), y(0)),
+        Kind::MatMul(_) => {
+            let bias = (step.inputs.len() > 2).then(|| x(2));
+            linear::matmul_forward(&matmul_geom(bi(0), bi(1)), x(0), x(1), bias, y(0))
+        }
         Kind::MatMulGradX(_) => {
             let g = matmul_geom(bo(0), bi(1));
             linear::matmul_backward(&g, &[], x(1), x(0), Some(y(0)), None);
@@ -596,12 +599,12 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             io.shape(io.shape_i(1), &[g.m as u64, g.n as u64], "dy")
         }
         Kind::MatMul(_) => {
-            io.arity(2..=2, 1..=1)?;
-            io.shape(
-                io.shape_o(0),
-                &matmul_out(io.shape_i(0), io.shape_i(1))?,
-                "the output",
-            )
+            io.arity(2..=3, 1..=1)?;
+            let y = matmul_out(io.shape_i(0), io.shape_i(1))?;
+            if step.inputs.len() > 2 {
+                io.shape(io.shape_i(2), &y[y.len() - 1..], "the bias")?;
+            }
+            io.shape(io.shape_o(0), &y, "the output")
         }
         Kind::MatMulGradX(_) => {
             io.arity(2..=2, 1..=1)?;

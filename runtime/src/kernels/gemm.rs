@@ -62,13 +62,41 @@ pub fn sgemm(
     c: &mut [f32],
     c_strides: Strides,
 ) {
+    sgemm_bias(
+        m, n, k, alpha, a, a_strides, b, b_strides, beta, c, c_strides, None,
+    );
+}
+
+/// [`sgemm`] plus `bias[j]` added to every row of column `j` of C (a dense layer's bias,
+/// `bias.len() == n`), in the store of the tiles while they are in L1 rather than in a pass
+/// of its own over C.
+#[allow(clippy::too_many_arguments)] // sgemm's signature and the bias
+pub fn sgemm_bias(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    a_strides: Strides,
+    b: &[f32],
+    b_strides: Strides,
+    beta: f32,
+    c: &mut [f32],
+    c_strides: Strides,
+    bias: Option<&[f32]>,
+) {
+    assert!(
+        bias.is_none_or(|b| b.len() == n),
+        "sgemm: bias is not n long"
+    );
     let one = Segments {
         count: 1,
         a_step: 0,
         b_step: 0,
     };
-    sgemm_sum(
-        m, n, k, one, alpha, a, a_strides, b, b_strides, beta, c, c_strides,
+    let bias = bias.map_or(Bias::None, Bias::Cols);
+    product(
+        m, n, k, one, alpha, a, a_strides, b, b_strides, beta, c, c_strides, bias,
     );
 }
 
@@ -100,6 +128,39 @@ pub fn sgemm_sum(
     c: &mut [f32],
     c_strides: Strides,
 ) {
+    product(
+        m,
+        n,
+        k,
+        seg,
+        alpha,
+        a,
+        a_strides,
+        b,
+        b_strides,
+        beta,
+        c,
+        c_strides,
+        Bias::None,
+    );
+}
+
+#[allow(clippy::too_many_arguments)] // sgemm_sum's signature and the bias
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    seg: Segments,
+    alpha: f32,
+    a: &[f32],
+    a_strides: Strides,
+    b: &[f32],
+    b_strides: Strides,
+    beta: f32,
+    c: &mut [f32],
+    c_strides: Strides,
+    bias: Bias,
+) {
     // The micro-kernel reads and writes through raw pointers: these O(1) checks are what
     // keeps it inside the slices, so they stay on in release builds.
     let last = seg.count.saturating_sub(1);
@@ -121,7 +182,8 @@ pub fn sgemm_sum(
         return;
     }
     if k == 0 || seg.count == 0 || alpha == 0.0 {
-        return scale(m, n, beta, c, c_strides);
+        scale(m, n, beta, c, c_strides);
+        return bias.add_to(m, n, c, c_strides);
     }
     let mut p = Product {
         m,
@@ -135,6 +197,7 @@ pub fn sgemm_sum(
         seg_k: k,
         seg_a: seg.a_step,
         seg_b: seg.b_step,
+        bias,
     };
     // Computing Cᵀ = Bᵀ·Aᵀ instead only swaps strides: it turns a row into the GEMV path's
     // column, and otherwise may pack, store or waste less (see `cost`).
@@ -148,6 +211,7 @@ pub fn sgemm_sum(
     }
     if p.n == 1 && !p.segmented() && (p.sa.0 == 1 || p.sa.1 == 1) {
         gemv(&p, alpha, beta, c);
+        p.bias.add_to(p.m, p.n, c, p.sc);
     } else {
         parallel(&p, alpha, beta, c);
     }
@@ -175,9 +239,11 @@ fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
         if p.sc.1 == 1 {
             q.m = r.len();
             q.a = &p.a[r.start * p.sa.0..];
+            q.bias = p.bias.rows(r.start, r.len());
         } else {
             q.n = r.len();
             q.b = &p.b[r.start * p.sb.1..];
+            q.bias = p.bias.cols(r.start, r.len());
         }
         blocked(&q, alpha, beta, run);
     });
@@ -199,6 +265,55 @@ struct Product<'a> {
     seg_k: usize,
     seg_a: usize,
     seg_b: usize,
+    bias: Bias<'a>,
+}
+
+/// A vector added to C after the product (see [`sgemm_bias`]): along its columns (one value
+/// per column), or along its rows once the product is computed transposed.
+#[derive(Clone, Copy)]
+enum Bias<'a> {
+    None,
+    Cols(&'a [f32]),
+    Rows(&'a [f32]),
+}
+
+impl<'a> Bias<'a> {
+    fn transposed(self) -> Self {
+        match self {
+            Bias::None => Bias::None,
+            Bias::Cols(b) => Bias::Rows(b),
+            Bias::Rows(b) => Bias::Cols(b),
+        }
+    }
+
+    /// The bias of rows `start..start + len` of C.
+    fn rows(self, start: usize, len: usize) -> Self {
+        match self {
+            Bias::Rows(b) => Bias::Rows(&b[start..start + len]),
+            other => other,
+        }
+    }
+
+    /// The bias of columns `start..start + len` of C.
+    fn cols(self, start: usize, len: usize) -> Self {
+        match self {
+            Bias::Cols(b) => Bias::Cols(&b[start..start + len]),
+            other => other,
+        }
+    }
+
+    /// Adds the bias to the `m`×`n` matrix at the start of `c`.
+    fn add_to(self, m: usize, n: usize, c: &mut [f32], (rs, cs): Strides) {
+        match self {
+            Bias::None => {}
+            Bias::Cols(b) => (0..m).for_each(|i| {
+                (0..n).for_each(|j| c[i * rs + j * cs] += b[j]);
+            }),
+            Bias::Rows(b) => (0..m).for_each(|i| {
+                (0..n).for_each(|j| c[i * rs + j * cs] += b[i]);
+            }),
+        }
+    }
 }
 
 impl Product<'_> {
@@ -216,6 +331,7 @@ impl Product<'_> {
             seg_k: self.seg_k,
             seg_a: self.seg_b,
             seg_b: self.seg_a,
+            bias: self.bias.transposed(),
         }
     }
 
@@ -389,6 +505,7 @@ fn shared_b(p: &Product, alpha: f32, beta: f32, c: &mut [f32], parts: usize) {
                     let q = Product {
                         m: r.len(),
                         a: &p.a[r.start * p.sa.0..],
+                        bias: p.bias.rows(r.start, r.len()),
                         ..*p
                     };
                     row_blocks(&q, block, BPanels::Packed(packed), alpha, beta, run);
@@ -461,16 +578,22 @@ fn row_blocks(p: &Product, blk: Block, mut b: BPanels, alpha: f32, beta: f32, c:
                         (&ap[ir * MR * kc..], (1, MR))
                     };
                     let c0 = (ic + i0) * p.sc.0 + (jc + j0) * p.sc.1;
+                    let mr = MR.min(mc - i0);
                     let tile = Tile {
                         kc,
                         a: a_panel,
                         sa,
                         b: b_panel,
                         ldb,
-                        mr: MR.min(mc - i0),
+                        mr,
                         nr,
                     };
                     tile.run(alpha, beta, &mut c[c0..], p.sc);
+                    // Once per element, with the first depth block, while the tile is in L1.
+                    if pc == 0 {
+                        let bias = p.bias.rows(ic + i0, mr).cols(jc + j0, nr);
+                        bias.add_to(mr, nr, &mut c[c0..], p.sc);
+                    }
                 }
             }
         }
@@ -992,6 +1115,45 @@ pub(crate) mod tests {
         }
         // Rows 4 KiB apart: a row-major A packed instead of read in place.
         check(&mut rng, (13, 20, 1024), (false, false, false), 0, 1.0, 0.0);
+    }
+
+    /// [`sgemm_bias`] against [`sgemm`] then the bias, on every path: several depth and
+    /// column blocks, C computed transposed, row and column splits across threads (B shared
+    /// or not), GEMV (a column, a row) and zero depth.
+    #[test]
+    fn bias_is_added_once_on_every_path() {
+        let mut rng = Lcg::new(21);
+        let shapes = [
+            (2 * MC + 13, NC + 21, KC + 3),
+            (MC - 20, 8 * NR + 5, KC + 40),
+            (7, 300, 2 * KC + 1),
+            (300, 7, 9),
+            (40, 1, 33),
+            (1, 40, 33),
+            (5, 6, 0),
+        ];
+        for threads in [1, 2] {
+            crate::threads::set_threads(threads);
+            for (m, n, k) in shapes {
+                for (tb, tc) in [(false, false), (true, true)] {
+                    let (sa, la) = layout(m, k, false, 0);
+                    let (sb, lb) = layout(k, n, tb, 0);
+                    let (sc, lc) = layout(m, n, tc, 0);
+                    let (a, b, bias, c0) = (rng.vec(la), rng.vec(lb), rng.vec(n), rng.vec(lc));
+                    let mut want = c0.clone();
+                    sgemm(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut want, sc);
+                    for i in 0..m {
+                        for j in 0..n {
+                            want[i * sc.0 + j * sc.1] += bias[j];
+                        }
+                    }
+                    let mut got = c0.clone();
+                    sgemm_bias(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut got, sc, Some(&bias));
+                    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+                    assert_close(&format!("{m}x{n}x{k} {tb} {tc}"), &got, &want, 1e-6);
+                }
+            }
+        }
     }
 
     /// Segmented depth ([`sgemm_sum`]) against the sum of every term, on segments shorter

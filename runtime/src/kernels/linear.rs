@@ -1,7 +1,7 @@
 //! Dense layers: ONNX `Gemm` and `MatMul` by a constant weight, forward and backward.
 
 use super::elementwise::{broadcast_to, reduce_to_shape};
-use super::gemm::{Strides, sgemm};
+use super::gemm::{Strides, sgemm, sgemm_bias};
 use crate::threads;
 
 /// ONNX Gemm: `Y = alpha·A′·B′ + beta·C`, A′ = A or Aᵀ (M×K), B′ = B or Bᵀ (K×N), C
@@ -134,11 +134,13 @@ pub struct MatMulGeom {
     pub n: usize,
 }
 
-pub fn matmul_forward(g: &MatMulGeom, x: &[f32], w: &[f32], y: &mut [f32]) {
+/// Y = X·W, plus `bias` (N long) on every row when given: the frozen prefix's MatMul + Add
+/// of a constant vector, with the bias added in the product's store.
+pub fn matmul_forward(g: &MatMulGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     debug_assert_eq!(x.len(), g.rows * g.k);
     debug_assert_eq!(w.len(), g.k * g.n);
     debug_assert_eq!(y.len(), g.rows * g.n);
-    sgemm(
+    sgemm_bias(
         g.rows,
         g.n,
         g.k,
@@ -150,6 +152,7 @@ pub fn matmul_forward(g: &MatMulGeom, x: &[f32], w: &[f32], y: &mut [f32]) {
         0.0,
         y,
         (g.n, 1),
+        bias,
     );
 }
 
@@ -349,7 +352,7 @@ mod tests {
         let x = rng.vec(g.rows * g.k);
         let w = rng.vec(g.k * g.n);
         let mut y = vec![f32::NAN; g.rows * g.n];
-        matmul_forward(&g, &x, &w, &mut y);
+        matmul_forward(&g, &x, &w, None, &mut y);
         let want: Vec<f64> = (0..y.len())
             .map(|o| {
                 (0..g.k)
@@ -362,11 +365,11 @@ mod tests {
         let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
         matmul_backward(&g, &x, &w, &r, Some(&mut dx), Some(&mut dw));
         check_grad("matmul dx", &x, &dx, |xp| {
-            matmul_forward(&g, xp, &w, &mut y);
+            matmul_forward(&g, xp, &w, None, &mut y);
             weighted_sum(&y, &r)
         });
         check_grad("matmul dw", &w, &dw, |wp| {
-            matmul_forward(&g, &x, wp, &mut y);
+            matmul_forward(&g, &x, wp, None, &mut y);
             weighted_sum(&y, &r)
         });
     }

@@ -18,25 +18,6 @@ pub fn fuse(graph: &mut Graph, lanes: usize) {
     fuse_chains(graph, lanes);
 }
 
-/// The one node reading conv `c`'s output, when that output is not a graph output.
-fn only_reader(graph: &Graph, c: NodeIndex) -> Option<NodeIndex> {
-    let y = graph.nodes[c].outputs[0];
-    let readers: Vec<_> = graph.consumers(y).collect();
-    match (&readers[..], graph.outputs.contains(&y)) {
-        (&[r], false) => Some(r),
-        _ => None,
-    }
-}
-
-/// Removes `node` (reading conv `c`'s output alone) and gives its readers the conv's output,
-/// which takes the node's output name.
-fn absorb_into_conv(graph: &mut Graph, c: NodeIndex, node: NodeIndex) {
-    let (y, z) = (graph.nodes[c].outputs[0], graph.nodes[node].outputs[0]);
-    graph.remove_node(node);
-    graph.replace_uses(z, y);
-    graph.tensor_mut(y).name = graph.tensor(z).name.clone();
-}
-
 fn convs(graph: &Graph) -> Vec<NodeIndex> {
     graph
         .nodes
@@ -49,7 +30,7 @@ fn convs(graph: &Graph) -> Vec<NodeIndex> {
 /// before it when it is the conv's only reader: new weight and bias constants.
 fn fold_batch_norms(graph: &mut Graph) {
     for c in convs(graph) {
-        let Some(bn) = only_reader(graph, c) else {
+        let Some(bn) = graph.only_reader(c) else {
             continue;
         };
         let NodeOp::Kernel(Kind::BatchNorm(attrs)) = &graph.nodes[bn].op else {
@@ -89,7 +70,7 @@ fn fold_batch_norms(graph: &mut Graph) {
         let b = graph.add_tensor(Tensor::constant(b_name, vec![len], Data::F32(b.into())));
         let x = graph.nodes[c].inputs[0];
         graph.set_inputs(c, vec![x, w, b]);
-        absorb_into_conv(graph, c, bn);
+        graph.absorb_reader(c, bn);
     }
 }
 
@@ -98,7 +79,7 @@ fn fold_batch_norms(graph: &mut Graph) {
 /// Inference only: training keeps the two apart (the backward needs the mask).
 fn fuse_activations(graph: &mut Graph) {
     for c in convs(graph) {
-        let Some(act) = only_reader(graph, c) else {
+        let Some(act) = graph.only_reader(c) else {
             continue;
         };
         let clip = match &graph.nodes[act].op {
@@ -117,7 +98,7 @@ fn fuse_activations(graph: &mut Graph) {
             conv: Some(conv),
             clip: Some(clip),
         }));
-        absorb_into_conv(graph, c, act);
+        graph.absorb_reader(c, act);
     }
 }
 
@@ -162,7 +143,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
         let mut spatial = !g.is_pointwise();
         while nodes.len() < MAX_CHAIN_STAGES {
             let last = nodes[nodes.len() - 1];
-            let Some(next) = only_reader(graph, last) else {
+            let Some(next) = graph.only_reader(last) else {
                 break;
             };
             let Some((conv, clip, g)) = stage_of(graph, next) else {
@@ -187,7 +168,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
         let x = graph.nodes[first].inputs[0];
         let last = nodes[nodes.len() - 1];
         let mut out = graph.nodes[last].outputs[0];
-        let add = only_reader(graph, last).filter(|&a| {
+        let add = graph.only_reader(last).filter(|&a| {
             let node = &graph.nodes[a];
             matches!(node.op, NodeOp::Kernel(Kind::Add(_)))
                 && node.inputs.len() == 2

@@ -8,8 +8,8 @@
 //! stored through a small buffer; the other tiles go straight into C.
 
 use super::{
-    A_SCRATCH, B_SCRATCH, KC, MC, MR, NC, NR, Product, Strides, Tile, block_size, blocks, extent,
-    pack, update, with_scratch,
+    A_SCRATCH, B_SCRATCH, Bias, KC, MC, MR, NC, NR, Product, Strides, Tile, block_size, blocks,
+    extent, pack, update, with_scratch,
 };
 use crate::threads;
 
@@ -112,6 +112,7 @@ fn columns(
         seg_k: k,
         seg_a: 0,
         seg_b: 0,
+        bias: Bias::None,
     };
     let (kc_max, nc_max, mc_max) = (
         block_size(k, KC, 1),
