@@ -3,6 +3,8 @@
 //! DINOv2 step). Both are accurate to a few units in the last place of the result's scale,
 //! well inside what a training step can tell from the correctly rounded values.
 
+use super::mul_add;
+
 /// ln 2 split in two, so that `x − n·ln2` is exact for the |n| ≤ 128 the range allows.
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
@@ -93,17 +95,6 @@ const ERF_TAYLOR: [f32; 7] = [
     -0.000_854_832_7,
     0.000_120_553_33,
 ];
-
-/// `a·b + c`, fused when the code is compiled for a CPU with FMA, two operations elsewhere
-/// (where `f32::mul_add` would be a libm call).
-#[inline(always)]
-fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
 
 #[cfg(test)]
 mod tests {

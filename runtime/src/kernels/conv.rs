@@ -400,6 +400,7 @@ pub fn backward_weight_into(
                 beta,
                 &mut dw[gi * cog * cig..][..cog * cig],
                 (cig, 1),
+                None,
             );
         }
         return;

@@ -16,6 +16,7 @@
 
 use std::cell::RefCell;
 
+use super::mul_add;
 use super::simd::dispatch_avx2;
 use crate::threads;
 
@@ -85,17 +86,12 @@ pub fn sgemm_bias(
     c_strides: Strides,
     bias: Option<&[f32]>,
 ) {
-    assert!(
-        bias.is_none_or(|b| b.len() == n),
-        "sgemm: bias is not n long"
-    );
     let one = Segments {
         count: 1,
         a_step: 0,
         b_step: 0,
     };
-    let bias = bias.map_or(Bias::None, Bias::Cols);
-    product(
+    sgemm_sum(
         m, n, k, one, alpha, a, a_strides, b, b_strides, beta, c, c_strides, bias,
     );
 }
@@ -112,8 +108,9 @@ pub struct Segments {
 /// `C ← alpha·Σ_s A_s·B_s + beta·C` over the [`Segments`] of `A` (each m×k) and `B` (each
 /// k×n): one product of depth `count·k`. A 1×1 conv's weight gradient is such a sum over
 /// the images of a batch, each a few dozen pixels deep; as separate products, C would be
-/// read and written once per image.
-#[allow(clippy::too_many_arguments)] // sgemm's signature and the segments
+/// read and written once per image. `bias`, when given, is added to every row of C
+/// ([`sgemm_bias`]).
+#[allow(clippy::too_many_arguments)] // sgemm's signature, the segments and the bias
 pub fn sgemm_sum(
     m: usize,
     n: usize,
@@ -127,40 +124,13 @@ pub fn sgemm_sum(
     beta: f32,
     c: &mut [f32],
     c_strides: Strides,
+    bias: Option<&[f32]>,
 ) {
-    product(
-        m,
-        n,
-        k,
-        seg,
-        alpha,
-        a,
-        a_strides,
-        b,
-        b_strides,
-        beta,
-        c,
-        c_strides,
-        Bias::None,
+    assert!(
+        bias.is_none_or(|b| b.len() == n),
+        "sgemm: bias is not n long"
     );
-}
-
-#[allow(clippy::too_many_arguments)] // sgemm_sum's signature and the bias
-fn product(
-    m: usize,
-    n: usize,
-    k: usize,
-    seg: Segments,
-    alpha: f32,
-    a: &[f32],
-    a_strides: Strides,
-    b: &[f32],
-    b_strides: Strides,
-    beta: f32,
-    c: &mut [f32],
-    c_strides: Strides,
-    bias: Bias,
-) {
+    let bias = bias.map_or(Bias::None, Bias::Cols);
     // The micro-kernel reads and writes through raw pointers: these O(1) checks are what
     // keeps it inside the slices, so they stay on in release builds.
     let last = seg.count.saturating_sub(1);
@@ -729,17 +699,6 @@ impl Tile<'_> {
 /// Half a micro-tile's width: one SSE2 or NEON register pair.
 const HALF: usize = NR / 2;
 
-/// `a·b + c`, fused where the target always has FMA (one instruction instead of two) and
-/// unfused elsewhere, where `f32::mul_add` would be a libm call.
-#[inline(always)]
-fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// `c[j·cs] ← alpha·row[j] + beta·c[j·cs]`: one row of an edge tile or of a tile of a C
 /// whose rows are not contiguous.
 #[inline]
@@ -1184,7 +1143,7 @@ pub(crate) mod tests {
                     a_step,
                     b_step,
                 };
-                sgemm_sum(m, n, k, seg, 0.5, &a, sa, &b, sb, 2.0, &mut c, (n, 1));
+                sgemm_sum(m, n, k, seg, 0.5, &a, sa, &b, sb, 2.0, &mut c, (n, 1), None);
                 let want: Vec<f64> = (0..m * n)
                     .map(|at| {
                         let (i, j) = (at / n, at % n);

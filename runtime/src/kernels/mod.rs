@@ -53,6 +53,17 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// `a·b + c`, fused where the target always has FMA (one instruction instead of two) and
+/// unfused elsewhere, where `f32::mul_add` would be a libm call.
+#[inline(always)]
+pub(crate) fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(any(target_arch = "aarch64", target_feature = "fma")) {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// `Σ f(k)` for `k < n` in f32, in blocks of [`SUM_BLOCK`] terms whose sums are then added:
 /// the rounding error grows with the block length plus the number of blocks, not with `n`.
 /// (A 6625-class softmax summed term by term lost 1.3e-5 of its gradients' accuracy.)
