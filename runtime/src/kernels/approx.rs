@@ -22,7 +22,8 @@ const EXP_MAX: f32 = 88.722_83;
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     let c = x.clamp(EXP_MIN, EXP_MAX);
-    let n = (c * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let t = c * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = (c - n * LN2_HI) - n * LN2_LO;
     // Horner's rule on 1/k!, highest power first.
     let mut p = 1.0 / 5040.0;
@@ -30,8 +31,10 @@ pub fn exp(x: f32) -> f32 {
         p = mul_add(p, r, INV_FACTORIAL[k]);
     }
     p = mul_add(p, r, 1.0);
-    // n ∈ [−126, 128], and 2¹²⁸ is not a float: 2ⁿ is applied in two halves.
-    let n = n as i32;
+    // n ∈ [−126, 128] as an integer: the low bits of t hold it (offset by ROUND's). Not
+    // `n as i32`, whose saturating conversion LLVM does lane by lane. 2¹²⁸ is not a float:
+    // 2ⁿ is applied in two halves.
+    let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
     let half = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
     let y = p * half(n >> 1) * half(n - (n >> 1));
     if x < EXP_MIN {
