@@ -370,7 +370,7 @@ fn the_prefix_cache_changes_the_time_only() {
     let partly = run(PrefixCache::new(10 * sample).spill_to(&dir, 20 * sample));
     for run in [&cached, &spilled, &partly] {
         for (e, (p, c)) in plain.iter().zip(run).enumerate() {
-            assert_eq!((p.0, p.1), (c.0, c.1), "epoch {}", e + 1);
+            assert_eq!((&p.0, &p.1), (&c.0, &c.1), "epoch {}", e + 1);
         }
     }
     assert_eq!((cached[0].2, cached[0].3), (0, 80));
