@@ -99,6 +99,18 @@ pub fn feed(
     }
 }
 
+/// [`feed`] for a `--loss mse` plan: `targets` (the batch's rows) in place of labels.
+pub fn feed_targets(
+    exec: &mut actc_runtime::exec::Executor,
+    boundary: &[Vec<f32>],
+    targets: &[f32],
+) {
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    exec.targets_mut().unwrap().copy_from_slice(targets);
+}
+
 /// The first output of an ONNX model on `input` at `shape`, by tract (an implementation
 /// actc did not write).
 pub fn tract_output(bytes: &[u8], shape: &[usize], input: &[f32]) -> Vec<f32> {
