@@ -93,6 +93,9 @@ CASES = {
 MSE_CASES = {
     "tiny_multi_output_mse": ("tiny_multi_output", (3, 16, 16), [1, "all"],
                               ["logits", "embedding"], [1.0, 0.5]),
+    # landmarks is (batch, 5, 2): actc reshapes it to rows before the concatenation.
+    "tiny_landmarks_mse": ("tiny_landmarks", (3, 16, 16), [1, "all"],
+                           ["landmarks", "presence"], [1.0, 2.0]),
 }
 # Models that are the same function with the same weights as another one, written with other
 # ops: their trainable tensors must be the same ones (compared by value, as the exporter
@@ -101,7 +104,8 @@ SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm", "tiny_gelu_erf": "tiny
            "tiny_vit_decomposed": "tiny_vit", "tiny_bert_decomposed": "tiny_bert"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
-              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
+              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_landmarks",
+              "tiny_unsupported",
               "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
               "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf", "tiny_vit", "tiny_vit_decomposed",
               "tiny_bert", "tiny_bert_decomposed", "tiny_decoder"]
