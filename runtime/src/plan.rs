@@ -57,7 +57,8 @@ pub struct Plan {
     /// The buffer holding the scalar loss after the forward phase.
     #[prost(uint32, tag = "10")]
     pub loss: u32,
-    /// The buffer holding the model output that the loss reads (for accuracy and eval).
+    /// The buffer holding the model output that the loss reads (for accuracy and eval); with
+    /// several trained outputs, their rows side by side (`Source::outputs`).
     #[prost(uint32, tag = "11")]
     pub output: u32,
     /// Number of leading steps that form inference (everything up to the model output).
