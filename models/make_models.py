@@ -6,7 +6,8 @@ Run from the repository root, inside the venv described in models/README.md:
     python models/make_models.py            # writes models/*.onnx and checks them
     python models/make_models.py --only tiny_cnn tiny_constants
 
-Every model: float32, graph input ``input``, main output ``logits``, a dynamic batch
+Every model: float32, graph input ``input``, main output ``logits`` (tiny_landmarks:
+``landmarks`` and ``presence``, a regression model), a dynamic batch
 dimension ``batch``. The conv nets are exported with dynamic ``height``/``width`` and then
 given a default spatial size (``DEFAULT_HW``) on the input, so that ``actc compile`` needs no
 shape flag; ``--input-shape`` still compiles them at any other size. Each builder seeds
@@ -484,6 +485,36 @@ def build_tiny_multi_output():
           expect={"Conv": 2, "Gemm": 2})
 
 
+class TinyLandmarks(nn.Module):
+    """A MediaPipe-style landmark model: a conv backbone and two heads, `landmarks` (5
+    points x (x, y), a Linear 16->10 viewed as (batch, 5, 2)) and `presence` (Linear 16->1,
+    sigmoid): what `--train-output landmarks,presence --loss mse` trains at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.points = nn.Linear(16, 10)
+        self.score = nn.Linear(16, 1)
+
+    def forward(self, input):
+        x = F.relu(self.conv1(input))
+        x = torch.flatten(self.pool(F.relu(self.conv2(x))), 1)
+        return self.points(x).view(-1, 5, 2), torch.sigmoid(self.score(x))
+
+
+def build_tiny_landmarks():
+    seed_all(13)
+    model = TinyLandmarks().eval()
+    path = OUT / "tiny_landmarks.onnx"
+    names = ("landmarks", "presence")
+    export_legacy(model, torch.randn(1, 3, 16, 16), path, opset=13, input_dyn=NCHW_DYN,
+                  output_names=names)
+    check(path, model, [rand_input(22, 3, 3, 16, 16)], output_names=names,
+          expect={"Conv": 2, "Gemm": 2, "Sigmoid": 1, "Reshape": 1})
+
+
 class TinyUnsupported(nn.Module):
     def __init__(self):
         super().__init__()
@@ -959,6 +990,7 @@ BUILDERS = {
     "tiny_matmul": build_tiny_matmul,
     "tiny_cnn": build_tiny_cnn,
     "tiny_multi_output": build_tiny_multi_output,
+    "tiny_landmarks": build_tiny_landmarks,
     "tiny_unsupported": build_tiny_unsupported,
     "tiny_constants": build_tiny_constants,
     "tiny_layernorm": build_tiny_layernorm,
@@ -976,7 +1008,8 @@ BUILDERS = {
 # Spatial size written into each conv net's input after export (the graph stays size-agnostic).
 DEFAULT_HW = {
     "mobilenetv2": 224, "mobilenetv2_bn": 224, "resnet18": 32, "mcunet": 32,
-    "tiny_cnn": 16, "tiny_constants": 16, "tiny_multi_output": 16, "tiny_unsupported": 8,
+    "tiny_cnn": 16, "tiny_constants": 16, "tiny_multi_output": 16, "tiny_landmarks": 16,
+    "tiny_unsupported": 8,
     "tiny_decoder": 16,
 }
 

@@ -24,7 +24,7 @@ use crate::{bail, err};
 use actc_runtime::ops;
 use actc_runtime::plan::{
     Adapter, DType, Freeze, Hyper, Layer, LossKind, ModelInput, Phase, Plan, Schedule, Source,
-    Step, Weight,
+    Step, TrainedOutput, Weight,
 };
 use actc_runtime::planning::{MAX_CHAIN_LANES, MAX_PREFIX_LANES};
 use petgraph::stable_graph::NodeIndex;
@@ -36,8 +36,12 @@ use std::path::Path;
 pub struct CompileOptions {
     pub layers: Layers,
     pub input: InputShape,
-    pub output: Option<String>,
+    /// The outputs the loss reads, in order [default: the model's first]. Several only
+    /// with `LossKind::Mse`: the loss is the sum of their mean squared errors.
+    pub outputs: Vec<String>,
     pub loss: LossKind,
+    /// Each trained output's weight in an MSE over several [default: 1 each].
+    pub loss_weights: Vec<f32>,
     pub optimizer: Optimizer,
     pub lr: f32,
     pub schedule: Schedule,
@@ -76,8 +80,9 @@ impl Default for CompileOptions {
         CompileOptions {
             layers: Layers::All,
             input: InputShape::default(),
-            output: None,
+            outputs: Vec::new(),
             loss: LossKind::CrossEntropy,
+            loss_weights: Vec::new(),
             optimizer: Optimizer::Sgd(ops::Sgd {
                 momentum: 0.0,
                 dampening: 0.0,
@@ -117,7 +122,8 @@ pub struct Compiled {
 pub struct DecomposeOptions {
     pub layers: Layers,
     pub input: InputShape,
-    pub output: Option<String>,
+    /// The outputs whose layers count (as `CompileOptions::outputs`).
+    pub outputs: Vec<String>,
     pub request: crate::lowrank::Request,
 }
 
@@ -142,7 +148,7 @@ pub fn decompose_model(
     let compile = CompileOptions {
         layers: opts.layers,
         input: opts.input.clone(),
-        output: opts.output.clone(),
+        outputs: opts.outputs.clone(),
         ..CompileOptions::default()
     };
     let mut cx = Context::import(model, dir, model_name, &compile)?;
@@ -360,7 +366,7 @@ fn rewrite_patterns(cx: &mut Context) -> Result<()> {
 }
 
 fn select_layers(cx: &mut Context) -> Result<()> {
-    let selection = select::select(&mut cx.graph, cx.opts.output.as_deref(), cx.opts.layers)?;
+    let selection = select::select(&mut cx.graph, &cx.opts.outputs, cx.opts.layers)?;
     cx.selection = Some(selection);
     Ok(())
 }
@@ -416,8 +422,9 @@ fn add_adapters(cx: &mut Context) -> Result<()> {
 }
 
 fn append_loss(cx: &mut Context) -> Result<()> {
-    let output = cx.selection().output;
-    cx.loss = Some(loss::append_loss(&mut cx.graph, output, cx.opts.loss)?);
+    let outputs = cx.selection().outputs.clone();
+    let (kind, weights) = (cx.opts.loss, &cx.opts.loss_weights);
+    cx.loss = Some(loss::append_loss(&mut cx.graph, &outputs, kind, weights)?);
     Ok(())
 }
 
@@ -656,9 +663,18 @@ impl Context<'_> {
                 producer: format!("actc {}", env!("CARGO_PKG_VERSION")),
                 input_name,
                 input_shape,
-                output_name: selection.output_name.clone(),
+                output_name: selection.output_names[0].clone(),
                 layers: opts.layers.to_string(),
                 inputs: model_inputs,
+                outputs: selection
+                    .output_names
+                    .iter()
+                    .zip(&selection.output_shapes)
+                    .map(|(name, shape)| TrainedOutput {
+                        name: name.clone(),
+                        shape: shape.iter().map(|&d| d as u64).collect(),
+                    })
+                    .collect(),
             }),
             prefix_onnx: self.prefix_onnx,
             rest_onnx: self.rest_onnx,

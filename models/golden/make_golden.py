@@ -8,6 +8,7 @@ Run from the repository root (about 10 s on 1 thread):
     .venv/bin/python models/golden/make_golden.py --only tiny_cnn tiny_mlp
     .venv/bin/python models/golden/make_golden.py --verify-only
     ACTC=target/release/actc .venv/bin/python models/golden/make_golden.py --only tiny_cnn_lowrank
+    .venv/bin/python models/golden/make_golden.py --only tiny_multi_output_mse
 
 With ACTC set to an actc binary, it also checks that `actc decompose --energy 1
 --even-if-larger` gives each model's function (onnxruntime on both, relative L2 difference
@@ -24,6 +25,10 @@ Steps:
 3. the same gradients are recomputed in float64 and in float32 with the batch reversed (a
    different summation order) to measure how far two correct float32 implementations can be
    apart; the observed differences go to index.json (and README.md);
+   Regression cases (`MSE_CASES`, `actc compile --train-output a,b --loss mse
+   --loss-weights ...`): loss = sum over the trained outputs of weight * F.mse_loss(output,
+   target) (each a mean), the targets seeded normal values; the .npz holds them as
+   `targets`, one row per sample with the outputs' values back to back (what actc feeds);
 4. each case is written as a DEFLATE-compressed, byte-reproducible .npz (fixed zip
    timestamps).
 """
@@ -83,6 +88,15 @@ CASES = {
     "tiny_cnn_lowrank": ((3, 16, 16), [1, 4, "all"]),
     "tiny_mlp_lowrank": ((64,), [1, 2, "all"]),
 }
+# Regression cases: name -> (model, input shape without batch, layer counts, the outputs the
+# MSE sums, their weights).
+MSE_CASES = {
+    "tiny_multi_output_mse": ("tiny_multi_output", (3, 16, 16), [1, "all"],
+                              ["logits", "embedding"], [1.0, 0.5]),
+    # landmarks is (batch, 5, 2): actc reshapes it to rows before the concatenation.
+    "tiny_landmarks_mse": ("tiny_landmarks", (3, 16, 16), [1, "all"],
+                           ["landmarks", "presence"], [1.0, 2.0]),
+}
 # Models that are the same function with the same weights as another one, written with other
 # ops: their trainable tensors must be the same ones (compared by value, as the exporter
 # names some differently), and their gradients are compared too (index.json `same_as`).
@@ -90,7 +104,8 @@ SAME_AS = {"tiny_layernorm_decomposed": "tiny_layernorm", "tiny_gelu_erf": "tiny
            "tiny_vit_decomposed": "tiny_vit", "tiny_bert_decomposed": "tiny_bert"}
 # Every bundled model, for the onnxruntime check.
 ALL_MODELS = ["mobilenetv2", "mobilenetv2_bn", "resnet18", "mcunet", "tiny_mlp", "tiny_matmul",
-              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_unsupported",
+              "tiny_cnn", "tiny_constants", "tiny_multi_output", "tiny_landmarks",
+              "tiny_unsupported",
               "tiny_layernorm", "tiny_layernorm_decomposed", "tiny_cnn_lowrank",
               "tiny_mlp_lowrank", "tiny_gelu", "tiny_gelu_erf", "tiny_vit", "tiny_vit_decomposed",
               "tiny_bert", "tiny_bert_decomposed", "tiny_decoder"]
@@ -510,12 +525,13 @@ def matmul_biases(ev, nodes, consts):
     return out
 
 
-def trainable_names(ev, layers, output="logits"):
-    """Initializer names trained by `--layers layers`, in node (file) order, weight before bias.
+def trainable_names(ev, layers, outputs=("logits",)):
+    """Initializer names trained by `--layers layers`, in node (file) order, weight before bias,
+    the layers counted over what any of `outputs` needs.
     (Weights must be initializers: no golden case has weights in Constant nodes.)"""
     nodes = ev.graph.node
     consts = {name for name, t in ev.inits.items() if t.is_floating_point()}
-    order = needed_nodes(ev, output)
+    order = sorted({i for out in outputs for i in needed_nodes(ev, out)})
     layernorm_params = decomposed_layernorms(ev.model, consts)
     linear_biases = matmul_biases(ev, nodes, consts)
 
@@ -585,6 +601,19 @@ def train_step(ev, names, x, y):
     opt.step()
     updated = {n: params[n].detach().clone() for n in names}
     return logits.detach(), loss.detach(), grads, updated
+
+
+def train_step_mse(ev, names, x, targets, outputs, weights):
+    """One SGD step on the weighted sum of each output's mean squared error."""
+    params = {n: ev.inits[n].clone().requires_grad_(True) for n in names}
+    env = ev.run({"input": x}, overrides=params)
+    loss = sum(w * F.mse_loss(env[o], t) for o, t, w in zip(outputs, targets, weights))
+    loss.backward()
+    grads = {n: params[n].grad.detach().clone() for n in names}
+    opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=0.0, weight_decay=0.0)
+    opt.step()
+    updated = {n: params[n].detach().clone() for n in names}
+    return loss.detach(), grads, updated
 
 
 def compare_same_function(ev, names, other_model, layers, x, y, loss, grads):
@@ -706,9 +735,63 @@ def run_case(model, layers):
     return name, info
 
 
+def run_mse_case(case, layers):
+    """A regression case of MSE_CASES: one step on several outputs' summed MSE."""
+    model, shape, _, outputs, weights = MSE_CASES[case]
+    name = f"{case}__layers_{layers}"
+    path = MODELS / f"{model}.onnx"
+    ev = OnnxTorch(path)
+    names, count = trainable_names(ev, layers, outputs)
+    x, _ = case_input(shape)
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        env = ev.run({"input": xt})
+    rng = np.random.default_rng(2)
+    targets = [rng.standard_normal(tuple(env[o].shape), dtype=np.float32) for o in outputs]
+    tt = [torch.from_numpy(t) for t in targets]
+    loss, grads, updated = train_step_mse(ev, names, xt, tt, outputs, weights)
+    ev64 = OnnxTorch(path, torch.float64)
+    loss64, grads64, _ = train_step_mse(ev64, names, xt.double(), [t.double() for t in tt],
+                                        outputs, weights)
+    loss_rev, grads_rev, _ = train_step_mse(ev, names, xt.flip(0), [t.flip(0) for t in tt],
+                                            outputs, weights)
+    rows = np.concatenate([t.reshape(BATCH, -1) for t in targets], axis=1)
+    compiled = [BATCH] + list(shape)
+    arrays = {"input": x, "targets": rows, "input_shape": np.array(compiled, dtype=np.int64),
+              "loss": loss.numpy().astype(np.float32), "trainable": np.array(names)}
+    per_tensor = []
+    floor = NOISE * max(float(grads[n].abs().max()) for n in names)
+    for n in names:
+        arrays[f"grad/{n}"] = grads[n].numpy()
+        arrays[f"updated/{n}"] = updated[n].numpy()
+        d64, r64, s = diff_stats(grads[n], grads64[n], floor)
+        drev, rrev, _ = diff_stats(grads[n], grads_rev[n], floor)
+        per_tensor.append({"name": n, "shape": list(grads[n].shape), "max_abs_grad": s,
+                           "f32_vs_f64_abs": d64, "f32_vs_f64_rel": r64,
+                           "f32_vs_f32rev_abs": drev, "f32_vs_f32rev_rel": rrev})
+    out = HERE / f"{name}.npz"
+    write_npz(out, arrays)
+    info = {
+        "file": out.name, "model": f"{model}.onnx", "layers": str(layers), "total_layers": count,
+        "input_shape": compiled, "loss_kind": "mse", "outputs": outputs,
+        "loss_weights": weights, "loss": float(loss), "loss_f64": float(loss64),
+        "loss_f32_batch_reversed": float(loss_rev), "trainable": names,
+        "num_trainable_values": int(sum(grads[n].numel() for n in names)),
+        "updated_stored": True, "bytes": out.stat().st_size,
+        "max_rel_f32_vs_f64": max(t["f32_vs_f64_rel"] for t in per_tensor),
+        "max_rel_f32_vs_f32rev": max(t["f32_vs_f32rev_rel"] for t in per_tensor),
+        "tensors": per_tensor,
+    }
+    print(f"  {name:26s} {len(names):3d} tensors {info['num_trainable_values']:8d} values  "
+          f"loss {float(loss):.6f}  rel f32/f64 {info['max_rel_f32_vs_f64']:.1e}  "
+          f"rel f32/f32rev {info['max_rel_f32_vs_f32rev']:.1e}  {out.stat().st_size} B")
+    return name, info
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", choices=list(CASES), help="golden cases of these models")
+    ap.add_argument("--only", nargs="*", choices=[*CASES, *MSE_CASES],
+                    help="golden cases of these models (or regression cases)")
     ap.add_argument("--verify-only", action="store_true", help="only the onnxruntime check")
     args = ap.parse_args()
     import onnxruntime
@@ -733,11 +816,17 @@ def main():
         index["lowrank_energy1"] = lowrank
         index["lora_export"] = lora
     if args.only:  # merged: the other models keep the numbers of the run that wrote them
+        models = [MSE_CASES[k][0] if k in MSE_CASES else k for k in args.only]
         ort_report = {**index.get("ort_check", {}),
-                      **{k: ort_report[k] for k in [*args.only, "op_selftest"]}}
+                      **{k: ort_report[k] for k in [*models, "op_selftest"]}}
     index["ort_check"] = {k: ort_report[k] for k in [*ALL_MODELS, "op_selftest"]}
     print("golden cases:")
-    for model in args.only or CASES:
+    for model in args.only or [*CASES, *MSE_CASES]:
+        if model in MSE_CASES:
+            for layers in MSE_CASES[model][2]:
+                name, info = run_mse_case(model, layers)
+                index["cases"][name] = info
+            continue
         for layers in CASES[model][1]:
             name, info = run_case(model, layers)
             index["cases"][name] = info

@@ -194,6 +194,17 @@ pub struct AdamW {
 #[derive(Clone, PartialEq, Message)]
 pub struct Empty {}
 
+/// How an MSE over several outputs splits each sample's row of (concatenated) values:
+/// segment k holds `sizes[k]` values and adds `weights[k]` × its own mean squared error.
+/// Empty: one segment of weight 1, the mean over every element (a plan of one output).
+#[derive(Clone, PartialEq, Message)]
+pub struct MseSegments {
+    #[prost(uint32, repeated, tag = "1")]
+    pub sizes: Vec<u32>,
+    #[prost(float, repeated, tag = "2")]
+    pub weights: Vec<f32>,
+}
+
 #[derive(Clone, PartialEq, Oneof)]
 pub enum Kind {
     // ---- forward ----
@@ -276,12 +287,13 @@ pub enum Kind {
     /// probabilities, labels → dlogits
     #[prost(message, tag = "26")]
     SoftmaxCrossEntropyBackward(Empty),
-    /// prediction, target → loss (mean over all elements)
+    /// prediction, target → loss (mean over all elements; with segments, their weighted
+    /// sum of means)
     #[prost(message, tag = "27")]
-    Mse(Empty),
+    Mse(MseSegments),
     /// prediction, target → dprediction
     #[prost(message, tag = "28")]
-    MseBackward(Empty),
+    MseBackward(MseSegments),
 
     // ---- backward ----
     /// dy, w → dx

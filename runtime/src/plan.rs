@@ -21,7 +21,9 @@ pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// 4: a fused update's weight gradient may come from a compressed input; prefix lanes.
 /// 5: low-rank adapters and sequential freezing's turns, which an older runtime would
 /// ignore and train the wrong weights.
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: an MSE over several outputs (`MseSegments`: each output's mean, weighted), which an
+/// older runtime would read as one mean over all the values.
+pub const FORMAT_VERSION: u32 = 6;
 /// Magic, version and payload length.
 const HEADER: usize = 20;
 
@@ -55,7 +57,8 @@ pub struct Plan {
     /// The buffer holding the scalar loss after the forward phase.
     #[prost(uint32, tag = "10")]
     pub loss: u32,
-    /// The buffer holding the model output that the loss reads (for accuracy and eval).
+    /// The buffer holding the model output that the loss reads (for accuracy and eval); with
+    /// several trained outputs, their rows side by side (`Source::outputs`).
     #[prost(uint32, tag = "11")]
     pub output: u32,
     /// Number of leading steps that form inference (everything up to the model output).
@@ -161,6 +164,10 @@ pub struct Progress {
     /// The next epoch's summed absolute error over its steps taken (regression targets).
     #[prost(double, tag = "8")]
     pub abs_error_sum: f64,
+    /// With several trained outputs, each one's summed squared error (its MSE per sample)
+    /// over the next epoch's steps taken.
+    #[prost(double, repeated, tag = "9")]
+    pub output_sq_sums: Vec<f64>,
 }
 
 /// What decides a run's result besides the plan: checked when it is resumed.
@@ -212,6 +219,19 @@ pub struct Source {
     /// [batch, row length]), and the frozen prefix unpacks them. Empty for one float input.
     #[prost(message, repeated, tag = "7")]
     pub inputs: Vec<ModelInput>,
+    /// The outputs the loss reads, in order (`--train-output a,b`): one sample's targets
+    /// are their values back to back. `output_name` is the first's name.
+    #[prost(message, repeated, tag = "8")]
+    pub outputs: Vec<TrainedOutput>,
+}
+
+/// A model output the loss reads: its name in the model and compiled shape (batch first).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TrainedOutput {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint64, repeated, tag = "2")]
+    pub shape: Vec<u64>,
 }
 
 /// One model input of a plan that packs several: its name, compiled shape and type.

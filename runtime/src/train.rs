@@ -22,11 +22,17 @@ pub struct Session {
     /// steps).
     boundary: Vec<Vec<f32>>,
     cache: PrefixCache,
+    /// How a regression's row of outputs splits into the trained outputs: each one's values
+    /// and weight in the loss (one segment of weight 1 for a plan of one output).
+    segments: Vec<(usize, f64)>,
+    /// The trained outputs' names, beside `segments` when there are several.
+    output_names: Vec<String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
-    /// Mean cross-entropy, or for regression targets the mean squared error.
+    /// Mean cross-entropy, or for regression targets the mean squared error (over several
+    /// trained outputs, the weighted sum of each one's, as the loss).
     pub loss: f64,
     /// Top-1 accuracy (0 for regression targets).
     pub accuracy: f64,
@@ -34,6 +40,9 @@ pub struct Metrics {
     pub mae: f64,
     pub samples: usize,
     pub regression: bool,
+    /// With several trained outputs, each one's name and mean squared error (unweighted),
+    /// in the plan's order; empty otherwise.
+    pub outputs: Vec<(String, f64)>,
 }
 
 impl Metrics {
@@ -48,12 +57,31 @@ impl Metrics {
     }
 }
 
-/// What a batch's rows scored: top-1 hits, summed per-sample loss, summed absolute error.
-#[derive(Clone, Copy, Default)]
+/// What a batch's rows scored: top-1 hits, summed per-sample loss, summed absolute error,
+/// and with several trained outputs each one's summed per-sample squared error.
+#[derive(Clone, Default)]
 struct Tally {
     hits: usize,
     loss: f64,
     abs: f64,
+    outputs: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, t: &Tally) {
+        self.hits += t.hits;
+        self.loss += t.loss;
+        self.abs += t.abs;
+        add_into(&mut self.outputs, &t.outputs);
+    }
+}
+
+/// `sums += more`, element by element (`sums` grown to fit: an empty tally adds to any).
+fn add_into(sums: &mut Vec<f64>, more: &[f64]) {
+    if sums.len() < more.len() {
+        sums.resize(more.len(), 0.0);
+    }
+    sums.iter_mut().zip(more).for_each(|(s, m)| *s += m);
 }
 
 /// Some rows of a dataset.
@@ -150,7 +178,16 @@ impl Session {
             Some(_) => vec![0.0; input_shape.iter().product()],
             None => Vec::new(),
         };
+        let segments = segments_of(exec.plan());
+        let output_names = (0..segments.len())
+            .map(|k| match src.outputs.get(k) {
+                Some(o) if src.outputs.len() == segments.len() => o.name.clone(),
+                _ => format!("output {k}"),
+            })
+            .collect();
         Ok(Session {
+            segments,
+            output_names,
             input,
             exec,
             tract,
@@ -305,21 +342,35 @@ impl Session {
             return Tally {
                 hits,
                 loss,
-                abs: 0.0,
+                ..Tally::default()
             };
         }
         let out = self.exec.output();
         let per = out.len() / self.batch();
-        let mut t = Tally::default();
+        let several = self.segments.len() > 1;
+        let mut t = Tally {
+            outputs: vec![0.0; if several { self.segments.len() } else { 0 }],
+            ..Tally::default()
+        };
         for (r, &i) in rows.iter().enumerate().take(valid) {
-            let (mut sq, mut abs) = (0.0f64, 0.0f64);
-            for (&o, &y) in out[r * per..(r + 1) * per].iter().zip(data.target(i)) {
-                let d = (o - y) as f64;
-                sq += d * d;
-                abs += d.abs();
+            let (mut row, mut target) = (&out[r * per..(r + 1) * per], data.target(i));
+            let mut abs = 0.0f64;
+            for (k, &(len, weight)) in self.segments.iter().enumerate() {
+                let len = len.min(row.len()).min(target.len());
+                let mut sq = 0.0f64;
+                for (&o, &y) in row[..len].iter().zip(&target[..len]) {
+                    let d = (o - y) as f64;
+                    sq += d * d;
+                    abs += d.abs();
+                }
+                let mse = sq / len.max(1) as f64;
+                t.loss += weight * mse;
+                if several {
+                    t.outputs[k] += mse;
+                }
+                (row, target) = (&row[len..], &target[len..]);
             }
-            t.loss += sq / per as f64;
-            t.abs += abs / per as f64;
+            t.abs += abs / per.max(1) as f64;
         }
         t
     }
@@ -358,10 +409,7 @@ impl Session {
         for chunk in rows.chunks(self.batch()) {
             self.load(data, prep, chunk)?;
             self.exec.forward();
-            let t = self.score(data, chunk, chunk.len());
-            sum.hits += t.hits;
-            sum.loss += t.loss;
-            sum.abs += t.abs;
+            sum.add(&self.score(data, chunk, chunk.len()));
         }
         let n = rows.len().max(1) as f64;
         Ok(Metrics {
@@ -370,7 +418,17 @@ impl Session {
             mae: sum.abs / n,
             samples: rows.len(),
             regression: self.regression(),
+            outputs: self.named(&sum.outputs, n),
         })
+    }
+
+    /// Per-output sums over `n` samples as each output's name and mean.
+    fn named(&self, sums: &[f64], n: f64) -> Vec<(String, f64)> {
+        self.output_names
+            .iter()
+            .zip(sums)
+            .map(|(name, s)| (name.clone(), s / n))
+            .collect()
     }
 
     /// Refuses data whose kind of target the plan does not train on: class labels for a
@@ -453,6 +511,7 @@ impl Session {
                 let t = self.score(data, rows, b);
                 at.hits += t.hits as u64;
                 at.abs_error_sum += t.abs;
+                add_into(&mut at.output_sq_sums, &t.outputs);
                 at.loss_sum += loss as f64;
                 at.steps_done += 1;
                 at.updates = self.exec.updates();
@@ -494,6 +553,7 @@ impl Session {
                 mae: at.abs_error_sum / (steps * b) as f64,
                 samples: steps * b,
                 regression: self.regression(),
+                outputs: self.named(&at.output_sq_sums, (steps * b) as f64),
             };
             let val = if run.val.rows.is_empty() {
                 Metrics::default()
@@ -509,6 +569,7 @@ impl Session {
             }
             (at.epochs_done, at.steps_done, at.hits, at.loss_sum) = (epoch as u32, 0, 0, 0.0);
             at.abs_error_sum = 0.0;
+            at.output_sq_sums.clear();
             on(Event::Epoch {
                 epoch,
                 train,
@@ -525,6 +586,28 @@ impl Session {
             .map_err(ExecError)?;
         }
         Ok(())
+    }
+}
+
+/// Each trained output's values per sample and weight in the loss, from the plan's MSE step;
+/// one segment of weight 1 for a plan of one output (or of class labels).
+fn segments_of(plan: &Plan) -> Vec<(usize, f64)> {
+    let whole = || {
+        let out = &plan.buffer(plan.output).shape;
+        vec![(out.iter().skip(1).product::<u64>() as usize, 1.0)]
+    };
+    let mse = plan.steps.iter().find_map(|s| match &s.op.as_ref()?.kind {
+        Some(crate::ops::Kind::Mse(m)) => Some(m),
+        _ => None,
+    });
+    match mse {
+        Some(m) if !m.sizes.is_empty() => m
+            .sizes
+            .iter()
+            .zip(&m.weights)
+            .map(|(&n, &w)| (n as usize, w as f64))
+            .collect(),
+        _ => whole(),
     }
 }
 

@@ -404,3 +404,158 @@ fn text_from_a_csv_through_the_model_tokenizer() {
     run(&["export", &plan, "-o", &path("bert.onnx")]);
     assert!(dir.join("bert.onnx").exists());
 }
+
+/// `--loss mse` on two outputs at once: one `.npz` array per output, the loss their summed
+/// (here weighted) MSEs, each output's MSE in the log, and the export keeps every output.
+#[test]
+fn mse_on_two_outputs_reads_an_array_per_output() {
+    let dir = scratch("cli_two_outputs");
+    let plan = dir.join("two.actc");
+    let p = plan.to_str().unwrap();
+    run(&[
+        "compile",
+        model("tiny_multi_output").to_str().unwrap(),
+        "--layers",
+        "1",
+        "--batch",
+        "8",
+        "--train-output",
+        "logits,embedding",
+        "--loss",
+        "mse",
+        "--loss-weights",
+        "1,0.5",
+        "--lr",
+        "0.05",
+        "-o",
+        p,
+    ]);
+    // Seeded samples; targets a constant per output value, which the heads' biases learn.
+    let n = 64;
+    let mut seed = 7u32;
+    let x: Vec<f32> = (0..n * 3 * 16 * 16)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        })
+        .collect();
+    let logits: Vec<f32> = (0..n * 10).map(|i| (i % 10) as f32 * 0.2 - 1.0).collect();
+    let embedding: Vec<f32> = (0..n * 8).map(|i| 0.5 - (i % 8) as f32 * 0.1).collect();
+    let x_arr = ("x", &[n, 3, 16, 16][..], &x[..]);
+    let data = dir.join("two.npz");
+    common::write_npz(
+        &data,
+        &[
+            x_arr,
+            ("logits", &[n, 10], &logits),
+            ("embedding", &[n, 8], &embedding),
+        ],
+    );
+    let log = dir.join("log.jsonl");
+    let d = data.to_str().unwrap();
+    let save = dir.join("run");
+    run(&[
+        "train",
+        p,
+        "--data",
+        d,
+        "--epochs",
+        "2",
+        "--quiet",
+        "--log",
+        log.to_str().unwrap(),
+        "--save",
+        save.to_str().unwrap(),
+    ]);
+    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
+        .collect();
+    let mse = |e: usize, set: &str, key: &str| match key {
+        "" => epochs[e][set]["mse"].as_f64().unwrap(),
+        out => epochs[e][set]["outputs"][out]["mse"].as_f64().unwrap(),
+    };
+    assert_eq!(epochs.len(), 2);
+    assert!(
+        mse(1, "train", "") < mse(0, "train", ""),
+        "the loss did not decrease: {epochs:?}"
+    );
+    for e in 0..2 {
+        for set in ["train", "val"] {
+            let sum = mse(e, set, "logits") + 0.5 * mse(e, set, "embedding");
+            let loss = mse(e, set, "");
+            assert!((sum - loss).abs() <= 1e-4 * loss, "{set} {e}: {epochs:?}");
+        }
+    }
+
+    // A missing array and a mis-shaped one are named, with the file.
+    let (missing, wrong) = (dir.join("missing.npz"), dir.join("wrong.npz"));
+    common::write_npz(&missing, &[x_arr, ("logits", &[n, 10], &logits)]);
+    common::write_npz(
+        &wrong,
+        &[
+            x_arr,
+            ("logits", &[n, 10], &logits),
+            ("embedding", &[n / 8, 64], &embedding),
+        ],
+    );
+    for (file, want) in [
+        (&missing, "no array named embedding"),
+        (&wrong, "array embedding has shape [8, 64], not [64, 8]"),
+    ] {
+        for cmd in ["train", "eval"] {
+            let (code, msg) =
+                actc::driver::cli::run_from(["actc", cmd, p, "--data", file.to_str().unwrap()])
+                    .unwrap_err();
+            assert!(
+                code == 2 && msg.contains(file.to_str().unwrap()) && msg.contains(want),
+                "{cmd}: {msg}"
+            );
+        }
+    }
+
+    // Training on two outputs still exports the whole model, both heads.
+    let onnx = dir.join("two.onnx");
+    let best = save.with_extension("best.actc");
+    run(&[
+        "export",
+        p,
+        "--weights",
+        best.to_str().unwrap(),
+        "-o",
+        onnx.to_str().unwrap(),
+    ]);
+    let graph = actc::load_onnx(&onnx).unwrap().graph.unwrap();
+    let names: Vec<&str> = graph.output.iter().map(|o| o.name()).collect();
+    assert_eq!(names, ["logits", "embedding"]);
+
+    // One trained output still reads `y`.
+    let one = dir.join("one.actc");
+    run(&[
+        "compile",
+        model("tiny_multi_output").to_str().unwrap(),
+        "--layers",
+        "1",
+        "--batch",
+        "8",
+        "--train-output",
+        "embedding",
+        "--loss",
+        "mse",
+        "-o",
+        one.to_str().unwrap(),
+    ]);
+    let y = dir.join("y.npz");
+    common::write_npz(&y, &[x_arr, ("y", &[n, 8], &embedding)]);
+    run(&[
+        "train",
+        one.to_str().unwrap(),
+        "--data",
+        y.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--quiet",
+    ]);
+}

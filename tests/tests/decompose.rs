@@ -41,7 +41,7 @@ fn decompose_file(
             shape: Some(shape.to_vec()),
             batch: None,
         },
-        output: None,
+        outputs: Vec::new(),
         request: LowRankRequest {
             rule,
             even_if_larger,

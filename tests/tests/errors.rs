@@ -164,6 +164,28 @@ fn unknown_output_and_bad_hyper_parameters() {
     let m = model("tiny_multi_output");
     let msg = compile_fails(&dir, &m, &["--layers", "1", "--train-output", "nope"]);
     assert!(msg.contains("logits, embedding"), "{msg}");
+    let both = ["--layers", "1", "--train-output", "logits,embedding"];
+    let msg = compile_fails(&dir, &m, &both);
+    assert!(
+        msg.contains("--train-output") && msg.contains("--loss mse"),
+        "{msg}"
+    );
+    let twice = ["--train-output", "logits", "--train-output", "logits"];
+    let msg = compile_fails(
+        &dir,
+        &m,
+        &[&["--layers", "1", "--loss", "mse"], &twice[..]].concat(),
+    );
+    assert!(msg.contains("twice"), "{msg}");
+    let weights = [&both[..], &["--loss", "mse", "--loss-weights", "1"]].concat();
+    let msg = compile_fails(&dir, &m, &weights);
+    assert!(
+        msg.contains("--loss-weights") && msg.contains("2 trained outputs"),
+        "{msg}"
+    );
+    let weights = [&both[..], &["--loss", "mse", "--loss-weights", "1,-1"]].concat();
+    let msg = compile_fails(&dir, &m, &weights);
+    assert!(msg.contains("--loss-weights -1"), "{msg}");
     let msg = compile_fails(&dir, &m, &["--layers", "1", "--nesterov"]);
     assert!(msg.contains("--momentum"), "{msg}");
     let msg = compile_fails(&dir, &m, &["--layers", "1", "--lr=-1"]);

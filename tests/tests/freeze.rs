@@ -19,7 +19,7 @@ fn decomposed() -> actc::ModelProto {
             shape: Some(vec![4, 3, 16, 16]),
             batch: None,
         },
-        output: None,
+        outputs: Vec::new(),
         request: LowRankRequest {
             rule: RankRule::Energy(0.95),
             even_if_larger: true,

@@ -370,7 +370,7 @@ fn the_prefix_cache_changes_the_time_only() {
     let partly = run(PrefixCache::new(10 * sample).spill_to(&dir, 20 * sample));
     for run in [&cached, &spilled, &partly] {
         for (e, (p, c)) in plain.iter().zip(run).enumerate() {
-            assert_eq!((p.0, p.1), (c.0, c.1), "epoch {}", e + 1);
+            assert_eq!((&p.0, &p.1), (&c.0, &c.1), "epoch {}", e + 1);
         }
     }
     assert_eq!((cached[0].2, cached[0].3), (0, 80));
@@ -505,4 +505,56 @@ fn recomputed_attention_trains_identically_on_less_memory() {
     assert!(kept.1 == recomputed.1, "the trained weights differ");
     // Two blocks, each 8 × 2 heads × 17² probabilities.
     assert_eq!(kept.2 - recomputed.2, 2 * 8 * 2 * 17 * 17 * 4);
+}
+
+/// An output at weight w goes through what an MSE over several outputs builds (the
+/// (batch, 5, 2) landmarks reshaped to rows, then concatenated): the plain MSE's step, its
+/// loss and its weights' changes scaled by w.
+#[test]
+fn a_weighted_mse_scales_the_plain_ones_loss_and_update() {
+    let step = |weights: Vec<f32>| {
+        let opts = actc::CompileOptions {
+            loss: actc_runtime::plan::LossKind::Mse,
+            outputs: vec!["landmarks".into()],
+            loss_weights: weights,
+            lr: 1.0,
+            ..common::options(Layers::Last(1), None)
+        };
+        let plan = actc::compile_file(&common::model("tiny_landmarks"), &opts)
+            .unwrap()
+            .plan;
+        let input = batch(common::input_shape(&plan).iter().product(), 3);
+        let boundary = common::boundary(&plan, &input);
+        let mut exec = Executor::new(plan.clone(), 1).unwrap();
+        let n = exec.targets_mut().unwrap().len();
+        common::feed_targets(&mut exec, &boundary, &batch(n, 4));
+        let loss = exec.train_step();
+        let after = exec.snapshot().unwrap();
+        let moved: Vec<f32> = plan
+            .weights
+            .iter()
+            .zip(&after.weights)
+            .flat_map(|(w0, w1)| {
+                let f = |d: &[u8], i: usize| {
+                    f32::from_le_bytes(d[4 * i..4 * i + 4].try_into().unwrap())
+                };
+                (0..w0.data.len() / 4).map(move |i| f(&w0.data, i) - f(&w1.data, i))
+            })
+            .collect();
+        (loss, moved)
+    };
+    let (plain, plain_moved) = step(Vec::new());
+    let (weighted, weighted_moved) = step(vec![2.5]);
+    assert!(
+        (weighted - 2.5 * plain).abs() <= 1e-5 * weighted,
+        "{weighted} vs 2.5 × {plain}"
+    );
+    let scale = plain_moved.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    for (p, w) in plain_moved.iter().zip(&weighted_moved) {
+        assert!(
+            (w - 2.5 * p).abs() <= 1e-4 * 2.5 * scale,
+            "{w} vs 2.5 × {p}"
+        );
+    }
 }

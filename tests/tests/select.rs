@@ -157,7 +157,7 @@ fn the_chosen_output_trains_and_the_other_head_is_pruned() {
     let e = actc::compile_file(
         &model("tiny_multi_output"),
         &actc::CompileOptions {
-            output: Some("embedding".into()),
+            outputs: vec!["embedding".into()],
             ..common::options(Layers::Last(1), None)
         },
     )
@@ -205,7 +205,7 @@ fn an_output_behind_an_identity_is_named_as_the_model_names_it() {
         actc::compile_file(
             &path,
             &actc::CompileOptions {
-                output: output.map(str::to_string),
+                outputs: output.map(str::to_string).into_iter().collect(),
                 ..common::options(Layers::Last(1), None)
             },
         )

@@ -161,3 +161,20 @@ fn fixed_rank_training_graph() {
     let text = snapshot_with("tiny_cnn", &shape, &opts, " --compress hosvd (fixed ranks)");
     insta::assert_snapshot!("tiny_cnn__layers_all__hosvd_fixed", text);
 }
+
+/// Two outputs trained at once (`--train-output landmarks,presence --loss mse
+/// --loss-weights 1,2`): the (batch, 5, 2) landmarks reshaped to rows, both concatenated,
+/// one MSE over the row in segments.
+#[test]
+fn multi_output_training_graph() {
+    let shape = [2, 3, 16, 16];
+    let opts = CompileOptions {
+        outputs: vec!["landmarks".into(), "presence".into()],
+        loss: actc_runtime::plan::LossKind::Mse,
+        loss_weights: vec![1.0, 2.0],
+        ..common::options(Layers::Last(1), Some(shape.to_vec()))
+    };
+    let flags = " --train-output landmarks,presence --loss mse --loss-weights 1,2";
+    let text = snapshot_with("tiny_landmarks", &shape, &opts, flags);
+    insta::assert_snapshot!("tiny_landmarks__layers_1__two_outputs", text);
+}

@@ -195,6 +195,28 @@ def test_inspect_is_the_cli_json(tmp_path):
     assert plan.inspect() == json.loads(out.stdout)
 
 
+def test_two_outputs_train_on_rows_of_both_and_report_each(tmp_path):
+    plan = actc.compile(MODELS / "tiny_landmarks.onnx", layers=1, train_output=["landmarks", "presence"], loss="mse", loss_weights=[1, 2])
+    trainer = actc.Trainer(plan)
+    # One row per sample: the 5x2 landmarks' values, then the presence score.
+    assert trainer.output_shape == (8, 11)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16,) + trainer.input_shape[1:]).astype(np.float32)
+    landmarks = rng.standard_normal((16, 5, 2)).astype(np.float32)
+    presence = rng.uniform(size=(16, 1)).astype(np.float32)
+    rows = np.concatenate([landmarks.reshape(16, 10), presence], axis=1)
+    assert np.isfinite(trainer.train_step(x[:8], rows[:8]))
+    np.savez(tmp_path / "two.npz", x=x, landmarks=landmarks, presence=presence)
+    from_file = trainer.evaluate(tmp_path / "two.npz")
+    assert set(from_file["outputs"]) == {"landmarks", "presence"}
+    each = from_file["outputs"]
+    assert from_file["mse"] == pytest.approx(each["landmarks"]["mse"] + 2 * each["presence"]["mse"])
+    assert trainer.evaluate((x, rows)) == from_file
+    np.savez(tmp_path / "one.npz", x=x, landmarks=landmarks)
+    with pytest.raises(actc.ActcError, match="no array named presence"):
+        trainer.evaluate(tmp_path / "one.npz")
+
+
 def test_regression_trains_from_the_command_line_and_in_python(tmp_path):
     plan = actc.compile(MODELS / "tiny_multi_output.onnx", layers=1, train_output="embedding", loss="mse", lr=0.05, momentum=0.9)
     plan.save(tmp_path / "reg.actc")

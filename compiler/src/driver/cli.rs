@@ -436,11 +436,20 @@ struct CompileArgs {
     blocks: Option<usize>,
     #[command(flatten)]
     shape: ShapeArgs,
-    /// The model output to train on [default: the first].
-    #[arg(long = "train-output", value_name = "NAME")]
-    train_output: Option<String>,
+    /// The model output to train on [default: the first]; with --loss mse, several
+    /// (`a,b`, or the flag again): the loss sums their mean squared errors.
+    #[arg(
+        long = "train-output",
+        value_name = "NAME[,NAME…]",
+        value_delimiter = ','
+    )]
+    train_output: Vec<String>,
     #[arg(long, value_enum, default_value = "cross-entropy")]
     loss: LossArg,
+    /// With --loss mse: each trained output's weight in the sum, in --train-output's
+    /// order [default: 1 each].
+    #[arg(long = "loss-weights", value_name = "W[,W…]", value_delimiter = ',')]
+    loss_weights: Vec<f32>,
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: OptimArg,
     #[arg(long, default_value_t = 0.01)]
@@ -611,11 +620,12 @@ impl CompileArgs {
         Ok(CompileOptions {
             layers,
             input: self.shape.input(),
-            output: self.train_output.clone(),
+            outputs: self.train_output.clone(),
             loss: match self.loss {
                 LossArg::CrossEntropy => LossKind::CrossEntropy,
                 LossArg::Mse => LossKind::Mse,
             },
+            loss_weights: self.loss_weights.clone(),
             optimizer,
             lr: self.lr,
             schedule: match self.schedule {
@@ -863,7 +873,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = DecomposeOptions {
                 layers,
                 input: shape.input(),
-                output: None,
+                outputs: Vec::new(),
                 request: LowRankRequest {
                     rule,
                     even_if_larger,

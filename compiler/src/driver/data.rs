@@ -2,7 +2,7 @@
 //! share.
 
 use crate::{Result, bail, err};
-use actc_runtime::data::{Dataset, Layout, Preprocess};
+use actc_runtime::data::{Dataset, Layout, Preprocess, TargetArray};
 use actc_runtime::plan::{DType, Plan};
 use std::path::Path;
 
@@ -30,9 +30,9 @@ pub fn classes(plan: &Plan) -> usize {
 #[derive(Clone, Debug, Default)]
 pub struct Reads {
     /// For a plan trained on regression targets (`--loss mse`), the `.npz` arrays its
-    /// targets are read from, in order of preference: the trained output's name, then `y`;
-    /// `None` for class labels.
-    pub targets: Option<Vec<String>>,
+    /// targets are read from: one per trained output, by the output's name (with one
+    /// output, else `y`); `None` for class labels.
+    pub targets: Option<Vec<TargetArray>>,
     /// Each model input's name and per-sample shape, when the plan packs several inputs
     /// (or an integer one); empty for one float input.
     pub inputs: Vec<(String, Vec<usize>)>,
@@ -41,12 +41,26 @@ pub struct Reads {
 pub fn reads(plan: &Plan) -> Reads {
     let label = plan.feeds.last().map(|&f| plan.buffer(f));
     let source = plan.source.clone().unwrap_or_default();
-    let targets = label.filter(|l| l.dtype() == DType::F32).map(|_| {
-        [source.output_name.as_str(), "y", "Y", "targets"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    });
+    let targets =
+        label
+            .filter(|l| l.dtype() == DType::F32)
+            .map(|l| match source.outputs.as_slice() {
+                [_, _, ..] => source
+                    .outputs
+                    .iter()
+                    .map(|o| TargetArray {
+                        names: vec![o.name.clone()],
+                        shape: o.shape.iter().skip(1).map(|&d| d as usize).collect(),
+                    })
+                    .collect(),
+                _ => vec![TargetArray {
+                    names: [source.output_name.as_str(), "y", "Y", "targets"]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                    shape: l.shape.iter().skip(1).map(|&d| d as usize).collect(),
+                }],
+            });
     let inputs = source
         .inputs
         .iter()
@@ -105,10 +119,7 @@ pub fn load_data(path: &Path, prep: &DataOptions, reads: &Reads) -> Result<Datas
         return Dataset::load_packed(path, &inputs).map_err(|e| err!("{e}"));
     }
     match &reads.targets {
-        Some(names) => {
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            Dataset::load_regression(path, layout, &names)
-        }
+        Some(targets) => Dataset::load_regression(path, layout, targets),
         None => Dataset::load(path, layout),
     }
     .map_err(|e| err!("{e}"))

@@ -130,7 +130,7 @@ pub fn text(plan: &Plan) -> String {
         src.model,
         src.input_name,
         input.join("x"),
-        src.output_name
+        output_names(&src)
     );
     let trained: Vec<String> = plan
         .layers
@@ -314,7 +314,8 @@ pub fn json(plan: &Plan) -> Value {
     json!({
         "model": src.model,
         "input": {"name": src.input_name, "shape": src.input_shape},
-        "output": src.output_name,
+        "output": output_names(&src),
+        "trained_outputs": src.outputs.iter().map(|o| json!({"name": o.name, "shape": o.shape})).collect::<Vec<_>>(),
         "layers_flag": src.layers,
         "trained_layers": plan.layers.iter().map(|l| json!({"node": l.node, "op": l.op_type, "from_output": l.from_output})).collect::<Vec<_>>(),
         "prefix_nodes": prefix_nodes(plan),
@@ -344,4 +345,18 @@ pub fn json(plan: &Plan) -> Value {
             "planned_peak_bytes": mem.arena + mem.persistent,
         },
     })
+}
+
+/// The outputs the loss reads, comma-separated as `--train-output` takes them (a plan from
+/// before they were recorded names its one output).
+fn output_names(src: &actc_runtime::plan::Source) -> String {
+    match src.outputs.len() {
+        0 => src.output_name.clone(),
+        _ => src
+            .outputs
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    }
 }

@@ -90,7 +90,7 @@ fn decompose(model: &Path, name: &str, energy: f64, p: &Plrd) -> Result<(PathBuf
     let opts = DecomposeOptions {
         layers: p.compile.layers,
         input: p.compile.input.clone(),
-        output: p.compile.output.clone(),
+        outputs: p.compile.outputs.clone(),
         request: LowRankRequest {
             rule: RankRule::Energy(energy),
             even_if_larger: false,

@@ -58,18 +58,36 @@ fn open_session(path: &Path, total_updates: u64) -> Result<Session> {
 }
 
 /// What `--json` and the log write of a data set's metrics.
+/// With several trained outputs, `mse` is the loss (their weighted sum) and `outputs` holds
+/// each one's own MSE.
 pub fn metrics_json(m: &Metrics) -> serde_json::Value {
-    match m.regression {
+    let mut v = match m.regression {
         true => json!({"loss": m.loss, "mse": m.loss, "mae": m.mae, "samples": m.samples}),
         false => json!({"loss": m.loss, "accuracy": m.accuracy, "samples": m.samples}),
+    };
+    if !m.outputs.is_empty() {
+        let per: serde_json::Map<_, _> = m
+            .outputs
+            .iter()
+            .map(|(name, mse)| (name.clone(), json!({ "mse": mse })))
+            .collect();
+        v["outputs"] = per.into();
     }
+    v
 }
 
-/// A data set's metrics on the epoch line: loss and accuracy, or MSE and MAE.
+/// A data set's metrics on the epoch line: loss and accuracy, or MSE (and each trained
+/// output's) and MAE.
 fn metrics_text(m: &Metrics) -> String {
-    match m.regression {
-        true => format!("mse {:.4} mae {:.4}", m.loss, m.mae),
-        false => format!("loss {:.4} acc {:.4}", m.loss, m.accuracy),
+    let per: Vec<String> = m
+        .outputs
+        .iter()
+        .map(|(name, mse)| format!("{name} {mse:.4}"))
+        .collect();
+    match (m.regression, per.is_empty()) {
+        (true, true) => format!("mse {:.4} mae {:.4}", m.loss, m.mae),
+        (true, false) => format!("mse {:.4} ({}) mae {:.4}", m.loss, per.join(", "), m.mae),
+        (false, _) => format!("loss {:.4} acc {:.4}", m.loss, m.accuracy),
     }
 }
 

@@ -29,9 +29,9 @@ pub fn add_adapters(
         if let Some(form) = form {
             let replaced = graph.nodes[n].outputs[0];
             let (adapter, sum) = attach_adapter(graph, n, form);
-            // The trained output itself may be the layer's: the loss reads the sum.
-            if selection.output == replaced {
-                selection.output = sum;
+            // A trained output itself may be the layer's: the loss reads the sum.
+            for out in selection.outputs.iter_mut().filter(|o| **o == replaced) {
+                *out = sum;
             }
             adapters.push(adapter);
         }

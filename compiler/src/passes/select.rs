@@ -66,9 +66,12 @@ pub struct Selection {
     pub trained: Vec<TrainedLayer>,
     /// Names of the boundary tensors: what the frozen prefix computes, the suffix starts from.
     pub boundary: Vec<String>,
-    pub output: TensorId,
-    /// The trained output's name in the model.
-    pub output_name: String,
+    /// The outputs the loss reads (`--train-output`; the first by default), in order.
+    pub outputs: Vec<TensorId>,
+    /// Their names in the model.
+    pub output_names: Vec<String>,
+    /// Their shapes, batch first.
+    pub output_shapes: Vec<Vec<usize>>,
     /// The boundary tensors, in the order of the names.
     pub(crate) boundary_ids: Vec<TensorId>,
     /// The trainable suffix: every node whose value depends on a trainable weight.
@@ -77,9 +80,12 @@ pub struct Selection {
 
 /// Chooses the trained output, the trained layers and the suffix, marks the trained weights
 /// trainable, and finds the boundary tensors (`split` then cuts the graph there).
-pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result<Selection> {
-    let (out, output_name) = choose_output(graph, output)?;
-    let needed = graph.ancestors_of(&[out]);
+pub fn select(graph: &mut Graph, outputs: &[String], layers: Layers) -> Result<Selection> {
+    let chosen = choose_outputs(graph, outputs)?;
+    let outs: Vec<TensorId> = chosen.iter().map(|&(t, _)| t).collect();
+    // Layers count from the last, over everything any trained output needs.
+    let out = outs[0];
+    let needed = graph.ancestors_of(&outs);
     let order: Vec<NodeIndex> = graph
         .topo_order()
         .into_iter()
@@ -136,6 +142,21 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
         }
     };
 
+    // With several outputs, the last layers may feed only some: one the frozen prefix
+    // computes whole would add a constant to the loss and train nothing.
+    if chosen.len() > 1
+        && let Some((_, name)) = chosen
+            .iter()
+            .find(|&&(t, _)| !graph.producer(t).is_some_and(|p| suffix.nodes.contains(&p)))
+    {
+        let at = match layers {
+            Layers::Blocks(b) => format!("--blocks {b}"),
+            _ => format!("--layers {layers}"),
+        };
+        bail!(
+            "--train-output {name}: no trained layer at {at} comes before it (the frozen prefix computes it whole); train more layers, or leave it out of --train-output"
+        );
+    }
     let mut trained = Vec::new();
     for &node in &suffix.trainable {
         let params = params_of(graph, node);
@@ -168,17 +189,21 @@ pub fn select(graph: &mut Graph, output: Option<&str>, layers: Layers) -> Result
             .iter()
             .map(|&t| graph.tensor(t).name.clone())
             .collect(),
-        output: out,
-        output_name,
+        output_shapes: outs
+            .iter()
+            .map(|&t| graph.tensor(t).shape.clone())
+            .collect(),
+        outputs: outs,
+        output_names: chosen.into_iter().map(|(_, n)| n).collect(),
         boundary_ids: boundary,
         suffix: suffix.nodes,
     })
 }
 
-/// The output `output` names (the first by default): its tensor and its name in the model.
-/// A model's own name for an output is taken, and so is the name of the tensor an
+/// The outputs `names` name (the first by default): each one's tensor and its name in the
+/// model. A model's own name for an output is taken, and so is the name of the tensor an
 /// `Identity` passes to it.
-fn choose_output(graph: &Graph, output: Option<&str>) -> Result<(TensorId, String)> {
+fn choose_outputs(graph: &Graph, names: &[String]) -> Result<Vec<(TensorId, String)>> {
     let declared = |i: usize| {
         graph
             .output_names
@@ -186,29 +211,42 @@ fn choose_output(graph: &Graph, output: Option<&str>) -> Result<(TensorId, Strin
             .cloned()
             .unwrap_or_else(|| graph.tensor(graph.outputs[i]).name.clone())
     };
-    let i = match output {
-        Some(name) => match (0..graph.outputs.len())
+    let find = |name: &str| {
+        (0..graph.outputs.len())
             .find(|&i| declared(i) == name || graph.tensor(graph.outputs[i]).name == name)
-        {
-            Some(i) => i,
-            None => bail!(
+    };
+    let mut picked: Vec<usize> = Vec::new();
+    for name in names {
+        let Some(i) = find(name) else {
+            bail!(
                 "--train-output {name}: the model has no such output; its outputs are {}",
                 (0..graph.outputs.len())
                     .map(declared)
                     .collect::<Vec<_>>()
                     .join(", ")
-            ),
-        },
-        None => 0,
-    };
-    let out = graph.outputs[i];
-    if graph.producer(out).is_none() {
-        bail!(
-            "output '{}' is a constant or the model input; nothing before it can train",
-            declared(i)
-        );
+            );
+        };
+        if picked.contains(&i) {
+            bail!("--train-output names output '{name}' twice; name each output once");
+        }
+        picked.push(i);
     }
-    Ok((out, declared(i)))
+    if picked.is_empty() {
+        picked.push(0);
+    }
+    picked
+        .into_iter()
+        .map(|i| {
+            let out = graph.outputs[i];
+            if graph.producer(out).is_none() {
+                bail!(
+                    "output '{}' is a constant or the model input; nothing before it can train",
+                    declared(i)
+                );
+            }
+            Ok((out, declared(i)))
+        })
+        .collect()
 }
 
 /// One layer as `--layers` counts it: a node, or the factors `actc decompose` made of one

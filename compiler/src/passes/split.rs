@@ -47,6 +47,6 @@ pub fn split(
         graph.tensor_mut(t).role = Role::Input;
     }
     graph.inputs = boundary.clone();
-    graph.outputs = vec![selection.output];
+    graph.outputs = selection.outputs.clone();
     prefix
 }

@@ -126,6 +126,15 @@ pub struct Dataset {
     layout: Option<Layout>,
 }
 
+/// One trained output's regression targets in a `.npz`: the names its array may go by (the
+/// first present is read), and the output's shape per sample (its values are checked when
+/// the targets come from several arrays; the plan checks one array's against the output).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetArray {
+    pub names: Vec<String>,
+    pub shape: Vec<usize>,
+}
+
 /// Regression targets: per sample, `shape` float values, all samples back to back.
 struct Targets {
     shape: Vec<usize>,
@@ -200,12 +209,13 @@ impl Dataset {
     }
 
     /// Reads samples and regression targets (`--loss mse`): only a `.npz` holds them, its
-    /// samples `x` and its targets, the first array of `targets` (say, the trained output's
-    /// name, then `y`) present, float values of shape (N, …).
+    /// samples `x` and its targets, float values of shape (N, …), from one array per
+    /// trained output (say, the output's name, then `y`). With several, each sample's
+    /// target is their values back to back, in the order of `targets`.
     pub fn load_regression(
         path: &Path,
         layout: Option<Layout>,
-        targets: &[&str],
+        targets: &[TargetArray],
     ) -> Result<Dataset, DataError> {
         let mut head = [0u8; 8];
         let is_zip = !path.is_dir()
@@ -215,9 +225,13 @@ impl Dataset {
                 path,
                 format!(
                     "a plan trained with --loss mse reads float targets, and only a .npz holds them: \
-                     save numpy.savez(path, x=samples, {}=targets) with targets of the trained \
+                     save numpy.savez(path, x=samples, {}) with targets of the trained \
                      output's shape per sample",
-                    targets.first().copied().unwrap_or("y")
+                    targets
+                        .iter()
+                        .map(|t| format!("{}=targets", t.names.first().map_or("y", |n| n)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 use zip::ZipArchive;
 
 use super::npy::{self, Array};
-use super::{DataError, Dataset, Form, Layout};
+use super::{DataError, Dataset, Form, Layout, TargetArray};
 
 const SAMPLE_NAMES: [&str; 3] = ["x", "X", "images"];
 const LABEL_NAMES: [&str; 3] = ["y", "Y", "labels"];
@@ -137,14 +137,104 @@ pub(crate) fn from_arrays(
 pub(crate) fn load_regression(
     path: &Path,
     layout: Option<Layout>,
-    targets: &[&str],
+    targets: &[TargetArray],
 ) -> Result<Dataset, DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut zip = ZipArchive::new(BufReader::new(file))
         .map_err(|e| DataError::invalid(path, format!("not a readable .npz (zip) archive: {e}")))?;
     let x = read_array(&mut zip, path, &SAMPLE_NAMES)?;
-    let y = read_array(&mut zip, path, targets)?;
+    let y = match targets {
+        [one] => read_array(&mut zip, path, &names_of(one))?,
+        several => {
+            let n = x.shape.first().copied().unwrap_or(0);
+            let mut arrays = Vec::with_capacity(several.len());
+            for t in several {
+                let names = names_of(t);
+                let present = |m: &str| zip.index_for_name(m).is_some();
+                if !names
+                    .iter()
+                    .any(|m| present(m) || present(&format!("{m}.npy")))
+                {
+                    let mut held: Vec<&str> = zip
+                        .file_names()
+                        .map(|m| m.strip_suffix(".npy").unwrap_or(m))
+                        .collect();
+                    held.sort_unstable();
+                    return Err(DataError::invalid(
+                        path,
+                        format!(
+                            "no array named {} (it holds: {}): a plan trained on several outputs \
+                             reads one array per output; save numpy.savez(path, x=samples, {})",
+                            name_of(t),
+                            held.join(", "),
+                            several
+                                .iter()
+                                .map(|t| format!("{0}={0}_targets", name_of(t)))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                arrays.push((t, read_array(&mut zip, path, &names)?));
+            }
+            side_by_side(path, n, arrays)?
+        }
+    };
     regression_from_arrays(path, x, y, layout)
+}
+
+fn names_of(t: &TargetArray) -> Vec<&str> {
+    t.names.iter().map(String::as_str).collect()
+}
+
+/// The name an array of targets is asked for by.
+fn name_of(t: &TargetArray) -> &str {
+    t.names.first().map_or("y", String::as_str)
+}
+
+/// Several outputs' target arrays as one of shape (N, their values per sample summed): each
+/// sample's row holds theirs in turn. Each must hold `n` samples of its output's values.
+fn side_by_side(
+    path: &Path,
+    n: usize,
+    arrays: Vec<(&TargetArray, Array)>,
+) -> Result<Array, DataError> {
+    let total: usize = arrays
+        .iter()
+        .map(|(t, _)| t.shape.iter().product::<usize>())
+        .sum();
+    let mut rows = vec![0f32; n * total];
+    let mut offset = 0;
+    for (t, a) in arrays {
+        let per: usize = a.shape.iter().skip(1).product();
+        if a.shape.first() != Some(&n) || per != t.shape.iter().product::<usize>() {
+            let want: Vec<usize> = [n].into_iter().chain(t.shape.iter().copied()).collect();
+            return Err(DataError::invalid(
+                path,
+                format!(
+                    "array {} has shape {:?}, not {want:?}: one row per sample of x, each of \
+                     the trained output's shape",
+                    name_of(t),
+                    a.shape,
+                ),
+            ));
+        }
+        let values = match a.into_samples() {
+            super::Samples::F32(v) => v,
+            super::Samples::U8(v) => v.into_iter().map(f32::from).collect(),
+        };
+        for (row, src) in rows
+            .chunks_exact_mut(total)
+            .zip(values.chunks_exact(per.max(1)))
+        {
+            row[offset..offset + per].copy_from_slice(&src[..per]);
+        }
+        offset += per;
+    }
+    Ok(Array {
+        shape: vec![n, total],
+        values: super::npy::Values::F32(rows),
+    })
 }
 
 /// A data set of samples `x` and regression targets `y` (float values, the sample count

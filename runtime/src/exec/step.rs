@@ -345,12 +345,12 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             let classes = bi(0).shape[1] as usize;
             loss::softmax_cross_entropy_backward(classes, x(0), words(1), y(0));
         }
-        Kind::Mse(_) => {
-            let l = loss::mse_forward(x(0), x(1));
+        Kind::Mse(s) => {
+            let l = loss::mse_forward(x(0), x(1), &s.sizes, &s.weights);
             y(0)[0] = l;
             return Ran::Loss(l);
         }
-        Kind::MseBackward(_) => loss::mse_backward(x(0), x(1), y(0)),
+        Kind::MseBackward(s) => loss::mse_backward(x(0), x(1), &s.sizes, &s.weights, y(0)),
         Kind::Accumulate(_) => {
             let out = y(0);
             out.copy_from_slice(x(0));
@@ -689,6 +689,9 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
         | Kind::TanhBackward(_)
         | Kind::MseBackward(_) => {
             io.arity(2..=2, 1..=1)?;
+            if let Kind::MseBackward(s) = kind {
+                segments_fit(s, io.shape_i(0))?;
+            }
             io.shape(io.shape_i(1), io.shape_i(0), "the second input")?;
             io.shape(io.shape_o(0), io.shape_i(0), "the output")
         }
@@ -852,8 +855,9 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             }
             io.shape(io.shape_o(outputs - 1), logits, "the probabilities")
         }
-        Kind::Mse(_) => {
+        Kind::Mse(s) => {
             io.arity(2..=2, 1..=1)?;
+            segments_fit(s, io.shape_i(0))?;
             io.shape(io.shape_i(1), io.shape_i(0), "the target")?;
             io.eq_len(io.y(0).numel(), 1, "the loss")
         }
@@ -1076,6 +1080,29 @@ fn batch_geom(
         trans_a,
         trans_b,
     })
+}
+
+/// An MSE's segments split each row of a (batch, row) prediction: one weight per size, the
+/// sizes summing to the row, finite weights. No segments: the plain mean, any shape.
+fn segments_fit(s: &crate::ops::MseSegments, pred: &[u64]) -> Result<(), String> {
+    if s.sizes.is_empty() && s.weights.is_empty() {
+        return Ok(());
+    }
+    let row: u64 = s.sizes.iter().map(|&n| n as u64).sum();
+    if pred.len() != 2 || pred[1] != row {
+        return Err(format!(
+            "an MSE over segments {:?} of a prediction of shape {pred:?}, not (batch, {row})",
+            s.sizes
+        ));
+    }
+    if s.weights.len() != s.sizes.len() || s.weights.iter().any(|w| !w.is_finite()) {
+        return Err(format!(
+            "an MSE's weights {:?} for {} segments",
+            s.weights,
+            s.sizes.len()
+        ));
+    }
+    Ok(())
 }
 
 /// A gather from `x` to `y` along `g.axis`: indices inside the axis, and `y` as many

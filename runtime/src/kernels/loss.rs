@@ -63,29 +63,71 @@ pub fn softmax_cross_entropy_backward(
     }
 }
 
-/// Mean squared error over all elements.
-pub fn mse_forward(pred: &[f32], target: &[f32]) -> f32 {
+/// The squared error of `pred` against `target`, as a weighted sum of means over segments:
+/// each row (one sample) holds the segments' values back to back, segment k `sizes[k]` of
+/// them, and adds `weights[k]` × the mean of its squared differences over the batch
+/// (several outputs trained at once). No segments: the mean over every element.
+pub fn mse_forward(pred: &[f32], target: &[f32], sizes: &[u32], weights: &[f32]) -> f32 {
     debug_assert_eq!(pred.len(), target.len());
-    if pred.is_empty() {
-        return 0.0;
-    }
-    let sum: f64 = pred
-        .iter()
-        .zip(target)
-        .map(|(p, t)| ((p - t) as f64).powi(2))
-        .sum();
-    (sum / pred.len() as f64) as f32
+    let mut total = 0.0f64;
+    for_segments(pred.len(), sizes, weights, |offset, len, rows, scale| {
+        let mut sum = 0.0f64;
+        for r in 0..rows {
+            let at = r * (pred.len() / rows) + offset;
+            for (p, t) in pred[at..at + len].iter().zip(&target[at..at + len]) {
+                sum += ((p - t) as f64).powi(2);
+            }
+        }
+        total += scale as f64 * sum / (rows * len) as f64;
+    });
+    total as f32
 }
 
-/// d mse / d pred = 2·(pred − target) / numel.
-pub fn mse_backward(pred: &[f32], target: &[f32], dpred: &mut [f32]) {
+/// d mse / d pred = 2·weight·(pred − target) / (batch × the segment's values).
+pub fn mse_backward(
+    pred: &[f32],
+    target: &[f32],
+    sizes: &[u32],
+    weights: &[f32],
+    dpred: &mut [f32],
+) {
     debug_assert!(pred.len() == target.len() && pred.len() == dpred.len());
-    let scale = 2.0 / pred.len() as f32;
-    dpred
-        .iter_mut()
-        .zip(pred)
-        .zip(target)
-        .for_each(|((d, p), t)| *d = scale * (p - t));
+    for_segments(pred.len(), sizes, weights, |offset, len, rows, weight| {
+        let scale = 2.0 * weight / (rows * len) as f32;
+        for r in 0..rows {
+            let at = r * (pred.len() / rows) + offset;
+            let (p, t) = (&pred[at..at + len], &target[at..at + len]);
+            for ((d, p), t) in dpred[at..at + len].iter_mut().zip(p).zip(t) {
+                *d = scale * (p - t);
+            }
+        }
+    });
+}
+
+/// Calls `f(offset in a row, values, rows, weight)` per segment of `numel` values laid out
+/// as `sizes` says (no sizes: one row, one segment of weight 1). The executor checked that
+/// the sizes divide `numel` and that the weights match them.
+fn for_segments(
+    numel: usize,
+    sizes: &[u32],
+    weights: &[f32],
+    mut f: impl FnMut(usize, usize, usize, f32),
+) {
+    if sizes.is_empty() {
+        if numel > 0 {
+            f(0, numel, 1, 1.0);
+        }
+        return;
+    }
+    let row: usize = sizes.iter().map(|&s| s as usize).sum();
+    let rows = numel / row.max(1);
+    let mut offset = 0;
+    for (&len, &w) in sizes.iter().zip(weights) {
+        if len > 0 && rows > 0 {
+            f(offset, len as usize, rows, w);
+        }
+        offset += len as usize;
+    }
 }
 
 /// How many rows of `logits` have their largest value (the first, on ties) at the label.
@@ -185,10 +227,30 @@ mod tests {
             .map(|(p, t)| ((p - t) as f64).powi(2))
             .sum::<f64>()
             / 12.0;
-        assert!((mse_forward(&pred, &target) as f64 - want).abs() < 1e-7);
+        assert!((mse_forward(&pred, &target, &[], &[]) as f64 - want).abs() < 1e-7);
         let mut d = vec![f32::NAN; 12];
-        mse_backward(&pred, &target, &mut d);
-        check_grad("mse", &pred, &d, |pp| mse_forward(pp, &target) as f64);
+        mse_backward(&pred, &target, &[], &[], &mut d);
+        check_grad("mse", &pred, &d, |pp| {
+            mse_forward(pp, &target, &[], &[]) as f64
+        });
+    }
+
+    /// Two samples of rows [a a a | b]: 0.5 × mean over the a's + 2 × mean over the b's.
+    #[test]
+    fn segmented_mse_is_the_weighted_sum_of_each_segments_mean() {
+        let mut rng = Lcg::new(82);
+        let (pred, target) = (rng.vec(8), rng.vec(8));
+        let sq = |i: usize| ((pred[i] - target[i]) as f64).powi(2);
+        let a = [0, 1, 2, 4, 5, 6].map(sq).iter().sum::<f64>() / 6.0;
+        let b = (sq(3) + sq(7)) / 2.0;
+        let (sizes, weights) = ([3, 1], [0.5, 2.0]);
+        let got = mse_forward(&pred, &target, &sizes, &weights) as f64;
+        assert!((got - (0.5 * a + 2.0 * b)).abs() < 1e-6, "{got}");
+        let mut d = vec![f32::NAN; 8];
+        mse_backward(&pred, &target, &sizes, &weights, &mut d);
+        check_grad("segmented mse", &pred, &d, |pp| {
+            mse_forward(pp, &target, &sizes, &weights) as f64
+        });
     }
 
     #[test]

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use actc::{CompileOptions, Compiled, InputShape, Layers, compile_file};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn model(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -97,6 +97,45 @@ pub fn feed(
     for (i, l) in exec.labels_mut().unwrap().iter_mut().enumerate() {
         *l = labels(i);
     }
+}
+
+/// Writes an `.npz` of float32 arrays, as `numpy.savez` does: `(name, shape, values)`.
+pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], &[f32])]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, shape, values) in arrays {
+        let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
+        let mut header = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}",
+            dims.join(" ")
+        );
+        while (header.len() + 11) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        zip.start_file(format!("{name}.npy"), stored).unwrap();
+        zip.write_all(b"\x93NUMPY\x01\x00").unwrap();
+        zip.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+        zip.write_all(header.as_bytes()).unwrap();
+        for v in *values {
+            zip.write_all(&v.to_le_bytes()).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+}
+
+/// [`feed`] for a `--loss mse` plan: `targets` (the batch's rows) in place of labels.
+pub fn feed_targets(
+    exec: &mut actc_runtime::exec::Executor,
+    boundary: &[Vec<f32>],
+    targets: &[f32],
+) {
+    for (i, b) in boundary.iter().enumerate() {
+        exec.boundary_mut(i).copy_from_slice(b);
+    }
+    exec.targets_mut().unwrap().copy_from_slice(targets);
 }
 
 /// The first output of an ONNX model on `input` at `shape`, by tract (an implementation
