@@ -81,8 +81,13 @@ fn the_c_example_trains_a_plan() {
             .arg(&exe),
         "compiling examples/train.c (needs a C compiler: cc, or set CC)",
     );
+    // Under `cargo test` LD_LIBRARY_PATH lists target/<profile> too, which beats the rpath:
+    // a libactc.so that an earlier `cargo build -p actc-capi` left there would be loaded.
     let stdout = run(
-        Command::new(&exe).arg(&plan).arg(&scratch),
+        Command::new(&exe)
+            .env("LD_LIBRARY_PATH", &lib)
+            .arg(&plan)
+            .arg(&scratch),
         "examples/train.c",
     );
     assert!(
