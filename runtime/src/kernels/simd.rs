@@ -40,3 +40,48 @@ thread_local! {
     /// otherwise never test.
     pub(crate) static PORTABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use std::arch::x86_64::*;
+    use std::time::Instant;
+
+    /// Twelve independent FMA chains per iteration (enough to cover the FMA latency on
+    /// two pipes), on 8-lane or 16-lane registers: the CPU's FMA peak per core in GFLOP/s.
+    macro_rules! fma_peak {
+        ($name:ident, $feature:literal, $vec:ty, $set1:ident, $fmadd:ident, $lanes:expr) => {
+            #[target_feature(enable = $feature)]
+            fn $name(iterations: usize) -> f64 {
+                let mut acc: [$vec; 12] = [$set1(0.0); 12];
+                let (a, b) = ($set1(1.000_000_1), $set1(0.999_999));
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    for r in acc.iter_mut() {
+                        *r = $fmadd(a, b, *r);
+                    }
+                }
+                let seconds = start.elapsed().as_secs_f64();
+                std::hint::black_box(acc);
+                (iterations * 12 * 2 * $lanes) as f64 / seconds / 1e9
+            }
+        };
+    }
+    fma_peak!(ymm, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, 8);
+    fma_peak!(zmm, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, 16);
+
+    /// Whether 512-bit FMAs would raise the GEMM's ceiling on this CPU. Run with
+    /// `cargo test -p actc-runtime --release --lib simd::tests::fma_peak -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: run in release with --ignored --nocapture"]
+    fn fma_peak() {
+        if !(super::has_avx2_fma() && is_x86_feature_detected!("avx512f")) {
+            println!("this CPU lacks AVX2+FMA or AVX-512F");
+            return;
+        }
+        for _ in 0..3 {
+            // SAFETY: both features were just detected.
+            let (y, z) = unsafe { (ymm(50_000_000), zmm(50_000_000)) };
+            println!("FMA peak, one core: ymm {y:.1} GFLOP/s, zmm {z:.1} GFLOP/s");
+        }
+    }
+}
