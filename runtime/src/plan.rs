@@ -6,12 +6,13 @@
 //! the plan holds no maps, so identical plans are identical bytes.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 pub use crate::ops::{Kind as OpKind, Op};
 use prost::Message;
-use prost::bytes::Buf;
+use prost::bytes::buf::UninitSlice;
+use prost::bytes::{Buf, BufMut};
 
 pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// Bumped whenever a message changes incompatibly; the runtime refuses any other version.
@@ -477,6 +478,48 @@ impl fmt::Display for PlanError {
 
 impl std::error::Error for PlanError {}
 
+/// Where [`Plan::write_to`] encodes: a buffer handed to prost, flushed into the writer
+/// (and the CRC) whenever it is full. prost's encoder cannot fail midway, so the first
+/// write error is kept and later bytes are dropped.
+struct Sink<'w, W: Write> {
+    out: &'w mut W,
+    buf: Vec<u8>,
+    crc: crc32fast::Hasher,
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> Sink<'_, W> {
+    fn flush(&mut self) {
+        if self.error.is_none() {
+            self.crc.update(&self.buf);
+            self.error = self.out.write_all(&self.buf).err();
+        }
+        self.buf.clear();
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the buffer's spare capacity (never empty: a full buffer is
+// flushed first), and `advance_mut` only counts bytes of it the encoder has written.
+unsafe impl<W: Write> BufMut for Sink<'_, W> {
+    fn remaining_mut(&self) -> usize {
+        isize::MAX as usize - self.buf.len()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len() + cnt;
+        assert!(len <= self.buf.capacity(), "advanced past the chunk");
+        // SAFETY: the caller wrote these `cnt` bytes of the chunk `chunk_mut` gave.
+        unsafe { self.buf.set_len(len) }
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush();
+        }
+        UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+}
+
 impl Plan {
     /// How the own prefix runs, in words: "16 samples at a time", or with lanes "2 lanes
     /// of 8 samples at a time".
@@ -490,17 +533,79 @@ impl Plan {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        // Encoded in place after the header: a plan is mostly weights, and a second
-        // payload-sized buffer would double the peak memory of every save.
-        let len = self.encoded_len();
-        let mut out = Vec::with_capacity(HEADER + len + 4);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(len as u64).to_le_bytes());
-        self.encode_raw(&mut out);
-        let crc = crc32fast::hash(&out[HEADER..]);
-        out.extend_from_slice(&crc.to_le_bytes());
+        let mut out = Vec::with_capacity(HEADER + self.encoded_len() + 4);
+        self.write_to(&mut out)
+            .expect("writing into a Vec cannot fail");
         out
+    }
+
+    /// Writes the plan file into `w`: the payload is encoded straight into it through a
+    /// small buffer, so saving a plan (mostly weights: 175 MB for DINOv2 with its frozen
+    /// prefix) needs no payload-sized buffer in memory.
+    pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
+        self.write_with(w, &[], |_| &[])
+    }
+
+    /// [`Plan::write_to`] of this plan (whose `weights` are left out) with `weights` added,
+    /// each one's values taken from `data(weight)` where they lie instead of its own `data`:
+    /// what an executor saves without a copy of its weights. Protobuf readers take a
+    /// repeated field's elements wherever they come, so the file reads back as one plan.
+    pub fn write_with<'d>(
+        &self,
+        w: &mut impl Write,
+        weights: &[Weight],
+        data: impl Fn(&Weight) -> &'d [u8],
+    ) -> std::io::Result<()> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+        const WEIGHTS: u32 = 6;
+        const DATA: u32 = 3;
+        debug_assert!(
+            weights.is_empty()
+                || self.weights.is_empty() && weights.iter().all(|w| w.data.is_empty()),
+            "weights given apart carry no data and are not also among the plan's"
+        );
+        let data_len = |d: &[u8]| match d.len() {
+            0 => 0,
+            n => key_len(DATA) + encoded_len_varint(n as u64) + n,
+        };
+        let message_len = |wt: &Weight| wt.encoded_len() + data_len(data(wt));
+        let len = self.encoded_len()
+            + weights
+                .iter()
+                .map(|wt| {
+                    let n = message_len(wt);
+                    key_len(WEIGHTS) + encoded_len_varint(n as u64) + n
+                })
+                .sum::<usize>();
+        w.write_all(MAGIC)?;
+        w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        w.write_all(&(len as u64).to_le_bytes())?;
+        let mut sink = Sink {
+            out: w,
+            buf: Vec::with_capacity(1 << 16),
+            crc: crc32fast::Hasher::new(),
+            error: None,
+        };
+        self.encode_raw(&mut sink);
+        for wt in weights {
+            let values = data(wt);
+            encode_key(WEIGHTS, WireType::LengthDelimited, &mut sink);
+            encode_varint(message_len(wt) as u64, &mut sink);
+            wt.encode_raw(&mut sink);
+            if !values.is_empty() {
+                encode_key(DATA, WireType::LengthDelimited, &mut sink);
+                encode_varint(values.len() as u64, &mut sink);
+                sink.put_slice(values);
+            }
+        }
+        sink.flush();
+        let Sink {
+            crc, error, out, ..
+        } = sink;
+        match error {
+            Some(e) => Err(e),
+            None => out.write_all(&crc.finalize().to_le_bytes()),
+        }
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Plan, PlanError> {
@@ -802,4 +907,65 @@ fn decode_leaving_bytes<R: Read>(
         }
     }
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan of many buffers' worth of weights goes through the sink's buffer several
+    /// times: it reads back whole (the CRC checked), also with its weights' values given
+    /// apart, and a writer that fails midway makes the write fail rather than leave a file
+    /// that looks complete.
+    #[test]
+    fn plans_stream_into_a_writer() {
+        let plan = Plan {
+            weights: (0..5)
+                .map(|i| Weight {
+                    buffer: i,
+                    source: format!("w{i}"),
+                    data: (0..100_000u32).map(|v| (v * (i + 1)) as u8).collect(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut bytes = Vec::new();
+        plan.write_to(&mut bytes).unwrap();
+        assert!(bytes.len() > 500_000);
+        assert!(Plan::from_bytes(&bytes).unwrap() == plan);
+
+        // The weights given apart, their values read from elsewhere: the same plan.
+        let bare = Plan {
+            weights: Vec::new(),
+            ..plan.clone()
+        };
+        let light: Vec<Weight> = plan
+            .weights
+            .iter()
+            .map(|w| Weight {
+                data: Vec::new(),
+                ..w.clone()
+            })
+            .collect();
+        let mut apart = Vec::new();
+        let values = |w: &Weight| plan.weights[w.buffer as usize].data.as_slice();
+        bare.write_with(&mut apart, &light, values).unwrap();
+        assert!(Plan::from_bytes(&apart).unwrap() == plan);
+
+        struct FailsAfter(usize);
+        impl Write for FailsAfter {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.0 < b.len() {
+                    return Err(std::io::Error::other("disk full"));
+                }
+                self.0 -= b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = plan.write_to(&mut FailsAfter(200_000)).unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+    }
 }

@@ -7,6 +7,15 @@ use std::path::Path;
 /// Writes through a temporary file in the same folder and renames it, so a failure never
 /// leaves a partial file behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomically`] of what `write` writes into the temporary file (a plan encoded
+/// straight into it, say).
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -18,7 +27,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     remove_stale(dir, &prefix);
     let tmp = dir.join(format!("{prefix}{}", std::process::id()));
     let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .and_then(|mut f| write(&mut f).and_then(|_| f.sync_all()))
         .and_then(|_| std::fs::rename(&tmp, path))
         // The rename itself reaches the disk with the folder's entry: without this a power
         // loss may bring back the old file, or none. Folders that cannot be synced (some

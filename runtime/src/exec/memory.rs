@@ -171,6 +171,14 @@ impl View {
         unsafe { std::slice::from_raw_parts_mut(self.ptr(b) as *mut u32, b.numel()) }
     }
 
+    /// The buffer's bytes, whatever it holds.
+    ///
+    /// # Safety
+    /// As [`View::f32`].
+    pub unsafe fn raw(&self, b: &Buffer) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.ptr(b), b.bytes as usize) }
+    }
+
     /// # Safety
     /// As [`View::f32`].
     pub unsafe fn u8(&self, b: &Buffer) -> &[u8] {

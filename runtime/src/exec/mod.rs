@@ -520,20 +520,38 @@ impl Executor {
 
     /// The plan with its weights replaced by the current ones: what `eval` and `export` read.
     pub fn snapshot(&mut self) -> Result<Plan, ExecError> {
-        self.with_current_weights(None, Plan::clone)
+        self.with_current_weights(None, true, |p, _| p.clone())
     }
 
-    /// [`Executor::snapshot`] as plan-file bytes (what `train` saves), without a copy of the
-    /// plan in between.
-    pub fn snapshot_bytes(&mut self) -> Result<Vec<u8>, ExecError> {
-        self.with_current_weights(None, Plan::to_bytes)
-    }
-
-    /// A checkpoint that a run resumes from: [`Executor::snapshot_bytes`] with `progress`
-    /// and the optimizer's and compressions' state among the weights (what the next update
-    /// reads besides the weights; [`Executor::open`] loads them back like weights).
+    /// A checkpoint that a run resumes from, as plan-file bytes: [`Executor::snapshot`] with
+    /// `progress` and the optimizer's and compressions' state among the weights (what the
+    /// next update reads besides the weights; [`Executor::open`] loads them back like
+    /// weights).
     pub fn checkpoint_bytes(&mut self, progress: Progress) -> Result<Vec<u8>, ExecError> {
-        self.with_current_weights(Some(progress), Plan::to_bytes)
+        self.with_current_weights(Some(progress), true, |p, _| p.to_bytes())
+    }
+
+    /// The plan file of [`Executor::snapshot`] (without `progress`) or of
+    /// [`Executor::checkpoint_bytes`], written into `w` as it is encoded, without a copy of
+    /// the plan or a plan-sized buffer in between (what `train` saves each epoch).
+    pub fn write_checkpoint(
+        &mut self,
+        progress: Option<Progress>,
+        w: &mut impl std::io::Write,
+    ) -> Result<(), ExecError> {
+        self.with_current_weights(progress, false, |plan, mem| {
+            let weights = std::mem::take(&mut plan.weights);
+            let written = {
+                let plan = &*plan;
+                // SAFETY: `&mut self` is held and no step is running: nothing writes the
+                // weights while they are read.
+                let data = |w: &Weight| unsafe { mem.raw(plan.buffer(w.buffer)) };
+                plan.write_with(w, &weights, data)
+            };
+            plan.weights = weights;
+            written
+        })?
+        .map_err(|e| ExecError(format!("cannot write the plan: {e}")))
     }
 
     /// Sets the length of the run the lr schedule spans (a run whose length was not known
@@ -570,10 +588,15 @@ impl Executor {
         self.updates = updates;
     }
 
+    /// Runs `f` on the plan as a file would hold it now: with `progress` (and the state
+    /// buffers among the weights), the ONNX parts read back from the plan file, and, with
+    /// `copy`, every weight's current values in its `data` (else `f` reads them from the
+    /// memory it is given).
     fn with_current_weights<T>(
         &mut self,
         progress: Option<Progress>,
-        f: impl FnOnce(&Plan) -> T,
+        copy: bool,
+        f: impl FnOnce(&mut Plan, &Memory) -> T,
     ) -> Result<T, ExecError> {
         let Executor {
             plan, mem, file, ..
@@ -591,8 +614,10 @@ impl Executor {
             plan.weights.extend(state);
             plan.progress = progress;
         }
-        for w in &mut plan.weights {
-            w.data = mem.bytes_of(&plan.buffers[w.buffer as usize]).to_vec();
+        if copy {
+            for w in &mut plan.weights {
+                w.data = mem.bytes_of(&plan.buffers[w.buffer as usize]).to_vec();
+            }
         }
         let parts = file
             .as_ref()
@@ -602,7 +627,7 @@ impl Executor {
             if let Some((prefix, rest)) = parts {
                 (plan.prefix_onnx, plan.rest_onnx) = (prefix, rest);
             }
-            f(plan)
+            f(plan, mem)
         });
         plan.weights.truncate(weights);
         plan.progress = None;
