@@ -658,6 +658,16 @@ def diff_stats(a, b, floor=0.0):
     return d, (d / scale if scale > 0 else 0.0), s
 
 
+def tensor_report(name, g, g64, grev, floor):
+    """One gradient's record in index.json: its scale and how far the float64 and the
+    batch-reversed float32 runs land from it."""
+    d64, r64, s = diff_stats(g, g64, floor)
+    drev, rrev, _ = diff_stats(g, grev, floor)
+    return {"name": name, "shape": list(g.shape), "max_abs_grad": s,
+            "f32_vs_f64_abs": d64, "f32_vs_f64_rel": r64,
+            "f32_vs_f32rev_abs": drev, "f32_vs_f32rev_rel": rrev}
+
+
 def write_npz(path, arrays):
     """np.savez_compressed, but with fixed zip timestamps so the bytes are reproducible."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
@@ -709,11 +719,7 @@ def run_case(model, layers):
         arrays[f"grad/{n}"] = g.numpy()
         if store_updated:
             arrays[f"updated/{n}"] = updated[n].numpy()
-        d64, r64, s = diff_stats(g, grads64[n], floor)
-        drev, rrev, _ = diff_stats(g, grads_rev[n], floor)
-        per_tensor.append({"name": n, "shape": list(g.shape), "max_abs_grad": s,
-                           "f32_vs_f64_abs": d64, "f32_vs_f64_rel": r64,
-                           "f32_vs_f32rev_abs": drev, "f32_vs_f32rev_rel": rrev})
+        per_tensor.append(tensor_report(n, g, grads64[n], grads_rev[n], floor))
     out = HERE / f"{name}.npz"
     write_npz(out, arrays)
     info = {
@@ -764,11 +770,7 @@ def run_mse_case(case, layers):
     for n in names:
         arrays[f"grad/{n}"] = grads[n].numpy()
         arrays[f"updated/{n}"] = updated[n].numpy()
-        d64, r64, s = diff_stats(grads[n], grads64[n], floor)
-        drev, rrev, _ = diff_stats(grads[n], grads_rev[n], floor)
-        per_tensor.append({"name": n, "shape": list(grads[n].shape), "max_abs_grad": s,
-                           "f32_vs_f64_abs": d64, "f32_vs_f64_rel": r64,
-                           "f32_vs_f32rev_abs": drev, "f32_vs_f32rev_rel": rrev})
+        per_tensor.append(tensor_report(n, grads[n], grads64[n], grads_rev[n], floor))
     out = HERE / f"{name}.npz"
     write_npz(out, arrays)
     info = {

@@ -4,6 +4,16 @@ mod common;
 
 use common::{model, scratch};
 
+/// The epoch records of a `train --log` file.
+fn epoch_records(log: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
+        .collect()
+}
+
 fn run(args: &[&str]) {
     let mut argv = vec!["actc"];
     argv.extend_from_slice(args);
@@ -70,12 +80,7 @@ fn compile_train_eval_export_on_bundled_digits() {
     assert!(code == 2 && msg.contains("--cache-dir"), "{code}: {msg}");
     let best = runs.join("mlp.best.actc");
     assert!(best.exists() && runs.join("mlp.last.actc").exists());
-    let lines = std::fs::read_to_string(&log).unwrap();
-    let epochs: Vec<serde_json::Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"] == "epoch")
-        .collect();
+    let epochs = epoch_records(&log);
     assert_eq!(epochs.len(), 3);
     let acc = epochs.last().unwrap()["val"]["accuracy"].as_f64().unwrap();
     assert!(
@@ -139,12 +144,7 @@ fn compressed_training_reports_ranks_and_bench_profiles() {
         "--log",
         log.to_str().unwrap(),
     ]);
-    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"] == "epoch")
-        .collect();
+    let epochs = epoch_records(&log);
     let c = &epochs[1]["compression"];
     let layers = c["layers"].as_array().unwrap();
     assert_eq!(
@@ -467,12 +467,7 @@ fn mse_on_two_outputs_reads_an_array_per_output() {
         "--save",
         save.to_str().unwrap(),
     ]);
-    let epochs: Vec<serde_json::Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["event"] == "epoch")
-        .collect();
+    let epochs = epoch_records(&log);
     let mse = |e: usize, set: &str, key: &str| match key {
         "" => epochs[e][set]["mse"].as_f64().unwrap(),
         out => epochs[e][set]["outputs"][out]["mse"].as_f64().unwrap(),
