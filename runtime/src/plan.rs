@@ -543,18 +543,20 @@ impl Plan {
     /// small buffer, so saving a plan (mostly weights: 175 MB for DINOv2 with its frozen
     /// prefix) needs no payload-sized buffer in memory.
     pub fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
-        self.write_with(w, &[], |_| &[])
+        self.write_with(w, &[], |_| &[], None)
     }
 
     /// [`Plan::write_to`] of this plan (whose `weights` are left out) with `weights` added,
-    /// each one's values taken from `data(weight)` where they lie instead of its own `data`:
-    /// what an executor saves without a copy of its weights. Protobuf readers take a
-    /// repeated field's elements wherever they come, so the file reads back as one plan.
+    /// each one's values taken from `data(weight)` where they lie instead of its own `data`,
+    /// and with `onnx`'s ONNX parts (this plan's own being empty) copied from that plan
+    /// file: what an executor saves without a copy of its weights or of the model. Protobuf
+    /// readers take fields in any order, so the file reads back as one plan.
     pub fn write_with<'d>(
         &self,
         w: &mut impl Write,
         weights: &[Weight],
         data: impl Fn(&Weight) -> &'d [u8],
+        onnx: Option<&PlanFile>,
     ) -> std::io::Result<()> {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
         const WEIGHTS: u32 = 6;
@@ -564,11 +566,20 @@ impl Plan {
                 || self.weights.is_empty() && weights.iter().all(|w| w.data.is_empty()),
             "weights given apart carry no data and are not also among the plan's"
         );
+        debug_assert!(
+            onnx.is_none() || self.prefix_onnx.is_empty() && self.rest_onnx.is_empty(),
+            "ONNX parts copied from a file are not also the plan's own"
+        );
         let data_len = |d: &[u8]| match d.len() {
             0 => 0,
             n => key_len(DATA) + encoded_len_varint(n as u64) + n,
         };
         let message_len = |wt: &Weight| wt.encoded_len() + data_len(data(wt));
+        let parts = onnx.map_or([(0, (0, 0)); 2], PlanFile::onnx_fields);
+        let field_len = |tag: u32, n: usize| match n {
+            0 => 0,
+            n => key_len(tag) + encoded_len_varint(n as u64) + n,
+        };
         let len = self.encoded_len()
             + weights
                 .iter()
@@ -576,6 +587,10 @@ impl Plan {
                     let n = message_len(wt);
                     key_len(WEIGHTS) + encoded_len_varint(n as u64) + n
                 })
+                .sum::<usize>()
+            + parts
+                .iter()
+                .map(|&(tag, (_, n))| field_len(tag, n as usize))
                 .sum::<usize>();
         w.write_all(MAGIC)?;
         w.write_all(&FORMAT_VERSION.to_le_bytes())?;
@@ -596,6 +611,22 @@ impl Plan {
                 encode_key(DATA, WireType::LengthDelimited, &mut sink);
                 encode_varint(values.len() as u64, &mut sink);
                 sink.put_slice(values);
+            }
+        }
+        if let Some(file) = onnx {
+            let mut chunk = vec![0u8; 1 << 16];
+            for (tag, (offset, n)) in parts.into_iter().filter(|&(_, (_, n))| n > 0) {
+                encode_key(tag, WireType::LengthDelimited, &mut sink);
+                encode_varint(n, &mut sink);
+                let mut at = 0;
+                while at < n && sink.error.is_none() {
+                    let part = &mut chunk[..(n - at).min(1 << 16) as usize];
+                    match file.read_at((offset + at, part.len() as u64), part) {
+                        Ok(()) => sink.put_slice(part),
+                        Err(e) => sink.error = Some(e),
+                    }
+                    at += part.len() as u64;
+                }
             }
         }
         sink.flush();
@@ -836,6 +867,12 @@ impl PlanFile {
         self.read_whole(self.places.rest_onnx)
     }
 
+    /// Where the plan's ONNX parts lie in the file, with their field tags in [`Plan`]:
+    /// (tag, (offset, length)).
+    fn onnx_fields(&self) -> [(u32, (u64, u64)); 2] {
+        [(2, self.places.prefix_onnx), (3, self.places.rest_onnx)]
+    }
+
     fn read_whole(&self, place: (u64, u64)) -> std::io::Result<Vec<u8>> {
         let mut v = vec![0; place.1 as usize];
         self.read_at(place, &mut v).map(|_| v)
@@ -949,7 +986,7 @@ mod tests {
             .collect();
         let mut apart = Vec::new();
         let values = |w: &Weight| plan.weights[w.buffer as usize].data.as_slice();
-        bare.write_with(&mut apart, &light, values).unwrap();
+        bare.write_with(&mut apart, &light, values, None).unwrap();
         assert!(Plan::from_bytes(&apart).unwrap() == plan);
 
         struct FailsAfter(usize);

@@ -520,7 +520,7 @@ impl Executor {
 
     /// The plan with its weights replaced by the current ones: what `eval` and `export` read.
     pub fn snapshot(&mut self) -> Result<Plan, ExecError> {
-        self.with_current_weights(None, true, |p, _| p.clone())
+        self.with_current_weights(None, true, |p, _, _| p.clone())
     }
 
     /// A checkpoint that a run resumes from, as plan-file bytes: [`Executor::snapshot`] with
@@ -528,7 +528,7 @@ impl Executor {
     /// next update reads besides the weights; [`Executor::open`] loads them back like
     /// weights).
     pub fn checkpoint_bytes(&mut self, progress: Progress) -> Result<Vec<u8>, ExecError> {
-        self.with_current_weights(Some(progress), true, |p, _| p.to_bytes())
+        self.with_current_weights(Some(progress), true, |p, _, _| p.to_bytes())
     }
 
     /// The plan file of [`Executor::snapshot`] (without `progress`) or of
@@ -539,14 +539,14 @@ impl Executor {
         progress: Option<Progress>,
         w: &mut impl std::io::Write,
     ) -> Result<(), ExecError> {
-        self.with_current_weights(progress, false, |plan, mem| {
+        self.with_current_weights(progress, false, |plan, mem, file| {
             let weights = std::mem::take(&mut plan.weights);
             let written = {
                 let plan = &*plan;
                 // SAFETY: `&mut self` is held and no step is running: nothing writes the
                 // weights while they are read.
                 let data = |w: &Weight| unsafe { mem.raw(plan.buffer(w.buffer)) };
-                plan.write_with(w, &weights, data)
+                plan.write_with(w, &weights, data, file)
             };
             plan.weights = weights;
             written
@@ -589,14 +589,15 @@ impl Executor {
     }
 
     /// Runs `f` on the plan as a file would hold it now: with `progress` (and the state
-    /// buffers among the weights), the ONNX parts read back from the plan file, and, with
-    /// `copy`, every weight's current values in its `data` (else `f` reads them from the
-    /// memory it is given).
+    /// buffers among the weights) and, with `copy`, every weight's current values in its
+    /// `data` and the ONNX parts read back from the plan file; else `f` reads those from
+    /// the memory and the plan file (if any: a plan made in memory holds its parts) it is
+    /// given.
     fn with_current_weights<T>(
         &mut self,
         progress: Option<Progress>,
         copy: bool,
-        f: impl FnOnce(&mut Plan, &Memory) -> T,
+        f: impl FnOnce(&mut Plan, &Memory, Option<&PlanFile>) -> T,
     ) -> Result<T, ExecError> {
         let Executor {
             plan, mem, file, ..
@@ -621,13 +622,14 @@ impl Executor {
         }
         let parts = file
             .as_ref()
+            .filter(|_| copy)
             .map(|f| Ok::<_, std::io::Error>((f.prefix_onnx()?, f.rest_onnx()?)))
             .transpose();
         let out = parts.map(|parts| {
             if let Some((prefix, rest)) = parts {
                 (plan.prefix_onnx, plan.rest_onnx) = (prefix, rest);
             }
-            f(plan, mem)
+            f(plan, mem, file.as_ref().filter(|_| !copy))
         });
         plan.weights.truncate(weights);
         plan.progress = None;
