@@ -75,7 +75,7 @@ def torch_steps(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
     import transformers_torch as tt
-    from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
+    from cpu_meter import timed_steps
     torch.set_num_threads(cfg["threads"])
     model, names = tt.minilm(MODEL)
     params = tt.select(model, names, trainable(cfg["setting"]))
@@ -89,18 +89,11 @@ def torch_steps(cfg: dict) -> dict:
         loss.backward()
         opt.step()
 
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - w0
+    run = timed_steps(step, cfg["warmup"], cfg["steps"])
+    times = run["times"]
     return {**cfg, "system": "pytorch", "median_ms": statistics.median(times),
             "p10_ms": pct(times, 0.1), "p90_ms": pct(times, 0.9),
-            "foreign": foreign_share(wall, b0, c0), "peak_rss_mb": vmhwm_mb(),
+            "foreign": run["foreign"], "peak_rss_mb": vmhwm_mb(),
             "rss_before_steps_mb": rss_before,
             "trainable_values": sum(p.numel() for _, p in params), "torch": torch.__version__}
 
@@ -224,7 +217,7 @@ def ort_artifacts(cfg: dict) -> dict:
 def ort_steps(cfg: dict) -> dict:
     import numpy as np
     import bench_ort
-    from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
+    from cpu_meter import timed_steps
     ort, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"], cfg["lr"])
     ids, mask, y = (np.ascontiguousarray(a[:cfg["batch"]]) for a in load("train"))
     feeds = [ort.OrtValue.ortvalue_from_numpy(a) for a in (ids, mask, y.astype(np.int64))]
@@ -241,16 +234,11 @@ def ort_steps(cfg: dict) -> dict:
         loss = step()
         if k < 3:
             first.append(float(loss.numpy() if hasattr(loss, "numpy") else loss))
-    times = []
-    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - w0
+    run = timed_steps(step, 0, cfg["steps"])
+    times = run["times"]
     return {**cfg, "system": "ort", "median_ms": statistics.median(times),
             "p10_ms": pct(times, 0.1), "p90_ms": pct(times, 0.9),
-            "foreign": foreign_share(wall, b0, c0), "peak_rss_mb": vmhwm_mb(),
+            "foreign": run["foreign"], "peak_rss_mb": vmhwm_mb(),
             "rss_before_steps_mb": rss_before, "first_losses": first,
             "onnxruntime": ort.__version__,
             "optimizer": f"SGD lr {cfg['lr']}, no momentum (ORT training SGDOptimizerV2)"}

@@ -66,7 +66,7 @@ from pathlib import Path
 import numpy as np
 
 import cpu_meter
-from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
+from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds, timed_steps
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE.parent
@@ -271,17 +271,9 @@ def run_steps(cfg: dict) -> dict:
         module.lazy_reset_grad()
         return loss
 
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - w0
-    cpu_per_wall = (own_cpu_seconds() - c0) / wall
-    foreign = foreign_share(wall, b0, c0)
+    run = timed_steps(step, cfg["warmup"], cfg["steps"])
+    times = run["times"]
+    cpu_per_wall, foreign = run["cpu_per_wall"], run["foreign"]
     peak = rss_mb()
     module.eval()
     fwd = []

@@ -83,7 +83,7 @@ def run_one(cfg):
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, str(HERE))
-    from common import busy_seconds, foreign_share, own_cpu_seconds
+    from cpu_meter import timed_steps
 
     model, params, cl = build_model(cfg)
     g = torch.Generator().manual_seed(0)
@@ -100,16 +100,9 @@ def run_one(cfg):
         loss.backward()
         opt.step()
 
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - w0
-    foreign = foreign_share(wall, b0, c0)
+    run = timed_steps(step, cfg["warmup"], cfg["steps"])
+    times = run["times"]
+    foreign = run["foreign"]
     fwd = []
     with torch.no_grad():
         for _ in range(5):

@@ -134,7 +134,7 @@ def torch_steps(cfg: dict) -> dict:
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, str(HERE))
-    from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
+    from cpu_meter import timed_steps
     model, params, _ = torch_model(cfg["setting"], cfg["threads"])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg["batch"], 3, cfg["size"], cfg["size"], generator=g)
@@ -148,16 +148,9 @@ def torch_steps(cfg: dict) -> dict:
         loss.backward()
         opt.step()
 
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - w0
-    foreign = foreign_share(wall, b0, c0)
+    run = timed_steps(step, cfg["warmup"], cfg["steps"])
+    times = run["times"]
+    foreign = run["foreign"]
     peak = vmhwm_mb()
     fwd = []
     with torch.no_grad():
@@ -366,7 +359,7 @@ def ort_steps(cfg: dict) -> dict:
     import numpy as np
     sys.path.insert(0, str(HERE))
     import bench_ort
-    from cpu_meter import busy_seconds, foreign_share, own_cpu_seconds
+    from cpu_meter import timed_steps
     ort, state, module, opt = bench_ort.open_session(Path(cfg["dir"]), cfg["threads"], cfg["lr"])
     b, s = cfg["batch"], cfg["size"]
     rng = np.random.default_rng(0)
@@ -379,19 +372,12 @@ def ort_steps(cfg: dict) -> dict:
         opt.step()
         module.lazy_reset_grad()
 
-    for _ in range(cfg["warmup"]):
-        step()
-    times = []
-    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
-    for _ in range(cfg["steps"]):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - w0
+    run = timed_steps(step, cfg["warmup"], cfg["steps"])
+    times = run["times"]
     return {**cfg, "system": "ort", "median_ms": statistics.median(times),
             "p10_ms": pct(times, 0.1), "p90_ms": pct(times, 0.9),
-            "foreign": foreign_share(wall, b0, c0),
-            "cpu_per_wall": (own_cpu_seconds() - c0) / wall, "peak_rss_mb": vmhwm_mb(),
+            "foreign": run["foreign"],
+            "cpu_per_wall": run["cpu_per_wall"], "peak_rss_mb": vmhwm_mb(),
             "rss_before_steps_mb": rss_before, "onnxruntime": ort.__version__,
             "optimizer": f"SGD lr {cfg['lr']}, no momentum (ORT training SGDOptimizerV2)"}
 

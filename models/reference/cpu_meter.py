@@ -28,6 +28,24 @@ def foreign_share(wall: float, busy0: float, own0: float) -> float:
     return max(0.0, other) / (wall * (os.cpu_count() or 1))
 
 
+def timed_steps(step, warmup: int, steps: int) -> dict:
+    """`warmup` untimed calls of `step`, then `steps` timed ones: each step's milliseconds
+    (`times`), the timed run's wall seconds, the CPU share other processes took meanwhile
+    (`foreign`) and this process's CPU seconds per wall second (`cpu_per_wall`)."""
+    import time
+    for _ in range(warmup):
+        step()
+    times = []
+    w0, b0, c0 = time.perf_counter(), busy_seconds(), own_cpu_seconds()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    wall = time.perf_counter() - w0
+    return {"times": times, "wall": wall, "foreign": foreign_share(wall, b0, c0),
+            "cpu_per_wall": (own_cpu_seconds() - c0) / wall}
+
+
 def machine(**versions: str) -> dict:
     """The CPU, cores, Python and platform, with the given library versions."""
     cpu = "unknown"

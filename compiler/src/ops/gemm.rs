@@ -425,7 +425,6 @@ fn fuse_bias(graph: &mut Graph) {
         let name = format!("{}.fused_bias", graph.nodes[add].name);
         let bias = graph.add_tensor(Tensor::constant(name, vec![n], Data::F32(v)));
         let (x, w) = (graph.nodes[m].inputs[0], graph.nodes[m].inputs[1]);
-        graph.nodes[m].source = None;
         graph.set_inputs(m, vec![x, w, bias]);
         graph.absorb_reader(m, add);
     }

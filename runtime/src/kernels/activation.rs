@@ -195,10 +195,11 @@ pub fn gelu_forward(tanh: bool, x: &[f32], y: &mut [f32]) {
 pub fn gelu_backward(tanh: bool, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     match tanh {
         false => map_grad(x, dy, dx, |x, d| {
-            let cdf = 0.5 * (1.0 + approx::erf(x * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = approx::exp(-0.5 * x * x)
-                * (0.5 * std::f32::consts::FRAC_2_SQRT_PI)
-                * std::f32::consts::FRAC_1_SQRT_2;
+            // e^(−(x/√2)²) = e^(−x²/2): the density's exponential comes with erf.
+            let (erf, gauss) = approx::erf_gauss(x * std::f32::consts::FRAC_1_SQRT_2);
+            let cdf = 0.5 * (1.0 + erf);
+            let pdf =
+                gauss * (0.5 * std::f32::consts::FRAC_2_SQRT_PI) * std::f32::consts::FRAC_1_SQRT_2;
             d * (cdf + x * pdf)
         }),
         true => map_grad(x, dy, dx, |x, d| {

@@ -64,19 +64,26 @@ const INV_FACTORIAL: [f32; 7] = [
 /// t = 1/(1 + p·x) (1.5e-7 absolute), sign restored.
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
+    erf_gauss(x).0
+}
+
+/// (erf x, e^(−x²)): the second is a term of the first, and GELU's gradient needs both.
+#[inline(always)]
+pub fn erf_gauss(x: f32) -> (f32, f32) {
     let a = x.abs();
     let t = 1.0 / mul_add(ERF_P, a, 1.0);
     let mut q = ERF_A[4];
     for &c in ERF_A[..4].iter().rev() {
         q = mul_add(q, t, c);
     }
-    let tail = (1.0 - q * t * exp(-a * a)).copysign(x);
+    let gauss = exp(-a * a);
+    let tail = (1.0 - q * t * gauss).copysign(x);
     let x2 = x * x;
     let mut s = ERF_TAYLOR[6];
     for &c in ERF_TAYLOR[..6].iter().rev() {
         s = mul_add(s, x2, c);
     }
-    if a < 0.5 { x * s } else { tail }
+    (if a < 0.5 { x * s } else { tail }, gauss)
 }
 
 /// Abramowitz & Stegun 7.1.26's p and a₁…a₅.
