@@ -28,7 +28,7 @@ to `--tries` times); the cleanest/fastest run is reported, flagged when none was
 epoch columns): E epochs over models/data/fashion-mnist (2000 images; each epoch a
 numpy.random.default_rng(--seed) permutation cut into full batches only, as actc does: 31
 steps of 64 or 250 of 8), each batch preprocessed inside the timed epoch exactly as
-common.fashion_mnist does it (ref_losses_torch.preprocess), SGD lr 0.01 momentum 0.9; reports
+common.fashion_mnist does it (common.preprocess), SGD lr 0.01 momentum 0.9; reports
 each epoch's seconds and mean training loss. `--epoch-steps N` cuts epochs short (quick tests).
 """
 

@@ -4,7 +4,6 @@ in eager PyTorch, the trainable-parameter selection (DESIGN.md §3) and the Fash
 from __future__ import annotations
 
 import gzip
-import os
 import sys
 from pathlib import Path
 
@@ -106,18 +105,32 @@ def read_idx_gz(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
+def preprocess(images: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (N, H, W) grayscale -> (N, 3, size, size) float32 as `actc train` reads images:
+    replicated to 3 channels, bilinear resize (align_corners=False), /255, ImageNet mean/std.
+    Every op is per sample, so a subset gives the same values."""
+    x = torch.from_numpy(images.astype(np.float32))[:, None].expand(-1, 3, -1, -1)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) / 255.0
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
 def fashion_mnist(split: str, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, size, size) float32 and (N,) int64: grayscale replicated to 3 channels, bilinear
-    resize (align_corners=False), /255, ImageNet mean/std."""
+    """(N, 3, size, size) float32 (see preprocess) and (N,) int64."""
     d = MODELS / "data" / "fashion-mnist"
     prefix = "train" if split == "train" else "t10k"
     x = read_idx_gz(d / f"{prefix}-images-idx3-ubyte.gz")
     y = read_idx_gz(d / f"{prefix}-labels-idx1-ubyte.gz")
-    x = torch.from_numpy(x.astype(np.float32))[:, None].expand(-1, 3, -1, -1)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(), torch.from_numpy(y.astype(np.int64))
+    return preprocess(x, size), torch.from_numpy(y.astype(np.int64))
+
+
+def npz_images(path: Path, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """An `.npz` of uint8 grayscale images `x` ((N, H, W) or (N, 1, H, W)) and labels `y`, as
+    `actc train --data` reads it."""
+    d = np.load(path)
+    x = d["x"]
+    return preprocess(x.reshape(len(x), *x.shape[-2:]), size), torch.from_numpy(d["y"].astype(np.int64))
 
 
 def machine() -> dict:

@@ -18,7 +18,12 @@ Data: models/data/fashion-mnist (2000 train / 500 test), 28x28 grayscale -> 3 ch
 bilinear resize to 32x32 (align_corners=False) -> /255 -> ImageNet mean/std. Each epoch visits
 the training set in the order of a permutation drawn from numpy.random.default_rng(--seed)
 (one generator, one permutation per epoch); the last batch is partial (2000 = 31*64 + 16)
-unless --drop-last.
+unless --drop-last. `--data TRAIN.npz --val VAL.npz` trains on other uint8 grayscale images
+(arrays x and y, as `actc train` reads them), preprocessed the same way.
+
+`--compress hosvd` trains the paper's method (hosvd_torch.py): the trained convs' inputs are
+kept as a truncated HOSVD by the ε rule (`--eps`, `--max-rank`, all four modes, recomputed
+every step), `--center` the variant that keeps the per-channel mean exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (busy_seconds, fashion_mnist, foreign_share, machine,  # noqa: E402
-                    mobilenetv2_folded, own_cpu_seconds, select_trainable)
+                    mobilenetv2_folded, npz_images, own_cpu_seconds, select_trainable)
+from hosvd_torch import compress_convs  # noqa: E402
 
 
 def check_against_onnx(model, x):
@@ -79,6 +85,13 @@ def main():
     ap.add_argument("--drop-last", action="store_true", help="skip the partial last batch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=32, help="input height = width")
+    ap.add_argument("--data", type=Path, help="training .npz (x uint8 images, y) [default: "
+                    "the bundled Fashion-MNIST subset]")
+    ap.add_argument("--val", type=Path, help="validation .npz, with --data")
+    ap.add_argument("--compress", choices=["none", "hosvd"], default="none")
+    ap.add_argument("--eps", type=float, default=0.8)
+    ap.add_argument("--max-rank", type=int, help="rank cap per mode (actc's --max-rank)")
+    ap.add_argument("--center", action="store_true", help="HOSVD of the per-channel residual")
     ap.add_argument("--json", type=Path, help="write a JSON summary here")
     ap.add_argument("--save-weights", type=Path,
                     help="write the trained tensors here (.npz, keyed by ONNX initializer name)")
@@ -86,11 +99,21 @@ def main():
 
     model, fold_diff, onnx_names = mobilenetv2_folded()
     torch.set_num_threads(args.threads)
-    xtr, ytr = fashion_mnist("train", args.size)
-    xte, yte = fashion_mnist("test", args.size)
+    if args.data:
+        xtr, ytr = npz_images(args.data, args.size)
+        xte, yte = npz_images(args.val, args.size)
+    else:
+        xtr, ytr = fashion_mnist("train", args.size)
+        xte, yte = fashion_mnist("test", args.size)
     ort_diff = check_against_onnx(model, xte[:8])
     assert ort_diff < 1e-4, ort_diff
     params = select_trainable(model, args.layers)
+    compressed = []
+    if args.compress == "hosvd":
+        convs = sorted({n.rpartition(".")[0] for n, _ in params
+                        if isinstance(model.get_submodule(n.rpartition(".")[0]), torch.nn.Conv2d)})
+        compressed = compress_convs(model, convs, eps=args.eps, max_rank=args.max_rank,
+                                    center=args.center)
     n_train = sum(p.numel() for _, p in params)
     print(f"torch {torch.__version__}, {args.threads} threads; model = mobilenetv2.onnx in eager "
           f"PyTorch (|torch fold - onnx fold| {fold_diff:.1e}, |eager - onnxruntime| "
@@ -125,11 +148,23 @@ def main():
             seen += len(idx)
         foreign = foreign_share(time.perf_counter() - w0, b0, c0)
         test_loss, test_acc = evaluate(model, xte, yte)
+        if compressed:
+            # Per compressed conv, over this epoch's full batches: mean ranks and the paper's
+            # metric (a partial last batch has smaller tensors).
+            def full_batches(log):
+                epoch_log = log[-len(step_ms):]
+                return [r for r in epoch_log if r[2] == max(r[2] for r in epoch_log)]
+            comp = [{"ranks_mean": [statistics.mean(r[0][m] for r in full_batches(c.log))
+                                    for m in range(4)],
+                     "paper_bytes_mean": statistics.mean(r[1] for r in full_batches(c.log)),
+                     "vanilla_bytes": full_batches(c.log)[0][2]} for c in compressed]
+        else:
+            comp = None
         full = step_ms if len(xtr[:stop]) % args.batch == 0 else step_ms[:-1]
         rec = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_loss": test_loss, "test_acc": test_acc, "steps": len(step_ms),
                "step_ms_median": statistics.median(full),
-               "foreign_cpu_share": foreign}
+               "foreign_cpu_share": foreign, "compression": comp}
         epochs.append(rec)
         all_steps += full
         print(f"epoch {epoch}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} | "

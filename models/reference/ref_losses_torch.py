@@ -7,7 +7,8 @@ Run from the repository root with the main venv (bench_ort.py --check calls it):
     .venv/bin/python models/reference/ref_losses_torch.py --shapes 64x32 8x224 --out ref.npz
 
 Per shape BxS: the batch is the first B training images of models/data/fashion-mnist,
-preprocessed as common.fashion_mnist does it (checked bit for bit against it at 32x32), with
+preprocessed as common.fashion_mnist does it (common.preprocess on the first B images; at
+32x32 checked bit for bit against the whole set's), with
 their labels. The model is common.mobilenetv2_folded() (the function of mobilenetv2.onnx),
 trainable = common.select_trainable(model, 4), eval mode. `--steps` times: loss (mean
 cross-entropy) before the step, gradients of the first step, then an SGD step with `--lr` and
@@ -28,18 +29,8 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import (IMAGENET_MEAN, IMAGENET_STD, MODELS, fashion_mnist,  # noqa: E402
-                    mobilenetv2_folded, read_idx_gz, select_trainable)
-
-
-def preprocess(images: np.ndarray, size: int) -> torch.Tensor:
-    """common.fashion_mnist's preprocessing on a subset of uint8 (N, 28, 28) images (the same
-    operations in the same order; every op is per sample, so a subset gives the same values)."""
-    x = torch.from_numpy(images.astype(np.float32))[:, None].expand(-1, 3, -1, -1)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
+from common import (MODELS, fashion_mnist, mobilenetv2_folded, preprocess,  # noqa: E402
+                    read_idx_gz, select_trainable)
 
 
 def main():

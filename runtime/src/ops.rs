@@ -604,6 +604,10 @@ pub struct Hosvd {
     /// iteration started from the previous step's, kept in the step's second input.
     #[prost(bool, tag = "3")]
     pub fixed: bool,
+    /// The per-feature mean kept exactly and the residual decomposed (the packed buffer
+    /// starts with the mean); false is the paper's HOSVD of the activation itself.
+    #[prost(bool, tag = "4")]
+    pub center: bool,
 }
 
 /// Truncated SVD of the (batch, rest) unfolding (the paper's SVD baseline).

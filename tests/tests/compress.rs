@@ -61,6 +61,7 @@ fn eps_one_gives_the_uncompressed_gradients() {
             Compression::Hosvd {
                 eps: 1.0,
                 max_rank: 4096,
+                center: false,
             },
             Compression::Svd {
                 eps: 1.0,
@@ -122,6 +123,7 @@ fn compression_shrinks_the_plan_and_reports_its_ranks() {
         Compression::Hosvd {
             eps: 0.9,
             max_rank: 1,
+            center: false,
         },
     );
     let (v, h) = (vanilla.memory.unwrap(), hosvd.memory.clone().unwrap());
@@ -202,6 +204,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
         compression: Compression::Hosvd {
             eps: 0.8,
             max_rank: 32,
+            center: false,
         },
         ..common::options(Layers::Last(4), Some(shape.clone()))
     };
@@ -269,6 +272,7 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
     let hosvd = Compression::Hosvd {
         eps: 0.8,
         max_rank: 4096,
+        center: false,
     };
     let capped = plan(name, layers, shape, hosvd);
     let fixed_ranks = capped
@@ -313,6 +317,7 @@ fn fused_compressed_updates_match_held_ones() {
     let hosvd = Compression::Hosvd {
         eps: 0.8,
         max_rank: 4096,
+        center: false,
     };
     // MobileNetV2's 1×1 and its classifier; tiny_constants' grouped, dilated and padded convs
     let cases: [(&str, Layers, &[usize], Compression); 3] = [

@@ -76,6 +76,7 @@ fn bases() -> Vec<(&'static str, Plan)> {
                 compression: Compression::Hosvd {
                     eps: 0.9,
                     max_rank: 4,
+                    center: false,
                 },
                 optimizer: momentum,
                 ..opts(Layers::All, &cnn)

@@ -54,8 +54,13 @@ fn snapshot_with(name: &str, shape: &[usize], opts: &CompileOptions, flags: &str
 fn flags(c: Compression) -> String {
     match c {
         Compression::None => String::new(),
-        Compression::Hosvd { eps, max_rank } => {
-            format!(" --compress hosvd --eps {eps} --max-rank {max_rank}")
+        Compression::Hosvd {
+            eps,
+            max_rank,
+            center,
+        } => {
+            let rule = if center { "centered" } else { "eps" };
+            format!(" --compress hosvd --rank-rule {rule} --eps {eps} --max-rank {max_rank}")
         }
         Compression::Svd { eps, max_rank } => {
             format!(" --compress svd --eps {eps} --max-rank {max_rank}")
@@ -88,6 +93,7 @@ fn compressed_training_graphs() {
                 Compression::Hosvd {
                     eps: 0.8,
                     max_rank: 32,
+                    center: false,
                 },
             ),
             (
@@ -102,6 +108,24 @@ fn compressed_training_graphs() {
             let text = snapshot_of(name, shape, Layers::Last(4), compression);
             insta::assert_snapshot!(format!("{name}__layers_4__{method}"), text);
         }
+    }
+}
+
+/// The default rank rule: each compressed buffer starts with its input's per-channel mean
+/// (tiny_cnn's grouped, depthwise and dilated convs; tiny_mlp's dense layers).
+#[test]
+fn centered_hosvd_training_graphs() {
+    let hosvd = Compression::Hosvd {
+        eps: 0.9,
+        max_rank: 32,
+        center: true,
+    };
+    for &(name, shape) in MODELS
+        .iter()
+        .filter(|(n, _)| matches!(*n, "tiny_cnn" | "tiny_mlp"))
+    {
+        let text = snapshot_of(name, shape, Layers::Last(4), hosvd);
+        insta::assert_snapshot!(format!("{name}__layers_4__hosvd_centered"), text);
     }
 }
 
@@ -154,11 +178,17 @@ fn fixed_rank_training_graph() {
         compression: Compression::Hosvd {
             eps: 0.8,
             max_rank: 32,
+            center: false,
         },
         fixed_ranks,
         ..common::options(Layers::All, Some(shape.to_vec()))
     };
-    let text = snapshot_with("tiny_cnn", &shape, &opts, " --compress hosvd (fixed ranks)");
+    let text = snapshot_with(
+        "tiny_cnn",
+        &shape,
+        &opts,
+        " --compress hosvd --rank-rule eps (fixed ranks)",
+    );
     insta::assert_snapshot!("tiny_cnn__layers_all__hosvd_fixed", text);
 }
 

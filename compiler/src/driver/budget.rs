@@ -11,7 +11,7 @@
 use crate::driver::data::{DataOptions, check_labels, classes};
 use crate::driver::inspect::human;
 use crate::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
-use actc_runtime::compress::hosvd;
+use actc_runtime::compress::{center, hosvd};
 use actc_runtime::data::{Dataset, split};
 use actc_runtime::ops::{Kind, Method};
 use actc_runtime::plan::Plan;
@@ -50,7 +50,10 @@ pub fn calibrate(
     data_path: &Path,
     prep: &DataOptions,
 ) -> Result<Vec<LayerChoice>> {
-    let Compression::Hosvd { max_rank, .. } = opts.compression else {
+    let Compression::Hosvd {
+        max_rank, center, ..
+    } = opts.compression
+    else {
         return Err(err!("--budget needs --compress hosvd"));
     };
     let data = Dataset::load(data_path, prep.layout).map_err(|e| err!("{e}"))?;
@@ -72,6 +75,7 @@ pub fn calibrate(
         compression: Compression::Hosvd {
             eps: CANDIDATES[0],
             max_rank,
+            center,
         },
         fixed_ranks: BTreeMap::new(),
         keep_gradients: true,
@@ -96,7 +100,13 @@ pub fn calibrate(
             let (got, want) = (&grads[&layer.gradient], &reference[&layer.gradient]);
             let ranks = ranks[&layer.name].clone();
             let r: Vec<usize> = ranks.iter().map(|&r| r as usize).collect();
-            let floats = hosvd::packed_len(&layer.dims, &r) + hosvd::state_len(&layer.dims, &r);
+            let mean = if center {
+                center::mean_len(&layer.dims)
+            } else {
+                0
+            };
+            let floats =
+                mean + hosvd::packed_len(&layer.dims, &r) + hosvd::state_len(&layer.dims, &r);
             let choice = Choice {
                 eps,
                 ranks,

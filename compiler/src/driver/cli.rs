@@ -419,6 +419,15 @@ enum CompressArg {
     Gradfilter,
 }
 
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum RankRuleArg {
+    /// The paper's: per mode, the smallest rank whose singular values reach --eps of the
+    /// activation's energy.
+    Eps,
+    /// The per-channel (per-feature) mean kept exactly, the ε rule on the residual.
+    Centered,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum RecomputeArg {
     Attention,
@@ -485,9 +494,15 @@ struct CompileArgs {
     /// or compressed (HOSVD is the paper's method; SVD and gradient filtering its baselines).
     #[arg(long, value_enum, default_value = "none")]
     compress: CompressArg,
-    /// Energy share the kept singular vectors reach, per mode (hosvd, svd): 0 < eps <= 1.
-    #[arg(long, default_value_t = 0.8)]
-    eps: f32,
+    /// Energy share the kept singular vectors reach, per mode (hosvd, svd): 0 < eps <= 1
+    /// [default: 0.9 with `--rank-rule centered`, 0.8 (the paper's) otherwise]
+    #[arg(long)]
+    eps: Option<f32>,
+    /// How HOSVD chooses its ranks: `eps` is the paper's rule on the activation itself;
+    /// `centered` keeps each channel's (feature's) mean exactly and applies the ε rule to the
+    /// residual.
+    #[arg(long, value_enum, default_value = "eps")]
+    rank_rule: RankRuleArg,
     /// Rank cap per mode (hosvd, svd): sizes the planned compressed buffers; a batch whose
     /// eps needs more keeps this many and is counted as truncated in the training report.
     #[arg(long, default_value_t = 32)]
@@ -562,20 +577,27 @@ impl ShapeArgs {
 
 impl CompileArgs {
     fn compression(&self) -> Result<Compression> {
-        if !(self.eps > 0.0 && self.eps <= 1.0) {
-            return Err(err!("--eps must be in (0, 1], got {}", self.eps));
-        }
+        let center = self.rank_rule == RankRuleArg::Centered;
+        let eps = match self.eps {
+            Some(eps) if !(eps > 0.0 && eps <= 1.0) => {
+                return Err(err!("--eps must be in (0, 1], got {eps}"));
+            }
+            Some(eps) => eps,
+            None if center && matches!(self.compress, CompressArg::Hosvd) => 0.9,
+            None => 0.8,
+        };
         if self.max_rank == 0 {
             return Err(err!("--max-rank must be at least 1"));
         }
         Ok(match self.compress {
             CompressArg::None => Compression::None,
             CompressArg::Hosvd => Compression::Hosvd {
-                eps: self.eps,
+                eps,
                 max_rank: self.max_rank,
+                center,
             },
             CompressArg::Svd => Compression::Svd {
-                eps: self.eps,
+                eps,
                 max_rank: self.max_rank,
             },
             CompressArg::Gradfilter if matches!(self.patch, 2 | 4 | 7) => {

@@ -4,7 +4,7 @@
 //! constant input marked `=const` (frozen) or `=param` (trainable).
 
 use super::{Graph, NodeOp, Role, TensorId, kind_name};
-use actc_runtime::ops::{Compressor, Kind, Method};
+use actc_runtime::ops::{Compressor, Hosvd, Kind, Method};
 use petgraph::stable_graph::NodeIndex;
 use std::fmt::Write;
 
@@ -110,13 +110,20 @@ fn compressor(c: &Compressor) -> String {
         let v: Vec<String> = v.iter().map(|x| x.to_string()).collect();
         v.join(",")
     };
+    let centered = |h: &Hosvd| if h.center { " centered" } else { "" };
     match &c.method {
         Some(Method::Hosvd(h)) if h.fixed => format!(
-            "hosvd ranks=[{}] (eps={} on calibration)",
+            "hosvd{} ranks=[{}] (eps={} on calibration)",
+            centered(h),
             list(&h.caps),
             h.eps
         ),
-        Some(Method::Hosvd(h)) => format!("hosvd eps={} caps=[{}]", h.eps, list(&h.caps)),
+        Some(Method::Hosvd(h)) => format!(
+            "hosvd{} eps={} caps=[{}]",
+            centered(h),
+            h.eps,
+            list(&h.caps)
+        ),
         Some(Method::Svd(s)) => format!("svd eps={} cap={}", s.eps, s.cap),
         Some(Method::GradFilter(f)) => format!("gradfilter patch={}", f.patch),
         None => String::new(),

@@ -22,8 +22,13 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Compression {
     #[default]
     None,
-    /// The paper's method: per-mode ranks by the ε rule, each capped at `max_rank`.
-    Hosvd { eps: f32, max_rank: u32 },
+    /// The paper's method: per-mode ranks by the ε rule, each capped at `max_rank`; with
+    /// `center`, of the residual after the per-feature mean, which is kept exactly.
+    Hosvd {
+        eps: f32,
+        max_rank: u32,
+        center: bool,
+    },
     /// The paper's SVD baseline: the (batch, rest) unfolding, rank by the ε rule, capped.
     Svd { eps: f32, max_rank: u32 },
     /// Gradient filtering with `patch`×`patch` patches (convs only).
@@ -103,23 +108,27 @@ fn compressor(
     let numel: usize = dims.iter().product();
     let method = match compression {
         Compression::None => return None,
-        Compression::Hosvd { eps, max_rank } => {
-            Method::Hosvd(match node.origin.as_ref().and_then(|o| fixed.get(o)) {
-                Some(f) => rt::Hosvd {
-                    eps: f.eps,
-                    caps: f.ranks.clone(),
-                    fixed: true,
-                },
-                None => rt::Hosvd {
-                    eps,
-                    caps: dims
-                        .iter()
-                        .map(|&d| cap(max_rank, d, numel) as u32)
-                        .collect(),
-                    fixed: false,
-                },
-            })
-        }
+        Compression::Hosvd {
+            eps,
+            max_rank,
+            center,
+        } => Method::Hosvd(match node.origin.as_ref().and_then(|o| fixed.get(o)) {
+            Some(f) => rt::Hosvd {
+                eps: f.eps,
+                caps: f.ranks.clone(),
+                fixed: true,
+                center,
+            },
+            None => rt::Hosvd {
+                eps,
+                caps: dims
+                    .iter()
+                    .map(|&d| cap(max_rank, d, numel) as u32)
+                    .collect(),
+                fixed: false,
+                center,
+            },
+        }),
         // SVD keeps a dense layer's tokens as the matrix its gradient reads.
         Compression::Svd { eps, max_rank } if saved.conv.is_none() && dims.len() > 2 => {
             let k = dims[dims.len() - 1];

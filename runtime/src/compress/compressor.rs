@@ -3,7 +3,7 @@
 //! from the plan's attributes for both.
 
 use super::hosvd::Ranks;
-use super::{gradfilter, hosvd, svd};
+use super::{center, gradfilter, hosvd, svd};
 use crate::exec::geom::{self, Dims};
 use crate::kernels::geometry::Conv2dGeom;
 use crate::ops::{Compressor, Conv, Method};
@@ -28,6 +28,15 @@ impl Compressor {
 
     fn caps(h: &crate::ops::Hosvd) -> Dims {
         Dims::of(h.caps.iter().map(|&c| c as usize))
+    }
+
+    /// Floats of the exact mean ahead of a centered HOSVD's packed buffer (0 uncentered).
+    fn mean_len(&self, h: &crate::ops::Hosvd) -> usize {
+        if h.center {
+            center::mean_len(&self.dims())
+        } else {
+            0
+        }
     }
 
     /// The conv geometry gradient filtering pools along.
@@ -89,7 +98,7 @@ impl Compressor {
     /// f32 elements of the compressed form (at the rank caps).
     pub fn packed_len(&self) -> usize {
         match self.method() {
-            Method::Hosvd(h) => hosvd::packed_len(&self.dims(), &Self::caps(h)),
+            Method::Hosvd(h) => self.mean_len(h) + hosvd::packed_len(&self.dims(), &Self::caps(h)),
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::packed_len(rows, cols, s.cap as usize)
@@ -111,7 +120,9 @@ impl Compressor {
     /// The paper's memory metric for the ranks a step used (DESIGN §4 (a)).
     pub fn paper_bytes(&self, ranks: &Ranks) -> usize {
         match self.method() {
-            Method::Hosvd(_) => hosvd::paper_bytes(&self.dims(), &ranks.used),
+            Method::Hosvd(h) => {
+                self.mean_len(h) * 4 + hosvd::paper_bytes(&self.dims(), &ranks.used)
+            }
             Method::Svd(_) => {
                 let (rows, cols) = self.rows_cols();
                 svd::paper_bytes(rows, cols, ranks.used[0])
@@ -127,7 +138,13 @@ impl Compressor {
         match self.method() {
             Method::Hosvd(h) => {
                 let eps = (!h.fixed).then_some(h.eps);
-                hosvd::workspace_len(&self.dims(), &Self::caps(h), eps)
+                // A centered HOSVD decomposes the residual, kept in front of its scratch.
+                let residual = if h.center {
+                    self.vanilla_bytes() / 4
+                } else {
+                    0
+                };
+                residual + hosvd::workspace_len(&self.dims(), &Self::caps(h), eps)
             }
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
@@ -149,7 +166,12 @@ impl Compressor {
         let g = geom::conv(conv, &self.shape, w);
         match self.method() {
             Method::Hosvd(h) => {
-                hosvd::conv_weight_grad_workspace_len(&self.dims(), &Self::caps(h), &g)
+                let mean = if h.center {
+                    center::conv_weight_grad_workspace_len(&g)
+                } else {
+                    0
+                };
+                hosvd::conv_weight_grad_workspace_len(&self.dims(), &Self::caps(h), &g).max(mean)
             }
             Method::GradFilter(f) => {
                 gradfilter::conv_weight_grad_workspace_len(&g, f.patch as usize)
@@ -162,7 +184,12 @@ impl Compressor {
     pub fn linear_grad_workspace_len(&self, n: usize) -> usize {
         match self.method() {
             Method::Hosvd(h) => {
-                hosvd::linear_weight_grad_workspace_len(&self.dims(), &Self::caps(h), n)
+                let mean = if h.center {
+                    center::linear_weight_grad_workspace_len(n)
+                } else {
+                    0
+                };
+                hosvd::linear_weight_grad_workspace_len(&self.dims(), &Self::caps(h), n).max(mean)
             }
             Method::Svd(_) | Method::GradFilter(_) => 0,
         }
@@ -197,7 +224,15 @@ impl Compressor {
                 } else {
                     hosvd::Rule::Eps(h.eps, state)
                 };
-                hosvd::compress(x, &self.dims(), rule, &caps, packed, ws)
+                let dims = self.dims();
+                if h.center {
+                    let (mean, packed) = packed.split_at_mut(self.mean_len(h));
+                    let (residual, ws) = ws.split_at_mut(x.len());
+                    center::split(x, &dims, mean, residual);
+                    hosvd::compress(residual, &dims, rule, &caps, packed, ws)
+                } else {
+                    hosvd::compress(x, &dims, rule, &caps, packed, ws)
+                }
             }
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
@@ -223,7 +258,14 @@ impl Compressor {
     /// emits it fused, and plan validation rejects a `Decompress` of it.
     pub fn decompress(&self, packed: &[f32], x: &mut [f32], ws: &mut [f32]) {
         match self.method() {
-            Method::Hosvd(h) => hosvd::reconstruct(packed, &self.dims(), &Self::caps(h), x, ws),
+            Method::Hosvd(h) => {
+                let dims = self.dims();
+                let (mean, packed) = packed.split_at(self.mean_len(h));
+                hosvd::reconstruct(packed, &dims, &Self::caps(h), x, ws);
+                if h.center {
+                    center::add_mean(x, &dims, mean);
+                }
+            }
             Method::Svd(s) => {
                 let (rows, cols) = self.rows_cols();
                 svd::reconstruct(packed, rows, cols, s.cap as usize, x)
@@ -250,7 +292,11 @@ impl Compressor {
         match self.method() {
             Method::Hosvd(h) => {
                 let (dims, caps) = (self.dims(), Self::caps(h));
-                hosvd::conv_weight_grad(packed, &dims, &caps, &g, dy, alpha, beta, dw, ws)
+                let (mean, packed) = packed.split_at(self.mean_len(h));
+                hosvd::conv_weight_grad(packed, &dims, &caps, &g, dy, alpha, beta, dw, ws);
+                if h.center {
+                    center::conv_weight_grad(mean, &g, dy, alpha, dw, ws);
+                }
             }
             Method::GradFilter(f) => {
                 let r = f.patch as usize;
@@ -271,7 +317,12 @@ impl Compressor {
     ) {
         match self.method() {
             Method::Hosvd(h) => {
-                hosvd::linear_weight_grad(packed, &self.dims(), &Self::caps(h), dy, trans_b, dw, ws)
+                let (dims, caps) = (self.dims(), Self::caps(h));
+                let (mean, packed) = packed.split_at(self.mean_len(h));
+                hosvd::linear_weight_grad(packed, &dims, &caps, dy, trans_b, dw, ws);
+                if h.center {
+                    center::linear_weight_grad(mean, dy, trans_b, dw, ws);
+                }
             }
             Method::Svd(_) | Method::GradFilter(_) => {
                 unreachable!("validated: only HOSVD fuses into a dense layer")

@@ -3,7 +3,8 @@
 //!
 //! - [`hosvd`]: the paper's method (Nguyen et al., NeurIPS 2024), a Tucker factorisation by
 //!   truncated HOSVD with the ε rule; conv and linear weight gradients contract the factors
-//!   without rebuilding the activation.
+//!   without rebuilding the activation. [`center`] keeps the per-feature mean exactly and
+//!   decomposes the residual.
 //! - [`svd`]: the paper's SVD baseline (first dimension against the rest).
 //! - [`gradfilter`]: the gradient-filter baseline (Yang et al., CVPR 2023).
 //!
@@ -12,6 +13,7 @@
 //! not allocate. The one exception is faer's eigensolver scratch, a thread-local buffer that
 //! grows on its first use with a given order (like the packing buffers of `sgemm`).
 
+pub mod center;
 mod compressor;
 pub mod gradfilter;
 pub mod hosvd;

@@ -97,7 +97,7 @@ impl Conv2dGeom {
 }
 
 /// Offset of tap `k` relative to the window start `o * stride - pad`.
-pub(super) fn tap_offset(k: usize, dilation: usize, pad: usize) -> isize {
+pub(crate) fn tap_offset(k: usize, dilation: usize, pad: usize) -> isize {
     (k * dilation) as isize - pad as isize
 }
 
