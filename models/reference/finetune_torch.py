@@ -22,8 +22,9 @@ unless --drop-last. `--data TRAIN.npz --val VAL.npz` trains on other uint8 grays
 (arrays x and y, as `actc train` reads them), preprocessed the same way.
 
 `--compress hosvd` trains the paper's method (hosvd_torch.py): the trained convs' inputs are
-kept as a truncated HOSVD by the ε rule (`--eps`, `--max-rank`, all four modes, recomputed
-every step), `--center` the variant that keeps the per-channel mean exactly.
+kept as a truncated HOSVD (all four modes, recomputed every step) with ranks by actc's
+`--rank-rule`: `eps` the paper's ε rule (`--eps`, `--max-rank`), `centered` the same on the
+per-channel residual, `auto` (actc's default) fixed ranks on maps with a spatial extent.
 """
 
 from __future__ import annotations
@@ -89,9 +90,12 @@ def main():
                     "the bundled Fashion-MNIST subset]")
     ap.add_argument("--val", type=Path, help="validation .npz, with --data")
     ap.add_argument("--compress", choices=["none", "hosvd"], default="none")
-    ap.add_argument("--eps", type=float, default=0.8)
+    ap.add_argument("--eps", type=float, default=0.95,
+                    help="as actc's default for the auto and centered rules")
     ap.add_argument("--max-rank", type=int, help="rank cap per mode (actc's --max-rank)")
-    ap.add_argument("--center", action="store_true", help="HOSVD of the per-channel residual")
+    ap.add_argument("--rank-rule", choices=["auto", "eps", "centered"], default="auto",
+                    help="as actc's: the paper's ε rule, on the per-channel residual, or fixed "
+                         "ranks on maps with a spatial extent and centered on the rest")
     ap.add_argument("--json", type=Path, help="write a JSON summary here")
     ap.add_argument("--save-weights", type=Path,
                     help="write the trained tensors here (.npz, keyed by ONNX initializer name)")
@@ -113,7 +117,7 @@ def main():
         convs = sorted({n.rpartition(".")[0] for n, _ in params
                         if isinstance(model.get_submodule(n.rpartition(".")[0]), torch.nn.Conv2d)})
         compressed = compress_convs(model, convs, eps=args.eps, max_rank=args.max_rank,
-                                    center=args.center)
+                                    rule=args.rank_rule)
     n_train = sum(p.numel() for _, p in params)
     print(f"torch {torch.__version__}, {args.threads} threads; model = mobilenetv2.onnx in eager "
           f"PyTorch (|torch fold - onnx fold| {fold_diff:.1e}, |eager - onnxruntime| "

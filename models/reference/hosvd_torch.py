@@ -10,7 +10,10 @@ paper contracts the factors directly: the same function, in another order); the 
 gradient and the bias's do not need X and stay exact.
 
 `center=True` is the variant this study adds: the per-channel mean over (B, H, W) is kept
-exactly and only the residual is decomposed, X̂ = m + HOSVD(X − m).
+exactly and only the residual is decomposed, X̂ = m + HOSVD(X − m). `fixed` gives the ranks
+per mode instead of the ε rule (actc's `--rank-rule auto` on maps with a spatial extent:
+batch 8, channels `max_rank`, 4 per spatial axis; actc tracks those factors from step to step
+by one subspace iteration, this reference decomposes afresh).
 """
 
 from __future__ import annotations
@@ -30,14 +33,17 @@ def eps_rank(eigenvalues_desc: torch.Tensor, eps: float) -> int:
     return int((cum < eps * total).sum()) + 1 if eps < 1 else int((ev > 0).sum())
 
 
-def hosvd(x: torch.Tensor, eps: float, max_rank: int | None) -> tuple[torch.Tensor, list[int]]:
-    """Truncated HOSVD of x by the ε rule: (reconstruction, rank per mode)."""
+def hosvd(x: torch.Tensor, eps: float, max_rank: int | None,
+          fixed: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Truncated HOSVD of x by the ε rule, or at `fixed` ranks: (reconstruction, rank per
+    mode)."""
     factors, ranks = [], []
     for n in range(x.dim()):
         unfold = x.movedim(n, 0).reshape(x.shape[n], -1).double()
         evals, evecs = torch.linalg.eigh(unfold @ unfold.T)
         evals, evecs = evals.flip(0), evecs.flip(1)
-        k = eps_rank(evals, eps)
+        k = eps_rank(evals, eps) if fixed is None else fixed[n]
+        k = min(k, x.shape[n], unfold.shape[1])
         if max_rank is not None:
             k = min(k, max_rank)
         factors.append(evecs[:, :k].to(x.dtype))
@@ -61,13 +67,13 @@ def paper_bytes(shape: torch.Size, ranks: list[int], center: bool) -> int:
 
 class _HosvdConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, conv: nn.Conv2d, eps, max_rank, center, log):
+    def forward(ctx, x, weight, bias, conv: nn.Conv2d, eps, max_rank, center, fixed, log):
         if center:
             mean = x.mean(dim=(0, 2, 3), keepdim=True)
-            approx, ranks = hosvd(x - mean, eps, max_rank)
+            approx, ranks = hosvd(x - mean, eps, max_rank, fixed)
             approx = approx + mean
         else:
-            approx, ranks = hosvd(x, eps, max_rank)
+            approx, ranks = hosvd(x, eps, max_rank, fixed)
         log.append((ranks, paper_bytes(x.shape, ranks, center), 4 * x.numel()))
         ctx.save_for_backward(approx, weight)
         ctx.conv, ctx.has_bias, ctx.x_shape = conv, bias is not None, x.shape
@@ -81,23 +87,28 @@ class _HosvdConv(torch.autograd.Function):
         dx = torch.nn.grad.conv2d_input(ctx.x_shape, weight, dy, *args)
         dw = torch.nn.grad.conv2d_weight(approx, weight.shape, dy, *args)
         db = dy.sum(dim=(0, 2, 3)) if ctx.has_bias else None
-        return dx, dw, db, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None
 
 
 class HosvdConv2d(nn.Module):
     """Wraps a trained nn.Conv2d so that backward sees the HOSVD of its input; `log` collects
     (ranks, paper bytes, vanilla bytes) per training forward."""
 
-    def __init__(self, conv: nn.Conv2d, eps: float, max_rank: int | None, center: bool):
+    def __init__(self, conv: nn.Conv2d, eps: float, max_rank: int | None, rule: str):
         super().__init__()
-        self.conv, self.eps, self.max_rank, self.center = conv, eps, max_rank, center
+        self.conv, self.eps, self.max_rank, self.rule = conv, eps, max_rank, rule
         self.log: list = []
 
     def forward(self, x):
         if not torch.is_grad_enabled():
             return self.conv(x)
         c = self.conv
-        return _HosvdConv.apply(x, c.weight, c.bias, c, self.eps, self.max_rank, self.center,
+        # actc's rules: `auto` fixes the ranks of maps with a spatial extent, centers the rest.
+        fixed = None
+        if self.rule == "auto" and x.shape[2] * x.shape[3] > 1:
+            fixed = [8, self.max_rank or 32, 4, 4]
+        center = self.rule == "centered" or (self.rule == "auto" and fixed is None)
+        return _HosvdConv.apply(x, c.weight, c.bias, c, self.eps, self.max_rank, center, fixed,
                                 self.log)
 
 

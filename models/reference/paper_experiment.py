@@ -42,11 +42,13 @@ def methods(max_rank: str) -> list[tuple[str, list[str], list[str] | None]]:
     """(label, actc compile flags, finetune_torch.py flags or None where PyTorch has no
     counterpart here)."""
     def hosvd(eps: str, centered: bool):
-        rule = ["--rank-rule", "centered"] if centered else []
+        rule = ["--rank-rule", "centered" if centered else "eps"]
         actc = ["--compress", "hosvd", "--eps", eps, *rule]
         torch = ["--compress", "hosvd", "--eps", eps, "--max-rank", max_rank]
-        return actc, torch + (["--center"] if centered else [])
+        return actc, torch + ["--rank-rule", "centered" if centered else "eps"]
     out = [("vanilla", [], ["--compress", "none"])]
+    out.append(("HOSVD default (auto)", ["--compress", "hosvd"],
+                ["--compress", "hosvd", "--max-rank", max_rank, "--rank-rule", "auto"]))
     out += [(f"HOSVD eps={e}", *hosvd(e, False)) for e in ("0.8", "0.9")]
     out += [(f"HOSVD centered eps={e}", *hosvd(e, True)) for e in ("0.8", "0.9", "0.95", "0.99")]
     out += [

@@ -599,8 +599,8 @@ pub struct Hosvd {
     /// Rank cap per mode: sizes the compressed buffer.
     #[prost(uint32, repeated, tag = "2")]
     pub caps: Vec<u32>,
-    /// Ranks fixed at the caps (chosen by `--budget`'s calibration; `eps` is the share that
-    /// chose them): no ε rule per step, and each mode's factor comes from one subspace
+    /// Ranks fixed at the caps (chosen by `--budget`'s calibration, `eps` being the share
+    /// that chose them, or by `--rank-rule auto`, `eps` 0): no ε rule per step, and each mode's factor comes from one subspace
     /// iteration started from the previous step's, kept in the step's second input.
     #[prost(bool, tag = "3")]
     pub fixed: bool,

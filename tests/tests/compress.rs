@@ -4,7 +4,7 @@
 
 mod common;
 
-use actc::{CompileOptions, Compression, Layers, compile_file};
+use actc::{CompileOptions, Compression, HosvdRanks, Layers, compile_file};
 use actc_runtime::exec::Executor;
 use actc_runtime::plan::Plan;
 use std::collections::BTreeMap;
@@ -61,7 +61,7 @@ fn eps_one_gives_the_uncompressed_gradients() {
             Compression::Hosvd {
                 eps: 1.0,
                 max_rank: 4096,
-                center: false,
+                ranks: HosvdRanks::Eps,
             },
             Compression::Svd {
                 eps: 1.0,
@@ -123,7 +123,7 @@ fn compression_shrinks_the_plan_and_reports_its_ranks() {
         Compression::Hosvd {
             eps: 0.9,
             max_rank: 1,
-            center: false,
+            ranks: HosvdRanks::Eps,
         },
     );
     let (v, h) = (vanilla.memory.unwrap(), hosvd.memory.clone().unwrap());
@@ -204,7 +204,7 @@ fn a_budget_fixes_ranks_that_fit_it() {
         compression: Compression::Hosvd {
             eps: 0.8,
             max_rank: 32,
-            center: false,
+            ranks: HosvdRanks::Eps,
         },
         ..common::options(Layers::Last(4), Some(shape.clone()))
     };
@@ -272,7 +272,7 @@ fn full_fixed_ranks_give_the_uncompressed_gradients() {
     let hosvd = Compression::Hosvd {
         eps: 0.8,
         max_rank: 4096,
-        center: false,
+        ranks: HosvdRanks::Eps,
     };
     let capped = plan(name, layers, shape, hosvd);
     let fixed_ranks = capped
@@ -317,7 +317,7 @@ fn fused_compressed_updates_match_held_ones() {
     let hosvd = Compression::Hosvd {
         eps: 0.8,
         max_rank: 4096,
-        center: false,
+        ranks: HosvdRanks::Eps,
     };
     // MobileNetV2's 1×1 and its classifier; tiny_constants' grouped, dilated and padded convs
     let cases: [(&str, Layers, &[usize], Compression); 3] = [

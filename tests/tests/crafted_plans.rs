@@ -4,7 +4,7 @@
 
 mod common;
 
-use actc::{CompileOptions, Compression, Layers, Optimizer, PrefixRunner};
+use actc::{CompileOptions, Compression, HosvdRanks, Layers, Optimizer, PrefixRunner};
 use actc_runtime::exec::Executor;
 use actc_runtime::ops::{Op, Sgd};
 use actc_runtime::plan::{DType, Plan};
@@ -76,7 +76,7 @@ fn bases() -> Vec<(&'static str, Plan)> {
                 compression: Compression::Hosvd {
                     eps: 0.9,
                     max_rank: 4,
-                    center: false,
+                    ranks: HosvdRanks::Eps,
                 },
                 optimizer: momentum,
                 ..opts(Layers::All, &cnn)

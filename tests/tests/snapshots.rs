@@ -4,7 +4,7 @@
 
 mod common;
 
-use actc::{CompileOptions, Compression, Layers, compile_file};
+use actc::{CompileOptions, Compression, HosvdRanks, Layers, compile_file};
 use common::MODELS;
 
 fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compression) -> String {
@@ -57,9 +57,13 @@ fn flags(c: Compression) -> String {
         Compression::Hosvd {
             eps,
             max_rank,
-            center,
+            ranks,
         } => {
-            let rule = if center { "centered" } else { "eps" };
+            let rule = match ranks {
+                HosvdRanks::Auto => "auto",
+                HosvdRanks::Eps => "eps",
+                HosvdRanks::Centered => "centered",
+            };
             format!(" --compress hosvd --rank-rule {rule} --eps {eps} --max-rank {max_rank}")
         }
         Compression::Svd { eps, max_rank } => {
@@ -93,7 +97,7 @@ fn compressed_training_graphs() {
                 Compression::Hosvd {
                     eps: 0.8,
                     max_rank: 32,
-                    center: false,
+                    ranks: HosvdRanks::Eps,
                 },
             ),
             (
@@ -111,21 +115,28 @@ fn compressed_training_graphs() {
     }
 }
 
-/// The default rank rule: each compressed buffer starts with its input's per-channel mean
-/// (tiny_cnn's grouped, depthwise and dilated convs; tiny_mlp's dense layers).
+/// The centered rule: each compressed buffer starts with its input's per-channel mean
+/// (tiny_cnn's grouped, depthwise and dilated convs; tiny_mlp's dense layers). The default,
+/// `auto`: tiny_cnn's convs over 4×4 and 2×2 maps keep fixed ranks (and their factors
+/// from step to step), tiny_mlp's dense layers the centered rule.
 #[test]
-fn centered_hosvd_training_graphs() {
-    let hosvd = Compression::Hosvd {
-        eps: 0.9,
-        max_rank: 32,
-        center: true,
-    };
-    for &(name, shape) in MODELS
-        .iter()
-        .filter(|(n, _)| matches!(*n, "tiny_cnn" | "tiny_mlp"))
-    {
-        let text = snapshot_of(name, shape, Layers::Last(4), hosvd);
-        insta::assert_snapshot!(format!("{name}__layers_4__hosvd_centered"), text);
+fn centered_and_auto_hosvd_training_graphs() {
+    for (rule, ranks) in [
+        ("centered", HosvdRanks::Centered),
+        ("auto", HosvdRanks::Auto),
+    ] {
+        let hosvd = Compression::Hosvd {
+            eps: 0.9,
+            max_rank: 32,
+            ranks,
+        };
+        for &(name, shape) in MODELS
+            .iter()
+            .filter(|(n, _)| matches!(*n, "tiny_cnn" | "tiny_mlp"))
+        {
+            let text = snapshot_of(name, shape, Layers::All, hosvd);
+            insta::assert_snapshot!(format!("{name}__layers_all__hosvd_{rule}"), text);
+        }
     }
 }
 
@@ -178,7 +189,7 @@ fn fixed_rank_training_graph() {
         compression: Compression::Hosvd {
             eps: 0.8,
             max_rank: 32,
-            center: false,
+            ranks: HosvdRanks::Eps,
         },
         fixed_ranks,
         ..common::options(Layers::All, Some(shape.to_vec()))

@@ -10,7 +10,7 @@
 
 use crate::driver::data::{DataOptions, check_labels, classes};
 use crate::driver::inspect::human;
-use crate::{CompileOptions, Compression, FixedRanks, Result, compile_file, err};
+use crate::{CompileOptions, Compression, FixedRanks, HosvdRanks, Result, compile_file, err};
 use actc_runtime::compress::{center, hosvd};
 use actc_runtime::data::{Dataset, split};
 use actc_runtime::ops::{Kind, Method};
@@ -41,6 +41,15 @@ pub struct LayerChoice {
     pub choice: Choice,
 }
 
+/// The rank rule calibration measures its candidates with: the ε rule, centered or not
+/// (`Auto` would fix most layers' ranks before calibration could choose them).
+fn calibrated(ranks: HosvdRanks) -> HosvdRanks {
+    match ranks {
+        HosvdRanks::Auto => HosvdRanks::Eps,
+        r => r,
+    }
+}
+
 /// Ranks for every compressed layer of the model under `opts` (HOSVD, caps at its max
 /// rank) whose compressed inputs take at most `budget` bytes, from one batch of `data`.
 pub fn calibrate(
@@ -51,7 +60,9 @@ pub fn calibrate(
     prep: &DataOptions,
 ) -> Result<Vec<LayerChoice>> {
     let Compression::Hosvd {
-        max_rank, center, ..
+        max_rank,
+        ranks: rule,
+        ..
     } = opts.compression
     else {
         return Err(err!("--budget needs --compress hosvd"));
@@ -75,7 +86,7 @@ pub fn calibrate(
         compression: Compression::Hosvd {
             eps: CANDIDATES[0],
             max_rank,
-            center,
+            ranks: calibrated(rule),
         },
         fixed_ranks: BTreeMap::new(),
         keep_gradients: true,
@@ -100,7 +111,7 @@ pub fn calibrate(
             let (got, want) = (&grads[&layer.gradient], &reference[&layer.gradient]);
             let ranks = ranks[&layer.name].clone();
             let r: Vec<usize> = ranks.iter().map(|&r| r as usize).collect();
-            let mean = if center {
+            let mean = if calibrated(rule) == HosvdRanks::Centered {
                 center::mean_len(&layer.dims)
             } else {
                 0

@@ -112,6 +112,9 @@ fn compressor(c: &Compressor) -> String {
     };
     let centered = |h: &Hosvd| if h.center { " centered" } else { "" };
     match &c.method {
+        Some(Method::Hosvd(h)) if h.fixed && h.eps == 0.0 => {
+            format!("hosvd{} ranks=[{}] (fixed)", centered(h), list(&h.caps))
+        }
         Some(Method::Hosvd(h)) if h.fixed => format!(
             "hosvd{} ranks=[{}] (eps={} on calibration)",
             centered(h),

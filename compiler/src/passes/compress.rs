@@ -22,18 +22,36 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Compression {
     #[default]
     None,
-    /// The paper's method: per-mode ranks by the ε rule, each capped at `max_rank`; with
-    /// `center`, of the residual after the per-feature mean, which is kept exactly.
+    /// The paper's method, HOSVD, with ranks per mode as `ranks` says, capped at `max_rank`.
     Hosvd {
         eps: f32,
         max_rank: u32,
-        center: bool,
+        ranks: HosvdRanks,
     },
     /// The paper's SVD baseline: the (batch, rest) unfolding, rank by the ε rule, capped.
     Svd { eps: f32, max_rank: u32 },
     /// Gradient filtering with `patch`×`patch` patches (convs only).
     GradFilter { patch: u32 },
 }
+
+/// How HOSVD's ranks are chosen, step by step or once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HosvdRanks {
+    /// The paper's ε rule on the activation.
+    Eps,
+    /// The per-feature mean kept exactly, the ε rule on the residual.
+    Centered,
+    /// A conv input with a spatial extent keeps fixed ranks: the batch up to [`AUTO_RANKS`]'s,
+    /// the channels up to `max_rank`, each spatial axis up to its; the ε rule's energy share
+    /// collapses to ranks 1–3 on such maps and loses 30 accuracy points (issue 20's study,
+    /// PAPER_EXPERIMENT.md). Other inputs (1×1 maps, dense layers) take the centered rule.
+    #[default]
+    Auto,
+}
+
+/// `HosvdRanks::Auto`'s fixed ranks of a (batch, channels, height, width) conv input, the
+/// channels' being `max_rank`.
+pub const AUTO_RANKS: [usize; 4] = [8, 0, 4, 4];
 
 /// A layer's HOSVD ranks chosen ahead (by `--budget`'s calibration), with the ε that gave
 /// them on the calibration batch.
@@ -111,14 +129,31 @@ fn compressor(
         Compression::Hosvd {
             eps,
             max_rank,
-            center,
+            ranks,
         } => Method::Hosvd(match node.origin.as_ref().and_then(|o| fixed.get(o)) {
             Some(f) => rt::Hosvd {
                 eps: f.eps,
                 caps: f.ranks.clone(),
                 fixed: true,
-                center,
+                center: ranks == HosvdRanks::Centered,
             },
+            None if ranks == HosvdRanks::Auto && dims.len() == 4 && dims[2] * dims[3] > 1 => {
+                rt::Hosvd {
+                    eps: 0.0,
+                    caps: (0..4)
+                        .map(|m| {
+                            let r = if m == 1 {
+                                max_rank
+                            } else {
+                                AUTO_RANKS[m] as u32
+                            };
+                            cap(r, dims[m], numel) as u32
+                        })
+                        .collect(),
+                    fixed: true,
+                    center: false,
+                }
+            }
             None => rt::Hosvd {
                 eps,
                 caps: dims
@@ -126,7 +161,7 @@ fn compressor(
                     .map(|&d| cap(max_rank, d, numel) as u32)
                     .collect(),
                 fixed: false,
-                center,
+                center: ranks != HosvdRanks::Eps,
             },
         }),
         // SVD keeps a dense layer's tokens as the matrix its gradient reads.
