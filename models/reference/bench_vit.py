@@ -54,9 +54,9 @@ Parts (`--only`, default all):
 - `actc`: with ACTC=path (or --actc): `actc compile MODEL --layers 4 | --blocks 1
   --input-shape 8x3x112x112 --momentum 0.9 --lr 0.01`, `actc bench --steps N --threads 2
   --json`, `actc train --data models/data/fashion-mnist --val .../t10k-images-idx3-ubyte.gz
-  --epochs E --seed S --threads 2 --log`; `--compress hosvd:0.9 ...` adds rows compiled with
-  `--compress hosvd --eps 0.9` (`hosvd@480K`: `--budget 480K --calibration` the training
-  data) (their last epoch's paper memory metric beside vanilla's
+  --epochs E --seed S --threads 2 --log`; `--compress hosvd/eps:0.9 ...` adds rows compiled
+  with `--compress hosvd --rank-rule eps --eps 0.9` (`hosvd` alone: the default rule;
+  `hosvd@480K`: `--budget 480K --calibration` the training data) (their last epoch's paper memory metric beside vanilla's
   bytes, and the ratio, are in the results). An actc error (e.g. an op it cannot compile yet) is
   recorded with its message and the other columns go on.
 """
@@ -476,12 +476,14 @@ def actc_part(args, work: Path, results: dict) -> None:
         flags = ["--layers", "4"] if setting == "layers4" else ["--blocks", "1"]
         if compress != "none":
             spec, _, budget = compress.partition("@")
-            method, _, eps = spec.partition(":")
-            flags += ["--compress", method] + (["--eps", eps] if eps else [])
+            spec, _, eps = spec.partition(":")
+            method, _, rule = spec.partition("/")
+            flags += ["--compress", method] + (["--rank-rule", rule] if rule else []) + \
+                (["--eps", eps] if eps else [])
             if budget:
                 flags += ["--budget", budget, "--calibration", str(DATA)]
         name = setting if compress == "none" else \
-            f"{setting}-{compress.replace(':', '').replace('@', '-')}"
+            f"{setting}-{compress.replace(':', '').replace('@', '-').replace('/', '-')}"
         plan = work / f"actc-{name}.actc"
         cmd = [actc, "compile", str(MODEL), *flags, "--input-shape",
                f"{BATCH}x3x{SIZE}x{SIZE}", "--momentum", "0.9", "--lr", str(args.lr),
@@ -593,9 +595,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=PARTS, choices=PARTS)
     ap.add_argument("--settings", nargs="*", default=SETTINGS, choices=SETTINGS)
-    ap.add_argument("--compress", nargs="*", default=["none"], metavar="METHOD[:EPS][@BUDGET]",
-                    help="actc rows: none, or --compress METHOD with --eps EPS (hosvd:0.9), "
-                         "or with --budget BUDGET calibrated on the training data (hosvd@480K)")
+    ap.add_argument("--compress", nargs="*", default=["none"],
+                    metavar="METHOD[/RULE][:EPS][@BUDGET]",
+                    help="actc rows: none, or --compress METHOD with --rank-rule RULE and "
+                         "--eps EPS (hosvd/eps:0.9), or with --budget BUDGET calibrated on the "
+                         "training data (hosvd@480K)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
