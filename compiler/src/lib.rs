@@ -53,7 +53,7 @@ pub use onnx::import::InputShape;
 pub use onnx::proto::ModelProto;
 pub use onnx::{decode as decode_onnx, load as load_onnx};
 pub use ops::{flops, op_name};
-pub use passes::compress::{AUTO_RANKS, Compression, FixedRanks, HosvdRanks};
+pub use passes::compress::{Compression, FixedRanks, HosvdRanks};
 pub use passes::freeze::Rotate;
 pub use passes::optim::Optimizer;
 pub use passes::prefix::PrefixRunner;

@@ -502,7 +502,7 @@ struct CompileArgs {
     #[arg(long)]
     eps: Option<f32>,
     /// How HOSVD chooses its ranks: `eps` is the paper's rule on the activation itself,
-    /// which loses 7–35 accuracy points on short fine-tunes (PAPER_EXPERIMENT.md);
+    /// which loses 12–58 accuracy points on short fine-tunes (PAPER_EXPERIMENT.md);
     /// `centered` keeps each channel's (feature's) mean exactly and applies the ε rule to
     /// the residual; `auto` fixes the ranks of conv inputs with a spatial extent and
     /// centers the rest.
