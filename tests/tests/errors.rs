@@ -240,6 +240,32 @@ fn bad_compression_flags() {
     );
     let msg = compile_fails(&dir, &m, &["--layers", "1", "--compress", "tucker"]);
     assert!(msg.contains("tucker"), "{msg}");
+    let svd = [
+        "--layers",
+        "1",
+        "--compress",
+        "svd",
+        "--rank-rule",
+        "centered",
+    ];
+    let msg = compile_fails(&dir, &m, &svd);
+    assert!(
+        msg.contains("--rank-rule applies to --compress hosvd"),
+        "{msg}"
+    );
+    let msg = compile_fails(
+        &dir,
+        &m,
+        &[
+            "--layers",
+            "1",
+            "--compress",
+            "hosvd",
+            "--rank-rule",
+            "mean",
+        ],
+    );
+    assert!(msg.contains("mean") && msg.contains("--rank-rule"), "{msg}");
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/fashion-mnist");
     let hosvd = ["--layers", "1", "--compress", "hosvd"];
     let msg = compile_fails(&dir, &m, &[&hosvd[..], &["--budget", "10K"]].concat());

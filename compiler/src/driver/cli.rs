@@ -505,9 +505,9 @@ struct CompileArgs {
     /// which loses 12–58 accuracy points on short fine-tunes (PAPER_EXPERIMENT.md);
     /// `centered` keeps each channel's (feature's) mean exactly and applies the ε rule to
     /// the residual; `auto` fixes the ranks of conv inputs with a spatial extent and
-    /// centers the rest.
-    #[arg(long, value_enum, default_value = "auto")]
-    rank_rule: RankRuleArg,
+    /// centers the rest [default: auto]
+    #[arg(long, value_enum)]
+    rank_rule: Option<RankRuleArg>,
     /// Rank cap per mode (hosvd, svd): sizes the planned compressed buffers; a batch whose
     /// eps needs more keeps this many and is counted as truncated in the training report.
     #[arg(long, default_value_t = 32)]
@@ -582,17 +582,19 @@ impl ShapeArgs {
 
 impl CompileArgs {
     fn compression(&self) -> Result<Compression> {
+        let hosvd = matches!(self.compress, CompressArg::Hosvd);
         let ranks = match self.rank_rule {
-            RankRuleArg::Auto => HosvdRanks::Auto,
-            RankRuleArg::Eps => HosvdRanks::Eps,
-            RankRuleArg::Centered => HosvdRanks::Centered,
+            Some(_) if !hosvd => return Err(err!("--rank-rule applies to --compress hosvd")),
+            None | Some(RankRuleArg::Auto) => HosvdRanks::Auto,
+            Some(RankRuleArg::Eps) => HosvdRanks::Eps,
+            Some(RankRuleArg::Centered) => HosvdRanks::Centered,
         };
         let eps = match self.eps {
             Some(eps) if !(eps > 0.0 && eps <= 1.0) => {
                 return Err(err!("--eps must be in (0, 1], got {eps}"));
             }
             Some(eps) => eps,
-            None if ranks != HosvdRanks::Eps && matches!(self.compress, CompressArg::Hosvd) => 0.95,
+            None if hosvd && ranks != HosvdRanks::Eps => 0.95,
             None => 0.8,
         };
         if self.max_rank == 0 {
