@@ -41,17 +41,17 @@ header() {
 header "Batch size (3x64x64 inputs, --layers 4)" "batch"
 for b in 1 2 4 8 16 32 64 128; do
   point "$b" --layers 4 --input-shape "${b}x3x64x64"
-  point "$b, HOSVD eps 0.8" --layers 4 --input-shape "${b}x3x64x64" --compress hosvd --eps 0.8
+  point "$b, HOSVD eps 0.8" --layers 4 --input-shape "${b}x3x64x64" --compress hosvd --rank-rule eps --eps 0.8
 done
 
 header "Trained layers (8x3x64x64)" "--layers"
 for l in 1 2 4 8 16 32 all; do
   point "$l" --layers "$l" --input-shape 8x3x64x64
-  point "$l, HOSVD eps 0.8" --layers "$l" --input-shape 8x3x64x64 --compress hosvd --eps 0.8
+  point "$l, HOSVD eps 0.8" --layers "$l" --input-shape 8x3x64x64 --compress hosvd --rank-rule eps --eps 0.8
 done
 
 header "HOSVD eps (--layers 4, 8x3x224x224)" "eps"
 point "vanilla" --layers 4 --input-shape 8x3x224x224
 for e in 0.5 0.8 0.9 0.95 0.99 1; do
-  point "$e" --layers 4 --input-shape 8x3x224x224 --compress hosvd --eps "$e"
+  point "$e" --layers 4 --input-shape 8x3x224x224 --compress hosvd --rank-rule eps --eps "$e"
 done
