@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # actc beside PyTorch eager and ONNX Runtime training, in one session, interleaved: MobileNetV2
 # (ImageNet weights, new 10-way head), last 4 convs + classifier, frozen (folded) BN, 2 threads,
-# at 64x3x32x32 and 8x3x224x224; actc without compression, with HOSVD (eps 0.8) and with HOSVD
-# under --budget 256K (ranks fixed by calibration on the first Fashion-MNIST batch). actc and
+# at 64x3x32x32 and 8x3x224x224; actc without compression, with HOSVD's default rank rule, with
+# the paper's (eps 0.8) and with HOSVD under --budget 256K (ranks fixed by calibration on the
+# first Fashion-MNIST batch). actc and
 # PyTorch use SGD lr 0.01 momentum 0.9; ORT's training SGD has no momentum (lr 0.01), so actc
 # also runs that optimizer ("actc (SGD, no momentum)": no momentum buffers) to compare like
 # with like.
@@ -13,18 +14,22 @@
 # 3. EPOCHS epochs over models/data/fashion-mnist (2000 images, full batches only) per system
 #    and shape in EPOCH_SHAPES: seconds of each epoch (actc: `actc train --log`, its prefix
 #    cache on, as by default), peak RSS.
+# 4. A busy core: BUSY_ROUNDS rounds with a spin loop running beside (one of the two cores
+#    taken, as by a device's other work): actc vanilla and default HOSVD on 2 threads and on 1,
+#    PyTorch on 2.
 # Prints the tables and writes the raw results to bench-results.json.
 # Needs the venv of models/README.md (.venv) and a deployment build of actc (README; built here, or
 # ACTC=path to use a given binary without building); ONNX Runtime needs .venv-ort
 # (models/reference/README.md) and is skipped with a message without it.
 # Environment: ROUNDS (3), STEPS (20), EPOCHS (2; 0 skips part 3), EPOCH_SHAPES
-# ("64x32 8x224"), ACTC.
+# ("64x32 8x224"), BUSY_ROUNDS (2; 0 skips part 4), ACTC.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-20}
 EPOCHS=${EPOCHS:-2}
 EPOCH_SHAPES=${EPOCH_SHAPES:-64x32 8x224}
+BUSY_ROUNDS=${BUSY_ROUNDS:-2}
 if [ -z "${ACTC:-}" ]; then
   # The deployment build (README): whole-program optimised, non-PIE.
   host=$(rustc -vV | sed -n 's/^host: //p')
@@ -51,7 +56,9 @@ fi
 for shape in 64x3x32x32 8x3x224x224; do
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 -o "$tmp/$shape.actc" 2>/dev/null
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
-    --compress hosvd --eps 0.8 -o "$tmp/$shape-hosvd.actc" 2>/dev/null
+    --compress hosvd -o "$tmp/$shape-auto.actc" 2>/dev/null
+  "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
+    --compress hosvd --rank-rule eps --eps 0.8 -o "$tmp/$shape-hosvd.actc" 2>/dev/null
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0 \
     -o "$tmp/$shape-sgd.actc" 2>/dev/null
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
@@ -61,7 +68,7 @@ done
 : > "$tmp/actc.jsonl"
 for round in $(seq "$ROUNDS"); do
   for shape in 64x3x32x32 8x3x224x224; do
-    for plan in "$shape" "$shape-hosvd" "$shape-budget" "$shape-sgd"; do
+    for plan in "$shape" "$shape-auto" "$shape-hosvd" "$shape-budget" "$shape-sgd"; do
       "$ACTC" bench "$tmp/$plan.actc" --steps "$STEPS" --threads 2 --json >> "$tmp/actc.jsonl"
     done
   done
@@ -94,6 +101,24 @@ if [ "$EPOCHS" -gt 0 ]; then
     fi
   done
 fi
+: > "$tmp/busy.jsonl"
+for round in $(seq "$BUSY_ROUNDS"); do
+  # A spin loop beside, killed when the round ends (or the script does).
+  bash -c 'while :; do :; done' &
+  spinner=$!
+  trap 'kill $spinner 2>/dev/null' EXIT
+  for shape in 64x3x32x32 8x3x224x224; do
+    for plan in "$shape" "$shape-auto"; do
+      for threads in 2 1; do
+        "$ACTC" bench "$tmp/$plan.actc" --steps "$STEPS" --threads "$threads" --json \
+          | "$PY" -c 'import json, sys; r = json.load(sys.stdin); r["threads"] = int(sys.argv[1]); print(json.dumps(r))' "$threads" >> "$tmp/busy.jsonl"
+      done
+    done
+  done
+  logged "$tmp/torch-busy-$round.log" "$PY" models/reference/bench_torch.py --steps "$STEPS" --bn folded --tries 1 --json "$tmp/torch-busy-$round.json"
+  kill $spinner
+  trap - EXIT
+done
 "$PY" - "$tmp" <<'PY'
 import json, sys, glob, statistics, pathlib
 tmp = pathlib.Path(sys.argv[1])
@@ -101,7 +126,7 @@ rows = {}
 for line in open(tmp / "actc.jsonl"):
     r = json.loads(line)
     shape = "64x32" if "64x3x32x32" in r["plan"] else "8x224"
-    kinds = {"-hosvd": "actc hosvd eps=0.8", "-budget": "actc hosvd --budget 256K", "-sgd": "actc (SGD, no momentum)"}
+    kinds = {"-auto": "actc hosvd (default)", "-hosvd": "actc hosvd eps=0.8", "-budget": "actc hosvd --budget 256K", "-sgd": "actc (SGD, no momentum)"}
     system = next((v for k, v in kinds.items() if k in r["plan"]), "actc")
     rows.setdefault((system, shape), []).append((r["step_ms"]["median"], r["step_ms"]["p10"], r["step_ms"]["p90"], r["peak_rss_bytes"] / 1e6, r["suffix_ms"]["median"]))
 for pattern, name in (("torch-[0-9]*.json", lambda r: f"pytorch {r['layout']}"),
@@ -144,5 +169,20 @@ if epochs:
     for e in sorted(epochs, key=lambda e: (e["shape"], e["system"])):
         print(f"{e['system']:<24} {e['shape']:<7} {e['steps_per_epoch']:>11} " + " ".join(f"{v:>10.2f}" for v in e["epoch_seconds"]) + f" {e['peak_rss_mb']:>12.1f}" + (f"  ({e['note']})" if e["note"] else ""))
     out["epochs"] = epochs
+busy = {}
+for line in open(tmp / "busy.jsonl"):
+    r = json.loads(line)
+    shape = "64x32" if "64x3x32x32" in r["plan"] else "8x224"
+    system = ("actc hosvd (default)" if "-auto" in r["plan"] else "actc") + f", {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+    busy.setdefault((system, shape), []).append(r["step_ms"]["median"])
+for f in sorted(glob.glob(str(tmp / "torch-busy-*.json"))):
+    for r in json.load(open(f))["best"]:
+        busy.setdefault((f"pytorch {r['layout']}, 2 threads", f"{r['batch']}x{r['size']}"), []).append(r["median_ms"])
+if busy:
+    print()
+    print(f"one core busy with a spin loop: {'system':<34} {'shape':<7} {'median ms':>10}  (median over rounds)")
+    for (system, shape), v in sorted(busy.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        print(f"{'':<31} {system:<34} {shape:<7} {statistics.median(v):>10.1f}")
+    out["busy"] = {f"{k[0]} {k[1]}": v for k, v in busy.items()}
 json.dump(out, open("bench-results.json", "w"), indent=1)
 PY
