@@ -155,13 +155,13 @@ def main():
         if compressed:
             # Per compressed conv, over this epoch's full batches: mean ranks and the paper's
             # metric (a partial last batch has smaller tensors).
-            def full_batches(log):
+            def summary(log):
                 epoch_log = log[-len(step_ms):]
-                return [r for r in epoch_log if r[2] == max(r[2] for r in epoch_log)]
-            comp = [{"ranks_mean": [statistics.mean(r[0][m] for r in full_batches(c.log))
-                                    for m in range(4)],
-                     "paper_bytes_mean": statistics.mean(r[1] for r in full_batches(c.log)),
-                     "vanilla_bytes": full_batches(c.log)[0][2]} for c in compressed]
+                full = [r for r in epoch_log if r[2] == max(r[2] for r in epoch_log)]
+                return {"ranks_mean": [statistics.mean(r[0][m] for r in full) for m in range(4)],
+                        "paper_bytes_mean": statistics.mean(r[1] for r in full),
+                        "vanilla_bytes": full[0][2]}
+            comp = [summary(c.log) for c in compressed]
         else:
             comp = None
         full = step_ms if len(xtr[:stop]) % args.batch == 0 else step_ms[:-1]

@@ -570,16 +570,13 @@ impl Plan {
             onnx.is_none() || self.prefix_onnx.is_empty() && self.rest_onnx.is_empty(),
             "ONNX parts copied from a file are not also the plan's own"
         );
-        let data_len = |d: &[u8]| match d.len() {
-            0 => 0,
-            n => key_len(DATA) + encoded_len_varint(n as u64) + n,
-        };
-        let message_len = |wt: &Weight| wt.encoded_len() + data_len(data(wt));
-        let parts = onnx.map_or([(0, (0, 0)); 2], PlanFile::onnx_fields);
+        // A bytes field's length on the wire; an empty one is left out.
         let field_len = |tag: u32, n: usize| match n {
             0 => 0,
             n => key_len(tag) + encoded_len_varint(n as u64) + n,
         };
+        let message_len = |wt: &Weight| wt.encoded_len() + field_len(DATA, data(wt).len());
+        let parts = onnx.map_or([(0, (0, 0)); 2], PlanFile::onnx_fields);
         let len = self.encoded_len()
             + weights
                 .iter()

@@ -11,9 +11,8 @@
 use crate::driver::data::{DataOptions, check_labels, classes};
 use crate::driver::inspect::human;
 use crate::{CompileOptions, Compression, FixedRanks, HosvdRanks, Result, compile_file, err};
-use actc_runtime::compress::{center, hosvd};
 use actc_runtime::data::{Dataset, split};
-use actc_runtime::ops::{Kind, Method};
+use actc_runtime::ops::{Compressor, Hosvd, Kind, Method};
 use actc_runtime::plan::Plan;
 use actc_runtime::train::Session;
 use std::collections::{BTreeMap, HashMap};
@@ -110,14 +109,17 @@ pub fn calibrate(
         for (l, layer) in layers.iter().enumerate() {
             let (got, want) = (&grads[&layer.gradient], &reference[&layer.gradient]);
             let ranks = ranks[&layer.name].clone();
-            let r: Vec<usize> = ranks.iter().map(|&r| r as usize).collect();
-            let mean = if calibrated(rule) == HosvdRanks::Centered {
-                center::mean_len(&layer.dims)
-            } else {
-                0
+            // What the plan will hold at these ranks: the compressed form and its state.
+            let fixed = Compressor {
+                shape: layer.dims.iter().map(|&d| d as u64).collect(),
+                method: Some(Method::Hosvd(Hosvd {
+                    eps,
+                    caps: ranks.clone(),
+                    fixed: true,
+                    center: calibrated(rule) == HosvdRanks::Centered,
+                })),
             };
-            let floats =
-                mean + hosvd::packed_len(&layer.dims, &r) + hosvd::state_len(&layer.dims, &r);
+            let floats = fixed.packed_len() + fixed.state_len();
             let choice = Choice {
                 eps,
                 ranks,
