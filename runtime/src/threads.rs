@@ -107,7 +107,7 @@ fn split(len: usize, max_parts: usize, unit: usize) -> impl Iterator<Item = Rang
 }
 
 /// Most parts one parallel loop splits into: bounds the stack arrays of [`for_runs`].
-const MAX_PARTS: usize = 16;
+pub(crate) const MAX_PARTS: usize = 16;
 
 struct SendPtr<T>(*mut T);
 // SAFETY: only used to hand disjoint items to other threads inside `for_each_mut`.

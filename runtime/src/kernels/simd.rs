@@ -34,6 +34,30 @@ macro_rules! dispatch_avx2 {
 }
 pub(crate) use dispatch_avx2;
 
+/// Whether the CPU has AVX512-VNNI with AVX512-VL (8-bit dot products on 256-bit vectors)
+/// besides AVX2 and FMA; in tests, also that this thread did not ask for the portable paths.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_vnni() -> bool {
+    static DETECTED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    });
+    has_avx2_fma() && *DETECTED
+}
+
+/// [`dispatch_avx2!`] for kernels that need [`has_vnni`].
+macro_rules! dispatch_vnni {
+    ($call:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        if $crate::kernels::simd::has_vnni() {
+            return $call;
+        }
+    };
+}
+pub(crate) use dispatch_vnni;
+
 #[cfg(test)]
 thread_local! {
     /// Makes this thread's kernels take the portable paths, which an AVX2 machine would
