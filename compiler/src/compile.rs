@@ -54,6 +54,9 @@ pub struct CompileOptions {
     /// Samples per run of the prefix [default: the most whose activations fit the arena the
     /// training part needs].
     pub prefix_batch: Option<usize>,
+    /// Run the frozen prefix's convs of one group with int8 weights and inputs
+    /// (`--prefix-precision int8`) [default: false, f32].
+    pub prefix_int8: bool,
     /// Threads the plan is laid out for: the frozen prefix's fused chains keep scratch for
     /// this many bands at once [default: 2; the CLI: the threads it runs with].
     pub threads: usize,
@@ -97,6 +100,7 @@ impl Default for CompileOptions {
             fixed_ranks: BTreeMap::new(),
             prefix: PrefixRunner::Auto,
             prefix_batch: None,
+            prefix_int8: false,
             threads: 2,
             keep_gradients: false,
             max_memory: None,
@@ -482,12 +486,30 @@ fn append_updates(cx: &mut Context) -> Result<()> {
 /// The frozen prefix on actc's kernels, in micro-batches whose activations fit the arena
 /// training needs anyway.
 fn own_prefix(cx: &mut Context) -> Result<()> {
+    let int8 = cx.opts.prefix_int8;
     let Some(prefix) = cx.prefix.as_ref() else {
+        if int8 {
+            bail!(
+                "--prefix-precision int8: every layer trains, so there is no frozen prefix to quantize; train fewer --layers or leave the flag out"
+            );
+        }
         return Ok(());
     };
-    if cx.opts.prefix == PrefixRunner::Actc && cx.packed() {
+    if (cx.opts.prefix == PrefixRunner::Actc || int8) && cx.packed() {
+        let (flag, way_out) = match int8 {
+            true => ("--prefix-precision int8", "leave it out"),
+            false => (
+                "--prefix actc",
+                "leave --prefix out (or give --prefix tract)",
+            ),
+        };
         bail!(
-            "--prefix actc: this model's inputs (several, or integer ones) reach the runtime packed into one row per sample, which only tract unpacks; leave --prefix out (or give --prefix tract)"
+            "{flag}: this model's inputs (several, or integer ones) reach the runtime packed into one row per sample, which only tract unpacks; {way_out}"
+        );
+    }
+    if int8 && cx.opts.prefix == PrefixRunner::Tract {
+        bail!(
+            "--prefix-precision int8 runs on actc's prefix kernels, not tract's; leave --prefix tract out"
         );
     }
     if cx.opts.prefix == PrefixRunner::Tract || cx.packed() {
@@ -504,10 +526,15 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
             1 => threads.min(MAX_CHAIN_LANES),
             _ => 1,
         };
-        prefix::build(prefix, batch, m, runner, chain_lanes)
+        prefix::build(prefix, batch, m, runner, chain_lanes, int8)
     };
     // Built at the whole batch first: whether actc's kernels run this prefix at all.
-    if build(batch, 1, cx.opts.prefix)?.is_none() {
+    let runner = if int8 {
+        PrefixRunner::Actc
+    } else {
+        cx.opts.prefix
+    };
+    if build(batch, 1, runner)?.is_none() {
         return Ok(());
     }
     // Whether the prefix runs on part of the batch at all (its ops treat samples apart and

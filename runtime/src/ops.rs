@@ -392,11 +392,14 @@ pub enum Kind {
 
     // ---- fused inference ----
     /// x, w, [bias] → min(max(conv(x, w) + bias, min), max): a Conv and the Relu or Clip
-    /// after it, as the frozen prefix runs them (one buffer, one pass fewer)
+    /// after it, as the frozen prefix runs them (one buffer, one pass fewer). Int8: x, w
+    /// (i8), qparams, [bias], where qparams is (2, c_out): each output channel's weight
+    /// step, then the sum of its float weights (`kernels::qgemm`)
     #[prost(message, tag = "58")]
     ConvClip(ConvClip),
-    /// x, then each stage's w and [bias] → y: convs whose intermediate maps have one reader
-    /// each, run band of rows by band of rows (`kernels::chain`), plus x when `residual`
+    /// x, then each stage's w, [qparams when int8] and [bias] → y: convs whose intermediate
+    /// maps have one reader each, run band of rows by band of rows (`kernels::chain`), plus
+    /// x when `residual`
     #[prost(message, tag = "59")]
     ConvChain(ConvChain),
 
@@ -537,8 +540,12 @@ pub struct ConvSgd {
 pub struct ConvClip {
     #[prost(message, optional, tag = "1")]
     pub conv: Option<Conv>,
+    /// None: no clip (an int8 conv without an activation after it).
     #[prost(message, optional, tag = "2")]
     pub clip: Option<Clip>,
+    /// The weight is int8 (`kernels::qgemm`), followed by its quantization (`qparams`).
+    #[prost(bool, tag = "3")]
+    pub int8: bool,
 }
 
 /// One conv of a [`ConvChain`].
@@ -552,6 +559,9 @@ pub struct ChainStage {
     /// The Relu or Clip after the conv, if any.
     #[prost(message, optional, tag = "3")]
     pub clip: Option<Clip>,
+    /// The weight is int8 and followed by its quantization (`qparams`); 1×1 stages only.
+    #[prost(bool, tag = "4")]
+    pub int8: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]

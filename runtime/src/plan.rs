@@ -24,7 +24,11 @@ pub const MAGIC: &[u8; 8] = b"ACTCPLAN";
 /// ignore and train the wrong weights.
 /// 6: an MSE over several outputs (`MseSegments`: each output's mean, weighted), which an
 /// older runtime would read as one mean over all the values.
-pub const FORMAT_VERSION: u32 = 6;
+/// 7: int8 weights in the frozen prefix (`compile --prefix-precision int8`). Only such plans
+/// are written as 7, so that every other plan still runs on a runtime that reads 6.
+pub const FORMAT_VERSION: u32 = 7;
+/// The oldest version this runtime reads: 7 added int8 prefix steps and changed nothing else.
+const OLDEST_VERSION: u32 = 6;
 /// Magic, version and payload length.
 const HEADER: usize = 20;
 
@@ -253,6 +257,8 @@ pub enum DType {
     I64 = 1,
     U32 = 2,
     U8 = 3,
+    /// Signed bytes: the int8 weights of a quantized prefix conv.
+    I8 = 4,
 }
 
 impl DType {
@@ -260,7 +266,7 @@ impl DType {
         match self {
             DType::F32 | DType::U32 => 4,
             DType::I64 => 8,
-            DType::U8 => 1,
+            DType::U8 | DType::I8 => 1,
         }
     }
 }
@@ -467,7 +473,7 @@ impl fmt::Display for PlanError {
             ),
             PlanError::Version(v) => write!(
                 f,
-                "plan format version {v}, this actc reads version {FORMAT_VERSION}; recompile the model with this actc"
+                "plan format version {v}, this actc reads versions {OLDEST_VERSION} to {FORMAT_VERSION}; recompile the model with this actc"
             ),
             PlanError::Truncated => write!(f, "plan file is truncated"),
             PlanError::Checksum => write!(f, "plan file is damaged (checksum mismatch)"),
@@ -521,6 +527,20 @@ unsafe impl<W: Write> BufMut for Sink<'_, W> {
 }
 
 impl Plan {
+    /// Whether a step reads int8 weights (a prefix compiled with `--prefix-precision int8`).
+    pub fn has_int8(&self) -> bool {
+        self.buffers.iter().any(|b| b.dtype() == DType::I8)
+    }
+
+    /// The version the plan is written as: the oldest that can hold it.
+    fn format_version(&self) -> u32 {
+        if self.has_int8() {
+            FORMAT_VERSION
+        } else {
+            OLDEST_VERSION
+        }
+    }
+
     /// How the own prefix runs, in words: "16 samples at a time", or with lanes "2 lanes
     /// of 8 samples at a time".
     pub fn prefix_runs(&self) -> String {
@@ -590,7 +610,7 @@ impl Plan {
                 .map(|&(tag, (_, n))| field_len(tag, n as usize))
                 .sum::<usize>();
         w.write_all(MAGIC)?;
-        w.write_all(&FORMAT_VERSION.to_le_bytes())?;
+        w.write_all(&self.format_version().to_le_bytes())?;
         w.write_all(&(len as u64).to_le_bytes())?;
         let mut sink = Sink {
             out: w,
@@ -709,7 +729,7 @@ fn read_payload<R: Read, T>(
         return Err(PlanError::Truncated);
     }
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
+    if !(OLDEST_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(PlanError::Version(version));
     }
     let len = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
@@ -946,6 +966,40 @@ fn decode_leaving_bytes<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plan with int8 weights is written as version 7, any other as 6, so that a runtime
+    /// that reads 6 still runs every plan it can; this one reads both and no others.
+    #[test]
+    fn only_int8_plans_need_the_newer_version() {
+        let version = |plan: &Plan| {
+            let mut bytes = Vec::new();
+            plan.write_to(&mut bytes).unwrap();
+            (u32::from_le_bytes(bytes[8..12].try_into().unwrap()), bytes)
+        };
+        let mut plan = Plan {
+            buffers: vec![Buffer {
+                name: "w".into(),
+                shape: vec![4],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (v, bytes) = version(&plan);
+        assert_eq!(v, 6);
+        assert!(Plan::from_bytes(&bytes).unwrap() == plan);
+        plan.buffers[0].dtype = DType::I8 as i32;
+        let (v, mut bytes) = version(&plan);
+        assert_eq!(v, 7);
+        assert!(Plan::from_bytes(&bytes).unwrap() == plan);
+        for other in [5u32, 8] {
+            bytes[8..12].copy_from_slice(&other.to_le_bytes());
+            let e = Plan::from_bytes(&bytes).err().unwrap().to_string();
+            assert!(
+                e.contains(&format!("version {other}")) && e.contains("6 to 7"),
+                "{e}"
+            );
+        }
+    }
 
     /// A plan of many buffers' worth of weights goes through the sink's buffer several
     /// times: it reads back whole (the CRC checked), also with its weights' values given

@@ -48,3 +48,11 @@ pub use crate::kernels::norm::BatchNormParams;
 
 /// A frozen BN folded into the conv before it: the conv's new weight and bias.
 pub use crate::kernels::norm::fold_into_conv;
+
+/// Whether a conv of the frozen prefix runs with int8 weights under
+/// `--prefix-precision int8`.
+pub use crate::kernels::qconv::fits as int8_conv_fits;
+
+/// A weight matrix quantized per row to int8: the values, each row's step and the sum of its
+/// float weights (what an int8 conv reads).
+pub use crate::kernels::qgemm::quantize_rows as quantize_weight_rows;

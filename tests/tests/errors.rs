@@ -88,6 +88,34 @@ fn prefix_op_without_an_actc_kernel_names_it_and_the_way_out() {
     );
 }
 
+/// `--prefix-precision int8` needs a frozen prefix that actc's kernels run.
+#[test]
+fn int8_prefix_without_an_own_prefix_names_the_reason_and_the_way_out() {
+    let dir = scratch("prefix_int8");
+    for (model_name, extra, reason) in [
+        ("tiny_cnn", &["--layers", "all"][..], "no frozen prefix"),
+        (
+            "tiny_cnn",
+            &["--layers", "1", "--prefix", "tract"][..],
+            "leave --prefix tract out",
+        ),
+        ("tiny_unsupported", &["--layers", "1"][..], "op Sin"),
+        (
+            "tiny_bert",
+            &["--layers", "1", "--input-shape", "4x12"][..],
+            "packed",
+        ),
+    ] {
+        let mut args = extra.to_vec();
+        args.extend(["--prefix-precision", "int8"]);
+        let msg = compile_fails(&dir, &model(model_name), &args);
+        assert!(
+            msg.contains("--prefix-precision int8") && msg.contains(reason),
+            "{model_name} {extra:?}: {msg}"
+        );
+    }
+}
+
 #[test]
 fn prefix_actc_on_packed_inputs_names_the_reason_and_the_way_out() {
     let dir = scratch("prefix_actc_packed");

@@ -219,3 +219,22 @@ fn multi_output_training_graph() {
     let text = snapshot_with("tiny_landmarks", &shape, &opts, flags);
     insta::assert_snapshot!("tiny_landmarks__layers_1__two_outputs", text);
 }
+
+/// The frozen prefix with int8 weights (`--prefix-precision int8`): MobileNetV2's chains
+/// with int8 1×1 stages and its unfused 1×1 convs as int8 `ConvClip`s, each weight followed
+/// by its steps and sums, its 3×3 stem over RGB and its depthwise convs left in floats;
+/// ResNet-18's convs (its 7×7 stem too) as int8 `ConvClip`s.
+#[test]
+fn int8_prefix_training_graphs() {
+    for (name, shape) in [
+        ("mobilenetv2", [8, 3, 224, 224]),
+        ("resnet18", [8, 3, 64, 64]),
+    ] {
+        let opts = CompileOptions {
+            prefix_int8: true,
+            ..common::options(Layers::Last(4), Some(shape.to_vec()))
+        };
+        let text = snapshot_with(name, &shape, &opts, " --prefix-precision int8");
+        insta::assert_snapshot!(format!("{name}__layers_4__int8_prefix"), text);
+    }
+}

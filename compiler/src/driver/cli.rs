@@ -412,6 +412,14 @@ enum PrefixArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    /// int8 weights (per output channel) and inputs (per pixel) in the frozen prefix's convs
+    /// of one group; depthwise convs and a stem over RGB stay f32
+    Int8,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum CompressArg {
     None,
     Hosvd,
@@ -535,6 +543,11 @@ struct CompileArgs {
     /// arena the training part needs]
     #[arg(long)]
     prefix_batch: Option<usize>,
+    /// Arithmetic of the frozen prefix on actc's kernels: `int8` runs its convs of one group
+    /// as int8 products (VNNI where the CPU has it), faster and with a quarter of their weight
+    /// memory, at a small change in the boundary features (BENCHMARKS.md, session 18)
+    #[arg(long, value_enum, default_value = "f32")]
+    prefix_precision: PrecisionArg,
     /// Refuse a plan whose planned peak (arena and persistent memory) passes SIZE, e.g.
     /// 512M [default: this machine's memory]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
@@ -676,6 +689,7 @@ impl CompileArgs {
                 PrefixArg::Tract => PrefixRunner::Tract,
             },
             prefix_batch: self.prefix_batch,
+            prefix_int8: matches!(self.prefix_precision, PrecisionArg::Int8),
             threads: actc_runtime::threads::threads(),
             keep_gradients: false,
             max_memory: self.max_memory.map(|b| b as u64).or_else(machine_memory),
@@ -796,7 +810,12 @@ fn run(cli: Cli) -> Result<()> {
                 .count();
             let prefix = match compiled.prefix_batch {
                 Some(_) => format!(
-                    "; frozen prefix on actc, {}, arena {:.2} MB",
+                    "; frozen prefix on actc{}, {}, arena {:.2} MB",
+                    if compiled.plan.has_int8() {
+                        " in int8"
+                    } else {
+                        ""
+                    },
                     compiled.plan.prefix_runs(),
                     mem.prefix_arena as f64 / 1e6
                 ),

@@ -19,6 +19,8 @@ pub struct OnnxSource {
 pub enum Data {
     F32(Arc<[f32]>),
     I64(Arc<[i64]>),
+    /// A quantized weight of the frozen prefix (`--prefix-precision int8`).
+    I8(Arc<[i8]>),
 }
 
 impl Data {
@@ -26,6 +28,16 @@ impl Data {
         match self {
             Data::F32(d) => d.len(),
             Data::I64(d) => d.len(),
+            Data::I8(d) => d.len(),
+        }
+    }
+
+    /// The values as little-endian bytes: a plan's weight, an ONNX initializer's raw data.
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            Data::F32(d) => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I64(d) => d.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Data::I8(d) => d.iter().map(|&x| x as u8).collect(),
         }
     }
 
@@ -37,6 +49,7 @@ impl Data {
         match self {
             Data::F32(_) => DType::F32,
             Data::I64(_) => DType::I64,
+            Data::I8(_) => DType::I8,
         }
     }
 
@@ -45,6 +58,7 @@ impl Data {
         match self {
             Data::F32(d) => d.iter().map(|&v| v as i64).collect(),
             Data::I64(d) => d.to_vec(),
+            Data::I8(d) => d.iter().map(|&v| v as i64).collect(),
         }
     }
 
@@ -52,6 +66,7 @@ impl Data {
         match self {
             Data::F32(d) => d.to_vec(),
             Data::I64(d) => d.iter().map(|&v| v as f32).collect(),
+            Data::I8(d) => d.iter().map(|&v| v as f32).collect(),
         }
     }
 }

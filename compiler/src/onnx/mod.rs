@@ -240,16 +240,12 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// A constant as an initializer of its values.
 pub fn tensor_proto(name: &str, dims: &[usize], data: &Data) -> TensorProto {
-    let (data_type, raw) = match data {
-        Data::F32(v) => (
-            DataType::Float,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        Data::I64(v) => (
-            DataType::Int64,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
+    let data_type = match data {
+        Data::F32(_) => DataType::Float,
+        Data::I64(_) => DataType::Int64,
+        Data::I8(_) => DataType::Int8,
     };
+    let raw = data.bytes();
     TensorProto {
         name: Some(name.to_string()),
         dims: dims.iter().map(|&d| d as i64).collect(),

@@ -264,6 +264,7 @@ pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
         return Ok(Some(vec![match value {
             Data::F32(v) => Data::F32(vec![v.first().copied().unwrap_or(0.0); n].into()),
             Data::I64(v) => Data::I64(vec![v.first().copied().unwrap_or(0); n].into()),
+            Data::I8(v) => Data::I8(vec![v.first().copied().unwrap_or(0); n].into()),
         }]));
     }
     const EVALUATED: &[&str] = &[
@@ -313,6 +314,7 @@ pub fn eval(n: &OnnxNode, outs: &[Out]) -> Result<Option<Vec<Data>>> {
         let v: Vec<f64> = match d {
             Data::F32(v) => v.iter().map(|&x| x as f64).collect(),
             Data::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            Data::I8(v) => v.iter().map(|&x| x as f64).collect(),
         };
         ArrayD::from_shape_vec(IxDyn(&args[i].shape), v).expect("shape checked at import")
     };

@@ -277,6 +277,7 @@ pub fn value_info(name: &str, shape: &[usize], dtype: DType) -> ValueInfoProto {
         DType::I64 => DataType::Int64,
         DType::U32 => DataType::Uint32,
         DType::U8 => DataType::Uint8,
+        DType::I8 => DataType::Int8,
     };
     ValueInfoProto {
         name: Some(name.to_string()),

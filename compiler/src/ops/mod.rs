@@ -68,6 +68,11 @@ pub fn fuse_inference(graph: &mut Graph, lanes: usize) {
     ROOMS.iter().for_each(|r| r.fuse_inference(graph, lanes))
 }
 
+/// Each room's [`Room::quantize_inference`], in turn.
+pub fn quantize_inference(graph: &mut Graph) {
+    ROOMS.iter().for_each(|r| r.quantize_inference(graph))
+}
+
 /// Each room's [`Room::rewrite`], in turn.
 pub fn rewrite(graph: &mut Graph) -> crate::error::Result<()> {
     ROOMS.iter().try_for_each(|r| r.rewrite(graph))

@@ -229,6 +229,10 @@ pub trait Room: Sync {
     /// threads.
     fn fuse_inference(&self, _graph: &mut Graph, _lanes: usize) {}
 
+    /// This room's ops of the frozen prefix with int8 weights (`--prefix-precision int8`),
+    /// after [`Room::fuse_inference`].
+    fn quantize_inference(&self, _graph: &mut Graph) {}
+
     /// Rewrites the imported graph where this room recognises its ops in another spelling
     /// (a decomposed pattern an older exporter writes for one op).
     fn rewrite(&self, _graph: &mut Graph) -> Result<()> {

@@ -1,7 +1,7 @@
 //! `emit`: the scheduled, planned training graph as the plan's steps and weights.
 
 use super::memplan::Layout;
-use crate::ir::{Data, Graph, NodeOp, Role};
+use crate::ir::{Graph, NodeOp, Role};
 use actc_runtime::plan::{Step, Weight};
 use petgraph::stable_graph::NodeIndex;
 
@@ -38,12 +38,7 @@ pub fn emit(graph: &Graph, order: &[NodeIndex], layout: &Layout) -> (Vec<Step>, 
         .filter_map(|(&t, &b)| {
             let tensor = graph.tensor(t);
             let data = match (&tensor.role, &tensor.data) {
-                (Role::Trainable | Role::Const, Some(Data::F32(v))) => {
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-                }
-                (Role::Trainable | Role::Const, Some(Data::I64(v))) => {
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-                }
+                (Role::Trainable | Role::Const, Some(d)) => d.bytes(),
                 _ => return None,
             };
             Some(Weight {

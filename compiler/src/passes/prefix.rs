@@ -42,14 +42,16 @@ pub struct PrefixGraph {
 }
 
 /// The prefix at micro-batch `m` (of the compiled `batch`), its fused chains laid out for
-/// `lanes` threads. `Ok(None)` when `runner` is auto and a prefix op has no actc kernel
-/// (tract runs the prefix then), or when the prefix cannot run on part of the batch.
+/// `lanes` threads, its convs int8 where they can be when `int8`. `Ok(None)` when `runner`
+/// is auto and a prefix op has no actc kernel (tract runs the prefix then), or when the
+/// prefix cannot run on part of the batch.
 pub fn build(
     prefix: &Prefix,
     batch: usize,
     m: usize,
     runner: PrefixRunner,
     lanes: usize,
+    int8: bool,
 ) -> Result<Option<PrefixGraph>> {
     let mut graph = prefix.graph.clone();
     if let Some(n) = graph
@@ -60,16 +62,23 @@ pub fn build(
         if runner == PrefixRunner::Auto {
             return Ok(None);
         }
+        let (node, op) = (&graph.nodes[n].name, graph.nodes[n].op_name());
+        if int8 {
+            bail!(
+                "--prefix-precision int8: node '{node}' (op {op}) of the frozen prefix has no actc kernel, and only actc's prefix runs in int8; leave --prefix-precision int8 out"
+            );
+        }
         bail!(
-            "--prefix actc: node '{}' (op {}) of the frozen prefix has no actc kernel; use --prefix tract (or auto)",
-            graph.nodes[n].name,
-            graph.nodes[n].op_name()
+            "--prefix actc: node '{node}' (op {op}) of the frozen prefix has no actc kernel; use --prefix tract (or auto)"
         );
     }
     if m != batch && rebatch(&mut graph, batch, m).is_err() {
         return Ok(None);
     }
     ops::fuse_inference(&mut graph, lanes);
+    if int8 {
+        ops::quantize_inference(&mut graph);
+    }
     Ok(Some(PrefixGraph {
         outputs: graph.outputs.clone(),
         input: prefix.input,

@@ -2,10 +2,10 @@
 //! step needs: one rule shared by the planner (which sizes the scratch) and the executor.
 
 use crate::kernels::chain;
-use crate::kernels::conv;
 use crate::kernels::geometry::Conv2dGeom;
 use crate::kernels::pool::Pool2dGeom;
 use crate::kernels::resize::{ResizeAxis, ResizeGeom};
+use crate::kernels::{conv, qconv};
 use crate::ops::{self, Kind};
 
 /// A short list of sizes on the stack: shapes, permutations, axes, pads. Steps build these
@@ -137,8 +137,11 @@ fn window_fits(
 pub struct Chain {
     stages: [Conv2dGeom; chain::MAX_STAGES],
     len: usize,
-    /// Input index of each stage's weight (its bias, when it has one, is the next).
+    /// Input index of each stage's weight; its quantization (int8 stages) and its bias,
+    /// when it has them, follow in that order.
     pub weight: [usize; chain::MAX_STAGES],
+    pub qparams: [Option<usize>; chain::MAX_STAGES],
+    pub bias: [Option<usize>; chain::MAX_STAGES],
     /// Inputs the chain reads.
     pub inputs: usize,
 }
@@ -150,7 +153,8 @@ impl Chain {
 }
 
 /// [`Chain`] of `cc`, `None` where the shapes do not chain: a missing or non-4-D shape, a
-/// weight that does not fit its stage's input, a bias of the wrong length, an empty output.
+/// weight that does not fit its stage's input, a quantization or bias of the wrong length,
+/// an empty output.
 pub fn chain<'a>(cc: &ops::ConvChain, shape: impl Fn(usize) -> Option<&'a [u64]>) -> Option<Chain> {
     if cc.stages.is_empty() || cc.stages.len() > chain::MAX_STAGES {
         return None;
@@ -161,19 +165,31 @@ pub fn chain<'a>(cc: &ops::ConvChain, shape: impl Fn(usize) -> Option<&'a [u64]>
         stages: Default::default(),
         len: cc.stages.len(),
         weight: [0; chain::MAX_STAGES],
+        qparams: [None; chain::MAX_STAGES],
+        bias: [None; chain::MAX_STAGES],
         inputs: 1,
     };
     for (s, stage) in cc.stages.iter().enumerate() {
         let w = four(out.inputs)?;
         let g = conv_fit(stage.conv.as_ref()?, &x, w).ok()?;
         out.weight[s] = out.inputs;
-        out.inputs += 1;
-        if stage.bias {
-            if shape(out.inputs)?.iter().product::<u64>() != g.c_out as u64 {
-                return None;
-            }
-            out.inputs += 1;
-        }
+        let mut next = out.inputs + 1;
+        // The next input, which holds `count` values per output channel.
+        let mut per_channel = |count: u64| {
+            next += 1;
+            (shape(next - 1)?.iter().product::<u64>() == count * g.c_out as u64).then_some(next - 1)
+        };
+        let qparams = if stage.int8 {
+            Some(per_channel(2)?)
+        } else {
+            None
+        };
+        let bias = if stage.bias {
+            Some(per_channel(1)?)
+        } else {
+            None
+        };
+        (out.qparams[s], out.bias[s], out.inputs) = (qparams, bias, next);
         out.stages[s] = g;
         x = [x[0], g.c_out as u64, g.out_h() as u64, g.out_w() as u64];
     }
@@ -266,7 +282,12 @@ pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usiz
     match kind {
         Kind::Conv(c) => conv::forward_workspace_len(&conv(c, inputs[0], inputs[1])),
         Kind::ConvClip(cc) => cc.conv.as_ref().map_or(0, |c| {
-            conv::forward_workspace_len(&conv(c, inputs[0], inputs[1]))
+            let g = conv(c, inputs[0], inputs[1]);
+            if cc.int8 {
+                qconv::workspace_len(&g)
+            } else {
+                conv::forward_workspace_len(&g)
+            }
         }),
         // dy, w → dx
         Kind::ConvBackwardData(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),

@@ -186,6 +186,12 @@ impl View {
     }
 
     /// # Safety
+    /// As [`View::f32`].
+    pub unsafe fn i8(&self, b: &Buffer) -> &[i8] {
+        unsafe { std::slice::from_raw_parts(self.ptr(b) as *const i8, b.numel()) }
+    }
+
+    /// # Safety
     /// As [`View::f32_mut`].
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn u8_mut(&self, b: &Buffer) -> &mut [u8] {

@@ -892,7 +892,12 @@ fn check_chain(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
     {
         return Err("a fused chain whose output is not its last stage's".into());
     }
+    let int8_fits = stages
+        .iter()
+        .zip(&cc.stages)
+        .all(|(g, s)| !s.int8 || g.is_pointwise());
     if stages.len() < 2
+        || !int8_fits
         || !stages
             .iter()
             .enumerate()

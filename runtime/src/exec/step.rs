@@ -6,8 +6,9 @@ use crate::compress::hosvd::Ranks;
 use crate::kernels::elementwise::{self, BinaryOp};
 use crate::kernels::linear::{self, GemmGeom, MatMulGeom};
 use crate::kernels::norm::{self, BatchNormParams};
+use crate::kernels::qgemm::QWeights;
 use crate::kernels::shape::AxisSplit;
-use crate::kernels::{activation as act, chain, conv, loss, pool, resize, shape};
+use crate::kernels::{activation as act, chain, conv, loss, pool, qconv, resize, shape};
 use crate::ops::{Kind, PoolBackward, PoolKind};
 use crate::optim;
 use crate::plan::{Buffer, DType, Plan, Step};
@@ -60,6 +61,18 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
         None => &mut [][..],
     };
     let words = |i: usize| unsafe { mem.u32(bi(i)) };
+    // The int8 weight before input `i`, its quantization: (2, c_out), steps then sums.
+    let qweights = |i: usize| {
+        let (q, params) = (unsafe { mem.i8(bi(i - 1)) }, x(i));
+        let rows = params.len() / 2;
+        QWeights {
+            q,
+            scale: &params[..rows],
+            sum: &params[rows..],
+            rows,
+            k: q.len() / rows,
+        }
+    };
     match kind {
         Kind::Reshape(_) => {
             if bi(0).offset != bo(0).offset {
@@ -77,9 +90,16 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
                 &bi(0).shape,
                 &bi(1).shape,
             );
-            let bias = (step.inputs.len() > 2).then(|| x(2));
-            let clip = cc.clip.clone().unwrap_or_default();
-            conv::forward_clipped(&g, x(0), x(1), bias, (clip.min, clip.max), y(0), ws());
+            let clip = cc.clip.as_ref().map(|c| (c.min, c.max));
+            if cc.int8 {
+                let w = qweights(2);
+                let bias = (step.inputs.len() > 3).then(|| x(3));
+                qconv::forward(&g, x(0), &w, bias, clip, y(0), ws());
+            } else {
+                let bias = (step.inputs.len() > 2).then(|| x(2));
+                let clip = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                conv::forward_clipped(&g, x(0), x(1), bias, clip, y(0), ws());
+            }
         }
         Kind::ConvChain(cc) => {
             let ch = geom::chain(cc, |i| {
@@ -90,12 +110,14 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             // An array, as a step must not allocate; past the chain, unused copies.
             let stages: [chain::Stage; chain::MAX_STAGES] = std::array::from_fn(|s| {
                 let s = s.min(n - 1);
-                let (st, w) = (&cc.stages[s], ch.weight[s]);
                 chain::Stage {
                     g: ch.stages()[s],
-                    w: x(w),
-                    bias: st.bias.then(|| x(w + 1)),
-                    clip: st.clip.as_ref().map(|c| (c.min, c.max)),
+                    w: match ch.qparams[s] {
+                        Some(q) => chain::Weights::Int8(qweights(q)),
+                        None => chain::Weights::F32(x(ch.weight[s])),
+                    },
+                    bias: ch.bias[s].map(x),
+                    clip: cc.stages[s].clip.as_ref().map(|c| (c.min, c.max)),
                 }
             });
             let (rows, lanes) = (cc.rows as usize, cc.lanes as usize);
@@ -452,16 +474,24 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
         Kind::MaxPool(_) => (None, None, None, Some(1)),
         _ => (None, None, None, None),
     };
-    let ty = |b: &Buffer, words: bool, taps: bool| match b.dtype() {
+    let int8_weight = |i: usize| int8_weights(kind).any(|w| w == i);
+    let ty = |b: &Buffer, words: bool, taps: bool, bytes: bool| match b.dtype() {
         DType::U32 => words || taps,
         DType::U8 => taps,
-        DType::F32 => !words && !taps,
+        DType::I8 => bytes,
+        DType::F32 => !words && !taps && !bytes,
         DType::I64 => false,
     };
-    let inputs_typed =
-        (0..step.inputs.len()).all(|i| ty(io.x(i), labels == Some(i), taps_in == Some(i)));
-    let outputs_typed =
-        (0..step.outputs.len()).all(|i| ty(io.y(i), mask_out == Some(i), taps_out == Some(i)));
+    let inputs_typed = (0..step.inputs.len()).all(|i| {
+        ty(
+            io.x(i),
+            labels == Some(i),
+            taps_in == Some(i),
+            int8_weight(i),
+        )
+    });
+    let outputs_typed = (0..step.outputs.len())
+        .all(|i| ty(io.y(i), mask_out == Some(i), taps_out == Some(i), false));
     let ws_typed = step
         .workspace
         .is_none_or(|w| plan.buffer(w).dtype() == DType::F32);
@@ -473,8 +503,8 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             io.arity(1..=1, 1..=1)?;
             io.eq_len(io.x(0).numel(), io.y(0).numel(), "the output")
         }
-        Kind::Conv(c) => conv_check(&io, c),
-        Kind::ConvClip(cc) => conv_check(&io, cc.conv.as_ref().ok_or("no conv")?),
+        Kind::Conv(c) => conv_check(&io, c, false),
+        Kind::ConvClip(cc) => conv_check(&io, cc.conv.as_ref().ok_or("no conv")?, cc.int8),
         // Checked with the chain's stages (`check_chain`).
         Kind::ConvChain(_) => io.arity(1..=usize::MAX, 1..=1),
         Kind::ConvBackwardData(c) => {
@@ -989,14 +1019,42 @@ fn pool_out(g: &pool::Pool2dGeom) -> [u64; 4] {
     [g.n, g.c, g.out_h(), g.out_w()].map(|d| d as u64)
 }
 
-fn conv_check(io: &Io, c: &crate::ops::Conv) -> Result<(), String> {
-    io.arity(2..=3, 1..=1)?;
+/// A conv's forward: x, w, [quantization when int8], [bias] → y.
+fn conv_check(io: &Io, c: &crate::ops::Conv, int8: bool) -> Result<(), String> {
+    let q = usize::from(int8);
+    io.arity(2 + q..=3 + q, 1..=1)?;
     let g = geom::conv_fit(c, io.shape_i(0), io.shape_i(1))?;
-    if io.step.inputs.len() > 2 {
-        io.eq_len(io.x(2).numel(), g.c_out, "the bias")?;
+    if int8 {
+        if g.groups != 1 {
+            return Err("an int8 conv of several groups".into());
+        }
+        io.eq_len(io.x(2).numel(), 2 * g.c_out, "the weights' quantization")?;
+    }
+    if io.step.inputs.len() > 2 + q {
+        io.eq_len(io.x(2 + q).numel(), g.c_out, "the bias")?;
     }
     io.shape(io.shape_o(0), &conv_out(&g), "the output")?;
-    io.scratch(conv::forward_workspace_len(&g))
+    io.scratch(if int8 {
+        qconv::workspace_len(&g)
+    } else {
+        conv::forward_workspace_len(&g)
+    })
+}
+
+/// The inputs of a step that are int8 weights.
+fn int8_weights(kind: &Kind) -> impl Iterator<Item = usize> + '_ {
+    let clip = matches!(kind, Kind::ConvClip(cc) if cc.int8).then_some(1);
+    let stages = match kind {
+        Kind::ConvChain(cc) => &cc.stages[..],
+        _ => &[],
+    };
+    let mut at = 1;
+    let chained = stages.iter().filter_map(move |s| {
+        let w = at;
+        at += 1 + usize::from(s.int8) + usize::from(s.bias);
+        s.int8.then_some(w)
+    });
+    clip.into_iter().chain(chained)
 }
 
 /// A max pool's taps: one per output, in bytes only while every tap index fits one.

@@ -20,6 +20,7 @@
 
 use super::gemm::sgemm;
 use super::geometry::Conv2dGeom;
+use super::qgemm::{self, Planes, QWeights};
 use super::{activation, conv};
 use crate::threads;
 use std::ops::Range;
@@ -46,9 +47,16 @@ const MIN_PIXELS: usize = 64;
 #[derive(Clone, Copy)]
 pub struct Stage<'a> {
     pub g: Conv2dGeom,
-    pub w: &'a [f32],
+    pub w: Weights<'a>,
     pub bias: Option<&'a [f32]>,
     pub clip: Option<(f32, f32)>,
+}
+
+/// A stage's weights: floats, or int8 for a 1×1 stage of a quantized prefix.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    F32(&'a [f32]),
+    Int8(QWeights<'a>),
 }
 
 /// Whether `g` can be a stage of a chain (`first`: the first stage). A 1×1 conv or a
@@ -300,21 +308,36 @@ unsafe fn run_band(
                 None => (&x[rows_in.start * bg.w..], gs[0].h * gs[0].w),
             };
             let (m, k) = (bg.c_out, bg.c_in);
-            sgemm(
-                m,
-                cols,
-                k,
-                1.0,
-                stage.w,
-                (k, 1),
-                src,
-                (stride, 1),
-                0.0,
-                out,
-                (cols, 1),
-            );
-            epilogue(out, cols, stage.bias, stage.clip);
+            match stage.w {
+                Weights::F32(w) => {
+                    sgemm(
+                        m,
+                        cols,
+                        k,
+                        1.0,
+                        w,
+                        (k, 1),
+                        src,
+                        (stride, 1),
+                        0.0,
+                        out,
+                        (cols, 1),
+                    );
+                    epilogue(out, cols, stage.bias, stage.clip);
+                }
+                Weights::Int8(w) => {
+                    let epi = qgemm::Epilogue {
+                        bias: stage.bias,
+                        clip: stage.clip,
+                    };
+                    let (xp, yp) = (Planes::single(cols, stride), Planes::single(cols, cols));
+                    qgemm::qgemm(&w, src, xp, out, yp, epi, 1);
+                }
+            }
         } else {
+            let Weights::F32(w) = stage.w else {
+                unreachable!("int8 stages are 1×1 (checked with the plan)")
+            };
             let copied = if s == 0 { bg.input_len() } else { 0 };
             let (copy, im2col) = rest.split_at_mut(copied);
             let src: &[f32] = match done.last() {
@@ -328,10 +351,8 @@ unsafe fn run_band(
                 }
             };
             match stage.clip {
-                Some(clip) => {
-                    conv::forward_clipped(&bg, src, stage.w, stage.bias, clip, out, im2col)
-                }
-                None => conv::forward(&bg, src, stage.w, stage.bias, out, im2col),
+                Some(clip) => conv::forward_clipped(&bg, src, w, stage.bias, clip, out, im2col),
+                None => conv::forward(&bg, src, w, stage.bias, out, im2col),
             }
         }
     }
@@ -412,16 +433,45 @@ mod tests {
         rows: usize,
         lanes: usize,
     ) {
+        check_with(gs, clips, residual, rows, lanes, false)
+    }
+
+    /// [`check`], the 1×1 stages int8 when `int8` (and so in the stages one after the
+    /// other: a pixel's quantization is the same in a band as over the whole map).
+    fn check_with(
+        gs: &[Conv2dGeom],
+        clips: &[Option<(f32, f32)>],
+        residual: bool,
+        rows: usize,
+        lanes: usize,
+        int8: bool,
+    ) {
         let mut rng = Lcg::new(gs.len() as u64 * 31 + rows as u64);
         let ws_: Vec<Vec<f32>> = gs.iter().map(|g| rng.vec(g.weight_len())).collect();
         let bs: Vec<Vec<f32>> = gs.iter().map(|g| rng.vec(g.c_out)).collect();
         let x = rng.vec(gs[0].input_len());
+        let quantized: Vec<_> = gs
+            .iter()
+            .zip(&ws_)
+            .map(|(g, w)| qgemm::quantize_rows(w, g.c_out, g.col_rows()))
+            .collect();
         let stages: Vec<Stage> = gs
             .iter()
             .enumerate()
             .map(|(i, g)| Stage {
                 g: *g,
-                w: &ws_[i],
+                w: if int8 && g.is_pointwise() {
+                    let (q, scale, sum) = &quantized[i];
+                    Weights::Int8(QWeights {
+                        q,
+                        scale,
+                        sum,
+                        rows: g.c_out,
+                        k: g.col_rows(),
+                    })
+                } else {
+                    Weights::F32(&ws_[i])
+                },
                 bias: (i != 1).then_some(&bs[i][..]),
                 clip: clips[i],
             })
@@ -430,9 +480,14 @@ mod tests {
         for s in &stages {
             let mut out = vec![0.0; s.g.output_len()];
             let mut ws = vec![0.0; conv::workspace_len(&s.g)];
-            match s.clip {
-                Some(c) => conv::forward_clipped(&s.g, &want, s.w, s.bias, c, &mut out, &mut ws),
-                None => conv::forward(&s.g, &want, s.w, s.bias, &mut out, &mut ws),
+            match (s.w, s.clip) {
+                (Weights::Int8(w), clip) => {
+                    crate::kernels::qconv::forward(&s.g, &want, &w, s.bias, clip, &mut out, &mut ws)
+                }
+                (Weights::F32(w), Some(c)) => {
+                    conv::forward_clipped(&s.g, &want, w, s.bias, c, &mut out, &mut ws)
+                }
+                (Weights::F32(w), None) => conv::forward(&s.g, &want, w, s.bias, &mut out, &mut ws),
             }
             want = out;
         }
@@ -462,6 +517,23 @@ mod tests {
         // One row, ragged last bands, whole images; one lane, more lanes than bands.
         for (rows, lanes) in [(1, 2), (3, 2), (5, 3), (13, 1), (13, 4)] {
             check(&gs, &[RELU6, RELU6, None], true, rows, lanes);
+        }
+    }
+
+    #[test]
+    fn int8_stages_in_bands_compute_what_they_compute_whole() {
+        let expand = geom(2, 8, 13, 11, 24, 1, 1, 1);
+        let dw = then(&expand, 24, 3, 2, true);
+        let project = then(&dw, 12, 1, 1, false);
+        for (rows, lanes) in [(1, 2), (4, 3), (7, 1)] {
+            check_with(
+                &[expand, dw, project],
+                &[RELU6, RELU6, None],
+                false,
+                rows,
+                lanes,
+                true,
+            );
         }
     }
 
@@ -570,7 +642,7 @@ mod tests {
             let stages: Vec<Stage> = (0..gs.len())
                 .map(|i| Stage {
                     g: gs[i],
-                    w: &ws_[i],
+                    w: Weights::F32(&ws_[i]),
                     bias: Some(&bs[i]),
                     clip: (i + 1 < gs.len()).then_some((0.0, 6.0)),
                 })
@@ -586,19 +658,18 @@ mod tests {
                     for (i, s) in stages.iter().enumerate() {
                         let (done, todo) = maps.split_at_mut(i);
                         let src = done.last().map_or(&x[..], |m| &m[..]);
+                        let w = &ws_[i];
                         match s.clip {
                             Some(c) => conv::forward_clipped(
                                 &s.g,
                                 src,
-                                s.w,
+                                w,
                                 s.bias,
                                 c,
                                 &mut todo[0],
                                 &mut conv_ws,
                             ),
-                            None => {
-                                conv::forward(&s.g, src, s.w, s.bias, &mut todo[0], &mut conv_ws)
-                            }
+                            None => conv::forward(&s.g, src, w, s.bias, &mut todo[0], &mut conv_ws),
                         }
                     }
                 });

@@ -699,7 +699,7 @@ pub fn backward_bias(g: &Conv2dGeom, dy: &[f32], db: &mut [f32]) {
 /// the tap falls in the padding. Each input row is padded and split into its stride phases
 /// once, so that every row of the matrix is made of contiguous copies (gathering stride-2
 /// taps one by one cost as much as the product of the first conv of a network).
-fn im2col(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
+pub(super) fn im2col(g: &Conv2dGeom, x: &[f32], col: &mut [f32]) {
     let span = g.dilation[0] * (g.kh - 1) + 1;
     let Some(split) = RowSplit::new(g).filter(|&s| RowCache::fits(s, 1, span)) else {
         return im2col_gathered(g, x, col);

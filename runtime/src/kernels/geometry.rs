@@ -77,7 +77,7 @@ impl Conv2dGeom {
         self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pad == [0; 4]
     }
 
-    pub(super) fn col_rows(&self) -> usize {
+    pub fn col_rows(&self) -> usize {
         self.cin_per_group() * self.kh * self.kw
     }
 

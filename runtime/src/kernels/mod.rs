@@ -26,6 +26,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod qconv;
 pub mod qgemm;
 pub mod resize;
 mod rows;

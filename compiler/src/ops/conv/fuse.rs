@@ -97,6 +97,7 @@ fn fuse_activations(graph: &mut Graph) {
         graph.nodes[c].op = NodeOp::Kernel(Kind::ConvClip(rt::ConvClip {
             conv: Some(conv),
             clip: Some(clip),
+            int8: false,
         }));
         graph.absorb_reader(c, act);
     }
@@ -185,6 +186,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
                 conv: Some(conv),
                 bias: node.inputs.len() > 2,
                 clip,
+                int8: false,
             });
         }
         let ends = add.unwrap_or(last);

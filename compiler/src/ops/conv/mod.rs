@@ -4,6 +4,7 @@
 
 mod fuse;
 mod lowrank;
+mod quantize;
 mod transpose;
 
 use super::room::{
@@ -98,7 +99,11 @@ impl Room for Convs {
             Kind::ConvClip(cc) => {
                 let c = cc.conv.as_ref().ok_or("no conv attributes")?;
                 let s = shapes(ins, 2)?;
-                expect(outs, &[(forward(c, s[0], s[1])?, DType::F32)])
+                let y = forward(c, s[0], s[1])?;
+                if cc.int8 {
+                    int8_weight(ins, 1, y[1])?;
+                }
+                expect(outs, &[(y, DType::F32)])
             }
             // dy, w → dx: the conv of dx by w has dy's shape
             Kind::ConvBackwardData(c) => {
@@ -146,7 +151,10 @@ impl Room for Convs {
                         .ok_or("a stage without conv attributes")?;
                     let w = ins.get(at).ok_or("a stage without its weight")?;
                     x = forward(c, &x, &w.shape)?;
-                    at += 1 + stage.bias as usize;
+                    if stage.int8 {
+                        int8_weight(ins, at, x[1])?;
+                    }
+                    at += 1 + stage.int8 as usize + stage.bias as usize;
                 }
                 if at != ins.len() {
                     return Err(format!("{} inputs, the stages read {at}", ins.len()));
@@ -223,6 +231,10 @@ impl Room for Convs {
 
     fn fuse_inference(&self, graph: &mut Graph, lanes: usize) {
         fuse::fuse(graph, lanes);
+    }
+
+    fn quantize_inference(&self, graph: &mut Graph) {
+        quantize::quantize(graph);
     }
 
     fn low_rank(
@@ -312,6 +324,16 @@ fn forward(c: &ops::Conv, x: &[usize], w: &[usize]) -> std::result::Result<Vec<u
     }
     let [oh, ow] = window_out([h, wd], [kh, kw], &c.strides, &c.dilations, &c.pads)?;
     Ok(vec![n, m, oh, ow])
+}
+
+/// An int8 weight at input `at`, its quantization (2, `c_out`) after it.
+fn int8_weight(ins: &[&Tensor], at: usize, c_out: usize) -> std::result::Result<(), String> {
+    let fits = ins[at].dtype == DType::I8
+        && ins
+            .get(at + 1)
+            .is_some_and(|q| q.dtype == DType::F32 && q.shape == [2, c_out]);
+    fits.then_some(())
+        .ok_or_else(|| "an int8 weight without its (2, c_out) quantization after it".into())
 }
 
 fn four(s: &[usize]) -> std::result::Result<[usize; 4], String> {
