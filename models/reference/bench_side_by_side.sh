@@ -3,7 +3,8 @@
 # (ImageNet weights, new 10-way head), last 4 convs + classifier, frozen (folded) BN, 2 threads,
 # at 64x3x32x32 and 8x3x224x224; actc without compression, with HOSVD's default rank rule, with
 # the paper's (eps 0.8) and with HOSVD under --budget 256K (ranks fixed by calibration on the
-# first Fashion-MNIST batch). actc and
+# first Fashion-MNIST batch); and vanilla and the default HOSVD with the frozen prefix in int8
+# (--prefix-precision int8). actc and
 # PyTorch use SGD lr 0.01 momentum 0.9; ORT's training SGD has no momentum (lr 0.01), so actc
 # also runs that optimizer ("actc (SGD, no momentum)": no momentum buffers) to compare like
 # with like.
@@ -64,11 +65,15 @@ for shape in 64x3x32x32 8x3x224x224; do
   "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
     --compress hosvd --budget 256K --calibration models/data/fashion-mnist \
     -o "$tmp/$shape-budget.actc" 2>/dev/null
+  "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
+    --prefix-precision int8 -o "$tmp/$shape-int8.actc" 2>/dev/null
+  "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$shape" --momentum 0.9 \
+    --compress hosvd --prefix-precision int8 -o "$tmp/$shape-auto-int8.actc" 2>/dev/null
 done
 : > "$tmp/actc.jsonl"
 for round in $(seq "$ROUNDS"); do
   for shape in 64x3x32x32 8x3x224x224; do
-    for plan in "$shape" "$shape-auto" "$shape-hosvd" "$shape-budget" "$shape-sgd"; do
+    for plan in "$shape" "$shape-auto" "$shape-hosvd" "$shape-budget" "$shape-sgd" "$shape-int8" "$shape-auto-int8"; do
       "$ACTC" bench "$tmp/$plan.actc" --steps "$STEPS" --threads 2 --json >> "$tmp/actc.jsonl"
     done
   done
@@ -93,6 +98,11 @@ if [ "$EPOCHS" -gt 0 ]; then
     logged "$tmp/actc-epochs-$s.log" peak_rss "$tmp/actc-epochs-$s.rss" "$ACTC" train "$tmp/$full.actc" \
       --data models/data/fashion-mnist --val-fraction 0 --epochs "$EPOCHS" --threads 2 --quiet \
       --log "$tmp/actc-epochs-$s.jsonl" --save "$tmp/trained-$full"
+    "$ACTC" compile models/mobilenetv2.onnx --layers 4 --input-shape "$full" --momentum 0.9 \
+      --prefix-precision int8 -o "$tmp/$full-int8.actc" 2>/dev/null
+    logged "$tmp/actc-int8-epochs-$s.log" peak_rss "$tmp/actc-int8-epochs-$s.rss" "$ACTC" train "$tmp/$full-int8.actc" \
+      --data models/data/fashion-mnist --val-fraction 0 --epochs "$EPOCHS" --threads 2 --quiet \
+      --log "$tmp/actc-int8-epochs-$s.jsonl" --save "$tmp/trained-$full-int8"
     logged "$tmp/torch-epochs-$s.log" "$PY" models/reference/bench_torch.py --bn folded --shapes "$s" \
       --epochs "$EPOCHS" --tries 1 --json "$tmp/torch-epochs-$s.json"
     if [ "$ORT" = 1 ]; then
@@ -126,7 +136,7 @@ rows = {}
 for line in open(tmp / "actc.jsonl"):
     r = json.loads(line)
     shape = "64x32" if "64x3x32x32" in r["plan"] else "8x224"
-    kinds = {"-auto": "actc hosvd (default)", "-hosvd": "actc hosvd eps=0.8", "-budget": "actc hosvd --budget 256K", "-sgd": "actc (SGD, no momentum)"}
+    kinds = {"-auto-int8": "actc hosvd (default) int8", "-int8": "actc int8 prefix", "-auto": "actc hosvd (default)", "-hosvd": "actc hosvd eps=0.8", "-budget": "actc hosvd --budget 256K", "-sgd": "actc (SGD, no momentum)"}
     system = next((v for k, v in kinds.items() if k in r["plan"]), "actc")
     rows.setdefault((system, shape), []).append((r["step_ms"]["median"], r["step_ms"]["p10"], r["step_ms"]["p90"], r["peak_rss_bytes"] / 1e6, r["suffix_ms"]["median"]))
 for pattern, name in (("torch-[0-9]*.json", lambda r: f"pytorch {r['layout']}"),
@@ -149,13 +159,15 @@ if check.exists():
         f"{k} first loss {v['torch_losses'][0]:.8f} vs {v['ort_losses'][0]:.8f} (rel {v['rel_diff'][0]:.1e})"
         for k, v in c.items()))
 epochs = []
-for f in sorted(glob.glob(str(tmp / "actc-epochs-*.jsonl"))):
-    shape = pathlib.Path(f).name[len("actc-epochs-"):-len(".jsonl")]
+for f in sorted(glob.glob(str(tmp / "actc-*epochs-*.jsonl"))):
+    name = pathlib.Path(f).name
+    int8 = name.startswith("actc-int8-")
+    shape = name[len("actc-int8-epochs-" if int8 else "actc-epochs-"):-len(".jsonl")]
     events = [json.loads(line) for line in open(f)]
     secs = [e["seconds"] for e in events if e["event"] == "epoch"]
     steps = sum(1 for e in events if e["event"] == "step" and e["epoch"] == 1)
     rss = float(open(f[:-len(".jsonl")] + ".rss").read())
-    epochs.append({"system": "actc", "shape": shape, "steps_per_epoch": steps, "epoch_seconds": secs, "peak_rss_mb": rss, "note": "prefix cache on"})
+    epochs.append({"system": "actc int8 prefix" if int8 else "actc", "shape": shape, "steps_per_epoch": steps, "epoch_seconds": secs, "peak_rss_mb": rss, "note": "prefix cache on"})
 for pattern, name in (("torch-epochs-*.json", lambda r: f"pytorch {r['layout']}"),
                       ("ort-epochs-*.json", lambda r: "ort (SGD, no momentum)")):
     for f in sorted(glob.glob(str(tmp / pattern))):

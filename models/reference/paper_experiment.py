@@ -56,8 +56,8 @@ def methods(max_rank: str) -> list[tuple[str, list[str], list[str] | None]]:
         ("gradient filter R2", ["--compress", "gradfilter", "--patch", "2"], None),
         ("gradient filter R4", ["--compress", "gradfilter", "--patch", "4"], None),
         # The frozen prefix in int8 (issue 20): the same training on int8 boundary features.
-        ("vanilla, int8 prefix", ["--prefix-precision", "int8"], None),
-        ("HOSVD default, int8 prefix", ["--compress", "hosvd", "--prefix-precision", "int8"], None),
+        ("vanilla (int8 prefix)", ["--prefix-precision", "int8"], None),
+        ("HOSVD default (int8 prefix)", ["--compress", "hosvd", "--prefix-precision", "int8"], None),
     ]
     return out
 

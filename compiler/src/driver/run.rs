@@ -47,13 +47,27 @@ fn load_plan_structure(path: &Path) -> Result<Plan> {
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
-    Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))
+    let plan = Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))?;
+    warn_if_int8_is_slow(&plan, path);
+    Ok(plan)
+}
+
+/// Says so when a plan's int8 prefix will run on portable code here (no 8-bit dot products
+/// on this CPU): slower than the f32 prefix it replaced.
+pub fn warn_if_int8_is_slow(plan: &Plan, path: &Path) {
+    if plan.has_int8() && !actc_runtime::kernels::qgemm::accelerated() {
+        eprintln!(
+            "warning: {}: its frozen prefix is int8, and this CPU has no 8-bit dot products (AVX512-VNNI): it runs on portable code, slower than an f32 prefix; compile without --prefix-precision int8 for this machine",
+            path.display()
+        );
+    }
 }
 
 /// A session over a plan file, its weights read straight into the runtime's memory and its
 /// ONNX parts left in the file (see `Plan::open`).
 fn open_session(path: &Path, total_updates: u64) -> Result<Session> {
     let (plan, file) = Plan::open(path).map_err(|e| err!("{}: {e}", path.display()))?;
+    warn_if_int8_is_slow(&plan, path);
     Session::open(plan, file, total_updates).map_err(|e| err!("{}: {e}", path.display()))
 }
 

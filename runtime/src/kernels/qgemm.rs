@@ -106,6 +106,16 @@ thread_local! {
     static PANEL: RefCell<(Vec<u8>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// Whether this CPU runs the int8 products on 8-bit dot-product instructions. Without them
+/// (x86 before AVX512-VNNI, other architectures for now) the portable code runs, correct but
+/// slower than the f32 kernels: an int8 prefix only pays where this holds.
+pub fn accelerated() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return crate::kernels::simd::has_vnni();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// `y = epilogue(W·x)`, the columns shared out in at most `parts` runs of whole panels.
 pub fn qgemm(
     w: &QWeights,
