@@ -10,7 +10,7 @@ use prost::{Message, Oneof};
 pub struct Op {
     #[prost(
         oneof = "Kind",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 80, 81, 82, 83, 84"
+        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 80, 81, 82, 83, 84, 85"
     )]
     pub kind: Option<Kind>,
 }
@@ -472,6 +472,13 @@ pub enum Kind {
     /// interpolated from, with the same weights
     #[prost(message, tag = "84")]
     ResizeBackward(Resize),
+
+    // ---- int8 inference (`compile --prefix-precision int8`) ----
+    /// x (…, M, K), w (N, K) int8: the weight transposed, quantized per output feature,
+    /// qparams (2, N): each feature's step, then the sum of its float weights, [bias (N)]
+    /// → y (…, M, N) (`kernels::qgemm`, each row of x quantized over its own values)
+    #[prost(message, tag = "85")]
+    MatMulInt8(Empty),
 }
 
 /// How a [`Kind::Resize`] samples: ONNX Resize's `mode` (nearest or linear).

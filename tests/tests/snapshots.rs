@@ -223,18 +223,30 @@ fn multi_output_training_graph() {
 /// The frozen prefix with int8 weights (`--prefix-precision int8`): MobileNetV2's chains
 /// with int8 1×1 stages and its unfused 1×1 convs as int8 `ConvClip`s, each weight followed
 /// by its steps and sums, its 3×3 stem over RGB and its depthwise convs left in floats;
-/// ResNet-18's convs (its 7×7 stem too) as int8 `ConvClip`s.
+/// ResNet-18's convs (its 7×7 stem too) as int8 `ConvClip`s; the ViT's MatMuls with
+/// constant weights as `MatMulInt8`s reading the weight transposed.
 #[test]
 fn int8_prefix_training_graphs() {
-    for (name, shape) in [
-        ("mobilenetv2", [8, 3, 224, 224]),
-        ("resnet18", [8, 3, 64, 64]),
+    for (name, layers, shape, tag) in [
+        (
+            "mobilenetv2",
+            Layers::Last(4),
+            vec![8, 3, 224, 224],
+            "layers_4",
+        ),
+        ("resnet18", Layers::Last(4), vec![8, 3, 64, 64], "layers_4"),
+        (
+            "tiny_vit",
+            Layers::Blocks(1),
+            vec![2, 3, 16, 16],
+            "blocks_1",
+        ),
     ] {
         let opts = CompileOptions {
             prefix_int8: true,
-            ..common::options(Layers::Last(4), Some(shape.to_vec()))
+            ..common::options(layers, Some(shape.clone()))
         };
         let text = snapshot_with(name, &shape, &opts, " --prefix-precision int8");
-        insta::assert_snapshot!(format!("{name}__layers_4__int8_prefix"), text);
+        insta::assert_snapshot!(format!("{name}__{tag}__int8_prefix"), text);
     }
 }

@@ -91,9 +91,8 @@ fn attrs(k: &Kind) -> String {
             cl.trans_b,
             cl.compressor.as_ref().map(compressor).unwrap_or_default()
         ),
-        // The int8 flag shows only where `--prefix-precision int8` set it.
-        Kind::ConvClip(_) | Kind::ConvChain(_) => fields(Some(k)).replace(", int8: false", ""),
-        _ => fields(Some(k)),
+        // An int8 flag shows only where `--prefix-precision int8` set it.
+        _ => fields(Some(k)).replace(", int8: false", ""),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::lowrank::{
 };
 use crate::onnx::shape::matmul_shape;
 use crate::onnx::{attr_float, attr_int};
+use crate::ops::int8;
 use actc_runtime::ops::Compressor;
 use actc_runtime::ops::{self, Empty, Kind};
 use actc_runtime::plan::DType;
@@ -30,6 +31,7 @@ impl Room for Dense {
             kind,
             Kind::Gemm(_)
                 | Kind::MatMul(_)
+                | Kind::MatMulInt8(_)
                 | Kind::GemmGradA(_)
                 | Kind::GemmGradB(_)
                 | Kind::MatMulGradX(_)
@@ -97,6 +99,24 @@ impl Room for Dense {
                 }
                 expect(outs, &[(y, DType::F32)])
             }
+            // x, Wᵀ int8 (N, K), its quantization (2, N), [bias] → y
+            Kind::MatMulInt8(_) => {
+                let &[n, k] = s[1] else {
+                    return Err(format!("an int8 weight {:?} that is not a matrix", s[1]));
+                };
+                let y = matmul_shape("", s[0], &[k, n]).map_err(|e| e.0)?;
+                let quantized = ins[1].dtype == DType::I8
+                    && ins
+                        .get(2)
+                        .is_some_and(|q| q.dtype == DType::F32 && q.shape == [2, n]);
+                if !quantized {
+                    return Err("an int8 weight without its (2, N) quantization after it".into());
+                }
+                if let Some(b) = s.get(3) {
+                    same(&[n], b)?;
+                }
+                expect(outs, &[(y, DType::F32)])
+            }
             // dy, w → dx
             Kind::MatMulGradX(_) => same(&matmul_shape("", out(0)?, s[1]).map_err(|e| e.0)?, s[0]),
             // x, dy → dw (batch axes summed)
@@ -160,6 +180,34 @@ impl Room for Dense {
 
     fn fuse_inference(&self, graph: &mut Graph, _lanes: usize) {
         fuse_bias(graph);
+    }
+
+    /// A MatMul with a constant (K, N) weight becomes a `MatMulInt8` reading Wᵀ in int8,
+    /// quantized per output feature.
+    fn quantize_inference(&self, graph: &mut Graph) {
+        for n in graph.topo_order() {
+            let node = &graph.nodes[n];
+            if !matches!(node.op, NodeOp::Kernel(Kind::MatMul(_))) {
+                continue;
+            }
+            let w = node.inputs[1];
+            let Some(values) = int8::float_constant(graph, w) else {
+                continue;
+            };
+            let t = graph.tensor(w);
+            let &[k, cols] = &t.shape[..] else {
+                continue;
+            };
+            let name = t.name.clone();
+            let transposed: Vec<f32> = (0..cols * k)
+                .map(|e| values[(e % k) * cols + e / k])
+                .collect();
+            let (q, params) = int8::constants(graph, &name, vec![cols, k], &transposed);
+            let mut inputs = graph.nodes[n].inputs.clone();
+            inputs.splice(1..=1, [q, params]);
+            graph.nodes[n].op = NodeOp::Kernel(Kind::MatMulInt8(Empty {}));
+            graph.set_inputs(n, inputs);
+        }
     }
 
     fn to_onnx(&self, kind: &Kind, out: &mut OnnxOut) -> std::result::Result<(), String> {
@@ -355,7 +403,9 @@ impl Room for Dense {
             Kind::Gemm(g) if g.trans_a => {
                 2 * numel(outs.first()) * ins.first().and_then(|a| a.first().copied()).unwrap_or(1)
             }
-            Kind::Gemm(_) | Kind::MatMul(_) => 2 * numel(outs.first()) * last(ins.first()),
+            Kind::Gemm(_) | Kind::MatMul(_) | Kind::MatMulInt8(_) => {
+                2 * numel(outs.first()) * last(ins.first())
+            }
             Kind::GemmGradA(_) | Kind::MatMulGradX(_) => {
                 2 * numel(outs.first()) * last(ins.first())
             }

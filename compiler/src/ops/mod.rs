@@ -12,6 +12,7 @@ mod compress;
 mod conv;
 mod elementwise;
 mod gemm;
+mod int8;
 mod layout;
 mod norm;
 mod optim;

@@ -179,6 +179,16 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             let bias = (step.inputs.len() > 2).then(|| x(2));
             linear::matmul_forward(&matmul_geom(bi(0), bi(1)), x(0), x(1), bias, y(0))
         }
+        Kind::MatMulInt8(_) => {
+            let w = qweights(2);
+            let g = MatMulGeom {
+                rows: bi(0).numel() / w.k.max(1),
+                k: w.k,
+                n: w.rows,
+            };
+            let bias = (step.inputs.len() > 3).then(|| x(3));
+            linear::matmul_forward_int8(&g, x(0), &w, bias, y(0))
+        }
         Kind::MatMulGradX(_) => {
             let g = matmul_geom(bo(0), bi(1));
             linear::matmul_backward(&g, &[], x(1), x(0), Some(y(0)), None);
@@ -636,6 +646,20 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
             }
             io.shape(io.shape_o(0), &y, "the output")
         }
+        Kind::MatMulInt8(_) => {
+            io.arity(3..=4, 1..=1)?;
+            let (x, w) = (io.shape_i(0), io.shape_i(1));
+            let &[n, k] = w else {
+                return Err("an int8 weight that is not a matrix".into());
+            };
+            // The product of x and the (K, N) weight whose transpose this is.
+            let y = matmul_out(x, &[k, n])?;
+            io.eq_len(io.x(2).numel(), 2 * n as usize, "the weights' quantization")?;
+            if step.inputs.len() > 3 {
+                io.shape(io.shape_i(3), &[n], "the bias")?;
+            }
+            io.shape(io.shape_o(0), &y, "the output")
+        }
         Kind::MatMulGradX(_) => {
             io.arity(2..=2, 1..=1)?;
             io.shape(
@@ -1041,9 +1065,10 @@ fn conv_check(io: &Io, c: &crate::ops::Conv, int8: bool) -> Result<(), String> {
     })
 }
 
-/// The inputs of a step that are int8 weights.
+/// The inputs of a step that are int8 weights: an int8 conv's or product's second.
 fn int8_weights(kind: &Kind) -> impl Iterator<Item = usize> + '_ {
-    let clip = matches!(kind, Kind::ConvClip(cc) if cc.int8).then_some(1);
+    let clip = matches!(kind, Kind::ConvClip(cc) if cc.int8) || matches!(kind, Kind::MatMulInt8(_));
+    let clip = clip.then_some(1);
     let stages = match kind {
         Kind::ConvChain(cc) => &cc.stages[..],
         _ => &[],

@@ -2,6 +2,7 @@
 
 use super::elementwise::{broadcast_to, reduce_to_shape};
 use super::gemm::{Strides, sgemm, sgemm_bias};
+use super::qgemm::{Epilogue, Planes, QWeights, qgemm};
 use crate::threads;
 
 /// ONNX Gemm: `Y = alpha·A′·B′ + beta·C`, A′ = A or Aᵀ (M×K), B′ = B or Bᵀ (K×N), C
@@ -132,6 +133,28 @@ pub struct MatMulGeom {
     pub rows: usize,
     pub k: usize,
     pub n: usize,
+}
+
+/// [`matmul_forward`] with the weight int8 (`w` holds Wᵀ, N rows of K): computed as
+/// (Wᵀ·Xᵀ)ᵀ, each row of X (a token) quantized over its own values.
+pub fn matmul_forward_int8(
+    g: &MatMulGeom,
+    x: &[f32],
+    w: &QWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    debug_assert_eq!(x.len(), g.rows * g.k);
+    debug_assert_eq!((w.rows, w.k), (g.n, g.k));
+    debug_assert_eq!(y.len(), g.rows * g.n);
+    let epi = Epilogue { bias, clip: None };
+    // An int8 multiply-add costs about a quarter of a float one.
+    let parts = threads::parts_for(g.rows * g.k * g.n / 4);
+    let (xp, yp) = (
+        Planes::transposed(g.rows, g.k),
+        Planes::transposed(g.rows, g.n),
+    );
+    qgemm(w, x, xp, y, yp, epi, parts);
 }
 
 /// Y = X·W, plus `bias` (N long) on every row when given: the frozen prefix's MatMul + Add

@@ -51,6 +51,7 @@ pub fn forward(
             cols,
             image_stride: rows * cols,
             row_stride: cols,
+            col_stride: 1,
         };
         qgemm(
             w,

@@ -17,7 +17,9 @@
 //! Rust elsewhere; both compute the same integers from the same panels.
 //!
 //! Columns may run across images (`Planes`): a 7×7 map's 49 pixels fill three panels and
-//! one column of a fourth, a batch of them fills panels whole.
+//! one column of a fourth, a batch of them fills panels whole. A row-major matrix may also
+//! be read and written transposed (`Planes::transposed`): a transformer's `X·W` is computed
+//! as `(Wᵀ·Xᵀ)ᵀ`, each token a column quantized over its own features.
 
 use crate::threads;
 use std::cell::RefCell;
@@ -44,13 +46,16 @@ pub struct QWeights<'a> {
 }
 
 /// Where a matrix's `(row, column)` lies when its columns run across `images` planes of
-/// `cols` columns each: `image·image_stride + row·row_stride + column in the image`.
+/// `cols` columns each: `image·image_stride + row·row_stride + (column in the image)·col_stride`.
+/// Columns are contiguous (`col_stride` 1), or else one plane's rows are (`row_stride` 1):
+/// a row-major matrix read transposed.
 #[derive(Clone, Copy, Debug)]
 pub struct Planes {
     pub images: usize,
     pub cols: usize,
     pub image_stride: usize,
     pub row_stride: usize,
+    pub col_stride: usize,
 }
 
 impl Planes {
@@ -61,11 +66,36 @@ impl Planes {
             cols,
             image_stride: 0,
             row_stride,
+            col_stride: 1,
         }
+    }
+
+    /// A row-major matrix of `cols` rows of `len` values, read transposed: column `j` is
+    /// its row `j`.
+    pub fn transposed(cols: usize, len: usize) -> Planes {
+        Planes {
+            images: 1,
+            cols,
+            image_stride: 0,
+            row_stride: 1,
+            col_stride: len,
+        }
+    }
+
+    fn is_transposed(&self) -> bool {
+        self.col_stride != 1
     }
 
     fn columns(&self) -> usize {
         self.images * self.cols
+    }
+
+    /// One past the last element of `rows` rows.
+    fn extent(&self, rows: usize) -> usize {
+        (self.images - 1) * self.image_stride
+            + (rows - 1) * self.row_stride
+            + (self.cols - 1) * self.col_stride
+            + 1
     }
 
     /// The runs of contiguous columns making up global columns `j0..j0 + n`: (offset of
@@ -130,13 +160,12 @@ pub fn qgemm(
     debug_assert_eq!(n, yp.columns());
     debug_assert!(w.q.len() >= w.rows * w.k && w.scale.len() >= w.rows && w.sum.len() >= w.rows);
     debug_assert!(epi.bias.is_none_or(|b| b.len() >= w.rows));
-    let extent = |p: &Planes, rows: usize| {
-        (p.images - 1) * p.image_stride + (rows - 1) * p.row_stride + p.cols
-    };
-    assert!(n == 0 || (x.len() >= extent(&xp, w.k) && y.len() >= extent(&yp, w.rows)));
-    if n == 0 || w.rows == 0 {
+    let layout_ok = |p: &Planes| !p.is_transposed() || (p.images == 1 && p.row_stride == 1);
+    assert!(layout_ok(&xp) && layout_ok(&yp));
+    if n == 0 || w.rows == 0 || w.k == 0 {
         return;
     }
+    assert!(x.len() >= xp.extent(w.k) && y.len() >= yp.extent(w.rows));
     let panels = n.div_ceil(NR);
     let out = OutPtr(y.as_mut_ptr());
     let mut runs = [(); threads::MAX_PARTS];
@@ -179,13 +208,25 @@ fn pack<'s>(
 ) -> Panel<'s> {
     let k4 = k.next_multiple_of(4);
     let packed = &mut packed[..k4 * NR];
-    let mut runs = xp.runs(j0, cols);
-    let first = runs.next().expect("a panel has a column");
     let mut panel = Panel {
         q: &[],
         step: [0.0; NR],
         offset: [0.0; NR],
     };
+    if xp.is_transposed() {
+        quantize_rows_of(
+            &x[j0 * xp.col_stride..],
+            xp.col_stride,
+            k,
+            cols,
+            packed,
+            &mut panel,
+        );
+        panel.q = packed;
+        return panel;
+    }
+    let mut runs = xp.runs(j0, cols);
+    let first = runs.next().expect("a panel has a column");
     if first.2 == NR {
         quantize(&x[first.0..], xp.row_stride, k, packed, &mut panel);
     } else {
@@ -230,6 +271,37 @@ fn quantize(src: &[f32], stride: usize, k: usize, q: &mut [u8], panel: &mut Pane
             q[(g * NR + j) * 4 + t] = ((v - lo[j]) * inv[j]).round_ties_even() as u8;
         }
     }
+}
+
+/// [`quantize`] for `cols` ≤ NR columns that are each `k` contiguous floats, `stride` apart
+/// (the rows of a row-major matrix read transposed); the panel's other columns are zeros.
+fn quantize_rows_of(
+    src: &[f32],
+    stride: usize,
+    k: usize,
+    cols: usize,
+    q: &mut [u8],
+    panel: &mut Panel,
+) {
+    q.fill(0);
+    (panel.step, panel.offset) = ([0.0; NR], [0.0; NR]);
+    for j in 0..cols {
+        (panel.step[j], panel.offset[j]) = quantize_column(&src[j * stride..][..k], j, q);
+    }
+}
+
+/// Column `j` of a panel from its `k` values, contiguous in `col`: its step and offset.
+fn quantize_column(col: &[f32], j: usize, q: &mut [u8]) -> (f32, f32) {
+    crate::kernels::simd::dispatch_vnni!(unsafe { vnni::quantize_column(col, j, q) });
+    let (mut lo, mut hi, mut nan) = (f32::INFINITY, f32::NEG_INFINITY, false);
+    for &v in col {
+        (lo, hi, nan) = (lo.min(v), hi.max(v), nan | v.is_nan());
+    }
+    let (step, inv) = steps(lo, hi, nan);
+    for (r, &v) in col.iter().enumerate() {
+        q[((r / 4) * NR + j) * 4 + r % 4] = ((v - lo) * inv).round_ties_even() as u8;
+    }
+    (step, lo)
 }
 
 /// A column's step and its inverse from its range: 255 steps span it. A constant column
@@ -282,9 +354,14 @@ unsafe fn multiply(
     epi: Epilogue,
 ) {
     let mut rows_out = [[0.0f32; NR]; MR];
-    let first = yp.runs(j0, cols).next().expect("a panel has a column");
-    // A whole panel of one image is stored in place; a ragged one through `rows_out`.
-    let direct = (first.2 == NR).then_some(first.0);
+    // A whole panel of one image is stored in place; a ragged or transposed one through
+    // `rows_out`.
+    let direct = match yp.is_transposed() {
+        true => None,
+        false => Some(yp.runs(j0, cols).next().expect("a panel has a column"))
+            .filter(|run| run.2 == NR)
+            .map(|run| run.0),
+    };
     for i0 in (0..w.rows).step_by(MR) {
         let rows = MR.min(w.rows - i0);
         let a = &w.q[i0 * w.k..(i0 + rows) * w.k];
@@ -302,7 +379,15 @@ unsafe fn multiply(
         };
         // SAFETY: `out` has `rows` rows of NR floats, `stride` apart (above).
         unsafe { tile(a, w.k, rows, panel, &dq, out, stride) };
-        if direct.is_none() {
+        if yp.is_transposed() {
+            for (j, col) in (j0..j0 + cols).enumerate() {
+                for (r, row) in rows_out[..rows].iter().enumerate() {
+                    // SAFETY: output (i0 + r, col) is inside `y` and this call's alone (the
+                    // function's contract).
+                    unsafe { *y.0.add(col * yp.col_stride + i0 + r) = row[j] };
+                }
+            }
+        } else if direct.is_none() {
             for (at, slot, len) in yp.runs(j0, cols) {
                 for (r, row) in rows_out[..rows].iter().enumerate() {
                     // SAFETY: as above, for this run's columns.

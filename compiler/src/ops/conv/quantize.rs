@@ -8,16 +8,18 @@
 //! 1×1 stages become int8 stages. Each int8 weight is followed by its quantization, a
 //! (2, c_out) constant: each output channel's step, then the sum of its float weights.
 
-use crate::ir::{Data, Graph, NodeOp, Tensor, TensorId};
+use crate::ir::{Graph, NodeOp, TensorId};
+use crate::ops::int8;
 use actc_runtime::ops::{self as rt, Kind};
-use actc_runtime::planning::{conv_geom, int8_conv_fits, quantize_weight_rows};
+use actc_runtime::planning::{conv_geom, int8_conv_fits};
 
 pub fn quantize(graph: &mut Graph) {
     for n in graph.topo_order() {
         let node = &graph.nodes[n];
         let dims = |i: usize| graph.tensor(node.inputs[i]).dims();
         let fits = |c: &rt::Conv, x: usize, w: usize| {
-            constant(graph, node.inputs[w]) && int8_conv_fits(&conv_geom(c, &dims(x), &dims(w)))
+            int8::float_constant(graph, node.inputs[w]).is_some()
+                && int8_conv_fits(&conv_geom(c, &dims(x), &dims(w)))
         };
         match node.op.clone() {
             NodeOp::Kernel(Kind::Conv(conv)) if fits(&conv, 0, 1) => {
@@ -48,7 +50,11 @@ pub fn quantize(graph: &mut Graph) {
                     x = [g.n, g.c_out, g.out_h(), g.out_w()]
                         .map(|d| d as u64)
                         .to_vec();
-                    if !stage.int8 && g.is_pointwise() && int8_conv_fits(&g) && constant(graph, w) {
+                    if !stage.int8
+                        && g.is_pointwise()
+                        && int8_conv_fits(&g)
+                        && int8::float_constant(graph, w).is_some()
+                    {
                         let (q, params) = quantized(graph, w);
                         inputs.splice(at..=at, [q, params]);
                         stage.int8 = true;
@@ -65,11 +71,6 @@ pub fn quantize(graph: &mut Graph) {
     }
 }
 
-/// Whether `t` is a float constant (a weight the prefix does not compute).
-fn constant(graph: &Graph, t: TensorId) -> bool {
-    matches!(graph.tensor(t).data, Some(Data::F32(_)))
-}
-
 /// Node `n` (x, w, [bias]) as `kind`, reading x, its weight int8 and the quantization, [bias].
 fn replace(graph: &mut Graph, n: petgraph::stable_graph::NodeIndex, kind: Kind) {
     let mut inputs = graph.nodes[n].inputs.clone();
@@ -79,24 +80,10 @@ fn replace(graph: &mut Graph, n: petgraph::stable_graph::NodeIndex, kind: Kind) 
     graph.set_inputs(n, inputs);
 }
 
-/// Constants for float weight `w` (c_out, …): its int8 values in its shape, and its
-/// quantization (2, c_out).
+/// Constants for float weight `w` (c_out, …): its int8 values and its quantization.
 fn quantized(graph: &mut Graph, w: TensorId) -> (TensorId, TensorId) {
     let t = graph.tensor(w);
     let (name, shape) = (t.name.clone(), t.shape.clone());
-    let values = t.data.as_ref().map(Data::as_f32).unwrap_or_default();
-    let rows = shape[0];
-    let (q, scale, sum) = quantize_weight_rows(&values, rows, values.len() / rows.max(1));
-    let params: Vec<f32> = scale.into_iter().chain(sum).collect();
-    let q = graph.add_tensor(Tensor::constant(
-        format!("{name}.int8"),
-        shape,
-        Data::I8(q.into()),
-    ));
-    let params = graph.add_tensor(Tensor::constant(
-        format!("{name}.int8_steps_sums"),
-        vec![2, rows],
-        Data::F32(params.into()),
-    ));
-    (q, params)
+    let values = int8::float_constant(graph, w).expect("checked by the caller");
+    int8::constants(graph, &name, shape, &values)
 }

@@ -29,6 +29,7 @@ fn planes(images: usize, rows: usize, cols: usize) -> Planes {
         cols,
         image_stride: rows * cols,
         row_stride: cols,
+        col_stride: 1,
     }
 }
 
@@ -192,6 +193,64 @@ fn a_constant_column_is_exact_and_a_nan_stays_in_its_column() {
                     .enumerate()
                     .all(|(j, v)| j == 9 || v.is_finite())
             );
+        }
+    }
+}
+
+/// A row-major X (tokens × k) times a weight, as `(Wᵀ·Xᵀ)ᵀ` with both read and written
+/// transposed: each token quantized over its own features, on both paths.
+#[test]
+fn transposed_operands_give_the_row_major_product() {
+    for (i, &(tokens, k, n)) in [(37, 64, 24), (16, 13, 9), (3, 200, 40)].iter().enumerate() {
+        let mut rng = Lcg::new(20 + i as u64);
+        let (x, w) = (rng.vec(tokens * k), rng.vec(k * n));
+        let bias = rng.vec(n);
+        // Wᵀ, n rows of k: what the compiler stores for a MatMul's (k, n) weight.
+        let wt: Vec<f32> = (0..n * k).map(|e| w[(e % k) * n + e / k]).collect();
+        let (q, scale, sum) = quantize_rows(&wt, n, k);
+        let qw = QWeights {
+            q: &q,
+            scale: &scale,
+            sum: &sum,
+            rows: n,
+            k,
+        };
+        let mut want = vec![0.0; tokens * n];
+        sgemm(
+            tokens,
+            n,
+            k,
+            1.0,
+            &x,
+            (k, 1),
+            &w,
+            (n, 1),
+            0.0,
+            &mut want,
+            (n, 1),
+        );
+        want.iter_mut()
+            .enumerate()
+            .for_each(|(e, v)| *v += bias[e % n]);
+        let tol = bound(k, &w, &x) * 1.5;
+        for portable in [false, true] {
+            PORTABLE.set(portable);
+            let mut got = vec![f32::NAN; tokens * n];
+            let epi = Epilogue {
+                bias: Some(&bias),
+                clip: None,
+            };
+            // The portable paths on this thread alone (the flag is per thread).
+            let parts = if portable { 1 } else { 2 };
+            let (xp, yp) = (Planes::transposed(tokens, k), Planes::transposed(tokens, n));
+            qgemm(&qw, &x, xp, &mut got, yp, epi, parts);
+            PORTABLE.set(false);
+            for (e, (g, f)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - f).abs() <= tol,
+                    "{tokens}x{k}·{k}x{n} [{e}]: {g} vs {f} (portable {portable})"
+                );
+            }
         }
     }
 }

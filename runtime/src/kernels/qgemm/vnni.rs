@@ -190,3 +190,58 @@ pub(super) unsafe fn quantize(
         }
     }
 }
+
+/// [`super::quantize_column`] with AVX2 and AVX512-VL's narrowing moves: the same integers.
+///
+/// # Safety
+/// As [`tile`]; `q` is a panel for `col.len()` depths and `j` < NR.
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+pub(super) unsafe fn quantize_column(col: &[f32], j: usize, q: &mut [u8]) -> (f32, f32) {
+    let k = col.len();
+    assert!(j < NR && q.len() >= k.next_multiple_of(4) * NR);
+    let whole = k / 8 * 8;
+    let (mut lo, mut hi) = (
+        _mm256_set1_ps(f32::INFINITY),
+        _mm256_set1_ps(f32::NEG_INFINITY),
+    );
+    let mut nan = _mm256_setzero_ps();
+    for c in col[..whole].chunks_exact(8) {
+        // SAFETY: 8 floats.
+        let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        lo = _mm256_min_ps(lo, x);
+        hi = _mm256_max_ps(hi, x);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    }
+    let (mut los, mut his, mut nans) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+    // SAFETY: 8 floats each.
+    unsafe {
+        _mm256_storeu_ps(los.as_mut_ptr(), lo);
+        _mm256_storeu_ps(his.as_mut_ptr(), hi);
+        _mm256_storeu_ps(nans.as_mut_ptr(), nan);
+    }
+    let (mut l, mut h) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut bad = nans.iter().any(|v| v.to_bits() != 0);
+    for (&a, &b) in los
+        .iter()
+        .zip(&his)
+        .chain(col[whole..].iter().map(|v| (v, v)))
+    {
+        (l, h, bad) = (l.min(a), h.max(b), bad | a.is_nan() | b.is_nan());
+    }
+    let (step, inv) = steps(l, h, bad);
+    let (lv, iv) = (_mm256_set1_ps(l), _mm256_set1_ps(inv));
+    let word = |g: usize| (g * NR + j) * 4;
+    for (g2, c) in col[..whole].chunks_exact(8).enumerate() {
+        // SAFETY: 8 floats.
+        let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        let levels = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, lv), iv));
+        // Eight levels in [0, 255] as eight bytes: depths 8g2..8g2 + 4 and 8g2 + 4..8g2 + 8.
+        let bytes = _mm_cvtsi128_si64(_mm256_cvtepi32_epi8(levels)) as u64;
+        q[word(2 * g2)..][..4].copy_from_slice(&(bytes as u32).to_le_bytes());
+        q[word(2 * g2 + 1)..][..4].copy_from_slice(&((bytes >> 32) as u32).to_le_bytes());
+    }
+    for (r, &v) in col.iter().enumerate().skip(whole) {
+        q[word(r / 4) + r % 4] = ((v - l) * inv).round_ties_even() as u8;
+    }
+    (step, l)
+}
