@@ -474,8 +474,11 @@ def actc_part(args, work: Path, results: dict) -> None:
             if setting != "layers4_frozen_layerscale"]  # its flags are layers4's
     for setting, compress in runs:
         flags = ["--layers", "4"] if setting == "layers4" else ["--blocks", "1"]
-        if compress != "none":
-            spec, _, budget = compress.partition("@")
+        method_spec, int8, _ = compress.partition("+int8")
+        if int8:
+            flags += ["--prefix-precision", "int8"]
+        if method_spec != "none":
+            spec, _, budget = method_spec.partition("@")
             spec, _, eps = spec.partition(":")
             method, _, rule = spec.partition("/")
             flags += ["--compress", method] + (["--rank-rule", rule] if rule else []) + \
@@ -483,7 +486,7 @@ def actc_part(args, work: Path, results: dict) -> None:
             if budget:
                 flags += ["--budget", budget, "--calibration", str(DATA)]
         name = setting if compress == "none" else \
-            f"{setting}-{compress.replace(':', '').replace('@', '-').replace('/', '-')}"
+            f"{setting}-{compress.replace(':', '').replace('@', '-').replace('/', '-').replace('+', '-')}"
         plan = work / f"actc-{name}.actc"
         cmd = [actc, "compile", str(MODEL), *flags, "--input-shape",
                f"{BATCH}x3x{SIZE}x{SIZE}", "--momentum", "0.9", "--lr", str(args.lr),
@@ -596,10 +599,11 @@ def main():
     ap.add_argument("--only", nargs="*", default=PARTS, choices=PARTS)
     ap.add_argument("--settings", nargs="*", default=SETTINGS, choices=SETTINGS)
     ap.add_argument("--compress", nargs="*", default=["none"],
-                    metavar="METHOD[/RULE][:EPS][@BUDGET]",
+                    metavar="METHOD[/RULE][:EPS][@BUDGET][+int8]",
                     help="actc rows: none, or --compress METHOD with --rank-rule RULE and "
                          "--eps EPS (hosvd/eps:0.9), or with --budget BUDGET calibrated on the "
-                         "training data (hosvd@480K)")
+                         "training data (hosvd@480K); +int8 adds --prefix-precision int8 "
+                         "(none+int8)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)

@@ -3,7 +3,8 @@
 //!
 //! 1×1 stride-1 unpadded convs read the input planes where they lie, the whole batch's
 //! pixels as the columns of one product, so a 7×7 map's 49 pixels do not leave a panel
-//! mostly empty; other convs im2col one image at a time.
+//! mostly empty (over 1×1 maps the batch is a row-major matrix, read transposed); other
+//! convs im2col one image at a time.
 
 use super::conv::{Conv2dGeom, im2col};
 use super::direct;
@@ -46,12 +47,16 @@ pub fn forward(
     // An int8 multiply-add costs about a quarter of a float one.
     let parts = |images: usize| threads::parts_for(images * g.c_out * g.col_rows() * p / 4);
     if g.is_pointwise() {
-        let planes = |rows: usize, cols: usize| Planes {
-            images: g.n,
-            cols,
-            image_stride: rows * cols,
-            row_stride: cols,
-            col_stride: 1,
+        let planes = |rows: usize, cols: usize| match cols {
+            // 1×1 maps: the batch is a row-major (images, channels) matrix, read transposed.
+            1 => Planes::transposed(g.n, rows),
+            _ => Planes {
+                images: g.n,
+                cols,
+                image_stride: rows * cols,
+                row_stride: cols,
+                col_stride: 1,
+            },
         };
         qgemm(
             w,
@@ -90,13 +95,16 @@ mod tests {
     use crate::kernels::testutil::Lcg;
 
     /// The int8 conv against the float one with the same weights, relative to the output's
-    /// size: 1×1 over a batch of small maps, a padded strided 3×3, with and without clip.
+    /// size: 1×1 over a batch of small maps and of 1×1 maps, a padded strided 3×3, with and
+    /// without clip.
     #[test]
     fn follows_the_float_conv() {
         for (n, c_in, h, c_out, k, stride, pad, clip) in [
             (3, 24, 7, 40, 1, 1, 0, None),
             (2, 16, 9, 12, 3, 2, 1, Some((0.0, 6.0))),
             (1, 5, 6, 7, 3, 1, 1, None),
+            // 1×1 maps: the batch read as a transposed matrix.
+            (5, 40, 1, 24, 1, 1, 0, None),
         ] {
             let g = Conv2dGeom {
                 n,

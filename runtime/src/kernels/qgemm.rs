@@ -168,6 +168,7 @@ pub fn qgemm(
     assert!(x.len() >= xp.extent(w.k) && y.len() >= yp.extent(w.rows));
     let panels = n.div_ceil(NR);
     let out = OutPtr(y.as_mut_ptr());
+    // The runs are indices alone: run `i` takes panels `i·per..`.
     let mut runs = [(); threads::MAX_PARTS];
     let parts = parts.clamp(1, panels.min(threads::MAX_PARTS));
     let per = panels.div_ceil(parts);
@@ -214,7 +215,7 @@ fn pack<'s>(
         offset: [0.0; NR],
     };
     if xp.is_transposed() {
-        quantize_rows_of(
+        quantize_transposed(
             &x[j0 * xp.col_stride..],
             xp.col_stride,
             k,
@@ -235,13 +236,32 @@ fn pack<'s>(
         staged.fill(0.0);
         for (at, slot, len) in std::iter::once(first).chain(runs) {
             for (r, row) in staged.chunks_exact_mut(NR).enumerate() {
-                row[slot..slot + len].copy_from_slice(&x[at + r * xp.row_stride..][..len]);
+                copy_run(&mut row[slot..slot + len], &x[at + r * xp.row_stride..]);
             }
         }
         quantize(staged, NR, k, packed, &mut panel);
     }
     panel.q = packed;
     panel
+}
+
+/// `dst` from the start of `src`. The runs of a small map's panel are a few floats each
+/// (2×2 maps: 4), and a `memmove` call per run cost more than the panel's products.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+        let src: &[f32; N] = src[..N].try_into().expect("N floats");
+        <&mut [f32; N]>::try_from(dst)
+            .expect("N floats")
+            .copy_from_slice(src);
+    }
+    match dst.len() {
+        1 => dst[0] = src[0],
+        2 => fixed::<2>(dst, src),
+        4 => fixed::<4>(dst, src),
+        8 => fixed::<8>(dst, src),
+        n => dst.copy_from_slice(&src[..n]),
+    }
 }
 
 /// Each of NR columns of `k` rows (`src[r·stride + j]`) quantized over its own range into
@@ -275,7 +295,7 @@ fn quantize(src: &[f32], stride: usize, k: usize, q: &mut [u8], panel: &mut Pane
 
 /// [`quantize`] for `cols` ≤ NR columns that are each `k` contiguous floats, `stride` apart
 /// (the rows of a row-major matrix read transposed); the panel's other columns are zeros.
-fn quantize_rows_of(
+fn quantize_transposed(
     src: &[f32],
     stride: usize,
     k: usize,
@@ -394,7 +414,7 @@ unsafe fn multiply(
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(y.0.add(at + (i0 + r) * yp.row_stride), len)
                     };
-                    dst.copy_from_slice(&row[slot..slot + len]);
+                    copy_run(dst, &row[slot..]);
                 }
             }
         }
