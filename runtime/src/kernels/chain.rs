@@ -391,32 +391,7 @@ mod tests {
     use super::*;
     use crate::kernels::testutil::Lcg;
 
-    #[allow(clippy::too_many_arguments)]
-    fn geom(
-        n: usize,
-        c_in: usize,
-        h: usize,
-        w: usize,
-        c_out: usize,
-        k: usize,
-        s: usize,
-        groups: usize,
-    ) -> Conv2dGeom {
-        let p = k / 2;
-        Conv2dGeom {
-            n,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: [s, s],
-            pad: [p; 4],
-            dilation: [1, 1],
-            groups,
-        }
-    }
+    use crate::kernels::testutil::square_conv as geom;
 
     /// The next stage's geometry: reads `g`'s output.
     fn then(g: &Conv2dGeom, c_out: usize, k: usize, s: usize, depthwise: bool) -> Conv2dGeom {

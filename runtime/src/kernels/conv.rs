@@ -1193,18 +1193,8 @@ mod bench {
     #[ignore = "a benchmark: run in release with --ignored --nocapture"]
     fn bench() {
         use std::time::{Duration, Instant};
-        let conv = |n, c_in, hw, c_out, k: usize, s, groups| Conv2dGeom {
-            n,
-            c_in,
-            h: hw,
-            w: hw,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: [s, s],
-            pad: [k / 2; 4],
-            dilation: [1, 1],
-            groups,
+        let conv = |n, c_in, hw, c_out, k, s, groups| {
+            crate::kernels::testutil::square_conv(n, c_in, hw, hw, c_out, k, s, groups)
         };
         let shapes = [
             ("first conv 224", conv(1, 3, 224, 32, 3, 2, 1)),

@@ -92,33 +92,21 @@ mod tests {
     use super::*;
     use crate::kernels::conv;
     use crate::kernels::qgemm::quantize_rows;
-    use crate::kernels::testutil::Lcg;
+    use crate::kernels::testutil::{Lcg, square_conv};
 
     /// The int8 conv against the float one with the same weights, relative to the output's
     /// size: 1×1 over a batch of small maps and of 1×1 maps, a padded strided 3×3, with and
     /// without clip.
     #[test]
     fn follows_the_float_conv() {
-        for (n, c_in, h, c_out, k, stride, pad, clip) in [
-            (3, 24, 7, 40, 1, 1, 0, None),
-            (2, 16, 9, 12, 3, 2, 1, Some((0.0, 6.0))),
-            (1, 5, 6, 7, 3, 1, 1, None),
+        for (n, c_in, h, c_out, k, stride, clip) in [
+            (3, 24, 7, 40, 1, 1, None),
+            (2, 16, 9, 12, 3, 2, Some((0.0, 6.0))),
+            (1, 5, 6, 7, 3, 1, None),
             // 1×1 maps: the batch read as a transposed matrix.
-            (5, 40, 1, 24, 1, 1, 0, None),
+            (5, 40, 1, 24, 1, 1, None),
         ] {
-            let g = Conv2dGeom {
-                n,
-                c_in,
-                h,
-                w: h,
-                c_out,
-                kh: k,
-                kw: k,
-                stride: [stride, stride],
-                pad: [pad; 4],
-                dilation: [1, 1],
-                groups: 1,
-            };
+            let g = square_conv(n, c_in, h, h, c_out, k, stride, 1);
             let mut rng = Lcg::new(n as u64);
             let (x, w, bias) = (
                 rng.vec(g.input_len()),

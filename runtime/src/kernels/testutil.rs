@@ -126,6 +126,33 @@ pub fn check_grad(what: &str, x: &[f32], analytic: &[f32], mut loss: impl FnMut(
     }
 }
 
+/// A conv of `k`×`k` taps padded by `k / 2` on every side (a "same" conv at stride 1).
+#[allow(clippy::too_many_arguments)]
+pub fn square_conv(
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    groups: usize,
+) -> crate::kernels::geometry::Conv2dGeom {
+    crate::kernels::geometry::Conv2dGeom {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride: [stride, stride],
+        pad: [k / 2; 4],
+        dilation: [1, 1],
+        groups,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
