@@ -26,6 +26,7 @@ pub mod exec;
 pub mod kernels;
 pub mod ops;
 pub mod optim;
+pub mod pacer;
 pub mod plan;
 pub mod planning;
 pub mod prefix;

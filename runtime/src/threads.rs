@@ -22,6 +22,15 @@ use std::time::{Duration, Instant};
 /// Threads the kernels use, the caller's included; 0 until set or first read.
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
+/// Most threads a loop takes part in for now (0: all of them): the choice of a
+/// [`crate::pacer::Pacer`], which may find one thread faster on a busy device.
+static CAP: AtomicUsize = AtomicUsize::new(0);
+
+/// Limits the threads each parallel loop takes part in to `n` (0: no limit) until set again.
+pub(crate) fn cap(n: usize) {
+    CAP.store(n, Ordering::Relaxed);
+}
+
 /// Sets how many threads the kernels use (at least 1). Call it before training; a pool
 /// already started with fewer workers keeps its size.
 pub fn set_threads(n: usize) {
@@ -45,7 +54,11 @@ pub fn threads() -> usize {
 /// handed to exactly one call, so `f` may write through it.
 pub fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
     let parts = items.len();
-    let threads = threads().min(parts);
+    let threads = match CAP.load(Ordering::Relaxed) {
+        0 => threads(),
+        cap => cap.min(threads()),
+    }
+    .min(parts);
     if threads <= 1 || IN_POOL.get() {
         for (i, item) in items.iter_mut().enumerate() {
             f(i, item);

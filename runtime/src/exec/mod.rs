@@ -45,6 +45,8 @@ pub struct Executor {
     paper_total: Tally,
     /// Sequential freezing's turns, when the plan has them.
     turns: Option<turns::Turns>,
+    /// All threads or one, whichever runs a step (with the prefix of the next) faster.
+    pacer: crate::pacer::Pacer,
 }
 
 /// What one compression step kept over the training steps since the last reset: the ranks
@@ -198,6 +200,7 @@ impl Executor {
             compression,
             paper_total: Tally::default(),
             turns,
+            pacer: crate::pacer::Pacer::default(),
         })
     }
 
@@ -310,6 +313,7 @@ impl Executor {
         };
         let turn = self.turn();
         self.updates += 1;
+        self.pacer.tick();
         let steps = self.plan.prefix_steps as usize..self.plan.steps.len();
         let (loss, paper_total) = self.run_steps(steps, turn, &ctx, observe, seconds);
         if !self.compression.is_empty() {
