@@ -47,14 +47,12 @@ fn load_plan_structure(path: &Path) -> Result<Plan> {
 }
 
 pub fn load_plan(path: &Path) -> Result<Plan> {
-    let plan = Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))?;
-    warn_if_int8_is_slow(&plan, path);
-    Ok(plan)
+    Plan::load(path).map_err(|e| err!("{}: {e}", path.display()))
 }
 
 /// Says so when a plan's int8 prefix will run on portable code here (no 8-bit dot products
 /// on this CPU): slower than the f32 prefix it replaced.
-pub fn warn_if_int8_is_slow(plan: &Plan, path: &Path) {
+fn warn_if_int8_is_slow(plan: &Plan, path: &Path) {
     if plan.has_int8() && !actc_runtime::kernels::qgemm::accelerated() {
         eprintln!(
             "warning: {}: its frozen prefix is int8, and this CPU has no 8-bit dot products (AVX512-VNNI): it runs on portable code, slower than an f32 prefix; compile without --prefix-precision int8 for this machine",
@@ -534,6 +532,7 @@ fn start_or_resume(
     }
     let opened = if resuming { last } else { plan_path };
     let (mut plan, file) = Plan::open(opened).map_err(|e| err!("{}: {e}", opened.display()))?;
+    warn_if_int8_is_slow(&plan, opened);
     let progress = match resuming {
         true => resume_point(last, plan.progress.take(), &run)?,
         false => Progress {
