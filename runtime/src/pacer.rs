@@ -66,7 +66,7 @@ impl Pacer {
     /// A step starts: the last one (since the previous call) is timed, and the loops until
     /// the next call take part on as many threads as this step's turn says.
     pub fn tick(&mut self) {
-        if threads::threads() <= 1 {
+        if threads::configured() <= 1 {
             return;
         }
         let now = Instant::now();

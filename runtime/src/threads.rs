@@ -37,8 +37,18 @@ pub fn set_threads(n: usize) {
     THREADS.store(n.max(1), Ordering::Relaxed);
 }
 
-/// Threads the kernels use: what [`set_threads`] said, else every core.
+/// Threads the kernels use now: [`configured`], or fewer while a [`cap`] holds. The
+/// kernels size their parts by it, so under a cap of one they take their one-thread paths,
+/// as with `--threads 1`.
 pub fn threads() -> usize {
+    match CAP.load(Ordering::Relaxed) {
+        0 => configured(),
+        cap => cap.min(configured()),
+    }
+}
+
+/// What [`set_threads`] said, else every core.
+pub(crate) fn configured() -> usize {
     match THREADS.load(Ordering::Relaxed) {
         0 => {
             let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -54,11 +64,7 @@ pub fn threads() -> usize {
 /// handed to exactly one call, so `f` may write through it.
 pub fn for_each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync) {
     let parts = items.len();
-    let threads = match CAP.load(Ordering::Relaxed) {
-        0 => threads(),
-        cap => cap.min(threads()),
-    }
-    .min(parts);
+    let threads = threads().min(parts);
     if threads <= 1 || IN_POOL.get() {
         for (i, item) in items.iter_mut().enumerate() {
             f(i, item);
@@ -181,7 +187,7 @@ struct Pool {
 fn pool(threads: usize) -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let workers = threads.max(self::threads()).saturating_sub(1);
+        let workers = threads.max(configured()).saturating_sub(1);
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             workers,
             job: Mutex::new((0, None)),
