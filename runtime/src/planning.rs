@@ -15,7 +15,7 @@ pub use crate::exec::geom::conv as conv_geom;
 
 /// f32s of scratch a step needs, from its op and its inputs' and outputs' shapes: the
 /// size of the step's workspace buffer.
-pub use crate::exec::geom::workspace_len as step_workspace_len;
+pub use crate::exec::workspace_len as step_workspace_len;
 
 /// Whether a conv can be a stage of a fused chain (`first`: the chain's first stage).
 pub use crate::kernels::chain::stage_fits as chain_stage_fits;

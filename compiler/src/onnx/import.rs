@@ -447,7 +447,7 @@ fn import_node(
 }
 
 /// The outputs of a node whose inputs are all constant and whose op actc's folder does not
-/// evaluate (DINOv2's cubic Resize of its position embedding), computed by tract on a model
+/// evaluate (DINOv2's cubic resampling of its position embedding), computed by tract on a model
 /// of that one node; `None` when it is not such a node or tract cannot run it (it then stays
 /// a node of the graph).
 fn fold_by_tract(

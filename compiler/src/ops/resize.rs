@@ -362,7 +362,7 @@ mod tests {
     use super::*;
     use crate::onnx::proto::NodeProto;
     use crate::ops::{Arg, OnnxNode};
-    use actc_runtime::exec::geom::resize_fit;
+    use actc_runtime::kernels::resize::fit as resize_fit;
     use actc_runtime::kernels::resize::forward;
 
     fn arg(shape: &[usize], data: Option<Data>) -> Arg {

@@ -1,7 +1,7 @@
 //! `select`: which layers train, the trainable suffix, the frozen prefix, and the boundary
 //! tensors between them (DESIGN §3).
 //!
-//! A layer is a `Conv` node (a `ConvTranspose` too), or, in a model with no conv or a
+//! A layer is a `Conv` node (a transposed conv too), or, in a model with no conv or a
 //! transformer (linear layers over tokens after its last conv), a `Gemm`/`MatMul` with a
 //! constant weight. `--layers N` trains the last N layers in topological order and every
 //! parameterized op after the first of them. The suffix is every node whose value depends on a trainable

@@ -1,12 +1,10 @@
-//! Kernel geometry from an op's attributes and its buffers' shapes, and the scratch each
-//! step needs: one rule shared by the planner (which sizes the scratch) and the executor.
+//! Kernel geometry from an op's attributes and its buffers' shapes: one rule shared by the
+//! planner and the executor (which also sizes each step's scratch from it, `step`).
 
 use crate::kernels::chain;
 use crate::kernels::geometry::Conv2dGeom;
 use crate::kernels::pool::Pool2dGeom;
-use crate::kernels::resize::{ResizeAxis, ResizeGeom};
-use crate::kernels::{conv, qconv};
-use crate::ops::{self, Kind};
+use crate::ops;
 
 /// A short list of sizes on the stack: shapes, permutations, axes, pads. Steps build these
 /// from the plan's fields on every run, and a step must not allocate.
@@ -228,100 +226,4 @@ pub fn pool_fit(p: &ops::Pool, x: &[u64]) -> Result<Pool2dGeom, String> {
         ));
     }
     Ok(g)
-}
-
-/// The geometry of a [`Kind::Resize`] (or its backward) from `x` to `y`, where the kernels
-/// can run it: both 4-D with the same N and C, non-empty, a mode, coordinate transform and
-/// nearest mode they know, and two finite positive scales.
-pub fn resize_fit(r: &ops::Resize, x: &[u64], y: &[u64]) -> Result<ResizeGeom, String> {
-    let bad = || format!("a resize from {x:?} to {y:?} with {r:?}");
-    let (&[n, c, hi, wi], &[n2, c2, ho, wo]) = (x, y) else {
-        return Err(bad());
-    };
-    let scale_ok = |s: f32| s.is_finite() && s > 0.0;
-    let &[sh, sw] = &r.scales[..] else {
-        return Err(bad());
-    };
-    let modes = (
-        ops::ResizeMode::try_from(r.mode),
-        ops::ResizeCoordinates::try_from(r.coordinates),
-        ops::NearestMode::try_from(r.nearest),
-    );
-    let (Ok(mode), Ok(coordinates), Ok(nearest)) = modes else {
-        return Err(bad());
-    };
-    let sizes = [n, c, hi, wi, ho, wo].map(|d| usize::try_from(d).ok());
-    let planes = sizes[0].zip(sizes[1]).and_then(|(n, c)| n.checked_mul(c));
-    let fits = n == n2
-        && c == c2
-        && [hi, wi, ho, wo].iter().all(|&d| d > 0)
-        && scale_ok(sh)
-        && scale_ok(sw)
-        && sizes.iter().all(Option::is_some)
-        && planes.is_some();
-    if !fits {
-        return Err(bad());
-    }
-    let axis = |len_in: u64, len_out: u64, scale: f32| ResizeAxis {
-        len_in: len_in as usize,
-        len_out: len_out as usize,
-        scale,
-    };
-    Ok(ResizeGeom {
-        planes: planes.unwrap_or(0),
-        h: axis(hi, ho, sh),
-        w: axis(wi, wo, sw),
-        mode,
-        coordinates,
-        nearest,
-    })
-}
-
-/// f32 elements of scratch a step needs, from its inputs' and outputs' shapes.
-pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usize {
-    match kind {
-        Kind::Conv(c) => conv::forward_workspace_len(&conv(c, inputs[0], inputs[1])),
-        Kind::ConvClip(cc) => cc.conv.as_ref().map_or(0, |c| {
-            let g = conv(c, inputs[0], inputs[1]);
-            if cc.int8 {
-                qconv::workspace_len(&g)
-            } else {
-                conv::forward_workspace_len(&g)
-            }
-        }),
-        // dy, w → dx
-        Kind::ConvBackwardData(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),
-        // x, dy → dw
-        Kind::ConvBackwardWeight(c) => conv::workspace_len(&conv(c, inputs[0], outputs[0])),
-        // x, w, [b] → y: the input gradient of the conv from y's shape to x's
-        Kind::ConvTranspose(c) => conv::workspace_len(&conv(c, outputs[0], inputs[1])),
-        // dy, w → dx: that conv's forward
-        Kind::ConvTransposeBackwardData(c) => {
-            conv::forward_workspace_len(&conv(c, inputs[0], inputs[1]))
-        }
-        // dy, x → dw: that conv's weight gradient, dy as its input
-        Kind::ConvTransposeBackwardWeight(c) => {
-            conv::workspace_len(&conv(c, inputs[0], outputs[0]))
-        }
-        // x or its compressed form, dy, w, [momentum]
-        Kind::ConvBackwardWeightSgd(cs) => match (&cs.conv, &cs.compressor) {
-            (Some(c), None) => conv::workspace_len(&conv(c, inputs[0], inputs[2])),
-            (Some(c), Some(compressor)) => compressor.conv_grad_workspace_len(c, inputs[2]),
-            (None, _) => 0,
-        },
-        Kind::ConvChain(cc) => chain(cc, |i| inputs.get(i).copied()).map_or(0, |ch| {
-            chain::workspace_len(ch.stages(), cc.rows as usize, cc.lanes as usize)
-        }),
-        Kind::Compress(c) => c.compress_workspace_len(),
-        Kind::Decompress(c) => c.decompress_workspace_len(),
-        // packed, dy → dw
-        Kind::ConvBackwardWeightCompressed(cc) => match (&cc.conv, &cc.compressor) {
-            (Some(conv), Some(c)) => c.conv_grad_workspace_len(conv, outputs[0]),
-            _ => 0,
-        },
-        Kind::LinearGradWCompressed(cl) => cl.compressor.as_ref().map_or(0, |c| {
-            c.linear_grad_workspace_len(*inputs[1].last().unwrap_or(&1) as usize)
-        }),
-        _ => 0,
-    }
 }

@@ -5,6 +5,7 @@ pub mod geom;
 pub mod lanes;
 mod memory;
 mod step;
+pub use step::workspace_len;
 mod turns;
 
 pub use memory::{Memory, View};

@@ -13,6 +13,55 @@ use crate::ops::{Kind, PoolBackward, PoolKind};
 use crate::optim;
 use crate::plan::{Buffer, DType, Plan, Step};
 
+/// f32 elements of scratch a step needs, from its inputs' and outputs' shapes.
+pub fn workspace_len(kind: &Kind, inputs: &[&[u64]], outputs: &[&[u64]]) -> usize {
+    match kind {
+        Kind::Conv(c) => conv::forward_workspace_len(&geom::conv(c, inputs[0], inputs[1])),
+        Kind::ConvClip(cc) => cc.conv.as_ref().map_or(0, |c| {
+            let g = geom::conv(c, inputs[0], inputs[1]);
+            if cc.int8 {
+                qconv::workspace_len(&g)
+            } else {
+                conv::forward_workspace_len(&g)
+            }
+        }),
+        // dy, w → dx
+        Kind::ConvBackwardData(c) => conv::workspace_len(&geom::conv(c, outputs[0], inputs[1])),
+        // x, dy → dw
+        Kind::ConvBackwardWeight(c) => conv::workspace_len(&geom::conv(c, inputs[0], outputs[0])),
+        // x, w, [b] → y: the input gradient of the conv from y's shape to x's
+        Kind::ConvTranspose(c) => conv::workspace_len(&geom::conv(c, outputs[0], inputs[1])),
+        // dy, w → dx: that conv's forward
+        Kind::ConvTransposeBackwardData(c) => {
+            conv::forward_workspace_len(&geom::conv(c, inputs[0], inputs[1]))
+        }
+        // dy, x → dw: that conv's weight gradient, dy as its input
+        Kind::ConvTransposeBackwardWeight(c) => {
+            conv::workspace_len(&geom::conv(c, inputs[0], outputs[0]))
+        }
+        // x or its compressed form, dy, w, [momentum]
+        Kind::ConvBackwardWeightSgd(cs) => match (&cs.conv, &cs.compressor) {
+            (Some(c), None) => conv::workspace_len(&geom::conv(c, inputs[0], inputs[2])),
+            (Some(c), Some(compressor)) => compressor.conv_grad_workspace_len(c, inputs[2]),
+            (None, _) => 0,
+        },
+        Kind::ConvChain(cc) => geom::chain(cc, |i| inputs.get(i).copied()).map_or(0, |ch| {
+            chain::workspace_len(ch.stages(), cc.rows as usize, cc.lanes as usize)
+        }),
+        Kind::Compress(c) => c.compress_workspace_len(),
+        Kind::Decompress(c) => c.decompress_workspace_len(),
+        // packed, dy → dw
+        Kind::ConvBackwardWeightCompressed(cc) => match (&cc.conv, &cc.compressor) {
+            (Some(conv), Some(c)) => c.conv_grad_workspace_len(conv, outputs[0]),
+            _ => 0,
+        },
+        Kind::LinearGradWCompressed(cl) => cl.compressor.as_ref().map_or(0, |c| {
+            c.linear_grad_workspace_len(*inputs[1].last().unwrap_or(&1) as usize)
+        }),
+        _ => 0,
+    }
+}
+
 /// What an update step needs beyond its buffers.
 pub struct UpdateCtx {
     pub lr: f32,
@@ -145,11 +194,11 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             conv::transpose_backward_weight(&g, x(1), x(0), y(0), ws());
         }
         Kind::Resize(r) => {
-            let g = geom::resize_fit(r, &bi(0).shape, &bo(0).shape).expect("checked with the plan");
+            let g = resize::fit(r, &bi(0).shape, &bo(0).shape).expect("checked with the plan");
             resize::forward(&g, x(0), y(0));
         }
         Kind::ResizeBackward(r) => {
-            let g = geom::resize_fit(r, &bo(0).shape, &bi(0).shape).expect("checked with the plan");
+            let g = resize::fit(r, &bo(0).shape, &bi(0).shape).expect("checked with the plan");
             resize::backward(&g, x(0), y(0));
         }
         Kind::BiasGrad(_) => {
@@ -555,11 +604,11 @@ pub fn check(plan: &Plan, step: &Step) -> Result<(), String> {
         }
         Kind::Resize(r) => {
             io.arity(1..=1, 1..=1)?;
-            geom::resize_fit(r, io.shape_i(0), io.shape_o(0)).map(|_| ())
+            resize::fit(r, io.shape_i(0), io.shape_o(0)).map(|_| ())
         }
         Kind::ResizeBackward(r) => {
             io.arity(1..=1, 1..=1)?;
-            geom::resize_fit(r, io.shape_o(0), io.shape_i(0)).map(|_| ())
+            resize::fit(r, io.shape_o(0), io.shape_i(0)).map(|_| ())
         }
         Kind::ConvBackwardWeightSgd(cs) => {
             // The arity, the optimizer and the compressed input are checked with the other

@@ -304,7 +304,6 @@ fn quantize_transposed(
     panel: &mut Panel,
 ) {
     q.fill(0);
-    (panel.step, panel.offset) = ([0.0; NR], [0.0; NR]);
     for j in 0..cols {
         (panel.step[j], panel.offset[j]) = quantize_column(&src[j * stride..][..k], j, q);
     }
@@ -434,7 +433,14 @@ unsafe fn tile(
     out: *mut f32,
     stride: usize,
 ) {
-    crate::kernels::simd::dispatch_vnni!(unsafe { vnni::tile(a, k, rows, panel, dq, out, stride) });
+    assert!((1..=MR).contains(&rows) && a.len() >= rows * k);
+    assert!(panel.q.len() >= k.next_multiple_of(4) * NR);
+    let fits = |v: &[f32]| v.len() >= rows;
+    assert!(fits(dq.scale) && fits(dq.sum) && dq.bias.is_none_or(fits));
+    // SAFETY: the extents are asserted above; `out` is the caller's to vouch for.
+    crate::kernels::simd::dispatch_vnni!(unsafe {
+        vnni::TILES[rows - 1](a, k, panel, dq, out, stride)
+    });
     let q = panel.q;
     for r in 0..rows {
         let mut acc = [0i32; NR];

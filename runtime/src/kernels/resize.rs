@@ -11,7 +11,7 @@
 //! indices land where onnxruntime's do. Planes (N·C of them) are independent and are shared
 //! out among the threads.
 
-use crate::ops::{NearestMode, ResizeCoordinates, ResizeMode};
+use crate::ops::{self, NearestMode, ResizeCoordinates, ResizeMode};
 use crate::threads;
 
 /// One resized axis: its lengths, and the scale the coordinate transform divides by.
@@ -208,6 +208,53 @@ fn plane_backward(g: &ResizeGeom, dy: &[f32], dx: &mut [f32]) {
             }
         }
     }
+}
+
+/// The geometry of a resize step (or its backward) from `x` to `y`, where the kernels
+/// can run it: both 4-D with the same N and C, non-empty, a mode, coordinate transform and
+/// nearest mode they know, and two finite positive scales.
+pub fn fit(r: &ops::Resize, x: &[u64], y: &[u64]) -> Result<ResizeGeom, String> {
+    let bad = || format!("a resize from {x:?} to {y:?} with {r:?}");
+    let (&[n, c, hi, wi], &[n2, c2, ho, wo]) = (x, y) else {
+        return Err(bad());
+    };
+    let scale_ok = |s: f32| s.is_finite() && s > 0.0;
+    let &[sh, sw] = &r.scales[..] else {
+        return Err(bad());
+    };
+    let modes = (
+        ops::ResizeMode::try_from(r.mode),
+        ops::ResizeCoordinates::try_from(r.coordinates),
+        ops::NearestMode::try_from(r.nearest),
+    );
+    let (Ok(mode), Ok(coordinates), Ok(nearest)) = modes else {
+        return Err(bad());
+    };
+    let sizes = [n, c, hi, wi, ho, wo].map(|d| usize::try_from(d).ok());
+    let planes = sizes[0].zip(sizes[1]).and_then(|(n, c)| n.checked_mul(c));
+    let fits = n == n2
+        && c == c2
+        && [hi, wi, ho, wo].iter().all(|&d| d > 0)
+        && scale_ok(sh)
+        && scale_ok(sw)
+        && sizes.iter().all(Option::is_some)
+        && planes.is_some();
+    if !fits {
+        return Err(bad());
+    }
+    let axis = |len_in: u64, len_out: u64, scale: f32| ResizeAxis {
+        len_in: len_in as usize,
+        len_out: len_out as usize,
+        scale,
+    };
+    Ok(ResizeGeom {
+        planes: planes.unwrap_or(0),
+        h: axis(hi, ho, sh),
+        w: axis(wi, wo, sw),
+        mode,
+        coordinates,
+        nearest,
+    })
 }
 
 #[cfg(test)]

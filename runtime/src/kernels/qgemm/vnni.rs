@@ -7,8 +7,13 @@ use std::arch::x86_64::*;
 
 type Tile = unsafe fn(&[i8], usize, &Panel, &Dequant, *mut f32, usize);
 
-/// Indexed by rows − 1: an edge tile computes only the rows it stores.
-const TILES: [Tile; MR] = [
+/// [`super::tile`] with VNNI, indexed by rows − 1: an edge tile computes only the rows it
+/// stores.
+///
+/// # Safety
+/// The CPU must have AVX2, AVX512-VL and AVX512-VNNI (`simd::has_vnni`); the arguments as
+/// [`super::tile`] checks them.
+pub(super) const TILES: [Tile; MR] = [
     tile_of::<1>,
     tile_of::<2>,
     tile_of::<3>,
@@ -19,30 +24,8 @@ const TILES: [Tile; MR] = [
     tile_of::<8>,
 ];
 
-/// [`super::tile`] with VNNI.
-///
 /// # Safety
-/// The CPU must have AVX2, AVX512-VL and AVX512-VNNI (`simd::has_vnni`); `out` as
-/// [`super::tile`] says.
-pub(super) unsafe fn tile(
-    a: &[i8],
-    k: usize,
-    rows: usize,
-    panel: &Panel,
-    dq: &Dequant,
-    out: *mut f32,
-    stride: usize,
-) {
-    assert!(a.len() >= rows * k && panel.q.len() >= k.next_multiple_of(4) * NR);
-    assert!(
-        dq.scale.len() >= rows && dq.sum.len() >= rows && dq.bias.is_none_or(|b| b.len() >= rows)
-    );
-    // SAFETY: passed on from the caller; the extents are asserted above.
-    unsafe { TILES[rows - 1](a, k, panel, dq, out, stride) }
-}
-
-/// # Safety
-/// As [`tile`], with `R` rows.
+/// As [`TILES`], with `R` rows.
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
 unsafe fn tile_of<const R: usize>(
     a: &[i8],
@@ -115,7 +98,7 @@ unsafe fn tile_of<const R: usize>(
 /// [`super::quantize`] with AVX2 (VNNI's machines have it): the same integers.
 ///
 /// # Safety
-/// As [`tile`]; `src` holds `k` rows of NR floats, `stride` apart, and `q` the panel.
+/// As [`TILES`]; `src` holds `k` rows of NR floats, `stride` apart, and `q` the panel.
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn quantize(
     src: &[f32],
@@ -194,7 +177,7 @@ pub(super) unsafe fn quantize(
 /// [`super::quantize_column`] with AVX2 and AVX512-VL's narrowing moves: the same integers.
 ///
 /// # Safety
-/// As [`tile`]; `q` is a panel for `col.len()` depths and `j` < NR.
+/// As [`TILES`]; `q` is a panel for `col.len()` depths and `j` < NR.
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
 pub(super) unsafe fn quantize_column(col: &[f32], j: usize, q: &mut [u8]) -> (f32, f32) {
     let k = col.len();
