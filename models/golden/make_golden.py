@@ -646,7 +646,7 @@ def case_input(shape):
 
 # A gradient that is zero in exact arithmetic (a key's bias: softmax ignores a shift shared by
 # all keys) is rounding noise: relative differences use at least this share of the case's
-# largest gradient as the scale (tests/tests/parity.rs does the same).
+# largest gradient as the scale (tests/tests/it/parity.rs does the same).
 NOISE = 1e-4
 
 

@@ -1,5 +1,5 @@
 //! What the fuzz targets (`tests/fuzz`) run on each input, and the corpus replay test
-//! (`tests/tests/fuzz_corpus.rs`) runs on every committed input: the boundaries where actc
+//! (`tests/tests/it/fuzz_corpus.rs`) runs on every committed input: the boundaries where actc
 //! reads files it did not write. Each must return, never panic or crash, whatever the bytes.
 //! The integration tests themselves live in `tests/`.
 

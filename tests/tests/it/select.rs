@@ -1,11 +1,9 @@
 //! What `--layers` selects (DESIGN §3), the boundary between the frozen prefix and the
 //! trainable suffix, and the sub-models the plan carries.
 
-mod common;
-
+use crate::common::{self, compile, model};
 use actc::{Layers, ModelProto};
 use actc_runtime::plan::{BufferKind, Plan};
-use common::{compile, model};
 use prost::Message;
 
 fn weight_shapes(plan: &Plan) -> Vec<(String, u32, Vec<u64>)> {

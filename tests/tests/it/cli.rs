@@ -1,8 +1,6 @@
 //! The commands end to end, as a user runs them: compile, train, eval, export.
 
-mod common;
-
-use common::{model, scratch};
+use crate::common::{self, model, scratch};
 
 /// The epoch records of a `train --log` file.
 fn epoch_records(log: &std::path::Path) -> Vec<serde_json::Value> {

@@ -13,7 +13,7 @@
 //! scale is at least 1e-4 of the largest gradient of the case (so such a tensor may be off by
 //! 1e-8 of that gradient; a wrong term is far more).
 
-mod common;
+use crate::common;
 
 use actc::{CompileOptions, InputShape, Layers};
 use actc_runtime::data::npz;

@@ -2,7 +2,7 @@
 //! HOSVD and SVD with ε = 1 keep every singular vector, so their gradients equal those of the
 //! uncompressed plan; smaller ε and caps shrink the planned memory and are reported.
 
-mod common;
+use crate::common;
 
 use actc::{CompileOptions, Compression, HosvdRanks, Layers, compile_file};
 use actc_runtime::exec::Executor;

@@ -2,10 +2,10 @@
 //! each method at `--layers 4`, pinned as text. A change to any pass shows up here as a
 //! reviewed diff (`cargo insta review`).
 
-mod common;
+use crate::common;
 
+use crate::common::MODELS;
 use actc::{CompileOptions, Compression, HosvdRanks, Layers, compile_file};
-use common::MODELS;
 
 fn snapshot_of(name: &str, shape: &[usize], layers: Layers, compression: Compression) -> String {
     let opts = CompileOptions {

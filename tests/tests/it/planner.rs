@@ -2,12 +2,10 @@
 //! are live at the same step share bytes, the arena is no larger than the naive sum, every
 //! buffer fits the arena, plans are deterministic, and damaged plan files are refused.
 
-mod common;
-
+use crate::common::{self, MODELS, compile};
 use actc::Layers;
 use actc_runtime::ops::Kind;
 use actc_runtime::plan::{Plan, PlanError};
-use common::{MODELS, compile};
 
 /// (first step writing, last step reading) per buffer, as the runtime will see them;
 /// feeds are written before step 0 and the loss and output are read after the last; an own

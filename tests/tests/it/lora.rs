@@ -2,12 +2,10 @@
 //! export merges them into the weights — checked by tract running the export against the
 //! executor's own forward pass.
 
-mod common;
-
+use crate::common::{self, model, tract_output};
 use actc::Layers;
 use actc_runtime::plan::BufferKind;
 use actc_runtime::train::Session;
-use common::{model, tract_output};
 use prost::Message;
 
 fn relative(got: &[f32], want: &[f32]) -> f32 {

@@ -1,12 +1,10 @@
 //! `actc decompose`: low-rank factors of a model's layers, checked against tract running the
 //! original and the rewritten ONNX, and trained afterwards.
 
-mod common;
-
+use crate::common::{self, model, tract_output};
 use actc::{
     DecomposeOptions, InputShape, Layers, LowRankRequest, RankOptimization, RankRule, SpeedGoal,
 };
-use common::{model, tract_output};
 use prost::Message;
 
 fn decompose(

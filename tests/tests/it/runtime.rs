@@ -1,7 +1,7 @@
 //! The runtime executes compiled plans: the frozen prefix on tract, the suffix on actc's
 //! kernels, and training lowers the loss.
 
-mod common;
+use crate::common;
 
 use actc::Layers;
 use actc_runtime::exec::Executor;

@@ -3,7 +3,7 @@
 //! layer that is not in factors) take exactly the unfrozen plan's update, the others keep
 //! their weights.
 
-mod common;
+use crate::common;
 
 use actc::{DecomposeOptions, InputShape, Layers, LowRankRequest, RankRule, Rotate};
 use actc_runtime::exec::Executor;

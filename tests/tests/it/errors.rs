@@ -1,9 +1,7 @@
 //! Every way `actc compile` can be handed bad input gives exit code 2, one line naming the
 //! problem, and no output file (not even a temporary one).
 
-mod common;
-
-use common::{model, scratch};
+use crate::common::{model, scratch};
 use std::path::Path;
 
 /// Runs the CLI in-process; returns (exit code, stderr line) of a failure.
