@@ -57,9 +57,9 @@ pub fn add_mean(x: &mut [f32], dims: &[usize], mean: &[f32]) {
 }
 
 /// Scratch of [`conv_weight_grad`]: each output channel's gradient summed over the batch, as
-/// prefix sums over the output map.
+/// prefix sums over the output map, then over each tap's window.
 pub fn conv_weight_grad_workspace_len(g: &Conv2dGeom) -> usize {
-    g.c_out * (g.out_h() + 1) * (g.out_w() + 1)
+    g.c_out * ((g.out_h() + 1) * (g.out_w() + 1) + g.kh * g.kw)
 }
 
 /// The mean's share of a conv's weight gradient, added: dw += alpha · m[c] · Σ dy[b, o, y, x]
@@ -77,7 +77,7 @@ pub fn conv_weight_grad(
     let (ph, pw) = (oh + 1, ow + 1);
     debug_assert_eq!(dy.len(), g.n * g.c_out * oh * ow);
     debug_assert_eq!(mean.len(), g.c_in);
-    let sums = &mut ws[..g.c_out * ph * pw];
+    let (sums, taps) = ws[..conv_weight_grad_workspace_len(g)].split_at_mut(g.c_out * ph * pw);
     // sums[o][y][x] = Σ_b Σ_{y' < y, x' < x} dy[b, o, y', x'].
     sums.fill(0.0);
     for o in 0..g.c_out {
@@ -103,17 +103,28 @@ pub fn conv_weight_grad(
     let kk = g.kh * g.kw;
     for o in 0..g.c_out {
         let p = &sums[o * ph * pw..][..ph * pw];
-        let means = &mean[o / og * cg..][..cg];
         for i in 0..g.kh {
             let ys = valid_range(oh, g.h, g.stride[0], tap_offset(i, g.dilation[0], g.pad[0]));
             for j in 0..g.kw {
                 let xs = valid_range(ow, g.w, g.stride[1], tap_offset(j, g.dilation[1], g.pad[1]));
-                let s =
+                taps[o * kk + i * g.kw + j] =
                     p[ys.end * pw + xs.end] - p[ys.start * pw + xs.end] - p[ys.end * pw + xs.start]
                         + p[ys.start * pw + xs.start];
-                for (cl, &m) in means.iter().enumerate() {
-                    dw[(o * cg + cl) * kk + i * g.kw + j] += alpha * m * s;
-                }
+            }
+        }
+    }
+    // dw's slice of output channel o gets the outer product means ⊗ taps, in memory order: a
+    // strided update (tap-major) cost more than the rest of the compressed gradient.
+    for (o, row) in dw.chunks_exact_mut(cg * kk).enumerate() {
+        let means = &mean[o / og * cg..][..cg];
+        let t = &taps[o * kk..][..kk];
+        if kk == 1 {
+            let s = alpha * t[0];
+            row.iter_mut().zip(means).for_each(|(d, &m)| *d += s * m);
+        } else {
+            for (cell, &m) in row.chunks_exact_mut(kk).zip(means) {
+                let m = alpha * m;
+                cell.iter_mut().zip(t).for_each(|(d, &s)| *d += m * s);
             }
         }
     }
