@@ -149,11 +149,12 @@ pub(crate) fn leading_vectors(
     (used, wanted)
 }
 
-/// Uₙ at a fixed rank `r` (at most the Gram order), as [`leading_vectors`] writes it, for
-/// ranks chosen ahead (`--budget`), tracked from step to step: `start` (D × r, row-major)
-/// holds the previous step's Uₙ and receives this one's vectors. Consecutive batches share
-/// most of their leading subspace, so one [`ritz_step`] from the last factor finds it again.
-/// A zero `start` (the first step) and small modes take the Gram path instead.
+/// Uₙ at a fixed rank `r` (at most the Gram order), an orthonormal basis of the subspace
+/// [`leading_vectors`] would span, for ranks chosen ahead (`--budget`, `--rank-rule auto`),
+/// tracked from step to step: `start` (D × r, row-major) holds the previous step's Uₙ and
+/// receives this one's vectors. Consecutive batches share most of their leading subspace, so
+/// one [`power_step`] from the last factor finds it again. A zero `start` (the first step)
+/// and small modes take the Gram path instead; a rank equal to the extent keeps everything.
 pub(crate) fn fixed_vectors(
     a: &[f32],
     f: Fold,
@@ -167,8 +168,12 @@ pub(crate) fn fixed_vectors(
     let d = f.d;
     let start = &mut start[..d * r];
     let u = &mut u[..d * r];
-    if d == 1 {
-        (u[0], start[0]) = (1.0, 1.0);
+    if r == d {
+        // Every direction kept: any orthonormal basis is the subspace, and the identity
+        // costs no pass over the tensor (a batch of 8 at the default rank 8).
+        u.fill(0.0);
+        (0..d).for_each(|i| u[i * r + i] = 1.0);
+        start.copy_from_slice(u);
     } else if !iterated(n, r + OVERSAMPLE) || start.iter().all(|&v| v == 0.0) {
         let (gram, rest) = ws.split_at_mut(n * n);
         let (vecs, rest) = rest.split_at_mut(n * n);
@@ -182,7 +187,14 @@ pub(crate) fn fixed_vectors(
         write_factor(a, f, r, u, ws);
         start.copy_from_slice(u);
     } else {
-        ritz_step(a, f, r, start, ws);
+        // Every tracked vector is kept: the subspace is all that matters, so the power
+        // step's basis serves without the Rayleigh–Ritz rotation (a pass over A fewer).
+        let q = power_step(a, f, r, start, ws);
+        for (l, row) in q.chunks_exact(d).enumerate() {
+            row.iter()
+                .enumerate()
+                .for_each(|(i, &x)| start[i * r + l] = x);
+        }
         u.copy_from_slice(start);
         fix_signs(u, d, r);
     }
@@ -245,21 +257,31 @@ pub(crate) fn tracked_workspace_len(f: Fold, k: usize) -> usize {
     leading_vectors_workspace_len(f).max(k * f.rest() + f.d * k + 2 * k * k + k)
 }
 
+/// One block power step, Q = orth(A₍ₙ₎A₍ₙ₎ᵀV) from `v` (D × k, row-major, read), returned
+/// with its vectors in rows (Q[i, l] at q[l·D + i], for the vectorised orthonormalisation),
+/// after the scratch Z = VᵀA₍ₙ₎ (k × P·Q) at the start of `ws`.
+fn power_step<'w>(a: &[f32], f: Fold, k: usize, v: &[f32], ws: &'w mut [f32]) -> &'w [f32] {
+    let (d, cols) = (f.d, f.rest());
+    let (z, rest) = ws.split_at_mut(k * cols);
+    let q = &mut rest[..k * d];
+    factor_times_unfolding(a, f, v, (1, k), k, z);
+    unfolding_times(a, f, z, (1, cols), k, q, (1, d));
+    orthonormalize_rows(q, d, k);
+    q
+}
+
 /// One block power step, Q = orth(A₍ₙ₎A₍ₙ₎ᵀV), and a Rayleigh–Ritz step on Q from `v`
 /// (D × k, row-major), which receives the k Ritz vectors (descending); returns their Ritz
 /// values (σ²), in `ws`. Applied through the unfolding, never forming the Gram matrix: three
 /// products of D·P·Q·k instead of one of D·P·Q·min(D, P·Q) and the iteration on it.
 fn ritz_step<'w>(a: &[f32], f: Fold, k: usize, v: &mut [f32], ws: &'w mut [f32]) -> &'w [f32] {
     let (d, cols) = (f.d, f.rest());
+    power_step(a, f, k, v, ws);
     let (z, rest) = ws.split_at_mut(k * cols);
     let (q, rest) = rest.split_at_mut(k * d);
     let (t, rest) = rest.split_at_mut(k * k);
     let (w, rest) = rest.split_at_mut(k * k);
     let theta = &mut rest[..k];
-    // Q's vectors go in rows (Q[i, l] at q[l·D + i]), for the vectorised orthonormalisation.
-    factor_times_unfolding(a, f, v, (1, k), k, z);
-    unfolding_times(a, f, z, (1, cols), k, q, (1, d));
-    orthonormalize_rows(q, d, k);
     // The eigenvectors W of T = (QᵀA)(QᵀA)ᵀ rotate Q into V = Q·Wᵀ.
     factor_times_unfolding(a, f, q, (d, 1), k, z);
     sgemm(k, k, cols, 1.0, z, (cols, 1), z, (1, cols), 0.0, t, (k, 1));
@@ -289,17 +311,17 @@ pub(crate) fn fully_decomposed(f: Fold) -> bool {
 
 /// Writes Uₙ (D × used, row-major) at the start of `u` from the eigenvectors in `ws`'s
 /// second n × n block (as [`leading_vectors`] and [`fixed_vectors`] leave them), the first
-/// block being free scratch.
+/// block and the eigenvalues after the second being free scratch: a twin mode's factor
+/// comes from the same vectors next.
 pub(crate) fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) {
     let n = f.gram_order();
     let (gram, rest) = ws.split_at_mut(n * n);
-    let vecs = &rest[..n * n];
     let left = f.d <= f.rest();
     let d = f.d;
     let u = &mut u[..d * used];
     if left {
         for j in 0..used {
-            for (i, &v) in vecs[j * n..][..d].iter().enumerate() {
+            for (i, &v) in rest[j * n..][..d].iter().enumerate() {
                 u[i * used + j] = v;
             }
         }
@@ -307,14 +329,15 @@ pub(crate) fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &
         // The Gram buffer is free again: V (P·Q × used, row-major) goes there.
         let v = &mut gram[..n * used];
         for j in 0..used {
-            for (c, &x) in vecs[j * n..][..n].iter().enumerate() {
+            for (c, &x) in rest[j * n..][..n].iter().enumerate() {
                 v[c * used + j] = x;
             }
         }
         unfolding_times(a, f, v, (used, 1), used, u, (used, 1));
         // A₍ₙ₎V has the directions of UΣ; normalising by a σ computed through the squared
-        // Gram is inaccurate for small σ, orthonormalising the columns is not.
-        orthonormalize(u, d, used, (used, 1));
+        // Gram is inaccurate for small σ, orthonormalising the columns is not. The
+        // eigenvalues' slot holds the projections: a twin mode still reads the vectors.
+        orthonormalize_columns(u, d, used, &mut rest[n * n..][..used]);
     }
     fix_signs(u, d, used);
 }
@@ -373,6 +396,55 @@ fn orthonormalize(u: &mut [f32], len: usize, count: usize, (es, vs): Strides) {
             }
         }
         (0..len).for_each(|i| u[at(i, j)] = (f64::from(u[at(i, j)]) / norm) as f32);
+    }
+}
+
+/// [`orthonormalize`] for the `count` columns of a row-major `len` × `count` matrix, as
+/// classical Gram–Schmidt applied twice (as accurate as the modified one run twice): each
+/// pass sums a column's projections on the ones before it over the rows, then subtracts
+/// them row by row, so every access runs along a row. `p` (count floats) is scratch. The
+/// strided f64 loops of [`orthonormalize`] took most of a 1×1 map's compression. A column
+/// that vanishes hands the matrix to that routine, which replaces it.
+fn orthonormalize_columns(u: &mut [f32], len: usize, count: usize, p: &mut [f32]) {
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { orthonormalize_columns_avx2(u, len, count, p) });
+    orthonormalize_columns_body(u, len, count, p)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn orthonormalize_columns_avx2(u: &mut [f32], len: usize, count: usize, p: &mut [f32]) {
+    orthonormalize_columns_body(u, len, count, p)
+}
+
+#[inline(always)]
+fn orthonormalize_columns_body(u: &mut [f32], len: usize, count: usize, p: &mut [f32]) {
+    let norm = |u: &[f32], j: usize| -> f32 {
+        u.chunks_exact(count)
+            .map(|row| row[j] * row[j])
+            .sum::<f32>()
+            .sqrt()
+    };
+    for j in 0..count {
+        let before = norm(u, j);
+        let p = &mut p[..j];
+        for _ in 0..2 {
+            p.fill(0.0);
+            for row in u.chunks_exact(count) {
+                let x = row[j];
+                p.iter_mut().zip(&row[..j]).for_each(|(p, &r)| *p += x * r);
+            }
+            for row in u.chunks_exact_mut(count) {
+                let (done, rest) = row.split_at_mut(j);
+                rest[0] -= dot(done, p);
+            }
+        }
+        let norm = norm(u, j);
+        // Also catches NaN.
+        if !(norm > 1e-6 * before && norm > 0.0) {
+            return orthonormalize(u, len, count, (count, 1));
+        }
+        u.chunks_exact_mut(count).for_each(|row| row[j] /= norm);
     }
 }
 
