@@ -35,16 +35,37 @@ pub fn split(x: &[f32], dims: &[usize], mean: &mut [f32], residual: &mut [f32]) 
     debug_assert_eq!(residual.len(), x.len());
     debug_assert_eq!(mean.len(), c);
     let n = (outer * inner) as f64;
-    for (f, m) in mean.iter_mut().enumerate() {
-        // Rows in f32, their sum in f64: a feature may gather a million values.
-        let sum: f64 = (0..outer)
-            .map(|o| f64::from(x[(o * c + f) * inner..][..inner].iter().sum::<f32>()))
-            .sum();
-        *m = (sum / n) as f32;
+    // Rows in f32, their sum in f64: a feature may gather a million values. Features are
+    // summed a block at a time, each block's rows read in order: a dense layer's input (one
+    // value per feature and row) read feature by feature strode across the whole tensor.
+    const BLOCK: usize = 64;
+    for (b, means) in mean.chunks_mut(BLOCK).enumerate() {
+        let mut sums = [0.0f64; BLOCK];
+        for o in 0..outer {
+            let rows = x[(o * c + b * BLOCK) * inner..][..means.len() * inner].chunks_exact(inner);
+            for (s, row) in sums.iter_mut().zip(rows) {
+                *s += f64::from(row.iter().sum::<f32>());
+            }
+        }
+        for (m, s) in means.iter_mut().zip(sums) {
+            *m = (s / n) as f32;
+        }
     }
-    let rows = residual.chunks_exact_mut(inner).zip(x.chunks_exact(inner));
-    for ((r, x), &m) in rows.zip(mean.iter().cycle()) {
-        r.iter_mut().zip(x).for_each(|(r, &v)| *r = v - m);
+    for (r, x) in residual
+        .chunks_exact_mut(c * inner)
+        .zip(x.chunks_exact(c * inner))
+    {
+        if inner == 1 {
+            r.iter_mut()
+                .zip(x)
+                .zip(mean.iter())
+                .for_each(|((r, &v), &m)| *r = v - m);
+            continue;
+        }
+        let rows = r.chunks_exact_mut(inner).zip(x.chunks_exact(inner));
+        for ((r, x), &m) in rows.zip(mean.iter()) {
+            r.iter_mut().zip(x).for_each(|(r, &v)| *r = v - m);
+        }
     }
 }
 
