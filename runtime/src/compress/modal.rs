@@ -17,6 +17,8 @@ use super::{eps_rank, eps_rank_of};
 use crate::kernels::dot;
 use crate::kernels::gemm::{Strides, sgemm};
 use crate::kernels::simd::dispatch_avx2;
+use crate::threads;
+use std::ops::Range;
 
 /// A tensor seen as (P, D, Q), the middle one being the mode of interest.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +58,27 @@ pub(crate) fn mode_product(t: &[f32], f: Fold, r: usize, m: &[f32], ms: Strides,
 /// weight gradient that goes straight into an optimizer's buffer.
 #[allow(clippy::too_many_arguments)] // mode_product's terms and the store's two scales
 pub(crate) fn mode_product_into(
+    t: &[f32],
+    f: Fold,
+    r: usize,
+    m: &[f32],
+    ms: Strides,
+    alpha: f32,
+    beta: f32,
+    out: &mut [f32],
+) {
+    let Fold { p, d, q } = f;
+    // The products per slice are small (one per p or q): each alone stays on one thread, so
+    // the slices of P are what is spread over the threads.
+    let parts = threads::parts_for(p * d * q * r);
+    threads::for_runs(&mut out[..p * r * q], p, r * q, 1, parts, |ps, out| {
+        let sub = Fold { p: ps.len(), d, q };
+        mode_product_part(&t[ps.start * d * q..], sub, r, m, ms, alpha, beta, out);
+    });
+}
+
+#[allow(clippy::too_many_arguments)] // as mode_product_into
+fn mode_product_part(
     t: &[f32],
     f: Fold,
     r: usize,
@@ -694,7 +717,7 @@ unsafe fn small_gram_avx2(a: &[f32], f: Fold, gram: &mut [f32]) {
 }
 
 /// out (D × r) = A₍ₙ₎ · v, v (PQ × r) with element (c, k) at v[c·vs.0 + k·vs.1], out's
-/// (i, k) at out[i·os.0 + k·os.1].
+/// (i, k) at out[i·os.0 + k·os.1]. Spread over the threads along out's outer axis (D or r).
 fn unfolding_times(
     a: &[f32],
     f: Fold,
@@ -704,26 +727,72 @@ fn unfolding_times(
     out: &mut [f32],
     os: Strides,
 ) {
+    let d = f.d;
+    let parts = threads::parts_for(d * f.rest() * r);
+    if r * os.1 <= os.0 {
+        threads::for_runs(&mut out[..d * os.0], d, os.0, 1, parts, |rows, out| {
+            unfolding_times_part(a, f, rows, v, vs, 0..r, out, os);
+        });
+    } else {
+        debug_assert!(
+            d * os.0 <= os.1,
+            "out is D × r or r × D, each row in one piece"
+        );
+        threads::for_runs(&mut out[..r * os.1], r, os.1, 1, parts, |ks, out| {
+            unfolding_times_part(a, f, 0..d, &v[ks.start * vs.1..], vs, 0..ks.len(), out, os);
+        });
+    }
+}
+
+/// Rows `rows` of [`unfolding_times`]'s product, its columns `ks` (offsets into `v` and
+/// `out` already applied by the caller for the columns, `out` starting at the first row).
+#[allow(clippy::too_many_arguments)] // the product's operands and the part of it
+fn unfolding_times_part(
+    a: &[f32],
+    f: Fold,
+    rows: Range<usize>,
+    v: &[f32],
+    vs: Strides,
+    ks: Range<usize>,
+    out: &mut [f32],
+    os: Strides,
+) {
     let Fold { p, d, q } = f;
+    let (m, r) = (rows.len(), ks.len());
     if p <= q {
         for i in 0..p {
             let beta = if i == 0 { 0.0 } else { 1.0 };
-            let (x, vi) = (&a[i * d * q..], &v[i * q * vs.0..]);
-            sgemm(d, r, q, 1.0, x, (q, 1), vi, vs, beta, out, os);
+            let (x, vi) = (&a[i * d * q + rows.start * q..], &v[i * q * vs.0..]);
+            sgemm(m, r, q, 1.0, x, (q, 1), vi, vs, beta, out, os);
         }
     } else {
         for j in 0..q {
             let beta = if j == 0 { 0.0 } else { 1.0 };
-            let (y, vj) = (&a[j..], &v[j * vs.0..]);
+            let (y, vj) = (&a[j + rows.start * q..], &v[j * vs.0..]);
             let vjs = (q * vs.0, vs.1);
-            sgemm(d, r, p, 1.0, y, (q, d * q), vj, vjs, beta, out, os);
+            sgemm(m, r, p, 1.0, y, (q, d * q), vj, vjs, beta, out, os);
         }
     }
 }
 
 /// out (r × P·Q) = uᵀ · A₍ₙ₎, uᵀ (r × D) with element (k, i) at u[k·us.0 + i·us.1]: the
-/// unfolding's columns in the basis u.
+/// unfolding's columns in the basis u. Spread over the threads by rows of out.
 fn factor_times_unfolding(a: &[f32], f: Fold, u: &[f32], us: Strides, r: usize, out: &mut [f32]) {
+    let cols = f.rest();
+    let parts = threads::parts_for(r * f.d * cols);
+    threads::for_runs(&mut out[..r * cols], r, cols, 1, parts, |ks, out| {
+        factor_times_unfolding_part(a, f, &u[ks.start * us.0..], us, ks.len(), out);
+    });
+}
+
+fn factor_times_unfolding_part(
+    a: &[f32],
+    f: Fold,
+    u: &[f32],
+    us: Strides,
+    r: usize,
+    out: &mut [f32],
+) {
     let Fold { p, d, q } = f;
     let cols = f.rest();
     if p <= q {
