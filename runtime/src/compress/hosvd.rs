@@ -89,21 +89,63 @@ fn chain_buffer_len(dims: &[usize], caps: &[usize]) -> usize {
 /// Scratch of [`compress`]: `eps` for [`Rule::Eps`], None for [`Rule::Fixed`].
 pub fn workspace_len(dims: &[usize], caps: &[usize], eps: Option<f32>) -> usize {
     check(dims, caps);
+    let Some(eps) = eps else {
+        let (first, half) = sequential_scratch(dims, caps);
+        return first.max(2 * half);
+    };
     let factors = (0..dims.len())
-        .map(|n| {
-            let f = Fold::of(dims, n);
-            let tracked = match eps {
-                Some(eps) => eps_tracked(dims, caps, n, eps),
-                None => reachable(dims, caps, n),
-            };
-            match tracked {
-                0 => leading_vectors_workspace_len(f),
-                k => tracked_workspace_len(f, k),
-            }
+        .map(|n| match eps_tracked(dims, caps, n, eps) {
+            0 => leading_vectors_workspace_len(Fold::of(dims, n)),
+            k => tracked_workspace_len(Fold::of(dims, n), k),
         })
         .max()
         .unwrap_or(0);
     factors.max(2 * chain_buffer_len(dims, caps))
+}
+
+/// The order in which the modes are truncated (the core's mode products, and fixed ranks'
+/// factors): the most reducing first keeps the tensors that follow small.
+fn reducing_order(dims: &[usize], ranks: &[usize]) -> [usize; 4] {
+    let mut order = [0, 1, 2, 3];
+    order[..dims.len()].sort_unstable_by(|&x, &y| (ranks[x] * dims[y]).cmp(&(ranks[y] * dims[x])));
+    order
+}
+
+/// The order in which [`compress_sequential`] truncates the modes, and the rank of each: its
+/// cap, but no more than the tensor it meets still has (a mode's rank cannot pass the
+/// product of the others' once they are truncated).
+fn sequential_plan(dims: &[usize], caps: &[usize]) -> ([usize; 4], [usize; 4]) {
+    let nm = dims.len();
+    let mut r = [0; 4];
+    (0..nm).for_each(|n| r[n] = reachable(dims, caps, n));
+    let order = reducing_order(dims, &r);
+    let mut shape = [0; 4];
+    shape[..nm].copy_from_slice(dims);
+    for &n in &order[..nm] {
+        r[n] = r[n].min(Fold::of(&shape[..nm], n).gram_order());
+        shape[n] = r[n];
+    }
+    (order, r)
+}
+
+/// [`compress_sequential`]'s scratch: what the first mode's factor needs (nothing else is
+/// live then), and the size of each of the two buffers that hold the partly truncated
+/// tensor, each large enough for the next mode's factor scratch too.
+fn sequential_scratch(dims: &[usize], caps: &[usize]) -> (usize, usize) {
+    let nm = dims.len();
+    let (order, r) = sequential_plan(dims, caps);
+    let mut shape = [0; 4];
+    shape[..nm].copy_from_slice(dims);
+    let (mut first, mut later) = (0, 0);
+    for (step, &n) in order[..nm].iter().enumerate() {
+        let need = tracked_workspace_len(Fold::of(&shape[..nm], n), r[n]);
+        match step {
+            0 => first = need,
+            _ => later = later.max(need),
+        }
+        shape[n] = r[n];
+    }
+    (first, chain_buffer_len(dims, caps).max(later))
 }
 
 pub fn reconstruct_workspace_len(dims: &[usize], caps: &[usize]) -> usize {
@@ -116,7 +158,7 @@ pub fn reconstruct_workspace_len(dims: &[usize], caps: &[usize]) -> usize {
 pub fn compress(
     a: &[f32],
     dims: &[usize],
-    mut rule: Rule,
+    rule: Rule,
     caps: &[usize],
     packed: &mut [f32],
     ws: &mut [f32],
@@ -125,6 +167,10 @@ pub fn compress(
     debug_assert_eq!(a.len(), dims.iter().product::<usize>());
     debug_assert_eq!(packed.len(), packed_len(dims, caps));
     debug_assert!(ws.len() >= workspace_len(dims, caps, rule.eps()));
+    let (eps, state) = match rule {
+        Rule::Eps(eps, state) => (eps, state),
+        Rule::Fixed(state) => return compress_sequential(a, dims, state, caps, packed, ws),
+    };
     let nm = dims.len();
     let mut ranks = Ranks {
         used: [0; 4],
@@ -148,41 +194,27 @@ pub fn compress(
         let shared = twin
             .take()
             .filter(|_| dims[n] > 1 && dims[n - 1] * dims[n] == numel);
-        let (used, wanted) = match (&mut rule, shared) {
-            (Rule::Eps(..), Some(wanted)) => {
+        let (used, wanted) = match shared {
+            Some(wanted) => {
                 let used = wanted.min(cap);
                 write_factor(a, f, used, u, ws);
                 (used, wanted)
             }
-            (Rule::Fixed(state), Some(_)) => {
-                write_factor(a, f, cap, u, ws);
-                state[slot..][..dims[n] * cap].copy_from_slice(&u[..dims[n] * cap]);
-                slot += dims[n] * caps[n];
-                (cap, cap)
-            }
-            (Rule::Eps(eps, state), None) => match eps_block(f, cap, *eps) {
-                0 => leading_vectors(a, f, *eps, cap, u, None, ws),
+            None => match eps_block(f, cap, eps) {
+                0 => leading_vectors(a, f, eps, cap, u, None, ws),
                 block => {
-                    let r = tracked_vectors(a, f, *eps, cap, u, &mut state[slot..], ws);
+                    let r = tracked_vectors(a, f, eps, cap, u, &mut state[slot..], ws);
                     slot += dims[n] * block;
                     r
                 }
             },
-            (Rule::Fixed(state), None) => {
-                fixed_vectors(a, f, cap, u, &mut state[slot..], ws);
-                slot += dims[n] * caps[n];
-                (cap, cap)
-            }
         };
         twin = fully_decomposed(f).then_some(wanted);
         ranks.used[n] = used;
         ranks.wanted[n] = wanted;
         header[n] = used as f32;
     }
-    // The most reducing modes first keep the intermediate tensors small.
-    let mut order = [0, 1, 2, 3];
-    order[..nm]
-        .sort_unstable_by(|&x, &y| (ranks.used[x] * dims[y]).cmp(&(ranks.used[y] * dims[x])));
+    let order = reducing_order(dims, &ranks.used);
     let mut shape = [0; 4];
     shape[..nm].copy_from_slice(dims);
     let half = chain_buffer_len(dims, caps);
@@ -204,6 +236,61 @@ pub fn compress(
         shape[n] = r;
     }
     ranks
+}
+
+/// [`compress`] at fixed ranks, truncated sequentially (ST-HOSVD, Vannieuwenhoven et al.
+/// 2012): the modes in [`reducing_order`], each one's factor taken from the tensor already
+/// truncated in the modes before it, which it then truncates in its own. The channels of an
+/// 8×960×7×7 map go first (to 32), so the batch and spatial factors come from a tensor 30×
+/// smaller than the input, where each Gram matrix over the whole input cost as much as the
+/// channels' power step; the error bound is the HOSVD's. `state` tracks each mode's factor
+/// from step to step (in its slot, as in the packed buffer).
+fn compress_sequential(
+    a: &[f32],
+    dims: &[usize],
+    state: &mut [f32],
+    caps: &[usize],
+    packed: &mut [f32],
+    ws: &mut [f32],
+) -> Ranks {
+    let nm = dims.len();
+    let (order, r) = sequential_plan(dims, caps);
+    let (header, body) = packed.split_at_mut(nm);
+    let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
+    (0..nm).for_each(|n| header[n] = r[n] as f32);
+    let slot = |n: usize| (0..n).map(|m| dims[m] * caps[m]).sum::<usize>();
+    let (_, half) = sequential_scratch(dims, caps);
+    let mut shape = [0; 4];
+    shape[..nm].copy_from_slice(dims);
+    for (step, &n) in order[..nm].iter().enumerate() {
+        let f = Fold::of(&shape[..nm], n);
+        let u = &mut factors[slot(n)..][..dims[n] * caps[n]];
+        let start = &mut state[slot(n)..][..dims[n] * caps[n]];
+        let out_len = f.p * r[n] * f.q;
+        let last = step + 1 == nm;
+        // Uₙᵀ: the stored D × r matrix read column-wise.
+        let ut = (1, r[n]);
+        if step == 0 {
+            fixed_vectors(a, f, r[n], u, start, ws);
+            let out = if last { &mut core[..] } else { &mut ws[..] };
+            mode_product(a, f, r[n], u, ut, &mut out[..out_len]);
+        } else {
+            // The tensor so far lives in one half of the scratch, the factor's own scratch
+            // in the other, which the truncation then overwrites.
+            let (b0, b1) = ws.split_at_mut(half);
+            let (cur, other) = if step % 2 == 1 {
+                (&*b0, b1)
+            } else {
+                (&*b1, b0)
+            };
+            let cur = &cur[..f.p * f.d * f.q];
+            fixed_vectors(cur, f, r[n], u, start, other);
+            let out = if last { &mut core[..] } else { other };
+            mode_product(cur, f, r[n], u, ut, &mut out[..out_len]);
+        }
+        shape[n] = r[n];
+    }
+    Ranks { used: r, wanted: r }
 }
 
 /// The ranks stored in the header of a packed buffer.
