@@ -731,7 +731,7 @@ fn unfolding_times(
     let parts = threads::parts_for(d * f.rest() * r);
     if r * os.1 <= os.0 {
         threads::for_runs(&mut out[..d * os.0], d, os.0, 1, parts, |rows, out| {
-            unfolding_times_part(a, f, rows, v, vs, 0..r, out, os);
+            unfolding_times_part(a, f, rows, v, vs, r, out, os);
         });
     } else {
         debug_assert!(
@@ -739,13 +739,13 @@ fn unfolding_times(
             "out is D × r or r × D, each row in one piece"
         );
         threads::for_runs(&mut out[..r * os.1], r, os.1, 1, parts, |ks, out| {
-            unfolding_times_part(a, f, 0..d, &v[ks.start * vs.1..], vs, 0..ks.len(), out, os);
+            unfolding_times_part(a, f, 0..d, &v[ks.start * vs.1..], vs, ks.len(), out, os);
         });
     }
 }
 
-/// Rows `rows` of [`unfolding_times`]'s product, its columns `ks` (offsets into `v` and
-/// `out` already applied by the caller for the columns, `out` starting at the first row).
+/// Rows `rows` of [`unfolding_times`]'s product, over `r` of its columns: `v` and `out`
+/// start at the first of them, `out` at the first of the rows.
 #[allow(clippy::too_many_arguments)] // the product's operands and the part of it
 fn unfolding_times_part(
     a: &[f32],
@@ -753,12 +753,12 @@ fn unfolding_times_part(
     rows: Range<usize>,
     v: &[f32],
     vs: Strides,
-    ks: Range<usize>,
+    r: usize,
     out: &mut [f32],
     os: Strides,
 ) {
     let Fold { p, d, q } = f;
-    let (m, r) = (rows.len(), ks.len());
+    let m = rows.len();
     if p <= q {
         for i in 0..p {
             let beta = if i == 0 { 0.0 } else { 1.0 };
