@@ -77,10 +77,10 @@ pub fn add_mean(x: &mut [f32], dims: &[usize], mean: &[f32]) {
     }
 }
 
-/// Scratch of [`conv_weight_grad`]: each output channel's gradient summed over the batch, as
+/// Scratch of [`conv_weight_grad`]: one output channel's gradient summed over the batch, as
 /// prefix sums over the output map, then over each tap's window.
 pub fn conv_weight_grad_workspace_len(g: &Conv2dGeom) -> usize {
-    g.c_out * ((g.out_h() + 1) * (g.out_w() + 1) + g.kh * g.kw)
+    (g.out_h() + 1) * (g.out_w() + 1) + g.kh * g.kw
 }
 
 /// The mean's share of a conv's weight gradient, added: dw += alpha · m[c] · Σ dy[b, o, y, x]
@@ -98,16 +98,18 @@ pub fn conv_weight_grad(
     let (ph, pw) = (oh + 1, ow + 1);
     debug_assert_eq!(dy.len(), g.n * g.c_out * oh * ow);
     debug_assert_eq!(mean.len(), g.c_in);
-    let (sums, taps) = ws[..conv_weight_grad_workspace_len(g)].split_at_mut(g.c_out * ph * pw);
-    // sums[o][y][x] = Σ_b Σ_{y' < y, x' < x} dy[b, o, y', x'].
-    sums.fill(0.0);
-    for o in 0..g.c_out {
-        let p = &mut sums[o * ph * pw..][..ph * pw];
+    let cg = g.c_in / g.groups;
+    let og = g.c_out / g.groups;
+    let kk = g.kh * g.kw;
+    let (p, taps) = ws[..conv_weight_grad_workspace_len(g)].split_at_mut(ph * pw);
+    for (o, row) in dw.chunks_exact_mut(cg * kk).enumerate() {
+        // p[y][x] = Σ_b Σ_{y' < y, x' < x} dy[b, o, y', x'].
+        p.fill(0.0);
         for b in 0..g.n {
             let map = &dy[(b * g.c_out + o) * oh * ow..][..oh * ow];
-            for (y, row) in map.chunks_exact(ow).enumerate() {
+            for (y, line) in map.chunks_exact(ow).enumerate() {
                 let mut run = 0.0;
-                for (x, &v) in row.iter().enumerate() {
+                for (x, &v) in line.iter().enumerate() {
                     run += v;
                     p[(y + 1) * pw + x + 1] += run;
                 }
@@ -118,34 +120,25 @@ pub fn conv_weight_grad(
                 p[y * pw + x] += p[(y - 1) * pw + x];
             }
         }
-    }
-    let cg = g.c_in / g.groups;
-    let og = g.c_out / g.groups;
-    let kk = g.kh * g.kw;
-    for o in 0..g.c_out {
-        let p = &sums[o * ph * pw..][..ph * pw];
         for i in 0..g.kh {
             let ys = valid_range(oh, g.h, g.stride[0], tap_offset(i, g.dilation[0], g.pad[0]));
             for j in 0..g.kw {
                 let xs = valid_range(ow, g.w, g.stride[1], tap_offset(j, g.dilation[1], g.pad[1]));
-                taps[o * kk + i * g.kw + j] =
+                taps[i * g.kw + j] =
                     p[ys.end * pw + xs.end] - p[ys.start * pw + xs.end] - p[ys.end * pw + xs.start]
                         + p[ys.start * pw + xs.start];
             }
         }
-    }
-    // dw's slice of output channel o gets the outer product means ⊗ taps, in memory order: a
-    // strided update (tap-major) cost more than the rest of the compressed gradient.
-    for (o, row) in dw.chunks_exact_mut(cg * kk).enumerate() {
+        // The channel's slice of dw gets the outer product means ⊗ taps in memory order: a
+        // strided update (tap-major) cost more than the rest of the compressed gradient.
         let means = &mean[o / og * cg..][..cg];
-        let t = &taps[o * kk..][..kk];
         if kk == 1 {
-            let s = alpha * t[0];
+            let s = alpha * taps[0];
             row.iter_mut().zip(means).for_each(|(d, &m)| *d += s * m);
         } else {
             for (cell, &m) in row.chunks_exact_mut(kk).zip(means) {
                 let m = alpha * m;
-                cell.iter_mut().zip(t).for_each(|(d, &s)| *d += m * s);
+                cell.iter_mut().zip(&*taps).for_each(|(d, &s)| *d += m * s);
             }
         }
     }

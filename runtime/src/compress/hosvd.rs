@@ -90,8 +90,8 @@ fn chain_buffer_len(dims: &[usize], caps: &[usize]) -> usize {
 pub fn workspace_len(dims: &[usize], caps: &[usize], eps: Option<f32>) -> usize {
     check(dims, caps);
     let Some(eps) = eps else {
-        let (first, half) = sequential_scratch(dims, caps);
-        return first.max(2 * half);
+        let seq = Sequential::new(dims, caps);
+        return seq.first.max(2 * seq.half);
     };
     let factors = (0..dims.len())
         .map(|n| match eps_tracked(dims, caps, n, eps) {
@@ -111,41 +111,46 @@ fn reducing_order(dims: &[usize], ranks: &[usize]) -> [usize; 4] {
     order
 }
 
-/// The order in which [`compress_sequential`] truncates the modes, and the rank of each: its
-/// cap, but no more than the tensor it meets still has (a mode's rank cannot pass the
-/// product of the others' once they are truncated).
-fn sequential_plan(dims: &[usize], caps: &[usize]) -> ([usize; 4], [usize; 4]) {
-    let nm = dims.len();
-    let mut r = [0; 4];
-    (0..nm).for_each(|n| r[n] = reachable(dims, caps, n));
-    let order = reducing_order(dims, &r);
-    let mut shape = [0; 4];
-    shape[..nm].copy_from_slice(dims);
-    for &n in &order[..nm] {
-        r[n] = r[n].min(Fold::of(&shape[..nm], n).gram_order());
-        shape[n] = r[n];
-    }
-    (order, r)
+/// How [`compress_sequential`] goes: the order in which it truncates the modes, the rank of
+/// each (its cap, but no more than the tensor it meets still has: a mode's rank cannot pass
+/// the product of the others' once they are truncated), and its scratch: what the first
+/// mode's factor needs (nothing else is live then), and the size of each of the two buffers
+/// that hold the partly truncated tensor, each large enough for the next mode's factor
+/// scratch too.
+struct Sequential {
+    order: [usize; 4],
+    ranks: [usize; 4],
+    first: usize,
+    half: usize,
 }
 
-/// [`compress_sequential`]'s scratch: what the first mode's factor needs (nothing else is
-/// live then), and the size of each of the two buffers that hold the partly truncated
-/// tensor, each large enough for the next mode's factor scratch too.
-fn sequential_scratch(dims: &[usize], caps: &[usize]) -> (usize, usize) {
-    let nm = dims.len();
-    let (order, r) = sequential_plan(dims, caps);
-    let mut shape = [0; 4];
-    shape[..nm].copy_from_slice(dims);
-    let (mut first, mut later) = (0, 0);
-    for (step, &n) in order[..nm].iter().enumerate() {
-        let need = tracked_workspace_len(Fold::of(&shape[..nm], n), r[n]);
-        match step {
-            0 => first = need,
-            _ => later = later.max(need),
+impl Sequential {
+    fn new(dims: &[usize], caps: &[usize]) -> Self {
+        let nm = dims.len();
+        let mut ranks = [0; 4];
+        (0..nm).for_each(|n| ranks[n] = reachable(dims, caps, n));
+        let order = reducing_order(dims, &ranks);
+        let mut shape = [0; 4];
+        shape[..nm].copy_from_slice(dims);
+        let (mut first, mut later) = (0, 0);
+        for (step, &n) in order[..nm].iter().enumerate() {
+            let f = Fold::of(&shape[..nm], n);
+            ranks[n] = ranks[n].min(f.gram_order());
+            let need = tracked_workspace_len(f, ranks[n]);
+            match step {
+                0 => first = need,
+                _ => later = later.max(need),
+            }
+            shape[n] = ranks[n];
         }
-        shape[n] = r[n];
+        let half = chain_buffer_len(dims, caps).max(later);
+        Sequential {
+            order,
+            ranks,
+            first,
+            half,
+        }
     }
-    (first, chain_buffer_len(dims, caps).max(later))
 }
 
 pub fn reconstruct_workspace_len(dims: &[usize], caps: &[usize]) -> usize {
@@ -254,12 +259,16 @@ fn compress_sequential(
     ws: &mut [f32],
 ) -> Ranks {
     let nm = dims.len();
-    let (order, r) = sequential_plan(dims, caps);
+    let Sequential {
+        order,
+        ranks: r,
+        half,
+        ..
+    } = Sequential::new(dims, caps);
     let (header, body) = packed.split_at_mut(nm);
     let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
     (0..nm).for_each(|n| header[n] = r[n] as f32);
     let slot = |n: usize| (0..n).map(|m| dims[m] * caps[m]).sum::<usize>();
-    let (_, half) = sequential_scratch(dims, caps);
     let mut shape = [0; 4];
     shape[..nm].copy_from_slice(dims);
     for (step, &n) in order[..nm].iter().enumerate() {
