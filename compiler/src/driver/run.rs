@@ -797,6 +797,7 @@ pub fn bench(
         "suffix_ms": {"median": percentile(&suffix, 0.5), "p10": percentile(&suffix, 0.1), "p90": percentile(&suffix, 0.9)},
         "peak_rss_bytes": rss,
         "planned_bytes": mem.arena + mem.persistent,
+        "gemm": actc_runtime::kernels::gemm_isa(),
     });
     let profile_rows = profile.then(|| profile_table(session.executor().plan(), &per_step, steps));
     if as_json {
@@ -807,14 +808,15 @@ pub fn bench(
         println!("{report}");
     } else {
         println!(
-            "{}: step {:.1} ms (p10 {:.1}, p90 {:.1}), of which trainable suffix {:.1} ms; peak RSS {:.1} MB; planned {:.2} MB",
+            "{}: step {:.1} ms (p10 {:.1}, p90 {:.1}), of which trainable suffix {:.1} ms; peak RSS {:.1} MB; planned {:.2} MB; {} GEMM",
             plan_path.display(),
             percentile(&total, 0.5),
             percentile(&total, 0.1),
             percentile(&total, 0.9),
             percentile(&suffix, 0.5),
             rss as f64 / 1e6,
-            (mem.arena + mem.persistent) as f64 / 1e6
+            (mem.arena + mem.persistent) as f64 / 1e6,
+            actc_runtime::kernels::gemm_isa()
         );
         if let Some((text, _)) = profile_rows {
             print!("{text}");

@@ -11,17 +11,24 @@
 //! lie instead of packed. C = A·B may be computed as Cᵀ = Bᵀ·Aᵀ (strides swapped) when that
 //! packs, stores or wastes less, and products with one column go through a GEMV.
 //!
-//! The micro-kernel is AVX2+FMA on x86_64 CPUs that have it (module `avx2`) and portable Rust
-//! elsewhere; both compute an MR×NR tile from the same panels.
+//! The micro-kernel is AVX-512 on x86_64 CPUs whose 512-bit FMAs outrun their 256-bit ones
+//! (module `avx512`, tiles WIDE columns wide), AVX2+FMA on the others that have it (module
+//! `avx2`) and portable Rust elsewhere (both NARROW columns wide). The loops around it take
+//! the tile's width as a constant parameter, chosen once per product. The two x86 kernels
+//! give the same bits: each element is one FMA chain along the depth in the same KC blocks,
+//! stored as `fma(beta, C, alpha·sum)`, whichever tile it falls in and whichever of C or Cᵀ
+//! is computed.
 
 use std::cell::RefCell;
 
 use super::mul_add;
-use super::simd::dispatch_avx2;
+use super::simd::{self, dispatch_avx2};
 use crate::threads;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod images;
 
 pub use images::{Images, ragged, sgemm_images};
@@ -30,13 +37,18 @@ pub use images::{Images, ragged, sgemm_images};
 /// matrix without moving data.
 pub type Strides = (usize, usize);
 
-/// Rows of a micro-tile: with NR = 16 (two AVX registers per row) the 6×16 tile holds its 12
-/// accumulators, 2 B vectors and an A broadcast in the 16 AVX registers.
+/// Rows of a micro-tile: the 6×16 AVX2 tile (two registers per row) holds its 12
+/// accumulators, 2 B vectors and an A broadcast in the 16 AVX registers; the 6×32 AVX-512
+/// tile has as many accumulators, each twice as wide.
 const MR: usize = 6;
-/// Columns of a micro-tile.
-const NR: usize = 16;
-/// Depth of a packed block: a KC×NR B micro-panel (16 KiB) stays in L1 while it meets every
-/// A micro-panel of the block.
+/// Columns of the AVX2 and portable micro-tiles.
+const NARROW: usize = 16;
+/// Columns of the AVX-512 micro-tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const WIDE: usize = 32;
+/// Depth of a packed block: a KC×NR B micro-panel (16 or 32 KiB) stays in L1 while it meets
+/// every A micro-panel of the block. The same for both widths, so both sum in the same
+/// blocks.
 const KC: usize = 256;
 /// Rows of an A block: its MC×KC floats (up to 120 KiB, packed or in place) stay in L2
 /// while they meet every B micro-panel.
@@ -155,7 +167,7 @@ pub fn sgemm_sum(
         scale(m, n, beta, c, c_strides);
         return bias.add_to(m, n, c, c_strides);
     }
-    let mut p = Product {
+    let p = Product {
         m,
         n,
         k: k * seg.count,
@@ -169,13 +181,22 @@ pub fn sgemm_sum(
         seg_b: seg.b_step,
         bias,
     };
+    #[cfg(target_arch = "x86_64")]
+    if simd::wide_fma() {
+        return product::<WIDE>(p, alpha, beta, c);
+    }
+    product::<NARROW>(p, alpha, beta, c)
+}
+
+/// [`sgemm_sum`] past its checks, with micro-tiles NR columns wide.
+fn product<const NR: usize>(mut p: Product, alpha: f32, beta: f32, c: &mut [f32]) {
     // Computing Cᵀ = Bᵀ·Aᵀ instead only swaps strides: it turns a row into the GEMV path's
     // column, and otherwise may pack, store or waste less (see `cost`).
-    if m == 1 && n > 1 {
+    if p.m == 1 && p.n > 1 {
         p = p.transposed();
-    } else if m > 1 && n > 1 {
+    } else if p.m > 1 && p.n > 1 {
         let t = p.transposed();
-        if t.cost() < p.cost() {
+        if t.cost::<NR>() < p.cost::<NR>() {
             p = t;
         }
     }
@@ -183,7 +204,7 @@ pub fn sgemm_sum(
         gemv(&p, alpha, beta, c);
         p.bias.add_to(p.m, p.n, c, p.sc);
     } else {
-        parallel(&p, alpha, beta, c);
+        parallel::<NR>(&p, alpha, beta, c);
     }
 }
 
@@ -194,15 +215,15 @@ pub fn sgemm_sum(
 /// thread each packs (or reads in place) one panel at a time, used at once and still in L1,
 /// which costs one fork and join per product; with more, the threads pack each B block
 /// together once, to share it ([`shared_b`]).
-fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
+fn parallel<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (outer, unit, stride) = match p.sc {
         (_, 1) => (p.m, MR, p.sc.0),
         (1, _) => (p.n, NR, p.sc.1),
-        _ => return blocked(p, alpha, beta, c),
+        _ => return blocked::<NR>(p, alpha, beta, c),
     };
     let parts = threads::parts_for(p.m * p.n * p.k);
     if parts > 1 && p.sc.1 == 1 && p.m.div_ceil(parts) > MC {
-        return shared_b(p, alpha, beta, c, parts);
+        return shared_b::<NR>(p, alpha, beta, c, parts);
     }
     threads::for_runs(c, outer, stride, unit, parts, |r, run| {
         let mut q = *p;
@@ -215,7 +236,7 @@ fn parallel(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
             q.b = &p.b[r.start * p.sb.1..];
             q.bias = p.bias.cols(r.start, r.len());
         }
-        blocked(&q, alpha, beta, run);
+        blocked::<NR>(&q, alpha, beta, run);
     });
 }
 
@@ -321,7 +342,14 @@ impl Product<'_> {
     }
 
     /// Packs columns `j0..j0 + cols` of B over depth `pc..pc + kc` as NR-wide groups.
-    fn pack_b(&self, dst: &mut [f32], j0: usize, cols: usize, pc: usize, kc: usize) {
+    fn pack_b<const NR: usize>(
+        &self,
+        dst: &mut [f32],
+        j0: usize,
+        cols: usize,
+        pc: usize,
+        kc: usize,
+    ) {
         let src = Operand {
             data: self.b,
             at: j0 * self.sb.1,
@@ -346,15 +374,16 @@ impl Product<'_> {
     }
 
     /// A rough count of cycles, to choose between computing C and Cᵀ. The kernel's depth
-    /// step takes R·V/2 cycles on an R×8V tile (two FMAs a cycle) but no less than the
-    /// FMA latency, 4: narrow edge tiles cost nearly as much as full ones. Packing takes
-    /// ~1/2 cycle an element, storing into a C whose rows are not contiguous ~4 an element
-    /// for each depth block (measured on the 2-core AMD EPYC the project targets).
-    fn cost(&self) -> usize {
+    /// step takes R·V/2 cycles on an R×V-vector tile (two FMAs a cycle; a tile row is two
+    /// vectors) but no less than the FMA latency, 4: narrow edge tiles cost nearly as much
+    /// as full ones. Packing takes ~1/2 cycle an element, storing into a C whose rows are
+    /// not contiguous ~4 an element for each depth block (measured on the 2-core AMD EPYC
+    /// the project targets).
+    fn cost<const NR: usize>(&self) -> usize {
         let (m, n, k) = (self.m, self.n, self.k);
         let step = |rows: usize, vectors: usize| (rows * vectors / 2).max(4);
         let (full_rows, edge_rows) = (m / MR, m % MR);
-        let (full_cols, edge_vectors) = (n / NR, (n % NR).div_ceil(8));
+        let (full_cols, edge_vectors) = (n / NR, (n % NR).div_ceil(NR / 2));
         let mut steps = full_rows * full_cols * step(MR, 2);
         if edge_vectors > 0 {
             steps += full_rows * step(MR, edge_vectors);
@@ -407,7 +436,7 @@ thread_local! {
     static A_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Cache-line alignment of the scratch: a packed B row (NR floats) is exactly one line.
+/// Cache-line alignment of the scratch: a packed B row (NR floats) is one or two lines.
 const ALIGN_FLOATS: usize = 16;
 
 /// Runs `f` on `len` floats of this thread's `scratch`, starting on a cache line.
@@ -434,7 +463,7 @@ fn block_size(n: usize, max: usize, unit: usize) -> usize {
 }
 
 /// The Goto/BLIS loops around the micro-kernel.
-fn blocked(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
+fn blocked<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
     // With one block of rows each B panel is used right after it is packed: one panel of
     // scratch serves them all, where a whole block would stay resident (up to 4 MiB).
@@ -445,7 +474,7 @@ fn blocked(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
                 // Later depth blocks add to what the first one wrote.
                 let beta = if pc == 0 { beta } else { 1.0 };
                 let block = Block { jc, nc, pc, kc };
-                row_blocks(p, block, BPanels::Lazy(bp), alpha, beta, c);
+                row_blocks::<NR>(p, block, BPanels::Lazy(bp), alpha, beta, c);
             }
         }
     });
@@ -455,7 +484,7 @@ fn blocked(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
 /// once, its panels shared out among the threads, into the calling thread's scratch, which
 /// every thread then reads. Per extra thread this saves a B block of scratch (up to 4 MiB)
 /// and packing it again.
-fn shared_b(p: &Product, alpha: f32, beta: f32, c: &mut [f32], parts: usize) {
+fn shared_b<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32], parts: usize) {
     let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
     with_scratch(&B_SCRATCH, nc_max * kc_max, |bp| {
         for (jc, nc) in blocks(p.n, nc_max) {
@@ -465,7 +494,7 @@ fn shared_b(p: &Product, alpha: f32, beta: f32, c: &mut [f32], parts: usize) {
                 threads::for_runs(packed, panels, NR * kc, 1, parts, |r, run| {
                     for (jr, panel) in r.zip(run.chunks_exact_mut(NR * kc)) {
                         let j0 = jc + jr * NR;
-                        p.pack_b(panel, j0, NR.min(jc + nc - j0), pc, kc);
+                        p.pack_b::<NR>(panel, j0, NR.min(jc + nc - j0), pc, kc);
                     }
                 });
                 let packed = &*packed;
@@ -478,7 +507,7 @@ fn shared_b(p: &Product, alpha: f32, beta: f32, c: &mut [f32], parts: usize) {
                         bias: p.bias.rows(r.start, r.len()),
                         ..*p
                     };
-                    row_blocks(&q, block, BPanels::Packed(packed), alpha, beta, run);
+                    row_blocks::<NR>(&q, block, BPanels::Packed(packed), alpha, beta, run);
                 });
             }
         }
@@ -511,7 +540,14 @@ enum BPanels<'s> {
 
 /// All row blocks of A against B block `blk`: `C[.., jc..jc + nc] ← alpha·A·B + beta·C`
 /// over the block's depth.
-fn row_blocks(p: &Product, blk: Block, mut b: BPanels, alpha: f32, beta: f32, c: &mut [f32]) {
+fn row_blocks<const NR: usize>(
+    p: &Product,
+    blk: Block,
+    mut b: BPanels,
+    alpha: f32,
+    beta: f32,
+    c: &mut [f32],
+) {
     let Block { jc, nc, pc, kc } = blk;
     let mc_max = block_size(p.m, MC, MR);
     let a_in_place = p.a_in_place();
@@ -535,7 +571,7 @@ fn row_blocks(p: &Product, blk: Block, mut b: BPanels, alpha: f32, beta: f32, c:
                         let at = if p.m <= MC { 0 } else { jr * NR * kc };
                         let panel = &mut bp[at..][..NR * kc];
                         if ic == 0 {
-                            p.pack_b(panel, jc + j0, nr, pc, kc);
+                            p.pack_b::<NR>(panel, jc + j0, nr, pc, kc);
                         }
                         (&*panel, NR)
                     }
@@ -558,7 +594,7 @@ fn row_blocks(p: &Product, blk: Block, mut b: BPanels, alpha: f32, beta: f32, c:
                         mr,
                         nr,
                     };
-                    tile.run(alpha, beta, &mut c[c0..], p.sc);
+                    tile.run::<NR>(alpha, beta, &mut c[c0..], p.sc);
                     // Once per element, with the first depth block, while the tile is in L1.
                     if pc == 0 {
                         let bias = p.bias.rows(ic + i0, mr).cols(jc + j0, nr);
@@ -615,9 +651,9 @@ fn pack<const W: usize>(dst: &mut [f32], src: &[f32], w: usize, kc: usize, (s_w,
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if W == NR && w == NR && s_k == 1 {
+    if W.is_multiple_of(8) && w == W && s_k == 1 {
         // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
-        dispatch_avx2!(unsafe { avx2::pack_lines(dst, src, kc, s_w) });
+        dispatch_avx2!(unsafe { avx2::pack_lines::<W>(dst, src, kc, s_w) });
     }
     if w < W {
         dst.chunks_exact_mut(W).for_each(|d| d[w..].fill(0.0));
@@ -647,16 +683,25 @@ struct Tile<'a> {
 }
 
 impl Tile<'_> {
-    /// `C ← alpha·tile + beta·C` for the `mr`×`nr` tile at the start of `c`.
-    fn run(&self, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
+    /// `C ← alpha·tile + beta·C` for the `mr`×`nr` tile at the start of `c`, B's panel NR
+    /// columns wide.
+    fn run<const NR: usize>(&self, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
         // These bound every pointer the kernels form.
         assert!((1..=MR).contains(&self.mr) && (1..=NR).contains(&self.nr) && self.kc > 0);
         assert!(extent(self.mr, self.kc, self.sa) <= self.a.len());
         assert!((self.kc - 1) * self.ldb + NR <= self.b.len());
         assert!(extent(self.mr, self.nr, sc) <= c.len());
-        // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks), and the asserts above
-        // are the kernel's bounds preconditions.
-        dispatch_avx2!(unsafe { avx2::tile(self, alpha, beta, c, sc) });
+        #[cfg(target_arch = "x86_64")]
+        if NR == WIDE && simd::has_avx512f() {
+            // SAFETY: the CPU has AVX-512F (just checked), and the asserts above are the
+            // kernel's bounds preconditions for a tile WIDE columns wide.
+            return unsafe { avx512::tile(self, alpha, beta, c, sc) };
+        }
+        if NR == NARROW {
+            // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks), and the asserts
+            // above are the kernel's bounds preconditions for a tile NARROW columns wide.
+            dispatch_avx2!(unsafe { avx2::tile(self, alpha, beta, c, sc) });
+        }
         self.portable(alpha, beta, c, sc);
     }
 
@@ -697,14 +742,30 @@ impl Tile<'_> {
 }
 
 /// Half a micro-tile's width: one SSE2 or NEON register pair.
-const HALF: usize = NR / 2;
+const HALF: usize = NARROW / 2;
 
-/// `c[j·cs] ← alpha·row[j] + beta·c[j·cs]`: one row of an edge tile or of a tile of a C
-/// whose rows are not contiguous.
+/// `c[j·cs] ← alpha·row[j] + beta·c[j·cs]`: one row of a portable tile.
 #[inline]
 fn store_row(row: &[f32], alpha: f32, beta: f32, c: &mut [f32], cs: usize) {
     for (j, &v) in row.iter().enumerate() {
         update(&mut c[j * cs], alpha * v, beta);
+    }
+}
+
+/// `c[j·cs] ← fma(beta, c[j·cs], alpha·row[j])` (`alpha·row[j]` when `beta == 0`): one row
+/// of a SIMD kernel's tile of a C whose rows are not contiguous, rounded as their vector
+/// stores are. Always inlined into their target-feature functions, where `mul_add` is one
+/// FMA instruction rather than a call.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn store_row_fused(row: &[f32], alpha: f32, beta: f32, c: &mut [f32], cs: usize) {
+    for (j, &v) in row.iter().enumerate() {
+        let y = &mut c[j * cs];
+        *y = if beta == 0.0 {
+            alpha * v
+        } else {
+            beta.mul_add(*y, alpha * v)
+        };
     }
 }
 
@@ -800,7 +861,7 @@ fn axpy_body(s: f32, x: &[f32], y: &mut [f32]) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kernels::simd::PORTABLE;
+    use crate::kernels::simd::{PORTABLE, WIDE as WIDE_KERNEL};
     use crate::kernels::testutil::{Lcg, assert_close};
 
     fn reference(
@@ -1005,6 +1066,111 @@ pub(crate) mod tests {
         crosses_every_block_boundary();
     }
 
+    /// Both x86 kernels whatever the CPU's measured peaks chose (the AVX2 one twice where
+    /// the CPU lacks AVX-512).
+    #[test]
+    fn avx2_and_avx512_paths_match_the_reference() {
+        for wide in [false, true] {
+            WIDE_KERNEL.set(Some(wide));
+            edge_sizes();
+            every_scalar_combination_on_edge_tiles();
+            crosses_every_block_boundary();
+        }
+    }
+
+    /// The AVX-512 kernel's results are the AVX2 kernel's, bit for bit, on every path:
+    /// edge tiles of both widths, C computed transposed, strided C, depth blocks, bias,
+    /// segments, images straddling panels, one thread and two.
+    #[test]
+    fn both_kernels_give_the_same_bits() {
+        WIDE_KERNEL.set(Some(true));
+        if !crate::kernels::simd::wide_fma() {
+            println!("this CPU lacks AVX-512F: nothing to compare");
+            return;
+        }
+        let run = |wide: bool, f: &dyn Fn() -> Vec<f32>| {
+            WIDE_KERNEL.set(Some(wide));
+            let out = f();
+            WIDE_KERNEL.set(None);
+            out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
+        let mut rng = Lcg::new(31);
+        for threads in [1, 2] {
+            crate::threads::set_threads(threads);
+            for (m, n, k) in [
+                (7, 17, 9),
+                (13, 33, 300),
+                (2 * MC + 7, 49, KC + 3),
+                (24, 3136, 96),
+                (1, 40, 33),
+                (40, 1, 33),
+                (MC - 20, 8 * WIDE + 5, KC + 40),
+            ] {
+                for bits in [0, 3, 5, 6] {
+                    let t = (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
+                    let (sa, la) = layout(m, k, t.0, 0);
+                    let (sb, lb) = layout(k, n, t.1, 0);
+                    let (sc, lc) = layout(m, n, t.2, 0);
+                    let (a, b, c0, bias) = (rng.vec(la), rng.vec(lb), rng.vec(lc), rng.vec(n));
+                    for (alpha, beta) in [(1.0, 0.0), (0.7, 1.3)] {
+                        let product = || {
+                            let mut c = c0.clone();
+                            let bias = Some(&bias[..]);
+                            sgemm_bias(m, n, k, alpha, &a, sa, &b, sb, beta, &mut c, sc, bias);
+                            c
+                        };
+                        let what = format!("{m}x{n}x{k} t{t:?} beta {beta} on {threads}");
+                        assert!(run(false, &product) == run(true, &product), "{what}");
+                    }
+                }
+            }
+            let (m, k, count, p) = (20, 70, 5, 49);
+            let (a, b, c0) = (
+                rng.vec(m * k),
+                rng.vec(count * k * p),
+                rng.vec(count * m * p),
+            );
+            let imgs = Images {
+                count,
+                pixels: p,
+                b_step: k * p,
+                c_step: m * p,
+            };
+            let images = || {
+                let mut c = c0.clone();
+                sgemm_images(m, k, imgs, 0.5, &a, (k, 1), &b, 1.5, &mut c);
+                c
+            };
+            assert!(run(false, &images) == run(true, &images), "images");
+            let seg = Segments {
+                count: 3,
+                a_step: 40 * 9,
+                b_step: 9 * 37,
+            };
+            let (a, b, c0) = (rng.vec(3 * 40 * 9), rng.vec(3 * 9 * 37), rng.vec(40 * 37));
+            let sum = || {
+                let mut c = c0.clone();
+                sgemm_sum(
+                    40,
+                    37,
+                    9,
+                    seg,
+                    1.0,
+                    &a,
+                    (9, 1),
+                    &b,
+                    (37, 1),
+                    1.0,
+                    &mut c,
+                    (37, 1),
+                    None,
+                );
+                c
+            };
+            assert!(run(false, &sum) == run(true, &sum), "segments");
+        }
+    }
+
     fn edge_sizes() {
         const SIZES: [usize; 11] = [1, 2, 3, 7, 8, 9, 15, 16, 17, 65, 300];
         const SCALARS: [(f32, f32); 3] = [(1.0, 0.0), (-1.5, 1.0), (0.75, 0.5)];
@@ -1068,7 +1234,7 @@ pub(crate) mod tests {
             // Each share one block of rows: every thread packs its B panels one at a time
             // into a single panel of scratch (B transposed), or reads B in place and packs
             // only the ragged last panel.
-            let (m, n, k) = (MC - 20, 8 * NR + 5, KC + 40);
+            let (m, n, k) = (MC - 20, 8 * WIDE + 5, KC + 40);
             check(&mut rng, (m, n, k), (false, true, false), 1, 1.0, 0.5);
             check(&mut rng, (m, n, k), (false, false, false), 0, 1.0, 0.0);
         }
@@ -1084,7 +1250,7 @@ pub(crate) mod tests {
         let mut rng = Lcg::new(21);
         let shapes = [
             (2 * MC + 13, NC + 21, KC + 3),
-            (MC - 20, 8 * NR + 5, KC + 40),
+            (MC - 20, 8 * WIDE + 5, KC + 40),
             (7, 300, 2 * KC + 1),
             (300, 7, 9),
             (40, 1, 33),
@@ -1124,7 +1290,7 @@ pub(crate) mod tests {
         for (m, n, k, count) in [
             (7, 19, 5, 3),
             (MC + 5, 33, 49, 8),
-            (20, 2 * NR + 3, 300, 2),
+            (20, 2 * WIDE + 3, 300, 2),
             (1, 9, 7, 4),
             (9, 1, 7, 4),
             (2 * MC + 13, 320, 49, 8),

@@ -32,6 +32,7 @@ pub mod resize;
 mod rows;
 pub mod shape;
 pub(crate) mod simd;
+pub use simd::gemm_isa;
 pub mod window;
 
 #[cfg(test)]

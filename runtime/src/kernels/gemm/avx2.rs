@@ -1,7 +1,7 @@
 //! The AVX2+FMA micro-kernel (an R×8V tile of C in R·V registers, updated by one FMA per
 //! register for each step along the depth) and the packing that needs shuffles.
 
-use super::{MR, NR, Strides, Tile, store_row};
+use super::{MR, NARROW, Strides, Tile, store_row_fused};
 use std::arch::x86_64::*;
 
 type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
@@ -20,7 +20,8 @@ const KERNELS: [[Kernel; 2]; MR] = [
 /// `C ← alpha·tile + beta·C`, the tile computed with AVX2.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA, and the arguments must pass [`Tile::run`]'s asserts.
+/// The CPU must have AVX2 and FMA, and the arguments must pass [`Tile::run`]'s asserts for
+/// a B panel NARROW columns wide.
 pub(super) unsafe fn tile(t: &Tile, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
     let kernel = KERNELS[t.mr - 1][t.nr.div_ceil(8) - 1];
     // SAFETY: passed on from the caller.
@@ -44,8 +45,8 @@ unsafe fn kernel<const R: usize, const V: usize>(
     for p in 0..t.kc {
         let mut bv = [_mm256_setzero_ps(); V];
         for (v, bv) in bv.iter_mut().enumerate() {
-            // SAFETY: row p of the B micro-panel starts at p·ldb and holds NR ≥ 8·V floats
-            // (asserted by `Tile::run`).
+            // SAFETY: row p of the B micro-panel starts at p·ldb and holds NARROW ≥ 8·V
+            // floats (asserted by `Tile::run`).
             *bv = unsafe { _mm256_loadu_ps(b.add(p * t.ldb + 8 * v)) };
         }
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -57,62 +58,76 @@ unsafe fn kernel<const R: usize, const V: usize>(
             }
         }
     }
-    if csc == 1 && t.nr == 8 * V {
+    if csc == 1 {
         let c = c.as_mut_ptr();
         let (alpha, beta_v) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+        // The lanes of an edge tile's last vector that lie inside the tile.
+        let lanes = (t.nr - 8 * (V - 1)) as i32;
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(lanes),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         for (r, acc) in acc.iter().enumerate() {
             for (v, acc) in acc.iter().enumerate() {
                 let ab = _mm256_mul_ps(alpha, *acc);
-                // SAFETY: row r < mr, columns 8v..8v+8 ≤ nr, all within the tile's extent
-                // in `c` (asserted by `Tile::run`).
+                let masked = v + 1 == V && lanes < 8;
+                // SAFETY: row r < mr, and columns 8v.. up to nr (a partial vector masked to
+                // them), all within the tile's extent in `c` (asserted by `Tile::run`);
+                // masked-off lanes are neither read nor written.
                 unsafe {
                     let cp = c.add(r * rsc + 8 * v);
                     let out = if beta == 0.0 {
                         ab
+                    } else if masked {
+                        _mm256_fmadd_ps(beta_v, _mm256_maskload_ps(cp, mask), ab)
                     } else {
                         _mm256_fmadd_ps(beta_v, _mm256_loadu_ps(cp), ab)
                     };
-                    _mm256_storeu_ps(cp, out);
+                    if masked {
+                        _mm256_maskstore_ps(cp, mask, out);
+                    } else {
+                        _mm256_storeu_ps(cp, out);
+                    }
                 }
             }
         }
     } else {
         for (r, acc) in acc.iter().enumerate() {
-            let mut row = [0.0; NR];
+            let mut row = [0.0; NARROW];
             for (v, acc) in acc.iter().enumerate() {
-                // SAFETY: 8v + 8 ≤ 8V ≤ NR floats of the row.
+                // SAFETY: 8v + 8 ≤ 8V ≤ NARROW floats of the row.
                 unsafe { _mm256_storeu_ps(row[8 * v..].as_mut_ptr(), *acc) };
             }
-            store_row(&row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
+            store_row_fused(&row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
         }
     }
 }
 
-/// Packs NR lines of `kc` contiguous floats, `ld` apart, as `kc` groups of NR
-/// (`dst[p·NR + l] = src[l·ld + p]`): a transposition, done 8×8 floats at a time in
+/// Packs W lines of `kc` contiguous floats, `ld` apart, as `kc` groups of W
+/// (`dst[p·W + l] = src[l·ld + p]`): a transposition, done 8×8 floats at a time in
 /// registers rather than one scattered store per float.
 #[target_feature(enable = "avx2,fma")]
-pub(super) fn pack_lines(dst: &mut [f32], src: &[f32], kc: usize, ld: usize) {
+pub(super) fn pack_lines<const W: usize>(dst: &mut [f32], src: &[f32], kc: usize, ld: usize) {
     // These bound every pointer below.
-    assert!(dst.len() >= NR * kc && (NR - 1) * ld + kc <= src.len());
+    assert!(W.is_multiple_of(8) && dst.len() >= W * kc && (W - 1) * ld + kc <= src.len());
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     let full = kc - kc % 8;
     for p in (0..full).step_by(8) {
-        for half in 0..NR / 8 {
+        for group in 0..W / 8 {
             let mut rows = [_mm256_setzero_ps(); 8];
             for (l, row) in rows.iter_mut().enumerate() {
-                // SAFETY: line 8·half + l < NR, floats p..p + 8 ≤ kc of it.
-                *row = unsafe { _mm256_loadu_ps(s.add((8 * half + l) * ld + p)) };
+                // SAFETY: line 8·group + l < W, floats p..p + 8 ≤ kc of it.
+                *row = unsafe { _mm256_loadu_ps(s.add((8 * group + l) * ld + p)) };
             }
             for (q, col) in transpose8(rows).into_iter().enumerate() {
-                // SAFETY: group p + q < kc, floats 8·half..8·half + 8 ≤ NR of it.
-                unsafe { _mm256_storeu_ps(d.add((p + q) * NR + 8 * half), col) };
+                // SAFETY: group p + q < kc, floats 8·group..8·group + 8 ≤ W of it.
+                unsafe { _mm256_storeu_ps(d.add((p + q) * W + 8 * group), col) };
             }
         }
     }
     for p in full..kc {
-        for l in 0..NR {
-            dst[p * NR + l] = src[l * ld + p];
+        for l in 0..W {
+            dst[p * W + l] = src[l * ld + p];
         }
     }
 }

@@ -8,8 +8,8 @@
 //! stored through a small buffer; the other tiles go straight into C.
 
 use super::{
-    A_SCRATCH, B_SCRATCH, Bias, KC, MC, MR, NC, NR, Product, Strides, Tile, block_size, blocks,
-    extent, pack, update, with_scratch,
+    A_SCRATCH, B_SCRATCH, Bias, KC, MC, MR, NARROW, NC, Product, Strides, Tile, WIDE, block_size,
+    blocks, extent, pack, update, with_scratch,
 };
 use crate::threads;
 
@@ -26,10 +26,19 @@ pub struct Images {
 }
 
 /// Whether per-image products `n` columns wide waste enough of their last panel (over an
-/// eighth of their work) for [`sgemm_images`] to gain: measured, 7×7 images gained 20 %
-/// (49 = 3·16 + 1), 14×14 ones lost 5 % (196 = 12·16 + 4).
+/// eighth of their work) for [`sgemm_images`] to gain: measured with 16-column panels, 7×7
+/// images gained 20 % (49 = 3·16 + 1), 14×14 ones lost 5 % (196 = 12·16 + 4).
 pub fn ragged(n: usize) -> bool {
-    (n.next_multiple_of(NR) - n) * 8 > n
+    (n.next_multiple_of(panel_width()) - n) * 8 > n
+}
+
+/// The width of the micro-tiles the GEMM takes on this machine.
+fn panel_width() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::wide_fma() {
+        return WIDE;
+    }
+    NARROW
 }
 
 /// `C_i ← alpha·A·B_i + beta·C_i` for every image `i`, `A` m×k with strides `sa`. In
@@ -68,10 +77,16 @@ pub fn sgemm_images(
         return;
     }
     let parts = threads::parts_for(m * k * n * p).min(n);
+    let wide = panel_width() == WIDE;
     threads::for_runs(c, n, imgs.c_step, 1, parts, |run, c| {
         let imgs = Images {
             count: run.len(),
             ..imgs
+        };
+        let columns = if wide {
+            columns::<WIDE>
+        } else {
+            columns::<NARROW>
         };
         columns(
             m,
@@ -88,7 +103,7 @@ pub fn sgemm_images(
 
 /// [`sgemm_images`] on one thread: the Goto/BLIS loops, B's panels gathered over images.
 #[allow(clippy::too_many_arguments)] // as sgemm_images
-fn columns(
+fn columns<const NR: usize>(
     m: usize,
     k: usize,
     imgs: Images,
@@ -128,7 +143,7 @@ fn columns(
                     // Later depth blocks add to what the first one wrote.
                     let beta = if pc == 0 { beta } else { 1.0 };
                     for (panel, j0) in bp.chunks_exact_mut(NR * kc).zip((0..nc).step_by(NR)) {
-                        pack_columns(panel, b, imgs, jc + j0, NR.min(nc - j0), pc, kc);
+                        pack_columns::<NR>(panel, b, imgs, jc + j0, NR.min(nc - j0), pc, kc);
                     }
                     for (ic, mc) in blocks(m, mc_max) {
                         if !a_in_place {
@@ -154,7 +169,7 @@ fn columns(
                                     mr: MR.min(mc - i0),
                                     nr: NR.min(nc - j0),
                                 };
-                                store(&tile, alpha, beta, c, imgs, ic + i0, jc + j0);
+                                store::<NR>(&tile, alpha, beta, c, imgs, ic + i0, jc + j0);
                             }
                         }
                     }
@@ -166,7 +181,7 @@ fn columns(
 
 /// Packs columns `j0..j0 + nr` over depth `pc..pc + kc` as one NR-wide panel (zeros past
 /// `nr`), gathering each depth row from the images the columns belong to.
-fn pack_columns(
+fn pack_columns<const NR: usize>(
     dst: &mut [f32],
     b: &[f32],
     imgs: Images,
@@ -193,24 +208,34 @@ fn pack_columns(
 }
 
 /// `C ← alpha·tile + beta·C` for the tile of rows `i0..` and columns `j0..`: straight into
-/// C when its columns lie in one image, else through a buffer, column by column.
-fn store(tile: &Tile, alpha: f32, beta: f32, c: &mut [f32], imgs: Images, i0: usize, j0: usize) {
+/// C when its columns lie in one image, else through a buffer, column by column, rounded as
+/// the SIMD kernels' stores are (`fma(beta, C, alpha·sum)`), wherever the panels straddle.
+fn store<const NR: usize>(
+    tile: &Tile,
+    alpha: f32,
+    beta: f32,
+    c: &mut [f32],
+    imgs: Images,
+    i0: usize,
+    j0: usize,
+) {
     let p = imgs.pixels;
     let (img, px) = (j0 / p, j0 % p);
     if px + tile.nr <= p {
-        return tile.run(
+        return tile.run::<NR>(
             alpha,
             beta,
             &mut c[img * imgs.c_step + i0 * p + px..],
             (p, 1),
         );
     }
-    let mut buf = [0.0; MR * NR];
-    tile.run(alpha, 0.0, &mut buf, (NR, 1));
+    let mut buf = [0.0; MR * WIDE];
+    tile.run::<NR>(alpha, 0.0, &mut buf, (NR, 1));
     for (r, row) in buf.chunks_exact(NR).take(tile.mr).enumerate() {
         for (col, &v) in row[..tile.nr].iter().enumerate() {
             let (img, px) = ((j0 + col) / p, (j0 + col) % p);
-            update(&mut c[img * imgs.c_step + (i0 + r) * p + px], v, beta);
+            let y = &mut c[img * imgs.c_step + (i0 + r) * p + px];
+            *y = if beta == 0.0 { v } else { beta.mul_add(*y, v) };
         }
     }
 }

@@ -1,0 +1,95 @@
+//! The AVX-512 micro-kernel: the AVX2 one's R×V-vector tile with 16-float vectors, so a
+//! 6×32 tile is 12 accumulators of the 32 registers. Where a core has two 512-bit FMA
+//! pipes (Intel's server cores) it does twice the AVX2 kernel's work per cycle; edge tiles
+//! store through lane masks rather than a row buffer.
+
+use super::{MR, Strides, Tile, WIDE, store_row_fused};
+use std::arch::x86_64::*;
+
+type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
+
+/// Indexed by [rows − 1][16-column vectors − 1], as the AVX2 kernel's table.
+const KERNELS: [[Kernel; 2]; MR] = [
+    [kernel::<1, 1>, kernel::<1, 2>],
+    [kernel::<2, 1>, kernel::<2, 2>],
+    [kernel::<3, 1>, kernel::<3, 2>],
+    [kernel::<4, 1>, kernel::<4, 2>],
+    [kernel::<5, 1>, kernel::<5, 2>],
+    [kernel::<6, 1>, kernel::<6, 2>],
+];
+
+/// `C ← alpha·tile + beta·C`, the tile computed with AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and the arguments must pass [`Tile::run`]'s asserts for a B
+/// panel WIDE columns wide.
+pub(super) unsafe fn tile(t: &Tile, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
+    let kernel = KERNELS[t.mr - 1][t.nr.div_ceil(16) - 1];
+    // SAFETY: passed on from the caller.
+    unsafe { kernel(t, alpha, beta, c, sc) }
+}
+
+/// # Safety
+/// As [`tile`], with `R == t.mr` and `16·(V − 1) < t.nr ≤ 16·V`.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize, const V: usize>(
+    t: &Tile,
+    alpha: f32,
+    beta: f32,
+    c: &mut [f32],
+    (rsc, csc): Strides,
+) {
+    debug_assert!(R == t.mr && t.nr.div_ceil(16) == V);
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    let (rsa, ksa) = t.sa;
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for p in 0..t.kc {
+        let mut bv = [_mm512_setzero_ps(); V];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: row p of the B micro-panel starts at p·ldb and holds WIDE ≥ 16·V
+            // floats (asserted by `Tile::run`).
+            *bv = unsafe { _mm512_loadu_ps(b.add(p * t.ldb + 16 * v)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r < mr and p < kc, inside the A micro-panel's extent (asserted by
+            // `Tile::run`).
+            let ar = _mm512_set1_ps(unsafe { *a.add(r * rsa + p * ksa) });
+            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                *acc = _mm512_fmadd_ps(ar, *bv, *acc);
+            }
+        }
+    }
+    if csc == 1 {
+        let c = c.as_mut_ptr();
+        let (alpha, beta_v) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+        // The lanes of the last vector that lie inside the tile: all of them but at an edge.
+        let last: __mmask16 = u16::MAX >> (16 * V - t.nr);
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, acc) in acc.iter().enumerate() {
+                let ab = _mm512_mul_ps(alpha, *acc);
+                let mask = if v + 1 == V { last } else { u16::MAX };
+                // SAFETY: row r < mr, and columns 16v.. up to nr (the last vector masked to
+                // them), all within the tile's extent in `c` (asserted by `Tile::run`);
+                // masked-off lanes are neither read nor written.
+                unsafe {
+                    let cp = c.add(r * rsc + 16 * v);
+                    let out = if beta == 0.0 {
+                        ab
+                    } else {
+                        _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, cp), ab)
+                    };
+                    _mm512_mask_storeu_ps(cp, mask, out);
+                }
+            }
+        }
+    } else {
+        for (r, acc) in acc.iter().enumerate() {
+            let mut row = [0.0; WIDE];
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: 16v + 16 ≤ 16V ≤ WIDE floats of the row.
+                unsafe { _mm512_storeu_ps(row[16 * v..].as_mut_ptr(), *acc) };
+            }
+            store_row_fused(&row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
+        }
+    }
+}
