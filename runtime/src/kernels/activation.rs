@@ -11,9 +11,46 @@ use crate::threads;
 
 /// `v` clipped to `[lo, hi]`, NaN staying NaN as in PyTorch (`f32::max` would make it
 /// `lo`, so a NaN input would train on silently). Every clip of the kernels goes through it.
+/// Written as x86's max and min compare (`a > b ? a : b`, the second operand when either
+/// is NaN) with `v` second: one instruction each, where `is_nan` and `f32::max` took five
+/// (an SSE2 bias-and-clip pass was 15 % of a MobileNetV2 step).
 #[inline(always)]
 pub fn clip(v: f32, lo: f32, hi: f32) -> f32 {
-    if v.is_nan() { v } else { v.max(lo).min(hi) }
+    let v = if lo > v { lo } else { v };
+    if hi < v { hi } else { v }
+}
+
+/// Each row of `cols` in `y` plus its channel's bias, then clipped: a conv's epilogue. Row
+/// `i` is of channel `(first + i) mod channels`.
+pub fn bias_clip_rows(
+    y: &mut [f32],
+    cols: usize,
+    (first, channels): (usize, usize),
+    bias: Option<&[f32]>,
+    (lo, hi): (f32, f32),
+) {
+    for (i, row) in y.chunks_exact_mut(cols).enumerate() {
+        let b = bias.map_or(0.0, |bias| bias[(first + i) % channels]);
+        add_clip(row, b, lo, hi);
+    }
+}
+
+/// `v ← clip(v + b, lo, hi)` along `row`, compiled a second time for AVX2.
+fn add_clip(row: &mut [f32], b: f32, lo: f32, hi: f32) {
+    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
+    dispatch_avx2!(unsafe { add_clip_avx2(row, b, lo, hi) });
+    add_clip_body(row, b, lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn add_clip_avx2(row: &mut [f32], b: f32, lo: f32, hi: f32) {
+    add_clip_body(row, b, lo, hi)
+}
+
+#[inline(always)]
+fn add_clip_body(row: &mut [f32], b: f32, lo: f32, hi: f32) {
+    row.iter_mut().for_each(|v| *v = clip(*v + b, lo, hi));
 }
 
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {

@@ -323,7 +323,8 @@ unsafe fn run_band(
                         out,
                         (cols, 1),
                     );
-                    epilogue(out, cols, stage.bias, stage.clip);
+                    let clip = stage.clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                    activation::bias_clip_rows(out, cols, (0, m), stage.bias, clip);
                 }
                 Weights::Int8(w) => {
                     let epi = qgemm::Epilogue {
@@ -373,16 +374,6 @@ unsafe fn run_band(
         } else {
             dst.copy_from_slice(src);
         }
-    }
-}
-
-/// Each channel's row of `cols` in `out`: plus its bias, then clipped.
-fn epilogue(out: &mut [f32], cols: usize, bias: Option<&[f32]>, clip: Option<(f32, f32)>) {
-    let (lo, hi) = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-    for (c, row) in out.chunks_exact_mut(cols).enumerate() {
-        let b = bias.map_or(0.0, |b| b[c]);
-        row.iter_mut()
-            .for_each(|v| *v = activation::clip(*v + b, lo, hi));
     }
 }
 

@@ -264,12 +264,7 @@ fn bias_clip(y: &mut [f32], p: usize, channels: usize, bias: Option<&[f32]>, lo:
     let planes = y.len() / p;
     let parts = threads::parts_for(y.len() * 8);
     threads::for_runs(y, planes, p, 1, parts, |run, ys| {
-        for (i, plane) in run.zip(ys.chunks_exact_mut(p)) {
-            let b = bias.map_or(0.0, |bias| bias[i % channels]);
-            plane
-                .iter_mut()
-                .for_each(|v| *v = activation::clip(*v + b, lo, hi));
-        }
+        activation::bias_clip_rows(ys, p, (run.start, channels), bias, (lo, hi));
     });
 }
 

@@ -208,8 +208,9 @@ fn pack_columns<const NR: usize>(
 }
 
 /// `C ← alpha·tile + beta·C` for the tile of rows `i0..` and columns `j0..`: straight into
-/// C when its columns lie in one image, else through a buffer, column by column, rounded as
-/// the SIMD kernels' stores are (`fma(beta, C, alpha·sum)`), wherever the panels straddle.
+/// C when its columns lie in one image, else through a buffer that C's runs in each image
+/// are gathered into (when `beta` reads them) and scattered back from, so the kernel's own
+/// store does the arithmetic.
 fn store<const NR: usize>(
     tile: &Tile,
     alpha: f32,
@@ -229,13 +230,26 @@ fn store<const NR: usize>(
             (p, 1),
         );
     }
+    // (row, column in the tile, where in C, length) of each run inside one image.
+    let runs = (0..tile.mr).flat_map(|r| {
+        let mut col = 0;
+        std::iter::from_fn(move || {
+            (col < tile.nr).then(|| {
+                let (img, px) = ((j0 + col) / p, (j0 + col) % p);
+                let len = (p - px).min(tile.nr - col);
+                col += len;
+                (r, col - len, img * imgs.c_step + (i0 + r) * p + px, len)
+            })
+        })
+    });
     let mut buf = [0.0; MR * WIDE];
-    tile.run::<NR>(alpha, 0.0, &mut buf, (NR, 1));
-    for (r, row) in buf.chunks_exact(NR).take(tile.mr).enumerate() {
-        for (col, &v) in row[..tile.nr].iter().enumerate() {
-            let (img, px) = ((j0 + col) / p, (j0 + col) % p);
-            let y = &mut c[img * imgs.c_step + (i0 + r) * p + px];
-            *y = if beta == 0.0 { v } else { beta.mul_add(*y, v) };
+    if beta != 0.0 {
+        for (r, col, at, len) in runs.clone() {
+            buf[r * NR + col..][..len].copy_from_slice(&c[at..][..len]);
         }
+    }
+    tile.run::<NR>(alpha, beta, &mut buf, (NR, 1));
+    for (r, col, at, len) in runs {
+        c[at..][..len].copy_from_slice(&buf[r * NR + col..][..len]);
     }
 }
