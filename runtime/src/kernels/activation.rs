@@ -20,39 +20,6 @@ pub fn clip(v: f32, lo: f32, hi: f32) -> f32 {
     if hi < v { hi } else { v }
 }
 
-/// Each row of `cols` in `y` plus its channel's bias, then clipped: a conv's epilogue. Row
-/// `i` is of channel `(first + i) mod channels`.
-pub fn bias_clip_rows(
-    y: &mut [f32],
-    cols: usize,
-    (first, channels): (usize, usize),
-    bias: Option<&[f32]>,
-    (lo, hi): (f32, f32),
-) {
-    for (i, row) in y.chunks_exact_mut(cols).enumerate() {
-        let b = bias.map_or(0.0, |bias| bias[(first + i) % channels]);
-        add_clip(row, b, lo, hi);
-    }
-}
-
-/// `v ← clip(v + b, lo, hi)` along `row`, compiled a second time for AVX2.
-fn add_clip(row: &mut [f32], b: f32, lo: f32, hi: f32) {
-    // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
-    dispatch_avx2!(unsafe { add_clip_avx2(row, b, lo, hi) });
-    add_clip_body(row, b, lo, hi)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn add_clip_avx2(row: &mut [f32], b: f32, lo: f32, hi: f32) {
-    add_clip_body(row, b, lo, hi)
-}
-
-#[inline(always)]
-fn add_clip_body(row: &mut [f32], b: f32, lo: f32, hi: f32) {
-    row.iter_mut().for_each(|v| *v = clip(*v + b, lo, hi));
-}
-
 pub fn relu_forward(x: &[f32], y: &mut [f32]) {
     map(x, y, |x| clip(x, 0.0, f32::INFINITY));
 }

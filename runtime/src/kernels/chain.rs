@@ -18,10 +18,10 @@
 //! is stored into `y`'s planes from the lane's scratch, so the lanes never hold overlapping
 //! slices of `y`.
 
-use super::gemm::sgemm;
+use super::conv;
+use super::gemm::{Epilogue, sgemm_with};
 use super::geometry::Conv2dGeom;
 use super::qgemm::{self, Planes, QWeights};
-use super::{activation, conv};
 use crate::threads;
 use std::ops::Range;
 
@@ -310,7 +310,7 @@ unsafe fn run_band(
             let (m, k) = (bg.c_out, bg.c_in);
             match stage.w {
                 Weights::F32(w) => {
-                    sgemm(
+                    sgemm_with(
                         m,
                         cols,
                         k,
@@ -322,9 +322,8 @@ unsafe fn run_band(
                         0.0,
                         out,
                         (cols, 1),
+                        Epilogue::rows(stage.bias, stage.clip),
                     );
-                    let clip = stage.clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
-                    activation::bias_clip_rows(out, cols, (0, m), stage.bias, clip);
                 }
                 Weights::Int8(w) => {
                     let epi = qgemm::Epilogue {

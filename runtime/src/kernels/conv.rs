@@ -17,7 +17,7 @@
 //! move memory that one core already streams at full speed.
 
 // Re-exported where it used to live, for the compiler's imports.
-use super::gemm::{Images, Segments, ragged, sgemm, sgemm_images, sgemm_sum};
+use super::gemm::{Epilogue, Images, Segments, ragged, sgemm, sgemm_images, sgemm_sum, sgemm_with};
 pub use super::geometry::Conv2dGeom;
 use super::geometry::{gather, scatter_axpy, tap_offset};
 use super::rows::{RowCache, RowSplit};
@@ -76,12 +76,10 @@ pub fn forward(
 }
 
 /// [`forward`], then `y ← min(max(y, lo), hi)` (a conv and the ReLU6 or ReLU after it).
-/// Where the conv is one product per image and an image's output is large, each image's
-/// output gets its bias and clip in one pass right after its product, while it is still in
-/// cache: filling it with the bias first, reading that back in the product and clipping in a
-/// pass of its own after the whole batch went through memory three times on a MobileNet's
-/// large 1×1 convs. Small outputs stay in cache either way, and a pass per image cost more
-/// there than it saved.
+/// Where the conv is a product, the bias and the clip are applied in the product's store,
+/// as each tile of the output leaves the registers: filling the output with the bias first,
+/// reading that back in the product and clipping in a pass of its own went through memory
+/// three times on a MobileNet's large 1×1 convs.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_clipped(
     g: &Conv2dGeom,
@@ -122,21 +120,16 @@ fn forward_with(
         rows_forward(g, x, w, bias, y, ws);
     } else if g.is_image_product() {
         return images_forward(g, x, w, bias, clip, y);
-    } else if g.cout_per_group() * p >= FUSED_EPILOGUE {
-        return per_image_forward(g, x, w, bias, clip, y, ws);
     } else {
-        per_image_forward(g, x, w, bias, None, y, ws);
+        return per_image_forward(g, x, w, bias, clip, y, ws);
     }
     if let Some((lo, hi)) = clip {
         activation::clip_in_place(lo, hi, y);
     }
 }
 
-/// Output floats per image and group from which [`forward_clipped`] applies the bias and
-/// the clip image by image.
-const FUSED_EPILOGUE: usize = 1 << 16;
-
-/// One product per image and group (im2col first unless 1×1), then the epilogue.
+/// One product per image and group (im2col first unless 1×1), the bias and the clip in its
+/// store.
 ///
 /// 1×1 convs (no im2col scratch to share) split the batch across the threads, each image a
 /// product of its own: split inside, the product of one 28×28 image woke the other thread
@@ -158,30 +151,28 @@ fn per_image_forward(
             let xg = &x[(b * g.c_in + gi * cig) * hw..][..cig * hw];
             let wg = &w[gi * cog * rows..][..cog * rows];
             let yg = &mut yb[gi * cog * p..][..cog * p];
-            let bias = bias.map(|bias| &bias[gi * cog..][..cog]);
-            let beta = bias_start(yg, p, cog, bias, clip);
-            if g.is_pointwise() {
-                sgemm(cog, p, cig, 1.0, wg, (cig, 1), xg, (p, 1), beta, yg, (p, 1));
+            let epi = Epilogue::rows(bias.map(|bias| &bias[gi * cog..][..cog]), clip);
+            let (b, depth) = if g.is_pointwise() {
+                (xg, cig)
             } else {
                 let col = &mut ws[..rows * p];
                 im2col(g, xg, col);
-                sgemm(
-                    cog,
-                    p,
-                    rows,
-                    1.0,
-                    wg,
-                    (rows, 1),
-                    col,
-                    (p, 1),
-                    beta,
-                    yg,
-                    (p, 1),
-                );
-            }
-            if let Some((lo, hi)) = clip {
-                bias_clip(yg, p, cog, bias, lo, hi);
-            }
+                (&*col, rows)
+            };
+            sgemm_with(
+                cog,
+                p,
+                depth,
+                1.0,
+                wg,
+                (depth, 1),
+                b,
+                (p, 1),
+                0.0,
+                yg,
+                (p, 1),
+                epi,
+            );
         }
     };
     each_image(g, y, ws, image);
@@ -212,9 +203,8 @@ fn each_image(
     }
 }
 
-/// The 1×1 conv of the whole batch as one product ([`Conv2dGeom::is_image_product`]), then
-/// the bias and the clip: added in one pass with the clip, or, without a clip, filled in
-/// first and accumulated onto.
+/// The 1×1 conv of the whole batch as one product ([`Conv2dGeom::is_image_product`]), the
+/// bias and the clip in its store.
 fn images_forward(
     g: &Conv2dGeom,
     x: &[f32],
@@ -224,48 +214,14 @@ fn images_forward(
     y: &mut [f32],
 ) {
     let p = g.out_h() * g.out_w();
-    let beta = bias_start(y, p, g.c_out, bias, clip);
     let imgs = Images {
         count: g.n,
         pixels: p,
         b_step: g.c_in * p,
         c_step: g.c_out * p,
     };
-    sgemm_images(g.c_out, g.c_in, imgs, 1.0, w, (g.c_in, 1), x, beta, y);
-    if let Some((lo, hi)) = clip {
-        bias_clip(y, p, g.c_out, bias, lo, hi);
-    }
-}
-
-/// Where a product into `y`'s planes of `p` (plane `i` of channel `i mod channels`) starts,
-/// as its beta: without a clip, the bias filled in to accumulate onto (a pass over the
-/// output saved); with one, nothing, as [`bias_clip`] adds the bias after the product.
-fn bias_start(
-    y: &mut [f32],
-    p: usize,
-    channels: usize,
-    bias: Option<&[f32]>,
-    clip: Option<(f32, f32)>,
-) -> f32 {
-    match (bias, clip) {
-        (Some(bias), None) => {
-            for (i, plane) in y.chunks_exact_mut(p).enumerate() {
-                plane.fill(bias[i % channels]);
-            }
-            1.0
-        }
-        _ => 0.0,
-    }
-}
-
-/// `plane ← min(max(plane + bias[c], lo), hi)` for each of `y`'s planes of `p`, plane `i`
-/// being of channel `c = i mod channels`.
-fn bias_clip(y: &mut [f32], p: usize, channels: usize, bias: Option<&[f32]>, lo: f32, hi: f32) {
-    let planes = y.len() / p;
-    let parts = threads::parts_for(y.len() * 8);
-    threads::for_runs(y, planes, p, 1, parts, |run, ys| {
-        activation::bias_clip_rows(ys, p, (run.start, channels), bias, (lo, hi));
-    });
+    let epi = Epilogue::rows(bias, clip);
+    sgemm_images(g.c_out, g.c_in, imgs, 1.0, w, (g.c_in, 1), x, 0.0, y, epi);
 }
 
 /// dx from dy and the weight (no activation needed).
@@ -293,7 +249,8 @@ pub fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], ws: 
             b_step: g.c_out * p,
             c_step: g.c_in * p,
         };
-        return sgemm_images(g.c_in, g.c_out, imgs, 1.0, w, (1, g.c_in), dy, 0.0, dx);
+        let epi = Epilogue::NONE;
+        return sgemm_images(g.c_in, g.c_out, imgs, 1.0, w, (1, g.c_in), dy, 0.0, dx, epi);
     }
     let (cig, cog, rows) = (g.cin_per_group(), g.cout_per_group(), g.col_rows());
     each_image(g, dx, ws, |b, dxb, ws| {
@@ -395,7 +352,7 @@ pub fn backward_weight_into(
                 beta,
                 &mut dw[gi * cog * cig..][..cog * cig],
                 (cig, 1),
-                None,
+                Epilogue::NONE,
             );
         }
         return;
@@ -981,11 +938,6 @@ mod tests {
             geom(2, 4, 64, 64, 16, [1, 1], 1, [0; 4], 1, 1),
             geom(1, 5, 70, 70, 16, [3, 3], 1, [1; 4], 1, 1),
         ];
-        assert!(
-            large
-                .iter()
-                .all(|g| g.c_out * g.out_h() * g.out_w() >= FUSED_EPILOGUE)
-        );
         for g in cases().into_iter().chain(large) {
             let x = rng.vec(g.input_len());
             let w = rng.vec(g.weight_len());

@@ -21,8 +21,8 @@
 
 use std::cell::RefCell;
 
-use super::mul_add;
 use super::simd::{self, dispatch_avx2};
+use super::{activation, mul_add};
 use crate::threads;
 
 #[cfg(target_arch = "x86_64")]
@@ -75,16 +75,27 @@ pub fn sgemm(
     c: &mut [f32],
     c_strides: Strides,
 ) {
-    sgemm_bias(
-        m, n, k, alpha, a, a_strides, b, b_strides, beta, c, c_strides, None,
+    sgemm_with(
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        a_strides,
+        b,
+        b_strides,
+        beta,
+        c,
+        c_strides,
+        Epilogue::NONE,
     );
 }
 
-/// [`sgemm`] plus `bias[j]` added to every row of column `j` of C (a dense layer's bias,
-/// `bias.len() == n`), in the store of the tiles while they are in L1 rather than in a pass
-/// of its own over C.
-#[allow(clippy::too_many_arguments)] // sgemm's signature and the bias
-pub fn sgemm_bias(
+/// [`sgemm`], then the [`Epilogue`] (a bias along C's rows or columns, a clip) on every
+/// element of C, in the store of the tiles while they are in registers rather than in a
+/// pass of its own over C.
+#[allow(clippy::too_many_arguments)] // sgemm's signature and the epilogue
+pub fn sgemm_with(
     m: usize,
     n: usize,
     k: usize,
@@ -96,7 +107,7 @@ pub fn sgemm_bias(
     beta: f32,
     c: &mut [f32],
     c_strides: Strides,
-    bias: Option<&[f32]>,
+    epi: Epilogue,
 ) {
     let one = Segments {
         count: 1,
@@ -104,7 +115,7 @@ pub fn sgemm_bias(
         b_step: 0,
     };
     sgemm_sum(
-        m, n, k, one, alpha, a, a_strides, b, b_strides, beta, c, c_strides, bias,
+        m, n, k, one, alpha, a, a_strides, b, b_strides, beta, c, c_strides, epi,
     );
 }
 
@@ -120,9 +131,8 @@ pub struct Segments {
 /// `C ← alpha·Σ_s A_s·B_s + beta·C` over the [`Segments`] of `A` (each m×k) and `B` (each
 /// k×n): one product of depth `count·k`. A 1×1 conv's weight gradient is such a sum over
 /// the images of a batch, each a few dozen pixels deep; as separate products, C would be
-/// read and written once per image. `bias`, when given, is added to every row of C
-/// ([`sgemm_bias`]).
-#[allow(clippy::too_many_arguments)] // sgemm's signature, the segments and the bias
+/// read and written once per image. Then the epilogue ([`sgemm_with`]).
+#[allow(clippy::too_many_arguments)] // sgemm's signature, the segments and the epilogue
 pub fn sgemm_sum(
     m: usize,
     n: usize,
@@ -136,13 +146,13 @@ pub fn sgemm_sum(
     beta: f32,
     c: &mut [f32],
     c_strides: Strides,
-    bias: Option<&[f32]>,
+    epi: Epilogue,
 ) {
-    assert!(
-        bias.is_none_or(|b| b.len() == n),
-        "sgemm: bias is not n long"
-    );
-    let bias = bias.map_or(Bias::None, Bias::Cols);
+    match epi.bias {
+        Bias::None => {}
+        Bias::Rows(b) => assert!(b.len() == m, "sgemm: a row bias is not m long"),
+        Bias::Cols(b) => assert!(b.len() == n, "sgemm: a column bias is not n long"),
+    }
     // The micro-kernel reads and writes through raw pointers: these O(1) checks are what
     // keeps it inside the slices, so they stay on in release builds.
     let last = seg.count.saturating_sub(1);
@@ -165,7 +175,7 @@ pub fn sgemm_sum(
     }
     if k == 0 || seg.count == 0 || alpha == 0.0 {
         scale(m, n, beta, c, c_strides);
-        return bias.add_to(m, n, c, c_strides);
+        return epi.apply(m, n, c, c_strides);
     }
     let p = Product {
         m,
@@ -179,7 +189,7 @@ pub fn sgemm_sum(
         seg_k: k,
         seg_a: seg.a_step,
         seg_b: seg.b_step,
-        bias,
+        epi,
     };
     #[cfg(target_arch = "x86_64")]
     if simd::wide_fma() {
@@ -202,7 +212,7 @@ fn product<const NR: usize>(mut p: Product, alpha: f32, beta: f32, c: &mut [f32]
     }
     if p.n == 1 && !p.segmented() && (p.sa.0 == 1 || p.sa.1 == 1) {
         gemv(&p, alpha, beta, c);
-        p.bias.add_to(p.m, p.n, c, p.sc);
+        p.epi.apply(p.m, p.n, c, p.sc);
     } else {
         parallel::<NR>(&p, alpha, beta, c);
     }
@@ -230,11 +240,11 @@ fn parallel<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) 
         if p.sc.1 == 1 {
             q.m = r.len();
             q.a = &p.a[r.start * p.sa.0..];
-            q.bias = p.bias.rows(r.start, r.len());
+            q.epi = p.epi.rows_of(r.start, r.len());
         } else {
             q.n = r.len();
             q.b = &p.b[r.start * p.sb.1..];
-            q.bias = p.bias.cols(r.start, r.len());
+            q.epi = p.epi.cols_of(r.start, r.len());
         }
         blocked::<NR>(&q, alpha, beta, run);
     });
@@ -256,16 +266,104 @@ struct Product<'a> {
     seg_k: usize,
     seg_a: usize,
     seg_b: usize,
-    bias: Bias<'a>,
+    epi: Epilogue<'a>,
 }
 
-/// A vector added to C after the product (see [`sgemm_bias`]): along its columns (one value
-/// per column), or along its rows once the product is computed transposed.
+/// What the store of a product does to each element of C after the sum: adds a bias, then
+/// clips. `clip(alpha·A·B + beta·C + bias)`, the bias and the clip optional.
 #[derive(Clone, Copy)]
-enum Bias<'a> {
+pub struct Epilogue<'a> {
+    pub bias: Bias<'a>,
+    pub clip: Option<(f32, f32)>,
+}
+
+/// A vector added to C after the product: along its rows (`bias[i]` to row `i`: a conv's
+/// output channels) or its columns (`bias[j]` to column `j`: a dense layer's outputs).
+#[derive(Clone, Copy)]
+pub enum Bias<'a> {
     None,
-    Cols(&'a [f32]),
     Rows(&'a [f32]),
+    Cols(&'a [f32]),
+}
+
+impl<'a> Epilogue<'a> {
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: Bias::None,
+        clip: None,
+    };
+
+    /// A bias per row of C (none with `None`) and the clip.
+    pub fn rows(bias: Option<&'a [f32]>, clip: Option<(f32, f32)>) -> Self {
+        let bias = bias.map_or(Bias::None, Bias::Rows);
+        Epilogue { bias, clip }
+    }
+
+    fn is_none(&self) -> bool {
+        matches!(self.bias, Bias::None) && self.clip.is_none()
+    }
+
+    fn transposed(self) -> Self {
+        Epilogue {
+            bias: self.bias.transposed(),
+            ..self
+        }
+    }
+
+    /// The epilogue of rows `start..start + len` of C.
+    fn rows_of(self, start: usize, len: usize) -> Self {
+        Epilogue {
+            bias: self.bias.rows(start, len),
+            ..self
+        }
+    }
+
+    /// The epilogue of columns `start..start + len` of C.
+    fn cols_of(self, start: usize, len: usize) -> Self {
+        Epilogue {
+            bias: self.bias.cols(start, len),
+            ..self
+        }
+    }
+
+    /// The epilogue of the tile at rows `i0..i0 + mr`, columns `j0..j0 + nr`: none but
+    /// with the `last` depth block, which completes the sum.
+    fn last_block(self, last: bool, i0: usize, mr: usize, j0: usize, nr: usize) -> Self {
+        match last {
+            true => self.rows_of(i0, mr).cols_of(j0, nr),
+            false => Epilogue::NONE,
+        }
+    }
+
+    /// The clip's bounds, unbounded without one.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn bounds(&self) -> (f32, f32) {
+        self.clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY))
+    }
+
+    /// Element (i, j) of C after the epilogue, `v` before.
+    #[inline(always)]
+    fn value(&self, i: usize, j: usize, v: f32) -> f32 {
+        let b = match self.bias {
+            Bias::None => 0.0,
+            Bias::Rows(b) => b[i],
+            Bias::Cols(b) => b[j],
+        };
+        let (lo, hi) = self.clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        activation::clip(v + b, lo, hi)
+    }
+
+    /// Applies the epilogue to the `m`×`n` matrix at the start of `c`.
+    fn apply(&self, m: usize, n: usize, c: &mut [f32], (rs, cs): Strides) {
+        if self.is_none() {
+            return;
+        }
+        for i in 0..m {
+            for j in 0..n {
+                let v = &mut c[i * rs + j * cs];
+                *v = self.value(i, j, *v);
+            }
+        }
+    }
 }
 
 impl<'a> Bias<'a> {
@@ -292,19 +390,6 @@ impl<'a> Bias<'a> {
             other => other,
         }
     }
-
-    /// Adds the bias to the `m`×`n` matrix at the start of `c`.
-    fn add_to(self, m: usize, n: usize, c: &mut [f32], (rs, cs): Strides) {
-        match self {
-            Bias::None => {}
-            Bias::Cols(b) => (0..m).for_each(|i| {
-                (0..n).for_each(|j| c[i * rs + j * cs] += b[j]);
-            }),
-            Bias::Rows(b) => (0..m).for_each(|i| {
-                (0..n).for_each(|j| c[i * rs + j * cs] += b[i]);
-            }),
-        }
-    }
 }
 
 impl Product<'_> {
@@ -322,7 +407,7 @@ impl Product<'_> {
             seg_k: self.seg_k,
             seg_a: self.seg_b,
             seg_b: self.seg_a,
-            bias: self.bias.transposed(),
+            epi: self.epi.transposed(),
         }
     }
 
@@ -504,7 +589,7 @@ fn shared_b<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32], 
                     let q = Product {
                         m: r.len(),
                         a: &p.a[r.start * p.sa.0..],
-                        bias: p.bias.rows(r.start, r.len()),
+                        epi: p.epi.rows_of(r.start, r.len()),
                         ..*p
                     };
                     row_blocks::<NR>(&q, block, BPanels::Packed(packed), alpha, beta, run);
@@ -593,13 +678,9 @@ fn row_blocks<const NR: usize>(
                         ldb,
                         mr,
                         nr,
+                        epi: p.epi.last_block(pc + kc == p.k, ic + i0, mr, jc + j0, nr),
                     };
                     tile.run::<NR>(alpha, beta, &mut c[c0..], p.sc);
-                    // Once per element, with the first depth block, while the tile is in L1.
-                    if pc == 0 {
-                        let bias = p.bias.rows(ic + i0, mr).cols(jc + j0, nr);
-                        bias.add_to(mr, nr, &mut c[c0..], p.sc);
-                    }
                 }
             }
         }
@@ -680,6 +761,8 @@ struct Tile<'a> {
     ldb: usize,
     mr: usize,
     nr: usize,
+    /// Applied in the store: the tile's own slice of the product's epilogue.
+    epi: Epilogue<'a>,
 }
 
 impl Tile<'_> {
@@ -703,6 +786,7 @@ impl Tile<'_> {
             dispatch_avx2!(unsafe { avx2::tile(self, alpha, beta, c, sc) });
         }
         self.portable(alpha, beta, c, sc);
+        self.epi.apply(self.mr, self.nr, c, sc);
     }
 
     /// Plain Rust that LLVM vectorizes with the target's baseline SIMD, half a tile at a
@@ -752,19 +836,32 @@ fn store_row(row: &[f32], alpha: f32, beta: f32, c: &mut [f32], cs: usize) {
     }
 }
 
-/// `c[j·cs] ← fma(beta, c[j·cs], alpha·row[j])` (`alpha·row[j]` when `beta == 0`): one row
-/// of a SIMD kernel's tile of a C whose rows are not contiguous, rounded as their vector
-/// stores are. Always inlined into their target-feature functions, where `mul_add` is one
-/// FMA instruction rather than a call.
+/// `c[j·cs] ← fma(beta, c[j·cs], alpha·row[j])` (`alpha·row[j]` when `beta == 0`), then
+/// row `r` of the tile's epilogue: one row of a SIMD kernel's tile of a C whose rows are
+/// not contiguous, rounded as their vector stores are. Always inlined into their
+/// target-feature functions, where `mul_add` is one FMA instruction rather than a call.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn store_row_fused(row: &[f32], alpha: f32, beta: f32, c: &mut [f32], cs: usize) {
+fn store_row_fused(
+    t: &Tile,
+    r: usize,
+    row: &[f32],
+    alpha: f32,
+    beta: f32,
+    c: &mut [f32],
+    cs: usize,
+) {
     for (j, &v) in row.iter().enumerate() {
         let y = &mut c[j * cs];
-        *y = if beta == 0.0 {
+        let sum = if beta == 0.0 {
             alpha * v
         } else {
             beta.mul_add(*y, alpha * v)
+        };
+        *y = if t.epi.is_none() {
+            sum
+        } else {
+            t.epi.value(r, j, sum)
         };
     }
 }
@@ -914,7 +1011,7 @@ pub(crate) mod tests {
                         img[..len].fill(f32::NAN);
                     }
                 }
-                sgemm_images(m, k, imgs, 1.5, &a, sa, &b, beta, &mut c);
+                sgemm_images(m, k, imgs, 1.5, &a, sa, &b, beta, &mut c, Epilogue::NONE);
                 for img in 0..count {
                     let bi = &b[img * b_step..];
                     let want: Vec<f64> =
@@ -1111,12 +1208,20 @@ pub(crate) mod tests {
                     let (sa, la) = layout(m, k, t.0, 0);
                     let (sb, lb) = layout(k, n, t.1, 0);
                     let (sc, lc) = layout(m, n, t.2, 0);
-                    let (a, b, c0, bias) = (rng.vec(la), rng.vec(lb), rng.vec(lc), rng.vec(n));
+                    let (a, b, c0) = (rng.vec(la), rng.vec(lb), rng.vec(lc));
+                    let (rows, cols) = (rng.vec(m), rng.vec(n));
                     for (alpha, beta) in [(1.0, 0.0), (0.7, 1.3)] {
                         let product = || {
                             let mut c = c0.clone();
-                            let bias = Some(&bias[..]);
-                            sgemm_bias(m, n, k, alpha, &a, sa, &b, sb, beta, &mut c, sc, bias);
+                            // Along the columns without a clip, along the rows with one.
+                            let epi = match beta == 0.0 {
+                                true => Epilogue {
+                                    bias: Bias::Cols(&cols),
+                                    clip: None,
+                                },
+                                false => Epilogue::rows(Some(&rows), Some((-0.5, 0.5))),
+                            };
+                            sgemm_with(m, n, k, alpha, &a, sa, &b, sb, beta, &mut c, sc, epi);
                             c
                         };
                         let what = format!("{m}x{n}x{k} t{t:?} beta {beta} on {threads}");
@@ -1138,7 +1243,8 @@ pub(crate) mod tests {
             };
             let images = || {
                 let mut c = c0.clone();
-                sgemm_images(m, k, imgs, 0.5, &a, (k, 1), &b, 1.5, &mut c);
+                let epi = Epilogue::rows(Some(&a[..m]), Some((-0.5, 0.5)));
+                sgemm_images(m, k, imgs, 0.5, &a, (k, 1), &b, 1.5, &mut c, epi);
                 c
             };
             assert!(run(false, &images) == run(true, &images), "images");
@@ -1163,7 +1269,7 @@ pub(crate) mod tests {
                     1.0,
                     &mut c,
                     (37, 1),
-                    None,
+                    Epilogue::NONE,
                 );
                 c
             };
@@ -1242,11 +1348,12 @@ pub(crate) mod tests {
         check(&mut rng, (13, 20, 1024), (false, false, false), 0, 1.0, 0.0);
     }
 
-    /// [`sgemm_bias`] against [`sgemm`] then the bias, on every path: several depth and
-    /// column blocks, C computed transposed, row and column splits across threads (B shared
-    /// or not), GEMV (a column, a row) and zero depth.
+    /// [`sgemm_with`] against [`sgemm`] then the bias and the clip, on every path: several
+    /// depth and column blocks, C computed transposed, row and column splits across threads
+    /// (B shared or not), GEMV (a column, a row) and zero depth; a bias along the rows and
+    /// one along the columns, with a clip and without.
     #[test]
-    fn bias_is_added_once_on_every_path() {
+    fn epilogue_is_applied_once_on_every_path() {
         let mut rng = Lcg::new(21);
         let shapes = [
             (2 * MC + 13, NC + 21, KC + 3),
@@ -1264,18 +1371,30 @@ pub(crate) mod tests {
                     let (sa, la) = layout(m, k, false, 0);
                     let (sb, lb) = layout(k, n, tb, 0);
                     let (sc, lc) = layout(m, n, tc, 0);
-                    let (a, b, bias, c0) = (rng.vec(la), rng.vec(lb), rng.vec(n), rng.vec(lc));
-                    let mut want = c0.clone();
-                    sgemm(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut want, sc);
-                    for i in 0..m {
-                        for j in 0..n {
-                            want[i * sc.0 + j * sc.1] += bias[j];
+                    let (a, b, c0) = (rng.vec(la), rng.vec(lb), rng.vec(lc));
+                    let (rows, cols) = (rng.vec(m), rng.vec(n));
+                    for (along_rows, clip) in [(false, None), (true, Some((-0.5, 0.75)))] {
+                        let (lo, hi) = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+                        let mut want = c0.clone();
+                        sgemm(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut want, sc);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let b = if along_rows { rows[i] } else { cols[j] };
+                                let v = &mut want[i * sc.0 + j * sc.1];
+                                *v = (*v + b).clamp(lo, hi);
+                            }
                         }
+                        let bias = match along_rows {
+                            true => Bias::Rows(&rows),
+                            false => Bias::Cols(&cols),
+                        };
+                        let mut got = c0.clone();
+                        let epi = Epilogue { bias, clip };
+                        sgemm_with(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut got, sc, epi);
+                        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+                        let what = format!("{m}x{n}x{k} {tb} {tc} rows {along_rows}");
+                        assert_close(&what, &got, &want, 1e-6);
                     }
-                    let mut got = c0.clone();
-                    sgemm_bias(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut got, sc, Some(&bias));
-                    let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-                    assert_close(&format!("{m}x{n}x{k} {tb} {tc}"), &got, &want, 1e-6);
                 }
             }
         }
@@ -1309,7 +1428,21 @@ pub(crate) mod tests {
                     a_step,
                     b_step,
                 };
-                sgemm_sum(m, n, k, seg, 0.5, &a, sa, &b, sb, 2.0, &mut c, (n, 1), None);
+                sgemm_sum(
+                    m,
+                    n,
+                    k,
+                    seg,
+                    0.5,
+                    &a,
+                    sa,
+                    &b,
+                    sb,
+                    2.0,
+                    &mut c,
+                    (n, 1),
+                    Epilogue::NONE,
+                );
                 let want: Vec<f64> = (0..m * n)
                     .map(|at| {
                         let (i, j) = (at / n, at % n);

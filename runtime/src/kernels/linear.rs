@@ -1,7 +1,7 @@
 //! Dense layers: ONNX `Gemm` and `MatMul` by a constant weight, forward and backward.
 
 use super::elementwise::{broadcast_to, reduce_to_shape};
-use super::gemm::{Strides, sgemm, sgemm_bias};
+use super::gemm::{self, Bias, Strides, sgemm, sgemm_with};
 use super::qgemm::{Epilogue, Planes, QWeights, qgemm};
 use crate::threads;
 
@@ -163,7 +163,8 @@ pub fn matmul_forward(g: &MatMulGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
     debug_assert_eq!(x.len(), g.rows * g.k);
     debug_assert_eq!(w.len(), g.k * g.n);
     debug_assert_eq!(y.len(), g.rows * g.n);
-    sgemm_bias(
+    let bias = bias.map_or(Bias::None, Bias::Cols);
+    sgemm_with(
         g.rows,
         g.n,
         g.k,
@@ -175,7 +176,7 @@ pub fn matmul_forward(g: &MatMulGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>
         0.0,
         y,
         (g.n, 1),
-        bias,
+        gemm::Epilogue { bias, clip: None },
     );
 }
 

@@ -1,7 +1,7 @@
 //! The AVX2+FMA micro-kernel (an R×8V tile of C in R·V registers, updated by one FMA per
 //! register for each step along the depth) and the packing that needs shuffles.
 
-use super::{MR, NARROW, Strides, Tile, store_row_fused};
+use super::{Bias, MR, NARROW, Strides, Tile, store_row_fused};
 use std::arch::x86_64::*;
 
 type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
@@ -61,6 +61,8 @@ unsafe fn kernel<const R: usize, const V: usize>(
     if csc == 1 {
         let c = c.as_mut_ptr();
         let (alpha, beta_v) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+        let (lo, hi) = t.epi.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
         // The lanes of an edge tile's last vector that lie inside the tile.
         let lanes = (t.nr - 8 * (V - 1)) as i32;
         let mask = _mm256_cmpgt_epi32(
@@ -72,17 +74,28 @@ unsafe fn kernel<const R: usize, const V: usize>(
                 let ab = _mm256_mul_ps(alpha, *acc);
                 let masked = v + 1 == V && lanes < 8;
                 // SAFETY: row r < mr, and columns 8v.. up to nr (a partial vector masked to
-                // them), all within the tile's extent in `c` (asserted by `Tile::run`);
-                // masked-off lanes are neither read nor written.
+                // them), all within the tile's extent in `c` and in a column bias (nr long)
+                // (asserted by `Tile::run`); masked-off lanes are neither read nor written.
                 unsafe {
-                    let cp = c.add(r * rsc + 8 * v);
-                    let out = if beta == 0.0 {
-                        ab
-                    } else if masked {
-                        _mm256_fmadd_ps(beta_v, _mm256_maskload_ps(cp, mask), ab)
-                    } else {
-                        _mm256_fmadd_ps(beta_v, _mm256_loadu_ps(cp), ab)
+                    let load = |p: *const f32| match masked {
+                        true => _mm256_maskload_ps(p, mask),
+                        false => _mm256_loadu_ps(p),
                     };
+                    let cp = c.add(r * rsc + 8 * v);
+                    let mut out = if beta == 0.0 {
+                        ab
+                    } else {
+                        _mm256_fmadd_ps(beta_v, load(cp), ab)
+                    };
+                    if !t.epi.is_none() {
+                        let bias = match t.epi.bias {
+                            Bias::None => _mm256_setzero_ps(),
+                            Bias::Rows(b) => _mm256_set1_ps(b[r]),
+                            Bias::Cols(b) => load(b.as_ptr().add(8 * v)),
+                        };
+                        // As `activation::clip`: the value second, so a NaN stays NaN.
+                        out = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(out, bias)));
+                    }
                     if masked {
                         _mm256_maskstore_ps(cp, mask, out);
                     } else {
@@ -98,7 +111,7 @@ unsafe fn kernel<const R: usize, const V: usize>(
                 // SAFETY: 8v + 8 ≤ 8V ≤ NARROW floats of the row.
                 unsafe { _mm256_storeu_ps(row[8 * v..].as_mut_ptr(), *acc) };
             }
-            store_row_fused(&row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
+            store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
         }
     }
 }

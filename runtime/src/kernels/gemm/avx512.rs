@@ -3,7 +3,7 @@
 //! pipes (Intel's server cores) it does twice the AVX2 kernel's work per cycle; edge tiles
 //! store through lane masks rather than a row buffer.
 
-use super::{MR, Strides, Tile, WIDE, store_row_fused};
+use super::{Bias, MR, Strides, Tile, WIDE, store_row_fused};
 use std::arch::x86_64::*;
 
 type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
@@ -62,6 +62,8 @@ unsafe fn kernel<const R: usize, const V: usize>(
     if csc == 1 {
         let c = c.as_mut_ptr();
         let (alpha, beta_v) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+        let (lo, hi) = t.epi.bounds();
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         // The lanes of the last vector that lie inside the tile: all of them but at an edge.
         let last: __mmask16 = u16::MAX >> (16 * V - t.nr);
         for (r, acc) in acc.iter().enumerate() {
@@ -69,15 +71,24 @@ unsafe fn kernel<const R: usize, const V: usize>(
                 let ab = _mm512_mul_ps(alpha, *acc);
                 let mask = if v + 1 == V { last } else { u16::MAX };
                 // SAFETY: row r < mr, and columns 16v.. up to nr (the last vector masked to
-                // them), all within the tile's extent in `c` (asserted by `Tile::run`);
-                // masked-off lanes are neither read nor written.
+                // them), all within the tile's extent in `c` and in a column bias (nr long)
+                // (asserted by `Tile::run`); masked-off lanes are neither read nor written.
                 unsafe {
                     let cp = c.add(r * rsc + 16 * v);
-                    let out = if beta == 0.0 {
+                    let mut out = if beta == 0.0 {
                         ab
                     } else {
                         _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, cp), ab)
                     };
+                    if !t.epi.is_none() {
+                        let bias = match t.epi.bias {
+                            Bias::None => _mm512_setzero_ps(),
+                            Bias::Rows(b) => _mm512_set1_ps(b[r]),
+                            Bias::Cols(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(16 * v)),
+                        };
+                        // As `activation::clip`: the value second, so a NaN stays NaN.
+                        out = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(out, bias)));
+                    }
                     _mm512_mask_storeu_ps(cp, mask, out);
                 }
             }
@@ -89,7 +100,7 @@ unsafe fn kernel<const R: usize, const V: usize>(
                 // SAFETY: 16v + 16 ≤ 16V ≤ WIDE floats of the row.
                 unsafe { _mm512_storeu_ps(row[16 * v..].as_mut_ptr(), *acc) };
             }
-            store_row_fused(&row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
+            store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
         }
     }
 }

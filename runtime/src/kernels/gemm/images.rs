@@ -8,8 +8,8 @@
 //! stored through a small buffer; the other tiles go straight into C.
 
 use super::{
-    A_SCRATCH, B_SCRATCH, Bias, KC, MC, MR, NARROW, NC, Product, Strides, Tile, WIDE, block_size,
-    blocks, extent, pack, update, with_scratch,
+    A_SCRATCH, B_SCRATCH, Bias, Epilogue, KC, MC, MR, NARROW, NC, Product, Strides, Tile, WIDE,
+    block_size, blocks, extent, pack, update, with_scratch,
 };
 use crate::threads;
 
@@ -41,8 +41,9 @@ fn panel_width() -> usize {
     NARROW
 }
 
-/// `C_i ← alpha·A·B_i + beta·C_i` for every image `i`, `A` m×k with strides `sa`. In
-/// parallel over runs of images, each thread packing its own.
+/// `C_i ← alpha·A·B_i + beta·C_i` for every image `i`, `A` m×k with strides `sa`, then the
+/// epilogue (its bias along the rows, if any). In parallel over runs of images, each thread
+/// packing its own.
 #[allow(clippy::too_many_arguments)] // sgemm's terms, B and C being the images'
 pub fn sgemm_images(
     m: usize,
@@ -54,6 +55,7 @@ pub fn sgemm_images(
     b: &[f32],
     beta: f32,
     c: &mut [f32],
+    epi: Epilogue,
 ) {
     let (n, p) = (imgs.count, imgs.pixels);
     if m == 0 || n == 0 || p == 0 {
@@ -70,9 +72,15 @@ pub fn sgemm_images(
         (n - 1) * imgs.c_step + m * p <= c.len(),
         "sgemm_images: C too short"
     );
+    match epi.bias {
+        Bias::None => {}
+        Bias::Rows(b) => assert!(b.len() == m, "sgemm_images: the bias is not m long"),
+        Bias::Cols(_) => panic!("sgemm_images: a bias along the columns"),
+    }
     if k == 0 || alpha == 0.0 {
         for img in c.chunks_mut(imgs.c_step).take(n) {
             img[..m * p].iter_mut().for_each(|v| update(v, 0.0, beta));
+            epi.apply(m, p, img, (p, 1));
         }
         return;
     }
@@ -97,6 +105,7 @@ pub fn sgemm_images(
             &b[run.start * imgs.b_step..],
             beta,
             c,
+            epi,
         );
     });
 }
@@ -112,6 +121,7 @@ fn columns<const NR: usize>(
     b: &[f32],
     beta: f32,
     c: &mut [f32],
+    epi: Epilogue,
 ) {
     let n = imgs.count * imgs.pixels;
     // A as a product sees it, for its packing and whether it is read in place.
@@ -127,7 +137,7 @@ fn columns<const NR: usize>(
         seg_k: k,
         seg_a: 0,
         seg_b: 0,
-        bias: Bias::None,
+        epi,
     };
     let (kc_max, nc_max, mc_max) = (
         block_size(k, KC, 1),
@@ -168,6 +178,13 @@ fn columns<const NR: usize>(
                                     ldb: NR,
                                     mr: MR.min(mc - i0),
                                     nr: NR.min(nc - j0),
+                                    epi: epi.last_block(
+                                        pc + kc == k,
+                                        ic + i0,
+                                        MR.min(mc - i0),
+                                        0,
+                                        0,
+                                    ),
                                 };
                                 store::<NR>(&tile, alpha, beta, c, imgs, ic + i0, jc + j0);
                             }
