@@ -342,7 +342,8 @@ impl Executor {
     /// the plan's input buffer by `fill(first, input)`, `first` being the batch index of its
     /// first sample: the batch's input need never exist whole. With prefix lanes, one
     /// micro-batch per lane runs at a time, each on its own thread; `seconds` then gets lane
-    /// 0's times, which the others run beside.
+    /// 0's times, which the others run beside, times the lanes each thread takes in turn
+    /// (two lanes on one thread take twice lane 0's time).
     pub fn run_prefix_with(
         &mut self,
         mut fill: impl FnMut(usize, &mut [f32]),
@@ -368,6 +369,7 @@ impl Executor {
                 lanes[l] = (Some(*view), None);
             }
             lanes[0].1 = seconds.take();
+            let turns = count.div_ceil(threads::threads().min(count)) as f64;
             threads::for_each_mut(&mut lanes[..count], |_, (view, seconds)| {
                 let view = view.as_ref().expect("filled above");
                 for (i, s) in steps.iter().enumerate() {
@@ -376,7 +378,7 @@ impl Executor {
                     // and each lane's view holds the prefix's buffers in bytes of its own.
                     unsafe { step::run(plan, s, view, &ctx) };
                     if let (Some(t), Some(start)) = (seconds.as_deref_mut(), start) {
-                        t[i] += start.elapsed().as_secs_f64();
+                        t[i] += start.elapsed().as_secs_f64() * turns;
                     }
                 }
             });
