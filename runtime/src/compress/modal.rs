@@ -358,9 +358,9 @@ pub(crate) fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &
         }
         unfolding_times(a, f, v, (used, 1), used, u, (used, 1));
         // A₍ₙ₎V has the directions of UΣ; normalising by a σ computed through the squared
-        // Gram is inaccurate for small σ, orthonormalising the columns is not. The
-        // eigenvalues' slot holds the projections: a twin mode still reads the vectors.
-        orthonormalize_columns(u, d, used, &mut rest[n * n..][..used]);
+        // Gram is inaccurate for small σ, orthonormalising the columns is not. V is read:
+        // the Gram buffer is scratch again (a twin mode still reads the vectors in `rest`).
+        orthonormalize_columns(u, d, used, gram);
     }
     fix_signs(u, d, used);
 }
@@ -422,13 +422,107 @@ fn orthonormalize(u: &mut [f32], len: usize, count: usize, (es, vs): Strides) {
     }
 }
 
-/// [`orthonormalize`] for the `count` columns of a row-major `len` × `count` matrix, as
-/// classical Gram–Schmidt applied twice (as accurate as the modified one run twice): each
-/// pass sums a column's projections on the ones before it over the rows, then subtracts
-/// them row by row, so every access runs along a row. `p` (count floats) is scratch. The
-/// strided f64 loops of [`orthonormalize`] took most of a 1×1 map's compression. A column
-/// that vanishes hands the matrix to that routine, which replaces it.
-fn orthonormalize_columns(u: &mut [f32], len: usize, count: usize, p: &mut [f32]) {
+/// Most columns [`orthonormalize_columns`] takes through CholeskyQR: its triangular factor
+/// lives on the stack.
+const CHOLESKY_QR_MAX: usize = 64;
+
+/// [`orthonormalize`] for the `count` columns of a row-major `len` × `count` matrix, by
+/// CholeskyQR twice (Fukaya et al. 2014): G = UᵀU as a product, its Cholesky factor L in
+/// f64, U ← U·L⁻ᵀ row by row; the second pass takes out what the first's rounding left.
+/// The columns come in nearly orthogonal (A₍ₙ₎V is UΣ up to the Gram matrix's rounding),
+/// where that is as accurate as Householder QR at a few products' cost: classical
+/// Gram–Schmidt's short row-wise sums took half of a 1×1 map's compression. The columns'
+/// lengths (σ) do not matter, only how independent they are: when a column keeps less than
+/// 1e-4 of its squared length off the ones before it (G's rounding, the square of U's, would
+/// then show) or there are too many columns, [`orthonormalize_columns_cgs`] does it instead.
+/// `g` is scratch of at least `count`² floats.
+fn orthonormalize_columns(u: &mut [f32], len: usize, count: usize, g: &mut [f32]) {
+    if count == 0 || len == 0 {
+        return;
+    }
+    let fits = count <= CHOLESKY_QR_MAX && count <= len;
+    if !(fits && cholesky_qr(u, len, count, g) && cholesky_qr(u, len, count, g)) {
+        orthonormalize_columns_cgs(u, len, count, g);
+    }
+}
+
+/// One CholeskyQR pass of [`orthonormalize_columns`]; false (U untouched) when G is too
+/// ill-conditioned for it, NaN included.
+fn cholesky_qr(u: &mut [f32], len: usize, count: usize, g: &mut [f32]) -> bool {
+    let g = &mut g[..count * count];
+    sgemm(
+        count,
+        count,
+        len,
+        1.0,
+        u,
+        (1, count),
+        u,
+        (count, 1),
+        0.0,
+        g,
+        (count, 1),
+    );
+    // L (lower) in f64, then M = L⁻ᵀ (upper), both count × count on the stack.
+    let mut l = [0.0f64; CHOLESKY_QR_MAX * CHOLESKY_QR_MAX];
+    let at = |i: usize, j: usize| i * count + j;
+    for j in 0..count {
+        let own = f64::from(g[at(j, j)]);
+        let d = own - (0..j).map(|k| l[at(j, k)].powi(2)).sum::<f64>();
+        if d.is_nan() || d <= 1e-4 * own {
+            return false;
+        }
+        let ljj = d.sqrt();
+        l[at(j, j)] = ljj;
+        for i in j + 1..count {
+            let s = f64::from(g[at(i, j)]) - (0..j).map(|k| l[at(i, k)] * l[at(j, k)]).sum::<f64>();
+            l[at(i, j)] = s / ljj;
+        }
+    }
+    // Column j of L⁻¹ by forward substitution is row j of M = L⁻ᵀ, into `g` as f32.
+    for j in 0..count {
+        g[j * count..][..j].fill(0.0);
+        let mut x = [0.0f64; CHOLESKY_QR_MAX];
+        for i in j..count {
+            let s = f64::from(u8::from(i == j)) - (j..i).map(|k| l[at(i, k)] * x[k]).sum::<f64>();
+            x[i] = s / l[at(i, i)];
+            g[at(j, i)] = x[i] as f32;
+        }
+    }
+    rows_times(u, count, g);
+    true
+}
+
+/// Each row r of `u` (rows of `count`) ← r·M (`m`, row-major), a block of rows per
+/// product through a buffer on the stack.
+fn rows_times(u: &mut [f32], count: usize, m: &[f32]) {
+    const ROWS: usize = 64;
+    let mut t = [0.0f32; ROWS * CHOLESKY_QR_MAX];
+    for block in u.chunks_mut(ROWS * count) {
+        let (rows, t) = (block.len() / count, &mut t[..block.len()]);
+        sgemm(
+            rows,
+            count,
+            count,
+            1.0,
+            block,
+            (count, 1),
+            m,
+            (count, 1),
+            0.0,
+            t,
+            (count, 1),
+        );
+        block.copy_from_slice(t);
+    }
+}
+
+/// [`orthonormalize_columns`] as classical Gram–Schmidt applied twice (as accurate as the
+/// modified one run twice): each pass sums a column's projections on the ones before it over
+/// the rows, then subtracts them row by row, so every access runs along a row. `p` (count
+/// floats) is scratch. A column that vanishes hands the matrix to [`orthonormalize`], which
+/// replaces it.
+fn orthonormalize_columns_cgs(u: &mut [f32], len: usize, count: usize, p: &mut [f32]) {
     // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
     dispatch_avx2!(unsafe { orthonormalize_columns_avx2(u, len, count, p) });
     orthonormalize_columns_body(u, len, count, p)
@@ -1079,5 +1173,75 @@ mod tests {
                 "eps {eps}"
             );
         }
+    }
+
+    /// Columns made orthonormal spanning what they spanned: nearly orthogonal ones (the
+    /// twin factor's case, through CholeskyQR), ill-conditioned ones and a rank-deficient set
+    /// (through Gram–Schmidt, which replaces the lost column), more columns than CholeskyQR
+    /// takes, and NaN.
+    #[test]
+    fn columns_come_out_orthonormal_with_their_span() {
+        let mut rng = Lcg::new(17);
+        let (len, count) = (300, 20);
+        let base = rng.vec(len * count);
+        let scaled = |f: &dyn Fn(usize) -> f32| -> Vec<f32> {
+            base.iter()
+                .enumerate()
+                .map(|(i, &v)| v * f(i % count))
+                .collect()
+        };
+        let mut deficient = base.clone();
+        for i in 0..len {
+            deficient[i * count + 7] = 2.0 * deficient[i * count + 3];
+        }
+        let cases: Vec<(&str, Vec<f32>, usize)> = vec![
+            ("well conditioned", scaled(&|_| 1.0), count),
+            (
+                "graded 1e-4",
+                scaled(&|j| 10f32.powf(-4.0 * j as f32 / count as f32)),
+                count,
+            ),
+            ("rank deficient", deficient, count),
+            ("wide", rng.vec(len * 70), 70),
+        ];
+        for (what, original, count) in cases {
+            let mut u = original.clone();
+            let mut g = vec![0.0; count * count];
+            orthonormalize_columns(&mut u, len, count, &mut g);
+            for a in 0..count {
+                for b in 0..count {
+                    let d: f64 = (0..len)
+                        .map(|i| f64::from(u[i * count + a]) * f64::from(u[i * count + b]))
+                        .sum();
+                    let want = f64::from(u8::from(a == b));
+                    assert!((d - want).abs() < 1e-5, "{what}: <{a}, {b}> = {d}");
+                }
+            }
+            if what == "rank deficient" {
+                continue;
+            }
+            // Each original column lies in the new span: nothing is left after projecting.
+            for j in 0..count {
+                let col: Vec<f64> = (0..len)
+                    .map(|i| f64::from(original[i * count + j]))
+                    .collect();
+                let mut left = col.clone();
+                for k in 0..count {
+                    let p: f64 = (0..len).map(|i| col[i] * f64::from(u[i * count + k])).sum();
+                    (0..len).for_each(|i| left[i] -= p * f64::from(u[i * count + k]));
+                }
+                let (l, c) = (
+                    left.iter().map(|v| v * v).sum::<f64>(),
+                    col.iter().map(|v| v * v).sum::<f64>(),
+                );
+                assert!(l.sqrt() < 1e-4 * c.sqrt(), "{what}: column {j} left {l}");
+            }
+        }
+        // A NaN is not hidden: it reaches the factor (and the loss) rather than turning
+        // into numbers.
+        let mut u = rng.vec(len * count);
+        u[5] = f32::NAN;
+        orthonormalize_columns(&mut u, len, count, &mut vec![0.0; count * count]);
+        assert!(u.iter().any(|v| v.is_nan()), "NaN");
     }
 }
