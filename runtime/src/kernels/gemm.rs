@@ -828,6 +828,54 @@ impl Tile<'_> {
 /// Half a micro-tile's width: one SSE2 or NEON register pair.
 const HALF: usize = NARROW / 2;
 
+/// The vector operations of the SIMD micro-kernels' depth loop: `__m256` for the AVX2
+/// kernel, `__m512` for the AVX-512 one.
+#[cfg(target_arch = "x86_64")]
+trait Lanes: Copy {
+    /// Floats per vector.
+    const WIDTH: usize;
+
+    /// # Safety
+    /// Each of these needs the CPU to have the vector's instructions; `load` also `WIDTH`
+    /// floats at `p`.
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+}
+
+/// The sums of an `R` × `V`-vector tile over its depth, one FMA per accumulator and step,
+/// the B vectors loaded once per step and each A element broadcast once: the whole of a
+/// micro-kernel but its store. Always inlined into the kernels' target-feature functions.
+///
+/// # Safety
+/// The CPU must have `L`'s instructions; `R == t.mr`, and the tile must pass
+/// [`Tile::run`]'s asserts for a panel of at least `V·L::WIDTH` columns.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn accumulate<L: Lanes, const R: usize, const V: usize>(t: &Tile) -> [[L; V]; R] {
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    let (rsa, ksa) = t.sa;
+    // SAFETY (every vector operation below): the CPU has `L`'s instructions (the contract).
+    let mut acc = [[unsafe { L::zero() }; V]; R];
+    for p in 0..t.kc {
+        let mut bv = [unsafe { L::zero() }; V];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            // SAFETY: row p of the B micro-panel starts at p·ldb and holds at least
+            // V·WIDTH floats (the contract).
+            *bv = unsafe { L::load(b.add(p * t.ldb + L::WIDTH * v)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r < mr and p < kc, inside the A micro-panel's extent (the contract).
+            let ar = unsafe { L::splat(*a.add(r * rsa + p * ksa)) };
+            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                *acc = unsafe { L::fma(ar, *bv, *acc) };
+            }
+        }
+    }
+    acc
+}
+
 /// `c[j·cs] ← alpha·row[j] + beta·c[j·cs]`: one row of a portable tile.
 #[inline]
 fn store_row(row: &[f32], alpha: f32, beta: f32, c: &mut [f32], cs: usize) {

@@ -1,7 +1,7 @@
 //! The AVX2+FMA micro-kernel (an R×8V tile of C in R·V registers, updated by one FMA per
 //! register for each step along the depth) and the packing that needs shuffles.
 
-use super::{Bias, MR, NARROW, Strides, Tile, store_row_fused};
+use super::{Bias, Lanes, MR, NARROW, Strides, Tile, accumulate, store_row_fused};
 use std::arch::x86_64::*;
 
 type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
@@ -39,25 +39,9 @@ unsafe fn kernel<const R: usize, const V: usize>(
     (rsc, csc): Strides,
 ) {
     debug_assert!(R == t.mr && t.nr.div_ceil(8) == V);
-    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
-    let (rsa, ksa) = t.sa;
-    let mut acc = [[_mm256_setzero_ps(); V]; R];
-    for p in 0..t.kc {
-        let mut bv = [_mm256_setzero_ps(); V];
-        for (v, bv) in bv.iter_mut().enumerate() {
-            // SAFETY: row p of the B micro-panel starts at p·ldb and holds NARROW ≥ 8·V
-            // floats (asserted by `Tile::run`).
-            *bv = unsafe { _mm256_loadu_ps(b.add(p * t.ldb + 8 * v)) };
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: r < mr and p < kc, inside the A micro-panel's extent (asserted by
-            // `Tile::run`).
-            let ar = _mm256_broadcast_ss(unsafe { &*a.add(r * rsa + p * ksa) });
-            for (acc, bv) in acc.iter_mut().zip(&bv) {
-                *acc = _mm256_fmadd_ps(ar, *bv, *acc);
-            }
-        }
-    }
+    // SAFETY: AVX2 and FMA (this function's features); the panels as `Tile::run` asserted
+    // them for NARROW ≥ 8·V columns.
+    let acc = unsafe { accumulate::<__m256, R, V>(t) };
     if csc == 1 {
         let c = c.as_mut_ptr();
         let (alpha, beta_v) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
@@ -174,4 +158,32 @@ fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
         _mm256_permute2f128_ps::<0x31>(u2, u6),
         _mm256_permute2f128_ps::<0x31>(u3, u7),
     ]
+}
+
+impl Lanes for __m256 {
+    const WIDTH: usize = 8;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller's CPU has AVX.
+        unsafe { _mm256_setzero_ps() }
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's CPU has AVX, and 8 floats at `p` to read.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: the caller's CPU has AVX.
+        unsafe { _mm256_set1_ps(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's CPU has FMA.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
 }

@@ -3,7 +3,7 @@
 //! pipes (Intel's server cores) it does twice the AVX2 kernel's work per cycle; edge tiles
 //! store through lane masks rather than a row buffer.
 
-use super::{Bias, MR, Strides, Tile, WIDE, store_row_fused};
+use super::{Bias, Lanes, MR, Strides, Tile, WIDE, accumulate, store_row_fused};
 use std::arch::x86_64::*;
 
 type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
@@ -40,25 +40,9 @@ unsafe fn kernel<const R: usize, const V: usize>(
     (rsc, csc): Strides,
 ) {
     debug_assert!(R == t.mr && t.nr.div_ceil(16) == V);
-    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
-    let (rsa, ksa) = t.sa;
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    for p in 0..t.kc {
-        let mut bv = [_mm512_setzero_ps(); V];
-        for (v, bv) in bv.iter_mut().enumerate() {
-            // SAFETY: row p of the B micro-panel starts at p·ldb and holds WIDE ≥ 16·V
-            // floats (asserted by `Tile::run`).
-            *bv = unsafe { _mm512_loadu_ps(b.add(p * t.ldb + 16 * v)) };
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: r < mr and p < kc, inside the A micro-panel's extent (asserted by
-            // `Tile::run`).
-            let ar = _mm512_set1_ps(unsafe { *a.add(r * rsa + p * ksa) });
-            for (acc, bv) in acc.iter_mut().zip(&bv) {
-                *acc = _mm512_fmadd_ps(ar, *bv, *acc);
-            }
-        }
-    }
+    // SAFETY: AVX-512F (this function's feature); the panels as `Tile::run` asserted them
+    // for WIDE ≥ 16·V columns.
+    let acc = unsafe { accumulate::<__m512, R, V>(t) };
     if csc == 1 {
         let c = c.as_mut_ptr();
         let (alpha, beta_v) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
@@ -102,5 +86,33 @@ unsafe fn kernel<const R: usize, const V: usize>(
             }
             store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
         }
+    }
+}
+
+impl Lanes for __m512 {
+    const WIDTH: usize = 16;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_setzero_ps() }
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F, and 16 floats at `p` to read.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_set1_ps(x) }
+    }
+
+    #[inline(always)]
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
     }
 }
