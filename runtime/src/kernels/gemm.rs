@@ -828,6 +828,29 @@ impl Tile<'_> {
 /// Half a micro-tile's width: one SSE2 or NEON register pair.
 const HALF: usize = NARROW / 2;
 
+/// A SIMD micro-kernel instance for one tile shape (`kernel::<R, V>`).
+#[cfg(target_arch = "x86_64")]
+type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
+
+/// Every instance of a SIMD micro-kernel, indexed by [rows − 1][vectors − 1]: an edge tile
+/// computes only the rows and vectors it stores (a 10-row product is a 6-row and a 4-row
+/// tile, not two 6-row ones).
+#[cfg(target_arch = "x86_64")]
+macro_rules! kernels {
+    ($k:ident) => {
+        [
+            [$k::<1, 1>, $k::<1, 2>],
+            [$k::<2, 1>, $k::<2, 2>],
+            [$k::<3, 1>, $k::<3, 2>],
+            [$k::<4, 1>, $k::<4, 2>],
+            [$k::<5, 1>, $k::<5, 2>],
+            [$k::<6, 1>, $k::<6, 2>],
+        ]
+    };
+}
+#[cfg(target_arch = "x86_64")]
+use kernels;
+
 /// The vector operations of the SIMD micro-kernels' depth loop: `__m256` for the AVX2
 /// kernel, `__m512` for the AVX-512 one.
 #[cfg(target_arch = "x86_64")]

@@ -1,21 +1,10 @@
 //! The AVX2+FMA micro-kernel (an R×8V tile of C in R·V registers, updated by one FMA per
 //! register for each step along the depth) and the packing that needs shuffles.
 
-use super::{Bias, Lanes, MR, NARROW, Strides, Tile, accumulate, store_row_fused};
+use super::{Bias, Kernel, Lanes, MR, NARROW, Strides, Tile, accumulate, store_row_fused};
 use std::arch::x86_64::*;
 
-type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
-
-/// Indexed by [rows − 1][8-column vectors − 1]: an edge tile computes only the rows and
-/// vectors it stores (a 10-row product is a 6-row and a 4-row tile, not two 6-row ones).
-const KERNELS: [[Kernel; 2]; MR] = [
-    [kernel::<1, 1>, kernel::<1, 2>],
-    [kernel::<2, 1>, kernel::<2, 2>],
-    [kernel::<3, 1>, kernel::<3, 2>],
-    [kernel::<4, 1>, kernel::<4, 2>],
-    [kernel::<5, 1>, kernel::<5, 2>],
-    [kernel::<6, 1>, kernel::<6, 2>],
-];
+const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
 
 /// `C ← alpha·tile + beta·C`, the tile computed with AVX2.
 ///

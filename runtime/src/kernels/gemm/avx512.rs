@@ -3,20 +3,10 @@
 //! pipes (Intel's server cores) it does twice the AVX2 kernel's work per cycle; edge tiles
 //! store through lane masks rather than a row buffer.
 
-use super::{Bias, Lanes, MR, Strides, Tile, WIDE, accumulate, store_row_fused};
+use super::{Bias, Kernel, Lanes, MR, Strides, Tile, WIDE, accumulate, store_row_fused};
 use std::arch::x86_64::*;
 
-type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
-
-/// Indexed by [rows − 1][16-column vectors − 1], as the AVX2 kernel's table.
-const KERNELS: [[Kernel; 2]; MR] = [
-    [kernel::<1, 1>, kernel::<1, 2>],
-    [kernel::<2, 1>, kernel::<2, 2>],
-    [kernel::<3, 1>, kernel::<3, 2>],
-    [kernel::<4, 1>, kernel::<4, 2>],
-    [kernel::<5, 1>, kernel::<5, 2>],
-    [kernel::<6, 1>, kernel::<6, 2>],
-];
+const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
 
 /// `C ← alpha·tile + beta·C`, the tile computed with AVX-512.
 ///
