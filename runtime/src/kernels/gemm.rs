@@ -335,7 +335,6 @@ impl<'a> Epilogue<'a> {
     }
 
     /// The clip's bounds, unbounded without one.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn bounds(&self) -> (f32, f32) {
         self.clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY))
     }
@@ -348,7 +347,7 @@ impl<'a> Epilogue<'a> {
             Bias::Rows(b) => b[i],
             Bias::Cols(b) => b[j],
         };
-        let (lo, hi) = self.clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+        let (lo, hi) = self.bounds();
         activation::clip(v + b, lo, hi)
     }
 
