@@ -44,7 +44,6 @@ const MR: usize = 6;
 /// Columns of the AVX2 and portable micro-tiles.
 const NARROW: usize = 16;
 /// Columns of the AVX-512 micro-tile.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const WIDE: usize = 32;
 /// Depth of a packed block: a KC×NR B micro-panel (16 or 32 KiB) stays in L1 while it meets
 /// every A micro-panel of the block. The same for both widths, so both sum in the same
@@ -191,11 +190,19 @@ pub fn sgemm_sum(
         seg_b: seg.b_step,
         epi,
     };
+    match panel_width() {
+        WIDE => product::<WIDE>(p, alpha, beta, c),
+        _ => product::<NARROW>(p, alpha, beta, c),
+    }
+}
+
+/// The width of the micro-tiles the GEMM takes on this machine ([`simd::wide_fma`]'s choice).
+fn panel_width() -> usize {
     #[cfg(target_arch = "x86_64")]
     if simd::wide_fma() {
-        return product::<WIDE>(p, alpha, beta, c);
+        return WIDE;
     }
-    product::<NARROW>(p, alpha, beta, c)
+    NARROW
 }
 
 /// [`sgemm_sum`] past its checks, with micro-tiles NR columns wide.

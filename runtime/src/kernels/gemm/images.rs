@@ -9,7 +9,7 @@
 
 use super::{
     A_SCRATCH, B_SCRATCH, Bias, Epilogue, KC, MC, MR, NARROW, NC, Product, Strides, Tile, WIDE,
-    block_size, blocks, extent, pack, update, with_scratch,
+    block_size, blocks, extent, pack, panel_width, update, with_scratch,
 };
 use crate::threads;
 
@@ -30,15 +30,6 @@ pub struct Images {
 /// images gained 20 % (49 = 3·16 + 1), 14×14 ones lost 5 % (196 = 12·16 + 4).
 pub fn ragged(n: usize) -> bool {
     (n.next_multiple_of(panel_width()) - n) * 8 > n
-}
-
-/// The width of the micro-tiles the GEMM takes on this machine.
-fn panel_width() -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::wide_fma() {
-        return WIDE;
-    }
-    NARROW
 }
 
 /// `C_i ← alpha·A·B_i + beta·C_i` for every image `i`, `A` m×k with strides `sa`, then the
