@@ -25,9 +25,10 @@ use super::qgemm::{self, Planes, QWeights};
 use crate::threads;
 use std::ops::Range;
 
-/// Most stages a chain fuses (a block's expand, depthwise and project; or a stem conv, a
-/// depthwise and a project).
-pub const MAX_STAGES: usize = 4;
+/// Most stages a chain fuses: a block's expand, depthwise and project, or a stem conv, a
+/// depthwise and a project; with room for a decomposed block, whose 1×1 convs are two
+/// thin ones each (`actc decompose`).
+pub const MAX_STAGES: usize = 6;
 /// Most lanes (bands in flight, each with its scratch) a chain runs with.
 pub const MAX_LANES: usize = 16;
 /// Bytes of one lane's scratch (a band of every stage's map): with the weights it stays in

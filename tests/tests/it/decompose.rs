@@ -330,3 +330,43 @@ fn decomposing_again_lowers_the_ranks() {
         }
     }
 }
+
+/// A decomposed MobileNetV2's frozen prefix runs each block as one fused chain that takes
+/// both factors of its 1×1 convs (so it still ends on the block's narrow map and keeps the
+/// residual add), and gives the boundary tract gives on the decomposed model.
+#[test]
+fn decomposed_blocks_fuse_into_whole_chains() {
+    let shape = [2, 3, 96, 96];
+    let d = decompose("mobilenetv2", &shape, RankRule::Ratio(0.5), false);
+    let opts = actc::CompileOptions {
+        prefix: actc::PrefixRunner::Actc,
+        prefix_batch: Some(2),
+        threads: 2,
+        ..common::options(Layers::Last(1), Some(shape.to_vec()))
+    };
+    let plan = actc::compile_model(d.model, ".".as_ref(), "mobilenetv2_lr.onnx", &opts)
+        .unwrap()
+        .plan;
+    let chains: Vec<(usize, bool)> = plan.steps[..plan.prefix_steps as usize]
+        .iter()
+        .filter_map(|s| match s.kind() {
+            Some(actc_runtime::ops::Kind::ConvChain(c)) => Some((c.stages.len(), c.residual)),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        chains.contains(&(5, true)),
+        "an expand pair, the depthwise, a project pair and the residual add: {chains:?}"
+    );
+    let input = noise(shape.iter().product());
+    let want = common::boundary(&plan, &input);
+    let mut exec = actc_runtime::exec::Executor::new(plan, 2).unwrap();
+    exec.run_prefix(&input, None);
+    let got = exec.boundary(0);
+    let scale = want[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(&want[0])
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-4 * scale, "{worst} off tract's (scale {scale})");
+}

@@ -4,6 +4,7 @@
 //! fusions drop).
 
 use crate::ir::{Data, Graph, Node, NodeOp, Tensor, TensorId};
+use crate::lowrank;
 use actc_runtime::ops::{self as rt, Kind};
 use actc_runtime::planning::{
     BatchNormParams, Conv2dGeom, MAX_CHAIN_STAGES, chain_bands, chain_stage_fits, conv_geom,
@@ -120,13 +121,27 @@ fn stage_of(graph: &Graph, n: NodeIndex) -> Option<(rt::Conv, Option<rt::Clip>, 
     Some((conv, clip, g))
 }
 
+/// Whether the only reader of conv `n` is the next factor of the same decomposed layer
+/// (`actc decompose` wrote the layer as `<layer>/lowrank<i>` stages): a chain that closes on a
+/// 1×1 layer takes all of its factors, so it still ends on the narrow map of the block and
+/// keeps its residual add.
+fn factor_follows(graph: &Graph, n: NodeIndex) -> bool {
+    let layer = |n: NodeIndex| lowrank::factor_of(&graph.nodes[n].name);
+    layer(n).is_some_and(|l| {
+        graph
+            .only_reader(n)
+            .is_some_and(|next| layer(next) == Some(l) && stage_of(graph, next).is_some())
+    })
+}
+
 /// Fuses runs of convs whose intermediate maps have one reader each into `ConvChain`s,
 /// where `kernels::chain` runs the stages and finds the chain worth it: a MobileNet block's
 /// expand, depthwise and project (and its residual Add) become one step that keeps the wide
 /// maps between them in cache, band by band, and out of the arena.
 ///
 /// A chain grows from a conv along sole readers and closes with the first 1×1 conv after a
-/// k×k one: the narrow map a block ends on is where the next chain starts.
+/// k×k one (all its factors, for a decomposed layer): the narrow map a block ends on is where
+/// the next chain starts.
 fn fuse_chains(graph: &mut Graph, lanes: usize) {
     for first in graph.topo_order() {
         if !graph.nodes.contains_node(first) {
@@ -158,7 +173,7 @@ fn fuse_chains(graph: &mut Graph, lanes: usize) {
             nodes.push(next);
             stages.push((conv, clip));
             geoms.push(g);
-            if g.is_pointwise() && spatial {
+            if g.is_pointwise() && spatial && !factor_follows(graph, next) {
                 break;
             }
             spatial |= !g.is_pointwise();
