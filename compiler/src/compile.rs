@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::ir::verify::verify;
 use crate::ir::{Graph, TensorId};
 use crate::lowrank::LayerReport;
+use crate::lowrank::rate::{self, FactorLr};
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::write::{self, Original};
@@ -73,6 +74,9 @@ pub struct CompileOptions {
     /// Train the factors of each decomposed layer in turns (sequential freezing)
     /// [default: none].
     pub freeze: Option<Rotate>,
+    /// The SGD learning rate of decomposed layers' factors [default: auto, cooled by the
+    /// factors' magnitudes (`lowrank::rate`)].
+    pub factor_lr: FactorLr,
     /// Compute attention's probabilities again in backward instead of keeping them
     /// [default: kept].
     pub recompute_attention: bool,
@@ -91,6 +95,7 @@ impl Default for CompileOptions {
                 dampening: 0.0,
                 nesterov: false,
                 weight_decay: 0.0,
+                lr_scale: None,
             }),
             lr: 0.01,
             schedule: Schedule::Constant,
@@ -106,6 +111,7 @@ impl Default for CompileOptions {
             max_memory: None,
             lora: None,
             freeze: None,
+            factor_lr: FactorLr::Auto,
             recompute_attention: false,
         }
     }
@@ -129,6 +135,8 @@ pub struct DecomposeOptions {
     /// The outputs whose layers count (as `CompileOptions::outputs`).
     pub outputs: Vec<String>,
     pub request: crate::lowrank::Request,
+    /// Factor the layer nearest each output too (`--include-head`) [default: kept whole].
+    pub include_head: bool,
 }
 
 /// The model with its layers in thin factors, and what happened to each.
@@ -160,9 +168,13 @@ pub fn decompose_model(
     let selection = cx.selection.as_ref().expect("select ran");
     let original = Original::new(&cx.model, &cx.declared);
     let trained: Vec<String> = selection.trained.iter().map(|l| l.node.clone()).collect();
+    let heads = match opts.include_head {
+        true => BTreeSet::new(),
+        false => decompose::heads(&cx.graph, selection),
+    };
     // A decomposed layer is merged back first, so decomposing again lowers its ranks.
     let names = crate::lowrank::merge::merge_layers(&mut cx.graph, &trained);
-    let layers = decompose::decompose(&mut cx.graph, &names, &opts.request, &original)?;
+    let layers = decompose::decompose(&mut cx.graph, &names, &heads, &opts.request, &original)?;
     check(&cx, "decompose")?;
     let g = &cx.graph;
     let order = g.topo_order();
@@ -473,9 +485,12 @@ fn compress_saved(cx: &mut Context) -> Result<()> {
 
 fn append_updates(cx: &mut Context) -> Result<()> {
     let o = cx.opts;
+    let params: Vec<TensorId> = cx.grads.iter().map(|&(p, _)| p).collect();
+    let scales = rate::lr_scales(&cx.graph, &params, o.factor_lr, o.freeze.is_some());
     optim::append_updates(
         &mut cx.graph,
         &cx.grads,
+        &scales,
         &o.optimizer,
         o.clip_grad_norm,
         !o.keep_gradients,

@@ -6,7 +6,8 @@
 #
 #   original       the model as it is
 #   lrd            `decompose --layers LAYERS --ratio RATIO` (truncated SVD of the 1x1 convs
-#                  and the classifier)
+#                  and the classifier); its factors train at `--factor-lr auto`
+#   lrd_same_lr    the same with `--factor-lr 1`: the factors at the original's rate
 #   lrd_optimized  the same with `--optimize-ranks` (ranks by measured training-step time)
 #   lrd_frozen     lrd with `--freeze-schedule sequential` (factors take turns per epoch)
 #   lrd_frozen_1   lrd with `--freeze-schedule sequential:1` (turns every step)
@@ -14,7 +15,8 @@
 # Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
 # cache and run the trainable part alone: their mean time is the training throughput.
 #
-# Usage: bash models/reference/lowrank_accuracy.sh [ACTC binary] (default target/release/actc)
+# Usage: bash models/reference/lowrank_accuracy.sh [ACTC binary] (default target/release/actc);
+# VARIANTS="original lrd" runs a subset.
 set -euo pipefail
 ACTC=${1:-target/release/actc}
 LAYERS=${LAYERS:-4}
@@ -33,10 +35,11 @@ M=models/mobilenetv2.onnx
 compile() { "$ACTC" compile "$1" --layers "$LAYERS" --input-shape $SHAPE --lr "$LR" --momentum 0.9 -o "$OUT/$2.actc" "${@:3}" 2>/dev/null; }
 compile $M original
 compile "$OUT/lrd.onnx" lrd
+compile "$OUT/lrd.onnx" lrd_same_lr --factor-lr 1
 compile "$OUT/opt.onnx" lrd_optimized
 compile "$OUT/lrd.onnx" lrd_frozen --freeze-schedule sequential
 compile "$OUT/lrd.onnx" lrd_frozen_1 --freeze-schedule sequential:1
-VARIANTS="original lrd lrd_optimized lrd_frozen lrd_frozen_1"
+VARIANTS=${VARIANTS:-"original lrd lrd_same_lr lrd_optimized lrd_frozen lrd_frozen_1"}
 
 # A run that fails (a diverging loss stops `train`) is reported, and left out of the table.
 for seed in $SEEDS; do

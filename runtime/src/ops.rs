@@ -177,6 +177,17 @@ pub struct Sgd {
     pub nesterov: bool,
     #[prost(float, tag = "4")]
     pub weight_decay: f32,
+    /// This weight's learning rate as a multiple of the plan's [default: 1]: `compile`
+    /// cools the factors of a decomposed layer, whose product moves faster than the layer.
+    #[prost(float, optional, tag = "5")]
+    pub lr_scale: Option<f32>,
+}
+
+impl Sgd {
+    /// This weight's learning rate when the plan's is `base`.
+    pub fn lr(&self, base: f32) -> f32 {
+        base * self.lr_scale.unwrap_or(1.0)
+    }
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -8,7 +8,7 @@ use crate::driver::run::{self, TrainOptions};
 use crate::driver::text::TextOptions;
 use crate::driver::{budget, inspect, plrd};
 use crate::{
-    CompileOptions, Compression, DecomposeOptions, Error, HosvdRanks, InputShape, Layers,
+    CompileOptions, Compression, DecomposeOptions, Error, FactorLr, HosvdRanks, InputShape, Layers,
     LowRankRequest, Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal,
     bail, compile_file, err,
 };
@@ -77,6 +77,12 @@ enum Command {
         /// (with --energy 1 the model's outputs stay the same).
         #[arg(long)]
         even_if_larger: bool,
+        /// Factor the model's head too (the layer nearest the output). Kept whole by default:
+        /// its rank bounds the span of the outputs (a 10-way classifier at rank 4 has logits
+        /// in 4 dimensions), it is a small share of the FLOPs, and a new task's head starts
+        /// from weights with no low-rank structure.
+        #[arg(long)]
+        include_head: bool,
         /// Time each layer's factors alone on actc's kernels at its real shapes, at ranks
         /// around the estimate (multiples of 4 or 8, down to --rank-window below it), and
         /// keep the fastest, or the layer as it is when that measures fastest: `train` times
@@ -567,6 +573,13 @@ struct CompileArgs {
     /// K steps (`sequential:K`). A turn skips the frozen factors' weight gradients.
     #[arg(long, value_name = "SCHEDULE")]
     freeze_schedule: Option<Rotate>,
+    /// SGD learning rate of the factors of layers `actc decompose` split: `auto` scales
+    /// each down by the other factors' magnitudes, so a layer's factors together move it
+    /// about as fast as --lr moved the layer (with W = A·B a step on A reaches W amplified
+    /// by B's squared singular values); a number is that multiple of --lr for every factor,
+    /// 1 the same rate.
+    #[arg(long, value_name = "auto|X", default_value = "auto")]
+    factor_lr: FactorLr,
 }
 
 /// A shape given on the command line, like `8x3x224x224`.
@@ -649,6 +662,7 @@ impl CompileArgs {
                 dampening: self.dampening,
                 nesterov: self.nesterov,
                 weight_decay: self.weight_decay.unwrap_or(0.0),
+                lr_scale: None,
             }),
             OptimArg::Adamw => Optimizer::AdamW(ops::AdamW {
                 beta1: self.beta1,
@@ -695,6 +709,7 @@ impl CompileArgs {
             max_memory: self.max_memory.map(|b| b as u64).or_else(machine_memory),
             lora: self.lora.map(|r| r as usize),
             freeze: self.freeze_schedule,
+            factor_lr: self.factor_lr,
             recompute_attention: matches!(self.recompute, Some(RecomputeArg::Attention)),
         })
     }
@@ -834,6 +849,26 @@ fn run(cli: Cli) -> Result<()> {
                 mem.naive as f64 / 1e6,
                 out.display()
             );
+            let scales: Vec<f32> = compiled
+                .plan
+                .steps
+                .iter()
+                .filter_map(|s| match s.kind()? {
+                    ops::Kind::SgdUpdate(sgd) => sgd.lr_scale,
+                    ops::Kind::ConvBackwardWeightSgd(c) => c.sgd.as_ref()?.lr_scale,
+                    _ => None,
+                })
+                .collect();
+            if !scales.is_empty() {
+                let (lo, hi) = scales
+                    .iter()
+                    .fold((f32::INFINITY, 0f32), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+                eprintln!(
+                    "  {} factor weights of decomposed layers train at {lo:.3}–{hi:.3}× --lr (--factor-lr {})",
+                    scales.len(),
+                    opts.factor_lr
+                );
+            }
             Ok(())
         }
         Command::Inspect { path, json, opts } => {
@@ -891,6 +926,7 @@ fn run(cli: Cli) -> Result<()> {
             ratio,
             ranks,
             even_if_larger,
+            include_head,
             optimize_ranks,
             rank_window,
             shape,
@@ -930,7 +966,9 @@ fn run(cli: Cli) -> Result<()> {
                     rule,
                     even_if_larger,
                     optimize,
+                    keep: None,
                 },
+                include_head,
             };
             let prep = prep.options();
             let calibration = match &calibration {

@@ -95,7 +95,9 @@ fn decompose(model: &Path, name: &str, energy: f64, p: &Plrd) -> Result<(PathBuf
             rule: RankRule::Energy(energy),
             even_if_larger: false,
             optimize: None,
+            keep: None,
         },
+        include_head: false,
     };
     let m = crate::load_onnx(model)?;
     let dir = model.parent().unwrap_or(Path::new("."));

@@ -80,7 +80,7 @@ fn attrs(k: &Kind) -> String {
         Kind::ConvBackwardWeightSgd(cs) => format!(
             "{}; sgd {}{}",
             fields(cs.conv.as_ref()),
-            fields(cs.sgd.as_ref()),
+            fields(cs.sgd.as_ref()).replace(", lr_scale: None", ""),
             cs.compressor
                 .as_ref()
                 .map(|c| format!("; {}", compressor(c)))
@@ -91,8 +91,11 @@ fn attrs(k: &Kind) -> String {
             cl.trans_b,
             cl.compressor.as_ref().map(compressor).unwrap_or_default()
         ),
-        // An int8 flag shows only where `--prefix-precision int8` set it.
-        _ => fields(Some(k)).replace(", int8: false", ""),
+        // An int8 flag shows only where `--prefix-precision int8` set it, a learning-rate
+        // scale only where a decomposed layer's factor has one.
+        _ => fields(Some(k))
+            .replace(", int8: false", "")
+            .replace(", lr_scale: None", ""),
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`Room::low_rank`]: crate::ops::room::Room::low_rank
 
 pub mod merge;
+pub mod rate;
 pub mod speed;
 mod vbmf;
 
@@ -41,6 +42,8 @@ pub struct Request {
     pub even_if_larger: bool,
     /// Choose each layer's ranks near the rule's by measured speed (`--optimize-ranks`).
     pub optimize: Option<speed::Optimize>,
+    /// Keep the layer whole, for this reason.
+    pub keep: Option<&'static str>,
 }
 
 /// One layer, decomposed or not: what `actc decompose` reports.

@@ -88,6 +88,7 @@ pub fn low_rank(
         rule: Rule::Modes([ranks[0], ranks.get(1).copied().unwrap_or(0)]),
         even_if_larger: true,
         optimize: None,
+        keep: None,
     };
     let mut combos: Vec<Vec<usize>> = vec![Vec::new()];
     for (&r, &full) in estimate.ranks.iter().zip(&estimate.full_ranks) {

@@ -267,6 +267,11 @@ impl Room for Dense {
             true => (w.shape[1], w.shape[0]),
             false => (w.shape[0], w.shape[1]),
         };
+        let rows = x.numel() / k;
+        let before = (k * cols, 2 * (rows * k * cols) as u64);
+        if let Some(why) = req.keep {
+            return Ok(Some(LayerReport::kept(node, before.0, before.1, why)));
+        }
         let values = data.as_f32();
         let at = |i: usize, j: usize| match trans_b {
             true => values[j * k + i] as f64,
@@ -274,12 +279,8 @@ impl Room for Dense {
         };
         let d = svd(&Matrix::from_fn(k, cols, at))?;
         let r = mode_rank(req.rule, &d.s, k, cols)?;
-        let rows = x.numel() / k;
-        let params = (k * cols, r * (k + cols));
-        let flops = (
-            2 * (rows * k * cols) as u64,
-            2 * (rows * r * (k + cols)) as u64,
-        );
+        let params = (before.0, r * (k + cols));
+        let flops = (before.1, 2 * (rows * r * (k + cols)) as u64);
         if params.1 >= params.0 && !req.even_if_larger {
             let why = format!("rank {r} of {} would not be smaller", d.s.len());
             return Ok(Some(LayerReport::kept(node, params.0, flops.0, why)));

@@ -5,20 +5,64 @@
 
 use crate::error::Result;
 use crate::ir::Graph;
-use crate::lowrank::{LayerReport, Request, speed};
+use crate::lowrank::{LayerReport, Request, factor_of, speed};
 use crate::onnx::write::Original;
+use crate::passes::select::Selection;
 use crate::{bail, err, ops};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::BTreeSet;
 
-/// Rewrites `layers` (node names, in the model's order); one report per layer with a weight
-/// to factor.
+/// The layers nearest the outputs the loss reads: the first trained Conv, Gemm or MatMul
+/// met walking back from each (a CNN's classifier, which `--layers` does not count as a
+/// layer). A layer in factors is named as the layer.
+pub fn heads(graph: &Graph, selection: &Selection) -> BTreeSet<String> {
+    let dense: BTreeSet<NodeIndex> = selection
+        .trained
+        .iter()
+        .filter(|l| matches!(l.op.as_str(), "Conv" | "Gemm" | "MatMul"))
+        .filter_map(|l| graph.node_named(&l.node))
+        .collect();
+    let mut heads = BTreeSet::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = selection.outputs.clone();
+    while let Some(t) = stack.pop() {
+        let Some(p) = graph.producer(t).filter(|_| seen.insert(t)) else {
+            continue;
+        };
+        let name = &graph.nodes[p].name;
+        match dense.contains(&p) {
+            true => heads.insert(factor_of(name).unwrap_or(name).to_string()),
+            false => {
+                stack.extend(&graph.nodes[p].inputs);
+                false
+            }
+        };
+    }
+    heads
+}
+
+/// Why the model's head stays whole unless asked (`--include-head`).
+const HEAD: &str =
+    "the model's head: its rank would bound the outputs' span (--include-head factors it)";
+
+/// Rewrites `layers` (node names, in the model's order) but keeps `heads` whole; one report
+/// per layer with a weight to factor.
 pub fn decompose(
     graph: &mut Graph,
     layers: &[String],
+    heads: &BTreeSet<String>,
     req: &Request,
     original: &Original,
 ) -> Result<Vec<LayerReport>> {
     let mut reports = Vec::new();
     for layer in layers {
+        let req = &match heads.contains(layer) {
+            true => Request {
+                keep: Some(HEAD),
+                ..*req
+            },
+            false => *req,
+        };
         let Some(n) = graph.node_named(layer) else {
             continue;
         };

@@ -6,6 +6,7 @@ use crate::ops;
 use actc_runtime::ops::{self as rt, Kind};
 use actc_runtime::plan::{DType, Phase};
 use petgraph::stable_graph::NodeIndex;
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
@@ -16,10 +17,12 @@ pub enum Optimizer {
 /// Appends the updates. With `clip_grad_norm`, a `GradNorm` node reads every gradient first,
 /// so gradients then live until all of them exist (the planner accounts for it). With
 /// `fuse`, a conv weight gradient that only its SGD update reads is stored by its product
-/// straight into the update ([`fusable_weight_grad`]).
+/// straight into the update ([`fusable_weight_grad`]). `lr_scales`: the weights whose SGD
+/// rate is a multiple of the plan's (`lowrank::rate`).
 pub fn append_updates(
     graph: &mut Graph,
     grads: &[(TensorId, TensorId)],
+    lr_scales: &BTreeMap<TensorId, f32>,
     optimizer: &Optimizer,
     clip_grad_norm: Option<f32>,
     fuse: bool,
@@ -37,6 +40,13 @@ pub fn append_updates(
         )[0]
     });
     for &(param, grad) in grads {
+        let optimizer = &match optimizer {
+            Optimizer::Sgd(s) => Optimizer::Sgd(rt::Sgd {
+                lr_scale: lr_scales.get(&param).copied(),
+                ..s.clone()
+            }),
+            other => other.clone(),
+        };
         if fuse
             && scale.is_none()
             && let Optimizer::Sgd(sgd) = optimizer

@@ -450,7 +450,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
             let has_state = sgd.state_len(1) > 0;
             clip_if_scaled(step, plan, mem, if has_state { 3 } else { 2 });
             let state = if has_state { xm(2) } else { &mut [][..] };
-            sgd.step(upd.lr, upd.step, xm(0), x(1), state);
+            sgd.step(s.lr(upd.lr), upd.step, xm(0), x(1), state);
         }
         Kind::ConvBackwardWeightSgd(cs) => {
             let (c, s) = (cs.conv.as_ref(), cs.sgd.as_ref());
@@ -471,7 +471,7 @@ pub unsafe fn run(plan: &Plan, step: &Step, mem: &View, upd: &UpdateCtx) -> Ran 
                     conv::backward_weight_into(&g, x, dy, alpha, beta, dst, ws)
                 }
             };
-            sgd.step_fused(upd.lr, upd.step, xm(2), state, grad);
+            sgd.step_fused(s.lr(upd.lr), upd.step, xm(2), state, grad);
         }
         Kind::AdamWUpdate(a) => {
             let adam = optim::AdamW::from(a);

@@ -313,6 +313,7 @@ fn fused_compressed_updates_match_held_ones() {
         dampening: 0.1,
         nesterov: false,
         weight_decay: 0.0,
+        lr_scale: None,
     });
     let hosvd = Compression::Hosvd {
         eps: 0.8,

@@ -26,14 +26,14 @@ fn decompose_timed(
     decompose_file(&model(name), shape, rule, even_if_larger, optimize)
 }
 
-fn decompose_file(
-    path: &std::path::Path,
+/// Every layer that can be, the head included (the tests pin the rewrite of each op).
+fn options(
     shape: &[usize],
     rule: RankRule,
     even_if_larger: bool,
     optimize: Option<RankOptimization>,
-) -> actc::Decomposed {
-    let opts = DecomposeOptions {
+) -> DecomposeOptions {
+    DecomposeOptions {
         layers: Layers::All,
         input: InputShape {
             shape: Some(shape.to_vec()),
@@ -44,8 +44,20 @@ fn decompose_file(
             rule,
             even_if_larger,
             optimize,
+            keep: None,
         },
-    };
+        include_head: true,
+    }
+}
+
+fn decompose_file(
+    path: &std::path::Path,
+    shape: &[usize],
+    rule: RankRule,
+    even_if_larger: bool,
+    optimize: Option<RankOptimization>,
+) -> actc::Decomposed {
+    let opts = options(shape, rule, even_if_larger, optimize);
     let m = actc::load_onnx(path).unwrap();
     let name = path.file_name().unwrap().to_str().unwrap();
     actc::decompose_model(m, path.parent().unwrap(), name, &opts).unwrap()
@@ -369,4 +381,27 @@ fn decomposed_blocks_fuse_into_whole_chains() {
         .zip(&want[0])
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst <= 1e-4 * scale, "{worst} off tract's (scale {scale})");
+}
+
+/// The model's head (the layer nearest the output) stays whole unless asked: tiny_cnn's
+/// classifier is kept, saying why, while its convs are factored.
+#[test]
+fn the_head_stays_whole_unless_asked() {
+    let path = model("tiny_cnn");
+    for include_head in [false, true] {
+        let opts = DecomposeOptions {
+            include_head,
+            ..options(&[2, 3, 16, 16], RankRule::Ratio(0.5), false, None)
+        };
+        let m = actc::load_onnx(&path).unwrap();
+        let d = actc::decompose_model(m, path.parent().unwrap(), "tiny_cnn", &opts).unwrap();
+        let head = d.layers.iter().find(|l| l.op == "Gemm").unwrap();
+        assert_eq!(head.decomposed, include_head, "{head:?}");
+        assert_eq!(
+            head.kept_because.contains("--include-head"),
+            !include_head,
+            "{head:?}"
+        );
+        assert!(d.layers.iter().any(|l| l.op == "Conv" && l.decomposed));
+    }
 }

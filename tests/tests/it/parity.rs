@@ -80,6 +80,8 @@ fn check_case(case: &str, entry: &serde_json::Value) -> f32 {
         loss_weights: weights,
         lr: 0.1,
         keep_gradients: true,
+        // The golden step is plain SGD at one rate for every weight, factors included.
+        factor_lr: actc::FactorLr::Scale(1.0),
         ..CompileOptions::default()
     };
     let plan = actc::compile_file(&model, &opts).unwrap().plan;

@@ -33,6 +33,9 @@ pub(super) fn low_rank(
         let why = "a grouped or depthwise conv has no dense weight to factor";
         return Ok(Some(LayerReport::kept(node, before.0, before.1, why)));
     }
+    if let Some(why) = req.keep {
+        return Ok(Some(LayerReport::kept(node, before.0, before.1, why)));
+    }
     let values: Vec<f64> = data.as_f32().iter().map(|&v| v as f64).collect();
     let taps = kh * kw;
     let plain = pointwise();
