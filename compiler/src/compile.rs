@@ -4,8 +4,8 @@
 use crate::error::Result;
 use crate::ir::verify::verify;
 use crate::ir::{Graph, TensorId};
-use crate::lowrank::LayerReport;
 use crate::lowrank::rate::{self, FactorLr};
+use crate::lowrank::{LayerReport, data};
 use crate::onnx::import::{InputShape, import};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::write::{self, Original};
@@ -134,9 +134,12 @@ pub struct DecomposeOptions {
     pub input: InputShape,
     /// The outputs whose layers count (as `CompileOptions::outputs`).
     pub outputs: Vec<String>,
-    pub request: crate::lowrank::Request,
+    pub request: crate::lowrank::Request<'static>,
     /// Factor the layer nearest each output too (`--include-head`) [default: kept whole].
     pub include_head: bool,
+    /// Factor 1×1 convs, Gemms and MatMuls to keep their outputs on this data rather than
+    /// their weights (`--calibration`) [default: none, the weights].
+    pub calibration: Option<crate::lowrank::data::Calibration>,
 }
 
 /// The model with its layers in thin factors, and what happened to each.
@@ -174,7 +177,21 @@ pub fn decompose_model(
     };
     // A decomposed layer is merged back first, so decomposing again lowers its ranks.
     let names = crate::lowrank::merge::merge_layers(&mut cx.graph, &trained);
-    let layers = decompose::decompose(&mut cx.graph, &names, &heads, &opts.request, &original)?;
+    let on_data = match &opts.calibration {
+        Some(source) => {
+            let batches = (source.0)(&cx.input_shape)?;
+            data::whitenings(&cx.graph, &original, &names, &cx.input_shape, &batches)?
+        }
+        None => BTreeMap::new(),
+    };
+    let layers = decompose::decompose(
+        &mut cx.graph,
+        &names,
+        &heads,
+        &on_data,
+        &opts.request,
+        &original,
+    )?;
     check(&cx, "decompose")?;
     let g = &cx.graph;
     let order = g.topo_order();

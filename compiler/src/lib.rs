@@ -46,6 +46,7 @@ pub use compile::{
     decompose_model,
 };
 pub use error::{Error, Result};
+pub use lowrank::data::Calibration as CalibrationData;
 pub use lowrank::rate::FactorLr;
 pub use lowrank::speed::{Goal as SpeedGoal, Optimize as RankOptimization, Timing};
 pub use lowrank::{LayerReport, Request as LowRankRequest, Rule as RankRule};

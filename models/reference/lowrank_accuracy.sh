@@ -5,12 +5,16 @@
 # (1600 train / 400 held-out), SEEDS seeds, one variant after the other within each seed:
 #
 #   original       the model as it is
-#   lrd            `decompose --layers LAYERS --ratio RATIO` (truncated SVD of the 1x1 convs
-#                  and the classifier); its factors train at `--factor-lr auto`
+#   lrd            `decompose --layers LAYERS --ratio RATIO` (truncated SVD of the 1x1 convs'
+#                  weights; the classifier, the model's head, stays whole); its factors
+#                  train at `--factor-lr auto`
 #   lrd_same_lr    the same with `--factor-lr 1`: the factors at the original's rate
-#   lrd_optimized  the same with `--optimize-ranks` (ranks by measured training-step time)
-#   lrd_frozen     lrd with `--freeze-schedule sequential` (factors take turns per epoch)
-#   lrd_frozen_1   lrd with `--freeze-schedule sequential:1` (turns every step)
+#   lrd_data       the same ranks factored on data, `--calibration CAL` (the layers' outputs
+#                  on 256 images of CAL kept rather than their weights); CAL is the bundled
+#                  t10k images, which no training or validation split of DATA holds
+#   lrd_data_optimized  lrd_data with `--optimize-ranks` (ranks by measured step time)
+#   lrd_data_frozen     lrd_data with `--freeze-schedule sequential` (turns per epoch)
+#   lrd_data_frozen_1   lrd_data with `--freeze-schedule sequential:1` (turns every step)
 #
 # Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
 # cache and run the trainable part alone: their mean time is the training throughput.
@@ -30,16 +34,20 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 M=models/mobilenetv2.onnx
 
-"$ACTC" decompose $M -o "$OUT/lrd.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE >"$OUT/lrd.txt" 2>/dev/null
-"$ACTC" decompose $M -o "$OUT/opt.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE --optimize-ranks >"$OUT/opt.txt" 2>/dev/null
+CAL=models/data/fashion-mnist/t10k-images-idx3-ubyte.gz
+decompose() { "$ACTC" decompose $M -o "$OUT/$1.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE "${@:2}" >"$OUT/$1.txt" 2>/dev/null; }
+decompose lrd
+decompose data --calibration $CAL
+decompose data_opt --calibration $CAL --optimize-ranks
 compile() { "$ACTC" compile "$1" --layers "$LAYERS" --input-shape $SHAPE --lr "$LR" --momentum 0.9 -o "$OUT/$2.actc" "${@:3}" 2>/dev/null; }
 compile $M original
 compile "$OUT/lrd.onnx" lrd
 compile "$OUT/lrd.onnx" lrd_same_lr --factor-lr 1
-compile "$OUT/opt.onnx" lrd_optimized
-compile "$OUT/lrd.onnx" lrd_frozen --freeze-schedule sequential
-compile "$OUT/lrd.onnx" lrd_frozen_1 --freeze-schedule sequential:1
-VARIANTS=${VARIANTS:-"original lrd lrd_same_lr lrd_optimized lrd_frozen lrd_frozen_1"}
+compile "$OUT/data.onnx" lrd_data
+compile "$OUT/data_opt.onnx" lrd_data_optimized
+compile "$OUT/data.onnx" lrd_data_frozen --freeze-schedule sequential
+compile "$OUT/data.onnx" lrd_data_frozen_1 --freeze-schedule sequential:1
+VARIANTS=${VARIANTS:-"original lrd lrd_same_lr lrd_data lrd_data_optimized lrd_data_frozen lrd_data_frozen_1"}
 
 # A run that fails (a diverging loss stops `train`) is reported, and left out of the table.
 for seed in $SEEDS; do
@@ -52,15 +60,19 @@ done
 
 stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; v=q/n-m*m; if (v<0) v=0; printf "%.4f ± %.4f", m, sqrt(v)}'; }
 echo "MobileNetV2 $SHAPE --layers $LAYERS, decomposed at --ratio $RATIO; SGD lr $LR momentum 0.9, $EPOCHS epochs, seeds: $SEEDS; $(nproc) cores"
-grep -E "svd|ms by" "$OUT/opt.txt" | sed 's/^/  optimized: /'
-printf '| %-14s | %-17s | %-17s | %-22s |\n' variant "final val acc" "best val acc" "epoch 2+ seconds"
-printf '|%s|%s|%s|%s|\n' ---------------- ------------------- ------------------- ------------------------
+grep -E "svd|ms by" "$OUT/data_opt.txt" | sed 's/^/  optimized: /'
+printf '| %-18s | %-17s | %-17s | %-22s | %-22s |\n' variant "final val acc" "best val acc" "epoch 2+ seconds" "final − original"
+printf '|%s|%s|%s|%s|%s|\n' -------------------- ------------------- ------------------- ------------------------ ------------------------
 runs() { for s in $SEEDS; do if [ -f "$OUT/$1.$s.jsonl" ]; then echo "$s"; fi; done; }
 for v in $VARIANTS; do
   ok=$(runs $v)
-  [ -n "$ok" ] || { printf '| %-14s | no run finished |\n' "$v"; continue; }
+  [ -n "$ok" ] || { printf '| %-18s | no run finished |\n' "$v"; continue; }
+  last() { jq -r 'select(.event=="epoch") | .val.accuracy' "$OUT/$1.$2.jsonl" | tail -1; }
+  # Paired over the seeds both finished: mean difference ± its standard error.
+  paired=$(for s in $ok; do if [ -f "$OUT/original.$s.jsonl" ]; then echo "$(last $v $s) $(last original $s)"; fi; done |
+    awk '{d=$1-$2; s+=d; q+=d*d; n++} END {if (n<2) {print "-"; exit} m=s/n; v=(q-n*m*m)/(n-1); if (v<0) v=0; printf "%+.4f ± %.4f (%d)", m, sqrt(v/n), n}')
   final=$(for s in $ok; do jq -r 'select(.event=="epoch") | .val.accuracy' "$OUT/$v.$s.jsonl" | tail -1; done | stats)
   best=$(for s in $ok; do jq -r 'select(.event=="epoch") | .val.accuracy' "$OUT/$v.$s.jsonl" | sort -g | tail -1; done | stats)
   secs=$(for s in $ok; do jq -r 'select(.event=="epoch" and .epoch>1) | .seconds' "$OUT/$v.$s.jsonl"; done | stats)
-  printf '| %-14s | %-17s | %-17s | %-22s |\n' "$v" "$final" "$best" "$secs"
+  printf '| %-18s | %-17s | %-17s | %-22s | %-22s |\n' "$v" "$final" "$best" "$secs" "$paired"
 done

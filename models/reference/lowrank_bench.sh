@@ -9,7 +9,10 @@
 #   inference: the whole model, every layer decomposed at `--ratio $RATIO` (`--layers all`),
 #              on actc's own kernels: a plan training only the classifier (`--layers 1`)
 #              runs everything before it as its frozen prefix, so step − suffix is the
-#              forward pass of the rest of the model.
+#              forward pass of the rest of the model. Both at `--prefix-batch 1` (a sample
+#              per thread at a time): left to the planner, the prefix's micro-batch and lanes
+#              follow the training arena of each plan, and the decomposed prefix, whose
+#              arena per lane is a little larger, ran one lane where the original ran two.
 #
 # Usage: bash models/reference/lowrank_bench.sh [ACTC binary] (default target/release/actc)
 # Prints one table; weights are the bundled model's (random init, flat spectra: accuracy is
@@ -35,9 +38,9 @@ compile $M "$LAYERS" original
 compile "$OUT/lrd.onnx" "$LAYERS" lrd
 compile "$OUT/opt.onnx" "$LAYERS" lrd_optimized
 compile "$OUT/lrd.onnx" "$LAYERS" lrd_frozen --freeze-schedule sequential:1
-compile $M 1 infer_original
-compile "$OUT/all.onnx" 1 infer_lrd
-compile "$OUT/all_opt.onnx" 1 infer_lrd_optimized
+compile $M 1 infer_original --prefix-batch 1
+compile "$OUT/all.onnx" 1 infer_lrd --prefix-batch 1
+compile "$OUT/all_opt.onnx" 1 infer_lrd_optimized --prefix-batch 1
 
 PLANS="original lrd lrd_optimized lrd_frozen infer_original infer_lrd infer_lrd_optimized"
 for r in $(seq "$ROUNDS"); do

@@ -8,9 +8,9 @@ use crate::driver::run::{self, TrainOptions};
 use crate::driver::text::TextOptions;
 use crate::driver::{budget, inspect, plrd};
 use crate::{
-    CompileOptions, Compression, DecomposeOptions, Error, FactorLr, HosvdRanks, InputShape, Layers,
-    LowRankRequest, Optimizer, PrefixRunner, RankOptimization, RankRule, Result, Rotate, SpeedGoal,
-    bail, compile_file, err,
+    CalibrationData, CompileOptions, Compression, DecomposeOptions, Error, FactorLr, HosvdRanks,
+    InputShape, Layers, LowRankRequest, Optimizer, PrefixRunner, RankOptimization, RankRule,
+    Result, Rotate, SpeedGoal, bail, compile_file, err,
 };
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
@@ -94,10 +94,16 @@ enum Command {
         rank_window: f64,
         #[command(flatten)]
         shape: ShapeArgs,
-        /// Data whose first (seeded-shuffle) batch measures the output difference
-        /// [default: seeded noise].
+        /// Data to factor on: 1×1 convs, Gemms and MatMuls are factored to keep their
+        /// outputs on it rather than their weights (the SVD of the weight seen through the
+        /// second moment of its input, SVD-LLM), and its first (seeded-shuffle) batch
+        /// measures the output difference [default: factors of the weights alone; seeded
+        /// noise for the difference].
         #[arg(long, value_name = "DATA")]
         calibration: Option<PathBuf>,
+        /// Samples of --calibration whose layer inputs the factors keep.
+        #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        calibration_samples: u32,
         #[command(flatten)]
         prep: PrepArgs,
         /// Print the report as JSON.
@@ -931,6 +937,7 @@ fn run(cli: Cli) -> Result<()> {
             rank_window,
             shape,
             calibration,
+            calibration_samples,
             prep,
             json,
         } => {
@@ -958,6 +965,13 @@ fn run(cli: Cli) -> Result<()> {
                 (_, Some(r), _) => RankRule::Ratio(r),
                 (_, _, rule) => rule.unwrap_or(RankRule::Vbmf),
             };
+            let prep = prep.options();
+            let on_data = calibration.clone().map(|path| {
+                let (prep, samples) = (prep.clone(), calibration_samples as usize);
+                CalibrationData(std::sync::Arc::new(move |shape: &[usize]| {
+                    decompose::data_batches(shape, &path, &prep, samples)
+                }))
+            });
             let opts = DecomposeOptions {
                 layers,
                 input: shape.input(),
@@ -967,10 +981,11 @@ fn run(cli: Cli) -> Result<()> {
                     even_if_larger,
                     optimize,
                     keep: None,
+                    on_data: None,
                 },
                 include_head,
+                calibration: on_data,
             };
-            let prep = prep.options();
             let calibration = match &calibration {
                 Some(path) => Calibration::Data(path, &prep),
                 None => Calibration::Noise,

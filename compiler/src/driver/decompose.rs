@@ -79,19 +79,37 @@ fn collapsed(layers: &[LayerReport], rule: RankRule) -> Option<String> {
 /// One batch at the model's input shape: the first of a seeded shuffle of the data,
 /// preprocessed as `train` would, or noise.
 fn calibration_batch(shape: &[usize], calibration: Calibration) -> Result<Vec<f32>> {
-    let per: usize = shape[1..].iter().product();
     let Calibration::Data(path, prep) = calibration else {
+        let per: usize = shape[1..].iter().product();
         return Ok(seeded_noise(shape[0] * per));
     };
+    Ok(data_batches(shape, path, prep, shape[0])?.remove(0))
+}
+
+/// Batches at the model's input shape holding the first `samples` of a seeded shuffle of the
+/// data (at most all of it; the last batch wraps around), preprocessed as `train` would.
+pub fn data_batches(
+    shape: &[usize],
+    path: &Path,
+    prep: &DataOptions,
+    samples: usize,
+) -> Result<Vec<Vec<f32>>> {
+    let per: usize = shape[1..].iter().product();
     let data = Dataset::load(path, prep.layout).map_err(|e| err!("--calibration {e}"))?;
     let prep = prep.preprocess(&shape[1..], &data)?;
     let mut rows: Vec<usize> = (0..data.len()).collect();
     split::shuffle(&mut rows, 0);
-    let mut input = vec![0.0; shape[0] * per];
-    for (i, dst) in input.chunks_exact_mut(per).enumerate() {
-        data.write_sample(rows[i % rows.len()], &prep, dst);
+    let samples = samples.min(rows.len()).max(1);
+    let batches = samples.div_ceil(shape[0]);
+    let mut out = Vec::with_capacity(batches);
+    for b in 0..batches {
+        let mut input = vec![0.0; shape[0] * per];
+        for (i, dst) in input.chunks_exact_mut(per).enumerate() {
+            data.write_sample(rows[(b * shape[0] + i) % rows.len()], &prep, dst);
+        }
+        out.push(input);
     }
-    Ok(input)
+    Ok(out)
 }
 
 /// The model's first output on `input`, by tract (an implementation actc did not write).

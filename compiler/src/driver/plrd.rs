@@ -96,8 +96,10 @@ fn decompose(model: &Path, name: &str, energy: f64, p: &Plrd) -> Result<(PathBuf
             even_if_larger: false,
             optimize: None,
             keep: None,
+            on_data: None,
         },
         include_head: false,
+        calibration: None,
     };
     let m = crate::load_onnx(model)?;
     let dir = model.parent().unwrap_or(Path::new("."));

@@ -6,6 +6,7 @@
 //!
 //! [`Room::low_rank`]: crate::ops::room::Room::low_rank
 
+pub mod data;
 pub mod merge;
 pub mod rate;
 pub mod speed;
@@ -36,7 +37,7 @@ pub enum Rule {
 
 /// What a decomposition is asked.
 #[derive(Clone, Copy, Debug)]
-pub struct Request {
+pub struct Request<'a> {
     pub rule: Rule,
     /// Decompose a layer even when its factors cost more than it (to check the rewrite).
     pub even_if_larger: bool,
@@ -44,6 +45,9 @@ pub struct Request {
     pub optimize: Option<speed::Optimize>,
     /// Keep the layer whole, for this reason.
     pub keep: Option<&'static str>,
+    /// The layer input's second moment on calibration data: factor to keep its output on
+    /// that data ([`data`]) rather than its weight.
+    pub on_data: Option<&'a data::Whitening>,
 }
 
 /// One layer, decomposed or not: what `actc decompose` reports.
@@ -131,6 +135,10 @@ impl Matrix {
 
     pub fn to_f32(&self) -> Vec<f32> {
         self.data.iter().map(|&v| v as f32).collect()
+    }
+
+    pub fn transposed(&self) -> Matrix {
+        Matrix::from_fn(self.cols, self.rows, |r, c| self.at(c, r))
     }
 }
 

@@ -89,6 +89,7 @@ pub fn low_rank(
         even_if_larger: true,
         optimize: None,
         keep: None,
+        on_data: req.on_data,
     };
     let mut combos: Vec<Vec<usize>> = vec![Vec::new()];
     for (&r, &full) in estimate.ranks.iter().zip(&estimate.full_ranks) {

@@ -7,6 +7,7 @@ use super::room::{
 use crate::bail;
 use crate::error::Result;
 use crate::ir::{Data, Graph, Node, NodeOp, Tensor};
+use crate::lowrank::data::{OnData, weight_error};
 use crate::lowrank::{
     AdapterForm, LayerReport, Matrix, Request, Stage, factorable, lora_init, mode_rank,
     replace_with_stages, split, svd, truncation_error,
@@ -277,18 +278,31 @@ impl Room for Dense {
             true => values[j * k + i] as f64,
             false => values[i * cols + j] as f64,
         };
-        let d = svd(&Matrix::from_fn(k, cols, at))?;
-        let r = mode_rank(req.rule, &d.s, k, cols)?;
+        // W (K × N) ≈ A·B: A (K × r) the first product's weight, B (r × N) the second's.
+        let w = Matrix::from_fn(k, cols, at);
+        let (a, b, r, full, error) = match req.on_data {
+            None => {
+                let d = svd(&w)?;
+                let r = mode_rank(req.rule, &d.s, k, cols)?;
+                let (a, b) = split(&d, r);
+                (a, b, r, d.s.len(), truncation_error(&d.s, r))
+            }
+            Some(white) => {
+                let d = OnData::new(&w, white)?;
+                let r = mode_rank(req.rule, d.s(), k, cols)?;
+                let (a, b) = d.split(r);
+                let error = weight_error(&w, &a, &b);
+                (a, b, r, d.s().len(), error)
+            }
+        };
         let params = (before.0, r * (k + cols));
         let flops = (before.1, 2 * (rows * r * (k + cols)) as u64);
         if params.1 >= params.0 && !req.even_if_larger {
-            let why = format!("rank {r} of {} would not be smaller", d.s.len());
+            let why = format!("rank {r} of {full} would not be smaller");
             return Ok(Some(LayerReport::kept(node, params.0, flops.0, why)));
         }
-        let error = truncation_error(&d.s, r);
-        let ranks = (vec![r], vec![d.s.len()]);
+        let ranks = (vec![r], vec![full]);
         let report = LayerReport::factored(node, "svd", ranks, params, flops, error);
-        let (a, b) = split(&d, r);
         let mut hidden = x.shape.clone();
         let out_shape = graph.tensor(node.outputs[0]).shape.clone();
         let bias = node.inputs[2..].to_vec();

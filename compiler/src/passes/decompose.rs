@@ -5,12 +5,13 @@
 
 use crate::error::Result;
 use crate::ir::Graph;
+use crate::lowrank::data::Whitening;
 use crate::lowrank::{LayerReport, Request, factor_of, speed};
 use crate::onnx::write::Original;
 use crate::passes::select::Selection;
 use crate::{bail, err, ops};
 use petgraph::stable_graph::NodeIndex;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The layers nearest the outputs the loss reads: the first trained Conv, Gemm or MatMul
 /// met walking back from each (a CNN's classifier, which `--layers` does not count as a
@@ -45,23 +46,23 @@ pub fn heads(graph: &Graph, selection: &Selection) -> BTreeSet<String> {
 const HEAD: &str =
     "the model's head: its rank would bound the outputs' span (--include-head factors it)";
 
-/// Rewrites `layers` (node names, in the model's order) but keeps `heads` whole; one report
-/// per layer with a weight to factor.
+/// Rewrites `layers` (node names, in the model's order) but keeps `heads` whole, factoring
+/// those in `on_data` to keep their outputs on the calibration data; one report per layer
+/// with a weight to factor.
 pub fn decompose(
     graph: &mut Graph,
     layers: &[String],
     heads: &BTreeSet<String>,
+    on_data: &BTreeMap<String, Whitening>,
     req: &Request,
     original: &Original,
 ) -> Result<Vec<LayerReport>> {
     let mut reports = Vec::new();
     for layer in layers {
-        let req = &match heads.contains(layer) {
-            true => Request {
-                keep: Some(HEAD),
-                ..*req
-            },
-            false => *req,
+        let req = &Request {
+            keep: heads.contains(layer).then_some(HEAD),
+            on_data: on_data.get(layer),
+            ..*req
         };
         let Some(n) = graph.node_named(layer) else {
             continue;

@@ -26,8 +26,10 @@ fn decomposed() -> actc::ModelProto {
             even_if_larger: true,
             optimize: None,
             keep: None,
+            on_data: None,
         },
         include_head: true,
+        calibration: None,
     };
     let path = common::model("tiny_cnn");
     let m = actc::load_onnx(&path).unwrap();

@@ -6,6 +6,7 @@
 use super::forward;
 use crate::error::Result;
 use crate::ir::Graph;
+use crate::lowrank::data::{OnData, weight_error};
 use crate::lowrank::{
     AdapterForm, LayerReport, Matrix, Request, Stage, factorable, lora_init, mode_rank,
     replace_with_stages, split, svd, truncation_error, tucker2,
@@ -47,16 +48,30 @@ pub(super) fn low_rank(
     let (batch, (h, wd)) = (x.shape[0], (x.shape[2], x.shape[3]));
     // (conv, weight shape, weight values, input shape) per factor, and the report's numbers.
     let (factors, form, ranks, error) = if taps == 1 {
-        let d = svd(&Matrix::from_fn(m, ci, |i, j| values[i * ci + j]))?;
-        let r = mode_rank(req.rule, &d.s, m, ci)?;
-        let (a, b) = split(&d, r);
+        // W ≈ A·B: A (m × r) the second 1×1 conv's weight, B (r × ci) the first's.
+        let (a, b, r, full, error) = match req.on_data {
+            None => {
+                let d = svd(&Matrix::from_fn(m, ci, |i, j| values[i * ci + j]))?;
+                let r = mode_rank(req.rule, &d.s, m, ci)?;
+                let (a, b) = split(&d, r);
+                (a, b, r, d.s.len(), truncation_error(&d.s, r))
+            }
+            Some(white) => {
+                // Wᵀ (input channels × outputs) ≈ P·Q, so A = Qᵀ and B = Pᵀ.
+                let wt = Matrix::from_fn(ci, m, |i, j| values[j * ci + i]);
+                let d = OnData::new(&wt, white)?;
+                let r = mode_rank(req.rule, d.s(), m, ci)?;
+                let (p, q) = d.split(r);
+                let error = weight_error(&wt, &p, &q);
+                (q.transposed(), p.transposed(), r, d.s().len(), error)
+            }
+        };
         let hidden = vec![batch, r, y[2], y[3]];
         let factors = vec![
             (strided, vec![r, ci, 1, 1], b.to_f32(), x.shape.clone()),
             (plain, vec![m, r, 1, 1], a.to_f32(), hidden),
         ];
-        let error = truncation_error(&d.s, r);
-        (factors, "svd", (vec![r], vec![d.s.len()]), error)
+        (factors, "svd", (vec![r], vec![full]), error)
     } else {
         let t = tucker2(&values, m, ci, taps, req.rule)?;
         let (ro, ri) = (t.out.cols, t.input.cols);
