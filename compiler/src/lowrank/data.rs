@@ -4,8 +4,8 @@
 //! directions), so the directions it drops can carry most of the output. With the second
 //! moment of the layer's input features over calibration data, C = Σ x·xᵀ / n = L·Lᵀ, the
 //! output error on that data is ‖Lᵀ·(M − M̂)‖ (M: input features × outputs), and the
-//! truncated SVD of Lᵀ·M minimizes it (SVD-LLM, Wang et al. 2024). On MobileNetV2's last
-//! layers at the same ranks it cuts the output error from 0.54–0.69 to 0.15–0.23.
+//! truncated SVD of Lᵀ·M minimizes it (SVD-LLM, Wang et al. 2024). At the same ranks it cuts
+//! the output error of MobileNetV2's last two 1×1 convs from 0.69 and 0.54 to 0.15 and 0.23.
 
 use super::{Matrix, Svd, svd};
 use crate::error::Result;
@@ -38,8 +38,6 @@ impl fmt::Debug for Calibration {
 #[derive(Debug)]
 pub struct Whitening {
     l: faer::Mat<f64>,
-    /// Input vectors the moment was taken over.
-    pub samples: usize,
 }
 
 impl Whitening {
@@ -59,7 +57,6 @@ impl Whitening {
             .map_err(|e| err!("the Cholesky factor of a layer input's second moment: {e:?}"))?;
         Ok(Some(Whitening {
             l: llt.L().to_owned(),
-            samples,
         }))
     }
 }
@@ -159,24 +156,21 @@ pub fn whitenings(
     let fail = |e: actc_runtime::exec::ExecError| err!("running the calibration data: {e}");
     let prefix = Prefix::new(&model.encode_to_vec(), shape).map_err(fail)?;
     let dims = |t: TensorId| graph.tensor(t).shape.clone();
+    let axis = |t: TensorId| found.iter().find(|f| f.1 == t).map_or(1, |f| f.2);
     // Σ x·xᵀ and the count of x per input tensor, over every batch.
-    let mut grams: Vec<(Vec<f64>, usize)> = Vec::new();
+    let mut grams: Vec<(Vec<f64>, usize)> = inputs
+        .iter()
+        .map(|&t| (vec![0.0; dims(t)[axis(t)].pow(2)], 0))
+        .collect();
     for batch in batches {
         let mut failed = None;
         prefix
             .run(batch, |k, v| {
-                let axis = found.iter().find(|f| f.1 == inputs[k]).map_or(1, |f| f.2);
                 let shape = dims(inputs[k]);
-                if v.len() != shape.iter().product::<usize>() {
-                    failed = Some(shape.clone());
-                    return;
+                match v.len() == shape.iter().product::<usize>() {
+                    true => accumulate(&mut grams[k], v, &shape, axis(inputs[k])),
+                    false => failed = Some(shape),
                 }
-                if grams.len() <= k {
-                    let d = shape[axis];
-                    grams.resize_with(k + 1, || (Vec::new(), 0));
-                    grams[k] = (vec![0.0; d * d], 0);
-                }
-                accumulate(&mut grams[k], v, &shape, axis);
             })
             .map_err(fail)?;
         if let Some(shape) = failed {
