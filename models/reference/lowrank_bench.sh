@@ -15,7 +15,7 @@
 #              arena per lane is a little larger, ran one lane where the original ran two.
 #
 # Usage: bash models/reference/lowrank_bench.sh [ACTC binary] (default target/release/actc)
-# Prints one table; weights are the bundled model's (random init, flat spectra: accuracy is
+# Prints one table; weights are the bundled model's (ImageNet-pretrained; accuracy is
 # not measured here).
 set -euo pipefail
 ACTC=${1:-target/release/actc}
