@@ -20,7 +20,7 @@
 # cache and run the trainable part alone: their mean time is the training throughput.
 #
 # Usage: bash models/reference/lowrank_accuracy.sh [ACTC binary] (default target/release/actc);
-# VARIANTS="original lrd" runs a subset.
+# VARIANTS="original lrd" runs a subset; KEEP=DIR keeps the logs.
 set -euo pipefail
 ACTC=${1:-target/release/actc}
 LAYERS=${LAYERS:-4}
@@ -30,8 +30,14 @@ LR=${LR:-0.01}
 SEEDS=${SEEDS:-"0 1 2"}
 DATA=models/data/fashion-mnist
 SHAPE=8x3x224x224
-OUT=$(mktemp -d)
-trap 'rm -rf "$OUT"' EXIT
+# KEEP=DIR keeps the plans and every run's log there (to recheck a table); else a temp dir.
+if [ -n "${KEEP:-}" ]; then
+  OUT=$KEEP
+  mkdir -p "$OUT"
+else
+  OUT=$(mktemp -d)
+  trap 'rm -rf "$OUT"' EXIT
+fi
 M=models/mobilenetv2.onnx
 
 CAL=models/data/fashion-mnist/t10k-images-idx3-ubyte.gz
