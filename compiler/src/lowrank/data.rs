@@ -41,16 +41,17 @@ pub struct Whitening {
 }
 
 impl Whitening {
-    /// From `gram` (Σ x·xᵀ, `dim` × `dim`, row-major) over `samples` vectors; `None` when the
-    /// data never reached the layer (all zero).
-    fn new(gram: &[f64], dim: usize, samples: usize) -> Result<Option<Whitening>> {
-        let trace: f64 = (0..dim).map(|i| gram[i * dim + i]).sum();
+    /// From `gram` (Σ x·xᵀ) over `samples` vectors; `None` when the data never reached the
+    /// layer (all zero).
+    fn new(gram: &faer::Mat<f64>, samples: usize) -> Result<Option<Whitening>> {
+        let dim = gram.nrows();
+        let trace: f64 = (0..dim).map(|i| gram[(i, i)]).sum();
         if trace <= 0.0 || !trace.is_finite() {
             return Ok(None);
         }
         let damping = 1e-6 * trace / dim as f64;
         let c = faer::Mat::<f64>::from_fn(dim, dim, |i, j| {
-            gram[i * dim + j] / samples as f64 + if i == j { damping } else { 0.0 }
+            gram[(i, j)] / samples as f64 + if i == j { damping } else { 0.0 }
         });
         let llt = c
             .llt(faer::Side::Lower)
@@ -158,9 +159,12 @@ pub fn whitenings(
     let dims = |t: TensorId| graph.tensor(t).shape.clone();
     let axis = |t: TensorId| found.iter().find(|f| f.1 == t).map_or(1, |f| f.2);
     // Σ x·xᵀ and the count of x per input tensor, over every batch.
-    let mut grams: Vec<(Vec<f64>, usize)> = inputs
+    let mut grams: Vec<(faer::Mat<f64>, usize)> = inputs
         .iter()
-        .map(|&t| (vec![0.0; dims(t)[axis(t)].pow(2)], 0))
+        .map(|&t| {
+            let d = dims(t)[axis(t)];
+            (faer::Mat::zeros(d, d), 0)
+        })
         .collect();
     for batch in batches {
         let mut failed = None;
@@ -178,11 +182,10 @@ pub fn whitenings(
         }
     }
     let mut out = BTreeMap::new();
-    for (layer, x, axis) in found {
+    for (layer, x, _) in found {
         let k = inputs.binary_search(&x).expect("listed");
         let (gram, samples) = &grams[k];
-        let dim = dims(x)[axis];
-        if let Some(w) = Whitening::new(gram, dim, *samples)? {
+        if let Some(w) = Whitening::new(gram, *samples)? {
             out.insert(layer.clone(), w);
         }
     }
@@ -190,7 +193,7 @@ pub fn whitenings(
 }
 
 /// Adds Σ x·xᵀ over the vectors along `axis` of `v` (of `shape`) to `gram`.
-fn accumulate(gram: &mut (Vec<f64>, usize), v: &[f32], shape: &[usize], axis: usize) {
+fn accumulate(gram: &mut (faer::Mat<f64>, usize), v: &[f32], shape: &[usize], axis: usize) {
     let d = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let outer: usize = shape[..axis].iter().product();
@@ -199,11 +202,6 @@ fn accumulate(gram: &mut (Vec<f64>, usize), v: &[f32], shape: &[usize], axis: us
         let (o, i) = (j / inner, j % inner);
         f64::from(v[(o * d + c) * inner + i])
     });
-    let g = &x * x.transpose();
-    for i in 0..d {
-        for j in 0..d {
-            gram.0[i * d + j] += g[(i, j)];
-        }
-    }
+    gram.0 += &x * x.transpose();
     gram.1 += outer * inner;
 }

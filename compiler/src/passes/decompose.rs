@@ -27,17 +27,18 @@ pub fn heads(graph: &Graph, selection: &Selection) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut stack = selection.outputs.clone();
     while let Some(t) = stack.pop() {
-        let Some(p) = graph.producer(t).filter(|_| seen.insert(t)) else {
+        if !seen.insert(t) {
+            continue;
+        }
+        let Some(p) = graph.producer(t) else {
             continue;
         };
         let name = &graph.nodes[p].name;
-        match dense.contains(&p) {
-            true => heads.insert(factor_of(name).unwrap_or(name).to_string()),
-            false => {
-                stack.extend(&graph.nodes[p].inputs);
-                false
-            }
-        };
+        if dense.contains(&p) {
+            heads.insert(factor_of(name).unwrap_or(name).to_string());
+        } else {
+            stack.extend(&graph.nodes[p].inputs);
+        }
     }
     heads
 }
