@@ -140,6 +140,9 @@ pub struct DecomposeOptions {
     /// Factor 1×1 convs, Gemms and MatMuls to keep their outputs on this data rather than
     /// their weights (`--calibration`) [default: none, the weights].
     pub calibration: Option<crate::lowrank::data::Calibration>,
+    /// Also give the original's features on the calibration data ([`Teacher`]): needs
+    /// `calibration` [default: false].
+    pub distill: bool,
 }
 
 /// The model with its layers in thin factors, and what happened to each.
@@ -150,6 +153,24 @@ pub struct Decomposed {
     pub input_shape: Vec<usize>,
     /// The rewritten graph as text (what the snapshot tests pin).
     pub ir: String,
+    /// What `--distill` trains on, when asked.
+    pub teacher: Option<Teacher>,
+}
+
+/// The original model's features on the calibration inputs, for `decompose --distill` to
+/// train the decomposed model towards (LRD's fine-tuning after decomposition, without labels):
+/// the map the kept head reads, before pooling, or with the head factored the first output.
+pub struct Teacher {
+    /// The features' tensor, named as in both models.
+    pub output: String,
+    /// The calibration inputs, samples back to back at the input shape's sample size.
+    pub inputs: Vec<f32>,
+    /// The original's features on them, samples back to back.
+    pub targets: Vec<f32>,
+    /// One sample's features.
+    pub target_shape: Vec<usize>,
+    /// The decomposed model with the features as one more output.
+    pub student: ModelProto,
 }
 
 /// Low-rank decomposition of the layers `opts` selects: an IR rewrite of the imported model,
@@ -177,12 +198,21 @@ pub fn decompose_model(
     };
     // A decomposed layer is merged back first, so decomposing again lowers its ranks.
     let names = crate::lowrank::merge::merge_layers(&mut cx.graph, &trained);
-    let on_data = match &opts.calibration {
-        Some(source) => {
-            let batches = (source.0)(&cx.input_shape)?;
-            data::whitenings(&cx.graph, &original, &names, &cx.input_shape, &batches)?
-        }
-        None => BTreeMap::new(),
+    let batches = match &opts.calibration {
+        Some(source) => (source.0)(&cx.input_shape)?,
+        None if opts.distill => bail!("distilling needs calibration data to run the models on"),
+        None => Vec::new(),
+    };
+    let on_data = match batches.is_empty() {
+        true => BTreeMap::new(),
+        false => data::whitenings(&cx.graph, &original, &names, &cx.input_shape, &batches)?,
+    };
+    let features = decompose::features(&cx.graph, &heads)
+        .or_else(|| selection.outputs.first().copied())
+        .filter(|_| opts.distill);
+    let targets = match features {
+        Some(t) => data::values(&cx.graph, &original, t, &cx.input_shape, &batches)?,
+        None => Vec::new(),
     };
     let layers = decompose::decompose(
         &mut cx.graph,
@@ -196,11 +226,22 @@ pub fn decompose_model(
     let g = &cx.graph;
     let order = g.topo_order();
     let model = write::write(g, &original, &order, &g.outputs)?;
+    let teacher = match features {
+        Some(t) => Some(Teacher {
+            output: g.tensor(t).name.clone(),
+            inputs: batches.concat(),
+            targets,
+            target_shape: g.tensor(t).shape[1..].to_vec(),
+            student: write::write(g, &original, &order, &[&g.outputs[..], &[t]].concat())?,
+        }),
+        None => None,
+    };
     Ok(Decomposed {
         model,
         layers,
         input_shape: cx.input_shape.clone(),
         ir: g.dump(&order),
+        teacher,
     })
 }
 

@@ -15,6 +15,10 @@
 #   lrd_data_optimized  lrd_data with `--optimize-ranks` (ranks by measured step time)
 #   lrd_data_frozen     lrd_data with `--freeze-schedule sequential` (turns per epoch)
 #   lrd_data_frozen_1   lrd_data with `--freeze-schedule sequential:1` (turns every step)
+#   whole_data     every layer but the head decomposed on data (`--layers all`; the frozen
+#                  prefix too, so inference gains), trained in its last LAYERS layers
+#   whole_distilled     whole_data with `--distill DISTILL` (10) on all CAL samples: every
+#                  layer trained to reproduce the original's last feature map first
 #
 # Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
 # cache and run the trainable part alone: their mean time is the training throughput.
@@ -41,19 +45,36 @@ fi
 M=models/mobilenetv2.onnx
 
 CAL=models/data/fashion-mnist/t10k-images-idx3-ubyte.gz
-decompose() { "$ACTC" decompose $M -o "$OUT/$1.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE "${@:2}" >"$OUT/$1.txt" 2>/dev/null; }
-decompose lrd
-decompose data --calibration $CAL
-decompose data_opt --calibration $CAL --optimize-ranks
-compile() { "$ACTC" compile "$1" --layers "$LAYERS" --input-shape $SHAPE --lr "$LR" --momentum 0.9 -o "$OUT/$2.actc" "${@:3}" 2>/dev/null; }
-compile $M original
-compile "$OUT/lrd.onnx" lrd
-compile "$OUT/lrd.onnx" lrd_same_lr --factor-lr 1
-compile "$OUT/data.onnx" lrd_data
-compile "$OUT/data_opt.onnx" lrd_data_optimized
-compile "$OUT/data.onnx" lrd_data_frozen --freeze-schedule sequential
-compile "$OUT/data.onnx" lrd_data_frozen_1 --freeze-schedule sequential:1
+DISTILL=${DISTILL:-10}
 VARIANTS=${VARIANTS:-"original lrd lrd_same_lr lrd_data lrd_data_optimized lrd_data_frozen lrd_data_frozen_1"}
+decompose() {
+  [ -f "$OUT/$1.onnx" ] ||
+    "$ACTC" decompose $M -o "$OUT/$1.onnx" --ratio "$RATIO" --input-shape $SHAPE "${@:2}" >"$OUT/$1.txt" 2>/dev/null
+}
+compile() { "$ACTC" compile "$1" --layers "$LAYERS" --input-shape $SHAPE --lr "$LR" --momentum 0.9 -o "$OUT/$2.actc" "${@:3}" 2>/dev/null; }
+# Each variant's model and plan, made only when the variant runs.
+for v in $VARIANTS; do
+  case $v in
+    original) compile $M original ;;
+    lrd) decompose lrd --layers "$LAYERS" && compile "$OUT/lrd.onnx" lrd ;;
+    lrd_same_lr) decompose lrd --layers "$LAYERS" && compile "$OUT/lrd.onnx" lrd_same_lr --factor-lr 1 ;;
+    lrd_data) decompose data --layers "$LAYERS" --calibration $CAL && compile "$OUT/data.onnx" lrd_data ;;
+    lrd_data_optimized)
+      decompose data_opt --layers "$LAYERS" --calibration $CAL --optimize-ranks &&
+        compile "$OUT/data_opt.onnx" lrd_data_optimized ;;
+    lrd_data_frozen)
+      decompose data --layers "$LAYERS" --calibration $CAL &&
+        compile "$OUT/data.onnx" lrd_data_frozen --freeze-schedule sequential ;;
+    lrd_data_frozen_1)
+      decompose data --layers "$LAYERS" --calibration $CAL &&
+        compile "$OUT/data.onnx" lrd_data_frozen_1 --freeze-schedule sequential:1 ;;
+    whole_data) decompose whole --layers all --calibration $CAL && compile "$OUT/whole.onnx" whole_data ;;
+    whole_distilled)
+      decompose whole_distilled --layers all --calibration $CAL --calibration-samples 500 --distill "$DISTILL" &&
+        compile "$OUT/whole_distilled.onnx" whole_distilled ;;
+    *) echo "unknown variant $v" >&2; exit 2 ;;
+  esac
+done
 
 # A run that fails (a diverging loss stops `train`) is reported, and left out of the table.
 for seed in $SEEDS; do
@@ -66,7 +87,8 @@ done
 
 stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; v=q/n-m*m; if (v<0) v=0; printf "%.4f ± %.4f", m, sqrt(v)}'; }
 echo "MobileNetV2 $SHAPE --layers $LAYERS, decomposed at --ratio $RATIO; SGD lr $LR momentum 0.9, $EPOCHS epochs, seeds: $SEEDS; $(nproc) cores"
-grep -E "svd|ms by" "$OUT/data_opt.txt" | sed 's/^/  optimized: /'
+if [ -f "$OUT/data_opt.txt" ]; then grep -E "svd|ms by" "$OUT/data_opt.txt" | sed 's/^/  optimized: /'; fi
+if [ -f "$OUT/whole_distilled.txt" ]; then grep -E "^distilled|^output" "$OUT/whole_distilled.txt" | sed 's/^/  whole_distilled: /'; fi
 printf '| %-18s | %-17s | %-17s | %-22s | %-22s |\n' variant "final val acc" "best val acc" "epoch 2+ seconds" "final − original"
 printf '|%s|%s|%s|%s|%s|\n' -------------------- ------------------- ------------------- ------------------------ ------------------------
 runs() { for s in $SEEDS; do if [ -f "$OUT/$1.$s.jsonl" ]; then echo "$s"; fi; done; }

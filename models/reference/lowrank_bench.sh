@@ -4,8 +4,10 @@
 #
 #   training : --layers $LAYERS (momentum 0.9), `actc bench` step and suffix medians, for
 #              the original, `decompose --ratio $RATIO` of those layers, the same with
-#              `--optimize-ranks`, and the decomposed model with `--freeze-schedule
-#              sequential:1`;
+#              `--optimize-ranks`, the decomposed model with `--freeze-schedule
+#              sequential:1`, and the model decomposed whole (`--layers all`, its frozen
+#              prefix in factors too; `decompose --distill` changes its weights, not its
+#              shapes, so this is the distilled model's speed);
 #   inference: the whole model, every layer decomposed at `--ratio $RATIO` (`--layers all`),
 #              on actc's own kernels: a plan training only the classifier (`--layers 1`)
 #              runs everything before it as its frozen prefix, so step − suffix is the
@@ -19,7 +21,7 @@
 # not measured here).
 set -euo pipefail
 ACTC=${1:-target/release/actc}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-10}
 LAYERS=${LAYERS:-4}
 RATIO=${RATIO:-0.5}
 STEPS=${STEPS:-20}
@@ -38,11 +40,12 @@ compile $M "$LAYERS" original
 compile "$OUT/lrd.onnx" "$LAYERS" lrd
 compile "$OUT/opt.onnx" "$LAYERS" lrd_optimized
 compile "$OUT/lrd.onnx" "$LAYERS" lrd_frozen --freeze-schedule sequential:1
+compile "$OUT/all.onnx" "$LAYERS" whole
 compile $M 1 infer_original --prefix-batch 1
 compile "$OUT/all.onnx" 1 infer_lrd --prefix-batch 1
 compile "$OUT/all_opt.onnx" 1 infer_lrd_optimized --prefix-batch 1
 
-PLANS="original lrd lrd_optimized lrd_frozen infer_original infer_lrd infer_lrd_optimized"
+PLANS="original lrd lrd_optimized lrd_frozen whole infer_original infer_lrd infer_lrd_optimized"
 for r in $(seq "$ROUNDS"); do
   for p in $PLANS; do
     "$ACTC" bench "$OUT/$p.actc" --steps "$STEPS" --json >>"$OUT/$p.jsonl"
@@ -58,7 +61,7 @@ echo "whole model: $(tail -2 "$OUT/all.txt" | head -1)"
 echo "whole model, --optimize-ranks infer: $(tail -2 "$OUT/all_opt.txt" | head -1); $(grep -c 'measured faster' "$OUT/all_opt.txt") layers kept as they measured faster"
 printf '%-16s %12s %12s %12s %12s\n' plan "step ms" "suffix ms" "step ×" "suffix ×"
 base_step=$(field original '.step_ms.median'); base_suffix=$(field original '.suffix_ms.median')
-for p in original lrd lrd_optimized lrd_frozen; do
+for p in original lrd lrd_optimized lrd_frozen whole; do
   s=$(field $p '.step_ms.median'); x=$(field $p '.suffix_ms.median')
   printf '%-16s %12.2f %12.2f %12.2f %12.2f\n' $p "$s" "$x" "$(echo "$base_step / $s" | bc -l)" "$(echo "$base_suffix / $x" | bc -l)"
 done

@@ -3,6 +3,7 @@
 
 use crate::driver::data::DataOptions;
 use crate::driver::decompose::{self, Calibration};
+use crate::driver::distill::Distill;
 use crate::driver::fs::{check_output, write_atomically};
 use crate::driver::run::{self, TrainOptions};
 use crate::driver::text::TextOptions;
@@ -101,9 +102,21 @@ enum Command {
         /// noise for the difference].
         #[arg(long, value_name = "DATA")]
         calibration: Option<PathBuf>,
-        /// Samples of --calibration whose layer inputs the factors keep.
+        /// Samples of --calibration whose layer inputs the factors keep (and --distill trains on).
         #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         calibration_samples: u32,
+        /// Then train every layer of the decomposed model for this many epochs on
+        /// --calibration's inputs (a fifth held out) to reproduce the original's features:
+        /// the map the kept head reads, before pooling (the first output when the head is
+        /// factored too), by mean squared error. The fine-tuning LRD gives a model after
+        /// decomposing it, without labels; it matters most when many layers are factored,
+        /// as their errors compound.
+        #[arg(long, value_name = "EPOCHS")]
+        distill: Option<usize>,
+        /// --distill's SGD learning rate (momentum 0.9; factors at their own rate, as
+        /// `compile --factor-lr auto`).
+        #[arg(long, default_value_t = 0.001, value_name = "LR")]
+        distill_lr: f32,
         #[command(flatten)]
         prep: PrepArgs,
         /// Print the report as JSON.
@@ -938,9 +951,21 @@ fn run(cli: Cli) -> Result<()> {
             shape,
             calibration,
             calibration_samples,
+            distill,
+            distill_lr,
             prep,
             json,
         } => {
+            if distill.is_some() && calibration.is_none() {
+                return Err(err!(
+                    "--distill trains on --calibration's inputs: give --calibration DATA (images like the model's training data)"
+                ));
+            }
+            if distill == Some(0) || !(distill_lr > 0.0 && distill_lr.is_finite()) {
+                return Err(err!(
+                    "--distill takes at least 1 epoch and --distill-lr a learning rate above 0 (like --distill 10 --distill-lr 0.001)"
+                ));
+            }
             if !(0.0..1.0).contains(&rank_window) {
                 return Err(err!(
                     "--rank-window must be in [0, 1) (a share of the estimated rank), got {rank_window}"
@@ -985,12 +1010,18 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 include_head,
                 calibration: on_data,
+                distill: distill.is_some(),
             };
             let calibration = match &calibration {
                 Some(path) => Calibration::Data(path, &prep),
                 None => Calibration::Noise,
             };
-            decompose::decompose(&model, &output, &opts, calibration, json)
+            let distill = distill.map(|epochs| Distill {
+                epochs,
+                lr: distill_lr,
+                quiet: json,
+            });
+            decompose::decompose(&model, &output, &opts, calibration, distill.as_ref(), json)
         }
         Command::Plrd {
             model,

@@ -2,6 +2,7 @@
 //! per layer and the output difference on a calibration batch.
 
 use crate::driver::data::{DataOptions, seeded_noise};
+use crate::driver::distill::{self, Distill, Distilled};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::{DecomposeOptions, Decomposed, LayerReport, RankRule, Result, err};
 use actc_runtime::data::{Dataset, split};
@@ -22,6 +23,7 @@ pub fn decompose(
     out: &Path,
     opts: &DecomposeOptions,
     calibration: Calibration,
+    distill: Option<&Distill>,
     as_json: bool,
 ) -> Result<()> {
     check_output(out, &[model_path])?;
@@ -32,8 +34,12 @@ pub fn decompose(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let d = crate::decompose_model(model, dir, &name, opts)
-        .map_err(|e| err!("{}: {}", model_path.display(), e.0))?;
+    let fail = |e: crate::Error| err!("{}: {}", model_path.display(), e.0);
+    let mut d = crate::decompose_model(model, dir, &name, opts).map_err(fail)?;
+    let distilled = match distill {
+        Some(o) => Some(distill::distill(&mut d, o, dir).map_err(fail)?),
+        None => None,
+    };
     let input = calibration_batch(&d.input_shape, calibration)?;
     let decomposed = d.model.encode_to_vec();
     let (want, got) = (
@@ -44,9 +50,15 @@ pub fn decompose(
     let agreement = top1_agreement(&got, &want, d.input_shape[0]);
     write_atomically(out, &decomposed)?;
     if as_json {
-        println!("{}", report_json(&d, difference, agreement));
+        println!(
+            "{}",
+            report_json(&d, distilled.as_ref(), difference, agreement)
+        );
     } else {
-        print!("{}", report_text(&d, difference, agreement));
+        print!(
+            "{}",
+            report_text(&d, distilled.as_ref(), difference, agreement)
+        );
         if let Some(why) = collapsed(&d.layers, opts.request.rule) {
             eprintln!("warning: {why}");
         }
@@ -161,7 +173,12 @@ fn totals(layers: &[LayerReport]) -> ((usize, usize), (u64, u64)) {
         })
 }
 
-fn report_text(d: &Decomposed, difference: f64, agreement: f64) -> String {
+fn report_text(
+    d: &Decomposed,
+    distilled: Option<&Distilled>,
+    difference: f64,
+    agreement: f64,
+) -> String {
     let join = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
     let mut text = format!(
         "{:<36} {:<6} {:<8} {:>12} {:>21} {:>19} {:>9}\n",
@@ -214,13 +231,24 @@ fn report_text(d: &Decomposed, difference: f64, agreement: f64) -> String {
         d.input_shape[0],
         f1 as f64 / f0.max(1) as f64
     ));
+    if let Some(t) = distilled {
+        text.push_str(&format!(
+            "distilled {} epochs on {} calibration samples: the features' relative error on the {} held out {:.3e} → {:.3e}\n",
+            t.epochs, t.samples, t.held_out, t.before, t.after
+        ));
+    }
     text.push_str(&format!(
         "output on the calibration batch: {difference:.3e} relative difference, top-1 agreement {agreement:.3}\n"
     ));
     text
 }
 
-fn report_json(d: &Decomposed, difference: f64, agreement: f64) -> serde_json::Value {
+fn report_json(
+    d: &Decomposed,
+    distilled: Option<&Distilled>,
+    difference: f64,
+    agreement: f64,
+) -> serde_json::Value {
     let ((p0, p1), (f0, f1)) = totals(&d.layers);
     let layers: Vec<serde_json::Value> = d
         .layers
@@ -243,6 +271,10 @@ fn report_json(d: &Decomposed, difference: f64, agreement: f64) -> serde_json::V
         "layers": layers,
         "params_before": p0, "params_after": p1,
         "flops_before": f0, "flops_after": f1,
+        "distill": distilled.map(|t| json!({
+            "epochs": t.epochs, "samples": t.samples, "held_out": t.held_out,
+            "error_before": t.before, "error_after": t.after,
+        })),
         "output_relative_difference": difference,
         "top1_agreement": agreement,
     })

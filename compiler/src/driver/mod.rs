@@ -15,6 +15,7 @@ pub mod budget;
 pub mod cli;
 pub mod data;
 pub mod decompose;
+pub mod distill;
 pub mod fs;
 pub mod inspect;
 pub mod plrd;

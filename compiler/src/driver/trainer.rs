@@ -5,7 +5,7 @@
 use crate::driver::data::{DataOptions, load_data, reads};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::driver::run::{self, RunData, TrainOptions};
-use crate::{Result, bail, err};
+use crate::{ModelProto, Result, bail, err};
 use actc_runtime::data::Dataset;
 use actc_runtime::plan::{DType, Plan, Progress};
 use actc_runtime::train::{Metrics, Session};
@@ -291,14 +291,17 @@ impl Trainer {
 
     /// The fine-tuned model as ONNX at `out` (see `actc export`).
     pub fn export(&mut self, out: &Path, external_data: bool) -> Result<()> {
+        run::write_onnx(self.model()?, out, &[], external_data)
+    }
+
+    /// The fine-tuned model as ONNX.
+    pub fn model(&mut self) -> Result<ModelProto> {
         let trained = self
             .session
             .executor()
             .snapshot()
             .map_err(|e| err!("{}: {e}", self.name))?;
-        let model =
-            crate::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))?;
-        run::write_onnx(model, out, &[], external_data)
+        crate::export(&trained, &trained).map_err(|e| err!("{}: {}", self.name, e.0))
     }
 
     /// `actc eval` of these weights on `data` (read from `path`, else from `path`'s file),

@@ -192,6 +192,27 @@ pub fn whitenings(
     Ok(out)
 }
 
+/// The values of `tensor` over `batches`, back to back, run by tract through the model as it
+/// is.
+pub fn values(
+    graph: &Graph,
+    original: &Original,
+    tensor: TensorId,
+    shape: &[usize],
+    batches: &[Vec<f32>],
+) -> Result<Vec<f32>> {
+    let model = write::write(graph, original, &graph.topo_order(), &[tensor])?;
+    let fail = |e: actc_runtime::exec::ExecError| err!("running the calibration data: {e}");
+    let prefix = Prefix::new(&model.encode_to_vec(), shape).map_err(fail)?;
+    let mut out = Vec::new();
+    for batch in batches {
+        prefix
+            .run(batch, |_, v| out.extend_from_slice(v))
+            .map_err(fail)?;
+    }
+    Ok(out)
+}
+
 /// Adds Σ x·xᵀ over the vectors along `axis` of `v` (of `shape`) to `gram`.
 fn accumulate(gram: &mut (faer::Mat<f64>, usize), v: &[f32], shape: &[usize], axis: usize) {
     let d = shape[axis];

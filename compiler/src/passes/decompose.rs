@@ -4,7 +4,7 @@
 //! [`Room::low_rank`]: crate::ops::room::Room::low_rank
 
 use crate::error::Result;
-use crate::ir::Graph;
+use crate::ir::{Graph, TensorId};
 use crate::lowrank::data::Whitening;
 use crate::lowrank::{LayerReport, Request, factor_of, speed};
 use crate::onnx::write::Original;
@@ -41,6 +41,24 @@ pub fn heads(graph: &Graph, selection: &Selection) -> BTreeSet<String> {
         }
     }
     heads
+}
+
+/// The map the model's head reads, before the ops that only pool or reshape it (a CNN's
+/// last feature map, not its pooled vector): what `decompose --distill` trains the factors to
+/// reproduce. `None` when no head stays whole.
+pub fn features(graph: &Graph, heads: &BTreeSet<String>) -> Option<TensorId> {
+    let head = graph.node_named(heads.first()?)?;
+    let mut t = *graph.nodes[head].inputs.first()?;
+    while let Some(p) = graph.producer(t) {
+        let node = &graph.nodes[p];
+        match node.op_name().as_str() {
+            "Reshape" | "Flatten" | "Squeeze" | "GlobalAveragePool" | "ReduceMean" => {
+                t = node.inputs[0];
+            }
+            _ => break,
+        }
+    }
+    Some(t)
 }
 
 /// Why the model's head stays whole unless asked (`--include-head`).

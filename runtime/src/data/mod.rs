@@ -468,7 +468,13 @@ impl fmt::Display for Dataset {
         if let Some(layout) = self.layout() {
             write!(f, " ({layout})")?;
         }
-        write!(f, ", {} classes", self.classes)
+        match self.target_shape() {
+            Some(t) => {
+                let dims: Vec<String> = t.iter().map(|d| d.to_string()).collect();
+                write!(f, ", targets of {}", dims.join("×"))
+            }
+            None => write!(f, ", {} classes", self.classes),
+        }
     }
 }
 

@@ -49,6 +49,7 @@ fn options(
         },
         include_head: true,
         calibration: None,
+        distill: false,
     }
 }
 
@@ -454,4 +455,55 @@ fn factors_on_data_keep_the_output() {
         on_data < 0.5 * plain,
         "output off by {on_data} with calibration, {plain} without"
     );
+}
+
+/// `--distill` trains every layer of a model decomposed whole towards the original's last
+/// feature map on the calibration inputs: the held-out error falls, and so does the
+/// difference of the written model's outputs from the original's on inputs it never saw.
+#[test]
+fn distilling_brings_the_features_back() {
+    let shape = [8, 3, 32, 32];
+    let per: usize = shape.iter().product();
+    let batch = move |seed: usize| -> Vec<f32> {
+        (0..per)
+            .map(|i| (((i + seed * 7919) * 2654435761) % 2003) as f32 / 1001.5 - 1.0)
+            .collect()
+    };
+    let path = model("mobilenetv2");
+    let opts = DecomposeOptions {
+        calibration: Some(actc::CalibrationData(std::sync::Arc::new(
+            move |_: &[usize]| Ok((1..=12).map(batch).collect()),
+        ))),
+        distill: true,
+        include_head: false,
+        ..options(&shape, RankRule::Ratio(0.5), false, None)
+    };
+    let m = actc::load_onnx(&path).unwrap();
+    let mut d = actc::decompose_model(m, path.parent().unwrap(), "mobilenetv2", &opts).unwrap();
+    let teacher = d.teacher.as_ref().expect("asked for");
+    assert_eq!(
+        teacher.output,
+        "/features/features.18/features.18.2/Clip_output_0"
+    );
+    assert_eq!(teacher.target_shape, [1280, 1, 1]);
+    let undistilled = d.model.encode_to_vec();
+    let o = actc::driver::distill::Distill {
+        epochs: 4,
+        lr: 0.001,
+        quiet: true,
+    };
+    let t = actc::driver::distill::distill(&mut d, &o, path.parent().unwrap()).unwrap();
+    assert_eq!((t.samples, t.held_out), (96, 19));
+    assert!(t.after < 0.7 * t.before, "{} → {}", t.before, t.after);
+    let outputs: Vec<_> = d.model.graph.as_ref().unwrap().output.iter().collect();
+    assert_eq!(outputs.len(), 1, "the features' output is taken off again");
+    let unseen = batch(0);
+    let want = tract_output(&std::fs::read(&path).unwrap(), &shape, &unseen);
+    let off = |bytes: &[u8]| {
+        let got = tract_output(bytes, &shape, &unseen);
+        let diff: f32 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
+        (diff / want.iter().map(|v| v * v).sum::<f32>()).sqrt()
+    };
+    let (before, after) = (off(&undistilled), off(&d.model.encode_to_vec()));
+    assert!(after < 0.8 * before, "output off by {before} → {after}");
 }

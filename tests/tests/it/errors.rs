@@ -697,6 +697,19 @@ fn decompose_refuses_bad_ranks() {
             vec!["--optimize-ranks", "--rank-window", "1"],
             "--rank-window must be in [0, 1)",
         ),
+        (
+            vec!["--distill", "2"],
+            "--distill trains on --calibration's inputs",
+        ),
+        (
+            vec![
+                "--distill",
+                "0",
+                "--calibration",
+                "models/data/fashion-mnist",
+            ],
+            "--distill takes at least 1 epoch",
+        ),
     ] {
         let mut args = vec!["decompose", m.to_str().unwrap(), "-o", &o];
         args.extend(&flags);

@@ -30,6 +30,7 @@ fn decomposed() -> actc::ModelProto {
         },
         include_head: true,
         calibration: None,
+        distill: false,
     };
     let path = common::model("tiny_cnn");
     let m = actc::load_onnx(&path).unwrap();
