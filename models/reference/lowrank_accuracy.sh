@@ -15,8 +15,9 @@
 #   lrd_data_optimized  lrd_data with `--optimize-ranks` (ranks by measured step time)
 #   lrd_data_frozen     lrd_data with `--freeze-schedule sequential` (turns per epoch)
 #   lrd_data_frozen_1   lrd_data with `--freeze-schedule sequential:1` (turns every step)
-#   whole_data     every layer but the head decomposed on data (`--layers all`; the frozen
-#                  prefix too, so inference gains), trained in its last LAYERS layers
+#   whole_data     every layer but the head decomposed on data (`--layers WHOLE_LAYERS`, all
+#                  by default: the frozen prefix too, so inference gains), trained in its
+#                  last LAYERS layers
 #   whole_distilled     whole_data with `--distill DISTILL` (10) on all CAL samples: every
 #                  layer trained to reproduce the original's last feature map first
 #
@@ -46,6 +47,7 @@ M=models/mobilenetv2.onnx
 
 CAL=models/data/fashion-mnist/t10k-images-idx3-ubyte.gz
 DISTILL=${DISTILL:-10}
+WHOLE_LAYERS=${WHOLE_LAYERS:-all}
 VARIANTS=${VARIANTS:-"original lrd lrd_same_lr lrd_data lrd_data_optimized lrd_data_frozen lrd_data_frozen_1"}
 decompose() {
   [ -f "$OUT/$1.onnx" ] ||
@@ -68,9 +70,9 @@ for v in $VARIANTS; do
     lrd_data_frozen_1)
       decompose data --layers "$LAYERS" --calibration $CAL &&
         compile "$OUT/data.onnx" lrd_data_frozen_1 --freeze-schedule sequential:1 ;;
-    whole_data) decompose whole --layers all --calibration $CAL && compile "$OUT/whole.onnx" whole_data ;;
+    whole_data) decompose whole --layers "$WHOLE_LAYERS" --calibration $CAL && compile "$OUT/whole.onnx" whole_data ;;
     whole_distilled)
-      decompose whole_distilled --layers all --calibration $CAL --calibration-samples 500 --distill "$DISTILL" &&
+      decompose whole_distilled --layers "$WHOLE_LAYERS" --calibration $CAL --calibration-samples 500 --distill "$DISTILL" &&
         compile "$OUT/whole_distilled.onnx" whole_distilled ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
@@ -86,7 +88,7 @@ for seed in $SEEDS; do
 done
 
 stats() { awk '{s+=$1; q+=$1*$1; n++} END {m=s/n; v=q/n-m*m; if (v<0) v=0; printf "%.4f ± %.4f", m, sqrt(v)}'; }
-echo "MobileNetV2 $SHAPE --layers $LAYERS, decomposed at --ratio $RATIO; SGD lr $LR momentum 0.9, $EPOCHS epochs, seeds: $SEEDS; $(nproc) cores"
+echo "MobileNetV2 $SHAPE --layers $LAYERS, decomposed at --ratio $RATIO (whole_*: --layers $WHOLE_LAYERS, --distill $DISTILL); SGD lr $LR momentum 0.9, $EPOCHS epochs, seeds: $SEEDS; $(nproc) cores"
 if [ -f "$OUT/data_opt.txt" ]; then grep -E "svd|ms by" "$OUT/data_opt.txt" | sed 's/^/  optimized: /'; fi
 if [ -f "$OUT/whole_distilled.txt" ]; then grep -E "^distilled|^output" "$OUT/whole_distilled.txt" | sed 's/^/  whole_distilled: /'; fi
 printf '| %-18s | %-17s | %-17s | %-22s | %-22s |\n' variant "final val acc" "best val acc" "epoch 2+ seconds" "final − original"

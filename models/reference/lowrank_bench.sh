@@ -8,7 +8,7 @@
 #              sequential:1`, and the model decomposed whole (`--layers all`, its frozen
 #              prefix in factors too; `decompose --distill` changes its weights, not its
 #              shapes, so this is the distilled model's speed);
-#   inference: the whole model, every layer decomposed at `--ratio $RATIO` (`--layers all`),
+#   inference: the whole model, every layer decomposed at `--ratio $WHOLE_RATIO` (`--layers all`),
 #              on actc's own kernels: a plan training only the classifier (`--layers 1`)
 #              runs everything before it as its frozen prefix, so step − suffix is the
 #              forward pass of the rest of the model. Both at `--prefix-batch 1` (a sample
@@ -24,6 +24,7 @@ ACTC=${1:-target/release/actc}
 ROUNDS=${ROUNDS:-10}
 LAYERS=${LAYERS:-4}
 RATIO=${RATIO:-0.5}
+WHOLE_RATIO=${WHOLE_RATIO:-$RATIO}
 STEPS=${STEPS:-20}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
@@ -32,8 +33,8 @@ SHAPE=8x3x224x224
 
 "$ACTC" decompose $M -o "$OUT/lrd.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE >"$OUT/lrd.txt" 2>/dev/null
 "$ACTC" decompose $M -o "$OUT/opt.onnx" --layers "$LAYERS" --ratio "$RATIO" --input-shape $SHAPE --optimize-ranks >"$OUT/opt.txt" 2>/dev/null
-"$ACTC" decompose $M -o "$OUT/all.onnx" --layers all --ratio "$RATIO" --input-shape $SHAPE >"$OUT/all.txt" 2>/dev/null
-"$ACTC" decompose $M -o "$OUT/all_opt.onnx" --layers all --ratio "$RATIO" --input-shape $SHAPE --optimize-ranks infer >"$OUT/all_opt.txt" 2>/dev/null
+"$ACTC" decompose $M -o "$OUT/all.onnx" --layers all --ratio "$WHOLE_RATIO" --input-shape $SHAPE >"$OUT/all.txt" 2>/dev/null
+"$ACTC" decompose $M -o "$OUT/all_opt.onnx" --layers all --ratio "$WHOLE_RATIO" --input-shape $SHAPE --optimize-ranks infer >"$OUT/all_opt.txt" 2>/dev/null
 
 compile() { "$ACTC" compile "$1" --layers "$2" --input-shape $SHAPE --momentum 0.9 -o "$OUT/$3.actc" "${@:4}" 2>/dev/null; }
 compile $M "$LAYERS" original

@@ -72,6 +72,19 @@ fn noise(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A batch of `shape` in [-1, 1), a different one per seed.
+fn seeded_batch(shape: &[usize], seed: usize) -> Vec<f32> {
+    (0..shape.iter().product::<usize>())
+        .map(|i| (((i + seed * 7919) * 2654435761) % 2003) as f32 / 1001.5 - 1.0)
+        .collect()
+}
+
+/// ‖got − want‖ / ‖want‖.
+fn relative(got: &[f32], want: &[f32]) -> f32 {
+    let diff: f32 = got.iter().zip(want).map(|(a, b)| (a - b).powi(2)).sum();
+    (diff / want.iter().map(|v| v * v).sum::<f32>()).sqrt()
+}
+
 #[test]
 fn full_energy_reproduces_the_model() {
     for (name, shape) in [
@@ -415,12 +428,7 @@ fn the_head_stays_whole_unless_asked() {
 #[test]
 fn factors_on_data_keep_the_output() {
     let shape = [2, 3, 64, 64];
-    let per: usize = shape.iter().product();
-    let batch = move |seed: usize| -> Vec<f32> {
-        (0..per)
-            .map(|i| (((i + seed * 7919) * 2654435761) % 2003) as f32 / 1001.5 - 1.0)
-            .collect()
-    };
+    let batch = move |seed: usize| seeded_batch(&shape, seed);
     let path = model("mobilenetv2");
     let decomposed = |on_data: bool| {
         let calibration = on_data.then(|| {
@@ -445,10 +453,10 @@ fn factors_on_data_keep_the_output() {
     let unseen = batch(0);
     let want = tract_output(&std::fs::read(&path).unwrap(), &shape, &unseen);
     let off = |d: &actc::Decomposed| {
-        let got = tract_output(&d.model.encode_to_vec(), &shape, &unseen);
-        let diff: f32 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
-        let size: f32 = want.iter().map(|v| v * v).sum();
-        (diff / size).sqrt()
+        relative(
+            &tract_output(&d.model.encode_to_vec(), &shape, &unseen),
+            &want,
+        )
     };
     let (plain, on_data) = (off(&weights), off(&data));
     assert!(
@@ -463,12 +471,7 @@ fn factors_on_data_keep_the_output() {
 #[test]
 fn distilling_brings_the_features_back() {
     let shape = [8, 3, 32, 32];
-    let per: usize = shape.iter().product();
-    let batch = move |seed: usize| -> Vec<f32> {
-        (0..per)
-            .map(|i| (((i + seed * 7919) * 2654435761) % 2003) as f32 / 1001.5 - 1.0)
-            .collect()
-    };
+    let batch = move |seed: usize| seeded_batch(&shape, seed);
     let path = model("mobilenetv2");
     let opts = DecomposeOptions {
         calibration: Some(actc::CalibrationData(std::sync::Arc::new(
@@ -499,11 +502,7 @@ fn distilling_brings_the_features_back() {
     assert_eq!(outputs.len(), 1, "the features' output is taken off again");
     let unseen = batch(0);
     let want = tract_output(&std::fs::read(&path).unwrap(), &shape, &unseen);
-    let off = |bytes: &[u8]| {
-        let got = tract_output(bytes, &shape, &unseen);
-        let diff: f32 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
-        (diff / want.iter().map(|v| v * v).sum::<f32>()).sqrt()
-    };
+    let off = |bytes: &[u8]| relative(&tract_output(bytes, &shape, &unseen), &want);
     let (before, after) = (off(&undistilled), off(&d.model.encode_to_vec()));
     assert!(after < 0.8 * before, "output off by {before} → {after}");
 }
