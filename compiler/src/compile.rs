@@ -143,6 +143,9 @@ pub struct DecomposeOptions {
     /// Also give the original's features on the calibration data ([`Teacher`]): needs
     /// `calibration` [default: false].
     pub distill: bool,
+    /// More maps for the teacher, by tensor name, before the last feature map
+    /// (`--distill-maps`) [default: none].
+    pub distill_maps: Vec<String>,
 }
 
 /// The model with its layers in thin factors, and what happened to each.
@@ -159,17 +162,18 @@ pub struct Decomposed {
 
 /// The original model's features on the calibration inputs, for `decompose --distill` to
 /// train the decomposed model towards (LRD's fine-tuning after decomposition, without labels):
-/// the map the kept head reads, before pooling, or with the head factored the first output.
+/// any maps asked for, then the map the kept head reads, before pooling (with the head
+/// factored, the first output).
 pub struct Teacher {
-    /// The features' tensor, named as in both models.
-    pub output: String,
+    /// The maps' tensors, named as in both models.
+    pub outputs: Vec<String>,
     /// The calibration inputs, samples back to back at the input shape's sample size.
     pub inputs: Vec<f32>,
-    /// The original's features on them, samples back to back.
+    /// The original's maps on them: per sample, each map in `outputs`' order.
     pub targets: Vec<f32>,
-    /// One sample's features.
-    pub target_shape: Vec<usize>,
-    /// The decomposed model with the features as one more output.
+    /// One sample's values of all the maps.
+    pub per_sample: usize,
+    /// The decomposed model with the maps as more outputs.
     pub student: ModelProto,
 }
 
@@ -207,12 +211,23 @@ pub fn decompose_model(
         true => BTreeMap::new(),
         false => data::whitenings(&cx.graph, &original, &names, &cx.input_shape, &batches)?,
     };
-    let features = decompose::features(&cx.graph, &heads)
-        .or_else(|| selection.outputs.first().copied())
-        .filter(|_| opts.distill);
-    let targets = match features {
-        Some(t) => data::values(&cx.graph, &original, t, &cx.input_shape, &batches)?,
-        None => Vec::new(),
+    let mut maps = Vec::new();
+    if opts.distill {
+        for name in &opts.distill_maps {
+            let t = cx
+                .graph
+                .tensor_named(name)
+                .filter(|&t| cx.graph.producer(t).is_some());
+            maps.push(t.ok_or_else(|| {
+                err!("--distill-maps: '{name}' is not a tensor any node of the model computes")
+            })?);
+        }
+        let last = decompose::features(&cx.graph, &heads);
+        maps.extend(last.or_else(|| selection.outputs.first().copied()));
+    }
+    let targets = match maps.is_empty() {
+        true => Vec::new(),
+        false => data::values(&cx.graph, &original, &maps, &cx.input_shape, &batches)?,
     };
     let layers = decompose::decompose(
         &mut cx.graph,
@@ -226,15 +241,18 @@ pub fn decompose_model(
     let g = &cx.graph;
     let order = g.topo_order();
     let model = write::write(g, &original, &order, &g.outputs)?;
-    let teacher = match features {
-        Some(t) => Some(Teacher {
-            output: g.tensor(t).name.clone(),
+    let teacher = match maps.is_empty() {
+        true => None,
+        false => Some(Teacher {
+            outputs: maps.iter().map(|&t| g.tensor(t).name.clone()).collect(),
             inputs: batches.concat(),
             targets,
-            target_shape: g.tensor(t).shape[1..].to_vec(),
-            student: write::write(g, &original, &order, &[&g.outputs[..], &[t]].concat())?,
+            per_sample: maps
+                .iter()
+                .map(|&t| g.tensor(t).shape[1..].iter().product::<usize>())
+                .sum(),
+            student: write::write(g, &original, &order, &[&g.outputs[..], &maps].concat())?,
         }),
-        None => None,
     };
     Ok(Decomposed {
         model,

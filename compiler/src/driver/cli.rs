@@ -117,6 +117,11 @@ enum Command {
         /// `compile --factor-lr auto`).
         #[arg(long, default_value_t = 0.001, value_name = "LR")]
         distill_lr: f32,
+        /// More maps for --distill to reproduce, by tensor name (their mean squared errors
+        /// summed with the last feature map's): a map near each stretch of layers gives the
+        /// early ones a signal of their own, like the last block output of each resolution.
+        #[arg(long, value_name = "TENSOR[,TENSOR…]", value_delimiter = ',')]
+        distill_maps: Vec<String>,
         #[command(flatten)]
         prep: PrepArgs,
         /// Print the report as JSON.
@@ -953,12 +958,18 @@ fn run(cli: Cli) -> Result<()> {
             calibration_samples,
             distill,
             distill_lr,
+            distill_maps,
             prep,
             json,
         } => {
             if distill.is_some() && calibration.is_none() {
                 return Err(err!(
                     "--distill trains on --calibration's inputs: give --calibration DATA (images like the model's training data)"
+                ));
+            }
+            if distill.is_none() && !distill_maps.is_empty() {
+                return Err(err!(
+                    "--distill-maps names maps for --distill to reproduce: give --distill EPOCHS too"
                 ));
             }
             if distill == Some(0) || !(distill_lr > 0.0 && distill_lr.is_finite()) {
@@ -1011,6 +1022,7 @@ fn run(cli: Cli) -> Result<()> {
                 include_head,
                 calibration: on_data,
                 distill: distill.is_some(),
+                distill_maps,
             };
             let calibration = match &calibration {
                 Some(path) => Calibration::Data(path, &prep),

@@ -233,8 +233,8 @@ fn report_text(
     ));
     if let Some(t) = distilled {
         text.push_str(&format!(
-            "distilled {} epochs on {} calibration samples: the features' relative error on the {} held out {:.3e} → {:.3e}\n",
-            t.epochs, t.samples, t.held_out, t.before, t.after
+            "distilled {} epochs on {} calibration samples: the {}' relative error on the {} held out {:.3e} → {:.3e}\n",
+            t.epochs, t.samples, if t.maps > 1 { "maps" } else { "features" }, t.held_out, t.before, t.after
         ));
     }
     text.push_str(&format!(
@@ -272,7 +272,7 @@ fn report_json(
         "params_before": p0, "params_after": p1,
         "flops_before": f0, "flops_after": f1,
         "distill": distilled.map(|t| json!({
-            "epochs": t.epochs, "samples": t.samples, "held_out": t.held_out,
+            "epochs": t.epochs, "samples": t.samples, "held_out": t.held_out, "maps": t.maps,
             "error_before": t.before, "error_after": t.after,
         })),
         "output_relative_difference": difference,

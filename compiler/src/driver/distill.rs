@@ -21,10 +21,12 @@ pub struct Distill {
     pub quiet: bool,
 }
 
-/// What distilling did: the features' relative error (‖f − f₀‖ / ‖f₀‖) on the held-out
-/// calibration samples before and after.
+/// What distilling did: the maps' relative error (‖f − f₀‖ / ‖f₀‖, all maps' values together)
+/// on the held-out calibration samples before and after.
 pub struct Distilled {
     pub epochs: usize,
+    /// How many maps were matched (the last feature map and any `--distill-maps`).
+    pub maps: usize,
     pub samples: usize,
     pub held_out: usize,
     pub before: f64,
@@ -44,7 +46,7 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
             shape: Some(d.input_shape.clone()),
             batch: None,
         },
-        outputs: vec![t.output.clone()],
+        outputs: t.outputs.clone(),
         loss: LossKind::Mse,
         optimizer: Optimizer::Sgd(ops::Sgd {
             momentum: 0.9,
@@ -61,7 +63,7 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
     let per: usize = d.input_shape[1..].iter().product();
     let samples = t.inputs.len() / per;
     let x_shape = [&[samples][..], &d.input_shape[1..]].concat();
-    let y_shape = [&[samples][..], &t.target_shape[..]].concat();
+    let y_shape = vec![samples, t.per_sample];
     let data = Dataset::from_arrays_with_targets(
         "--calibration",
         x_shape,
@@ -104,13 +106,15 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
         .map_err(|e| err!("--distill: {}; a lower --distill-lr may hold", e.0))?;
     let after = error(&mut trainer, &held_out)?;
     let mut model = trainer.model()?;
+    // The student's outputs are the model's, then the maps.
+    let kept = d.model.graph.as_ref().map_or(0, |g| g.output.len());
     if let Some(g) = model.graph.as_mut() {
-        g.output
-            .retain(|v| v.name.as_deref() != Some(t.output.as_str()));
+        g.output.truncate(kept);
     }
     d.model = model;
     Ok(Distilled {
         epochs: o.epochs,
+        maps: t.outputs.len(),
         samples,
         held_out: held,
         before,

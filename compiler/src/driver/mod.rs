@@ -1,14 +1,15 @@
 //! The `actc` command line on the compiler and the runtime (`actc-runtime`):
 //! argument parsing and the commands ([`cli`]), training, evaluation, benchmarking and export
 //! ([`run`]), `--budget`'s rank calibration ([`budget`]), the `inspect` table ([`inspect`])
-//! and low-rank decomposition ([`decompose`]), with what several of them share: the data
+//! and low-rank decomposition ([`decompose`], its fine-tuning after factoring in [`distill`]), with what several of them share: the data
 //! flags ([`data`]; a CSV of text through the model's tokenizer in [`text`]) and writing files
 //! ([`fs`]); and training in process for the Python and C bindings ([`trainer`]). The compiler is used through the crate's root re-exports only.
 //!
 //! The modules import one another in one direction only: `cli` uses `run`, `budget`,
-//! `decompose`, `inspect`, `data` and `fs`; `trainer` uses `run` and `fs`; `run` uses
+//! `decompose`, `distill`, `inspect`, `data` and `fs`; `trainer` uses `run` and `fs`; `run` uses
 //! `inspect`, `data` and `fs`; `budget`
-//! uses `inspect` and `data`; `decompose` uses `data` and `fs`; `data` uses `text`;
+//! uses `inspect` and `data`; `decompose` uses `data`, `distill` and `fs`; `distill` uses `run`,
+//! `trainer` and `data`; `data` uses `text`;
 //! `inspect`, `text` and `fs` use none.
 
 pub mod budget;

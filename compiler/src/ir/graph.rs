@@ -249,6 +249,11 @@ impl Graph {
             .find(|&n| self.nodes[n].name == name)
     }
 
+    /// The tensor called `name`.
+    pub fn tensor_named(&self, name: &str) -> Option<TensorId> {
+        self.tensors.iter().position(|t| t.name == name)
+    }
+
     pub fn producer(&self, t: TensorId) -> Option<NodeIndex> {
         self.producer[t]
     }

@@ -192,23 +192,30 @@ pub fn whitenings(
     Ok(out)
 }
 
-/// The values of `tensor` over `batches`, back to back, run by tract through the model as it
-/// is.
+/// The values of `tensors` over `batches`, run by tract through the model as it is: per
+/// sample, each tensor's in turn.
 pub fn values(
     graph: &Graph,
     original: &Original,
-    tensor: TensorId,
+    tensors: &[TensorId],
     shape: &[usize],
     batches: &[Vec<f32>],
 ) -> Result<Vec<f32>> {
-    let model = write::write(graph, original, &graph.topo_order(), &[tensor])?;
+    let model = write::write(graph, original, &graph.topo_order(), tensors)?;
     let fail = |e: actc_runtime::exec::ExecError| err!("running the calibration data: {e}");
     let prefix = Prefix::new(&model.encode_to_vec(), shape).map_err(fail)?;
     let mut out = Vec::new();
     for batch in batches {
+        let mut each = vec![Vec::new(); tensors.len()];
         prefix
-            .run(batch, |_, v| out.extend_from_slice(v))
+            .run(batch, |k, v| each[k] = v.to_vec())
             .map_err(fail)?;
+        for sample in 0..shape[0] {
+            for v in &each {
+                let per = v.len() / shape[0];
+                out.extend_from_slice(&v[sample * per..][..per]);
+            }
+        }
     }
     Ok(out)
 }

@@ -50,6 +50,7 @@ fn options(
         include_head: true,
         calibration: None,
         distill: false,
+        distill_maps: Vec::new(),
     }
 }
 
@@ -466,8 +467,9 @@ fn factors_on_data_keep_the_output() {
 }
 
 /// `--distill` trains every layer of a model decomposed whole towards the original's last
-/// feature map on the calibration inputs: the held-out error falls, and so does the
-/// difference of the written model's outputs from the original's on inputs it never saw.
+/// feature map and a map named by `--distill-maps` on the calibration inputs: the held-out
+/// error falls, and so does the difference of the written model's outputs from the
+/// original's on inputs it never saw.
 #[test]
 fn distilling_brings_the_features_back() {
     let shape = [8, 3, 32, 32];
@@ -478,6 +480,7 @@ fn distilling_brings_the_features_back() {
             move |_: &[usize]| Ok((1..=12).map(batch).collect()),
         ))),
         distill: true,
+        distill_maps: vec!["/features/features.13/Add_output_0".into()],
         include_head: false,
         ..options(&shape, RankRule::Ratio(0.5), false, None)
     };
@@ -485,10 +488,13 @@ fn distilling_brings_the_features_back() {
     let mut d = actc::decompose_model(m, path.parent().unwrap(), "mobilenetv2", &opts).unwrap();
     let teacher = d.teacher.as_ref().expect("asked for");
     assert_eq!(
-        teacher.output,
-        "/features/features.18/features.18.2/Clip_output_0"
+        teacher.outputs,
+        [
+            "/features/features.13/Add_output_0",
+            "/features/features.18/features.18.2/Clip_output_0"
+        ]
     );
-    assert_eq!(teacher.target_shape, [1280, 1, 1]);
+    assert_eq!(teacher.per_sample, 96 * 2 * 2 + 1280);
     let undistilled = d.model.encode_to_vec();
     let o = actc::driver::distill::Distill {
         epochs: 4,
@@ -496,7 +502,7 @@ fn distilling_brings_the_features_back() {
         quiet: true,
     };
     let t = actc::driver::distill::distill(&mut d, &o, path.parent().unwrap()).unwrap();
-    assert_eq!((t.samples, t.held_out), (96, 19));
+    assert_eq!((t.samples, t.held_out, t.maps), (96, 19, 2));
     assert!(t.after < 0.7 * t.before, "{} → {}", t.before, t.after);
     let outputs: Vec<_> = d.model.graph.as_ref().unwrap().output.iter().collect();
     assert_eq!(outputs.len(), 1, "the features' output is taken off again");

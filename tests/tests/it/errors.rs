@@ -710,6 +710,10 @@ fn decompose_refuses_bad_ranks() {
             ],
             "--distill takes at least 1 epoch",
         ),
+        (
+            vec!["--distill-maps", "/conv1/Conv_output_0"],
+            "give --distill EPOCHS too",
+        ),
     ] {
         let mut args = vec!["decompose", m.to_str().unwrap(), "-o", &o];
         args.extend(&flags);

@@ -31,6 +31,7 @@ fn decomposed() -> actc::ModelProto {
         include_head: true,
         calibration: None,
         distill: false,
+        distill_maps: Vec::new(),
     };
     let path = common::model("tiny_cnn");
     let m = actc::load_onnx(&path).unwrap();
