@@ -19,7 +19,8 @@
 #                  by default: the frozen prefix too, so inference gains), trained in its
 #                  last LAYERS layers
 #   whole_distilled     whole_data with `--distill DISTILL` (10) on all CAL samples: every
-#                  layer trained to reproduce the original's last feature map first
+#                  layer trained to reproduce the original's last feature map first (and the
+#                  maps DISTILL_MAPS names, comma-separated, if set)
 #
 # Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
 # cache and run the trainable part alone: their mean time is the training throughput.
@@ -72,7 +73,8 @@ for v in $VARIANTS; do
         compile "$OUT/data.onnx" lrd_data_frozen_1 --freeze-schedule sequential:1 ;;
     whole_data) decompose whole --layers "$WHOLE_LAYERS" --calibration $CAL && compile "$OUT/whole.onnx" whole_data ;;
     whole_distilled)
-      decompose whole_distilled --layers "$WHOLE_LAYERS" --calibration $CAL --calibration-samples 500 --distill "$DISTILL" &&
+      decompose whole_distilled --layers "$WHOLE_LAYERS" --calibration $CAL --calibration-samples 500 --distill "$DISTILL" \
+        ${DISTILL_MAPS:+--distill-maps "$DISTILL_MAPS"} &&
         compile "$OUT/whole_distilled.onnx" whole_distilled ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
