@@ -2,7 +2,7 @@
 //! per layer and the output difference on a calibration batch.
 
 use crate::driver::data::{DataOptions, seeded_noise};
-use crate::driver::distill::{self, Distill, Distilled};
+use crate::driver::distill::{self, Distill, Distilled, relative};
 use crate::driver::fs::{check_output, write_atomically};
 use crate::{DecomposeOptions, Decomposed, LayerReport, RankRule, Result, err};
 use actc_runtime::data::{Dataset, split};
@@ -138,16 +138,6 @@ fn outputs(model: &[u8], shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
         })
         .map_err(fail)?;
     Ok(first)
-}
-
-fn relative(got: &[f32], want: &[f32]) -> f64 {
-    let diff: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum();
-    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
-    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
 /// The share of samples whose highest score is the same class in both outputs.

@@ -10,7 +10,7 @@ use crate::driver::data::DataOptions;
 use crate::driver::run::{RunData, TrainOptions};
 use crate::driver::trainer::Trainer;
 use crate::{CompileOptions, Decomposed, InputShape, Layers, Optimizer, Result, err};
-use actc_runtime::data::{Dataset, SampleValues};
+use actc_runtime::data::{Dataset, Preprocess, SampleValues};
 use actc_runtime::ops;
 use actc_runtime::plan::LossKind;
 use std::path::{Path, PathBuf};
@@ -98,7 +98,8 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
         checkpoint_every: 0,
     };
     let run = RunData::split(data, None, &train)?;
-    let held_out = held_out(&run, d.input_shape[0], per);
+    let prep = train.prep.preprocess(&d.input_shape[1..], &run.data)?;
+    let held_out = held_out(&run, &prep, d.input_shape[0], per);
     let before = error(&mut trainer, &held_out)?;
     let held = run.val_rows.len();
     trainer
@@ -124,21 +125,20 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
 
 /// The held-out samples in whole batches (the last one filled with the first samples, which
 /// are then counted once): each batch's inputs and targets, and how many target values count.
-fn held_out(run: &RunData, batch: usize, per: usize) -> Vec<(Vec<f32>, Vec<f32>, usize)> {
+fn held_out(
+    run: &RunData,
+    prep: &Preprocess,
+    batch: usize,
+    per: usize,
+) -> Vec<(Vec<f32>, Vec<f32>, usize)> {
     let rows = &run.val_rows;
-    let prep = actc_runtime::data::Preprocess {
-        shape: run.data.sample_shape().to_vec(),
-        scale: Some(1.0),
-        mean: vec![0.0],
-        std: vec![1.0],
-    };
     rows.chunks(batch)
         .map(|chunk| {
             let mut x = vec![0.0; batch * per];
             let mut y = Vec::new();
             for (i, dst) in x.chunks_exact_mut(per).enumerate() {
                 let r = chunk.get(i).copied().unwrap_or(rows[i % rows.len()]);
-                run.data.write_sample(r, &prep, dst);
+                run.data.write_sample(r, prep, dst);
                 y.extend_from_slice(run.data.target(r));
             }
             let counted = y.len() / batch * chunk.len();
@@ -149,13 +149,21 @@ fn held_out(run: &RunData, batch: usize, per: usize) -> Vec<(Vec<f32>, Vec<f32>,
 
 /// ‖f − f₀‖ / ‖f₀‖ over the counted values of `batches`.
 fn error(trainer: &mut Trainer, batches: &[(Vec<f32>, Vec<f32>, usize)]) -> Result<f64> {
-    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    let (mut got, mut want) = (Vec::new(), Vec::new());
     for (x, y, counted) in batches {
-        let f = trainer.predict(x)?;
-        for (a, b) in f.iter().zip(y).take(*counted) {
-            diff += f64::from(a - b).powi(2);
-            norm += f64::from(*b).powi(2);
-        }
+        got.extend_from_slice(&trainer.predict(x)?[..*counted]);
+        want.extend_from_slice(&y[..*counted]);
     }
-    Ok((diff / norm.max(f64::MIN_POSITIVE)).sqrt())
+    Ok(relative(&got, &want))
+}
+
+/// ‖got − want‖ / ‖want‖.
+pub fn relative(got: &[f32], want: &[f32]) -> f64 {
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }

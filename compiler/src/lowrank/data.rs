@@ -153,9 +153,7 @@ pub fn whitenings(
     if inputs.is_empty() || batches.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let model = write::write(graph, original, &graph.topo_order(), &inputs)?;
-    let fail = |e: actc_runtime::exec::ExecError| err!("running the calibration data: {e}");
-    let prefix = Prefix::new(&model.encode_to_vec(), shape).map_err(fail)?;
+    let prefix = runner(graph, original, &inputs, shape)?;
     let dims = |t: TensorId| graph.tensor(t).shape.clone();
     let axis = |t: TensorId| found.iter().find(|f| f.1 == t).map_or(1, |f| f.2);
     // Σ x·xᵀ and the count of x per input tensor, over every batch.
@@ -176,7 +174,7 @@ pub fn whitenings(
                     false => failed = Some(shape),
                 }
             })
-            .map_err(fail)?;
+            .map_err(failed_run)?;
         if let Some(shape) = failed {
             bail!("a layer input of the calibration run is not {shape:?}");
         }
@@ -201,15 +199,13 @@ pub fn values(
     shape: &[usize],
     batches: &[Vec<f32>],
 ) -> Result<Vec<f32>> {
-    let model = write::write(graph, original, &graph.topo_order(), tensors)?;
-    let fail = |e: actc_runtime::exec::ExecError| err!("running the calibration data: {e}");
-    let prefix = Prefix::new(&model.encode_to_vec(), shape).map_err(fail)?;
+    let prefix = runner(graph, original, tensors, shape)?;
     let mut out = Vec::new();
     for batch in batches {
         let mut each = vec![Vec::new(); tensors.len()];
         prefix
             .run(batch, |k, v| each[k] = v.to_vec())
-            .map_err(fail)?;
+            .map_err(failed_run)?;
         for sample in 0..shape[0] {
             for v in &each {
                 let per = v.len() / shape[0];
@@ -218,6 +214,22 @@ pub fn values(
         }
     }
     Ok(out)
+}
+
+/// The model as it is, with `tensors` as its outputs, for tract to run calibration batches
+/// of `shape` through.
+fn runner(
+    graph: &Graph,
+    original: &Original,
+    tensors: &[TensorId],
+    shape: &[usize],
+) -> Result<Prefix> {
+    let model = write::write(graph, original, &graph.topo_order(), tensors)?;
+    Prefix::new(&model.encode_to_vec(), shape).map_err(failed_run)
+}
+
+fn failed_run(e: actc_runtime::exec::ExecError) -> crate::Error {
+    err!("running the calibration data: {e}")
 }
 
 /// Adds Σ x·xᵀ over the vectors along `axis` of `v` (of `shape`) to `gram`.
