@@ -143,9 +143,20 @@ pub struct DecomposeOptions {
     /// Also give the original's features on the calibration data ([`Teacher`]): needs
     /// `calibration` [default: false].
     pub distill: bool,
-    /// More maps for the teacher, by tensor name, before the last feature map
-    /// (`--distill-maps`) [default: none].
-    pub distill_maps: Vec<String>,
+    /// More maps for the teacher, before the last feature map (`--distill-maps`)
+    /// [default: the stage outputs].
+    pub distill_maps: DistillMaps,
+}
+
+/// Which maps `decompose --distill` matches besides the last feature map.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum DistillMaps {
+    /// The last of the narrowest maps at each spatial size, after a factored layer
+    /// ([`decompose::stage_maps`]).
+    #[default]
+    Stages,
+    /// These tensors, by name (none: the last feature map alone).
+    Named(Vec<String>),
 }
 
 /// The model with its layers in thin factors, and what happened to each.
@@ -213,17 +224,28 @@ pub fn decompose_model(
     };
     let mut maps = Vec::new();
     if opts.distill {
-        for name in &opts.distill_maps {
-            let t = cx
-                .graph
-                .tensor_named(name)
-                .filter(|&t| cx.graph.producer(t).is_some());
-            maps.push(t.ok_or_else(|| {
-                err!("--distill-maps: '{name}' is not a tensor any node of the model computes")
-            })?);
+        let last =
+            decompose::features(&cx.graph, &heads).or_else(|| selection.outputs.first().copied());
+        match (&opts.distill_maps, last) {
+            (DistillMaps::Stages, Some(last)) => {
+                maps = decompose::stage_maps(&cx.graph, last, &names);
+            }
+            (DistillMaps::Stages, None) => {}
+            (DistillMaps::Named(named), _) => {
+                for name in named {
+                    let t = cx
+                        .graph
+                        .tensor_named(name)
+                        .filter(|&t| cx.graph.producer(t).is_some());
+                    maps.push(t.ok_or_else(|| {
+                        err!(
+                            "--distill-maps: '{name}' is not a tensor any node of the model computes"
+                        )
+                    })?);
+                }
+            }
         }
-        let last = decompose::features(&cx.graph, &heads);
-        maps.extend(last.or_else(|| selection.outputs.first().copied()));
+        maps.extend(last);
     }
     let targets = match maps.is_empty() {
         true => Vec::new(),

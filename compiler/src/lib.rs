@@ -42,8 +42,8 @@ mod ops;
 mod passes;
 
 pub use compile::{
-    CompileOptions, Compiled, DecomposeOptions, Decomposed, compile_file, compile_model,
-    decompose_model,
+    CompileOptions, Compiled, DecomposeOptions, Decomposed, DistillMaps, compile_file,
+    compile_model, decompose_model,
 };
 pub use error::{Error, Result};
 pub use lowrank::data::Calibration as CalibrationData;

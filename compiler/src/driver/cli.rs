@@ -9,9 +9,9 @@ use crate::driver::run::{self, TrainOptions};
 use crate::driver::text::TextOptions;
 use crate::driver::{budget, inspect, plrd};
 use crate::{
-    CalibrationData, CompileOptions, Compression, DecomposeOptions, Error, FactorLr, HosvdRanks,
-    InputShape, Layers, LowRankRequest, Optimizer, PrefixRunner, RankOptimization, RankRule,
-    Result, Rotate, SpeedGoal, bail, compile_file, err,
+    CalibrationData, CompileOptions, Compression, DecomposeOptions, DistillMaps, Error, FactorLr,
+    HosvdRanks, InputShape, Layers, LowRankRequest, Optimizer, PrefixRunner, RankOptimization,
+    RankRule, Result, Rotate, SpeedGoal, bail, compile_file, err,
 };
 use actc_runtime::data::Layout;
 use actc_runtime::ops;
@@ -117,10 +117,11 @@ enum Command {
         /// `compile --factor-lr auto`).
         #[arg(long, default_value_t = 0.001, value_name = "LR")]
         distill_lr: f32,
-        /// More maps for --distill to reproduce, by tensor name (their mean squared errors
-        /// summed with the last feature map's): a map near each stretch of layers gives the
-        /// early ones a signal of their own, like the last block output of each resolution.
-        #[arg(long, value_name = "TENSOR[,TENSOR…]", value_delimiter = ',')]
+        /// Which maps --distill reproduces besides the last feature map (their mean squared
+        /// errors summed): `auto`, the last of the narrowest maps at each spatial size (a
+        /// CNN's stage outputs), so the first layers get a signal of their own; `last`, none;
+        /// or tensor names [default: auto].
+        #[arg(long, value_name = "auto|last|TENSOR[,TENSOR…]", value_delimiter = ',')]
         distill_maps: Vec<String>,
         #[command(flatten)]
         prep: PrepArgs,
@@ -1022,7 +1023,12 @@ fn run(cli: Cli) -> Result<()> {
                 include_head,
                 calibration: on_data,
                 distill: distill.is_some(),
-                distill_maps,
+                distill_maps: match distill_maps.iter().map(String::as_str).collect::<Vec<_>>()[..]
+                {
+                    [] | ["auto"] => DistillMaps::Stages,
+                    ["last"] => DistillMaps::Named(Vec::new()),
+                    _ => DistillMaps::Named(distill_maps),
+                },
             };
             let calibration = match &calibration {
                 Some(path) => Calibration::Data(path, &prep),

@@ -223,8 +223,8 @@ fn report_text(
     ));
     if let Some(t) = distilled {
         text.push_str(&format!(
-            "distilled {} epochs on {} calibration samples: the {}' relative error on the {} held out {:.3e} → {:.3e}\n",
-            t.epochs, t.samples, if t.maps > 1 { "maps" } else { "features" }, t.held_out, t.before, t.after
+            "distilled {} epochs on {} calibration samples towards {}: their relative error on the {} held out {:.3e} → {:.3e}\n",
+            t.epochs, t.samples, t.maps.join(", "), t.held_out, t.before, t.after
         ));
     }
     text.push_str(&format!(

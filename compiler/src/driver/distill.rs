@@ -4,10 +4,10 @@
 //! its last feature map (0.87 at the logits), and with only its last layers fine-tuned on a
 //! task it trailed the original by 20 points. Here every layer of the decomposed model trains
 //! to reproduce the original's maps on the calibration inputs (mean squared error), a fifth of
-//! them held out to measure it; the last epoch's weights are kept.
+//! them held out to measure it and to pick the epoch whose weights are kept.
 
 use crate::driver::data::DataOptions;
-use crate::driver::run::{RunData, TrainOptions};
+use crate::driver::run::{self, RunData, TrainOptions};
 use crate::driver::trainer::Trainer;
 use crate::{CompileOptions, Decomposed, InputShape, Layers, Optimizer, Result, err};
 use actc_runtime::data::{Dataset, Preprocess, SampleValues};
@@ -25,8 +25,8 @@ pub struct Distill {
 /// on the held-out calibration samples before and after.
 pub struct Distilled {
     pub epochs: usize,
-    /// How many maps were matched (the last feature map and any `--distill-maps`).
-    pub maps: usize,
+    /// The maps matched, by tensor name: any `--distill-maps`, then the last feature map.
+    pub maps: Vec<String>,
     pub samples: usize,
     pub held_out: usize,
     pub before: f64,
@@ -102,9 +102,25 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
     let held_out = held_out(&run, &prep, d.input_shape[0], per);
     let before = error(&mut trainer, &held_out)?;
     let held = run.val_rows.len();
-    trainer
-        .fit(&train, Some(run))
-        .map_err(|e| err!("--distill: {}; a lower --distill-lr may hold", e.0))?;
+    // The epochs' held-out error is not monotone (the last map's wanders by a few
+    // per cent): the best epoch's weights are kept, through `fit`'s own best checkpoint.
+    let scratch = std::env::temp_dir().join(format!("actc-distill-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| err!("--distill: cannot make {}: {e}", scratch.display()))?;
+    let stem = scratch.join("student");
+    let fitted = trainer.fit(
+        &TrainOptions {
+            save: Some(stem.clone()),
+            ..train
+        },
+        Some(run),
+    );
+    let best = std::fs::read(run::save_paths(Path::new(""), Some(&stem)).0);
+    std::fs::remove_dir_all(&scratch).ok();
+    fitted.map_err(|e| err!("--distill: {}; a lower --distill-lr may hold", e.0))?;
+    if let Ok(bytes) = best {
+        trainer = Trainer::new(&bytes, "--distill")?;
+    }
     let after = error(&mut trainer, &held_out)?;
     let mut model = trainer.model()?;
     // The student's outputs are the model's, then the maps.
@@ -115,7 +131,7 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
     d.model = model;
     Ok(Distilled {
         epochs: o.epochs,
-        maps: t.outputs.len(),
+        maps: t.outputs,
         samples,
         held_out: held,
         before,

@@ -101,7 +101,7 @@ fn decompose(model: &Path, name: &str, energy: f64, p: &Plrd) -> Result<(PathBuf
         include_head: false,
         calibration: None,
         distill: false,
-        distill_maps: Vec::new(),
+        distill_maps: Default::default(),
     };
     let m = crate::load_onnx(model)?;
     let dir = model.parent().unwrap_or(Path::new("."));

@@ -61,6 +61,58 @@ pub fn features(graph: &Graph, heads: &BTreeSet<String>) -> Option<TensorId> {
     Some(t)
 }
 
+/// The maps `decompose --distill` matches besides `last` unless told which: for each spatial
+/// size, the last of the narrowest maps that every later layer depends on alone (a CNN's
+/// stage outputs: MobileNetV2's last bottleneck at each resolution, ResNet's last block
+/// output), in the model's order, where one of `layers` computes into it. With the last
+/// map alone, the first layers learn only through every factor after them.
+pub fn stage_maps(graph: &Graph, last: TensorId, layers: &[String]) -> Vec<TensorId> {
+    let order = graph.topo_order();
+    let position: BTreeMap<NodeIndex, usize> =
+        order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    // The last node to read a value; the graph's outputs live to the end.
+    let last_read = |t: TensorId| match graph.outputs.contains(&t) {
+        true => usize::MAX,
+        false => graph
+            .consumers(t)
+            .filter_map(|c| position.get(&c).copied())
+            .max()
+            .unwrap_or(0),
+    };
+    let mut reach = graph
+        .inputs
+        .iter()
+        .map(|&t| last_read(t))
+        .max()
+        .unwrap_or(0);
+    // Per (height, width): the narrowest cut so far, as (channels, tensor).
+    let mut stages: BTreeMap<(usize, usize), (usize, TensorId)> = BTreeMap::new();
+    for (i, &n) in order.iter().enumerate() {
+        let outputs = &graph.nodes[n].outputs;
+        if let [t] = outputs[..] {
+            let shape = &graph.tensor(t).shape;
+            if reach <= i && t != last && shape.len() == 4 && shape[2] * shape[3] > 1 {
+                let stage = stages.entry((shape[2], shape[3])).or_insert((shape[1], t));
+                if shape[1] <= stage.0 {
+                    *stage = (shape[1], t);
+                }
+            }
+        }
+        reach = outputs
+            .iter()
+            .map(|&t| last_read(t))
+            .fold(reach, usize::max);
+    }
+    let factored: BTreeSet<NodeIndex> = layers.iter().filter_map(|l| graph.node_named(l)).collect();
+    let mut maps: Vec<TensorId> = stages
+        .into_values()
+        .map(|(_, t)| t)
+        .filter(|&t| !graph.ancestors_of(&[t]).is_disjoint(&factored))
+        .collect();
+    maps.sort_by_key(|&t| graph.producer(t).map(|p| position[&p]));
+    maps
+}
+
 /// Why the model's head stays whole unless asked (`--include-head`).
 const HEAD: &str =
     "the model's head: its rank would bound the outputs' span (--include-head factors it)";

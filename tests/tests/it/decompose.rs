@@ -50,7 +50,7 @@ fn options(
         include_head: true,
         calibration: None,
         distill: false,
-        distill_maps: Vec::new(),
+        distill_maps: Default::default(),
     }
 }
 
@@ -480,13 +480,14 @@ fn distilling_brings_the_features_back() {
             move |_: &[usize]| Ok((1..=12).map(batch).collect()),
         ))),
         distill: true,
-        distill_maps: vec!["/features/features.13/Add_output_0".into()],
+        distill_maps: actc::DistillMaps::Named(vec!["/features/features.13/Add_output_0".into()]),
         include_head: false,
         ..options(&shape, RankRule::Ratio(0.5), false, None)
     };
     let m = actc::load_onnx(&path).unwrap();
     let mut d = actc::decompose_model(m, path.parent().unwrap(), "mobilenetv2", &opts).unwrap();
     let teacher = d.teacher.as_ref().expect("asked for");
+    let teacher_maps = teacher.outputs.clone();
     assert_eq!(
         teacher.outputs,
         [
@@ -502,7 +503,8 @@ fn distilling_brings_the_features_back() {
         quiet: true,
     };
     let t = actc::driver::distill::distill(&mut d, &o, path.parent().unwrap()).unwrap();
-    assert_eq!((t.samples, t.held_out, t.maps), (96, 19, 2));
+    assert_eq!((t.samples, t.held_out), (96, 19));
+    assert_eq!(t.maps, teacher_maps);
     assert!(t.after < 0.7 * t.before, "{} → {}", t.before, t.after);
     let outputs: Vec<_> = d.model.graph.as_ref().unwrap().output.iter().collect();
     assert_eq!(outputs.len(), 1, "the features' output is taken off again");
@@ -511,4 +513,43 @@ fn distilling_brings_the_features_back() {
     let off = |bytes: &[u8]| relative(&tract_output(bytes, &shape, &unseen), &want);
     let (before, after) = (off(&undistilled), off(&d.model.encode_to_vec()));
     assert!(after < 0.8 * before, "output off by {before} → {after}");
+}
+
+/// Without `--distill-maps`, `--distill` matches each resolution's last narrowest map (the
+/// stage outputs) where a factored layer computes into it, then the last feature map.
+#[test]
+fn distill_maps_default_to_the_stage_outputs() {
+    let shape = [8, 3, 32, 32];
+    let teacher = |layers: Layers| {
+        let opts = DecomposeOptions {
+            layers,
+            calibration: Some(actc::CalibrationData(std::sync::Arc::new(
+                move |_: &[usize]| Ok(vec![seeded_batch(&shape, 1)]),
+            ))),
+            distill: true,
+            include_head: false,
+            ..options(&shape, RankRule::Ratio(0.5), false, None)
+        };
+        let path = model("mobilenetv2");
+        let m = actc::load_onnx(&path).unwrap();
+        let d = actc::decompose_model(m, path.parent().unwrap(), "mobilenetv2", &opts).unwrap();
+        d.teacher.expect("asked for").outputs
+    };
+    let last = "/features/features.18/features.18.2/Clip_output_0";
+    // At 32², 16² 8² 4² 2² 1²: the 1² maps have nothing to match beyond the last one.
+    assert_eq!(
+        teacher(Layers::All),
+        [
+            "/features/features.1/conv/conv.1/Conv_output_0",
+            "/features/features.3/Add_output_0",
+            "/features/features.6/Add_output_0",
+            "/features/features.10/Add_output_0",
+            last
+        ]
+    );
+    // Blocks 7–18 factored: the maps before block 7 are the original's.
+    assert_eq!(
+        teacher(Layers::Last(34)),
+        ["/features/features.10/Add_output_0", last]
+    );
 }

@@ -31,7 +31,7 @@ fn decomposed() -> actc::ModelProto {
         include_head: true,
         calibration: None,
         distill: false,
-        distill_maps: Vec::new(),
+        distill_maps: Default::default(),
     };
     let path = common::model("tiny_cnn");
     let m = actc::load_onnx(&path).unwrap();
