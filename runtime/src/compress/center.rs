@@ -77,10 +77,10 @@ pub fn add_mean(x: &mut [f32], dims: &[usize], mean: &[f32]) {
     }
 }
 
-/// Scratch of [`conv_weight_grad`]: one output channel's gradient summed over the batch, as
-/// prefix sums over the output map, then over each tap's window.
+/// Scratch of [`conv_weight_grad`]: the output gradient summed over the batch, then one
+/// output channel's sum as prefix sums over the output map, then over each tap's window.
 pub fn conv_weight_grad_workspace_len(g: &Conv2dGeom) -> usize {
-    (g.out_h() + 1) * (g.out_w() + 1) + g.kh * g.kw
+    g.c_out * g.out_h() * g.out_w() + (g.out_h() + 1) * (g.out_w() + 1) + g.kh * g.kw
 }
 
 /// The mean's share of a conv's weight gradient, added: dw += alpha · m[c] · Σ dy[b, o, y, x]
@@ -96,28 +96,29 @@ pub fn conv_weight_grad(
 ) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let (ph, pw) = (oh + 1, ow + 1);
-    debug_assert_eq!(dy.len(), g.n * g.c_out * oh * ow);
+    let image = g.c_out * oh * ow;
+    debug_assert_eq!(dy.len(), g.n * image);
     debug_assert_eq!(mean.len(), g.c_in);
     let cg = g.c_in / g.groups;
     let og = g.c_out / g.groups;
     let kk = g.kh * g.kw;
-    let (p, taps) = ws[..conv_weight_grad_workspace_len(g)].split_at_mut(ph * pw);
+    let (sum, rest) = ws[..conv_weight_grad_workspace_len(g)].split_at_mut(image);
+    let (p, taps) = rest.split_at_mut(ph * pw);
+    // Σ_b dy[b] once, in memory order: summed channel by channel, the batch's maps were
+    // read strided (at 1×1 maps, one float per cache line), 3.6 % of a 32² step.
+    sum.copy_from_slice(&dy[..image]);
+    for img in dy[image..].chunks_exact(image) {
+        sum.iter_mut().zip(img).for_each(|(s, &v)| *s += v);
+    }
     for (o, row) in dw.chunks_exact_mut(cg * kk).enumerate() {
-        // p[y][x] = Σ_b Σ_{y' < y, x' < x} dy[b, o, y', x'].
-        p.fill(0.0);
-        for b in 0..g.n {
-            let map = &dy[(b * g.c_out + o) * oh * ow..][..oh * ow];
-            for (y, line) in map.chunks_exact(ow).enumerate() {
-                let mut run = 0.0;
-                for (x, &v) in line.iter().enumerate() {
-                    run += v;
-                    p[(y + 1) * pw + x + 1] += run;
-                }
-            }
-        }
-        for y in 1..ph {
-            for x in 0..pw {
-                p[y * pw + x] += p[(y - 1) * pw + x];
+        // p[y][x] = Σ_{y' < y, x' < x} sum[o, y', x'].
+        p[..pw].fill(0.0);
+        for (y, line) in sum[o * oh * ow..][..oh * ow].chunks_exact(ow).enumerate() {
+            let mut run = 0.0;
+            p[(y + 1) * pw] = 0.0;
+            for (x, &v) in line.iter().enumerate() {
+                run += v;
+                p[(y + 1) * pw + x + 1] = p[y * pw + x + 1] + run;
             }
         }
         for i in 0..g.kh {
