@@ -182,8 +182,8 @@ pub struct Teacher {
     pub inputs: Vec<f32>,
     /// The original's maps on them: per sample, each map in `outputs`' order.
     pub targets: Vec<f32>,
-    /// One sample's values of all the maps.
-    pub per_sample: usize,
+    /// One sample's values of each map.
+    pub sizes: Vec<usize>,
     /// The decomposed model with the maps as more outputs.
     pub student: ModelProto,
 }
@@ -269,10 +269,10 @@ pub fn decompose_model(
             outputs: maps.iter().map(|&t| g.tensor(t).name.clone()).collect(),
             inputs: batches.concat(),
             targets,
-            per_sample: maps
+            sizes: maps
                 .iter()
                 .map(|&t| g.tensor(t).shape[1..].iter().product::<usize>())
-                .sum(),
+                .collect(),
             student: write::write(g, &original, &order, &[&g.outputs[..], &maps].concat())?,
         }),
     };

@@ -13,14 +13,15 @@
 #                  on 256 images of CAL kept rather than their weights); CAL is the bundled
 #                  t10k images, which no training or validation split of DATA holds
 #   lrd_data_optimized  lrd_data with `--optimize-ranks` (ranks by measured step time)
+#   lrd_data_optimized_frozen  lrd_data_optimized with `--freeze-schedule sequential`
 #   lrd_data_frozen     lrd_data with `--freeze-schedule sequential` (turns per epoch)
 #   lrd_data_frozen_1   lrd_data with `--freeze-schedule sequential:1` (turns every step)
 #   whole_data     every layer but the head decomposed on data (`--layers WHOLE_LAYERS`, all
 #                  by default: the frozen prefix too, so inference gains), trained in its
 #                  last LAYERS layers
 #   whole_distilled     whole_data with `--distill DISTILL` (10) on all CAL samples: every
-#                  layer trained to reproduce the original's last feature map first (and the
-#                  maps DISTILL_MAPS names, comma-separated, if set)
+#                  layer trained to reproduce the original's maps first (DISTILL_MAPS,
+#                  `--distill-maps`: auto by default, each resolution's stage output)
 #
 # Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
 # cache and run the trainable part alone: their mean time is the training throughput.
@@ -48,11 +49,12 @@ M=models/mobilenetv2.onnx
 
 CAL=models/data/fashion-mnist/t10k-images-idx3-ubyte.gz
 DISTILL=${DISTILL:-10}
+DISTILL_LR=${DISTILL_LR:-0.0003}
 WHOLE_LAYERS=${WHOLE_LAYERS:-all}
 VARIANTS=${VARIANTS:-"original lrd lrd_same_lr lrd_data lrd_data_optimized lrd_data_frozen lrd_data_frozen_1"}
 decompose() {
   [ -f "$OUT/$1.onnx" ] ||
-    "$ACTC" decompose $M -o "$OUT/$1.onnx" --ratio "$RATIO" --input-shape $SHAPE "${@:2}" >"$OUT/$1.txt" 2>/dev/null
+    "$ACTC" decompose $M -o "$OUT/$1.onnx" --ratio "$RATIO" --input-shape $SHAPE "${@:2}" >"$OUT/$1.txt" 2>"$OUT/$1.err" || { echo "decompose $1 failed: $(tail -1 "$OUT/$1.err")" >&2; return 1; }
 }
 compile() { "$ACTC" compile "$1" --layers "$LAYERS" --input-shape $SHAPE --lr "$LR" --momentum 0.9 -o "$OUT/$2.actc" "${@:3}" 2>/dev/null; }
 # Each variant's model and plan, made only when the variant runs.
@@ -65,6 +67,9 @@ for v in $VARIANTS; do
     lrd_data_optimized)
       decompose data_opt --layers "$LAYERS" --calibration $CAL --optimize-ranks &&
         compile "$OUT/data_opt.onnx" lrd_data_optimized ;;
+    lrd_data_optimized_frozen)
+      decompose data_opt --layers "$LAYERS" --calibration $CAL --optimize-ranks &&
+        compile "$OUT/data_opt.onnx" lrd_data_optimized_frozen --freeze-schedule sequential ;;
     lrd_data_frozen)
       decompose data --layers "$LAYERS" --calibration $CAL &&
         compile "$OUT/data.onnx" lrd_data_frozen --freeze-schedule sequential ;;
@@ -74,7 +79,7 @@ for v in $VARIANTS; do
     whole_data) decompose whole --layers "$WHOLE_LAYERS" --calibration $CAL && compile "$OUT/whole.onnx" whole_data ;;
     whole_distilled)
       decompose whole_distilled --layers "$WHOLE_LAYERS" --calibration $CAL --calibration-samples 500 --distill "$DISTILL" \
-        ${DISTILL_MAPS:+--distill-maps "$DISTILL_MAPS"} &&
+        --distill-lr "$DISTILL_LR" ${DISTILL_MAPS:+--distill-maps "$DISTILL_MAPS"} &&
         compile "$OUT/whole_distilled.onnx" whole_distilled ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac

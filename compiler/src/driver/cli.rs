@@ -106,16 +106,16 @@ enum Command {
         #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         calibration_samples: u32,
         /// Then train every layer of the decomposed model for this many epochs on
-        /// --calibration's inputs (a fifth held out) to reproduce the original's features:
-        /// the map the kept head reads, before pooling (the first output when the head is
-        /// factored too), by mean squared error. The fine-tuning LRD gives a model after
-        /// decomposing it, without labels; it matters most when many layers are factored,
-        /// as their errors compound.
+        /// --calibration's inputs (a fifth held out, the best epoch kept) to reproduce the
+        /// original's features: the map the kept head reads, before pooling (the first
+        /// output when the head is factored too), and the --distill-maps, each by its mean
+        /// squared error relative to its mean square. The fine-tuning LRD gives a model
+        /// after decomposing it, without labels; it matters most when many layers are
+        /// factored, as their errors compound.
         #[arg(long, value_name = "EPOCHS")]
         distill: Option<usize>,
-        /// --distill's SGD learning rate (momentum 0.9; factors at their own rate, as
-        /// `compile --factor-lr auto`).
-        #[arg(long, default_value_t = 0.001, value_name = "LR")]
+        /// --distill's AdamW learning rate (β 0.9/0.999, no weight decay).
+        #[arg(long, default_value_t = 0.0003, value_name = "LR")]
         distill_lr: f32,
         /// Which maps --distill reproduces besides the last feature map (their mean squared
         /// errors summed): `auto`, the last of the narrowest maps at each spatial size (a
@@ -975,7 +975,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             if distill == Some(0) || !(distill_lr > 0.0 && distill_lr.is_finite()) {
                 return Err(err!(
-                    "--distill takes at least 1 epoch and --distill-lr a learning rate above 0 (like --distill 10 --distill-lr 0.001)"
+                    "--distill takes at least 1 epoch and --distill-lr a learning rate above 0 (like --distill 10 --distill-lr 0.0003)"
                 ));
             }
             if !(0.0..1.0).contains(&rank_window) {
