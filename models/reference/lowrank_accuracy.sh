@@ -22,6 +22,7 @@
 #   whole_distilled     whole_data with `--distill DISTILL` (10) on all CAL samples: every
 #                  layer trained to reproduce the original's maps first (DISTILL_MAPS,
 #                  `--distill-maps`: auto by default, each resolution's stage output)
+#   whole_distilled_frozen  whole_distilled with `--freeze-schedule sequential`
 #
 # Epoch 1 runs the frozen prefix for every sample; later epochs read it from the prefix
 # cache and run the trainable part alone: their mean time is the training throughput.
@@ -81,6 +82,10 @@ for v in $VARIANTS; do
       decompose whole_distilled --layers "$WHOLE_LAYERS" --calibration $CAL --calibration-samples 500 --distill "$DISTILL" \
         --distill-lr "$DISTILL_LR" ${DISTILL_MAPS:+--distill-maps "$DISTILL_MAPS"} &&
         compile "$OUT/whole_distilled.onnx" whole_distilled ;;
+    whole_distilled_frozen)
+      decompose whole_distilled --layers "$WHOLE_LAYERS" --calibration $CAL --calibration-samples 500 --distill "$DISTILL" \
+        --distill-lr "$DISTILL_LR" ${DISTILL_MAPS:+--distill-maps "$DISTILL_MAPS"} &&
+        compile "$OUT/whole_distilled.onnx" whole_distilled_frozen --freeze-schedule sequential ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
 done

@@ -7,7 +7,9 @@
 #              `--optimize-ranks`, the decomposed model with `--freeze-schedule
 #              sequential:1`, and the model decomposed whole (`--layers all`, its frozen
 #              prefix in factors too; `decompose --distill` changes its weights, not its
-#              shapes, so this is the distilled model's speed);
+#              shapes, so this is the distilled model's speed), also with
+#              `--freeze-schedule sequential:1` (its turns alternating every step: their
+#              mean speed, which `sequential`'s turns per epoch share);
 #   inference: the whole model, every layer decomposed at `--ratio $WHOLE_RATIO` (`--layers all`),
 #              on actc's own kernels: a plan training only the classifier (`--layers 1`)
 #              runs everything before it as its frozen prefix, so step − suffix is the
@@ -42,11 +44,12 @@ compile "$OUT/lrd.onnx" "$LAYERS" lrd
 compile "$OUT/opt.onnx" "$LAYERS" lrd_optimized
 compile "$OUT/lrd.onnx" "$LAYERS" lrd_frozen --freeze-schedule sequential:1
 compile "$OUT/all.onnx" "$LAYERS" whole
+compile "$OUT/all.onnx" "$LAYERS" whole_frozen --freeze-schedule sequential:1
 compile $M 1 infer_original --prefix-batch 1
 compile "$OUT/all.onnx" 1 infer_lrd --prefix-batch 1
 compile "$OUT/all_opt.onnx" 1 infer_lrd_optimized --prefix-batch 1
 
-PLANS="original lrd lrd_optimized lrd_frozen whole infer_original infer_lrd infer_lrd_optimized"
+PLANS="original lrd lrd_optimized lrd_frozen whole whole_frozen infer_original infer_lrd infer_lrd_optimized"
 for r in $(seq "$ROUNDS"); do
   for p in $PLANS; do
     "$ACTC" bench "$OUT/$p.actc" --steps "$STEPS" --json >>"$OUT/$p.jsonl"
@@ -62,7 +65,7 @@ echo "whole model: $(tail -2 "$OUT/all.txt" | head -1)"
 echo "whole model, --optimize-ranks infer: $(tail -2 "$OUT/all_opt.txt" | head -1); $(grep -c 'measured faster' "$OUT/all_opt.txt") layers kept as they measured faster"
 printf '%-16s %12s %12s %12s %12s\n' plan "step ms" "suffix ms" "step ×" "suffix ×"
 base_step=$(field original '.step_ms.median'); base_suffix=$(field original '.suffix_ms.median')
-for p in original lrd lrd_optimized lrd_frozen whole; do
+for p in original lrd lrd_optimized lrd_frozen whole whole_frozen; do
   s=$(field $p '.step_ms.median'); x=$(field $p '.suffix_ms.median')
   printf '%-16s %12.2f %12.2f %12.2f %12.2f\n' $p "$s" "$x" "$(echo "$base_step / $s" | bc -l)" "$(echo "$base_suffix / $x" | bc -l)"
 done
