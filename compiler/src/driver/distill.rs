@@ -57,8 +57,8 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
         loss: LossKind::Mse,
         loss_weights,
         // Factored on data, a layer's two factors differ in scale by up to 300× (the
-        // whitening's), which SGD's one rate serves badly: AdamW's per-weight steps got the
-        // logits 0.37 → 0.27 off the original's in as many epochs.
+        // whitening's), which SGD's one rate serves badly: AdamW's per-weight steps took the
+        // logits from 0.37 to 0.25 off the original's in as many epochs (LOWRANK.md).
         optimizer: Optimizer::AdamW(ops::AdamW {
             beta1: 0.9,
             beta2: 0.999,
@@ -112,8 +112,8 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
     let held_out = held_out(&run, &prep, d.input_shape[0], per);
     let before = error(&mut trainer, &held_out)?;
     let held = run.val_rows.len();
-    // The epochs' held-out error is not monotone (the last map's wanders by a few
-    // per cent): the best epoch's weights are kept, through `fit`'s own best checkpoint.
+    // The held-out error need not fall every epoch: the best epoch's weights are kept,
+    // through `fit`'s own best checkpoint.
     let scratch = std::env::temp_dir().join(format!("actc-distill-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)
         .map_err(|e| err!("--distill: cannot make {}: {e}", scratch.display()))?;
