@@ -62,10 +62,11 @@ pub fn features(graph: &Graph, heads: &BTreeSet<String>) -> Option<TensorId> {
 }
 
 /// The maps `decompose --distill` matches besides `last` unless told which: for each spatial
-/// size, the last of the narrowest maps that every later layer depends on alone (a CNN's
-/// stage outputs: MobileNetV2's last bottleneck at each resolution, ResNet's last block
-/// output), in the model's order, where one of `layers` computes into it. With the last
-/// map alone, the first layers learn only through every factor after them.
+/// size, the last of the narrowest maps that every later layer depends on alone and that a
+/// dense layer still separates from `last` (a CNN's stage outputs: MobileNetV2's last
+/// bottleneck at each resolution, ResNet's last block output), in the model's order, where
+/// one of `layers` computes into it. With the last map alone, the first layers learn only
+/// through every factor after them.
 pub fn stage_maps(graph: &Graph, last: TensorId, layers: &[String]) -> Vec<TensorId> {
     let order = graph.topo_order();
     let position: BTreeMap<NodeIndex, usize> =
@@ -85,13 +86,26 @@ pub fn stage_maps(graph: &Graph, last: TensorId, layers: &[String]) -> Vec<Tenso
         .map(|&t| last_read(t))
         .max()
         .unwrap_or(0);
+    // A map with only elementwise ops between it and `last` (ResNet's final Add before its
+    // ReLU) would match the same features twice.
+    let feeding = graph.ancestors_of(&[last]);
+    let last_dense = order
+        .iter()
+        .rposition(|n| {
+            feeding.contains(n)
+                && matches!(
+                    graph.nodes[*n].op_name().as_str(),
+                    "Conv" | "Gemm" | "MatMul"
+                )
+        })
+        .unwrap_or(0);
     // Per (height, width): the narrowest cut so far, as (channels, tensor).
     let mut stages: BTreeMap<(usize, usize), (usize, TensorId)> = BTreeMap::new();
     for (i, &n) in order.iter().enumerate() {
         let outputs = &graph.nodes[n].outputs;
         if let [t] = outputs[..] {
             let shape = &graph.tensor(t).shape;
-            if reach <= i && t != last && shape.len() == 4 && shape[2] * shape[3] > 1 {
+            if reach <= i && i < last_dense && shape.len() == 4 && shape[2] * shape[3] > 1 {
                 let stage = stages.entry((shape[2], shape[3])).or_insert((shape[1], t));
                 if shape[1] <= stage.0 {
                     *stage = (shape[1], t);

@@ -519,8 +519,8 @@ fn distilling_brings_the_features_back() {
 /// stage outputs) where a factored layer computes into it, then the last feature map.
 #[test]
 fn distill_maps_default_to_the_stage_outputs() {
-    let shape = [8, 3, 32, 32];
-    let teacher = |layers: Layers| {
+    let teacher = |name: &str, side: usize, layers: Layers| {
+        let shape = [8, 3, side, side];
         let opts = DecomposeOptions {
             layers,
             calibration: Some(actc::CalibrationData(std::sync::Arc::new(
@@ -530,15 +530,15 @@ fn distill_maps_default_to_the_stage_outputs() {
             include_head: false,
             ..options(&shape, RankRule::Ratio(0.5), false, None)
         };
-        let path = model("mobilenetv2");
+        let path = model(name);
         let m = actc::load_onnx(&path).unwrap();
-        let d = actc::decompose_model(m, path.parent().unwrap(), "mobilenetv2", &opts).unwrap();
+        let d = actc::decompose_model(m, path.parent().unwrap(), name, &opts).unwrap();
         d.teacher.expect("asked for").outputs
     };
     let last = "/features/features.18/features.18.2/Clip_output_0";
     // At 32², 16² 8² 4² 2² 1²: the 1² maps have nothing to match beyond the last one.
     assert_eq!(
-        teacher(Layers::All),
+        teacher("mobilenetv2", 32, Layers::All),
         [
             "/features/features.1/conv/conv.1/Conv_output_0",
             "/features/features.3/Add_output_0",
@@ -549,7 +549,13 @@ fn distill_maps_default_to_the_stage_outputs() {
     );
     // Blocks 7–18 factored: the maps before block 7 are the original's.
     assert_eq!(
-        teacher(Layers::Last(34)),
+        teacher("mobilenetv2", 32, Layers::Last(34)),
         ["/features/features.10/Add_output_0", last]
+    );
+    // ResNet-18 at 64²: the stem's and each stage's last block output; at 2² not the final
+    // block's Add, which only the last ReLU separates from the last map.
+    assert_eq!(
+        teacher("resnet18", 64, Layers::All),
+        ["relu", "relu_4", "relu_8", "relu_12", "relu_14", "relu_16"]
     );
 }
