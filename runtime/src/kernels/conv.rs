@@ -843,6 +843,9 @@ mod tests {
             // depthwise on 1×1 planes: the centre tap, a corner tap (channel multiplier 2)
             geom(3, 4, 1, 1, 4, [3, 3], 1, [1, 1, 1, 1], 1, 4),
             geom(2, 3, 1, 1, 6, [3, 3], 1, [0, 2, 2, 0], 1, 3),
+            // ... over more channels than one block of the 1×1 passes
+            geom(2, 70, 1, 1, 70, [3, 3], 1, [1, 1, 1, 1], 1, 70),
+            geom(2, 35, 1, 1, 70, [3, 3], 1, [0, 2, 2, 0], 1, 35),
             // depthwise with planes too big for the lane path: the row loops (stride 2 with a
             // channel multiplier; stride 1 dilated; stride 3); a kernel with too many taps
             // for them, its taps gathered
@@ -1166,6 +1169,8 @@ mod bench {
             ("1x1 320>1280 7 x8", conv(8, 320, 7, 1280, 1, 1, 1)),
             ("project 960>320 7 x8", conv(8, 960, 7, 320, 1, 1, 1)),
             ("project 384>64 14 x8", conv(8, 384, 14, 64, 1, 1, 1)),
+            ("dw s1 960 1 x64", conv(64, 960, 1, 960, 3, 1, 960)),
+            ("1x1 320>1280 1 x64", conv(64, 320, 1, 1280, 1, 1, 1)),
         ];
         let mut rng = Lcg::new(7);
         println!("{:<18} {:>8} {:>8}", "shape", "1 thread", "2");

@@ -120,7 +120,10 @@ pub(super) fn forward(
         return forward_planes(g, &layout, x, w, bias, clip, y);
     }
     if let Some(pixels) = PixelTaps::new(g) {
-        forward_small(g, &pixels, x, w, bias, y);
+        match one_pixel(g) {
+            true => forward_pixel(g, &pixels, x, w, bias, y),
+            false => forward_small(g, &pixels, x, w, bias, y),
+        }
     } else if let Some(split) = rows_split(g) {
         forward_rows(g, split, x, w, bias, y);
     } else {
@@ -670,6 +673,42 @@ fn forward_small(
     });
 }
 
+/// [`forward`] of 1×1 planes: y[b, oc] = bias[oc] + x[b, c]·(the summed weights of oc's
+/// taps inside), a block of output channels at a time with their summed weights on the
+/// stack. Through [`forward_small`]'s interleaved lanes, 64 × 960 such planes took 0.4 ms,
+/// forty times this.
+fn forward_pixel(
+    g: &Conv2dGeom,
+    pixels: &PixelTaps,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let mult = g.c_out / g.c_in;
+    let mut scale = [0.0f32; PIXEL_BLOCK];
+    for c0 in (0..g.c_out).step_by(PIXEL_BLOCK) {
+        let scale = pixel_weights(g, pixels, w, c0, &mut scale);
+        let mut shift = [0.0f32; PIXEL_BLOCK];
+        if let Some(bias) = bias {
+            shift[..scale.len()].copy_from_slice(&bias[c0..][..scale.len()]);
+        }
+        for (yb, xb) in y.chunks_exact_mut(g.c_out).zip(x.chunks_exact(g.c_in)) {
+            let out = yb[c0..][..scale.len()]
+                .iter_mut()
+                .zip(scale.iter().zip(&shift));
+            if mult == 1 {
+                let rows = out.zip(&xb[c0..]);
+                rows.for_each(|((o, (&s, &b)), &v)| *o = b + s * v);
+            } else {
+                for (i, (o, (&s, &b))) in out.enumerate() {
+                    *o = b + s * xb[(c0 + i) / mult];
+                }
+            }
+        }
+    }
+}
+
 /// The backward passes of small planes interleave the output planes too.
 fn small_outputs(g: &Conv2dGeom) -> bool {
     g.out_h() * g.out_w() <= SMALL_PLANE
@@ -688,22 +727,31 @@ fn pixel_taps(pixels: &PixelTaps) -> &[u16] {
 }
 
 /// [`backward_data`] of 1×1 planes: dx[b, c] = Σ over c's output channels of the summed
-/// weights of the taps inside, times dy.
+/// weights of the taps inside, times dy; a block of output channels at a time, as
+/// [`forward_pixel`] goes.
 fn backward_data_pixel(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let (kk, mult) = (g.kh * g.kw, g.c_out / g.c_in);
-    let taps = pixel_taps(pixels);
-    let weight = |oc: usize| -> f32 { taps.iter().map(|&k| w[oc * kk + k as usize]).sum() };
-    for (dxb, dyb) in dx.chunks_exact_mut(g.c_in).zip(dy.chunks_exact(g.c_out)) {
-        for (ic, d) in dxb.iter_mut().enumerate() {
-            *d = (ic * mult..(ic + 1) * mult)
-                .map(|oc| weight(oc) * dyb[oc])
-                .sum();
+    let mult = g.c_out / g.c_in;
+    dx.fill(0.0);
+    let mut scale = [0.0f32; PIXEL_BLOCK];
+    for c0 in (0..g.c_out).step_by(PIXEL_BLOCK) {
+        let scale = pixel_weights(g, pixels, w, c0, &mut scale);
+        for (dxb, dyb) in dx.chunks_exact_mut(g.c_in).zip(dy.chunks_exact(g.c_out)) {
+            let dyb = &dyb[c0..][..scale.len()];
+            if mult == 1 {
+                let rows = dxb[c0..][..scale.len()].iter_mut().zip(dyb);
+                rows.zip(scale).for_each(|((d, &v), &s)| *d = s * v);
+            } else {
+                for (i, (&v, &s)) in dyb.iter().zip(scale.iter()).enumerate() {
+                    dxb[(c0 + i) / mult] += s * v;
+                }
+            }
         }
     }
 }
 
 /// [`backward_weight`] of 1×1 planes: every tap inside gets Σ_b dy[b, oc]·x[b, c]; the
-/// others nothing.
+/// others nothing. The batch is summed a block of channels at a time, each row read in
+/// order (channel by channel, every read strode a whole row).
 fn backward_weight_pixel(
     g: &Conv2dGeom,
     pixels: &PixelTaps,
@@ -713,14 +761,49 @@ fn backward_weight_pixel(
 ) {
     let (kk, mult) = (g.kh * g.kw, g.c_out / g.c_in);
     dw.fill(0.0);
-    for (oc, dwk) in dw.chunks_exact_mut(kk).enumerate() {
-        let s: f32 = (0..g.n)
-            .map(|b| dy[b * g.c_out + oc] * x[b * g.c_in + oc / mult])
-            .sum();
-        for &k in pixel_taps(pixels) {
-            dwk[k as usize] = s;
+    for c0 in (0..g.c_out).step_by(PIXEL_BLOCK) {
+        let cs = PIXEL_BLOCK.min(g.c_out - c0);
+        let mut sums = [0.0f32; PIXEL_BLOCK];
+        for (xb, dyb) in x.chunks_exact(g.c_in).zip(dy.chunks_exact(g.c_out)) {
+            let dyb = &dyb[c0..][..cs];
+            if mult == 1 {
+                let rows = sums.iter_mut().zip(dyb).zip(&xb[c0..][..cs]);
+                rows.for_each(|((s, &d), &v)| *s += d * v);
+            } else {
+                for (i, (s, &d)) in sums.iter_mut().zip(dyb).enumerate() {
+                    *s += d * xb[(c0 + i) / mult];
+                }
+            }
+        }
+        for (dwk, &s) in dw[c0 * kk..].chunks_exact_mut(kk).zip(&sums[..cs]) {
+            for &k in pixel_taps(pixels) {
+                dwk[k as usize] = s;
+            }
         }
     }
+}
+
+/// Output channels the 1×1-plane passes take at a time.
+const PIXEL_BLOCK: usize = 64;
+
+/// The summed weights of the taps inside of output channels `c0..` (up to a block) into
+/// `out`, returned as long as the block is.
+fn pixel_weights<'o>(
+    g: &Conv2dGeom,
+    pixels: &PixelTaps,
+    w: &[f32],
+    c0: usize,
+    out: &'o mut [f32; PIXEL_BLOCK],
+) -> &'o [f32] {
+    let kk = g.kh * g.kw;
+    let out = &mut out[..PIXEL_BLOCK.min(g.c_out - c0)];
+    for (i, s) in out.iter_mut().enumerate() {
+        *s = pixel_taps(pixels)
+            .iter()
+            .map(|&k| w[(c0 + i) * kk + k as usize])
+            .sum();
+    }
+    out
 }
 
 /// Eight planes' values, one per lane, for each pixel of a small plane.
