@@ -326,17 +326,15 @@ fn ritz_step<'w>(a: &[f32], f: Fold, k: usize, v: &mut [f32], ws: &'w mut [f32])
 }
 
 /// Whether [`leading_vectors`] and [`fixed_vectors`] decompose this fold's Gram matrix in
-/// full (orders below the subspace iteration's), leaving every eigenpair in `ws` for
-/// [`write_factor`].
+/// full (orders below the subspace iteration's): the ε rank then counts every eigenvalue.
 pub(crate) fn fully_decomposed(f: Fold) -> bool {
     (2..SUBSPACE_MIN_ORDER).contains(&f.gram_order())
 }
 
 /// Writes Uₙ (D × used, row-major) at the start of `u` from the eigenvectors in `ws`'s
 /// second n × n block (as [`leading_vectors`] and [`fixed_vectors`] leave them), the first
-/// block and the eigenvalues after the second being free scratch: a twin mode's factor
-/// comes from the same vectors next.
-pub(crate) fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) {
+/// block being free scratch.
+fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &mut [f32]) {
     let n = f.gram_order();
     let (gram, rest) = ws.split_at_mut(n * n);
     let left = f.d <= f.rest();
@@ -359,7 +357,7 @@ pub(crate) fn write_factor(a: &[f32], f: Fold, used: usize, u: &mut [f32], ws: &
         unfolding_times(a, f, v, (used, 1), used, u, (used, 1));
         // A₍ₙ₎V has the directions of UΣ; normalising by a σ computed through the squared
         // Gram is inaccurate for small σ, orthonormalising the columns is not. V is read:
-        // the Gram buffer is scratch again (a twin mode still reads the vectors in `rest`).
+        // the Gram buffer is scratch again.
         orthonormalize_columns(u, d, used, gram);
     }
     fix_signs(u, d, used);
@@ -812,7 +810,7 @@ unsafe fn small_gram_avx2(a: &[f32], f: Fold, gram: &mut [f32]) {
 
 /// out (D × r) = A₍ₙ₎ · v, v (PQ × r) with element (c, k) at v[c·vs.0 + k·vs.1], out's
 /// (i, k) at out[i·os.0 + k·os.1]. Spread over the threads along out's outer axis (D or r).
-fn unfolding_times(
+pub(crate) fn unfolding_times(
     a: &[f32],
     f: Fold,
     v: &[f32],
@@ -1175,8 +1173,8 @@ mod tests {
         }
     }
 
-    /// Columns made orthonormal spanning what they spanned: nearly orthogonal ones (the
-    /// twin factor's case, through CholeskyQR), ill-conditioned ones and a rank-deficient set
+    /// Columns made orthonormal spanning what they spanned: nearly orthogonal ones (a
+    /// factor from the unfolding's other side, through CholeskyQR), ill-conditioned ones and a rank-deficient set
     /// (through Gram–Schmidt, which replaces the lost column), more columns than CholeskyQR
     /// takes, and NaN.
     #[test]
