@@ -7,7 +7,7 @@
 //! slot of Π cap_n]`, every matrix row-major.
 
 use super::modal::{
-    Fold, eps_block, fixed_vectors, fully_decomposed, leading_vectors,
+    Fold, eps_block, fixed_vectors, fully_decomposed, hinted_workspace_len, leading_vectors,
     leading_vectors_workspace_len, mode_product, mode_product_into, tracked_vectors,
     tracked_workspace_len, unfolding_times,
 };
@@ -56,9 +56,13 @@ fn eps_tracked(dims: &[usize], caps: &[usize], n: usize, eps: f32) -> usize {
     eps_block(Fold::of(dims, n), reachable(dims, caps, n), eps)
 }
 
-/// Floats of an ε-rule compression's state: the vectors each tracked mode carries over.
+/// Floats of an ε-rule compression's state: the vectors each tracked mode carries over, or
+/// for a matrix ([`compress_matrix`]) the rank the last step wanted.
 pub fn eps_state_len(dims: &[usize], caps: &[usize], eps: f32) -> usize {
     check(dims, caps);
+    if small_matrix(dims).is_some() {
+        return usize::from(eps < 1.0);
+    }
     (0..dims.len())
         .map(|n| dims[n] * eps_tracked(dims, caps, n, eps))
         .sum()
@@ -93,6 +97,9 @@ pub fn workspace_len(dims: &[usize], caps: &[usize], eps: Option<f32>) -> usize 
         let seq = Sequential::new(dims, caps);
         return seq.first.max(2 * seq.half);
     };
+    if let Some((s, _)) = small_matrix(dims) {
+        return hinted_workspace_len(Fold::of(dims, s));
+    }
     let factors = (0..dims.len())
         .map(|n| match eps_tracked(dims, caps, n, eps) {
             0 => leading_vectors_workspace_len(Fold::of(dims, n)),
@@ -176,8 +183,8 @@ pub fn compress(
         Rule::Eps(eps, state) => (eps, state),
         Rule::Fixed(state) => return compress_sequential(a, dims, state, caps, packed, ws),
     };
-    if let Some(sides) = matrix_modes(dims).filter(|&(s, _)| fully_decomposed(Fold::of(dims, s))) {
-        return compress_matrix(a, dims, eps, caps, sides, packed, ws);
+    if let Some(sides) = small_matrix(dims) {
+        return compress_matrix(a, dims, (eps, state), caps, sides, packed, ws);
     }
     let nm = dims.len();
     let mut ranks = Ranks {
@@ -194,7 +201,7 @@ pub fn compress(
         let cap = reachable(dims, caps, n);
         let f = Fold::of(dims, n);
         let (used, wanted) = match eps_block(f, cap, eps) {
-            0 => leading_vectors(a, f, eps, cap, u, None, ws),
+            0 => leading_vectors(a, f, eps, cap, 0, u, None, ws),
             block => {
                 let r = tracked_vectors(a, f, eps, cap, u, &mut state[slot..], ws);
                 slot += dims[n] * block;
@@ -229,15 +236,17 @@ pub fn compress(
     ranks
 }
 
-/// The two modes of a tensor whose other extents are 1, (smaller, larger): a matrix.
-fn matrix_modes(dims: &[usize]) -> Option<(usize, usize)> {
+/// The two modes of a tensor whose other extents are 1, (smaller, larger): a matrix, whose
+/// Gram matrix is small enough to be decomposed in full.
+fn small_matrix(dims: &[usize]) -> Option<(usize, usize)> {
     let mut wide = (0..dims.len()).filter(|&n| dims[n] > 1);
     let (i, j) = (wide.next()?, wide.next()?);
-    match (wide.next(), dims[i] <= dims[j]) {
-        (Some(_), _) => None,
-        (None, true) => Some((i, j)),
-        (None, false) => Some((j, i)),
-    }
+    let sides = match (wide.next(), dims[i] <= dims[j]) {
+        (Some(_), _) => return None,
+        (None, true) => (i, j),
+        (None, false) => (j, i),
+    };
+    fully_decomposed(Fold::of(dims, sides.0)).then_some(sides)
 }
 
 /// [`compress`] for a matrix A (modes `s` × `b`, s the smaller side, the other modes of
@@ -246,11 +255,12 @@ fn matrix_modes(dims: &[usize]) -> Option<(usize, usize)> {
 /// its eigenvectors; side b stores the rows of UₛᵀA as its factor (b × r, columns of length
 /// σ, not orthonormal) under an identity core: HOSVD's reconstruction Uₛ·S·U_bᵀ without
 /// orthonormalising U_b or the core's product over A (on a 64 × 960 map, the batch by the
-/// channels of a 1×1 map at 32², those took a third of its compression).
+/// channels of a 1×1 map at 32², those took a third of its compression). `state` holds the
+/// rank the ε rule wanted at the last step, which sizes [`leading_vectors`]' block.
 fn compress_matrix(
     a: &[f32],
     dims: &[usize],
-    eps: f32,
+    (eps, state): (f32, &mut [f32]),
     caps: &[usize],
     (s, b): (usize, usize),
     packed: &mut [f32],
@@ -270,7 +280,11 @@ fn compress_matrix(
     let (u_lo, u_hi) = (&mut below[slot(lo)..], above);
     let (us, ub) = if s < b { (u_lo, u_hi) } else { (u_hi, u_lo) };
     let cap = reachable(dims, caps, s).min(reachable(dims, caps, b));
-    let (r, wanted) = leading_vectors(a, Fold::of(dims, s), eps, cap, us, None, ws);
+    let last = state.first().map_or(0, |&v| v as usize);
+    let (r, wanted) = leading_vectors(a, Fold::of(dims, s), eps, cap, last, us, None, ws);
+    if let Some(v) = state.first_mut() {
+        *v = wanted as f32;
+    }
     unfolding_times(
         a,
         Fold::of(dims, b),

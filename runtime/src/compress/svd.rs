@@ -40,7 +40,7 @@ pub fn compress(
     let (us, vt) = body.split_at_mut(rows * cap);
     let f = fold(rows, cols);
     let cap = cap.min(f.gram_order());
-    let (k, wanted) = leading_vectors(a, f, eps, cap, us, Some(sig2), ws);
+    let (k, wanted) = leading_vectors(a, f, eps, cap, 0, us, Some(sig2), ws);
     header[0] = k as f32;
     // Uᵀ·A = Σ·Vᵀ: row j has norm σ_j; divide it out of Vᵀ and into U.
     sgemm(

@@ -580,6 +580,57 @@ fn a_matrix_shaped_tensor_is_its_truncated_svd() {
     }
 }
 
+/// A matrix compressed step after step starts each step's decomposition from the rank the
+/// last one wanted (a subspace iteration on a block of it): its ranks and reconstructions
+/// are the full decomposition's, and a batch whose rank grew past the block gets the full
+/// decomposition.
+#[test]
+fn a_matrix_iterated_from_the_last_rank_matches_the_full_decomposition() {
+    let mut rng = Lcg::new(23);
+    let dims = [64, 300, 1, 1];
+    let caps = [32, 32, 1, 1];
+    let eps = 0.9;
+    // Rank `rank` with decaying weights, plus noise: the ε rank grows with `rank`.
+    let mut batch = |rank: usize| -> Vec<f32> {
+        let (l, r) = (rng.vec(64 * rank), rng.vec(rank * 300));
+        (0..64 * 300)
+            .map(|i| {
+                let (b, c) = (i / 300, i % 300);
+                let s: f32 = (0..rank)
+                    .map(|k| l[b * rank + k] * r[k * 300 + c] / (1.0 + 0.2 * k as f32))
+                    .sum();
+                s + 0.02 * rng.uniform()
+            })
+            .collect()
+    };
+    let batches: Vec<Vec<f32>> = [6, 6, 7, 6, 24, 24].into_iter().map(&mut batch).collect();
+    assert_eq!(eps_state_len(&dims, &caps, eps), 1);
+    let mut state = [0.0f32];
+    let mut packed = vec![0.0; packed_len(&dims, &caps)];
+    let mut ws = vec![0.0; workspace_len(&dims, &caps, Some(eps))];
+    for (step, x) in batches.iter().enumerate() {
+        let full = compressed(x, &dims, &caps, eps);
+        let ranks = compress(
+            x,
+            &dims,
+            Rule::Eps(eps, &mut state),
+            &caps,
+            &mut packed,
+            &mut ws,
+        );
+        assert_eq!(ranks, full.ranks, "step {step}");
+        assert_eq!(state[0], ranks.wanted[0] as f32, "step {step}");
+        let (got, want) = (
+            reconstruction_error(x, &packed, &dims, &caps),
+            reconstruction_error(x, &full.packed, &dims, &caps),
+        );
+        assert!(
+            (got - want).abs() <= 1e-3 * want,
+            "step {step}: {got} vs {want}"
+        );
+    }
+}
+
 /// Tokens (batch, tokens, features): the contraction through three factors equals the weight
 /// gradient of the reconstructed input, at full rank and truncated.
 #[test]
