@@ -840,6 +840,14 @@ mod tests {
             geom(3, 6, 1, 1, 4, [1, 1], 1, [0; 4], 1, 2),
             // depthwise, 22 planes: three groups of eight lanes, the last one short
             geom(2, 11, 5, 4, 11, [3, 3], 1, [1, 0, 1, 1], 1, 11),
+            // depthwise, channels in groups of eight moved in and out of the lanes by
+            // transposes: 2×2 planes (a 4×4 transpose only), 3×4 at stride 2 (8 + 4), 5×5 (8
+            // + 8 + 8 + 1), and 16×16 at stride 2 (which the row layout would take at
+            // stride 1)
+            geom(2, 16, 2, 2, 16, [3, 3], 1, [1, 1, 1, 1], 1, 16),
+            geom(3, 8, 3, 4, 8, [3, 3], 2, [1, 1, 1, 1], 1, 8),
+            geom(1, 24, 5, 5, 24, [3, 3], 1, [1, 1, 1, 1], 1, 24),
+            geom(2, 8, 16, 16, 8, [3, 3], 2, [1, 1, 1, 1], 1, 8),
             // depthwise on 1×1 planes: the centre tap, a corner tap (channel multiplier 2)
             geom(3, 4, 1, 1, 4, [3, 3], 1, [1, 1, 1, 1], 1, 4),
             geom(2, 3, 1, 1, 6, [3, 3], 1, [0, 2, 2, 0], 1, 3),
@@ -1169,6 +1177,9 @@ mod bench {
             ("1x1 320>1280 7 x8", conv(8, 320, 7, 1280, 1, 1, 1)),
             ("project 960>320 7 x8", conv(8, 960, 7, 320, 1, 1, 1)),
             ("project 384>64 14 x8", conv(8, 384, 14, 64, 1, 1, 1)),
+            ("dw s2 144 8 x64", conv(64, 144, 8, 144, 3, 2, 144)),
+            ("dw s1 192 4 x64", conv(64, 192, 4, 192, 3, 1, 192)),
+            ("dw s1 384 2 x64", conv(64, 384, 2, 384, 3, 1, 384)),
             ("dw s1 960 1 x64", conv(64, 960, 1, 960, 3, 1, 960)),
             ("1x1 320>1280 1 x64", conv(64, 320, 1, 1280, 1, 1, 1)),
         ];
