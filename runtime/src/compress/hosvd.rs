@@ -271,10 +271,13 @@ fn compress_matrix(
     let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
     let slot = |n: usize| (0..n).map(|m| dims[m] * caps[m]).sum::<usize>();
     let mut ranks = Ranks {
-        used: [1; 4],
-        wanted: [1; 4],
+        used: [0; 4],
+        wanted: [0; 4],
     };
-    (0..nm).for_each(|n| factors[slot(n)] = 1.0);
+    for n in 0..nm {
+        factors[slot(n)] = 1.0;
+        (ranks.used[n], ranks.wanted[n]) = (1, 1);
+    }
     let (lo, hi) = (s.min(b), s.max(b));
     let (below, above) = factors.split_at_mut(slot(hi));
     let (u_lo, u_hi) = (&mut below[slot(lo)..], above);

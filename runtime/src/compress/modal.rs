@@ -142,15 +142,14 @@ fn iteration_len(n: usize, k: usize) -> usize {
 /// eigenvectors V give Uₙ = A₍ₙ₎VΣ⁻¹. Each vector's largest-magnitude entry is made positive,
 /// so the factors do not depend on the eigensolver's sign choices.
 ///
-/// `last`, the rank the ε rule wanted at the last step (0 for none; the scratch is then
-/// [`hinted_workspace_len`]), lets a small Gram matrix skip its full decomposition: the
+/// `last`, the rank the ε rule wanted at the last step (0 for none), lets a small Gram
+/// matrix skip its full decomposition (the scratch is then [`hinted_workspace_len`]): the
 /// leading eigenpairs come from a subspace iteration on a block of that rank plus
 /// [`OVERSAMPLE`] while the block is at most two thirds of the order (a 64 × 64 Gram
 /// matrix's decomposition takes 190 µs: the 1×1 maps of a batch of 64 compressed in 126–230
-/// µs instead of 205–310). The
-/// Ritz values kept are the energy their vectors keep, so the ε share holds as from
-/// scratch; a rank that grew by more than half the oversampling takes the full
-/// decomposition.
+/// µs instead of 205–310). The Ritz values kept are the energy their vectors keep, so the
+/// ε share holds as from scratch; a rank that grew by more than half the oversampling takes
+/// the full decomposition.
 #[allow(clippy::too_many_arguments)] // the unfolding, the rule, and where the factor goes
 pub(crate) fn leading_vectors(
     a: &[f32],
