@@ -18,7 +18,8 @@
 # 4. A busy core: BUSY_ROUNDS rounds with a spin loop running beside (one of the two cores
 #    taken, as by a device's other work): actc vanilla and default HOSVD on 2 threads and on 1,
 #    PyTorch on 2.
-# Prints the tables and writes the raw results to bench-results.json.
+# Prints the tables (with each actc system's step ÷ PyTorch channels_last's within each round)
+# and writes the raw results to bench-results.json.
 # Needs the venv of models/README.md (.venv) and a deployment build of actc (README; built here, or
 # ACTC=path to use a given binary without building); ONNX Runtime needs .venv-ort
 # (models/reference/README.md) and is skipped with a message without it.
@@ -140,9 +141,10 @@ for line in open(tmp / "actc.jsonl"):
     kinds = {"-auto-int8": "actc hosvd (default) int8", "-int8": "actc int8 prefix", "-auto": "actc hosvd (default)", "-hosvd": "actc hosvd eps=0.8", "-budget": "actc hosvd --budget 256K", "-sgd": "actc (SGD, no momentum)"}
     system = next((v for k, v in kinds.items() if k in r["plan"]), "actc")
     rows.setdefault((system, shape), []).append((r["step_ms"]["median"], r["step_ms"]["p10"], r["step_ms"]["p90"], r["peak_rss_bytes"] / 1e6, r["suffix_ms"]["median"]))
+round_of = lambda f: int(f.rsplit("-", 1)[1].split(".")[0])
 for pattern, name in (("torch-[0-9]*.json", lambda r: f"pytorch {r['layout']}"),
                       ("ort-[0-9]*.json", lambda r: "ort (SGD, no momentum)")):
-    for f in sorted(glob.glob(str(tmp / pattern))):
+    for f in sorted(glob.glob(str(tmp / pattern)), key=round_of):
         for r in json.load(open(f))["best"]:
             key = (name(r), f"{r['batch']}x{r['size']}")
             rows.setdefault(key, []).append((r["median_ms"], r["p10_ms"], r["p90_ms"], r["peak_rss_mb"], None))
@@ -152,6 +154,20 @@ for (system, shape), vals in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0
     extra = f"  suffix {med(4):.1f} ms" if vals[0][4] is not None else ""
     print(f"{system:<24} {shape:<7} {med(0):>10.1f} {med(1):>8.1f} {med(2):>8.1f} {med(3):>12.1f}{extra}")
 out = {f"{k[0]} {k[1]}": v for k, v in rows.items()}
+# Each actc system ÷ PyTorch channels_last within the same round: this host's speed moves
+# between modes from one bench to the next, and a median of each system's rounds can land in
+# different modes for different systems; a ratio within a round mostly does not.
+ratios = {}
+for (system, shape), vals in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    base = [v[0] for v in rows.get(("pytorch channels_last", shape), [])]
+    if system.startswith("actc") and len(base) == len(vals):
+        ratios[f"{system} {shape}"] = [v[0] / b for v, b in zip(vals, base)]
+if ratios:
+    print()
+    print(f"{'÷ PyTorch channels_last in the same round':<42} {'median':>7} {'min':>6} {'max':>6}")
+    for k, r in ratios.items():
+        print(f"{k:<42} {statistics.median(r):>6.2f}× {min(r):>5.2f}× {max(r):>5.2f}×")
+    out["ratios vs pytorch channels_last, per round"] = ratios
 check = tmp / "ort-check.json"
 if check.exists():
     c = json.load(open(check))["check"]
