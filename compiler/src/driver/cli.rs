@@ -407,6 +407,7 @@ impl TrainArgs {
             max_loss: self.max_loss,
             resume: self.resume,
             checkpoint_every: self.checkpoint_every.unwrap_or(0),
+            keep_best: false,
         })
     }
 }
@@ -1077,6 +1078,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_loss: 100.0,
                 resume: false,
                 checkpoint_every: 0,
+                keep_best: false,
             };
             let p = plrd::Plrd {
                 energies: &energies,

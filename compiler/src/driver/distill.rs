@@ -7,7 +7,7 @@
 //! them held out to measure it and to pick the epoch whose weights are kept.
 
 use crate::driver::data::DataOptions;
-use crate::driver::run::{self, RunData, TrainOptions};
+use crate::driver::run::{RunData, TrainOptions};
 use crate::driver::trainer::Trainer;
 use crate::{CompileOptions, Decomposed, InputShape, Layers, Optimizer, Result, err};
 use actc_runtime::data::{Dataset, Preprocess, SampleValues};
@@ -106,31 +106,17 @@ pub fn distill(d: &mut Decomposed, o: &Distill, dir: &Path) -> Result<Distilled>
         max_loss: f32::INFINITY,
         resume: false,
         checkpoint_every: 0,
+        // The held-out error need not fall every epoch: the best epoch's weights are kept.
+        keep_best: true,
     };
     let run = RunData::split(data, None, &train)?;
     let prep = train.prep.preprocess(&d.input_shape[1..], &run.data)?;
     let held_out = held_out(&run, &prep, d.input_shape[0], per);
     let before = error(&mut trainer, &held_out)?;
     let held = run.val_rows.len();
-    // The held-out error need not fall every epoch: the best epoch's weights are kept,
-    // through `fit`'s own best checkpoint.
-    let scratch = std::env::temp_dir().join(format!("actc-distill-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .map_err(|e| err!("--distill: cannot make {}: {e}", scratch.display()))?;
-    let stem = scratch.join("student");
-    let fitted = trainer.fit(
-        &TrainOptions {
-            save: Some(stem.clone()),
-            ..train
-        },
-        Some(run),
-    );
-    let best = std::fs::read(run::save_paths(Path::new(""), Some(&stem)).0);
-    std::fs::remove_dir_all(&scratch).ok();
-    fitted.map_err(|e| err!("--distill: {}; a lower --distill-lr may hold", e.0))?;
-    if let Ok(bytes) = best {
-        trainer = Trainer::new(&bytes, "--distill")?;
-    }
+    trainer
+        .fit(&train, Some(run))
+        .map_err(|e| err!("--distill: {}; a lower --distill-lr may hold", e.0))?;
     let after = error(&mut trainer, &held_out)?;
     let mut model = trainer.model()?;
     // The student's outputs are the model's, then the maps.

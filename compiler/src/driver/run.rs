@@ -37,6 +37,10 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Steps between checkpoints within an epoch (0: at each epoch's end only).
     pub checkpoint_every: usize,
+    /// At the end, the session holds the best epoch's trainable weights (copied in memory
+    /// whenever an epoch improves), not the last epoch's; the optimizer state stays the
+    /// last's. For callers that use the weights in place (`decompose --distill`), not a file.
+    pub keep_best: bool,
 }
 
 /// A plan file's structure, its weights and ONNX parts left in the file.
@@ -376,6 +380,7 @@ pub fn fit(
             .progress_chars("=> "),
     );
     let mut best = progress.best;
+    let mut kept: Option<Vec<(String, Vec<f32>)>> = None;
     let max_loss = opts.max_loss;
     let last_good = match save {
         Some((_, last)) => format!("; the last good weights are in {}", last.display()),
@@ -458,6 +463,10 @@ pub fn fit(
                     if !val_rows.is_empty() {
                         best = Some(val.score());
                     }
+                    if opts.keep_best {
+                        let weights = session.executor().trainable();
+                        kept = Some(weights.map(|(n, _, v)| (n.to_owned(), v.to_vec())).collect());
+                    }
                     if let Some((best_path, _)) = save {
                         save_plan(session.executor(), None, best_path)?;
                     }
@@ -470,6 +479,11 @@ pub fn fit(
             },
         })
         .map_err(|e| err!("{name}: {e}"))?;
+    for (name, values) in kept.unwrap_or_default() {
+        if let Some(w) = session.executor().trainable_mut(&name) {
+            w.copy_from_slice(&values);
+        }
+    }
     match (best, save) {
         (Some(best), Some((best_path, last_path))) => eprintln!(
             "{}: weights in {} (last epoch: {})",

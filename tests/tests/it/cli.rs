@@ -552,3 +552,68 @@ fn mse_on_two_outputs_reads_an_array_per_output() {
         "--quiet",
     ]);
 }
+
+/// `TrainOptions::keep_best` (what `decompose --distill` trains with): the trainer ends
+/// holding the best epoch's weights, not the last epoch's, without a file. A large learning
+/// rate makes the validation accuracy swing from epoch to epoch, so the last epoch is not the
+/// best (checked, or the test could not tell), and the weights left score what the best did.
+#[test]
+fn fit_keeps_the_best_epochs_weights_in_memory() {
+    let dir = scratch("keep_best");
+    let d = dir.join("digits.npz");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../models/data/digits.npz"),
+        &d,
+    )
+    .unwrap();
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mlp = model("tiny_mlp");
+    let plan = actc::driver::cli::compile_in_process(&args(&[
+        "actc",
+        "compile",
+        mlp.to_str().unwrap(),
+        "--layers",
+        "all",
+        "--batch",
+        "32",
+        "--lr",
+        "2",
+    ]))
+    .unwrap();
+    let mut trainer = actc::driver::trainer::Trainer::new(&plan, "keep_best").unwrap();
+    let (data, log) = (d.to_str().unwrap(), dir.join("log.jsonl"));
+    let mut opts = actc::driver::cli::train_options_in_process(&args(&[
+        "actc",
+        "train",
+        "plan",
+        "--data",
+        data,
+        "--val",
+        data,
+        "--epochs",
+        "8",
+        "--scale",
+        "0.0625",
+        "--quiet",
+        "--log",
+        log.to_str().unwrap(),
+    ]))
+    .unwrap();
+    opts.keep_best = true;
+    let best = trainer.fit(&opts, None).unwrap().unwrap();
+    let scores: Vec<f64> = epoch_records(&log)
+        .iter()
+        .map(|e| e["val"]["accuracy"].as_f64().unwrap())
+        .collect();
+    // The log rounds the scores: the last must lose by more than that (0.9750 against 0.9766).
+    assert!(
+        scores.last().unwrap() + 1e-6 < best,
+        "the last epoch is the best: {scores:?}"
+    );
+    let (path, prep) = actc::driver::cli::eval_options_in_process(&args(&[
+        "actc", "eval", "plan", "--data", data, "--scale", "0.0625",
+    ]))
+    .unwrap();
+    let left = trainer.evaluate(None, &path, &prep).unwrap();
+    assert_eq!(left.accuracy, best, "epochs {scores:?}");
+}
