@@ -866,34 +866,52 @@ fn interleave(dst: &mut Lanes, lane: usize, plane: &[f32]) {
 fn backward_data_small(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    threads::for_runs(dx, g.n * g.c_in, hw, 1, depthwise_parts(g), |run, dxs| {
-        let (mut dys, mut acc): (Lanes, Lanes) =
-            ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
-        let mut ws = [[0.0f32; LANES]; MAX_TAPS];
-        let (first, count) = (run.start, run.len());
-        for group in (0..count).step_by(LANES) {
-            let lanes = (count - group).min(LANES);
-            acc[..hw].fill([0.0; LANES]);
-            for m in 0..mult {
-                for l in 0..lanes {
-                    let (b, ic) = ((first + group + l) / g.c_in, (first + group + l) % g.c_in);
-                    let oc = ic * mult + m;
-                    interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
-                    for (dst, &v) in ws[..kk].iter_mut().zip(&w[oc * kk..][..kk]) {
-                        dst[l] = v;
-                    }
+    // As in `forward_small`: eight channels of one image move by transposes.
+    let channels = channel_groups(g);
+    let align = if channels { LANES } else { 1 };
+    threads::for_runs(
+        dx,
+        g.n * g.c_in,
+        hw,
+        align,
+        depthwise_parts(g),
+        |run, dxs| {
+            let (mut dys, mut acc): (Lanes, Lanes) =
+                ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
+            let mut ws = [[0.0f32; LANES]; MAX_TAPS];
+            let (first, count) = (run.start, run.len());
+            for group in (0..count).step_by(LANES) {
+                let lanes = (count - group).min(LANES);
+                acc[..hw].fill([0.0; LANES]);
+                if channels && lanes == LANES {
+                    let (plane, c0) = (first + group, (first + group) % g.c_in);
+                    to_lanes(&dy[plane * p..], p, p, &mut dys);
+                    to_lanes(&w[c0 * kk..], kk, kk, &mut ws);
+                    lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
+                    from_lanes(&acc[..hw], &mut dxs[group * hw..], hw);
+                    continue;
                 }
-                lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
+                for m in 0..mult {
+                    for l in 0..lanes {
+                        let (b, ic) = ((first + group + l) / g.c_in, (first + group + l) % g.c_in);
+                        let oc = ic * mult + m;
+                        interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
+                        for (dst, &v) in ws[..kk].iter_mut().zip(&w[oc * kk..][..kk]) {
+                            dst[l] = v;
+                        }
+                    }
+                    lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
+                }
+                for (l, dxp) in dxs[group * hw..]
+                    .chunks_exact_mut(hw)
+                    .take(lanes)
+                    .enumerate()
+                {
+                    dxp.iter_mut().zip(&acc[..hw]).for_each(|(d, a)| *d = a[l]);
+                }
             }
-            for (l, dxp) in dxs[group * hw..]
-                .chunks_exact_mut(hw)
-                .take(lanes)
-                .enumerate()
-            {
-                dxp.iter_mut().zip(&acc[..hw]).for_each(|(d, a)| *d = a[l]);
-            }
-        }
-    });
+        },
+    );
 }
 
 /// Small planes' weight gradients, eight output channels at a time: per image, the
@@ -907,21 +925,35 @@ fn backward_weight_small(
 ) {
     let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    threads::for_runs(dw, g.c_out, kk, 1, depthwise_parts(g), |run, dws| {
+    // As in `forward_small`: eight channels of one image move by transposes.
+    let channels = channel_groups(g);
+    let align = if channels { LANES } else { 1 };
+    threads::for_runs(dw, g.c_out, kk, align, depthwise_parts(g), |run, dws| {
         let (mut dys, mut xs): (Lanes, Lanes) =
             ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
         let mut acc = [[0.0f32; LANES]; MAX_TAPS];
         let (first, count) = (run.start, run.len());
         for group in (0..count).step_by(LANES) {
             let lanes = (count - group).min(LANES);
+            let whole = channels && lanes == LANES;
             acc[..kk].fill([0.0; LANES]);
             for b in 0..g.n {
-                for l in 0..lanes {
-                    let oc = first + group + l;
-                    interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
-                    interleave(&mut xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
+                if whole {
+                    let plane = b * g.c_out + first + group;
+                    to_lanes(&dy[plane * p..], p, p, &mut dys);
+                    to_lanes(&x[plane * hw..], hw, hw, &mut xs);
+                } else {
+                    for l in 0..lanes {
+                        let oc = first + group + l;
+                        interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
+                        interleave(&mut xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
+                    }
                 }
                 lanes_correlate(pixels, &dys[..p], &xs[..hw], &mut acc[..kk]);
+            }
+            if whole {
+                from_lanes(&acc[..kk], &mut dws[group * kk..], kk);
+                continue;
             }
             for (l, dwk) in dws[group * kk..]
                 .chunks_exact_mut(kk)
