@@ -269,7 +269,7 @@ fn compress_matrix(
     let nm = dims.len();
     let (header, body) = packed.split_at_mut(nm);
     let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
-    let slot = |n: usize| (0..n).map(|m| dims[m] * caps[m]).sum::<usize>();
+    let slot = |n: usize| slot(dims, caps, n);
     let mut ranks = Ranks {
         used: [0; 4],
         wanted: [0; 4],
@@ -332,7 +332,7 @@ fn compress_sequential(
     let (header, body) = packed.split_at_mut(nm);
     let (factors, core) = body.split_at_mut(body.len() - caps.iter().product::<usize>());
     (0..nm).for_each(|n| header[n] = r[n] as f32);
-    let slot = |n: usize| (0..n).map(|m| dims[m] * caps[m]).sum::<usize>();
+    let slot = |n: usize| slot(dims, caps, n);
     let mut shape = [0; 4];
     shape[..nm].copy_from_slice(dims);
     for (step, &n) in order[..nm].iter().enumerate() {
@@ -377,8 +377,12 @@ pub fn ranks(packed: &[f32], dims: &[usize]) -> [usize; 4] {
 
 /// Uₙ (D × rₙ, row-major) inside the packed factors.
 fn factor<'a>(factors: &'a [f32], dims: &[usize], caps: &[usize], n: usize) -> &'a [f32] {
-    let start: usize = (0..n).map(|m| dims[m] * caps[m]).sum();
-    &factors[start..start + dims[n] * caps[n]]
+    &factors[slot(dims, caps, n)..][..dims[n] * caps[n]]
+}
+
+/// Where Uₙ's slot starts among the packed factors (and in a fixed-rank state).
+fn slot(dims: &[usize], caps: &[usize], n: usize) -> usize {
+    (0..n).map(|m| dims[m] * caps[m]).sum()
 }
 
 /// The parts of a packed buffer: ranks, factors (all slots) and the core.

@@ -682,8 +682,8 @@ fn forward_small(
             let mut b0 = [0.0f32; LANES];
             if channels && lanes == LANES {
                 let (plane, c0) = (first + group, (first + group) % g.c_out);
-                to_lanes(&x[plane * hw..], hw, hw, &mut xs);
-                to_lanes(&w[c0 * kk..], kk, kk, &mut ws);
+                to_lanes(&x[plane * hw..], hw, &mut xs);
+                to_lanes(&w[c0 * kk..], kk, &mut ws);
                 if let Some(bias) = bias {
                     b0.copy_from_slice(&bias[c0..c0 + LANES]);
                 }
@@ -885,8 +885,8 @@ fn backward_data_small(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32]
                 acc[..hw].fill([0.0; LANES]);
                 if channels && lanes == LANES {
                     let (plane, c0) = (first + group, (first + group) % g.c_in);
-                    to_lanes(&dy[plane * p..], p, p, &mut dys);
-                    to_lanes(&w[c0 * kk..], kk, kk, &mut ws);
+                    to_lanes(&dy[plane * p..], p, &mut dys);
+                    to_lanes(&w[c0 * kk..], kk, &mut ws);
                     lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
                     from_lanes(&acc[..hw], &mut dxs[group * hw..], hw);
                     continue;
@@ -940,8 +940,8 @@ fn backward_weight_small(
             for b in 0..g.n {
                 if whole {
                     let plane = b * g.c_out + first + group;
-                    to_lanes(&dy[plane * p..], p, p, &mut dys);
-                    to_lanes(&x[plane * hw..], hw, hw, &mut xs);
+                    to_lanes(&dy[plane * p..], p, &mut dys);
+                    to_lanes(&x[plane * hw..], hw, &mut xs);
                 } else {
                     for l in 0..lanes {
                         let oc = first + group + l;
@@ -1098,56 +1098,14 @@ fn lanes_pass_body(
     }
 }
 
-/// Eight rows of `n` floats, `stride` apart from the start of `src`, into lanes:
-/// `dst[i][l] = src[l·stride + i]`, as 8×8 transposes where the CPU has AVX2.
-fn to_lanes(src: &[f32], stride: usize, n: usize, dst: &mut [[f32; LANES]]) {
-    // These bound every pointer of the AVX2 copy.
-    assert!(n <= stride && 7 * stride + n <= src.len() && n <= dst.len());
-    // SAFETY: AVX2 and FMA (`dispatch_avx2!` checks); the bounds just asserted.
-    dispatch_avx2!(unsafe { to_lanes_avx2(src, stride, n, dst) });
-    for (i, d) in dst[..n].iter_mut().enumerate() {
-        (0..LANES).for_each(|l| d[l] = src[l * stride + i]);
-    }
-}
-
-/// # Safety
-/// AVX2 and FMA; `7·stride + n ≤ src.len()`, `n ≤ stride`, `n ≤ dst.len()`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn to_lanes_avx2(src: &[f32], stride: usize, n: usize, dst: &mut [[f32; LANES]]) {
-    use std::arch::x86_64::*;
-    let full = n - n % LANES;
-    for i in (0..full).step_by(LANES) {
-        let mut rows = [_mm256_setzero_ps(); LANES];
-        for (l, row) in rows.iter_mut().enumerate() {
-            // SAFETY: l·stride + i + 8 ≤ 7·stride + n floats of `src`.
-            *row = unsafe { _mm256_loadu_ps(src.as_ptr().add(l * stride + i)) };
-        }
-        for (d, col) in dst[i..i + LANES].iter_mut().zip(transpose8(rows)) {
-            // SAFETY: `d` is eight floats.
-            unsafe { _mm256_storeu_ps(d.as_mut_ptr(), col) };
-        }
-    }
-    // Four more as two 4×4 transposes: a 2×2 plane is all tail.
-    let full = if n - full >= 4 {
-        let mut q = [_mm_setzero_ps(); LANES];
-        for (l, v) in q.iter_mut().enumerate() {
-            // SAFETY: l·stride + full + 4 ≤ 7·stride + n floats of `src`.
-            *v = unsafe { _mm_loadu_ps(src.as_ptr().add(l * stride + full)) };
-        }
-        let [a0, a1, a2, a3, b0, b1, b2, b3] = &mut q;
-        _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
-        _MM_TRANSPOSE4_PS(b0, b1, b2, b3);
-        for (j, d) in dst[full..full + 4].iter_mut().enumerate() {
-            // SAFETY: `d` is eight floats: lanes 0–3 from the first four rows, 4–7 the rest.
-            unsafe { _mm256_storeu_ps(d.as_mut_ptr(), _mm256_set_m128(q[4 + j], q[j])) };
-        }
-        full + 4
-    } else {
-        full
-    };
-    for (i, d) in dst[..n].iter_mut().enumerate().skip(full) {
-        (0..LANES).for_each(|l| d[l] = src[l * stride + i]);
+/// Eight rows of `n` floats, one after another from the start of `src`, into lanes:
+/// `dst[i][l] = src[l·n + i]`.
+fn to_lanes(src: &[f32], n: usize, dst: &mut [[f32; LANES]]) {
+    let dst = dst[..n].as_flattened_mut();
+    // SAFETY: AVX2 and FMA (`dispatch_avx2!` checks); `pack_lines` asserts its bounds.
+    dispatch_avx2!(unsafe { super::simd::pack_lines::<LANES>(dst, src, n, n) });
+    for (i, d) in dst.chunks_exact_mut(LANES).enumerate() {
+        (0..LANES).for_each(|l| d[l] = src[l * n + i]);
     }
 }
 

@@ -740,7 +740,7 @@ fn pack<const W: usize>(dst: &mut [f32], src: &[f32], w: usize, kc: usize, (s_w,
     #[cfg(target_arch = "x86_64")]
     if W.is_multiple_of(8) && w == W && s_k == 1 {
         // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks).
-        dispatch_avx2!(unsafe { avx2::pack_lines::<W>(dst, src, kc, s_w) });
+        dispatch_avx2!(unsafe { simd::pack_lines::<W>(dst, src, kc, s_w) });
     }
     if w < W {
         dst.chunks_exact_mut(W).for_each(|d| d[w..].fill(0.0));

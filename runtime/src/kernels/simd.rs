@@ -68,6 +68,60 @@ pub(crate) fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_6
     ]
 }
 
+/// Packs W lines of `kc` contiguous floats, `ld` apart, as `kc` groups of W
+/// (`dst[p·W + l] = src[l·ld + p]`): a transposition, done 8×8 floats at a time in
+/// registers (then 8×4, as two 4×4) rather than one scattered store per float. The GEMM's
+/// packing of B, and eight planes into a depthwise conv's vector lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn pack_lines<const W: usize>(dst: &mut [f32], src: &[f32], kc: usize, ld: usize) {
+    use std::arch::x86_64::*;
+    // These bound every pointer below.
+    assert!(W.is_multiple_of(8) && dst.len() >= W * kc && (W - 1) * ld + kc <= src.len());
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let full = kc - kc % 8;
+    for p in (0..full).step_by(8) {
+        for group in 0..W / 8 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (l, row) in rows.iter_mut().enumerate() {
+                // SAFETY: line 8·group + l < W, floats p..p + 8 ≤ kc of it.
+                *row = unsafe { _mm256_loadu_ps(s.add((8 * group + l) * ld + p)) };
+            }
+            for (q, col) in transpose8(rows).into_iter().enumerate() {
+                // SAFETY: group p + q < kc, floats 8·group..8·group + 8 ≤ W of it.
+                unsafe { _mm256_storeu_ps(d.add((p + q) * W + 8 * group), col) };
+            }
+        }
+    }
+    // Four more groups as two 4×4 transposes per eight lines (a 2×2 plane is all tail).
+    let full = if kc - full >= 4 {
+        for group in 0..W / 8 {
+            let mut q = [_mm_setzero_ps(); 8];
+            for (l, v) in q.iter_mut().enumerate() {
+                // SAFETY: line 8·group + l < W, floats full..full + 4 ≤ kc of it.
+                *v = unsafe { _mm_loadu_ps(s.add((8 * group + l) * ld + full)) };
+            }
+            let [a0, a1, a2, a3, b0, b1, b2, b3] = &mut q;
+            _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
+            _MM_TRANSPOSE4_PS(b0, b1, b2, b3);
+            for j in 0..4 {
+                // SAFETY: group full + j < kc, floats 8·group..8·group + 8 ≤ W of it: lines
+                // 0–3 of the eight from the first transpose, 4–7 from the second.
+                let col = _mm256_set_m128(q[4 + j], q[j]);
+                unsafe { _mm256_storeu_ps(d.add((full + j) * W + 8 * group), col) };
+            }
+        }
+        full + 4
+    } else {
+        full
+    };
+    for p in full..kc {
+        for l in 0..W {
+            dst[p * W + l] = src[l * ld + p];
+        }
+    }
+}
+
 /// Whether the CPU has AVX512-VNNI with AVX512-VL (8-bit dot products on 256-bit vectors)
 /// besides AVX2 and FMA; in tests, also that this thread did not ask for the portable paths.
 #[cfg(target_arch = "x86_64")]

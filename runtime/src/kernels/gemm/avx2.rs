@@ -2,7 +2,6 @@
 //! register for each step along the depth) and the packing that needs shuffles.
 
 use super::{Bias, Kernel, Lanes, MR, NARROW, Strides, Tile, accumulate, store_row_fused};
-use crate::kernels::simd::transpose8;
 use std::arch::x86_64::*;
 
 const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
@@ -86,35 +85,6 @@ unsafe fn kernel<const R: usize, const V: usize>(
                 unsafe { _mm256_storeu_ps(row[8 * v..].as_mut_ptr(), *acc) };
             }
             store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
-        }
-    }
-}
-
-/// Packs W lines of `kc` contiguous floats, `ld` apart, as `kc` groups of W
-/// (`dst[p·W + l] = src[l·ld + p]`): a transposition, done 8×8 floats at a time in
-/// registers rather than one scattered store per float.
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn pack_lines<const W: usize>(dst: &mut [f32], src: &[f32], kc: usize, ld: usize) {
-    // These bound every pointer below.
-    assert!(W.is_multiple_of(8) && dst.len() >= W * kc && (W - 1) * ld + kc <= src.len());
-    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
-    let full = kc - kc % 8;
-    for p in (0..full).step_by(8) {
-        for group in 0..W / 8 {
-            let mut rows = [_mm256_setzero_ps(); 8];
-            for (l, row) in rows.iter_mut().enumerate() {
-                // SAFETY: line 8·group + l < W, floats p..p + 8 ≤ kc of it.
-                *row = unsafe { _mm256_loadu_ps(s.add((8 * group + l) * ld + p)) };
-            }
-            for (q, col) in transpose8(rows).into_iter().enumerate() {
-                // SAFETY: group p + q < kc, floats 8·group..8·group + 8 ≤ W of it.
-                unsafe { _mm256_storeu_ps(d.add((p + q) * W + 8 * group), col) };
-            }
-        }
-    }
-    for p in full..kc {
-        for l in 0..W {
-            dst[p * W + l] = src[l * ld + p];
         }
     }
 }
