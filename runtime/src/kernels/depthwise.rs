@@ -11,6 +11,7 @@ use super::simd::dispatch_avx2;
 use super::simd::transpose8;
 use super::window::valid_range;
 use crate::threads;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// One kernel tap of a depthwise conv with its valid output range: the three depthwise
@@ -124,7 +125,8 @@ pub(super) fn forward(
     if let Some(layout) = PlaneLayout::new(g).filter(|_| !strided_lanes) {
         return forward_planes(g, &layout, x, w, bias, clip, y);
     }
-    if let Some(pixels) = PixelTaps::new(g) {
+    let mut pixels = PixelTaps::UNSET;
+    if pixels.fill(g) {
         match one_pixel(g) {
             true => forward_pixel(g, &pixels, x, w, bias, y),
             false => forward_small(g, &pixels, x, w, bias, y),
@@ -520,7 +522,8 @@ unsafe fn row_taps_avx2(src: &[f32], starts: &[usize], w: &[f32], b: f32, out: &
 
 /// In parallel over input planes, each gathering the `mult` output planes it feeds.
 pub(super) fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32]) {
-    if let Some(pixels) = PixelTaps::new(g).filter(|_| small_outputs(g)) {
+    let mut pixels = PixelTaps::UNSET;
+    if small_outputs(g) && pixels.fill(g) {
         if one_pixel(g) {
             return backward_data_pixel(g, &pixels, w, dy, dx);
         }
@@ -556,7 +559,8 @@ pub(super) fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32
 
 /// In parallel over output channels, each summing its own batch: no partial sums to add.
 pub(super) fn backward_weight(g: &Conv2dGeom, x: &[f32], dy: &[f32], dw: &mut [f32]) {
-    if let Some(pixels) = PixelTaps::new(g).filter(|_| small_outputs(g)) {
+    let mut pixels = PixelTaps::UNSET;
+    if small_outputs(g) && pixels.fill(g) {
         if one_pixel(g) {
             return backward_weight_pixel(g, &pixels, x, dy, dw);
         }
@@ -610,26 +614,35 @@ fn channel_groups(g: &Conv2dGeom) -> bool {
 
 /// For each output pixel of a small plane, its taps that land inside the input: (offset in
 /// the input plane, tap index), listed once per call instead of worked out per plane.
+///
+/// On the caller's stack (about 55 kB): a step allocates nothing. Left uninitialised past
+/// what [`PixelTaps::fill`] writes: zeroing the whole tables and moving them out of a
+/// constructor cost more than the taps of a 2×2 plane's depthwise conv at batch 8.
 struct PixelTaps {
-    offset: [u16; SMALL_TAPS],
-    tap: [u16; SMALL_TAPS],
+    offset: [MaybeUninit<u16>; SMALL_TAPS],
+    tap: [MaybeUninit<u16>; SMALL_TAPS],
     /// Pixel `o`'s taps are `start[o]..start[o + 1]`.
-    start: [u16; SMALL_TAPS + 1],
+    start: [MaybeUninit<u16>; SMALL_TAPS + 1],
+    /// Pixels listed: `start[..=pixels]` and the taps up to `start[pixels]` are written.
+    pixels: usize,
 }
 
 impl PixelTaps {
-    /// On the caller's stack (about 55 kB): a step allocates nothing.
-    fn new(g: &Conv2dGeom) -> Option<PixelTaps> {
+    const UNSET: PixelTaps = PixelTaps {
+        offset: [MaybeUninit::uninit(); SMALL_TAPS],
+        tap: [MaybeUninit::uninit(); SMALL_TAPS],
+        start: [MaybeUninit::uninit(); SMALL_TAPS + 1],
+        pixels: 0,
+    };
+
+    /// Lists `g`'s taps when its planes are [`small`]; false (and nothing listed) if not.
+    fn fill(&mut self, g: &Conv2dGeom) -> bool {
         if !small(g) {
-            return None;
+            return false;
         }
         let (oh, ow) = (g.out_h(), g.out_w());
-        let mut t = PixelTaps {
-            offset: [0; SMALL_TAPS],
-            tap: [0; SMALL_TAPS],
-            start: [0; SMALL_TAPS + 1],
-        };
         let mut n = 0;
+        self.start[0].write(0);
         for oy in 0..oh {
             for ox in 0..ow {
                 for ky in 0..g.kh {
@@ -638,16 +651,38 @@ impl PixelTaps {
                         let ix =
                             (ox * g.stride[1]) as isize + tap_offset(kx, g.dilation[1], g.pad[1]);
                         if (0..g.h as isize).contains(&iy) && (0..g.w as isize).contains(&ix) {
-                            t.offset[n] = (iy as usize * g.w + ix as usize) as u16;
-                            t.tap[n] = (ky * g.kw + kx) as u16;
+                            self.offset[n].write((iy as usize * g.w + ix as usize) as u16);
+                            self.tap[n].write((ky * g.kw + kx) as u16);
                             n += 1;
                         }
                     }
                 }
-                t.start[oy * ow + ox + 1] = n as u16;
+                self.start[oy * ow + ox + 1].write(n as u16);
             }
         }
-        Some(t)
+        self.pixels = oh * ow;
+        true
+    }
+
+    /// Output pixel `o`'s taps inside the input: their offsets in the input plane and their
+    /// indices in the kernel.
+    #[inline(always)]
+    fn of(&self, o: usize) -> (&[u16], &[u16]) {
+        assert!(o < self.pixels);
+        // SAFETY: `fill` wrote `start[..=pixels]`, non-decreasing, and every offset and tap
+        // below `start[pixels]`; MaybeUninit<u16> has u16's layout.
+        unsafe {
+            let (a, b) = (
+                self.start[o].assume_init() as usize,
+                self.start[o + 1].assume_init() as usize,
+            );
+            let offset = &self.offset[a..b];
+            let tap = &self.tap[a..b];
+            (
+                &*(offset as *const [MaybeUninit<u16>] as *const [u16]),
+                &*(tap as *const [MaybeUninit<u16>] as *const [u16]),
+            )
+        }
     }
 }
 
@@ -767,7 +802,7 @@ fn one_pixel(g: &Conv2dGeom) -> bool {
 
 /// The taps of the one output pixel that land inside the input.
 fn pixel_taps(pixels: &PixelTaps) -> &[u16] {
-    &pixels.tap[..pixels.start[1] as usize]
+    pixels.of(0).1
 }
 
 /// [`backward_data`] of 1×1 planes: dx[b, c] = Σ over c's output channels of the summed
@@ -997,8 +1032,8 @@ fn lanes_scatter_body(
     dxs: &mut [[f32; LANES]],
 ) {
     for (o, dyv) in dys.iter().enumerate() {
-        let taps = pixels.start[o] as usize..pixels.start[o + 1] as usize;
-        for (&off, &k) in pixels.offset[taps.clone()].iter().zip(&pixels.tap[taps]) {
+        let (offsets, taps) = pixels.of(o);
+        for (&off, &k) in offsets.iter().zip(taps) {
             let (dst, wv) = (&mut dxs[off as usize], &ws[k as usize]);
             for l in 0..LANES {
                 dst[l] += wv[l] * dyv[l];
@@ -1038,8 +1073,8 @@ fn lanes_correlate_body(
     acc: &mut [[f32; LANES]],
 ) {
     for (o, dyv) in dys.iter().enumerate() {
-        let taps = pixels.start[o] as usize..pixels.start[o + 1] as usize;
-        for (&off, &k) in pixels.offset[taps.clone()].iter().zip(&pixels.tap[taps]) {
+        let (offsets, taps) = pixels.of(o);
+        for (&off, &k) in offsets.iter().zip(taps) {
             let (a, xv) = (&mut acc[k as usize], &xs[off as usize]);
             for l in 0..LANES {
                 a[l] += dyv[l] * xv[l];
@@ -1087,8 +1122,8 @@ fn lanes_pass_body(
 ) {
     for (o, out) in (o0..).zip(outs.iter_mut()) {
         let mut acc = b0;
-        let taps = pixels.start[o] as usize..pixels.start[o + 1] as usize;
-        for (&off, &k) in pixels.offset[taps.clone()].iter().zip(&pixels.tap[taps]) {
+        let (offsets, taps) = pixels.of(o);
+        for (&off, &k) in offsets.iter().zip(taps) {
             let (xv, wv) = (&xs[off as usize], &ws[k as usize]);
             for l in 0..LANES {
                 acc[l] += wv[l] * xv[l];
