@@ -11,6 +11,7 @@ use super::simd::dispatch_avx2;
 use super::simd::transpose8;
 use super::window::valid_range;
 use crate::threads;
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -701,55 +702,85 @@ fn forward_small(
     let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
     let planes = g.n * g.c_out;
-    // Runs of whole groups of eight channels of one image: their inputs and weights are
-    // eight rows each, which go into the lanes as 8×8 transposes, not float by float.
+    // Runs of whole groups of eight channels of one image: their inputs are eight rows
+    // each, which go into the lanes as 8×8 transposes, not float by float; their weights
+    // go in once per call, not once per image.
     let channels = channel_groups(g);
     let align = if channels { LANES } else { 1 };
+    let (buffer, table) = (p.min(SMALL_PLANE), g.c_out.div_ceil(LANES) * kk);
     // Moving planes in and out of the lanes costs as much as the taps on the smallest.
     let parts = threads::parts_for(g.output_len() * kk + 8 * (g.input_len() + g.output_len()));
     threads::for_runs(y, planes, p, align, parts, |run, ys| {
-        let mut xs = [[0.0f32; LANES]; SMALL_PLANE];
-        let mut outs = [[0.0f32; LANES]; SMALL_PLANE];
-        let mut ws = [[0.0f32; LANES]; MAX_TAPS];
-        let (first, count) = (run.start, run.len());
-        for group in (0..count).step_by(LANES) {
-            let lanes = (count - group).min(LANES);
-            let mut b0 = [0.0f32; LANES];
-            if channels && lanes == LANES {
-                let (plane, c0) = (first + group, (first + group) % g.c_out);
-                to_lanes(&x[plane * hw..], hw, &mut xs);
-                to_lanes(&w[c0 * kk..], kk, &mut ws);
-                if let Some(bias) = bias {
-                    b0.copy_from_slice(&bias[c0..c0 + LANES]);
-                }
-            } else {
-                for l in 0..lanes {
-                    let (b, oc) = ((first + group + l) / g.c_out, (first + group + l) % g.c_out);
-                    interleave(&mut xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
-                    for (dst, &v) in ws[..kk].iter_mut().zip(&w[oc * kk..][..kk]) {
-                        dst[l] = v;
+        with_lanes(hw + buffer + table, |lanes_scratch| {
+            let (xs, rest) = lanes_scratch.split_at_mut(hw);
+            let (outs, weights) = rest.split_at_mut(buffer);
+            let (first, count) = (run.start, run.len());
+            for group in (0..count).step_by(LANES) {
+                let lanes = (count - group).min(LANES);
+                let mut b0 = [0.0f32; LANES];
+                let ws = if channels && lanes == LANES {
+                    let (plane, c0) = (first + group, (first + group) % g.c_out);
+                    to_lanes(&x[plane * hw..], hw, xs);
+                    let ws = &mut weights[c0 / LANES * kk..][..kk];
+                    // The run's first image-worth of planes meets each channel group once.
+                    if group < g.c_out {
+                        to_lanes(&w[c0 * kk..], kk, ws);
                     }
-                    b0[l] = bias.map_or(0.0, |bias| bias[oc]);
-                }
-            }
-            let ys = &mut ys[group * p..][..lanes * p];
-            // An output plane can outgrow the input's (padding): its pixels a buffer at a time.
-            for o0 in (0..p).step_by(SMALL_PLANE) {
-                let outs = &mut outs[..(p - o0).min(SMALL_PLANE)];
-                lanes_pass(pixels, &xs, &ws, b0, o0, outs);
-                if lanes == LANES {
-                    from_lanes(outs, &mut ys[o0..], p);
+                    if let Some(bias) = bias {
+                        b0.copy_from_slice(&bias[c0..c0 + LANES]);
+                    }
+                    &*ws
                 } else {
-                    for (l, yp) in ys.chunks_exact_mut(p).enumerate() {
-                        yp[o0..][..outs.len()]
-                            .iter_mut()
-                            .zip(outs.iter())
-                            .for_each(|(y, o)| *y = o[l]);
+                    let ws = &mut weights[..kk];
+                    xs.fill([0.0; LANES]);
+                    ws.fill([0.0; LANES]);
+                    for l in 0..lanes {
+                        let (b, oc) =
+                            ((first + group + l) / g.c_out, (first + group + l) % g.c_out);
+                        interleave(xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
+                        for (dst, &v) in ws.iter_mut().zip(&w[oc * kk..][..kk]) {
+                            dst[l] = v;
+                        }
+                        b0[l] = bias.map_or(0.0, |bias| bias[oc]);
+                    }
+                    &*ws
+                };
+                let ys = &mut ys[group * p..][..lanes * p];
+                // An output plane can outgrow the input's (padding): its pixels a buffer at a
+                // time.
+                for o0 in (0..p).step_by(SMALL_PLANE) {
+                    let outs = &mut outs[..(p - o0).min(SMALL_PLANE)];
+                    lanes_pass(pixels, xs, ws, b0, o0, outs);
+                    if lanes == LANES {
+                        from_lanes(outs, &mut ys[o0..], p);
+                    } else {
+                        for (l, yp) in ys.chunks_exact_mut(p).enumerate() {
+                            yp[o0..][..outs.len()]
+                                .iter_mut()
+                                .zip(outs.iter())
+                                .for_each(|(y, o)| *y = o[l]);
+                        }
                     }
                 }
             }
-        }
+        })
     });
+}
+
+thread_local! {
+    /// Each thread's lanes for the small-plane passes, grown on first use: zeroing 64 kB of
+    /// lanes on the stack per call cost more than a 2×2 plane's taps.
+    static LANES_SCRATCH: RefCell<Vec<[f32; LANES]>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` lanes of this thread's scratch; what earlier calls left in them stays.
+fn with_lanes<R>(len: usize, f: impl FnOnce(&mut [[f32; LANES]]) -> R) -> R {
+    LANES_SCRATCH.with_borrow_mut(|v| {
+        if v.len() < len {
+            v.resize(len, [0.0; LANES]);
+        }
+        f(&mut v[..len])
+    })
 }
 
 /// [`forward`] of 1×1 planes: y[b, oc] = bias[oc] + x[b, c]·(the summed weights of oc's
@@ -885,11 +916,8 @@ fn pixel_weights<'o>(
     out
 }
 
-/// Eight planes' values, one per lane, for each pixel of a small plane.
-type Lanes = [[f32; LANES]; SMALL_PLANE];
-
 /// Pixel `i`'s value of plane `plane` into lane `lane` of `dst`, for the plane's pixels.
-fn interleave(dst: &mut Lanes, lane: usize, plane: &[f32]) {
+fn interleave(dst: &mut [[f32; LANES]], lane: usize, plane: &[f32]) {
     for (d, &v) in dst.iter_mut().zip(plane) {
         d[lane] = v;
     }
@@ -901,9 +929,11 @@ fn interleave(dst: &mut Lanes, lane: usize, plane: &[f32]) {
 fn backward_data_small(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32], dx: &mut [f32]) {
     let (hw, p, kk) = (g.h * g.w, g.out_h() * g.out_w(), g.kh * g.kw);
     let mult = g.c_out / g.c_in;
-    // As in `forward_small`: eight channels of one image move by transposes.
+    // As in `forward_small`: eight channels of one image move by transposes, their weights
+    // once per call.
     let channels = channel_groups(g);
     let align = if channels { LANES } else { 1 };
+    let table = g.c_out.div_ceil(LANES) * kk;
     threads::for_runs(
         dx,
         g.n * g.c_in,
@@ -911,40 +941,48 @@ fn backward_data_small(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32]
         align,
         depthwise_parts(g),
         |run, dxs| {
-            let (mut dys, mut acc): (Lanes, Lanes) =
-                ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
-            let mut ws = [[0.0f32; LANES]; MAX_TAPS];
-            let (first, count) = (run.start, run.len());
-            for group in (0..count).step_by(LANES) {
-                let lanes = (count - group).min(LANES);
-                acc[..hw].fill([0.0; LANES]);
-                if channels && lanes == LANES {
-                    let (plane, c0) = (first + group, (first + group) % g.c_in);
-                    to_lanes(&dy[plane * p..], p, &mut dys);
-                    to_lanes(&w[c0 * kk..], kk, &mut ws);
-                    lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
-                    from_lanes(&acc[..hw], &mut dxs[group * hw..], hw);
-                    continue;
-                }
-                for m in 0..mult {
-                    for l in 0..lanes {
-                        let (b, ic) = ((first + group + l) / g.c_in, (first + group + l) % g.c_in);
-                        let oc = ic * mult + m;
-                        interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
-                        for (dst, &v) in ws[..kk].iter_mut().zip(&w[oc * kk..][..kk]) {
-                            dst[l] = v;
+            with_lanes(p + hw + table, |lanes_scratch| {
+                let (dys, rest) = lanes_scratch.split_at_mut(p);
+                let (acc, weights) = rest.split_at_mut(hw);
+                let (first, count) = (run.start, run.len());
+                for group in (0..count).step_by(LANES) {
+                    let lanes = (count - group).min(LANES);
+                    acc.fill([0.0; LANES]);
+                    if channels && lanes == LANES {
+                        let (plane, c0) = (first + group, (first + group) % g.c_in);
+                        to_lanes(&dy[plane * p..], p, dys);
+                        let ws = &mut weights[c0 / LANES * kk..][..kk];
+                        if group < g.c_in {
+                            to_lanes(&w[c0 * kk..], kk, ws);
                         }
+                        lanes_scatter(pixels, dys, ws, acc);
+                        from_lanes(acc, &mut dxs[group * hw..], hw);
+                        continue;
                     }
-                    lanes_scatter(pixels, &dys[..p], &ws, &mut acc[..hw]);
+                    let ws = &mut weights[..kk];
+                    dys.fill([0.0; LANES]);
+                    ws.fill([0.0; LANES]);
+                    for m in 0..mult {
+                        for l in 0..lanes {
+                            let (b, ic) =
+                                ((first + group + l) / g.c_in, (first + group + l) % g.c_in);
+                            let oc = ic * mult + m;
+                            interleave(dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
+                            for (dst, &v) in ws.iter_mut().zip(&w[oc * kk..][..kk]) {
+                                dst[l] = v;
+                            }
+                        }
+                        lanes_scatter(pixels, dys, ws, acc);
+                    }
+                    for (l, dxp) in dxs[group * hw..]
+                        .chunks_exact_mut(hw)
+                        .take(lanes)
+                        .enumerate()
+                    {
+                        dxp.iter_mut().zip(&*acc).for_each(|(d, a)| *d = a[l]);
+                    }
                 }
-                for (l, dxp) in dxs[group * hw..]
-                    .chunks_exact_mut(hw)
-                    .take(lanes)
-                    .enumerate()
-                {
-                    dxp.iter_mut().zip(&acc[..hw]).for_each(|(d, a)| *d = a[l]);
-                }
-            }
+            })
         },
     );
 }
@@ -964,40 +1002,45 @@ fn backward_weight_small(
     let channels = channel_groups(g);
     let align = if channels { LANES } else { 1 };
     threads::for_runs(dw, g.c_out, kk, align, depthwise_parts(g), |run, dws| {
-        let (mut dys, mut xs): (Lanes, Lanes) =
-            ([[0.0; LANES]; SMALL_PLANE], [[0.0; LANES]; SMALL_PLANE]);
-        let mut acc = [[0.0f32; LANES]; MAX_TAPS];
-        let (first, count) = (run.start, run.len());
-        for group in (0..count).step_by(LANES) {
-            let lanes = (count - group).min(LANES);
-            let whole = channels && lanes == LANES;
-            acc[..kk].fill([0.0; LANES]);
-            for b in 0..g.n {
-                if whole {
-                    let plane = b * g.c_out + first + group;
-                    to_lanes(&dy[plane * p..], p, &mut dys);
-                    to_lanes(&x[plane * hw..], hw, &mut xs);
-                } else {
-                    for l in 0..lanes {
-                        let oc = first + group + l;
-                        interleave(&mut dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
-                        interleave(&mut xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
-                    }
+        with_lanes(p + hw + kk, |lanes_scratch| {
+            let (dys, rest) = lanes_scratch.split_at_mut(p);
+            let (xs, acc) = rest.split_at_mut(hw);
+            let (first, count) = (run.start, run.len());
+            for group in (0..count).step_by(LANES) {
+                let lanes = (count - group).min(LANES);
+                let whole = channels && lanes == LANES;
+                acc.fill([0.0; LANES]);
+                if !whole {
+                    dys.fill([0.0; LANES]);
+                    xs.fill([0.0; LANES]);
                 }
-                lanes_correlate(pixels, &dys[..p], &xs[..hw], &mut acc[..kk]);
+                for b in 0..g.n {
+                    if whole {
+                        let plane = b * g.c_out + first + group;
+                        to_lanes(&dy[plane * p..], p, dys);
+                        to_lanes(&x[plane * hw..], hw, xs);
+                    } else {
+                        for l in 0..lanes {
+                            let oc = first + group + l;
+                            interleave(dys, l, &dy[(b * g.c_out + oc) * p..][..p]);
+                            interleave(xs, l, &x[(b * g.c_in + oc / mult) * hw..][..hw]);
+                        }
+                    }
+                    lanes_correlate(pixels, dys, xs, acc);
+                }
+                if whole {
+                    from_lanes(acc, &mut dws[group * kk..], kk);
+                    continue;
+                }
+                for (l, dwk) in dws[group * kk..]
+                    .chunks_exact_mut(kk)
+                    .take(lanes)
+                    .enumerate()
+                {
+                    dwk.iter_mut().zip(&*acc).for_each(|(d, a)| *d = a[l]);
+                }
             }
-            if whole {
-                from_lanes(&acc[..kk], &mut dws[group * kk..], kk);
-                continue;
-            }
-            for (l, dwk) in dws[group * kk..]
-                .chunks_exact_mut(kk)
-                .take(lanes)
-                .enumerate()
-            {
-                dwk.iter_mut().zip(&acc[..kk]).for_each(|(d, a)| *d = a[l]);
-            }
-        }
+        })
     });
 }
 
