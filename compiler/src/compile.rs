@@ -855,7 +855,8 @@ impl Context<'_> {
     }
 }
 
-#[cfg(test)]
+// tract runs the export to check it.
+#[cfg(all(test, feature = "tract"))]
 mod tests {
     use super::*;
     use crate::ir::{Data, Node, NodeOp, Tensor};

@@ -1,5 +1,4 @@
-//! The frozen prefix: the plan's ONNX sub-model, run by tract (inference only). Its outputs
-//! are the boundary tensors the trainable suffix starts from.
+//! The frozen prefix run by tract.
 
 use crate::exec::ExecError;
 use tract_onnx::prelude::*;
