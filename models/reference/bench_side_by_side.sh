@@ -33,9 +33,10 @@ EPOCHS=${EPOCHS:-2}
 EPOCH_SHAPES=${EPOCH_SHAPES:-64x32 8x224}
 BUSY_ROUNDS=${BUSY_ROUNDS:-2}
 if [ -z "${ACTC:-}" ]; then
-  # The deployment build (README): whole-program optimised, non-PIE.
+  # The deployment build (README): whole-program optimised, non-PIE, without tract (every
+  # plan here runs its prefix on actc's kernels).
   host=$(rustc -vV | sed -n 's/^host: //p')
-  RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc --target "$host"
+  RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc --no-default-features --target "$host"
   ACTC=target/$host/dist/actc
 fi
 # The CPU decides the ratios (PyTorch's oneDNN uses AVX-512 where there is one): say which.
