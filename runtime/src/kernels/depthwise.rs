@@ -721,15 +721,10 @@ fn forward_small(
                 let ws = if channels && lanes == LANES {
                     let (plane, c0) = (first + group, (first + group) % g.c_out);
                     to_lanes(&x[plane * hw..], hw, xs);
-                    let ws = &mut weights[c0 / LANES * kk..][..kk];
-                    // The run's first image-worth of planes meets each channel group once.
-                    if group < g.c_out {
-                        to_lanes(&w[c0 * kk..], kk, ws);
-                    }
                     if let Some(bias) = bias {
                         b0.copy_from_slice(&bias[c0..c0 + LANES]);
                     }
-                    &*ws
+                    table_weights(weights, w, c0, kk, group < g.c_out)
                 } else {
                     let ws = &mut weights[..kk];
                     xs.fill([0.0; LANES]);
@@ -765,6 +760,23 @@ fn forward_small(
             }
         })
     });
+}
+
+/// Channel group `c0`'s weights in the lanes: its slot of the call's `table`, transposed
+/// there while the run goes through its first image-worth of planes (`first_image`), which
+/// meets every channel group once, and read back for the images after.
+fn table_weights<'t>(
+    table: &'t mut [[f32; LANES]],
+    w: &[f32],
+    c0: usize,
+    kk: usize,
+    first_image: bool,
+) -> &'t [[f32; LANES]] {
+    let ws = &mut table[c0 / LANES * kk..][..kk];
+    if first_image {
+        to_lanes(&w[c0 * kk..], kk, ws);
+    }
+    ws
 }
 
 thread_local! {
@@ -951,10 +963,7 @@ fn backward_data_small(g: &Conv2dGeom, pixels: &PixelTaps, w: &[f32], dy: &[f32]
                     if channels && lanes == LANES {
                         let (plane, c0) = (first + group, (first + group) % g.c_in);
                         to_lanes(&dy[plane * p..], p, dys);
-                        let ws = &mut weights[c0 / LANES * kk..][..kk];
-                        if group < g.c_in {
-                            to_lanes(&w[c0 * kk..], kk, ws);
-                        }
+                        let ws = table_weights(weights, w, c0, kk, group < g.c_in);
                         lanes_scatter(pixels, dys, ws, acc);
                         from_lanes(acc, &mut dxs[group * hw..], hw);
                         continue;
