@@ -782,17 +782,12 @@ fn table_weights<'t>(
 thread_local! {
     /// Each thread's lanes for the small-plane passes, grown on first use: zeroing 64 kB of
     /// lanes on the stack per call cost more than a 2×2 plane's taps.
-    static LANES_SCRATCH: RefCell<Vec<[f32; LANES]>> = const { RefCell::new(Vec::new()) };
+    static LANES_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on `len` lanes of this thread's scratch; what earlier calls left in them stays.
 fn with_lanes<R>(len: usize, f: impl FnOnce(&mut [[f32; LANES]]) -> R) -> R {
-    LANES_SCRATCH.with_borrow_mut(|v| {
-        if v.len() < len {
-            v.resize(len, [0.0; LANES]);
-        }
-        f(&mut v[..len])
-    })
+    super::gemm::with_scratch(&LANES_SCRATCH, len * LANES, |v| f(v.as_chunks_mut().0))
 }
 
 /// [`forward`] of 1×1 planes: y[b, oc] = bias[oc] + x[b, c]·(the summed weights of oc's

@@ -530,8 +530,9 @@ thread_local! {
 /// Cache-line alignment of the scratch: a packed B row (NR floats) is one or two lines.
 const ALIGN_FLOATS: usize = 16;
 
-/// Runs `f` on `len` floats of this thread's `scratch`, starting on a cache line.
-fn with_scratch<R>(
+/// Runs `f` on `len` floats of this thread's `scratch`, starting on a cache line (the
+/// depthwise lanes' scratch too).
+pub(super) fn with_scratch<R>(
     scratch: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
