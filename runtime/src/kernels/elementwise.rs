@@ -104,7 +104,7 @@ pub fn reduce_to_shape(
     walk.for_each_run(|d, oo, _| {
         let g = &g[d..d + len];
         if so == 0 {
-            out[oo] += alpha * g.iter().sum::<f32>();
+            out[oo] += alpha * super::sum8(len, |i| g[i]);
         } else {
             out[oo..oo + len]
                 .iter_mut()

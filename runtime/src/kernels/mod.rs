@@ -56,6 +56,22 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// `Σ term(i)` for `i < len`, in eight interleaved partial sums: the rounding error grows
+/// with len/8 instead of len, and the independent sums pipeline (see [`dot`]; a bias
+/// gradient's planes summed one value at a time waited on each add).
+#[inline(always)]
+pub(crate) fn sum8(len: usize, mut term: impl FnMut(usize) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let full = len / 8 * 8;
+    for base in (0..full).step_by(8) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += term(base + l);
+        }
+    }
+    let rest: f32 = (full..len).map(&mut term).sum();
+    acc.iter().sum::<f32>() + rest
+}
+
 /// `a·b + c`, fused where the target always has FMA (one instruction instead of two) and
 /// unfused elsewhere, where `f32::mul_add` would be a libm call.
 #[inline(always)]

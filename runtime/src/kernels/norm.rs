@@ -132,21 +132,6 @@ impl LayerNormGeom {
     }
 }
 
-/// `Σ term(i)` for `i < len`, in eight interleaved partial sums: the rounding error grows
-/// with len/8 instead of len, and the independent sums pipeline (see [`super::dot`]).
-#[inline(always)]
-fn sum8(len: usize, mut term: impl FnMut(usize) -> f32) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let full = len / 8 * 8;
-    for base in (0..full).step_by(8) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += term(base + l);
-        }
-    }
-    let rest: f32 = (full..len).map(&mut term).sum();
-    acc.iter().sum::<f32>() + rest
-}
-
 /// ONNX LayerNormalization (stash_type 1: f32 statistics), per row of (outer, inner):
 /// `y = (x − μ)·r·scale + bias` with μ the row's mean, `r = 1/√(σ² + ε)` and σ² its biased
 /// variance (divided by inner), as ONNX and PyTorch define them. Writes `y` (outer × inner)
@@ -186,9 +171,9 @@ pub fn layer_norm_forward(
         .zip(mean.iter_mut())
         .zip(inv_std.iter_mut())
     {
-        let m0 = sum8(inner, |j| xr[j]) / n;
-        let s1 = sum8(inner, |j| xr[j] - m0);
-        let s2 = sum8(inner, |j| (xr[j] - m0) * (xr[j] - m0));
+        let m0 = super::sum8(inner, |j| xr[j]) / n;
+        let s1 = super::sum8(inner, |j| xr[j] - m0);
+        let s2 = super::sum8(inner, |j| (xr[j] - m0) * (xr[j] - m0));
         let c = s1 / n;
         // ≥ 0 in exact arithmetic (Cauchy–Schwarz); the max only guards rounding.
         let var = (s2 / n - c * c).max(0.0);
@@ -253,7 +238,7 @@ pub fn layer_norm_backward(
         if let Some(dx) = dx.as_deref_mut() {
             let dxr = &mut dx[i * inner..][..inner];
             let mean_g = super::dot(dyr, scale) / n;
-            let mean_gx = sum8(inner, |j| dyr[j] * scale[j] * (xr[j] - m)) * r / n;
+            let mean_gx = super::sum8(inner, |j| dyr[j] * scale[j] * (xr[j] - m)) * r / n;
             for (((dx, x), dy), s) in dxr.iter_mut().zip(xr).zip(dyr).zip(scale) {
                 *dx = r * (dy * s - mean_g - (x - m) * r * mean_gx);
             }

@@ -281,9 +281,13 @@ pub fn global_avg_forward(plane: usize, x: &[f32], y: &mut [f32]) {
     if plane == 0 {
         return;
     }
+    if plane == 1 {
+        // A 1×1 map (MobileNetV2 at 32²): the average is the value.
+        return y.copy_from_slice(x);
+    }
     let scale = 1.0 / plane as f32;
     for (xp, yv) in x.chunks_exact(plane).zip(y.iter_mut()) {
-        *yv = xp.iter().sum::<f32>() * scale;
+        *yv = super::sum8(plane, |i| xp[i]) * scale;
     }
 }
 
@@ -291,6 +295,9 @@ pub fn global_avg_backward(plane: usize, dy: &[f32], dx: &mut [f32]) {
     debug_assert_eq!(dx.len(), dy.len() * plane);
     if plane == 0 {
         return;
+    }
+    if plane == 1 {
+        return dx.copy_from_slice(dy);
     }
     let scale = 1.0 / plane as f32;
     for (dxp, d) in dx.chunks_exact_mut(plane).zip(dy) {
