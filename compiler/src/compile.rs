@@ -280,7 +280,7 @@ pub fn decompose_model(
         model,
         layers,
         input_shape: cx.input_shape.clone(),
-        ir: g.dump(&order),
+        ir: g.dump(&order, &[]),
         teacher,
     })
 }
@@ -733,7 +733,10 @@ impl Context<'_> {
     /// The plan and the reports.
     fn finish(self) -> Result<Compiled> {
         let packed = self.packed();
-        let ir = self.graph.dump(&self.order);
+        let beside: Vec<usize> = (self.steps.iter().enumerate())
+            .filter_map(|(s, step)| step.beside_next.then_some(s))
+            .collect();
+        let ir = self.graph.dump(&self.order, &beside);
         let layout = self.layout.expect("memplan ran");
         let selection = self.selection.expect("select ran");
         let parts = self.loss.expect("loss ran");

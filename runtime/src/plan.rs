@@ -361,6 +361,11 @@ pub struct Step {
     /// For backward, loss and update steps: the forward step they serve.
     #[prost(string, tag = "7")]
     pub origin: String,
+    /// Runs at once with the next step, each on its own thread: two compressions of small
+    /// maps (`compile`'s schedule pairs them), planned so that neither touches what the
+    /// other writes. A runtime that ignores it runs them one after the other, as safely.
+    #[prost(bool, tag = "8")]
+    pub beside_next: bool,
 }
 
 impl Step {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use actc::Layers;
+use actc::{Compression, HosvdRanks, Layers};
 use actc_runtime::exec::Executor;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,16 +30,42 @@ static GLOBAL: Counting = Counting;
 fn a_training_step_allocates_nothing() {
     // The only test of this binary: nothing else allocates while it counts.
     actc_runtime::threads::set_threads(2);
-    for (name, layers, int8) in [
-        ("tiny_cnn", Layers::All, false),
-        ("resnet18", Layers::Last(4), false),
-        ("mobilenetv2", Layers::Last(2), false),
+    let hosvd = Compression::Hosvd {
+        eps: 0.95,
+        max_rank: 32,
+        ranks: HosvdRanks::Auto,
+    };
+    for (name, layers, int8, compression, shape) in [
+        ("tiny_cnn", Layers::All, false, Compression::None, None),
+        ("resnet18", Layers::Last(4), false, Compression::None, None),
+        (
+            "mobilenetv2",
+            Layers::Last(2),
+            false,
+            Compression::None,
+            None,
+        ),
         // Its int8 products pack their panels in thread-local scratch, grown once.
-        ("mobilenetv2", Layers::Last(2), true),
+        (
+            "mobilenetv2",
+            Layers::Last(2),
+            true,
+            Compression::None,
+            None,
+        ),
+        // Compressions two at a time, each on its thread with its thread's scratch.
+        (
+            "mobilenetv2",
+            Layers::Last(4),
+            false,
+            hosvd,
+            Some(vec![8, 3, 32, 32]),
+        ),
     ] {
         let opts = actc::CompileOptions {
             prefix_int8: int8,
-            ..common::options(layers, None)
+            compression,
+            ..common::options(layers, shape)
         };
         let plan = actc::compile_file(&common::model(name), &opts)
             .unwrap()

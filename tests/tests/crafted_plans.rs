@@ -474,6 +474,10 @@ fn mutate(plan: &mut Plan, rng: &mut Lcg) -> &'static str {
         }
         9 => {
             let s = rng.below(ns);
+            if rng.below(4) == 0 {
+                plan.steps[s].beside_next ^= true;
+                return "step beside the next";
+            }
             plan.steps[s].workspace = match rng.below(3) {
                 0 => None,
                 _ => Some(rng.below(nb) as u32),

@@ -1,7 +1,8 @@
 //! The IR as stable text, one line per node in schedule order: what the snapshot tests pin.
 //!
 //! `phase name = Op{attrs}(inputs) -> outputs`, a tensor as `name:f32[8,3,32,32]` and a
-//! constant input marked `=const` (frozen) or `=param` (trainable).
+//! constant input marked `=const` (frozen) or `=param` (trainable); a node that runs at once
+//! with the next ends in `, beside the next`.
 
 use super::{Graph, NodeOp, Role, TensorId, kind_name};
 use actc_runtime::ops::{Compressor, Hosvd, Kind, Method};
@@ -9,13 +10,14 @@ use petgraph::stable_graph::NodeIndex;
 use std::fmt::Write;
 
 impl Graph {
-    /// Renders `order` (every node of the graph, in the order the plan runs them).
-    pub fn dump(&self, order: &[NodeIndex]) -> String {
+    /// Renders `order` (every node of the graph, in the order the plan runs them); the
+    /// positions in `beside` run at once with the node after them.
+    pub fn dump(&self, order: &[NodeIndex], beside: &[usize]) -> String {
         let mut out = String::new();
         for &t in &self.inputs {
             let _ = writeln!(out, "input {}", self.tensor_text(t));
         }
-        for &n in order {
+        for (s, &n) in order.iter().enumerate() {
             let node = &self.nodes[n];
             let op = match &node.op {
                 NodeOp::Kernel(k) => {
@@ -33,12 +35,17 @@ impl Graph {
             let outs: Vec<String> = node.outputs.iter().map(|&t| self.tensor_text(t)).collect();
             let _ = writeln!(
                 out,
-                "{:<8} {} = {}({}) -> {}",
+                "{:<8} {} = {}({}) -> {}{}",
                 format!("{:?}", node.phase).to_lowercase(),
                 node.name,
                 op,
                 ins.join(", "),
-                outs.join(", ")
+                outs.join(", "),
+                if beside.contains(&s) {
+                    ", beside the next"
+                } else {
+                    ""
+                }
             );
         }
         for &t in &self.outputs {

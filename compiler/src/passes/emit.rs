@@ -1,6 +1,7 @@
 //! `emit`: the scheduled, planned training graph as the plan's steps and weights.
 
 use super::memplan::Layout;
+use super::schedule;
 use crate::ir::{Graph, NodeOp, Role};
 use actc_runtime::plan::{Step, Weight};
 use petgraph::stable_graph::NodeIndex;
@@ -13,6 +14,7 @@ pub fn emit(graph: &Graph, order: &[NodeIndex], layout: &Layout) -> (Vec<Step>, 
         workspace_of,
         ..
     } = layout;
+    let pairs = schedule::side_by_side(graph, order);
     let steps = order
         .iter()
         .enumerate()
@@ -29,6 +31,7 @@ pub fn emit(graph: &Graph, order: &[NodeIndex], layout: &Layout) -> (Vec<Step>, 
                 phase: node.phase as i32,
                 workspace: workspace_of.get(&s).copied(),
                 origin: node.origin.clone().unwrap_or_default(),
+                beside_next: pairs.contains(&s),
             }
         })
         .collect();

@@ -5,6 +5,7 @@
 //! already placed whose lifetimes overlap its own, that fits it (best fit), else on top.
 //! The arena size is then the planned peak of transient memory.
 
+use super::schedule;
 use crate::ir::{Graph, NodeOp, Role, TensorId};
 use crate::ops;
 use actc_runtime::plan::{Buffer, BufferKind, DType, Memory, Phase};
@@ -352,6 +353,19 @@ pub fn layout(graph: &Graph, order: &[NodeIndex], req: &Request) -> Layout {
         first.push(s);
         last.push(s);
         group.push(group.len());
+    }
+    // Steps that run side by side share their time: whatever either touches (its scratch
+    // too) is live through both, so neither writes where the other reads.
+    for s in schedule::side_by_side(graph, order) {
+        for step in [s, s + 1] {
+            let node = &graph.nodes[order[step]];
+            let tensors = node.inputs.iter().chain(&node.outputs);
+            let scratch = workspace_of.get(&step).map(|&b| b as usize);
+            for b in tensors.map(|t| buffer_of[t] as usize).chain(scratch) {
+                first[b] = first[b].min(s);
+                last[b] = last[b].max(s + 1);
+            }
+        }
     }
 
     let mut persistent = 0u64;

@@ -426,35 +426,53 @@ impl Executor {
             (Some(t), Some(turn)) => t.skipped(turn),
             _ => &[],
         };
-        for i in steps {
-            if skipped.get(i) == Some(&true) {
+        let runs = |i: usize| skipped.get(i) != Some(&true);
+        let mut i = steps.start;
+        while i < steps.end {
+            if !runs(i) {
+                i += 1;
                 continue;
             }
-            let s = &self.plan.steps[i];
+            let beside = self.plan.steps[i].beside_next && i + 1 < steps.end && runs(i + 1);
+            let count = 1 + usize::from(beside);
             let start = seconds.is_some().then(std::time::Instant::now);
-            // SAFETY: the plan was validated and its buffers planned disjoint while live.
-            let ran = unsafe { step::run(&self.plan, s, &self.mem, ctx) };
+            let mut ran = [step::Ran::Nothing, step::Ran::Nothing];
+            let (plan, mem) = (&self.plan, &self.mem);
+            // SAFETY: the plan was validated and its buffers planned disjoint while live; a
+            // pair's steps were planned (and checked, `check_beside`) to touch no bytes the
+            // other writes.
+            threads::for_each_mut(&mut ran[..count], |k, r| {
+                *r = unsafe { step::run(plan, &plan.steps[i + k], mem, ctx) }
+            });
             if let (Some(t), Some(start)) = (seconds.as_deref_mut(), start) {
-                t[i] += start.elapsed().as_secs_f64();
+                // A pair's time, halved between its steps.
+                let took = start.elapsed().as_secs_f64() / count as f64;
+                t[i..i + count].iter_mut().for_each(|t| *t += took);
             }
-            match ran {
-                step::Ran::Loss(l) => loss = l,
-                step::Ran::Compressed(r) => {
-                    if let (Some(Kind::Compress(c)), Some(k)) = (s.kind(), self.compression_of[i]) {
-                        let bytes = c.paper_bytes(&r);
-                        self.compression[k].record(&r, bytes);
-                        paper_total += bytes as u64;
+            for (k, ran) in ran.into_iter().take(count).enumerate() {
+                let s = &self.plan.steps[i + k];
+                match ran {
+                    step::Ran::Loss(l) => loss = l,
+                    step::Ran::Compressed(r) => {
+                        if let (Some(Kind::Compress(c)), Some(k)) =
+                            (s.kind(), self.compression_of[i + k])
+                        {
+                            let bytes = c.paper_bytes(&r);
+                            self.compression[k].record(&r, bytes);
+                            paper_total += bytes as u64;
+                        }
+                    }
+                    step::Ran::Nothing => {}
+                }
+                for &o in &s.outputs {
+                    let b = self.plan.buffer(o);
+                    if b.kind() == BufferKind::WeightGradient {
+                        // SAFETY: no step is running; a shared read.
+                        observe(b, unsafe { self.mem.f32(b) });
                     }
                 }
-                step::Ran::Nothing => {}
             }
-            for &o in &s.outputs {
-                let b = self.plan.buffer(o);
-                if b.kind() == BufferKind::WeightGradient {
-                    // SAFETY: no step is running; a shared read.
-                    observe(b, unsafe { self.mem.f32(b) });
-                }
-            }
+            i += count;
         }
         (loss, paper_total)
     }
@@ -796,6 +814,11 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
             return bad(format!("step {}: {e}", s.name));
         }
     }
+    for (i, s) in plan.steps.iter().enumerate() {
+        if let Err(e) = check_beside(plan, i) {
+            return bad(format!("step {}: {e}", s.name));
+        }
+    }
     if plan
         .feeds
         .iter()
@@ -859,6 +882,51 @@ fn check_disjoint(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
     match overlapping(plan, ids.copied()) {
         Some((a, b)) if !shared(a, b) => Err(format!("buffers {} and {} overlap", a.name, b.name)),
         _ => Ok(()),
+    }
+}
+
+/// A step that runs beside the next ([`crate::plan::Step::beside_next`]): both are
+/// compressions after the prefix, the next one is not paired again, and they share no
+/// bytes but the map both may read.
+fn check_beside(plan: &Plan, i: usize) -> Result<(), String> {
+    let s = &plan.steps[i];
+    if !s.beside_next {
+        return Ok(());
+    }
+    let Some(next) = plan.steps.get(i + 1) else {
+        return Err("runs beside a next step, but it is the last".into());
+    };
+    let compression = |s: &crate::plan::Step| {
+        matches!(s.kind(), Some(Kind::Compress(_))) && s.phase() != Phase::Prefix
+    };
+    if !compression(s) || !compression(next) || next.beside_next {
+        return Err(format!(
+            "runs beside {}, but only two compressions run side by side",
+            next.name
+        ));
+    }
+    let ids = |s: &crate::plan::Step| -> Vec<u32> {
+        s.inputs
+            .iter()
+            .chain(&s.outputs)
+            .chain(&s.workspace)
+            .copied()
+            .collect()
+    };
+    let (a, b) = (ids(s), ids(next));
+    let read_by_both = |id: &u32| s.inputs.first() == Some(id) && next.inputs.first() == Some(id);
+    if a.iter().any(|id| b.contains(id) && !read_by_both(id)) {
+        return Err(format!(
+            "shares a buffer with {}, which runs beside it",
+            next.name
+        ));
+    }
+    match overlapping(plan, a.into_iter().chain(b)) {
+        Some((x, y)) => Err(format!(
+            "buffers {} and {} overlap, but the steps run side by side",
+            x.name, y.name
+        )),
+        None => Ok(()),
     }
 }
 

@@ -390,3 +390,77 @@ fn fused_compressed_updates_match_held_ones() {
         }
     }
 }
+
+/// Compressions of small maps run two at a time, one per thread (`Step::beside_next`): the
+/// losses, the ranks kept and the weights after a few updates are those of the same plan run
+/// one step after the other, to the bit (each compression's arithmetic is its own; only the
+/// thread that runs it differs).
+#[test]
+fn compressions_side_by_side_match_one_after_the_other() {
+    let paired = plan(
+        "mobilenetv2",
+        Layers::Last(4),
+        &[8, 3, 32, 32],
+        Compression::Hosvd {
+            eps: 0.95,
+            max_rank: 32,
+            ranks: HosvdRanks::Auto,
+        },
+    );
+    let pairs = paired.steps.iter().filter(|s| s.beside_next).count();
+    assert_eq!(pairs, 2, "the four 1×1 maps' compressions, in two pairs");
+    let mut apart = paired.clone();
+    apart.steps.iter_mut().for_each(|s| s.beside_next = false);
+    let boundary = common::boundary(&paired, &varied(8 * 3 * 32 * 32));
+    let run = |plan: &Plan| {
+        actc_runtime::threads::set_threads(2);
+        let mut exec = Executor::new(plan.clone(), 4).unwrap();
+        let losses: Vec<u32> = (0..4)
+            .map(|_| {
+                common::feed(&mut exec, &boundary, |i| (i % 10) as u32);
+                exec.train_step().to_bits()
+            })
+            .collect();
+        let weights: Vec<Vec<u32>> = exec
+            .trainable()
+            .map(|(_, _, w)| w.iter().map(|v| v.to_bits()).collect())
+            .collect();
+        (losses, format!("{:?}", exec.compression_stats()), weights)
+    };
+    assert!(run(&paired) == run(&apart));
+}
+
+/// A plan that pairs steps the runtime cannot run side by side is refused when loaded: a
+/// pair that is not two compressions, or whose steps share a buffer one of them writes.
+#[test]
+fn a_pair_of_steps_that_could_clash_is_refused() {
+    let paired = plan(
+        "mobilenetv2",
+        Layers::Last(4),
+        &[8, 3, 32, 32],
+        Compression::Hosvd {
+            eps: 0.95,
+            max_rank: 32,
+            ranks: HosvdRanks::Auto,
+        },
+    );
+    let first = paired.steps.iter().position(|s| s.beside_next).unwrap();
+    let refused = |plan: Plan| match Executor::new(plan, 1) {
+        Ok(_) => panic!("a clashing pair was accepted"),
+        Err(e) => e.to_string(),
+    };
+    let mut not_compressions = paired.clone();
+    let conv = (paired.steps.iter())
+        .position(|s| s.name.ends_with("features.17/conv/conv.0/conv.0.0/Conv"))
+        .unwrap();
+    not_compressions.steps[conv].beside_next = true;
+    assert!(refused(not_compressions).contains("only two compressions run side by side"));
+    let mut shared = paired.clone();
+    // The first compression needs the smaller scratch: it fits in the second one's.
+    shared.steps[first].workspace = shared.steps[first + 1].workspace;
+    let e = refused(shared);
+    assert!(e.contains("which runs beside it"), "{e}");
+    let mut chained = paired;
+    chained.steps[first + 1].beside_next = true;
+    assert!(refused(chained).contains("side by side"));
+}
