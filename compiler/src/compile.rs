@@ -677,7 +677,16 @@ fn own_prefix(cx: &mut Context) -> Result<()> {
 }
 
 fn order_steps(cx: &mut Context) -> Result<()> {
-    cx.order = schedule::schedule(&cx.graph);
+    let order = schedule::schedule(&cx.graph);
+    let mut paired = order.clone();
+    schedule::gather_small_compressions(&cx.graph, &mut paired);
+    // Compressions side by side where the longer lifetimes cost no planned memory (a
+    // transformer block's small maps, moved past a few ops, took a larger arena).
+    let arena = |order: &[NodeIndex]| cx.memory_layout(order, cx.lanes).memory.arena;
+    cx.order = match paired != order && arena(&paired) <= arena(&order) {
+        true => paired,
+        false => order,
+    };
     Ok(())
 }
 

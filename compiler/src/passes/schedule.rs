@@ -7,8 +7,9 @@
 //! A frozen prefix on actc's kernels goes before everything else, as one block the runtime
 //! can skip when the boundary tensors come from the cache.
 //!
-//! Then compressions of small maps are paired ([`side_by_side`]): the first of two waits
-//! to run just before the second, and the runtime runs the two at once, one per thread.
+//! [`gather_small_compressions`] then pairs compressions of small maps ([`side_by_side`]):
+//! the first of two waits to run just before the second, and the runtime runs the two at
+//! once, one per thread.
 
 use crate::ir::{Graph, NodeOp};
 use crate::ops;
@@ -56,7 +57,6 @@ pub fn schedule(graph: &Graph) -> Vec<NodeIndex> {
         graph.nodes.node_count(),
         "the training graph has a cycle"
     );
-    gather_small_compressions(graph, &mut order);
     order
 }
 
@@ -96,8 +96,8 @@ pub fn side_by_side(graph: &Graph, order: &[NodeIndex]) -> Vec<usize> {
 
 /// Moves each small compression that has no partner yet down to just before the next one,
 /// unless a step in between reads what it writes: paired by [`side_by_side`]. Its input then
-/// lives until there (the longer of the two lifetimes is a map that small).
-fn gather_small_compressions(graph: &Graph, order: &mut [NodeIndex]) {
+/// lives until there, which may cost memory (the caller compares the plans).
+pub fn gather_small_compressions(graph: &Graph, order: &mut [NodeIndex]) {
     let mut waiting: Option<usize> = None;
     for s in 0..order.len() {
         if !small_compression(graph, order[s]) {
