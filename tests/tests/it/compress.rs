@@ -391,13 +391,10 @@ fn fused_compressed_updates_match_held_ones() {
     }
 }
 
-/// Compressions of small maps run two at a time, one per thread (`Step::beside_next`): the
-/// losses, the ranks kept and the weights after a few updates are those of the same plan run
-/// one step after the other, to the bit (each compression's arithmetic is its own; only the
-/// thread that runs it differs).
-#[test]
-fn compressions_side_by_side_match_one_after_the_other() {
-    let paired = plan(
+/// MobileNetV2 at 8×3×32² with the default HOSVD: four compressions of 1×1 maps, which the
+/// schedule pairs.
+fn paired_plan() -> Plan {
+    plan(
         "mobilenetv2",
         Layers::Last(4),
         &[8, 3, 32, 32],
@@ -406,7 +403,16 @@ fn compressions_side_by_side_match_one_after_the_other() {
             max_rank: 32,
             ranks: HosvdRanks::Auto,
         },
-    );
+    )
+}
+
+/// Compressions of small maps run two at a time, one per thread (`Step::beside_next`): the
+/// losses, the ranks kept and the weights after a few updates are those of the same plan run
+/// one step after the other, to the bit (each compression's arithmetic is its own; only the
+/// thread that runs it differs).
+#[test]
+fn compressions_side_by_side_match_one_after_the_other() {
+    let paired = paired_plan();
     let pairs = paired.steps.iter().filter(|s| s.beside_next).count();
     assert_eq!(pairs, 2, "the four 1×1 maps' compressions, in two pairs");
     let mut apart = paired.clone();
@@ -434,16 +440,7 @@ fn compressions_side_by_side_match_one_after_the_other() {
 /// pair that is not two compressions, or whose steps share a buffer one of them writes.
 #[test]
 fn a_pair_of_steps_that_could_clash_is_refused() {
-    let paired = plan(
-        "mobilenetv2",
-        Layers::Last(4),
-        &[8, 3, 32, 32],
-        Compression::Hosvd {
-            eps: 0.95,
-            max_rank: 32,
-            ranks: HosvdRanks::Auto,
-        },
-    );
+    let paired = paired_plan();
     let first = paired.steps.iter().position(|s| s.beside_next).unwrap();
     let refused = |plan: Plan| match Executor::new(plan, 1) {
         Ok(_) => panic!("a clashing pair was accepted"),
