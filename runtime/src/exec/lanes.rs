@@ -31,7 +31,8 @@ pub fn region(plan: &Plan) -> Range<u64> {
         .unwrap_or(0..0)
 }
 
-fn step_buffers(s: &Step) -> impl Iterator<Item = u32> + '_ {
+/// Every buffer a step names: its inputs, outputs and scratch.
+pub(super) fn step_buffers(s: &Step) -> impl Iterator<Item = u32> + '_ {
     s.inputs
         .iter()
         .chain(&s.outputs)

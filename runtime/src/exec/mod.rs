@@ -454,11 +454,11 @@ impl Executor {
                 match ran {
                     step::Ran::Loss(l) => loss = l,
                     step::Ran::Compressed(r) => {
-                        if let (Some(Kind::Compress(c)), Some(k)) =
+                        if let (Some(Kind::Compress(c)), Some(slot)) =
                             (s.kind(), self.compression_of[i + k])
                         {
                             let bytes = c.paper_bytes(&r);
-                            self.compression[k].record(&r, bytes);
+                            self.compression[slot].record(&r, bytes);
                             paper_total += bytes as u64;
                         }
                     }
@@ -804,18 +804,14 @@ fn validate(plan: &Plan, weight_len: impl Fn(usize) -> u64) -> Result<(), ExecEr
             return bad("the prefix outputs do not match the boundary tensors".into());
         }
     }
-    for s in &plan.steps {
+    for (i, s) in plan.steps.iter().enumerate() {
         let checked = check_compression(plan, s)
             .and_then(|()| check_chain(plan, s))
             .and_then(|()| check_fused_update(plan, s))
             .and_then(|()| step::check(plan, s))
-            .and_then(|()| check_disjoint(plan, s));
+            .and_then(|()| check_disjoint(plan, s))
+            .and_then(|()| check_beside(plan, i));
         if let Err(e) = checked {
-            return bad(format!("step {}: {e}", s.name));
-        }
-    }
-    for (i, s) in plan.steps.iter().enumerate() {
-        if let Err(e) = check_beside(plan, i) {
             return bad(format!("step {}: {e}", s.name));
         }
     }
@@ -877,9 +873,8 @@ fn check_disjoint(plan: &Plan, s: &crate::plan::Step) -> Result<(), String> {
     if aliased && !reshape {
         return Err("a buffer it writes is also one it reads or writes".into());
     }
-    let ids = s.inputs.iter().chain(&s.outputs).chain(&s.workspace);
     let shared = |a: &Buffer, b: &Buffer| reshape && a.offset == b.offset && a.bytes == b.bytes;
-    match overlapping(plan, ids.copied()) {
+    match overlapping(plan, lanes::step_buffers(s)) {
         Some((a, b)) if !shared(a, b) => Err(format!("buffers {} and {} overlap", a.name, b.name)),
         _ => Ok(()),
     }
@@ -905,14 +900,7 @@ fn check_beside(plan: &Plan, i: usize) -> Result<(), String> {
             next.name
         ));
     }
-    let ids = |s: &crate::plan::Step| -> Vec<u32> {
-        s.inputs
-            .iter()
-            .chain(&s.outputs)
-            .chain(&s.workspace)
-            .copied()
-            .collect()
-    };
+    let ids = |s| lanes::step_buffers(s).collect::<Vec<u32>>();
     let (a, b) = (ids(s), ids(next));
     let read_by_both = |id: &u32| s.inputs.first() == Some(id) && next.inputs.first() == Some(id);
     if a.iter().any(|id| b.contains(id) && !read_by_both(id)) {
