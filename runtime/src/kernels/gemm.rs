@@ -49,8 +49,9 @@ const WIDE: usize = 32;
 /// every A micro-panel of the block. The same for both widths, so both sum in the same
 /// blocks.
 const KC: usize = 256;
-/// Rows of an A block: its MC×KC floats (up to 120 KiB, packed or in place) stay in L2
-/// while they meet every B micro-panel.
+/// Rows of an A block at full depth: its MC×KC floats (up to 120 KiB, packed or in place)
+/// stay in L2 while they meet every B micro-panel. Shallower products take more rows in
+/// the same bytes ([`Product::block_rows`]).
 const MC: usize = 120;
 /// Columns of a packed B block (up to 4 MiB, in L3).
 const NC: usize = 4096;
@@ -239,7 +240,7 @@ fn parallel<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) 
         _ => return blocked::<NR>(p, alpha, beta, c),
     };
     let parts = threads::parts_for(p.m * p.n * p.k);
-    if parts > 1 && p.sc.1 == 1 && p.m.div_ceil(parts) > MC {
+    if parts > 1 && p.sc.1 == 1 && p.m.div_ceil(parts) > p.block_rows() {
         return shared_b::<NR>(p, alpha, beta, c, parts);
     }
     threads::for_runs(c, outer, stride, unit, parts, |r, run| {
@@ -450,6 +451,14 @@ impl Product<'_> {
         src.pack::<NR>(dst, cols, pc, kc);
     }
 
+    /// Most rows of an A block: MC at full depth, more for a shallower product, in the same
+    /// bytes. An expand 1×1 conv (depth 16 to 96, a few hundred rows) is then one block, so
+    /// its B is read in place rather than packed, and each B panel is loaded once for all
+    /// of A (measured: a 192×840×32 product 4 % faster).
+    fn block_rows(&self) -> usize {
+        MC * KC / self.k.clamp(1, KC) / MR * MR
+    }
+
     /// A row-major A is read where it lies: the kernel broadcasts single elements, so only
     /// the depth needs a unit stride. Not when its rows are a multiple of 4 KiB apart,
     /// though: they would all fall into the same cache sets.
@@ -461,7 +470,7 @@ impl Product<'_> {
     /// a row-major B is then read in place (it stays in L1 across the A micro-panels), as
     /// packing it would only be a copy.
     fn b_in_place(&self) -> bool {
-        !self.segmented() && self.sb.1 == 1 && self.m <= MC
+        !self.segmented() && self.sb.1 == 1 && self.m <= self.block_rows()
     }
 
     /// A rough count of cycles, to choose between computing C and Cᵀ. The kernel's depth
@@ -559,7 +568,7 @@ fn blocked<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
     // With one block of rows each B panel is used right after it is packed: one panel of
     // scratch serves them all, where a whole block would stay resident (up to 4 MiB).
-    let b_len = if p.m <= MC { NR } else { nc_max } * kc_max;
+    let b_len = if p.m <= p.block_rows() { NR } else { nc_max } * kc_max;
     with_scratch(&B_SCRATCH, b_len, |bp| {
         for (jc, nc) in blocks(p.n, nc_max) {
             for (pc, kc) in blocks(p.k, kc_max) {
@@ -641,7 +650,7 @@ fn row_blocks<const NR: usize>(
     c: &mut [f32],
 ) {
     let Block { jc, nc, pc, kc } = blk;
-    let mc_max = block_size(p.m, MC, MR);
+    let mc_max = block_size(p.m, p.block_rows(), MR);
     let a_in_place = p.a_in_place();
     let b_in_place = matches!(b, BPanels::Lazy(_)) && p.b_in_place();
     let a_len = if a_in_place { 0 } else { mc_max * kc };
@@ -660,7 +669,11 @@ fn row_blocks<const NR: usize>(
                         (&p.b[pc * p.sb.0 + (jc + j0) * p.sb.1..], p.sb.0)
                     }
                     BPanels::Lazy(bp) => {
-                        let at = if p.m <= MC { 0 } else { jr * NR * kc };
+                        let at = if p.m <= p.block_rows() {
+                            0
+                        } else {
+                            jr * NR * kc
+                        };
                         let panel = &mut bp[at..][..NR * kc];
                         if ic == 0 {
                             p.pack_b::<NR>(panel, jc + j0, nr, pc, kc);
@@ -669,26 +682,24 @@ fn row_blocks<const NR: usize>(
                     }
                     BPanels::Packed(bp) => (&bp[jr * NR * kc..][..NR * kc], NR),
                 };
-                for (ir, i0) in (0..mc).step_by(MR).enumerate() {
-                    let (a_panel, sa) = if a_in_place {
-                        (&p.a[(ic + i0) * p.sa.0 + pc * p.sa.1..], p.sa)
-                    } else {
-                        (&ap[ir * MR * kc..], (1, MR))
-                    };
-                    let c0 = (ic + i0) * p.sc.0 + (jc + j0) * p.sc.1;
-                    let mr = MR.min(mc - i0);
-                    let tile = Tile {
-                        kc,
-                        a: a_panel,
-                        sa,
-                        b: b_panel,
-                        ldb,
-                        mr,
-                        nr,
-                        epi: p.epi.last_block(pc + kc == p.k, ic + i0, mr, jc + j0, nr),
-                    };
-                    tile.run::<NR>(alpha, beta, &mut c[c0..], p.sc);
-                }
+                let (a, sa, a_step) = if a_in_place {
+                    (&p.a[ic * p.sa.0 + pc * p.sa.1..], p.sa, MR * p.sa.0)
+                } else {
+                    (&ap[..], (1, MR), MR * kc)
+                };
+                let column = Column {
+                    kc,
+                    a,
+                    sa,
+                    a_step,
+                    b: b_panel,
+                    ldb,
+                    mc,
+                    nr,
+                    epi: p.epi.last_block(pc + kc == p.k, ic, mc, jc + j0, nr),
+                };
+                let c0 = ic * p.sc.0 + (jc + j0) * p.sc.1;
+                column.run::<NR>(alpha, beta, &mut c[c0..], p.sc);
             }
         }
     });
@@ -752,6 +763,72 @@ fn pack<const W: usize>(dst: &mut [f32], src: &[f32], w: usize, kc: usize, (s_w,
         let line = &src[r * s_w..];
         for (p, d) in dst.chunks_exact_mut(W).enumerate() {
             d[r] = line[p * s_k];
+        }
+    }
+}
+
+/// A column of micro-tiles: rows `0..mc` of an A block, as micro-panels `a_step` apart
+/// (each with strides `sa`), times one kc×NR B micro-panel, stored into the top-left
+/// `mc`×`nr` of C. The SIMD kernels loop over its tiles themselves: on shallow products
+/// (an expand 1×1 conv's 16 to 32 input channels) the per-tile call, dispatch and bounds
+/// checks cost nearly as much as the tile's arithmetic.
+struct Column<'a> {
+    kc: usize,
+    a: &'a [f32],
+    sa: Strides,
+    a_step: usize,
+    b: &'a [f32],
+    ldb: usize,
+    mc: usize,
+    nr: usize,
+    /// The column's own slice of the product's epilogue.
+    epi: Epilogue<'a>,
+}
+
+impl Column<'_> {
+    /// The tile of rows `i0..i0 + MR` (fewer at the bottom).
+    #[inline(always)]
+    fn tile(&self, i0: usize) -> Tile<'_> {
+        let mr = MR.min(self.mc - i0);
+        Tile {
+            kc: self.kc,
+            a: &self.a[i0 / MR * self.a_step..],
+            sa: self.sa,
+            b: self.b,
+            ldb: self.ldb,
+            mr,
+            nr: self.nr,
+            epi: self.epi.rows_of(i0, mr),
+        }
+    }
+
+    /// `C ← alpha·column + beta·C` for the `mc`×`nr` block at the start of `c`, B's panel
+    /// NR columns wide.
+    fn run<const NR: usize>(&self, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
+        #[cfg(target_arch = "x86_64")]
+        if sc.1 == 1 && self.mc > 0 {
+            // Every tile's bounds at once: the last tile reaches furthest into A (its rows
+            // at the same strides as the others'), and B and C are as `Tile::run` asserts.
+            let last = (self.mc - 1) / MR * MR;
+            let mr = self.mc - last;
+            assert!((1..=NR).contains(&self.nr) && self.kc > 0);
+            assert!(last / MR * self.a_step + extent(mr, self.kc, self.sa) <= self.a.len());
+            assert!((self.kc - 1) * self.ldb + NR <= self.b.len());
+            assert!(extent(self.mc, self.nr, sc) <= c.len());
+            if NR == WIDE && simd::has_avx512f() {
+                // SAFETY: the CPU has AVX-512F (just checked); the asserts above bound
+                // every tile's pointers, for tiles WIDE columns wide.
+                return unsafe { avx512::column(self, &[alpha, beta], c, sc.0) };
+            }
+            if NR == NARROW {
+                // SAFETY: the CPU has AVX2 and FMA (`dispatch_avx2!` checks); the asserts
+                // above bound every tile's pointers, for tiles NARROW columns wide.
+                dispatch_avx2!(unsafe { avx2::column(self, &[alpha, beta], c, sc.0) });
+            }
+        }
+        for i0 in (0..self.mc).step_by(MR) {
+            self.tile(i0)
+                .run::<NR>(alpha, beta, &mut c[i0 * sc.0..], sc);
         }
     }
 }
@@ -835,9 +912,12 @@ impl Tile<'_> {
 /// Half a micro-tile's width: one SSE2 or NEON register pair.
 const HALF: usize = NARROW / 2;
 
-/// A SIMD micro-kernel instance for one tile shape (`kernel::<R, V>`).
+/// A SIMD micro-kernel instance for one tile shape (`kernel::<R, V>`). Alpha and beta come
+/// by reference: in registers they would stay live through the depth loop, and the
+/// register allocator spilled an accumulator to keep them there (a shallow product ran
+/// 1.5× slower).
 #[cfg(target_arch = "x86_64")]
-type Kernel = unsafe fn(&Tile, f32, f32, &mut [f32], Strides);
+type Kernel = unsafe fn(&Tile, &[f32; 2], &mut [f32], Strides);
 
 /// Every instance of a SIMD micro-kernel, indexed by [rows − 1][vectors − 1]: an edge tile
 /// computes only the rows and vectors it stores (a 10-row product is a 6-row and a 4-row
@@ -858,20 +938,32 @@ macro_rules! kernels {
 #[cfg(target_arch = "x86_64")]
 use kernels;
 
-/// The vector operations of the SIMD micro-kernels' depth loop: `__m256` for the AVX2
-/// kernel, `__m512` for the AVX-512 one.
+/// The vector operations of the SIMD micro-kernels: `__m256` for the AVX2 kernel, `__m512`
+/// for the AVX-512 one.
 #[cfg(target_arch = "x86_64")]
 trait Lanes: Copy {
     /// Floats per vector.
     const WIDTH: usize;
+    /// Which lanes of a vector a masked load or store touches.
+    type Mask: Copy;
 
     /// # Safety
-    /// Each of these needs the CPU to have the vector's instructions; `load` also `WIDTH`
-    /// floats at `p`.
+    /// Each of these needs the CPU to have the vector's instructions; `load` and `store`
+    /// also `WIDTH` floats at `p`, their masked forms the floats of the mask's lanes.
     unsafe fn zero() -> Self;
     unsafe fn load(p: *const f32) -> Self;
     unsafe fn splat(x: f32) -> Self;
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// `min(hi, max(lo, v))`, as `activation::clip`: the value second, so a NaN stays NaN.
+    unsafe fn clip(v: Self, lo: Self, hi: Self) -> Self;
+    /// The first `lanes` lanes (1 to `WIDTH`).
+    unsafe fn first(lanes: usize) -> Self::Mask;
+    /// The mask's lanes from `p`, zero in the others.
+    unsafe fn load_masked(p: *const f32, m: Self::Mask) -> Self;
+    unsafe fn store(p: *mut f32, v: Self);
+    unsafe fn store_masked(p: *mut f32, m: Self::Mask, v: Self);
 }
 
 /// The sums of an `R` × `V`-vector tile over its depth, one FMA per accumulator and step,
@@ -904,6 +996,91 @@ unsafe fn accumulate<L: Lanes, const R: usize, const V: usize>(t: &Tile) -> [[L;
         }
     }
     acc
+}
+
+/// `C ← clip(alpha·acc + beta·C + bias)` for a tile whose rows are contiguous in C (at
+/// `c`, `rsc` apart): `alpha·acc`, `fma(beta, C, ·)`, `+ bias`, then the clip, each step
+/// skipped where it leaves every value's bits as they are (alpha 1, beta 0, no bias, no
+/// clip). Every choice is made once per tile, outside the fully unrolled loops over its
+/// registers, so the accumulators never leave them. Always inlined into the kernels'
+/// target-feature functions.
+///
+/// # Safety
+/// The CPU must have `L`'s instructions; `R == t.mr`, `t.nr` within the last of the `V`
+/// vectors, and the tile must pass [`Tile::run`]'s asserts with `c`'s column stride 1.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_tile<L: Lanes, const R: usize, const V: usize>(
+    t: &Tile,
+    mut acc: [[L; V]; R],
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rsc: usize,
+) {
+    // SAFETY (every vector operation below): the CPU has `L`'s instructions; the pointers
+    // are row r < mr of the tile and columns up to nr (the last vector masked to them) in
+    // `c` and in a column bias (nr long), all within the extents `Tile::run` asserted.
+    unsafe {
+        let tail = L::first(t.nr - L::WIDTH * (V - 1));
+        let full = t.nr == L::WIDTH * V;
+        let load = |p: *const f32, v: usize| match full || v + 1 < V {
+            true => L::load(p),
+            false => L::load_masked(p, tail),
+        };
+        if alpha != 1.0 {
+            let alpha = L::splat(alpha);
+            acc.iter_mut()
+                .flatten()
+                .for_each(|a| *a = L::mul(alpha, *a));
+        }
+        if beta != 0.0 {
+            let beta = L::splat(beta);
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (v, a) in row.iter_mut().enumerate() {
+                    *a = L::fma(beta, load(c.add(r * rsc + L::WIDTH * v), v), *a);
+                }
+            }
+        }
+        match t.epi.bias {
+            Bias::Rows(b) => {
+                for (row, &b) in acc.iter_mut().zip(b) {
+                    let b = L::splat(b);
+                    row.iter_mut().for_each(|a| *a = L::add(*a, b));
+                }
+            }
+            Bias::Cols(b) => {
+                let b: [L; V] = std::array::from_fn(|v| load(b.as_ptr().add(L::WIDTH * v), v));
+                for row in &mut acc {
+                    row.iter_mut()
+                        .zip(&b)
+                        .for_each(|(a, b)| *a = L::add(*a, *b));
+                }
+            }
+            // `Epilogue::value` adds a zero bias: a −0 then clips as +0.
+            Bias::None if t.epi.clip.is_some() => {
+                acc.iter_mut()
+                    .flatten()
+                    .for_each(|a| *a = L::add(*a, L::zero()));
+            }
+            Bias::None => {}
+        }
+        if let Some((lo, hi)) = t.epi.clip {
+            let (lo, hi) = (L::splat(lo), L::splat(hi));
+            acc.iter_mut()
+                .flatten()
+                .for_each(|a| *a = L::clip(*a, lo, hi));
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, a) in row.iter().enumerate() {
+                let p = c.add(r * rsc + L::WIDTH * v);
+                match full || v + 1 < V {
+                    true => L::store(p, *a),
+                    false => L::store_masked(p, tail, *a),
+                }
+            }
+        }
+    }
 }
 
 /// `c[j·cs] ← alpha·row[j] + beta·c[j·cs]`: one row of a portable tile.
@@ -1422,6 +1599,10 @@ pub(crate) mod tests {
             check(&mut rng, (m, n, k), (false, true, false), 1, 1.0, 0.5);
             check(&mut rng, (m, n, k), (false, false, false), 0, 1.0, 0.0);
         }
+        // A shallow product: more rows to a block (`block_rows`), and still two of them.
+        let m = MC * KC / 20 + 7;
+        check(&mut rng, (m, 40, 20), (false, false, false), 0, 1.0, 0.0);
+        check(&mut rng, (m, 40, 20), (true, false, false), 1, 0.5, 1.5);
         // Rows 4 KiB apart: a row-major A packed instead of read in place.
         check(&mut rng, (13, 20, 1024), (false, false, false), 0, 1.0, 0.0);
     }
@@ -1451,26 +1632,32 @@ pub(crate) mod tests {
                     let (sc, lc) = layout(m, n, tc, 0);
                     let (a, b, c0) = (rng.vec(la), rng.vec(lb), rng.vec(lc));
                     let (rows, cols) = (rng.vec(m), rng.vec(n));
-                    for (along_rows, clip) in [(false, None), (true, Some((-0.5, 0.75)))] {
+                    let clip = Some((-0.5, 0.75));
+                    for (along, clip) in [("cols", None), ("rows", clip), ("none", clip)] {
                         let (lo, hi) = clip.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
                         let mut want = c0.clone();
                         sgemm(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut want, sc);
                         for i in 0..m {
                             for j in 0..n {
-                                let b = if along_rows { rows[i] } else { cols[j] };
+                                let b = match along {
+                                    "rows" => rows[i],
+                                    "cols" => cols[j],
+                                    _ => 0.0,
+                                };
                                 let v = &mut want[i * sc.0 + j * sc.1];
                                 *v = (*v + b).clamp(lo, hi);
                             }
                         }
-                        let bias = match along_rows {
-                            true => Bias::Rows(&rows),
-                            false => Bias::Cols(&cols),
+                        let bias = match along {
+                            "rows" => Bias::Rows(&rows),
+                            "cols" => Bias::Cols(&cols),
+                            _ => Bias::None,
                         };
                         let mut got = c0.clone();
                         let epi = Epilogue { bias, clip };
                         sgemm_with(m, n, k, 1.5, &a, sa, &b, sb, 0.5, &mut got, sc, epi);
                         let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
-                        let what = format!("{m}x{n}x{k} {tb} {tc} rows {along_rows}");
+                        let what = format!("{m}x{n}x{k} {tb} {tc} bias along {along}");
                         assert_close(&what, &got, &want, 1e-6);
                     }
                 }

@@ -3,7 +3,9 @@
 //! pipes (Intel's server cores) it does twice the AVX2 kernel's work per cycle; edge tiles
 //! store through lane masks rather than a row buffer.
 
-use super::{Bias, Kernel, Lanes, MR, Strides, Tile, WIDE, accumulate, store_row_fused};
+use super::{
+    Column, Kernel, Lanes, MR, Strides, Tile, WIDE, accumulate, store_row_fused, store_tile,
+};
 use std::arch::x86_64::*;
 
 const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
@@ -16,7 +18,40 @@ const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
 pub(super) unsafe fn tile(t: &Tile, alpha: f32, beta: f32, c: &mut [f32], sc: Strides) {
     let kernel = KERNELS[t.mr - 1][t.nr.div_ceil(16) - 1];
     // SAFETY: passed on from the caller.
-    unsafe { kernel(t, alpha, beta, c, sc) }
+    unsafe { kernel(t, &[alpha, beta], c, sc) }
+}
+
+/// `C ← alpha·column + beta·C`, C's rows `rsc` apart and its columns contiguous, each
+/// tile computed with AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and the arguments must pass [`Column::run`]'s asserts for a
+/// B panel WIDE columns wide.
+pub(super) unsafe fn column(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc: usize) {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        match p.nr > 16 {
+            true => tiles::<2>(p, scale, c, rsc),
+            false => tiles::<1>(p, scale, c, rsc),
+        }
+    }
+}
+
+/// # Safety
+/// As [`column`], with `16·(V − 1) < p.nr ≤ 16·V`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tiles<const V: usize>(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc: usize) {
+    for i0 in (0..p.mc).step_by(MR) {
+        let t = p.tile(i0);
+        let c = &mut c[i0 * rsc..];
+        // SAFETY: the column's asserts bound this tile's pointers; `R == t.mr`.
+        unsafe {
+            match t.mr {
+                MR => kernel::<MR, V>(&t, scale, c, (rsc, 1)),
+                mr => KERNELS[mr - 1][V - 1](&t, scale, c, (rsc, 1)),
+            }
+        }
+    }
 }
 
 /// # Safety
@@ -24,8 +59,7 @@ pub(super) unsafe fn tile(t: &Tile, alpha: f32, beta: f32, c: &mut [f32], sc: St
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize, const V: usize>(
     t: &Tile,
-    alpha: f32,
-    beta: f32,
+    &[alpha, beta]: &[f32; 2],
     c: &mut [f32],
     (rsc, csc): Strides,
 ) {
@@ -34,53 +68,22 @@ unsafe fn kernel<const R: usize, const V: usize>(
     // for WIDE ≥ 16·V columns.
     let acc = unsafe { accumulate::<__m512, R, V>(t) };
     if csc == 1 {
-        let c = c.as_mut_ptr();
-        let (alpha, beta_v) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
-        let (lo, hi) = t.epi.bounds();
-        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        // The lanes of the last vector that lie inside the tile: all of them but at an edge.
-        let last: __mmask16 = u16::MAX >> (16 * V - t.nr);
-        for (r, acc) in acc.iter().enumerate() {
-            for (v, acc) in acc.iter().enumerate() {
-                let ab = _mm512_mul_ps(alpha, *acc);
-                let mask = if v + 1 == V { last } else { u16::MAX };
-                // SAFETY: row r < mr, and columns 16v.. up to nr (the last vector masked to
-                // them), all within the tile's extent in `c` and in a column bias (nr long)
-                // (asserted by `Tile::run`); masked-off lanes are neither read nor written.
-                unsafe {
-                    let cp = c.add(r * rsc + 16 * v);
-                    let mut out = if beta == 0.0 {
-                        ab
-                    } else {
-                        _mm512_fmadd_ps(beta_v, _mm512_maskz_loadu_ps(mask, cp), ab)
-                    };
-                    if !t.epi.is_none() {
-                        let bias = match t.epi.bias {
-                            Bias::None => _mm512_setzero_ps(),
-                            Bias::Rows(b) => _mm512_set1_ps(b[r]),
-                            Bias::Cols(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr().add(16 * v)),
-                        };
-                        // As `activation::clip`: the value second, so a NaN stays NaN.
-                        out = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(out, bias)));
-                    }
-                    _mm512_mask_storeu_ps(cp, mask, out);
-                }
-            }
+        // SAFETY: as above, and `c` has the tile's extent (`Tile::run`'s asserts).
+        return unsafe { store_tile::<__m512, R, V>(t, acc, alpha, beta, c.as_mut_ptr(), rsc) };
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let mut row = [0.0; WIDE];
+        for (v, acc) in acc.iter().enumerate() {
+            // SAFETY: 16v + 16 ≤ 16V ≤ WIDE floats of the row.
+            unsafe { _mm512_storeu_ps(row[16 * v..].as_mut_ptr(), *acc) };
         }
-    } else {
-        for (r, acc) in acc.iter().enumerate() {
-            let mut row = [0.0; WIDE];
-            for (v, acc) in acc.iter().enumerate() {
-                // SAFETY: 16v + 16 ≤ 16V ≤ WIDE floats of the row.
-                unsafe { _mm512_storeu_ps(row[16 * v..].as_mut_ptr(), *acc) };
-            }
-            store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
-        }
+        store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
     }
 }
 
 impl Lanes for __m512 {
     const WIDTH: usize = 16;
+    type Mask = __mmask16;
 
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -104,5 +107,46 @@ impl Lanes for __m512 {
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
         // SAFETY: the caller's CPU has AVX-512F.
         unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+
+    #[inline(always)]
+    unsafe fn mul(a: Self, b: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn clip(v: Self, lo: Self, hi: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_min_ps(hi, _mm512_max_ps(lo, v)) }
+    }
+
+    #[inline(always)]
+    unsafe fn first(lanes: usize) -> __mmask16 {
+        u16::MAX >> (16 - lanes)
+    }
+
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, m: __mmask16) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F; masked-off lanes are not read.
+        unsafe { _mm512_maskz_loadu_ps(m, p) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: Self) {
+        // SAFETY: the caller's CPU has AVX-512F, and 16 floats at `p` to write.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, m: __mmask16, v: Self) {
+        // SAFETY: the caller's CPU has AVX-512F; masked-off lanes are not written.
+        unsafe { _mm512_mask_storeu_ps(p, m, v) }
     }
 }

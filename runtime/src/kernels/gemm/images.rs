@@ -8,7 +8,7 @@
 //! stored through a small buffer; the other tiles go straight into C.
 
 use super::{
-    A_SCRATCH, B_SCRATCH, Bias, Epilogue, KC, MC, MR, NARROW, NC, Product, Strides, Tile, WIDE,
+    A_SCRATCH, B_SCRATCH, Bias, Epilogue, KC, MR, NARROW, NC, Product, Strides, Tile, WIDE,
     block_size, blocks, extent, pack, panel_width, update, with_scratch,
 };
 use crate::threads;
@@ -133,7 +133,7 @@ fn columns<const NR: usize>(
     let (kc_max, nc_max, mc_max) = (
         block_size(k, KC, 1),
         block_size(n, NC, NR),
-        block_size(m, MC, MR),
+        block_size(m, prod.block_rows(), MR),
     );
     let a_in_place = prod.a_in_place();
     let a_len = if a_in_place { 0 } else { mc_max * kc_max };
