@@ -9,8 +9,10 @@
 //! frozen prefix's arena loses them.
 //!
 //! A band of output rows needs a window of each earlier stage's output rows: the rows on the
-//! seam between two bands of a k×k stage are computed for both. [`bands`] picks the band
-//! height so each band's maps fit a cache budget and that overlap stays small, and declines
+//! seam between two bands of a k×k stage are needed by both. A 1×1 stage's seam rows stay in
+//! the lane's scratch for the lane's next band of the same image; other stages compute them
+//! again. [`bands`] picks the band height so each band's maps fit a cache budget and the
+//! recomputed seams (counted as if every stage recomputed them) stay small, and declines
 //! chains where it cannot.
 //!
 //! Threads: the bands of all images are shared out among `lanes` runs, each with its own
@@ -253,12 +255,21 @@ pub fn forward(
     }
     let out = OutPtr(y.as_mut_ptr());
     let share = units.div_ceil(lanes);
+    let layout = band_rows(gs, rows);
     threads::for_each_mut(&mut scratch[..lanes], |lane, ws| {
+        let mut held = None;
         for u in lane * share..((lane + 1) * share).min(units) {
             let (image, band) = (u / per_image, u % per_image);
+            // The previous band's windows, when the scratch holds that band of this image.
+            let prev = held.take().filter(|_| band > 0);
             let band = band * rows..((band + 1) * rows).min(oh);
+            let b = Band {
+                image,
+                rows: band,
+                layout: &layout,
+            };
             // SAFETY: each unit stores only its own rows of its own image.
-            unsafe { run_band(stages, gs, residual, image, band, x, &out, ws) };
+            held = Some(unsafe { run_band(stages, gs, residual, &b, prev, x, &out, ws) });
         }
     });
 }
@@ -268,52 +279,71 @@ struct OutPtr(*mut f32);
 // SAFETY: see `forward`: the lanes' writes are disjoint.
 unsafe impl Sync for OutPtr {}
 
-/// Every stage of the chain on output rows `band` of image `image`, the last stage's
-/// result stored into `y` (plus `x` when `residual`).
+/// One unit of a lane's work: output rows `rows` of image `image`; `layout` is each stage's
+/// rows in the lane's scratch, the same for every band so that one band's rows are where
+/// the next band looks for them.
+struct Band<'a> {
+    image: usize,
+    rows: Range<usize>,
+    layout: &'a [usize; MAX_STAGES],
+}
+
+/// Every stage of the chain on `band`, the last stage's result stored into `y` (plus `x`
+/// when `residual`); returns each stage's window, which the scratch then holds.
+///
+/// `prev`: the windows of the band before, of the same image, still in the scratch. A 1×1
+/// stage before a k×k one computes the rows its window shares with that band's (the seam)
+/// only once: they are moved to the start of each channel, and the product runs over the
+/// rows after them. The product computes each column on its own, so the rows kept hold
+/// what computing them again would give.
 ///
 /// # Safety
-/// `y` must point at the chain's whole output, and no other thread may touch rows `band` of
-/// image `image` while this runs.
+/// `y` must point at the chain's whole output, and no other thread may touch rows
+/// `band.rows` of image `band.image` while this runs.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_band(
     stages: &[Stage],
     gs: &[Conv2dGeom],
     residual: bool,
-    image: usize,
-    band: Range<usize>,
+    band: &Band,
+    prev: Option<[Range<usize>; MAX_STAGES]>,
     x: &[f32],
     y: &OutPtr,
     ws: &mut [f32],
-) {
-    let windows = windows(gs, band.clone());
-    let maxr = band_rows(gs, band.len());
-    let x = &x[image * gs[0].c_in * gs[0].h * gs[0].w..][..gs[0].c_in * gs[0].h * gs[0].w];
+) -> [Range<usize>; MAX_STAGES] {
+    let windows = windows(gs, band.rows.clone());
+    let x = &x[band.image * gs[0].c_in * gs[0].h * gs[0].w..][..gs[0].c_in * gs[0].h * gs[0].w];
     // Scratch: each stage's output band, then the input copy and the im2col matrix.
     let mut outs: [&mut [f32]; MAX_STAGES] = Default::default();
     let mut rest = ws;
     for (s, g) in gs.iter().enumerate() {
-        let len = g.c_out * windows[s].len() * g.out_w();
-        let (o, tail) = rest.split_at_mut(g.c_out * maxr[s] * g.out_w());
-        outs[s] = &mut o[..len];
+        let (o, tail) = rest.split_at_mut(g.c_out * band.layout[s] * g.out_w());
+        outs[s] = o;
         rest = tail;
     }
     for (s, stage) in stages.iter().enumerate() {
         let (rows_in, bg) = band_geom(&stage.g, &windows[s]);
         let (done, todo) = outs.split_at_mut(s);
-        let out = &mut *todo[0];
-        let cols = windows[s].len() * bg.out_w();
+        let ow = bg.out_w();
+        let cols = windows[s].len() * ow;
         if pointwise(&bg) {
+            let kept = prev
+                .as_ref()
+                .map_or(0, |p| keep_seam(todo[0], bg.c_out, &p[s], &windows[s], ow));
+            let out = &mut todo[0][..bg.c_out * cols];
+            let (new, at) = (cols - kept * ow, kept * ow);
             // The input rows of every channel lie at one stride: read them in place.
             let (src, stride) = match done.last() {
-                Some(prev) => (&prev[..], cols),
-                None => (&x[rows_in.start * bg.w..], gs[0].h * gs[0].w),
+                Some(prev) => (&prev[at..], cols),
+                None => (&x[rows_in.start * bg.w + at..], gs[0].h * gs[0].w),
             };
             let (m, k) = (bg.c_out, bg.c_in);
             match stage.w {
+                _ if new == 0 => {}
                 Weights::F32(w) => {
                     sgemm_with(
                         m,
-                        cols,
+                        new,
                         k,
                         1.0,
                         w,
@@ -321,7 +351,7 @@ unsafe fn run_band(
                         src,
                         (stride, 1),
                         0.0,
-                        out,
+                        &mut out[at..],
                         (cols, 1),
                         Epilogue::rows(stage.bias, stage.clip),
                     );
@@ -331,18 +361,19 @@ unsafe fn run_band(
                         bias: stage.bias,
                         clip: stage.clip,
                     };
-                    let (xp, yp) = (Planes::single(cols, stride), Planes::single(cols, cols));
-                    qgemm::qgemm(&w, src, xp, out, yp, epi, 1);
+                    let (xp, yp) = (Planes::single(new, stride), Planes::single(new, cols));
+                    qgemm::qgemm(&w, src, xp, &mut out[at..], yp, epi, 1);
                 }
             }
         } else {
+            let out = &mut todo[0][..bg.c_out * cols];
             let Weights::F32(w) = stage.w else {
                 unreachable!("int8 stages are 1×1 (checked with the plan)")
             };
             let copied = if s == 0 { bg.input_len() } else { 0 };
             let (copy, im2col) = rest.split_at_mut(copied);
             let src: &[f32] = match done.last() {
-                Some(prev) => prev,
+                Some(prev) => &prev[..bg.input_len()],
                 None => {
                     let (hw, band) = (bg.h * bg.w, rows_in.start * bg.w);
                     for (c, dst) in copy.chunks_exact_mut(hw).enumerate() {
@@ -359,8 +390,9 @@ unsafe fn run_band(
     }
     let last = &gs[gs.len() - 1];
     let (oh, ow) = (last.out_h(), last.out_w());
-    let out = &outs[gs.len() - 1];
+    let (image, band) = (band.image, &band.rows);
     let cols = band.len() * ow;
+    let out = &outs[gs.len() - 1][..last.c_out * cols];
     for (c, src) in out.chunks_exact(cols).enumerate() {
         let at = (image * last.c_out + c) * oh * ow + band.start * ow;
         // SAFETY: `at..at + cols` is rows `band` of channel `c` of this image, inside `y`
@@ -375,6 +407,34 @@ unsafe fn run_band(
             dst.copy_from_slice(src);
         }
     }
+    windows
+}
+
+/// Moves the rows that window `now` of a stage shares with its window `before` in the band
+/// before, which `out` holds (`channels` planes of `before.len()` rows of `ow`), to the
+/// start of `now`'s planes; returns how many rows it moved.
+fn keep_seam(
+    out: &mut [f32],
+    channels: usize,
+    before: &Range<usize>,
+    now: &Range<usize>,
+    ow: usize,
+) -> usize {
+    if !before.contains(&now.start) {
+        return 0;
+    }
+    let kept = before.end.min(now.end) - now.start;
+    let (old, new) = (before.len() * ow, now.len() * ow);
+    let (from, len) = ((now.start - before.start) * ow, kept * ow);
+    let mut move_plane = |c: usize| out.copy_within(c * old + from..c * old + from + len, c * new);
+    // Planes move down when they grow shorter, up when they grow longer; taken in that
+    // order, each plane moves before another lands on it (`from + len` ≤ `old`).
+    if new <= old {
+        (0..channels).for_each(&mut move_plane);
+    } else {
+        (0..channels).rev().for_each(&mut move_plane);
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -483,6 +543,18 @@ mod tests {
         // One row, ragged last bands, whole images; one lane, more lanes than bands.
         for (rows, lanes) in [(1, 2), (3, 2), (5, 3), (13, 1), (13, 4)] {
             check(&gs, &[RELU6, RELU6, None], true, rows, lanes);
+        }
+        // Decomposed: the expand as two thin 1×1 convs, both before the depthwise.
+        let thin = geom(2, 8, 13, 11, 4, 1, 1, 1);
+        let expand = then(&thin, 24, 1, 1, false);
+        for (rows, lanes) in [(1, 2), (4, 1)] {
+            check(
+                &[thin, expand, dw, project],
+                &[None, RELU6, RELU6, None],
+                true,
+                rows,
+                lanes,
+            );
         }
     }
 
