@@ -966,6 +966,66 @@ trait Lanes: Copy {
     unsafe fn store_masked(p: *mut f32, m: Self::Mask, v: Self);
 }
 
+/// A micro-kernel: the tile's sums, stored from the registers when C's columns are
+/// contiguous, else through a row buffer. Always inlined into each ISA's target-feature
+/// function, which is all that differs between the AVX2 and AVX-512 kernels.
+///
+/// # Safety
+/// The CPU must have `L`'s instructions; `R == t.mr`, `t.nr` within the last of the `V`
+/// vectors, and the tile must pass [`Tile::run`]'s asserts for a panel `V·L::WIDTH` wide.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn kernel<L: Lanes, const R: usize, const V: usize>(
+    t: &Tile,
+    &[alpha, beta]: &[f32; 2],
+    c: &mut [f32],
+    (rsc, csc): Strides,
+) {
+    debug_assert!(R == t.mr && t.nr.div_ceil(L::WIDTH) == V);
+    // SAFETY: passed on from the caller.
+    let acc = unsafe { accumulate::<L, R, V>(t) };
+    if csc == 1 {
+        // SAFETY: as above, and `c` has the tile's extent (`Tile::run`'s asserts).
+        return unsafe { store_tile::<L, R, V>(t, acc, alpha, beta, c.as_mut_ptr(), rsc) };
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let mut row = [0.0; WIDE];
+        for (v, acc) in acc.iter().enumerate() {
+            // SAFETY: WIDTH·(v + 1) ≤ WIDTH·V ≤ WIDE floats of the row.
+            unsafe { L::store(row[L::WIDTH * v..].as_mut_ptr(), *acc) };
+        }
+        store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
+    }
+}
+
+/// A column's tiles: the full-height ones through [`kernel`] inlined here, the bottom one
+/// through `edges` (the ISA's kernels for every height). Always inlined, as [`kernel`].
+///
+/// # Safety
+/// As [`kernel`], for every tile: the column must pass [`Column::run`]'s asserts for a panel
+/// `V·L::WIDTH` wide, with `V` vectors covering `p.nr`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn column_tiles<L: Lanes, const V: usize>(
+    p: &Column,
+    scale: &[f32; 2],
+    c: &mut [f32],
+    rsc: usize,
+    edges: &[[Kernel; 2]; MR],
+) {
+    for i0 in (0..p.mc).step_by(MR) {
+        let t = p.tile(i0);
+        let c = &mut c[i0 * rsc..];
+        // SAFETY: the column's asserts bound this tile's pointers; `R == t.mr`.
+        unsafe {
+            match t.mr {
+                MR => kernel::<L, MR, V>(&t, scale, c, (rsc, 1)),
+                mr => edges[mr - 1][V - 1](&t, scale, c, (rsc, 1)),
+            }
+        }
+    }
+}
+
 /// The sums of an `R` × `V`-vector tile over its depth, one FMA per accumulator and step,
 /// the B vectors loaded once per step and each A element broadcast once: the whole of a
 /// micro-kernel but its store. Always inlined into the kernels' target-feature functions.

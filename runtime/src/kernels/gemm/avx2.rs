@@ -1,9 +1,7 @@
 //! The AVX2+FMA micro-kernel (an R×8V tile of C in R·V registers, updated by one FMA per
 //! register for each step along the depth) and the packing that needs shuffles.
 
-use super::{
-    Column, Kernel, Lanes, MR, NARROW, Strides, Tile, accumulate, store_row_fused, store_tile,
-};
+use super::{Column, Kernel, Lanes, MR, Strides, Tile};
 use std::arch::x86_64::*;
 
 const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
@@ -39,17 +37,8 @@ pub(super) unsafe fn column(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc: us
 /// As [`column`], with `8·(V − 1) < p.nr ≤ 8·V`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tiles<const V: usize>(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc: usize) {
-    for i0 in (0..p.mc).step_by(MR) {
-        let t = p.tile(i0);
-        let c = &mut c[i0 * rsc..];
-        // SAFETY: the column's asserts bound this tile's pointers; `R == t.mr`.
-        unsafe {
-            match t.mr {
-                MR => kernel::<MR, V>(&t, scale, c, (rsc, 1)),
-                mr => KERNELS[mr - 1][V - 1](&t, scale, c, (rsc, 1)),
-            }
-        }
-    }
+    // SAFETY: passed on from the caller; this function has `__m256`'s instructions.
+    unsafe { super::column_tiles::<__m256, V>(p, scale, c, rsc, &KERNELS) }
 }
 
 /// # Safety
@@ -57,26 +46,12 @@ unsafe fn tiles<const V: usize>(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc
 #[target_feature(enable = "avx2,fma")]
 unsafe fn kernel<const R: usize, const V: usize>(
     t: &Tile,
-    &[alpha, beta]: &[f32; 2],
+    scale: &[f32; 2],
     c: &mut [f32],
-    (rsc, csc): Strides,
+    sc: Strides,
 ) {
-    debug_assert!(R == t.mr && t.nr.div_ceil(8) == V);
-    // SAFETY: AVX2 and FMA (this function's features); the panels as `Tile::run` asserted
-    // them for NARROW ≥ 8·V columns.
-    let acc = unsafe { accumulate::<__m256, R, V>(t) };
-    if csc == 1 {
-        // SAFETY: as above, and `c` has the tile's extent (`Tile::run`'s asserts).
-        return unsafe { store_tile::<__m256, R, V>(t, acc, alpha, beta, c.as_mut_ptr(), rsc) };
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        let mut row = [0.0; NARROW];
-        for (v, acc) in acc.iter().enumerate() {
-            // SAFETY: 8v + 8 ≤ 8V ≤ NARROW floats of the row.
-            unsafe { _mm256_storeu_ps(row[8 * v..].as_mut_ptr(), *acc) };
-        }
-        store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
-    }
+    // SAFETY: passed on from the caller; this function has `__m256`'s instructions.
+    unsafe { super::kernel::<__m256, R, V>(t, scale, c, sc) }
 }
 
 impl Lanes for __m256 {

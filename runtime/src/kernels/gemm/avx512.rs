@@ -3,9 +3,7 @@
 //! pipes (Intel's server cores) it does twice the AVX2 kernel's work per cycle; edge tiles
 //! store through lane masks rather than a row buffer.
 
-use super::{
-    Column, Kernel, Lanes, MR, Strides, Tile, WIDE, accumulate, store_row_fused, store_tile,
-};
+use super::{Column, Kernel, Lanes, MR, Strides, Tile};
 use std::arch::x86_64::*;
 
 const KERNELS: [[Kernel; 2]; MR] = super::kernels!(kernel);
@@ -41,17 +39,8 @@ pub(super) unsafe fn column(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc: us
 /// As [`column`], with `16·(V − 1) < p.nr ≤ 16·V`.
 #[target_feature(enable = "avx512f")]
 unsafe fn tiles<const V: usize>(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc: usize) {
-    for i0 in (0..p.mc).step_by(MR) {
-        let t = p.tile(i0);
-        let c = &mut c[i0 * rsc..];
-        // SAFETY: the column's asserts bound this tile's pointers; `R == t.mr`.
-        unsafe {
-            match t.mr {
-                MR => kernel::<MR, V>(&t, scale, c, (rsc, 1)),
-                mr => KERNELS[mr - 1][V - 1](&t, scale, c, (rsc, 1)),
-            }
-        }
-    }
+    // SAFETY: passed on from the caller; this function has `__m512`'s instructions.
+    unsafe { super::column_tiles::<__m512, V>(p, scale, c, rsc, &KERNELS) }
 }
 
 /// # Safety
@@ -59,26 +48,12 @@ unsafe fn tiles<const V: usize>(p: &Column, scale: &[f32; 2], c: &mut [f32], rsc
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize, const V: usize>(
     t: &Tile,
-    &[alpha, beta]: &[f32; 2],
+    scale: &[f32; 2],
     c: &mut [f32],
-    (rsc, csc): Strides,
+    sc: Strides,
 ) {
-    debug_assert!(R == t.mr && t.nr.div_ceil(16) == V);
-    // SAFETY: AVX-512F (this function's feature); the panels as `Tile::run` asserted them
-    // for WIDE ≥ 16·V columns.
-    let acc = unsafe { accumulate::<__m512, R, V>(t) };
-    if csc == 1 {
-        // SAFETY: as above, and `c` has the tile's extent (`Tile::run`'s asserts).
-        return unsafe { store_tile::<__m512, R, V>(t, acc, alpha, beta, c.as_mut_ptr(), rsc) };
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        let mut row = [0.0; WIDE];
-        for (v, acc) in acc.iter().enumerate() {
-            // SAFETY: 16v + 16 ≤ 16V ≤ WIDE floats of the row.
-            unsafe { _mm512_storeu_ps(row[16 * v..].as_mut_ptr(), *acc) };
-        }
-        store_row_fused(t, r, &row[..t.nr], alpha, beta, &mut c[r * rsc..], csc);
-    }
+    // SAFETY: passed on from the caller; this function has `__m512`'s instructions.
+    unsafe { super::kernel::<__m512, R, V>(t, scale, c, sc) }
 }
 
 impl Lanes for __m512 {
