@@ -1070,6 +1070,7 @@ unsafe fn accumulate<L: Lanes, const R: usize, const V: usize>(t: &Tile) -> [[L;
 /// vectors, and the tile must pass [`Tile::run`]'s asserts with `c`'s column stride 1.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // see the first comment inside
 unsafe fn store_tile<L: Lanes, const R: usize, const V: usize>(
     t: &Tile,
     mut acc: [[L; V]; R],
@@ -1078,65 +1079,84 @@ unsafe fn store_tile<L: Lanes, const R: usize, const V: usize>(
     c: *mut f32,
     rsc: usize,
 ) {
+    // Plain index loops only: an iterator adaptor's `fold` or a closure that the inliner
+    // leaves out of line has no target features, so the intrinsics inside it become calls
+    // (a fat-LTO build once ran every clip as two calls, the prefix 2× slower).
     // SAFETY (every vector operation below): the CPU has `L`'s instructions; the pointers
     // are row r < mr of the tile and columns up to nr (the last vector masked to them) in
     // `c` and in a column bias (nr long), all within the extents `Tile::run` asserted.
     unsafe {
         let tail = L::first(t.nr - L::WIDTH * (V - 1));
-        let full = t.nr == L::WIDTH * V;
-        let load = |p: *const f32, v: usize| match full || v + 1 < V {
-            true => L::load(p),
-            false => L::load_masked(p, tail),
-        };
+        let masked = t.nr < L::WIDTH * V;
         if alpha != 1.0 {
             let alpha = L::splat(alpha);
-            acc.iter_mut()
-                .flatten()
-                .for_each(|a| *a = L::mul(alpha, *a));
+            for r in 0..R {
+                for v in 0..V {
+                    acc[r][v] = L::mul(alpha, acc[r][v]);
+                }
+            }
         }
         if beta != 0.0 {
             let beta = L::splat(beta);
-            for (r, row) in acc.iter_mut().enumerate() {
-                for (v, a) in row.iter_mut().enumerate() {
-                    *a = L::fma(beta, load(c.add(r * rsc + L::WIDTH * v), v), *a);
+            for r in 0..R {
+                for v in 0..V {
+                    let p = c.add(r * rsc + L::WIDTH * v);
+                    let old = match masked && v + 1 == V {
+                        true => L::load_masked(p, tail),
+                        false => L::load(p),
+                    };
+                    acc[r][v] = L::fma(beta, old, acc[r][v]);
                 }
             }
         }
         match t.epi.bias {
             Bias::Rows(b) => {
-                for (row, &b) in acc.iter_mut().zip(b) {
-                    let b = L::splat(b);
-                    row.iter_mut().for_each(|a| *a = L::add(*a, b));
+                for r in 0..R {
+                    let b = L::splat(b[r]);
+                    for v in 0..V {
+                        acc[r][v] = L::add(acc[r][v], b);
+                    }
                 }
             }
             Bias::Cols(b) => {
-                let b: [L; V] = std::array::from_fn(|v| load(b.as_ptr().add(L::WIDTH * v), v));
-                for row in &mut acc {
-                    row.iter_mut()
-                        .zip(&b)
-                        .for_each(|(a, b)| *a = L::add(*a, *b));
+                let mut bv = [L::zero(); V];
+                for v in 0..V {
+                    let p = b.as_ptr().add(L::WIDTH * v);
+                    bv[v] = match masked && v + 1 == V {
+                        true => L::load_masked(p, tail),
+                        false => L::load(p),
+                    };
+                }
+                for r in 0..R {
+                    for v in 0..V {
+                        acc[r][v] = L::add(acc[r][v], bv[v]);
+                    }
                 }
             }
             // `Epilogue::value` adds a zero bias: a −0 then clips as +0.
             Bias::None if t.epi.clip.is_some() => {
-                acc.iter_mut()
-                    .flatten()
-                    .for_each(|a| *a = L::add(*a, L::zero()));
+                for r in 0..R {
+                    for v in 0..V {
+                        acc[r][v] = L::add(acc[r][v], L::zero());
+                    }
+                }
             }
             Bias::None => {}
         }
         if let Some((lo, hi)) = t.epi.clip {
             let (lo, hi) = (L::splat(lo), L::splat(hi));
-            acc.iter_mut()
-                .flatten()
-                .for_each(|a| *a = L::clip(*a, lo, hi));
+            for r in 0..R {
+                for v in 0..V {
+                    acc[r][v] = L::clip(acc[r][v], lo, hi);
+                }
+            }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, a) in row.iter().enumerate() {
+        for r in 0..R {
+            for v in 0..V {
                 let p = c.add(r * rsc + L::WIDTH * v);
-                match full || v + 1 < V {
-                    true => L::store(p, *a),
-                    false => L::store_masked(p, tail, *a),
+                match masked && v + 1 == V {
+                    true => L::store_masked(p, tail, acc[r][v]),
+                    false => L::store(p, acc[r][v]),
                 }
             }
         }
