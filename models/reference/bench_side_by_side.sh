@@ -39,6 +39,7 @@ if [ -z "${ACTC:-}" ]; then
   RUSTFLAGS="-C relocation-model=static" cargo build --profile dist -q -p actc --no-default-features --target "$host"
   ACTC=target/$host/dist/actc
 fi
+bash models/reference/check_inlined.sh "$ACTC"
 # The CPU decides the ratios (PyTorch's oneDNN uses AVX-512 where there is one): say which.
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | tr -d ' ') model $(grep -m1 '^model\s' /proc/cpuinfo | cut -d: -f2 | tr -d ' '), avx512f: $(grep -qw avx512f /proc/cpuinfo && echo yes || echo no)" >&2
 PY=.venv/bin/python

@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OLD=$1 NEW=$2
+bash models/reference/check_inlined.sh "$OLD"
+bash models/reference/check_inlined.sh "$NEW"
 ROUNDS=${ROUNDS:-7}
 STEPS=${STEPS:-20}
 tmp=$(mktemp -d)
