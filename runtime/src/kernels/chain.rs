@@ -267,9 +267,10 @@ pub fn forward(
                 image,
                 rows: band,
                 layout: &layout,
+                prev,
             };
             // SAFETY: each unit stores only its own rows of its own image.
-            held = Some(unsafe { run_band(stages, gs, residual, &b, prev, x, &out, ws) });
+            held = Some(unsafe { run_band(stages, gs, residual, &b, x, &out, ws) });
         }
     });
 }
@@ -281,32 +282,31 @@ unsafe impl Sync for OutPtr {}
 
 /// One unit of a lane's work: output rows `rows` of image `image`; `layout` is each stage's
 /// rows in the lane's scratch, the same for every band so that one band's rows are where
-/// the next band looks for them.
+/// the next band looks for them; `prev`, the windows of the band before, of the same image,
+/// when the scratch still holds them.
 struct Band<'a> {
     image: usize,
     rows: Range<usize>,
     layout: &'a [usize; MAX_STAGES],
+    prev: Option<[Range<usize>; MAX_STAGES]>,
 }
 
 /// Every stage of the chain on `band`, the last stage's result stored into `y` (plus `x`
 /// when `residual`); returns each stage's window, which the scratch then holds.
 ///
-/// `prev`: the windows of the band before, of the same image, still in the scratch. A 1×1
-/// stage before a k×k one computes the rows its window shares with that band's (the seam)
-/// only once: they are moved to the start of each channel, and the product runs over the
-/// rows after them. The product computes each column on its own, so the rows kept hold
-/// what computing them again would give.
+/// With `band.prev`, a 1×1 stage before a k×k one computes the rows its window shares with
+/// that band's (the seam) only once: they are moved to the start of each channel, and the
+/// product runs over the rows after them. The product computes each column on its own, so
+/// the rows kept hold what computing them again would give.
 ///
 /// # Safety
 /// `y` must point at the chain's whole output, and no other thread may touch rows
 /// `band.rows` of image `band.image` while this runs.
-#[allow(clippy::too_many_arguments)]
 unsafe fn run_band(
     stages: &[Stage],
     gs: &[Conv2dGeom],
     residual: bool,
     band: &Band,
-    prev: Option<[Range<usize>; MAX_STAGES]>,
     x: &[f32],
     y: &OutPtr,
     ws: &mut [f32],
@@ -327,7 +327,8 @@ unsafe fn run_band(
         let ow = bg.out_w();
         let cols = windows[s].len() * ow;
         if pointwise(&bg) {
-            let kept = prev
+            let kept = band
+                .prev
                 .as_ref()
                 .map_or(0, |p| keep_seam(todo[0], bg.c_out, &p[s], &windows[s], ow));
             let out = &mut todo[0][..bg.c_out * cols];

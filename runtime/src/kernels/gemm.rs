@@ -459,6 +459,12 @@ impl Product<'_> {
         MC * KC / self.k.clamp(1, KC) / MR * MR
     }
 
+    /// Whether all of A's rows are one block: each B panel then meets all of A right after
+    /// it is packed, so one panel of scratch serves every panel in turn.
+    fn one_row_block(&self) -> bool {
+        self.m <= self.block_rows()
+    }
+
     /// A row-major A is read where it lies: the kernel broadcasts single elements, so only
     /// the depth needs a unit stride. Not when its rows are a multiple of 4 KiB apart,
     /// though: they would all fall into the same cache sets.
@@ -470,7 +476,7 @@ impl Product<'_> {
     /// a row-major B is then read in place (it stays in L1 across the A micro-panels), as
     /// packing it would only be a copy.
     fn b_in_place(&self) -> bool {
-        !self.segmented() && self.sb.1 == 1 && self.m <= self.block_rows()
+        !self.segmented() && self.sb.1 == 1 && self.one_row_block()
     }
 
     /// A rough count of cycles, to choose between computing C and Cᵀ. The kernel's depth
@@ -566,9 +572,9 @@ fn block_size(n: usize, max: usize, unit: usize) -> usize {
 /// The Goto/BLIS loops around the micro-kernel.
 fn blocked<const NR: usize>(p: &Product, alpha: f32, beta: f32, c: &mut [f32]) {
     let (kc_max, nc_max) = (block_size(p.k, KC, 1), block_size(p.n, NC, NR));
-    // With one block of rows each B panel is used right after it is packed: one panel of
-    // scratch serves them all, where a whole block would stay resident (up to 4 MiB).
-    let b_len = if p.m <= p.block_rows() { NR } else { nc_max } * kc_max;
+    // With one block of rows, one panel of scratch, where a whole block would stay
+    // resident (up to 4 MiB).
+    let b_len = if p.one_row_block() { NR } else { nc_max } * kc_max;
     with_scratch(&B_SCRATCH, b_len, |bp| {
         for (jc, nc) in blocks(p.n, nc_max) {
             for (pc, kc) in blocks(p.k, kc_max) {
@@ -653,6 +659,7 @@ fn row_blocks<const NR: usize>(
     let mc_max = block_size(p.m, p.block_rows(), MR);
     let a_in_place = p.a_in_place();
     let b_in_place = matches!(b, BPanels::Lazy(_)) && p.b_in_place();
+    let one_panel = p.one_row_block();
     let a_len = if a_in_place { 0 } else { mc_max * kc };
     with_scratch(&A_SCRATCH, a_len, |ap| {
         for (ic, mc) in blocks(p.m, mc_max) {
@@ -669,11 +676,7 @@ fn row_blocks<const NR: usize>(
                         (&p.b[pc * p.sb.0 + (jc + j0) * p.sb.1..], p.sb.0)
                     }
                     BPanels::Lazy(bp) => {
-                        let at = if p.m <= p.block_rows() {
-                            0
-                        } else {
-                            jr * NR * kc
-                        };
+                        let at = if one_panel { 0 } else { jr * NR * kc };
                         let panel = &mut bp[at..][..NR * kc];
                         if ic == 0 {
                             p.pack_b::<NR>(panel, jc + j0, nr, pc, kc);
